@@ -1,0 +1,42 @@
+"""Architecture adapters and the registry that picks one for a loaded model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import ModelError
+from .base import Adapter, HeadProjection, HookPoints, Norm
+from .bert import BertAdapter, RobertaAdapter
+
+#: config.model_type -> adapter class
+REGISTRY: dict[str, type[Adapter]] = {
+    "bert": BertAdapter,
+    "roberta": RobertaAdapter,
+    "xlm-roberta": RobertaAdapter,
+    "camembert": RobertaAdapter,
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def lens_head_prefixes(model_type: str) -> tuple[str, ...]:
+    """Checkpoint tensor-name prefixes of an encoder's masked-LM head (so we know it is real)."""
+    cls = REGISTRY.get(model_type)
+    return getattr(cls, "head_key_prefixes", ()) if cls else ()
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for a loaded transformers model, or a clear error."""
+    model_type = getattr(model.config, "model_type", None)
+    cls = REGISTRY.get(model_type)
+    if cls is None:
+        raise ModelError(
+            f"unsupported model type {model_type!r}: tokentrail knows "
+            f"{', '.join(supported_model_types())}"
+        )
+    return cls(model)
+
+
+__all__ = ["Adapter", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "lens_head_prefixes", "supported_model_types"]

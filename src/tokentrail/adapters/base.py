@@ -1,0 +1,185 @@
+"""The adapter interface: every architecture fact lives behind it.
+
+An adapter hands the rest of tokentrail one canonical layout (TransformerLens style):
+
+* per-head projections as ``W: (G, d_head, d_model)`` and ``b: (G, d_head)``, applied as
+  ``W @ x + b`` whatever the framework stores (``nn.Linear`` keeps ``(out, in)``, GPT-2's
+  ``Conv1D`` keeps ``(in, out)``: each adapter transposes where it reads the weight);
+* the output projection as ``W_O: (H, d_head, d_model)``, ``b_O: (d_model,)``;
+* the embedding stage split into a token table, a per-position offset and an optional
+  norm, so that ``Emb(v, p) = norm(W_E[v] + offset(p))`` (SPEC "The original encoding").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+NormKind = Literal["layernorm", "rmsnorm"]
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A LayerNorm (``gamma * (x - mean) / sqrt(var + eps) + beta``) or an RMSNorm
+    (``gamma * x / sqrt(mean(x^2) + eps)``), as plain tensors."""
+
+    kind: NormKind
+    weight: Tensor  # (d,)
+    bias: Tensor | None  # (d,) or None
+    eps: float
+    # Gemma-style RMSNorms scale by (1 + weight); no family here needs it yet.
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.float()
+        if self.kind == "layernorm":
+            x = x - x.mean(-1, keepdim=True)
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+@dataclass(frozen=True)
+class HeadProjection:
+    """One of a layer's query/key/value maps, split per head: ``W[g] @ x + b[g]``."""
+
+    weight: Tensor  # (G, d_head, d_model); G = heads, or KV heads under grouped-query attention
+    bias: Tensor | None  # (G, d_head)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x: (..., d_model) -> (..., G, d_head)."""
+        y = torch.einsum("gkd,...d->...gk", self.weight, x.float())
+        return y if self.bias is None else y + self.bias
+
+
+class Rotary(Protocol):
+    """``rotate(x, positions, inverse)``: x (n, G, d_head), positions (n,) -> x rotated by
+    each position's rotary angle (or by its inverse, the transpose)."""
+
+    def __call__(self, x: Tensor, positions: Tensor, inverse: bool = False) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class HookPoints:
+    """Modules of one layer whose inputs/outputs the capture reads."""
+
+    layer: nn.Module  # output: h_{l+1}
+    attn_out_proj: nn.Module  # input: concat of per-head z; output: attn_l (before dropout/residual)
+    ffn_input: nn.Module | None  # post-LN: the FFN's first module (its input is attn_resid_ln)
+
+
+class Adapter(ABC):
+    """Architecture facts for one loaded model, in canonical layout."""
+
+    #: short family name shown in results ("bert", "roberta", "gpt2", "llama", ...)
+    family: str
+    #: True for decoder-only language models
+    is_decoder: bool = False
+    #: "post" for post-LN encoders (BERT/RoBERTa), "pre" for pre-norm decoders
+    norm_placement: Literal["post", "pre"]
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval()
+        self.config = model.config
+
+    # ---- sizes -------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return getattr(self.config, "num_key_value_heads", None) or self.n_heads
+
+    @property
+    def d_head(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.d_model // self.n_heads
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embedding_table().shape[0]
+
+    @property
+    def max_tokens(self) -> int | None:
+        """How many tokens one forward pass can take (None: no hard limit)."""
+        return None
+
+    def kv_head_of(self, head: int) -> int:
+        """Which key/value head query head ``head`` reads (grouped-query attention)."""
+        return head // (self.n_heads // self.n_kv_heads)
+
+    # ---- the embedding stage ----------------------------------------------
+    @abstractmethod
+    def position_ids(self, input_ids: Tensor) -> Tensor:
+        """(n,) token ids -> (n,) the position ids the model itself would use."""
+
+    @abstractmethod
+    def embedding_table(self) -> Tensor:
+        """W_E: (V, d)."""
+
+    @abstractmethod
+    def position_offset(self, position_ids: Tensor) -> Tensor | None:
+        """(n,) -> (n, d): what the embedding stage adds to W_E[v] at each position
+        (None when position enters only through rotary embeddings)."""
+
+    @abstractmethod
+    def embedding_norm(self) -> Norm | None:
+        """The norm applied to ``W_E[v] + offset`` (None for pre-norm decoders)."""
+
+    # ---- layers --------------------------------------------------------------
+    @abstractmethod
+    def attn_input_norm(self, layer: int) -> Norm | None:
+        """AttnIn_l: None for post-LN models, the layer's input norm for pre-norm ones."""
+
+    @abstractmethod
+    def projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
+        """Layer ``layer``'s query, key or value map in canonical layout."""
+
+    @abstractmethod
+    def output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        """(W_O: (H, d_head, d), b_O: (d,) or None)."""
+
+    def rotary(self, layer: int) -> Rotary | None:
+        """The rotary embedding applied to q and k, if the model uses one."""
+        return None
+
+    def attn_resid_norm(self, layer: int) -> Norm | None:
+        """Post-LN models: the norm after attention + residual (its output feeds the FFN)."""
+        return None
+
+    @abstractmethod
+    def hook_points(self, layer: int) -> HookPoints:
+        """Modules whose inputs/outputs the capture reads for ``layer``."""
+
+    # ---- running ---------------------------------------------------------------
+    @abstractmethod
+    def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = False):
+        """One forward pass on a batch of one; returns the framework's output with
+        ``hidden_states`` and ``attentions``. ``causal`` only matters for decoders."""
+
+    # ---- output head (logit lens) -----------------------------------------------
+    def lens_head(self) -> Callable[[Tensor], Tensor] | None:
+        """(n, d) residual -> (n, V) logits through the model's own output head, or None."""
+        return None
+
+    def lens_unavailable_reason(self) -> str:
+        return f"{self.family} model has no output head in this checkpoint"
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        """Emb(x_t, p_t) from canonical parts: (n,) -> (n, d)."""
+        x = self.embedding_table()[input_ids].float()
+        off = self.position_offset(position_ids)
+        if off is not None:
+            x = x + off
+        norm = self.embedding_norm()
+        return x if norm is None else norm(x)

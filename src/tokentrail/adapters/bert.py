@@ -1,0 +1,122 @@
+"""Post-LN encoders: BERT and the RoBERTa family (RoBERTa, XLM-R, CamemBERT).
+
+Layout (transformers 5): ``base.embeddings.{word,position,token_type}_embeddings`` +
+``LayerNorm``; per layer ``attention.self.{query,key,value}`` (``nn.Linear``: weight is
+``(out, in)``, applied as ``x @ W.T + b``), ``attention.output.dense`` then
+``attention.output.LayerNorm(dense + residual)``, then ``intermediate`` (the FFN).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .base import Adapter, HeadProjection, HookPoints, Norm
+
+
+def _norm(ln: nn.LayerNorm) -> Norm:
+    return Norm("layernorm", ln.weight.detach().float(), ln.bias.detach().float(), ln.eps)
+
+
+def _split_heads(linear: nn.Linear, n_heads: int) -> HeadProjection:
+    # nn.Linear stores (out, in) and computes x @ W.T + b; rows of W are output units,
+    # grouped head by head, so (H*dh, d) -> (H, dh, d) is already "W @ x" per head.
+    w = linear.weight.detach().float()
+    b = None if linear.bias is None else linear.bias.detach().float().view(n_heads, -1)
+    return HeadProjection(w.view(n_heads, -1, w.shape[1]), b)
+
+
+class BertAdapter(Adapter):
+    family = "bert"
+    norm_placement = "post"
+    head_key_prefixes = ("cls.predictions.",)
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.base = model.base_model
+        self.emb = self.base.embeddings
+        self.layers = self.base.encoder.layer
+
+    @property
+    def max_tokens(self) -> int:
+        return self.config.max_position_embeddings
+
+    def position_ids(self, input_ids: Tensor) -> Tensor:
+        return torch.arange(input_ids.shape[0], dtype=torch.long)
+
+    def embedding_table(self) -> Tensor:
+        return self.emb.word_embeddings.weight.detach()
+
+    def position_offset(self, position_ids: Tensor) -> Tensor:
+        # token type 0 everywhere: that is what the model uses for a single text
+        pos = self.emb.position_embeddings.weight.detach()[position_ids].float()
+        return pos + self.emb.token_type_embeddings.weight.detach()[0].float()
+
+    def embedding_norm(self) -> Norm:
+        return _norm(self.emb.LayerNorm)
+
+    def attn_input_norm(self, layer: int) -> None:
+        return None
+
+    def attn_resid_norm(self, layer: int) -> Norm:
+        return _norm(self.layers[layer].attention.output.LayerNorm)
+
+    def projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
+        att = self.layers[layer].attention.self
+        linear = {"q": att.query, "k": att.key, "v": att.value}[which]
+        return _split_heads(linear, self.n_heads)
+
+    def output_projection(self, layer: int) -> tuple[Tensor, Tensor]:
+        dense = self.layers[layer].attention.output.dense
+        # x @ W.T with x the concatenated heads: W.T is (H*dh, d) -> (H, dh, d)
+        w_o = dense.weight.detach().float().T.reshape(self.n_heads, self.d_head, self.d_model)
+        return w_o, dense.bias.detach().float()
+
+    def hook_points(self, layer: int) -> HookPoints:
+        lay = self.layers[layer]
+        return HookPoints(layer=lay, attn_out_proj=lay.attention.output.dense, ffn_input=lay.intermediate)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = False):
+        ids = input_ids[None]
+        return self.base(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            token_type_ids=torch.zeros_like(ids),
+            position_ids=position_ids[None],
+            output_hidden_states=True,
+            output_attentions=True,
+        )
+
+    def lens_head(self) -> Callable[[Tensor], Tensor] | None:
+        cls = getattr(self.model, "cls", None)
+        if cls is None:
+            return None
+        return lambda h: cls(h.float())
+
+    def lens_unavailable_reason(self) -> str:
+        return (
+            "this checkpoint has no masked-LM head (it was loaded as a bare encoder, e.g. a "
+            "sentence-embedding model such as all-MiniLM-L6-v2), so there is no logit lens"
+        )
+
+
+class RobertaAdapter(BertAdapter):
+    family = "roberta"
+    head_key_prefixes = ("lm_head.",)
+
+    def position_ids(self, input_ids: Tensor) -> Tensor:
+        # RoBERTa counts positions from padding_idx + 1; use the model's own rule
+        emb = self.emb
+        return emb.create_position_ids_from_input_ids(input_ids[None], emb.padding_idx)[0]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.config.max_position_embeddings - self.emb.padding_idx - 1
+
+    def lens_head(self) -> Callable[[Tensor], Tensor] | None:
+        head = getattr(self.model, "lm_head", None)
+        if head is None:
+            return None
+        return lambda h: head(h.float())

@@ -1,0 +1,70 @@
+"""The Python API: ``tokentrail.trace(text, model=...)``."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse
+from .inputs import encode
+from .metrics import SIMILARITIES
+from .models import DEFAULT_MODEL, LoadedModel, load
+from .results import Trail
+
+
+def _expand(value: str | Sequence[str], everything: Sequence[str]) -> list[str]:
+    items = [value] if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if part == "all":
+                out += list(everything)
+            elif part:
+                out.append(part)
+    return list(dict.fromkeys(out))
+
+
+def trace(
+    text: str,
+    model: str | LoadedModel = DEFAULT_MODEL,
+    *,
+    site: str | Sequence[str] = "attn_resid",
+    space: str | Sequence[str] = "encodings",
+    similarity: str | Sequence[str] = "cosine",
+    k: int = 15,
+    overlap_k: int = 100,
+    lens: bool = False,
+    causal: bool | None = None,
+    truncate: bool = False,
+    allow_pickle: bool = False,
+    progress: Progress | None = None,
+) -> Trail:
+    """Follow every token of ``text`` through ``model``.
+
+    ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
+    or ``"all"``. ``causal=False`` runs a decoder with its causal mask off.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load(model, allow_pickle=allow_pickle)
+    enc = encode(loaded, text, truncate=truncate)
+    trail = analyse(
+        loaded.adapter,
+        loaded.spaces,
+        enc.ids,
+        text=text,
+        tokens=enc.tokens,
+        special=enc.special,
+        label=loaded.labels,
+        model_name=loaded.name,
+        revision=loaded.revision,
+        sites=_expand(site, ALL_SITES),
+        space_kinds=_expand(space, ALL_SPACES),
+        similarities=_expand(similarity, SIMILARITIES),
+        k=k,
+        overlap_k=overlap_k,
+        lens=lens,
+        causal=causal,
+        progress=progress,
+    )
+    if enc.truncated_from is not None:
+        trail.info.options["truncated_from"] = enc.truncated_from
+    return trail

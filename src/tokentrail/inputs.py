@@ -1,0 +1,66 @@
+"""Validating and tokenizing a user's text: every refusal is a clear InputError."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+from .models import LoadedModel, readable_tokens
+
+MAX_CHARS = 100_000
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: torch.Tensor  # (n,)
+    tokens: list[str]
+    special: list[bool]
+    truncated_from: int | None  # token count before --truncate, if it cut anything
+
+
+def check_text(text: object) -> str:
+    """The text itself, or an error saying what is wrong with it."""
+    if not isinstance(text, str):
+        raise InputError(f"text must be a string, not {type(text).__name__}")
+    if not text.strip():
+        raise InputError("the text is empty: type something to trace")
+    if len(text) > MAX_CHARS:
+        raise InputError(f"the text is {len(text):,} characters; the limit is {MAX_CHARS:,}")
+    for i, ch in enumerate(text):
+        o = ord(ch)
+        if 0xD800 <= o <= 0xDFFF:
+            raise InputError(f"the text has a lone surrogate U+{o:04X} at character {i}: it is not valid Unicode")
+        if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r":
+            raise InputError(f"the text has a control character U+{o:04X} at character {i}: remove it")
+    return text
+
+
+def encode(model: LoadedModel, text: str, *, truncate: bool = False, max_tokens: int | None = None) -> Encoded:
+    """Tokenize with the model's own special tokens; refuse (or, if asked, cut) over-long text."""
+    check_text(text)
+    tok = model.tokenizer
+    ids = tok(text, add_special_tokens=True)["input_ids"]
+    limit = model.adapter.max_tokens
+    if max_tokens is not None:
+        limit = max_tokens if limit is None else min(limit, max_tokens)
+    truncated_from = None
+    if limit is not None and len(ids) > limit:
+        if not truncate:
+            raise InputError(
+                f"the text is {len(ids)} tokens; {model.name} takes at most {limit} "
+                f"({len(ids) - limit} over). Shorten it, or pass --truncate to keep the first {limit}"
+            )
+        truncated_from = len(ids)
+        ids = tok(text, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+    if not ids:
+        raise InputError("the text produced no tokens")
+    special_ids = set(tok.all_special_ids)
+    return Encoded(
+        ids=torch.tensor(ids, dtype=torch.long),
+        tokens=readable_tokens(tok, ids),
+        special=[i in special_ids for i in ids],
+        truncated_from=truncated_from,
+    )

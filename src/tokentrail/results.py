@@ -1,0 +1,279 @@
+"""Results are data: frozen dataclasses with run metadata and tidy exports.
+
+Nothing here runs a model. Plots, the CLI and the web app read these objects only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+METRICS = ("self_sim", "rank", "overlap", "anisotropy", "adjusted_self_sim")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where a result came from: enough to reproduce it."""
+
+    model: str
+    model_type: str
+    family: str
+    revision: str | None
+    causal: bool | None  # decoders: was the causal mask on? None for encoders
+    tokentrail_version: str
+    torch_version: str
+    transformers_version: str
+    created: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class View:
+    """One (site, space, similarity) combination over all layers and tokens.
+
+    Residual sites have arrays shaped (L, n[, k]); the ``heads`` site (L, H, n[, k]),
+    each head compared with its own layer's ``value``/``key``/``query`` space.
+    """
+
+    site: str
+    space: str
+    similarity: str
+    self_sim: np.ndarray  # (L, [H,] n) similarity to the token's own row
+    rank: np.ndarray  # (L, [H,] n) int: rows strictly more similar than the own row
+    top_ids: np.ndarray  # (L, [H,] n, k) nearest vocabulary ids, most similar first
+    top_sims: np.ndarray  # (L, [H,] n, k)
+    overlap: np.ndarray  # (L, [H,] n) |top-K_l ∩ top-K_{l-1}|; NaN where undefined
+    overlap_k: int
+    anisotropy: np.ndarray  # (L, [H]) mean similarity between distinct positions
+    origin_top_ids: np.ndarray | None = None  # (n, k) neighbours of the original encoding
+    origin_top_sims: np.ndarray | None = None
+
+    @property
+    def per_head(self) -> bool:
+        return self.rank.ndim == 3
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.site, self.space, self.similarity)
+
+    @property
+    def adjusted_self_sim(self) -> np.ndarray:
+        """Self-similarity minus the layer's anisotropy (Ethayarajh 2019)."""
+        return self.self_sim - self.anisotropy[..., None]
+
+
+@dataclass(frozen=True)
+class Trail:
+    """The journey of every token of one text through one model."""
+
+    info: RunInfo
+    text: str
+    tokens: tuple[str, ...]  # readable token strings
+    ids: np.ndarray  # (n,)
+    positions: np.ndarray  # (n,) the model's position ids
+    special: np.ndarray  # (n,) bool
+    n_layers: int
+    n_heads: int
+    views: tuple[View, ...]
+    labels: dict[int, str]  # vocabulary id -> readable token, for every id in the results
+    attentions: np.ndarray | None = None  # (L, H, n, n)
+    kv_groups: int = 1  # query heads sharing one key/value head (grouped-query attention)
+    lens: Any = None  # LensResult, when the logit lens was asked for
+
+    # ---- lookup ------------------------------------------------------------------
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def view(self, site: str | None = None, space: str | None = None, similarity: str | None = None) -> View:
+        """The view for (site, space, similarity); None picks the first computed value."""
+        matches = [
+            v
+            for v in self.views
+            if (site is None or v.site == site)
+            and (space is None or v.space == space)
+            and (similarity is None or v.similarity == similarity)
+        ]
+        if not matches:
+            have = ", ".join("/".join(v.key) for v in self.views)
+            raise InputError(f"no result for site={site} space={space} similarity={similarity}; computed: {have}")
+        return matches[0]
+
+    def token_index(self, token: int | str) -> int:
+        """Resolve a token index (negative counts from the end) or its text to an index."""
+        n = self.n_tokens
+        if isinstance(token, (int, np.integer)) or (isinstance(token, str) and token.lstrip("-").isdigit()):
+            i = int(token)
+            if not -n <= i < n:
+                raise InputError(f"token index {i} is out of range: the text has {n} tokens (0..{n - 1})")
+            return i % n
+        want = str(token).strip().lower()
+        for i, t in enumerate(self.tokens):
+            if _bare(t).lower() == want:
+                return i
+        shown = " ".join(f"{i}:{t}" for i, t in enumerate(self.tokens))
+        raise InputError(f"no token {token!r} in the text; tokens are {shown}")
+
+    def check_layer(self, layer: int) -> int:
+        if not -self.n_layers <= layer < self.n_layers:
+            raise InputError(f"layer {layer} is out of range: the model has {self.n_layers} layers (0..{self.n_layers - 1})")
+        return layer % self.n_layers
+
+    def check_head(self, head: int) -> int:
+        if not 0 <= head < self.n_heads:
+            raise InputError(f"head {head} is out of range: the model has {self.n_heads} heads (0..{self.n_heads - 1})")
+        return head
+
+    # ---- tables ------------------------------------------------------------------
+    def neighbours(
+        self,
+        token: int | str,
+        layer: int,
+        *,
+        site: str | None = None,
+        space: str | None = None,
+        similarity: str | None = None,
+        head: int | None = None,
+        k: int | None = None,
+    ) -> pd.DataFrame:
+        """The nearest vocabulary tokens of one token at one layer (and head, for ``heads``)."""
+        t = self.token_index(token)
+        layer = self.check_layer(layer)
+        if head is not None and site is None:
+            site = "heads"
+        v = self.view(site, space, similarity)
+        if v.per_head:
+            if head is None:
+                raise InputError("the heads site needs a head index (--head)")
+            h = self.check_head(head)
+            ids, sims, rank = v.top_ids[layer, h, t], v.top_sims[layer, h, t], v.rank[layer, h, t]
+        else:
+            ids, sims, rank = v.top_ids[layer, t], v.top_sims[layer, t], v.rank[layer, t]
+        if k is not None:
+            ids, sims = ids[:k], sims[:k]
+        own = int(self.ids[t])
+        return pd.DataFrame(
+            {
+                "place": np.arange(len(ids)),
+                "id": ids.astype(np.int64),
+                "token": [self.labels.get(int(i), str(i)) for i in ids],
+                "similarity": sims.astype(np.float64),
+                "own": ids == own,
+            }
+        ).assign(own_rank=int(rank))
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy long format: one row per token, layer, head, site, space, similarity, metric."""
+        parts = []
+        for v in self.views:
+            parts.append(_view_frame(self, v))
+        return pd.concat(parts, ignore_index=True)
+
+    def neighbours_frame(self) -> pd.DataFrame:
+        """Tidy top-k neighbours: one row per token, layer, head, site, space, similarity, place."""
+        rows = []
+        for v in self.views:
+            L, n, k = v.top_ids.shape[0], self.n_tokens, v.top_ids.shape[-1]
+            H = v.top_ids.shape[1] if v.per_head else 1
+            ids = v.top_ids.reshape(L, H, n, k)
+            sims = v.top_sims.reshape(L, H, n, k)
+            li, hi, ti, pi = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), np.arange(k), indexing="ij")
+            flat_ids = ids.reshape(-1)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "token": ti.reshape(-1),
+                        "layer": li.reshape(-1),
+                        "head": hi.reshape(-1) if v.per_head else -1,
+                        "site": v.site,
+                        "space": v.space,
+                        "similarity": v.similarity,
+                        "place": pi.reshape(-1),
+                        "neighbour_id": flat_ids,
+                        "neighbour": [self.labels.get(int(i), str(i)) for i in flat_ids],
+                        "value": sims.reshape(-1).astype(np.float64),
+                    }
+                )
+            )
+        return pd.concat(rows, ignore_index=True)
+
+    # ---- export ------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {**asdict(self.info), "text": self.text, "tokens": list(self.tokens)}
+
+    def to_parquet(self, path: str | Path) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(self.frame(), preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(self.meta()).encode()})
+        pq.write_table(table, path)
+        return Path(path)
+
+    def to_csv(self, path: str | Path) -> Path:
+        self.frame().to_csv(path, index=False)
+        return Path(path)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Metadata, the tidy metrics and the top-k neighbours as one JSON document."""
+        doc = {
+            "meta": self.meta(),
+            "metrics": json.loads(self.frame().to_json(orient="records")),
+            "neighbours": json.loads(self.neighbours_frame().to_json(orient="records")),
+        }
+        if self.lens is not None:
+            doc["lens"] = json.loads(self.lens.frame().to_json(orient="records"))
+        text = json.dumps(doc)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def export(self, path: str | Path, fmt: str | None = None) -> Path:
+        path = Path(path)
+        fmt = (fmt or path.suffix.lstrip(".")).lower()
+        if fmt == "parquet":
+            return self.to_parquet(path)
+        if fmt == "csv":
+            return self.to_csv(path)
+        if fmt == "json":
+            self.to_json(path)
+            return path
+        raise InputError(f"unknown export format {fmt!r}: use parquet, csv or json")
+
+
+def _bare(token: str) -> str:
+    return token.replace("␣", "").replace("##", "").replace("▁", "").strip()
+
+
+def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
+    L, n = v.rank.shape[0], trail.n_tokens
+    H = v.rank.shape[1] if v.per_head else 1
+    shape = (L, H, n)
+    li, hi, ti = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), indexing="ij")
+    aniso = np.broadcast_to(v.anisotropy.reshape(L, H, 1) if v.per_head else v.anisotropy.reshape(L, 1, 1), shape)
+    metrics = {
+        "self_sim": v.self_sim.reshape(shape),
+        "rank": v.rank.reshape(shape).astype(np.float64),
+        f"overlap@{v.overlap_k}": v.overlap.reshape(shape).astype(np.float64),
+        "anisotropy": aniso,
+        "adjusted_self_sim": v.adjusted_self_sim.reshape(shape),
+    }
+    base = {
+        "token": ti.reshape(-1),
+        "token_str": np.array(trail.tokens, dtype=object)[ti.reshape(-1)],
+        "position": trail.positions[ti.reshape(-1)],
+        "layer": li.reshape(-1),
+        "head": hi.reshape(-1) if v.per_head else np.full(ti.size, -1),
+        "site": v.site,
+        "space": v.space,
+        "similarity": v.similarity,
+    }
+    frames = [pd.DataFrame({**base, "metric": name, "value": vals.reshape(-1).astype(np.float64)}) for name, vals in metrics.items()]
+    return pd.concat(frames, ignore_index=True)

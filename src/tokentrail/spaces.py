@@ -1,0 +1,280 @@
+"""Reference vocabularies ("spaces") as exact factorised matrices.
+
+Every space here has rows of one shape, per group ``g`` (a head, or one group for the
+residual spaces) and per position ``p``::
+
+    R_g(v, p) = M_g (x_v + y_p) / sigma_v(p) + c_g
+
+* ``x_v`` is the token's embedding row and ``y_p`` the embedding stage's position offset,
+  both centred when the norm in front is a LayerNorm;
+* ``sigma_v(p) = sqrt(|x_v + y_p|^2 / d + eps)`` for a LayerNorm/RMSNorm, 1 without one;
+* ``M_g = W_g diag(gamma)`` and ``c_g = W_g beta + b_g``, with ``W_g``/``b_g`` a head's
+  value/key/query map (identity and zero for the residual spaces).
+
+So ``Emb(v, p) = LN(W_E[v] + q_p)`` and ``ValueProj(LN_l(...))`` never need a
+``(positions x V x d)`` tensor: a dot product with a query ``r`` is
+``(M^T r) . x_v + (M^T r) . y_p`` over sigma, plus ``r . c`` (one ``V x d`` matmul for all
+queries), and a squared norm needs ``P = x M^T`` (``V x d``, computed once per space) and
+``O(V d)`` work per position (SPEC "Exactness and cost").
+
+Rotary spaces (key/query of RoPE models) rotate the *query* by the inverse rotation at
+the row's position instead of rotating every row; rotations keep norms.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .adapters import Adapter, Norm
+from .errors import InputError, ModelError
+
+SpaceKind = Literal["embeddings", "encodings", "value", "key", "query"]
+SPACE_KINDS: tuple[str, ...] = ("embeddings", "encodings", "value", "key", "query")
+HEAD_SPACE_KINDS = ("value", "key", "query")
+
+
+@dataclass(frozen=True)
+class PositionStats:
+    """Per-position quantities of a space, for the unique positions asked for."""
+
+    positions: Tensor  # (P,)
+    y: Tensor | None  # (P, d) position offsets (centred if LayerNorm)
+    sigma: Tensor | None  # (P, V)
+    sq_norm: Tensor  # (P, G, V) squared row norms
+
+
+class VocabSpace:
+    """All V rows of one reference space, at any position, in factorised form."""
+
+    def __init__(
+        self,
+        name: str,
+        adapter: Adapter,
+        x: Tensor,
+        *,
+        norm: Norm | None,
+        positional: bool,
+        proj_weight: Tensor | None = None,
+        proj_bias: Tensor | None = None,
+        rotary=None,
+    ):
+        self.name = name
+        self._adapter = adapter
+        self.norm_kind = None if norm is None else norm.kind
+        self.eps = 0.0 if norm is None else norm.eps
+        centre = self.norm_kind == "layernorm"
+        self.x = x  # (V, d), float32, centred by the caller when centre is True
+        self.positional = positional
+        self._centre = centre
+        self.d = self.x.shape[1]
+        gamma = None if norm is None else norm.weight.float()
+        beta = None if norm is None or norm.bias is None else norm.bias.float()
+        self.rotary = rotary
+        if proj_weight is None:
+            # residual space: M = diag(gamma), c = beta, one group
+            self.gamma = gamma if gamma is not None else torch.ones(self.d)
+            self.M = None
+            self.c = (beta if beta is not None else torch.zeros(self.d))[None]  # (1, d)
+            self.P = (self.x * self.gamma)[None]  # (1, V, d)
+        else:
+            w = proj_weight.float()  # (G, k, d)
+            self.gamma = None
+            self.M = (w * gamma if gamma is not None else w).contiguous()
+            c = torch.zeros(w.shape[:2]) if proj_bias is None else proj_bias.float().clone()
+            if beta is not None:
+                c = c + torch.einsum("gkd,d->gk", w, beta)
+            self.c = c  # (G, k)
+            G, k, d = self.M.shape
+            self.P = (self.x @ self.M.reshape(G * k, d).T).view(-1, G, k).transpose(0, 1).contiguous()  # (G, V, k)
+        self.groups = self.P.shape[0]
+        self.dim = self.P.shape[2]
+        self.x_sq = _sq_norms(adapter, self.x)  # (V,)
+        self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
+        self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
+        self.c_sq = self.c.pow(2).sum(-1)  # (G,)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.x.shape[0]
+
+    # ---- per position --------------------------------------------------------
+    def _offsets(self, positions: Tensor) -> Tensor | None:
+        if not self.positional:
+            return None
+        y = self._adapter.position_offset(positions)
+        if y is None:
+            return None
+        y = y.float()
+        return y - y.mean(-1, keepdim=True) if self._centre else y
+
+    def position_stats(self, positions: Tensor) -> PositionStats:
+        """Squared norms of every row at each of ``positions`` (P,): O(P V d)."""
+        y = self._offsets(positions)
+        P_cnt = positions.shape[0]
+        if y is None:
+            sq = (self.x_sq / self.d + self.eps)[None].expand(P_cnt, -1) if self.norm_kind else None
+            sigma = None if sq is None else sq.sqrt()
+            num_sq = self.P_sq[None].expand(P_cnt, -1, -1)  # (P, G, V)
+            num_c = self.P_c[None].expand(P_cnt, -1, -1)
+        else:
+            if self.norm_kind:
+                xy = y @ self.x.T  # (P, V)
+                sigma = ((self.x_sq[None] + 2 * xy + y.pow(2).sum(-1, keepdim=True)) / self.d + self.eps).sqrt()
+            else:
+                sigma = None
+            Pp = self._project(y)  # (P, G, k)
+            cross = torch.bmm(self.P, Pp.permute(1, 2, 0)).permute(2, 0, 1)  # (P, G, V)
+            num_sq = self.P_sq[None] + 2 * cross + Pp.pow(2).sum(-1)[..., None]
+            num_c = self.P_c[None] + torch.einsum("pgk,gk->pg", Pp, self.c)[..., None]
+        if sigma is None:
+            sq_norm = num_sq + 2 * num_c + self.c_sq[None, :, None]
+        else:
+            s = sigma[:, None, :]
+            sq_norm = num_sq / s.pow(2) + 2 * num_c / s + self.c_sq[None, :, None]
+        return PositionStats(positions, y, sigma, sq_norm.clamp_min(0))
+
+    def _project(self, v: Tensor) -> Tensor:
+        """(n, d) -> (n, G, k): M v (no bias)."""
+        if self.M is None:
+            return (v * self.gamma)[:, None, :]
+        return torch.einsum("gkd,nd->ngk", self.M, v)
+
+    # ---- dot products ----------------------------------------------------------
+    def dots(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Dot products of queries with every row.
+
+        r: (Q, C, k) query vectors, C columns each (C = 1 for residual spaces, heads for
+        head spaces); stats from :meth:`position_stats`; pidx: (Q,) index into
+        ``stats.positions`` for each query; groups: (C,) the space group each column is
+        compared with (default: column c -> group c). Returns (Q, C, V).
+        """
+        Q, C, k = r.shape
+        groups = torch.arange(C) if groups is None else groups
+        r = r.float()
+        if self.rotary is not None:
+            # R_p row . r == row . R_p^T r: rotate the query back instead of every row
+            r = self.rotary(r, stats.positions[pidx], inverse=True)
+        if self.M is None:
+            u = r * self.gamma  # (Q, C, d)
+        else:
+            u = torch.einsum("qck,ckd->qcd", r, self.M[groups])
+        out = (u.reshape(Q * C, self.d) @ self.x.T).view(Q, C, -1)  # (Q, C, V)
+        if stats.y is not None:
+            out += torch.einsum("qcd,qd->qc", u, stats.y[pidx])[..., None]
+        if stats.sigma is not None:
+            out /= stats.sigma[pidx][:, None, :]
+        out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
+        return out
+
+    def rows(self, ids: Tensor, position: int) -> Tensor:
+        """Explicit rows for a few ids at one position: (m,) -> (m, G, k). For display and checks."""
+        x = self.x[ids]
+        y = self._offsets(torch.tensor([position]))
+        if y is not None:
+            x = x + y
+        out = self._project(x)
+        if self.norm_kind:
+            out = out / (x.pow(2).sum(-1) / self.d + self.eps).sqrt()[:, None, None]
+        out = out + self.c
+        if self.rotary is not None:
+            out = self.rotary(out, torch.full((len(ids),), position), inverse=False)
+        return out
+
+
+def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
+    """The one norm between W_E[v] + offset and the space's rows."""
+    emb = adapter.embedding_norm()
+    if layer is None:
+        return emb
+    attn_in = adapter.attn_input_norm(layer)
+    if emb is not None and attn_in is not None:
+        raise ModelError(
+            f"{adapter.family}: an embedding norm followed by a pre-norm layer does not factorise; "
+            "head spaces are not supported for this architecture"
+        )
+    return emb if attn_in is None else attn_in
+
+
+def _memo(adapter: Adapter) -> dict:
+    # per-adapter memo of V x d tables every space shares (the float32 and centred W_E)
+    memo = getattr(adapter, "_tokentrail_tables", None)
+    if memo is None:
+        memo = {}
+        adapter._tokentrail_tables = memo
+    return memo
+
+
+def _table(adapter: Adapter, centred: bool) -> Tensor:
+    memo = _memo(adapter)
+    if centred not in memo:
+        x = adapter.embedding_table().float()
+        memo[centred] = x - x.mean(-1, keepdim=True) if centred else x
+    return memo[centred]
+
+
+def _sq_norms(adapter: Adapter, x: Tensor) -> Tensor:
+    memo = _memo(adapter)
+    key = ("sq", x.data_ptr())
+    if key not in memo:
+        memo[key] = torch.linalg.vector_norm(x, dim=-1).pow_(2)
+    return memo[key]
+
+
+def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
+    table = _table(adapter, norm is not None and norm.kind == "layernorm")
+    return VocabSpace(name, adapter, table, norm=norm, **kw)
+
+
+def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabSpace:
+    """The reference space ``kind`` (``embeddings``, ``encodings``, ``value``/``key``/``query`` at ``layer``)."""
+    if kind == "embeddings":
+        return _space("embeddings", adapter, None, positional=False)
+    if kind == "encodings":
+        return _space("encodings", adapter, adapter.embedding_norm(), positional=True)
+    if kind not in HEAD_SPACE_KINDS:
+        raise InputError(f"unknown space {kind!r}: choose from {', '.join(SPACE_KINDS)}")
+    if layer is None or not 0 <= layer < adapter.n_layers:
+        raise InputError(f"space {kind!r} needs a layer in 0..{adapter.n_layers - 1}, got {layer}")
+    which = {"value": "v", "key": "k", "query": "q"}[kind]
+    proj = adapter.projection(layer, which)
+    rotary = adapter.rotary(layer) if kind in ("key", "query") else None
+    return _space(
+        f"{kind}@{layer}",
+        adapter,
+        _input_norm(adapter, layer),
+        positional=True,
+        proj_weight=proj.weight,
+        proj_bias=proj.bias,
+        rotary=rotary,
+    )
+
+
+class SpaceCache:
+    """Built spaces of one model. Residual spaces stay; head spaces are kept up to a byte budget."""
+
+    def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
+        self.adapter = adapter
+        self.max_bytes = max_bytes
+        self._keep: dict[tuple, VocabSpace] = {}
+        self._lru: OrderedDict[tuple, VocabSpace] = OrderedDict()
+
+    def get(self, kind: str, layer: int | None = None) -> VocabSpace:
+        key = (kind, layer)
+        if key in self._keep:
+            return self._keep[key]
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        space = build_space(self.adapter, kind, layer)
+        if layer is None:
+            self._keep[key] = space
+        else:
+            self._lru[key] = space
+            while len(self._lru) > 1 and sum(s.P.numel() * 4 for s in self._lru.values()) > self.max_bytes:
+                self._lru.popitem(last=False)
+        return space
