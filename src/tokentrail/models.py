@@ -250,7 +250,15 @@ def load(name: str | None = None, *, allow_pickle: bool = False, revision: str |
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
-    loaded = _load_uncached(name, allow_pickle=allow_pickle, revision=revision, progress=progress or (lambda m: None))
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress messages say what is loading
+    try:
+        loaded = _load_uncached(name, allow_pickle=allow_pickle, revision=revision, progress=progress or (lambda m: None))
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     with _lock:
         _loaded[key] = loaded
         while len(_loaded) > MAX_LOADED:

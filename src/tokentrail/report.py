@@ -1,0 +1,118 @@
+"""Terminal rendering of a Trail (rich). Reads results only."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .results import Trail, View
+
+
+def _neighbours_cell(trail: Trail, ids, sims, own: int, k: int) -> str:
+    parts = []
+    for i, s in zip(ids[:k], sims[:k]):
+        label = trail.labels.get(int(i), str(int(i)))
+        label = label.replace("[", "\\[")
+        parts.append(f"[bold green]{label}[/]" if int(i) == own else label)
+    return " ".join(parts)
+
+
+def _header(console: Console, trail: Trail, v: View) -> None:
+    info = trail.info
+    mode = ""
+    if info.causal is not None:
+        mode = " · causal mask on" if info.causal else " · causal mask OFF (bidirectional)"
+    console.print(
+        f"[bold]{info.model}[/] ({info.family}, {trail.n_layers} layers) · site [cyan]{v.site}[/] · "
+        f"space [cyan]{v.space}[/] · {v.similarity}{mode}"
+    )
+
+
+def print_report(console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None) -> None:
+    """The default output: one token's journey, or a grid of every token's rank."""
+    layers = range(trail.n_layers) if layer is None else [trail.check_layer(layer)]
+    if head is not None:
+        trail.check_head(head)
+    for v in trail.views:
+        _header(console, trail, v)
+        if token is None:
+            _grid(console, trail, v, layers, head)
+        else:
+            _journey(console, trail, v, trail.token_index(token), layers, head)
+        console.print()
+    if trail.lens is not None:
+        _lens(console, trail, None if token is None else trail.token_index(token), layers)
+
+
+def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> None:
+    own = int(trail.ids[t])
+    k = v.top_ids.shape[-1]
+    console.print(
+        f"token {t} [bold]{trail.tokens[t]}[/] (id {own}, position {int(trail.positions[t])})"
+        + (" [dim]special[/]" if trail.special[t] else "")
+    )
+    if v.per_head:
+        if head is None:
+            table = Table("layer", *[f"h{h}" for h in range(trail.n_heads)], title=f"rank of the token in each head's {v.space} space (0 = nearest)", box=None)
+            for l in layers:
+                table.add_row(str(l), *[str(int(v.rank[l, h, t])) for h in range(trail.n_heads)])
+            console.print(table)
+            console.print("[dim]pass --head N to see a head's nearest vocabulary tokens[/]")
+            return
+        table = Table("layer", "self sim", "rank", f"nearest {k} ({v.space}@layer,head {head})", box=None)
+        for l in layers:
+            table.add_row(str(l), f"{v.self_sim[l, head, t]:.3f}", str(int(v.rank[l, head, t])),
+                          _neighbours_cell(trail, v.top_ids[l, head, t], v.top_sims[l, head, t], own, k))
+        console.print(table)
+        return
+    table = Table("layer", "self sim", "rank", f"overlap@{v.overlap_k}", f"nearest {k} (own token in green)", box=None)
+    if v.origin_top_ids is not None and layer_is_all(layers, trail):
+        table.add_row("emb", "1.000" if v.space == "encodings" else "", "", "",
+                      _neighbours_cell(trail, v.origin_top_ids[t], v.origin_top_sims[t], own, k))
+    for l in layers:
+        ov = v.overlap[l, t]
+        table.add_row(str(l), f"{v.self_sim[l, t]:.3f}", str(int(v.rank[l, t])), "" if np.isnan(ov) else str(int(ov)),
+                      _neighbours_cell(trail, v.top_ids[l, t], v.top_sims[l, t], own, k))
+    console.print(table)
+
+
+def layer_is_all(layers, trail: Trail) -> bool:
+    return len(layers) == trail.n_layers
+
+
+def _grid(console: Console, trail: Trail, v: View, layers, head) -> None:
+    title = "rank of each token's own vocabulary row (0 = its own token is the nearest)"
+    if v.per_head:
+        if head is None:
+            console.print("[dim]heads site: showing the median rank over heads; pass --head N for one head[/]")
+            ranks = np.median(v.rank, axis=1)
+        else:
+            ranks = v.rank[:, head]
+    else:
+        ranks = v.rank
+    table = Table("token", *[f"L{l}" for l in layers], title=title, box=None)
+    for t, tok in enumerate(trail.tokens):
+        label = f"{t}:{tok}" + ("*" if trail.special[t] else "")
+        table.add_row(label.replace("[", "\\["), *[_rank_cell(ranks[l, t]) for l in layers])
+    console.print(table)
+    console.print("[dim]* special token · pass --token N (or its text) to follow one token[/]")
+
+
+def _rank_cell(r) -> str:
+    r = int(r)
+    if r == 0:
+        return "[bold green]0[/]"
+    if r < 10:
+        return f"[green]{r}[/]"
+    if r < 1000:
+        return f"[yellow]{r}[/]"
+    return f"[red]{r}[/]"
+
+
+def _lens(console: Console, trail: Trail, t: int | None, layers) -> None:
+    lens = trail.lens
+    table = Table(*lens.table_columns(), title="logit lens: the model's own output head on each layer's output", box=None)
+    for row in lens.table_rows(trail, t, layers):
+        table.add_row(*row)
+    console.print(table)
