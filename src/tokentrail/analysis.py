@@ -23,6 +23,18 @@ ALL_SPACES = (*RESIDUAL_SPACES, *HEAD_SPACE_KINDS)
 Progress = Callable[[float, str], None]
 
 
+def check_options(sites: Sequence[str], spaces: Sequence[str], similarities: Sequence[str], k: int, overlap_k: int) -> list[tuple[str, str]]:
+    """Validate options before any model work; returns the (site, space) pairs to compute."""
+    for s in similarities:
+        if s not in SIMILARITIES:
+            raise InputError(f"unknown similarity {s!r}: choose from {', '.join(SIMILARITIES)} or all")
+    if not similarities:
+        raise InputError("choose at least one similarity")
+    if k < 1 or overlap_k < 1:
+        raise InputError("k and overlap k must be at least 1")
+    return pairs(sites, spaces)
+
+
 def pairs(sites: Sequence[str], spaces: Sequence[str]) -> list[tuple[str, str]]:
     """The (site, space) pairs that make sense among those asked for."""
     for s in sites:
@@ -71,15 +83,10 @@ def analyse(
 
     ``causal``: decoders run with their causal mask unless this is False; encoders have
     none, so True is refused for them."""
-    for s in similarities:
-        if s not in SIMILARITIES:
-            raise InputError(f"unknown similarity {s!r}: choose from {', '.join(SIMILARITIES)} or all")
-    if k < 1 or overlap_k < 1:
-        raise InputError("k and overlap k must be at least 1")
+    todo = check_options(sites, space_kinds, similarities, k, overlap_k)
     if not adapter.is_decoder and causal:
         raise InputError(f"{adapter.family} is an encoder: it has no causal mask to turn on")
     causal = adapter.is_decoder if causal is None else bool(causal) and adapter.is_decoder
-    todo = pairs(sites, space_kinds)
     say = progress or (lambda f, m: None)
     say(0.0, "running the model")
     acts = capture(adapter, input_ids, causal=causal)

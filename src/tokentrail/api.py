@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse
-from .inputs import encode
+from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse, check_options
+from .inputs import check_text, encode
 from .metrics import SIMILARITIES
 from .models import DEFAULT_MODEL, LoadedModel, load
 from .results import Trail
 
 
-def _expand(value: str | Sequence[str], everything: Sequence[str]) -> list[str]:
+def expand_choice(value: str | Sequence[str], everything: Sequence[str]) -> list[str]:
     items = [value] if isinstance(value, str) else list(value)
     out: list[str] = []
     for item in items:
@@ -44,6 +44,9 @@ def trace(
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``. ``causal=False`` runs a decoder with its causal mask off.
     """
+    sites, spaces, sims = expand_choice(site, ALL_SITES), expand_choice(space, ALL_SPACES), expand_choice(similarity, SIMILARITIES)
+    check_options(sites, spaces, sims, k, overlap_k)  # fail fast, before loading anything
+    check_text(text)
     loaded = model if isinstance(model, LoadedModel) else load(model, allow_pickle=allow_pickle)
     enc = encode(loaded, text, truncate=truncate)
     trail = analyse(
@@ -56,9 +59,9 @@ def trace(
         label=loaded.labels,
         model_name=loaded.name,
         revision=loaded.revision,
-        sites=_expand(site, ALL_SITES),
-        space_kinds=_expand(space, ALL_SPACES),
-        similarities=_expand(similarity, SIMILARITIES),
+        sites=sites,
+        space_kinds=spaces,
+        similarities=sims,
         k=k,
         overlap_k=overlap_k,
         lens=lens,

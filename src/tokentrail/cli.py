@@ -19,7 +19,7 @@ app = typer.Typer(
     "measured against the model's own vocabulary.",
 )
 out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -52,6 +52,10 @@ def trace(
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
     from .api import trace as run_trace
+    from .analysis import ALL_SITES, ALL_SPACES, check_options
+    from .api import expand_choice
+    from .inputs import check_text
+    from .metrics import SIMILARITIES
     from .models import load
 
     if text == "-":
@@ -63,6 +67,8 @@ def trace(
         _fail("--format parquet needs --out FILE")
     say = (lambda f, m: None) if quiet else (lambda f, m: err.print(f"[dim]… {m}[/]"))
     try:
+        check_text(text)  # before the (slow) model load
+        check_options(expand_choice(site, ALL_SITES), expand_choice(space, ALL_SPACES), expand_choice(similarity, SIMILARITIES), k, overlap_k)
         if not quiet:
             err.print(f"[dim]… loading {model}[/]")
         loaded = load(model, allow_pickle=allow_pickle, revision=revision, progress=lambda m: say(0, m))

@@ -34,15 +34,16 @@ def print_report(console: Console, trail: Trail, *, token=None, layer: int | Non
     layers = range(trail.n_layers) if layer is None else [trail.check_layer(layer)]
     if head is not None:
         trail.check_head(head)
+    t = None if token is None else trail.token_index(token)  # errors before any output
     for v in trail.views:
         _header(console, trail, v)
-        if token is None:
+        if t is None:
             _grid(console, trail, v, layers, head)
         else:
-            _journey(console, trail, v, trail.token_index(token), layers, head)
+            _journey(console, trail, v, t, layers, head)
         console.print()
     if trail.lens is not None:
-        _lens(console, trail, None if token is None else trail.token_index(token), layers)
+        _lens(console, trail, t, layers)
 
 
 def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> None:
@@ -82,7 +83,7 @@ def layer_is_all(layers, trail: Trail) -> bool:
 
 
 def _grid(console: Console, trail: Trail, v: View, layers, head) -> None:
-    title = "rank of each token's own vocabulary row (0 = its own token is the nearest)"
+    title = "rank of own token (0 = nearest)"
     if v.per_head:
         if head is None:
             console.print("[dim]heads site: showing the median rank over heads; pass --head N for one head[/]")

@@ -7,6 +7,9 @@ from torch import nn
 from ..errors import ModelError
 from .base import Adapter, HeadProjection, HookPoints, Norm
 from .bert import BertAdapter, RobertaAdapter
+from .decoder import DecoderAdapter
+from .gpt2 import GPT2Adapter
+from .llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
 
 #: config.model_type -> adapter class
 REGISTRY: dict[str, type[Adapter]] = {
@@ -14,6 +17,10 @@ REGISTRY: dict[str, type[Adapter]] = {
     "roberta": RobertaAdapter,
     "xlm-roberta": RobertaAdapter,
     "camembert": RobertaAdapter,
+    "gpt2": GPT2Adapter,
+    "llama": LlamaAdapter,
+    "mistral": MistralAdapter,
+    "qwen2": Qwen2Adapter,
 }
 
 
@@ -39,4 +46,4 @@ def adapter_for(model: nn.Module) -> Adapter:
     return cls(model)
 
 
-__all__ = ["Adapter", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "lens_head_prefixes", "supported_model_types"]
+__all__ = ["Adapter", "DecoderAdapter", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "lens_head_prefixes", "supported_model_types"]

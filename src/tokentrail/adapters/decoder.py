@@ -1,0 +1,93 @@
+"""What every decoder-only family shares: the causal-mask toggle and the output head.
+
+The causal toggle (transformers 5): each decoder's ``forward`` builds its mask with
+``masking_utils.create_causal_mask`` (or ``create_sliding_window_causal_mask``), and
+``_preprocess_mask_arguments`` returns a 4-D ``attention_mask`` *as is* ("already
+prepared, or custom"). Eager attention then only adds that mask to the scores
+(``attn_weights + attention_mask``): GPT-2 no longer keeps a causal ``bias`` buffer, and
+``module.is_causal`` is read only by the SDPA and flash kernels. So an all-zero float
+mask of shape ``(1, 1, n, n)`` gives true bidirectional attention under eager, and
+nothing re-causalises it. The flash kernels *would* (they take ``is_causal`` from the
+module), which is one more reason the adapters insist on eager attention; SDPA honours
+an explicit mask too, but does not return attention probabilities.
+
+With ``causal=True`` we pass a plain 2-D all-ones mask and let the model build its own
+(causal, or sliding-window causal for Mistral/Qwen2) mask.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelError
+from .base import Adapter
+
+
+class DecoderAdapter(Adapter):
+    """Pre-norm decoder-only LMs: a base model, a final norm and an LM head."""
+
+    is_decoder = True
+    norm_placement = "pre"
+
+    def base_model(self) -> nn.Module:
+        """The transformer without its head (``transformer`` / ``model``)."""
+        return self.model.base_model
+
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    def output_head(self) -> nn.Module | None:
+        """The LM head (``lm_head``), or None when the model was loaded without one."""
+        return getattr(self.model, "lm_head", None)
+
+    def position_ids(self, input_ids: Tensor) -> Tensor:
+        # both GPT-2 and Llama default to arange(n) for a single unpadded text
+        return torch.arange(input_ids.shape[0], dtype=torch.long)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = True):
+        impl = getattr(self.config, "_attn_implementation", "eager")
+        if impl != "eager":
+            raise ModelError(
+                f"{self.family}: tokentrail needs eager attention (got {impl!r}): it reads attention "
+                "probabilities and sets its own mask; load the model with attn_implementation='eager'"
+            )
+        ids = input_ids[None]  # (1, n)
+        n = ids.shape[1]
+        if causal:
+            mask = torch.ones_like(ids)  # no padding; the model builds its causal mask
+        else:
+            dtype = next(self.base_model().parameters()).dtype
+            # 0 = attend; a 4-D mask is used as given (see the module docstring)
+            mask = torch.zeros(1, 1, n, n, dtype=dtype, device=ids.device)
+        return self.base_model()(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids[None],
+            use_cache=False,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
+
+    def lens_head(self) -> Callable[[Tensor], Tensor] | None:
+        """Final norm then LM head, the model's own modules, in float32.
+
+        Takes the *pre-norm* residual: capture's ``layer_out[L-1]`` is the last layer's
+        module output, whereas the framework's ``hidden_states[L]`` is already normed.
+        """
+        head = self.output_head()
+        if head is None:
+            return None
+        norm = self.final_norm()
+
+        def apply(h: Tensor) -> Tensor:
+            # (n, d) -> (n, V)
+            dtype = head.weight.dtype
+            return head(norm(h.to(dtype))).float()
+
+        return apply
+
+    def lens_unavailable_reason(self) -> str:
+        return f"this {self.family} checkpoint was loaded without its LM head (load it with AutoModelForCausalLM)"

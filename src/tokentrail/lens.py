@@ -1,0 +1,179 @@
+"""The logit lens (SPEC site ``lens``): the model's own output head read at every layer.
+
+For each layer ``l`` and token ``t`` the residual vector (``layer_out`` = ``h_{l+1}`` by
+default, or ``attn_resid``) goes through the head the model itself predicts with:
+
+* decoders: the final norm, then the LM head. Capture's ``layer_out[L-1]`` is the last
+  layer's module output, *before* the final norm (the framework's ``hidden_states[L]`` is
+  after it), so the lens applies the norm to every layer alike and its last layer equals
+  the model's own logits;
+* encoders: the masked-LM head (BERT ``cls``, RoBERTa ``lm_head``) when the checkpoint
+  has one; otherwise :class:`~tokentrail.errors.ModelError` with the adapter's reason
+  (the bundled MiniLM is a sentence-embedding checkpoint with no MLM head).
+
+Per layer and token it reports the top-k predictions with their probabilities, the rank
+of the token itself and, for decoders, the rank of the *next* token (what the model is
+trained to predict there; -1 / NaN at the last token, which has no next token). Ranks
+follow SPEC: 0-based, counting vocabulary ids with a strictly higher logit, so ties
+favour the token; top-k ties go to the lower id.
+
+Nothing here runs the model's forward pass: the lens takes the adapter (for its head)
+and the captured :class:`~tokentrail.capture.Activations`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .adapters import Adapter
+from .capture import Activations
+from .errors import InputError, ModelError
+from .metrics import rank_in_vocab, top_k
+
+LENS_SITES = ("layer_out", "attn_resid")
+LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy")
+
+
+@dataclass(frozen=True)
+class LensResult:
+    """The logit lens over all layers and tokens of one text.
+
+    Arrays are shaped (L, n) or (L, n, k): L layers, n tokens, k predictions per cell.
+    """
+
+    site: str  # the residual site read: "layer_out" or "attn_resid"
+    is_decoder: bool
+    input_ids: np.ndarray  # (n,)
+    top_ids: np.ndarray  # (L, n, k) int64, most probable first (ties: lower id)
+    top_probs: np.ndarray  # (L, n, k) float32
+    own_rank: np.ndarray  # (L, n) int64: ids with a strictly higher logit than token t's own
+    own_prob: np.ndarray  # (L, n) float32
+    next_rank: np.ndarray | None  # (L, n) int64, rank of token t+1; -1 at the last token; None for encoders
+    next_prob: np.ndarray | None  # (L, n) float32; NaN at the last token; None for encoders
+    entropy: np.ndarray  # (L, n) float32, nats
+
+    @property
+    def n_layers(self) -> int:
+        return self.top_ids.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.top_ids.shape[1]
+
+    @property
+    def k(self) -> int:
+        return self.top_ids.shape[2]
+
+    def ids_used(self) -> set[int]:
+        """Every vocabulary id the result names (for labelling)."""
+        return {int(i) for i in np.unique(self.top_ids)}
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """Per-cell metrics as float (L, n) arrays; undefined cells are NaN."""
+        out = {"own_rank": self.own_rank.astype(np.float64), "own_prob": self.own_prob.astype(np.float64)}
+        if self.next_rank is not None and self.next_prob is not None:
+            nr = self.next_rank.astype(np.float64)
+            nr[self.next_rank < 0] = np.nan
+            out["next_rank"] = nr
+            out["next_prob"] = self.next_prob.astype(np.float64)
+        out["entropy"] = self.entropy.astype(np.float64)
+        return out
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy: one row per token, layer and metric (columns token, layer, metric, value)."""
+        L, n = self.n_layers, self.n_tokens
+        li, ti = np.meshgrid(np.arange(L), np.arange(n), indexing="ij")
+        parts = [
+            pd.DataFrame({"token": ti.reshape(-1), "layer": li.reshape(-1), "metric": name, "value": vals.reshape(-1)})
+            for name, vals in self.metrics().items()
+        ]
+        return pd.concat(parts, ignore_index=True)
+
+    def top_frame(self) -> pd.DataFrame:
+        """Tidy top-k: one row per token, layer and place (columns token, layer, place, id, prob)."""
+        L, n, k = self.top_ids.shape
+        li, ti, pi = np.meshgrid(np.arange(L), np.arange(n), np.arange(k), indexing="ij")
+        return pd.DataFrame(
+            {
+                "token": ti.reshape(-1),
+                "layer": li.reshape(-1),
+                "place": pi.reshape(-1),
+                "id": self.top_ids.reshape(-1).astype(np.int64),
+                "prob": self.top_probs.reshape(-1).astype(np.float64),
+            }
+        )
+
+
+@torch.no_grad()
+def logit_lens(
+    adapter: Adapter,
+    acts: Activations,
+    *,
+    k: int = 15,
+    site: str = "layer_out",
+    chunk_bytes: int = 256 << 20,
+) -> LensResult:
+    """Apply the model's own output head to ``site`` at every layer of ``acts``.
+
+    Memory stays at ``O(chunk x V)``: tokens go through the head a chunk at a time and
+    only the top-k, ranks and probabilities of each cell are kept.
+    """
+    if site not in LENS_SITES:
+        raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)}, not {site!r}")
+    if k < 1:
+        raise InputError("k must be at least 1")
+    head = adapter.lens_head()
+    if head is None:
+        raise ModelError(adapter.lens_unavailable_reason())
+    vecs = acts.site(site)  # (L, n, d)
+    L, n, _ = vecs.shape
+    ids = acts.input_ids.long()
+    decoder = adapter.is_decoder
+    V = head(vecs[0, :1]).shape[1]  # the head's vocabulary (may differ from the embedding table's)
+    kk = min(k, V)
+    step = max(1, chunk_bytes // (V * 4 * 4))  # logits, log-probs, probs, entr per chunk
+    # next token of t is t+1; the last token has none (its placeholder is masked below)
+    nxt = torch.cat([ids[1:], ids[:1]])
+    top_ids = torch.empty(L, n, kk, dtype=torch.long)
+    top_probs = torch.empty(L, n, kk)
+    own_rank = torch.empty(L, n, dtype=torch.long)
+    own_prob = torch.empty(L, n)
+    next_rank = torch.full((L, n), -1, dtype=torch.long)
+    next_prob = torch.full((L, n), float("nan"))
+    entropy = torch.empty(L, n)
+    for layer in range(L):
+        for start in range(0, n, step):
+            sl = slice(start, min(n, start + step))
+            logits = head(vecs[layer, sl]).float()  # (m, V)
+            logp = torch.log_softmax(logits, dim=-1)
+            t_ids, _ = top_k(logits, kk)
+            top_ids[layer, sl] = t_ids
+            top_probs[layer, sl] = logp.gather(1, t_ids).exp()
+            own = ids[sl]
+            own_rank[layer, sl] = rank_in_vocab(logits, own)
+            own_prob[layer, sl] = logp.gather(1, own[:, None])[:, 0].exp()
+            if decoder:
+                nx = nxt[sl]
+                next_rank[layer, sl] = rank_in_vocab(logits, nx)
+                next_prob[layer, sl] = logp.gather(1, nx[:, None])[:, 0].exp()
+            entropy[layer, sl] = torch.special.entr(logp.exp()).sum(-1)
+    if decoder:
+        next_rank[:, -1] = -1
+        next_prob[:, -1] = float("nan")
+    return LensResult(
+        site=site,
+        is_decoder=decoder,
+        input_ids=ids.numpy().copy(),
+        top_ids=top_ids.numpy(),
+        top_probs=top_probs.numpy(),
+        own_rank=own_rank.numpy(),
+        own_prob=own_prob.numpy(),
+        next_rank=next_rank.numpy() if decoder else None,
+        next_prob=next_prob.numpy() if decoder else None,
+        entropy=entropy.numpy(),
+    )
