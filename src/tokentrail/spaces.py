@@ -97,6 +97,15 @@ class VocabSpace:
         self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
+        if not positional or adapter.position_offset(torch.zeros(1, dtype=torch.long)) is None:
+            # rows never move with position (RoPE models, position-free spaces): the norms
+            # above are all position_stats needs, so the (G, V, k) table is not kept
+            self.P = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by this space's own tables (the shared embedding table not counted)."""
+        return sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c) if t is not None)
 
     @property
     def vocab_size(self) -> int:
@@ -275,6 +284,6 @@ class SpaceCache:
             self._keep[key] = space
         else:
             self._lru[key] = space
-            while len(self._lru) > 1 and sum(s.P.numel() * 4 for s in self._lru.values()) > self.max_bytes:
+            while len(self._lru) > 1 and sum(s.nbytes for s in self._lru.values()) > self.max_bytes:
                 self._lru.popitem(last=False)
         return space

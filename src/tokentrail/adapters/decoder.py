@@ -17,6 +17,7 @@ With ``causal=True`` we pass a plain 2-D all-ones mask and let the model build i
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Callable
 
 import torch
@@ -36,15 +37,17 @@ class DecoderAdapter(Adapter):
         """The transformer without its head (``transformer`` / ``model``)."""
         return self.model.base_model
 
+    @abstractmethod
     def final_norm(self) -> nn.Module:
-        raise NotImplementedError
+        """The norm between the last layer and the LM head (``ln_f`` / ``norm``)."""
 
     def output_head(self) -> nn.Module | None:
         """The LM head (``lm_head``), or None when the model was loaded without one."""
         return getattr(self.model, "lm_head", None)
 
     def position_ids(self, input_ids: Tensor) -> Tensor:
-        # both GPT-2 and Llama default to arange(n) for a single unpadded text
+        # GPT-2 and the Llama family both count from 0 (GPT2Model / LlamaModel default to
+        # arange(n) for one unpadded text); no padding offset as in RoBERTa
         return torch.arange(input_ids.shape[0], dtype=torch.long)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = True):
@@ -82,6 +85,7 @@ class DecoderAdapter(Adapter):
             return None
         norm = self.final_norm()
 
+        @torch.no_grad()
         def apply(h: Tensor) -> Tensor:
             # (n, d) -> (n, V)
             dtype = head.weight.dtype

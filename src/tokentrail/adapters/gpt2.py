@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from .base import HeadProjection, HookPoints, Norm
@@ -77,7 +76,3 @@ class GPT2Adapter(DecoderAdapter):
         lay = self.layers[layer]
         # c_proj's input is the concatenated per-head z; its output is attn_l before resid_dropout
         return HookPoints(layer=lay, attn_out_proj=lay.attn.c_proj, ffn_input=None)
-
-    def position_ids(self, input_ids: Tensor) -> Tensor:
-        # GPT2Model's own default: arange(n) (no padding offset, unlike RoBERTa)
-        return torch.arange(input_ids.shape[0], dtype=torch.long)
