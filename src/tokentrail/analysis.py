@@ -12,9 +12,9 @@ from torch import Tensor
 from . import __version__
 from .adapters import Adapter
 from .capture import SITES, Activations, capture
-from .errors import InputError
+from .errors import InputError, ModelError
 from .metrics import SIMILARITIES, anisotropy, overlap, rank_in_vocab, similarity_from_dots, top_k
-from .results import RunInfo, Trail, View
+from .results import HeadsAt, RunInfo, Trail, View
 from .spaces import HEAD_SPACE_KINDS, SpaceCache, VocabSpace
 
 RESIDUAL_SPACES = ("encodings", "embeddings")
@@ -86,6 +86,8 @@ def analyse(
     todo = check_options(sites, space_kinds, similarities, k, overlap_k)
     if not adapter.is_decoder and causal:
         raise InputError(f"{adapter.family} is an encoder: it has no causal mask to turn on")
+    if lens and adapter.lens_head() is None:  # say so before the slow part, not after it
+        raise ModelError(adapter.lens_unavailable_reason())
     causal = adapter.is_decoder if causal is None else bool(causal) and adapter.is_decoder
     say = progress or (lambda f, m: None)
     say(0.0, "running the model")
@@ -110,6 +112,7 @@ def analyse(
         say(0.99, "logit lens")
         lens_result = logit_lens(adapter, acts, k=k)
     ids_used = {int(i) for v in views for i in np.unique(v.top_ids)} | {int(i) for i in input_ids}
+    ids_used |= {int(i) for v in views if v.origin_top_ids is not None for i in np.unique(v.origin_top_ids)}
     if lens_result is not None:
         ids_used |= lens_result.ids_used()
     info = RunInfo(
@@ -286,3 +289,58 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
         )
         for sim, r in res.items()
     ]
+
+
+def heads_at(
+    adapter: Adapter,
+    spaces: SpaceCache,
+    acts: Activations,
+    layer: int,
+    token: int,
+    *,
+    label: Callable[[Iterable[int]], dict[int, str]] | None = None,
+    kind: str = "value",
+    similarity: str = "cosine",
+    k: int = 15,
+) -> HeadsAt:
+    """The ``heads`` site for one token at one layer: each head against its own space.
+
+    The same numbers as ``analyse(..., sites=["heads"])`` at ``[layer, :, token]``, for
+    the cost of one layer's space and one query per head (what an interactive view needs
+    after a click), plus the token's row of every head's attention pattern.
+    """
+    if kind not in HEAD_SPACE_KINDS:
+        raise InputError(f"unknown head space {kind!r}: choose from {', '.join(HEAD_SPACE_KINDS)}")
+    if similarity not in SIMILARITIES:
+        raise InputError(f"unknown similarity {similarity!r}: choose from {', '.join(SIMILARITIES)}")
+    n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
+    if not 0 <= layer < L:
+        raise InputError(f"layer {layer} is out of range: the model has {L} layers (0..{L - 1})")
+    if not 0 <= token < n:
+        raise InputError(f"token {token} is out of range: the text has {n} tokens (0..{n - 1})")
+    if k < 1:
+        raise InputError("k must be at least 1")
+    space = spaces.get(kind, layer)
+    kk = min(k, space.vocab_size)
+    groups = torch.tensor([adapter.kv_head_of(h) for h in range(H)]) if kind != "query" else torch.arange(H)
+    with torch.no_grad():
+        stats = space.position_stats(acts.position_ids[token : token + 1])
+        z = head_vectors(adapter, acts, kind, layer)[token : token + 1]  # (1, H, dh)
+        dots = space.dots(z, stats, torch.zeros(1, dtype=torch.long), groups)[0]  # (H, V)
+        row_sq = stats.sq_norm[0][groups]  # (H, V)
+        own = acts.input_ids[token].repeat(H)
+        own_s, rank, ids, vals = _score(dots, z[0].pow(2).sum(-1), row_sq, own, similarity, kk)
+    used = sorted({int(i) for i in ids.unique()} | {int(acts.input_ids[token])})
+    return HeadsAt(
+        layer=layer,
+        token=token,
+        own_id=int(acts.input_ids[token]),
+        space=kind,
+        similarity=similarity,
+        self_sim=own_s.numpy(),
+        rank=rank.numpy(),
+        top_ids=ids.numpy(),
+        top_sims=vals.numpy(),
+        attention=acts.attentions[layer, :, token].numpy().copy(),
+        labels=label(used) if label is not None else {i: str(i) for i in used},
+    )

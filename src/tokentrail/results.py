@@ -277,3 +277,25 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
     }
     frames = [pd.DataFrame({**base, "metric": name, "value": vals.reshape(-1).astype(np.float64)}) for name, vals in metrics.items()]
     return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class HeadsAt:
+    """Every head of one layer, for one token: nearest vocabulary rows in each head's
+    own space (SPEC ``heads`` site) and the token's row of each attention pattern."""
+
+    layer: int
+    token: int
+    own_id: int
+    space: str  # value / key / query
+    similarity: str
+    self_sim: np.ndarray  # (H,)
+    rank: np.ndarray  # (H,) int, 0-based; ties favour the token
+    top_ids: np.ndarray  # (H, k)
+    top_sims: np.ndarray  # (H, k)
+    attention: np.ndarray  # (H, n) how much the token attended to each source token
+    labels: dict[int, str]  # vocabulary id -> readable token, for every id above
+
+    @property
+    def n_heads(self) -> int:
+        return self.rank.shape[0]

@@ -1,0 +1,74 @@
+"""The short "how to read this" panels shown next to each view."""
+
+INTRO = (
+    "Follow each token's vector through every layer, compared with the model's own vocabulary: "
+    "which tokens does it still look like, and where does it stop looking like itself?"
+)
+
+ACROSS_LAYERS = """**How to read this**
+
+Each column is a layer. Its rows are the vocabulary tokens whose *original encodings*
+(the model's own input vector for that token, placed at this position) are most similar
+to the selected token's vector at the chosen **site**. Untick *Use positional embeddings*
+to compare with the raw, position-free embedding table instead.
+
+- ★ is the token itself. When it falls outside the top-k, the last row gives its
+  **rank**: how many vocabulary tokens are closer (0 = nearest).
+- **Similarity to the original encoding**: how much of the token it started as is left.
+- **Rank** (log scale, lower is better): 1 means its own token is the nearest.
+- **Overlap**: how many of the top-100 neighbours it shares with the previous layer; a
+  drop marks a layer that rewrites the token.
+
+Grey lines are the other tokens, orange the selected one. *Anisotropy-adjusted*
+subtracts the layer's mean similarity between different tokens (Ethayarajh 2019):
+late layers make every vector look alike.
+"""
+
+HEATMAPS = """**How to read this**
+
+Every token (rows) at every layer (columns) at once. **Click a cell** to select
+that token and layer (or a token's name to select just the token); the other views
+follow.
+
+- **rank**: darker is worse: more vocabulary tokens are closer than its own (white: 0,
+  its own token is the nearest; log scale).
+- **self-similarity**: darker is more similar to its original encoding.
+- **overlap**: darker keeps more of its top-100 neighbours from the previous layer.
+"""
+
+HEADS = """**How to read this**
+
+For the selected token and **layer**: each head's output *z* (its weighted sum of
+values, before the output projection) compared with the vocabulary as seen through
+that head's own value map, at this position. ★ marks the token itself; *own rank*
+is where it stands (0 = nearest).
+
+The map shows where the token's attention went: one row per head, one column per
+token of the text; darker is more weight. Each row sums to 1.
+"""
+
+WALKTHROUGH = """**How to read this**
+
+One head's computation for the selected token, with this text's real numbers:
+query · key scores, scaled by √d_k, turned into weights by softmax, used to average the
+value vectors; then the output projection, the residual add and (post-LN models) the
+LayerNorm.
+
+Everything is recomputed from the captured layer input and the model's own weights,
+then checked against what the model itself produced (the ✓ line): the numbers are
+the model's, not an approximation.
+"""
+
+EXPORT = """**How to read this**
+
+**Analysis**: the tidy table behind every view (one row per token, layer, metric),
+as CSV or Parquet, or JSON with the top-k neighbours and the run's metadata.
+
+**Plots**: standalone HTML (interactive, works offline), or SVG/PNG drawn on the
+server with kaleido and Chromium when they are installed. The camera icon on each
+plot also saves a PNG straight from your browser.
+
+Files are made for this page only and deleted after an hour.
+"""
+
+LIMITS = "Up to {chars:,} characters and {tokens} tokens. Enter or **Analyse** runs it."

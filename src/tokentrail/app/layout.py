@@ -1,0 +1,374 @@
+"""The page: components, and the callbacks that join them to a :class:`Session`.
+
+Every callback returns data for the page, never a stack trace: a
+:class:`~tokentrail.errors.TokentrailError` becomes a warning and the status line, any
+other exception a short "internal error" line (the details go to the server log).
+Event handlers have stable ``api_name``s so ``gradio_client`` can drive the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import Any, Callable
+
+import gradio as gr
+
+from .. import plots
+from ..errors import InputError, TokentrailError
+from ..metrics import SIMILARITIES
+from . import help as texts
+from . import render
+from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
+from .session import INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Options, Session, load_model
+from .style import CSS, THEME
+
+log = logging.getLogger("tokentrail.app")
+
+STATE_TTL_S = 3600  # a session's cached results live this long after its last use
+CONCURRENCY = 2  # analyses at once (the machine this was tuned on has 2 cores)
+# the heatmap is an HTML table; a click on a cell (or a token's row header) sends its
+# token and layer back as event data
+HEAT_CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const cell = e.target.closest('[data-t]');
+  if (!cell) return;
+  trigger('click', {token: Number(cell.dataset.t), layer: cell.dataset.l === undefined ? null : Number(cell.dataset.l)});
+});
+"""
+PLOT_CHOICES = {
+    "similarity across layers": "self_sim",
+    "rank across layers": "rank",
+    "overlap across layers": "overlap",
+    "attention of the selected token": "attention",
+    "heatmap (token × layer)": "grid",
+}
+
+
+class Page:
+    """Handles of every component the callbacks read or write."""
+
+
+def _fail(message: str, n_outputs: int, status_at: int) -> tuple:
+    out: list[Any] = [gr.skip()] * n_outputs
+    out[status_at] = render.error(message)
+    return tuple(out)
+
+
+def guarded(n_outputs: int, status_at: int) -> Callable:
+    """Turn every exception of a callback into a message in the page."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            lock = args[0].lock if args and isinstance(args[0], Session) else contextlib.nullcontext()
+            try:
+                with lock:  # one event at a time per session: a click never sees half an analysis
+                    return fn(*args, **kwargs)
+            except TokentrailError as exc:
+                gr.Warning(str(exc))
+                return _fail(str(exc), n_outputs, status_at)
+            except Exception as exc:  # keep serving; the log has the traceback
+                log.exception("callback %s failed", fn.__name__)
+                msg = f"internal error ({type(exc).__name__}); the server log has the details. The page keeps working: try again or change the input"
+                gr.Warning(msg)
+                return _fail(msg, n_outputs, status_at)
+
+        return inner
+
+    return wrap
+
+
+def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[str] = (), *, max_queue: int = 16) -> gr.Blocks:
+    """The tokentrail page as a ``gr.Blocks`` (queue bounded to ``max_queue`` waiting events).
+
+    ``models``: extra names the page may offer (hub ids or local folders, named by the
+    server's operator; never typed in the page). ``preload``: models to load now.
+    Launch it with :func:`tokentrail.app.launch`, or ``demo.launch(**launch_options())``.
+    """
+    menu = ModelMenu([*(models or []), *preload])
+    for name in preload:
+        load_model(menu.add(name).value)
+    default_model = menu.add(preload[0]).value if preload else menu.default
+    folder = ExportFolder()
+    p = Page()
+
+    with gr.Blocks(title="tokentrail", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        state = gr.State(None, time_to_live=STATE_TTL_S)
+        gr.Markdown(f"# tokentrail\n{texts.INTRO}", elem_id="header")
+        with gr.Row(equal_height=True):
+            p.text = gr.Textbox(
+                INITIAL_TEXT,
+                label="Text",
+                info=texts.LIMITS.format(chars=MAX_CHARS, tokens=MAX_TOKENS),
+                lines=1,  # one line: Enter submits (Gradio submits multi-line boxes on Shift+Enter)
+                max_lines=5,
+                scale=5,
+                elem_id="text",
+            )
+            with gr.Column(scale=2, min_width=240):
+                p.model = gr.Dropdown(menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False)
+                p.analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
+        with gr.Row(elem_id="options", equal_height=True):
+            p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", scale=3, min_width=360, elem_id="site")
+            p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", scale=2, min_width=220, elem_id="similarity")
+            p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", scale=2, min_width=200, elem_id="k")
+            with gr.Column(scale=2, min_width=220):
+                p.positional = gr.Checkbox(True, label="Use positional embeddings", info="compare with encodings (else raw embeddings)", elem_id="positional")
+                p.adjusted = gr.Checkbox(False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted")
+                p.causal = gr.Checkbox(True, label="Causal mask", info="decoders only: off = bidirectional", visible=False, elem_id="causal")
+        p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
+        p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
+        with gr.Row():
+            p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
+            p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
+        with gr.Tabs(selected="layers", elem_id="tabs"):
+            with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        p.table = gr.Dataframe(label="Nearest vocabulary tokens, per layer", interactive=False, wrap=False, max_height=520, pinned_columns=1, column_widths=["56px"], elem_id="table")
+                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
+                        gr.Markdown(texts.ACROSS_LAYERS)
+                with gr.Row():
+                    p.plot_sim = gr.Plot(show_label=False, elem_id="plot-sim")
+                    p.plot_rank = gr.Plot(show_label=False, elem_id="plot-rank")
+                    p.plot_overlap = gr.Plot(show_label=False, elem_id="plot-overlap")
+            with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        p.metric = gr.Radio([(v, k) for k, v in render.HEAT_METRICS.items()], value="rank", label="Metric", elem_id="metric")
+                        p.heat = gr.HTML("", js_on_load=HEAT_CLICK_JS, apply_default_css=False, elem_id="heat")
+                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
+                        gr.Markdown(texts.HEATMAPS)
+            with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        p.heads = gr.Dataframe(label="Each head's output vs its value space", interactive=False, max_height=480, pinned_columns=1, column_widths=["76px", "82px", "72px"], elem_id="heads")
+                        p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
+                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
+                        gr.Markdown(texts.HEADS)
+            with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        p.walk = gr.Markdown(elem_id="walk")
+                        p.walk_sources = gr.Dataframe(label="Per source token", interactive=False, max_height=420, elem_id="walk-sources")
+                        p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
+                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
+                        gr.Markdown(texts.WALKTHROUGH)
+            with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        with gr.Row():
+                            p.result_fmt = gr.Radio(list(RESULT_FORMATS), value="CSV", label="Analysis format", elem_id="result-fmt")
+                            p.export_results = gr.Button("Download analysis", elem_id="export-results")
+                        with gr.Row():
+                            p.plot_which = gr.Dropdown(list(PLOT_CHOICES), value="similarity across layers", label="Plot", elem_id="plot-which")
+                            p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
+                            p.export_plot = gr.Button("Download plot", elem_id="export-plot")
+                        p.file = gr.File(label="Download", interactive=False, elem_id="file")
+                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
+                        gr.Markdown(texts.EXPORT)
+
+        _wire(demo, p, state, menu, folder, default_model)
+    demo.queue(max_size=max_queue, default_concurrency_limit=CONCURRENCY, api_open=False)
+    return demo
+
+
+# ---- rendering a session into the page ---------------------------------------------------
+HEADER = ("status", "tokens", "layer", "head")
+TAB_VIEWS = {
+    "layers": ("table", "plot_sim", "plot_rank", "plot_overlap"),
+    "heatmaps": ("heat",),
+    "heads": ("heads", "attention"),
+    "walkthrough": ("walk", "walk_sources", "walk_vectors"),
+    "export": (),
+}
+VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
+
+
+def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tuple:
+    """The header and the visible tab's views, from the session's cached Trail. Hidden
+    tabs are skipped (they render when shown): a click pays only for what it shows."""
+    trail = session.require_trail()
+    t, l, h = session.token, session.layer, session.head
+    label = menu.entries[session.model].label if session.model in menu.entries else session.model
+    out: dict[str, Any] = {
+        "status": render.status(trail, label, t, l, h),
+        "tokens": gr.Radio(choices=render.token_choices(trail), value=t),
+        "layer": gr.Slider(0, trail.n_layers - 1, value=l, step=1),
+        "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
+    }
+    view = render.residual_view(trail, session.options.site, session.options.similarity)
+    if session.tab == "layers":
+        out["table"] = render.neighbour_table(trail, view, t)
+        out["plot_sim"] = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
+        out["plot_rank"] = plots.layer_lines(trail, view, "rank", t)
+        out["plot_overlap"] = plots.layer_lines(trail, view, "overlap", t)
+    elif session.tab == "heatmaps":
+        out["heat"] = render.heat_html(trail, view, metric, t, l, adjusted=adjusted)
+    elif session.tab == "heads":
+        heads = session.heads()
+        out["heads"] = render.heads_table(trail, heads)
+        out["attention"] = plots.attention_row(trail, heads)
+    elif session.tab == "walkthrough":
+        step = session.step()
+        out["walk"] = render.step_summary(trail, step)
+        out["walk_sources"] = render.step_sources(trail, step, trail.attentions[l, h, t] if trail.attentions is not None else None)
+        out["walk_vectors"] = render.step_vectors(step)
+    return tuple(out.get(name, gr.skip()) for name in VIEWS)
+
+
+def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str) -> None:
+    views = [getattr(p, name) for name in VIEWS]
+    options = [p.positional, p.site, p.similarity, p.k, p.causal]
+    display = [p.adjusted, p.metric]
+    status_at = 1 + VIEWS.index("status")  # after the state output
+    common = dict(concurrency_id="tokentrail", concurrency_limit=CONCURRENCY)
+    quick = dict(common, show_progress="minimal")  # clicks: no full-page progress flash
+
+    def session_for(session: Session | None) -> Session:
+        return session if isinstance(session, Session) else Session(model=default_model)
+
+    # -- analyse a text (Enter / the button / an option changed) ------------------------
+    @guarded(1 + len(views), status_at)
+    def analyse(session, text, model, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+        session = session_for(session)
+        entry = menu.check(model)
+        opts = Options.from_page(site, positional, similarity, k, causal)
+        old = session.model
+        session.switch(entry.value)
+        try:
+            session.analyse(text, opts, lambda f, m: progress(f, desc=m))
+        except Exception:
+            session.switch(old)
+            raise
+        return (session, *_views(session, menu, adjusted, metric))
+
+    gr.on([p.text.submit, p.analyse.click], analyse, [state, p.text, p.model, *options, *display], [state, *views], api_name="tokenize", **common)
+    gr.on(
+        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input],
+        analyse,
+        [state, p.text, p.model, *options, *display],
+        [state, *views],
+        api_name="analyse",
+        trigger_mode="always_last",
+        **common,
+    )
+    demo.load(analyse, [state, p.text, p.model, *options, *display], [state, *views], api_visibility="private", **common)
+
+    # -- selection: re-render from the cached Trail ------------------------------------
+    @guarded(len(views), VIEWS.index("status"))
+    def select_token(session, token, adjusted, metric):
+        session = session_for(session)
+        if token is None:
+            raise InputError("choose a token to follow")
+        session.select(token=token)
+        return _views(session, menu, adjusted, metric)
+
+    p.tokens.input(select_token, [state, p.tokens, *display], views, api_name="select_token", trigger_mode="always_last", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def select_layer(session, layer, head, adjusted, metric):
+        session = session_for(session)
+        session.select(layer=layer, head=head)
+        return _views(session, menu, adjusted, metric)
+
+    gr.on([p.layer.input, p.head.input], select_layer, [state, p.layer, p.head, *display], views, api_name="select_layer", trigger_mode="always_last", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def redisplay(session, adjusted, metric):
+        session = session_for(session)
+        return _views(session, menu, adjusted, metric)
+
+    gr.on([p.adjusted.input, p.metric.input], redisplay, [state, *display], views, api_name="display", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def select_cell(session, adjusted, metric, evt: gr.EventData):
+        session = session_for(session)
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        session.select(token=data.get("token"), layer=data.get("layer"))
+        return _views(session, menu, adjusted, metric)
+
+    p.heat.click(select_cell, [state, *display], views, api_visibility="private", **quick)
+
+    # -- tabs: render the one being shown ------------------------------------------------
+    for name in TAB_VIEWS:
+
+        def show(session, adjusted, metric, _tab=name):
+            session = session_for(session)
+            session.tab = _tab
+            if session.trail is None:  # nothing analysed yet: nothing to draw
+                return (session, *[gr.skip() for _ in VIEWS])
+            return (session, *_views(session, menu, adjusted, metric))
+
+        show.__name__ = f"show_{name}"
+        getattr(p, f"tab_{name}").select(
+            guarded(1 + len(views), status_at)(show), [state, *display], [state, *views], api_name=f"show_{name}", **quick
+        )
+
+    # -- switching model ----------------------------------------------------------------
+    switch_outputs = [state, p.model, p.causal, *views]
+
+    @guarded(len(switch_outputs), 3 + VIEWS.index("status"))
+    def switch_model(session, model, text, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+        session = session_for(session)
+        entry = menu.check(model)
+        progress(0.0, desc=f"loading {entry.label}")
+        try:
+            loaded = load_model(entry.value, lambda m: progress(0.0, desc=m))
+        except TokentrailError as exc:
+            msg = f"{entry.label} cannot be used here: {exc}. Still using {menu.entries[session.model].label}."
+            gr.Warning(msg)
+            return (session, gr.Dropdown(value=session.model), gr.skip(), *_fail(msg, len(views), VIEWS.index("status")))
+        causal_box = gr.Checkbox(visible=loaded.adapter.is_decoder)
+        old = session.model
+        session.switch(entry.value)
+        if session.text is None and not (isinstance(text, str) and text.strip()):
+            msg = f"Loaded **{entry.label}**. Enter a text and press Analyse."
+            return (session, gr.skip(), causal_box, msg, *[gr.skip()] * (len(views) - 1))
+        opts = Options.from_page(site, positional, similarity, k, causal)
+        try:
+            session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, lambda f, m: progress(f, desc=m))
+        except Exception:
+            session.switch(old)
+            raise
+        return (session, gr.skip(), causal_box, *_views(session, menu, adjusted, metric))
+
+    p.model.input(switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common)
+
+    # -- export ---------------------------------------------------------------------------
+    @guarded(2, 1)
+    def export_results(session, fmt):
+        session = session_for(session)
+        trail = session.require_trail()
+        path = write_results(trail, fmt, folder)
+        return str(path), f"Exported the analysis as {fmt}: {path.name}"
+
+    p.export_results.click(export_results, [state, p.result_fmt], [p.file, p.status], api_name="export_results", **common)
+
+    @guarded(2, 1)
+    def export_plot(session, which, fmt, adjusted, metric):
+        session = session_for(session)
+        trail = session.require_trail()
+        kind = PLOT_CHOICES.get(which)
+        if kind is None:
+            raise InputError(f"unknown plot {which!r}: choose {', '.join(PLOT_CHOICES)}")
+        view = render.residual_view(trail, session.options.site, session.options.similarity)
+        if kind == "attention":
+            fig = plots.attention_row(trail, session.heads())
+        elif kind == "grid":
+            fig = plots.layer_grid(trail, view, metric, adjusted=adjusted, selected=(session.token, session.layer))
+        else:
+            fig = plots.layer_lines(trail, view, kind, session.token, adjusted=adjusted, height=420)
+        path = write_plot(fig, fmt, f"tokentrail-{kind}", folder)
+        return str(path), f"Exported the {which} plot as {fmt}: {path.name}"
+
+    p.export_plot.click(export_plot, [state, p.plot_which, p.plot_fmt, *display], [p.file, p.status], api_name="export_plot", **common)
+
+
+
+def launch_options() -> dict[str, Any]:
+    """Keyword arguments for ``Blocks.launch`` that give the page its look (Gradio 6
+    takes theme and CSS at launch)."""
+    return dict(theme=THEME, css=CSS)

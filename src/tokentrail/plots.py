@@ -1,0 +1,167 @@
+"""Plotly figures built from results only (a :class:`Trail`, a :class:`HeadsAt`).
+
+Every figure labels tokens as ``"i: token"``: plotly merges equal category names, and a
+text often repeats a token ("flies" ... "flies").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .results import HeadsAt, Trail, View
+
+ACCENT = "#d9480f"  # the selected token, everywhere in the app
+MUTED = "rgba(120, 130, 150, 0.35)"
+FONT = dict(family="Inter, system-ui, sans-serif", size=12, color="#1f2937")
+
+LINE_METRICS = {
+    "self_sim": "Similarity to the original encoding",
+    "rank": "Rank of its own token (log; lower is better)",
+    "overlap": "Top-k overlap with the previous layer",
+}
+
+
+def token_labels(trail: Trail) -> list[str]:
+    """Unique, readable labels for the tokens of a trail: ``"i: token"``."""
+    return [f"{i}: {t}" for i, t in enumerate(trail.tokens)]
+
+
+def _layout(title: str, height: int, **axes) -> dict:
+    """One layout dict for a figure (built once: plotly's property-by-property updates
+    cost more than the data on a token click)."""
+    axis = dict(gridcolor="#eef0f3", zeroline=False, linecolor="#cbd2d9")
+    return dict(
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)),
+        height=height,
+        margin=dict(l=56, r=16, t=44, b=44),
+        font=FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        showlegend=False,
+        hoverlabel=dict(font_size=12),
+        xaxis={**axis, **axes.get("xaxis", {})},
+        yaxis={**axis, **axes.get("yaxis", {})},
+        shapes=axes.get("shapes", []),
+    )
+
+
+def metric_by_layer(view: View, metric: str, adjusted: bool = False) -> np.ndarray:
+    """(L, n) values of ``metric`` for a residual view, as the app shows them."""
+    if metric == "self_sim":
+        return view.adjusted_self_sim if adjusted else view.self_sim
+    if metric == "rank":
+        return view.rank
+    if metric == "overlap":
+        return view.overlap
+    raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")
+
+
+def layer_lines(trail: Trail, view: View, metric: str, token: int, *, adjusted: bool = False, height: int = 300) -> go.Figure:
+    """One line per token across layers; ``token`` drawn on top in the accent colour.
+
+    ``rank`` is drawn as ``1 + rank`` on a log axis (rank 0, its own token nearest, sits at 1).
+    """
+    values = metric_by_layer(view, metric, adjusted).astype(float)
+    L, n = values.shape
+    if metric == "rank":
+        values = values + 1.0
+    labels = token_labels(trail)
+    fmt = "%{y:.3f}" if metric == "self_sim" else "%{y}"
+    hover = "%{customdata}<br>layer %{x}: " + fmt + "<extra></extra>"
+    traces = []
+    # all other tokens as one trace per kind (gaps between tokens): cheap for 256 tokens
+    for special, dash in ((False, "solid"), (True, "dot")):
+        others = [t for t in range(n) if t != token and bool(trail.special[t]) == special]
+        if not others:
+            continue
+        traces.append(
+            go.Scatter(
+                x=np.concatenate([np.append(np.arange(L), np.nan) for _ in others]),
+                y=np.concatenate([np.append(values[:, t], np.nan) for t in others]),
+                customdata=[labels[t] for t in others for _ in range(L + 1)],
+                mode="lines",
+                line=dict(color=MUTED, width=1.2, dash=dash),
+                connectgaps=False,
+                name="special tokens" if special else "other tokens",
+                hovertemplate=hover,
+            )
+        )
+    traces.append(
+        go.Scatter(
+            x=np.arange(L),
+            y=values[:, token],
+            customdata=[labels[token]] * L,
+            mode="lines+markers",
+            line=dict(color=ACCENT, width=3),
+            marker=dict(size=6),
+            name=labels[token],
+            hovertemplate=hover,
+        )
+    )
+    title = LINE_METRICS[metric]
+    if metric == "self_sim" and adjusted:
+        title += " − anisotropy"
+    if metric == "overlap":
+        title += f" (of {view.overlap_k})"
+    xaxis = dict(title_text="layer", dtick=1 if L <= 16 else 2, range=[-0.4, L - 0.6])
+    if metric == "rank":
+        yaxis = dict(type="log", title_text="1 + rank", dtick=1)
+    elif metric == "overlap":
+        yaxis = dict(title_text="shared ids", range=[-0.5, view.overlap_k + 0.5])
+    else:
+        yaxis = dict(title_text=view.similarity)
+    return go.Figure(data=traces, layout=_layout(title, height, xaxis=xaxis, yaxis=yaxis))
+
+
+def attention_row(trail: Trail, heads: HeadsAt, *, height: int | None = None) -> go.Figure:
+    """Heads × source tokens: how much the selected token attended to each token."""
+    labels = token_labels(trail)
+    H, n = heads.attention.shape
+    return go.Figure(
+        go.Heatmap(
+            z=heads.attention,
+            x=labels,
+            y=[f"head {h}" for h in range(H)],
+            colorscale="Oranges",
+            zmin=0.0,
+            zmax=1.0,
+            colorbar=dict(title="weight", thickness=12),
+            hovertemplate="%{y} → %{x}: %{z:.3f}<extra></extra>",
+        ),
+        layout=_layout(
+            f"Attention of '{trail.tokens[heads.token]}' at layer {heads.layer}, per head",
+            height or max(260, 90 + 22 * H),
+            xaxis=dict(tickangle=-45, type="category"),
+            yaxis=dict(autorange="reversed"),
+        ),
+    )
+
+
+def layer_grid(trail: Trail, view: View, metric: str, *, adjusted: bool = False, selected: tuple[int, int] | None = None) -> go.Figure:
+    """Token × layer heatmap of one metric (the app's clickable grid, as a figure for export)."""
+    values = metric_by_layer(view, metric, adjusted).astype(float).T  # (n, L)
+    z = np.log10(values + 1.0) if metric == "rank" else values
+    labels = token_labels(trail)
+    n, L = values.shape
+    shapes = []
+    if selected is not None:
+        t, l = selected
+        shapes.append(dict(type="rect", x0=l - 0.5, x1=l + 0.5, y0=t - 0.5, y1=t + 0.5, line=dict(color=ACCENT, width=3)))
+    return go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"L{l}" for l in range(L)],
+            y=labels,
+            customdata=values,
+            colorscale="Viridis_r" if metric == "rank" else "Viridis",
+            colorbar=dict(title="log10(1+rank)" if metric == "rank" else metric, thickness=12),
+            hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>",
+        ),
+        layout=_layout(
+            f"{LINE_METRICS[metric]}: token × layer",
+            max(300, 60 + 18 * n),
+            yaxis=dict(autorange="reversed", type="category"),
+            shapes=shapes,
+        ),
+    )

@@ -1,0 +1,150 @@
+"""How one attention head computed one token's output, step by step, with live numbers.
+
+For token ``t``, layer ``l`` and head ``h`` this recomputes, from the captured layer input
+and the adapter's canonical projections, every step of scaled dot-product attention:
+
+    x      = AttnIn_l(h_l)                       (identity for post-LN models)
+    q_t    = W_Q[h] x_t + b_Q[h]                 (RoPE at p_t for rotary models)
+    k_s    = W_K[g] x_s + b_K[g]                 (g = the KV head of h)
+    score  = q_t . k_s,   scaled = score / sqrt(d_head),   masked for s > t if causal
+    w      = softmax(scaled)                     == the model's attention probabilities
+    z      = sum_s w_s v_s                       == the SPEC ``heads`` site vector
+    attn   = sum_h z_h W_O[h] + b_O              == the attention sublayer's output
+    resid  = h_l,t + attn                        == the ``attn_resid`` site
+    normed = LN(resid)                           (post-LN only) == ``attn_resid_ln``
+
+and reports how far each recomputed quantity is from what the model itself produced, so
+the page can show numbers that are the model's, not an approximation of it. This is a
+re-derivation for display and checking, not a second forward pass of the product: the
+results still come from :func:`tokentrail.capture.capture`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .adapters import Adapter
+from .capture import Activations
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class AttentionStep:
+    """The live numbers of one head's attention for one token (all float32 tensors)."""
+
+    layer: int
+    head: int
+    token: int
+    kv_head: int
+    d_head: int
+    causal: bool
+    query: Tensor  # (d_head,) q_t
+    keys: Tensor  # (n, d_head) k_s
+    values: Tensor  # (n, d_head) v_s
+    scores: Tensor  # (n,) q_t . k_s
+    scaled: Tensor  # (n,) scores / sqrt(d_head), -inf where masked
+    masked: Tensor  # (n,) bool: True where the causal mask hid the source token
+    weights: Tensor  # (n,) softmax(scaled)
+    z: Tensor  # (d_head,) sum_s w_s v_s
+    head_out: Tensor  # (d,) z @ W_O[h]: this head's share of the attention output
+    attn_out: Tensor  # (d,) all heads through W_O, plus b_O
+    layer_in: Tensor  # (d,) h_{l,t}, the residual stream entering the layer
+    residual: Tensor  # (d,) layer_in + attn_out
+    normed: Tensor | None  # (d,) the post-attention LayerNorm's output (post-LN models)
+    checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+
+    @property
+    def max_error(self) -> float:
+        """Largest absolute difference from the model's own numbers, over every check."""
+        return max(self.checks.values(), default=0.0)
+
+    def matches_model(self, atol: float = 1e-4) -> bool:
+        return self.max_error <= atol
+
+
+def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None) -> AttentionStep:
+    """Recompute head ``head`` of layer ``layer`` for token ``token`` and check it against ``acts``.
+
+    ``acts`` must come from :func:`tokentrail.capture.capture` on the same adapter;
+    ``causal`` is the mask that capture ran with (None: the model's default).
+    """
+    n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
+    if not 0 <= layer < L:
+        raise InputError(f"layer {layer} is out of range: the model has {L} layers (0..{L - 1})")
+    if not 0 <= head < H:
+        raise InputError(f"head {head} is out of range: the model has {H} heads (0..{H - 1})")
+    if not 0 <= token < n:
+        raise InputError(f"token {token} is out of range: the text has {n} tokens (0..{n - 1})")
+    causal = adapter.is_decoder if causal is None else bool(causal) and adapter.is_decoder
+    with torch.no_grad():
+        return _step(adapter, acts, layer, head, token, causal)
+
+
+def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, causal: bool) -> AttentionStep:
+    n, H, dh = acts.input_ids.shape[0], adapter.n_heads, adapter.d_head
+    h_in = acts.embedded if layer == 0 else acts.layer_out[layer - 1]  # (n, d): h_l
+    norm = adapter.attn_input_norm(layer)
+    x = h_in if norm is None else norm(h_in)
+    q = adapter.projection(layer, "q")(x)  # (n, H, dh); all n only because RoPE rotates by position
+    k = adapter.projection(layer, "k")(x)  # (n, G, dh)
+    v = adapter.projection(layer, "v")(x)  # (n, G, dh)
+    rot = adapter.rotary(layer)
+    if rot is not None:
+        q = rot(q, acts.position_ids, inverse=False)
+        k = rot(k, acts.position_ids, inverse=False)
+    kv_of = torch.tensor([adapter.kv_head_of(i) for i in range(H)])
+    k_h, v_h = k[:, kv_of], v[:, kv_of]  # (n, H, dh): each query head's keys/values
+
+    # every head for this token, so that the output projection can be checked whole
+    scores = torch.einsum("hd,shd->hs", q[token], k_h)  # (H, n)
+    scaled = scores / math.sqrt(dh)
+    masked = torch.zeros(n, dtype=torch.bool)
+    if causal:
+        masked = torch.arange(n) > token
+        scaled = scaled.masked_fill(masked, float("-inf"))
+    weights = scaled.softmax(-1)  # (H, n)
+    z = torch.einsum("hs,shd->hd", weights, v_h)  # (H, dh)
+    w_o, b_o = adapter.output_projection(layer)  # (H, dh, d), (d,)
+    per_head = torch.einsum("hk,hkd->hd", z, w_o)  # (H, d)
+    attn_out = per_head.sum(0) + (0 if b_o is None else b_o)
+    residual = h_in[token] + attn_out
+    ln = adapter.attn_resid_norm(layer)
+    normed = None if ln is None else ln(residual)
+
+    def gap(a: Tensor, b: Tensor) -> float:
+        return float((a.float() - b.float()).abs().max())
+
+    checks = {
+        "attention weights": gap(weights, acts.attentions[layer, :, token]),
+        "z (per-head output)": gap(z, acts.z[layer, token]),
+        "attention output": gap(attn_out, acts.attn[layer, token]),
+        "residual (attn_resid)": gap(residual, h_in[token] + acts.attn[layer, token]),
+    }
+    if normed is not None:
+        checks["LayerNorm (attn_resid_ln)"] = gap(normed, acts.attn_resid_ln[layer, token])
+    return AttentionStep(
+        layer=layer,
+        head=head,
+        token=token,
+        kv_head=adapter.kv_head_of(head),
+        d_head=dh,
+        causal=causal,
+        query=q[token, head].clone(),
+        keys=k_h[:, head].clone(),
+        values=v_h[:, head].clone(),
+        scores=scores[head].clone(),
+        scaled=scaled[head].clone(),
+        masked=masked,
+        weights=weights[head].clone(),
+        z=z[head].clone(),
+        head_out=per_head[head].clone(),
+        attn_out=attn_out,
+        layer_in=h_in[token].clone(),
+        residual=residual,
+        normed=normed,
+        checks=checks,
+    )

@@ -1,0 +1,153 @@
+"""The tokentrail page in headless Chromium: type, click, read what a person would see."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+gr = pytest.importorskip("gradio", reason="gradio not installed: pip install -e '.[app]'")
+pw = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'")
+expect = pw.expect
+
+import tokentrail as tt  # noqa: E402
+from tokentrail.app import build_app, launch_options  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+TEXT = "The old cat sat by the river bank and watched the boats."
+SLOW = 60_000  # ms: a first analysis loads the model
+
+
+def chip(page, token: str):
+    return page.locator("#tokens label", has_text=re.compile(rf"^\s*{re.escape(token)}\s*$")).first
+
+
+def analysed(page, model: str, text_part: str | None = None):
+    expect(page.locator("#status")).to_contain_text(model, timeout=SLOW)
+    if text_part:
+        expect(page.locator("#tokens")).to_contain_text(text_part, timeout=SLOW)
+
+
+def test_type_click_and_read_every_view(page, serve_blocks, artifacts_dir):
+    with serve_blocks(build_app(), **launch_options()) as url:
+        page.goto(url)
+        analysed(page, "minilm", "banana")  # the initial text is analysed on load
+
+        page.locator("#text textarea").fill(TEXT)
+        page.locator("#text textarea").press("Enter")
+        analysed(page, "minilm", "river")
+        expect(page.locator("#status")).to_contain_text("15 tokens")
+
+        chip(page, "river").click()
+        expect(page.locator("#status")).to_contain_text("Selected: river (token 7)")
+        expect(chip(page, "river")).to_have_class(re.compile(r"\bselected\b"))
+
+        # the table: one column per layer, the token itself starred
+        table = page.locator("#table")
+        expect(table).to_contain_text("layer 5")
+        expect(table).to_contain_text("★ river")
+        # three plots, drawn by plotly in the page, the selected token among the lines
+        for pid, title in (("plot-sim", "Similarity to the original encoding"), ("plot-rank", "Rank of its own token"), ("plot-overlap", "Top-k overlap")):
+            plot = page.locator(f"#{pid}")
+            expect(plot.locator(".main-svg").first).to_be_visible()
+            expect(plot).to_contain_text(title)
+            assert plot.locator("path.js-line").count() >= 2
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(artifacts_dir / "app.png"), full_page=True)
+
+        # the per-head view: a heads x top-k table and each head's attention
+        page.get_by_role("tab", name="Heads").click()
+        heads = page.locator("#heads")
+        expect(heads).to_contain_text("head 11")
+        expect(heads).to_contain_text("own rank")
+        expect(page.locator("#plot-attention")).to_contain_text("Attention of 'river' at layer 0")
+        expect(page.locator("#plot-attention .heatmaplayer, #plot-attention image").first).to_be_attached()
+        page.screenshot(path=str(artifacts_dir / "app-heads.png"), full_page=True)
+
+        # the walkthrough, with a check against the model's own numbers
+        page.get_by_role("tab", name="How attention computed this").click()
+        expect(page.locator("#walk")).to_contain_text("Matches the model's own numbers")
+        expect(page.locator("#walk-sources")).to_contain_text("softmax w")
+
+        # the heatmap: clicking a cell selects that token and layer
+        page.get_by_role("tab", name="Heatmaps").click()
+        cell = page.locator('#heat td[data-t="3"][data-l="4"]')
+        expect(cell).to_be_visible()
+        cell.click()
+        expect(page.locator("#status")).to_contain_text("Selected: cat (token 3) · layer 4")
+        expect(page.locator('#heat td.sel[data-t="3"][data-l="4"]')).to_be_visible()
+        expect(chip(page, "cat")).to_have_class(re.compile(r"\bselected\b"))
+        page.screenshot(path=str(artifacts_dir / "app-heatmap.png"), full_page=True)
+
+
+def test_empty_text_shows_a_message_and_the_page_keeps_working(page, serve_blocks):
+    with serve_blocks(build_app(), **launch_options()) as url:
+        page.goto(url)
+        analysed(page, "minilm", "banana")
+        page.locator("#text textarea").fill("   ")
+        page.locator("#analyse").click()
+        expect(page.locator("#status")).to_contain_text("Problem: the text is empty")
+        page.locator("#text textarea").fill("Fruit flies like a banana.")
+        page.locator("#analyse").click()
+        expect(page.locator("#status")).to_contain_text("8 tokens")
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory) -> tuple[str, str, list[str]]:
+    """(menu label, token shown for 'flies', extra models for build_app): the bundled
+    SmolLM2 when it loads here, else a tiny random RoBERTa the test allow-lists."""
+    try:
+        tt.load("smollm2")
+        return "smollm2", "␣flies", []
+    except tt.TokentrailError:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from test_app import save_tiny_models
+
+        folder = save_tiny_models(tmp_path_factory.mktemp("models"))["tiny-roberta"]
+        return "tiny-roberta (local folder)", "␣flies", [str(folder)]
+
+
+def test_two_sessions_with_different_models(browser, serve_blocks, second_model, artifacts_dir):
+    label, flies, extra = second_model
+    with serve_blocks(build_app(models=extra), **launch_options()) as url:
+        ctx_a, ctx_b = browser.new_context(viewport={"width": 1280, "height": 900}), browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            a, b = ctx_a.new_page(), ctx_b.new_page()
+            for p in (a, b):
+                p.set_default_timeout(SLOW)
+                p.goto(url)
+                analysed(p, "minilm", "banana")
+
+            b.locator("#model input").click()
+            b.get_by_role("option", name=label).click()
+            analysed(b, label.split(" ")[0], flies)
+            decoder = label == "smollm2"
+            if decoder:
+                expect(b.locator("#causal")).to_be_visible()
+                expect(b.locator("#status")).to_contain_text("causal mask on")
+            chip(b, flies).click()
+            expect(b.locator("#status")).to_contain_text(f"Selected: {flies}")
+
+            # page A was not touched: still MiniLM's tokens, and its clicks still work
+            expect(a.locator("#status")).to_contain_text("minilm")
+            expect(a.locator("#causal")).to_be_hidden()
+            chip(a, "banana").click()
+            expect(a.locator("#status")).to_contain_text("Selected: banana")
+            expect(a.locator("#status")).to_contain_text("minilm")
+            expect(a.locator("#table")).to_contain_text("★ banana")
+            expect(chip(a, "[CLS]")).to_be_visible()
+
+            # and B still shows its own model after A's clicks
+            expect(b.locator("#status")).to_contain_text(label.split(" ")[0])
+            expect(b.locator("#tokens")).not_to_contain_text("[CLS]")
+            if decoder:  # the toggle reaches the analysis, and the result says which mode
+                b.locator("#causal input").uncheck()
+                expect(b.locator("#status")).to_contain_text("causal mask off", timeout=SLOW)
+            b.screenshot(path=str(artifacts_dir / "app-second-model.png"), full_page=True)
+        finally:
+            ctx_a.close()
+            ctx_b.close()
