@@ -46,6 +46,7 @@ class PositionStats:
     y: Tensor | None  # (P, d) position offsets (centred if LayerNorm)
     sigma: Tensor | None  # (P, V)
     sq_norm: Tensor  # (P, G, V) squared row norms
+    Py: Tensor | None = None  # (P, G, k) M y_p, the projected position offset
 
 
 class VocabSpace:
@@ -122,30 +123,42 @@ class VocabSpace:
         return y - y.mean(-1, keepdim=True) if self._centre else y
 
     def position_stats(self, positions: Tensor) -> PositionStats:
-        """Squared norms of every row at each of ``positions`` (P,): O(P V d)."""
+        """Squared norms of every row at each of ``positions`` (P,): O(P V d).
+
+        |R_g(v,p)|^2 = |P_v + M y_p|^2 / sigma^2 + 2 (P_v + M y_p) . c / sigma + |c|^2,
+        computed in a contiguous (G, P, V) layout with in-place passes.
+        """
         y = self._offsets(positions)
         P_cnt = positions.shape[0]
         if y is None:
-            sq = (self.x_sq / self.d + self.eps)[None].expand(P_cnt, -1) if self.norm_kind else None
-            sigma = None if sq is None else sq.sqrt()
-            num_sq = self.P_sq[None].expand(P_cnt, -1, -1)  # (P, G, V)
-            num_c = self.P_c[None].expand(P_cnt, -1, -1)
+            # rows do not move with position: one set of norms serves every position
+            sigma1 = (self.x_sq / self.d + self.eps).sqrt()[None] if self.norm_kind else None  # (1, V)
+            t = self.P_sq[:, None, :].clone()  # (G, 1, V)
+            c_term = self.P_c[:, None, :]
+            Pp = None
         else:
             if self.norm_kind:
                 xy = y @ self.x.T  # (P, V)
-                sigma = ((self.x_sq[None] + 2 * xy + y.pow(2).sum(-1, keepdim=True)) / self.d + self.eps).sqrt()
+                sigma1 = xy.mul_(2).add_(self.x_sq[None]).add_(y.pow(2).sum(-1, keepdim=True)).div_(self.d).add_(self.eps).sqrt_()
             else:
-                sigma = None
+                sigma1 = None
             Pp = self._project(y)  # (P, G, k)
-            cross = torch.bmm(self.P, Pp.permute(1, 2, 0)).permute(2, 0, 1)  # (P, G, V)
-            num_sq = self.P_sq[None] + 2 * cross + Pp.pow(2).sum(-1)[..., None]
-            num_c = self.P_c[None] + torch.einsum("pgk,gk->pg", Pp, self.c)[..., None]
-        if sigma is None:
-            sq_norm = num_sq + 2 * num_c + self.c_sq[None, :, None]
+            t = torch.bmm(Pp.transpose(0, 1), self.P.transpose(1, 2))  # (G, P, V): M y_p . P_v
+            t.mul_(2).add_(self.P_sq[:, None, :]).add_(Pp.pow(2).sum(-1).T[:, :, None])
+            c_term = self.P_c[:, None, :] + torch.einsum("pgk,gk->gp", Pp, self.c)[:, :, None]
+        if sigma1 is None:
+            t.add_(c_term, alpha=2)
         else:
-            s = sigma[:, None, :]
-            sq_norm = num_sq / s.pow(2) + 2 * num_c / s + self.c_sq[None, :, None]
-        return PositionStats(positions, y, sigma, sq_norm.clamp_min(0))
+            inv = sigma1.reciprocal()[None]  # (1, P or 1, V)
+            t.mul_(inv.square()).addcmul_(c_term, inv, value=2)
+        t.add_(self.c_sq[:, None, None]).clamp_min_(0)
+        if y is None:
+            sq_norm = t.transpose(0, 1).expand(P_cnt, -1, -1)  # (P, G, V), a view
+            sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
+        else:
+            sq_norm = t.transpose(0, 1).contiguous()  # (P, G, V)
+            sigma = sigma1
+        return PositionStats(positions, y, sigma, sq_norm, Pp)
 
     def _project(self, v: Tensor) -> Tensor:
         """(n, d) -> (n, G, k): M v (no bias)."""
@@ -168,13 +181,31 @@ class VocabSpace:
         if self.rotary is not None:
             # R_p row . r == row . R_p^T r: rotate the query back instead of every row
             r = self.rotary(r, stats.positions[pidx], inverse=True)
-        if self.M is None:
-            u = r * self.gamma  # (Q, C, d)
+        if self.M is not None and self.P is not None:
+            # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
+            # per group: V * d_head work per query and head instead of V * d
+            G = self.P.shape[0]
+            rep = C // G
+            if C == G * rep and torch.equal(groups, torch.arange(C) // rep):
+                # columns come in blocks of `rep` per group (identity, or grouped-query
+                # attention's h // rep): one batched matmul over the groups
+                rg = r.view(Q, G, rep, k).permute(1, 0, 2, 3).reshape(G, Q * rep, k)
+                out = torch.bmm(rg, self.P.transpose(1, 2))  # (G, Q * rep, V)
+                out = out.view(G, Q, rep, -1).permute(1, 0, 2, 3).reshape(Q, C, -1)
+            else:
+                out = torch.empty(Q, C, self.vocab_size)
+                for c in range(C):
+                    out[:, c, :] = r[:, c, :].contiguous() @ self.P[int(groups[c])].T
+            if stats.Py is not None:
+                out += torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups])[..., None]
         else:
-            u = torch.einsum("qck,ckd->qcd", r, self.M[groups])
-        out = (u.reshape(Q * C, self.d) @ self.x.T).view(Q, C, -1)  # (Q, C, V)
-        if stats.y is not None:
-            out += torch.einsum("qcd,qd->qc", u, stats.y[pidx])[..., None]
+            if self.M is None:
+                u = r * self.gamma  # (Q, C, d)
+            else:
+                u = torch.einsum("qck,ckd->qcd", r, self.M[groups])
+            out = (u.reshape(Q * C, self.d) @ self.x.T).view(Q, C, -1)  # (Q, C, V)
+            if stats.y is not None:
+                out += torch.einsum("qcd,qd->qc", u, stats.y[pidx])[..., None]
         if stats.sigma is not None:
             out /= stats.sigma[pidx][:, None, :]
         out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
