@@ -103,7 +103,7 @@ def analyse(
         views += _residual_views(adapter, spaces.get(sp), acts, site_names, similarities, k, overlap_k, chunk_bytes)
         done += 1
     for sp in heads:
-        views += _head_views(adapter, spaces, acts, sp, similarities, k, chunk_bytes, lambda: say(done / steps, f"heads: {sp} spaces"))
+        views += _head_views(adapter, spaces, acts, sp, similarities, k, overlap_k, chunk_bytes, lambda: say(done / steps, f"heads: {sp} spaces"))
         done += adapter.n_layers
     lens_result = None
     if lens:
@@ -242,7 +242,7 @@ def head_vectors(adapter: Adapter, acts: Activations, kind: str, layer: int) -> 
     return vec
 
 
-def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, chunk_bytes, tick):
+def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, tick):
     n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
     groups = torch.tensor([adapter.kv_head_of(h) for h in range(H)]) if kind != "query" else torch.arange(H)
@@ -284,7 +284,7 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
             top_ids=r["ids"].numpy(),
             top_sims=r["vals"].numpy(),
             overlap=np.full((L, H, n), np.nan),  # each layer's head space differs: no layer-to-layer overlap
-            overlap_k=k,
+            overlap_k=overlap_k,  # named like the residual views; NaN (see docs/spec.md)
             anisotropy=aniso[sim].numpy(),
         )
         for sim, r in res.items()

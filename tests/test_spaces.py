@@ -1,0 +1,125 @@
+"""The factorised reference spaces against brute force: every one of the V rows built with
+the model's own modules (embeddings.LayerNorm, the query/key/value nn.Linear), at several
+positions, for dot products, squared norms and explicit rows (SPEC "Reference vocabularies")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from tokentrail.errors import InputError
+from tokentrail.spaces import SpaceCache, build_space
+
+RTOL = 1e-4
+
+
+def close(actual, expected):
+    # 1e-4 relative, with an absolute floor scaled to the data (dots near 0 have no relative accuracy)
+    expected = expected.double()
+    assert_close(actual.double(), expected, rtol=RTOL, atol=RTOL * 1e-1 * expected.abs().max().item())
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta", "xlmr", pytest.param("minilm", marks=pytest.mark.slow)])
+def encoder(request, tiny_models):
+    if request.param == "minilm":
+        adapter = request.getfixturevalue("minilm").adapter
+    else:
+        from tokentrail.adapters import adapter_for
+
+        adapter = adapter_for(tiny_models[request.param])
+    model = adapter.model
+    first = getattr(model.base_model.embeddings, "padding_idx", None)
+    start = 0 if first is None else first + 1  # RoBERTa positions start at padding_idx + 1
+    positions = [start, start + 3, start + 11]
+    layers = [0, adapter.n_layers - 1] if request.param != "minilm" else [2]
+    return request.param, model, adapter, positions, layers
+
+
+@torch.no_grad()
+def brute_rows(model, adapter, kind: str, position: int, layer: int | None) -> torch.Tensor:
+    """All V rows of a space at ``position``, shaped (G, V, k), from the model's own modules."""
+    emb = model.base_model.embeddings
+    W_E = emb.word_embeddings.weight
+    if kind == "embeddings":
+        return W_E[None]
+    enc = emb.LayerNorm(W_E + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0])
+    if kind == "encodings":
+        return enc[None]
+    att = model.base_model.encoder.layer[layer].attention.self
+    linear = {"value": att.value, "key": att.key, "query": att.query}[kind]
+    return linear(enc).view(-1, adapter.n_heads, adapter.d_head).transpose(0, 1)
+
+
+@pytest.mark.parametrize("kind", ["embeddings", "encodings", "value", "key", "query"])
+def test_factorised_space_equals_brute_force(encoder, kind):
+    name, model, adapter, positions, layers = encoder
+    for layer in layers if kind in ("value", "key", "query") else [None]:
+        space = build_space(adapter, kind, layer)
+        assert space.name == (kind if layer is None else f"{kind}@{layer}")
+        pos = torch.tensor(positions)
+        stats = space.position_stats(pos)
+        G = space.groups
+        g = torch.Generator().manual_seed(0)
+        r = torch.randn(2 * len(positions), G, space.dim, generator=g)  # two queries per position
+        pidx = torch.arange(len(positions)).repeat(2)
+        dots = space.dots(r, stats, pidx)  # (Q, G, V)
+        for i, p in enumerate(positions):
+            rows = brute_rows(model, adapter, kind, p, layer)  # (G, V, k)
+            assert rows.shape == (G, adapter.vocab_size, space.dim)
+            close(stats.sq_norm[i], rows.pow(2).sum(-1))
+            for q in (pidx == i).nonzero().flatten().tolist():
+                close(dots[q], torch.einsum("gk,gvk->gv", r[q], rows))
+            some = torch.tensor([0, 5, adapter.vocab_size - 1])
+            close(space.rows(some, p), rows[:, some].transpose(0, 1))
+
+
+def test_head_space_groups_select_heads(tiny_models):
+    """``dots(..., groups)`` compares each column with the head it names (GQA reuse)."""
+    from tokentrail.adapters import adapter_for
+
+    model = tiny_models["bert"]
+    adapter = adapter_for(model)
+    space = build_space(adapter, "value", 1)
+    stats = space.position_stats(torch.tensor([4]))
+    r = torch.randn(1, 3, adapter.d_head, generator=torch.Generator().manual_seed(1))
+    groups = torch.tensor([3, 0, 3])
+    got = space.dots(r, stats, torch.tensor([0]), groups)
+    rows = brute_rows(model, adapter, "value", 4, 1)
+    for c, h in enumerate(groups.tolist()):
+        close(got[0, c], rows[h] @ r[0, c])
+
+
+def test_positional_spaces_change_with_position_embeddings_space_does_not(tiny_models):
+    from tokentrail.adapters import adapter_for
+
+    adapter = adapter_for(tiny_models["bert"])
+    pos = torch.tensor([0, 5])
+    enc = build_space(adapter, "encodings").position_stats(pos).sq_norm
+    emb = build_space(adapter, "embeddings").position_stats(pos).sq_norm
+    assert not torch.allclose(enc[0], enc[1])
+    assert torch.equal(emb[0], emb[1])
+
+
+def test_space_cache_keeps_and_evicts(tiny_models):
+    from tokentrail.adapters import adapter_for
+
+    adapter = adapter_for(tiny_models["bert"])
+    cache = SpaceCache(adapter, max_bytes=1)  # room for a single head space
+    assert cache.get("encodings") is cache.get("encodings")
+    v0 = cache.get("value", 0)
+    assert cache.get("value", 0) is v0
+    cache.get("value", 1)  # evicts value@0 (over budget), keeps the newest
+    assert cache.get("value", 0) is not v0
+    assert cache.get("encodings") is cache.get("encodings")  # residual spaces always stay
+
+
+@pytest.mark.parametrize(
+    "kind, layer, message",
+    [("values", 0, "unknown space 'values'"), ("value", None, "needs a layer in 0..1"), ("key", 2, "needs a layer in 0..1"), ("query", -1, "got -1")],
+)
+def test_bad_space_requests_are_input_errors(tiny_models, kind, layer, message):
+    from tokentrail.adapters import adapter_for
+
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build_space(adapter_for(tiny_models["bert"]), kind, layer)
