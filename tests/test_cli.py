@@ -147,3 +147,23 @@ def test_console_script_error_has_no_traceback():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: the text is empty: type something to trace"]
+
+
+@pytest.mark.slow
+def test_lens_on_bundled_decoder_table_and_mode():
+    res = run("trace", "Time flies like an arrow. Fruit flies like a", "--model", "smollm2", "--lens", "--layer", "-1", "-q")
+    assert res.exit_code == 0, res.output[-2000:]
+    flat = " ".join(res.output.split())  # rich wraps at 80 columns here
+    assert "causal mask on" in flat
+    assert "logit lens" in flat and "the last token" in flat
+    # the last layer's top prediction for the last token is the model's greedy next token
+    last_row = [line for line in res.output.splitlines() if line.strip().startswith("29 ")][-1]
+    assert "certain" in last_row.split("top predictions")[-1]
+    res = run("trace", "Fruit flies like a", "--model", "smollm2", "--no-causal", "-q", "--layer", "0")
+    assert res.exit_code == 0 and "causal mask OFF (bidirectional)" in " ".join(res.output.split())
+
+
+def test_lens_refused_for_encoder_without_head():
+    res = run("trace", TEXT, "--lens", "-q")
+    assert res.exit_code == 2
+    assert "no masked-LM head" in res.output

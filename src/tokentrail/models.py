@@ -213,7 +213,7 @@ def _pickled_keys(path: Path) -> list[str]:
     return list(state) if isinstance(state, dict) else []
 
 
-def _load_folder(folder: Path, *, allow_pickle: bool, revision: str | None):
+def _load_folder(folder: Path, *, allow_pickle: bool):
     import transformers
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
@@ -295,13 +295,13 @@ def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progr
 
             model, tokenizer = load_gguf_causal_lm(path, progress=progress)
         else:
-            model, tokenizer = _load_folder(path, allow_pickle=False, revision=None)
+            model, tokenizer = _load_folder(path, allow_pickle=False)
         version = metadata.version(entry.package)
         return LoadedModel(name, str(path), "bundled", f"{entry.package}=={version}", adapter_for(model), tokenizer)
     local = Path(name).expanduser()
     if local.is_dir():
         progress(f"loading {local}")
-        model, tokenizer = _load_folder(local.resolve(), allow_pickle=allow_pickle, revision=None)
+        model, tokenizer = _load_folder(local.resolve(), allow_pickle=allow_pickle)
         return LoadedModel(name, str(local.resolve()), "local", None, adapter_for(model), tokenizer)
     if name.endswith(".gguf") or "\\" in name or name.startswith((".", "/", "~")) or ".." in name:
         raise ModelError(f"no model folder at {name!r}")
@@ -312,6 +312,6 @@ def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progr
         )
     progress(f"fetching {hub_id}")
     folder = _snapshot(hub_id, revision, allow_pickle)
-    model, tokenizer = _load_folder(folder, allow_pickle=allow_pickle, revision=revision)
+    model, tokenizer = _load_folder(folder, allow_pickle=allow_pickle)
     rev = getattr(model.config, "_commit_hash", None) or folder.name
     return LoadedModel(name, hub_id, "hub", rev, adapter_for(model), tokenizer)

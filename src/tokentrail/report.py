@@ -112,8 +112,28 @@ def _rank_cell(r) -> str:
 
 
 def _lens(console: Console, trail: Trail, t: int | None, layers) -> None:
+    """The logit lens for one token (default: the last one, where a decoder predicts)."""
     lens = trail.lens
-    table = Table(*lens.table_columns(), title="logit lens: the model's own output head on each layer's output", box=None)
-    for row in lens.table_rows(trail, t, layers):
-        table.add_row(*row)
+    note = "" if t is not None else " (the last token; pass --token to choose)"
+    t = trail.n_tokens - 1 if t is None else t
+    nxt = lens.next_rank is not None and t + 1 < trail.n_tokens
+    console.print(
+        f"[bold]logit lens[/]: the model's own output head on each layer's {lens.site}, token {t} "
+        f"[bold]{trail.tokens[t]}[/]{note}"
+        + (f"; next token [bold]{trail.tokens[t + 1]}[/]" if nxt else "")
+    )
+    cols = ["layer", "own rank"] + (["next rank"] if nxt else []) + ["top predictions (probability)"]
+    table = Table(*cols, box=None)
+    own, following = int(trail.ids[t]), int(trail.ids[t + 1]) if nxt else None
+    for l in layers:
+        preds = []
+        for i, p in zip(lens.top_ids[l, t][:5], lens.top_probs[l, t][:5]):
+            label = trail.labels.get(int(i), str(int(i))).replace("[", "\\[")
+            if int(i) == following:
+                label = f"[bold green]{label}[/]"
+            elif int(i) == own:
+                label = f"[bold]{label}[/]"
+            preds.append(f"{label} {p:.2f}")
+        row = [str(l), str(int(lens.own_rank[l, t]))] + ([str(int(lens.next_rank[l, t]))] if nxt else [])
+        table.add_row(*row, "  ".join(preds))
     console.print(table)
