@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,8 @@ app = typer.Typer(
     help="Follow every token's encoding through every layer and head of a transformer, "
     "measured against the model's own vocabulary.",
 )
-out = Console(highlight=False, soft_wrap=False)
+# piped output (a file, a pager) gets wide lines rather than rich's 80-column fallback
+out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FORMATS = ("table", "csv", "json", "parquet")
