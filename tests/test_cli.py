@@ -161,6 +161,9 @@ def test_lens_on_bundled_decoder_table_and_mode():
     assert "certain" in last_row.split("top predictions")[-1]
     res = run("trace", "Fruit flies like a", "--model", "smollm2", "--no-causal", "-q", "--layer", "0")
     assert res.exit_code == 0 and "causal mask OFF (bidirectional)" in " ".join(res.output.split())
+    res = run("trace", "Fruit flies", "--model", "smollm2", "--site", "heads", "--token", "1", "--layer", "0", "-q")
+    assert res.exit_code == 0, res.output[-1000:]
+    assert "each value space is shared by 3 query heads" in " ".join(res.output.split())
 
 
 def test_lens_refused_for_encoder_without_head():

@@ -27,6 +27,11 @@ def _header(console: Console, trail: Trail, v: View) -> None:
         f"[bold]{info.model}[/] ({info.family}, {trail.n_layers} layers) · site [cyan]{v.site}[/] · "
         f"space [cyan]{v.space}[/] · {v.similarity}{mode}"
     )
+    if v.per_head and v.space != "query" and trail.kv_groups > 1:
+        console.print(
+            f"[dim]grouped-query attention: each {v.space} space is shared by {trail.kv_groups} query heads "
+            f"(head h uses key/value head h // {trail.kv_groups})[/]"
+        )
 
 
 def print_report(console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None) -> None:
@@ -68,7 +73,7 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
         console.print(table)
         return
     table = Table("layer", "self sim", "rank", f"overlap@{v.overlap_k}", f"nearest {k} (own token in green)", box=None)
-    if v.origin_top_ids is not None and layer_is_all(layers, trail):
+    if v.origin_top_ids is not None and len(layers) == trail.n_layers:
         table.add_row("emb", "1.000" if v.space == "encodings" else "", "", "",
                       _neighbours_cell(trail, v.origin_top_ids[t], v.origin_top_sims[t], own, k))
     for l in layers:
@@ -76,10 +81,6 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
         table.add_row(str(l), f"{v.self_sim[l, t]:.3f}", str(int(v.rank[l, t])), "" if np.isnan(ov) else str(int(ov)),
                       _neighbours_cell(trail, v.top_ids[l, t], v.top_sims[l, t], own, k))
     console.print(table)
-
-
-def layer_is_all(layers, trail: Trail) -> bool:
-    return len(layers) == trail.n_layers
 
 
 def _grid(console: Console, trail: Trail, v: View, layers, head) -> None:

@@ -206,7 +206,7 @@ class Trail:
 
     # ---- export ------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
-        return {**asdict(self.info), "text": self.text, "tokens": list(self.tokens)}
+        return {**asdict(self.info), "text": self.text, "tokens": list(self.tokens), "kv_groups": self.kv_groups}
 
     def to_parquet(self, path: str | Path) -> Path:
         import pyarrow as pa
