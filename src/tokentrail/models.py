@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .adapters import Adapter, adapter_for, lens_head_prefixes, supported_model_types
+from .adapters import Adapter, adapter_for, decoder_model_types, lens_head_prefixes, supported_model_types
 from .errors import ModelError
 from .gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF
 from .spaces import SpaceCache
@@ -231,7 +231,7 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
         raise ModelError(f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}")
     keys = _weights_keys(folder, allow_pickle)
     prefixes = lens_head_prefixes(model_type)
-    if getattr(config, "is_decoder", False) or model_type in ("gpt2", "llama", "mistral", "qwen2"):
+    if getattr(config, "is_decoder", False) or model_type in decoder_model_types():
         auto = AutoModelForCausalLM
     elif keys and any(k.startswith(prefixes) for k in keys):
         auto = AutoModelForMaskedLM

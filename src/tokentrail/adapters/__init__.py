@@ -28,6 +28,11 @@ def supported_model_types() -> list[str]:
     return sorted(REGISTRY)
 
 
+def decoder_model_types() -> list[str]:
+    """Model types whose adapter is a decoder-only LM (loaded with a causal-LM head)."""
+    return sorted(t for t, cls in REGISTRY.items() if cls.is_decoder)
+
+
 def lens_head_prefixes(model_type: str) -> tuple[str, ...]:
     """Checkpoint tensor-name prefixes of an encoder's masked-LM head (so we know it is real)."""
     cls = REGISTRY.get(model_type)
@@ -46,4 +51,4 @@ def adapter_for(model: nn.Module) -> Adapter:
     return cls(model)
 
 
-__all__ = ["Adapter", "DecoderAdapter", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "lens_head_prefixes", "supported_model_types"]
+__all__ = ["Adapter", "DecoderAdapter", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "decoder_model_types", "lens_head_prefixes", "supported_model_types"]

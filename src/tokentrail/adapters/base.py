@@ -68,6 +68,7 @@ class HookPoints:
     layer: nn.Module  # output: h_{l+1}
     attn_out_proj: nn.Module  # input: concat of per-head z; output: attn_l (before dropout/residual)
     ffn_input: nn.Module | None  # post-LN: the FFN's first module (its input is attn_resid_ln)
+    mlp_out: nn.Module  # output: the FFN sublayer's output before the residual add (SPEC ``mlp_out``)
 
 
 class Adapter(ABC):
@@ -117,6 +118,22 @@ class Adapter(ABC):
     def kv_head_of(self, head: int) -> int:
         """Which key/value head query head ``head`` reads (grouped-query attention)."""
         return head // (self.n_heads // self.n_kv_heads)
+
+    def kv_heads(self) -> Tensor:
+        """(H,) int64: the key/value head each query head reads (the one home of this map)."""
+        return torch.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)
+
+    def resolve_causal(self, causal: bool | None) -> bool:
+        """The mask a run uses: decoders default to causal, encoders have none.
+
+        ``causal=True`` on an encoder is refused; ``False`` on an encoder is what it does anyway."""
+        if not self.is_decoder:
+            if causal:
+                from ..errors import InputError
+
+                raise InputError(f"{self.family} is an encoder: it has no causal mask to turn on")
+            return False
+        return True if causal is None else bool(causal)
 
     # ---- the embedding stage ----------------------------------------------
     @abstractmethod

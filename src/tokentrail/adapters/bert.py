@@ -76,7 +76,9 @@ class BertAdapter(Adapter):
 
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
-        return HookPoints(layer=lay, attn_out_proj=lay.attention.output.dense, ffn_input=lay.intermediate)
+        # the FFN is intermediate -> output.dense, then output.LayerNorm(dense + residual):
+        # output.dense's output is the FFN sublayer's output before the residual add
+        return HookPoints(layer=lay, attn_out_proj=lay.attention.output.dense, ffn_input=lay.intermediate, mlp_out=lay.output.dense)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = False):
         ids = input_ids[None]
