@@ -39,7 +39,7 @@ def test_shapes_and_metadata(trail):
     h = trail.view("heads", "value", "cosine")
     assert h.rank.shape == (6, 12, 14) and np.isnan(h.overlap).all()
     assert trail.info.model == "minilm" and trail.info.family == "bert" and trail.info.causal is None
-    assert trail.info.options["k"] == 15 and trail.info.tokentrail_version == tt.__version__
+    assert trail.info.options.k == 15 and trail.info.tokentrail_version == tt.__version__
 
 
 def test_every_reported_id_has_a_label(trail):
@@ -87,4 +87,4 @@ def test_causal_refused_for_encoders(minilm):
 
 def test_truncate_records_original_length(minilm):
     t = tt.trace("word " * 600, minilm, truncate=True)
-    assert t.n_tokens == 512 and t.info.options["truncated_from"] == 602
+    assert t.n_tokens == 512 and t.info.truncated_from == 602

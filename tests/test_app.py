@@ -171,12 +171,21 @@ def test_tokenize_shows_tokens_table_and_plots_of_the_library(client, trail):
     assert np.isfinite(others).sum() == (trail.n_tokens - 1) * trail.n_layers  # every other token's line
 
 
-def test_select_token_rerenders_from_the_cached_analysis(client, trail, monkeypatch):
+def _count(monkeypatch, module, name: str) -> list:
     calls = []
-    real = app_session.trace
-    monkeypatch.setattr(app_session, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_select_token_rerenders_from_the_cached_analysis(client, trail, monkeypatch):
+    import tokentrail.capture
+    import tokentrail.runner
+
+    calls = _count(monkeypatch, tokentrail.runner, "compute_views")
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
     tokenize(client)
-    assert len(calls) == 1
+    assert len(calls) == 1 and len(passes) == 1
     for token in (2, 8, 11):
         v = call(client, "/select_token", token, False, "rank")
         assert f"(token {token})" in v["status"]
@@ -187,7 +196,20 @@ def test_select_token_rerenders_from_the_cached_analysis(client, trail, monkeypa
     assert len(calls) == 1
     v = tokenize(client, api="/analyse", similarity="euclidean")
     assert len(calls) == 2 and "euclidean" in v["status"]
+    assert len(passes) == 1, "another similarity re-scores the same forward pass"
     assert f"(token 11)" in v["status"], "changing an option keeps the selected token"
+
+
+def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
+    import tokentrail.capture
+
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    tokenize(client, text="The river bank was muddy.")
+    assert len(passes) == 1
+    call(client, "/show_heads", False, "rank")
+    call(client, "/show_walkthrough", False, "rank")
+    call(client, "/select_layer", 3, False, "rank")
+    assert len(passes) == 1, "heads and the walkthrough reuse the analysis' forward pass"
 
 
 def test_own_rank_is_appended_when_outside_top_k(client):
@@ -357,7 +379,7 @@ def test_text_that_is_not_unicode_says_so():
     """A lone surrogate cannot travel as UTF-8 (gradio_client refuses to send it); a
     browser can send one escaped in JSON, which reaches the session like this."""
     with pytest.raises(tt.InputError, match="lone surrogate U\\+D800"):
-        app_session.Session(model="minilm").analyse("lone \ud800 surrogate", app_session.Options())
+        app_session.Session(model="minilm").analyse("lone \ud800 surrogate", app_session.DEFAULT_OPTIONS)
 
 
 @pytest.mark.parametrize("api, args, message", [

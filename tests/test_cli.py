@@ -133,7 +133,8 @@ class TestBundled:
         assert res.exit_code == 0, res.output[-2000:]
         combos = {(m["site"], m["space"], m["similarity"]) for m in json.loads(res.stdout)["metrics"]}
         assert ("heads", "key", "euclidean") in combos and ("layer_out", "embeddings", "cosine") in combos
-        assert len(combos) == 3 * 2 * 2 + 3 * 2
+        assert ("mlp_out", "encodings", "cosine") in combos and ("resid_pre", "embeddings", "euclidean") in combos
+        assert len(combos) == 5 * 2 * 2 + 3 * 2
 
     def test_models_lists_bundled(self):
         res = run("models")

@@ -9,6 +9,7 @@ import tokentrail
 from tokentrail.analysis import analyse
 from tokentrail.errors import InputError
 from tokentrail.inputs import MAX_CHARS, check_text, encode
+from tokentrail.options import TraceOptions
 
 LONG = " ".join(["time flies like an arrow ."] * 5)  # 30 words -> 32 tokens with [CLS]/[SEP]
 
@@ -71,7 +72,7 @@ def test_truncate_cuts_and_records(loaded_tiny):
 def test_trace_records_truncation(loaded_tiny):
     trail = tokentrail.trace(LONG, loaded_tiny, truncate=True, k=3, overlap_k=5)
     assert trail.n_tokens == 24
-    assert trail.info.options["truncated_from"] == 32
+    assert trail.info.truncated_from == 32
     with pytest.raises(InputError, match="8 over"):
         tokentrail.trace(LONG, loaded_tiny)
     with pytest.raises(InputError, match="the text is empty"):
@@ -86,7 +87,7 @@ def run(loaded_tiny):
     def go(**options):
         return analyse(
             loaded_tiny.adapter, loaded_tiny.spaces, ids, text="time flies", tokens=["a"] * len(ids), special=[False] * len(ids),
-            label=loaded_tiny.labels, model_name="tiny", **options,
+            label=loaded_tiny.labels, model_name="tiny", options=TraceOptions(**options),
         )  # fmt: skip
 
     return go
@@ -95,13 +96,13 @@ def run(loaded_tiny):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(sites=["attn_out"]), "unknown site 'attn_out': choose from attn_resid, attn_resid_ln, layer_out, heads or all"),
-        (dict(space_kinds=["vocab"]), "unknown space 'vocab': choose from encodings, embeddings, value, key, query or all"),
+        (dict(sites=["attn_out"]), "unknown site 'attn_out': choose from resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, heads or all"),
+        (dict(spaces=["vocab"]), "unknown space 'vocab': choose from encodings, embeddings, value, key, query or all"),
         (dict(similarities=["dot"]), "unknown similarity 'dot': choose from cosine, euclidean or all"),
-        (dict(k=0), "k and overlap k must be at least 1"),
-        (dict(overlap_k=0), "k and overlap k must be at least 1"),
+        (dict(k=0), "k must be at least 1, not 0"),
+        (dict(overlap_k=0), "overlap k must be at least 1, not 0"),
         (dict(causal=True), "bert is an encoder: it has no causal mask to turn on"),
-        (dict(sites=["layer_out"], space_kinds=["value"]), "no site/space pair to compute"),
+        (dict(sites=["layer_out"], spaces=["value"]), "no site/space pair to compute"),
     ],
 )
 def test_bad_options(run, options, message):
@@ -113,4 +114,4 @@ def test_bad_options(run, options, message):
 def test_trace_expands_lists_and_all(loaded_tiny):
     trail = tokentrail.trace("time flies", loaded_tiny, site="attn_resid, layer_out", space=["encodings"], similarity="all", k=2, overlap_k=3)
     assert {v.key for v in trail.views} == {(s, "encodings", m) for s in ("attn_resid", "layer_out") for m in ("cosine", "euclidean")}
-    assert trail.info.options["sites"] == ["attn_resid", "layer_out"]
+    assert trail.info.options.sites == ("attn_resid", "layer_out")

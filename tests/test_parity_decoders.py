@@ -19,6 +19,7 @@ from torch.testing import assert_close
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis import ALL_SITES, ALL_SPACES, analyse, head_vectors
 from tokentrail.capture import capture
+from tokentrail.options import TraceOptions
 from tokentrail.errors import ModelError
 from tokentrail.lens import LensResult, logit_lens
 from tokentrail.metrics import similarity
@@ -438,7 +439,7 @@ def test_analyse_end_to_end(tiny):
     trail = analyse(
         adapter, SpaceCache(adapter), ids, text="x", tokens=[str(int(i)) for i in ids], special=[False] * n,
         label=lambda used: {int(i): str(int(i)) for i in used}, model_name="tiny",
-        sites=ALL_SITES, space_kinds=ALL_SPACES, similarities=("cosine", "euclidean"), k=5, overlap_k=10, lens=True,
+        options=TraceOptions(sites=ALL_SITES, spaces=ALL_SPACES, similarities=("cosine", "euclidean"), k=5, overlap_k=10, lens=True),
     )
     assert trail.info.causal is True and trail.lens is not None
     assert trail.kv_groups == adapter.n_heads // adapter.n_kv_heads
@@ -470,7 +471,7 @@ def test_encoder_without_head_has_no_lens():
     # analyse refuses up front, before the expensive comparisons
     with pytest.raises(ModelError, match="no masked-LM head"):
         analyse(adapter, SpaceCache(adapter), acts.input_ids, text="x", tokens=list("abcd"), special=[False] * 4,
-                label=lambda used: {}, model_name="tiny-bert", lens=True)
+                label=lambda used: {}, model_name="tiny-bert", options=TraceOptions(lens=True))
 
 
 def test_unknown_attention_implementation_is_refused(tiny):

@@ -17,6 +17,7 @@ from torch.testing import assert_close
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis import analyse
 from tokentrail.capture import capture
+from tokentrail.options import TraceOptions
 from tokentrail.metrics import similarity
 from tokentrail.spaces import SpaceCache, build_space
 
@@ -231,8 +232,8 @@ def test_analyse_equals_brute_force(family, kind, tiny_models, make_ids):
     trail = analyse(
         adapter, SpaceCache(adapter), ids, text="t", tokens=[str(i) for i in ids.tolist()], special=[False] * len(ids),
         label=lambda vs: {int(v): str(v) for v in vs}, model_name=family,
-        sites=("attn_resid", "attn_resid_ln", "layer_out", "heads"), space_kinds=("encodings", "value"),
-        similarities=(kind,), k=k, overlap_k=ok,
+        options=TraceOptions(sites=("attn_resid", "attn_resid_ln", "layer_out", "heads"), spaces=("encodings", "value"),
+                             similarities=(kind,), k=k, overlap_k=ok),
     )  # fmt: skip
     with torch.no_grad(), hooked(model) as rec:
         out = model(input_ids=ids[None], output_hidden_states=True, output_attentions=True)
@@ -288,8 +289,8 @@ def test_analyse_tie_rules_on_duplicated_vocabulary_rows(make_tiny):
     ids = torch.tensor([2, high, 7, low, 9])
     trail = analyse(
         adapter, SpaceCache(adapter), ids, text="t", tokens=[str(i) for i in ids.tolist()], special=[False] * 5,
-        label=lambda vs: {int(v): str(v) for v in vs}, model_name="tie", sites=("attn_resid", "layer_out"),
-        similarities=("cosine", "euclidean"), k=96, overlap_k=96,
+        label=lambda vs: {int(v): str(v) for v in vs}, model_name="tie",
+        options=TraceOptions(sites=("attn_resid", "layer_out"), similarities=("cosine", "euclidean"), k=96, overlap_k=96),
     )  # fmt: skip
     for view in trail.views:
         for layer in range(adapter.n_layers):

@@ -33,7 +33,7 @@ def test_trail_basics(trail, loaded_tiny):
         for site, space in (("attn_resid", "encodings"), ("layer_out", "encodings"), ("heads", "value"))
     }
     assert trail.info.model == loaded_tiny.name and trail.info.family == "bert"
-    assert trail.info.options["k"] == 4 and trail.info.options["overlap_k"] == 10
+    assert trail.info.options.k == 4 and trail.info.options.overlap_k == 10
     assert set(trail.labels) >= set(trail.ids.tolist())  # every id shown has a label
     assert trail.labels[int(trail.ids[2])] == "flies"
 

@@ -21,6 +21,7 @@ import torch
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis import analyse, heads_at
 from tokentrail.capture import capture
+from tokentrail.options import TraceOptions
 from tokentrail.errors import InputError
 from tokentrail.spaces import SpaceCache
 from tokentrail.walkthrough import attention_step
@@ -103,7 +104,7 @@ def test_attention_step_knows_its_grouped_key_value_head():
 def test_attention_step_refuses_out_of_range():
     adapter = tiny("bert")
     acts = capture(adapter, IDS)
-    for args, msg in (((2, 0, 0), "layer 2"), ((0, 4, 0), "head 4"), ((0, 0, 9), "token 9")):
+    for args, msg in (((2, 0, 0), "layer 2"), ((0, 4, 0), "head 4"), ((0, 0, 9), "token index 9")):
         with pytest.raises(InputError, match=msg):
             attention_step(adapter, acts, *args)
 
@@ -116,8 +117,8 @@ def test_heads_at_equals_the_full_analysis(family, kind, similarity):
     spaces = SpaceCache(adapter)
     trail = analyse(
         adapter, spaces, IDS, text="", tokens=[str(i) for i in IDS.tolist()], special=[False] * len(IDS),
-        label=lambda ids: {i: str(i) for i in ids}, model_name=family, sites=["heads"], space_kinds=[kind],
-        similarities=[similarity], k=7,
+        label=lambda ids: {i: str(i) for i in ids}, model_name=family,
+        options=TraceOptions(sites=("heads",), spaces=(kind,), similarities=(similarity,), k=7),
     )
     view = trail.view("heads", kind, similarity)
     acts = capture(adapter, IDS)

@@ -1,4 +1,10 @@
-"""The one place that joins capture + spaces + metrics into a :class:`Trail`."""
+"""The one place that joins capture + spaces + metrics into results.
+
+:func:`compute_views` scores one text's activations against the reference spaces an
+options object asks for; :func:`make_trail` wraps views, lens and run metadata into a
+:class:`~tokentrail.results.Trail`. :class:`tokentrail.runner.Run` calls both;
+:func:`analyse` is the same path for a bare adapter (tests, tiny models).
+"""
 
 from __future__ import annotations
 
@@ -11,110 +17,75 @@ from torch import Tensor
 
 from . import __version__
 from .adapters import Adapter
-from .capture import SITES, Activations, capture
+from .capture import Activations, capture, head_vectors
 from .errors import InputError, ModelError
-from .metrics import SIMILARITIES, anisotropy, overlap, rank_in_vocab, similarity_from_dots, top_k
-from .results import HeadsAt, RunInfo, Trail, View
-from .spaces import HEAD_SPACE_KINDS, SpaceCache, VocabSpace
+from .metrics import Cells, anisotropy, derive_metrics, overlap, rank_in_vocab, similarity_from_dots, top_k
+from .options import ALL_SITES, ALL_SPACES, HEAD_SITE, HEAD_SPACES, SIMILARITIES, TraceOptions, check_index, whole_number
+from .results import HeadsAt, LensResult, RunInfo, Trail, View
+from .spaces import SpaceCache, VocabSpace
 
-RESIDUAL_SPACES = ("encodings", "embeddings")
-ALL_SITES = (*SITES, "heads")
-ALL_SPACES = (*RESIDUAL_SPACES, *HEAD_SPACE_KINDS)
 Progress = Callable[[float, str], None]
+Labeller = Callable[[Iterable[int]], dict[int, str]]
+
+__all__ = ["ALL_SITES", "ALL_SPACES", "Progress", "analyse", "compute_views", "heads_at", "head_vectors", "make_trail"]
 
 
-def check_options(sites: Sequence[str], spaces: Sequence[str], similarities: Sequence[str], k: int, overlap_k: int) -> list[tuple[str, str]]:
-    """Validate options before any model work; returns the (site, space) pairs to compute."""
-    for s in similarities:
-        if s not in SIMILARITIES:
-            raise InputError(f"unknown similarity {s!r}: choose from {', '.join(SIMILARITIES)} or all")
-    if not similarities:
-        raise InputError("choose at least one similarity")
-    if k < 1 or overlap_k < 1:
-        raise InputError("k and overlap k must be at least 1")
-    return pairs(sites, spaces)
-
-
-def pairs(sites: Sequence[str], spaces: Sequence[str]) -> list[tuple[str, str]]:
-    """The (site, space) pairs that make sense among those asked for."""
-    for s in sites:
-        if s not in ALL_SITES:
-            raise InputError(f"unknown site {s!r}: choose from {', '.join(ALL_SITES)} or all")
-    for s in spaces:
-        if s not in ALL_SPACES:
-            raise InputError(f"unknown space {s!r}: choose from {', '.join(ALL_SPACES)} or all")
-    out = []
-    for site in sites:
-        allowed = HEAD_SPACE_KINDS if site == "heads" else RESIDUAL_SPACES
-        chosen = [s for s in spaces if s in allowed]
-        if not chosen and site == "heads":
-            chosen = ["value"]  # the heads site's own space (SPEC)
-        out += [(site, s) for s in chosen]
-    if not out:
-        raise InputError(
-            f"no site/space pair to compute: residual sites ({', '.join(SITES)}) pair with "
-            f"{' or '.join(RESIDUAL_SPACES)}; the heads site pairs with {', '.join(HEAD_SPACE_KINDS)}"
-        )
-    return out
-
-
-def analyse(
+def compute_views(
     adapter: Adapter,
     spaces: SpaceCache,
-    input_ids: Tensor,
+    acts: Activations,
+    options: TraceOptions,
+    progress: Progress | None = None,
+    chunk_bytes: int = 192 << 20,
+) -> list[View]:
+    """Every (site, space, similarity) view of ``options`` for one text's activations."""
+    say = progress or (lambda f, m: None)
+    todo = options.pairs()
+    residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
+    heads = [sp for site, sp in todo if site == HEAD_SITE]
+    steps = max(len({sp for _, sp in residual}) + len(heads) * adapter.n_layers, 1)
+    done = 0
+    views: list[View] = []
+    sims, k, ok = options.similarities, options.k, options.overlap_k
+    for sp in dict.fromkeys(sp for _, sp in residual):
+        site_names = [site for site, s in residual if s == sp]
+        say(done / steps, f"comparing with {sp}")
+        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes)
+        done += 1
+    for sp in heads:
+        def tick(sp=sp):
+            nonlocal done
+            say(done / steps, f"heads: {sp} spaces")
+            done += 1
+
+        views += _head_views(adapter, spaces, acts, sp, sims, k, ok, chunk_bytes, tick)
+    return views
+
+
+def make_trail(
+    adapter: Adapter,
+    acts: Activations,
+    views: Sequence[View],
+    lens: LensResult | None,
     *,
+    options: TraceOptions,
     text: str,
     tokens: Sequence[str],
     special: Sequence[bool],
-    label: Callable[[Iterable[int]], dict[int, str]],
+    label: Labeller,
     model_name: str,
     revision: str | None = None,
-    sites: Sequence[str] = ("attn_resid",),
-    space_kinds: Sequence[str] = ("encodings",),
-    similarities: Sequence[str] = ("cosine",),
-    k: int = 15,
-    overlap_k: int = 100,
-    lens: bool = False,
-    causal: bool | None = None,
-    progress: Progress | None = None,
-    chunk_bytes: int = 192 << 20,
+    device: str = "cpu",
+    dtype: str = "float32",
+    truncated_from: int | None = None,
 ) -> Trail:
-    """Every metric of SPEC for every token and layer of one text.
-
-    ``causal``: decoders run with their causal mask unless this is False; encoders have
-    none, so True is refused for them."""
-    todo = check_options(sites, space_kinds, similarities, k, overlap_k)
-    if not adapter.is_decoder and causal:
-        raise InputError(f"{adapter.family} is an encoder: it has no causal mask to turn on")
-    if lens and adapter.lens_head() is None:  # say so before the slow part, not after it
-        raise ModelError(adapter.lens_unavailable_reason())
-    causal = adapter.is_decoder if causal is None else bool(causal) and adapter.is_decoder
-    say = progress or (lambda f, m: None)
-    say(0.0, "running the model")
-    acts = capture(adapter, input_ids, causal=causal)
-    views: list[View] = []
-    residual = [(site, sp) for site, sp in todo if site != "heads"]
-    heads = [sp for site, sp in todo if site == "heads"]
-    steps = len({sp for _, sp in residual}) + len(heads) * adapter.n_layers
-    done = 0
-    for sp in dict.fromkeys(sp for _, sp in residual):
-        site_names = [site for site, s in residual if s == sp]
-        say(done / max(steps, 1), f"comparing with {sp}")
-        views += _residual_views(adapter, spaces.get(sp), acts, site_names, similarities, k, overlap_k, chunk_bytes)
-        done += 1
-    for sp in heads:
-        views += _head_views(adapter, spaces, acts, sp, similarities, k, overlap_k, chunk_bytes, lambda: say(done / steps, f"heads: {sp} spaces"))
-        done += adapter.n_layers
-    lens_result = None
-    if lens:
-        from .lens import logit_lens
-
-        say(0.99, "logit lens")
-        lens_result = logit_lens(adapter, acts, k=k)
+    """Wrap computed views (and lens) of one text with its metadata."""
+    input_ids = acts.input_ids
     ids_used = {int(i) for v in views for i in np.unique(v.top_ids)} | {int(i) for i in input_ids}
     ids_used |= {int(i) for v in views if v.origin_top_ids is not None for i in np.unique(v.origin_top_ids)}
-    if lens_result is not None:
-        ids_used |= lens_result.ids_used()
+    if lens is not None:
+        ids_used |= lens.ids_used()
+    causal = acts.causal
     info = RunInfo(
         model=model_name,
         model_type=str(adapter.config.model_type),
@@ -125,32 +96,72 @@ def analyse(
         torch_version=torch.__version__,
         transformers_version=_transformers_version(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        options={
-            "sites": list(dict.fromkeys(s for s, _ in todo)),
-            "spaces": list(dict.fromkeys(s for _, s in todo)),
-            "similarities": list(similarities),
-            "k": k,
-            "overlap_k": overlap_k,
-            "lens": lens,
-            "causal": causal,
-        },
+        options=options,
+        device=device,
+        dtype=dtype,
+        exact=dtype == "float32",
+        truncated_from=truncated_from,
     )
-    say(1.0, "done")
     return Trail(
         info=info,
         text=text,
         tokens=tuple(tokens),
-        ids=input_ids.numpy().copy(),
-        positions=acts.position_ids.numpy().copy(),
+        ids=input_ids.cpu().numpy().copy(),
+        positions=acts.position_ids.cpu().numpy().copy(),
         special=np.asarray(special, dtype=bool),
         n_layers=adapter.n_layers,
         n_heads=adapter.n_heads,
         views=tuple(views),
         labels=label(sorted(ids_used)),
-        attentions=acts.attentions.numpy(),
+        attentions=acts.attentions.cpu().numpy(),
         kv_groups=adapter.n_heads // adapter.n_kv_heads,
-        lens=lens_result,
+        lens=lens,
     )
+
+
+def check_against(adapter: Adapter, options: TraceOptions) -> None:
+    """What only the model can tell about options, checked before the forward pass."""
+    adapter.resolve_causal(options.causal)
+    if options.lens and adapter.lens_head() is None:
+        raise ModelError(adapter.lens_unavailable_reason())
+
+
+def analyse(
+    adapter: Adapter,
+    spaces: SpaceCache,
+    input_ids: Tensor,
+    *,
+    text: str,
+    tokens: Sequence[str],
+    special: Sequence[bool],
+    label: Labeller,
+    model_name: str,
+    options: TraceOptions = TraceOptions(),
+    revision: str | None = None,
+    progress: Progress | None = None,
+    chunk_bytes: int = 192 << 20,
+) -> Trail:
+    """Every metric of SPEC for every token and layer of one text, for a bare adapter.
+
+    The same path as :meth:`tokentrail.runner.Run.trail` (one forward pass, then
+    :func:`compute_views` and :func:`make_trail`), for callers without a loaded model."""
+    options.validate()
+    check_against(adapter, options)
+    say = progress or (lambda f, m: None)
+    say(0.0, "running the model")
+    acts = capture(adapter, input_ids, causal=options.causal)
+    views = compute_views(adapter, spaces, acts, options, say, chunk_bytes)
+    lens = None
+    if options.lens:
+        from .lens import logit_lens
+
+        say(0.99, "logit lens")
+        lens = logit_lens(adapter, acts, k=options.k, site=options.lens_site)
+    say(1.0, "done")
+    return make_trail(
+        adapter, acts, views, lens, options=options, text=text, tokens=tokens, special=special,
+        label=label, model_name=model_name, revision=revision,
+    )  # fmt: skip
 
 
 def _transformers_version() -> str:
@@ -184,7 +195,11 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     own = acts.input_ids.repeat(len(sites) * L + 1)
     q_sq = vecs.pow(2).sum(-1)
     Q = vecs.shape[0]
-    out = {sim: [torch.empty(Q), torch.empty(Q, dtype=torch.long), torch.empty(Q, K, dtype=torch.long), torch.empty(Q, K)] for sim in similarities}
+    dev = vecs.device
+    out = {
+        sim: [torch.empty(Q, device=dev), torch.empty(Q, dtype=torch.long, device=dev), torch.empty(Q, K, dtype=torch.long, device=dev), torch.empty(Q, K, device=dev)]
+        for sim in similarities
+    }
     for c in _chunks(Q, V * 4 * 4, chunk_bytes):
         dots = space.dots(vecs[c][:, None, :], stats, pidx[c])[:, 0]  # (Qc, V)
         row_sq = stats.sq_norm[pidx[c], 0]  # (Qc, V)
@@ -200,54 +215,37 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
             s_ids = ids[sl].view(L, n, K)
             prev = torch.cat([origin_ids[None], s_ids[:-1]])
             ov = overlap(s_ids[..., :overlap_k], prev[..., :overlap_k])
+            cells = Cells(
+                own_sim=_np(own_s[sl].view(L, n)),
+                rank=_np(rank[sl].view(L, n)),
+                overlap=_np(ov).astype(np.float64),
+                anisotropy=_np(anisotropy(acts.site(site), sim)),
+                overlap_k=min(overlap_k, K),
+            )
             views.append(
                 View(
                     site=site,
                     space=space.name,
                     similarity=sim,
-                    self_sim=own_s[sl].view(L, n).numpy(),
-                    rank=rank[sl].view(L, n).numpy(),
-                    top_ids=s_ids[..., :k].numpy(),
-                    top_sims=vals[sl].view(L, n, K)[..., :k].numpy(),
-                    overlap=ov.numpy().astype(np.float64),
-                    overlap_k=min(overlap_k, K),
-                    anisotropy=anisotropy(acts.site(site), sim).numpy(),
-                    origin_top_ids=origin_ids[:, :k].numpy(),
-                    origin_top_sims=origin_vals[:, :k].numpy(),
+                    metrics=derive_metrics(cells),
+                    top_ids=_np(s_ids[..., :k]),
+                    top_sims=_np(vals[sl].view(L, n, K)[..., :k]),
+                    overlap_k=cells.overlap_k,
+                    anisotropy=cells.anisotropy,
+                    origin_top_ids=_np(origin_ids[:, :k]),
+                    origin_top_sims=_np(origin_vals[:, :k]),
                 )
             )
     return views
 
 
-def head_vectors(adapter: Adapter, acts: Activations, kind: str, layer: int) -> Tensor:
-    """Per-head vectors compared with a head space: (n, H, d_head).
-
-    value: z, the head's post-attention vector (SPEC ``heads`` site); key/query: the
-    token's own key/query vector at this head (RoPE applied at its position), so each is
-    compared with the vocabulary projected the same way. Under grouped-query attention a
-    query head's key is its KV head's.
-    """
-    if kind == "value":
-        return acts.z[layer]
-    norm = adapter.attn_input_norm(layer)
-    h = acts.layer_in[layer]
-    x = h if norm is None else norm(h)
-    which = "k" if kind == "key" else "q"
-    vec = adapter.projection(layer, which)(x)  # (n, G, dh)
-    rot = adapter.rotary(layer)
-    if rot is not None:
-        vec = rot(vec, acts.position_ids, inverse=False)
-    if which == "k":
-        vec = vec[:, [adapter.kv_head_of(h) for h in range(adapter.n_heads)]]
-    return vec
-
-
 def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, tick):
     n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
-    groups = torch.tensor([adapter.kv_head_of(h) for h in range(H)]) if kind != "query" else torch.arange(H)
-    res = {sim: dict(own=torch.empty(L, H, n), rank=torch.empty(L, H, n, dtype=torch.long), ids=None, vals=None) for sim in similarities}
-    aniso = {sim: torch.empty(L, H) for sim in similarities}
+    dev = acts.input_ids.device
+    groups = _groups(adapter, kind).to(dev)
+    res = {sim: dict(own=torch.empty(L, H, n, device=dev), rank=torch.empty(L, H, n, dtype=torch.long, device=dev), ids=None, vals=None) for sim in similarities}
+    aniso = {sim: torch.empty(L, H, device=dev) for sim in similarities}
     for layer in range(L):
         tick()
         space = spaces.get(kind, layer)
@@ -257,8 +255,8 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
         z = head_vectors(adapter, acts, kind, layer)  # (n, H, dh)
         for sim in similarities:
             if res[sim]["ids"] is None:
-                res[sim]["ids"] = torch.empty(L, H, n, kk, dtype=torch.long)
-                res[sim]["vals"] = torch.empty(L, H, n, kk)
+                res[sim]["ids"] = torch.empty(L, H, n, kk, dtype=torch.long, device=dev)
+                res[sim]["vals"] = torch.empty(L, H, n, kk, device=dev)
             aniso[sim][layer] = anisotropy(z.transpose(0, 1), sim)
         for c in _chunks(n, H * V * 4 * 4, chunk_bytes):
             zc = z[c]
@@ -279,13 +277,19 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
             site="heads",
             space=kind,
             similarity=sim,
-            self_sim=r["own"].numpy(),
-            rank=r["rank"].numpy(),
-            top_ids=r["ids"].numpy(),
-            top_sims=r["vals"].numpy(),
-            overlap=np.full((L, H, n), np.nan),  # each layer's head space differs: no layer-to-layer overlap
-            overlap_k=overlap_k,  # named like the residual views; NaN (see docs/spec.md)
-            anisotropy=aniso[sim].numpy(),
+            metrics=derive_metrics(
+                Cells(
+                    own_sim=_np(r["own"]),
+                    rank=_np(r["rank"]),
+                    overlap=np.full((L, H, n), np.nan),  # each layer's head space differs: no layer-to-layer overlap
+                    anisotropy=_np(aniso[sim]),
+                    overlap_k=overlap_k,  # named like the residual views; NaN (see docs/spec.md)
+                )
+            ),
+            top_ids=_np(r["ids"]),
+            top_sims=_np(r["vals"]),
+            overlap_k=overlap_k,
+            anisotropy=_np(aniso[sim]),
         )
         for sim, r in res.items()
     ]
@@ -309,24 +313,22 @@ def heads_at(
     the cost of one layer's space and one query per head (what an interactive view needs
     after a click), plus the token's row of every head's attention pattern.
     """
-    if kind not in HEAD_SPACE_KINDS:
-        raise InputError(f"unknown head space {kind!r}: choose from {', '.join(HEAD_SPACE_KINDS)}")
+    if kind not in HEAD_SPACES:
+        raise InputError(f"unknown head space {kind!r}: choose from {', '.join(HEAD_SPACES)}")
     if similarity not in SIMILARITIES:
         raise InputError(f"unknown similarity {similarity!r}: choose from {', '.join(SIMILARITIES)}")
     n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
-    if not 0 <= layer < L:
-        raise InputError(f"layer {layer} is out of range: the model has {L} layers (0..{L - 1})")
-    if not 0 <= token < n:
-        raise InputError(f"token {token} is out of range: the text has {n} tokens (0..{n - 1})")
-    if k < 1:
-        raise InputError("k must be at least 1")
+    layer = check_index(layer, L, "layer", f"the model has {L} layers")
+    token = check_index(token, n, "token index", f"the text has {n} tokens")
+    whole_number(k, "k")
     space = spaces.get(kind, layer)
     kk = min(k, space.vocab_size)
-    groups = torch.tensor([adapter.kv_head_of(h) for h in range(H)]) if kind != "query" else torch.arange(H)
+    dev = acts.input_ids.device
+    groups = _groups(adapter, kind).to(dev)
     with torch.no_grad():
         stats = space.position_stats(acts.position_ids[token : token + 1])
         z = head_vectors(adapter, acts, kind, layer)[token : token + 1]  # (1, H, dh)
-        dots = space.dots(z, stats, torch.zeros(1, dtype=torch.long), groups)[0]  # (H, V)
+        dots = space.dots(z, stats, torch.zeros(1, dtype=torch.long, device=dev), groups)[0]  # (H, V)
         row_sq = stats.sq_norm[0][groups]  # (H, V)
         own = acts.input_ids[token].repeat(H)
         own_s, rank, ids, vals = _score(dots, z[0].pow(2).sum(-1), row_sq, own, similarity, kk)
@@ -337,10 +339,19 @@ def heads_at(
         own_id=int(acts.input_ids[token]),
         space=kind,
         similarity=similarity,
-        self_sim=own_s.numpy(),
-        rank=rank.numpy(),
-        top_ids=ids.numpy(),
-        top_sims=vals.numpy(),
-        attention=acts.attentions[layer, :, token].numpy().copy(),
+        self_sim=_np(own_s),
+        rank=_np(rank),
+        top_ids=_np(ids),
+        top_sims=_np(vals),
+        attention=_np(acts.attentions[layer, :, token]).copy(),
         labels=label(used) if label is not None else {i: str(i) for i in used},
     )
+
+
+def _groups(adapter: Adapter, kind: str) -> Tensor:
+    """(H,) the space group each query head is compared with: its KV head for value/key."""
+    return adapter.kv_heads() if kind != "query" else torch.arange(adapter.n_heads)
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

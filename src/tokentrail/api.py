@@ -1,32 +1,43 @@
-"""The Python API: ``tokentrail.trace(text, model=...)``."""
+"""The Python API's one-liners: ``tokentrail.trace(text, model=...)`` and ``tokentrail.run``."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
-from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse, check_options
-from .inputs import check_text, encode
-from .metrics import SIMILARITIES
+from .analysis import Progress
+from .inputs import check_text
 from .models import DEFAULT_MODEL, LoadedModel, load
+from .options import TraceOptions
 from .results import Trail
+from .runner import Run
 
 
-def expand_choice(value: str | Sequence[str], everything: Sequence[str]) -> list[str]:
-    items = [value] if isinstance(value, str) else list(value)
-    out: list[str] = []
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if part == "all":
-                out += list(everything)
-            elif part:
-                out.append(part)
-    return list(dict.fromkeys(out))
+def run(
+    text: str,
+    model: Any = DEFAULT_MODEL,
+    *,
+    options: TraceOptions | None = None,
+    causal: bool | None = None,
+    truncate: bool | None = None,
+    tokenizer: Any = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+) -> Run:
+    """One forward pass of ``model`` over ``text``: a :class:`~tokentrail.runner.Run` to derive
+    Trails, heads, walkthroughs and the logit lens from without another pass.
+
+    ``model``: a bundled name, hub id, local folder (str or Path), a loaded model, or a
+    ``transformers`` model object (with ``tokenizer=``)."""
+    check_text(text)  # fail fast, before loading anything
+    loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
+    return loaded.run(text, options, causal=causal, truncate=truncate)
 
 
 def trace(
     text: str,
-    model: str | LoadedModel = DEFAULT_MODEL,
+    model: Any = DEFAULT_MODEL,
     *,
     site: str | Sequence[str] = "attn_resid",
     space: str | Sequence[str] = "encodings",
@@ -34,40 +45,34 @@ def trace(
     k: int = 15,
     overlap_k: int = 100,
     lens: bool = False,
+    lens_site: str = "layer_out",
     causal: bool | None = None,
     truncate: bool = False,
+    options: TraceOptions | None = None,
+    tokenizer: Any = None,
+    device: str | None = None,
+    dtype: str | None = None,
     allow_pickle: bool = False,
     progress: Progress | None = None,
+    revision: str | None = None,
 ) -> Trail:
     """Follow every token of ``text`` through ``model``.
 
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
-    or ``"all"``. ``causal=False`` runs a decoder with its causal mask off.
+    or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
+    ``causal=False`` runs a decoder with its causal mask off. ``model`` takes what
+    :func:`run` takes.
     """
-    sites, spaces, sims = expand_choice(site, ALL_SITES), expand_choice(space, ALL_SPACES), expand_choice(similarity, SIMILARITIES)
-    check_options(sites, spaces, sims, k, overlap_k)  # fail fast, before loading anything
+    opts = options or TraceOptions.make(
+        site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
+        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+    )  # fmt: skip  -- validated here, before any model work
     check_text(text)
-    loaded = model if isinstance(model, LoadedModel) else load(model, allow_pickle=allow_pickle)
-    enc = encode(loaded, text, truncate=truncate)
-    trail = analyse(
-        loaded.adapter,
-        loaded.spaces,
-        enc.ids,
-        text=text,
-        tokens=enc.tokens,
-        special=enc.special,
-        label=loaded.labels,
-        model_name=loaded.name,
-        revision=loaded.revision,
-        sites=sites,
-        space_kinds=spaces,
-        similarities=sims,
-        k=k,
-        overlap_k=overlap_k,
-        lens=lens,
-        causal=causal,
-        progress=progress,
-    )
-    if enc.truncated_from is not None:
-        trail.info.options["truncated_from"] = enc.truncated_from
-    return trail
+    loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
+    return loaded.run(text, opts).trail(progress=progress)
+
+
+def _model(model, tokenizer, device, dtype, allow_pickle, revision) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return load(model, tokenizer=tokenizer, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision)

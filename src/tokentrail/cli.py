@@ -36,7 +36,7 @@ def trace(
     text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input."),
     model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
     token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first) or its text. Omitted: a grid of all tokens."),
-    site: str = typer.Option("attn_resid", help="attn_resid, attn_resid_ln, layer_out, heads; comma-separated or 'all'."),
+    site: str = typer.Option("attn_resid", help="resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, heads; comma-separated or 'all'."),
     space: str = typer.Option("encodings", help="encodings, embeddings (residual sites); value, key, query (heads); or 'all'."),
     similarity: str = typer.Option("cosine", help="cosine, euclidean, or 'all'."),
     k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer."),
@@ -44,21 +44,20 @@ def trace(
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Show only this layer (negative counts from the end)."),
     head: Optional[int] = typer.Option(None, "--head", help="With site heads: show this head's neighbours."),
     lens: bool = typer.Option(False, "--lens", help="Also run the logit lens (the model's own output head on every layer)."),
+    lens_site: str = typer.Option("layer_out", "--lens-site", help="The residual the lens reads: layer_out (h_{l+1}, default) or attn_resid."),
     causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders: keep (default) or disable the causal mask."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet (the tidy frame)."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (required for parquet)."),
     truncate: bool = typer.Option(False, "--truncate", help="Cut text longer than the model's positions instead of refusing it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
-    from .api import trace as run_trace
-    from .analysis import ALL_SITES, ALL_SPACES, check_options
-    from .api import expand_choice
     from .inputs import check_text
-    from .metrics import SIMILARITIES
-    from .models import load
+    from .options import TraceOptions
 
     if text == "-":
         text = sys.stdin.read()
@@ -70,16 +69,22 @@ def trace(
     say = (lambda f, m: None) if quiet else (lambda f, m: err.print(f"[dim]… {m}[/]"))
     try:
         check_text(text)  # before the (slow) model load
-        check_options(expand_choice(site, ALL_SITES), expand_choice(space, ALL_SPACES), expand_choice(similarity, SIMILARITIES), k, overlap_k)
+        options = TraceOptions.make(
+            site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
+            lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+        )  # fmt: skip
+        from .models import load, resolve_device, resolve_dtype
+
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
         if not quiet:
             err.print(f"[dim]… loading {model}[/]")
-        loaded = load(model, allow_pickle=allow_pickle, revision=revision, progress=lambda m: say(0, m))
-        trail = run_trace(
-            text, loaded, site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
-            lens=lens, causal=causal, truncate=truncate, progress=say,
-        )
-        if "truncated_from" in trail.info.options and not quiet:
-            err.print(f"[yellow]note:[/] the text was {trail.info.options['truncated_from']} tokens; kept the first {trail.n_tokens} (--truncate)")
+        loaded = load(model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=lambda m: say(0, m))
+        if loaded.dtype != "float32" and not quiet:
+            err.print(f"[yellow]note:[/] {loaded.dtype} runs the model approximately; float32 is the exact reference")
+        say(0, "running the model")
+        trail = loaded.run(text, options).trail(progress=say)
+        if trail.info.truncated_from is not None and not quiet:
+            err.print(f"[yellow]note:[/] the text was {trail.info.truncated_from} tokens; kept the first {trail.n_tokens} (--truncate)")
         if fmt != "table":
             _export(trail, fmt, out_path)
             return
@@ -122,6 +127,8 @@ def serve(
     share: bool = typer.Option(False, "--share", help="Create a public Gradio share link (off by default)."),
     model: list[str] = typer.Option([], "--model", "-m", help="Preload a model and offer it in the page (repeatable; hub ids and local folders allowed here, never from the page)."),
     max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests waiting at most; beyond it users see a busy message."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto: where the app's models run."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (approximate)."),
 ) -> None:
     """Start the web app."""
     try:
@@ -129,6 +136,9 @@ def serve(
     except ImportError as exc:
         _fail(f"the web app needs gradio: pip install 'tokentrail[app]' ({exc})")
     try:
+        from .models import resolve_device, resolve_dtype, set_defaults
+
+        set_defaults(device=resolve_device(device), dtype=resolve_dtype(dtype))
         launch(host=host, port=port, share=share, models=list(model) or None, preload=tuple(model), max_queue=max_queue)
     except TokentrailError as exc:
         _fail(str(exc))

@@ -38,12 +38,19 @@ def bundled_smollm2_gguf() -> Path | None:
     because that module imports the ``llm`` CLI, which we do not depend on.
     Returns None when the distribution (or the file inside it) is missing.
     """
+    path = installed_file(SMOLLM2_DIST, SMOLLM2_GGUF)
+    return path if path is not None and path.is_file() else None
+
+
+def installed_file(dist_name: str, relative: str) -> Path | None:
+    """A file or folder shipped inside an installed distribution, found through its
+    metadata (without importing it); None when the distribution or the path is missing."""
     try:
-        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+        dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
         return None
-    path = Path(str(dist.locate_file(SMOLLM2_GGUF)))
-    return path if path.is_file() else None
+    path = Path(str(dist.locate_file(relative)))
+    return path if path.exists() else None
 
 
 def cache_root() -> Path:

@@ -23,89 +23,14 @@ and the captured :class:`~tokentrail.capture.Activations`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
 import torch
 
 from .adapters import Adapter
 from .capture import Activations
 from .errors import InputError, ModelError
 from .metrics import rank_in_vocab, top_k
-
-LENS_SITES = ("layer_out", "attn_resid")
-LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy")
-
-
-@dataclass(frozen=True)
-class LensResult:
-    """The logit lens over all layers and tokens of one text.
-
-    Arrays are shaped (L, n) or (L, n, k): L layers, n tokens, k predictions per cell.
-    """
-
-    site: str  # the residual site read: "layer_out" or "attn_resid"
-    is_decoder: bool
-    input_ids: np.ndarray  # (n,)
-    top_ids: np.ndarray  # (L, n, k) int64, most probable first (ties: lower id)
-    top_probs: np.ndarray  # (L, n, k) float32
-    own_rank: np.ndarray  # (L, n) int64: ids with a strictly higher logit than token t's own
-    own_prob: np.ndarray  # (L, n) float32
-    next_rank: np.ndarray | None  # (L, n) int64, rank of token t+1; -1 at the last token; None for encoders
-    next_prob: np.ndarray | None  # (L, n) float32; NaN at the last token; None for encoders
-    entropy: np.ndarray  # (L, n) float32, nats
-
-    @property
-    def n_layers(self) -> int:
-        return self.top_ids.shape[0]
-
-    @property
-    def n_tokens(self) -> int:
-        return self.top_ids.shape[1]
-
-    @property
-    def k(self) -> int:
-        return self.top_ids.shape[2]
-
-    def ids_used(self) -> set[int]:
-        """Every vocabulary id the result names (for labelling)."""
-        return {int(i) for i in np.unique(self.top_ids)}
-
-    def metrics(self) -> dict[str, np.ndarray]:
-        """Per-cell metrics as float (L, n) arrays; undefined cells are NaN."""
-        out = {"own_rank": self.own_rank.astype(np.float64), "own_prob": self.own_prob.astype(np.float64)}
-        if self.next_rank is not None and self.next_prob is not None:
-            nr = self.next_rank.astype(np.float64)
-            nr[self.next_rank < 0] = np.nan
-            out["next_rank"] = nr
-            out["next_prob"] = self.next_prob.astype(np.float64)
-        out["entropy"] = self.entropy.astype(np.float64)
-        return out
-
-    def frame(self) -> pd.DataFrame:
-        """Tidy: one row per token, layer and metric (columns token, layer, metric, value)."""
-        L, n = self.n_layers, self.n_tokens
-        li, ti = np.meshgrid(np.arange(L), np.arange(n), indexing="ij")
-        parts = [
-            pd.DataFrame({"token": ti.reshape(-1), "layer": li.reshape(-1), "metric": name, "value": vals.reshape(-1)})
-            for name, vals in self.metrics().items()
-        ]
-        return pd.concat(parts, ignore_index=True)
-
-    def top_frame(self) -> pd.DataFrame:
-        """Tidy top-k: one row per token, layer and place (columns token, layer, place, id, prob)."""
-        L, n, k = self.top_ids.shape
-        li, ti, pi = np.meshgrid(np.arange(L), np.arange(n), np.arange(k), indexing="ij")
-        return pd.DataFrame(
-            {
-                "token": ti.reshape(-1),
-                "layer": li.reshape(-1),
-                "place": pi.reshape(-1),
-                "id": self.top_ids.reshape(-1).astype(np.int64),
-                "prob": self.top_probs.reshape(-1).astype(np.float64),
-            }
-        )
+from .options import LENS_SITES
+from .results import LensResult
 
 
 @torch.no_grad()
@@ -138,13 +63,14 @@ def logit_lens(
     step = max(1, chunk_bytes // (V * 4 * 4))  # logits, log-probs, probs, entr per chunk
     # next token of t is t+1; the last token has none (its placeholder is masked below)
     nxt = torch.cat([ids[1:], ids[:1]])
-    top_ids = torch.empty(L, n, kk, dtype=torch.long)
-    top_probs = torch.empty(L, n, kk)
-    own_rank = torch.empty(L, n, dtype=torch.long)
-    own_prob = torch.empty(L, n)
-    next_rank = torch.full((L, n), -1, dtype=torch.long)
-    next_prob = torch.full((L, n), float("nan"))
-    entropy = torch.empty(L, n)
+    dev = vecs.device
+    top_ids = torch.empty(L, n, kk, dtype=torch.long, device=dev)
+    top_probs = torch.empty(L, n, kk, device=dev)
+    own_rank = torch.empty(L, n, dtype=torch.long, device=dev)
+    own_prob = torch.empty(L, n, device=dev)
+    next_rank = torch.full((L, n), -1, dtype=torch.long, device=dev)
+    next_prob = torch.full((L, n), float("nan"), device=dev)
+    entropy = torch.empty(L, n, device=dev)
     for layer in range(L):
         for start in range(0, n, step):
             sl = slice(start, min(n, start + step))
@@ -167,12 +93,12 @@ def logit_lens(
     return LensResult(
         site=site,
         is_decoder=decoder,
-        input_ids=ids.numpy().copy(),
-        top_ids=top_ids.numpy(),
-        top_probs=top_probs.numpy(),
-        own_rank=own_rank.numpy(),
-        own_prob=own_prob.numpy(),
-        next_rank=next_rank.numpy() if decoder else None,
-        next_prob=next_prob.numpy() if decoder else None,
-        entropy=entropy.numpy(),
+        input_ids=ids.cpu().numpy().copy(),
+        top_ids=top_ids.cpu().numpy(),
+        top_probs=top_probs.cpu().numpy(),
+        own_rank=own_rank.cpu().numpy(),
+        own_prob=own_prob.cpu().numpy(),
+        next_rank=next_rank.cpu().numpy() if decoder else None,
+        next_prob=next_prob.cpu().numpy() if decoder else None,
+        entropy=entropy.cpu().numpy(),
     )

@@ -7,10 +7,14 @@ own row, so ties favour the token; ``top-k`` orders by similarity, ties by lower
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 import torch
 from torch import Tensor
 
-SIMILARITIES = ("cosine", "euclidean")
+from .options import SIMILARITIES  # the names; the formulas are below
 
 
 def similarity_from_dots(dots: Tensor, query_sq: Tensor, row_sq: Tensor, kind: str) -> Tensor:
@@ -72,7 +76,7 @@ def top_k(sims: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def _has_misordered_ties(vals: Tensor, ids: Tensor) -> Tensor:
     if vals.shape[1] < 2:
-        return torch.zeros(vals.shape[0], dtype=torch.bool)
+        return torch.zeros(vals.shape[0], dtype=torch.bool, device=vals.device)
     tie = vals[:, 1:] == vals[:, :-1]
     return (tie & (ids[:, 1:] < ids[:, :-1])).any(1)
 
@@ -89,7 +93,7 @@ def anisotropy(vectors: Tensor, kind: str = "cosine") -> Tensor:
     """
     n = vectors.shape[-2]
     if n < 2:
-        return torch.full(vectors.shape[:-2], float("nan"))
+        return torch.full(vectors.shape[:-2], float("nan"), device=vectors.device)
     v = vectors.double()
     if kind == "cosine":
         u = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
@@ -98,5 +102,76 @@ def anisotropy(vectors: Tensor, kind: str = "cosine") -> Tensor:
         s = -torch.cdist(v, v)
     else:
         raise ValueError(f"unknown similarity {kind!r}")
-    off = ~torch.eye(n, dtype=torch.bool)
+    off = ~torch.eye(n, dtype=torch.bool, device=vectors.device)
     return (s[..., off].sum(-1) / (n * (n - 1))).float()
+
+
+# ---- per-cell metrics: one function and one registration each ------------------------------
+@dataclass(frozen=True)
+class Cells:
+    """What the scoring pass gives for every cell of a view, as numpy arrays.
+
+    own_sim, rank, overlap: (L, [H,] n); anisotropy: (L, [H]); overlap_k: the set size."""
+
+    own_sim: np.ndarray
+    rank: np.ndarray
+    overlap: np.ndarray
+    anisotropy: np.ndarray
+    overlap_k: int
+
+
+@dataclass(frozen=True)
+class CellMetric:
+    name: str
+    compute: Callable[[Cells], np.ndarray]  # -> (L, [H,] n)
+    label: str  # its name in tidy exports; "{overlap_k}" is filled in
+    doc: str
+
+
+CELL_METRICS: dict[str, CellMetric] = {}
+"""Every per-cell metric a view carries, in export order. Add one with :func:`cell_metric`."""
+
+
+def cell_metric(name: str, label: str | None = None):
+    """Register ``fn(cells) -> (L, [H,] n) array`` as the metric ``name`` (a decorator)."""
+
+    def register(fn: Callable[[Cells], np.ndarray]) -> Callable[[Cells], np.ndarray]:
+        CELL_METRICS[name] = CellMetric(name, fn, label or name, (fn.__doc__ or "").strip())
+        return fn
+
+    return register
+
+
+def derive_metrics(cells: Cells) -> dict[str, np.ndarray]:
+    """Every registered metric of one view."""
+    return {name: m.compute(cells) for name, m in CELL_METRICS.items()}
+
+
+def metric_label(name: str, view) -> str:
+    """A metric's column name in exports (e.g. ``overlap@100``)."""
+    m = CELL_METRICS.get(name)
+    return name if m is None else m.label.format(overlap_k=view.overlap_k)
+
+
+@cell_metric("self_sim")
+def _self_sim(c: Cells) -> np.ndarray:
+    """s(r, R[x]): similarity of the site vector to the token's own row (SPEC)."""
+    return c.own_sim
+
+
+@cell_metric("rank")
+def _rank(c: Cells) -> np.ndarray:
+    """Rows strictly more similar than the own row; 0 = nearest (SPEC)."""
+    return c.rank
+
+
+@cell_metric("overlap", label="overlap@{overlap_k}")
+def _overlap(c: Cells) -> np.ndarray:
+    """|top-K at this layer ∩ top-K at the previous one| (layer 0: the original encoding's)."""
+    return c.overlap
+
+
+@cell_metric("adjusted_self_sim")
+def _adjusted_self_sim(c: Cells) -> np.ndarray:
+    """self_sim minus the layer's anisotropy baseline (Ethayarajh 2019)."""
+    return c.own_sim - c.anisotropy[..., None]

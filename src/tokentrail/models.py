@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -19,13 +20,13 @@ from typing import Any, Callable
 import torch
 
 from .adapters import Adapter, adapter_for, decoder_model_types, lens_head_prefixes, supported_model_types
-from .errors import ModelError
-from .gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF
+from .errors import InputError, ModelError
+from .gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
 from .spaces import SpaceCache
 
 DEFAULT_MODEL = "minilm"
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
 @dataclass(frozen=True)
@@ -52,24 +53,76 @@ CATALOGUE: dict[str, ModelEntry] = {
 }
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
-    """A loaded model with its tokenizer, adapter and reference-space cache."""
+    """A loaded model with its tokenizer, adapter and reference-space cache.
+
+    ``run(text)`` is the way in: one forward pass, from which every view is derived."""
 
     name: str
     source: str  # folder or file it was loaded from
-    origin: str  # "bundled", "hub" or "local"
+    origin: str  # "bundled", "hub", "local" or "object" (handed in by the caller)
     revision: str | None
     adapter: Adapter
     tokenizer: Any
     spaces: SpaceCache = field(init=False)
+    lock: threading.RLock = field(init=False, repr=False)  # tokenizer and hooks are not thread-safe
 
     def __post_init__(self):
         self.spaces = SpaceCache(self.adapter)
+        self.lock = threading.RLock()
+
+    @property
+    def device(self) -> str:
+        return str(self.adapter.device)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.adapter.dtype).removeprefix("torch.")
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.adapter.is_decoder
 
     def labels(self, ids) -> dict[int, str]:
         ids = [int(i) for i in ids]
-        return dict(zip(ids, readable_tokens(self.tokenizer, ids)))
+        with self.lock:
+            return dict(zip(ids, readable_tokens(self.tokenizer, ids)))
+
+    def encode(self, text: str, *, truncate: bool = False, max_tokens: int | None = None):
+        """Tokenize ``text`` with the model's own special tokens (see :func:`tokentrail.inputs.encode`)."""
+        from .inputs import encode
+
+        with self.lock:
+            return encode(self, text, truncate=truncate, max_tokens=max_tokens)
+
+    def run(self, text: str, options=None, *, causal: bool | None = None, truncate: bool | None = None, max_tokens: int | None = None):
+        """One forward pass over ``text``: a :class:`tokentrail.runner.Run` to derive every view from.
+
+        ``options`` (a :class:`~tokentrail.options.TraceOptions`) default to the standard
+        ones; ``causal`` and ``truncate`` override theirs."""
+        from .analysis import check_against
+        from .capture import capture
+        from .inputs import check_text
+        from .options import TraceOptions
+        from .runner import Run
+
+        opts = options or TraceOptions()
+        changes = {k: v for k, v in (("causal", causal), ("truncate", truncate)) if v is not None}
+        opts = opts.with_(**changes) if changes else opts.validate()
+        check_text(text)
+        check_against(self.adapter, opts)
+        enc = self.encode(text, truncate=opts.truncate, max_tokens=max_tokens)
+        with self.lock:  # hooks on shared modules: one capture at a time per model
+            acts = capture(self.adapter, enc.ids, causal=opts.causal)
+        return Run(self, text, enc, acts, opts)
+
+    def trace(self, text: str, options=None, **option_values):
+        """``run(text).trail()``: the one-line path."""
+        from .options import TraceOptions
+
+        opts = options or TraceOptions.make(**option_values)
+        return self.run(text, opts).trail()
 
 
 def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
@@ -84,12 +137,7 @@ def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
 # ---- where a name points ---------------------------------------------------------------
 def package_file(entry: ModelEntry) -> Path | None:
     """The bundled file/folder of ``entry``, found without importing its package."""
-    try:
-        dist = metadata.distribution(entry.package)
-    except metadata.PackageNotFoundError:
-        return None
-    path = Path(str(dist.locate_file(entry.package_path)))
-    return path if path.exists() else None
+    return installed_file(entry.package, entry.package_path)
 
 
 def hub_cache_has(hub_id: str) -> bool:
@@ -254,10 +302,38 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     return model, tokenizer
 
 
-def load(name: str | None = None, *, allow_pickle: bool = False, revision: str | None = None, progress: Callable[[str], None] | None = None) -> LoadedModel:
-    """Load a model by short name, hub id or local folder (cached: the last few stay loaded)."""
+def load(
+    name: "str | os.PathLike | torch.nn.Module | LoadedModel | None" = None,
+    *,
+    tokenizer: Any = None,
+    device: str | None = None,
+    dtype: "str | torch.dtype | None" = None,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Load a model by short name, hub id or local folder, or wrap one already in memory.
+
+    ``name`` may also be a ``transformers`` model object of a supported family (then
+    ``tokenizer`` is required, and the model stays on its own device and dtype).
+    ``device``: "cpu" (default), "cuda", "mps" or "auto"; ``dtype``: "float32" (default,
+    the exact reference), "bfloat16" or "float16" (faster, approximate: results say so).
+    Loaded models are cached: the last few stay loaded.
+    """
+    if isinstance(name, LoadedModel):
+        return name
+    if isinstance(name, torch.nn.Module):
+        return wrap(name, tokenizer, device=device, dtype=dtype)
+    if tokenizer is not None:
+        raise InputError("tokenizer= goes with a model object; a model named by a string brings its own")
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"model must be a name, a folder or a transformers model object, not {type(name).__name__}")
     name = (name or DEFAULT_MODEL).strip()
-    key = (name, allow_pickle, revision)
+    dev = resolve_device(device if device is not None else _defaults["device"])
+    dt = resolve_dtype(dtype if dtype is not None else _defaults["dtype"])
+    key = (name, allow_pickle, revision, dev, dt)
     with _lock:
         if key in _loaded:
             _loaded.move_to_end(key)
@@ -271,6 +347,9 @@ def load(name: str | None = None, *, allow_pickle: bool = False, revision: str |
     finally:
         if bar:
             hf_logging.enable_progress_bar()
+    if (dev, dt) != ("cpu", "float32"):
+        loaded.adapter.model.to(device=dev, dtype=getattr(torch, dt))
+        loaded.spaces = SpaceCache(loaded.adapter)
     with _lock:
         _loaded[key] = loaded
         while len(_loaded) > MAX_LOADED:
@@ -281,6 +360,85 @@ def load(name: str | None = None, *, allow_pickle: bool = False, revision: str |
 MAX_LOADED = 2
 _loaded: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _lock = threading.Lock()
+_wrapped: "weakref.WeakKeyDictionary[torch.nn.Module, LoadedModel]" = weakref.WeakKeyDictionary()
+
+
+_defaults = {"device": "cpu", "dtype": "float32"}
+
+
+def set_defaults(*, device: str | None = None, dtype: str | None = None) -> None:
+    """Where models named by string load when ``load`` is not told (the app server's
+    ``--device``/``--dtype``)."""
+    if device is not None:
+        _defaults["device"] = resolve_device(device)
+    if dtype is not None:
+        _defaults["dtype"] = resolve_dtype(dtype)
+
+
+def resolve_device(device: str | None) -> str:
+    """"cpu", "cuda", "mps" or "auto" -> a device torch can use here, or a clear error."""
+    from .options import DEVICES
+
+    device = "cpu" if device is None else str(device).strip().lower()
+    base = device.split(":")[0]
+    if base not in DEVICES:
+        raise InputError(f"unknown device {device!r}: choose from {', '.join(DEVICES)} (cuda:N for one GPU)")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if base == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: no CUDA GPU is usable here (torch {torch.__version__}); use --device cpu")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"device {device!r}: Apple's MPS is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None") -> str:
+    """A dtype name from :data:`tokentrail.options.DTYPES`, or a clear error."""
+    from .options import DTYPES
+
+    if dtype is None:
+        return "float32"
+    name = str(dtype).removeprefix("torch.").strip().lower()
+    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}.get(name, name)
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)} (float32 is exact; the others are approximate)")
+    return name
+
+
+def wrap(model: torch.nn.Module, tokenizer: Any, *, device: str | None = None, dtype: "str | torch.dtype | None" = None) -> LoadedModel:
+    """A model object already in memory, with its tokenizer, as a :class:`LoadedModel`.
+
+    The model keeps its device and dtype (``device``/``dtype``, if given, must match
+    them); it is put in eval mode, and switched to eager attention when it uses another
+    implementation (tokentrail reads attention probabilities). Wrapping the same object
+    again returns the same LoadedModel, with its space cache."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise ModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type)")
+    if tokenizer is None:
+        raise InputError("pass the model's tokenizer too: tt.load(model, tokenizer=AutoTokenizer.from_pretrained(...))")
+    if not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+        raise InputError(f"tokenizer must be a transformers tokenizer, not {type(tokenizer).__name__}")
+    if model in _wrapped and _wrapped[model].tokenizer is tokenizer:
+        return _wrapped[model]
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ModelError(f"{type(model).__name__} has no parameters")
+    have_dev, have_dt = str(param.device), str(param.dtype).removeprefix("torch.")
+    if device is not None and resolve_device(device).split(":")[0] != have_dev.split(":")[0]:
+        raise InputError(f"this model object lives on {have_dev}; move it yourself (model.to(...)) or leave device unset")
+    if dtype is not None and resolve_dtype(dtype) != have_dt:
+        raise InputError(f"this model object is {have_dt}; convert it yourself or leave dtype unset")
+    adapter = adapter_for(model)  # unsupported families fail here, before the model is touched
+    if getattr(config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")  # attention probabilities and custom masks need eager
+    name = getattr(config, "name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__
+    loaded = LoadedModel(str(name), str(name), "object", getattr(config, "_commit_hash", None), adapter, tokenizer)
+    _wrapped[model] = loaded
+    return loaded
 
 
 def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progress: Callable[[str], None]) -> LoadedModel:
@@ -306,7 +464,7 @@ def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progr
     if name.endswith(".gguf") or "\\" in name or name.startswith((".", "/", "~")) or ".." in name:
         raise ModelError(f"no model folder at {name!r}")
     hub_id = entry.hub_id if entry is not None else name
-    if not _HUB_ID.match(hub_id):
+    if not HUB_ID.match(hub_id):
         raise ModelError(
             f"{name!r} is not a known model name, a local folder, or a valid hub id (owner/name); see `tokentrail models`"
         )

@@ -6,16 +6,15 @@ Nothing here runs a model. Plots, the CLI and the web app read these objects onl
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
-
-METRICS = ("self_sim", "rank", "overlap", "anisotropy", "adjusted_self_sim")
+from .options import TraceOptions, check_index
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,23 @@ class RunInfo:
     torch_version: str
     transformers_version: str
     created: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: TraceOptions = field(default_factory=TraceOptions)
+    device: str = "cpu"  # where the model ran
+    dtype: str = "float32"  # the model's weights; float32 is the exact reference
+    exact: bool = True  # False when a reduced-precision dtype ran the model (SPEC "Exactness")
+    truncated_from: int | None = None  # token count before an opted-in truncation
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["options"] = self.options.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunInfo":
+        kw = dict(d)
+        kw["options"] = TraceOptions.from_dict(kw.get("options") or {})
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in kw.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -39,17 +54,17 @@ class View:
     """One (site, space, similarity) combination over all layers and tokens.
 
     Residual sites have arrays shaped (L, n[, k]); the ``heads`` site (L, H, n[, k]),
-    each head compared with its own layer's ``value``/``key``/``query`` space.
+    each head compared with its own layer's ``value``/``key``/``query`` space. Per-cell
+    metrics live in ``metrics`` (name -> (L, [H,] n) array), one entry per metric of
+    :data:`tokentrail.metrics.CELL_METRICS`.
     """
 
     site: str
     space: str
     similarity: str
-    self_sim: np.ndarray  # (L, [H,] n) similarity to the token's own row
-    rank: np.ndarray  # (L, [H,] n) int: rows strictly more similar than the own row
+    metrics: Mapping[str, np.ndarray]  # name -> (L, [H,] n)
     top_ids: np.ndarray  # (L, [H,] n, k) nearest vocabulary ids, most similar first
     top_sims: np.ndarray  # (L, [H,] n, k)
-    overlap: np.ndarray  # (L, [H,] n) |top-K_l ∩ top-K_{l-1}|; NaN where undefined
     overlap_k: int
     anisotropy: np.ndarray  # (L, [H]) mean similarity between distinct positions
     origin_top_ids: np.ndarray | None = None  # (n, k) neighbours of the original encoding
@@ -57,16 +72,38 @@ class View:
 
     @property
     def per_head(self) -> bool:
-        return self.rank.ndim == 3
+        return self.top_ids.ndim == 4
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.site, self.space, self.similarity)
 
+    def metric(self, name: str) -> np.ndarray:
+        try:
+            return self.metrics[name]
+        except KeyError:
+            raise InputError(f"unknown metric {name!r}: this view has {', '.join(self.metrics)}") from None
+
+    # the SPEC metrics by name, for readable call sites
+    @property
+    def self_sim(self) -> np.ndarray:
+        """(L, [H,] n) similarity to the token's own row."""
+        return self.metrics["self_sim"]
+
+    @property
+    def rank(self) -> np.ndarray:
+        """(L, [H,] n) int: rows strictly more similar than the own row."""
+        return self.metrics["rank"]
+
+    @property
+    def overlap(self) -> np.ndarray:
+        """(L, [H,] n) |top-K_l ∩ top-K_{l-1}|; NaN where undefined."""
+        return self.metrics["overlap"]
+
     @property
     def adjusted_self_sim(self) -> np.ndarray:
         """Self-similarity minus the layer's anisotropy (Ethayarajh 2019)."""
-        return self.self_sim - self.anisotropy[..., None]
+        return self.metrics["adjusted_self_sim"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +122,7 @@ class Trail:
     labels: dict[int, str]  # vocabulary id -> readable token, for every id in the results
     attentions: np.ndarray | None = None  # (L, H, n, n)
     kv_groups: int = 1  # query heads sharing one key/value head (grouped-query attention)
-    lens: Any = None  # LensResult, when the logit lens was asked for
+    lens: LensResult | None = None  # when the logit lens was asked for
 
     # ---- lookup ------------------------------------------------------------------
     @property
@@ -110,10 +147,7 @@ class Trail:
         """Resolve a token index (negative counts from the end) or its text to an index."""
         n = self.n_tokens
         if isinstance(token, (int, np.integer)) or (isinstance(token, str) and token.lstrip("-").isdigit()):
-            i = int(token)
-            if not -n <= i < n:
-                raise InputError(f"token index {i} is out of range: the text has {n} tokens (0..{n - 1})")
-            return i % n
+            return check_index(int(token), n, "token index", f"the text has {n} tokens")
         want = str(token).strip().lower()
         for i, t in enumerate(self.tokens):
             if _bare(t).lower() == want:
@@ -122,14 +156,10 @@ class Trail:
         raise InputError(f"no token {token!r} in the text; tokens are {shown}")
 
     def check_layer(self, layer: int) -> int:
-        if not -self.n_layers <= layer < self.n_layers:
-            raise InputError(f"layer {layer} is out of range: the model has {self.n_layers} layers (0..{self.n_layers - 1})")
-        return layer % self.n_layers
+        return check_index(layer, self.n_layers, "layer", f"the model has {self.n_layers} layers")
 
     def check_head(self, head: int) -> int:
-        if not 0 <= head < self.n_heads:
-            raise InputError(f"head {head} is out of range: the model has {self.n_heads} heads (0..{self.n_heads - 1})")
-        return head
+        return check_index(head, self.n_heads, "head", f"the model has {self.n_heads} heads")
 
     # ---- tables ------------------------------------------------------------------
     def neighbours(
@@ -206,7 +236,7 @@ class Trail:
 
     # ---- export ------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
-        return {**asdict(self.info), "text": self.text, "tokens": list(self.tokens), "kv_groups": self.kv_groups}
+        return {**self.info.to_dict(), "text": self.text, "tokens": list(self.tokens), "kv_groups": self.kv_groups}
 
     def to_parquet(self, path: str | Path) -> Path:
         import pyarrow as pa
@@ -258,13 +288,9 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
     shape = (L, H, n)
     li, hi, ti = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), indexing="ij")
     aniso = np.broadcast_to(v.anisotropy.reshape(L, H, 1) if v.per_head else v.anisotropy.reshape(L, 1, 1), shape)
-    metrics = {
-        "self_sim": v.self_sim.reshape(shape),
-        "rank": v.rank.reshape(shape).astype(np.float64),
-        f"overlap@{v.overlap_k}": v.overlap.reshape(shape).astype(np.float64),
-        "anisotropy": aniso,
-        "adjusted_self_sim": v.adjusted_self_sim.reshape(shape),
-    }
+    from .metrics import metric_label
+
+    metrics = {"anisotropy": aniso} | {metric_label(name, v): vals.reshape(shape) for name, vals in v.metrics.items()}
     base = {
         "token": ti.reshape(-1),
         "token_str": np.array(trail.tokens, dtype=object)[ti.reshape(-1)],
@@ -277,6 +303,79 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
     }
     frames = [pd.DataFrame({**base, "metric": name, "value": vals.reshape(-1).astype(np.float64)}) for name, vals in metrics.items()]
     return pd.concat(frames, ignore_index=True)
+
+
+LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy")
+
+
+@dataclass(frozen=True)
+class LensResult:
+    """The logit lens over all layers and tokens of one text.
+
+    Arrays are shaped (L, n) or (L, n, k): L layers, n tokens, k predictions per cell.
+    """
+
+    site: str  # the residual site read: "layer_out" or "attn_resid"
+    is_decoder: bool
+    input_ids: np.ndarray  # (n,)
+    top_ids: np.ndarray  # (L, n, k) int64, most probable first (ties: lower id)
+    top_probs: np.ndarray  # (L, n, k) float32
+    own_rank: np.ndarray  # (L, n) int64: ids with a strictly higher logit than token t's own
+    own_prob: np.ndarray  # (L, n) float32
+    next_rank: np.ndarray | None  # (L, n) int64, rank of token t+1; -1 at the last token; None for encoders
+    next_prob: np.ndarray | None  # (L, n) float32; NaN at the last token; None for encoders
+    entropy: np.ndarray  # (L, n) float32, nats
+
+    @property
+    def n_layers(self) -> int:
+        return self.top_ids.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.top_ids.shape[1]
+
+    @property
+    def k(self) -> int:
+        return self.top_ids.shape[2]
+
+    def ids_used(self) -> set[int]:
+        """Every vocabulary id the result names (for labelling)."""
+        return {int(i) for i in np.unique(self.top_ids)}
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """Per-cell metrics as float (L, n) arrays; undefined cells are NaN."""
+        out = {"own_rank": self.own_rank.astype(np.float64), "own_prob": self.own_prob.astype(np.float64)}
+        if self.next_rank is not None and self.next_prob is not None:
+            nr = self.next_rank.astype(np.float64)
+            nr[self.next_rank < 0] = np.nan
+            out["next_rank"] = nr
+            out["next_prob"] = self.next_prob.astype(np.float64)
+        out["entropy"] = self.entropy.astype(np.float64)
+        return out
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy: one row per token, layer and metric (columns token, layer, metric, value)."""
+        L, n = self.n_layers, self.n_tokens
+        li, ti = np.meshgrid(np.arange(L), np.arange(n), indexing="ij")
+        parts = [
+            pd.DataFrame({"token": ti.reshape(-1), "layer": li.reshape(-1), "metric": name, "value": vals.reshape(-1)})
+            for name, vals in self.metrics().items()
+        ]
+        return pd.concat(parts, ignore_index=True)
+
+    def top_frame(self) -> pd.DataFrame:
+        """Tidy top-k: one row per token, layer and place (columns token, layer, place, id, prob)."""
+        L, n, k = self.top_ids.shape
+        li, ti, pi = np.meshgrid(np.arange(L), np.arange(n), np.arange(k), indexing="ij")
+        return pd.DataFrame(
+            {
+                "token": ti.reshape(-1),
+                "layer": li.reshape(-1),
+                "place": pi.reshape(-1),
+                "id": self.top_ids.reshape(-1).astype(np.int64),
+                "prob": self.top_probs.reshape(-1).astype(np.float64),
+            }
+        )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ the row's position instead of rotating every row; rotations keep norms.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
@@ -32,10 +33,10 @@ from torch import Tensor
 
 from .adapters import Adapter, Norm
 from .errors import InputError, ModelError
+from .options import HEAD_SPACES as HEAD_SPACE_KINDS
 
 SpaceKind = Literal["embeddings", "encodings", "value", "key", "query"]
 SPACE_KINDS: tuple[str, ...] = ("embeddings", "encodings", "value", "key", "query")
-HEAD_SPACE_KINDS = ("value", "key", "query")
 
 
 @dataclass(frozen=True)
@@ -78,15 +79,15 @@ class VocabSpace:
         self.rotary = rotary
         if proj_weight is None:
             # residual space: M = diag(gamma), c = beta, one group
-            self.gamma = gamma if gamma is not None else torch.ones(self.d)
+            self.gamma = gamma if gamma is not None else torch.ones(self.d, device=x.device)
             self.M = None
-            self.c = (beta if beta is not None else torch.zeros(self.d))[None]  # (1, d)
+            self.c = (beta if beta is not None else torch.zeros(self.d, device=x.device))[None]  # (1, d)
             self.P = (self.x * self.gamma)[None]  # (1, V, d)
         else:
             w = proj_weight.float()  # (G, k, d)
             self.gamma = None
             self.M = (w * gamma if gamma is not None else w).contiguous()
-            c = torch.zeros(w.shape[:2]) if proj_bias is None else proj_bias.float().clone()
+            c = torch.zeros(w.shape[:2], device=w.device) if proj_bias is None else proj_bias.float().clone()
             if beta is not None:
                 c = c + torch.einsum("gkd,d->gk", w, beta)
             self.c = c  # (G, k)
@@ -98,7 +99,7 @@ class VocabSpace:
         self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
-        if not positional or adapter.position_offset(torch.zeros(1, dtype=torch.long)) is None:
+        if not positional or adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is None:
             # rows never move with position (RoPE models, position-free spaces): the norms
             # above are all position_stats needs, so the (G, V, k) table is not kept
             self.P = None
@@ -176,7 +177,7 @@ class VocabSpace:
         compared with (default: column c -> group c). Returns (Q, C, V).
         """
         Q, C, k = r.shape
-        groups = torch.arange(C) if groups is None else groups
+        groups = torch.arange(C, device=r.device) if groups is None else groups
         r = r.float()
         if self.rotary is not None:
             # R_p row . r == row . R_p^T r: rotate the query back instead of every row
@@ -186,14 +187,14 @@ class VocabSpace:
             # per group: V * d_head work per query and head instead of V * d
             G = self.P.shape[0]
             rep = C // G
-            if C == G * rep and torch.equal(groups, torch.arange(C) // rep):
+            if C == G * rep and torch.equal(groups, torch.arange(C, device=groups.device) // rep):
                 # columns come in blocks of `rep` per group (identity, or grouped-query
                 # attention's h // rep): one batched matmul over the groups
                 rg = r.view(Q, G, rep, k).permute(1, 0, 2, 3).reshape(G, Q * rep, k)
                 out = torch.bmm(rg, self.P.transpose(1, 2))  # (G, Q * rep, V)
                 out = out.view(G, Q, rep, -1).permute(1, 0, 2, 3).reshape(Q, C, -1)
             else:
-                out = torch.empty(Q, C, self.vocab_size)
+                out = torch.empty(Q, C, self.vocab_size, device=r.device)
                 for c in range(C):
                     out[:, c, :] = r[:, c, :].contiguous() @ self.P[int(groups[c])].T
             if stats.Py is not None:
@@ -214,7 +215,7 @@ class VocabSpace:
     def rows(self, ids: Tensor, position: int) -> Tensor:
         """Explicit rows for a few ids at one position: (m,) -> (m, G, k). For display and checks."""
         x = self.x[ids]
-        y = self._offsets(torch.tensor([position]))
+        y = self._offsets(torch.tensor([position], device=x.device))
         if y is not None:
             x = x + y
         out = self._project(x)
@@ -222,7 +223,7 @@ class VocabSpace:
             out = out / (x.pow(2).sum(-1) / self.d + self.eps).sqrt()[:, None, None]
         out = out + self.c
         if self.rotary is not None:
-            out = self.rotary(out, torch.full((len(ids),), position), inverse=False)
+            out = self.rotary(out, torch.full((len(ids),), position, device=x.device), inverse=False)
         return out
 
 
@@ -300,10 +301,15 @@ class SpaceCache:
     def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
         self.adapter = adapter
         self.max_bytes = max_bytes
+        self._lock = threading.RLock()  # app sessions share one cache per model
         self._keep: dict[tuple, VocabSpace] = {}
         self._lru: OrderedDict[tuple, VocabSpace] = OrderedDict()
 
     def get(self, kind: str, layer: int | None = None) -> VocabSpace:
+        with self._lock:
+            return self._get(kind, layer)
+
+    def _get(self, kind: str, layer: int | None) -> VocabSpace:
         key = (kind, layer)
         if key in self._keep:
             return self._keep[key]

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from .adapters import Adapter
-from .capture import Activations
-from .errors import InputError
+from .capture import Activations, head_qkv
+from .options import check_index
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,10 @@ def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, t
     ``causal`` is the mask that capture ran with (None: the model's default).
     """
     n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
-    if not 0 <= layer < L:
-        raise InputError(f"layer {layer} is out of range: the model has {L} layers (0..{L - 1})")
-    if not 0 <= head < H:
-        raise InputError(f"head {head} is out of range: the model has {H} heads (0..{H - 1})")
-    if not 0 <= token < n:
-        raise InputError(f"token {token} is out of range: the text has {n} tokens (0..{n - 1})")
-    causal = adapter.is_decoder if causal is None else bool(causal) and adapter.is_decoder
+    layer = check_index(layer, L, "layer", f"the model has {L} layers")
+    head = check_index(head, H, "head", f"the model has {H} heads")
+    token = check_index(token, n, "token index", f"the text has {n} tokens")
+    causal = acts.causal if causal is None else adapter.resolve_causal(causal)
     with torch.no_grad():
         return _step(adapter, acts, layer, head, token, causal)
 
@@ -87,24 +84,18 @@ def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, t
 def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, causal: bool) -> AttentionStep:
     n, H, dh = acts.input_ids.shape[0], adapter.n_heads, adapter.d_head
     h_in = acts.embedded if layer == 0 else acts.layer_out[layer - 1]  # (n, d): h_l
-    norm = adapter.attn_input_norm(layer)
-    x = h_in if norm is None else norm(h_in)
-    q = adapter.projection(layer, "q")(x)  # (n, H, dh); all n only because RoPE rotates by position
-    k = adapter.projection(layer, "k")(x)  # (n, G, dh)
-    v = adapter.projection(layer, "v")(x)  # (n, G, dh)
-    rot = adapter.rotary(layer)
-    if rot is not None:
-        q = rot(q, acts.position_ids, inverse=False)
-        k = rot(k, acts.position_ids, inverse=False)
-    kv_of = torch.tensor([adapter.kv_head_of(i) for i in range(H)])
+    q = head_qkv(adapter, acts, layer, "q")  # (n, H, dh); all n only because RoPE rotates by position
+    k = head_qkv(adapter, acts, layer, "k")  # (n, G, dh)
+    v = head_qkv(adapter, acts, layer, "v")  # (n, G, dh)
+    kv_of = adapter.kv_heads().to(q.device)
     k_h, v_h = k[:, kv_of], v[:, kv_of]  # (n, H, dh): each query head's keys/values
 
     # every head for this token, so that the output projection can be checked whole
     scores = torch.einsum("hd,shd->hs", q[token], k_h)  # (H, n)
     scaled = scores / math.sqrt(dh)
-    masked = torch.zeros(n, dtype=torch.bool)
+    masked = torch.zeros(n, dtype=torch.bool, device=q.device)
     if causal:
-        masked = torch.arange(n) > token
+        masked = torch.arange(n, device=q.device) > token
         scaled = scaled.masked_fill(masked, float("-inf"))
     weights = scaled.softmax(-1)  # (H, n)
     z = torch.einsum("hs,shd->hd", weights, v_h)  # (H, dh)
@@ -130,7 +121,7 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         layer=layer,
         head=head,
         token=token,
-        kv_head=adapter.kv_head_of(head),
+        kv_head=int(kv_of[head]),
         d_head=dh,
         causal=causal,
         query=q[token, head].clone(),

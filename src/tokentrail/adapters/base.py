@@ -85,6 +85,15 @@ class Adapter(ABC):
         self.model = model.eval()
         self.config = model.config
 
+    # ---- where it lives -------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     # ---- sizes -------------------------------------------------------------
     @property
     def n_layers(self) -> int:

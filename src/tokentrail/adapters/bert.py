@@ -44,7 +44,7 @@ class BertAdapter(Adapter):
         return self.config.max_position_embeddings
 
     def position_ids(self, input_ids: Tensor) -> Tensor:
-        return torch.arange(input_ids.shape[0], dtype=torch.long)
+        return torch.arange(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
 
     def embedding_table(self) -> Tensor:
         return self.emb.word_embeddings.weight.detach()

@@ -48,7 +48,7 @@ class DecoderAdapter(Adapter):
     def position_ids(self, input_ids: Tensor) -> Tensor:
         # GPT-2 and the Llama family both count from 0 (GPT2Model / LlamaModel default to
         # arange(n) for one unpadded text); no padding offset as in RoBERTa
-        return torch.arange(input_ids.shape[0], dtype=torch.long)
+        return torch.arange(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = True):
         impl = getattr(self.config, "_attn_implementation", "eager")

@@ -21,7 +21,7 @@ from ..metrics import SIMILARITIES
 from . import help as texts
 from . import render
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
-from .session import INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Options, Session, load_model
+from .session import INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
 from .style import CSS, THEME
 
 log = logging.getLogger("tokentrail.app")
@@ -199,7 +199,7 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
         "layer": gr.Slider(0, trail.n_layers - 1, value=l, step=1),
         "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
     }
-    view = render.residual_view(trail, session.options.site, session.options.similarity)
+    view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
     if session.tab == "layers":
         out["table"] = render.neighbour_table(trail, view, t)
         out["plot_sim"] = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
@@ -235,7 +235,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
     def analyse(session, text, model, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
-        opts = Options.from_page(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal)
         old = session.model
         session.switch(entry.value)
         try:
@@ -327,7 +327,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         if session.text is None and not (isinstance(text, str) and text.strip()):
             msg = f"Loaded **{entry.label}**. Enter a text and press Analyse."
             return (session, gr.skip(), causal_box, msg, *[gr.skip()] * (len(views) - 1))
-        opts = Options.from_page(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal)
         try:
             session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, lambda f, m: progress(f, desc=m))
         except Exception:
@@ -354,7 +354,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         kind = PLOT_CHOICES.get(which)
         if kind is None:
             raise InputError(f"unknown plot {which!r}: choose {', '.join(PLOT_CHOICES)}")
-        view = render.residual_view(trail, session.options.site, session.options.similarity)
+        view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
         if kind == "attention":
             fig = plots.attention_row(trail, session.heads())
         elif kind == "grid":

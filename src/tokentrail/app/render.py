@@ -47,9 +47,9 @@ def status(trail: Trail, model_label: str, token: int, layer: int, head: int) ->
     parts = [
         f"**{html.escape(model_label)}** ({info.family}, {trail.n_layers} layers × {trail.n_heads} heads)",
         f"{trail.n_tokens} tokens",
-        f"site `{opts['sites'][0]}`",
-        f"space `{opts['spaces'][0]}`",
-        opts["similarities"][0],
+        f"site `{opts.sites[0]}`",
+        f"space `{opts.spaces[0]}`",
+        opts.similarities[0],
     ]
     if info.causal is not None:
         parts.append("causal mask **on**" if info.causal else "causal mask **off** (bidirectional)")

@@ -13,33 +13,27 @@ captured once per (model, text, mask) and then computed for one layer and token 
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
-from ..analysis import heads_at
-from ..api import trace
-from ..capture import Activations, capture
 from ..errors import InputError, ModelError
-from ..inputs import check_text, encode
-from ..metrics import SIMILARITIES
-from ..models import CATALOGUE, DEFAULT_MODEL, LoadedModel, is_available, list_models, load
+from ..inputs import check_text
+from ..models import CATALOGUE, DEFAULT_MODEL, HUB_ID, LoadedModel, is_available, list_models, load
+from ..options import SIMILARITIES, TraceOptions
 from ..results import HeadsAt, Trail
-from ..walkthrough import AttentionStep, attention_step
+from ..runner import Run
+from ..walkthrough import AttentionStep
 
 INITIAL_TEXT = "Time flies like an arrow. Fruit flies like a banana."
 MAX_CHARS = 2_000  # characters a page may send
 MAX_TOKENS = 256  # tokens analysed at once: beyond this a click is no longer interactive
-SITES = ("attn_resid", "attn_resid_ln", "layer_out")
+SITES = ("resid_pre", "attn_resid", "attn_resid_ln", "layer_out", "mlp_out")  # residual sites the page offers
 K_RANGE = (1, 50)
 OVERLAP_K = 100  # SPEC default for overlap@k
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
 # ---- the model allowlist -------------------------------------------------------------
@@ -76,7 +70,7 @@ class ModelMenu:
         if folder.is_dir():
             path = str(folder.resolve())
             entry = MenuEntry(path, f"{folder.resolve().name} (local folder)", "local folder", f"loaded from {path}")
-        elif name in CATALOGUE or _HUB_ID.match(name):
+        elif name in CATALOGUE or HUB_ID.match(name):
             status = "hub: cached" if is_available(name) else "hub: not cached (needs internet once)"
             entry = MenuEntry(name, name, status, "named by the server's operator")
         else:
@@ -104,49 +98,26 @@ class ModelMenu:
         return next(iter(self.entries))
 
 
-# ---- one lock per model: the loader and the space caches are not thread-safe ---------
-_locks: dict[str, threading.RLock] = {}
-_locks_guard = threading.Lock()
-
-
-def model_lock(name: str) -> threading.RLock:
-    with _locks_guard:
-        return _locks.setdefault(name, threading.RLock())
-
-
 def load_model(name: str, say: Callable[[str], None] | None = None) -> LoadedModel:
-    with model_lock(name):
-        return load(name, progress=say)
+    return load(name, progress=say)
 
 
 # ---- options and the session -----------------------------------------------------------
-@dataclass(frozen=True)
-class Options:
-    """What the page's option controls say (everything that changes the analysis)."""
+def page_options(site: object, positional: object, similarity: object, k: object, causal: object) -> TraceOptions:
+    """The trace options the page's controls describe ("use positional embeddings" picks
+    the ``encodings`` space, else ``embeddings``), validated with the page's limits."""
+    if site not in SITES:
+        raise InputError(f"unknown site {site!r}: choose from {', '.join(SITES)}")
+    if similarity not in SIMILARITIES:
+        raise InputError(f"unknown similarity {similarity!r}: choose from {', '.join(SIMILARITIES)}")
+    k = _whole(k, "k")
+    if not K_RANGE[0] <= k <= K_RANGE[1]:
+        raise InputError(f"k must be between {K_RANGE[0]} and {K_RANGE[1]}, not {k}")
+    space = "encodings" if positional else "embeddings"
+    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, overlap_k=OVERLAP_K, causal=bool(causal))
 
-    site: str = "attn_resid"
-    positional: bool = True  # "use positional embeddings": encodings, else embeddings
-    similarity: str = "cosine"
-    k: int = 15
-    causal: bool = True  # decoders only; ignored for encoders
 
-    @property
-    def space(self) -> str:
-        return "encodings" if self.positional else "embeddings"
-
-    @classmethod
-    def from_page(cls, site, positional, similarity, k, causal) -> "Options":
-        if site not in SITES:
-            raise InputError(f"unknown site {site!r}: choose from {', '.join(SITES)}")
-        if similarity not in SIMILARITIES:
-            raise InputError(f"unknown similarity {similarity!r}: choose from {', '.join(SIMILARITIES)}")
-        try:
-            k = int(k)
-        except (TypeError, ValueError):
-            raise InputError(f"k must be a whole number, not {k!r}") from None
-        if not K_RANGE[0] <= k <= K_RANGE[1]:
-            raise InputError(f"k must be between {K_RANGE[0]} and {K_RANGE[1]}, not {k}")
-        return cls(site=site, positional=bool(positional), similarity=similarity, k=k, causal=bool(causal))
+DEFAULT_OPTIONS = TraceOptions.make(overlap_k=OVERLAP_K, causal=True)  # what page_options gives for the page defaults
 
 
 def check_page_text(text: object) -> str:
@@ -158,10 +129,13 @@ def check_page_text(text: object) -> str:
 
 @dataclass
 class Session:
-    """One page's model, text, options, selection and cached results."""
+    """One page's model, text, options, selection and cached results.
+
+    It keeps the :class:`~tokentrail.runner.Run` of its text (one forward pass, shared
+    by the Trail, the heads view and the walkthrough) and a few Trails."""
 
     model: str
-    options: Options = field(default_factory=Options)
+    options: TraceOptions = DEFAULT_OPTIONS
     text: str | None = None
     trail: Trail | None = None
     token: int = 0
@@ -170,39 +144,22 @@ class Session:
     tab: str = "layers"  # the view the page shows (only it is rendered on a click)
     max_trails: int = 3  # analyses kept per session (256 tokens on a 30-layer model: ~100 MB each)
     _trails: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    _acts: tuple | None = field(default=None, repr=False)  # (key, Activations)
-    _heads: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _run: Run | None = field(default=None, repr=False)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)  # one event at a time per page
 
     # ---- analysing ------------------------------------------------------------------
-    def analyse(self, text: str, options: Options, say: Callable[[float, str], None] | None = None) -> Trail:
+    def analyse(self, text: str, options: TraceOptions, say: Callable[[float, str], None] | None = None) -> Trail:
         """Analyse ``text`` with this session's model (cached per model, text and options)."""
         say = say or (lambda f, m: None)
         text = check_page_text(text)
         loaded = load_model(self.model, lambda m: say(0.0, m))
-        is_decoder = loaded.adapter.is_decoder
-        options = options if is_decoder else replace(options, causal=True)
+        if not loaded.is_decoder:
+            options = options.with_(causal=None)  # encoders have no mask to choose
         key = (self.model, text, options)
         trail = self._trails.get(key)
         if trail is None:
-            with model_lock(self.model):  # tokenizers and space caches are not thread-safe
-                enc = encode(loaded, text, truncate=True, max_tokens=MAX_TOKENS)
-                if enc.truncated_from is not None:
-                    raise InputError(
-                        f"the text is {enc.truncated_from} tokens for {loaded.name}; this app analyses at most "
-                        f"{MAX_TOKENS} at once: shorten it (the command line takes longer texts)"
-                    )
-                trail = trace(
-                    text,
-                    loaded,
-                    site=options.site,
-                    space=options.space,
-                    similarity=options.similarity,
-                    k=options.k,
-                    overlap_k=OVERLAP_K,
-                    causal=options.causal if is_decoder else None,
-                    progress=say,
-                )
+            say(0.0, "running the model")
+            trail = self._run_for(loaded, text, options).trail(options, progress=say)
             self._trails[key] = trail
             while len(self._trails) > self.max_trails:
                 self._trails.popitem(last=False)
@@ -214,11 +171,27 @@ class Session:
         self.head = min(self.head, trail.n_heads - 1)
         return trail
 
+    def _run_for(self, loaded: LoadedModel, text: str, options: TraceOptions) -> Run:
+        """The forward pass of ``text`` under ``options``' mask: reused while they stay."""
+        run = self._run
+        if run is None or run.model is not loaded or run.text != text or run.options.causal != options.causal:
+            try:
+                run = loaded.run(text, options, max_tokens=MAX_TOKENS)
+            except InputError as exc:
+                if "pass --truncate" not in str(exc):
+                    raise
+                n = len(loaded.encode(text).ids) if len(text) < MAX_CHARS * 4 else "too many"
+                raise InputError(
+                    f"the text is {n} tokens for {loaded.name}; this app analyses at most "
+                    f"{MAX_TOKENS} at once: shorten it (the command line takes longer texts)"
+                ) from None
+            self._run = run
+        return run
+
     def switch(self, model: str) -> None:
         if model != self.model:
             self.model = model
-            self._acts = None
-            self._heads.clear()
+            self._run = None
 
     # ---- the selection ------------------------------------------------------------------
     def require_trail(self) -> Trail:
@@ -235,48 +208,18 @@ class Session:
         if head is not None:
             self.head = trail.check_head(_whole(head, "head"))
 
-    # ---- lazy per-layer views -------------------------------------------------------------
-    def _activations(self, loaded: LoadedModel) -> Activations:
+    # ---- per-layer views, from the same forward pass as the Trail -------------------------
+    def _current_run(self) -> Run:
         trail = self.require_trail()
-        key = (self.model, trail.text, trail.info.causal)
-        if self._acts is None or self._acts[0] != key:
-            with model_lock(self.model):
-                acts = capture(loaded.adapter, torch.as_tensor(trail.ids), causal=trail.info.causal)
-            self._acts = (key, acts)
-            self._heads.clear()
-        return self._acts[1]
+        return self._run_for(load_model(self.model), trail.text, self.options)
 
     def heads(self) -> HeadsAt:
         """Every head of the selected layer, for the selected token (value spaces)."""
-        trail = self.require_trail()
-        loaded = load_model(self.model)
-        acts = self._activations(loaded)
-        key = (self._acts[0], self.layer, self.token, self.options.similarity, self.options.k)
-        if key not in self._heads:
-            with model_lock(self.model):
-                self._heads[key] = heads_at(
-                    loaded.adapter,
-                    loaded.spaces,
-                    acts,
-                    self.layer,
-                    self.token,
-                    label=loaded.labels,
-                    kind="value",
-                    similarity=self.options.similarity,
-                    k=self.options.k,
-                )
-            while len(self._heads) > 64:
-                self._heads.popitem(last=False)
-        self._heads.move_to_end(key)
-        assert self._heads[key].attention.shape[1] == trail.n_tokens
-        return self._heads[key]
+        return self._current_run().heads(self.layer, self.token, kind="value", similarity=self.options.similarities[0], k=self.options.k)
 
     def step(self) -> AttentionStep:
         """The selected head's attention for the selected token, step by step."""
-        trail = self.require_trail()
-        loaded = load_model(self.model)
-        acts = self._activations(loaded)
-        return attention_step(loaded.adapter, acts, self.layer, self.head, self.token, causal=trail.info.causal)
+        return self._current_run().step(self.layer, self.head, self.token)
 
 
 def first_content_token(trail: Trail) -> int:

@@ -1,0 +1,128 @@
+"""A :class:`Run`: one text through one loaded model, one forward pass, every view from it.
+
+``model.run(text)`` tokenizes once and captures once; the Trail (any options), a layer's
+heads, the attention walkthrough and the logit lens are all derived from the captured
+activations, and cached on the Run. The CLI, the app and notebooks use this object and
+nothing below it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from .analysis import Progress, check_against, compute_views, heads_at, make_trail
+from .capture import Activations
+from .inputs import Encoded
+from .options import TraceOptions
+from .results import HeadsAt, LensResult, Trail
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
+    from .walkthrough import AttentionStep
+
+
+class Run:
+    """One text's forward pass through ``model``, and everything derived from it.
+
+    Build it with :meth:`tokentrail.models.LoadedModel.run` (or :func:`tokentrail.run`).
+    ``options`` are the trace options it was made with; :meth:`trail` may ask for other
+    sites, spaces, similarities or k on the same pass, but not another mask or truncation.
+    """
+
+    def __init__(self, model: "LoadedModel", text: str, encoded: Encoded, acts: Activations, options: TraceOptions):
+        self.model = model
+        self.text = text
+        self.encoded = encoded
+        self.acts = acts
+        self.options = options
+        self._lock = threading.RLock()
+        self._trails: OrderedDict[TraceOptions, Trail] = OrderedDict()
+        self._lenses: dict[tuple[int, str], LensResult] = {}
+        self._heads: OrderedDict[tuple, HeadsAt] = OrderedDict()
+
+    # ---- what the pass saw --------------------------------------------------------------
+    @property
+    def tokens(self) -> list[str]:
+        return self.encoded.tokens
+
+    @property
+    def ids(self) -> Tensor:
+        return self.encoded.ids
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.encoded.tokens)
+
+    @property
+    def causal(self) -> bool:
+        return self.acts.causal
+
+    def __repr__(self) -> str:
+        return f"Run(model={self.model.name!r}, tokens={self.n_tokens}, causal={self.causal})"
+
+    # ---- derived views --------------------------------------------------------------------
+    def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
+        """The Trail of this run for ``options`` (default: the run's own), changed by ``changes``.
+
+        ``changes`` take the option fields (``sites=("layer_out",)``, ``k=5``, ...). Cached."""
+        opts = (options or self.options).with_(**changes) if changes else (options or self.options).validate()
+        if (opts.causal, opts.truncate) != (self.options.causal, self.options.truncate):
+            raise ValueError("a Run's mask and truncation are fixed: make another Run for other ones")
+        check_against(self.model.adapter, opts)
+        with self._lock:
+            if opts in self._trails:
+                self._trails.move_to_end(opts)
+                return self._trails[opts]
+        say = progress or (lambda f, m: None)
+        views = compute_views(self.model.adapter, self.model.spaces, self.acts, opts, say)
+        lens = None
+        if opts.lens:
+            say(0.99, "logit lens")
+            lens = self.lens(k=opts.k, site=opts.lens_site)
+        say(1.0, "done")
+        m = self.model
+        trail = make_trail(
+            m.adapter, self.acts, views, lens, options=opts, text=self.text, tokens=self.tokens,
+            special=self.encoded.special, label=m.labels, model_name=m.name, revision=m.revision,
+            device=m.device, dtype=m.dtype, truncated_from=self.encoded.truncated_from,
+        )  # fmt: skip
+        with self._lock:
+            self._trails[opts] = trail
+            while len(self._trails) > 4:
+                self._trails.popitem(last=False)
+        return trail
+
+    def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
+        """The logit lens over every layer and token (SPEC ``lens``). Cached."""
+        from .lens import logit_lens
+
+        key = (k, site)
+        with self._lock:
+            if key not in self._lenses:
+                self._lenses[key] = logit_lens(self.model.adapter, self.acts, k=k, site=site)
+            return self._lenses[key]
+
+    def heads(self, layer: int, token: int, *, kind: str = "value", similarity: str = "cosine", k: int = 15) -> HeadsAt:
+        """Every head of ``layer`` for ``token``, each against its own ``kind`` space. Cached."""
+        key = (layer, token, kind, similarity, k)
+        with self._lock:
+            if key in self._heads:
+                self._heads.move_to_end(key)
+                return self._heads[key]
+        m = self.model
+        result = heads_at(m.adapter, m.spaces, self.acts, layer, token, label=m.labels, kind=kind, similarity=similarity, k=k)
+        with self._lock:
+            self._heads[key] = result
+            while len(self._heads) > 64:
+                self._heads.popitem(last=False)
+        return result
+
+    def step(self, layer: int, head: int, token: int) -> "AttentionStep":
+        """How ``head`` of ``layer`` computed ``token``'s output, with the live numbers."""
+        from .walkthrough import attention_step
+
+        return attention_step(self.model.adapter, self.acts, layer, head, token)
