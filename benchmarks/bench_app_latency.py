@@ -47,12 +47,12 @@ def in_process(model: str, clicks: int) -> tuple[dict[str, list[float]], int, fl
     import gradio as gr
 
     from tokentrail.app import layout
-    from tokentrail.app.session import ModelMenu, Options, Session
+    from tokentrail.app.session import DEFAULT_OPTIONS, ModelMenu, Session
 
     menu = ModelMenu()
     session = Session(model=model)
     t0 = time.perf_counter()
-    session.analyse(TEXT, Options())
+    session.analyse(TEXT, DEFAULT_OPTIONS)
     analyse_s = time.perf_counter() - t0
     n = session.trail.n_tokens
     # the components that postprocess each output, as the server does

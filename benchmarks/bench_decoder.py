@@ -30,6 +30,7 @@ import torch
 import tokentrail as tt
 from tokentrail.analysis import analyse
 from tokentrail.capture import capture
+from tokentrail.options import TraceOptions
 
 TEXT = (
     "Time flies like an arrow. Fruit flies like a banana. The old cat sat by the river bank "
@@ -80,9 +81,9 @@ def main() -> None:
 
     # ---- 1. residual sites ------------------------------------------------------------
     sites = ["attn_resid", "layer_out"]
-    analyse(a, model.spaces, ids, sites=sites, k=k, overlap_k=K, **common)  # warm (space build)
+    analyse(a, model.spaces, ids, options=TraceOptions(sites=tuple(sites), k=k, overlap_k=K), **common)  # warm (space build)
     t = time.perf_counter()
-    trail = analyse(a, model.spaces, ids, sites=sites, k=k, overlap_k=K, **common)
+    trail = analyse(a, model.spaces, ids, options=TraceOptions(sites=tuple(sites), k=k, overlap_k=K), **common)
     fast = time.perf_counter() - t
     rss_fast = peak_mib()
     acts = capture(a, ids)
@@ -108,7 +109,7 @@ def main() -> None:
     # ---- 2. heads, one layer's value spaces ---------------------------------------------
     layer = args.layer
     t = time.perf_counter()
-    heads = analyse(a, model.spaces, ids, sites=["heads"], space_kinds=["value"], k=k, **common)
+    heads = analyse(a, model.spaces, ids, options=TraceOptions(sites=("heads",), spaces=("value",), k=k), **common)
     fast_all_layers = time.perf_counter() - t
     hv = heads.view("heads", "value", "cosine")
     norm = a.attn_input_norm(layer)
@@ -118,7 +119,7 @@ def main() -> None:
     hmis = hties = 0
     for tok in range(n):
         for h in range(H):
-            g = a.kv_head_of(h)
+            g = int(a.kv_heads()[h])
             X = norm(a.embedding_table().float())  # RMSNorm_l(W_E): value rows need no position under RoPE
             R = X @ proj.weight[g].T + (0 if proj.bias is None else proj.bias[g])
             rank, top = naive_rank_top(R, z[tok, h], int(ids[tok]), k)
@@ -135,7 +136,7 @@ def main() -> None:
 
     # ---- 3. logit lens -----------------------------------------------------------------
     t = time.perf_counter()
-    lensed = analyse(a, model.spaces, ids, sites=["layer_out"], k=k, lens=True, **common)
+    lensed = analyse(a, model.spaces, ids, options=TraceOptions(sites=("layer_out",), k=k, lens=True), **common)
     lens_s = time.perf_counter() - t - fast / 2
     print(f"\n[lens] final norm + LM head on {L} layers x {n} tokens: ~{max(lens_s, 0):.2f} s on top of the analysis")
     print(f"peak RSS {max(rss_fast, peak_mib()):.0f} MiB")

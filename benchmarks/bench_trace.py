@@ -80,6 +80,7 @@ def _reset_peak() -> bool:
 def run_fast(model, ids: torch.Tensor) -> tuple[dict, dict]:
     from tokentrail.adapters import adapter_for
     from tokentrail.analysis import analyse
+    from tokentrail.options import TraceOptions
     from tokentrail.spaces import SpaceCache
 
     adapter = adapter_for(model)
@@ -90,7 +91,7 @@ def run_fast(model, ids: torch.Tensor) -> tuple[dict, dict]:
         return analyse(
             adapter, spaces, ids, text=" ".join(tokens), tokens=tokens, special=[False] * len(ids),
             label=lambda vs: {int(v): str(v) for v in vs}, model_name="roberta-base-shaped (random)",
-            sites=SITES, space_kinds=("encodings",), similarities=("cosine",), k=K, overlap_k=OVERLAP_K,
+            options=TraceOptions(sites=tuple(SITES), spaces=("encodings",), similarities=("cosine",), k=K, overlap_k=OVERLAP_K),
         )  # fmt: skip
 
     t0 = time.perf_counter()

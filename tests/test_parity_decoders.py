@@ -229,7 +229,7 @@ def check_attention(adapter, acts, causal: bool, atol=ATOL):
         A = scores.softmax(-1)
         assert_close(A, acts.attentions[layer], rtol=RTOL, atol=atol)
         x = adapter.attn_input_norm(layer)(acts.layer_in[layer])
-        v = adapter.projection(layer, "v")(x)[:, [adapter.kv_head_of(h) for h in range(adapter.n_heads)]]
+        v = adapter.projection(layer, "v")(x)[:, adapter.kv_heads()]
         z = torch.einsum("hts,shk->thk", acts.attentions[layer], v)
         assert_close(z, acts.z[layer], rtol=RTOL, atol=atol)
 
@@ -338,7 +338,7 @@ def test_registry_and_sizes(tiny):
         assert adapter.position_offset(torch.arange(3)) is not None
     else:
         assert adapter.rotary(0) is not None and adapter.position_offset(torch.arange(3)) is None
-        assert [adapter.kv_head_of(h) for h in range(6)] == [0, 0, 0, 1, 1, 1]
+        assert adapter.kv_heads().tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_embedding(tiny):
@@ -451,7 +451,7 @@ def test_analyse_end_to_end(tiny):
         with torch.no_grad():
             rows = _brute_head_rows(model, adapter, kind, layer, int(acts.position_ids[t])).float()
         for h in range(adapter.n_heads):
-            g = h if kind == "query" else adapter.kv_head_of(h)
+            g = h if kind == "query" else int(adapter.kv_heads()[h])
             s = similarity(vec[h][None], rows[g])[0]
             own = int(ids[t])
             assert abs(view.self_sim[layer, h, t] - float(s[own])) < 1e-4, (kind, h)

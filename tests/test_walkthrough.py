@@ -98,7 +98,7 @@ def test_attention_step_knows_its_grouped_key_value_head():
     adapter = tiny("llama")
     acts = capture(adapter, IDS)
     step = attention_step(adapter, acts, 1, 3, 5)
-    assert step.kv_head == adapter.kv_head_of(3) == 1
+    assert step.kv_head == int(adapter.kv_heads()[3]) == 1
 
 
 def test_attention_step_refuses_out_of_range():

@@ -33,7 +33,7 @@ def expand_choice(value: str | Sequence[str] | None, everything: Sequence[str]) 
     """One name, a list, a comma-separated string or ``"all"`` -> the names, in order, once each."""
     if value is None:
         return ()
-    items = [value] if isinstance(value, str) else list(value)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
     out: list[str] = []
     for item in items:
         if not isinstance(item, str):

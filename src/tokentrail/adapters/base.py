@@ -124,10 +124,6 @@ class Adapter(ABC):
         """How many tokens one forward pass can take (None: no hard limit)."""
         return None
 
-    def kv_head_of(self, head: int) -> int:
-        """Which key/value head query head ``head`` reads (grouped-query attention)."""
-        return head // (self.n_heads // self.n_kv_heads)
-
     def kv_heads(self) -> Tensor:
         """(H,) int64: the key/value head each query head reads (the one home of this map)."""
         return torch.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)

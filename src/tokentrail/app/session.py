@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from ..errors import InputError, ModelError
 from ..inputs import check_text
 from ..models import CATALOGUE, DEFAULT_MODEL, HUB_ID, LoadedModel, is_available, list_models, load
-from ..options import SIMILARITIES, TraceOptions
+from ..options import RESIDUAL_SITES, SIMILARITIES, TraceOptions
 from ..results import HeadsAt, Trail
 from ..runner import Run
 from ..walkthrough import AttentionStep
@@ -30,7 +30,7 @@ from ..walkthrough import AttentionStep
 INITIAL_TEXT = "Time flies like an arrow. Fruit flies like a banana."
 MAX_CHARS = 2_000  # characters a page may send
 MAX_TOKENS = 256  # tokens analysed at once: beyond this a click is no longer interactive
-SITES = ("resid_pre", "attn_resid", "attn_resid_ln", "layer_out", "mlp_out")  # residual sites the page offers
+SITES = RESIDUAL_SITES  # the sites the page offers (heads have their own tab)
 K_RANGE = (1, 50)
 OVERLAP_K = 100  # SPEC default for overlap@k
 

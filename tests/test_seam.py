@@ -1,0 +1,249 @@
+"""The library seam (issue "One run, every caller"): Run, typed options, bring-your-own
+model, device/dtype, the metric registry, new sites, and a cheap ``import tokentrail``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import tokentrail as tt
+from tokentrail.errors import InputError, ModelError
+from tokentrail.options import ALL_SITES, TraceOptions
+
+TEXT = "Time flies like an arrow."
+
+
+# ---- fast start -----------------------------------------------------------------------------
+@pytest.mark.parametrize("module", ["tokentrail", "tokentrail.cli", "tokentrail.options"])
+def test_import_pulls_in_nothing_heavy(module):
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'transformers', 'pandas', 'gradio', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_imports_nothing_heavy():
+    code = (
+        "import sys; from typer.testing import CliRunner; from tokentrail.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "print([m for m in ('torch', 'transformers', 'pandas') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_lazy_names_resolve():
+    assert tt.Trail.__name__ == "Trail" and callable(tt.trace) and callable(tt.run) and tt.Run.__name__ == "Run"
+    with pytest.raises(AttributeError):
+        tt.no_such_name  # noqa: B018
+
+
+# ---- typed options ----------------------------------------------------------------------------
+def test_options_expand_validate_and_round_trip():
+    o = TraceOptions.make(site="attn_resid, heads", space="all", similarity=["euclidean"], k=3, overlap_k=7, lens=True)
+    assert o.sites == ("attn_resid", "heads") and o.similarities == ("euclidean",)
+    assert TraceOptions.from_dict(json.loads(json.dumps(o.to_dict()))) == o
+    assert TraceOptions.make(site="all").sites == ALL_SITES
+    for bad, msg in (
+        (dict(k="5"), "k must be a whole number, not the string '5'"),
+        (dict(k=2.5), "k must be a whole number"),
+        (dict(lens="yes"), "lens must be True or False"),
+        (dict(lens_site="heads"), "the logit lens reads layer_out or attn_resid"),
+        (dict(site=3), "expected a name"),
+    ):
+        with pytest.raises(InputError, match=msg):
+            TraceOptions.make(**bad)
+    with pytest.raises(InputError, match="unknown trace options"):
+        TraceOptions.from_dict({"k": 3, "kk": 1})
+
+
+def test_options_travel_typed_through_parquet_and_json(loaded_tiny, tmp_path):
+    trail = tt.trace("time flies like an arrow", loaded_tiny, site="layer_out,mlp_out", k=4, overlap_k=6)
+    assert isinstance(trail.info.options, TraceOptions) and trail.info.options.sites == ("layer_out", "mlp_out")
+    trail.to_parquet(tmp_path / "t.parquet")
+    meta = json.loads(pq.read_schema(tmp_path / "t.parquet").metadata[b"tokentrail"])
+    assert tt.RunInfo.from_dict({k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups")}) == trail.info
+    doc = json.loads(trail.to_json())
+    assert TraceOptions.from_dict(doc["meta"]["options"]) == trail.info.options
+
+
+# ---- the Run ---------------------------------------------------------------------------------
+def test_one_run_gives_every_view(loaded_tiny, monkeypatch):
+    import tokentrail.capture
+
+    passes = []
+    real = tokentrail.capture.capture
+    monkeypatch.setattr(tokentrail.capture, "capture", lambda *a, **k: passes.append(1) or real(*a, **k))
+    run = loaded_tiny.run("time flies like an arrow", TraceOptions.make(site="heads,layer_out", k=5))
+    trail = run.trail()
+    assert run.trail() is trail, "a Run caches its Trail per options"
+    heads = run.heads(1, 2, k=5)
+    ref = trail.view("heads", "value")
+    np.testing.assert_array_equal(heads.top_ids, ref.top_ids[1, :, 2])
+    np.testing.assert_array_equal(heads.rank, ref.rank[1, :, 2])
+    step = run.step(1, 3, 2)
+    assert step.matches_model(1e-5)
+    other = run.trail(similarities=("euclidean",), k=2)
+    assert other.info.options.k == 2 and other.view().similarity == "euclidean"
+    assert len(passes) == 1, "the Trail, heads, walkthrough and other options share one forward pass"
+    with pytest.raises(ValueError, match="mask and truncation are fixed"):
+        run.trail(truncate=True)
+
+
+def test_run_equals_trace(loaded_tiny):
+    a = tt.trace("the cat sat on the mat", loaded_tiny, site="all", space="encodings", k=3, overlap_k=5)
+    b = tt.run("the cat sat on the mat", loaded_tiny, options=a.info.options).trail()
+    for va, vb in zip(a.views, b.views):
+        assert va.key == vb.key
+        for name in va.metrics:
+            np.testing.assert_array_equal(va.metrics[name], vb.metrics[name])
+        np.testing.assert_array_equal(va.top_ids, vb.top_ids)
+
+
+def test_new_sites_hold_their_identities(loaded_tiny):
+    """resid_pre[l] == layer_out[l-1] (h_0 = e); post-LN: LN_out(mlp_out + attn_resid_ln) == layer_out."""
+    run = loaded_tiny.run("time flies like an arrow")
+    acts, adapter = run.acts, loaded_tiny.adapter
+    torch.testing.assert_close(acts.site("resid_pre")[0], acts.embedded)
+    torch.testing.assert_close(acts.site("resid_pre")[1:], acts.layer_out[:-1])
+    for layer in range(adapter.n_layers):
+        ln = adapter.model.base_model.encoder.layer[layer].output.LayerNorm
+        with torch.no_grad():
+            torch.testing.assert_close(ln(acts.mlp_out[layer] + acts.attn_resid_ln[layer]), acts.layer_out[layer], rtol=1e-4, atol=1e-5)
+
+
+# ---- a new metric is one function and one registration --------------------------------------
+def test_registering_a_metric_reaches_views_and_exports(loaded_tiny):
+    from tokentrail import metrics
+
+    @metrics.cell_metric("self_sim_squared")
+    def _sq(c: metrics.Cells) -> np.ndarray:
+        """self_sim squared (a test metric)."""
+        return c.own_sim**2
+
+    try:
+        trail = tt.trace("time flies", loaded_tiny, k=2, overlap_k=3)
+        v = trail.view()
+        np.testing.assert_allclose(v.metric("self_sim_squared"), v.self_sim**2)
+        assert "self_sim_squared" in set(trail.frame().metric)
+    finally:
+        del metrics.CELL_METRICS["self_sim_squared"]
+
+
+# ---- bring your own model ---------------------------------------------------------------------
+def test_a_model_object_traces_like_its_folder(bert_folder, tokenizer):
+    from transformers import AutoModelForMaskedLM
+
+    obj = AutoModelForMaskedLM.from_pretrained(str(bert_folder), attn_implementation="sdpa")  # not eager on purpose
+    from_obj = tt.trace("time flies like an arrow", obj, tokenizer=tokenizer, site="all", k=4, overlap_k=6, lens=True)
+    from_folder = tt.trace("time flies like an arrow", str(bert_folder), site="all", k=4, overlap_k=6, lens=True)
+    assert from_obj.info.model_type == "bert" and from_obj.tokens == from_folder.tokens
+    for va, vb in zip(from_obj.views, from_folder.views):
+        np.testing.assert_allclose(va.self_sim, vb.self_sim, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(va.rank, vb.rank)
+    np.testing.assert_array_equal(from_obj.lens.top_ids, from_folder.lens.top_ids)
+    assert tt.load(obj, tokenizer=tokenizer) is tt.load(obj, tokenizer=tokenizer), "the wrapper (and its spaces) is reused"
+
+
+def test_a_decoder_object_with_grouped_query_attention():
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    obj = transformers.LlamaForCausalLM(cfg).eval()
+
+    class Tok:  # the least a tokenizer must do here: ids in, strings out
+        all_special_ids: list[int] = []
+
+        def __call__(self, text, add_special_tokens=True, **kw):
+            return {"input_ids": [3 + (ord(c) % 60) for c in text]}
+
+        def convert_ids_to_tokens(self, ids):
+            return [f"t{i}" for i in ids]
+
+    trail = tt.trace("abcdef", obj, tokenizer=Tok(), site="heads", space="key", k=3)
+    assert trail.info.model_type == "llama" and trail.info.causal is True and trail.kv_groups == 2
+    assert trail.view("heads", "key").rank.shape == (2, 4, 6)
+
+
+@pytest.mark.slow
+def test_the_bundled_minilm_object_matches_the_named_model(minilm):
+    from transformers import AutoModel, AutoTokenizer
+
+    from tokentrail.models import CATALOGUE, package_file
+
+    folder = str(package_file(CATALOGUE["minilm"]))
+    obj, tok = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    mine = tt.trace(TEXT, obj, tokenizer=tok, site="attn_resid,layer_out")
+    ref = tt.trace(TEXT, minilm, site="attn_resid,layer_out")
+    for va, vb in zip(mine.views, ref.views):
+        np.testing.assert_array_equal(va.rank, vb.rank)
+        np.testing.assert_array_equal(va.top_ids, vb.top_ids)
+        np.testing.assert_allclose(va.self_sim, vb.self_sim, rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_objects_get_one_clear_error(tokenizer):
+    with pytest.raises(ModelError, match="not a transformers model"):
+        tt.load(torch.nn.Linear(2, 2), tokenizer=tokenizer)
+    import transformers
+
+    t5 = transformers.T5Model(transformers.T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2))
+    with pytest.raises(ModelError, match="unsupported model type 't5'"):
+        tt.load(t5, tokenizer=tokenizer)
+    with pytest.raises(InputError, match="pass the model's tokenizer too"):
+        tt.load(t5)
+    with pytest.raises(InputError, match="model must be a name"):
+        tt.load(42)
+    with pytest.raises(InputError, match="tokenizer= goes with a model object"):
+        tt.load("minilm", tokenizer=tokenizer)
+
+
+# ---- device and dtype ---------------------------------------------------------------------------
+def test_device_and_dtype_are_checked_before_loading():
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        tt.load("minilm", device="tpu")
+    with pytest.raises(InputError, match="unknown dtype 'int8'"):
+        tt.load("minilm", dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU is usable here"):
+            tt.load("minilm", device="cuda")
+    from tokentrail.models import resolve_device, resolve_dtype
+
+    assert resolve_dtype("bf16") == "bfloat16" and resolve_dtype(torch.float16) == "float16"
+    assert resolve_device("auto") in ("cpu", "cuda", "mps")
+
+
+def _deviation(exact: tt.Trail, approx: tt.Trail) -> tuple[int, int]:
+    """(largest |rank change|, largest top-k set difference) over every cell of every view."""
+    worst_rank = worst_set = 0
+    for ve, va in zip(exact.views, approx.views):
+        worst_rank = max(worst_rank, int(np.abs(ve.rank.astype(np.int64) - va.rank.astype(np.int64)).max()))
+        k = ve.top_ids.shape[-1]
+        a, b = ve.top_ids.reshape(-1, k), va.top_ids.reshape(-1, k)
+        worst_set = max(worst_set, max(k - len(set(x) & set(y)) for x, y in zip(a.tolist(), b.tolist())))
+    return worst_rank, worst_set
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["minilm", "smollm2"])
+def test_reduced_precision_is_labelled_approximate_unless_it_keeps_the_exactness_rule(name):
+    """SPEC "Exactness": a faster dtype changes no rank by more than 1 and no top-k set by
+    more than one member, or results say they are approximate."""
+    from tokentrail.models import CATALOGUE, package_file
+
+    if package_file(CATALOGUE[name]) is None:
+        pytest.skip(f"bundled {name} is not installed")
+    exact = tt.trace(TEXT, name, site="attn_resid,layer_out")
+    approx = tt.trace(TEXT, name, site="attn_resid,layer_out", dtype="bfloat16")
+    assert exact.info.exact and exact.info.dtype == "float32"
+    assert approx.info.dtype == "bfloat16"
+    worst_rank, worst_set = _deviation(exact, approx)
+    print(f"{name} bfloat16 vs float32: max rank change {worst_rank}, max top-15 set difference {worst_set}")
+    assert (worst_rank <= 1 and worst_set <= 1) or not approx.info.exact
+    assert not approx.info.exact, "reduced precision is always labelled approximate"
