@@ -45,6 +45,12 @@ def test_top_level_help_lists_commands():
         assert name in res.output
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -60,6 +66,10 @@ def test_top_level_help_lists_commands():
         (["trace", TEXT, "--site", "attn_resid", "--space", "value"], "no site/space pair"),
         (["trace", TEXT, "--model", "../../etc/passwd"], "no model folder"),
         (["trace", TEXT, "--model", "not a model!"], "not a known model name"),
+        (["trace", TEXT, "--device", "tpu"], "unknown device 'tpu'"),
+        (["trace", TEXT, "--dtype", "int8"], "unknown dtype 'int8'"),
+        (["trace", TEXT, "--lens-site", "heads"], "the logit lens reads layer_out or attn_resid"),
+        *([(["trace", TEXT, "--device", "cuda"], "no CUDA GPU is usable here")] if not _cuda() else []),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message):
