@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 import pytest
 import torch
 from test_parity_decoders import tiny_model
@@ -201,3 +203,72 @@ def test_smollm2_batch_equals_each_text_alone(smollm2, causal, side):
     texts = [torch.tensor(smollm2.tokenizer(s)["input_ids"]) for s in SENTENCES]
     assert len({len(t) for t in texts}) == 3
     check_batch(smollm2.adapter, texts, causal=causal, side=side, scaled=True)
+
+
+# ---- the analysis of a batch ------------------------------------------------------------------------
+def analyse_both(adapter, texts, padding_side="right", **options):
+    """(analyse_batch's trails, one analyse per text) with the same options."""
+    from tokentrail.analysis import analyse, analyse_batch
+    from tokentrail.spaces import SpaceCache
+
+    spaces = SpaceCache(adapter)
+    label = lambda used: {int(i): str(int(i)) for i in used}  # noqa: E731
+    tokens = [[str(int(i)) for i in t] for t in texts]
+    special = [[False] * len(t) for t in texts]
+    names = [f"text {i}" for i in range(len(texts))]
+    batch = analyse_batch(adapter, spaces, texts, texts=names, tokens=tokens, special=special, label=label, model_name="m", padding_side=padding_side, **options)
+    alone = [
+        analyse(adapter, spaces, t, text=names[i], tokens=tokens[i], special=special[i], label=label, model_name="m", **options)
+        for i, t in enumerate(texts)
+    ]
+    return batch, alone
+
+
+def assert_same_trail(got, want, atol=ATOL):
+    assert got.text == want.text and got.tokens == want.tokens
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.positions, want.positions)
+    assert got.labels == want.labels and got.info.options == want.info.options
+    assert_close(torch.from_numpy(got.attentions), torch.from_numpy(want.attentions), rtol=RTOL, atol=atol)
+    assert [v.key for v in got.views] == [v.key for v in want.views]
+    for g, w in zip(got.views, want.views):
+        for f in ("self_sim", "top_sims", "anisotropy", "overlap", "origin_top_sims"):
+            a, b = getattr(g, f), getattr(w, f)
+            if b is None:
+                assert a is None
+                continue
+            assert a.shape == b.shape, (g.key, f)
+            if g.similarity == "euclidean" and f != "overlap":
+                # s = -sqrt(|q|^2 + |r|^2 - 2 q.r): near distance 0 (a token's own key row is
+                # its own key) the sqrt turns fp32 rounding of ~1e-6 into ~1e-3; compare d^2
+                a, b = a**2, b**2
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=atol, equal_nan=True, err_msg=f"{g.key} {f}")
+        for f in ("rank", "top_ids", "origin_top_ids"):
+            a, b = getattr(g, f), getattr(w, f)
+            assert (a is None and b is None) or np.array_equal(a, b), (g.key, f)
+    if want.lens is not None:
+        assert np.array_equal(got.lens.top_ids, want.lens.top_ids)
+        assert np.array_equal(got.lens.own_rank, want.lens.own_rank)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "llama"])
+def test_analyse_batch_equals_analyse_per_text(family, encoders):
+    from tokentrail.analysis import ALL_SITES, ALL_SPACES
+
+    adapter = adapter_for(encoders[family] if family in encoders else tiny_model(family))
+    texts = texts_for(adapter, seed=4)
+    side = "left" if adapter.is_decoder else "right"
+    batch, alone = analyse_both(
+        adapter, texts, sites=ALL_SITES, space_kinds=ALL_SPACES, similarities=("cosine", "euclidean"),
+        k=5, overlap_k=10, lens=adapter.lens_head() is not None, padding_side=side,
+    )
+    for got, want in zip(batch, alone):
+        assert_same_trail(got, want)
+
+
+def test_analyse_batch_refuses_mismatched_lists(encoders):
+    from tokentrail.analysis import analyse_batch
+    from tokentrail.spaces import SpaceCache
+
+    adapter = adapter_for(encoders["bert"])
+    with pytest.raises(InputError, match="as many texts"):
+        analyse_batch(adapter, SpaceCache(adapter), texts_for(adapter), texts=["a"], tokens=[[]], special=[[]], label=dict, model_name="m")

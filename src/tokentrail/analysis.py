@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Sequence
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from . import __version__
 from .adapters import Adapter
-from .capture import SITES, Activations, capture
+from .capture import SITES, Activations, capture, capture_batch
 from .errors import InputError, ModelError
 from .metrics import SIMILARITIES, anisotropy, overlap, rank_in_vocab, similarity_from_dots, top_k
 from .results import HeadsAt, RunInfo, Trail, View
@@ -111,6 +112,132 @@ def analyse(
 
         say(0.99, "logit lens")
         lens_result = logit_lens(adapter, acts, k=k)
+    say(1.0, "done")
+    return _assemble(adapter, acts, views, lens_result, todo, similarities, k, overlap_k, causal,
+                     text=text, tokens=tokens, special=special, label=label, model_name=model_name, revision=revision)
+
+
+def analyse_batch(
+    adapter: Adapter,
+    spaces: SpaceCache,
+    input_ids: Sequence[Tensor],
+    *,
+    texts: Sequence[str],
+    tokens: Sequence[Sequence[str]],
+    special: Sequence[Sequence[bool]],
+    label: Callable[[Iterable[int]], dict[int, str]],
+    model_name: str,
+    revision: str | None = None,
+    sites: Sequence[str] = ("attn_resid",),
+    space_kinds: Sequence[str] = ("encodings",),
+    similarities: Sequence[str] = ("cosine",),
+    k: int = 15,
+    overlap_k: int = 100,
+    lens: bool = False,
+    causal: bool | None = None,
+    padding_side: str = "right",
+    progress: Progress | None = None,
+    chunk_bytes: int = 192 << 20,
+) -> list[Trail]:
+    """:func:`analyse` for several texts at once: per text, the Trail it gets alone.
+
+    The vocabulary work is shared: one padded forward pass (:func:`capture_batch`), one
+    set of per-position statistics per space for every position any text uses, and the
+    queries of all texts scored against the vocabulary in one chunked loop. Only what is
+    a statistic of one text (anisotropy, the attention maps, the lens) is taken per text."""
+    if not (len(input_ids) == len(texts) == len(tokens) == len(special)):
+        raise InputError("a batch needs as many texts, token lists and special flags as id tensors")
+    todo = check_options(sites, space_kinds, similarities, k, overlap_k)
+    causal = adapter.resolve_causal(causal)
+    if lens and adapter.lens_head() is None:
+        raise ModelError(adapter.lens_unavailable_reason())
+    say = progress or (lambda f, m: None)
+    say(0.0, f"running the model on {len(input_ids)} texts")
+    acts = capture_batch(adapter, input_ids, causal=causal, padding_side=padding_side)
+    joined = _joined(acts)
+    residual = [(site, sp) for site, sp in todo if site != "heads"]
+    heads = [sp for site, sp in todo if site == "heads"]
+    steps = len({sp for _, sp in residual}) + len(heads) * adapter.n_layers
+    done = 0
+    views: list[View] = []
+    for sp in dict.fromkeys(sp for _, sp in residual):
+        say(done / max(steps, 1), f"comparing with {sp}")
+        views += _residual_views(adapter, spaces.get(sp), joined, [s for s, x in residual if x == sp], similarities, k, overlap_k, chunk_bytes)
+        done += 1
+    for sp in heads:
+        views += _head_views(adapter, spaces, joined, sp, similarities, k, overlap_k, chunk_bytes, lambda: say(done / steps, f"heads: {sp} spaces"))
+        done += adapter.n_layers
+    trails, start = [], 0
+    for i, a in enumerate(acts):
+        n = a.input_ids.shape[0]
+        own_views = [_text_view(adapter, v, a, slice(start, start + n)) for v in views]
+        start += n
+        lens_result = None
+        if lens:
+            from .lens import logit_lens
+
+            lens_result = logit_lens(adapter, a, k=k)
+        trails.append(
+            _assemble(adapter, a, own_views, lens_result, todo, similarities, k, overlap_k, causal,
+                      text=texts[i], tokens=tokens[i], special=special[i], label=label, model_name=model_name, revision=revision)
+        )
+    say(1.0, "done")
+    return trails
+
+
+def _joined(acts: Sequence[Activations]) -> Activations:
+    """The texts' tokens side by side as one Activations, for per-token work only (the
+    scoring loops): attention between different texts does not exist, so ``attentions``
+    is empty, and per-text statistics are taken per text (:func:`_text_view`)."""
+    if len(acts) == 1:
+        return acts[0]
+    first = acts[0]
+
+    def cat(name: str, dim: int) -> Tensor:
+        return torch.cat([getattr(a, name) for a in acts], dim)
+
+    return Activations(
+        input_ids=cat("input_ids", 0),
+        position_ids=cat("position_ids", 0),
+        embedded=cat("embedded", 0),
+        layer_out=cat("layer_out", 1),
+        attn=cat("attn", 1),
+        z=cat("z", 1),
+        attn_resid_ln=cat("attn_resid_ln", 1),
+        mlp_out=cat("mlp_out", 1),
+        attentions=first.attentions.new_empty((*first.attentions.shape[:2], 0, 0)),
+        hidden_states=tuple(torch.cat(hs) for hs in zip(*(a.hidden_states for a in acts))),
+    )
+
+
+def _text_view(adapter: Adapter, view: View, acts: Activations, tokens: slice) -> View:
+    """One text's part of a view computed over joined texts; its anisotropy from its own vectors."""
+    cut = (slice(None), slice(None), tokens) if view.per_head else (slice(None), tokens)
+
+    def part(a: np.ndarray, where) -> np.ndarray:
+        return a[where].copy()  # a copy: a text's Trail must not keep the batch's arrays alive
+    if view.site == "heads":
+        per_layer = [head_vectors(adapter, acts, view.space, layer).transpose(0, 1) for layer in range(adapter.n_layers)]
+        aniso = torch.stack([anisotropy(z, view.similarity) for z in per_layer])
+    else:
+        aniso = anisotropy(acts.site(view.site), view.similarity)
+    return replace(
+        view,
+        self_sim=part(view.self_sim, cut),
+        rank=part(view.rank, cut),
+        top_ids=part(view.top_ids, cut),
+        top_sims=part(view.top_sims, cut),
+        overlap=part(view.overlap, cut),
+        anisotropy=aniso.numpy(),
+        origin_top_ids=None if view.origin_top_ids is None else part(view.origin_top_ids, tokens),
+        origin_top_sims=None if view.origin_top_sims is None else part(view.origin_top_sims, tokens),
+    )
+
+
+def _assemble(adapter, acts: Activations, views, lens_result, todo, similarities, k, overlap_k, causal, *,
+              text, tokens, special, label, model_name, revision) -> Trail:
+    """One text's Trail from its activations and computed views."""
+    input_ids = acts.input_ids
     ids_used = {int(i) for v in views for i in np.unique(v.top_ids)} | {int(i) for i in input_ids}
     ids_used |= {int(i) for v in views if v.origin_top_ids is not None for i in np.unique(v.origin_top_ids)}
     if lens_result is not None:
@@ -131,11 +258,10 @@ def analyse(
             "similarities": list(similarities),
             "k": k,
             "overlap_k": overlap_k,
-            "lens": lens,
+            "lens": lens_result is not None,
             "causal": causal,
         },
     )
-    say(1.0, "done")
     return Trail(
         info=info,
         text=text,
