@@ -247,3 +247,20 @@ def test_reduced_precision_is_labelled_approximate_unless_it_keeps_the_exactness
     print(f"{name} bfloat16 vs float32: max rank change {worst_rank}, max top-15 set difference {worst_set}")
     assert (worst_rank <= 1 and worst_set <= 1) or not approx.info.exact
     assert not approx.info.exact, "reduced precision is always labelled approximate"
+
+
+def test_runs_of_a_batch_equal_runs_alone(loaded_tiny):
+    texts = ["time flies like an arrow", "the cat sat", "red blue green one two three four"]
+    opts = TraceOptions.make(site="attn_resid,mlp_out,heads", similarity="all", k=4, overlap_k=6, lens=True)
+    together = tt.trail_many(loaded_tiny.runs(texts, opts))
+    for text, got in zip(texts, together):
+        want = loaded_tiny.run(text, opts).trail()
+        assert got.tokens == want.tokens and got.info.options == want.info.options
+        for g, w in zip(got.views, want.views):
+            assert g.key == w.key and g.metrics.keys() == w.metrics.keys()
+            for name in g.metrics:
+                if name == "rank" or g.similarity == "cosine":
+                    np.testing.assert_allclose(g.metrics[name], w.metrics[name], rtol=1e-4, atol=1e-5, equal_nan=True, err_msg=f"{g.key} {name}")
+            np.testing.assert_array_equal(g.top_ids, w.top_ids)
+            np.testing.assert_allclose(g.anisotropy, w.anisotropy, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(got.lens.top_ids, want.lens.top_ids)

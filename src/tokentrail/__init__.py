@@ -17,6 +17,7 @@ _LAZY = {
     "trace": "api",
     "run": "api",
     "Run": "runner",
+    "trail_many": "runner",
     "load": "models",
     "list_models": "models",
     "LoadedModel": "models",
@@ -49,4 +50,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .api import run, trace
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
-    from .runner import Run
+    from .runner import Run, trail_many

@@ -8,6 +8,8 @@ options object asks for; :func:`make_trail` wraps views, lens and run metadata i
 
 from __future__ import annotations
 
+from dataclasses import replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Sequence
 
@@ -27,7 +29,7 @@ from .spaces import SpaceCache, VocabSpace
 Progress = Callable[[float, str], None]
 Labeller = Callable[[Iterable[int]], dict[int, str]]
 
-__all__ = ["ALL_SITES", "ALL_SPACES", "Progress", "analyse", "compute_views", "heads_at", "head_vectors", "make_trail"]
+__all__ = ["ALL_SITES", "ALL_SPACES", "Progress", "analyse", "analyse_batch", "compute_views", "compute_views_batch", "heads_at", "head_vectors", "make_trail"]
 
 
 def compute_views(
@@ -60,6 +62,82 @@ def compute_views(
 
         views += _head_views(adapter, spaces, acts, sp, sims, k, ok, chunk_bytes, tick)
     return views
+
+
+def compute_views_batch(
+    adapter: Adapter,
+    spaces: SpaceCache,
+    acts: Sequence[Activations],
+    options: TraceOptions,
+    progress: Progress | None = None,
+    chunk_bytes: int = 192 << 20,
+) -> list[list[View]]:
+    """:func:`compute_views` for several texts at once: per text, the views it gets alone.
+
+    The vocabulary work is shared: the texts' tokens are scored side by side in one
+    chunked loop (one set of per-position statistics per space for every position any
+    text uses); what is a statistic of one text (anisotropy, and the metrics derived from
+    it) is then taken per text."""
+    views = compute_views(adapter, spaces, _joined(acts), options, progress, chunk_bytes)
+    out, start = [], 0
+    for a in acts:
+        n = a.input_ids.shape[0]
+        out.append([_text_view(adapter, v, a, slice(start, start + n)) for v in views])
+        start += n
+    return out
+
+
+def _joined(acts: Sequence[Activations]) -> Activations:
+    """The texts' tokens side by side as one Activations, for per-token work only (the
+    scoring loops): attention between different texts does not exist, so ``attentions``
+    is empty, and per-text statistics are taken per text (:func:`_text_view`)."""
+    if len(acts) == 1:
+        return acts[0]
+    first = acts[0]
+
+    def cat(name: str, dim: int) -> Tensor:
+        return torch.cat([getattr(a, name) for a in acts], dim)
+
+    return Activations(
+        input_ids=cat("input_ids", 0),
+        position_ids=cat("position_ids", 0),
+        embedded=cat("embedded", 0),
+        layer_out=cat("layer_out", 1),
+        attn=cat("attn", 1),
+        z=cat("z", 1),
+        attn_resid_ln=cat("attn_resid_ln", 1),
+        mlp_out=cat("mlp_out", 1),
+        attentions=first.attentions.new_empty((*first.attentions.shape[:2], 0, 0)),
+        hidden_states=tuple(torch.cat(hs) for hs in zip(*(a.hidden_states for a in acts))),
+        causal=first.causal,
+    )
+
+
+def _text_view(adapter: Adapter, view: View, acts: Activations, tokens: slice) -> View:
+    """One text's part of a view computed over joined texts; its anisotropy from its own vectors."""
+    cut = (slice(None), slice(None), tokens) if view.per_head else (slice(None), tokens)
+
+    def part(a: np.ndarray, where) -> np.ndarray:
+        return a[where].copy()  # a copy: a text's Trail must not keep the batch's arrays alive
+
+    if view.site == HEAD_SITE:
+        per_layer = [head_vectors(adapter, acts, view.space, layer).transpose(0, 1) for layer in range(adapter.n_layers)]
+        aniso = _np(torch.stack([anisotropy(z, view.similarity) for z in per_layer]))
+    else:
+        aniso = _np(anisotropy(acts.site(view.site), view.similarity))
+    cells = Cells(
+        own_sim=part(view.self_sim, cut), rank=part(view.rank, cut), overlap=part(view.overlap, cut),
+        anisotropy=aniso, overlap_k=view.overlap_k,
+    )  # fmt: skip
+    return replace(
+        view,
+        metrics=derive_metrics(cells),
+        top_ids=part(view.top_ids, cut),
+        top_sims=part(view.top_sims, cut),
+        anisotropy=aniso,
+        origin_top_ids=None if view.origin_top_ids is None else part(view.origin_top_ids, tokens),
+        origin_top_sims=None if view.origin_top_sims is None else part(view.origin_top_sims, tokens),
+    )
 
 
 def make_trail(
@@ -162,6 +240,50 @@ def analyse(
         adapter, acts, views, lens, options=options, text=text, tokens=tokens, special=special,
         label=label, model_name=model_name, revision=revision,
     )  # fmt: skip
+
+
+def analyse_batch(
+    adapter: Adapter,
+    spaces: SpaceCache,
+    input_ids: Sequence[Tensor],
+    *,
+    texts: Sequence[str],
+    tokens: Sequence[Sequence[str]],
+    special: Sequence[Sequence[bool]],
+    label: Labeller,
+    model_name: str,
+    options: TraceOptions = TraceOptions(),
+    revision: str | None = None,
+    padding_side: str = "right",
+    progress: Progress | None = None,
+    chunk_bytes: int = 192 << 20,
+) -> list[Trail]:
+    """:func:`analyse` for several texts at once: one padded forward pass
+    (:func:`~tokentrail.capture.capture_batch`) and :func:`compute_views_batch`; per
+    text, the Trail it gets alone."""
+    if not (len(input_ids) == len(texts) == len(tokens) == len(special)):
+        raise InputError("a batch needs as many texts, token lists and special flags as id tensors")
+    options.validate()
+    check_against(adapter, options)
+    from .capture import capture_batch
+
+    say = progress or (lambda f, m: None)
+    say(0.0, f"running the model on {len(input_ids)} texts")
+    acts = capture_batch(adapter, input_ids, causal=options.causal, padding_side=padding_side)
+    per_text = compute_views_batch(adapter, spaces, acts, options, say, chunk_bytes)
+    trails = []
+    for i, (a, views) in enumerate(zip(acts, per_text)):
+        lens = None
+        if options.lens:
+            from .lens import logit_lens
+
+            lens = logit_lens(adapter, a, k=options.k, site=options.lens_site)
+        trails.append(make_trail(
+            adapter, a, views, lens, options=options, text=texts[i], tokens=tokens[i], special=special[i],
+            label=label, model_name=model_name, revision=revision,
+        ))  # fmt: skip
+    say(1.0, "done")
+    return trails
 
 
 def _transformers_version() -> str:

@@ -3,19 +3,24 @@
 The model's own outputs are used where it exposes them (``hidden_states``,
 ``attentions``); hooks read only what it does not: the concatenated per-head vectors
 entering the attention output projection, that projection's output, each layer's
-output, and (post-LN) the FFN's input.
+output, the FFN sublayer's output and (post-LN) the FFN's input.
+
+A batch of texts runs as one padded forward pass with an attention mask and the model's
+own position rule for padding; each text's activations are then cut out of it, so a text
+gets what it gets alone (SPEC "Batches"). One text is the batch of one.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor
 
 from .adapters import Adapter
+from .errors import InputError
 from .options import RESIDUAL_SITES as SITES
 
 
@@ -30,9 +35,9 @@ class Activations:
     attn: Tensor  # (L, n, d): attn_l, the attention sublayer's projected output
     z: Tensor  # (L, n, H, d_head): per-head post-attention vectors
     attn_resid_ln: Tensor  # (L, n, d)
+    mlp_out: Tensor  # (L, n, d): the FFN sublayer's output, before the residual add
     attentions: Tensor  # (L, H, n, n): attention probabilities
     hidden_states: tuple[Tensor, ...]  # the framework's own hidden_states, for checks
-    mlp_out: Tensor  # (L, n, d): the FFN sublayer's output, before the residual add
     causal: bool = False  # the mask the pass ran with (decoders; False for encoders)
 
     @property
@@ -62,13 +67,14 @@ def _first(x):
 
 
 @contextmanager
-def _hooks(adapter: Adapter) -> Iterator[dict[str, list]]:
-    store: dict[str, list] = {"z": [], "attn": [], "out": [], "ffn_in": [], "mlp": []}
+def _hooks(adapter: Adapter) -> Iterator[dict[str, list[Tensor]]]:
+    """Per layer, the whole batch's (B, n, ...) tensor at each hooked point."""
+    store: dict[str, list[Tensor]] = {"z": [], "attn": [], "out": [], "ffn_in": [], "mlp": []}
     handles = []
 
     def keep(key: str, from_input: bool):
         def hook(module, args, output=None):
-            store[key].append(_first(args if from_input else output).detach()[0].float())
+            store[key].append(_first(args if from_input else output).detach().float())
 
         return hook
 
@@ -92,36 +98,84 @@ def capture(adapter: Adapter, input_ids: Tensor, causal: bool | None = None) -> 
     """Run the model once on ``input_ids`` (n,) and collect every site.
 
     ``causal``: decoders only; None means the model's own (causal) mask."""
-    input_ids = input_ids.long().to(adapter.device)
-    position_ids = adapter.position_ids(input_ids).to(adapter.device)
+    return capture_batch(adapter, [input_ids], causal=causal)[0]
+
+
+@torch.no_grad()
+def capture_batch(
+    adapter: Adapter,
+    texts: Sequence[Tensor],
+    causal: bool | None = None,
+    padding_side: Literal["left", "right"] = "right",
+) -> list[Activations]:
+    """Run the model once on a padded batch of texts' ids ((n_i,) each) and return each
+    text's :class:`Activations`, padding removed: per text what ``capture`` gives alone.
+
+    ``padding_side``: where the padding goes; the adapter says which sides keep its
+    position rule exact (BERT's arange: right only). ``causal`` as in :func:`capture`."""
+    if not texts:
+        raise InputError("the batch is empty: give at least one text")
+    if padding_side not in ("left", "right"):
+        raise InputError(f"padding side must be left or right, not {padding_side!r}")
+    if padding_side not in adapter.padding_sides:
+        raise InputError(f"{adapter.family} batches pad on the {' or '.join(adapter.padding_sides)} only: its position ids would move")
+    lengths = [int(t.shape[0]) for t in texts]
+    if min(lengths) < 1 or any(t.dim() != 1 for t in texts):
+        raise InputError("every text in a batch needs at least one token id, as a 1-D tensor")
     causal = adapter.resolve_causal(causal)
+    input_ids, mask, starts = _pad([t.to(adapter.device) for t in texts], adapter.pad_id, padding_side)
+    position_ids = adapter.position_ids(input_ids, mask)
     with _hooks(adapter) as store:
-        out = adapter.forward(input_ids, position_ids, causal=causal)
-    n_layers, n = adapter.n_layers, input_ids.shape[0]
-    if len(store["out"]) != n_layers or len(store["z"]) != n_layers:
+        out = adapter.forward(input_ids, position_ids, mask, causal=causal)
+    n_layers = adapter.n_layers
+    if any(len(store[k]) != n_layers for k in ("out", "z", "attn", "mlp")):
         raise RuntimeError(f"capture saw {len(store['out'])} layers, expected {n_layers}")
-    layer_out = torch.stack(store["out"])
-    attn = torch.stack(store["attn"])
-    z = torch.stack(store["z"]).view(n_layers, n, adapter.n_heads, adapter.d_head)
-    attn_resid = torch.cat([out.hidden_states[0][0].float()[None], layer_out[:-1]]) + attn
-    if adapter.norm_placement == "post":
-        attn_resid_ln = torch.stack(store["ffn_in"])
-    else:
-        attn_resid_ln = attn_resid  # SPEC: pre-LN models have no norm between attention and FFN input
-    attentions = torch.stack([a[0].float() for a in out.attentions])
-    return Activations(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        embedded=out.hidden_states[0][0].float(),
-        layer_out=layer_out,
-        attn=attn,
-        z=z,
-        attn_resid_ln=attn_resid_ln,
-        attentions=attentions,
-        hidden_states=tuple(h[0].float() for h in out.hidden_states),
-        mlp_out=torch.stack(store["mlp"]),
-        causal=causal,
-    )
+    layer_out = torch.stack(store["out"], dim=1)  # (B, L, n, d)
+    attn = torch.stack(store["attn"], dim=1)
+    mlp_out = torch.stack(store["mlp"], dim=1)
+    z = torch.stack(store["z"], dim=1)  # (B, L, n, H * d_head)
+    ffn_in = torch.stack(store["ffn_in"], dim=1) if adapter.norm_placement == "post" else None
+    attentions = torch.stack([a.float() for a in out.attentions], dim=1)  # (B, L, H, n, n)
+    hidden = [h.float() for h in out.hidden_states]  # each (B, n, d)
+    acts = []
+    for b, (start, n) in enumerate(zip(starts, lengths)):
+        t = slice(start, start + n)
+        embedded = hidden[0][b, t]
+        lay_out = layer_out[b, :, t]
+        attn_b = attn[b, :, t]
+        attn_resid = torch.cat([embedded[None], lay_out[:-1]]) + attn_b
+        acts.append(
+            Activations(
+                input_ids=input_ids[b, t],
+                position_ids=position_ids[b, t],
+                embedded=embedded,
+                layer_out=lay_out,
+                attn=attn_b,
+                z=z[b, :, t].reshape(n_layers, n, adapter.n_heads, adapter.d_head),
+                # SPEC: pre-LN models have no norm between attention and FFN input
+                attn_resid_ln=attn_resid if ffn_in is None else ffn_in[b, :, t],
+                mlp_out=mlp_out[b, :, t],
+                attentions=attentions[b, :, :, t, t],
+                hidden_states=tuple(h[b, t] for h in hidden),
+                causal=causal,
+            )
+        )
+    return acts
+
+
+def _pad(texts: Sequence[Tensor], pad_id: int, side: str) -> tuple[Tensor, Tensor, list[int]]:
+    """(B, n) padded ids, (B, n) 1/0 mask, and where each text starts in its row."""
+    n = max(int(t.shape[0]) for t in texts)
+    device = texts[0].device
+    ids = torch.full((len(texts), n), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(texts), n), dtype=torch.long, device=device)
+    starts = []
+    for b, t in enumerate(texts):
+        start = n - t.shape[0] if side == "left" else 0
+        ids[b, start : start + t.shape[0]] = t.long()
+        mask[b, start : start + t.shape[0]] = 1
+        starts.append(start)
+    return ids, mask, starts
 
 
 def head_vectors(adapter: Adapter, acts: Activations, kind: str, layer: int) -> Tensor:

@@ -36,7 +36,7 @@ def trace(
     text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input."),
     model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
     token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first) or its text. Omitted: a grid of all tokens."),
-    site: str = typer.Option("attn_resid", help="resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, heads; comma-separated or 'all'."),
+    site: str = typer.Option("attn_resid", help="attn_resid, attn_resid_ln, layer_out, resid_pre (the layer's input), mlp_out (the FFN's output), heads; comma-separated or 'all'."),
     space: str = typer.Option("encodings", help="encodings, embeddings (residual sites); value, key, query (heads); or 'all'."),
     similarity: str = typer.Option("cosine", help="cosine, euclidean, or 'all'."),
     k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer."),

@@ -117,6 +117,26 @@ class LoadedModel:
             acts = capture(self.adapter, enc.ids, causal=opts.causal)
         return Run(self, text, enc, acts, opts)
 
+    def runs(self, texts, options=None, *, truncate: bool | None = None, max_tokens: int | None = None, padding_side: str | None = None):
+        """One padded forward pass over several texts: a :class:`tokentrail.runner.Run`
+        per text, each equal to ``run(text)`` (SPEC "Batches"). Score them together with
+        :func:`tokentrail.runner.trail_many`."""
+        from .analysis import check_against
+        from .capture import capture_batch
+        from .inputs import check_text
+        from .options import TraceOptions
+        from .runner import Run
+
+        opts = options or TraceOptions()
+        opts = opts.with_(truncate=truncate) if truncate is not None else opts.validate()
+        texts = [check_text(t) for t in texts]
+        check_against(self.adapter, opts)
+        encoded = [self.encode(t, truncate=opts.truncate, max_tokens=max_tokens) for t in texts]
+        side = padding_side or self.adapter.padding_sides[0]
+        with self.lock:
+            acts = capture_batch(self.adapter, [e.ids for e in encoded], causal=opts.causal, padding_side=side)
+        return [Run(self, t, e, a, opts) for t, e, a in zip(texts, encoded, acts)]
+
     def trace(self, text: str, options=None, **option_values):
         """``run(text).trail()``: the one-line path."""
         from .options import TraceOptions

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import Tensor
 
-from .analysis import Progress, check_against, compute_views, heads_at, make_trail
+from .analysis import Progress, check_against, compute_views, compute_views_batch, heads_at, make_trail
 from .capture import Activations
 from .inputs import Encoded
 from .options import TraceOptions
@@ -69,16 +69,29 @@ class Run:
         """The Trail of this run for ``options`` (default: the run's own), changed by ``changes``.
 
         ``changes`` take the option fields (``sites=("layer_out",)``, ``k=5``, ...). Cached."""
+        opts = self._options(options, changes)
+        cached = self._cached(opts)
+        if cached is not None:
+            return cached
+        say = progress or (lambda f, m: None)
+        return self._keep(opts, compute_views(self.model.adapter, self.model.spaces, self.acts, opts, say), say)
+
+    def _options(self, options: TraceOptions | None, changes: dict) -> TraceOptions:
         opts = (options or self.options).with_(**changes) if changes else (options or self.options).validate()
         if (opts.causal, opts.truncate) != (self.options.causal, self.options.truncate):
             raise ValueError("a Run's mask and truncation are fixed: make another Run for other ones")
         check_against(self.model.adapter, opts)
+        return opts
+
+    def _cached(self, opts: TraceOptions) -> Trail | None:
         with self._lock:
             if opts in self._trails:
                 self._trails.move_to_end(opts)
                 return self._trails[opts]
-        say = progress or (lambda f, m: None)
-        views = compute_views(self.model.adapter, self.model.spaces, self.acts, opts, say)
+        return None
+
+    def _keep(self, opts: TraceOptions, views, say) -> Trail:
+        """Wrap computed views into this run's Trail for ``opts`` (with the lens), and cache it."""
         lens = None
         if opts.lens:
             say(0.99, "logit lens")
@@ -126,3 +139,24 @@ class Run:
         from .walkthrough import attention_step
 
         return attention_step(self.model.adapter, self.acts, layer, head, token)
+
+
+def trail_many(runs: Sequence[Run], options: TraceOptions | None = None, *, progress: Progress | None = None) -> list[Trail]:
+    """The Trails of several runs of one model, their tokens scored against the vocabulary
+    together (one chunked pass, shared position statistics); per run, what ``run.trail``
+    gives. ``options`` default to each run's own (they must then agree)."""
+    if not runs:
+        return []
+    model = runs[0].model
+    if any(r.model is not model for r in runs):
+        raise ValueError("trail_many takes runs of one model")
+    opts = [r._options(options, {}) for r in runs]
+    if len(set(opts)) != 1:
+        raise ValueError("trail_many needs one set of options for every run")
+    todo = [r for r in runs if r._cached(opts[0]) is None]
+    say = progress or (lambda f, m: None)
+    if todo:
+        per_run = compute_views_batch(model.adapter, model.spaces, [r.acts for r in todo], opts[0], say)
+        for r, views in zip(todo, per_run):
+            r._keep(opts[0], views, lambda f, m: None)
+    return [r.trail(opts[0]) for r in runs]

@@ -80,6 +80,8 @@ class Adapter(ABC):
     is_decoder: bool = False
     #: "post" for post-LN encoders (BERT/RoBERTa), "pre" for pre-norm decoders
     norm_placement: Literal["post", "pre"]
+    #: where a batch may put its padding without moving any real token's position id
+    padding_sides: tuple[str, ...] = ("left", "right")
 
     def __init__(self, model: nn.Module):
         self.model = model.eval()
@@ -124,6 +126,13 @@ class Adapter(ABC):
         """How many tokens one forward pass can take (None: no hard limit)."""
         return None
 
+    @property
+    def pad_id(self) -> int:
+        """The id a batch is padded with: masked out of attention, but read by position
+        rules that count non-pad tokens (RoBERTa's)."""
+        pad = getattr(self.config, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
     def kv_heads(self) -> Tensor:
         """(H,) int64: the key/value head each query head reads (the one home of this map)."""
         return torch.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)
@@ -142,8 +151,9 @@ class Adapter(ABC):
 
     # ---- the embedding stage ----------------------------------------------
     @abstractmethod
-    def position_ids(self, input_ids: Tensor) -> Tensor:
-        """(n,) token ids -> (n,) the position ids the model itself would use."""
+    def position_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(..., n) token ids (and their 1/0 attention mask, same shape; None: no padding)
+        -> (..., n) the position ids the model itself would use, by its own padding rule."""
 
     @abstractmethod
     def embedding_table(self) -> Tensor:
@@ -185,9 +195,10 @@ class Adapter(ABC):
 
     # ---- running ---------------------------------------------------------------
     @abstractmethod
-    def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = False):
-        """One forward pass on a batch of one; returns the framework's output with
-        ``hidden_states`` and ``attentions``. ``causal`` only matters for decoders."""
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False):
+        """One forward pass on a padded batch: ids, position ids and 1/0 attention mask all
+        (B, n). Returns the framework's output with ``hidden_states`` and ``attentions``.
+        Padding keys are hidden from every query; ``causal`` only matters for decoders."""
 
     # ---- output head (logit lens) -----------------------------------------------
     def lens_head(self) -> Callable[[Tensor], Tensor] | None:

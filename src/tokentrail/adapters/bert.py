@@ -43,8 +43,13 @@ class BertAdapter(Adapter):
     def max_tokens(self) -> int:
         return self.config.max_position_embeddings
 
-    def position_ids(self, input_ids: Tensor) -> Tensor:
-        return torch.arange(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    # BERT's own rule is arange(n) whatever the padding, so only right padding keeps every
+    # real token at the position it has alone
+    padding_sides = ("right",)
+
+    def position_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        n = input_ids.shape[-1]
+        return torch.arange(n, dtype=torch.long, device=input_ids.device).expand_as(input_ids).contiguous()
 
     def embedding_table(self) -> Tensor:
         return self.emb.word_embeddings.weight.detach()
@@ -80,13 +85,12 @@ class BertAdapter(Adapter):
         # output.dense's output is the FFN sublayer's output before the residual add
         return HookPoints(layer=lay, attn_out_proj=lay.attention.output.dense, ffn_input=lay.intermediate, mlp_out=lay.output.dense)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = False):
-        ids = input_ids[None]
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False):
         return self.base(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            token_type_ids=torch.zeros_like(ids),
-            position_ids=position_ids[None],
+            input_ids=input_ids,  # (B, n)
+            attention_mask=attention_mask,  # (B, n): the model hides padding keys itself
+            token_type_ids=torch.zeros_like(input_ids),
+            position_ids=position_ids,
             output_hidden_states=True,
             output_attentions=True,
         )
@@ -108,10 +112,19 @@ class RobertaAdapter(BertAdapter):
     family = "roberta"
     head_key_prefixes = ("lm_head.",)
 
-    def position_ids(self, input_ids: Tensor) -> Tensor:
-        # RoBERTa counts positions from padding_idx + 1; use the model's own rule
+    # the model's own rule skips padding ids, so left padding keeps positions too
+    padding_sides = ("left", "right")
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.emb.padding_idx)
+
+    def position_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        # RoBERTa counts non-padding tokens from padding_idx + 1 and gives padding ids
+        # padding_idx: the model's own rule, which reads the ids (not the mask)
         emb = self.emb
-        return emb.create_position_ids_from_input_ids(input_ids[None], emb.padding_idx)[0]
+        rows = input_ids.reshape(-1, input_ids.shape[-1])
+        return emb.create_position_ids_from_input_ids(rows, emb.padding_idx).view_as(input_ids)
 
     @property
     def max_tokens(self) -> int:

@@ -11,8 +11,9 @@ nothing re-causalises it. The flash kernels *would* (they take ``is_causal`` fro
 module), which is one more reason the adapters insist on eager attention; SDPA honours
 an explicit mask too, but does not return attention probabilities.
 
-With ``causal=True`` we pass a plain 2-D all-ones mask and let the model build its own
-(causal, or sliding-window causal for Mistral/Qwen2) mask.
+With ``causal=True`` we pass the plain 2-D padding mask and let the model build its own
+(causal, or sliding-window causal for Mistral/Qwen2) mask on top of it; with
+``causal=False`` the 4-D mask we pass hides only the padding keys.
 """
 
 from __future__ import annotations
@@ -45,30 +46,36 @@ class DecoderAdapter(Adapter):
         """The LM head (``lm_head``), or None when the model was loaded without one."""
         return getattr(self.model, "lm_head", None)
 
-    def position_ids(self, input_ids: Tensor) -> Tensor:
-        # GPT-2 and the Llama family both count from 0 (GPT2Model / LlamaModel default to
-        # arange(n) for one unpadded text); no padding offset as in RoBERTa
-        return torch.arange(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    def position_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        # GPT-2 and the Llama family both count from 0 (arange(n) for one unpadded text);
+        # with padding, transformers' generate() counts real tokens (cumsum(mask) - 1), so a
+        # left-padded text still starts at 0; padding slots get 1 as there (never read)
+        if attention_mask is None:
+            n = input_ids.shape[-1]
+            return torch.arange(n, dtype=torch.long, device=input_ids.device).expand_as(input_ids).contiguous()
+        mask = attention_mask.long()
+        return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, causal: bool = True):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = True):
         impl = getattr(self.config, "_attn_implementation", "eager")
         if impl != "eager":
             raise ModelError(
                 f"{self.family}: tokentrail needs eager attention (got {impl!r}): it reads attention "
                 "probabilities and sets its own mask; load the model with attn_implementation='eager'"
             )
-        ids = input_ids[None]  # (1, n)
-        n = ids.shape[1]
         if causal:
-            mask = torch.ones_like(ids)  # no padding; the model builds its causal mask
+            mask = attention_mask  # (B, n); the model builds causal + padding from it
         else:
+            b, n = input_ids.shape
             dtype = next(self.base_model().parameters()).dtype
-            # 0 = attend; a 4-D mask is used as given (see the module docstring)
-            mask = torch.zeros(1, 1, n, n, dtype=dtype, device=ids.device)
+            # (B, 1, n, n) additive, used as given (see the module docstring): 0 = attend,
+            # dtype's min on a padding key, for every query
+            pad = (attention_mask == 0)[:, None, None, :].expand(b, 1, n, n)
+            mask = torch.zeros(b, 1, n, n, dtype=dtype, device=input_ids.device).masked_fill(pad, torch.finfo(dtype).min)
         return self.base_model()(
-            input_ids=ids,
+            input_ids=input_ids,
             attention_mask=mask,
-            position_ids=position_ids[None],
+            position_ids=position_ids,
             use_cache=False,
             output_hidden_states=True,
             output_attentions=True,
