@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from .adapters import Adapter, adapter_for, decoder_model_types, lens_head_prefixes, supported_model_types
+from . import tokens
 from .errors import ModelError
 from .gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF
 from .spaces import SpaceCache
@@ -73,12 +74,8 @@ class LoadedModel:
 
 
 def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
-    """Token strings as a reader wants them: byte-level BPE's 'Ġ' as '␣', newlines visible."""
-    out = []
-    for t in tokenizer.convert_ids_to_tokens(ids):
-        t = "" if t is None else str(t)
-        out.append(t.replace("Ġ", "␣").replace("Ċ", "↵").replace("ĉ", "⇥").replace("\n", "↵"))
-    return out
+    """Token strings as a reader wants them (the rule is in :mod:`tokentrail.tokens`)."""
+    return tokens.readable_tokens(tokenizer.convert_ids_to_tokens(list(ids)), tokens.tokenizer_kind(tokenizer))
 
 
 # ---- where a name points ---------------------------------------------------------------
