@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
+from .budget import check_fits, estimate_run
+from .checks import check_count, check_k_in_vocab, check_model_name
 from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse, check_options
 from .inputs import check_text, encode
 from .metrics import SIMILARITIES
@@ -26,7 +29,7 @@ def expand_choice(value: str | Sequence[str], everything: Sequence[str]) -> list
 
 def trace(
     text: str,
-    model: str | LoadedModel = DEFAULT_MODEL,
+    model: str | os.PathLike | LoadedModel = DEFAULT_MODEL,
     *,
     site: str | Sequence[str] = "attn_resid",
     space: str | Sequence[str] = "encodings",
@@ -44,11 +47,15 @@ def trace(
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``. ``causal=False`` runs a decoder with its causal mask off.
     """
+    model = check_model_name(model)
+    k, overlap_k = check_count("k", k), check_count("overlap_k", overlap_k)
     sites, spaces, sims = expand_choice(site, ALL_SITES), expand_choice(space, ALL_SPACES), expand_choice(similarity, SIMILARITIES)
-    check_options(sites, spaces, sims, k, overlap_k)  # fail fast, before loading anything
+    todo = check_options(sites, spaces, sims, k, overlap_k)  # fail fast, before loading anything
     check_text(text)
     loaded = model if isinstance(model, LoadedModel) else load(model, allow_pickle=allow_pickle)
+    check_k_in_vocab(k, overlap_k, loaded.adapter.vocab_size)
     enc = encode(loaded, text, truncate=truncate)
+    check_fits(estimate_run(loaded.adapter, tokens=len(enc.ids), pairs=todo, similarities=len(sims), k=k, overlap_k=overlap_k, lens=lens))
     trail = analyse(
         loaded.adapter,
         loaded.spaces,

@@ -7,13 +7,41 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 from rich.table import Table
 
 from .errors import TokentrailError
 
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one line (``error: ...``, exit 2), like every other error here,
+    instead of click's usage block or typer's multi-line box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            if not standalone_mode:
+                raise
+            where = getattr(getattr(exc, "ctx", None), "command_path", None)
+            hint = f" (see `{where} --help`)" if where else ""
+            err.print(f"[bold red]error:[/] {escape(exc.format_message())}{hint}")
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            if not standalone_mode:
+                raise
+            err.print("aborted")
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Follow every token's encoding through every layer and head of a transformer, "
@@ -33,51 +61,68 @@ def _fail(message: str) -> None:
 
 @app.command()
 def trace(
-    text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input."),
+    text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input (UTF-8)."),
     model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
-    token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first) or its text. Omitted: a grid of all tokens."),
+    token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first), its text (the first occurrence), or TEXT:N for the N-th occurrence from 0 (flies:1 = the second 'flies'). Omitted: a grid of all tokens."),
     site: str = typer.Option("attn_resid", help="attn_resid, attn_resid_ln, layer_out, heads; comma-separated or 'all'."),
-    space: str = typer.Option("encodings", help="encodings, embeddings (residual sites); value, key, query (heads); or 'all'."),
+    space: Optional[str] = typer.Option(None, help="encodings (default), embeddings (residual sites); value (default), key, query (heads); or 'all'."),
     similarity: str = typer.Option("cosine", help="cosine, euclidean, or 'all'."),
-    k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer."),
-    overlap_k: int = typer.Option(100, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap."),
+    k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer (at most the vocabulary size)."),
+    overlap_k: int = typer.Option(100, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap (at most the vocabulary size)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Show only this layer (negative counts from the end)."),
     head: Optional[int] = typer.Option(None, "--head", help="With site heads: show this head's neighbours."),
     lens: bool = typer.Option(False, "--lens", help="Also run the logit lens (the model's own output head on every layer)."),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders: keep (default) or disable the causal mask."),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet (the tidy frame)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (required for parquet)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (required for parquet; the format follows the file's suffix unless --format says). Written atomically; CSV text cells starting with = + - @ or reading as missing (nan, NA, null) get a leading apostrophe."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     truncate: bool = typer.Option(False, "--truncate", help="Cut text longer than the model's positions instead of refusing it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit); hub ids only."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
-    from .api import trace as run_trace
     from .analysis import ALL_SITES, ALL_SPACES, check_options
     from .api import expand_choice
-    from .inputs import check_text
+    from .api import trace as run_trace
+    from .budget import check_fits, estimate_run
+    from .checks import check_head, check_k_in_vocab, check_layer
+    from .inputs import check_text, encode
     from .metrics import SIMILARITIES
     from .models import load
+    from .progress import TerminalProgress, analysis_steps
+    from .tokens import find_token
 
-    if text == "-":
-        text = sys.stdin.read()
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        _fail(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
-    if fmt == "parquet" and out_path is None:
-        _fail("--format parquet needs --out FILE")
-    say = (lambda f, m: None) if quiet else (lambda f, m: err.print(f"[dim]… {m}[/]"))
     try:
-        check_text(text)  # before the (slow) model load
-        check_options(expand_choice(site, ALL_SITES), expand_choice(space, ALL_SPACES), expand_choice(similarity, SIMILARITIES), k, overlap_k)
-        if not quiet:
-            err.print(f"[dim]… loading {model}[/]")
-        loaded = load(model, allow_pickle=allow_pickle, revision=revision, progress=lambda m: say(0, m))
-        trail = run_trace(
-            text, loaded, site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
-            lens=lens, causal=causal, truncate=truncate, progress=say,
-        )
+        # everything that needs no model, before the (slow) load
+        text = _read_text(text)
+        fmt, out_path = _check_output(fmt, out_path, force)
+        model = _check_model_option(model, revision)
+        sites = expand_choice(site, ALL_SITES)
+        spaces = _check_site_space(sites, space, quiet)
+        sims = expand_choice(similarity, SIMILARITIES)
+        todo = check_options(sites, spaces, sims, k, overlap_k)
+        _check_head_option(head, sites)
+        check_text(text)
+        with TerminalProgress(err, quiet=quiet) as bar:
+            loaded = load(model, allow_pickle=allow_pickle, revision=revision, progress=bar.loading)
+            # what needs the model, before the analysis
+            adapter = loaded.adapter
+            _check_causal_option(causal, adapter)
+            check_k_in_vocab(k, overlap_k, adapter.vocab_size)
+            if layer is not None:
+                check_layer(layer, adapter.n_layers)
+            if head is not None:
+                check_head(head, adapter.n_heads)
+            enc = encode(loaded, text, truncate=truncate)
+            if token is not None:
+                token = _pick_token(find_token, enc.tokens, token, quiet)
+            check_fits(estimate_run(adapter, tokens=len(enc.ids), pairs=todo, similarities=len(sims), k=k, overlap_k=overlap_k, lens=lens))
+            bar.start_analysis(analysis_steps(todo, adapter.n_layers))
+            trail = run_trace(
+                text, loaded, site=sites, space=spaces, similarity=sims, k=k, overlap_k=overlap_k,
+                lens=lens, causal=causal, truncate=truncate, progress=bar.analysis,
+            )
         if "truncated_from" in trail.info.options and not quiet:
             err.print(f"[yellow]note:[/] the text was {trail.info.options['truncated_from']} tokens; kept the first {trail.n_tokens} (--truncate)")
         if fmt != "table":
@@ -88,17 +133,112 @@ def trace(
         print_report(out, trail, token=token, layer=layer, head=head)
     except TokentrailError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
+
+
+def _read_text(text: str) -> str:
+    """The TEXT argument, or standard input for '-', decoded as UTF-8 whatever the locale."""
+    from .errors import InputError
+
+    if text != "-":
+        return text
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"standard input is not UTF-8 text (byte 0x{data[exc.start]:02X} at offset {exc.start}): pass a text file") from None
+
+
+def _check_output(fmt: str, out_path: Path | None, force: bool) -> tuple[str, Path | None]:
+    """The export format and a checked --out path (parent exists and is writable, not a
+    folder, not an existing file unless --force), before any model work."""
+    from .errors import InputError
+    from .fileio import check_output_path
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if out_path is None:
+        if fmt == "parquet":
+            raise InputError("--format parquet needs --out FILE")
+        return fmt, None
+    path, fmt = check_output_path(out_path, force=force, formats=FORMATS[1:], fmt=None if fmt == "table" else fmt)
+    return fmt, path
+
+
+def _check_model_option(model: str, revision: str | None) -> str:
+    from .errors import InputError
+
+    if not model.strip():
+        raise InputError("--model is empty: give a bundled name (see `tokentrail models`), a hub id or a local folder")
+    if revision is not None and Path(model).expanduser().is_dir():
+        raise InputError(f"--revision applies to hub models; {model} is a local folder (check out the revision you want there)")
+    return model
+
+
+def _check_site_space(sites: list[str], space: str | None, quiet: bool) -> list[str]:
+    """The spaces to compute. Residual sites default to encodings and the heads site to
+    value; an explicit --space the heads site cannot use is an error (or, when other sites
+    use it, a stated note)."""
+    from .analysis import ALL_SPACES, RESIDUAL_SPACES
+    from .api import expand_choice
+    from .errors import InputError
+    from .spaces import HEAD_SPACE_KINDS
+
+    if space is None:
+        return ["encodings"] + (["value"] if "heads" in sites else [])
+    spaces = expand_choice(space, ALL_SPACES)
+    if "heads" in sites and not any(s in HEAD_SPACE_KINDS for s in spaces if s in ALL_SPACES):
+        if all(s == "heads" for s in sites):
+            raise InputError(
+                f"--site heads compares each head with its {', '.join(HEAD_SPACE_KINDS)} space; "
+                f"--space {space} is for residual sites: use --space value (or key, query)"
+            )
+        if not quiet:
+            err.print(f"[yellow]note:[/] --space {space} applies to the residual sites; the heads site uses its value space")
+        spaces.append("value")
+    return spaces
+
+
+def _check_head_option(head: int | None, sites: list[str]) -> None:
+    from .errors import InputError
+
+    if head is not None and "heads" not in sites:
+        raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
+
+
+def _check_causal_option(causal: bool | None, adapter) -> None:
+    from .errors import InputError
+
+    if causal is not None and not adapter.is_decoder:
+        flag = "--causal" if causal else "--no-causal"
+        raise InputError(f"{flag} is for decoders; {adapter.family} is an encoder (it attends both ways and has no causal mask)")
+
+
+def _pick_token(find_token, tokens, token: str, quiet: bool) -> int:
+    """Resolve --token on the tokenised text (before the analysis) and say which occurrence."""
+    index, matches = find_token(tokens, token)
+    if len(matches) > 1 and not quiet:
+        others = ", ".join(f"{i}" for i in matches if i != index)
+        which = matches.index(index)
+        err.print(
+            f"[yellow]note:[/] {token!r} occurs {len(matches)} times; following token {index} "
+            f"(occurrence {which}); the others are at {others} (use TEXT:N or an index to choose)",
+            highlight=False,
+        )
+    return index
 
 
 def _export(trail, fmt: str, out_path: Path | None) -> None:
+    from .fileio import write_csv
+
     if out_path is None:
         if fmt == "csv":
-            trail.frame().to_csv(sys.stdout, index=False)
+            write_csv(trail.frame(), sys.stdout)
         else:
             sys.stdout.write(trail.to_json() + "\n")
         return
-    if out_path.is_dir():
-        _fail(f"--out {out_path} is a folder; give a file name")
     path = trail.export(out_path, fmt)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
 

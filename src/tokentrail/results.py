@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .fileio import atomic_write, write_csv, write_text
+from .tokens import find_token
 
 METRICS = ("self_sim", "rank", "overlap", "anisotropy", "adjusted_self_sim")
 
@@ -107,19 +109,9 @@ class Trail:
         return matches[0]
 
     def token_index(self, token: int | str) -> int:
-        """Resolve a token index (negative counts from the end) or its text to an index."""
-        n = self.n_tokens
-        if isinstance(token, (int, np.integer)) or (isinstance(token, str) and token.lstrip("-").isdigit()):
-            i = int(token)
-            if not -n <= i < n:
-                raise InputError(f"token index {i} is out of range: the text has {n} tokens (0..{n - 1})")
-            return i % n
-        want = str(token).strip().lower()
-        for i, t in enumerate(self.tokens):
-            if _bare(t).lower() == want:
-                return i
-        shown = " ".join(f"{i}:{t}" for i, t in enumerate(self.tokens))
-        raise InputError(f"no token {token!r} in the text; tokens are {shown}")
+        """Resolve a token index (negative counts from the end), its text or ``text:N``
+        (the N-th occurrence from 0) to an index (see :func:`tokentrail.tokens.find_token`)."""
+        return find_token(self.tokens, int(token) if isinstance(token, np.integer) else token)[0]
 
     def check_layer(self, layer: int) -> int:
         if not -self.n_layers <= layer < self.n_layers:
@@ -214,11 +206,13 @@ class Trail:
 
         table = pa.Table.from_pandas(self.frame(), preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(self.meta()).encode()})
-        pq.write_table(table, path)
+        with atomic_write(path) as tmp:
+            pq.write_table(table, tmp)
         return Path(path)
 
     def to_csv(self, path: str | Path) -> Path:
-        self.frame().to_csv(path, index=False)
+        """The tidy frame as CSV; text cells escaped as :mod:`tokentrail.fileio` documents."""
+        write_csv(self.frame(), Path(path))
         return Path(path)
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -232,7 +226,7 @@ class Trail:
             doc["lens"] = json.loads(self.lens.frame().to_json(orient="records"))
         text = json.dumps(doc)
         if path is not None:
-            Path(path).write_text(text)
+            write_text(path, text)
         return text
 
     def export(self, path: str | Path, fmt: str | None = None) -> Path:

@@ -137,3 +137,40 @@ def _plain(text: str) -> str:
 def readable_tokens(tokens: Iterable[str | None], kind: str) -> list[str]:
     """:func:`readable` for each token of one tokenizer."""
     return [readable(t, kind) for t in tokens]
+
+
+def bare(token: str) -> str:
+    """A shown token without its space/continuation markers, for matching typed text."""
+    return token.replace(SPACE, "").replace("##", "").replace("▁", "").strip()
+
+
+def find_token(tokens: list[str] | tuple[str, ...], query: int | str) -> tuple[int, list[int]]:
+    """Resolve a token by index or by text; returns (index, every index with that text).
+
+    ``query`` is an index (negative counts from the end), a token's text (case and the
+    ``␣``/``##`` markers ignored; the first occurrence), or ``text:N`` for the N-th
+    occurrence counted from 0 (``flies:1`` is the second ``flies``).
+    """
+    from .errors import InputError
+
+    n = len(tokens)
+    if isinstance(query, int) or (isinstance(query, str) and query.strip().lstrip("-").isdigit()):
+        i = int(query)
+        if not -n <= i < n:
+            raise InputError(f"token index {i} is out of range: the text has {n} tokens (0..{n - 1})")
+        return i % n, [i % n]
+    want, nth = str(query).strip().lower(), None
+    matches = [i for i, t in enumerate(tokens) if bare(t).lower() == want]
+    if not matches and ":" in want:
+        head, _, tail = want.rpartition(":")
+        if tail.isdigit():
+            want, nth = head, int(tail)
+            matches = [i for i, t in enumerate(tokens) if bare(t).lower() == want]
+    if not matches:
+        shown = " ".join(f"{i}:{t}" for i, t in enumerate(tokens))
+        raise InputError(f"no token {str(query)!r} in the text; tokens are {shown}")
+    if nth is None:
+        return matches[0], matches
+    if nth >= len(matches):
+        raise InputError(f"{want!r} occurs {len(matches)} time(s) (at {', '.join(map(str, matches))}); {query!r} asks for occurrence {nth} (counted from 0)")
+    return matches[nth], matches
