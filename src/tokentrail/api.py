@@ -6,7 +6,7 @@ import os
 from typing import Callable, Sequence
 
 from .budget import check_fits, estimate_run
-from .checks import check_count, check_k_in_vocab, check_model_name
+from .checks import DEFAULT_OVERLAP_K, check_count, check_k_in_vocab, check_model_name
 from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse, check_options
 from .inputs import check_text, encode
 from .metrics import SIMILARITIES
@@ -35,7 +35,7 @@ def trace(
     space: str | Sequence[str] = "encodings",
     similarity: str | Sequence[str] = "cosine",
     k: int = 15,
-    overlap_k: int = 100,
+    overlap_k: int | None = None,
     lens: bool = False,
     causal: bool | None = None,
     truncate: bool = False,
@@ -44,16 +44,20 @@ def trace(
 ) -> Trail:
     """Follow every token of ``text`` through ``model``.
 
+    ``overlap_k`` defaults to 100 (or the vocabulary size, if smaller); asking for more
+    than the vocabulary has is an error, as is ``k`` above it.
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``. ``causal=False`` runs a decoder with its causal mask off.
     """
     model = check_model_name(model)
-    k, overlap_k = check_count("k", k), check_count("overlap_k", overlap_k)
+    k = check_count("k", k)
+    if overlap_k is not None:
+        overlap_k = check_count("overlap_k", overlap_k)
     sites, spaces, sims = expand_choice(site, ALL_SITES), expand_choice(space, ALL_SPACES), expand_choice(similarity, SIMILARITIES)
-    todo = check_options(sites, spaces, sims, k, overlap_k)  # fail fast, before loading anything
+    todo = check_options(sites, spaces, sims, k, overlap_k or DEFAULT_OVERLAP_K)  # fail fast, before loading anything
     check_text(text)
     loaded = model if isinstance(model, LoadedModel) else load(model, allow_pickle=allow_pickle)
-    check_k_in_vocab(k, overlap_k, loaded.adapter.vocab_size)
+    overlap_k = check_k_in_vocab(k, overlap_k, loaded.adapter.vocab_size)
     enc = encode(loaded, text, truncate=truncate)
     check_fits(estimate_run(loaded.adapter, tokens=len(enc.ids), pairs=todo, similarities=len(sims), k=k, overlap_k=overlap_k, lens=lens))
     trail = analyse(

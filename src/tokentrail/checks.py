@@ -35,11 +35,16 @@ def check_model_name(model: object) -> object:
     raise InputError(f"model must be a name, a folder path or a loaded model, not {type(model).__name__}")
 
 
-def check_k_in_vocab(k: int, overlap_k: int, vocab_size: int) -> None:
-    """k and overlap k cannot ask for more neighbours than the vocabulary has."""
+DEFAULT_OVERLAP_K = 100  # SPEC default; a smaller vocabulary caps it (only when not asked for)
+
+
+def check_k_in_vocab(k: int, overlap_k: int | None, vocab_size: int) -> int:
+    """k and overlap k cannot ask for more neighbours than the vocabulary has; returns the
+    overlap k to use (``None``: the default, capped by the vocabulary)."""
     for name, value in (("k", k), ("overlap k", overlap_k)):
-        if value > vocab_size:
+        if value is not None and value > vocab_size:
             raise InputError(f"{name} = {value:,} is more than the model's vocabulary of {vocab_size:,} tokens: use at most {vocab_size:,}")
+    return min(DEFAULT_OVERLAP_K, vocab_size) if overlap_k is None else overlap_k
 
 
 def check_layer(layer: int, n_layers: int) -> int:

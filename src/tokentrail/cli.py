@@ -7,11 +7,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
+
+try:  # recent typer vendors its own click (typer._click); older ones use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+Abort = typer.Abort
 from rich.table import Table
 
 from .errors import TokentrailError
@@ -23,14 +28,17 @@ class _OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
-        except click.ClickException as exc:
+        except ClickException as exc:
             if not standalone_mode:
                 raise
+            message = exc.format_message()
+            if not message.strip():  # no arguments at all: the help was shown
+                sys.exit(exc.exit_code)
             where = getattr(getattr(exc, "ctx", None), "command_path", None)
             hint = f" (see `{where} --help`)" if where else ""
-            err.print(f"[bold red]error:[/] {escape(exc.format_message())}{hint}")
+            err.print(f"[bold red]error:[/] {escape(message)}{hint}")
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except Abort:
             if not standalone_mode:
                 raise
             err.print("aborted")
@@ -68,7 +76,7 @@ def trace(
     space: Optional[str] = typer.Option(None, help="encodings (default), embeddings (residual sites); value (default), key, query (heads); or 'all'."),
     similarity: str = typer.Option("cosine", help="cosine, euclidean, or 'all'."),
     k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer (at most the vocabulary size)."),
-    overlap_k: int = typer.Option(100, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap (at most the vocabulary size)."),
+    overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller); at most the vocabulary size."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Show only this layer (negative counts from the end)."),
     head: Optional[int] = typer.Option(None, "--head", help="With site heads: show this head's neighbours."),
     lens: bool = typer.Option(False, "--lens", help="Also run the logit lens (the model's own output head on every layer)."),
@@ -86,7 +94,7 @@ def trace(
     from .api import expand_choice
     from .api import trace as run_trace
     from .budget import check_fits, estimate_run
-    from .checks import check_head, check_k_in_vocab, check_layer
+    from .checks import DEFAULT_OVERLAP_K, check_head, check_k_in_vocab, check_layer
     from .inputs import check_text, encode
     from .metrics import SIMILARITIES
     from .models import load
@@ -101,7 +109,7 @@ def trace(
         sites = expand_choice(site, ALL_SITES)
         spaces = _check_site_space(sites, space, quiet)
         sims = expand_choice(similarity, SIMILARITIES)
-        todo = check_options(sites, spaces, sims, k, overlap_k)
+        todo = check_options(sites, spaces, sims, k, overlap_k or DEFAULT_OVERLAP_K)
         _check_head_option(head, sites)
         check_text(text)
         with TerminalProgress(err, quiet=quiet) as bar:
@@ -109,7 +117,7 @@ def trace(
             # what needs the model, before the analysis
             adapter = loaded.adapter
             _check_causal_option(causal, adapter)
-            check_k_in_vocab(k, overlap_k, adapter.vocab_size)
+            overlap_k = check_k_in_vocab(k, overlap_k, adapter.vocab_size)
             if layer is not None:
                 check_layer(layer, adapter.n_layers)
             if head is not None:

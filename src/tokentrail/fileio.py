@@ -51,14 +51,14 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool = False, form
     """
     p = Path(path).expanduser()
     fmt = (fmt or p.suffix.lstrip(".")).lower()
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; give a file name (e.g. {p / ('trail.' + (fmt or 'csv'))})")
     if formats is not None and fmt not in tuple(formats):
         raise InputError(
             f"cannot tell the format of {str(p)!r}: use a name ending in " + ", ".join(f".{f}" for f in formats) + " (or --format)"
             if not fmt
             else f"unknown output format {fmt!r} for {str(p)!r}: use one of {', '.join(formats)}"
         )
-    if p.is_dir():
-        raise InputError(f"{p} is a folder; give a file name (e.g. {p / ('trail.' + (fmt or 'csv'))})")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise InputError(f"the folder {parent} does not exist: create it first, or write somewhere else")
