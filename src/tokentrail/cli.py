@@ -264,6 +264,46 @@ def models() -> None:
 
 
 @app.command()
+def cache(
+    clear: bool = typer.Option(False, "--clear", help="Delete tokentrail's converted models and temporary folders (rebuilt on the next load)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --clear: do not ask for confirmation in a terminal (it never asks otherwise)."),
+) -> None:
+    """Show what tokentrail's cache holds (TOKENTRAIL_CACHE or ~/.cache/tokentrail) and its size; --clear frees it."""
+    import shutil
+
+    from .budget import human
+    from .gguf_cache import cache_entries, cache_root
+
+    root = cache_root()
+    rows = cache_entries(root)
+    if not rows:
+        out.print(f"the cache {root} is empty")
+        return
+    table = Table("entry", "size", "what", box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(str(row["path"].relative_to(root)), human(row["bytes"]), row["kind"])
+    total = sum(r["bytes"] for r in rows)
+    out.print(f"cache: {root}")
+    out.print(table)
+    out.print(f"total {human(total)}")
+    if not clear:
+        out.print("[dim]tokentrail cache --clear deletes the converted models (rebuilt on their next load); the Hugging Face hub cache is separate[/]")
+        return
+    ours = [r for r in rows if r["path"].parent.name == "gguf"]
+    if sys.stdin.isatty() and not yes and not typer.confirm(f"delete {len(ours)} entries ({human(sum(r['bytes'] for r in ours))})?"):
+        out.print("nothing deleted")
+        return
+    freed = 0
+    for row in ours:
+        try:
+            shutil.rmtree(row["path"]) if row["path"].is_dir() else row["path"].unlink()
+        except OSError as exc:
+            _fail(f"cannot delete {row['path']}: {exc.strerror or exc}")
+        freed += row["bytes"]
+    out.print(f"freed {human(freed)} ({len(ours)} entries) in {root}")
+
+
+@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind. Only this machine by default."),
     port: int = typer.Option(7860, help="Port to listen on."),

@@ -197,8 +197,14 @@ def _weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
         raise ModelError(f"{folder} has no model weights (*.safetensors)")
     keys: list[str] = []
     for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            keys += list(fh.keys())
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                keys += list(fh.keys())
+        except Exception as exc:  # SafetensorError for empty, truncated or garbage files
+            size = f.stat().st_size
+            raise ModelError(
+                f"{f} is not a complete safetensors file ({size:,} bytes; {_first_line(exc)}): download it again"
+            ) from None
     return keys
 
 
@@ -221,7 +227,9 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     except ValueError as exc:
         if "trust_remote_code" in str(exc) or "auto_map" in str(exc):
             raise ModelError(f"{folder} needs remote code to load; tokentrail never runs code shipped with a model") from None
-        raise ModelError(f"cannot read the config in {folder}: {exc}") from None
+        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
+    except (OSError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in supported_model_types():
         extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
@@ -244,11 +252,58 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the load report lists unused pooler weights etc.
     try:
-        model = auto.from_pretrained(str(folder), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        try:
+            model = auto.from_pretrained(str(folder), **kwargs)
+        except (RuntimeError, ValueError, OSError) as exc:
+            if "mismatch" in str(exc):
+                raise ModelError(
+                    f"the weights in {folder} do not match its config.json (hidden size {getattr(config, 'hidden_size', '?')}, "
+                    "layers, heads or vocabulary): the folder mixes files of different models"
+                ) from None
+            raise ModelError(f"cannot load the weights in {folder}: {_first_line(exc)}") from None
+        if not _has_tokenizer_files(folder):
+            raise ModelError(
+                f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json/merges.txt or a SentencePiece .model): "
+                "copy the tokenizer that belongs to these weights into the folder"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # tokenizer classes raise many types for broken files
+            raise ModelError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(level)
+    check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0], str(folder))
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in TOKENIZER_FILES) or any(folder.glob("*.model")) or any(folder.glob("*.tiktoken"))
+
+
+def check_tokenizer_fits(tokenizer, vocab_rows: int, where: str) -> None:
+    """Refuse a tokenizer that cannot be the model's: one with (almost) no vocabulary,
+    which would turn every word into [UNK], or one whose ids run past the embedding table."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    vocab = tokenizer.get_vocab()
+    if len(set(vocab.values()) - special) < 2:
+        raise ModelError(
+            f"the tokenizer in {where} has no vocabulary beyond its {len(special)} special tokens, so every word would be "
+            "unknown: copy the tokenizer that belongs to these weights into the folder"
+        )
+    top = max(vocab.values())
+    if top >= vocab_rows:
+        raise ModelError(
+            f"the tokenizer in {where} has ids up to {top:,} but the model's embedding table has {vocab_rows:,} rows: "
+            "the tokenizer belongs to another model"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def load(name: str | None = None, *, allow_pickle: bool = False, revision: str | None = None, progress: Callable[[str], None] | None = None) -> LoadedModel:
