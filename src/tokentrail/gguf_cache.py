@@ -102,7 +102,7 @@ def load_gguf_causal_lm(
 
     check_cache_writable(root)  # before the slow conversion, not after it
     remove_stale(root)
-    say("Converting GGUF weights (first run, ~30-80 s)…")
+    say("Converting GGUF weights (first run, ~30 s)…")
     _convert(gguf_path, target)
     say("Loading cached weights…")
     return _load_cached(target)
