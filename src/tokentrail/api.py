@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Callable, Sequence
 
+from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse, check_options
 from .budget import check_fits, estimate_run
 from .checks import DEFAULT_OVERLAP_K, check_count, check_k_in_vocab, check_model_name
-from .analysis import ALL_SITES, ALL_SPACES, Progress, analyse, check_options
 from .inputs import check_text, encode
 from .metrics import SIMILARITIES
 from .models import DEFAULT_MODEL, LoadedModel, load

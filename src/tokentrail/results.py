@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .checks import check_head, check_layer
 from .errors import InputError
 from .fileio import atomic_write, write_csv, write_text
 from .tokens import find_token
@@ -114,14 +115,10 @@ class Trail:
         return find_token(self.tokens, int(token) if isinstance(token, np.integer) else token)[0]
 
     def check_layer(self, layer: int) -> int:
-        if not -self.n_layers <= layer < self.n_layers:
-            raise InputError(f"layer {layer} is out of range: the model has {self.n_layers} layers (0..{self.n_layers - 1})")
-        return layer % self.n_layers
+        return check_layer(layer, self.n_layers)
 
     def check_head(self, head: int) -> int:
-        if not 0 <= head < self.n_heads:
-            raise InputError(f"head {head} is out of range: the model has {self.n_heads} heads (0..{self.n_heads - 1})")
-        return head
+        return check_head(head, self.n_heads)
 
     # ---- tables ------------------------------------------------------------------
     def neighbours(
@@ -240,10 +237,6 @@ class Trail:
             self.to_json(path)
             return path
         raise InputError(f"unknown export format {fmt!r}: use parquet, csv or json")
-
-
-def _bare(token: str) -> str:
-    return token.replace("␣", "").replace("##", "").replace("▁", "").strip()
 
 
 def _view_frame(trail: Trail, v: View) -> pd.DataFrame:

@@ -23,6 +23,8 @@ import re
 from functools import lru_cache
 from typing import Any, Iterable
 
+from .errors import InputError
+
 BYTE_LEVEL = "byte_level"
 SENTENCEPIECE = "sentencepiece"
 WORDPIECE = "wordpiece"
@@ -151,8 +153,6 @@ def find_token(tokens: list[str] | tuple[str, ...], query: int | str) -> tuple[i
     ``␣``/``##`` markers ignored; the first occurrence), or ``text:N`` for the N-th
     occurrence counted from 0 (``flies:1`` is the second ``flies``).
     """
-    from .errors import InputError
-
     n = len(tokens)
     if isinstance(query, int) or (isinstance(query, str) and query.strip().lstrip("-").isdigit()):
         i = int(query)
