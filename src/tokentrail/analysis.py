@@ -22,7 +22,7 @@ from .adapters import Adapter
 from .capture import Activations, capture, head_vectors
 from .errors import InputError, ModelError
 from .metrics import Cells, anisotropy, derive_metrics, overlap, rank_in_vocab, similarity_from_dots, top_k
-from .options import ALL_SITES, ALL_SPACES, HEAD_SITE, HEAD_SPACES, SIMILARITIES, TraceOptions, check_index, whole_number
+from .options import ALL_SITES, ALL_SPACES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, SIMILARITIES, TraceOptions, check_index, whole_number
 from .results import HeadsAt, LensResult, RunInfo, Trail, View
 from .spaces import SpaceCache, VocabSpace
 
@@ -197,11 +197,28 @@ def make_trail(
     )
 
 
-def check_against(adapter: Adapter, options: TraceOptions) -> None:
-    """What only the model can tell about options, checked before the forward pass."""
+def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None) -> TraceOptions:
+    """What only the model can tell about options, checked before the forward pass;
+    returns them with the overlap set size settled (default: 100, or the vocabulary if
+    smaller). With ``tokens``, also refuses a run whose estimated peak memory exceeds
+    what the machine has, with the figure and the fix."""
     adapter.resolve_causal(options.causal)
     if options.lens and adapter.lens_head() is None:
         raise ModelError(adapter.lens_unavailable_reason())
+    vocab = adapter.vocab_size
+    for name, value in (("k", options.k), ("overlap k", options.overlap_k)):
+        if value is not None and value > vocab:
+            raise InputError(f"{name} = {value:,} is more than the model's vocabulary of {vocab:,} tokens: use at most {vocab:,}")
+    if options.overlap_k is None:
+        options = replace(options, overlap_k=min(DEFAULT_OVERLAP_K, vocab))
+    if tokens is not None:
+        from .budget import check_fits, estimate_run
+
+        check_fits(estimate_run(
+            adapter, tokens=tokens, pairs=options.pairs(), similarities=len(options.similarities),
+            k=options.k, overlap_k=options.overlap_k, lens=options.lens,
+        ))  # fmt: skip
+    return options
 
 
 def analyse(
@@ -223,8 +240,7 @@ def analyse(
 
     The same path as :meth:`tokentrail.runner.Run.trail` (one forward pass, then
     :func:`compute_views` and :func:`make_trail`), for callers without a loaded model."""
-    options.validate()
-    check_against(adapter, options)
+    options = check_against(adapter, options.validate(), tokens=len(input_ids))
     say = progress or (lambda f, m: None)
     say(0.0, "running the model")
     acts = capture(adapter, input_ids, causal=options.causal)
@@ -263,8 +279,7 @@ def analyse_batch(
     text, the Trail it gets alone."""
     if not (len(input_ids) == len(texts) == len(tokens) == len(special)):
         raise InputError("a batch needs as many texts, token lists and special flags as id tensors")
-    options.validate()
-    check_against(adapter, options)
+    options = check_against(adapter, options.validate(), tokens=sum(len(t) for t in input_ids))
     from .capture import capture_batch
 
     say = progress or (lambda f, m: None)

@@ -43,7 +43,7 @@ def trace(
     space: str | Sequence[str] = "encodings",
     similarity: str | Sequence[str] = "cosine",
     k: int = 15,
-    overlap_k: int = 100,
+    overlap_k: int | None = None,
     lens: bool = False,
     lens_site: str = "layer_out",
     causal: bool | None = None,
@@ -58,6 +58,8 @@ def trace(
 ) -> Trail:
     """Follow every token of ``text`` through ``model``.
 
+    ``overlap_k`` defaults to 100 (or the vocabulary size, if smaller); asking for more
+    than the vocabulary has is an error, as is ``k`` above it.
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
     ``causal=False`` runs a decoder with its causal mask off. ``model`` takes what

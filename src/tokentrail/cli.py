@@ -9,11 +9,48 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+try:  # recent typer vendors its own click (typer._click); older ones use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+Abort = typer.Abort
 from rich.table import Table
 
 from .errors import TokentrailError
+from .options import check_index
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one line (``error: ...``, exit 2), like every other error here,
+    instead of click's usage block or typer's multi-line box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            if not standalone_mode:
+                raise
+            message = exc.format_message()
+            if not message.strip():  # no arguments at all: the help was shown
+                sys.exit(exc.exit_code)
+            where = getattr(getattr(exc, "ctx", None), "command_path", None)
+            hint = f" (see `{where} --help`)" if where else ""
+            err.print(f"[bold red]error:[/] {escape(message)}{hint}")
+            sys.exit(exc.exit_code)
+        except Abort:
+            if not standalone_mode:
+                raise
+            err.print("aborted")
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Follow every token's encoding through every layer and head of a transformer, "
@@ -33,56 +70,65 @@ def _fail(message: str) -> None:
 
 @app.command()
 def trace(
-    text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input."),
+    text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input (UTF-8)."),
     model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
-    token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first) or its text. Omitted: a grid of all tokens."),
+    token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first), its text (the first occurrence), or TEXT:N for the N-th occurrence from 0 (flies:1 = the second 'flies'). Omitted: a grid of all tokens."),
     site: str = typer.Option("attn_resid", help="attn_resid, attn_resid_ln, layer_out, resid_pre (the layer's input), mlp_out (the FFN's output), heads; comma-separated or 'all'."),
-    space: str = typer.Option("encodings", help="encodings, embeddings (residual sites); value, key, query (heads); or 'all'."),
+    space: Optional[str] = typer.Option(None, help="encodings (default), embeddings (residual sites); value (default), key, query (heads); or 'all'."),
     similarity: str = typer.Option("cosine", help="cosine, euclidean, or 'all'."),
-    k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer."),
-    overlap_k: int = typer.Option(100, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap."),
+    k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer (at most the vocabulary size)."),
+    overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller); at most the vocabulary size."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Show only this layer (negative counts from the end)."),
     head: Optional[int] = typer.Option(None, "--head", help="With site heads: show this head's neighbours."),
     lens: bool = typer.Option(False, "--lens", help="Also run the logit lens (the model's own output head on every layer)."),
-    lens_site: str = typer.Option("layer_out", "--lens-site", help="The residual the lens reads: layer_out (h_{l+1}, default) or attn_resid."),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders: keep (default) or disable the causal mask."),
+    lens_site: str = typer.Option("layer_out", "--lens-site", help="The residual the lens reads: layer_out (h_{l+1}, default) or attn_resid (h_l + attn_l)."),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet (the tidy frame)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (required for parquet)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (required for parquet; the format follows the file's suffix unless --format says). Written atomically; CSV text cells starting with = + - @ or reading as missing (nan, NA, null) get a leading apostrophe."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     truncate: bool = typer.Option(False, "--truncate", help="Cut text longer than the model's positions instead of refusing it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit); hub ids only."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
     from .inputs import check_text
-    from .options import TraceOptions
+    from .models import load, resolve_device, resolve_dtype
+    from .options import ALL_SITES, expand_choice
+    from .progress import TerminalProgress, analysis_steps
+    from .tokens import find_token
 
-    if text == "-":
-        text = sys.stdin.read()
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        _fail(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
-    if fmt == "parquet" and out_path is None:
-        _fail("--format parquet needs --out FILE")
-    say = (lambda f, m: None) if quiet else (lambda f, m: err.print(f"[dim]… {m}[/]"))
     try:
-        check_text(text)  # before the (slow) model load
-        options = TraceOptions.make(
-            site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
-            lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+        # everything that needs no model, before the (slow) load
+        text = _read_text(text)
+        fmt, out_path = _check_output(fmt, out_path, force)
+        model = _check_model_option(model, revision)
+        sites = expand_choice(site, ALL_SITES)
+        options = _options(
+            site=sites, space=_check_site_space(sites, space, quiet), similarity=similarity, k=k,
+            overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
         )  # fmt: skip
-        from .models import load, resolve_device, resolve_dtype
-
+        _check_head_option(head, sites)
+        check_text(text)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
-        if not quiet:
-            err.print(f"[dim]… loading {model}[/]")
-        loaded = load(model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=lambda m: say(0, m))
-        if loaded.dtype != "float32" and not quiet:
-            err.print(f"[yellow]note:[/] {loaded.dtype} runs the model approximately; float32 is the exact reference")
-        say(0, "running the model")
-        trail = loaded.run(text, options).trail(progress=say)
+        with TerminalProgress(err, quiet=quiet) as bar:
+            loaded = load(model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=bar.loading)
+            # what needs the model, before the analysis
+            _check_causal_option(causal, loaded.adapter)
+            if layer is not None:
+                check_index(layer, loaded.adapter.n_layers, "layer", f"the model has {loaded.adapter.n_layers} layers")
+            if head is not None:
+                check_index(head, loaded.adapter.n_heads, "head", f"the model has {loaded.adapter.n_heads} heads")
+            enc = loaded.encode(text, truncate=truncate)
+            if token is not None:
+                token = _pick_token(find_token, enc.tokens, token, quiet)
+            if loaded.dtype != "float32" and not quiet:
+                bar.note(f"{loaded.dtype} runs the model approximately; float32 is the exact reference")
+            bar.start_analysis(analysis_steps(options.pairs(), loaded.adapter.n_layers))
+            bar.analysis(0.0, "running the model")
+            trail = loaded.run(text, options, encoded=enc).trail(progress=bar.analysis)
         if trail.info.truncated_from is not None and not quiet:
             err.print(f"[yellow]note:[/] the text was {trail.info.truncated_from} tokens; kept the first {trail.n_tokens} (--truncate)")
         if fmt != "table":
@@ -93,17 +139,117 @@ def trace(
         print_report(out, trail, token=token, layer=layer, head=head)
     except TokentrailError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
+
+
+def _options(**values):
+    from .options import TraceOptions
+
+    return TraceOptions.make(**values)
+
+
+def _read_text(text: str) -> str:
+    """The TEXT argument, or standard input for '-', decoded as UTF-8 whatever the locale."""
+    from .errors import InputError
+
+    if text != "-":
+        return text
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"standard input is not UTF-8 text (byte 0x{data[exc.start]:02X} at offset {exc.start}): pass a text file") from None
+
+
+def _check_output(fmt: str, out_path: Path | None, force: bool) -> tuple[str, Path | None]:
+    """The export format and a checked --out path (parent exists and is writable, not a
+    folder, not an existing file unless --force), before any model work."""
+    from .errors import InputError
+    from .fileio import check_output_path
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if out_path is None:
+        if fmt == "parquet":
+            raise InputError("--format parquet needs --out FILE")
+        return fmt, None
+    path, fmt = check_output_path(out_path, force=force, formats=FORMATS[1:], fmt=None if fmt == "table" else fmt)
+    return fmt, path
+
+
+def _check_model_option(model: str, revision: str | None) -> str:
+    from .errors import InputError
+
+    if not model.strip():
+        raise InputError("--model is empty: give a bundled name (see `tokentrail models`), a hub id or a local folder")
+    if revision is not None and Path(model).expanduser().is_dir():
+        raise InputError(f"--revision applies to hub models; {model} is a local folder (check out the revision you want there)")
+    return model
+
+
+def _check_site_space(sites: list[str], space: str | None, quiet: bool) -> list[str]:
+    """The spaces to compute. Residual sites default to encodings and the heads site to
+    value; an explicit --space the heads site cannot use is an error (or, when other sites
+    use it, a stated note)."""
+    from .errors import InputError
+    from .options import ALL_SPACES, expand_choice
+    from .options import HEAD_SPACES as HEAD_SPACE_KINDS
+
+    if space is None:
+        return ["encodings"] + (["value"] if "heads" in sites else [])
+    spaces = list(expand_choice(space, ALL_SPACES))
+    if "heads" in sites and not any(s in HEAD_SPACE_KINDS for s in spaces if s in ALL_SPACES):
+        if all(s == "heads" for s in sites):
+            raise InputError(
+                f"--site heads compares each head with its {', '.join(HEAD_SPACE_KINDS)} space; "
+                f"--space {space} is for residual sites: use --space value (or key, query)"
+            )
+        if not quiet:
+            err.print(f"[yellow]note:[/] --space {space} applies to the residual sites; the heads site uses its value space")
+        spaces.append("value")
+    return spaces
+
+
+def _check_head_option(head: int | None, sites: list[str]) -> None:
+    from .errors import InputError
+
+    if head is not None and "heads" not in sites:
+        raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
+
+
+def _check_causal_option(causal: bool | None, adapter) -> None:
+    from .errors import InputError
+
+    if causal is not None and not adapter.is_decoder:
+        flag = "--causal" if causal else "--no-causal"
+        raise InputError(f"{flag} is for decoders; {adapter.family} is an encoder (it attends both ways and has no causal mask)")
+
+
+def _pick_token(find_token, tokens, token: str, quiet: bool) -> int:
+    """Resolve --token on the tokenised text (before the analysis) and say which occurrence."""
+    index, matches = find_token(tokens, token)
+    if len(matches) > 1 and not quiet:
+        others = ", ".join(f"{i}" for i in matches if i != index)
+        which = matches.index(index)
+        err.print(
+            f"[yellow]note:[/] {token!r} occurs {len(matches)} times; following token {index} "
+            f"(occurrence {which}); the others are at {others} (use TEXT:N or an index to choose)",
+            highlight=False,
+        )
+    return index
 
 
 def _export(trail, fmt: str, out_path: Path | None) -> None:
+    from .fileio import write_csv
+
     if out_path is None:
         if fmt == "csv":
-            trail.frame().to_csv(sys.stdout, index=False)
+            write_csv(trail.frame(), sys.stdout)
         else:
             sys.stdout.write(trail.to_json() + "\n")
         return
-    if out_path.is_dir():
-        _fail(f"--out {out_path} is a folder; give a file name")
     path = trail.export(out_path, fmt)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
 
@@ -118,6 +264,46 @@ def models() -> None:
         table.add_row(row["name"], row["status"], row["description"])
     out.print(table)
     out.print("\nAlso accepted: any hub id (owner/name) of a supported architecture, or a local model folder.")
+
+
+@app.command()
+def cache(
+    clear: bool = typer.Option(False, "--clear", help="Delete tokentrail's converted models and temporary folders (rebuilt on the next load)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --clear: do not ask for confirmation in a terminal (it never asks otherwise)."),
+) -> None:
+    """Show what tokentrail's cache holds (TOKENTRAIL_CACHE or ~/.cache/tokentrail) and its size; --clear frees it."""
+    import shutil
+
+    from .budget import human
+    from .gguf_cache import cache_entries, cache_root
+
+    root = cache_root()
+    rows = cache_entries(root)
+    if not rows:
+        out.print(f"the cache {root} is empty")
+        return
+    table = Table("entry", "size", "what", box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(str(row["path"].relative_to(root)), human(row["bytes"]), row["kind"])
+    total = sum(r["bytes"] for r in rows)
+    out.print(f"cache: {root}")
+    out.print(table)
+    out.print(f"total {human(total)}")
+    if not clear:
+        out.print("[dim]tokentrail cache --clear deletes the converted models (rebuilt on their next load); the Hugging Face hub cache is separate[/]")
+        return
+    ours = [r for r in rows if r["path"].parent.name == "gguf"]
+    if sys.stdin.isatty() and not yes and not typer.confirm(f"delete {len(ours)} entries ({human(sum(r['bytes'] for r in ours))})?"):
+        out.print("nothing deleted")
+        return
+    freed = 0
+    for row in ours:
+        try:
+            shutil.rmtree(row["path"]) if row["path"].is_dir() else row["path"].unlink()
+        except OSError as exc:
+            _fail(f"cannot delete {row['path']}: {exc.strerror or exc}")
+        freed += row["bytes"]
+    out.print(f"freed {human(freed)} ({len(ours)} entries) in {root}")
 
 
 @app.command()

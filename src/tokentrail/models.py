@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from .adapters import Adapter, adapter_for, decoder_model_types, lens_head_prefixes, supported_model_types
+from . import tokens
 from .errors import InputError, ModelError
 from .gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
 from .spaces import SpaceCache
@@ -96,11 +97,13 @@ class LoadedModel:
         with self.lock:
             return encode(self, text, truncate=truncate, max_tokens=max_tokens)
 
-    def run(self, text: str, options=None, *, causal: bool | None = None, truncate: bool | None = None, max_tokens: int | None = None):
+    def run(self, text: str, options=None, *, causal: bool | None = None, truncate: bool | None = None, max_tokens: int | None = None, encoded=None):
         """One forward pass over ``text``: a :class:`tokentrail.runner.Run` to derive every view from.
 
         ``options`` (a :class:`~tokentrail.options.TraceOptions`) default to the standard
-        ones; ``causal`` and ``truncate`` override theirs."""
+        ones; ``causal`` and ``truncate`` override theirs. ``encoded``: this text's
+        :meth:`encode`, when the caller already has it (no second tokenization). Refuses,
+        with the figure, a run whose estimated memory exceeds what the machine has."""
         from .analysis import check_against
         from .capture import capture
         from .inputs import check_text
@@ -111,8 +114,9 @@ class LoadedModel:
         changes = {k: v for k, v in (("causal", causal), ("truncate", truncate)) if v is not None}
         opts = opts.with_(**changes) if changes else opts.validate()
         check_text(text)
-        check_against(self.adapter, opts)
-        enc = self.encode(text, truncate=opts.truncate, max_tokens=max_tokens)
+        opts = check_against(self.adapter, opts)
+        enc = encoded if encoded is not None else self.encode(text, truncate=opts.truncate, max_tokens=max_tokens)
+        opts = check_against(self.adapter, opts, tokens=len(enc.ids))
         with self.lock:  # hooks on shared modules: one capture at a time per model
             acts = capture(self.adapter, enc.ids, causal=opts.causal)
         return Run(self, text, enc, acts, opts)
@@ -130,8 +134,9 @@ class LoadedModel:
         opts = options or TraceOptions()
         opts = opts.with_(truncate=truncate) if truncate is not None else opts.validate()
         texts = [check_text(t) for t in texts]
-        check_against(self.adapter, opts)
+        opts = check_against(self.adapter, opts)
         encoded = [self.encode(t, truncate=opts.truncate, max_tokens=max_tokens) for t in texts]
+        opts = check_against(self.adapter, opts, tokens=sum(len(e.ids) for e in encoded))
         side = padding_side or self.adapter.padding_sides[0]
         with self.lock:
             acts = capture_batch(self.adapter, [e.ids for e in encoded], causal=opts.causal, padding_side=side)
@@ -146,12 +151,8 @@ class LoadedModel:
 
 
 def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
-    """Token strings as a reader wants them: byte-level BPE's 'Ġ' as '␣', newlines visible."""
-    out = []
-    for t in tokenizer.convert_ids_to_tokens(ids):
-        t = "" if t is None else str(t)
-        out.append(t.replace("Ġ", "␣").replace("Ċ", "↵").replace("ĉ", "⇥").replace("\n", "↵"))
-    return out
+    """Token strings as a reader wants them (the rule is in :mod:`tokentrail.tokens`)."""
+    return tokens.readable_tokens(tokenizer.convert_ids_to_tokens(list(ids)), tokens.tokenizer_kind(tokenizer))
 
 
 # ---- where a name points ---------------------------------------------------------------
@@ -268,8 +269,14 @@ def _weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
         raise ModelError(f"{folder} has no model weights (*.safetensors)")
     keys: list[str] = []
     for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            keys += list(fh.keys())
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                keys += list(fh.keys())
+        except Exception as exc:  # SafetensorError for empty, truncated or garbage files
+            size = f.stat().st_size
+            raise ModelError(
+                f"{f} is not a complete safetensors file ({size:,} bytes; {_first_line(exc)}): download it again"
+            ) from None
     return keys
 
 
@@ -292,7 +299,9 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     except ValueError as exc:
         if "trust_remote_code" in str(exc) or "auto_map" in str(exc):
             raise ModelError(f"{folder} needs remote code to load; tokentrail never runs code shipped with a model") from None
-        raise ModelError(f"cannot read the config in {folder}: {exc}") from None
+        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
+    except (OSError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in supported_model_types():
         extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
@@ -315,11 +324,58 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the load report lists unused pooler weights etc.
     try:
-        model = auto.from_pretrained(str(folder), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        try:
+            model = auto.from_pretrained(str(folder), **kwargs)
+        except (RuntimeError, ValueError, OSError) as exc:
+            if "mismatch" in str(exc):
+                raise ModelError(
+                    f"the weights in {folder} do not match its config.json (hidden size {getattr(config, 'hidden_size', '?')}, "
+                    "layers, heads or vocabulary): the folder mixes files of different models"
+                ) from None
+            raise ModelError(f"cannot load the weights in {folder}: {_first_line(exc)}") from None
+        if not _has_tokenizer_files(folder):
+            raise ModelError(
+                f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json/merges.txt or a SentencePiece .model): "
+                "copy the tokenizer that belongs to these weights into the folder"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # tokenizer classes raise many types for broken files
+            raise ModelError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(level)
+    check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0], str(folder))
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in TOKENIZER_FILES) or any(folder.glob("*.model")) or any(folder.glob("*.tiktoken"))
+
+
+def check_tokenizer_fits(tokenizer, vocab_rows: int, where: str) -> None:
+    """Refuse a tokenizer that cannot be the model's: one with (almost) no vocabulary,
+    which would turn every word into [UNK], or one whose ids run past the embedding table."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    vocab = tokenizer.get_vocab()
+    if len(set(vocab.values()) - special) < 2:
+        raise ModelError(
+            f"the tokenizer in {where} has no vocabulary beyond its {len(special)} special tokens, so every word would be "
+            "unknown: copy the tokenizer that belongs to these weights into the folder"
+        )
+    top = max(vocab.values())
+    if top >= vocab_rows:
+        raise ModelError(
+            f"the tokenizer in {where} has ids up to {top:,} but the model's embedding table has {vocab_rows:,} rows: "
+            "the tokenizer belongs to another model"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def load(
@@ -350,6 +406,8 @@ def load(
         name = os.fspath(name)
     if name is not None and not isinstance(name, str):
         raise InputError(f"model must be a name, a folder or a transformers model object, not {type(name).__name__}")
+    if name is not None and not name.strip():
+        raise InputError("the model name is empty: give a bundled name (see `tokentrail models`), a hub id or a folder")
     name = (name or DEFAULT_MODEL).strip()
     dev = resolve_device(device if device is not None else _defaults["device"])
     dt = resolve_dtype(dtype if dtype is not None else _defaults["dtype"])
@@ -453,6 +511,8 @@ def wrap(model: torch.nn.Module, tokenizer: Any, *, device: str | None = None, d
     if dtype is not None and resolve_dtype(dtype) != have_dt:
         raise InputError(f"this model object is {have_dt}; convert it yourself or leave dtype unset")
     adapter = adapter_for(model)  # unsupported families fail here, before the model is touched
+    if callable(getattr(tokenizer, "get_vocab", None)):
+        check_tokenizer_fits(tokenizer, adapter.vocab_size, f"the {type(model).__name__} handed in")
     if getattr(config, "_attn_implementation", "eager") != "eager":
         model.set_attn_implementation("eager")  # attention probabilities and custom masks need eager
     name = getattr(config, "name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__

@@ -27,6 +27,7 @@ LENS_SITES: tuple[str, ...] = ("layer_out", "attn_resid")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 """Model dtypes a user may ask for; float32 is the exact reference (SPEC "Exactness")."""
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DEFAULT_OVERLAP_K = 100  # SPEC; a smaller vocabulary caps the default (an explicit larger one is refused)
 
 
 def expand_choice(value: str | Sequence[str] | None, everything: Sequence[str]) -> tuple[str, ...]:
@@ -86,7 +87,7 @@ class TraceOptions:
     spaces: tuple[str, ...] = ("encodings",)
     similarities: tuple[str, ...] = ("cosine",)
     k: int = 15  # neighbours kept per cell
-    overlap_k: int = 100  # set size of the layer-to-layer overlap
+    overlap_k: int | None = None  # set size of the layer-to-layer overlap; None: 100, or the vocabulary if smaller
     lens: bool = False
     lens_site: str = "layer_out"
     causal: bool | None = None  # decoders: None = the model's own (causal) mask
@@ -100,7 +101,7 @@ class TraceOptions:
         space: str | Sequence[str] = "encodings",
         similarity: str | Sequence[str] = "cosine",
         k: int = 15,
-        overlap_k: int = 100,
+        overlap_k: int | None = None,
         lens: bool = False,
         lens_site: str = "layer_out",
         causal: bool | None = None,
@@ -134,7 +135,8 @@ class TraceOptions:
         if not self.similarities:
             raise InputError("choose at least one similarity")
         whole_number(self.k, "k")
-        whole_number(self.overlap_k, "overlap k")
+        if self.overlap_k is not None:
+            whole_number(self.overlap_k, "overlap k")
         for flag in ("lens", "truncate"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"{flag} must be True or False, not {getattr(self, flag)!r}")

@@ -93,12 +93,38 @@ def _grid(console: Console, trail: Trail, v: View, layers, head) -> None:
             ranks = v.rank[:, head]
     else:
         ranks = v.rank
-    table = Table("token", *[f"L{l}" for l in layers], title=title, box=None)
-    for t, tok in enumerate(trail.tokens):
-        label = f"{t}:{tok}" + ("*" if trail.special[t] else "")
-        table.add_row(label.replace("[", "\\["), *[_rank_cell(ranks[l, t]) for l in layers])
-    console.print(table)
+    labels = [(f"{t}:{tok}" + ("*" if trail.special[t] else "")) for t, tok in enumerate(trail.tokens)]
+    layers = list(layers)
+    for i, block in enumerate(_layer_blocks(console.width, labels, layers, ranks)):
+        table = Table("token", *[f"L{l}" for l in block], title=title if i == 0 else None, box=None, pad_edge=False)
+        for col in table.columns:
+            col.no_wrap = True
+        for t, label in enumerate(labels):
+            table.add_row(label.replace("[", "\\["), *[_rank_cell(ranks[l, t]) for l in block])
+        console.print(table)
     console.print("[dim]* special token · pass --token N (or its text) to follow one token[/]")
+
+
+def _layer_blocks(width: int, labels: list[str], layers: list[int], ranks) -> list[list[int]]:
+    """Layers split into blocks whose tables fit ``width`` columns, so no cell is cut.
+
+    Each block repeats the token column; a deep model (30-48 layers) reads as two or three
+    stacked tables in a 100-column terminal instead of one table of truncated cells.
+    """
+    from rich.cells import cell_len
+
+    label_w = max([cell_len("token"), *(cell_len(x) for x in labels)])
+    cell_w = {l: max(len(f"L{l}"), *(len(str(int(r))) for r in np.asarray(ranks[l]).ravel())) for l in layers}
+    blocks: list[list[int]] = [[]]
+    used = label_w
+    for l in layers:
+        need = cell_w[l] + 2  # rich pads each column by one cell on both sides
+        if blocks[-1] and used + need > width:
+            blocks.append([])
+            used = label_w
+        blocks[-1].append(l)
+        used += need
+    return blocks
 
 
 def _rank_cell(r) -> str:

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .fileio import atomic_write, write_csv, write_text
 from .options import TraceOptions, check_index
+from .tokens import find_token
 
 
 @dataclass(frozen=True)
@@ -144,16 +146,9 @@ class Trail:
         return matches[0]
 
     def token_index(self, token: int | str) -> int:
-        """Resolve a token index (negative counts from the end) or its text to an index."""
-        n = self.n_tokens
-        if isinstance(token, (int, np.integer)) or (isinstance(token, str) and token.lstrip("-").isdigit()):
-            return check_index(int(token), n, "token index", f"the text has {n} tokens")
-        want = str(token).strip().lower()
-        for i, t in enumerate(self.tokens):
-            if _bare(t).lower() == want:
-                return i
-        shown = " ".join(f"{i}:{t}" for i, t in enumerate(self.tokens))
-        raise InputError(f"no token {token!r} in the text; tokens are {shown}")
+        """Resolve a token index (negative counts from the end), its text or ``text:N``
+        (the N-th occurrence from 0) to an index (see :func:`tokentrail.tokens.find_token`)."""
+        return find_token(self.tokens, int(token) if isinstance(token, np.integer) else token)[0]
 
     def check_layer(self, layer: int) -> int:
         return check_index(layer, self.n_layers, "layer", f"the model has {self.n_layers} layers")
@@ -244,11 +239,13 @@ class Trail:
 
         table = pa.Table.from_pandas(self.frame(), preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(self.meta()).encode()})
-        pq.write_table(table, path)
+        with atomic_write(path) as tmp:
+            pq.write_table(table, tmp)
         return Path(path)
 
     def to_csv(self, path: str | Path) -> Path:
-        self.frame().to_csv(path, index=False)
+        """The tidy frame as CSV; text cells escaped as :mod:`tokentrail.fileio` documents."""
+        write_csv(self.frame(), Path(path))
         return Path(path)
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -262,7 +259,7 @@ class Trail:
             doc["lens"] = json.loads(self.lens.frame().to_json(orient="records"))
         text = json.dumps(doc)
         if path is not None:
-            Path(path).write_text(text)
+            write_text(path, text)
         return text
 
     def export(self, path: str | Path, fmt: str | None = None) -> Path:
@@ -276,10 +273,6 @@ class Trail:
             self.to_json(path)
             return path
         raise InputError(f"unknown export format {fmt!r}: use parquet, csv or json")
-
-
-def _bare(token: str) -> str:
-    return token.replace("␣", "").replace("##", "").replace("▁", "").strip()
 
 
 def _view_frame(trail: Trail, v: View) -> pd.DataFrame:

@@ -80,8 +80,7 @@ class Run:
         opts = (options or self.options).with_(**changes) if changes else (options or self.options).validate()
         if (opts.causal, opts.truncate) != (self.options.causal, self.options.truncate):
             raise ValueError("a Run's mask and truncation are fixed: make another Run for other ones")
-        check_against(self.model.adapter, opts)
-        return opts
+        return check_against(self.model.adapter, opts, tokens=self.n_tokens)
 
     def _cached(self, opts: TraceOptions) -> Trail | None:
         with self._lock:

@@ -32,7 +32,6 @@ MAX_CHARS = 2_000  # characters a page may send
 MAX_TOKENS = 256  # tokens analysed at once: beyond this a click is no longer interactive
 SITES = RESIDUAL_SITES  # the sites the page offers (heads have their own tab)
 K_RANGE = (1, 50)
-OVERLAP_K = 100  # SPEC default for overlap@k
 
 
 
@@ -114,10 +113,10 @@ def page_options(site: object, positional: object, similarity: object, k: object
     if not K_RANGE[0] <= k <= K_RANGE[1]:
         raise InputError(f"k must be between {K_RANGE[0]} and {K_RANGE[1]}, not {k}")
     space = "encodings" if positional else "embeddings"
-    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, overlap_k=OVERLAP_K, causal=bool(causal))
+    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal))
 
 
-DEFAULT_OPTIONS = TraceOptions.make(overlap_k=OVERLAP_K, causal=True)  # what page_options gives for the page defaults
+DEFAULT_OPTIONS = TraceOptions.make(causal=True)  # what page_options gives for the page defaults
 
 
 def check_page_text(text: object) -> str:

@@ -1,0 +1,102 @@
+"""From the library's ``progress(...)`` callbacks to one progress display in the terminal.
+
+The library reports progress as plain callbacks: ``models.load(progress=fn(message))``
+(which also carries the GGUF conversion's messages) and ``analysis``'s
+``progress(fraction, message)``. :class:`TerminalProgress` turns both into
+
+- on a terminal: one live ``rich`` line per phase (spinner, what is happening, a bar with
+  step counts, elapsed time and, for the analysis, the time left), updated in place;
+- elsewhere (a pipe, a log file): one plain line per *new* message, never the same line
+  twice in a row;
+- with ``quiet``: nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TerminalProgress:
+    """A context manager whose :meth:`loading` and :meth:`analysis` are library callbacks."""
+
+    def __init__(self, console: Console, *, quiet: bool = False, live: bool | None = None):
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal if live is None else live
+        self._progress: Progress | None = None
+        self._task = None
+        self._last: str | None = None
+        self._steps = 1
+        self._start = time.monotonic()
+
+    def __enter__(self) -> "TerminalProgress":
+        if self.live and not self.quiet:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+
+    def _say(self, message: str, completed: int | None = None, total: int | None = None) -> None:
+        if self.quiet:
+            return
+        if self._progress is None:
+            if message != self._last:
+                step = f" ({completed}/{total})" if total and completed is not None and total > 1 else ""
+                self.console.print(f"[dim]… {message}{step}[/]", highlight=False)
+            self._last = message
+            return
+        if self._task is None or message != self._last and total is None:
+            self._new_task(message, total)
+        self._progress.update(self._task, description=message, completed=completed or 0, total=total)
+        self._last = message
+
+    def _new_task(self, message: str, total: int | None) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, visible=False)
+        self._task = self._progress.add_task(message, total=total)
+
+    def note(self, message: str) -> None:
+        """A one-off message between phases (printed above the live line)."""
+        if not self.quiet:
+            self.console.print(f"[dim]… {message}[/]", highlight=False)
+
+    # ---- the library's callbacks ---------------------------------------------------
+    def loading(self, message: str) -> None:
+        """``models.load(progress=...)``: messages only (a spinner and the elapsed time)."""
+        self._say(message.rstrip("…. "))
+
+    def start_analysis(self, steps: int) -> None:
+        """The analysis is about to start and will report ``steps`` equal steps."""
+        self._steps = max(int(steps), 1)
+        if self._progress is not None:
+            self._new_task("running the model", self._steps)
+
+    def analysis(self, fraction: float, message: str) -> None:
+        """``analysis.Progress``: a fraction of ``steps`` done and what runs now."""
+        done = min(self._steps, round(fraction * self._steps))
+        self._say(message, done, self._steps)
+
+
+def analysis_steps(pairs, n_layers: int) -> int:
+    """How many steps ``analysis.analyse`` reports for these (site, space) pairs: one per
+    residual space, one per layer per head space (its progress fractions are done/steps)."""
+    residual = {sp for site, sp in pairs if site != "heads"}
+    heads = {sp for site, sp in pairs if site == "heads"}
+    return len(residual) + len(heads) * n_layers

@@ -1,0 +1,62 @@
+"""The memory estimate: a hand-computed case and the refusals it drives."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokentrail import budget
+from tokentrail.errors import InputError
+
+
+def test_estimate_by_hand():
+    est = budget.estimate(
+        tokens=2, layers=1, heads=1, vocab=10, d_model=4, residual_sites=1, residual_spaces=1,
+        head_spaces=0, similarities=1, k=3, overlap_k=5, lens=False,
+    )
+    # K = min(max(3, 5), 10) = 5
+    assert est.activations == 4 * (1 * 1 * 2 * 2 + 6 * 1 * 2 * 4)  # 208
+    assert est.residual == 12 * (1 * 1 + 1) * 2 * 5 + 16 * 1 * 1 * 2 * 5  # 240 + 160
+    assert est.heads == 0 and est.lens == 0
+    assert est.working == 2 * (192 << 20) + 8 * 2 * 10
+    assert est.total == 208 + 400 + 2 * (192 << 20) + 160
+
+
+def test_heads_and_lens_terms_by_hand():
+    est = budget.estimate(
+        tokens=3, layers=2, heads=4, vocab=50, d_model=8, residual_sites=0, residual_spaces=1,
+        head_spaces=2, similarities=2, k=7, overlap_k=100, lens=True,
+    )
+    assert est.residual == 0  # no residual site, no residual space counted
+    assert est.heads == 2 * 2 * 2 * 4 * 3 * (12 * 7 + 12)
+    assert est.lens == 2 * 3 * (12 * 7 + 28) + 8 * 3 * 50
+    assert est.working == 2 * (192 << 20) + 8 * 3 * 50 * (0 + 2 * 4)
+
+
+SMOLLM2 = dict(layers=30, heads=9, vocab=49152, d_model=576)
+
+
+def test_extreme_overlap_k_is_refused_with_the_figure_and_the_fix():
+    est = budget.estimate(tokens=1024, **SMOLLM2, residual_sites=3, residual_spaces=2, head_spaces=3,
+                          similarities=2, k=15, overlap_k=49152, lens=True)
+    assert est.total > 400e9 and est.largest() == "residual"
+    with pytest.raises(InputError) as err:
+        budget.check_fits(est, available=16_000_000_000)
+    msg = str(err.value)
+    assert "would need about" in msg and "GB" in msg and "16.0 GB available" in msg
+    assert "fewer tokens" in msg and "--overlap-k" in msg
+
+
+def test_ordinary_run_fits():
+    est = budget.estimate(tokens=14, **SMOLLM2, residual_sites=1, residual_spaces=1, head_spaces=0,
+                          similarities=1, k=15, overlap_k=100, lens=False)
+    assert est.total < 1e9
+    budget.check_fits(est, available=2_000_000_000)  # no error
+
+
+def test_available_memory_is_known_here_and_env_caps_it(monkeypatch):
+    assert budget.available_bytes() > 0
+    monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", "1000")
+    assert budget.limit_bytes() == 1000
+    monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", "lots")
+    with pytest.raises(InputError, match="not a number of bytes"):
+        budget.limit_bytes()
