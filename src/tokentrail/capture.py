@@ -101,10 +101,11 @@ def capture(adapter: Adapter, input_ids: Tensor, causal: bool | None = None) -> 
     attn = torch.stack(store["attn"])
     z = torch.stack(store["z"]).view(n_layers, n, adapter.n_heads, adapter.d_head)
     attn_resid = torch.cat([out.hidden_states[0][0].float()[None], layer_out[:-1]]) + attn
-    if adapter.norm_placement == "post":
+    if store["ffn_in"]:
+        # post-LN: the FFN reads LN(h_l + attn_l); parallel residual: it reads its norm of h_l
         attn_resid_ln = torch.stack(store["ffn_in"])
     else:
-        attn_resid_ln = attn_resid  # SPEC: pre-LN models have no norm between attention and FFN input
+        attn_resid_ln = attn_resid  # SPEC: sequential pre-LN models have no norm between attention and FFN input
     attentions = torch.stack([a[0].float() for a in out.attentions])
     return Activations(
         input_ids=input_ids,
