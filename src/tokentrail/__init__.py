@@ -7,4 +7,15 @@ from .errors import InputError, ModelError, TokentrailError  # noqa: E402
 from .models import list_models, load  # noqa: E402
 from .results import Trail, View  # noqa: E402
 
-__all__ = ["trace", "load", "list_models", "Trail", "View", "TokentrailError", "InputError", "ModelError", "__version__"]
+
+
+def __getattr__(name: str):
+    # tt.verify loads lazily: importing tokentrail stays cheap
+    if name == "verify":
+        from .verify import verify
+
+        return verify
+    raise AttributeError(f"module 'tokentrail' has no attribute {name!r}")
+
+
+__all__ = ["trace", "verify", "load", "list_models", "Trail", "View", "TokentrailError", "InputError", "ModelError", "__version__"]
