@@ -6,16 +6,10 @@ from .api import trace  # noqa: E402
 from .errors import InputError, ModelError, TokentrailError  # noqa: E402
 from .models import list_models, load  # noqa: E402
 from .results import Trail, View  # noqa: E402
-
-
-
-def __getattr__(name: str):
-    # tt.verify loads lazily: importing tokentrail stays cheap
-    if name == "verify":
-        from .verify import verify
-
-        return verify
-    raise AttributeError(f"module 'tokentrail' has no attribute {name!r}")
+# imported here, not lazily: a lazy ``__getattr__`` would lose to the submodule of the same
+# name (``import tokentrail.verify`` sets ``tokentrail.verify`` to the module); verify.py needs
+# nothing ``trace`` has not already imported
+from .verify import verify  # noqa: E402
 
 
 __all__ = ["trace", "verify", "load", "list_models", "Trail", "View", "TokentrailError", "InputError", "ModelError", "__version__"]
