@@ -146,6 +146,11 @@ def test_walkthrough_page_text_shows_rope():
     step = attention_step(adapter, capture(adapter, IDS), 1, 2, 4)
     text = step_summary(_Trail(), step)
     assert "`q = RoPE_{p_t}(W_Q x)`" in text and "`k = RoPE_{p_s}(W_K x)`" in text and "b_Q" not in text
+    assert "No norm here" in text and not step.parallel
+    adapter = adapter_for(tiny_model("phi"))
+    step = attention_step(adapter, capture(adapter, IDS), 1, 2, 4)
+    text = step_summary(_Trail(), step)
+    assert step.parallel and "Parallel feed-forward" in text and "[0:4 of 8]" in text and "b_Q" in text
 
 
 def test_phi_qk_layernorm_is_refused():

@@ -56,6 +56,8 @@ class AttentionStep:
     residual: Tensor  # (d,) layer_in + attn_out
     normed: Tensor | None  # (d,) the post-attention LayerNorm's output (post-LN models)
     checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+    # parallel attention + MLP (GPT-NeoX, Phi): the FFN reads the layer input h_l, not ``residual``
+    parallel: bool = False
     # what this model computes, as text: bias terms only where it has them, RoPE where it rotates
     formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = RoPE_{p_t}(W_Q x)"
 
@@ -169,4 +171,5 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         normed=normed,
         checks=checks,
         formulas={w: projection_formula(adapter, layer, w) for w in "qkv"},
+        parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )

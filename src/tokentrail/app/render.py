@@ -203,6 +203,11 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
             f"8. **LayerNorm**: mean {r.mean():+.3f}, std {r.std(unbiased=False):.3f} → normalised, scaled and shifted: "
             f"‖LN‖ = {step.normed.norm():.3f} (this is what the feed-forward block reads)."
         )
+    elif step.parallel:
+        lines.append(
+            "8. **Parallel feed-forward**: this model's MLP reads the layer input h (through its own norm), not h + attn; "
+            "the layer's output is h + attn + mlp."
+        )
     else:
         lines.append("8. **No norm here**: a pre-norm model normalises inside the next sublayer; the residual stream carries on as is.")
     ok = step.matches_model()
