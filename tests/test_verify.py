@@ -16,13 +16,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import build_tiny, save_folder
 from test_parity_decoders import FAMILIES, tiny_model
 from tokentrail.adapters import adapter_for
 from tokentrail.adapters.gemma import GemmaAdapter
 from tokentrail.cli import app
 from tokentrail.errors import InputError
-from tokentrail.verify import Check, Verification, verify_adapter
+from tokentrail.verify import Verification, verify_adapter
 
 IDS = torch.tensor([2, 17, 42, 8, 17, 63, 5, 91, 30])
 ENCODERS = ("bert", "bert_mlm", "roberta", "xlmr")
@@ -32,13 +31,13 @@ IDENTITIES = {
 }
 
 
-def _adapter(family: str):
-    return adapter_for(build_tiny(family) if family in ENCODERS else tiny_model(family))
+def _adapter(family: str, make_tiny=None):
+    return adapter_for(make_tiny(family) if family in ENCODERS else tiny_model(family))
 
 
 @pytest.mark.parametrize("family", FAMILIES + ENCODERS)
-def test_passes_on_every_tiny_family(family):
-    adapter = _adapter(family)
+def test_passes_on_every_tiny_family(family, make_tiny):
+    adapter = _adapter(family, make_tiny)
     result = verify_adapter(adapter, IDS, layers=[0, -1], sample=8)
     assert isinstance(result, Verification) and result.passed, result.frame().to_string()
     assert {r.identity for r in result.rows} == IDENTITIES
@@ -98,8 +97,8 @@ def _corrupt(adapter, what: str):
         ("bert", "value projection", "heads (z = A v)"),
     ],
 )
-def test_fails_naming_the_broken_identity(family, what, fails):
-    result = verify_adapter(_corrupt(_adapter(family), what), IDS, layers=[0, -1], sample=8)
+def test_fails_naming_the_broken_identity(family, what, fails, make_tiny):
+    result = verify_adapter(_corrupt(_adapter(family, make_tiny), what), IDS, layers=[0, -1], sample=8)
     assert not result.passed
     failed = {r.identity for r in result.failed}
     assert fails in failed, result.frame().to_string()
@@ -146,11 +145,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def gemma_folder(tmp_path_factory):
-    from conftest import tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-gemma")
-    return save_folder(root / "model", tiny_model("gemma"), tiny_tokenizer(root / "vocab"))
+def gemma_folder(tmp_path_factory, tokenizer, save_model):
+    return save_model(tmp_path_factory.mktemp("tiny-gemma"), tiny_model("gemma"), tokenizer)
 
 
 def test_cli_verify_passes_on_a_saved_family(gemma_folder):

@@ -140,7 +140,6 @@ def _na(identity: str, rtol: float, why: str) -> Check:
     return Check(identity, None, math.nan, math.nan, rtol, math.nan, note=why)
 
 
-
 def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
@@ -282,13 +281,14 @@ def _layer_out(adapter: Adapter, acts: Activations, rtol: float) -> Check:
 
 def _ffn_input(adapter: Adapter, acts: Activations, ffn_in: dict[str, Tensor], rtol: float) -> Check:
     w = _Worst("attn_resid_ln is the FFN input", rtol)
+    if len(ffn_in) != adapter.n_layers:
+        return _na(w.identity, rtol, "the adapter names no module that receives it")
     for layer in range(adapter.n_layers):
         hp = adapter.hook_points(layer)
         if adapter.norm_placement == "post":
+            # the canonical norm, recomputed, is what capture read at the FFN's first module
             ln = adapter.attn_resid_norm(layer)
             w.compare(ln(acts.attn_resid[layer]), acts.attn_resid_ln[layer], f"layer {layer} (norm of attn_resid)")
-        if str(layer) not in ffn_in:
-            return _na(w.identity, rtol, "the adapter names no module that receives it")
         where = "FFN norm input" if hp.ffn_norm is not None else "FFN input"
         w.compare(acts.attn_resid_ln[layer], ffn_in[str(layer)], f"layer {layer} ({where})")
     return w.result()
