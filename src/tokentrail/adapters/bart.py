@@ -129,3 +129,77 @@ class BartEncoderAdapter(Adapter):
 
     def lens_unavailable_reason(self) -> str:
         return "the BART encoder's output feeds the decoder's cross-attention, not a vocabulary head: no logit lens here"
+
+
+class BartDecoderAdapter:
+    """The BART decoder stack's facts in canonical layout, cross-attention included.
+
+    Per layer (post-LN)::
+
+        a     = h_l + SelfAttn(h_l)               (causal)        -> attn_resid
+        a_ln  = LN_self(a)                                        -> attn_resid_ln (cross-attention's query input)
+        c     = a_ln + CrossAttn(q from a_ln, k/v from the encoder output)  -> cross_resid
+        c_ln  = LN_cross(c)                                       -> cross_resid_ln (the FFN's input)
+        h_l+1 = LN_final(c_ln + FFN(c_ln))                        -> layer_out
+
+    A cross-attention head's key/value "vocabulary" is the encoder output tokens of this
+    input (``W_K[h] e_s + b_K[h]`` for each encoder token ``s``), not the model's vocabulary.
+    The decoder's embedding stage is the encoder's: the shared scaled table, its own
+    position table (offset 2) and ``layernorm_embedding``.
+    """
+
+    family = "bart"
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval()
+        self.config = model.config
+        base = model.get_decoder() if hasattr(model, "get_decoder") else model.model.decoder
+        self.decoder = base
+        self.layers = base.layers
+        self.encoder = BartEncoderAdapter(model)
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.decoder_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.decoder_attention_heads
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    def embed(self, decoder_ids: Tensor) -> Tensor:
+        """Emb(y_t, t) of the decoder: (n,) -> (n, d)."""
+        emb = self.decoder.embed_tokens  # BartScaledWordEmbedding: W[v] * embed_scale
+        table = emb.weight.detach() * torch.as_tensor(emb.embed_scale, dtype=emb.weight.dtype)
+        pos = self.decoder.embed_positions
+        x = table[decoder_ids].float() + pos.weight.detach()[torch.arange(decoder_ids.shape[0]) + pos.offset].float()
+        return _norm(self.decoder.layernorm_embedding)(x)
+
+    def _split(self, linear: nn.Linear) -> HeadProjection:
+        w = linear.weight.detach().float().view(self.n_heads, self.d_head, self.d_model)
+        b = None if linear.bias is None else linear.bias.detach().float().view(self.n_heads, self.d_head)
+        return HeadProjection(w, b)
+
+    def projection(self, layer: int, which: Literal["q", "k", "v"], *, cross: bool = False) -> HeadProjection:
+        """Self-attention (or, ``cross=True``, cross-attention) q/k/v maps. Cross: q reads the
+        decoder's ``attn_resid_ln``, k and v read the encoder output."""
+        att = self.layers[layer].encoder_attn if cross else self.layers[layer].self_attn
+        return self._split({"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which])
+
+    def output_projection(self, layer: int, *, cross: bool = False) -> tuple[Tensor, Tensor | None]:
+        att = self.layers[layer].encoder_attn if cross else self.layers[layer].self_attn
+        out = att.out_proj
+        w_o = out.weight.detach().float().T.reshape(self.n_heads, self.d_head, self.d_model)
+        return w_o, None if out.bias is None else out.bias.detach().float()
+
+    def norms(self, layer: int) -> dict[str, Norm]:
+        """The layer's post-LN norms: ``self`` (after self-attention), ``cross``, ``final``."""
+        lay = self.layers[layer]
+        return {"self": _norm(lay.self_attn_layer_norm), "cross": _norm(lay.encoder_attn_layer_norm), "final": _norm(lay.final_layer_norm)}
