@@ -1,4 +1,5 @@
-"""Parity of the decoder adapters (GPT-2, Llama/Mistral/Qwen2) with the models' own modules.
+"""Parity of the decoder adapters (GPT-2, Llama/Mistral/Qwen2, GPT-NeoX, Gemma, Phi) with
+the models' own modules.
 
 Every identity of SPEC.md is checked on tiny random decoders built from configs (with
 non-trivial norm parameters and biases) and, marked ``slow``, on the bundled SmolLM2.
@@ -26,7 +27,10 @@ from tokentrail.metrics import similarity
 from tokentrail.spaces import SpaceCache, build_space
 
 RTOL, ATOL = 1e-4, 1e-5
-FAMILIES = ("gpt2", "llama", "qwen2", "mistral")
+# gpt_neox: parallel residual, fused per-head q|k|v, 25% rotary; gpt_neox_seq: the same,
+# sequential; gemma: (1 + w) RMSNorm, sqrt(d)-scaled embeddings, MQA, head_dim != d / H;
+# phi: parallel residual, 50% rotary, LayerNorm and dense biases
+FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "gpt_neox", "gpt_neox_seq", "gemma", "phi")
 
 
 # ---- tiny random decoders ------------------------------------------------------------
@@ -61,6 +65,19 @@ def tiny_model(family: str) -> torch.nn.Module:
     elif family == "mistral":
         cfg = transformers.MistralConfig(sliding_window=None, **rope)
         cls = transformers.MistralForCausalLM
+    elif family in ("gpt_neox", "gpt_neox_seq"):
+        cfg = transformers.GPTNeoXConfig(
+            num_attention_heads=4, num_hidden_layers=2, hidden_size=64, intermediate_size=80, vocab_size=97,
+            max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=family == "gpt_neox", **ids,
+        )
+        cls = transformers.GPTNeoXForCausalLM
+    elif family == "gemma":
+        cfg = transformers.GemmaConfig(**{**rope, "num_key_value_heads": 1}, head_dim=12, attention_bias=True)
+        cls = transformers.GemmaForCausalLM
+    elif family == "phi":
+        phi = {k: v for k, v in rope.items() if k != "rms_norm_eps"}
+        cfg = transformers.PhiConfig(**{**phi, "num_key_value_heads": 6}, partial_rotary_factor=0.5)
+        cls = transformers.PhiForCausalLM
     else:
         raise KeyError(family)
     cfg._attn_implementation = "eager"
@@ -83,7 +100,25 @@ def _emb_rows(model, p: int) -> torch.Tensor:
     if model.config.model_type == "gpt2":
         t = model.transformer
         return t.wte.weight + t.wpe.weight[p]
-    return model.model.embed_tokens.weight
+    emb = model.get_input_embeddings()  # Gemma's scales by sqrt(d) in its forward
+    return emb(torch.arange(emb.weight.shape[0]))
+
+
+def _layer(model, layer: int) -> torch.nn.Module:
+    return model.base_model.layers[layer]
+
+
+def _rope_own(model, out: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """RoPE on (1, G, n, dh) at positions (1, n), as the model's attention module applies it
+    (Phi splits off the rotary dims itself; GPT-NeoX's apply_rotary_pos_emb does)."""
+    cos, sin = model.base_model.rotary_emb(out, positions)
+    apply_rope = _rope_fn(model)
+    if model.config.model_type == "phi":
+        rot = cos.shape[-1]
+        r, _ = apply_rope(out[..., :rot], out[..., :rot], cos, sin)
+        return torch.cat((r, out[..., rot:]), dim=-1)
+    out, _ = apply_rope(out, out, cos, sin)
+    return out
 
 
 def _brute_head_rows(model, adapter, kind: str, layer: int, p: int) -> torch.Tensor:
@@ -95,16 +130,19 @@ def _brute_head_rows(model, adapter, kind: str, layer: int, p: int) -> torch.Ten
         q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(adapter.d_model, dim=-1)
         out = {"query": q, "key": k, "value": v}[kind]
         return out.view(V, H, dh).transpose(0, 1)
-    blk = model.model.layers[layer]
+    blk = _layer(model, layer)
     y = blk.input_layernorm(x)
-    att = blk.self_attn
-    lin = {"query": att.q_proj, "key": att.k_proj, "value": att.v_proj}[kind]
-    groups = H if kind == "query" else G
-    out = lin(y).view(1, V, groups, dh).transpose(1, 2)  # (1, G, V, dh), the model's layout
+    if model.config.model_type == "gpt_neox":
+        # the model's own layout: (V, H, 3 * dh), each head's slice q | k | v
+        qkv = blk.attention.query_key_value(y).view(1, V, H, 3 * dh).transpose(1, 2)
+        out = qkv.chunk(3, dim=-1)["query key value".split().index(kind)]
+    else:
+        att = blk.self_attn
+        lin = {"query": att.q_proj, "key": att.k_proj, "value": att.v_proj}[kind]
+        groups = H if kind == "query" else G
+        out = lin(y).view(1, V, groups, dh).transpose(1, 2)  # (1, G, V, dh), the model's layout
     if kind != "value":
-        apply_rope = _rope_fn(model)
-        cos, sin = model.model.rotary_emb(out, torch.full((1, V), p))
-        out, _ = apply_rope(out, out, cos, sin)
+        out = _rope_own(model, out, torch.full((1, V), p))
     return out[0]
 
 
@@ -140,14 +178,32 @@ def _outputs_of(modules: dict[str, torch.nn.Module], *, inputs: bool = False):
 def _projection_modules(model, layer: int) -> dict[str, torch.nn.Module]:
     if model.config.model_type == "gpt2":
         return {"qkv": model.transformer.h[layer].attn.c_attn}
-    att = model.model.layers[layer].self_attn
+    if model.config.model_type == "gpt_neox":
+        return {"qkv": _layer(model, layer).attention.query_key_value}
+    att = _layer(model, layer).self_attn
     return {"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}
 
 
+def _split_fused(model, adapter, qkv: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A fused projection's output (n, 3 d) -> q, k, v (n, H * dh) each, in the model's layout."""
+    if model.config.model_type == "gpt_neox":  # per head q_h | k_h | v_h
+        parts = qkv.view(qkv.shape[0], adapter.n_heads, 3 * adapter.d_head).chunk(3, dim=-1)
+        return {w: t.flatten(1) for w, t in zip("qkv", parts)}
+    return dict(zip("qkv", qkv.split(adapter.d_model, dim=-1)))  # GPT-2: q | k | v blocks
+
+
+def _parallel(model) -> bool:
+    """Parallel attention + MLP: both read h_l (GPT-NeoX's use_parallel_residual, Phi)."""
+    return model.config.model_type == "phi" or bool(getattr(model.config, "use_parallel_residual", False))
+
+
 def _ffn_norm(model, layer: int) -> torch.nn.Module:
+    """The norm in front of the FFN (Phi's is the shared input_layernorm)."""
     if model.config.model_type == "gpt2":
         return model.transformer.h[layer].ln_2
-    return model.model.layers[layer].post_attention_layernorm
+    if model.config.model_type == "phi":
+        return _layer(model, layer).input_layernorm
+    return _layer(model, layer).post_attention_layernorm
 
 
 # ---- the identities --------------------------------------------------------------------------
@@ -182,13 +238,25 @@ def check_layer_out(adapter, acts, atol=ATOL):
 
 
 def check_attn_resid(model, adapter, ids, atol=ATOL):
-    """Pre-LN: attn_resid_ln == attn_resid == what the FFN's norm receives."""
-    mods = {str(l): _ffn_norm(model, l) for l in range(adapter.n_layers)}
-    with _outputs_of(mods, inputs=True) as got:
+    """Sequential pre-LN: attn_resid_ln == attn_resid == what the FFN's norm receives.
+    Parallel residual: attn_resid_ln == what the MLP receives, its norm of h_l; and
+    attn_resid + mlp_out == layer_out (both sublayers add to h_l)."""
+    L = adapter.n_layers
+    norms = {f"n{l}": _ffn_norm(model, l) for l in range(L)}
+    mlps = {f"m{l}": _layer(model, l).mlp if model.config.model_type != "gpt2" else model.transformer.h[l].mlp for l in range(L)}
+    with _outputs_of(norms, inputs=True) as norm_in, _outputs_of(mlps, inputs=True) as mlp_in, _outputs_of(mlps) as mlp_out:
         acts = capture(adapter, ids)
-    assert_close(acts.attn_resid_ln, acts.attn_resid, rtol=0, atol=0)
-    for layer in range(adapter.n_layers):
-        assert_close(acts.attn_resid[layer], got[str(layer)], rtol=RTOL, atol=atol)
+    for layer in range(L):
+        if _parallel(model):
+            assert_close(norm_in[f"n{layer}"], acts.layer_in[layer], rtol=0, atol=0)  # the FFN reads h_l
+            assert_close(acts.attn_resid_ln[layer], mlp_in[f"m{layer}"], rtol=RTOL, atol=atol)
+            with torch.no_grad():
+                assert_close(acts.attn_resid_ln[layer], _ffn_norm(model, layer)(acts.layer_in[layer]), rtol=RTOL, atol=atol)
+        else:
+            assert_close(acts.attn_resid_ln[layer], acts.attn_resid[layer], rtol=0, atol=0)
+            assert_close(acts.attn_resid[layer], norm_in[f"n{layer}"], rtol=RTOL, atol=atol)
+        # SPEC mlp_out: layer_out == attn_resid + mlp_out, sequential or parallel (pre-final-norm)
+        assert_close(acts.attn_resid[layer] + mlp_out[f"m{layer}"], acts.layer_out[layer], rtol=RTOL, atol=atol)
 
 
 def check_projections(model, adapter, ids, atol=ATOL):
@@ -200,7 +268,7 @@ def check_projections(model, adapter, ids, atol=ATOL):
         x = adapter.attn_input_norm(layer)(acts.layer_in[layer])
         mine = {w: adapter.projection(layer, w)(x).flatten(1) for w in "qkv"}  # (n, G*dh)
         if f"{layer}.qkv" in got:
-            own = dict(zip("qkv", got[f"{layer}.qkv"].split(adapter.d_model, dim=-1)))
+            own = _split_fused(model, adapter, got[f"{layer}.qkv"])
         else:
             own = {w: got[f"{layer}.{w}"] for w in "qkv"}
         for w in "qkv":
@@ -211,8 +279,7 @@ def check_projections(model, adapter, ids, atol=ATOL):
             n, dh = ids.shape[0], adapter.d_head
             q = own["q"].view(1, n, -1, dh).transpose(1, 2)
             k = own["k"].view(1, n, -1, dh).transpose(1, 2)
-            cos, sin = model.model.rotary_emb(q, acts.position_ids[None])
-            q_own, k_own = _rope_fn(model)(q, k, cos, sin)
+            q_own, k_own = _rope_own(model, q, acts.position_ids[None]), _rope_own(model, k, acts.position_ids[None])
             assert_close(rot(mine["q"].view(n, -1, dh), acts.position_ids), q_own[0].transpose(0, 1), rtol=RTOL, atol=atol)
             assert_close(rot(mine["k"].view(n, -1, dh), acts.position_ids), k_own[0].transpose(0, 1), rtol=RTOL, atol=atol)
 
@@ -240,7 +307,8 @@ def check_spaces(model, adapter, positions, layers, *, ids_probe, atol=1e-4):
     for p in positions:
         pos = torch.tensor([p])
         with torch.no_grad():
-            residual = {"encodings": _emb_rows(model, p), "embeddings": model.get_input_embeddings().weight}
+            emb = model.get_input_embeddings()  # the module's own output for every id (Gemma scales it)
+            residual = {"encodings": _emb_rows(model, p), "embeddings": emb(torch.arange(emb.weight.shape[0]))}
         for kind, rows in residual.items():
             rows = rows.detach().float()[None]  # (1, V, d)
             _check_space(build_space(adapter, kind), rows, pos, g, ids_probe, atol)
@@ -338,7 +406,8 @@ def test_registry_and_sizes(tiny):
         assert adapter.position_offset(torch.arange(3)) is not None
     else:
         assert adapter.rotary(0) is not None and adapter.position_offset(torch.arange(3)) is None
-        assert adapter.kv_heads().tolist() == [0, 0, 0, 1, 1, 1]
+        want = {"gemma": [0] * 6, "phi": list(range(6)), "gpt_neox": list(range(4))}.get(cfg.model_type, [0, 0, 0, 1, 1, 1])
+        assert adapter.kv_heads().tolist() == want
 
 
 def test_embedding(tiny):

@@ -26,6 +26,8 @@ _LAZY = {
     "RunInfo": "results",
     "HeadsAt": "results",
     "LensResult": "results",
+    "verify": "verification",
+    "Verification": "verification",
     "plots": None,  # the submodule itself
 }
 
@@ -51,3 +53,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
     from .runner import Run, trail_many
+    from .verification import Verification, verify

@@ -134,7 +134,9 @@ def capture_batch(
     attn = torch.stack(store["attn"], dim=1)
     mlp_out = torch.stack(store["mlp"], dim=1)
     z = torch.stack(store["z"], dim=1)  # (B, L, n, H * d_head)
-    ffn_in = torch.stack(store["ffn_in"], dim=1) if adapter.norm_placement == "post" else None
+    # what the FFN receives, where the adapter names its input module (post-LN: LN(attn_resid);
+    # parallel residual: LN_2(h_l)); SPEC: sequential pre-LN models have no norm in between
+    ffn_in = torch.stack(store["ffn_in"], dim=1) if store["ffn_in"] else None
     attentions = torch.stack([a.float() for a in out.attentions], dim=1)  # (B, L, H, n, n)
     hidden = [h.float() for h in out.hidden_states]  # each (B, n, d)
     acts = []
@@ -152,7 +154,6 @@ def capture_batch(
                 layer_out=lay_out,
                 attn=attn_b,
                 z=z[b, :, t].reshape(n_layers, n, adapter.n_heads, adapter.d_head),
-                # SPEC: pre-LN models have no norm between attention and FFN input
                 attn_resid_ln=attn_resid if ffn_in is None else ffn_in[b, :, t],
                 mlp_out=mlp_out[b, :, t],
                 attentions=attentions[b, :, :, t, t],

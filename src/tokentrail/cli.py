@@ -307,6 +307,51 @@ def cache(
 
 
 @app.command()
+def verify(
+    model: str = typer.Argument(..., help="Bundled name (see `tokentrail models`), hub id, or local folder."),
+    text: str = typer.Option("Time flies like an arrow. Fruit flies like a banana.", "--text", help="The text to run the model on; '-' reads it from standard input."),
+    rtol: float = typer.Option(1e-4, "--rtol", help="Relative tolerance (SPEC: 1e-4, fp32)."),
+    layer: list[int] = typer.Option([], "--layer", "-l", help="Layers whose value/key/query spaces are checked (repeatable; default: first, middle, last)."),
+    sample: int = typer.Option(32, "--sample", help="Vocabulary ids compared row by row in the space checks."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+) -> None:
+    """Check every SPEC identity on your model and a text: tokentrail's numbers against the framework's."""
+    from .inputs import check_text
+    from .models import load
+    from .verification import verify as run_verify
+
+    say = (lambda m: None) if quiet else (lambda m: err.print(f"[dim]… {m}[/]"))
+    try:
+        text = _read_text(text)
+        check_text(text)  # before the (slow) model load
+        if not rtol > 0:
+            _fail(f"--rtol must be positive, got {rtol}")
+        if sample < 1:
+            _fail(f"--sample must be at least 1, got {sample}")
+        say(f"loading {model}")
+        loaded = load(model, allow_pickle=allow_pickle, progress=say)
+        result = run_verify(loaded, text, rtol=rtol, layers=list(layer) or None, sample=sample, progress=say)
+    except TokentrailError as exc:
+        _fail(str(exc))
+    table = Table("identity", "result", "max |Δ|", "max rel", "tolerance", "worst at", box=None, pad_edge=False)
+    for row in result.rows:
+        mark = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "n/a": "[dim]n/a[/]"}[row.status]
+        if row.passed is None:
+            table.add_row(row.identity, mark, "", "", "", row.note)
+        else:
+            table.add_row(row.identity, mark, f"{row.max_abs:.2e}", f"{row.max_rel:.2e}", f"rtol {row.rtol:.0e}, atol {row.atol:.2e}", row.where)
+    out.print(f"{result.model} ({result.family}), {result.n_tokens} tokens, {'causal' if result.causal else 'no'} mask")
+    out.print(table)
+    if result.passed:
+        out.print(f"[green]all {sum(r.passed is True for r in result.rows)} identities hold[/]")
+        return
+    names = ", ".join(r.identity for r in result.failed)
+    out.print(f"[bold red]{len(result.failed)} identit{'y' if len(result.failed) == 1 else 'ies'} failed:[/] {names}")
+    raise typer.Exit(1)
+
+
+@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind. Only this machine by default."),
     port: int = typer.Option(7860, help="Port to listen on."),

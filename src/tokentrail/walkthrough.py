@@ -4,8 +4,8 @@ For token ``t``, layer ``l`` and head ``h`` this recomputes, from the captured l
 and the adapter's canonical projections, every step of scaled dot-product attention:
 
     x      = AttnIn_l(h_l)                       (identity for post-LN models)
-    q_t    = W_Q[h] x_t + b_Q[h]                 (RoPE at p_t for rotary models)
-    k_s    = W_K[g] x_s + b_K[g]                 (g = the KV head of h)
+    q_t    = W_Q[h] x_t + b_Q[h]                 (RoPE at p_t for rotary models; no b_Q where the model has none)
+    k_s    = W_K[g] x_s + b_K[g]                 (g = the KV head of h; RoPE at p_s likewise)
     score  = q_t . k_s,   scaled = score / sqrt(d_head),   masked for s > t if causal
     w      = softmax(scaled)                     == the model's attention probabilities
     z      = sum_s w_s v_s                       == the SPEC ``heads`` site vector
@@ -56,6 +56,10 @@ class AttentionStep:
     residual: Tensor  # (d,) layer_in + attn_out
     normed: Tensor | None  # (d,) the post-attention LayerNorm's output (post-LN models)
     checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+    # parallel attention + MLP (GPT-NeoX, Phi): the FFN reads the layer input h_l, not ``residual``
+    parallel: bool = False
+    # what this model computes, as text: bias terms only where it has them, RoPE where it rotates
+    formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = RoPE_{p_t}(W_Q x)"
 
     @property
     def max_error(self) -> float:
@@ -64,6 +68,25 @@ class AttentionStep:
 
     def matches_model(self, atol: float = 1e-4) -> bool:
         return self.max_error <= atol
+
+
+def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
+    """What layer ``layer``'s query/key/value map does, as the model does it: ``"q = W_Q x + b_Q"``
+    (bias only where the model has one), ``"q = RoPE_{p_t}(W_Q x)"`` for rotary models, and
+    ``"q = RoPE_{p_t}[0:16 of 64](W_Q x + b_Q)"`` when only the first 16 of 64 head dims
+    rotate (partial rotary: the rest pass through unrotated)."""
+    if which not in ("q", "k", "v"):
+        raise InputError(f"unknown projection {which!r}: choose q, k or v")
+    name = which.upper()
+    affine = f"W_{name} x" + ("" if adapter.projection(layer, which).bias is None else f" + b_{name}")
+    rot = adapter.rotary(layer) if which != "v" else None
+    if rot is None:
+        return f"{which} = {affine}"
+    pos = "p_t" if which == "q" else "p_s"
+    dh = adapter.d_head
+    rd = getattr(rot, "rotary_dim", dh)
+    part = "" if rd >= dh else f"[0:{rd} of {dh}]"
+    return f"{which} = RoPE_{{{pos}}}{part}({affine})"
 
 
 def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None) -> AttentionStep:
@@ -138,4 +161,6 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         residual=residual,
         normed=normed,
         checks=checks,
+        formulas={w: projection_formula(adapter, layer, w) for w in "qkv"},
+        parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )

@@ -8,8 +8,11 @@ from ..errors import ModelError
 from .base import Adapter, HeadProjection, HookPoints, Norm
 from .bert import BertAdapter, RobertaAdapter
 from .decoder import DecoderAdapter
+from .gemma import GemmaAdapter
 from .gpt2 import GPT2Adapter
+from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from .phi import PhiAdapter
 
 #: config.model_type -> adapter class
 REGISTRY: dict[str, type[Adapter]] = {
@@ -21,6 +24,9 @@ REGISTRY: dict[str, type[Adapter]] = {
     "llama": LlamaAdapter,
     "mistral": MistralAdapter,
     "qwen2": Qwen2Adapter,
+    "gpt_neox": GPTNeoXAdapter,
+    "gemma": GemmaAdapter,
+    "phi": PhiAdapter,
 }
 
 

@@ -31,7 +31,8 @@ class Norm:
     weight: Tensor  # (d,)
     bias: Tensor | None  # (d,) or None
     eps: float
-    # Gemma-style RMSNorms scale by (1 + weight); no family here needs it yet.
+    # Gemma's RMSNorm scales by (1 + w): its adapter hands over ``weight = 1 + w`` (see
+    # adapters/gemma.py), so every family is this one formula.
 
     def __call__(self, x: Tensor) -> Tensor:
         x = x.float()
@@ -67,8 +68,10 @@ class HookPoints:
 
     layer: nn.Module  # output: h_{l+1}
     attn_out_proj: nn.Module  # input: concat of per-head z; output: attn_l (before dropout/residual)
-    ffn_input: nn.Module | None  # post-LN: the FFN's first module (its input is attn_resid_ln)
+    ffn_input: nn.Module | None  # post-LN and parallel-residual: the FFN's first module (its input is attn_resid_ln)
     mlp_out: nn.Module  # output: the FFN sublayer's output before the residual add (SPEC ``mlp_out``)
+    # sequential pre-norm: the FFN's own norm, whose input is attn_resid_ln (for checks; see verify.py)
+    ffn_norm: nn.Module | None = None
 
 
 class Adapter(ABC):

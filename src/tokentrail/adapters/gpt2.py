@@ -75,4 +75,4 @@ class GPT2Adapter(DecoderAdapter):
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
         # c_proj's input is the concatenated per-head z; its output is attn_l before resid_dropout
-        return HookPoints(layer=lay, attn_out_proj=lay.attn.c_proj, ffn_input=None, mlp_out=lay.mlp)
+        return HookPoints(layer=lay, attn_out_proj=lay.attn.c_proj, ffn_input=None, mlp_out=lay.mlp, ffn_norm=lay.ln_2)

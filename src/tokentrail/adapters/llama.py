@@ -41,20 +41,27 @@ class RotaryFromModel:
     ``x cos - rotate_half(x) sin`` (rotation by ``-angle``): what a dot product with a
     rotated row needs, ``(R_p u) . r == u . (R_p^T r)``; it is the exact inverse whenever
     ``attention_scaling == 1`` (the default RoPE).
+
+    Partial rotary (GPT-NeoX ``rotary_pct``, Phi ``partial_rotary_factor``): the module's
+    cos/sin are only ``rotary_dim`` wide; the first ``rotary_dim`` dims of each head
+    rotate and the rest pass through, as those models' ``apply_rotary_pos_emb`` does.
     """
 
     def __init__(self, rotary_emb: nn.Module):
         self.rotary_emb = rotary_emb
+        #: how many leading dims of a head rotate (the rest pass through unrotated)
+        self.rotary_dim = 2 * int(rotary_emb.inv_freq.shape[-1])
 
     @torch.no_grad()
     def __call__(self, x: Tensor, positions: Tensor, inverse: bool = False) -> Tensor:
         # x: (n, G, dh); positions: (n,)
         x = x.float()
-        cos, sin = self.rotary_emb(x, positions.long()[None])  # (1, n, dh) each
-        cos, sin = cos[0].float()[:, None, :], sin[0].float()[:, None, :]  # (n, 1, dh)
+        cos, sin = self.rotary_emb(x, positions.long()[None])  # (1, n, rotary_dim) each
+        cos, sin = cos[0].float()[:, None, :], sin[0].float()[:, None, :]  # (n, 1, rotary_dim)
         if inverse:
             sin = -sin
-        return x * cos + _rotate_half(x) * sin
+        rot, rest = x[..., : cos.shape[-1]], x[..., cos.shape[-1] :]
+        return torch.cat((rot * cos + _rotate_half(rot) * sin, rest), dim=-1)
 
 
 class LlamaAdapter(DecoderAdapter):
@@ -111,7 +118,9 @@ class LlamaAdapter(DecoderAdapter):
 
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
-        return HookPoints(layer=lay, attn_out_proj=lay.self_attn.o_proj, ffn_input=None, mlp_out=lay.mlp)
+        return HookPoints(
+            layer=lay, attn_out_proj=lay.self_attn.o_proj, ffn_input=None, mlp_out=lay.mlp, ffn_norm=lay.post_attention_layernorm
+        )
 
 
 class MistralAdapter(LlamaAdapter):

@@ -187,8 +187,8 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
     mask = "causal: tokens after it are masked out" if step.causal else "no mask: it sees every token"
     lines = [
         f"#### Layer {step.layer}, head {step.head}{gqa}, token **{tok}** ({t})",
-        f"1. **Query** `q = W_Q x + b_Q`: ‖q‖ = {step.query.norm():.3f}, q = {_vec(step.query)}",
-        f"2. **Scores** `q·k_s` for each of the {len(w)} tokens (table below), {mask}.",
+        f"1. **Query** `{step.formulas.get('q', 'q = W_Q x + b_Q')}`{_rope_note(step)}: ‖q‖ = {step.query.norm():.3f}, q = {_vec(step.query)}",
+        f"2. **Scores** `q·k_s` with `{step.formulas.get('k', 'k = W_K x + b_K')}`, for each of the {len(w)} tokens (table below), {mask}.",
         f"3. **Scaled** by √d_k = √{step.d_head} = {math.sqrt(step.d_head):.3f}.",
         f"4. **Softmax** weights sum to {w.sum():.4f}; it attends most to {attended}.",
         f"5. **Weighted sum of values** `z = Σ w_s v_s`: ‖z‖ = {step.z.norm():.3f}, z = {_vec(step.z)}",
@@ -203,12 +203,26 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
             f"8. **LayerNorm**: mean {r.mean():+.3f}, std {r.std(unbiased=False):.3f} → normalised, scaled and shifted: "
             f"‖LN‖ = {step.normed.norm():.3f} (this is what the feed-forward block reads)."
         )
+    elif step.parallel:
+        lines.append(
+            "8. **Parallel feed-forward**: this model's MLP reads the layer input h (through its own norm), not h + attn; "
+            "the layer's output is h + attn + mlp."
+        )
     else:
         lines.append("8. **No norm here**: a pre-norm model normalises inside the next sublayer; the residual stream carries on as is.")
     ok = step.matches_model()
     checks = "; ".join(f"{name} {gap:.1e}" for name, gap in step.checks.items())
     verdict = "✓ **Matches the model's own numbers**" if ok else "✗ **Differs from the model's own numbers**"
     return "\n".join(lines) + f"\n\n{verdict} (max |Δ|: {checks})."
+
+
+def _rope_note(step: AttentionStep) -> str:
+    q = step.formulas.get("q", "")
+    if "RoPE" not in q:
+        return ""
+    if " of " in q:
+        return " (RoPE rotates q and k by their positions, here only the first head dims shown in brackets; the rest pass through)"
+    return " (RoPE rotates q and k by their positions)"
 
 
 def _cos(a, b) -> float:
