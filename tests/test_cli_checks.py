@@ -144,11 +144,27 @@ def test_binary_stdin_under_a_strict_locale(tmp_path):
     assert proc.stderr.decode().strip() == "error: standard input is not UTF-8 text (byte 0x80 at offset 0): pass a text file"
 
 
-def test_csv_to_stdout_is_spreadsheet_safe(bert_folder):
-    res = run("trace", "time - flies", "-m", bert_folder, "--format", "csv", "-q")
+def test_csv_tokens_read_back_and_cannot_run_as_formulas(tmp_path, tokenizer, make_tiny, save_model):
+    import pandas as pd
+    from transformers import BertTokenizerFast
+
+    from tokentrail.fileio import read_csv
+
+    vocab = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
+    tricky = ["nan", "null", "na", "-", "=", "@"]
+    for word, spare in zip(tricky, ["##q", "##x", "##z", "##j", "##v", "##w"]):
+        vocab[vocab.index(spare)] = word
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    folder = save_model(tmp_path / "tricky", make_tiny("bert", seed=5), tok)
+    res = run("trace", "NaN null NA - = @ time", "-m", folder, "--format", "csv", "-q")
     assert res.exit_code == 0, res.output
-    cells = {line.split(",")[1] for line in res.stdout.splitlines()[1:]}
-    assert "time" in cells and not any(c.startswith(("-", "=", "+", "@")) for c in cells)
+    plain = pd.read_csv(io.StringIO(res.stdout))
+    assert plain["token_str"].notna().all()
+    assert not plain["token_str"].str.startswith(("-", "=", "+", "@")).any()
+    out = tmp_path / "t.csv"
+    assert run("trace", "NaN null NA - = @ time", "-m", folder, "--out", out, "-q").exit_code == 0
+    shown = read_csv(out).query("layer == 0 and metric == 'rank'")["token_str"].tolist()
+    assert shown == ["[CLS]", *tricky, "time", "[SEP]"]
 
 
 def test_api_accepts_paths_and_refuses_wrong_types(bert_folder):

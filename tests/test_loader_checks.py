@@ -22,10 +22,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory, tokenizer):
-    from conftest import build_tiny, save_folder
-
-    return save_folder(tmp_path_factory.mktemp("good"), build_tiny("bert_mlm", seed=3), tokenizer)
+def good(tmp_path_factory, tokenizer, make_tiny, save_model):
+    return save_model(tmp_path_factory.mktemp("good"), make_tiny("bert_mlm", seed=3), tokenizer)
 
 
 def damaged(good: Path, tmp_path: Path, how) -> Path:
@@ -77,10 +75,8 @@ def test_broken_folder_is_one_clear_error(good, tmp_path, name, how, message):
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1, res.output
 
 
-def test_tokenizer_larger_than_the_embedding_table(tmp_path, tokenizer):
-    from conftest import build_tiny, save_folder
-
-    folder = save_folder(tmp_path / "small-vocab", build_tiny("bert_mlm", vocab_size=50), tokenizer)
+def test_tokenizer_larger_than_the_embedding_table(tmp_path, tokenizer, make_tiny, save_model):
+    folder = save_model(tmp_path / "small-vocab", make_tiny("bert_mlm", vocab_size=50), tokenizer)
     with pytest.raises(ModelError, match="has ids up to 95 but the model's embedding table has 50 rows"):
         tokentrail.load(str(folder))
 
