@@ -139,25 +139,27 @@ def capture_batch(
     ffn_in = torch.stack(store["ffn_in"], dim=1) if store["ffn_in"] else None
     attentions = torch.stack([a.float() for a in out.attentions], dim=1)  # (B, L, H, n, n)
     hidden = [h.float() for h in out.hidden_states]  # each (B, n, d)
+    # a text's tensors are copies, so that one Activations does not keep the batch alive
+    own = (lambda x: x.clone()) if len(texts) > 1 else (lambda x: x)
     acts = []
     for b, (start, n) in enumerate(zip(starts, lengths)):
         t = slice(start, start + n)
-        embedded = hidden[0][b, t]
-        lay_out = layer_out[b, :, t]
-        attn_b = attn[b, :, t]
+        embedded = own(hidden[0][b, t])
+        lay_out = own(layer_out[b, :, t])
+        attn_b = own(attn[b, :, t])
         attn_resid = torch.cat([embedded[None], lay_out[:-1]]) + attn_b
         acts.append(
             Activations(
-                input_ids=input_ids[b, t],
-                position_ids=position_ids[b, t],
+                input_ids=own(input_ids[b, t]),
+                position_ids=own(position_ids[b, t]),
                 embedded=embedded,
                 layer_out=lay_out,
                 attn=attn_b,
-                z=z[b, :, t].reshape(n_layers, n, adapter.n_heads, adapter.d_head),
-                attn_resid_ln=attn_resid if ffn_in is None else ffn_in[b, :, t],
-                mlp_out=mlp_out[b, :, t],
-                attentions=attentions[b, :, :, t, t],
-                hidden_states=tuple(h[b, t] for h in hidden),
+                z=own(z[b, :, t]).view(n_layers, n, adapter.n_heads, adapter.d_head),
+                attn_resid_ln=attn_resid if ffn_in is None else own(ffn_in[b, :, t]),
+                mlp_out=own(mlp_out[b, :, t]),
+                attentions=own(attentions[b, :, :, t, t]),
+                hidden_states=tuple(own(h[b, t]) for h in hidden),
                 causal=causal,
             )
         )
