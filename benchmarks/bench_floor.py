@@ -112,7 +112,7 @@ def residual_kw(space: str) -> dict:
 
 
 # ---- 1. trace against the GEMM floor ---------------------------------------------------------------
-def floor(sub: Subject, n: int, repeat: int) -> None:
+def floor(sub: Subject, n: int, repeat: int, base=None) -> None:
     a = sub.adapter
     ids = sub.ids(n)
     sub.analyse(ids, **residual_kw("encodings"))  # cold: builds the space
@@ -123,8 +123,41 @@ def floor(sub: Subject, n: int, repeat: int) -> None:
     torch.mm(A, X.T, out=out)
     gemm_s, _ = timed(lambda: torch.mm(A, X.T, out=out), repeat)
     del out
+    fwd_s, _ = timed(lambda: capture(a, ids), repeat)
     print(f"  floor  {n} tokens, {Q} queries x {V} rows x d={d}: trace {trace_s:6.2f} s   GEMM {gemm_s:6.2f} s   "
-          f"ratio {trace_s / gemm_s:4.2f}x (goal <= 1.5x)")  # fmt: skip
+          f"ratio {trace_s / gemm_s:4.2f}x (goal <= 1.5x)   [forward pass alone {fwd_s:.2f} s; "
+          f"trace without it {(trace_s - fwd_s) / gemm_s:4.2f}x the GEMM]")  # fmt: skip
+    if base is not None:
+        old = before(base, sub, n, repeat)
+        print(f"         --against tree: trace {old:6.2f} s, ratio {old / gemm_s:4.2f}x the GEMM; now {old / trace_s:4.2f}x faster")
+
+
+def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings") -> float:
+    """Warm trace time with another tokentrail source tree (``--against``), same model object, same inputs."""
+    adapter = base.adapters.adapter_for(sub.adapter.model)
+    spaces = base.spaces.SpaceCache(adapter)
+    ids = sub.ids(n)
+    toks = [str(i) for i in ids.tolist()]
+
+    def run():
+        return base.analysis.analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * n,
+                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **residual_kw(space))  # fmt: skip
+
+    run()
+    return timed(run, repeat)[0]
+
+
+def load_base(folder: str):
+    """Import ``folder``/src/tokentrail as a separate package (``tokentrail_base``) for same-process timings."""
+    import importlib
+    import shutil
+    import sys
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    shutil.copytree(Path(folder) / "src" / "tokentrail", tmp / "tokentrail_base")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("tokentrail_base"), [importlib.import_module(f"tokentrail_base.{m}") for m in ("adapters", "spaces", "analysis")]
 
 
 # ---- 2. the peer's standard route -----------------------------------------------------------------
@@ -181,7 +214,7 @@ def disagreements(sub: Subject, ids, ours: dict, peer: dict) -> tuple[int, int]:
     return ties, bad
 
 
-def peer(sub: Subject, n: int, repeat: int) -> int:
+def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
     ids = sub.ids(n)
     sub.analyse(ids, **residual_kw("embeddings"))
     ours_s, trail = timed(lambda: sub.analyse(ids, **residual_kw("embeddings")), repeat)
@@ -191,6 +224,9 @@ def peer(sub: Subject, n: int, repeat: int) -> int:
     same = "the same space (W_E has no position or norm here)" if sub.adapter.embedding_norm() is None else "peer NOT exact for this post-LN encoder"
     print(f"  peer   {n} tokens: ours (embeddings) {ours_s:6.2f} s   peer route {peer_s:6.2f} s   ours {peer_s / ours_s:4.2f}x faster (goal >= 2x)   "
           f"| ours exact encodings {enc_s:6.2f} s ({same})   disagreements: {ties} at fp32 near-ties, {bad} unexplained")  # fmt: skip
+    if base is not None:
+        old = before(base, sub, n, repeat, "embeddings")
+        print(f"         --against tree: embeddings {old:6.2f} s: the peer route was {old / peer_s:4.2f}x that tree's speed")
     return bad
 
 
@@ -221,7 +257,12 @@ def main() -> None:
     ap.add_argument("--models", default="minilm,smollm2,roberta-base-shaped")
     ap.add_argument("--scale", default=None, help="comma-separated lengths for the SmolLM2 everything-trace (default 64,256,1024)")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for each timing")
+    ap.add_argument("--against", default=None, help="another checkout (e.g. a git worktree of an older commit): its warm traces are timed in this process too")
     args = ap.parse_args()
+    base = None
+    if args.against:
+        _, mods = load_base(args.against)
+        base = argparse.Namespace(adapters=mods[0], spaces=mods[1], analysis=mods[2])
     floor_n, peer_ns = (20, [40]) if args.quick else (100, [40, 170])
     lengths = [int(x) for x in (args.scale or ("16,64" if args.quick else "64,256,1024")).split(",") if x]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -231,9 +272,9 @@ def main() -> None:
         sub = Subject(name)
         a = sub.adapter
         print(f"\n{name}: L={a.n_layers}, d={a.d_model}, V={a.vocab_size}; top-{K}, overlap@{OVERLAP_K}, cosine")
-        floor(sub, floor_n, args.repeat)
+        floor(sub, floor_n, args.repeat, base)
         for n in peer_ns:
-            bad += peer(sub, n, args.repeat)
+            bad += peer(sub, n, args.repeat, base)
         if name == "smollm2" and lengths:
             scale(sub, lengths)
     print(f"\n1-min load at end {os.getloadavg()[0]:.1f}")

@@ -100,6 +100,7 @@ class VocabSpace:
         self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
+        self._static = None  # position-free norms, kept after the first position_stats call
         self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long)) is not None
         if self.M is None and not self.moves:
             # residual space whose rows never move: P = x * gamma is a second V x d copy,
@@ -118,7 +119,8 @@ class VocabSpace:
     @property
     def nbytes(self) -> int:
         """Memory held by this space's own tables (the shared embedding table not counted)."""
-        return sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c) if t is not None)
+        static = () if self._static is None else (self._static[0], self._static[1], *self._static[2].get("cosine", ()))
+        return sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None)
 
     @property
     def vocab_size(self) -> int:
@@ -142,6 +144,12 @@ class VocabSpace:
         """
         y = self._offsets(positions)
         P_cnt = positions.shape[0]
+        if y is None and self._static is not None:
+            # rows do not move with position: the norms (and the cosine factors derived from
+            # them, in memo) were computed on an earlier call and serve every position
+            sq, sigma1, memo = self._static
+            sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
+            return PositionStats(positions, None, sigma, sq.expand(P_cnt, -1, -1), None, memo)
         if y is None:
             # rows do not move with position: one set of norms serves every position
             sigma1 = (self.x_sq / self.d + self.eps).sqrt()[None] if self.norm_kind else None  # (1, V)
@@ -167,6 +175,8 @@ class VocabSpace:
         if y is None:
             sq_norm = t.transpose(0, 1).expand(P_cnt, -1, -1)  # (P, G, V), a view
             sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
+            self._static = (t.transpose(0, 1), sigma1, {})
+            return PositionStats(positions, y, sigma, sq_norm, Pp, self._static[2])
         else:
             sq_norm = t.transpose(0, 1).contiguous()  # (P, G, V)
             sigma = sigma1
