@@ -162,6 +162,31 @@ def test_overlap_counts_shared_ids():
     assert overlap(x, y).tolist() == [[2, 1], [0, 2]]
 
 
+def test_overlap_of_large_k_in_bounded_memory():
+    # k = 20000 on three cells: a (k x k) comparison would need 1.2 GB; run under an
+    # address-space cap 300 MB above what the process already has
+    code = """
+import resource, torch
+from tokentrail.metrics import overlap
+vm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')][0] * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (300 << 20), resource.RLIM_INFINITY))
+g = torch.Generator().manual_seed(0)
+a = torch.stack([torch.randperm(50000, generator=g)[:20000] for _ in range(3)])
+b = torch.stack([torch.randperm(50000, generator=g)[:20000] for _ in range(3)])
+b[1] = a[1].flip(0)  # the same set in another order
+b[2, :5000] = a[2, 10000:15000]  # at least these 5000 shared
+want = [len(set(a[i].tolist()) & set(b[i].tolist())) for i in range(3)]
+got = overlap(a, b).tolist()
+assert got == want and got[1] == 20000 and got[2] >= 5000, (got, want)
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
 def test_overlap_at_k_of_hand_vocab_between_two_queries():
     # cos((1,0), rows) = [1, 0, .71, 1, -1]   -> top-3 = [0, 3, 2]
     # cos((1,1), rows) = [.71, .71, 1, .71, -.71] -> top-3 = [2, 0, 1] (three-way tie, lowest ids)

@@ -21,9 +21,10 @@ from . import __version__
 from .adapters import Adapter
 from .capture import Activations, capture, head_vectors
 from .errors import InputError, ModelError
-from .metrics import Cells, anisotropy, derive_metrics, overlap, rank_in_vocab, similarity_from_dots, top_k
+from .metrics import Cells, anisotropy, derive_metrics, overlap, similarity_from_dots
 from .options import ALL_SITES, ALL_SPACES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, SIMILARITIES, TraceOptions, check_index, whole_number
 from .results import HeadsAt, LensResult, RunInfo, Trail, View
+from .scoring import score_block
 from .spaces import SpaceCache, VocabSpace
 
 Progress = Callable[[float, str], None]
@@ -313,12 +314,26 @@ def _chunks(total: int, per_item_bytes: int, budget: int) -> Iterable[slice]:
         yield slice(start, min(total, start + step))
 
 
-def _score(dots: Tensor, q_sq: Tensor, row_sq: Tensor, own: Tensor, sim: str, K: int):
-    """(Q, V) dots -> own similarity, rank, top-K ids and sims."""
-    s = similarity_from_dots(dots, q_sq, row_sq, sim)
-    own_s = s.gather(1, own[:, None]).squeeze(1)
-    ids, vals = top_k(s, K)
-    return own_s, rank_in_vocab(s, own), ids, vals
+def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | None, own: Tensor, sim: str, K: int):
+    """Queries r (Q, C, k) against every row -> own similarity, rank, top-K ids and sims, each (Q * C, ...).
+
+    One matrix product into a (Q * C, V) block, then the fused exact scoring
+    (:func:`tokentrail.scoring.score_block`) while the block is hot. own: (Q * C,) ids.
+    """
+    Q, C, _ = r.shape
+    if sim == "cosine":
+        block, index = space.cosine_rows(r, stats, pidx, groups)
+    else:
+        g = torch.arange(C, device=r.device) if groups is None else groups
+        block = similarity_from_dots(space.dots(r, stats, pidx, g).reshape(Q * C, -1), r.float().pow(2).sum(-1).reshape(-1), stats.sq_norm[pidx][:, g].reshape(Q * C, -1), sim)
+        index = torch.arange(Q * C, device=r.device)
+    res = score_block(block, own[index], K)
+    if torch.equal(index, torch.arange(Q * C, device=index.device)):
+        return res
+    out = tuple(torch.empty_like(t) for t in res)
+    for o, t in zip(out, res):
+        o[index] = t
+    return out
 
 
 def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes):
@@ -330,19 +345,18 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     vecs = torch.cat([acts.embedded[None]] + [acts.site(s) for s in sites]).reshape(-1, acts.embedded.shape[1])
     pidx = inv.repeat(len(sites) * L + 1)
     own = acts.input_ids.repeat(len(sites) * L + 1)
-    q_sq = vecs.pow(2).sum(-1)
     Q = vecs.shape[0]
     dev = vecs.device
     out = {
         sim: [torch.empty(Q, device=dev), torch.empty(Q, dtype=torch.long, device=dev), torch.empty(Q, K, dtype=torch.long, device=dev), torch.empty(Q, K, device=dev)]
         for sim in similarities
     }
+    order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
     for c in _chunks(Q, V * 4 * 4, chunk_bytes):
-        dots = space.dots(vecs[c][:, None, :], stats, pidx[c])[:, 0]  # (Qc, V)
-        row_sq = stats.sq_norm[pidx[c], 0]  # (Qc, V)
+        oc = order[c]
         for sim in similarities:
-            for buf, val in zip(out[sim], _score(dots, q_sq[c], row_sq, own[c], sim, K)):
-                buf[c] = val
+            for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K)):
+                buf[oc] = val
     views = []
     for sim in similarities:
         own_s, rank, ids, vals = out[sim]
@@ -398,12 +412,9 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
         for c in _chunks(n, H * V * 4 * 4, chunk_bytes):
             zc = z[c]
             m = zc.shape[0]
-            dots = space.dots(zc, stats, inv[c], groups).reshape(m * H, V)
-            row_sq = stats.sq_norm[inv[c]][:, groups, :].reshape(m * H, V)
             own = acts.input_ids[c].repeat_interleave(H)
-            q_sq = zc.pow(2).sum(-1).reshape(-1)
             for sim in similarities:
-                own_s, rank, ids, vals = _score(dots, q_sq, row_sq, own, sim, kk)
+                own_s, rank, ids, vals = _score(space, zc, stats, inv[c], groups, own, sim, kk)
                 r = res[sim]
                 r["own"][layer, :, c] = own_s.view(m, H).T
                 r["rank"][layer, :, c] = rank.view(m, H).T
@@ -465,10 +476,8 @@ def heads_at(
     with torch.no_grad():
         stats = space.position_stats(acts.position_ids[token : token + 1])
         z = head_vectors(adapter, acts, kind, layer)[token : token + 1]  # (1, H, dh)
-        dots = space.dots(z, stats, torch.zeros(1, dtype=torch.long, device=dev), groups)[0]  # (H, V)
-        row_sq = stats.sq_norm[0][groups]  # (H, V)
         own = acts.input_ids[token].repeat(H)
-        own_s, rank, ids, vals = _score(dots, z[0].pow(2).sum(-1), row_sq, own, similarity, kk)
+        own_s, rank, ids, vals = _score(space, z, stats, torch.zeros(1, dtype=torch.long, device=dev), groups, own, similarity, kk)
     used = sorted({int(i) for i in ids.unique()} | {int(acts.input_ids[token])})
     return HeadsAt(
         layer=layer,

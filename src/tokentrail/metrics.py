@@ -81,9 +81,26 @@ def _has_misordered_ties(vals: Tensor, ids: Tensor) -> Tensor:
     return (tie & (ids[:, 1:] < ids[:, :-1])).any(1)
 
 
-def overlap(a: Tensor, b: Tensor) -> Tensor:
-    """|a ∩ b| for id sets given as rows: (..., k) and (..., k) -> (...,) int64."""
-    return (a[..., :, None] == b[..., None, :]).any(-1).sum(-1)
+def overlap(a: Tensor, b: Tensor, chunk: int = 1 << 22) -> Tensor:
+    """|a ∩ b| for id sets given as rows: (..., k) and (..., k) -> (...,) int64.
+
+    Counts the members of each row of ``a`` found in the same row of ``b``: ``b`` sorted,
+    then a binary search per member, about ``chunk`` ids at a time, so memory is
+    O(k) per cell (never a (k, k) comparison).
+    """
+    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    a = a.expand(*shape, a.shape[-1]).reshape(-1, a.shape[-1])
+    b = b.expand(*shape, b.shape[-1]).reshape(-1, b.shape[-1])
+    out = torch.zeros(a.shape[0], dtype=torch.int64, device=a.device)
+    if a.shape[1] == 0 or b.shape[1] == 0:
+        return out.view(shape)
+    step = max(1, chunk // max(a.shape[1], b.shape[1]))
+    for lo in range(0, a.shape[0], step):
+        hi = min(lo + step, a.shape[0])
+        sb = b[lo:hi].sort(-1).values
+        at = torch.searchsorted(sb, a[lo:hi].contiguous()).clamp_max_(sb.shape[1] - 1)
+        out[lo:hi] = (sb.gather(1, at) == a[lo:hi]).sum(-1)
+    return out.view(shape)
 
 
 def anisotropy(vectors: Tensor, kind: str = "cosine") -> Tensor:

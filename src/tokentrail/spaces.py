@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor
 from .adapters import Adapter, Norm
 from .errors import InputError, ModelError
 from .options import HEAD_SPACES as HEAD_SPACE_KINDS
+from .scoring import inverse_norms
 
 SpaceKind = Literal["embeddings", "encodings", "value", "key", "query"]
 SPACE_KINDS: tuple[str, ...] = ("embeddings", "encodings", "value", "key", "query")
@@ -48,6 +49,7 @@ class PositionStats:
     sigma: Tensor | None  # (P, V)
     sq_norm: Tensor  # (P, G, V) squared row norms
     Py: Tensor | None = None  # (P, G, k) M y_p, the projected position offset
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # derived tables (cosine_scales)
 
 
 class VocabSpace:
@@ -99,15 +101,27 @@ class VocabSpace:
         self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
-        if not positional or adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is None:
-            # rows never move with position (RoPE models, position-free spaces): the norms
-            # above are all position_stats needs, so the (G, V, k) table is not kept
+        self._static = None  # position-free norms, kept after the first position_stats call
+        self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
+        if self.M is None and not self.moves:
+            # residual space whose rows never move: P = x * gamma is a second V x d copy,
+            # and queries scaled by gamma against x cost the same, so it is not kept
             self.P = None
+        # head spaces keep P (G, V, k): a query then costs V * k instead of V * d, and the
+        # query heads of a KV group share their group's table (SpaceCache bounds the memory)
+
+    def drop_table(self) -> bool:
+        """Free the (G, V, k) table when the rows never move (dots then go through W_E; same numbers)."""
+        if self.P is None or self.moves:
+            return False
+        self.P = None
+        return True
 
     @property
     def nbytes(self) -> int:
         """Memory held by this space's own tables (the shared embedding table not counted)."""
-        return sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c) if t is not None)
+        static = () if self._static is None else (self._static[0], self._static[1], *self._static[2].get("cosine", ()))
+        return sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None)
 
     @property
     def vocab_size(self) -> int:
@@ -131,6 +145,12 @@ class VocabSpace:
         """
         y = self._offsets(positions)
         P_cnt = positions.shape[0]
+        if y is None and self._static is not None:
+            # rows do not move with position: the norms (and the cosine factors derived from
+            # them, in memo) were computed on an earlier call and serve every position
+            sq, sigma1, memo = self._static
+            sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
+            return PositionStats(positions, None, sigma, sq.expand(P_cnt, -1, -1), None, memo)
         if y is None:
             # rows do not move with position: one set of norms serves every position
             sigma1 = (self.x_sq / self.d + self.eps).sqrt()[None] if self.norm_kind else None  # (1, V)
@@ -156,6 +176,8 @@ class VocabSpace:
         if y is None:
             sq_norm = t.transpose(0, 1).expand(P_cnt, -1, -1)  # (P, G, V), a view
             sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
+            self._static = (t.transpose(0, 1), sigma1, {})
+            return PositionStats(positions, y, sigma, sq_norm, Pp, self._static[2])
         else:
             sq_norm = t.transpose(0, 1).contiguous()  # (P, G, V)
             sigma = sigma1
@@ -182,6 +204,91 @@ class VocabSpace:
         if self.rotary is not None:
             # R_p row . r == row . R_p^T r: rotate the query back instead of every row
             r = self.rotary(r, stats.positions[pidx], inverse=True)
+        out, t1 = self._products(r, stats, pidx, groups)
+        if t1 is not None:
+            out += t1[..., None]
+        if stats.sigma is not None:
+            out /= stats.sigma[pidx][:, None, :]
+        out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
+        return out
+
+    def cosine_rows(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Cosine similarities of queries with every row, fused: (Q, C, k) -> rows (Q * C, V) and their order.
+
+        The same quantity as ``dots / (|r| |row|)`` (up to fp32 rounding), in one matrix
+        product and one or two in-place passes: queries are scaled to unit length first,
+        and per position the factors ``1 / (sigma |row|)`` and ``1 / |row|`` come from
+        :meth:`cosine_scales` (computed once per ``stats``). Row ``i`` of the result is
+        query ``index[i] // C``, column ``index[i] % C`` (head spaces lay rows out group by
+        group, as the matrix product makes them). Queries at one position should be
+        contiguous in ``pidx``: each run of equal ``pidx`` is one pass.
+        """
+        Q, C, k = r.shape
+        groups = torch.arange(C, device=r.device) if groups is None else groups
+        r = r.float()
+        r = r * inverse_norms(r.pow(2).sum(-1))[..., None]  # rotations keep norms
+        if self.rotary is not None:
+            r = self.rotary(r, stats.positions[pidx], inverse=True)
+        out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True)
+        a, b = self.cosine_scales(stats)  # (P or 1, G, V); b None when the bias term is 0
+        t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
+        G = a.shape[1]
+        rep = C // G
+        blocked = C == G * rep and torch.equal(groups, torch.arange(C, device=groups.device) // rep)
+        if not blocked:
+            G, rep = C, 1
+        V = out.shape[-1]
+        # W: (G, Q, rep, V), a view of out whatever its layout
+        W = out.view(G, Q, rep, V) if group_major else out.view(Q, G, rep, V).transpose(0, 1)
+
+        def per_group(t: Tensor) -> Tensor:  # (Q, C) -> (G, Q, rep, 1)
+            return t.view(Q, G, rep).transpose(0, 1)[..., None]
+
+        if a.shape[0] == 1:
+            runs = [(0, Q, 0)]
+        else:
+            vals, counts = torch.unique_consecutive(pidx, return_counts=True)
+            ends = counts.cumsum(0).tolist()
+            runs = [(e - n, e, p) for e, n, p in zip(ends, counts.tolist(), vals.tolist())]
+        for lo, hi, p in runs:
+            blk = W[:, lo:hi]
+            if t1 is not None:
+                blk += per_group(t1)[:, lo:hi]
+            scale = a[p] if blocked else a[p][groups]  # (G, V)
+            blk.mul_(scale[:, None, None])
+            if b is not None:
+                blk.addcmul_(per_group(t2)[:, lo:hi], (b[p] if blocked else b[p][groups])[:, None, None])
+        index = torch.arange(Q * C, device=r.device)
+        if group_major:  # rows are (g, q, j): query q, column g * rep + j
+            index = index.view(Q, G, rep).transpose(0, 1).reshape(-1)
+        return out.view(Q * C, V), index
+
+    def cosine_scales(self, stats: PositionStats) -> tuple[Tensor, Tensor | None]:
+        """Per-row factors for :meth:`cosine_block`: ``1 / (sigma |row|)`` and ``1 / |row|``.
+
+        Shaped (P, G, V), or (1, G, V) when rows do not move with position; the second is
+        None when the bias term ``c`` is zero. Computed once per ``stats``.
+        """
+        if "cosine" not in stats.memo:
+            sq = stats.sq_norm[:1] if stats.y is None else stats.sq_norm  # (P or 1, G, V)
+            inv = inverse_norms(sq)
+            sigma = stats.sigma
+            if sigma is None:
+                a = inv
+            else:
+                sigma = sigma[:1] if stats.y is None else sigma
+                a = inv / sigma[:, None, :]
+            b = inv if bool(self.c.any()) else None
+            stats.memo["cosine"] = (a, b)
+        return stats.memo["cosine"]
+
+    def _products(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor, group_major: bool = False):
+        """The matrix product of :meth:`dots`: (Q, C, V) ``(M x_v) . r`` and the (Q, C) position term (or None).
+
+        With ``group_major`` the product may come back laid out (G, Q, C / G, V) (no
+        copy); the third value says whether it did.
+        """
+        Q, C, k = r.shape
         if self.M is not None and self.P is not None:
             # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
             # per group: V * d_head work per query and head instead of V * d
@@ -192,25 +299,23 @@ class VocabSpace:
                 # attention's h // rep): one batched matmul over the groups
                 rg = r.view(Q, G, rep, k).permute(1, 0, 2, 3).reshape(G, Q * rep, k)
                 out = torch.bmm(rg, self.P.transpose(1, 2))  # (G, Q * rep, V)
-                out = out.view(G, Q, rep, -1).permute(1, 0, 2, 3).reshape(Q, C, -1)
+                t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
+                if group_major:
+                    return out, t1, True
+                return out.view(G, Q, rep, -1).permute(1, 0, 2, 3).reshape(Q, C, -1), t1
             else:
                 out = torch.empty(Q, C, self.vocab_size, device=r.device)
                 for c in range(C):
                     out[:, c, :] = r[:, c, :].contiguous() @ self.P[int(groups[c])].T
-            if stats.Py is not None:
-                out += torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups])[..., None]
+            t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
+            return (out, t1, False) if group_major else (out, t1)
+        if self.M is None:
+            u = r * self.gamma  # (Q, C, d)
         else:
-            if self.M is None:
-                u = r * self.gamma  # (Q, C, d)
-            else:
-                u = torch.einsum("qck,ckd->qcd", r, self.M[groups])
-            out = (u.reshape(Q * C, self.d) @ self.x.T).view(Q, C, -1)  # (Q, C, V)
-            if stats.y is not None:
-                out += torch.einsum("qcd,qd->qc", u, stats.y[pidx])[..., None]
-        if stats.sigma is not None:
-            out /= stats.sigma[pidx][:, None, :]
-        out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
-        return out
+            u = torch.einsum("qck,ckd->qcd", r, self.M[groups])
+        out = (u.reshape(Q * C, self.d) @ self.x.T).view(Q, C, -1)  # (Q, C, V)
+        t1 = torch.einsum("qcd,qd->qc", u, stats.y[pidx]) if stats.y is not None else None
+        return (out, t1, False) if group_major else (out, t1)
 
     def rows(self, ids: Tensor, position: int) -> Tensor:
         """Explicit rows for a few ids at one position: (m,) -> (m, G, k). For display and checks."""
@@ -296,7 +401,14 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
 
 
 class SpaceCache:
-    """Built spaces of one model. Residual spaces stay; head spaces are kept up to a byte budget."""
+    """Built spaces of one model. Residual spaces stay; head spaces are kept up to a byte budget.
+
+    A head space that would go over the budget first gives up its (G, V, k) table (its
+    dots then go through W_E: same numbers, V * d instead of V * k work per query), so
+    the spaces already kept keep theirs and a repeated everything-trace finds the same
+    tables warm instead of evicting them in turn; only then are the least recently used
+    spaces dropped.
+    """
 
     def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
         self.adapter = adapter
@@ -321,6 +433,11 @@ class SpaceCache:
             self._keep[key] = space
         else:
             self._lru[key] = space
-            while len(self._lru) > 1 and sum(s.nbytes for s in self._lru.values()) > self.max_bytes:
+            if self._held() > self.max_bytes:
+                space.drop_table()
+            while len(self._lru) > 1 and self._held() > self.max_bytes:
                 self._lru.popitem(last=False)
         return space
+
+    def _held(self) -> int:
+        return sum(s.nbytes for s in self._lru.values())

@@ -1,0 +1,57 @@
+"""Exact scoring of a block of similarities: own similarity, rank and top-k in few passes.
+
+The analysis computes, per chunk of queries, one ``(queries x V)`` block of similarities
+(one matrix product plus in-place scaling, see :meth:`VocabSpace.cosine_block`) and hands
+it here while it is still in cache. This module imports only torch.
+
+Definitions are those of :mod:`tokentrail.metrics` (SPEC "Metrics"): ``rank`` counts rows
+strictly more similar than the token's own row (ties favour the token); ``top-k`` orders
+by similarity, ties by lower id. Passes over the block:
+
+1. ``torch.topk`` for ``k + 1`` values: a tie can straddle the top-k boundary only if the
+   k-th and (k+1)-th values are equal, so only those rows (rare) are re-read in full;
+2. the rank count, done in place (``block > own`` written as 1.0/0.0, then summed), which
+   is several times faster than a boolean temporary. The block is consumed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def score_block(block: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(Q, V) similarities -> own similarity (Q,), rank (Q,) int64, top-k ids (Q, k) int64 and sims (Q, k).
+
+    ``block`` is overwritten (it holds the rank indicator afterwards). ``own``: (Q,) ids.
+    """
+    Q, V = block.shape
+    k = min(k, V)
+    own_s = block.gather(1, own[:, None].long())  # (Q, 1)
+    vals, ids = torch.topk(block, min(k + 1, V), dim=1, sorted=True)
+    ids, vals = _exact_order(block, vals, ids, k)
+    rank = block.gt_(own_s).sum(1).long()  # exact: counts < 2**24
+    return own_s[:, 0], rank, ids, vals
+
+
+def _exact_order(block: Tensor, vals: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k with ties by lower id, from topk's k (+1) values; rows are re-read only at a boundary tie."""
+    boundary = vals[:, k - 1] == vals[:, k] if vals.shape[1] > k else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
+    vals, ids = vals[:, :k].contiguous(), ids[:, :k].contiguous()
+    inner = (vals[:, 1:] == vals[:, :-1]).any(1) if k > 1 else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
+    for q in (boundary | inner).nonzero().flatten().tolist():
+        row = block[q]
+        if boundary[q]:
+            cand = (row >= vals[q, -1]).nonzero().flatten()  # ascending ids
+        else:
+            cand = ids[q].sort().values
+        order = torch.sort(-row[cand], stable=True).indices[:k]
+        ids[q] = cand[order]
+        vals[q] = row[ids[q]]
+    return ids, vals
+
+
+def inverse_norms(sq: Tensor) -> Tensor:
+    """1/|v| from |v|^2, and 0 where the norm is 0 (cosine with a zero vector is 0)."""
+    inv = sq.rsqrt()
+    return inv.masked_fill_(sq <= 0, 0.0)
