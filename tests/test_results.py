@@ -145,28 +145,32 @@ def test_parquet_round_trip(trail, tmp_path):
     assert meta["tokens"] == list(trail.tokens)
     assert meta["options"]["similarities"] == ["cosine", "euclidean"]
     assert meta["tokentrail_version"] == tokentrail.__version__
-    pd.testing.assert_frame_equal(table.to_pandas(), trail.frame())
+    frame = table.to_pandas()
+    metrics = frame[frame["table"] == "metrics"][COLUMNS].reset_index(drop=True)
+    pd.testing.assert_frame_equal(metrics, trail.frame(), check_dtype=False)  # the long table's ints are nullable
 
 
 def test_csv_round_trip(trail, tmp_path):
     path = trail.export(tmp_path / "t.csv")
     back = pd.read_csv(path, dtype={"token_str": str}, keep_default_na=False, na_values=[""])
     expected = trail.frame()
-    assert list(back.columns) == COLUMNS
+    assert list(back.columns[: len(COLUMNS)]) == COLUMNS  # then the other tables' columns and "table"
+    back = back[back["table"] == "metrics"][COLUMNS].reset_index(drop=True)
     pd.testing.assert_frame_equal(back, expected, check_dtype=False)
 
 
 def test_json_round_trip(trail, tmp_path):
     path = trail.export(tmp_path / "t.json")
     doc = json.loads(path.read_text())
-    assert set(doc) == {"meta", "metrics", "neighbours"}
+    assert set(doc) == {"meta", "tokens", "metrics", "neighbours", "attention"}
     assert doc["meta"]["tokens"] == list(trail.tokens)
     frame = trail.frame()
     assert len(doc["metrics"]) == len(frame)
     assert set(doc["metrics"][0]) == set(COLUMNS)
     back = pd.DataFrame(doc["metrics"])[COLUMNS]
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)  # NaN overlaps come back as null -> NaN
-    assert len(doc["neighbours"]) == len(trail.neighbours_frame())
+    origin = sum(trail.n_tokens * 4 for v in trail.views if v.origin_top_ids is not None)  # layer -1: the original encoding's
+    assert len(doc["neighbours"]) == len(trail.neighbours_frame()) + origin
     assert trail.to_json() == path.read_text()  # without a path: the same document as text
 
 

@@ -242,11 +242,9 @@ def _pick_token(find_token, tokens, token: str, quiet: bool) -> int:
 
 
 def _export(trail, fmt: str, out_path: Path | None) -> None:
-    from .fileio import write_csv
-
     if out_path is None:
         if fmt == "csv":
-            write_csv(trail.frame(), sys.stdout)
+            trail.to_csv(sys.stdout)
         else:
             sys.stdout.write(trail.to_json() + "\n")
         return

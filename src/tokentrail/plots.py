@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from .errors import InputError
 from .results import HeadsAt, Trail, View
 
 ACCENT = "#d9480f"  # the selected token, everywhere in the app
@@ -57,11 +58,13 @@ def metric_by_layer(view: View, metric: str, adjusted: bool = False) -> np.ndarr
     raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")
 
 
-def layer_lines(trail: Trail, view: View, metric: str, token: int, *, adjusted: bool = False, height: int = 300) -> go.Figure:
-    """One line per token across layers; ``token`` drawn on top in the accent colour.
+def layer_lines(trail: Trail, view: View, metric: str, token: int | str, *, adjusted: bool = False, height: int = 300) -> go.Figure:
+    """One line per token across layers; ``token`` (an index, or a token's text as
+    :meth:`Trail.token_index` reads it) drawn on top in the accent colour.
 
     ``rank`` is drawn as ``1 + rank`` on a log axis (rank 0, its own token nearest, sits at 1).
     """
+    token = trail.token_index(token)
     values = metric_by_layer(view, metric, adjusted).astype(float)
     L, n = values.shape
     if metric == "rank":
@@ -165,3 +168,38 @@ def layer_grid(trail: Trail, view: View, metric: str, *, adjusted: bool = False,
             shapes=shapes,
         ),
     )
+
+
+# ---- notebook entry points: a Trail and a token by name ---------------------------------------
+def _residual_view(trail: Trail, site: str | None, space: str | None, similarity: str | None) -> View:
+    view = trail.view(site, space, similarity)
+    if view.per_head:
+        if site is None:
+            residual = [v for v in trail.views if not v.per_head and (space is None or v.space == space) and (similarity is None or v.similarity == similarity)]
+            if residual:
+                return residual[0]
+        raise InputError("these plots show residual sites; for heads use Run.heads() and plots.attention_row")
+    return view
+
+
+def journey(trail: Trail, token: int | str, metric: str = "rank", *, site: str | None = None, space: str | None = None,
+            similarity: str | None = None, adjusted: bool = False, height: int = 320) -> go.Figure:
+    """How one token (index or text, e.g. ``"flies"`` or ``"flies:1"``) fares across layers,
+    against every other token of the text: ``metric`` is ``rank``, ``self_sim`` or
+    ``overlap``; the view is the first computed residual one unless named."""
+    if metric not in LINE_METRICS:
+        raise InputError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")
+    view = _residual_view(trail, site, space, similarity)
+    return layer_lines(trail, view, metric, token, adjusted=adjusted, height=height)
+
+
+def grid(trail: Trail, metric: str = "rank", *, token: int | str | None = None, layer: int | None = None, site: str | None = None,
+         space: str | None = None, similarity: str | None = None, adjusted: bool = False) -> go.Figure:
+    """Token × layer heatmap of ``metric``; ``token`` and ``layer`` outline one cell."""
+    if metric not in LINE_METRICS:
+        raise InputError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")
+    view = _residual_view(trail, site, space, similarity)
+    selected = None
+    if token is not None:
+        selected = (trail.token_index(token), trail.check_layer(layer if layer is not None else -1))
+    return layer_grid(trail, view, metric, adjusted=adjusted, selected=selected)

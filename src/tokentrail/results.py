@@ -5,7 +5,6 @@ Nothing here runs a model. Plots, the CLI and the web app read these objects onl
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .fileio import atomic_write, write_csv, write_text
 from .options import TraceOptions, check_index
 from .tokens import find_token
 
@@ -233,34 +231,59 @@ class Trail:
     def meta(self) -> dict[str, Any]:
         return {**self.info.to_dict(), "text": self.text, "tokens": list(self.tokens), "kv_groups": self.kv_groups}
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every table an export holds (tokens, metrics, neighbours, attention, lens, lens_top),
+        each with its own columns; see :mod:`tokentrail.trailio`."""
+        from .trailio import tables
+
+        return tables(self)
+
     def to_parquet(self, path: str | Path) -> Path:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """Every table as one long Parquet table with a ``table`` column (:mod:`tokentrail.trailio`)."""
+        from .trailio import write_parquet
 
-        table = pa.Table.from_pandas(self.frame(), preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(self.meta()).encode()})
-        with atomic_write(path) as tmp:
-            pq.write_table(table, tmp)
-        return Path(path)
+        return write_parquet(self, path)
 
-    def to_csv(self, path: str | Path) -> Path:
-        """The tidy frame as CSV; text cells escaped as :mod:`tokentrail.fileio` documents."""
-        write_csv(self.frame(), Path(path))
-        return Path(path)
+    def to_csv(self, path) -> Path | None:
+        """Every table as one long CSV table with a ``table`` column, to a path or a text
+        stream; text cells escaped as :mod:`tokentrail.fileio` documents."""
+        from .trailio import write_csv_table
+
+        write_csv_table(self, path if hasattr(path, "write") else Path(path))
+        return None if hasattr(path, "write") else Path(path)
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """Metadata, the tidy metrics and the top-k neighbours as one JSON document."""
-        doc = {
-            "meta": self.meta(),
-            "metrics": json.loads(self.frame().to_json(orient="records")),
-            "neighbours": json.loads(self.neighbours_frame().to_json(orient="records")),
-        }
-        if self.lens is not None:
-            doc["lens"] = json.loads(self.lens.frame().to_json(orient="records"))
-        text = json.dumps(doc)
-        if path is not None:
-            write_text(path, text)
-        return text
+        """Metadata and every table as one JSON document (each table a list of records)."""
+        from .trailio import write_json
+
+        return write_json(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trail":
+        """Read a Parquet, CSV or JSON export back into a Trail equal to the one written."""
+        from .trailio import load
+
+        return load(path)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when every field is: arrays by dtype, shape and values (NaN equals NaN)."""
+        if not isinstance(other, Trail):
+            return NotImplemented
+        from .trailio import same
+
+        return same(self, other)
+
+    def __repr__(self) -> str:
+        views = ", ".join("/".join(v.key) for v in self.views)
+        lens = f", lens@{self.lens.site}" if self.lens is not None else ""
+        text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
+        return (f"<Trail {self.info.model!r}: {self.n_tokens} tokens, {self.n_layers} layers × {self.n_heads} heads; "
+                f"views {views}{lens}; text {text!r}>")
+
+    def _repr_html_(self) -> str:
+        from .notebook import trail_html
+
+        return trail_html(self)
 
     def export(self, path: str | Path, fmt: str | None = None) -> Path:
         path = Path(path)
