@@ -29,6 +29,7 @@ _LAZY = {
     "verify": "verification",
     "Verification": "verification",
     "plots": None,  # the submodule itself
+    "show": "notebook",
 }
 
 __all__ = ["TokentrailError", "InputError", "ModelError", "TraceOptions", "__version__", *_LAZY]
@@ -49,6 +50,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from . import plots
+    from .notebook import show
     from .api import run, trace
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
