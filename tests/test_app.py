@@ -302,12 +302,33 @@ def test_switch_model_is_per_session(url, tiny):
 
 def test_unavailable_model_stays_listed_and_says_why(client, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    toasts = []
+    monkeypatch.setattr(app_layout.gr, "Warning", lambda msg, *a, **k: toasts.append(msg))  # the server runs in this process
     tokenize(client)
     out = client.predict("gpt2", TEXT, *DEFAULTS.values(), api_name="/switch_model")
     status = out[2]
     assert "cannot be used here" in problem(status) and "Still using minilm" in status
+    # said once, in the status line: no toast over the model menu as well (issue 11, point 14)
+    assert toasts == [] and status.count("cannot be used here") == 1
     assert out[0]["value"] == "minilm"  # the menu goes back to the model in use
     assert "minilm" in call(client, "/select_token", 3, False, "rank")["status"]
+
+
+def test_serve_says_how_to_share_instead_of_gradios_hint(tiny, capfd):
+    from tokentrail.app import launch, startup_message
+
+    port = harness.free_port()
+    demo = launch(port=port, models=[str(tiny["tiny-llama"])], block=False)
+    try:
+        out = capfd.readouterr().out
+    finally:
+        demo.close()
+    assert "share=True" not in out and "launch()" not in out  # Gradio's hint is for Python callers, not the CLI
+    assert f"tokentrail app running on http://127.0.0.1:{port}" in out
+    assert "reachable from this machine only" in out and "`tokentrail serve --share`" in out
+    shared = startup_message("http://0.0.0.0:7860/", "0.0.0.0", True, "https://abc.gradio.live")
+    assert "public share link: https://abc.gradio.live" in shared and "--share" not in shared
+    assert "no share link could be created" in startup_message("http://127.0.0.1:7860/", "127.0.0.1", True, None)
 
 
 @pytest.mark.parametrize("name", ["/etc", "../../models", "bert-base-cased", "http://example.com/model"])

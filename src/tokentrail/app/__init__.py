@@ -12,6 +12,25 @@ from .session import INITIAL_TEXT, MAX_CHARS, MAX_TOKENS
 STATE_SESSIONS = 64  # sessions whose cached results the server keeps at most (oldest dropped)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def startup_message(url: str, host: str, share: bool, share_url: str | None) -> str:
+    """What ``tokentrail serve`` prints once the page answers (in place of Gradio's own
+    lines, whose "set `share=True` in `launch()`" hint does not apply to the CLI)."""
+    lines = [f"tokentrail app running on {url}"]
+    if share_url:
+        lines.append(f"public share link: {share_url} (anyone with the link can use this app; temporary, up to a week)")
+    elif share:
+        lines.append("no share link could be created (the share server is unreachable): serving on this address only")
+    if not share_url:
+        scope = "this machine only" if host in LOOPBACK else f"every machine that can reach {host}"
+        lines.append(f"reachable from {scope}. To share it: `tokentrail serve --share` (a temporary public link), "
+                     "or `--host 0.0.0.0` for your local network")
+    lines.append("press Ctrl+C to stop")
+    return "\n".join(lines)
+
+
 def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
@@ -19,18 +38,26 @@ def launch(
     models: list[str] | None = None,
     preload: tuple[str, ...] | list[str] = (),
     max_queue: int = 16,
+    block: bool = True,
 ):
-    """Build the app and serve it (blocks until stopped)."""
+    """Build the app and serve it; blocks until stopped unless ``block=False`` (then the
+    running ``gr.Blocks`` is returned: ``.close()`` stops it)."""
     demo = build_app(models=models, preload=tuple(preload), max_queue=max_queue)
-    return demo.launch(
+    demo.launch(
         server_name=host,
         server_port=port,
         share=bool(share),
         show_error=False,
         ssr_mode=False,
         state_session_capacity=STATE_SESSIONS,
+        quiet=True,  # our own startup message below says how to share
+        prevent_thread_lock=True,
         **launch_options(),
     )
+    print(startup_message(demo.local_url, host, bool(share), demo.share_url), flush=True)
+    if block:
+        demo.block_thread()
+    return demo
 
 
-__all__ = ["build_app", "launch", "launch_options", "INITIAL_TEXT", "MAX_CHARS", "MAX_TOKENS"]
+__all__ = ["build_app", "launch", "launch_options", "startup_message", "INITIAL_TEXT", "MAX_CHARS", "MAX_TOKENS"]

@@ -318,8 +318,8 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         try:
             loaded = load_model(entry.value, lambda m: progress(0.0, desc=m))
         except TokentrailError as exc:
+            # shown once, in the status line: a toast as well covered the model menu
             msg = f"{entry.label} cannot be used here: {exc}. Still using {menu.entries[session.model].label}."
-            gr.Warning(msg)
             return (session, gr.Dropdown(value=session.model), gr.skip(), *_fail(msg, len(views), VIEWS.index("status")))
         causal_box = gr.Checkbox(visible=loaded.adapter.is_decoder)
         old = session.model
