@@ -136,7 +136,7 @@ def problem(status: str) -> str:
 # ---- the endpoints ---------------------------------------------------------------------------------
 def test_event_handlers_have_stable_api_names(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    for api in ("/tokenize", "/analyse", "/select_token", "/select_layer", "/display", "/switch_model", "/export_results", "/export_plot", "/show_layers", "/show_heatmaps", "/show_heads", "/show_walkthrough"):
+    for api in ("/tokenize", "/analyse", "/select_token", "/select_layer", "/display", "/switch_model", "/export_results", "/export_plot", "/show_layers", "/show_heatmaps", "/show_heads", "/show_walkthrough", "/show_lens", "/head_space", "/lens_site"):
         assert api in names, f"{api} missing from {sorted(names)}"
 
 
@@ -210,6 +210,56 @@ def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
     call(client, "/show_walkthrough", False, "rank")
     call(client, "/select_layer", 3, False, "rank")
     assert len(passes) == 1, "heads and the walkthrough reuse the analysis' forward pass"
+
+
+def test_heads_key_and_query_spaces_match_the_library(client, tiny):
+    llama = str(tiny["tiny-llama"].resolve())
+    tokenize(client, model=llama)
+    call(client, "/select_token", 3, False, "rank")
+    call(client, "/select_layer", 2, 0, False, "rank")
+    call(client, "/show_heads", False, "rank")
+    run = tt.load(llama).run(TEXT)
+    for space in ("key", "query", "value"):
+        heads = frame(call(client, "/head_space", space, False, "rank")["heads"])
+        ref = run.heads(2, 3, kind=space, k=15)
+        assert heads["own rank"].tolist() == ref.rank.tolist(), space
+        assert heads["own sim"].tolist() == pytest.approx(ref.self_sim.tolist(), abs=1e-3)
+    with pytest.raises(Exception):
+        client.predict("values", False, "rank", api_name="/head_space")
+
+
+def test_lens_tab_matches_the_library_with_an_embeddings_row(client, tiny):
+    llama = str(tiny["tiny-llama"].resolve())
+    tokenize(client, model=llama)
+    t = 4
+    call(client, "/select_token", t, False, "rank")
+    v = call(client, "/show_lens", False, "rank")
+    run = tt.load(llama).run(TEXT)
+    for site in ("layer_out", "attn_resid"):
+        if site == "attn_resid":
+            v = call(client, "/lens_site", "attn_resid", False, "rank")
+        table = frame(v["lens_table"])
+        lens, emb = run.lens(k=5, site=site), run.lens(k=5, site="embeddings")
+        assert table["layer"].tolist() == ["emb", *[f"L{l}" for l in range(lens.n_layers)]]
+        assert table["own rank"].tolist() == [int(emb.own_rank[0, t]), *lens.own_rank[:, t].tolist()]
+        assert [int(x) for x in table["next rank"]] == [int(emb.next_rank[0, t]), *lens.next_rank[:, t].tolist()]
+        assert table["entropy (nats)"].tolist() == pytest.approx([float(emb.entropy[0, t]), *lens.entropy[:, t].tolist()], abs=1e-3)
+        labels = tt.load(llama).labels(lens.top_ids[-1, t].tolist())
+        first = labels[int(lens.top_ids[-1, t, 0])]
+        assert table["top predictions"].iloc[-1].lstrip("★ ").startswith(first)
+        assert f"applied to **{site}**" in v["lens_note"]
+    # the last layer of the lens is the model's own prediction
+    assert int(lens.top_ids[-1, t, 0]) == int(np.argmax(run.model.adapter.model(torch_ids(run))[0][0, t].detach().numpy()))
+    # MiniLM has no output head: the tab says so, the page keeps working
+    tokenize(client)
+    v = call(client, "/show_lens", False, "rank")
+    assert v["lens_note"].startswith("No logit lens for minilm") and "minilm" in v["status"]
+
+
+def torch_ids(run):
+    import torch
+
+    return torch.from_numpy(run.trail().ids)[None]
 
 
 def test_own_rank_is_appended_when_outside_top_k(client):

@@ -32,6 +32,8 @@ from .metrics import rank_in_vocab, top_k
 from .options import LENS_SITES
 from .results import LensResult
 
+EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
+
 
 @torch.no_grad()
 def logit_lens(
@@ -39,7 +41,7 @@ def logit_lens(
     acts: Activations,
     *,
     k: int = 15,
-    site: str = "layer_out",
+    site: str = "layer_out",  # or "embeddings": one row, the head applied to e_t
     chunk_bytes: int = 256 << 20,
 ) -> LensResult:
     """Apply the model's own output head to ``site`` at every layer of ``acts``.
@@ -47,14 +49,15 @@ def logit_lens(
     Memory stays at ``O(chunk x V)``: tokens go through the head a chunk at a time and
     only the top-k, ranks and probabilities of each cell are kept.
     """
-    if site not in LENS_SITES:
-        raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)}, not {site!r}")
+    if site not in LENS_SITES and site != EMBEDDINGS:
+        raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)} (or {EMBEDDINGS} for the one row of the original encodings), not {site!r}")
     if k < 1:
         raise InputError("k must be at least 1")
     head = adapter.lens_head()
     if head is None:
         raise ModelError(adapter.lens_unavailable_reason())
-    vecs = acts.site(site)  # (L, n, d)
+    # "embeddings": the one row of the original encodings e_t = h_0 (SPEC: the lens' embeddings row)
+    vecs = acts.site("resid_pre")[:1] if site == EMBEDDINGS else acts.site(site)  # (L, n, d)
     L, n, _ = vecs.shape
     ids = acts.input_ids.long()
     decoder = adapter.is_decoder

@@ -109,7 +109,10 @@ class Run:
         return trail
 
     def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
-        """The logit lens over every layer and token (SPEC ``lens``). Cached."""
+        """The logit lens over every layer and token (SPEC ``lens``). Cached.
+
+        ``site`` is the residual read (``layer_out`` or ``attn_resid``), or ``embeddings``
+        for the one-row lens of the original encodings (SPEC: the embeddings row)."""
         from .lens import logit_lens
 
         key = (k, site)

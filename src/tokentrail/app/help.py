@@ -38,13 +38,32 @@ follow.
 
 HEADS = """**How to read this**
 
-For the selected token and **layer**: each head's output *z* (its weighted sum of
-values, before the output projection) compared with the vocabulary as seen through
-that head's own value map, at this position. ★ marks the token itself; *own rank*
-is where it stands (0 = nearest).
+For the selected token and **layer**, each head against the vocabulary as seen through
+that head's own map, at this position (**space** above): *value* compares the head's
+output *z* (its weighted sum of values, before the output projection) with every
+token's value vector; *key* and *query* compare the token's own key or query vector
+with every token's key or query (RoPE at this position for rotary models). ★ marks the
+token itself; *own rank* is where it stands (0 = nearest).
 
 The map shows where the token's attention went: one row per head, one column per
 token of the text; darker is more weight. Each row sums to 1.
+"""
+
+LENS = """**How to read this**
+
+The logit lens applies the model's **own output head** (a decoder's final norm and
+LM head; an encoder's masked-LM head) to the selected token's residual vector at every
+layer, as if the model stopped there. **Residual read**: *layer_out* is each layer's
+output (the default, also `tokentrail trace --lens`); *attn_resid* is the residual right
+after attention, before the feed-forward block (`--lens-site attn_resid`). The `emb`
+row applies the head to the original encoding.
+
+*own rank*: how many tokens score higher than the token itself (0 = top). *next rank*
+(decoders): the same for the following token, what the model is trained to predict.
+*entropy*: how spread the prediction is (nats; 0 = certain).
+
+Models without an output head (the bundled MiniLM is a sentence-embedding checkpoint)
+have no lens.
 """
 
 WALKTHROUGH = """**How to read this**

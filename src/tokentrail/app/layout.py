@@ -14,14 +14,16 @@ import logging
 from typing import Any, Callable
 
 import gradio as gr
+import numpy as np
 
 from .. import plots
-from ..errors import InputError, TokentrailError
+from ..errors import InputError, ModelError, TokentrailError
 from ..metrics import SIMILARITIES
 from . import help as texts
 from . import render
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
-from .session import INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
+from ..options import LENS_SITES
+from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
 from .style import CSS, THEME
 
 log = logging.getLogger("tokentrail.app")
@@ -144,10 +146,19 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
             with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
                 with gr.Row():
                     with gr.Column(scale=5):
-                        p.heads = gr.Dataframe(label="Each head's output vs its value space", interactive=False, max_height=480, pinned_columns=1, column_widths=["76px", "82px", "72px"], elem_id="heads")
+                        p.head_space = gr.Radio(list(HEAD_SPACES), value="value", label="Space: compare each head with its own", elem_id="head-space")
+                        p.heads = gr.Dataframe(label="Each head vs its own space (value: its output z; key/query: the token's key/query)", interactive=False, max_height=480, pinned_columns=1, column_widths=["76px", "82px", "72px"], elem_id="heads")
                         p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
                     with gr.Column(scale=1, min_width=215, elem_classes="howto"):
                         gr.Markdown(texts.HEADS)
+            with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+                        p.lens_note = gr.Markdown(elem_id="lens-note")
+                        p.lens_table = gr.Dataframe(label="Predictions per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="lens-table")
+                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
+                        gr.Markdown(texts.LENS)
             with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
                 with gr.Row():
                     with gr.Column(scale=5):
@@ -182,6 +193,7 @@ TAB_VIEWS = {
     "heatmaps": ("heat",),
     "heads": ("heads", "attention"),
     "walkthrough": ("walk", "walk_sources", "walk_vectors"),
+    "lens": ("lens_note", "lens_table"),
     "export": (),
 }
 VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
@@ -211,6 +223,16 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
         heads = session.heads()
         out["heads"] = render.heads_table(trail, heads)
         out["attention"] = plots.attention_row(trail, heads)
+    elif session.tab == "lens":
+        try:
+            lens, emb = session.lens()
+        except ModelError as exc:  # no output head: say so in the tab, the rest of the page is fine
+            out["lens_note"] = f"No logit lens for {label}: {exc}"
+            out["lens_table"] = None
+        else:
+            ids = np.concatenate([lens.top_ids[:, t].reshape(-1), emb.top_ids[:, t].reshape(-1)])
+            out["lens_note"] = render.lens_caption(trail, lens, t, label)
+            out["lens_table"] = render.lens_table(trail, lens, emb, t, session.labels(ids))
     elif session.tab == "walkthrough":
         step = session.step()
         out["walk"] = render.step_summary(trail, step)
@@ -282,6 +304,22 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         return _views(session, menu, adjusted, metric)
 
     gr.on([p.adjusted.input, p.metric.input], redisplay, [state, *display], views, api_name="display", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_head_space(session, space, adjusted, metric):
+        session = session_for(session)
+        session.choose(head_space=space)
+        return _views(session, menu, adjusted, metric)
+
+    p.head_space.input(choose_head_space, [state, p.head_space, *display], views, api_name="head_space", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_lens_site(session, site, adjusted, metric):
+        session = session_for(session)
+        session.choose(lens_site=site)
+        return _views(session, menu, adjusted, metric)
+
+    p.lens_site.input(choose_lens_site, [state, p.lens_site, *display], views, api_name="lens_site", **quick)
 
     @guarded(len(views), VIEWS.index("status"))
     def select_cell(session, adjusted, metric, evt: gr.EventData):

@@ -13,7 +13,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from ..plots import ACCENT, metric_by_layer, token_labels
-from ..results import HeadsAt, Trail, View
+from ..results import HeadsAt, LensResult, Trail, View
 from ..walkthrough import AttentionStep
 
 OWN_STYLE = f"background-color: #fff1e6; color: {ACCENT}; font-weight: 700"
@@ -144,7 +144,8 @@ def heat_html(trail: Trail, view: View, metric: str, token: int, layer: int, *, 
 
 # ---- heads -------------------------------------------------------------------------------------
 def heads_table(trail: Trail, heads: HeadsAt) -> Styler:
-    """Heads × top-k: each head's nearest vocabulary rows in its own value space."""
+    """Heads × top-k: each head's nearest vocabulary rows in its own ``heads.space``
+    (value, key or query)."""
     H, k = heads.top_ids.shape
     rows = []
     own_cells = []
@@ -168,6 +169,33 @@ def heads_table(trail: Trail, heads: HeadsAt) -> Styler:
         return out
 
     return df.style.apply(style, axis=None).format("{:.3f}", subset=["own sim"])
+
+
+# ---- the logit lens -------------------------------------------------------------------------------
+def lens_table(trail: Trail, lens: LensResult, emb: LensResult, token: int, labels: dict[int, str]) -> pd.DataFrame:
+    """One row per layer (after an ``emb`` row: the head applied to the original encoding)
+    for one token: the top predictions with their probabilities, the rank of the token
+    itself and, for decoders, of the next token, and the entropy of the prediction."""
+    rows = []
+    for name, res, l in [("emb", emb, 0), *((f"L{l}", lens, l) for l in range(lens.n_layers))]:
+        top = " · ".join(f"{'★ ' if int(i) == int(trail.ids[token]) else ''}{labels.get(int(i), str(int(i)))} {float(p):.2f}"
+                         for i, p in zip(res.top_ids[l, token], res.top_probs[l, token]))
+        row = {"layer": name, "top predictions": top, "own rank": int(res.own_rank[l, token])}
+        if res.next_rank is not None:
+            nr = int(res.next_rank[l, token])
+            row["next rank"] = "–" if nr < 0 else nr
+        row["entropy (nats)"] = round(float(res.entropy[l, token]), 3)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def lens_caption(trail: Trail, lens: LensResult, token: int, model_label: str) -> str:
+    nxt = ""
+    if lens.is_decoder:
+        nxt = (f" *next rank* is the rank of the following token **{html.escape(trail.tokens[token + 1])}** (what the model is trained to predict there)."
+               if token + 1 < trail.n_tokens else " The last token has no next token.")
+    return (f"Logit lens of **{html.escape(trail.tokens[token])}** (token {token}) on {html.escape(model_label)}: the model's own output head "
+            f"applied to **{lens.site}** at every layer (the `emb` row: to the original encoding). *own rank* 0 = the token itself is the top prediction.{nxt}")
 
 
 # ---- how attention computed this -----------------------------------------------------------------

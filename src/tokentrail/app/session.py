@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 from ..errors import InputError, ModelError
 from ..inputs import check_text
 from ..models import CATALOGUE, DEFAULT_MODEL, HUB_ID, LoadedModel, is_available, list_models, load
-from ..options import RESIDUAL_SITES, SIMILARITIES, TraceOptions
-from ..results import HeadsAt, Trail
+from ..options import LENS_SITES, RESIDUAL_SITES, SIMILARITIES, TraceOptions
+from ..results import HeadsAt, LensResult, Trail
 from ..runner import Run
 from ..walkthrough import AttentionStep
 
@@ -32,6 +32,8 @@ MAX_CHARS = 2_000  # characters a page may send
 MAX_TOKENS = 256  # tokens analysed at once: beyond this a click is no longer interactive
 SITES = RESIDUAL_SITES  # the sites the page offers (heads have their own tab)
 K_RANGE = (1, 50)
+HEAD_SPACES = ("value", "key", "query")  # the spaces the heads tab offers (SPEC value/key/query@l,h)
+LENS_K = 5  # predictions the lens tab shows per layer
 
 
 
@@ -141,6 +143,8 @@ class Session:
     layer: int = 0
     head: int = 0
     tab: str = "layers"  # the view the page shows (only it is rendered on a click)
+    head_space: str = "value"  # the heads tab compares each head with its value, key or query space
+    lens_site: str = "layer_out"  # the residual the logit lens reads
     max_trails: int = 3  # analyses kept per session (256 tokens on a 30-layer model: ~100 MB each)
     _trails: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _run: Run | None = field(default=None, repr=False)
@@ -213,8 +217,29 @@ class Session:
         return self._run_for(load_model(self.model), trail.text, self.options)
 
     def heads(self) -> HeadsAt:
-        """Every head of the selected layer, for the selected token (value spaces)."""
-        return self._current_run().heads(self.layer, self.token, kind="value", similarity=self.options.similarities[0], k=self.options.k)
+        """Every head of the selected layer, for the selected token, in ``head_space``."""
+        return self._current_run().heads(self.layer, self.token, kind=self.head_space, similarity=self.options.similarities[0], k=self.options.k)
+
+    def choose(self, head_space: object = None, lens_site: object = None) -> None:
+        """Pick the heads tab's space and the residual the lens reads."""
+        if head_space is not None:
+            if head_space not in HEAD_SPACES:
+                raise InputError(f"unknown head space {head_space!r}: choose {', '.join(HEAD_SPACES)}")
+            self.head_space = str(head_space)
+        if lens_site is not None:
+            if lens_site not in LENS_SITES:
+                raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)}, not {lens_site!r}")
+            self.lens_site = str(lens_site)
+
+    def lens(self) -> tuple[LensResult, LensResult]:
+        """The logit lens at ``lens_site`` and its embeddings row, for every token (top
+        ``LENS_K``). A ModelError when the checkpoint has no output head."""
+        run = self._current_run()
+        return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
+
+    def labels(self, ids) -> dict[int, str]:
+        """Readable tokens for vocabulary ids the Trail does not name (the lens' predictions)."""
+        return load_model(self.model).labels(sorted({int(i) for i in ids}))
 
     def step(self) -> AttentionStep:
         """The selected head's attention for the selected token, step by step."""
