@@ -80,7 +80,7 @@ def trace(
     overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller); at most the vocabulary size."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Show only this layer (negative counts from the end)."),
     head: Optional[int] = typer.Option(None, "--head", help="With site heads: show this head's neighbours."),
-    lens: bool = typer.Option(False, "--lens", help="Also run the logit lens (the model's own output head on every layer)."),
+    lens: bool = typer.Option(False, "--lens", help="Also run the logit lens: the model's own output head on every layer's residual (layer_out unless --lens-site)."),
     lens_site: str = typer.Option("layer_out", "--lens-site", help="The residual the lens reads: layer_out (h_{l+1}, default) or attn_resid (h_l + attn_l)."),
     causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet (the tidy frame)."),
