@@ -82,8 +82,12 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def url(tiny):
-    demo = build_app(models=[str(p) for p in tiny.values()], max_queue=4)
+def demo(tiny):
+    return build_app(models=[str(p) for p in tiny.values()], max_queue=4)
+
+
+@pytest.fixture(scope="module")
+def url(demo):
     with harness.serve(demo, **launch_options()) as u:
         yield u
 
@@ -562,3 +566,84 @@ def test_sessions_run_concurrently(url):
         t.join(120)
     assert [c[0] for c in results["a"]["tokens"]["choices"]][1:3] == ["fruit", "flies"]
     assert [c[0] for c in results["b"]["tokens"]["choices"]][1] == "colourless" or "colour" in results["b"]["tokens"]["choices"][1][0]
+
+
+# ---- the web server: hardening (issue 11, point 22) ------------------------------------------------
+def _http(url, method="GET", body=b"", headers=None):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+class _Records(__import__("logging").Handler):
+    def __init__(self):
+        super().__init__(level=0)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_server_refuses_uploads_sets_security_headers_and_rejects_bad_calls_quietly(url):
+    import logging
+
+    status, headers, _ = _http(url)
+    assert status == 200
+    assert headers["x-frame-options"] == "SAMEORIGIN" and headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'self'" in headers["content-security-policy"]
+    # the page has no upload: any file, any size, is refused before it is read
+    boundary = "tokentrailboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.bin\"\r\n\r\n").encode() + b"x" * 100_000 + f"\r\n--{boundary}--\r\n".encode()
+    status, headers, text = _http(url + "gradio_api/upload", "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 403 and b"uploads are disabled" in text and headers["x-content-type-options"] == "nosniff"
+    # an invalid API call: a clear 4xx, and no traceback in the log
+    handler = _Records()
+    loggers = [logging.getLogger(n) for n in ("", "uvicorn", "uvicorn.error", "gradio", "tokentrail.app")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        for _ in range(2):
+            payload = json.dumps({"data": [], "fn_index": 999, "session_hash": "abc", "event_data": None, "trigger_id": None}).encode()
+            status, _, text = _http(url + "gradio_api/queue/join", "POST", payload, {"Content-Type": "application/json"})
+            assert 400 <= status < 500, (status, text[:300])
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    assert not [r for r in handler.records if r.exc_info], [r.getMessage() for r in handler.records]
+
+
+def test_exports_live_in_a_private_folder_under_unguessable_names(demo, client):
+    import os
+    import re
+    import stat
+
+    folder = demo.tokentrail_folder
+    assert stat.S_IMODE(os.stat(folder.root).st_mode) == 0o700
+    tokenize(client)
+    path, _ = client.predict("CSV", api_name="/export_results")
+    made = [f for f in folder.path.iterdir() if f.name.endswith(Path(path).suffix)]
+    assert made and all(re.search(r"-[0-9a-f]{32}\.csv$", f.name) for f in made)
+    # Gradio's served copy is in the private folder too, not in the system temp folder
+    copies = [f for f in folder.cache.rglob("*.csv")]
+    assert copies and all(Path(f).resolve().is_relative_to(folder.root.resolve()) for f in copies)
+
+
+def test_the_app_leaves_no_temp_folder_behind(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = "from tokentrail.app import build_app\ndemo = build_app()\nassert demo.tokentrail_folder.root.is_dir()\nprint(demo.tokentrail_folder.root)"
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(Path(tt.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().startswith(str(tmp))
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("tokentrail-app-")]

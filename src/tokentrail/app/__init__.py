@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+
 from .layout import build_app, launch_options
 from .session import INITIAL_TEXT, MAX_CHARS, MAX_TOKENS
 
@@ -55,8 +59,14 @@ def launch(
         **launch_options(),
     )
     print(startup_message(demo.local_url, host, bool(share), demo.share_url), flush=True)
-    if block:
+    if not block:
+        return demo
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop by a service manager cleans up too
+    try:
         demo.block_thread()
+    finally:
+        demo.tokentrail_folder.remove()  # no temp folder left behind
     return demo
 
 

@@ -1,17 +1,20 @@
 """Files the page can download: the analysis (CSV/Parquet/JSON) and plots (HTML/SVG/PNG).
 
-Files are written to one private temporary folder per app and handed to Gradio, which
-serves only the files a callback returns: the server opens no general file access
-(no ``allowed_paths``). Files older than an hour are removed on the next export.
+Files are written to one private temporary folder per app (0700, unguessable names,
+removed at exit) and handed to Gradio, which serves only the files a callback returns:
+the server opens no general file access (no ``allowed_paths``). Files older than an hour
+are removed on the next export.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -25,13 +28,32 @@ MAX_AGE_S = 3600
 
 
 class ExportFolder:
+    """One private folder per app (mode 0700, removed when the process exits): exports
+    in ``exports/`` under unguessable names (128 random bits), and ``gradio/``, the cache
+    Gradio copies served files into (see :meth:`adopt`), so no copy lands in the
+    world-listable system temp folder."""
+
     def __init__(self):
-        self.path = Path(tempfile.mkdtemp(prefix="tokentrail-app-"))
+        self.root = Path(tempfile.mkdtemp(prefix="tokentrail-app-"))  # mkdtemp: 0700
+        self.path = self.root / "exports"
+        self.cache = self.root / "gradio"
+        for folder in (self.path, self.cache):
+            folder.mkdir(mode=0o700)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True)  # also at exit
+
+    def adopt(self, demo) -> None:
+        """Point every component of ``demo`` at the private cache."""
+        for block in demo.blocks.values():
+            if hasattr(block, "GRADIO_CACHE"):
+                block.GRADIO_CACHE = str(self.cache)
+
+    def remove(self) -> None:
+        self._cleanup()
 
     def new_file(self, stem: str, ext: str) -> Path:
         self._prune()
         safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")[:60] or "tokentrail"
-        return self.path / f"{safe}-{uuid.uuid4().hex[:8]}.{ext}"
+        return self.path / f"{safe}-{uuid.uuid4().hex}.{ext}"
 
     def _prune(self) -> None:
         cutoff = time.time() - MAX_AGE_S

@@ -20,7 +20,7 @@ from .. import plots
 from ..errors import InputError, ModelError, TokentrailError
 from ..metrics import SIMILARITIES
 from . import help as texts
-from . import render
+from . import render, security
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
@@ -82,6 +82,20 @@ def guarded(n_outputs: int, status_at: int) -> Callable:
     return wrap
 
 
+class Page_(gr.Blocks):
+    """The page's Blocks: it serves its exports from its own private folder (Gradio serves
+    only files under its upload folder or ``allowed_paths``; the system temp folder, where
+    Gradio's default cache is world-listable, is not used)."""
+
+    tokentrail_folder: ExportFolder
+
+    def launch(self, *args, **kwargs):
+        folder = getattr(self, "tokentrail_folder", None)
+        if folder is not None:
+            kwargs["allowed_paths"] = [*(kwargs.get("allowed_paths") or []), str(folder.cache)]
+        return super().launch(*args, **kwargs)
+
+
 def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[str] = (), *, max_queue: int = 16) -> gr.Blocks:
     """The tokentrail page as a ``gr.Blocks`` (queue bounded to ``max_queue`` waiting events).
 
@@ -96,7 +110,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
     folder = ExportFolder()
     p = Page()
 
-    with gr.Blocks(title="tokentrail", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    with Page_(title="tokentrail", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         state = gr.State(None, time_to_live=STATE_TTL_S)
         gr.Markdown(f"# tokentrail\n{texts.INTRO}", elem_id="header")
         with gr.Row(equal_height=True):
@@ -182,6 +196,9 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                         gr.Markdown(texts.EXPORT)
 
         _wire(demo, p, state, menu, folder, default_model)
+    folder.adopt(demo)
+    demo.GRADIO_CACHE = str(folder.cache)
+    demo.tokentrail_folder = folder  # the private folder lives as long as the page
     demo.queue(max_size=max_queue, default_concurrency_limit=CONCURRENCY, api_open=False)
     return demo
 
@@ -407,6 +424,6 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 
 
 def launch_options() -> dict[str, Any]:
-    """Keyword arguments for ``Blocks.launch`` that give the page its look (Gradio 6
-    takes theme and CSS at launch)."""
-    return dict(theme=THEME, css=CSS)
+    """Keyword arguments for ``Blocks.launch``: the page's look (Gradio 6 takes theme and
+    CSS at launch) and the server's hardening (:mod:`tokentrail.app.security`)."""
+    return dict(theme=THEME, css=CSS, app_kwargs=security.app_kwargs())
