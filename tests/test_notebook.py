@@ -51,7 +51,11 @@ def test_html_escapes_token_text(loaded_tiny):
 def test_plots_take_a_trail_and_a_token_by_name(trail):
     fig = tt.plots.journey(trail, "flies:1", "rank")
     assert fig.data[-1].name == "8: flies" and list(fig.data[-1].y) == list(trail.view("attn_resid").rank[:, 8] + 1)
+    # the figure says what it shows (an exported image keeps it): token, model, view, text
+    assert "token 8: flies" in fig.layout.title.text and "attn_resid/encodings/cosine" in fig.layout.title.text
+    assert Path(trail.info.model).name in fig.layout.title.text and "Time flies like" in fig.layout.title.text
     fig = tt.plots.grid(trail, "self_sim", token="arrow", layer=1)
+    assert "token 5: arrow" in fig.layout.title.text
     assert fig.layout.shapes[0].y0 == trail.token_index("arrow") - 0.5
     with pytest.raises(tt.InputError, match="unknown metric 'bogus'"):
         tt.plots.journey(trail, 0, "bogus")

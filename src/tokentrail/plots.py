@@ -28,14 +28,31 @@ def token_labels(trail: Trail) -> list[str]:
     return [f"{i}: {t}" for i, t in enumerate(trail.tokens)]
 
 
-def _layout(title: str, height: int, **axes) -> dict:
+def subtitle(trail: Trail, view: View | None = None, token: int | None = None) -> str:
+    """What a figure shows, so that an exported image says it: the highlighted token,
+    the model, the site/space/similarity and the start of the text."""
+    from pathlib import Path
+
+    parts = []
+    if token is not None:
+        parts.append(f"token {token_labels(trail)[token]}")
+    parts.append(Path(trail.info.model).name or trail.info.model)
+    if view is not None:
+        parts.append("/".join(view.key))
+    text = trail.text if len(trail.text) <= 48 else trail.text[:47] + "…"
+    parts.append(repr(text))
+    return " · ".join(parts).replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _layout(title: str, height: int, sub: str | None = None, **axes) -> dict:
     """One layout dict for a figure (built once: plotly's property-by-property updates
     cost more than the data on a token click)."""
     axis = dict(gridcolor="#eef0f3", zeroline=False, linecolor="#cbd2d9")
+    text = title if sub is None else f"{title}<br><sup>{sub}</sup>"
     return dict(
-        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)),
+        title=dict(text=text, x=0.01, xanchor="left", font=dict(size=14)),
         height=height,
-        margin=dict(l=56, r=16, t=44, b=44),
+        margin=dict(l=56, r=16, t=44 if sub is None else 64, b=44),
         font=FONT,
         plot_bgcolor="white",
         paper_bgcolor="white",
@@ -114,7 +131,7 @@ def layer_lines(trail: Trail, view: View, metric: str, token: int | str, *, adju
         yaxis = dict(title_text="shared ids", range=[-0.5, view.overlap_k + 0.5])
     else:
         yaxis = dict(title_text=view.similarity)
-    return go.Figure(data=traces, layout=_layout(title, height, xaxis=xaxis, yaxis=yaxis))
+    return go.Figure(data=traces, layout=_layout(title, height, subtitle(trail, view, token), xaxis=xaxis, yaxis=yaxis))
 
 
 def attention_row(trail: Trail, heads: HeadsAt, *, height: int | None = None) -> go.Figure:
@@ -164,6 +181,7 @@ def layer_grid(trail: Trail, view: View, metric: str, *, adjusted: bool = False,
         layout=_layout(
             f"{LINE_METRICS[metric]}: token × layer",
             max(300, 60 + 18 * n),
+            subtitle(trail, view, selected[0] if selected is not None else None),
             yaxis=dict(autorange="reversed", type="category"),
             shapes=shapes,
         ),
