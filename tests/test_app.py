@@ -154,8 +154,11 @@ def test_tokenize_shows_tokens_table_and_plots_of_the_library(client, trail):
 
     # the table: one column per layer, top-k with similarity, own token starred
     table = frame(v["table"])
-    assert list(table.columns) == ["rank", *[f"layer {l}" for l in range(trail.n_layers)]]
+    assert list(table.columns) == ["rank", "emb", *[f"layer {l}" for l in range(trail.n_layers)]]
     assert len(table) == 15 + 1  # k rows and the own-token row
+    origin = trail.view().origin_top_ids[t]  # emb: the original encoding's neighbours, as the CLI's emb column
+    assert [c.lstrip("★ ").split(" ")[0] for c in table["emb"][:15]] == [trail.labels[int(i)] for i in origin[:15]]
+    assert table["emb"][0].startswith("★ time")  # in the encodings space e_t is its own row's exact copy
     for l in range(trail.n_layers):
         nb = trail.neighbours(t, l)
         for place in (0, 1, 14):
@@ -540,10 +543,11 @@ def test_launch_binds_loopback_without_share(monkeypatch):
     from tokentrail import app
 
     seen = {}
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
-    app.launch()
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw, demo=self))
+    app.launch(block=False)
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["server_port"] == 7860
-    assert not seen.get("allowed_paths")
+    # no general file access: only the app's own private folder of served exports
+    assert seen["allowed_paths"] == [str(seen["demo"].tokentrail_folder.cache)]
 
 
 def test_app_never_asks_for_pickle_or_remote_code():

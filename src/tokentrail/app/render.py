@@ -68,11 +68,24 @@ def token_choices(trail: Trail) -> list[tuple[str, int]]:
 # ---- across layers ---------------------------------------------------------------------------
 def neighbour_table(trail: Trail, view: View, token: int) -> Styler:
     """One column per layer: the top-k vocabulary rows, own token starred, and its rank
-    appended as a last row where it falls outside the top-k."""
+    appended as a last row where it falls outside the top-k; first an ``emb`` column, the
+    neighbours of the original encoding (where the view has them)."""
     L, k = view.top_ids.shape[0], view.top_ids.shape[-1]
     own = int(trail.ids[token])
     cols: dict[str, list] = {"rank": [str(i) for i in range(k)] + ["own"]}
     own_cells: list[tuple[int, int]] = []
+    first = 1  # the column of layer 0
+    if view.origin_top_ids is not None:  # "emb": the original encoding's neighbours (the CLI's emb column)
+        cells = []
+        for place, (i, s) in enumerate(zip(view.origin_top_ids[token][:k], view.origin_top_sims[token][:k])):
+            label = trail.labels.get(int(i), str(int(i)))
+            cells.append(f"★ {label} {s:.3f}" if int(i) == own else f"{label} {s:.3f}")
+            if int(i) == own:
+                own_cells.append((place, 1))
+        found = own in {int(i) for i in view.origin_top_ids[token][:k]}
+        cells.append("in the top-k" if found else f"★ {trail.tokens[token]}: outside the top-{k}")
+        cols["emb"] = cells
+        first = 2
     for l in range(L):
         ids, sims = view.top_ids[l, token], view.top_sims[l, token]
         cells = []
@@ -80,13 +93,13 @@ def neighbour_table(trail: Trail, view: View, token: int) -> Styler:
             label = trail.labels.get(int(i), str(int(i)))
             if int(i) == own:
                 cells.append(f"★ {label} {s:.3f}")
-                own_cells.append((place, l + 1))
+                own_cells.append((place, l + first))
             else:
                 cells.append(f"{label} {s:.3f}")
         r = int(view.rank[l, token])
         if r >= k:
             cells.append(f"★ {trail.tokens[token]}: rank {r} · {view.self_sim[l, token]:.3f}")
-            own_cells.append((k, l + 1))
+            own_cells.append((k, l + first))
         else:
             cells.append(f"rank {r}")
         cols[f"layer {l}"] = cells
