@@ -151,3 +151,47 @@ def test_two_sessions_with_different_models(browser, serve_blocks, second_model,
         finally:
             ctx_a.close()
             ctx_b.close()
+
+
+CONTRAST_JS = """(el) => {
+  const rgb = (s) => { const m = s.match(/[\\d.]+/g).map(Number); return m.length > 3 ? m : [...m, 1]; };
+  let bg = null;
+  for (let n = el; n; n = n.parentElement) {
+    const c = rgb(getComputedStyle(n).backgroundColor);
+    if (c[3] > 0.5) { bg = c; break; }
+  }
+  bg = bg || [255, 255, 255, 1];
+  const fg = rgb(getComputedStyle(el).color);
+  const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }; return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+}"""
+
+
+def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks, artifacts_dir):
+    """Dark mode (the OS setting) keeps text readable (WCAG contrast >= 4.5 for the status
+    line, the chips and the help panels); Tab reaches the chips and the arrow keys select."""
+    with serve_blocks(build_app(), **launch_options()) as url:
+        for scheme in ("light", "dark"):
+            ctx = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 720})
+            page = ctx.new_page()
+            try:
+                page.goto(url)
+                analysed(page, "minilm", "banana")
+                assert page.evaluate("document.body.classList.contains('dark')") == (scheme == "dark")
+                for sel in ("#status p", "#tokens label:not(.selected) span", ".howto p"):
+                    ratio = page.locator(sel).first.evaluate(CONTRAST_JS)
+                    assert ratio >= 4.5, (scheme, sel, ratio)
+                page.screenshot(path=str(artifacts_dir / f"app-{scheme}.png"))
+                # keyboard: the selected chip takes focus, the right arrow moves to the next token
+                page.locator("#tokens input:checked").focus()
+                assert page.evaluate("document.activeElement.closest('#tokens') !== null")
+                page.keyboard.press("ArrowRight")
+                expect(page.locator("#status")).to_contain_text("Selected: flies (token 2)")
+                expect(chip(page, "flies")).to_have_class(re.compile(r"\bselected\b"))
+                page.keyboard.press("End")
+                expect(page.locator("#status")).to_contain_text("Selected: [SEP] (token 13)")
+                page.keyboard.press("ArrowLeft")
+                expect(page.locator("#status")).to_contain_text("Selected: . (token 12)")
+            finally:
+                ctx.close()

@@ -24,7 +24,7 @@ from . import render, security
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
-from .style import CSS, THEME
+from .style import CSS, HEAD, THEME
 
 log = logging.getLogger("tokentrail.app")
 
@@ -426,4 +426,4 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 def launch_options() -> dict[str, Any]:
     """Keyword arguments for ``Blocks.launch``: the page's look (Gradio 6 takes theme and
     CSS at launch) and the server's hardening (:mod:`tokentrail.app.security`)."""
-    return dict(theme=THEME, css=CSS, app_kwargs=security.app_kwargs())
+    return dict(theme=THEME, css=CSS, head=HEAD, app_kwargs=security.app_kwargs())

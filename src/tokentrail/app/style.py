@@ -1,4 +1,9 @@
-"""The page's look: a Gradio theme and a little CSS (token chips, help panels)."""
+"""The page's look: a Gradio theme and a little CSS (token chips, help panels).
+
+Colours come from the theme's CSS variables (``--body-text-color``,
+``--background-fill-secondary``, ...), so the page reads in light and dark mode alike;
+only the accent (the selected token) is fixed.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +15,33 @@ THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue=
 
 CSS = f"""
 #header h1 {{ margin-bottom: 0.1em; }}
-#header p {{ color: #52606d; margin-top: 0; }}
-#status {{ padding: 6px 12px; border-left: 4px solid {ACCENT}; background: #fffaf5; border-radius: 4px; }}
+#header p {{ color: var(--body-text-color-subdued); margin-top: 0; }}
+#status {{ padding: 6px 12px; border-left: 4px solid {ACCENT}; background: var(--background-fill-secondary); color: var(--body-text-color); border-radius: 4px; }}
 
 /* token chips: the Radio's options, one pill each; the selected one filled */
 #tokens .wrap {{ gap: 6px 6px; }}
 #tokens label {{
-  border: 1px solid #cbd2d9; border-radius: 999px; padding: 3px 12px; margin: 0;
-  background: white; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px;
+  border: 1px solid var(--border-color-primary); border-radius: 999px; padding: 3px 12px; margin: 0;
+  background: var(--background-fill-primary); color: var(--body-text-color); font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px;
   cursor: pointer; transition: background 0.1s;
 }}
-#tokens label:hover {{ background: #fff1e6; border-color: {ACCENT}; }}
-#tokens label input {{ display: none; }}
+#tokens label:hover {{ background: var(--color-accent-soft); border-color: {ACCENT}; }}
+/* the radio stays in the page (not display:none) so Tab reaches the chips and the arrow
+   keys move the selection; it is only made invisible */
+#tokens label input {{ position: absolute; opacity: 0; width: 1px; height: 1px; margin: 0; pointer-events: none; }}
+#tokens label:focus-within {{ outline: 2px solid {ACCENT}; outline-offset: 2px; }}
 #tokens label.selected {{ background: {ACCENT}; border-color: {ACCENT}; color: white; }}
 #tokens label.selected span {{ color: white; }}
 
-.howto {{ background: #f8fafc; border: 1px solid #e4e7eb; border-radius: 8px; padding: 2px 12px; }}
+.howto {{ background: var(--background-fill-secondary); color: var(--body-text-color); border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 2px 12px; }}
 .howto p, .howto li {{ font-size: 12.5px; line-height: 1.45; }}
 .howto ul {{ padding-left: 1.1em; }}
 /* the clickable token x layer grid */
-#heat .heat-wrap {{ max-height: 560px; overflow: auto; border: 1px solid #e4e7eb; border-radius: 8px; }}
+#heat .heat-wrap {{ max-height: 560px; overflow: auto; border: 1px solid var(--border-color-primary); border-radius: 8px; }}
 #heat table.heat {{ border-collapse: separate; border-spacing: 0; font-size: 12px; font-variant-numeric: tabular-nums; }}
 #heat table.heat th, #heat table.heat td {{ padding: 5px 10px; text-align: right; white-space: nowrap; border: none; border-bottom: 1px solid #fff; border-right: 1px solid #fff; }}
-#heat table.heat thead th {{ position: sticky; top: 0; background: #f8fafc; z-index: 2; }}
-#heat table.heat tbody th {{ position: sticky; left: 0; background: #f8fafc; text-align: left; font-family: ui-monospace, monospace; cursor: pointer; z-index: 1; }}
+#heat table.heat thead th {{ position: sticky; top: 0; background: var(--background-fill-secondary); color: var(--body-text-color); z-index: 2; }}
+#heat table.heat tbody th {{ position: sticky; left: 0; background: var(--background-fill-secondary); color: var(--body-text-color); text-align: left; font-family: ui-monospace, monospace; cursor: pointer; z-index: 1; }}
 #heat table.heat td {{ cursor: pointer; min-width: 44px; }}
 #heat .heat-wrap {{ display: inline-block; max-width: 100%; }}
 #heat table.heat td:hover {{ outline: 2px solid #52606d; outline-offset: -2px; }}
@@ -44,3 +52,23 @@ CSS = f"""
 #heat table.heat {{ font-size: 13px; }}
 #walk ol {{ line-height: 1.6; }}
 """
+
+# Keyboard for the token chips. Gradio gives every radio of a Radio its own name, so the
+# browser's arrow-key movement within one radio group does not apply: Tab reaches each
+# chip (Space selects it), and this listener makes the arrow keys (and Home/End) move
+# the selection to the previous/next token, as in a native radio group.
+HEAD = """<script>
+document.addEventListener("keydown", (e) => {
+  const box = e.target && e.target.closest ? e.target.closest("#tokens") : null;
+  if (!box || e.target.tagName !== "INPUT" || e.altKey || e.ctrlKey || e.metaKey) return;
+  const step = {ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1}[e.key];
+  if (step === undefined && e.key !== "Home" && e.key !== "End") return;
+  const inputs = Array.from(box.querySelectorAll("input[type=radio]"));
+  const i = inputs.indexOf(e.target);
+  const j = e.key === "Home" ? 0 : e.key === "End" ? inputs.length - 1 : i + step;
+  e.preventDefault();
+  if (j < 0 || j >= inputs.length || j === i) return;
+  inputs[j].focus();
+  inputs[j].click();
+});
+</script>"""
