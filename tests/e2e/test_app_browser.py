@@ -183,7 +183,10 @@ def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks
                     ratio = page.locator(sel).first.evaluate(CONTRAST_JS)
                     assert ratio >= 4.5, (scheme, sel, ratio)
                 page.screenshot(path=str(artifacts_dir / f"app-{scheme}.png"))
-                # keyboard: the selected chip takes focus, the right arrow moves to the next token
+                # keyboard: the selected chip takes focus, the right arrow moves to the next token.
+                # Let the page's load event finish first (its session state can land a moment
+                # after its outputs show, on a loaded machine; a click then would find none)
+                page.wait_for_timeout(1500)
                 page.locator("#tokens input:checked").focus()
                 assert page.evaluate("document.activeElement.closest('#tokens') !== null")
                 page.keyboard.press("ArrowRight")
