@@ -109,3 +109,17 @@ def test_load_refuses_what_it_cannot_read(tmp_path):
     for name, msg in (("old.csv", "no 'table' and 'meta' columns"), ("x.json", "not a tokentrail export"), ("bad.parquet", "not a readable tokentrail export"), ("missing.csv", "no such file")):
         with pytest.raises(InputError, match=msg):
             tt.Trail.load(tmp_path / name)
+
+
+def test_the_attention_table_is_bounded_unless_asked_for(trail, tmp_path, monkeypatch):
+    import tokentrail.trailio as tio
+
+    monkeypatch.setattr(tio, "MAX_ATTENTION_ROWS", trail.attentions.size - 1)  # just over the limit
+    back = tt.Trail.load(trail.export(tmp_path / "t.parquet"))
+    assert back.attentions is None and back == dataclasses.replace(trail, attentions=None)
+    meta = json.loads(trail.to_json())["meta"]["trail"]
+    assert meta["attention_left_out"].startswith(f"{trail.attentions.size:,} rows (more than the default limit")
+    assert tt.Trail.load(trail.export(tmp_path / "forced.csv", attention=True)) == trail
+    assert "attention" not in tt.Trail.load(trail.export(tmp_path / "none.json", attention=False)).tables()
+    monkeypatch.setattr(tio, "MAX_ATTENTION_ROWS", trail.attentions.size)  # at the limit: included
+    assert tt.Trail.load(trail.export(tmp_path / "t2.parquet")) == trail

@@ -247,9 +247,19 @@ def _export(trail, fmt: str, out_path: Path | None) -> None:
             trail.to_csv(sys.stdout)
         else:
             sys.stdout.write(trail.to_json() + "\n")
+        _say_attention_left_out(trail)
         return
     path = trail.export(out_path, fmt)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    _say_attention_left_out(trail)
+
+
+def _say_attention_left_out(trail) -> None:
+    from .trailio import MAX_ATTENTION_ROWS, attention_included
+
+    if trail.attentions is not None and not attention_included(trail):
+        err.print(f"note: the attention table ({trail.attentions.size:,} rows, layers × heads × tokens²) is left out above "
+                  f"{MAX_ATTENTION_ROWS:,} rows; from Python, trail.export(path, attention=True) includes it", highlight=False)
 
 
 @app.command()

@@ -231,32 +231,32 @@ class Trail:
     def meta(self) -> dict[str, Any]:
         return {**self.info.to_dict(), "text": self.text, "tokens": list(self.tokens), "kv_groups": self.kv_groups}
 
-    def tables(self) -> dict[str, pd.DataFrame]:
+    def tables(self, attention: bool | None = None) -> dict[str, pd.DataFrame]:
         """Every table an export holds (tokens, metrics, neighbours, attention, lens, lens_top),
         each with its own columns; see :mod:`tokentrail.trailio`."""
         from .trailio import tables
 
-        return tables(self)
+        return tables(self, attention)
 
-    def to_parquet(self, path: str | Path) -> Path:
+    def to_parquet(self, path: str | Path, attention: bool | None = None) -> Path:
         """Every table as one long Parquet table with a ``table`` column (:mod:`tokentrail.trailio`)."""
         from .trailio import write_parquet
 
-        return write_parquet(self, path)
+        return write_parquet(self, path, attention)
 
-    def to_csv(self, path) -> Path | None:
+    def to_csv(self, path, attention: bool | None = None) -> Path | None:
         """Every table as one long CSV table with a ``table`` column, to a path or a text
         stream; text cells escaped as :mod:`tokentrail.fileio` documents."""
         from .trailio import write_csv_table
 
-        write_csv_table(self, path if hasattr(path, "write") else Path(path))
+        write_csv_table(self, path if hasattr(path, "write") else Path(path), attention)
         return None if hasattr(path, "write") else Path(path)
 
-    def to_json(self, path: str | Path | None = None) -> str:
+    def to_json(self, path: str | Path | None = None, attention: bool | None = None) -> str:
         """Metadata and every table as one JSON document (each table a list of records)."""
         from .trailio import write_json
 
-        return write_json(self, path)
+        return write_json(self, path, attention)
 
     @classmethod
     def load(cls, path: str | Path) -> "Trail":
@@ -285,15 +285,20 @@ class Trail:
 
         return trail_html(self)
 
-    def export(self, path: str | Path, fmt: str | None = None) -> Path:
+    def export(self, path: str | Path, fmt: str | None = None, *, attention: bool | None = None) -> Path:
+        """Write every table (see :mod:`tokentrail.trailio`) as Parquet, CSV or JSON.
+
+        ``attention``: the L·H·n² attention table is included up to
+        :data:`tokentrail.trailio.MAX_ATTENTION_ROWS` rows (None), always (True) or never
+        (False); a Trail read back without it has ``attentions`` None."""
         path = Path(path)
         fmt = (fmt or path.suffix.lstrip(".")).lower()
         if fmt == "parquet":
-            return self.to_parquet(path)
+            return self.to_parquet(path, attention)
         if fmt == "csv":
-            return self.to_csv(path)
+            return self.to_csv(path, attention)
         if fmt == "json":
-            self.to_json(path)
+            self.to_json(path, attention)
             return path
         raise InputError(f"unknown export format {fmt!r}: use parquet, csv or json")
 

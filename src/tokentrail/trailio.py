@@ -10,7 +10,9 @@ A :class:`~tokentrail.results.Trail` is written as these tables (one row per ...
 ``neighbours`` token, layer, head, site, space, similarity, place: ``id``, ``id_str``,
               ``value`` (the similarity); ``layer`` -1 holds the original encoding's
               neighbours (the CLI's ``emb`` column)
-``attention`` layer, head, token (the query), ``source``: ``value`` (the probability)
+``attention`` layer, head, token (the query), ``source``: ``value`` (the probability);
+              L·H·n² rows, so by default only up to :data:`MAX_ATTENTION_ROWS`
+              (``attention=True`` forces it, ``False`` leaves it out)
 ``lens``      token, layer, metric: ``value`` (``site`` names the residual the lens read)
 ``lens_top``  token, layer, place: ``id``, ``id_str``, ``value`` (the probability)
 ============  ==========================================================================
@@ -46,10 +48,22 @@ LONG_COLUMNS = [
 ]
 INT_COLUMNS = ("token", "position", "layer", "head", "place", "id", "source")
 TABLES = ("meta", "tokens", "metrics", "neighbours", "attention", "lens", "lens_top")
+# The attention table grows as tokens²: 2M rows is MiniLM at 166 tokens or SmolLM2 at 86
+# (~130 MB of CSV); SmolLM2 at 1,024 tokens would be 283M rows. Beyond it the table is
+# left out unless asked for, and the metadata says so.
+MAX_ATTENTION_ROWS = 2_000_000
+
+
+def attention_included(trail, attention: bool | None = None) -> bool:
+    """Whether an export of ``trail`` carries the attention table (None: when it has at
+    most :data:`MAX_ATTENTION_ROWS` rows)."""
+    if trail.attentions is None or attention is False:
+        return False
+    return attention is True or trail.attentions.size <= MAX_ATTENTION_ROWS
 
 
 # ---- writing ------------------------------------------------------------------------------
-def rebuild_meta(trail) -> dict[str, Any]:
+def rebuild_meta(trail, attention: bool | None = None) -> dict[str, Any]:
     """What :func:`load` needs beyond the tables: shapes, dtypes, labels, view settings."""
     views = []
     for v in trail.views:
@@ -73,7 +87,9 @@ def rebuild_meta(trail) -> dict[str, Any]:
         "labels": {str(i): s for i, s in trail.labels.items()},
         "dtypes": {"ids": str(trail.ids.dtype), "positions": str(trail.positions.dtype), "special": str(trail.special.dtype),
                    "attentions": None if trail.attentions is None else str(trail.attentions.dtype)},
-        "attention_shape": None if trail.attentions is None else list(trail.attentions.shape),
+        "attention_shape": list(trail.attentions.shape) if attention_included(trail, attention) else None,
+        "attention_left_out": None if trail.attentions is None or attention_included(trail, attention) else (
+            f"{trail.attentions.size:,} rows" + (" (more than the default limit of " + f"{MAX_ATTENTION_ROWS:,}; export with attention=True to include it)" if attention is None else "")),
         "views": views,
         "lens": None if lens is None else {
             "site": lens.site, "is_decoder": lens.is_decoder, "k": lens.k, "n_layers": lens.n_layers,
@@ -84,8 +100,8 @@ def rebuild_meta(trail) -> dict[str, Any]:
     }
 
 
-def full_meta(trail) -> dict[str, Any]:
-    return {**trail.meta(), "trail": rebuild_meta(trail)}
+def full_meta(trail, attention: bool | None = None) -> dict[str, Any]:
+    return {**trail.meta(), "trail": rebuild_meta(trail, attention)}
 
 
 def _grid(*sizes: int) -> list[np.ndarray]:
@@ -100,7 +116,7 @@ def _tokens_of(trail, t: np.ndarray) -> dict[str, Any]:
     return {"token": t, "token_str": np.array(trail.tokens, dtype=object)[t], "position": trail.positions[t]}
 
 
-def tables(trail) -> dict[str, pd.DataFrame]:
+def tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
     """Every table of ``trail`` (see the module doc), each with its own columns."""
     n = trail.n_tokens
     t = np.arange(n)
@@ -126,7 +142,7 @@ def tables(trail) -> dict[str, pd.DataFrame]:
                 )
             )
     out["neighbours"] = pd.concat(parts, ignore_index=True)
-    if trail.attentions is not None:
+    if attention_included(trail, attention):
         L, H, n1, n2 = trail.attentions.shape
         li, hi, ti, si = _grid(L, H, n1, n2)
         out["attention"] = pd.DataFrame({"layer": li, "head": hi, "token": ti, "source": si, "value": trail.attentions.reshape(-1).astype(np.float64)})
@@ -143,10 +159,10 @@ def tables(trail) -> dict[str, pd.DataFrame]:
     return out
 
 
-def long_frame(trail) -> pd.DataFrame:
+def long_frame(trail, attention: bool | None = None) -> pd.DataFrame:
     """Every table in one long frame with a ``table`` column (the Parquet and CSV layout)."""
-    meta = pd.DataFrame({"table": ["meta"], "meta": [json.dumps(full_meta(trail))]})
-    frames = [meta] + [f.assign(table=name) for name, f in tables(trail).items()]
+    meta = pd.DataFrame({"table": ["meta"], "meta": [json.dumps(full_meta(trail, attention))]})
+    frames = [meta] + [f.assign(table=name) for name, f in tables(trail, attention).items()]
     out = pd.concat(frames, ignore_index=True).reindex(columns=LONG_COLUMNS)
     for col in INT_COLUMNS:
         out[col] = out[col].astype("Int64")
@@ -155,20 +171,20 @@ def long_frame(trail) -> pd.DataFrame:
     return out
 
 
-def write_parquet(trail, path: str | Path) -> Path:
+def write_parquet(trail, path: str | Path, attention: bool | None = None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(long_frame(trail), preserve_index=False)
+    table = pa.Table.from_pandas(long_frame(trail, attention), preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(trail.meta()).encode()})
     with atomic_write(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)
 
 
-def write_csv_table(trail, target) -> None:
+def write_csv_table(trail, target, attention: bool | None = None) -> None:
     """The long table as CSV to a path (atomically) or an open text stream."""
-    write_csv(long_frame(trail), target)
+    write_csv(long_frame(trail, attention), target)
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -182,16 +198,16 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(names, row)) for row in zip(*cols)]
 
 
-def json_document(trail) -> str:
+def json_document(trail, attention: bool | None = None) -> str:
     """One JSON document: ``meta`` and every table as records (NaN as null, floats exact)."""
-    doc: dict[str, Any] = {"meta": full_meta(trail)}
-    for name, frame in tables(trail).items():
+    doc: dict[str, Any] = {"meta": full_meta(trail, attention)}
+    for name, frame in tables(trail, attention).items():
         doc[name] = _records(frame)
     return json.dumps(doc, allow_nan=False)
 
 
-def write_json(trail, path: str | Path | None = None) -> str:
-    text = json_document(trail)
+def write_json(trail, path: str | Path | None = None, attention: bool | None = None) -> str:
+    text = json_document(trail, attention)
     if path is not None:
         write_text(path, text)
     return text
