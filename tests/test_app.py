@@ -497,6 +497,9 @@ def test_export_results(client, trail, fmt):
     assert {"token", "layer", "metric", "value"} <= set(df.columns)
     ranks = df[(df.metric == "rank") & (df.token == 2)].sort_values("layer")["value"].to_numpy()
     np.testing.assert_array_equal(ranks, trail.view().rank[:, 2])
+    back = tt.Trail.load(path)  # the download is a whole Trail: every table, readable back
+    assert back.tokens == trail.tokens and np.array_equal(back.view().top_ids, trail.view().top_ids)
+    assert np.array_equal(back.view().origin_top_ids, trail.view().origin_top_ids) and back.attentions.shape == trail.attentions.shape
 
 
 def test_export_plot_html(client):
