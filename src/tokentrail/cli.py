@@ -132,7 +132,7 @@ def trace(
         if trail.info.truncated_from is not None and not quiet:
             err.print(f"[yellow]note:[/] the text was {trail.info.truncated_from} tokens; kept the first {trail.n_tokens} (--truncate)")
         if fmt != "table":
-            _export(trail, fmt, out_path)
+            _export(trail, fmt, out_path, quiet)
             return
         from .report import print_report
 
@@ -241,17 +241,19 @@ def _pick_token(find_token, tokens, token: str, quiet: bool) -> int:
     return index
 
 
-def _export(trail, fmt: str, out_path: Path | None) -> None:
+def _export(trail, fmt: str, out_path: Path | None, quiet: bool = False) -> None:
     if out_path is None:
         if fmt == "csv":
             trail.to_csv(sys.stdout)
         else:
             sys.stdout.write(trail.to_json() + "\n")
-        _say_attention_left_out(trail)
+        if not quiet:
+            _say_attention_left_out(trail)
         return
     path = trail.export(out_path, fmt)
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
-    _say_attention_left_out(trail)
+    if not quiet:
+        _say_attention_left_out(trail)
 
 
 def _say_attention_left_out(trail) -> None:
