@@ -28,8 +28,8 @@ _LAZY = {
     "LensResult": "results",
     "verify": "verification",
     "Verification": "verification",
-    "compare": "compare",
-    "Comparison": "compare",
+    "compare": "comparison",
+    "Comparison": "comparison",
     "plots": None,  # the submodule itself
 }
 
@@ -56,4 +56,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
     from .runner import Run, trail_many
     from .verification import Verification, verify
-    from .compare import Comparison, compare
+    from .comparison import Comparison, compare

@@ -375,6 +375,11 @@ def serve(
         _fail(str(exc))
 
 
+from .cli_compare import compare as _compare  # noqa: E402
+
+app.command("compare")(_compare)
+
+
 def main() -> None:
     app()
 
