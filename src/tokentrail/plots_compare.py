@@ -109,5 +109,6 @@ def compare_heatmaps(c: Comparison, *, height: int | None = None) -> go.Figure:
     fig.update_layout(
         _layout("Similarity to the original encoding: token × layer", height or max(320, 120 + 16 * L)),
     )
-    fig.update_layout(xaxis2=dict(type="category"), yaxis2=dict(autorange="reversed", type="category"))
+    fig.update_layout(xaxis2=dict(type="category"), yaxis2=dict(autorange="reversed", type="category"), margin=dict(t=84))
+    fig.update_annotations(yshift=6)
     return fig
