@@ -97,6 +97,21 @@ def test_causal_prefix_gives_identical_vectors_until_the_first_difference(tokeni
     assert both_ways.cosine.min() < 0.999  # without the mask the prefix sees the difference
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox", "gemma", "phi"])
+@pytest.mark.parametrize("site", ["layer_out", "heads"])
+def test_every_decoder_family_and_site(tokenizer, family, site):
+    from test_parity_decoders import tiny_model
+
+    model = tt.load(tiny_model(family), tokenizer=tokenizer)
+    c = tt.compare(TEXT, model=model, token="flies:0", token_b="flies:1", site=site, k=3, overlap_k=5)
+    L, H = model.adapter.n_layers, model.adapter.n_heads
+    assert c.cosine.shape == ((L, H) if site == "heads" else (L,))
+    assert np.all(c.cosine <= 1 + 1e-6) and c.cosine.min() < 0.999
+    assert c.a.self_sim.shape == c.cosine.shape and c.a.top_ids.shape == (*c.cosine.shape, 5)
+    same = tt.compare(TEXT, TEXT, model=model, token="flies:1", site=site, k=3, overlap_k=5)
+    np.testing.assert_allclose(same.cosine, 1.0, atol=1e-6)
+
+
 def test_errors_are_clear(loaded_tiny):
     with pytest.raises(InputError, match=r"no token 'bank' in the text; tokens are 0:\[CLS\] 1:time"):
         tt.compare(TEXT, TEXT, model=loaded_tiny, token="bank")

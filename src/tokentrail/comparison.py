@@ -413,7 +413,7 @@ def compare(
             if not alignment[ta]:
                 raise InputError(
                     f"token {ta} {run_a.tokens[ta]!r} of {ma.name} covers no characters of the text (a special token), "
-                    f"so {mb.name} has no counterpart: give token_b (tokens are {_listing(run_b.tokens)})"
+                    f"so {mb.name} has no counterpart: give side b its own token (token_b=, or a second --token; its tokens are {_listing(run_b.tokens)})"
                 )
             tb = alignment[ta][-1]
         else:
