@@ -181,6 +181,7 @@ def test_plots_build_from_the_result(loaded_tiny):
         (["x", "y"], "give the token"),
         (["x", "y", "-t", "1", "--site", "heads", "--space", "embeddings"], "heads site compares with"),
         (["x", "y", "-t", "1", "--head", "0"], "--head selects a head"),
+        (["x", "-m", "a", "-m", "b", "-t", "1", "--site", "heads"], "two models have different heads"),
         (["", "y", "-t", "1"], "the text is empty"),
         (["x", "y", "-t", "1", "-f", "parquet"], "--format parquet needs --out"),
     ],
@@ -241,3 +242,29 @@ def test_bank_in_two_senses_on_minilm_and_across_models():
     m = tt.compare("I sat on the river bank.", model="minilm", model_b="smollm2", token="bank")
     assert m.cosine is None and m.b.token_str == "␣bank" and m.b.depth[-1] == 1.0
     assert m.a.grid.shape == (6, m.a.grid.shape[1]) and m.b.grid.shape[0] == 30
+
+
+def test_two_models_on_one_text_tiny(loaded_tiny, tokenizer):
+    from test_parity_decoders import tiny_model
+
+    from tokentrail.plots_compare import compare_heatmaps, compare_lines
+
+    llama = tt.load(tiny_model("llama"), tokenizer=tokenizer)
+    c = tt.compare(TEXT, model=loaded_tiny, model_b=llama, token="flies:1", k=3, overlap_k=5)
+    # one tokenizer on both sides: every token with characters is aligned with itself
+    assert c.alignment[1:-1] == tuple((i,) for i in range(1, len(c.a.tokens) - 1)) and c.alignment[0] == ()
+    assert c.b.token == c.a.token == 8 and c.a.span == c.b.span == (33, 38) and TEXT[33:38] == "flies"
+    assert c.cosine is None and c.overlap is None and c.diverge is None
+    np.testing.assert_allclose(c.a.depth, [0.5, 1.0])
+    assert set(c.frame()["side"]) == {"a", "b"}
+    with pytest.raises(InputError, match="one model on both sides"):
+        c.separating("a", 0)
+    assert compare_lines(c).layout.xaxis.title.text.startswith("relative depth")
+    assert len(compare_heatmaps(c).data) == 2
+    whole = tt.compare(TEXT, model=loaded_tiny, model_b=llama, k=3, overlap_k=5)  # no token: whole-text curves
+    grid = whole.a.grid[:, 1:-1]  # [CLS] and [SEP] are special
+    np.testing.assert_allclose(whole.a.self_sim, grid.mean(axis=1), rtol=1e-6)
+    with pytest.raises(InputError, match="two models have different heads"):
+        tt.compare(TEXT, model=loaded_tiny, model_b=llama, token=1, site="heads")
+    with pytest.raises(InputError, match=r"token 0 '\[CLS\]' .* covers no characters"):
+        tt.compare(TEXT, model=loaded_tiny, model_b=llama, token=0)

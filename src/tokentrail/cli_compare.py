@@ -58,7 +58,11 @@ def compare(
         two_models = len(model) == 2
         if text_b is None and not two_models and len(token) < 2:
             raise InputError("one text and one model: give two tokens (--token flies:0 --token flies:1), a second text, or a second --model")
-        if not token and (not two_models or site == "heads"):
+        if two_models and site == "heads":
+            from .comparison import HEADS_ACROSS_MODELS
+
+            raise InputError(HEADS_ACROSS_MODELS)
+        if not token and not two_models:
             raise InputError("give the token to compare with --token (an index, its text, or TEXT:N)")
         space = check_compare_options(site, space, similarity, k, overlap_k)
         if head is not None and site != "heads":

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .runner import Run
 
 Span = tuple[int, int]
+HEADS_ACROSS_MODELS = "the heads site compares the same head in two contexts of one model; two models have different heads: choose a residual site"
 
 __all__ = ["Comparison", "Side", "align_spans", "check_compare_options", "compare", "token_spans"]
 
@@ -378,8 +379,10 @@ def compare(
     same = mb is ma
     if same and text_b is None and token_b is None:
         raise InputError("one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model")
-    if token is None and (same or site == HEAD_SITE):
-        raise InputError("give the token to compare (an index, its text, or text:N)" + ("" if same else ": the heads site needs one"))
+    if not same and site == HEAD_SITE:
+        raise InputError(HEADS_ACROSS_MODELS)
+    if token is None and same:
+        raise InputError("give the token to compare (an index, its text, or text:N)")
     if causal is not None:
         for m in {id(ma): ma, id(mb): mb}.values():
             if not m.is_decoder:
