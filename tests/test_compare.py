@@ -268,3 +268,15 @@ def test_two_models_on_one_text_tiny(loaded_tiny, tokenizer):
         tt.compare(TEXT, model=loaded_tiny, model_b=llama, token=1, site="heads")
     with pytest.raises(InputError, match=r"token 0 '\[CLS\]' .* covers no characters"):
         tt.compare(TEXT, model=loaded_tiny, model_b=llama, token=0)
+
+
+def test_tt_compare_is_the_function_even_after_importing_the_modules():
+    import subprocess
+    import sys
+
+    code = (
+        "import tokentrail as tt, tokentrail.comparison, tokentrail.plots_compare; "
+        "assert callable(tt.compare) and tt.compare.__name__ == 'compare', tt.compare; "
+        "assert tt.Comparison.__name__ == 'Comparison'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
