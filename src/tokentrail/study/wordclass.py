@@ -10,7 +10,8 @@ newline token) is ``other``.
 
 Alignment uses the tokenizer's own character offsets (``return_offsets_mapping``): a
 token belongs to the word its first non-space character falls in; the first token of a
-word is its first subword. This works the same for WordPiece (``##``), byte-level BPE
+word is its first subword (a special token is its own first subword; a token that covers
+no word is none). This works the same for WordPiece (``##``), byte-level BPE
 (GPT-2/SmolLM2 ``Ġ``, whose offsets may include the leading space) and RoBERTa.
 """
 
@@ -114,8 +115,8 @@ def align(text: str, offsets: Sequence[tuple[int, int]], special: Sequence[bool]
             if owner[c] >= 0:  # first character that belongs to a word (skips a leading space)
                 w = owner[c]
                 break
-        if w < 0:
-            out.append(TokenClass("other", None, True, -1))
+        if w < 0:  # a lone space/newline token starts no word
+            out.append(TokenClass("other", None, False, -1))
             continue
         word = words[w]
         if tagged:
