@@ -159,7 +159,6 @@ def study(
             "engine": engine,
             "freq_rank": FREQ_RANK_NOTE,
             "sample": {"size": sample, "seed": seed, "selection": "tokens with the smallest blake2b(seed, text_id, position) keys"},
-            "batches": {str(b): manifest.get("batches", {}).get(str(b)) or read_batch_meta(sd, b) for b in sorted(done)},
             "complete": False,
         }
         sd.write_manifest(manifest)
@@ -169,21 +168,20 @@ def study(
         if on_start is not None:
             on_start(count(source, fmt, limit))
         started = time.monotonic()
-        tally = _Tally(manifest, progress)
+        tally = _Tally(progress)
+        for b in sorted(done):  # counts of batches finished before: kept in their own parts
+            tally.add(read_batch_meta(sd, b), skipped, quiet=True)
         tally.report(skipped)
         try:
             for b, meta, keys in runner.run(_numbered(stream, done, tally, skipped), reservoir, sd):
                 for k in keys:
                     reservoir.add(k)
-                manifest["batches"][str(b)] = meta
                 tally.add(meta, skipped)
-                manifest["skipped"] = _merge_skipped(skipped, manifest["batches"])
+                tally.record(manifest, skipped)
                 sd.write_manifest(manifest)
             manifest["complete"] = True
         finally:
-            manifest["skipped"] = _merge_skipped(skipped, manifest["batches"])
-            manifest["texts"] = sum(m["texts"] for m in manifest["batches"].values())
-            manifest["tokens"] = sum(m["tokens"] for m in manifest["batches"].values())
+            tally.record(manifest, skipped)
             manifest["elapsed_s"] = round(manifest.get("elapsed_s", 0) + time.monotonic() - started, 2)
             manifest["finished" if manifest["complete"] else "interrupted"] = _now()
             sd.write_manifest(manifest)
@@ -193,21 +191,49 @@ def study(
 
 
 class _Tally:
-    def __init__(self, manifest, progress: Progress | None):
-        self.progress = progress
-        self.texts = sum(m["texts"] for m in manifest["batches"].values())
-        self.tokens = sum(m["tokens"] for m in manifest["batches"].values())
-        self.bad = sum(m["skipped"]["total"] for m in manifest["batches"].values())
+    """Running totals of the finished batches (the manifest holds totals, not a list of
+    batches, so writing it costs the same at batch 10 and batch 100,000)."""
 
-    def add(self, meta, skipped: Skipped) -> None:
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.batches = self.texts = self.tokens = 0
+        self.counts: dict[str, int] = {}
+        self.samples: list[dict] = []
+
+    def add(self, meta, skipped: Skipped, quiet: bool = False) -> None:
+        self.batches += 1
         self.texts += meta["texts"]
         self.tokens += meta["tokens"]
-        self.bad += meta["skipped"]["total"]
-        self.report(skipped)
+        for reason, n in meta["skipped"]["counts"].items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+        self.samples = _first_per_reason(self.samples + meta["skipped"]["samples"])
+        if not quiet:
+            self.report(skipped)
 
     def report(self, skipped: Skipped) -> None:
         if self.progress is not None:
-            self.progress(self.texts, self.tokens, self.bad + skipped.total)
+            self.progress(self.texts, self.tokens, sum(self.counts.values()) + skipped.total)
+
+    def record(self, manifest: dict, skipped: Skipped) -> None:
+        counts = dict(skipped.counts)
+        for reason, n in self.counts.items():
+            counts[reason] = counts.get(reason, 0) + n
+        manifest["batches_done"] = self.batches
+        manifest["texts"] = self.texts
+        manifest["tokens"] = self.tokens
+        manifest["skipped"] = {"total": sum(counts.values()), "counts": counts, "samples": _first_per_reason(self.samples + skipped.samples)}
+
+
+def _first_per_reason(samples: list[dict]) -> list[dict]:
+    """The first few skipped records of each reason, by record number (so the log does
+    not depend on the order batches finish in)."""
+    per_reason: dict[str, int] = {}
+    kept = []
+    for s in sorted(samples, key=lambda s: s["record"]):
+        per_reason[s["reason"]] = per_reason.get(s["reason"], 0) + 1
+        if per_reason[s["reason"]] <= SAMPLES_KEPT:
+            kept.append(s)
+    return kept
 
 
 def _numbered(stream, done: set[int], tally: _Tally, skipped: Skipped) -> Iterator[tuple[int, list]]:
@@ -216,24 +242,6 @@ def _numbered(stream, done: set[int], tally: _Tally, skipped: Skipped) -> Iterat
             tally.report(skipped)  # finished before: nothing to run
             continue
         yield b, records_
-
-
-def _merge_skipped(skipped: Skipped, batches: dict) -> dict:
-    counts = dict(skipped.counts)
-    samples = list(skipped.samples)
-    for b in sorted(batches, key=int):
-        s = batches[b]["skipped"]
-        for reason, n in s["counts"].items():
-            counts[reason] = counts.get(reason, 0) + n
-        samples += s["samples"]
-    samples.sort(key=lambda s: s["record"])
-    per_reason: dict[str, int] = {}
-    kept = []
-    for s in samples:
-        per_reason[s["reason"]] = per_reason.get(s["reason"], 0) + 1
-        if per_reason[s["reason"]] <= SAMPLES_KEPT:
-            kept.append(s)
-    return {"total": sum(counts.values()), "counts": counts, "samples": kept}
 
 
 def _now() -> str:
