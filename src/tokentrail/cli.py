@@ -231,6 +231,7 @@ class _StudyProgress:
 def report(
     study_dir: Path = typer.Argument(..., help="A study folder written by `tokentrail study`."),
     out_path: Path = typer.Option(Path("study.html"), "--out", "-o", help="The HTML file to write (self-contained, works offline)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write each figure as a PNG into this folder (needs kaleido)."),
 ) -> None:
     """Render a study's aggregates as one self-contained HTML file (plots, tables, metadata)."""
     from .study import Study
@@ -238,7 +239,13 @@ def report(
     if out_path.is_dir():
         _fail(f"--out {out_path} is a folder; give a file name")
     try:
-        path = Study(study_dir).report(out_path)
+        s = Study(study_dir)
+        path = s.report(out_path)
+        if png is not None:
+            from .study.report import write_pngs
+
+            pngs = write_pngs(s, png)
+            err.print(f"wrote {len(pngs)} figures into {png}")
     except TokentrailError as exc:
         _fail(str(exc))
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")

@@ -113,3 +113,26 @@ def write_report(study, path: str | Path) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+FIGURE_NAMES = ("self_sim", "rank_median", "rank_mean", "overlap", "corpus_adjusted_self_sim", "anisotropy")
+
+
+def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:
+    """The report's figures as PNG files (needs kaleido: ``pip install 'tokentrail[app]'``)."""
+    from ..errors import InputError
+
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise InputError("PNG figures need kaleido: pip install 'tokentrail[app]'") from None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figs = figures(study.aggregate())
+    names = list(FIGURE_NAMES[: len(figs)]) + [f"jumps_{i}" for i in range(max(0, len(figs) - len(FIGURE_NAMES)))]
+    paths = []
+    for name, fig in zip(names, figs):
+        path = folder / f"{prefix}{name}.png"
+        fig.write_image(str(path), width=900, height=fig.layout.height or 400)
+        paths.append(path)
+    return paths
