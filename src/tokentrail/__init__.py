@@ -28,6 +28,8 @@ _LAZY = {
     "LensResult": "results",
     "verify": "verification",
     "Verification": "verification",
+    "study": "corpus",
+    "Study": "corpus",
     "plots": None,  # the submodule itself
 }
 
@@ -53,4 +55,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
     from .runner import Run, trail_many
+    from .corpus import Study, study
     from .verification import Verification, verify
