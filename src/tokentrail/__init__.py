@@ -30,6 +30,8 @@ _LAZY = {
     "Verification": "verification",
     "compare": "comparison",
     "Comparison": "comparison",
+    "study": "corpus",
+    "Study": "corpus",
     "plots": None,  # the submodule itself
 }
 
@@ -55,5 +57,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
     from .runner import Run, trail_many
+    from .corpus import Study, study
     from .verification import Verification, verify
     from .comparison import Comparison, compare

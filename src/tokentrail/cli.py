@@ -375,6 +375,123 @@ def serve(
         _fail(str(exc))
 
 
+@app.command()
+def study(
+    source: Path = typer.Argument(..., help="The corpus: text (one per line), .conllu (gold word classes), .csv/.tsv or .parquet (with --column)."),
+    model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
+    out_dir: Path = typer.Option(Path("study"), "--out", "-o", help="Folder for the study (Parquet parts + manifest)."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Texts per batch (one Parquet part each)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Study at most this many texts."),
+    column: Optional[str] = typer.Option(None, "--column", help="CSV/Parquet: the column holding the texts (default 'text')."),
+    site: str = typer.Option("attn_resid", "--site", help="Residual sites, comma-separated: resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, or 'all'."),
+    overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller)."),
+    sample: int = typer.Option(2000, "--sample", min=2, help="Tokens in the corpus anisotropy sample."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the anisotropy sample."),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders: keep (default) or disable the causal mask."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study in --out from its last complete batch."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record (empty, over-long, undecodable) instead of skipping it."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray (batches as tasks on actors that hold the model)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster's address (default: start a local one)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="With --engine ray and no GPU: CPU actors to start."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one); with --engine ray, each GPU gets an actor."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Study a corpus: every token x layer x site, written as Parquet while the run goes."""
+    from .options import RESIDUAL_SITES as SITES, expand_choice
+    from .corpus import study as run_study
+
+    bar = _StudyProgress(err, quiet)
+    try:
+        with bar:
+            s = run_study(
+                source, model, out_dir, sites=expand_choice(site, SITES), batch=batch, limit=limit, column=column,
+                overlap_k=overlap_k, sample=sample, seed=seed, causal=causal, resume=resume, strict=strict,
+                engine=engine, address=address, workers=workers, allow_pickle=allow_pickle, device=device,
+                progress=bar.update, on_start=bar.start,
+            )
+    except TokentrailError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted:[/] finished batches are kept in {out_dir}; rerun with --resume to continue")
+        raise typer.Exit(130)
+    m = s.manifest
+    skipped = m.get("skipped", {})
+    err.print(f"wrote {out_dir}: {m['texts']:,} texts, {m['tokens']:,} tokens in {m['elapsed_s']} s")
+    if skipped.get("total"):
+        err.print(f"[yellow]skipped {skipped['total']} records:[/] " + ", ".join(f"{n} {r}" for r, n in skipped["counts"].items()) + f" (samples in {out_dir}/manifest.json)")
+
+
+class _StudyProgress:
+    """A rich progress bar over texts, with tokens/s and ETA (nothing when quiet)."""
+
+    def __init__(self, console, quiet: bool):
+        self.quiet = quiet
+        self.task = None
+        if not quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("studying"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
+                TextColumn("{task.fields[tps]} tokens/s, {task.fields[bad]} skipped"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=console, transient=False,
+            )
+        self.t0 = None
+        self.tokens0 = None
+
+    def __enter__(self):
+        if not self.quiet:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.bar.__exit__(*exc)
+
+    def start(self, total):
+        import time
+
+        self.t0 = time.monotonic()
+        if not self.quiet:
+            self.task = self.bar.add_task("study", total=total, tps="-", bad=0)
+
+    def update(self, texts: int, tokens: int, bad: int):
+        import time
+
+        if self.quiet or self.task is None:
+            return
+        if self.tokens0 is None:
+            self.tokens0 = tokens  # resumed batches are not this run's speed
+            self.t0 = time.monotonic()
+        dt = time.monotonic() - self.t0
+        tps = f"{(tokens - self.tokens0) / dt:,.0f}" if dt > 0 and tokens > self.tokens0 else "-"
+        self.bar.update(self.task, completed=texts + bad, tps=tps, bad=bad)
+
+
+@app.command()
+def report(
+    study_dir: Path = typer.Argument(..., help="A study folder written by `tokentrail study`."),
+    out_path: Path = typer.Option(Path("study.html"), "--out", "-o", help="The HTML file to write (self-contained, works offline)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write each figure as a PNG into this folder (needs kaleido)."),
+) -> None:
+    """Render a study's aggregates as one self-contained HTML file (plots, tables, metadata)."""
+    from .corpus import Study
+
+    if out_path.is_dir():
+        _fail(f"--out {out_path} is a folder; give a file name")
+    try:
+        s = Study(study_dir)
+        path = s.report(out_path)
+        if png is not None:
+            from .corpus.report import write_pngs
+
+            pngs = write_pngs(s, png)
+            err.print(f"wrote {len(pngs)} figures into {png}")
+    except TokentrailError as exc:
+        _fail(str(exc))
+    err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
 from .cli_compare import compare as _compare  # noqa: E402
 
 app.command("compare")(_compare)
