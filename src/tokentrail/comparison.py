@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .fileio import atomic_write, write_csv, write_text
+from .fileio import write_csv, write_parquet, write_text
 from .options import ALL_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, RESIDUAL_SPACES, SIMILARITIES, whole_number
 from .results import RunInfo
 from .tokens import find_token
@@ -282,14 +282,7 @@ class Comparison:
         }  # fmt: skip
 
     def to_parquet(self, path: str | Path) -> Path:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pandas(self.frame(), preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(self.meta()).encode()})
-        with atomic_write(path) as tmp:
-            pq.write_table(table, tmp)
-        return Path(path)
+        return write_parquet(self.frame(), path, self.meta())
 
     def to_csv(self, path: str | Path) -> Path:
         write_csv(self.frame(), Path(path))
