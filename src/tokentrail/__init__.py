@@ -29,6 +29,8 @@ _LAZY = {
     "verify": "verification",
     "Verification": "verification",
     "plots": None,  # the submodule itself
+    "geometry": None,
+    "maps": None,
 }
 
 __all__ = ["TokentrailError", "InputError", "ModelError", "TraceOptions", "__version__", *_LAZY]
@@ -48,7 +50,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from . import plots
+    from . import geometry, maps, plots
     from .api import run, trace
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
