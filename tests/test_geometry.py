@@ -190,6 +190,12 @@ def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
     raw = analyse(adapter, SpaceCache(adapter), ids, options=TraceOptions.make(site="layer_out"), **kw)
     cor = analyse(adapter, SpaceCache(adapter), ids, options=TraceOptions.make(site="layer_out", correct="center"), **kw)
     assert cor.info.options.correct == "center" and raw.info.options.correct is None
+    import json
+
+    from tokentrail.results import RunInfo
+
+    meta = json.loads(cor.to_json())["meta"]  # exports carry it, typed on the way back
+    assert RunInfo.from_dict(meta).options.correct == "center"
     assert not np.allclose(raw.views[0].self_sim, cor.views[0].self_sim)
     # the anisotropy is that of the corrected (here: centred) vectors
     from tokentrail.capture import capture
