@@ -227,3 +227,15 @@ def test_corrected_views_equal_brute_force_minilm():
         trail = run.trail(sites=("layer_out",), k=5, correct=spec)
         adapter = model.adapter
         _brute_check(adapter, run.acts, trail.views, spec, "encodings", "layer_out", 5)
+
+
+def test_a_batch_fits_each_texts_correction_to_that_text(loaded_tiny):
+    import tokentrail as tt
+
+    texts = ["time flies like an arrow", "fruit flies like a banana . the cat sat"]
+    opts = TraceOptions.make(site="layer_out", correct="abtt:2")
+    together = tt.trail_many([loaded_tiny.run(t) for t in texts], opts)
+    for text, trail in zip(texts, together):
+        alone = loaded_tiny.run(text).trail(opts)
+        np.testing.assert_allclose(trail.views[0].self_sim, alone.views[0].self_sim, atol=1e-6)
+        np.testing.assert_array_equal(trail.views[0].rank, alone.views[0].rank)

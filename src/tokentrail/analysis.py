@@ -77,7 +77,10 @@ def compute_views_batch(
     The vocabulary work is shared: the texts' tokens are scored side by side in one
     chunked loop (one set of per-position statistics per space for every position any
     text uses); what is a statistic of one text (anisotropy, and the metrics derived from
-    it) is then taken per text."""
+    it) is then taken per text. A geometry correction is fitted to each text's own
+    vectors, so with one the texts are scored one by one."""
+    if options.correct is not None:
+        return [compute_views(adapter, spaces, a, options, progress, chunk_bytes) for a in acts]
     views = compute_views(adapter, spaces, _joined(acts), options, progress, chunk_bytes)
     out, start = [], 0
     for a in acts:
