@@ -291,20 +291,22 @@ class CorrectedRows:
         yw = None if y is None else y * self.w  # (P, d)
         rows = 1 if y is None else y.shape[0]
         sq = torch.empty(rows, V, dtype=torch.float64, device=dev)
-        # the V x d passes run in float32 (one GEMV for |w x|^2, one GEMM for x . [w e, w U]);
-        # every term is then combined in float64, where the large terms cancel
-        w2 = self.w.pow(2).float()
-        cols = torch.cat([(self.w * self.e)[:, None]] + ([] if U is None else [self.w[:, None] * U]), 1).float()  # (d, 1 + D)
-        ywf = None if yw is None else (yw * self.w).float()  # (P, d): w^2 y, for x . (w^2 y)
+        # float64 throughout: the expanded square cancels large terms (a z-scored dimension
+        # with a tiny std and a large offset; a top principal direction carrying most of |e|),
+        # and float32 passes here moved MiniLM ranks by thousands. One GEMV for |w x|^2, one
+        # GEMM for x . [w e, w U], per chunk of rows.
+        w2 = self.w.pow(2)
+        cols = torch.cat([(self.w * self.e)[:, None]] + ([] if U is None else [self.w[:, None] * U]), 1)  # (d, 1 + D)
+        ww = None if yw is None else yw * self.w  # (P, d): w^2 y, for x . (w^2 y)
         for lo in range(0, V, chunk):
             hi = min(V, lo + chunk)
-            xc = space.x[lo:hi]  # (Vc, d) float32
-            s1 = ((xc * xc) @ w2).double()[None]  # (1, Vc)  |w x|^2
-            xe = (xc @ cols).double()  # (Vc, 1 + D)
+            xc = space.x[lo:hi].double()  # (Vc, d)
+            s1 = ((xc * xc) @ w2)[None]  # (1, Vc)  |w x|^2
+            xe = xc @ cols  # (Vc, 1 + D)
             s2 = xe[:, 0][None]  # (1, Vc)   (w x) . e
             px = None if U is None else xe[:, 1:][None]  # (1, Vc, D)
             if yw is not None:
-                s1 = s1 + 2 * (ywf @ xc.T).double() + yw.pow(2).sum(1)[:, None]  # (P, Vc)
+                s1 = s1 + 2 * (ww @ xc.T) + yw.pow(2).sum(1)[:, None]  # (P, Vc)
                 s2 = s2 + (yw @ self.e)[:, None]
                 if px is not None:
                     px = px + (yw @ U)[:, None, :]  # (P, Vc, D)
