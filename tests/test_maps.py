@@ -90,6 +90,7 @@ def test_cli_map_and_correct(bert_folder, tmp_path):
     out = tmp_path / "map.html"
     res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--site", "layer_out", "--correct", "zscore", "-t", "1", "--map", str(out)])
     assert res.exit_code == 0, res.output
+    assert "corrected zscore" in res.output  # the header says which geometry the numbers have
     html = out.read_text()
     assert "<html>" in html[:200] and "plotly" in html and "Token paths" in html
     assert not list(tmp_path.glob(".*.part"))  # written atomically
