@@ -33,6 +33,8 @@ _LAZY = {
     "study": "corpus",
     "Study": "corpus",
     "plots": None,  # the submodule itself
+    "geometry": None,
+    "maps": None,
 }
 
 __all__ = ["TokentrailError", "InputError", "ModelError", "TraceOptions", "__version__", *_LAZY]
@@ -52,7 +54,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from . import plots
+    from . import geometry, maps, plots
     from .api import run, trace
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View

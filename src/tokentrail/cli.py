@@ -92,6 +92,9 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
+    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors."),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="Also write a 2-D map of the token paths through the layers (HTML, plotly) here; atomically."),
+    map_method: str = typer.Option("pca", "--map-method", help="pca (exact, default), tsne (scikit-learn) or umap (umap-learn)."),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
     from .inputs import check_text
@@ -108,9 +111,10 @@ def trace(
         sites = expand_choice(site, ALL_SITES)
         options = _options(
             site=sites, space=_check_site_space(sites, space, quiet), similarity=similarity, k=k,
-            overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+            overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
         )  # fmt: skip
         _check_head_option(head, sites)
+        map_path = _check_map(map_path, map_method, sites, force)
         check_text(text)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
@@ -128,7 +132,14 @@ def trace(
                 bar.note(f"{loaded.dtype} runs the model approximately; float32 is the exact reference")
             bar.start_analysis(analysis_steps(options.pairs(), loaded.adapter.n_layers))
             bar.analysis(0.0, "running the model")
-            trail = loaded.run(text, options, encoded=enc).trail(progress=bar.analysis)
+            run = loaded.run(text, options, encoded=enc)
+            trail = run.trail(progress=bar.analysis)
+            if map_path is not None:
+                _write_map(run, map_path, map_method, sites, options.spaces)
+        if map_path is not None and not quiet:
+            err.print(f"wrote the map to {map_path}")
+        if not quiet and options.correct is None:
+            _rogue_notes(run, sites)
         if trail.info.truncated_from is not None and not quiet:
             err.print(f"[yellow]note:[/] the text was {trail.info.truncated_from} tokens; kept the first {trail.n_tokens} (--truncate)")
         if fmt != "table":
@@ -141,6 +152,44 @@ def trace(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
+
+
+def _check_map(path: Path | None, method: str, sites, force: bool) -> Path | None:
+    """The --map file and method, checked before the model is loaded."""
+    from .errors import InputError
+    from .fileio import check_output_path
+    from .maps import check_method
+    from .options import RESIDUAL_SITES
+
+    if path is None:
+        return None
+    check_method(method)
+    if not any(s in RESIDUAL_SITES for s in sites):
+        raise InputError("--map draws a residual site (attn_resid, layer_out, ...): add one to --site")
+    return check_output_path(path, force=force, formats=("html",))[0]
+
+
+def _write_map(run, path: Path, method: str, sites, spaces) -> None:
+    from .fileio import write_text
+    from .maps import trajectory_map
+    from .options import RESIDUAL_SITES, RESIDUAL_SPACES
+
+    site = next(s for s in sites if s in RESIDUAL_SITES)
+    space = next((s for s in spaces if s in RESIDUAL_SPACES), "encodings")
+    fig, _ = trajectory_map(run, site=site, space=space, method=method)
+    write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def _rogue_notes(run, sites) -> None:
+    """Say when one dimension carries most of the cosine of a residual site (issue 9)."""
+    from .geometry import diagnose_run, rogue_layers
+    from .options import RESIDUAL_SITES
+
+    for site in sites:
+        if site in RESIDUAL_SITES:
+            line = rogue_layers(diagnose_run(run, site))
+            if line:
+                err.print(f"[yellow]note:[/] {escape(line)}")
 
 
 def _options(**values):
