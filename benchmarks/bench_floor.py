@@ -166,7 +166,7 @@ def peer_route(a, ids: torch.Tensor) -> dict:
     """normalise W_E and the residuals once, one matmul per site and layer, topk, rank, overlap."""
     acts = capture(a, ids)  # the model's own forward pass and residuals (run_with_cache)
     E = a.embedding_table().float()
-    E = E / E.norm(dim=-1, keepdim=True)
+    E = E / E.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # zero rows (e.g. <pad>) get cosine 0, not NaN
     own = ids[:, None]
     e = acts.embedded / acts.embedded.norm(dim=-1, keepdim=True)
     prev0 = torch.topk(e @ E.T, OVERLAP_K, dim=1).indices
@@ -197,7 +197,7 @@ def disagreements(sub: Subject, ids, ours: dict, peer: dict) -> tuple[int, int]:
     ties = bad = 0
     for i, layer, t in diff.nonzero().tolist():
         r = acts.site(SITES[i])[layer, t].double()
-        s = (E @ r) / (E.norm(dim=-1) * r.norm())
+        s = (E @ r) / (E.norm(dim=-1) * r.norm()).clamp_min(1e-300)
         own = int(ids[t])
         ok = True
         for res in (ours, peer):
@@ -208,7 +208,7 @@ def disagreements(sub: Subject, ids, ours: dict, peer: dict) -> tuple[int, int]:
         if ours["overlap"][i, layer, t] != peer["overlap"][i, layer, t]:
             # a set can differ only through a near-tie at the top-100 boundary, here or in the previous set
             p = (acts.site(SITES[i])[layer - 1, t] if layer else acts.embedded[t]).double()
-            ps = torch.sort((E @ p) / (E.norm(dim=-1) * p.norm()), descending=True).values
+            ps = torch.sort((E @ p) / (E.norm(dim=-1) * p.norm()).clamp_min(1e-300), descending=True).values
             ok &= min(float(best[OVERLAP_K - 1] - best[OVERLAP_K]), float(ps[OVERLAP_K - 1] - ps[OVERLAP_K])) <= TIE_TOL
         ties, bad = (ties + 1, bad) if ok else (ties, bad + 1)
     return ties, bad

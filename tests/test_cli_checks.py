@@ -38,12 +38,14 @@ def one_line_error(res, message: str) -> None:
 
 @pytest.fixture
 def no_analysis(monkeypatch):
-    """Fail the test if the analysis starts: the error must come before it."""
+    """Fail the test if the forward pass or the analysis starts: the error must come before both."""
 
     def boom(*a, **kw):
-        raise AssertionError("the analysis ran before the error")
+        raise AssertionError("the model ran before the error")
 
-    monkeypatch.setattr("tokentrail.api.analyse", boom)
+    monkeypatch.setattr("tokentrail.capture.capture", boom)
+    monkeypatch.setattr("tokentrail.capture.capture_batch", boom)
+    monkeypatch.setattr("tokentrail.runner.compute_views", boom)
 
 
 def test_out_checked_before_the_model_loads(tmp_path):
@@ -171,7 +173,7 @@ def test_csv_tokens_read_back_and_cannot_run_as_formulas(tmp_path, tokenizer, ma
 def test_api_accepts_paths_and_refuses_wrong_types(bert_folder):
     trail = tokentrail.trace("time flies", Path(bert_folder), k=3)
     assert trail.tokens[1] == "time"
-    for kwargs, message in [({"k": "5"}, "k must be a whole number, not str '5'"), ({"overlap_k": 2.5}, "overlap_k must be a whole number"), ({"k": 0}, "k must be at least 1")]:
+    for kwargs, message in [({"k": "5"}, "k must be a whole number, not the string '5'"), ({"overlap_k": 2.5}, "overlap k must be a whole number"), ({"k": 0}, "k must be at least 1")]:
         with pytest.raises(InputError, match=message.replace("(", r"\(")):
             tokentrail.trace("time flies", Path(bert_folder), **kwargs)
     with pytest.raises(InputError, match="the model name is empty"):

@@ -28,8 +28,14 @@ _LAZY = {
     "LensResult": "results",
     "verify": "verification",
     "Verification": "verification",
+    "compare": "comparison",
+    "Comparison": "comparison",
+    "study": "corpus",
+    "Study": "corpus",
     "plots": None,  # the submodule itself
     "show": "notebook",
+    "geometry": None,
+    "maps": None,
 }
 
 __all__ = ["TokentrailError", "InputError", "ModelError", "TraceOptions", "__version__", *_LAZY]
@@ -49,10 +55,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from . import plots
+    from . import geometry, maps, plots
     from .notebook import show
     from .api import run, trace
     from .models import LoadedModel, list_models, load
     from .results import HeadsAt, LensResult, RunInfo, Trail, View
     from .runner import Run, trail_many
+    from .corpus import Study, study
     from .verification import Verification, verify
+    from .comparison import Comparison, compare

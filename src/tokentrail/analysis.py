@@ -9,7 +9,6 @@ options object asks for; :func:`make_trail` wraps views, lens and run metadata i
 from __future__ import annotations
 
 from dataclasses import replace
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Sequence
 
@@ -53,7 +52,7 @@ def compute_views(
     for sp in dict.fromkeys(sp for _, sp in residual):
         site_names = [site for site, s in residual if s == sp]
         say(done / steps, f"comparing with {sp}")
-        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes)
+        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct)
         done += 1
     for sp in heads:
         def tick(sp=sp):
@@ -78,7 +77,10 @@ def compute_views_batch(
     The vocabulary work is shared: the texts' tokens are scored side by side in one
     chunked loop (one set of per-position statistics per space for every position any
     text uses); what is a statistic of one text (anisotropy, and the metrics derived from
-    it) is then taken per text."""
+    it) is then taken per text. A geometry correction is fitted to each text's own
+    vectors, so with one the texts are scored one by one."""
+    if options.correct is not None:
+        return [compute_views(adapter, spaces, a, options, progress, chunk_bytes) for a in acts]
     views = compute_views(adapter, spaces, _joined(acts), options, progress, chunk_bytes)
     out, start = [], 0
     for a in acts:
@@ -212,6 +214,12 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
             raise InputError(f"{name} = {value:,} is more than the model's vocabulary of {vocab:,} tokens: use at most {vocab:,}")
     if options.overlap_k is None:
         options = replace(options, overlap_k=min(DEFAULT_OVERLAP_K, vocab))
+    if options.correct is not None and tokens is not None:
+        from .options import parse_correction
+
+        name, count = parse_correction(options.correct)
+        if name in ("rogue", "abtt") and tokens < max(2, (count or 0) + 1 if name == "abtt" else 2):
+            raise InputError(f"--correct {options.correct} is fitted to the text's own tokens and needs more of them than {tokens}: use a longer text or a smaller D")
     if tokens is not None:
         from .budget import check_fits, estimate_run
 
@@ -336,7 +344,7 @@ def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | N
     return out
 
 
-def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes):
+def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None):
     n, L, V = acts.input_ids.shape[0], adapter.n_layers, space.vocab_size
     K = min(max(k, overlap_k), V)
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
@@ -351,12 +359,16 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
         sim: [torch.empty(Q, device=dev), torch.empty(Q, dtype=torch.long, device=dev), torch.empty(Q, K, dtype=torch.long, device=dev), torch.empty(Q, K, device=dev)]
         for sim in similarities
     }
-    order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
-    for c in _chunks(Q, V * 4 * 4, chunk_bytes):
-        oc = order[c]
-        for sim in similarities:
-            for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K)):
-                buf[oc] = val
+    corrections = None
+    if correct is None:
+        order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
+        for c in _chunks(Q, V * 4 * 4, chunk_bytes):
+            oc = order[c]
+            for sim in similarities:
+                for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K)):
+                    buf[oc] = val
+    else:
+        corrections = _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes)
     views = []
     for sim in similarities:
         own_s, rank, ids, vals = out[sim]
@@ -370,7 +382,7 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
                 own_sim=_np(own_s[sl].view(L, n)),
                 rank=_np(rank[sl].view(L, n)),
                 overlap=_np(ov).astype(np.float64),
-                anisotropy=_np(anisotropy(acts.site(site), sim)),
+                anisotropy=_np(anisotropy(acts.site(site) if corrections is None else _corrected_site(acts.site(site), corrections[1 + i * L : 1 + (i + 1) * L]), sim)),
                 overlap_k=min(overlap_k, K),
             )
             views.append(
@@ -388,6 +400,33 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
                 )
             )
     return views
+
+
+def _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes):
+    """Residual queries under a geometry correction (:mod:`tokentrail.geometry`): each group of
+    ``n`` queries (the origin encodings, then one site at one layer) gets the correction fitted
+    to its own vectors, and is scored exactly against every corrected row. Returns the corrections."""
+    from .geometry import CorrectedRows, fit_correction
+
+    corrections = []
+    V = space.vocab_size
+    for start in range(0, vecs.shape[0], n):
+        group = slice(start, start + n)
+        corr = fit_correction(correct, vecs[group])
+        rows = CorrectedRows(space, corr, stats)
+        corrections.append(corr)
+        for c in _chunks(n, V * 8 * 3, chunk_bytes):
+            q = torch.arange(start, start + n, device=vecs.device)[c]
+            for sim in similarities:
+                res = score_block(rows.similarities(vecs[q], pidx[q], sim), own[q], K)
+                for buf, val in zip(out[sim], res):
+                    buf[q] = val.to(buf.dtype)
+    return corrections
+
+
+def _corrected_site(vectors: Tensor, corrections) -> Tensor:
+    """(L, n, d) site vectors, each layer through its own correction (for the anisotropy of what was compared)."""
+    return torch.stack([corr.apply(v) for corr, v in zip(corrections, vectors)])
 
 
 def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, tick):

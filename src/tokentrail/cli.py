@@ -92,6 +92,9 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
+    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors."),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="Also write a 2-D map of the token paths through the layers (HTML, plotly) here; atomically."),
+    map_method: str = typer.Option("pca", "--map-method", help="pca (exact, default), tsne (scikit-learn) or umap (umap-learn)."),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
     from .inputs import check_text
@@ -108,9 +111,10 @@ def trace(
         sites = expand_choice(site, ALL_SITES)
         options = _options(
             site=sites, space=_check_site_space(sites, space, quiet), similarity=similarity, k=k,
-            overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+            overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
         )  # fmt: skip
         _check_head_option(head, sites)
+        map_path = _check_map(map_path, map_method, sites, force)
         check_text(text)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
@@ -128,7 +132,14 @@ def trace(
                 bar.note(f"{loaded.dtype} runs the model approximately; float32 is the exact reference")
             bar.start_analysis(analysis_steps(options.pairs(), loaded.adapter.n_layers))
             bar.analysis(0.0, "running the model")
-            trail = loaded.run(text, options, encoded=enc).trail(progress=bar.analysis)
+            run = loaded.run(text, options, encoded=enc)
+            trail = run.trail(progress=bar.analysis)
+            if map_path is not None:
+                _write_map(run, map_path, map_method, sites, options.spaces)
+        if map_path is not None and not quiet:
+            err.print(f"wrote the map to {map_path}")
+        if not quiet and options.correct is None:
+            _rogue_notes(run, sites)
         if trail.info.truncated_from is not None and not quiet:
             err.print(f"[yellow]note:[/] the text was {trail.info.truncated_from} tokens; kept the first {trail.n_tokens} (--truncate)")
         if fmt != "table":
@@ -141,6 +152,44 @@ def trace(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
+
+
+def _check_map(path: Path | None, method: str, sites, force: bool) -> Path | None:
+    """The --map file and method, checked before the model is loaded."""
+    from .errors import InputError
+    from .fileio import check_output_path
+    from .maps import check_method
+    from .options import RESIDUAL_SITES
+
+    if path is None:
+        return None
+    check_method(method)
+    if not any(s in RESIDUAL_SITES for s in sites):
+        raise InputError("--map draws a residual site (attn_resid, layer_out, ...): add one to --site")
+    return check_output_path(path, force=force, formats=("html",))[0]
+
+
+def _write_map(run, path: Path, method: str, sites, spaces) -> None:
+    from .fileio import write_text
+    from .maps import trajectory_map
+    from .options import RESIDUAL_SITES, RESIDUAL_SPACES
+
+    site = next(s for s in sites if s in RESIDUAL_SITES)
+    space = next((s for s in spaces if s in RESIDUAL_SPACES), "encodings")
+    fig, _ = trajectory_map(run, site=site, space=space, method=method)
+    write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def _rogue_notes(run, sites) -> None:
+    """Say when one dimension carries most of the cosine of a residual site (issue 9)."""
+    from .geometry import diagnose_run, rogue_layers
+    from .options import RESIDUAL_SITES
+
+    for site in sites:
+        if site in RESIDUAL_SITES:
+            line = rogue_layers(diagnose_run(run, site))
+            if line:
+                err.print(f"[yellow]note:[/] {escape(line)}")
 
 
 def _options(**values):
@@ -383,6 +432,128 @@ def serve(
         launch(host=host, port=port, share=share, models=list(model) or None, preload=tuple(model), max_queue=max_queue)
     except TokentrailError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def study(
+    source: Path = typer.Argument(..., help="The corpus: text (one per line), .conllu (gold word classes), .csv/.tsv or .parquet (with --column)."),
+    model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
+    out_dir: Path = typer.Option(Path("study"), "--out", "-o", help="Folder for the study (Parquet parts + manifest)."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Texts per batch (one Parquet part each)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Study at most this many texts."),
+    column: Optional[str] = typer.Option(None, "--column", help="CSV/Parquet: the column holding the texts (default 'text')."),
+    site: str = typer.Option("attn_resid", "--site", help="Residual sites, comma-separated: resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, or 'all'."),
+    overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller)."),
+    sample: int = typer.Option(2000, "--sample", min=2, help="Tokens in the corpus anisotropy sample."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the anisotropy sample."),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders: keep (default) or disable the causal mask."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study in --out from its last complete batch."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record (empty, over-long, undecodable) instead of skipping it."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray (batches as tasks on actors that hold the model)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster's address (default: start a local one)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="With --engine ray and no GPU: CPU actors to start."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one); with --engine ray, each GPU gets an actor."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Study a corpus: every token x layer x site, written as Parquet while the run goes."""
+    from .options import RESIDUAL_SITES as SITES, expand_choice
+    from .corpus import study as run_study
+
+    bar = _StudyProgress(err, quiet)
+    try:
+        with bar:
+            s = run_study(
+                source, model, out_dir, sites=expand_choice(site, SITES), batch=batch, limit=limit, column=column,
+                overlap_k=overlap_k, sample=sample, seed=seed, causal=causal, resume=resume, strict=strict,
+                engine=engine, address=address, workers=workers, allow_pickle=allow_pickle, device=device,
+                progress=bar.update, on_start=bar.start,
+            )
+    except TokentrailError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted:[/] finished batches are kept in {out_dir}; rerun with --resume to continue")
+        raise typer.Exit(130)
+    m = s.manifest
+    skipped = m.get("skipped", {})
+    err.print(f"wrote {out_dir}: {m['texts']:,} texts, {m['tokens']:,} tokens in {m['elapsed_s']} s")
+    if skipped.get("total"):
+        err.print(f"[yellow]skipped {skipped['total']} records:[/] " + ", ".join(f"{n} {r}" for r, n in skipped["counts"].items()) + f" (samples in {out_dir}/manifest.json)")
+
+
+class _StudyProgress:
+    """A rich progress bar over texts, with tokens/s and ETA (nothing when quiet)."""
+
+    def __init__(self, console, quiet: bool):
+        self.quiet = quiet
+        self.task = None
+        if not quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("studying"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
+                TextColumn("{task.fields[tps]} tokens/s, {task.fields[bad]} skipped"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=console, transient=False,
+            )
+        self.t0 = None
+        self.tokens0 = None
+
+    def __enter__(self):
+        if not self.quiet:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.bar.__exit__(*exc)
+
+    def start(self, total):
+        import time
+
+        self.t0 = time.monotonic()
+        if not self.quiet:
+            self.task = self.bar.add_task("study", total=total, tps="-", bad=0)
+
+    def update(self, texts: int, tokens: int, bad: int):
+        import time
+
+        if self.quiet or self.task is None:
+            return
+        if self.tokens0 is None:
+            self.tokens0 = tokens  # resumed batches are not this run's speed
+            self.t0 = time.monotonic()
+        dt = time.monotonic() - self.t0
+        tps = f"{(tokens - self.tokens0) / dt:,.0f}" if dt > 0 and tokens > self.tokens0 else "-"
+        self.bar.update(self.task, completed=texts + bad, tps=tps, bad=bad)
+
+
+@app.command()
+def report(
+    study_dir: Path = typer.Argument(..., help="A study folder written by `tokentrail study`."),
+    out_path: Path = typer.Option(Path("study.html"), "--out", "-o", help="The HTML file to write (self-contained, works offline)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write each figure as a PNG into this folder (needs kaleido)."),
+) -> None:
+    """Render a study's aggregates as one self-contained HTML file (plots, tables, metadata)."""
+    from .corpus import Study
+
+    if out_path.is_dir():
+        _fail(f"--out {out_path} is a folder; give a file name")
+    try:
+        s = Study(study_dir)
+        path = s.report(out_path)
+        if png is not None:
+            from .corpus.report import write_pngs
+
+            pngs = write_pngs(s, png)
+            err.print(f"wrote {len(pngs)} figures into {png}")
+    except TokentrailError as exc:
+        _fail(str(exc))
+    err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+from .cli_compare import compare as _compare  # noqa: E402
+
+app.command("compare")(_compare)
 
 
 def main() -> None:

@@ -112,6 +112,20 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 # ---- CSV ------------------------------------------------------------------------------
+def write_parquet(frame: "pd.DataFrame", path: str | os.PathLike[str], meta: dict) -> Path:
+    """``frame`` as Parquet with ``meta`` (JSON) under the schema key ``tokentrail``, atomically."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(meta).encode()})
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
 def _needs_mark(cell: str) -> bool:
     bare = cell.lstrip("'")
     return bare in NA_STRINGS or bare.startswith(FORMULA_STARTS)

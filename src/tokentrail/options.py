@@ -27,6 +27,8 @@ LENS_SITES: tuple[str, ...] = ("layer_out", "attn_resid")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 """Model dtypes a user may ask for; float32 is the exact reference (SPEC "Exactness")."""
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+CORRECTIONS: tuple[str, ...] = ("center", "zscore", "rogue", "abtt")
+"""Geometry corrections (SPEC "Corrections (geometry)"); rogue and abtt take a count: ``rogue:2``, ``abtt:3``."""
 DEFAULT_OVERLAP_K = 100  # SPEC; a smaller vocabulary caps the default (an explicit larger one is refused)
 
 
@@ -46,6 +48,22 @@ def expand_choice(value: str | Sequence[str] | None, everything: Sequence[str]) 
             elif part:
                 out.append(part)
     return tuple(dict.fromkeys(out))
+
+
+def parse_correction(value: object) -> tuple[str, int | None]:
+    """``"zscore"`` -> ("zscore", None); ``"rogue:2"`` -> ("rogue", 2); anything else: one clear InputError."""
+    if not isinstance(value, str):
+        raise InputError(f"a correction is a name such as zscore, center, rogue:2 or abtt:3, not {value!r}")
+    name, sep, count = value.strip().partition(":")
+    if name not in CORRECTIONS:
+        raise InputError(f"unknown correction {value!r}: choose from center, zscore, rogue:D, abtt:D (D a whole number)")
+    if name in ("center", "zscore"):
+        if sep:
+            raise InputError(f"{name} takes no count: use --correct {name}")
+        return name, None
+    if not count.strip().isdigit() or int(count) < 1:
+        raise InputError(f"{name} needs a count of dimensions to remove, e.g. {name}:2 (got {value!r})")
+    return name, int(count)
 
 
 def whole_number(value: object, what: str, low: int = 1) -> int:
@@ -92,6 +110,7 @@ class TraceOptions:
     lens_site: str = "layer_out"
     causal: bool | None = None  # decoders: None = the model's own (causal) mask
     truncate: bool = False  # cut an over-long text instead of refusing it
+    correct: str | None = None  # geometry correction of residual sites: center, zscore, rogue:D, abtt:D
 
     @classmethod
     def make(
@@ -106,6 +125,7 @@ class TraceOptions:
         lens_site: str = "layer_out",
         causal: bool | None = None,
         truncate: bool = False,
+        correct: str | None = None,
     ) -> "TraceOptions":
         """Validated options from user-facing values (names, lists, "a,b" or "all")."""
         opts = cls(
@@ -118,6 +138,7 @@ class TraceOptions:
             lens_site=lens_site,
             causal=causal,
             truncate=truncate,
+            correct=None if correct is None else str(correct).strip().replace(" ", ""),
         )
         opts.validate()
         return opts
@@ -144,6 +165,8 @@ class TraceOptions:
             raise InputError(f"causal must be True, False or None, not {self.causal!r}")
         if self.lens_site not in LENS_SITES:
             raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)}, not {self.lens_site!r}")
+        if self.correct is not None:
+            parse_correction(self.correct)
         self.pairs()
         return self
 

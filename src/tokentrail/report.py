@@ -26,6 +26,7 @@ def _header(console: Console, trail: Trail, v: View) -> None:
     console.print(
         f"[bold]{info.model}[/] ({info.family}, {trail.n_layers} layers) · site [cyan]{v.site}[/] · "
         f"space [cyan]{v.space}[/] · {v.similarity}{mode}"
+        + (f" · corrected [cyan]{info.options.correct}[/] (fitted to this text, per layer)" if info.options.correct and v.site != "heads" else "")
     )
     if v.per_head and v.space != "query" and trail.kv_groups > 1:
         console.print(

@@ -198,3 +198,39 @@ def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks
                 expect(page.locator("#status")).to_contain_text("Selected: . (token 12)")
             finally:
                 ctx.close()
+
+
+def test_compare_tab_two_tokens_then_two_contexts(page, serve_blocks, artifacts_dir):
+    with serve_blocks(build_app(), **launch_options()) as url:
+        page.set_default_timeout(SLOW)
+        page.goto(url)
+        analysed(page, "minilm", "banana")
+        page.get_by_role("tab", name="Compare").click()
+        # the defaults: the two "flies" of the initial text
+        page.locator("#cmp-run").click()
+        status = page.locator("#cmp-status")
+        expect(status).to_contain_text("They diverge most at layer 2", timeout=SLOW)
+        expect(status).to_contain_text("token 2 flies")
+        expect(status).to_contain_text("token 8 flies")
+        table = page.locator("#cmp-table")
+        expect(table).to_contain_text("only in b")
+        expect(table).to_contain_text("snails")  # the noun's own neighbours (docs/compare.md)
+        for pid in ("cmp-plot", "cmp-lines", "cmp-heat"):
+            expect(page.locator(f"#{pid} .main-svg").first).to_be_visible()
+        expect(page.locator("#cmp-plot")).to_contain_text("lowest at layer 2")
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(artifacts_dir / "app-compare.png"), full_page=True)
+
+        # an absent token: a message, and the tab keeps working
+        page.locator("#cmp-token-a textarea, #cmp-token-a input").first.fill("zebra")
+        page.locator("#cmp-run").click()
+        expect(status).to_contain_text("no token 'zebra' in the text")
+
+        # one word in two contexts
+        page.locator("#text textarea").fill("I sat on the river bank.")
+        page.locator("#cmp-text-b textarea, #cmp-text-b input").first.fill("I paid at the bank.")
+        page.locator("#cmp-token-a textarea, #cmp-token-a input").first.fill("bank")
+        page.locator("#cmp-token-b textarea, #cmp-token-b input").first.fill("")
+        page.locator("#cmp-run").click()
+        expect(status).to_contain_text("They diverge most at layer 5")
+        expect(table).to_contain_text("cash")

@@ -21,6 +21,7 @@ from ..errors import InputError, ModelError, TokentrailError
 from ..metrics import SIMILARITIES
 from . import help as texts
 from . import render, security
+from .compare_tab import build_compare_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
@@ -181,6 +182,8 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                         p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
                     with gr.Column(scale=1, min_width=215, elem_classes="howto"):
                         gr.Markdown(texts.WALKTHROUGH)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
+                build_compare_tab(p, menu)
             with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
                 with gr.Row():
                     with gr.Column(scale=5):

@@ -1,0 +1,102 @@
+"""Corpus study throughput and memory, against a naive loop of ``tt.trace``.
+
+    python benchmarks/bench_study.py --model minilm --limit 200
+    python benchmarks/bench_study.py --model smollm2 --limit 50 --threads 1
+
+Over the first ``--limit`` sentences of the UD English EWT dev split (../shared/data,
+outside the repository; the script says so and stops when it is absent):
+
+* study: ``tokentrail study`` (batches, Parquet parts, manifest, anisotropy sample),
+  tokens analysed per second (a token = one text token at every layer of one site);
+* naive: ``tt.trace(text)`` for each sentence in one loop, in the same process as the
+  study run, with the same site, space and overlap k; tokens per second;
+* memory: the study's peak RSS in a fresh process as the corpus doubles (limit, 2x, 4x).
+
+Each measurement runs in its own subprocess so peak RSS is its own. ``--threads`` sets
+torch's intra-op threads (on a busy shared CPU, 1 thread is often much faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+UD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ud-english-ewt" / "en_ewt-ud-dev.conllu"
+
+
+def child(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import tokentrail as tt
+    from tokentrail.corpus.inputs import Skipped, records
+
+    loaded = tt.load(args.model)
+    out: dict = {"model": args.model, "limit": args.limit, "threads": torch.get_num_threads()}
+    if args.side in ("study", "both"):
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            s = tt.study(args.corpus, loaded.name, Path(d) / "s", limit=args.limit, batch=args.batch)
+            dt = time.perf_counter() - t
+            out["study"] = {"texts": s.manifest["texts"], "tokens": s.manifest["tokens"], "seconds": dt, "tokens_per_s": s.manifest["tokens"] / dt}
+    if args.side in ("naive", "both"):
+        texts = [r.text for r in records(args.corpus, skipped=Skipped(), limit=args.limit)]
+        t = time.perf_counter()
+        n = 0
+        for text in texts:
+            n += tt.trace(text, loaded, overlap_k=100).n_tokens
+        dt = time.perf_counter() - t
+        out["naive"] = {"texts": len(texts), "tokens": n, "seconds": dt, "tokens_per_s": n / dt}
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def run_child(argv: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, __file__, "--child", *argv], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--limit", type=int, default=200, help="sentences for the speed comparison")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--corpus", default=str(UD))
+    ap.add_argument("--no-memory", action="store_true", help="skip the doubling-corpus memory runs")
+    ap.add_argument("--side", default="both", help=argparse.SUPPRESS)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    if not Path(args.corpus).exists():
+        sys.exit(f"no corpus at {args.corpus}: the UD English EWT dev split lives beside the project in ../shared/data/")
+    common = ["--model", args.model, "--batch", str(args.batch), "--threads", str(args.threads), "--corpus", args.corpus]
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
+    speed = run_child([*common, "--limit", str(args.limit), "--side", "both"])
+    st, nv = speed["study"], speed["naive"]
+    print(f"model {args.model}, {st['texts']} sentences, {st['tokens']} tokens, torch threads {speed['threads']}")
+    print(f"study : {st['tokens_per_s']:8.1f} tokens/s ({st['seconds']:.1f} s)")
+    print(f"naive : {nv['tokens_per_s']:8.1f} tokens/s ({nv['seconds']:.1f} s, tt.trace per sentence)")
+    print(f"ratio : {st['tokens_per_s'] / nv['tokens_per_s']:.2f}x")
+    if not args.no_memory:
+        for limit in (args.limit, 2 * args.limit, 4 * args.limit):
+            m = run_child([*common, "--limit", str(limit), "--side", "study"])
+            print(f"memory: {m['study']['texts']:5d} sentences {m['study']['tokens']:6d} tokens -> peak RSS {m['peak_rss_mb']:.0f} MB ({m['study']['tokens_per_s']:.1f} tokens/s)")
+
+
+if __name__ == "__main__":
+    main()

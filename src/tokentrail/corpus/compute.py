@@ -1,0 +1,195 @@
+"""The compute step of a study, in one function: a batch of records -> token rows.
+
+:func:`analyse_batch` is the only place a study touches the model: the batch's texts go
+through one padded forward pass (:meth:`tokentrail.models.LoadedModel.runs`) and are
+scored against the vocabulary together (:func:`tokentrail.runner.trail_many`), which gives
+each text exactly what it gets alone (SPEC "Batches"); the same pass gives the site
+vectors for the norm column and the anisotropy sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..inputs import MAX_TOKENS
+from ..models import LoadedModel, readable_tokens
+from ..options import TraceOptions
+from ..runner import trail_many
+from .inputs import Record, Skipped
+from .wordclass import align
+
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("text_id", pa.int64()),
+        ("position", pa.int32()),  # token index in its text (0-based)
+        ("token_id", pa.int64()),
+        ("token", pa.string()),
+        ("word_class", pa.string()),
+        ("upos", pa.string()),
+        ("first_subword", pa.bool_()),
+        ("word", pa.int32()),  # the token's word in its text, -1 for none
+        ("layer", pa.int16()),
+        ("site", pa.string()),
+        ("self_sim", pa.float32()),
+        ("rank", pa.int64()),
+        ("overlap", pa.int32()),  # |top-k_l ∩ top-k_{l-1}|, k = the run's overlap_k
+        ("adjusted_self_sim", pa.float32()),  # self_sim - the text's anisotropy at that layer/site
+        ("norm", pa.float32()),  # L2 norm of the site vector
+        ("top1_id", pa.int64()),  # nearest vocabulary id
+    ]
+)
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("text_id", pa.int64()),
+        ("position", pa.int32()),
+        ("key", pa.float64()),  # the token's sampling key: the corpus sample keeps the smallest
+        ("word_class", pa.string()),
+        ("site", pa.string()),
+        ("layer", pa.int16()),
+        ("vector", pa.list_(pa.float32())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """What a study computes; recorded in its manifest (a resumed run must match)."""
+
+    sites: tuple[str, ...] = ("attn_resid",)
+    overlap_k: int | None = None  # None: 100, or the vocabulary if smaller (as a trace)
+    batch: int = 32
+    sample: int = 2000  # tokens in the corpus anisotropy sample
+    seed: int = 0
+    causal: bool | None = None
+
+    def as_dict(self) -> dict:
+        return {"sites": list(self.sites), "overlap_k": self.overlap_k, "batch": self.batch, "sample": self.sample, "seed": self.seed, "causal": self.causal, "space": "encodings", "similarity": "cosine"}
+
+
+@dataclass
+class BatchResult:
+    tokens: pa.Table  # TOKEN_SCHEMA
+    sample: pa.Table  # SAMPLE_SCHEMA
+    n_texts: int
+    n_tokens: int
+    skipped: Skipped = field(default_factory=Skipped)
+
+
+def sample_key(seed: int, text_id: int, position: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, text, position): the same token gets
+    the same key in any run, batch size or engine, so the sample is reproducible."""
+    digest = hashlib.blake2b(struct.pack("<qqq", seed, text_id, position), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+def token_limit(loaded: LoadedModel) -> int:
+    return min(loaded.adapter.max_tokens or MAX_TOKENS, MAX_TOKENS)
+
+
+@torch.no_grad()
+def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOptions, *, threshold: float = 1.0, strict: bool = False) -> BatchResult:
+    """Token rows (one per token x layer x site) and the anisotropy sample candidates of
+    one batch: tokens whose key is below ``threshold``, at most ``options.sample``."""
+    adapter, tok = loaded.adapter, loaded.tokenizer
+    skipped = Skipped(strict=strict)
+    limit = token_limit(loaded)
+    special_ids = set(tok.all_special_ids)
+    cols: dict[str, list] = {name: [] for name in TOKEN_SCHEMA.names}
+    candidates: list[tuple[float, int, int, str, np.ndarray]] = []  # key, text, position, class, (S, L, d)
+    n_texts = n_tokens = 0
+    L = adapter.n_layers
+    kept = []  # (record, ids, word classes) of the texts the model will see
+    for rec in batch:
+        enc = tok(rec.text, add_special_tokens=True, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if len(ids) > limit:
+            skipped.add(rec.index, f"over-long (more than {limit} tokens)", rec.text)
+            continue
+        if not ids:
+            skipped.add(rec.index, "empty", rec.text)
+            continue
+        special = [i in special_ids for i in ids]
+        classes = align(rec.text, enc["offset_mapping"], special, list(rec.words) if rec.words is not None else None)
+        kept.append((rec, ids, classes))
+    if kept:
+        # one padded forward pass for the batch, and its tokens scored against the
+        # vocabulary together: per text exactly what it gets alone (SPEC "Batches")
+        trace_options = TraceOptions(
+            sites=tuple(options.sites), spaces=("encodings",), similarities=("cosine",), k=1,
+            overlap_k=options.overlap_k, causal=options.causal,
+        )  # fmt: skip
+        runs = loaded.runs([rec.text for rec, _, _ in kept], trace_options)
+        trails = trail_many(runs)
+    else:
+        runs, trails = [], []
+    for (rec, ids, classes), run, trail in zip(kept, runs, trails):
+        if run.ids.tolist() != list(ids):
+            raise RuntimeError(f"text {rec.index}: the run's tokens differ from the aligned ones")
+        acts = run.acts
+        views = [trail.view(site, "encodings", "cosine") for site in options.sites]
+        token_strs = np.array(readable_tokens(tok, ids), dtype=object)
+        n = len(ids)
+        n_texts += 1
+        n_tokens += n
+        words = [c.word for c in classes]
+        for site, v in zip(options.sites, views):
+            vecs = acts.site(site)  # (L, n, d)
+            repeat = lambda xs: np.tile(np.asarray(xs), L)  # noqa: E731 - token columns, layer-major
+            cols["text_id"].append(np.full(L * n, rec.index, dtype=np.int64))
+            cols["position"].append(repeat(np.arange(n, dtype=np.int32)))
+            cols["token_id"].append(repeat(np.asarray(ids, dtype=np.int64)))
+            cols["token"].append(repeat(token_strs))
+            cols["word_class"].append(repeat(np.array([c.word_class for c in classes], dtype=object)))
+            cols["upos"].append(repeat(np.array([c.upos for c in classes], dtype=object)))
+            cols["first_subword"].append(repeat(np.array([c.first_subword for c in classes], dtype=bool)))
+            cols["word"].append(repeat(np.asarray(words, dtype=np.int32)))
+            cols["layer"].append(np.repeat(np.arange(L, dtype=np.int16), n))
+            cols["site"].append(np.full(L * n, site, dtype=object))
+            cols["self_sim"].append(v.self_sim.reshape(-1).astype(np.float32))
+            cols["rank"].append(v.rank.reshape(-1).astype(np.int64))
+            cols["overlap"].append(v.overlap.reshape(-1).astype(np.int32))
+            cols["adjusted_self_sim"].append(v.adjusted_self_sim.reshape(-1).astype(np.float32))
+            cols["norm"].append(vecs.norm(dim=-1).reshape(-1).cpu().numpy().astype(np.float32))
+            cols["top1_id"].append(v.top_ids[..., 0].reshape(-1).astype(np.int64))
+        stacked = None
+        for p in range(n):
+            key = sample_key(options.seed, rec.index, p)
+            if key < threshold:
+                if stacked is None:
+                    stacked = torch.stack([acts.site(s) for s in options.sites]).cpu().numpy()  # (S, L, n, d)
+                candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p]))
+    candidates.sort(key=lambda c: c[0])
+    return BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), n_texts, n_tokens, skipped)
+
+
+def _table(cols: dict[str, list]) -> pa.Table:
+    arrays = []
+    for f in TOKEN_SCHEMA:
+        parts = cols[f.name]
+        values = np.concatenate(parts) if parts else np.array([], dtype=object if pa.types.is_string(f.type) else None)
+        arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=TOKEN_SCHEMA)
+
+
+def _sample_table(candidates, sites) -> pa.Table:
+    rows = {name: [] for name in SAMPLE_SCHEMA.names}
+    for key, text_id, position, word_class, vecs in candidates:  # vecs (S, L, d)
+        for s, site in enumerate(sites):
+            for layer in range(vecs.shape[1]):
+                rows["text_id"].append(text_id)
+                rows["position"].append(position)
+                rows["key"].append(key)
+                rows["word_class"].append(word_class)
+                rows["site"].append(site)
+                rows["layer"].append(layer)
+                rows["vector"].append(vecs[s, layer].astype(np.float32))
+    return pa.Table.from_pydict(rows, schema=SAMPLE_SCHEMA)
+
+

@@ -1,0 +1,138 @@
+"""``tokentrail report``: a study's aggregates as one self-contained, offline HTML file
+(plotly.js inlined once, figures and tables, the run's metadata)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+
+CLASS_ORDER = ("function", "content", "punctuation", "special", "other", "unknown")
+
+
+def _by_class_figure(df: pd.DataFrame, column: str, title: str, *, log: bool = False) -> go.Figure:
+    fig = go.Figure()
+    for (site, cls), g in df.groupby(["site", "word_class"], sort=False):
+        name = cls if df["site"].nunique() == 1 else f"{cls} ({site})"
+        fig.add_trace(go.Scatter(x=g["layer"], y=g[column] + (1 if log else 0), mode="lines+markers", name=name))
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title=column + (" + 1" if log else ""), template="plotly_white", height=380)
+    if log:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def figures(agg: dict[str, pd.DataFrame]) -> list[go.Figure]:
+    """The report's figures, from the aggregates only."""
+    by = agg["by_class"].copy()
+    by["order"] = by["word_class"].map({c: i for i, c in enumerate(CLASS_ORDER)})
+    by = by.sort_values(["site", "order", "layer"])
+    figs = [
+        _by_class_figure(by, "self_sim_mean", "Self-similarity (cosine to the token's own original encoding), mean by word class"),
+        _by_class_figure(by, "rank_median", "Rank of the token's own encoding (median, log scale: 0 = nearest)", log=True),
+        _by_class_figure(by, "rank_mean", "Rank of the token's own encoding (mean, log scale)", log=True),
+        _by_class_figure(by, "overlap_mean", "Overlap of the nearest-vocabulary sets with the layer before (mean)"),
+    ]
+    if "corpus_adjusted_self_sim_mean" in by:
+        figs.append(_by_class_figure(by, "corpus_adjusted_self_sim_mean", "Self-similarity minus the corpus anisotropy baseline (Ethayarajh 2019)"))
+    an = agg["anisotropy"]
+    if len(an):
+        fig = go.Figure()
+        for site, g in an.groupby("site"):
+            fig.add_trace(go.Scatter(x=g["layer"], y=g["anisotropy"], mode="lines+markers", name=site))
+        fig.update_layout(title="Corpus anisotropy: mean cosine of token pairs from different texts", xaxis_title="layer", yaxis_title="mean cosine", template="plotly_white", height=340)
+        figs.append(fig)
+    j = agg["jumps"]
+    if len(j):
+        for site, g in j.groupby("site"):
+            pivot = g.pivot(index="word_class", columns="layer", values="d_self_sim_paired")
+            fig = go.Figure(go.Heatmap(z=pivot.values, x=[f"{l - 1}→{l}" for l in pivot.columns], y=list(pivot.index), colorscale="RdBu", zmid=0, colorbar_title="Δ self_sim"))
+            fig.update_layout(title=f"Change of self-similarity from the layer before, per token, mean by class ({site})", template="plotly_white", height=300 + 20 * len(pivot))
+            figs.append(fig)
+    return figs
+
+
+def _table(df: pd.DataFrame, max_rows: int = 200) -> str:
+    return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, classes="t")
+
+
+def render(study) -> str:
+    agg = study.aggregate()
+    m = study.manifest
+    figs = figures(agg)
+    parts = []
+    for i, fig in enumerate(figs):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
+    meta_rows = {
+        "model": f"{m.get('model')} ({m.get('model_info', {}).get('model_type')}, {m.get('model_info', {}).get('n_layers')} layers), revision {m.get('model_revision')}",
+        "input": json.dumps(m.get("input")),
+        "options": json.dumps(m.get("options")),
+        "texts / tokens": f"{m.get('texts', 0):,} / {m.get('tokens', 0):,}",
+        "state": "complete" if m.get("complete") else "INCOMPLETE (resume with --resume)",
+        "skipped records": json.dumps(m.get("skipped", {}).get("counts", {})),
+        "anisotropy sample": json.dumps(m.get("sample")),
+        "frequency rank": m.get("freq_rank", ""),
+        "engine, elapsed": f"{m.get('engine')}, {m.get('elapsed_s')} s",
+        "tokentrail": f"{m.get('tokentrail_version')}, created {m.get('created')}",
+    }
+    meta = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in meta_rows.items())
+    samples = pd.DataFrame(m.get("skipped", {}).get("samples", []))
+    cols = [c for c in agg["by_class"].columns if c.endswith(("_mean", "_median")) or c in ("site", "layer", "word_class", "n", "anisotropy")]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tokentrail study: {html.escape(str(m.get('model')))}</title>
+<style>
+body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table.t,table.meta{{border-collapse:collapse;font-size:13px;margin:1em 0}}
+table.t td,table.t th,table.meta td,table.meta th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
+table.meta th{{text-align:left}} table.meta td{{text-align:left}}
+details{{margin:1em 0}}
+</style></head><body>
+<h1>Corpus study: {html.escape(str(m.get('model')))}</h1>
+<p>Every token of every text, at every layer, compared with the model's own vocabulary of
+encodings (cosine; see the project's SPEC). Word classes come from gold UPOS tags where the
+input had them (CoNLL-U), otherwise from a closed-class list of English function words.</p>
+<table class="meta">{meta}</table>
+{''.join(parts)}
+<h2>By layer and word class</h2>{_table(agg['by_class'][cols])}
+<h2>Jumps between consecutive layers</h2>{_table(agg['jumps'])}
+<h2>Corpus anisotropy</h2>{_table(agg['anisotropy'])}
+<details><summary>Most frequent tokens ({agg['by_token']['token_id'].nunique()} tokens)</summary>{_table(agg['by_token'], 2000)}</details>
+<details><summary>Skipped records ({m.get('skipped', {}).get('total', 0)})</summary>{_table(samples) if len(samples) else '<p>none</p>'}</details>
+</body></html>
+"""
+
+
+def write_report(study, path: str | Path) -> Path:
+    path = Path(path)
+    text = render(study)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+FIGURE_NAMES = ("self_sim", "rank_median", "rank_mean", "overlap", "corpus_adjusted_self_sim", "anisotropy")
+
+
+def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:
+    """The report's figures as PNG files (needs kaleido: ``pip install 'tokentrail[app]'``)."""
+    from ..errors import InputError
+
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise InputError("PNG figures need kaleido: pip install 'tokentrail[app]'") from None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figs = figures(study.aggregate())
+    names = list(FIGURE_NAMES[: len(figs)]) + [f"jumps_{i}" for i in range(max(0, len(figs) - len(FIGURE_NAMES)))]
+    paths = []
+    for name, fig in zip(names, figs):
+        path = folder / f"{prefix}{name}.png"
+        fig.write_image(str(path), width=900, height=fig.layout.height or 400)
+        paths.append(path)
+    return paths

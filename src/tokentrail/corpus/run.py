@@ -1,0 +1,281 @@
+"""Running a study: stream the corpus in batches, compute each, write it, record it.
+
+The engines differ only in where :func:`~tokentrail.corpus.compute.analyse_batch` runs:
+``local`` runs it here, one batch after another; ``ray`` (:mod:`.ray_engine`) sends
+batches as tasks to actors that hold the model and write their own parts. The driver
+alone reads the input, forms the batches and writes the manifest, so both engines write
+the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import pyarrow.parquet as pq
+
+from .. import __version__
+from ..options import RESIDUAL_SITES as SITES
+from ..errors import InputError, ModelError
+from ..inputs import MAX_CHARS
+from .compute import BatchResult, StudyOptions
+from .inputs import Skipped, check_source, count, file_hash, iter_batches, records, texts_hash, SAMPLES_KEPT
+from .writer import FORMAT, Reservoir, StudyDir, part_name
+
+ENGINES = ("local", "ray")
+FREQ_RANK_NOTE = "not recorded: the bundled tokenizers (WordPiece, byte-level BPE from GGUF) give no token frequencies"
+
+# what a progress display is told after each batch: texts, tokens, skipped records so far
+Progress = Callable[[int, int, int], None]
+
+
+def check_options(options: StudyOptions) -> None:
+    if not options.sites:
+        raise InputError("choose at least one site")
+    for s in options.sites:
+        if s not in SITES:
+            raise InputError(f"a study takes residual-stream sites ({', '.join(SITES)}), not {s!r}")
+    if options.batch < 1:
+        raise InputError("--batch must be at least 1")
+    if options.overlap_k is not None and options.overlap_k < 1:
+        raise InputError("--overlap-k must be at least 1")
+    if options.sample < 2:
+        raise InputError("--sample must be at least 2 (the anisotropy baseline needs pairs)")
+
+
+def model_info(loaded) -> dict[str, Any]:
+    a = loaded.adapter
+    return {
+        "model": loaded.name,
+        "model_revision": loaded.revision,
+        "model_type": str(a.config.model_type),
+        "family": a.family,
+        "n_layers": a.n_layers,
+        "d_model": a.d_model,
+        "vocab_size": a.vocab_size,
+        "is_decoder": a.is_decoder,
+        "fast_tokenizer": bool(getattr(loaded.tokenizer, "is_fast", False)),
+    }
+
+
+def batch_meta(result: BatchResult) -> dict[str, Any]:
+    return {"texts": result.n_texts, "tokens": result.n_tokens, "skipped": result.skipped.as_dict()}
+
+
+def tag_batch(result: BatchResult) -> BatchResult:
+    """Keep the batch's own counts in its data part, so a manifest that lags behind a
+    crash can be rebuilt from the parts."""
+    meta = {**(result.tokens.schema.metadata or {}), b"tokentrail_batch": json.dumps(batch_meta(result)).encode()}
+    result.tokens = result.tokens.replace_schema_metadata(meta)
+    return result
+
+
+def read_batch_meta(sd: StudyDir, batch: int) -> dict[str, Any]:
+    meta = pq.read_schema(sd.data / part_name(batch)).metadata or {}
+    return json.loads(meta.get(b"tokentrail_batch", b"{}"))
+
+
+def study(
+    source: str | Path | Sequence[str],
+    model: str = "minilm",
+    out: str | Path = "study",
+    *,
+    sites: Sequence[str] = ("attn_resid",),
+    batch: int = 32,
+    limit: int | None = None,
+    fmt: str | None = None,
+    column: str | None = None,
+    overlap_k: int | None = None,
+    sample: int = 2000,
+    seed: int = 0,
+    causal: bool | None = None,
+    resume: bool = False,
+    strict: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int = 1,
+    allow_pickle: bool = False,
+    device: str | None = None,
+    max_chars: int = MAX_CHARS,
+    progress: Progress | None = None,
+    on_start: Callable[[int | None], None] | None = None,
+):
+    """Run a corpus study and return a :class:`~tokentrail.corpus.dataset.Study` handle.
+
+    ``source``: a file (plain text one per line, ``.conllu``, ``.csv``/``.tsv``,
+    ``.parquet`` with ``column``) or a list of texts. Results go to ``out`` as Parquet
+    parts while the run goes; ``resume=True`` continues an interrupted run there.
+    """
+    from .dataset import Study
+
+    options = StudyOptions(sites=tuple(dict.fromkeys(sites)), overlap_k=overlap_k, batch=batch, sample=sample, seed=seed, causal=causal)
+    check_options(options)
+    if device is not None:
+        from ..models import resolve_device
+
+        device = resolve_device(device)
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
+    if address and engine != "ray":
+        raise InputError("--address is for --engine ray")
+    if workers < 1:
+        raise InputError("--workers must be at least 1")
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    if isinstance(source, (str, Path)):
+        fmt = check_source(source, fmt, column)
+        input_id = {"name": Path(source).name, "format": fmt, "column": column, "limit": limit, "max_chars": max_chars, "sha256": file_hash(source)}
+    else:
+        if isinstance(source, str) or not hasattr(source, "__len__"):
+            raise InputError("texts must be a file path or a list of strings")
+        input_id = {"name": "<texts>", "format": "texts", "column": None, "limit": limit, "max_chars": max_chars, "sha256": texts_hash(source)}
+    sd = StudyDir(out)
+    if resume:
+        old = sd.read_manifest()
+        if old.get("model") != model:
+            raise InputError(f"cannot resume {sd.root}: it studied model {old.get('model')!r}, not {model!r}")
+        for key in ("options", "input"):
+            want = options.as_dict() if key == "options" else input_id
+            if old.get(key) != want:
+                sd.check_resume({"model": old.get("model"), "model_revision": old.get("model_revision"), "options": options.as_dict(), "input": input_id})
+    else:
+        sd.check_new()
+
+    # ---- model work starts here ----
+    runner = _local_runner(model, allow_pickle, options, strict, device) if engine == "local" else _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device)
+    try:
+        info = runner.info
+        if not info["fast_tokenizer"]:
+            raise ModelError(f"{model}'s tokenizer gives no character offsets (not a fast tokenizer); a study needs them to align words")
+        identity = {"model": info["model"], "model_revision": info["model_revision"], "options": options.as_dict(), "input": input_id}
+        manifest = sd.check_resume(identity) if resume else {}
+        sd.root.mkdir(parents=True, exist_ok=True)
+        sd.prepare()
+        done = sd.done_batches()
+        manifest = {
+            "format": FORMAT,
+            **identity,
+            "model_info": info,
+            "tokentrail_version": __version__,
+            "created": manifest.get("created") or _now(),
+            "engine": engine,
+            "freq_rank": FREQ_RANK_NOTE,
+            "sample": {"size": sample, "seed": seed, "selection": "tokens with the smallest blake2b(seed, text_id, position) keys"},
+            "complete": False,
+        }
+        sd.write_manifest(manifest)
+        reservoir = Reservoir(sample, sd.sample_keys())
+        skipped = Skipped(strict=strict)
+        stream = iter_batches(records(source, fmt=fmt, column=column, skipped=skipped, limit=limit, max_chars=max_chars), batch)
+        if on_start is not None:
+            on_start(count(source, fmt, limit))
+        started = time.monotonic()
+        tally = _Tally(progress)
+        for b in sorted(done):  # counts of batches finished before: kept in their own parts
+            tally.add(read_batch_meta(sd, b), skipped, quiet=True)
+        tally.report(skipped)
+        try:
+            for b, meta, keys in runner.run(_numbered(stream, done, tally, skipped), reservoir, sd):
+                for k in keys:
+                    reservoir.add(k)
+                tally.add(meta, skipped)
+                tally.record(manifest, skipped)
+                sd.write_manifest(manifest)
+            manifest["complete"] = True
+        finally:
+            tally.record(manifest, skipped)
+            manifest["elapsed_s"] = round(manifest.get("elapsed_s", 0) + time.monotonic() - started, 2)
+            manifest["finished" if manifest["complete"] else "interrupted"] = _now()
+            sd.write_manifest(manifest)
+    finally:
+        runner.close()
+    return Study(sd.root)
+
+
+class _Tally:
+    """Running totals of the finished batches (the manifest holds totals, not a list of
+    batches, so writing it costs the same at batch 10 and batch 100,000)."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.batches = self.texts = self.tokens = 0
+        self.counts: dict[str, int] = {}
+        self.samples: list[dict] = []
+
+    def add(self, meta, skipped: Skipped, quiet: bool = False) -> None:
+        self.batches += 1
+        self.texts += meta["texts"]
+        self.tokens += meta["tokens"]
+        for reason, n in meta["skipped"]["counts"].items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+        self.samples = _first_per_reason(self.samples + meta["skipped"]["samples"])
+        if not quiet:
+            self.report(skipped)
+
+    def report(self, skipped: Skipped) -> None:
+        if self.progress is not None:
+            self.progress(self.texts, self.tokens, sum(self.counts.values()) + skipped.total)
+
+    def record(self, manifest: dict, skipped: Skipped) -> None:
+        counts = dict(skipped.counts)
+        for reason, n in self.counts.items():
+            counts[reason] = counts.get(reason, 0) + n
+        manifest["batches_done"] = self.batches
+        manifest["texts"] = self.texts
+        manifest["tokens"] = self.tokens
+        manifest["skipped"] = {"total": sum(counts.values()), "counts": counts, "samples": _first_per_reason(self.samples + skipped.samples)}
+
+
+def _first_per_reason(samples: list[dict]) -> list[dict]:
+    """The first few skipped records of each reason, by record number (so the log does
+    not depend on the order batches finish in)."""
+    per_reason: dict[str, int] = {}
+    kept = []
+    for s in sorted(samples, key=lambda s: s["record"]):
+        per_reason[s["reason"]] = per_reason.get(s["reason"], 0) + 1
+        if per_reason[s["reason"]] <= SAMPLES_KEPT:
+            kept.append(s)
+    return kept
+
+
+def _numbered(stream, done: set[int], tally: _Tally, skipped: Skipped) -> Iterator[tuple[int, list]]:
+    for b, records_ in enumerate(stream):
+        if b in done:
+            tally.report(skipped)  # finished before: nothing to run
+            continue
+        yield b, records_
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _local_runner:
+    """Batches computed here, one after another."""
+
+    def __init__(self, model, allow_pickle, options, strict, device=None):
+        from ..models import load
+
+        self.loaded = load(model, allow_pickle=allow_pickle, device=device)
+        self.options, self.strict = options, strict
+        self.info = model_info(self.loaded)
+
+    def run(self, numbered, reservoir: Reservoir, sd: StudyDir):
+        from .compute import analyse_batch
+
+        for b, batch in numbered:
+            result = tag_batch(analyse_batch(self.loaded, batch, self.options, threshold=reservoir.threshold(), strict=self.strict))
+            sd.write_batch(b, result)
+            yield b, batch_meta(result), set(result.sample.column("key").to_pylist())
+
+    def close(self):
+        pass
+
+
+def _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device=None):
+    from .ray_engine import RayRunner
+
+    return RayRunner(model, allow_pickle, options, strict, sd, address=address, workers=workers, device=device)

@@ -1,0 +1,126 @@
+"""Trajectory maps (PCA exact, t-SNE, UMAP optional) and the CLI's --map, --correct and rogue note."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tokentrail.cli import app
+from tokentrail.errors import InputError
+from tokentrail.maps import pca_2d, project, trajectory_map
+
+TEXT = "time flies like an arrow . fruit flies like a banana"
+
+
+def _up_to_sign(a: np.ndarray, b: np.ndarray) -> None:
+    for j in range(a.shape[1]):
+        s = 1.0 if np.dot(a[:, j], b[:, j]) >= 0 else -1.0
+        np.testing.assert_allclose(a[:, j], s * b[:, j], atol=1e-9)
+
+
+def test_pca_equals_the_eigenvectors_of_the_covariance_up_to_sign():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 6)) * np.array([5, 3, 1, 1, 0.5, 0.1]) + 7
+    xc = x - x.mean(0)
+    vals, vecs = np.linalg.eigh(xc.T @ xc)  # an independent route to the principal axes
+    expected = xc @ vecs[:, np.argsort(vals)[::-1][:2]]
+    _up_to_sign(pca_2d(x), expected)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    _up_to_sign(pca_2d(x), xc @ vt[:2].T)
+
+
+def test_pca_by_hand_points_on_a_line():
+    x = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])  # mean (1, 1); axis (1, 1)/sqrt 2
+    got = pca_2d(x)
+    _up_to_sign(got[:, :1], np.array([[-np.sqrt(2)], [0.0], [np.sqrt(2)]]))
+    np.testing.assert_allclose(got[:, 1], 0.0, atol=1e-12)
+
+
+def test_trajectory_map_draws_every_token_path_with_faint_neighbours(loaded_tiny):
+    run = loaded_tiny.run(TEXT)
+    L, n = loaded_tiny.adapter.n_layers, run.n_tokens
+    fig, frame = trajectory_map(run, site="layer_out", neighbours=2)
+    paths = frame[frame.kind == "token"]
+    assert len(paths) == n * (L + 1)
+    assert sorted(paths.step.unique()) == list(range(L + 1))
+    assert len(fig.data) == 1 + n  # the context points, then one line per token
+    assert fig.data[0].opacity < 0.5 and all(t.mode == "lines+markers" for t in fig.data[1:])
+    ctx = frame[frame.kind == "neighbour"]
+    assert len(ctx) > 0 and ctx.label.str.contains("near").all()
+    # the token points are the PCA of exactly the captured vectors (plus the neighbour rows)
+    acts = run.acts
+    first = paths[paths.token_index == 3].sort_values("step")
+    assert first.label.iloc[0].endswith("encoding") and first.label.iloc[-1].endswith(f"layer {L - 1}")
+    _, alone = trajectory_map(run, site="layer_out", neighbours=0)
+    vec = np.concatenate([np.concatenate([acts.embedded[t][None].numpy(), acts.layer_out[:, t].numpy()]) for t in range(n)])
+    _up_to_sign(alone[["x", "y"]].to_numpy(), pca_2d(vec))
+
+
+def test_trajectory_map_selects_tokens_and_layers_and_refuses_bad_input(loaded_tiny):
+    run = loaded_tiny.run(TEXT)
+    _, frame = trajectory_map(run, tokens=[1, -1], layers=[0], neighbours=0)
+    assert sorted(frame.token_index.unique()) == [1, run.n_tokens - 1] and len(frame) == 4
+    with pytest.raises(InputError, match="map method"):
+        trajectory_map(run, method="mds")
+    with pytest.raises(InputError, match="residual site"):
+        trajectory_map(run, site="heads")
+    with pytest.raises(InputError, match="token index"):
+        trajectory_map(run, tokens=[99])
+
+
+def test_tsne_runs_and_umap_is_optional():
+    pytest.importorskip("sklearn")
+    x = np.random.default_rng(1).normal(size=(12, 5))
+    assert project(x, "tsne").shape == (12, 2)
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match="umap-learn"):
+            project(x, "umap")
+    else:
+        assert project(x, "umap").shape == (12, 2)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def test_cli_map_and_correct(bert_folder, tmp_path):
+    out = tmp_path / "map.html"
+    res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--site", "layer_out", "--correct", "zscore", "-t", "1", "--map", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "corrected zscore" in res.output  # the header says which geometry the numbers have
+    html = out.read_text()
+    assert "<html>" in html[:200] and "plotly" in html and "Token paths" in html
+    assert not list(tmp_path.glob(".*.part"))  # written atomically
+    # an existing map is not replaced without --force
+    res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--map", str(out)])
+    assert res.exit_code == 2 and "already exists" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--correct", "zcore"], "unknown correction"),
+        (["--correct", "rogue"], "needs a count"),
+        (["--map", "x.png"], "unknown output format"),
+        (["--map", "x.html", "--map-method", "mds"], "unknown map method"),
+        (["--map", "x.html", "--site", "heads"], "--map draws a residual site"),
+    ],
+)
+def test_cli_geometry_options_fail_in_one_line_before_loading(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["trace", "hello", "-m", "no-such-model-folder", *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert "no-such-model" not in res.output  # refused before the model was looked up
+
+
+@pytest.mark.slow
+def test_cli_names_rogue_dimensions_on_smollm2():
+    res = runner.invoke(app, ["trace", "Time flies like an arrow. Fruit flies like a banana.", "-m", "smollm2", "-l", "20", "-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "one dimension (dim" in res.output and "--correct" in res.output
+    res = runner.invoke(app, ["trace", "Time flies like an arrow. Fruit flies like a banana.", "-m", "smollm2", "-l", "20", "-k", "3", "--correct", "zscore"])
+    assert res.exit_code == 0 and "one dimension (dim" not in res.output
