@@ -172,14 +172,9 @@ def long_frame(trail, attention: bool | None = None) -> pd.DataFrame:
 
 
 def write_parquet(trail, path: str | Path, attention: bool | None = None) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from .fileio import write_parquet as write_frame
 
-    table = pa.Table.from_pandas(long_frame(trail, attention), preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"tokentrail": json.dumps(trail.meta()).encode()})
-    with atomic_write(path) as tmp:
-        pq.write_table(table, tmp)
-    return Path(path)
+    return write_frame(long_frame(trail, attention), path, trail.meta())
 
 
 def write_csv_table(trail, target, attention: bool | None = None) -> None:
