@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .options import SIMILARITIES  # the names; the formulas are below
 
 
 def similarity_from_dots(dots: Tensor, query_sq: Tensor, row_sq: Tensor, kind: str) -> Tensor:

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .fileio import atomic_write, read_csv, write_csv, write_text
+from .fileio import read_csv, write_csv, write_text
 
 FORMAT_VERSION = 1
 LONG_COLUMNS = [

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .adapters import Adapter
 from .capture import Activations, head_qkv
+from .errors import InputError
 from .options import check_index
 
 

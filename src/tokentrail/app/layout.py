@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import plots
 from ..errors import InputError, ModelError, TokentrailError
-from ..metrics import SIMILARITIES
+from ..options import SIMILARITIES
 from . import help as texts
 from . import render, security
 from .compare_tab import build_compare_tab
