@@ -280,3 +280,31 @@ def test_tt_compare_is_the_function_even_after_importing_the_modules():
         "assert tt.Comparison.__name__ == 'Comparison'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cosine_after_a_geometry_correction(loaded_tiny):
+    """With a correction, each side's metrics are its corrected trace, and the cosine is
+    that of both vectors through the map fitted per layer to both texts' tokens."""
+    import torch
+
+    from tokentrail.geometry import fit_correction
+
+    a, b = "time flies like an arrow", "fruit flies like a banana"
+    for correct in ("center", "zscore", "abtt:2"):
+        c = tt.compare(a, b, model=loaded_tiny, token="flies", site="layer_out", correct=correct, k=3, overlap_k=5)
+        ra, rb = loaded_tiny.run(a), loaded_tiny.run(b)
+        ta, tb = ra.tokens.index("flies"), rb.tokens.index("flies")
+        A, B = ra.acts.site("layer_out"), rb.acts.site("layer_out")
+        for layer in range(A.shape[0]):
+            T = fit_correction(correct, torch.cat([A[layer], B[layer]]))
+            want = torch.nn.functional.cosine_similarity(T.apply(A[layer, ta]), T.apply(B[layer, tb]), dim=0)
+            assert c.cosine[layer] == pytest.approx(float(want), abs=1e-9)
+        raw = tt.compare(a, b, model=loaded_tiny, token="flies", site="layer_out", k=3, overlap_k=5)
+        assert not np.allclose(c.cosine, raw.cosine), "the correction must change the cosine"
+        want_side = ra.trail(sites=("layer_out",), k=3, overlap_k=5, correct=correct).view("layer_out")
+        np.testing.assert_array_equal(c.a.rank, want_side.rank[:, ta])
+        assert c.a.info.options.correct == correct and c.meta()["correct"] == correct
+    with pytest.raises(InputError, match="residual sites"):
+        tt.compare(a, b, model=loaded_tiny, token="flies", site="heads", correct="center")
+    with pytest.raises(InputError, match="unknown correction|correction"):
+        tt.compare(a, b, model=loaded_tiny, token="flies", correct="wobble")

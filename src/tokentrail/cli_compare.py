@@ -29,6 +29,7 @@ def compare(
     show: int = typer.Option(5, "--show", min=0, help="Separating neighbours printed per side and layer in the table."),
     head: Optional[int] = typer.Option(None, "--head", help="With --site heads: print this head's layer table instead of the layer × head cosines."),
     causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."),
+    correct: Optional[str] = typer.Option(None, "--correct", help="Geometry correction (center, zscore, rogue:D, abtt:D; residual sites, one model): each side as a trace, the cosine under the map fitted to both texts."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet (the tidy frame with a side column)."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (written atomically; the format follows the suffix unless --format says)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
@@ -65,6 +66,12 @@ def compare(
         if not token and not two_models:
             raise InputError("give the token to compare with --token (an index, its text, or TEXT:N)")
         space = check_compare_options(site, space, similarity, k, overlap_k)
+        if correct is not None:
+            from .options import parse_correction
+
+            parse_correction(correct)
+            if site == "heads" or two_models:
+                raise InputError("--correct applies to residual sites of one model (two contexts or two tokens)")
         if head is not None and site != "heads":
             raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
         device, dtype = resolve_device(device), resolve_dtype(dtype)
@@ -72,7 +79,7 @@ def compare(
         result = run_compare(
             text_a, text_b, model=model[0] if model else "minilm", model_b=model[1] if two_models else None,
             token=token[0] if token else None, token_b=token[1] if len(token) > 1 else None, site=site, space=space,
-            similarity=similarity, k=k, overlap_k=overlap_k, causal=causal, device=device, dtype=dtype,
+            similarity=similarity, k=k, overlap_k=overlap_k, causal=causal, correct=correct, device=device, dtype=dtype,
         )  # fmt: skip
         if head is not None:
             from .options import check_index
@@ -108,7 +115,8 @@ def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
     for s in c.sides:
         where = "all tokens (mean self_sim, median rank)" if s.token is None else f"token {s.token} {s.token_str!r}"
         out.print(f"[bold]{s.name}[/]: {s.model}, {where} of {s.text!r}", highlight=False)
-    out.print(f"site {c.site}, space {c.space}, similarity {c.similarity}; neighbour sets of {c.overlap_k}", highlight=False)
+    corrected = f"; correction {c.correct} (the cosine under the map fitted to both texts)" if c.correct else ""
+    out.print(f"site {c.site}, space {c.space}, similarity {c.similarity}; neighbour sets of {c.overlap_k}{corrected}", highlight=False)
     if not c.same_model:
         _print_models(c, show)
         return

@@ -136,6 +136,7 @@ class Comparison:
     cosine: np.ndarray | None  # (L,[H]) cosine of the two vectors; None across models
     overlap: np.ndarray | None  # (L,[H]) |top_a ∩ top_b| of overlap_k; None across models
     alignment: tuple[tuple[int, ...], ...] | None = None  # two models: b tokens over each a token
+    correct: str | None = None  # the geometry correction the cosine and each side's metrics were taken under
 
     @property
     def per_head(self) -> bool:
@@ -272,7 +273,7 @@ class Comparison:
         d = self.diverge
         return {
             "site": self.site, "space": self.space, "similarity": self.similarity, "k": self.k, "overlap_k": self.overlap_k,
-            "same_model": self.same_model, "diverge_layer": None if d is None else d[0], "diverge_head": None if d is None else d[1],
+            "same_model": self.same_model, "correct": self.correct, "diverge_layer": None if d is None else d[0], "diverge_head": None if d is None else d[1],
             "sides": {
                 s.name: {"model": s.model, "text": s.text, "token": s.token, "token_str": s.token_str, "span": s.span,
                          "tokens": list(s.tokens), "n_layers": s.n_layers, "info": s.info.to_dict()}
@@ -344,6 +345,7 @@ def compare(
     k: int = 15,
     overlap_k: int | None = None,
     causal: bool | None = None,
+    correct: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
 ) -> Comparison:
@@ -359,11 +361,24 @@ def compare(
 
     Tokens are an index, a token's text, or ``text:N`` (the N-th occurrence from 0).
     ``overlap_k``: size of the neighbour sets compared (default 100, capped at the
-    vocabulary); ``k``: neighbours and separating words kept for display."""
+    vocabulary); ``k``: neighbours and separating words kept for display.
+    ``correct``: a geometry correction (``center``, ``zscore``, ``rogue:D``, ``abtt:D``;
+    residual sites, one model). Each side's metrics are taken under it as in a trace
+    (fitted to that side's text), and the cosine between the two occurrences under the
+    correction fitted, per layer, to both texts' tokens together (one text's, for two
+    tokens of one text), so that both vectors go through the same map."""
     from .inputs import check_text
     from .models import load
 
     space = check_compare_options(site, space, similarity, k, overlap_k)
+    if correct is not None:
+        from .options import parse_correction
+
+        parse_correction(correct)
+        if site == HEAD_SITE:
+            raise InputError("a geometry correction applies to residual sites; the heads site compares raw head vectors")
+        if model_b is not None:
+            raise InputError("a geometry correction compares two contexts in one model; two models live in different spaces")
     check_text(text_a)
     if text_b is not None:
         check_text(text_b)
@@ -390,7 +405,7 @@ def compare(
 
     from .options import TraceOptions
 
-    opts = TraceOptions.make(site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal)
+    opts = TraceOptions.make(site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal, correct=correct)
     text_b_eff = text_a if text_b is None else text_b
     run_a = ma.run(text_a, opts)
     run_b = run_a if (same and text_b_eff == text_a) else mb.run(text_b_eff, opts)
@@ -419,10 +434,10 @@ def compare(
     b = _side("b", run_b, tb, site, space, similarity, K, opts)
     cos = ov = None
     if same:
-        cos = _cosines(run_a, ta, run_b, tb, site, space)
+        cos = _cosines(run_a, ta, run_b, tb, site, space, correct)
         ov = _overlaps(a.top_ids[..., :ok], b.top_ids[..., :ok])
     return Comparison(site=site, space=space, similarity=similarity, k=k, overlap_k=min(ok, K), a=a, b=b,
-                      same_model=same, cosine=cos, overlap=ov, alignment=alignment)  # fmt: skip
+                      same_model=same, cosine=cos, overlap=ov, alignment=alignment, correct=correct)  # fmt: skip
 
 
 def _listing(tokens: Sequence[str]) -> str:
@@ -480,8 +495,10 @@ def _info(run: "Run", opts) -> RunInfo:
     ).info  # fmt: skip
 
 
-def _cosines(run_a: "Run", ta: int, run_b: "Run", tb: int, site: str, space: str) -> np.ndarray:
-    """(L,) or (L, H) cosine between the two occurrences' vectors at every layer (and head)."""
+def _cosines(run_a: "Run", ta: int, run_b: "Run", tb: int, site: str, space: str, correct: str | None = None) -> np.ndarray:
+    """(L,) or (L, H) cosine between the two occurrences' vectors at every layer (and head);
+    with ``correct``, of the vectors through the correction fitted at that layer to both
+    texts' tokens (one text's, when both tokens come from it)."""
     import torch
 
     from .capture import head_vectors
@@ -491,7 +508,14 @@ def _cosines(run_a: "Run", ta: int, run_b: "Run", tb: int, site: str, space: str
         va = torch.stack([head_vectors(adapter, run_a.acts, space, l)[ta] for l in range(adapter.n_layers)])  # (L, H, dh)
         vb = torch.stack([head_vectors(adapter, run_b.acts, space, l)[tb] for l in range(adapter.n_layers)])
     else:
-        va, vb = run_a.acts.site(site)[:, ta], run_b.acts.site(site)[:, tb]  # (L, d)
+        A, B = run_a.acts.site(site), run_b.acts.site(site)  # (L, n, d)
+        va, vb = A[:, ta], B[:, tb]  # (L, d)
+        if correct is not None:
+            from .geometry import fit_correction
+
+            fits = [fit_correction(correct, A[l] if run_b is run_a else torch.cat([A[l], B[l]])) for l in range(A.shape[0])]
+            va = torch.stack([T.apply(va[l]) for l, T in enumerate(fits)])
+            vb = torch.stack([T.apply(vb[l]) for l, T in enumerate(fits)])
     va, vb = va.double(), vb.double()
     cos = (va * vb).sum(-1) / (va.norm(dim=-1) * vb.norm(dim=-1)).clamp_min(1e-300)
     return cos.cpu().numpy()
