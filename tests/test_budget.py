@@ -18,7 +18,8 @@ def test_estimate_by_hand():
     assert est.residual == 12 * (1 * 1 + 1) * 2 * 5 + 16 * 1 * 1 * 2 * 5  # 240 + 160
     assert est.heads == 0 and est.lens == 0
     assert est.working == 2 * (192 << 20) + 8 * 2 * 10
-    assert est.total == 208 + 400 + 2 * (192 << 20) + 160
+    assert est.spaces == 8 * 10 * 4 * 1  # one residual space, no head space
+    assert est.total == 208 + 400 + 320 + 2 * (192 << 20) + 160
 
 
 def test_heads_and_lens_terms_by_hand():
@@ -30,6 +31,10 @@ def test_heads_and_lens_terms_by_hand():
     assert est.heads == 2 * 2 * 2 * 4 * 3 * (12 * 7 + 12)
     assert est.lens == 2 * 3 * (12 * 7 + 28) + 8 * 3 * 50
     assert est.working == 2 * (192 << 20) + 8 * 3 * 50 * (0 + 2 * 4)
+    assert est.spaces == 8 * 50 * 8 * 2 * 2  # head spaces of 2 kinds x 2 layers, under the cache cap
+    big = budget.estimate(tokens=1, layers=30, heads=9, vocab=49152, d_model=576, residual_sites=0, residual_spaces=0,
+                          head_spaces=3, similarities=1, k=1, overlap_k=1, lens=False)
+    assert big.spaces == 1 << 30  # the space cache never keeps more
 
 
 SMOLLM2 = dict(layers=30, heads=9, vocab=49152, d_model=576)

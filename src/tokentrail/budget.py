@@ -13,6 +13,8 @@ overlap_k), V)`` and ``k_h = min(k, V)``::
                    plus the sorted neighbour ids the overlap compares
     heads        = G m L H n (12 k_h + 12)                 per-head top-k, own sim and rank
     lens         = L n (12 k_h + 28) + 8 n V               (with --lens) top-k, ranks, one layer's logits
+    spaces       = 8 V d R + min(1 GiB, 8 V d G L)         factorised vocabularies (the space cache keeps
+                                                           head spaces up to 1 GiB)
     working      = 2 * 192 MiB + 8 n V (R + G H)           scoring chunks and per-position row norms
 
 The total is a planning figure, typically within a factor of two of the measured peak;
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from .errors import InputError
 
 CHUNK_BYTES = 192 << 20  # analysis scores the vocabulary in chunks of about this size
+SPACE_CACHE_BYTES = 1 << 30  # SpaceCache's default budget for head spaces
 HEADROOM = 0.8  # refuse when a run would take more than this share of the available memory
 
 
@@ -38,14 +41,18 @@ class Estimate:
     residual: int
     heads: int
     lens: int
+    spaces: int
     working: int
+
+    def parts(self) -> dict[str, int]:
+        return {"activations": self.activations, "residual": self.residual, "heads": self.heads, "lens": self.lens, "spaces": self.spaces, "working": self.working}
 
     @property
     def total(self) -> int:
-        return self.activations + self.residual + self.heads + self.lens + self.working
+        return sum(self.parts().values())
 
     def largest(self) -> str:
-        parts = {"activations": self.activations, "residual": self.residual, "heads": self.heads, "lens": self.lens, "working": self.working}
+        parts = self.parts()
         return max(parts, key=parts.get)
 
 
@@ -74,6 +81,7 @@ def estimate(
         residual=R * m * (12 * (S * L + 1) * n * K + 16 * S * L * n * min(overlap_k, V)),
         heads=G * m * L * H * n * (12 * kh + 12),
         lens=(L * n * (12 * kh + 28) + 8 * n * V) if lens else 0,
+        spaces=8 * V * d * R + min(SPACE_CACHE_BYTES, 8 * V * d * G * L),
         working=2 * CHUNK_BYTES + 8 * n * V * (R + G * H),
     )
 
@@ -110,6 +118,7 @@ _FIXES = {
     "activations": "fewer tokens",
     "lens": "fewer tokens, or no --lens",
     "working": "fewer tokens or spaces",
+    "spaces": "fewer spaces",
 }
 
 
