@@ -75,7 +75,7 @@ def check_batch(adapter, texts, *, causal, side, scaled=False) -> list[Activatio
 
 
 @pytest.fixture(scope="module")
-def encoders(tiny_models, make_tiny):
+def encoders(tiny_models):
     return {"bert": tiny_models["bert"], "roberta": tiny_models["roberta"], "xlmr": tiny_models["xlmr"]}
 
 
