@@ -7,8 +7,9 @@ Both sides use the defaults of ``tokentrail trace`` (site attn_resid, space enco
 cosine, k 15, overlap@100) and one shared, already-built space cache (a warm-up call
 builds it first), so the difference is the batch's own: one padded forward pass instead
 of 32, one set of per-position statistics, and one chunked scoring loop over all queries.
-The sides alternate, ``--repeats`` times; the median of each is reported. The batch's
-ranks and top-k ids must equal the loop's (checked).
+The sides alternate, ``--repeats`` times; the median of each is reported, with how far
+the batch's numbers are from the loop's (fp32 noise can swap near-tied neighbours: the
+script reports the share of cells whose rank moved and the largest self_sim difference).
 """
 
 from __future__ import annotations
@@ -64,27 +65,30 @@ def main() -> None:
             adapter, spaces, [e.ids for e in enc], texts=texts, tokens=[e.tokens for e in enc], special=[e.special for e in enc], **common
         )
 
+    print(f"{args.model}: {len(texts)} UD sentences, {n_tokens} tokens, {adapter.n_layers} layers, "
+          f"torch threads {torch.get_num_threads()}, median of {args.repeats}", flush=True)
     with torch.no_grad():
-        loop()  # warm-up: builds the encodings space once, for both sides
+        e = enc[0]  # warm-up: builds the encodings space once, for both sides
+        analyse(adapter, spaces, e.ids, text=texts[0], tokens=e.tokens, special=e.special, **common)
         times = {"loop": [], "batch": []}
         for _ in range(args.repeats):
             for name, fn in (("loop", loop), ("batch", batch)):
                 t0 = time.perf_counter()
                 result = fn()
                 times[name].append(time.perf_counter() - t0)
+                print(f"  ({name} run: {times[name][-1]:.2f} s)", flush=True)
                 if name == "loop":
                     want = result
-                else:
-                    for g, w in zip(result, want):
-                        gv, wv = g.views[0], w.views[0]
-                        assert np.array_equal(gv.rank, wv.rank) and np.array_equal(gv.top_ids, wv.top_ids)
+        moved = sum(int((g.views[0].rank != w.views[0].rank).sum()) for g, w in zip(result, want))
+        most = max(int(np.abs(g.views[0].rank - w.views[0].rank).max()) for g, w in zip(result, want))
+        sim = max(float(np.abs(g.views[0].self_sim - w.views[0].self_sim).max()) for g, w in zip(result, want))
+        cells = sum(w.views[0].rank.size for w in want)
 
-    print(f"{args.model}: {len(texts)} UD sentences, {n_tokens} tokens, {adapter.n_layers} layers, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for name in ("loop", "batch"):
         print(f"  {name:<6} {med[name]:7.2f} s  {n_tokens / med[name]:8.1f} tokens/s   (runs: {', '.join(f'{t:.2f}' for t in times[name])})")
     print(f"  batch speed-up x{med['loop'] / med['batch']:.2f}")
+    print(f"  batch vs loop: rank moved in {moved}/{cells} cells (at most {most}); max |self_sim diff| {sim:.1e}")
 
 
 if __name__ == "__main__":
