@@ -286,11 +286,13 @@ def test_minilm_analyse_batch_equals_analyse_per_text(minilm):
     similarities agree to 1e-5 and no rank moves by more than one."""
     from tokentrail.analysis import analyse, analyse_batch
     from tokentrail.inputs import encode
+    from tokentrail.options import TraceOptions
     from tokentrail.spaces import SpaceCache
 
     adapter, spaces = minilm.adapter, SpaceCache(minilm.adapter)
     enc = [encode(minilm, s) for s in SENTENCES]
-    common = dict(label=lambda used: {int(i): str(int(i)) for i in used}, model_name="minilm", sites=("attn_resid", "mlp_out"))
+    common = dict(label=lambda used: {int(i): str(int(i)) for i in used}, model_name="minilm",
+                  options=TraceOptions(sites=("attn_resid", "mlp_out")))
     batch = analyse_batch(adapter, spaces, [e.ids for e in enc], texts=list(SENTENCES), tokens=[e.tokens for e in enc],
                           special=[e.special for e in enc], **common)
     for text, e, got in zip(SENTENCES, enc, batch):
