@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .adapters import Adapter
 from .errors import InputError
@@ -67,30 +67,41 @@ def _first(x):
 
 
 @contextmanager
-def _hooks(adapter: Adapter) -> Iterator[dict[str, list[Tensor]]]:
-    """Per layer, the whole batch's (B, n, ...) tensor at each hooked point."""
-    store: dict[str, list[Tensor]] = {"z": [], "attn": [], "out": [], "ffn_in": [], "mlp": []}
+def recorded(points: Iterable[tuple[nn.Module, str, bool]], select: Callable[[Tensor], Tensor] = lambda t: t) -> Iterator[dict[str, list[Tensor]]]:
+    """Scoped hooks: for each ``(module, key, from_input)``, every call's input (or output),
+    passed through ``select``, is appended to ``store[key]`` in float32. The hooks are
+    always removed, also when the forward pass fails. The one hook mechanism of tokentrail."""
+    store: dict[str, list[Tensor]] = {}
     handles = []
 
     def keep(key: str, from_input: bool):
         def hook(module, args, output=None):
-            store[key].append(_first(args if from_input else output).detach().float())
+            store[key].append(select(_first(args if from_input else output).detach()).float())
 
         return hook
 
     try:
-        for layer in range(adapter.n_layers):
-            hp = adapter.hook_points(layer)
-            handles.append(hp.attn_out_proj.register_forward_pre_hook(keep("z", True)))
-            handles.append(hp.attn_out_proj.register_forward_hook(keep("attn", False)))
-            handles.append(hp.layer.register_forward_hook(keep("out", False)))
-            handles.append(hp.mlp_out.register_forward_hook(keep("mlp", False)))
-            if hp.ffn_input is not None:
-                handles.append(hp.ffn_input.register_forward_pre_hook(keep("ffn_in", True)))
+        for module, key, from_input in points:
+            store.setdefault(key, [])
+            if from_input:
+                handles.append(module.register_forward_pre_hook(keep(key, True)))
+            else:
+                handles.append(module.register_forward_hook(keep(key, False)))
         yield store
     finally:
         for h in handles:
             h.remove()
+
+
+def _hooks(adapter: Adapter):
+    """Per layer, the whole batch's (B, n, ...) tensor at each point the capture reads."""
+    points = []
+    for layer in range(adapter.n_layers):
+        hp = adapter.hook_points(layer)
+        points += [(hp.attn_out_proj, "z", True), (hp.attn_out_proj, "attn", False), (hp.layer, "out", False), (hp.mlp_out, "mlp", False)]
+        if hp.ffn_input is not None:
+            points.append((hp.ffn_input, "ffn_in", True))
+    return recorded(points)
 
 
 @torch.no_grad()
@@ -136,7 +147,7 @@ def capture_batch(
     z = torch.stack(store["z"], dim=1)  # (B, L, n, H * d_head)
     # what the FFN receives, where the adapter names its input module (post-LN: LN(attn_resid);
     # parallel residual: LN_2(h_l)); SPEC: sequential pre-LN models have no norm in between
-    ffn_in = torch.stack(store["ffn_in"], dim=1) if store["ffn_in"] else None
+    ffn_in = torch.stack(store["ffn_in"], dim=1) if store.get("ffn_in") else None
     attentions = torch.stack([a.float() for a in out.attentions], dim=1)  # (B, L, H, n, n)
     hidden = [h.float() for h in out.hidden_states]  # each (B, n, d)
     # a text's tensors are copies, so that one Activations does not keep the batch alive

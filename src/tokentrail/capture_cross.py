@@ -12,14 +12,13 @@ FFN's input) and the layer outputs. Sites follow
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from .adapters.bart import BartDecoderAdapter
+from .capture import recorded
 from .errors import ModelError
 
 
@@ -57,36 +56,20 @@ class CrossActivations:
         return self.attn_resid_ln + self.cross_attn
 
 
-def _first(x):
-    return x[0] if isinstance(x, (tuple, list)) else x
-
-
-@contextmanager
-def _hooks(adapter: BartDecoderAdapter) -> Iterator[dict[str, list]]:
-    store: dict[str, list] = {k: [] for k in ("z", "attn", "self_ln", "cz", "cattn", "ffn_in", "out")}
-    handles = []
-
-    def keep(key: str, from_input: bool):
-        def hook(module, args, output=None):
-            store[key].append(_first(args if from_input else output).detach()[0].float())
-
-        return hook
-
-    try:
-        for lay in adapter.layers:
-            handles += [
-                lay.self_attn.out_proj.register_forward_pre_hook(keep("z", True)),
-                lay.self_attn.out_proj.register_forward_hook(keep("attn", False)),
-                lay.self_attn_layer_norm.register_forward_hook(keep("self_ln", False)),
-                lay.encoder_attn.out_proj.register_forward_pre_hook(keep("cz", True)),
-                lay.encoder_attn.out_proj.register_forward_hook(keep("cattn", False)),
-                lay.fc1.register_forward_pre_hook(keep("ffn_in", True)),
-                lay.register_forward_hook(keep("out", False)),
-            ]
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
+def _hooks(adapter: BartDecoderAdapter):
+    """Each layer's points, for the batch of one (its row 0)."""
+    points = []
+    for lay in adapter.layers:
+        points += [
+            (lay.self_attn.out_proj, "z", True),
+            (lay.self_attn.out_proj, "attn", False),
+            (lay.self_attn_layer_norm, "self_ln", False),
+            (lay.encoder_attn.out_proj, "cz", True),
+            (lay.encoder_attn.out_proj, "cattn", False),
+            (lay.fc1, "ffn_in", True),
+            (lay, "out", False),
+        ]
+    return recorded(points, select=lambda t: t[0])
 
 
 @torch.no_grad()
