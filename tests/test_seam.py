@@ -264,3 +264,17 @@ def test_runs_of_a_batch_equal_runs_alone(loaded_tiny):
             np.testing.assert_array_equal(g.top_ids, w.top_ids)
             np.testing.assert_allclose(g.anisotropy, w.anisotropy, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(got.lens.top_ids, want.lens.top_ids)
+
+
+def test_recorded_hooks_are_removed_even_when_the_pass_fails():
+    from tokentrail.capture import recorded
+
+    lin = torch.nn.Linear(3, 2)
+    with recorded([(lin, "in", True), (lin, "out", False)]) as store:
+        lin(torch.ones(1, 3))
+    assert [t.shape for t in store["in"]] == [(1, 3)] and [t.shape for t in store["out"]] == [(1, 2)]
+    assert not lin._forward_hooks and not lin._forward_pre_hooks
+    with pytest.raises(RuntimeError, match="boom"):
+        with recorded([(lin, "out", False)]):
+            raise RuntimeError("boom")
+    assert not lin._forward_hooks and not lin._forward_pre_hooks
