@@ -95,7 +95,20 @@ class Subject:
     def analyse(self, ids, **kw):
         toks = [str(i) for i in ids.tolist()]
         return analyse(self.adapter, self.spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * len(toks),
-                       label=lambda vs: {int(v): str(v) for v in vs}, model_name=self.name, **kw)  # fmt: skip
+                       label=lambda vs: {int(v): str(v) for v in vs}, model_name=self.name, **as_options(analyse, kw))  # fmt: skip
+
+
+def as_options(fn, kw: dict) -> dict:
+    """The benchmark's option keywords in the form ``fn`` takes: one ``options=TraceOptions``
+    (this tree), or the loose keywords of a tree from before it (``--against``)."""
+    import inspect
+
+    if "options" not in inspect.signature(fn).parameters:
+        return kw
+    from tokentrail.options import TraceOptions
+
+    renamed = {("spaces" if k == "space_kinds" else k): (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()}
+    return {"options": TraceOptions(**renamed)}
 
 
 def timed(f, repeat: int = 1):
@@ -141,7 +154,7 @@ def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings") ->
 
     def run():
         return base.analysis.analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * n,
-                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **residual_kw(space))  # fmt: skip
+                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **as_options(base.analysis.analyse, residual_kw(space)))  # fmt: skip
 
     run()
     return timed(run, repeat)[0]

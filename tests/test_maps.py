@@ -124,3 +124,21 @@ def test_cli_names_rogue_dimensions_on_smollm2():
     assert "one dimension (dim" in res.output and "--correct" in res.output
     res = runner.invoke(app, ["trace", "Time flies like an arrow. Fruit flies like a banana.", "-m", "smollm2", "-l", "20", "-k", "3", "--correct", "zscore"])
     assert res.exit_code == 0 and "one dimension (dim" not in res.output
+
+
+def test_iterative_maps_of_too_many_points_are_refused_before_the_model_runs(bert_folder, monkeypatch):
+    """t-SNE/UMAP past MAX_EMBEDDED_POINTS would run for minutes: refused with the figure
+    (here with the bound lowered to 10 points), before any forward pass; PCA is not bounded."""
+    import tokentrail.capture
+    from tokentrail import maps
+
+    monkeypatch.setattr(maps, "MAX_EMBEDDED_POINTS", 10)
+    assert maps.map_points(tokens=4, layers=2, neighbours=3) == 4 * 3 * 4
+    with pytest.raises(InputError, match="place up to 48 points; tsne takes at most 10"):
+        maps.check_points("tsne", maps.map_points(4, 2, 3))
+    maps.check_points("pca", 10**9)
+    monkeypatch.setattr(tokentrail.capture, "capture", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")))
+    out = bert_folder.parent / "refused-map.html"
+    res = CliRunner().invoke(app, ["trace", "time flies like an arrow", "-m", str(bert_folder), "--map", str(out), "--map-method", "tsne", "-q"])
+    assert res.exit_code == 2 and "tsne takes at most 10" in res.output and "Traceback" not in res.output, res.output
+    assert not out.exists()

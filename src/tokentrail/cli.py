@@ -128,6 +128,10 @@ def trace(
             enc = loaded.encode(text, truncate=truncate)
             if token is not None:
                 token = _pick_token(find_token, enc.tokens, token, quiet)
+            if map_path is not None:
+                from .maps import NEIGHBOURS, check_points, map_points
+
+                check_points(map_method, map_points(len(enc.ids), loaded.adapter.n_layers, NEIGHBOURS))
             if loaded.dtype != "float32" and not quiet:
                 bar.note(f"{loaded.dtype} runs the model approximately; float32 is the exact reference")
             bar.start_analysis(analysis_steps(options.pairs(), loaded.adapter.n_layers))

@@ -47,9 +47,31 @@ def pca_2d(points: np.ndarray) -> np.ndarray:
     return out if out.shape[1] == 2 else np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
 
 
+NEIGHBOURS = 3  # faint context points per token and layer
+MAX_EMBEDDED_POINTS = 20_000
+"""t-SNE and UMAP are iterative: past this many points they run for many minutes on a CPU
+with nothing to show (PCA, exact and one SVD, has no such bound)."""
+
+
+def map_points(tokens: int, layers: int, neighbours: int) -> int:
+    """The most points a map of ``tokens`` tokens over ``layers`` layers can hold: each token's
+    encoding and its vector at every layer, each with up to ``neighbours`` context points."""
+    return tokens * (layers + 1) * (1 + neighbours)
+
+
+def check_points(method: str, n_points: int) -> None:
+    """Refuse, with the figure and the fix, an iterative map of more points than it can draw in reasonable time."""
+    if method != "pca" and n_points > MAX_EMBEDDED_POINTS:
+        raise InputError(
+            f"a {method} map of this text would place up to {n_points:,} points; {method} takes at most "
+            f"{MAX_EMBEDDED_POINTS:,} (minutes without progress past that): use --map-method pca, or a shorter text"
+        )
+
+
 def project(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     """(N, d) -> (N, 2) by ``method``."""
     check_method(method)
+    check_points(method, len(points))
     if method == "pca":
         return pca_2d(points)
     x = np.asarray(points, dtype=np.float64)
@@ -74,7 +96,7 @@ def trajectory_map(
     space: str = "encodings",
     tokens: Sequence[int] | None = None,
     layers: Sequence[int] | None = None,
-    neighbours: int = 3,
+    neighbours: int = NEIGHBOURS,
     method: str = "pca",
     seed: int = 0,
 ) -> tuple["go.Figure", "pd.DataFrame"]:
@@ -96,6 +118,7 @@ def trajectory_map(
     n, L = run.n_tokens, run.model.adapter.n_layers
     toks = list(range(n)) if tokens is None else [check_index(t, n, "token index", f"the text has {n} tokens") for t in tokens]
     lays = list(range(L)) if layers is None else sorted({check_index(x, L, "layer", f"the model has {L} layers") for x in layers})
+    check_points(method, map_points(len(toks), len(lays), neighbours))
     acts = run.acts
     vecs = acts.site(site)  # (L, n, d)
     names = run.tokens
