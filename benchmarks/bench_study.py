@@ -7,10 +7,16 @@ Over the first ``--limit`` sentences of the UD English EWT dev split (../shared/
 outside the repository; the script says so and stops when it is absent):
 
 * study: ``tokentrail study`` (batches, Parquet parts, manifest, anisotropy sample),
-  tokens analysed per second (a token = one text token at every layer of one site);
+  tokens analysed per second (a token = one text token at every layer of one site),
+  timed from the moment its model is loaded;
 * naive: ``tt.trace(text)`` for each sentence in one loop, in the same process as the
   study run, with the same site, space and overlap k; tokens per second;
-* memory: the study's peak RSS in a fresh process as the corpus doubles (limit, 2x, 4x).
+* floor: the vocabulary GEMM alone for the same work, in the same process: one
+  ``(queries x d) @ (d x V)`` product per chunk, queries = (sites x layers + 1) per token
+  (the original encodings score too), at the study's chunk size and at 4x and 16x it
+  (does batching the product across more texts help?); tokens per second;
+* memory: the study's peak RSS in a fresh process as the corpus doubles
+  (``--memory-limit`` sentences, 2x, 4x), and the slope in MB per doubling.
 
 Each measurement runs in its own subprocess so peak RSS is its own. ``--threads`` sets
 torch's intra-op threads (on a busy shared CPU, 1 thread is often much faster).
@@ -44,9 +50,9 @@ def child(args) -> None:
     out: dict = {"model": args.model, "limit": args.limit, "threads": torch.get_num_threads()}
     if args.side in ("study", "both"):
         with tempfile.TemporaryDirectory() as d:
-            t = time.perf_counter()
-            s = tt.study(args.corpus, loaded.name, Path(d) / "s", limit=args.limit, batch=args.batch)
-            dt = time.perf_counter() - t
+            started = []  # the clock starts when the study's model is loaded (the loop's is loaded already)
+            s = tt.study(args.corpus, loaded.name, Path(d) / "s", limit=args.limit, batch=args.batch, on_start=lambda _: started.append(time.perf_counter()))
+            dt = time.perf_counter() - started[0]
             out["study"] = {"texts": s.manifest["texts"], "tokens": s.manifest["tokens"], "seconds": dt, "tokens_per_s": s.manifest["tokens"] / dt}
     if args.side in ("naive", "both"):
         texts = [r.text for r in records(args.corpus, skipped=Skipped(), limit=args.limit)]
@@ -56,8 +62,37 @@ def child(args) -> None:
             n += tt.trace(text, loaded, overlap_k=100).n_tokens
         dt = time.perf_counter() - t
         out["naive"] = {"texts": len(texts), "tokens": n, "seconds": dt, "tokens_per_s": n / dt}
+    if args.side in ("floor", "both"):
+        out["floor"] = gemm_floor(loaded, out.get("study", {}).get("tokens") or 1000)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
+
+
+def gemm_floor(loaded, tokens: int, sites: int = 1) -> dict:
+    """Tokens per second of the vocabulary product alone for ``tokens`` tokens: (sites x
+    L + 1) queries each against all V rows, in chunks of the analysis's size and larger."""
+    import torch
+
+    from tokentrail.budget import CHUNK_BYTES
+
+    a = loaded.adapter
+    V, d, L = a.vocab_size, a.d_model, a.n_layers
+    queries = tokens * (sites * L + 1)
+    rows = torch.randn(V, d)
+    step = max(1, CHUNK_BYTES // (V * 4 * 4))  # analysis._residual_views' chunk: 4 floats per (query, row)
+    out = {"queries": queries, "vocab": V, "d": d, "chunk": step}
+    for scale in (1, 4, 16):
+        q = torch.randn(step * scale, d)
+        rows @ q[:8].T  # warm up
+        t = time.perf_counter()
+        done = 0
+        while done < queries:
+            m = min(step * scale, queries - done)
+            torch.mm(q[:m], rows.T)
+            done += m
+        dt = time.perf_counter() - t
+        out[f"x{scale}"] = {"seconds": dt, "tokens_per_s": tokens / dt, "gflops": 2 * queries * V * d / dt / 1e9}
+    return out
 
 
 def run_child(argv: list[str]) -> dict:
@@ -76,6 +111,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--corpus", default=str(UD))
     ap.add_argument("--no-memory", action="store_true", help="skip the doubling-corpus memory runs")
+    ap.add_argument("--memory-limit", type=int, default=100, help="sentences of the 1x corpus for the memory runs (then 2x, 4x)")
     ap.add_argument("--side", default="both", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -92,10 +128,21 @@ def main() -> None:
     print(f"study : {st['tokens_per_s']:8.1f} tokens/s ({st['seconds']:.1f} s)")
     print(f"naive : {nv['tokens_per_s']:8.1f} tokens/s ({nv['seconds']:.1f} s, tt.trace per sentence)")
     print(f"ratio : {st['tokens_per_s'] / nv['tokens_per_s']:.2f}x")
+    fl = speed["floor"]
+    print(f"floor : GEMM alone, {fl['queries']:,} queries x {fl['vocab']:,} rows x d={fl['d']} (same process):")
+    for scale in (1, 4, 16):
+        f = fl[f"x{scale}"]
+        print(f"        chunk {fl['chunk'] * scale:6d} queries: {f['tokens_per_s']:8.1f} tokens/s ({f['gflops']:.0f} GFLOP/s)")
+    best = max(fl[f"x{s}"]["tokens_per_s"] for s in (1, 4, 16))
+    print(f"        study at {st['tokens_per_s'] / best:.0%} of the fastest GEMM-only rate, the trace loop at {nv['tokens_per_s'] / best:.0%}")
     if not args.no_memory:
-        for limit in (args.limit, 2 * args.limit, 4 * args.limit):
+        peaks = []
+        for limit in (args.memory_limit, 2 * args.memory_limit, 4 * args.memory_limit):
             m = run_child([*common, "--limit", str(limit), "--side", "study"])
+            peaks.append(m["peak_rss_mb"])
             print(f"memory: {m['study']['texts']:5d} sentences {m['study']['tokens']:6d} tokens -> peak RSS {m['peak_rss_mb']:.0f} MB ({m['study']['tokens_per_s']:.1f} tokens/s)")
+        slope = (peaks[2] - peaks[0]) / 2
+        print(f"memory: peak RSS {' -> '.join(f'{p:.0f}' for p in peaks)} MB, slope {slope:+.0f} MB per doubling ({slope / peaks[0]:+.1%})")
 
 
 if __name__ == "__main__":

@@ -327,3 +327,90 @@ def test_ray_engine_equals_local(small, model, tmp_path):
     pd.testing.assert_frame_equal(rows(small), rows(r))
     assert r.manifest["engine"] == "ray" and r.manifest["complete"]
     pd.testing.assert_frame_equal(small.aggregate()["anisotropy"], r.aggregate()["anisotropy"])
+
+
+def test_forward_groups_sort_by_length_and_keep_under_the_budget():
+    from tokentrail.corpus.compute import activation_bytes, forward_groups
+
+    L, H, d = 2, 2, 4
+    one = lambda n: 4 * (L * H * n * n + 6 * L * n * d)  # noqa: E731 - budget.estimate's activations, by hand
+    assert activation_bytes(3, L, H, d) == one(3) == 4 * (2 * 2 * 9 + 6 * 2 * 3 * 4)
+    lengths = [5, 2, 9, 2, 5]
+    # budget for two texts of 5 tokens, padded: the two 2-token texts fit with one 5 (3 x one(5) > budget)
+    groups = forward_groups(lengths, L, H, d, budget=2 * one(5))
+    assert groups == [[1, 3], [0, 4], [2]]  # shortest first, ties by input order; the 9 alone
+    assert forward_groups(lengths, L, H, d, budget=1) == [[1], [3], [0], [4], [2]]  # over budget: one text each
+    assert forward_groups(lengths, L, H, d, budget=10**12) == [[1, 3, 0, 4, 2]]
+    assert forward_groups([], L, H, d) == []
+
+
+def test_forward_groups_do_not_change_the_rows(small, model, tmp_path, monkeypatch):
+    from tokentrail.corpus import compute
+
+    monkeypatch.setattr(compute, "FORWARD_BYTES", 1)  # every text its own forward pass
+    alone = study(corpus(14), model, tmp_path / "alone", sites=["attn_resid", "layer_out"], batch=4, sample=10_000)
+    pd.testing.assert_frame_equal(rows(small), rows(alone))
+    for p in sorted((small.root / "sample").iterdir()):
+        a, b = pq.read_table(p).to_pandas(), pq.read_table(alone.root / "sample" / p.name).to_pandas()
+        pd.testing.assert_frame_equal(a.drop(columns="vector"), b.drop(columns="vector"))  # the same tokens
+        np.testing.assert_allclose(np.stack(a.vector), np.stack(b.vector), rtol=1e-5, atol=1e-6)  # padding: fp32 rounding only
+
+
+def test_freq_rank_is_the_rank_by_count_in_the_corpus(model, tmp_path):
+    s = study(["the cat the", "the dog", "cat"], model, tmp_path / "f", sample=100)
+    tok = tt.load(model).tokenizer
+    the, cat, dog = (tok.convert_tokens_to_ids(w) for w in ("the", "cat", "dog"))
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    # by hand: [CLS] 3, [SEP] 3, the 3, cat 2, dog 1 -> ranks 1, 1, 1, 4, 5 (ties share a rank)
+    want = {cls: (3, 1), sep: (3, 1), the: (3, 1), cat: (2, 4), dog: (1, 5)}
+    got = s.query("SELECT token_id, count, freq_rank FROM freq")
+    assert {int(r.token_id): (int(r.count), int(r.freq_rank)) for r in got.itertuples()} == want
+    per_row = s.query("SELECT DISTINCT token_id, freq_rank FROM tokens")
+    assert {int(r.token_id): int(r.freq_rank) for r in per_row.itertuples()} == {i: r for i, (_, r) in want.items()}
+    assert s.manifest["freq_rank"]["source"] == "corpus" and "rank by count in this corpus" in s.manifest["freq_rank"]["definition"]
+    bt = s.aggregate()["by_token"]
+    assert set(bt.columns) >= {"freq_rank", "occurrences"}
+
+
+def test_freq_rank_from_a_frequencies_file(model, tmp_path):
+    tok = tt.load(model).tokenizer
+    cat = tok.convert_tokens_to_ids("cat")
+    f = tmp_path / "freq.tsv"
+    # the: 500, #<cat's id>: 900 (by id), dog: 500 (tie with the), and one word the vocabulary lacks
+    f.write_text(f"the\t500\n#{cat}\t900\n\ndog\t500\nnot-a-token-here\t7\n", encoding="utf-8")
+    s = study(["the cat the", "the dog", "cat"], model, tmp_path / "f", sample=100, frequencies=f)
+    ranks = s.query("SELECT DISTINCT token, freq_rank FROM tokens").set_index("token").freq_rank
+    assert ranks["cat"] == 1 and ranks["the"] == 2 and ranks["dog"] == 2
+    assert pd.isna(ranks["[CLS]"]) and pd.isna(ranks["[SEP]"])  # not in the file: unknown
+    fr = s.manifest["freq_rank"]
+    assert (fr["source"], fr["matched"], fr["not_in_vocabulary"]) == ("file", 3, 1)
+    assert s.manifest["frequencies"]["name"] == "freq.tsv"
+    # resuming with another file is refused before any model work
+    g = tmp_path / "other.tsv"
+    g.write_text("the\t1\n", encoding="utf-8")
+    with pytest.raises(InputError, match="frequencies"):
+        study(["the cat the", "the dog", "cat"], model, tmp_path / "f", sample=100, frequencies=g, resume=True)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("the 5\n", "expected TOKEN<TAB>COUNT"),
+        ("the\tfive\n", "not a whole number"),
+        ("the\t-1\n", "not a whole number"),
+        ("the\t1\nthe\t2\n", "listed twice"),
+        ("\n\n", "lists no tokens"),
+    ],
+)
+def test_bad_frequencies_files_are_refused_with_the_line(tmp_path, content, message):
+    f = tmp_path / "freq.tsv"
+    f.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=message):
+        study(["a b"], "no-such-model-is-loaded", tmp_path / "s", frequencies=f)  # refused before the model is resolved
+
+
+def test_frequencies_no_token_in_the_vocabulary_is_refused(model, tmp_path):
+    f = tmp_path / "freq.tsv"
+    f.write_text("zzzqqq\t5\n", encoding="utf-8")
+    with pytest.raises(InputError, match="none of its 1 tokens"):
+        study(["a b"], model, tmp_path / "s", frequencies=f)

@@ -458,6 +458,7 @@ def study(
     workers: int = typer.Option(1, "--workers", min=1, help="With --engine ray and no GPU: CPU actors to start."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one); with --engine ray, each GPU gets an actor."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
+    frequencies: Optional[Path] = typer.Option(None, "--frequencies", help="TOKEN<TAB>COUNT file (tokens as the tokenizer spells them, or #ID) for the freq_rank column; default: rank by count in this corpus."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Study a corpus: every token x layer x site, written as Parquet while the run goes."""
@@ -471,7 +472,7 @@ def study(
                 source, model, out_dir, sites=expand_choice(site, SITES), batch=batch, limit=limit, column=column,
                 overlap_k=overlap_k, sample=sample, seed=seed, causal=causal, resume=resume, strict=strict,
                 engine=engine, address=address, workers=workers, allow_pickle=allow_pickle, device=device,
-                progress=bar.update, on_start=bar.start,
+                frequencies=frequencies, progress=bar.update, on_start=bar.start,
             )
     except TokentrailError as exc:
         _fail(str(exc))

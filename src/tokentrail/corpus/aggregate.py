@@ -18,12 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .frequencies import FILE_NAME as FREQUENCIES_FILE
+
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 METRICS = ("self_sim", "rank", "overlap")
 
 
 def connect(root: str | Path):
-    """A DuckDB connection with views ``tokens`` and ``sample`` over a study's parts."""
+    """A DuckDB connection over a study's parts, with views ``tokens`` (the token rows
+    and their ``freq_rank``), ``freq`` (``token_id, count, freq_rank``: from the study's
+    ``--frequencies`` file, else counted in its own corpus) and ``sample``."""
     import duckdb
 
     root = Path(root)
@@ -35,7 +39,15 @@ def connect(root: str | Path):
         from ..errors import InputError
 
         raise InputError(f"{root} has no finished batch yet (no data/part-*.parquet)")
-    con.execute(f"CREATE VIEW tokens AS SELECT * FROM read_parquet({_paths(data)})")
+    con.execute(f"CREATE VIEW token_rows AS SELECT * FROM read_parquet({_paths(data)})")
+    given = root / FREQUENCIES_FILE
+    if given.exists():  # --frequencies: the counts of the user's file
+        counts = f"SELECT token_id, count FROM read_parquet({_paths([given])})"
+    else:  # occurrences of each id among the studied texts (one site and layer: one row per token)
+        counts = "SELECT token_id, count(*) AS count FROM token_rows WHERE layer = 0 AND site = (SELECT min(site) FROM token_rows) GROUP BY token_id"
+    # the one rule of freq_rank: 1 + the number of ids with a larger count (ties share it)
+    con.execute(f"CREATE VIEW freq AS SELECT token_id, count, rank() OVER (ORDER BY count DESC) AS freq_rank FROM ({counts})")
+    con.execute("CREATE VIEW tokens AS SELECT t.*, f.freq_rank FROM token_rows t LEFT JOIN freq f USING (token_id)")
     if sample:
         con.execute(f"CREATE VIEW sample AS SELECT * FROM read_parquet({_paths(sample)})")
     return con
@@ -67,7 +79,7 @@ def by_class(con, *, first_subword_only: bool = False) -> pd.DataFrame:
 
 def by_token(con, *, top: int = 50, min_count: int = 5) -> pd.DataFrame:
     """Per site x layer x token id, for the ``top`` most frequent tokens (by occurrences
-    at one site and layer) seen at least ``min_count`` times."""
+    at one site and layer) seen at least ``min_count`` times, with their ``freq_rank``."""
     sql = f"""
         WITH freq AS (
             SELECT token_id, any_value(token) AS token, count(*) AS n
@@ -75,7 +87,7 @@ def by_token(con, *, top: int = 50, min_count: int = 5) -> pd.DataFrame:
             GROUP BY token_id HAVING count(*) >= {int(min_count)}
             ORDER BY n DESC, token_id LIMIT {int(top)}
         )
-        SELECT t.site, t.layer, t.token_id, f.token, f.n AS occurrences,
+        SELECT t.site, t.layer, t.token_id, f.token, f.n AS occurrences, any_value(t.freq_rank) AS freq_rank,
                mode(t.word_class) AS word_class,
                {', '.join(_stats(m, 't.') for m in METRICS)}
         FROM tokens t JOIN freq f USING (token_id)

@@ -9,6 +9,8 @@ vectors for the norm column and the anisotropy sample.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..budget import estimate
 from ..inputs import MAX_TOKENS
 from ..models import LoadedModel, readable_tokens
 from ..options import TraceOptions
@@ -93,6 +96,40 @@ def token_limit(loaded: LoadedModel) -> int:
     return min(loaded.adapter.max_tokens or MAX_TOKENS, MAX_TOKENS)
 
 
+FORWARD_BYTES = 96 << 20  # activation bytes of one forward group (budget.estimate's formula)
+
+
+def forward_groups(lengths: list[int], layers: int, heads: int, d_model: int, budget: int | None = None) -> list[list[int]]:
+    """The texts of a batch (by index) in forward-pass groups of similar length whose
+    padded activations stay under ``budget`` bytes: what a batch holds at once is then
+    bounded by the budget, not by how many texts it has or how long its longest one is
+    (a long text no longer pads 31 short ones). Shortest texts first; a text over the
+    budget on its own gets a group of its own."""
+    budget = FORWARD_BYTES if budget is None else budget
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    groups: list[list[int]] = []
+    group: list[int] = []
+    for i in order:
+        padded = lengths[i]  # sorted: the newest text is the longest of its group
+        cost = (len(group) + 1) * activation_bytes(padded, layers, heads, d_model)
+        if group and cost > budget:
+            groups.append(group)
+            group = []
+        group.append(i)
+    if group:
+        groups.append(group)
+    return groups
+
+
+def activation_bytes(tokens: int, layers: int, heads: int, d_model: int) -> int:
+    """One text's captured activations (attention maps and hooked vectors), as
+    :func:`tokentrail.budget.estimate` counts them."""
+    return estimate(
+        tokens=tokens, layers=layers, heads=heads, vocab=1, d_model=d_model, residual_sites=0, residual_spaces=0,
+        head_spaces=0, similarities=0, k=1, overlap_k=1, lens=False,
+    ).activations  # fmt: skip
+
+
 @torch.no_grad()
 def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOptions, *, threshold: float = 1.0, strict: bool = False) -> BatchResult:
     """Token rows (one per token x layer x site) and the anisotropy sample candidates of
@@ -101,10 +138,6 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
     skipped = Skipped(strict=strict)
     limit = token_limit(loaded)
     special_ids = set(tok.all_special_ids)
-    cols: dict[str, list] = {name: [] for name in TOKEN_SCHEMA.names}
-    candidates: list[tuple[float, int, int, str, np.ndarray]] = []  # key, text, position, class, (S, L, d)
-    n_texts = n_tokens = 0
-    L = adapter.n_layers
     kept = []  # (record, ids, word classes) of the texts the model will see
     for rec in batch:
         enc = tok(rec.text, add_special_tokens=True, return_offsets_mapping=True)
@@ -118,55 +151,85 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
         special = [i in special_ids for i in ids]
         classes = align(rec.text, enc["offset_mapping"], special, list(rec.words) if rec.words is not None else None)
         kept.append((rec, ids, classes))
-    if kept:
-        # one padded forward pass for the batch, and its tokens scored against the
-        # vocabulary together: per text exactly what it gets alone (SPEC "Batches")
-        trace_options = TraceOptions(
-            sites=tuple(options.sites), spaces=("encodings",), similarities=("cosine",), k=1,
-            overlap_k=options.overlap_k, causal=options.causal,
-        )  # fmt: skip
-        runs = loaded.runs([rec.text for rec, _, _ in kept], trace_options)
-        trails = trail_many(runs)
-    else:
-        runs, trails = [], []
-    for (rec, ids, classes), run, trail in zip(kept, runs, trails):
-        if run.ids.tolist() != list(ids):
-            raise RuntimeError(f"text {rec.index}: the run's tokens differ from the aligned ones")
-        acts = run.acts
-        views = [trail.view(site, "encodings", "cosine") for site in options.sites]
-        token_strs = np.array(readable_tokens(tok, ids), dtype=object)
-        n = len(ids)
-        n_texts += 1
-        n_tokens += n
-        words = [c.word for c in classes]
-        for site, v in zip(options.sites, views):
-            vecs = acts.site(site)  # (L, n, d)
-            repeat = lambda xs: np.tile(np.asarray(xs), L)  # noqa: E731 - token columns, layer-major
-            cols["text_id"].append(np.full(L * n, rec.index, dtype=np.int64))
-            cols["position"].append(repeat(np.arange(n, dtype=np.int32)))
-            cols["token_id"].append(repeat(np.asarray(ids, dtype=np.int64)))
-            cols["token"].append(repeat(token_strs))
-            cols["word_class"].append(repeat(np.array([c.word_class for c in classes], dtype=object)))
-            cols["upos"].append(repeat(np.array([c.upos for c in classes], dtype=object)))
-            cols["first_subword"].append(repeat(np.array([c.first_subword for c in classes], dtype=bool)))
-            cols["word"].append(repeat(np.asarray(words, dtype=np.int32)))
-            cols["layer"].append(np.repeat(np.arange(L, dtype=np.int16), n))
-            cols["site"].append(np.full(L * n, site, dtype=object))
-            cols["self_sim"].append(v.self_sim.reshape(-1).astype(np.float32))
-            cols["rank"].append(v.rank.reshape(-1).astype(np.int64))
-            cols["overlap"].append(v.overlap.reshape(-1).astype(np.int32))
-            cols["adjusted_self_sim"].append(v.adjusted_self_sim.reshape(-1).astype(np.float32))
-            cols["norm"].append(vecs.norm(dim=-1).reshape(-1).cpu().numpy().astype(np.float32))
-            cols["top1_id"].append(v.top_ids[..., 0].reshape(-1).astype(np.int64))
-        stacked = None
-        for p in range(n):
-            key = sample_key(options.seed, rec.index, p)
-            if key < threshold:
-                if stacked is None:
-                    stacked = torch.stack([acts.site(s) for s in options.sites]).cpu().numpy()  # (S, L, n, d)
-                candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p]))
-    candidates.sort(key=lambda c: c[0])
-    return BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), n_texts, n_tokens, skipped)
+    trace_options = TraceOptions(
+        sites=tuple(options.sites), spaces=("encodings",), similarities=("cosine",), k=1,
+        overlap_k=options.overlap_k, causal=options.causal,
+    )  # fmt: skip
+    rows: list[dict | None] = [None] * len(kept)
+    for group in forward_groups([len(ids) for _, ids, _ in kept], adapter.n_layers, adapter.n_heads, adapter.d_model):
+        # one padded forward pass per group and its tokens scored against the vocabulary
+        # together: per text exactly what it gets alone (SPEC "Batches"). The group's
+        # activations are dropped before the next group runs.
+        runs = loaded.runs([kept[i][0].text for i in group], trace_options)
+        for i, run, trail in zip(group, runs, trail_many(runs)):
+            rows[i] = _text_rows(*kept[i], run, trail, options, threshold, tok)
+        del runs
+    cols = {name: [part for r in rows for part in r["cols"][name]] for name in TOKEN_SCHEMA.names}  # input order
+    candidates = sorted((c for r in rows for c in r["candidates"]), key=lambda c: c[0])
+    n_tokens = sum(len(ids) for _, ids, _ in kept)
+    result = BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), len(kept), n_tokens, skipped)
+    del rows, cols, candidates
+    release_freed_memory()
+    return result
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to trim
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory a batch freed back to the OS (glibc ``malloc_trim``).
+
+    glibc keeps freed blocks below its (self-raising) mmap threshold in the heap; batch
+    after batch of differently shaped temporaries fragments it, and the process's
+    resident size creeps up although nothing is kept. A no-op where there is no glibc."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyOptions, threshold: float, tok) -> dict:
+    """One text's token columns (per site, layer-major) and its sample candidates."""
+    if run.ids.tolist() != list(ids):
+        raise RuntimeError(f"text {rec.index}: the run's tokens differ from the aligned ones")
+    acts = run.acts
+    L, n = acts.layer_out.shape[0], len(ids)
+    token_strs = np.array(readable_tokens(tok, ids), dtype=object)
+    words = [c.word for c in classes]
+    cols: dict[str, list] = {name: [] for name in TOKEN_SCHEMA.names}
+    for site in options.sites:
+        v = trail.view(site, "encodings", "cosine")
+        vecs = acts.site(site)  # (L, n, d)
+        repeat = lambda xs: np.tile(np.asarray(xs), L)  # noqa: E731 - token columns, layer-major
+        cols["text_id"].append(np.full(L * n, rec.index, dtype=np.int64))
+        cols["position"].append(repeat(np.arange(n, dtype=np.int32)))
+        cols["token_id"].append(repeat(np.asarray(ids, dtype=np.int64)))
+        cols["token"].append(repeat(token_strs))
+        cols["word_class"].append(repeat(np.array([c.word_class for c in classes], dtype=object)))
+        cols["upos"].append(repeat(np.array([c.upos for c in classes], dtype=object)))
+        cols["first_subword"].append(repeat(np.array([c.first_subword for c in classes], dtype=bool)))
+        cols["word"].append(repeat(np.asarray(words, dtype=np.int32)))
+        cols["layer"].append(np.repeat(np.arange(L, dtype=np.int16), n))
+        cols["site"].append(np.full(L * n, site, dtype=object))
+        cols["self_sim"].append(v.self_sim.reshape(-1).astype(np.float32))
+        cols["rank"].append(v.rank.reshape(-1).astype(np.int64))
+        cols["overlap"].append(v.overlap.reshape(-1).astype(np.int32))
+        cols["adjusted_self_sim"].append(v.adjusted_self_sim.reshape(-1).astype(np.float32))
+        cols["norm"].append(vecs.norm(dim=-1).reshape(-1).cpu().numpy().astype(np.float32))
+        cols["top1_id"].append(v.top_ids[..., 0].reshape(-1).astype(np.int64))
+    candidates = []
+    stacked = None
+    for p in range(n):
+        key = sample_key(options.seed, rec.index, p)
+        if key < threshold:
+            if stacked is None:
+                stacked = torch.stack([acts.site(s) for s in options.sites]).cpu().numpy()  # (S, L, n, d)
+            candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p].copy()))
+    return {"cols": cols, "candidates": candidates}
 
 
 def _table(cols: dict[str, list]) -> pa.Table:

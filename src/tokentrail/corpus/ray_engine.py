@@ -42,6 +42,9 @@ class _Worker:
 
         return model_info(self.loaded)
 
+    def vocab(self) -> dict[str, int]:
+        return self.loaded.tokenizer.get_vocab()
+
     def run(self, b: int, batch: list, threshold: float):
         from .compute import analyse_batch
         from .run import batch_meta, tag_batch
@@ -76,6 +79,9 @@ class RayRunner:
         dev = "cuda" if gpus else device
         self.actors = [actor.remote(model, allow_pickle, options, strict, str(sd.root.resolve()), threads, dev) for _ in range(n)]
         self.info = ray.get(self.actors[0].info.remote())
+
+    def vocab(self) -> dict[str, int]:
+        return self.ray.get(self.actors[0].vocab.remote())
 
     def run(self, numbered, reservoir: Reservoir, sd: StudyDir):
         ray = self.ray

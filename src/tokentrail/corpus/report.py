@@ -56,6 +56,12 @@ def figures(agg: dict[str, pd.DataFrame]) -> list[go.Figure]:
     return figs
 
 
+def freq_rank_note(manifest: dict) -> str:
+    """What the study's ``freq_rank`` is (older manifests hold a plain note)."""
+    fr = manifest.get("freq_rank", "")
+    return fr.get("definition", "") if isinstance(fr, dict) else str(fr)
+
+
 def _table(df: pd.DataFrame, max_rows: int = 200) -> str:
     return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, classes="t")
 
@@ -75,7 +81,7 @@ def render(study) -> str:
         "state": "complete" if m.get("complete") else "INCOMPLETE (resume with --resume)",
         "skipped records": json.dumps(m.get("skipped", {}).get("counts", {})),
         "anisotropy sample": json.dumps(m.get("sample")),
-        "frequency rank": m.get("freq_rank", ""),
+        "frequency rank": freq_rank_note(m),
         "engine, elapsed": f"{m.get('engine')}, {m.get('elapsed_s')} s",
         "tokentrail": f"{m.get('tokentrail_version')}, created {m.get('created')}",
     }

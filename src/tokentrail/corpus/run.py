@@ -22,11 +22,11 @@ from ..options import RESIDUAL_SITES as SITES
 from ..errors import InputError, ModelError
 from ..inputs import MAX_CHARS
 from .compute import BatchResult, StudyOptions
+from . import frequencies as freq
 from .inputs import Skipped, check_source, count, file_hash, iter_batches, records, texts_hash, SAMPLES_KEPT
-from .writer import FORMAT, Reservoir, StudyDir, part_name
+from .writer import FORMAT, Reservoir, StudyDir, atomic_write_table, part_name
 
 ENGINES = ("local", "ray")
-FREQ_RANK_NOTE = "not recorded: the bundled tokenizers (WordPiece, byte-level BPE from GGUF) give no token frequencies"
 
 # what a progress display is told after each batch: texts, tokens, skipped records so far
 Progress = Callable[[int, int, int], None]
@@ -100,6 +100,7 @@ def study(
     allow_pickle: bool = False,
     device: str | None = None,
     max_chars: int = MAX_CHARS,
+    frequencies: str | Path | None = None,
     progress: Progress | None = None,
     on_start: Callable[[int | None], None] | None = None,
 ):
@@ -108,6 +109,9 @@ def study(
     ``source``: a file (plain text one per line, ``.conllu``, ``.csv``/``.tsv``,
     ``.parquet`` with ``column``) or a list of texts. Results go to ``out`` as Parquet
     parts while the run goes; ``resume=True`` continues an interrupted run there.
+    ``frequencies``: a ``TOKEN<TAB>COUNT`` file for ``freq_rank``
+    (:mod:`tokentrail.corpus.frequencies`); without one, ``freq_rank`` is the rank by
+    count in the study's own corpus.
     """
     from .dataset import Study
 
@@ -132,15 +136,16 @@ def study(
         if isinstance(source, str) or not hasattr(source, "__len__"):
             raise InputError("texts must be a file path or a list of strings")
         input_id = {"name": "<texts>", "format": "texts", "column": None, "limit": limit, "max_chars": max_chars, "sha256": texts_hash(source)}
+    counts = None if frequencies is None else freq.read_frequencies(frequencies)
+    freq_id = None if frequencies is None else freq.file_identity(frequencies)
     sd = StudyDir(out)
     if resume:
         old = sd.read_manifest()
         if old.get("model") != model:
             raise InputError(f"cannot resume {sd.root}: it studied model {old.get('model')!r}, not {model!r}")
-        for key in ("options", "input"):
-            want = options.as_dict() if key == "options" else input_id
+        for key, want in (("options", options.as_dict()), ("input", input_id), ("frequencies", freq_id)):
             if old.get(key) != want:
-                sd.check_resume({"model": old.get("model"), "model_revision": old.get("model_revision"), "options": options.as_dict(), "input": input_id})
+                sd.check_resume({"model": old.get("model"), "model_revision": old.get("model_revision"), "options": options.as_dict(), "input": input_id, "frequencies": freq_id})
     else:
         sd.check_new()
 
@@ -150,11 +155,16 @@ def study(
         info = runner.info
         if not info["fast_tokenizer"]:
             raise ModelError(f"{model}'s tokenizer gives no character offsets (not a fast tokenizer); a study needs them to align words")
-        identity = {"model": info["model"], "model_revision": info["model_revision"], "options": options.as_dict(), "input": input_id}
+        identity = {"model": info["model"], "model_revision": info["model_revision"], "options": options.as_dict(), "input": input_id, "frequencies": freq_id}
         manifest = sd.check_resume(identity) if resume else {}
         sd.root.mkdir(parents=True, exist_ok=True)
         sd.prepare()
         done = sd.done_batches()
+        freq_rank = {"source": "corpus", "definition": freq.CORPUS_NOTE}
+        if counts is not None:
+            table, matched = freq.match_vocabulary(counts, runner.vocab(), freq_id["name"])
+            atomic_write_table(sd.root / freq.FILE_NAME, table)
+            freq_rank = {"source": "file", "definition": freq.FILE_NOTE.format(name=freq_id["name"]), **matched}
         manifest = {
             "format": FORMAT,
             **identity,
@@ -162,7 +172,7 @@ def study(
             "tokentrail_version": __version__,
             "created": manifest.get("created") or _now(),
             "engine": engine,
-            "freq_rank": FREQ_RANK_NOTE,
+            "freq_rank": freq_rank,
             "sample": {"size": sample, "seed": seed, "selection": "tokens with the smallest blake2b(seed, text_id, position) keys"},
             "complete": False,
         }
@@ -262,6 +272,9 @@ class _local_runner:
         self.loaded = load(model, allow_pickle=allow_pickle, device=device)
         self.options, self.strict = options, strict
         self.info = model_info(self.loaded)
+
+    def vocab(self) -> dict[str, int]:
+        return self.loaded.tokenizer.get_vocab()
 
     def run(self, numbered, reservoir: Reservoir, sd: StudyDir):
         from .compute import analyse_batch

@@ -29,7 +29,7 @@ from .compute import BatchResult
 MANIFEST = "manifest.json"
 FORMAT = "tokentrail-study/1"
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
-IDENTITY = ("model", "model_revision", "options", "input")  # what a resumed run must share
+IDENTITY = ("model", "model_revision", "options", "input", "frequencies")  # what a resumed run must share
 
 
 def part_name(batch: int) -> str:
