@@ -423,8 +423,11 @@ def serve(
     max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests waiting at most; beyond it users see a busy message."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto: where the app's models run."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (approximate)."),
+    studies: Optional[Path] = typer.Option(None, "--studies", help="A folder of corpus studies (`tokentrail study --out DIR/NAME`) the Study tab may open; the page offers only these."),
 ) -> None:
     """Start the web app."""
+    if studies is not None and not studies.is_dir():
+        _fail(f"--studies {studies}: not a folder (give the folder your studies were written into)")
     try:
         from .app import launch
     except ImportError as exc:
@@ -433,7 +436,7 @@ def serve(
         from .models import resolve_device, resolve_dtype, set_defaults
 
         set_defaults(device=resolve_device(device), dtype=resolve_dtype(dtype))
-        launch(host=host, port=port, share=share, models=list(model) or None, preload=tuple(model), max_queue=max_queue)
+        launch(host=host, port=port, share=share, models=list(model) or None, preload=tuple(model), max_queue=max_queue, studies=None if studies is None else str(studies))
     except TokentrailError as exc:
         _fail(str(exc))
 

@@ -234,3 +234,42 @@ def test_compare_tab_two_tokens_then_two_contexts(page, serve_blocks, artifacts_
         page.locator("#cmp-run").click()
         expect(status).to_contain_text("They diverge most at layer 5")
         expect(table).to_contain_text("cash")
+
+
+STUDY_TEXTS = [
+    "The old cat sat by the river bank and watched the boats.",
+    "Time flies like an arrow; fruit flies like a banana.",
+    "She said that they would come back after the rain had stopped.",
+    "A small boat drifted slowly towards the harbour at night.",
+    "We have not seen him since the meeting in March.",
+    "Those who know the answer should raise their hands.",
+]
+
+
+def test_study_tab_opens_a_study_from_the_operators_folder(page, serve_blocks, artifacts_dir, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tt.study(STUDY_TEXTS, "minilm", tmp_path / "minilm-sample", batch=3, sample=200)
+    torch.set_num_threads(threads)
+    with serve_blocks(build_app(studies=str(tmp_path)), **launch_options()) as url:
+        page.set_default_timeout(SLOW)
+        page.goto(url)
+        analysed(page, "minilm", "banana")
+        page.get_by_role("tab", name="Study").click()
+        expect(page.locator("#study-name input")).to_have_value("minilm-sample")  # offered from the folder, not typed
+        page.locator("#study-open").click()
+        status = page.locator("#study-status")
+        expect(status).to_contain_text("minilm-sample")
+        expect(status).to_contain_text("6 texts")
+        for pid, title in (("study-self-sim", "Self-similarity"), ("study-rank", "Rank of the token"), ("study-anisotropy", "Corpus anisotropy"), ("study-jumps", "Change of self-similarity")):
+            plot = page.locator(f"#{pid}")
+            expect(plot.locator(".main-svg").first).to_be_visible()
+            expect(plot).to_contain_text(title)
+        expect(page.locator("#study-self-sim")).to_contain_text("function")
+        meta = page.locator("#study-meta")
+        expect(meta).to_contain_text("rank by count in this corpus")
+        expect(meta).to_contain_text("complete")
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(artifacts_dir / "app-study.png"), full_page=True)

@@ -43,10 +43,11 @@ def launch(
     preload: tuple[str, ...] | list[str] = (),
     max_queue: int = 16,
     block: bool = True,
+    studies: str | None = None,
 ):
     """Build the app and serve it; blocks until stopped unless ``block=False`` (then the
     running ``gr.Blocks`` is returned: ``.close()`` stops it)."""
-    demo = build_app(models=models, preload=tuple(preload), max_queue=max_queue)
+    demo = build_app(models=models, preload=tuple(preload), max_queue=max_queue, studies=studies)
     demo.launch(
         server_name=host,
         server_port=port,

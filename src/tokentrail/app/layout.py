@@ -22,6 +22,7 @@ from ..options import SIMILARITIES
 from . import help as texts
 from . import render, security
 from .compare_tab import build_compare_tab
+from .study_tab import StudyShelf, build_study_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
@@ -97,11 +98,12 @@ class Page_(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[str] = (), *, max_queue: int = 16) -> gr.Blocks:
+def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[str] = (), *, max_queue: int = 16, studies: str | None = None) -> gr.Blocks:
     """The tokentrail page as a ``gr.Blocks`` (queue bounded to ``max_queue`` waiting events).
 
     ``models``: extra names the page may offer (hub ids or local folders, named by the
     server's operator; never typed in the page). ``preload``: models to load now.
+    ``studies``: the folder whose corpus studies the Study tab may open (none: the tab says how).
     Launch it with :func:`tokentrail.app.launch`, or ``demo.launch(**launch_options())``.
     """
     menu = ModelMenu([*(models or []), *preload])
@@ -184,6 +186,8 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                         gr.Markdown(texts.WALKTHROUGH)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
                 build_compare_tab(p, menu)
+            with gr.Tab("Study", id="study", elem_id="tab-study"):
+                build_study_tab(p, StudyShelf(studies))
             with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
                 with gr.Row():
                     with gr.Column(scale=5):

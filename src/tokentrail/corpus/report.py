@@ -28,31 +28,38 @@ def _by_class_figure(df: pd.DataFrame, column: str, title: str, *, log: bool = F
 
 def figures(agg: dict[str, pd.DataFrame]) -> list[go.Figure]:
     """The report's figures, from the aggregates only."""
+    return list(named_figures(agg).values())
+
+
+def named_figures(agg: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
+    """The report's figures by name: ``self_sim``, ``rank_median``, ``rank_mean``,
+    ``overlap``, ``corpus_adjusted_self_sim`` and ``anisotropy`` (when the study has a
+    sample), ``jumps_0``, ``jumps_1``, ... (one per site)."""
     by = agg["by_class"].copy()
     by["order"] = by["word_class"].map({c: i for i, c in enumerate(CLASS_ORDER)})
     by = by.sort_values(["site", "order", "layer"])
-    figs = [
-        _by_class_figure(by, "self_sim_mean", "Self-similarity (cosine to the token's own original encoding), mean by word class"),
-        _by_class_figure(by, "rank_median", "Rank of the token's own encoding (median, log scale: 0 = nearest)", log=True),
-        _by_class_figure(by, "rank_mean", "Rank of the token's own encoding (mean, log scale)", log=True),
-        _by_class_figure(by, "overlap_mean", "Overlap of the nearest-vocabulary sets with the layer before (mean)"),
-    ]
+    figs = {
+        "self_sim": _by_class_figure(by, "self_sim_mean", "Self-similarity (cosine to the token's own original encoding), mean by word class"),
+        "rank_median": _by_class_figure(by, "rank_median", "Rank of the token's own encoding (median, log scale: 0 = nearest)", log=True),
+        "rank_mean": _by_class_figure(by, "rank_mean", "Rank of the token's own encoding (mean, log scale)", log=True),
+        "overlap": _by_class_figure(by, "overlap_mean", "Overlap of the nearest-vocabulary sets with the layer before (mean)"),
+    }
     if "corpus_adjusted_self_sim_mean" in by:
-        figs.append(_by_class_figure(by, "corpus_adjusted_self_sim_mean", "Self-similarity minus the corpus anisotropy baseline (Ethayarajh 2019)"))
+        figs["corpus_adjusted_self_sim"] = _by_class_figure(by, "corpus_adjusted_self_sim_mean", "Self-similarity minus the corpus anisotropy baseline (Ethayarajh 2019)")
     an = agg["anisotropy"]
     if len(an):
         fig = go.Figure()
         for site, g in an.groupby("site"):
             fig.add_trace(go.Scatter(x=g["layer"], y=g["anisotropy"], mode="lines+markers", name=site))
         fig.update_layout(title="Corpus anisotropy: mean cosine of token pairs from different texts", xaxis_title="layer", yaxis_title="mean cosine", template="plotly_white", height=340)
-        figs.append(fig)
+        figs["anisotropy"] = fig
     j = agg["jumps"]
     if len(j):
-        for site, g in j.groupby("site"):
+        for i, (site, g) in enumerate(j.groupby("site")):
             pivot = g.pivot(index="word_class", columns="layer", values="d_self_sim_paired")
             fig = go.Figure(go.Heatmap(z=pivot.values, x=[f"{l - 1}→{l}" for l in pivot.columns], y=list(pivot.index), colorscale="RdBu", zmid=0, colorbar_title="Δ self_sim"))
             fig.update_layout(title=f"Change of self-similarity from the layer before, per token, mean by class ({site})", template="plotly_white", height=300 + 20 * len(pivot))
-            figs.append(fig)
+            figs[f"jumps_{i}"] = fig
     return figs
 
 
@@ -66,14 +73,9 @@ def _table(df: pd.DataFrame, max_rows: int = 200) -> str:
     return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, classes="t")
 
 
-def render(study) -> str:
-    agg = study.aggregate()
-    m = study.manifest
-    figs = figures(agg)
-    parts = []
-    for i, fig in enumerate(figs):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
-    meta_rows = {
+def metadata(m: dict) -> dict[str, str]:
+    """The run's metadata as the report (and the app's Study tab) show it, from its manifest."""
+    return {
         "model": f"{m.get('model')} ({m.get('model_info', {}).get('model_type')}, {m.get('model_info', {}).get('n_layers')} layers), revision {m.get('model_revision')}",
         "input": json.dumps(m.get("input")),
         "options": json.dumps(m.get("options")),
@@ -85,6 +87,16 @@ def render(study) -> str:
         "engine, elapsed": f"{m.get('engine')}, {m.get('elapsed_s')} s",
         "tokentrail": f"{m.get('tokentrail_version')}, created {m.get('created')}",
     }
+
+
+def render(study) -> str:
+    agg = study.aggregate()
+    m = study.manifest
+    figs = figures(agg)
+    parts = []
+    for i, fig in enumerate(figs):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
+    meta_rows = metadata(m)
     meta = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in meta_rows.items())
     samples = pd.DataFrame(m.get("skipped", {}).get("samples", []))
     cols = [c for c in agg["by_class"].columns if c.endswith(("_mean", "_median")) or c in ("site", "layer", "word_class", "n", "anisotropy")]
@@ -121,9 +133,6 @@ def write_report(study, path: str | Path) -> Path:
     return path
 
 
-FIGURE_NAMES = ("self_sim", "rank_median", "rank_mean", "overlap", "corpus_adjusted_self_sim", "anisotropy")
-
-
 def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:
     """The report's figures as PNG files (needs kaleido: ``pip install 'tokentrail[app]'``)."""
     from ..errors import InputError
@@ -134,10 +143,8 @@ def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:
         raise InputError("PNG figures need kaleido: pip install 'tokentrail[app]'") from None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    figs = figures(study.aggregate())
-    names = list(FIGURE_NAMES[: len(figs)]) + [f"jumps_{i}" for i in range(max(0, len(figs) - len(FIGURE_NAMES)))]
     paths = []
-    for name, fig in zip(names, figs):
+    for name, fig in named_figures(study.aggregate()).items():
         path = folder / f"{prefix}{name}.png"
         fig.write_image(str(path), width=900, height=fig.layout.height or 400)
         paths.append(path)

@@ -1,0 +1,82 @@
+"""The app's Study tab: only studies under the operator's folder, from a dropdown; what
+it shows is the corpus package's own report figures and metadata."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+gr = pytest.importorskip("gradio", reason="gradio not installed: pip install -e '.[app]'")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from tokentrail.app.study_tab import FIGURES, StudyShelf, show  # noqa: E402
+from tokentrail.cli import app as cli_app  # noqa: E402
+from tokentrail.corpus import Study, study  # noqa: E402
+from tokentrail.corpus.report import metadata, named_figures  # noqa: E402
+from tokentrail.errors import InputError  # noqa: E402
+
+TEXTS = ["the cat sat on the mat .", "a dog ran fast .", "time flies like an arrow .", "fruit flies like a banana ."]
+
+
+@pytest.fixture(scope="module")
+def shelf_dir(bert_folder, tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("studies")
+    study(TEXTS, str(bert_folder), root / "small", batch=2, sample=100)
+    (root / "not-a-study").mkdir()
+    outside = tmp_path_factory.mktemp("outside")
+    study(TEXTS[:2], str(bert_folder), outside / "secret", batch=2, sample=100)
+    os.symlink(outside / "secret", root / "link-out")  # a study, but its real path is outside the folder
+    torch.set_num_threads(before)
+    return root
+
+
+def test_the_shelf_offers_only_studies_inside_its_folder(shelf_dir):
+    shelf = StudyShelf(shelf_dir)
+    assert shelf.names() == ["small"]
+    assert shelf.path("small") == (shelf_dir / "small").resolve()
+    for name in ("link-out", "not-a-study", "../outside", str(shelf_dir / "small"), "/etc", "", None):
+        with pytest.raises(InputError):
+            shelf.path(name)
+    assert StudyShelf(shelf_dir / "small").names() == ["."]  # the folder itself may be one study
+
+
+def test_without_a_folder_the_tab_says_how_to_give_one():
+    shelf = StudyShelf(None)
+    assert shelf.names() == []
+    with pytest.raises(InputError, match="--studies"):
+        shelf.path("small")
+
+
+def test_show_gives_the_reports_figures_and_metadata(shelf_dir):
+    out = show(StudyShelf(shelf_dir), "small")
+    s = Study(shelf_dir / "small")
+    want = named_figures(s.aggregate())
+    assert "small" in out[0] and "4 texts" in out[0] and "complete" in out[0]
+    assert dict(zip(out[1].iloc[:, 0], out[1]["value"])) == metadata(s.manifest)
+    for name, fig in zip(FIGURES, out[2:]):
+        assert fig.layout.title.text == want[name].layout.title.text
+        assert [list(t.y) for t in fig.data if t.y is not None] == [list(t.y) for t in want[name].data if t.y is not None]
+
+
+def test_the_app_mounts_the_tab(shelf_dir):
+    from tokentrail.app import build_app
+
+    demo = build_app(studies=str(shelf_dir))
+    config = demo.get_config_file()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"tab-study", "study-name", "study-open"} <= ids
+    dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "study-name")
+    assert [ch[0] for ch in dropdown["props"]["choices"]] == ["small"]
+    demo.tokentrail_folder.remove()
+
+
+def test_serve_refuses_a_studies_path_that_is_not_a_folder(tmp_path):
+    result = CliRunner().invoke(cli_app, ["serve", "--studies", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "--studies" in result.output and "not a folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
