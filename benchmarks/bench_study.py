@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--corpus", default=str(UD))
     ap.add_argument("--no-memory", action="store_true", help="skip the doubling-corpus memory runs")
+    ap.add_argument("--no-speed", action="store_true", help="skip the study/loop/floor speed comparison")
     ap.add_argument("--memory-limit", type=int, default=100, help="sentences of the 1x corpus for the memory runs (then 2x, 4x)")
     ap.add_argument("--side", default="both", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -122,9 +123,15 @@ def main() -> None:
         sys.exit(f"no corpus at {args.corpus}: the UD English EWT dev split lives beside the project in ../shared/data/")
     common = ["--model", args.model, "--batch", str(args.batch), "--threads", str(args.threads), "--corpus", args.corpus]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-    speed = run_child([*common, "--limit", str(args.limit), "--side", "both"])
+    if not args.no_speed:
+        speed_report(run_child([*common, "--limit", str(args.limit), "--side", "both"]), args.model)
+    if not args.no_memory:
+        memory_report(common, args.memory_limit)
+
+
+def speed_report(speed: dict, model: str) -> None:
     st, nv = speed["study"], speed["naive"]
-    print(f"model {args.model}, {st['texts']} sentences, {st['tokens']} tokens, torch threads {speed['threads']}")
+    print(f"model {model}, {st['texts']} sentences, {st['tokens']} tokens, torch threads {speed['threads']}")
     print(f"study : {st['tokens_per_s']:8.1f} tokens/s ({st['seconds']:.1f} s)")
     print(f"naive : {nv['tokens_per_s']:8.1f} tokens/s ({nv['seconds']:.1f} s, tt.trace per sentence)")
     print(f"ratio : {st['tokens_per_s'] / nv['tokens_per_s']:.2f}x")
@@ -135,15 +142,16 @@ def main() -> None:
         print(f"        chunk {fl['chunk'] * scale:6d} queries: {f['tokens_per_s']:8.1f} tokens/s ({f['gflops']:.0f} GFLOP/s)")
     best = max(fl[f"x{s}"]["tokens_per_s"] for s in (1, 4, 16))
     print(f"        study at {st['tokens_per_s'] / best:.0%} of the fastest GEMM-only rate, the trace loop at {nv['tokens_per_s'] / best:.0%}")
-    if not args.no_memory:
-        peaks = []
-        for limit in (args.memory_limit, 2 * args.memory_limit, 4 * args.memory_limit):
-            m = run_child([*common, "--limit", str(limit), "--side", "study"])
-            peaks.append(m["peak_rss_mb"])
-            print(f"memory: {m['study']['texts']:5d} sentences {m['study']['tokens']:6d} tokens -> peak RSS {m['peak_rss_mb']:.0f} MB ({m['study']['tokens_per_s']:.1f} tokens/s)")
-        slope = (peaks[2] - peaks[0]) / 2
-        print(f"memory: peak RSS {' -> '.join(f'{p:.0f}' for p in peaks)} MB, slope {slope:+.0f} MB per doubling ({slope / peaks[0]:+.1%})")
 
+
+def memory_report(common: list[str], base: int) -> None:
+    peaks = []
+    for limit in (base, 2 * base, 4 * base):
+        m = run_child([*common, "--limit", str(limit), "--side", "study"])
+        peaks.append(m["peak_rss_mb"])
+        print(f"memory: {m['study']['texts']:5d} sentences {m['study']['tokens']:6d} tokens -> peak RSS {m['peak_rss_mb']:.0f} MB ({m['study']['tokens_per_s']:.1f} tokens/s)")
+    slope = (peaks[2] - peaks[0]) / 2
+    print(f"memory: peak RSS {' -> '.join(f'{p:.0f}' for p in peaks)} MB, slope {slope:+.0f} MB per doubling ({slope / peaks[0]:+.1%})")
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ pre-tokenizer), never from the model's name.
 from __future__ import annotations
 
 import re
+import weakref
 from functools import lru_cache
 from typing import Any, Iterable
 
@@ -59,13 +60,31 @@ def unicode_to_bytes() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
+_KINDS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
 def tokenizer_kind(tokenizer: Any) -> str:
     """``byte_level``, ``sentencepiece``, ``wordpiece`` or ``plain``, from the tokenizer itself.
 
     Fast (``tokenizers``-backed) tokenizers are recognised by their decoder and
     pre-tokenizer (``ByteLevel``; ``Metaspace``/``ByteFallback``/a ``▁`` replacement;
-    ``WordPiece``); slow ones by their byte table or SentencePiece model.
+    ``WordPiece``); slow ones by their byte table or SentencePiece model. Remembered per
+    tokenizer object: the description includes the backend model's ``repr``, which
+    lists a WordPiece vocabulary whole (about a millisecond per call, paid per text).
     """
+    try:
+        return _KINDS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    kind = _tokenizer_kind(tokenizer)
+    try:
+        _KINDS[tokenizer] = kind
+    except TypeError:  # not weak-referenceable: not remembered
+        pass
+    return kind
+
+
+def _tokenizer_kind(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
     parts = []
     if backend is not None:
