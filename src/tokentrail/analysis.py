@@ -39,8 +39,13 @@ def compute_views(
     options: TraceOptions,
     progress: Progress | None = None,
     chunk_bytes: int = 192 << 20,
+    text_statistics: bool = True,
 ) -> list[View]:
-    """Every (site, space, similarity) view of ``options`` for one text's activations."""
+    """Every (site, space, similarity) view of ``options`` for one text's activations.
+
+    ``text_statistics=False``: the residual views' anisotropy is left at 0, for a caller
+    that takes it per text itself (:func:`compute_views_batch` over joined texts, where
+    the joined mean would cost O(n^2) in all the texts' tokens and be thrown away)."""
     say = progress or (lambda f, m: None)
     todo = options.pairs()
     residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
@@ -52,7 +57,7 @@ def compute_views(
     for sp in dict.fromkeys(sp for _, sp in residual):
         site_names = [site for site, s in residual if s == sp]
         say(done / steps, f"comparing with {sp}")
-        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct)
+        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct, text_statistics)
         done += 1
     for sp in heads:
         def tick(sp=sp):
@@ -81,7 +86,7 @@ def compute_views_batch(
     vectors, so with one the texts are scored one by one."""
     if options.correct is not None:
         return [compute_views(adapter, spaces, a, options, progress, chunk_bytes) for a in acts]
-    views = compute_views(adapter, spaces, _joined(acts), options, progress, chunk_bytes)
+    views = compute_views(adapter, spaces, _joined(acts), options, progress, chunk_bytes, text_statistics=False)
     out, start = [], 0
     for a in acts:
         n = a.input_ids.shape[0]
@@ -344,7 +349,7 @@ def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | N
     return out
 
 
-def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None):
+def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None, text_statistics: bool = True):
     n, L, V = acts.input_ids.shape[0], adapter.n_layers, space.vocab_size
     K = min(max(k, overlap_k), V)
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
@@ -382,7 +387,9 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
                 own_sim=_np(own_s[sl].view(L, n)),
                 rank=_np(rank[sl].view(L, n)),
                 overlap=_np(ov).astype(np.float64),
-                anisotropy=_np(anisotropy(acts.site(site) if corrections is None else _corrected_site(acts.site(site), corrections[1 + i * L : 1 + (i + 1) * L]), sim)),
+                anisotropy=_np(anisotropy(acts.site(site) if corrections is None else _corrected_site(acts.site(site), corrections[1 + i * L : 1 + (i + 1) * L]), sim))
+                if text_statistics
+                else np.zeros(L),
                 overlap_k=min(overlap_k, K),
             )
             views.append(
