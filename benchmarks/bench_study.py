@@ -47,23 +47,29 @@ def child(args) -> None:
     from tokentrail.corpus.inputs import Skipped, records
 
     loaded = tt.load(args.model)
-    out: dict = {"model": args.model, "limit": args.limit, "threads": torch.get_num_threads()}
-    if args.side in ("study", "both"):
-        with tempfile.TemporaryDirectory() as d:
-            started = []  # the clock starts when the study's model is loaded (the loop's is loaded already)
-            s = tt.study(args.corpus, loaded.name, Path(d) / "s", limit=args.limit, batch=args.batch, on_start=lambda _: started.append(time.perf_counter()))
-            dt = time.perf_counter() - started[0]
-            out["study"] = {"texts": s.manifest["texts"], "tokens": s.manifest["tokens"], "seconds": dt, "tokens_per_s": s.manifest["tokens"] / dt}
-    if args.side in ("naive", "both"):
-        texts = [r.text for r in records(args.corpus, skipped=Skipped(), limit=args.limit)]
-        t = time.perf_counter()
-        n = 0
-        for text in texts:
-            n += tt.trace(text, loaded, overlap_k=100).n_tokens
-        dt = time.perf_counter() - t
-        out["naive"] = {"texts": len(texts), "tokens": n, "seconds": dt, "tokens_per_s": n / dt}
-    if args.side in ("floor", "both"):
-        out["floor"] = gemm_floor(loaded, out.get("study", {}).get("tokens") or 1000)
+    out: dict = {"model": args.model, "limit": args.limit, "threads": torch.get_num_threads(), "repeat": args.repeat}
+    best = lambda old, new: new if old is None or new["tokens_per_s"] > old["tokens_per_s"] else old  # noqa: E731
+    texts = [r.text for r in records(args.corpus, skipped=Skipped(), limit=args.limit)]
+    # rounds interleave the sides, and each keeps its best round: on a shared machine the
+    # load changes by the minute, and the best round is the one least disturbed by it
+    for _ in range(args.repeat):
+        if args.side in ("study", "both"):
+            with tempfile.TemporaryDirectory() as d:
+                started = []  # the clock starts when the study's model is loaded (the loop's is loaded already)
+                s = tt.study(args.corpus, loaded.name, Path(d) / "s", limit=args.limit, batch=args.batch, on_start=lambda _: started.append(time.perf_counter()))
+                dt = time.perf_counter() - started[0]
+                out["study"] = best(out.get("study"), {"texts": s.manifest["texts"], "tokens": s.manifest["tokens"], "seconds": dt, "tokens_per_s": s.manifest["tokens"] / dt})
+        if args.side in ("naive", "both"):
+            t = time.perf_counter()
+            n = 0
+            for text in texts:
+                n += tt.trace(text, loaded, overlap_k=100).n_tokens
+            dt = time.perf_counter() - t
+            out["naive"] = best(out.get("naive"), {"texts": len(texts), "tokens": n, "seconds": dt, "tokens_per_s": n / dt})
+        if args.side in ("floor", "both"):
+            fl = gemm_floor(loaded, out.get("study", {}).get("tokens") or 1000)
+            old = out.get("floor")
+            out["floor"] = fl if old is None else {**fl, **{k: best(old[k], fl[k]) for k in ("x1", "x4", "x16")}}
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
@@ -108,6 +114,7 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--limit", type=int, default=200, help="sentences for the speed comparison")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3, help="speed rounds (study, loop, floor interleaved); the best of each is reported")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--corpus", default=str(UD))
     ap.add_argument("--no-memory", action="store_true", help="skip the doubling-corpus memory runs")
@@ -122,16 +129,17 @@ def main() -> None:
     if not Path(args.corpus).exists():
         sys.exit(f"no corpus at {args.corpus}: the UD English EWT dev split lives beside the project in ../shared/data/")
     common = ["--model", args.model, "--batch", str(args.batch), "--threads", str(args.threads), "--corpus", args.corpus]
+    rounds = ["--repeat", str(args.repeat)]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     if not args.no_speed:
-        speed_report(run_child([*common, "--limit", str(args.limit), "--side", "both"]), args.model)
+        speed_report(run_child([*common, *rounds, "--limit", str(args.limit), "--side", "both"]), args.model)
     if not args.no_memory:
         memory_report(common, args.memory_limit)
 
 
 def speed_report(speed: dict, model: str) -> None:
     st, nv = speed["study"], speed["naive"]
-    print(f"model {model}, {st['texts']} sentences, {st['tokens']} tokens, torch threads {speed['threads']}")
+    print(f"model {model}, {st['texts']} sentences, {st['tokens']} tokens, torch threads {speed['threads']}, best of {speed['repeat']} interleaved rounds")
     print(f"study : {st['tokens_per_s']:8.1f} tokens/s ({st['seconds']:.1f} s)")
     print(f"naive : {nv['tokens_per_s']:8.1f} tokens/s ({nv['seconds']:.1f} s, tt.trace per sentence)")
     print(f"ratio : {st['tokens_per_s'] / nv['tokens_per_s']:.2f}x")
@@ -147,7 +155,7 @@ def speed_report(speed: dict, model: str) -> None:
 def memory_report(common: list[str], base: int) -> None:
     peaks = []
     for limit in (base, 2 * base, 4 * base):
-        m = run_child([*common, "--limit", str(limit), "--side", "study"])
+        m = run_child([*common, "--limit", str(limit), "--side", "study", "--repeat", "1"])
         peaks.append(m["peak_rss_mb"])
         print(f"memory: {m['study']['texts']:5d} sentences {m['study']['tokens']:6d} tokens -> peak RSS {m['peak_rss_mb']:.0f} MB ({m['study']['tokens_per_s']:.1f} tokens/s)")
     slope = (peaks[2] - peaks[0]) / 2
