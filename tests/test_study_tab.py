@@ -80,3 +80,29 @@ def test_serve_refuses_a_studies_path_that_is_not_a_folder(tmp_path):
     assert result.exit_code == 2
     assert "--studies" in result.output and "not a folder" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # serves the page (its initial analysis loads the bundled model)
+def test_the_served_endpoint_refuses_names_it_did_not_offer(shelf_dir):
+    import importlib.util
+    from pathlib import Path
+
+    gradio_client = pytest.importorskip("gradio_client")
+    from tokentrail.app import build_app, launch_options
+
+    spec = importlib.util.spec_from_file_location("tokentrail_e2e_harness", Path(__file__).parent / "e2e" / "conftest.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    demo = build_app(studies=str(shelf_dir))
+    try:
+        with harness.serve(demo, **launch_options()) as url:
+            client = gradio_client.Client(url, verbose=False)
+            ok = client.predict("small", api_name="/open_study")
+            assert "small" in ok[0] and "4 texts" in ok[0]
+            # Gradio refuses a value outside the dropdown's choices before the callback runs;
+            # StudyShelf.path refuses it again behind that (test above)
+            for forged in ("link-out", "../outside/secret", str(shelf_dir / "small"), "/etc"):
+                with pytest.raises(gradio_client.exceptions.AppError, match="not in the list of choices"):
+                    client.predict(forged, api_name="/open_study")
+    finally:
+        demo.tokentrail_folder.remove()
