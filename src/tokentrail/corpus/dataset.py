@@ -15,8 +15,9 @@ from .writer import StudyDir
 class Study:
     """A written study (complete or not). Reads the Parquet parts through DuckDB.
 
-    ``query(sql)`` sees two views: ``tokens`` (one row per token x layer x site) and
-    ``sample`` (the anisotropy sample candidates' vectors)."""
+    ``query(sql)`` sees three views: ``tokens`` (one row per token x layer x site, with
+    its ``freq_rank``), ``freq`` (each token id's count and ``freq_rank``) and ``sample``
+    (the anisotropy sample candidates' vectors)."""
 
     def __init__(self, root: str | Path):
         self.dir = StudyDir(root)
