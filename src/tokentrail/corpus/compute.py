@@ -96,7 +96,7 @@ def token_limit(loaded: LoadedModel) -> int:
     return min(loaded.adapter.max_tokens or MAX_TOKENS, MAX_TOKENS)
 
 
-FORWARD_BYTES = 96 << 20  # activation bytes of one forward group (budget.estimate's formula)
+FORWARD_BYTES = 32 << 20  # activation bytes of one forward group (budget.estimate's formula)
 
 
 def forward_groups(lengths: list[int], layers: int, heads: int, d_model: int, budget: int | None = None) -> list[list[int]]:
