@@ -21,15 +21,18 @@ from .adapters import Adapter
 from .capture import Activations, capture, head_vectors
 from .errors import InputError, ModelError
 from .metrics import Cells, anisotropy, derive_metrics, overlap, similarity_from_dots
-from .options import ALL_SITES, ALL_SPACES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, SIMILARITIES, TraceOptions, check_index, whole_number
-from .results import HeadsAt, LensResult, RunInfo, Trail, View
+from .options import (
+    ALL_SITES, ALL_SPACES, CROSS_HEAD_SITE, CROSS_SITE, CROSS_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, SIMILARITIES,
+    TraceOptions, check_index, whole_number,
+)  # fmt: skip
+from .results import CrossView, HeadsAt, LensResult, RunInfo, Trail, View
 from .scoring import score_block
 from .spaces import SpaceCache, VocabSpace
 
 Progress = Callable[[float, str], None]
 Labeller = Callable[[Iterable[int]], dict[int, str]]
 
-__all__ = ["ALL_SITES", "ALL_SPACES", "Progress", "analyse", "analyse_batch", "compute_views", "compute_views_batch", "heads_at", "head_vectors", "make_trail"]
+__all__ = ["ALL_SITES", "ALL_SPACES", "Progress", "analyse", "analyse_batch", "compute_views", "compute_views_batch", "cross_views", "heads_at", "head_vectors", "make_trail"]
 
 
 def compute_views(
@@ -40,9 +43,13 @@ def compute_views(
     progress: Progress | None = None,
     chunk_bytes: int = 192 << 20,
 ) -> list[View]:
-    """Every (site, space, similarity) view of ``options`` for one text's activations."""
+    """Every (site, space, similarity) view of ``options`` for one text's activations.
+
+    The cross-attention sites are a decoder stack's: ``cross_resid`` is computed where
+    ``acts`` has cross-attention; ``cross_heads`` has its own scoring (:func:`cross_views`)."""
     say = progress or (lambda f, m: None)
-    todo = options.pairs()
+    has_cross = getattr(acts, "cross_attn", None) is not None
+    todo = [(site, sp) for site, sp in options.pairs() if site != CROSS_HEAD_SITE and (site != CROSS_SITE or has_cross)]
     residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
     heads = [sp for site, sp in todo if site == HEAD_SITE]
     steps = max(len({sp for _, sp in residual}) + len(heads) * adapter.n_layers, 1)
@@ -159,8 +166,17 @@ def make_trail(
     device: str = "cpu",
     dtype: str = "float32",
     truncated_from: int | None = None,
+    cross: Sequence[CrossView] = (),
+    source_tokens: Sequence[str] | None = None,
+    decoder: Trail | None = None,
+    decoder_input: str | None = None,
 ) -> Trail:
-    """Wrap computed views (and lens) of one text with its metadata."""
+    """Wrap computed views (and lens) of one text with its metadata.
+
+    Encoder-decoders: each stack's Trail says which it is (``stack``); the encoder's carries
+    the decoder's (``decoder``), which carries the cross-attention views and probabilities
+    and the source tokens they point at; ``decoder_input`` says where the decoder's input
+    came from (the user's target, or the model's own greedy output)."""
     input_ids = acts.input_ids
     ids_used = {int(i) for v in views for i in np.unique(v.top_ids)} | {int(i) for i in input_ids}
     ids_used |= {int(i) for v in views if v.origin_top_ids is not None for i in np.unique(v.origin_top_ids)}
@@ -182,7 +198,9 @@ def make_trail(
         dtype=dtype,
         exact=dtype == "float32",
         truncated_from=truncated_from,
+        decoder_input=decoder_input,
     )
+    cross_att = getattr(acts, "cross_attentions", None)
     return Trail(
         info=info,
         text=text,
@@ -197,7 +215,38 @@ def make_trail(
         attentions=acts.attentions.cpu().numpy(),
         kv_groups=adapter.n_heads // adapter.n_kv_heads,
         lens=lens,
+        stack=adapter.stack,
+        decoder=decoder,
+        cross_views=tuple(cross),
+        cross_attentions=None if cross_att is None else cross_att.cpu().numpy(),
+        source_tokens=None if source_tokens is None else tuple(source_tokens),
     )
+
+
+def cross_views(decoder, acts, options: TraceOptions) -> list[CrossView]:
+    """The ``cross_heads`` site of a decoder stack: each head's vector against the source
+    tokens of this input in its space (``value``: cross ``z`` vs the source values;
+    ``key``: the cross query vs the source keys), for every similarity asked for.
+
+    Per (layer, head, decoder token) the source tokens in order of similarity (ties: the
+    lower index first); a source token's place in that order is its rank."""
+    from .capture_cross import cross_vectors
+
+    out = []
+    for site, kind in options.pairs():
+        if site != CROSS_HEAD_SITE:
+            continue
+        for sim in options.similarities:
+            orders, sims = [], []
+            for layer in range(decoder.n_layers):
+                vec, rows = cross_vectors(decoder, acts, kind, layer)  # (n, H, dh), (m, H, dh)
+                q, r = vec.transpose(0, 1), rows.transpose(0, 1)  # (H, n, dh), (H, m, dh)
+                s = similarity_from_dots(torch.einsum("hnk,hmk->hnm", q, r), q.pow(2).sum(-1), r.pow(2).sum(-1)[:, None, :], sim)
+                vals, order = torch.sort(s, dim=-1, descending=True, stable=True)
+                orders.append(order)
+                sims.append(vals)
+            out.append(CrossView(site=CROSS_HEAD_SITE, space=kind, similarity=sim, source_order=_np(torch.stack(orders)), source_sims=_np(torch.stack(sims))))
+    return out
 
 
 def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None) -> TraceOptions:
@@ -206,8 +255,12 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
     smaller). With ``tokens``, also refuses a run whose estimated peak memory exceeds
     what the machine has, with the figure and the fix."""
     adapter.resolve_causal(options.causal)
-    if options.lens and adapter.lens_head() is None:
-        raise ModelError(adapter.lens_unavailable_reason())
+    options = _settle_cross_sites(adapter, options)
+    lens_reader = adapter.decoder_stack() if adapter.is_seq2seq else adapter  # an encoder-decoder's lens reads its decoder
+    if adapter.is_seq2seq:
+        lens_reader.resolve_causal(options.causal)
+    if options.lens and lens_reader.lens_head() is None:
+        raise ModelError(lens_reader.lens_unavailable_reason())
     vocab = adapter.vocab_size
     for name, value in (("k", options.k), ("overlap k", options.overlap_k)):
         if value is not None and value > vocab:
@@ -228,6 +281,21 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
             k=options.k, overlap_k=options.overlap_k, lens=options.lens,
         ))  # fmt: skip
     return options
+
+
+def _settle_cross_sites(adapter: Adapter, options: TraceOptions) -> TraceOptions:
+    """The cross-attention sites exist only in encoder-decoders: ``all`` on another model
+    means every site it has; naming one there is an error."""
+    asked = [s for s in options.sites if s in CROSS_SITES]
+    if adapter.is_seq2seq or not asked:
+        return options
+    rest = tuple(s for s in options.sites if s not in CROSS_SITES)
+    if set(rest) != set(ALL_SITES) - set(CROSS_SITES):
+        raise InputError(
+            f"{asked[0]} is a site of encoder-decoder models (the decoder's cross-attention); "
+            f"this {adapter.family} model has no cross-attention"
+        )
+    return replace(options, sites=rest)
 
 
 def analyse(

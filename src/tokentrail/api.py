@@ -24,15 +24,21 @@ def run(
     dtype: str | None = None,
     allow_pickle: bool = False,
     revision: str | None = None,
+    target: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> Run:
     """One forward pass of ``model`` over ``text``: a :class:`~tokentrail.runner.Run` to derive
     Trails, heads, walkthroughs and the logit lens from without another pass.
 
     ``model``: a bundled name, hub id, local folder (str or Path), a loaded model, or a
-    ``transformers`` model object (with ``tokenizer=``)."""
+    ``transformers`` model object (with ``tokenizer=``). Encoder-decoders: ``target`` is
+    the decoder's input; without it the decoder reads the model's own greedy output (at
+    most ``max_new_tokens`` new tokens, default 20)."""
     check_text(text)  # fail fast, before loading anything
+    if target is not None:
+        check_text(target)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
-    return loaded.run(text, options, causal=causal, truncate=truncate)
+    return loaded.run(text, options, causal=causal, truncate=truncate, target=target, max_new_tokens=max_new_tokens)
 
 
 def trace(
@@ -55,6 +61,8 @@ def trace(
     allow_pickle: bool = False,
     progress: Progress | None = None,
     revision: str | None = None,
+    target: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> Trail:
     """Follow every token of ``text`` through ``model``.
 
@@ -63,15 +71,19 @@ def trace(
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
     ``causal=False`` runs a decoder with its causal mask off. ``model`` takes what
-    :func:`run` takes.
+    :func:`run` takes. Encoder-decoders: the source is ``text``, the decoder reads
+    ``target`` or the model's own greedy output (``max_new_tokens``); the Trail is the
+    encoder's, with the decoder's as ``trail.decoder`` (cross-attention included).
     """
     opts = options or TraceOptions.make(
         site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
         lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
     )  # fmt: skip  -- validated here, before any model work
     check_text(text)
+    if target is not None:
+        check_text(target)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
-    return loaded.run(text, opts).trail(progress=progress)
+    return loaded.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail(progress=progress)
 
 
 def _model(model, tokenizer, device, dtype, allow_pickle, revision) -> LoadedModel:

@@ -18,9 +18,17 @@ from .errors import InputError
 RESIDUAL_SITES: tuple[str, ...] = ("resid_pre", "attn_resid", "attn_resid_ln", "layer_out", "mlp_out")
 """Residual-stream sites (d-dimensional vectors), in the order a layer computes them."""
 HEAD_SITE = "heads"
-ALL_SITES: tuple[str, ...] = (*RESIDUAL_SITES, HEAD_SITE)
+CROSS_SITE = "cross_resid"
+"""Encoder-decoder decoders: the residual after cross-attention (d-dimensional)."""
+CROSS_HEAD_SITE = "cross_heads"
+"""Encoder-decoder decoders: per-head cross-attention vectors, compared with the source tokens."""
+CROSS_SITES: tuple[str, ...] = (CROSS_SITE, CROSS_HEAD_SITE)
+ALL_SITES: tuple[str, ...] = (*RESIDUAL_SITES, HEAD_SITE, *CROSS_SITES)
+"""Every site; a model without cross-attention computes all but :data:`CROSS_SITES`."""
 RESIDUAL_SPACES: tuple[str, ...] = ("encodings", "embeddings")
 HEAD_SPACES: tuple[str, ...] = ("value", "key", "query")
+CROSS_HEAD_SPACES: tuple[str, ...] = ("value", "key")
+"""A cross-attention head's spaces: the source tokens' values (its ``z``) or keys (its query)."""
 ALL_SPACES: tuple[str, ...] = (*RESIDUAL_SPACES, *HEAD_SPACES)
 SIMILARITIES: tuple[str, ...] = ("cosine", "euclidean")
 LENS_SITES: tuple[str, ...] = ("layer_out", "attn_resid")
@@ -29,6 +37,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 CORRECTIONS: tuple[str, ...] = ("center", "zscore", "rogue", "abtt")
 """Geometry corrections (SPEC "Corrections (geometry)"); rogue and abtt take a count: ``rogue:2``, ``abtt:3``."""
+DEFAULT_NEW_TOKENS = 20  # encoder-decoders without a target: the greedy output's length bound
 DEFAULT_OVERLAP_K = 100  # SPEC; a smaller vocabulary caps the default (an explicit larger one is refused)
 
 
@@ -174,10 +183,10 @@ class TraceOptions:
         """The (site, space) pairs to compute among those asked for."""
         out = []
         for site in self.sites:
-            allowed = HEAD_SPACES if site == HEAD_SITE else RESIDUAL_SPACES
+            allowed = HEAD_SPACES if site == HEAD_SITE else CROSS_HEAD_SPACES if site == CROSS_HEAD_SITE else RESIDUAL_SPACES
             chosen = [s for s in self.spaces if s in allowed]
-            if not chosen and site == HEAD_SITE:
-                chosen = ["value"]  # the heads site's own space (SPEC)
+            if not chosen and site in (HEAD_SITE, CROSS_HEAD_SITE):
+                chosen = ["value"]  # the heads sites' own space (SPEC)
             out += [(site, s) for s in chosen]
         if not out:
             raise InputError(

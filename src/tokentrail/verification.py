@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .adapters import Adapter, DecoderAdapter
+from .adapters import Adapter
 from .capture import Activations, capture
 from .errors import InputError
 from .spaces import HEAD_SPACE_KINDS, build_space
@@ -272,8 +272,8 @@ def _layer_out(adapter: Adapter, acts: Activations, rtol: float) -> Check:
     L = adapter.n_layers
     for layer in range(L):
         mine = acts.layer_out[layer]
-        if layer == L - 1 and isinstance(adapter, DecoderAdapter):
-            norm = adapter.final_norm()  # the framework reports the last hidden state after it
+        norm = adapter.final_norm() if layer == L - 1 else None
+        if norm is not None:  # the framework reports the last hidden state after it
             mine = norm(mine.to(next(norm.parameters()).dtype))
         w.compare(mine, acts.hidden_states[layer + 1], f"layer {layer}")
     return w.result()
@@ -346,8 +346,8 @@ def _lens(adapter: Adapter, acts: Activations, rtol: float) -> Check:
         return _na(identity, rtol, adapter.lens_unavailable_reason())
     w = _Worst(identity, rtol)
     with torch.no_grad():
-        out = adapter.model(input_ids=acts.input_ids[None], position_ids=acts.position_ids[None])
-        w.compare(head(acts.layer_out[-1]), out.logits[0], f"layer {adapter.n_layers - 1}")
+        logits = adapter.model_logits(acts.input_ids, acts.position_ids)
+        w.compare(head(acts.layer_out[-1]), logits, f"layer {adapter.n_layers - 1}")
     return w.result()
 
 

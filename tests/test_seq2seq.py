@@ -1,0 +1,215 @@
+"""Encoder-decoders end to end (issue 12): tiny random BART and Marian saved with
+``save_pretrained`` (with a tiny tokenizer built offline) load by folder, trace both stacks
+with every site, the decoder with cross-attention, from the API, the CLI and exports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import seq2seq_models as sm
+import tokentrail as tt
+from tokentrail.adapters import DecoderStack, EncoderStack
+from tokentrail.cli import app
+from tokentrail.errors import InputError
+from tokentrail.options import ALL_SITES, CROSS_SITES, TraceOptions
+
+SOURCE = "the cat sat on the mat"
+TARGET = "le chat est sur le tapis"
+FAMILIES = ("bart", "marian")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seq2seq")
+    out = {}
+    for name in FAMILIES:
+        getattr(sm, name)(root / name)
+        out[name] = str(root / name)
+    return out
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, folders):
+    return request.param, tt.load(folders[request.param])
+
+
+def test_a_folder_loads_as_two_stacks(family):
+    name, m = family
+    assert isinstance(m.adapter, EncoderStack) and m.adapter.stack == "encoder" and m.is_seq2seq
+    dec = m.adapter.decoder_stack()
+    assert isinstance(dec, DecoderStack) and dec.stack == "decoder" and dec.is_decoder
+    assert m.adapter.family == dec.family == name
+
+
+def test_target_traces_both_stacks_with_every_site(family):
+    name, m = family
+    trail = tt.trace(SOURCE, m, target=TARGET, site="all", space="all", similarity="all", k=4, lens=True)
+    assert trail.stack == "encoder" and trail.decoder.stack == "decoder"
+    enc_sites = {v.site for v in trail.views}
+    dec_sites = {v.site for v in trail.decoder.views}
+    assert enc_sites == set(ALL_SITES) - set(CROSS_SITES)
+    assert dec_sites == set(ALL_SITES) - {"cross_heads"}
+    assert {v.key for v in trail.decoder.cross_views} == {("cross_heads", sp, s) for sp in ("value", "key") for s in ("cosine", "euclidean")}
+    assert trail.lens is None and trail.decoder.lens is not None  # the lens reads the decoder
+    # the decoder's input is the model's teacher-forcing input: decoder start, then the target without its eos
+    labels = m.tokenizer(text_target=TARGET)["input_ids"]
+    assert labels[-1] == m.adapter.eos_id
+    assert trail.decoder.ids.tolist() == [m.adapter.decoder_start_id] + labels[:-1]
+    assert trail.info.decoder_input == trail.decoder.info.decoder_input == "target"
+    assert trail.decoder.text == TARGET and trail.decoder.source_tokens == trail.tokens
+    L, H, n, m_ = trail.decoder.cross_attentions.shape
+    assert (n, m_) == (trail.decoder.n_tokens, trail.n_tokens)
+    assert np.allclose(trail.decoder.cross_attentions.sum(-1), 1, atol=1e-5)
+
+
+def test_without_target_the_decoder_reads_the_models_greedy_output(family):
+    """The decoder input is what an independent argmax loop over the model's own logits gives,
+    bounded by max_new_tokens, and the result says so."""
+    _, m = family
+    run = m.run(SOURCE, max_new_tokens=5)
+    src = m.encode(SOURCE).ids[None]
+    ids = torch.tensor([[m.adapter.decoder_start_id]])
+    with torch.no_grad():
+        for _ in range(5):
+            nxt = int(m.adapter.model(input_ids=src, decoder_input_ids=ids).logits[0, -1].argmax())
+            if nxt == m.adapter.eos_id:
+                break
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    assert run.decoder_acts.input_ids.tolist() == ids[0].tolist()
+    assert run.decoder_input == "greedy output of the model (at most 5 new tokens)"
+    trail = run.trail()
+    assert trail.decoder.info.decoder_input == run.decoder_input
+    with pytest.raises(InputError, match="not both"):
+        m.run(SOURCE, target=TARGET, max_new_tokens=3)
+
+
+def test_cross_heads_name_the_nearest_source_tokens(family):
+    """Hand-computed with the model's own modules: each cross head's z against
+    v_proj(encoder output), sorted by cosine; the attention column is the framework's."""
+    _, m = family
+    trail = tt.trace(SOURCE, m, target=TARGET, site="cross_heads", k=3)
+    dec = trail.decoder
+    model = m.adapter.model
+    src = m.encode(SOURCE).ids[None]
+    tgt = torch.tensor(dec.ids)[None]
+    layers = model.get_decoder().layers
+    z = {}
+    hooks = [lay.encoder_attn.out_proj.register_forward_pre_hook(lambda mod, a, l=l: z.__setitem__(l, a[0][0])) for l, lay in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            out = model(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    H, dh = dec.n_heads, 32 // dec.n_heads
+    for layer in range(dec.n_layers):
+        with torch.no_grad():
+            values = layers[layer].encoder_attn.v_proj(out.encoder_last_hidden_state[0]).view(-1, H, dh)  # (m, H, dh)
+        zl = z[layer].view(-1, H, dh)  # (n, H, dh)
+        cos = torch.nn.functional.cosine_similarity(zl[:, :, None, :], values.transpose(0, 1)[None], dim=-1)  # (n, H, m)
+        for t in (1, dec.n_tokens - 1):
+            for h in range(H):
+                frame = trail.sources(t, layer, h)
+                expect = torch.sort(cos[t, h].double(), descending=True, stable=True)
+                assert frame["source"].tolist() == expect.indices.tolist()
+                np.testing.assert_allclose(frame["similarity"], expect.values.numpy(), rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(frame["attention"], out.cross_attentions[layer][0, h, t][expect.indices].numpy(), rtol=1e-5, atol=1e-6)
+                assert frame["source_token"].tolist() == [trail.tokens[i] for i in expect.indices.tolist()]
+                assert frame["place"].tolist() == list(range(trail.n_tokens))
+
+
+def test_exports_say_which_stack_and_read_back(family, tmp_path):
+    _, m = family
+    trail = tt.trace(SOURCE, m, target=TARGET, site="attn_resid,cross_resid,heads,cross_heads", k=3, lens=True)
+    for ext in ("parquet", "csv", "json"):
+        path = trail.export(tmp_path / f"t.{ext}")
+        back = tt.Trail.load(path)
+        assert back == trail and back.decoder == trail.decoder
+    frame = pd.read_parquet(tmp_path / "t.parquet")
+    assert set(frame["stack"].dropna()) == {"encoder", "decoder"} and frame.loc[frame["stack"].isna(), "table"].tolist() == ["meta"]
+    assert set(frame.loc[frame["site"] == "cross_resid", "stack"]) == {"decoder"}
+    assert set(frame.loc[frame["table"] == "cross", "stack"]) == {"decoder"}
+    assert set(trail.frame()["stack"]) == {"encoder", "decoder"}
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["meta"]["decoder"]["trail"]["stack"] == "decoder"
+    assert {r["stack"] for r in doc["cross_attention"]} == {"decoder"}
+
+
+def test_only_cross_sites_leave_the_encoder_without_views(family, tmp_path):
+    _, m = family
+    trail = tt.trace(SOURCE, m, target=TARGET, site="cross_resid")
+    assert trail.views == () and [v.site for v in trail.decoder.views] == ["cross_resid"]
+    assert tt.Trail.load(trail.export(tmp_path / "c.json")) == trail
+
+
+def test_single_stack_models_are_unaffected(minilm, tmp_path):
+    trail = tt.trace("a cat", minilm, site="all", k=3)
+    assert trail.stack is None and trail.decoder is None and trail.cross_views == ()
+    assert not any(v.site in CROSS_SITES for v in trail.views)
+    assert "stack" not in trail.frame().columns
+    assert "stack" not in pd.read_parquet(trail.export(tmp_path / "m.parquet")).columns
+    with pytest.raises(InputError, match="cross_resid is a site of encoder-decoder models"):
+        tt.trace("a cat", minilm, site="attn_resid,cross_resid")
+    with pytest.raises(InputError, match="encoder-decoder models"):
+        minilm.run("a cat", target="x")
+    assert TraceOptions.make(site="all").sites == ALL_SITES
+
+
+def test_heads_and_walkthrough_of_either_stack(family):
+    _, m = family
+    run = m.run(SOURCE, target=TARGET)
+    enc, dec = run.heads(1, 2), run.heads(1, 2, stack="decoder")
+    assert enc.own_id == int(run.acts.input_ids[2]) and dec.own_id == int(run.decoder_acts.input_ids[2])
+    step = run.step(1, 0, 3, stack="decoder")
+    assert step.causal and bool(step.masked[4:].all())
+    assert max(step.checks.values()) < 1e-4
+    with pytest.raises(InputError, match="unknown stack"):
+        run.heads(0, 0, stack="middle")
+
+
+runner = CliRunner()
+
+
+def test_cli_traces_both_stacks(folders):
+    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--target", TARGET, "--site", "attn_resid,cross_heads", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "encoder stack" in res.output and "decoder stack" in res.output
+    assert f"its input is the target: '{TARGET}'" in res.output
+    assert "cross-attention" in res.output and "nearest source tokens" in res.output
+    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--max-new-tokens", "3", "--stack", "decoder", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "greedy output of the model (at most 3 new tokens)" in res.output and "encoder stack" not in res.output
+
+
+def test_cli_exports_both_stacks(folders, tmp_path):
+    out = tmp_path / "x.csv"
+    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["marian"], "--target", TARGET, "--site", "cross_resid,cross_heads", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    frame = pd.read_csv(out)
+    assert set(frame["stack"].dropna()) == {"encoder", "decoder"}
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--stack", "middle"], "unknown stack"),
+        (["--target", "x", "--max-new-tokens", "2"], "give one of them"),
+        (["--target", ""], "empty"),
+    ],
+)
+def test_cli_bad_seq2seq_options_exit_2_before_loading(args, msg):
+    res = runner.invoke(app, ["trace", SOURCE, "--model", "/no/such/folder", *args])
+    assert res.exit_code == 2 and msg in res.output, res.output
+
+
+def test_cli_token_needs_one_stack(folders):
+    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--token", "1", "-q"])
+    assert res.exit_code == 2 and "one stack" in res.output
+    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--target", TARGET, "--token", "chat", "--stack", "decoder", "-q"])
+    assert res.exit_code == 0 and "token 3 chat" in res.output, res.output
