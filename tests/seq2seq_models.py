@@ -88,7 +88,7 @@ def t5(folder: Path | None = None, seed: int = 0, tied: bool = True):
 
 
 def _save(model, tok, folder: Path | None):
-    model.config._attn_implementation = "eager"
+    model.set_attn_implementation("eager")  # attention probabilities need eager
     if folder is not None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

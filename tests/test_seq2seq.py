@@ -21,7 +21,16 @@ from tokentrail.options import ALL_SITES, CROSS_SITES, TraceOptions
 
 SOURCE = "the cat sat on the mat"
 TARGET = "le chat est sur le tapis"
-FAMILIES = ("bart", "marian")
+FAMILIES = ("bart", "marian", "t5")
+
+
+def _cross_modules(name, model, layer):
+    """(cross-attention output projection, its value map) of a decoder layer, the model's own modules."""
+    if name == "t5":
+        att = model.get_decoder().block[layer].layer[1].EncDecAttention
+        return att.o, att.v
+    att = model.get_decoder().layers[layer].encoder_attn
+    return att.out_proj, att.v_proj
 
 
 @pytest.fixture(scope="module")
@@ -92,25 +101,25 @@ def test_without_target_the_decoder_reads_the_models_greedy_output(family):
 def test_cross_heads_name_the_nearest_source_tokens(family):
     """Hand-computed with the model's own modules: each cross head's z against
     v_proj(encoder output), sorted by cosine; the attention column is the framework's."""
-    _, m = family
+    name, m = family
     trail = tt.trace(SOURCE, m, target=TARGET, site="cross_heads", k=3)
     dec = trail.decoder
     model = m.adapter.model
     src = m.encode(SOURCE).ids[None]
     tgt = torch.tensor(dec.ids)[None]
-    layers = model.get_decoder().layers
+    mods = [_cross_modules(name, model, layer) for layer in range(dec.n_layers)]
     z = {}
-    hooks = [lay.encoder_attn.out_proj.register_forward_pre_hook(lambda mod, a, l=l: z.__setitem__(l, a[0][0])) for l, lay in enumerate(layers)]
+    hooks = [o.register_forward_pre_hook(lambda mod, a, l=l: z.__setitem__(l, a[0][0])) for l, (o, _) in enumerate(mods)]
     try:
         with torch.no_grad():
             out = model(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
     finally:
         for h in hooks:
             h.remove()
-    H, dh = dec.n_heads, 32 // dec.n_heads
+    H, dh = dec.n_heads, 8  # every tiny family here: 4 heads of 8
     for layer in range(dec.n_layers):
         with torch.no_grad():
-            values = layers[layer].encoder_attn.v_proj(out.encoder_last_hidden_state[0]).view(-1, H, dh)  # (m, H, dh)
+            values = mods[layer][1](out.encoder_last_hidden_state[0]).view(-1, H, dh)  # (m, H, dh)
         zl = z[layer].view(-1, H, dh)  # (n, H, dh)
         cos = torch.nn.functional.cosine_similarity(zl[:, :, None, :], values.transpose(0, 1)[None], dim=-1)  # (n, H, m)
         for t in (1, dec.n_tokens - 1):
@@ -185,6 +194,27 @@ def test_cli_traces_both_stacks(folders):
     res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--max-new-tokens", "3", "--stack", "decoder", "-q"])
     assert res.exit_code == 0, res.output
     assert "greedy output of the model (at most 3 new tokens)" in res.output and "encoder stack" not in res.output
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cli_verify_passes_on_each_tiny_family(folders, name):
+    res = runner.invoke(app, ["verify", folders[name], "--text", SOURCE, "--sample", "8", "-q"])
+    assert res.exit_code == 0, res.output
+    for identity in ("encoder: layer_out", "decoder: layer_out", "decoder: cross heads recombine", "decoder: cross-attention probabilities",
+                     "decoder: lens = logits", "decoder: cross_resid is the FFN input"):
+        assert identity in res.output
+    assert "FAIL" not in res.output
+
+
+def test_cli_verify_fails_on_a_corrupted_cross_attention(folders, monkeypatch):
+    """T5 does not scale its cross-attention scores: an adapter that does is caught, by name."""
+    from tokentrail.adapters.t5 import T5DecoderAdapter
+
+    monkeypatch.setattr(T5DecoderAdapter, "cross_scale", lambda self: self.d_head**-0.5)
+    res = runner.invoke(app, ["verify", folders["t5"], "--text", SOURCE, "--sample", "8", "-q"])
+    assert res.exit_code == 1, res.output
+    failed = res.output.split("failed:")[-1]
+    assert "decoder: cross-attention probabilities" in failed and "encoder:" not in failed
 
 
 def test_cli_exports_both_stacks(folders, tmp_path):

@@ -169,7 +169,7 @@ class LoadedModel:
                 bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else whole_number(max_new_tokens, "max new tokens")
                 dec_ids = enc_adapter.greedy(enc.ids, bound).cpu()
                 origin = f"greedy output of the model (at most {bound} new tokens)"
-            if dec_ids.shape[0] > dec.max_tokens:
+            if dec.max_tokens is not None and dec_ids.shape[0] > dec.max_tokens:
                 raise InputError(f"the decoder input is {dec_ids.shape[0]} tokens; the {dec.family} decoder takes at most {dec.max_tokens}")
             acts = capture(enc_adapter, enc.ids, causal=opts.causal)
             dec_acts = capture_cross(dec, enc.ids, dec_ids)

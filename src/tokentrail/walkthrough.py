@@ -7,6 +7,7 @@ and the adapter's canonical projections, every step of scaled dot-product attent
     q_t    = W_Q[h] x_t + b_Q[h]                 (RoPE at p_t for rotary models; no b_Q where the model has none)
     k_s    = W_K[g] x_s + b_K[g]                 (g = the KV head of h; RoPE at p_s likewise)
     score  = q_t . k_s,   scaled = score / sqrt(d_head),   masked for s > t if causal
+                                                 (T5: unscaled, plus its relative position bias)
     w      = softmax(scaled)                     == the model's attention probabilities
     z      = sum_s w_s v_s                       == the SPEC ``heads`` site vector
     attn   = sum_h z_h W_O[h] + b_O              == the attention sublayer's output
@@ -21,7 +22,6 @@ results still come from :func:`tokentrail.capture.capture`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -116,7 +116,10 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
 
     # every head for this token, so that the output projection can be checked whole
     scores = torch.einsum("hd,shd->hs", q[token], k_h)  # (H, n)
-    scaled = scores / math.sqrt(dh)
+    scaled = scores * adapter.attention_scale()  # 1 / sqrt(d_head), or the model's own (T5: 1)
+    bias = adapter.attention_bias(layer, n)  # (H, n, n): T5's relative position bias
+    if bias is not None:
+        scaled = scaled + bias[:, token]
     masked = torch.zeros(n, dtype=torch.bool, device=q.device)
     if causal:
         masked = torch.arange(n, device=q.device) > token

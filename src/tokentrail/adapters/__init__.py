@@ -15,6 +15,7 @@ from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
 from .phi import PhiAdapter
 from .seq2seq import DecoderStack, EncoderStack
+from .t5 import T5EncoderAdapter
 
 #: config.model_type -> adapter class
 REGISTRY: dict[str, type[Adapter]] = {
@@ -32,6 +33,7 @@ REGISTRY: dict[str, type[Adapter]] = {
     # encoder-decoders: the encoder stack is the primary adapter, the decoder its decoder_stack()
     "bart": BartEncoderAdapter,
     "marian": MarianEncoderAdapter,
+    "t5": T5EncoderAdapter,
 }
 
 

@@ -188,6 +188,14 @@ class Adapter(ABC):
     def output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
         """(W_O: (H, d_head, d), b_O: (d,) or None)."""
 
+    def attention_scale(self) -> float:
+        """What attention scores ``q . k`` are multiplied by before the softmax."""
+        return self.d_head**-0.5
+
+    def attention_bias(self, layer: int, n: int) -> Tensor | None:
+        """(H, n, n) added to the scaled scores of ``n`` tokens (T5's relative position bias), or None."""
+        return None
+
     def rotary(self, layer: int) -> Rotary | None:
         """The rotary embedding applied to q and k, if the model uses one."""
         return None

@@ -123,7 +123,7 @@ class EncoderStack(_Stack):
             for _ in range(max_new):
                 out = self.model(encoder_outputs=(encoder_out,), attention_mask=torch.ones_like(src), decoder_input_ids=ids, use_cache=False)
                 nxt = int(out.logits[0, -1].argmax())
-                if nxt == self.eos_id or ids.shape[1] >= dec.max_tokens:
+                if nxt == self.eos_id or (dec.max_tokens is not None and ids.shape[1] >= dec.max_tokens):
                     break
                 ids = torch.cat([ids, torch.tensor([[nxt]], dtype=torch.long, device=src.device)], dim=1)
         return ids[0]
