@@ -279,7 +279,7 @@ def _check_head_option(head: int | None, sites: list[str]) -> None:
     from .errors import InputError
 
     if head is not None and "heads" not in sites and "cross_heads" not in sites:
-        raise InputError("--head selects a head of the heads (or cross_heads) site: add --site heads (or leave out --head)")
+        raise InputError("--head selects a head of the heads site (or cross_heads): add --site heads (or leave out --head)")
 
 
 STACKS = ("both", "encoder", "decoder")
