@@ -243,3 +243,17 @@ def test_cli_token_needs_one_stack(folders):
     assert res.exit_code == 2 and "one stack" in res.output
     res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--target", TARGET, "--token", "chat", "--stack", "decoder", "-q"])
     assert res.exit_code == 0 and "token 3 chat" in res.output, res.output
+
+
+def test_cross_attention_walkthrough_matches_the_model(family):
+    """Query from the decoder, keys/values from the encoder output: every step is the model's."""
+    _, m = family
+    run = m.run(SOURCE, target=TARGET)
+    dec = m.adapter.decoder_stack()
+    for layer in range(dec.n_layers):
+        step = run.cross_step(layer, 1, 3)
+        assert step.max_error < 1e-4, step.checks
+        assert step.keys.shape == (run.n_tokens, dec.d_head)  # one key per source token
+        torch.testing.assert_close(step.weights, run.decoder_acts.cross_attentions[layer, 1, 3], rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="the decoder has"):
+        run.cross_step(0, 99, 0)

@@ -248,7 +248,16 @@ class Seq2SeqRun(Run):
         return result
 
     def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> "AttentionStep":
+        """How self-attention ``head`` of ``layer`` of one stack computed ``token``'s output."""
         from .walkthrough import attention_step
 
         adapter, _, acts = self._stack(stack)
         return attention_step(adapter, acts, layer, head, token)
+
+    def cross_step(self, layer: int, head: int, token: int):
+        """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
+        output: the query from the decoder, keys and values from the encoder output
+        (:class:`~tokentrail.walkthrough.CrossAttentionStep`)."""
+        from .walkthrough import cross_attention_step
+
+        return cross_attention_step(self.model.adapter.decoder_stack(), self.decoder_acts, layer, head, token)
