@@ -257,3 +257,24 @@ def test_cross_attention_walkthrough_matches_the_model(family):
         torch.testing.assert_close(step.weights, run.decoder_acts.cross_attentions[layer, 1, 3], rtol=0, atol=1e-5)
     with pytest.raises(InputError, match="the decoder has"):
         run.cross_step(0, 99, 0)
+
+
+def test_app_cross_tab_shows_both_stacks_and_the_source_tokens(folders):
+    """The tab's callback, through the page's model menu: the grid of the chosen stack, the
+    nearest source tokens with their weights, the map and a walkthrough that matches."""
+    from tokentrail.app.cross_tab import cross_views
+    from tokentrail.app.session import ModelMenu
+
+    menu = ModelMenu([folders["bart"]])
+    name = menu.add(folders["bart"]).value
+    status, grid_fig, table, cross_map, step = cross_views(menu, SOURCE, name, "attn_resid", "cosine", TARGET, "decoder", "chat", 1, 2)
+    assert "decoder token **3 `chat`**" in status and "its input the target" in status
+    assert grid_fig.layout.title.text.startswith("decoder stack") and len(grid_fig.data[0].y) == 8
+    trail = tt.trace(SOURCE, tt.load(folders["bart"]), target=TARGET, site="cross_heads")
+    expect = trail.sources("chat", 1, 2)
+    assert table["source token"].tolist() == [f"{s}:{t}" for s, t in zip(expect["source"], expect["source_token"])]
+    assert list(cross_map.data[0].x)[2] == "2:cat" and "Matches the model's own numbers" in step
+    status, grid_fig, *_ = cross_views(menu, SOURCE, name, "layer_out", "cosine", "", "encoder", "-1", 0, 0)
+    assert grid_fig.layout.title.text.startswith("encoder stack") and "greedy output" in status
+    with pytest.raises(InputError, match="one stack"):
+        cross_views(ModelMenu(), SOURCE, "minilm", "attn_resid", "cosine", "", "decoder", "-1", 0, 0)

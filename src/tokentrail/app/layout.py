@@ -22,6 +22,7 @@ from ..options import SIMILARITIES
 from . import help as texts
 from . import render, security
 from .compare_tab import build_compare_tab
+from .cross_tab import build_cross_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
@@ -184,6 +185,8 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                         gr.Markdown(texts.WALKTHROUGH)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
                 build_compare_tab(p, menu)
+            with gr.Tab("Cross-attention", id="cross", elem_id="tab-cross") as p.tab_cross:
+                build_cross_tab(p, menu)
             with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
                 with gr.Row():
                     with gr.Column(scale=5):

@@ -235,6 +235,8 @@ class Session:
         """The logit lens at ``lens_site`` and its embeddings row, for every token (top
         ``LENS_K``). A ModelError when the checkpoint has no output head."""
         run = self._current_run()
+        if load_model(self.model).is_seq2seq:
+            raise ModelError("an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attention tab and `tokentrail trace --lens`")
         return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
 
     def labels(self, ids) -> dict[int, str]:
