@@ -278,3 +278,12 @@ def test_app_cross_tab_shows_both_stacks_and_the_source_tokens(folders):
     assert grid_fig.layout.title.text.startswith("encoder stack") and "greedy output" in status
     with pytest.raises(InputError, match="one stack"):
         cross_views(ModelMenu(), SOURCE, "minilm", "attn_resid", "cosine", "", "decoder", "-1", 0, 0)
+
+
+def test_cross_walkthrough_formulas_are_the_models(family):
+    name, m = family
+    step = m.run(SOURCE, target=TARGET).cross_step(0, 0, 1)
+    if name == "t5":  # pre-RMSNorm, no biases
+        assert step.formulas == {"q": "q = W_Q RMSNorm(x)", "k": "k_s = W_K e_s", "v": "v_s = W_V e_s"}
+    else:
+        assert step.formulas == {"q": "q = W_Q x + b_Q", "k": "k_s = W_K e_s + b_K", "v": "v_s = W_V e_s + b_V"}

@@ -192,6 +192,8 @@ class CrossAttentionStep:
     cross_out: Tensor  # (d,) every head through W_O, plus b_O: == the cross-attention output
     residual: Tensor  # (d,) query_in + cross_out: == the ``cross_resid`` site
     checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+    # what this model computes, as text: its norm before the query map, bias terms only where it has them
+    formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = W_Q RMSNorm(x)"
 
     @property
     def max_error(self) -> float:
@@ -233,6 +235,15 @@ def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> Cr
     def gap(a: Tensor, b: Tensor) -> float:
         return float((a.float() - b.float()).abs().max())
 
+    def affine(which: str, arg: str) -> str:
+        bias = decoder.cross_projection(layer, which).bias is not None
+        return f"W_{which.upper()} {arg}" + (f" + b_{which.upper()}" if bias else "")
+
+    formulas = {
+        "q": "q = " + affine("q", "x" if norm is None else f"{'RMSNorm' if norm.kind == 'rmsnorm' else 'LN'}(x)"),
+        "k": "k_s = " + affine("k", "e_s"),
+        "v": "v_s = " + affine("v", "e_s"),
+    }
     checks = {
         "cross-attention weights": gap(weights, acts.cross_attentions[layer, :, token]),
         "z (per-head output)": gap(z, acts.cross_z[layer, token]),
@@ -243,5 +254,5 @@ def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> Cr
         layer=layer, head=head, token=token, d_head=decoder.d_head, scale=scale, query_in=x_in[token].clone(),
         query=q[head].clone(), keys=k[:, head].clone(), values=v[:, head].clone(), scores=scores[head].clone(),
         scaled=(scores[head] * scale).clone(), weights=weights[head].clone(), z=z[head].clone(), head_out=per_head[head].clone(),
-        cross_out=out, residual=residual, checks=checks,
+        cross_out=out, residual=residual, checks=checks, formulas=formulas,
     )  # fmt: skip

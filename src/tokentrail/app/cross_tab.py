@@ -130,9 +130,9 @@ def _step_text(dec, step) -> str:
     ok = "Matches the model's own numbers" if step.max_error < 1e-4 else "Differs from the model's own numbers"
     return (
         f"**How cross-attention head {step.head} of decoder layer {step.layer} computed `{dec.tokens[step.token]}`**\n\n"
-        f"1. **Query from the decoder**: q = W_Q x + b_Q, where x is the decoder's residual after self-attention "
+        f"1. **Query from the decoder**: {step.formulas['q']}, where x is the decoder's residual after self-attention "
         f"(`attn_resid_ln`) at this token ({step.d_head} numbers).\n"
-        f"2. **Keys and values from the encoder**: k_s = W_K e_s + b_K and v_s = W_V e_s + b_V for each of the {m} "
+        f"2. **Keys and values from the encoder**: {step.formulas['k']} and {step.formulas['v']} for each of the {m} "
         f"source tokens' encoder outputs e_s.\n"
         f"3. **Scores** q·k_s, scaled by {step.scale:.4g}; **softmax** over the source tokens: the largest weight, "
         f"{float(step.weights[top]):.3f}, is on `{dec.source_tokens[top]}` (source token {top}).\n"
