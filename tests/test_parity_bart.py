@@ -204,3 +204,44 @@ def test_the_decoder_refuses_to_run_unbound_or_bidirectional(bart):
         capture(dec, TGT)
     with pytest.raises(InputError, match="trained causal"):
         capture(dec.bind(IDS), TGT, causal=False)
+
+
+# ---- Marian: BART's layout with fixed sinusoids, no offset and no embedding norm -----------------
+@pytest.fixture(scope="module")
+def marian():
+    import seq2seq_models as sm
+    from tokentrail.adapters.bart import MarianEncoderAdapter
+
+    model, _ = sm.marian()
+    return model, MarianEncoderAdapter(model)
+
+
+def test_marian_encodings_are_its_own_modules(marian):
+    """Emb(v, p) = W_E[v] * sqrt(d) + sinusoid[p] from the model's own embedding modules, in
+    both stacks (each its own table), and every identity of both stacks and cross-attention."""
+    from tokentrail.verification import verify_seq2seq
+
+    model, enc = marian
+    dec = enc.decoder_stack()
+    g = torch.Generator().manual_seed(7)
+    src, tgt = torch.tensor([34, 9, 31, 25, 34, 24, 2]), torch.tensor([1, 22, 10, 15, 32, 22, 33])
+    for stack, module in ((enc, model.get_encoder()), (dec, model.get_decoder())):
+        assert stack.embedding_norm() is None
+        V = module.embed_tokens.weight.shape[0]
+        for p in (0, 5):
+            with torch.no_grad():
+                rows = module.embed_tokens(torch.arange(V)) * module.embed_scale + module.embed_positions.weight[p]
+            _check_space(build_space(stack, "encodings"), rows.float()[None], torch.tensor([p]), g, src[:4], 1e-4)
+    result = verify_seq2seq(enc, src, tgt, sample=8)
+    assert result.passed, result.frame().to_string()
+    assert "decoder: cross heads recombine" in {r.identity for r in result.rows if r.passed}
+
+
+def test_marian_without_the_embedding_scale_is_caught(marian):
+    from tokentrail.adapters.bart import MarianEncoderAdapter
+
+    model, _ = marian
+    broken = MarianEncoderAdapter(model)
+    broken._scaled_table = model.get_encoder().embed_tokens.weight.detach()  # forgets sqrt(d)
+    result = verify_adapter(broken, torch.tensor([34, 9, 31, 25, 2]), sample=4, layers=[0])
+    assert {"embedding", "encodings own rows"} <= {r.identity for r in result.failed}
