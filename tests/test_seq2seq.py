@@ -287,3 +287,14 @@ def test_cross_walkthrough_formulas_are_the_models(family):
         assert step.formulas == {"q": "q = W_Q RMSNorm(x)", "k": "k_s = W_K e_s", "v": "v_s = W_V e_s"}
     else:
         assert step.formulas == {"q": "q = W_Q x + b_Q", "k": "k_s = W_K e_s + b_K", "v": "v_s = W_V e_s + b_V"}
+
+
+@pytest.mark.parametrize("kw, msg", [({"max_new_tokens": 0}, "at least 1"), ({"target": "x", "max_new_tokens": 2}, "not both"), ({"target": " "}, "empty")])
+def test_api_checks_the_decoder_input_before_loading(kw, msg):
+    with pytest.raises(InputError, match=msg):
+        tt.trace(SOURCE, "/no/such/folder", **kw)
+
+
+def test_compare_refuses_cross_sites():
+    with pytest.raises(InputError, match="compare takes one site"):
+        tt.compare("a b", "a c", model="/no/such/folder", token="a", site="cross_resid")

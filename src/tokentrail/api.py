@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from .analysis import Progress
 from .inputs import check_text
 from .models import DEFAULT_MODEL, LoadedModel, load
-from .options import TraceOptions
+from .options import TraceOptions, whole_number
 from .results import Trail
 from .runner import Run
 
@@ -35,8 +35,7 @@ def run(
     the decoder's input; without it the decoder reads the model's own greedy output (at
     most ``max_new_tokens`` new tokens, default 20)."""
     check_text(text)  # fail fast, before loading anything
-    if target is not None:
-        check_text(target)
+    _check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
     return loaded.run(text, options, causal=causal, truncate=truncate, target=target, max_new_tokens=max_new_tokens)
 
@@ -80,10 +79,21 @@ def trace(
         lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
     )  # fmt: skip  -- validated here, before any model work
     check_text(text)
-    if target is not None:
-        check_text(target)
+    _check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
     return loaded.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail(progress=progress)
+
+
+def _check_decoder_input(target: str | None, max_new_tokens: int | None) -> None:
+    """An encoder-decoder's decoder input options, before any model work."""
+    from .errors import InputError
+
+    if target is not None:
+        check_text(target)
+        if max_new_tokens is not None:
+            raise InputError("give either a target (the decoder's input) or max_new_tokens (for the greedy output), not both")
+    if max_new_tokens is not None:
+        whole_number(max_new_tokens, "max new tokens")
 
 
 def _model(model, tokenizer, device, dtype, allow_pickle, revision) -> LoadedModel:

@@ -195,7 +195,7 @@ class LoadedModel:
         opts = options or TraceOptions()
         opts = opts.with_(truncate=truncate) if truncate is not None else opts.validate()
         if self.adapter.is_seq2seq:
-            raise InputError(f"{self.name} is an encoder-decoder: batches of texts are not supported for it; run each text (model.run)")
+            raise InputError(f"{self.name} is an encoder-decoder: batches of texts and corpus studies take single-stack models; trace each text (model.run, tokentrail trace)")
         texts = [check_text(t) for t in texts]
         opts = check_against(self.adapter, opts)
         encoded = [self.encode(t, truncate=opts.truncate, max_tokens=max_tokens) for t in texts]
