@@ -298,3 +298,12 @@ def test_api_checks_the_decoder_input_before_loading(kw, msg):
 def test_compare_refuses_cross_sites():
     with pytest.raises(InputError, match="compare takes one site"):
         tt.compare("a b", "a c", model="/no/such/folder", token="a", site="cross_resid")
+
+
+def test_walkthrough_states_how_each_family_scales_its_scores(family):
+    name, m = family
+    run = m.run(SOURCE, target=TARGET)
+    for stack in ("encoder", "decoder"):
+        step = run.step(0, 0, 2, stack=stack)
+        assert step.formulas["scaled"] == ("q·k (unscaled) + relative position bias" if name == "t5" else "q·k / √8")
+        assert step.max_error < 1e-4

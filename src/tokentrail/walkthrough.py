@@ -90,6 +90,19 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     return f"{which} = RoPE_{{{pos}}}{part}({affine})"
 
 
+def _scaling_formula(adapter: Adapter, biased: bool) -> str:
+    """How the model turns q·k into the softmax's input: ``"q·k / √64"``, or T5's
+    ``"q·k + relative position bias"`` (unscaled)."""
+    scale = adapter.attention_scale()
+    if abs(scale - adapter.d_head**-0.5) < 1e-12:
+        core = f"q·k / √{adapter.d_head}"
+    elif scale == 1.0:
+        core = "q·k (unscaled)"
+    else:
+        core = f"q·k × {scale:.4g}"
+    return core + (" + relative position bias" if biased else "")
+
+
 def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None) -> AttentionStep:
     """Recompute head ``head`` of layer ``layer`` for token ``token`` and check it against ``acts``.
 
@@ -165,7 +178,7 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         residual=residual,
         normed=normed,
         checks=checks,
-        formulas={w: projection_formula(adapter, layer, w) for w in "qkv"},
+        formulas={**{w: projection_formula(adapter, layer, w) for w in "qkv"}, "scaled": _scaling_formula(adapter, bias is not None)},
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )
 

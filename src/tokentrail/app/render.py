@@ -230,7 +230,8 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
         f"#### Layer {step.layer}, head {step.head}{gqa}, token **{tok}** ({t})",
         f"1. **Query** `{step.formulas.get('q', 'q = W_Q x + b_Q')}`{_rope_note(step)}: ‖q‖ = {step.query.norm():.3f}, q = {_vec(step.query)}",
         f"2. **Scores** `q·k_s` with `{step.formulas.get('k', 'k = W_K x + b_K')}`, for each of the {len(w)} tokens (table below), {mask}.",
-        f"3. **Scaled** by √d_k = √{step.d_head} = {math.sqrt(step.d_head):.3f}.",
+        (f"3. **Scaled**: `{step.formulas['scaled']}`." if "scaled" in step.formulas else
+         f"3. **Scaled** by √d_k = √{step.d_head} = {math.sqrt(step.d_head):.3f}."),
         f"4. **Softmax** weights sum to {w.sum():.4f}; it attends most to {attended}.",
         f"5. **Weighted sum of values** `z = Σ w_s v_s`: ‖z‖ = {step.z.norm():.3f}, z = {_vec(step.z)}",
         f"6. **Output projection** `z W_O[h]`: this head adds a vector of norm {step.head_out.norm():.3f}; "
