@@ -522,9 +522,12 @@ def test_export_before_analysis(client):
 
 
 # ---- serving ----------------------------------------------------------------------------------------
-def test_bounded_queue_says_busy(tiny):
-    """With the queue full, extra requests get Gradio's 'queue is full' message; the app
-    then keeps serving."""
+def test_bounded_queue_says_busy(tiny, monkeypatch):
+    """With Gradio's workers busy and its queue full, extra requests get Gradio's 'queue is
+    full' message; the app then keeps serving. (One worker here, so that one model's
+    requests fill it: with the page's workers, its per-model limit refuses them first,
+    tests/test_app_queues.py.)"""
+    monkeypatch.setattr(app_layout, "EVENTS", dict(app_layout.EVENTS, concurrency_limit=1))
     demo = build_app(max_queue=1)
     with harness.serve(demo, **launch_options()) as u:
         c = gradio_client.Client(u, verbose=False)
