@@ -548,10 +548,17 @@ def test_bounded_queue_says_busy(tiny, monkeypatch):
 def test_launch_binds_loopback_without_share(monkeypatch):
     from tokentrail import app
 
+    import os
+
+    import torch
+
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw, demo=self))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     app.launch(block=False)
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["server_port"] == 7860
+    # model work leaves a core for other pages' clicks (issue 11, point 18)
+    assert seen["threads"] == max(1, (os.cpu_count() or 1) - 1)
     # no general file access: only the app's own private folder of served exports
     assert seen["allowed_paths"] == [str(seen["demo"].tokentrail_folder.cache)]
 
@@ -657,3 +664,19 @@ def test_the_app_leaves_no_temp_folder_behind(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith(str(tmp))
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("tokentrail-app-")]
+
+
+# ---- progress on the page (issue 11, point 10) ----------------------------------------------------
+def test_the_page_receives_analysis_progress_as_step_counts(url):
+    """An analysis streams the library's progress to the page as done/total steps (the
+    page's options: one residual space, one step), read over Gradio's own event stream."""
+    spec = importlib.util.spec_from_file_location("tokentrail_bench_app_latency", Path(__file__).parents[1] / "benchmarks" / "bench_app_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    client = bench.PageClient(url)
+    out, progress = client.call("tokenize", "A fresh text, so that the analysis really runs.", "minilm", *DEFAULTS.values())
+    assert "minilm" in out[1]
+    steps = [(p["index"], p["length"], p["unit"], p["desc"]) for p in progress if p["length"] is not None]
+    assert steps, progress
+    assert all(length == 1 and index in (0, 1) and unit == "steps" for index, length, unit, _ in steps)
+    assert {d for *_, d in steps} <= {"running the model", "comparing with encodings", "done"}

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..models import MAX_LOADED
 
 PER_MODEL = 1  # model work at once per model (a model's lock serialises its passes anyway)
-WAITING_PER_MODEL = 2  # more requests that may wait for one model; beyond: "busy"
+WAITING_PER_MODEL = 4  # more requests that may wait for one model; beyond: "busy"
 WORKERS = (PER_MODEL + WAITING_PER_MODEL) * MAX_LOADED + 2  # Gradio's slots for every event
 EVENTS = dict(concurrency_id="tokentrail", concurrency_limit=WORKERS)  # every event's queue
 

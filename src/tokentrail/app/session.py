@@ -39,8 +39,8 @@ SITES = RESIDUAL_SITES  # the sites the page offers (heads have their own tab)
 K_RANGE = (1, 50)
 HEAD_SPACES = ("value", "key", "query")  # the spaces the heads tab offers (SPEC value/key/query@l,h)
 LENS_K = 5  # predictions the lens tab shows per layer
-SESSION_BYTES = 600 << 20  # one session's cached results at most (older analyses dropped)
-TOTAL_BYTES = 3 << 30  # every session's cached results together (least recently used dropped)
+SESSION_BYTES = 600_000_000  # one session's cached results at most (older analyses dropped)
+TOTAL_BYTES = 3_000_000_000  # every session's cached results together (least recently used dropped)
 IDLE_S = 900  # a session unused this long loses its cached results
 
 
