@@ -187,15 +187,23 @@ class _FakeGradioProgress:
         self.calls.append((progress, desc, unit))
 
 
-@pytest.mark.slow
-def test_the_page_progress_bar_gets_loading_messages_and_analysis_steps():
-    """What ``analyse`` hands Gradio's progress bar for a real analysis (MiniLM, the page's
-    options): the loading message without a bar, then done/total analysis steps."""
+def test_the_page_progress_bar_gets_loading_messages_and_analysis_steps(tmp_path):
+    """What ``analyse`` hands Gradio's progress bar for a real analysis of a model loaded
+    from a folder (a tiny random Llama): the loading message without a bar, then
+    done/total analysis steps."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tokentrail_test_app_models", Path(__file__).parent / "test_app.py")
+    test_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_app)
+    folder = test_app.save_tiny_models(tmp_path)["tiny-llama"]
     fake = _FakeGradioProgress()
-    Session(model="minilm").analyse("Fruit flies like a banana.", DEFAULT_OPTIONS.with_(sites=("attn_resid", "layer_out"), spaces=("encodings", "embeddings")), page_progress(fake))
+    options = DEFAULT_OPTIONS.with_(sites=("attn_resid", "layer_out"), spaces=("encodings", "embeddings"))
+    Session(model=str(folder)).analyse("Fruit flies like a banana.", options, page_progress(fake))
     loading = [c for c in fake.calls if c[0] is None]
     steps = [c[0] for c in fake.calls if c[0] is not None]
-    assert loading and all(c[1] for c in loading)  # a message, no bar
+    assert loading and all(str(folder) in c[1] for c in loading)  # a message, no bar
     assert steps[0] == (0, 2) and steps[-1] == (2, 2)  # two residual spaces: two steps
     assert sorted(set(steps)) == [(0, 2), (1, 2), (2, 2)]
     assert {c[2] for c in fake.calls} == {"steps"}
