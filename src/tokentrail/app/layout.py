@@ -271,7 +271,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 
     def session_for(session: Session | None) -> Session:
         session = pool.use(session if isinstance(session, Session) else Session(model=default_model))
-        pool.settle(session)  # idle pages, and the least recently used over the cap, lose their results
+        pool.settle(session, cap=False)  # idle pages lose their results (the cap: after analyses)
         return session
 
     # -- analyse a text (Enter / the button / an option changed) ------------------------

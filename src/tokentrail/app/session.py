@@ -326,17 +326,18 @@ class SessionPool:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.sessions())
 
-    def settle(self, current: Session | None = None) -> list[Session]:
-        """Evict idle sessions, then least recently used ones while over the cap; returns
-        the sessions evicted."""
+    def settle(self, current: Session | None = None, *, cap: bool = True) -> list[Session]:
+        """Evict idle sessions, then (with ``cap``) least recently used ones while over the
+        cap; returns the sessions evicted. Without ``cap`` nothing is measured (cheap
+        enough for every click; the cap is checked after each analysis)."""
         now = time.monotonic()
         sessions = [s for s in self.sessions() if s is not current]
-        sizes = {id(s): s.nbytes for s in sessions}
-        total = sum(sizes.values()) + (current.nbytes if current is not None else 0)
+        sizes = {id(s): s.nbytes for s in sessions} if cap else {}
+        total = sum(sizes.values()) + (current.nbytes if cap and current is not None else 0)
         evicted = []
         for s in sessions:  # least recently used first
             idle = now - s.last_used > self.idle_s
-            if not (idle or total > self.total_bytes) or not sizes[id(s)]:
+            if not (idle or (cap and total > self.total_bytes)) or s.trail is None and not s._trails:
                 continue
             if not s.lock.acquire(blocking=False):  # busy with an event: leave it
                 continue
