@@ -371,9 +371,12 @@ def test_unavailable_model_stays_listed_and_says_why(client, monkeypatch):
     assert "minilm" in call(client, "/select_token", 3, False, "rank")["status"]
 
 
-def test_serve_says_how_to_share_instead_of_gradios_hint(tiny, capfd):
+def test_serve_says_how_to_share_instead_of_gradios_hint(tiny, capfd, monkeypatch):
+    import torch
+
     from tokentrail.app import launch, startup_message
 
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this test process's threads
     port = harness.free_port()
     demo = launch(port=port, models=[str(tiny["tiny-llama"])], block=False)
     try:
