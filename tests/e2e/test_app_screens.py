@@ -1,7 +1,7 @@
 """The page on small and wide screens (issue 11, point 5), in headless Chromium.
 
 - 1280×720 (a laptop): a result (the table's header and first rows) is on the first
-  screen, without scrolling.
+  screen, without scrolling, and no plot title (two plots abreast) runs past its plot.
 - 1024×768: no table cell or header is cut (ellipsised) and no plot title runs past its
   plot.
 - 1400×900 with SmolLM2 (30 layers): every layer's column is in the table (the last one
