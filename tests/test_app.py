@@ -371,9 +371,12 @@ def test_unavailable_model_stays_listed_and_says_why(client, monkeypatch):
     assert "minilm" in call(client, "/select_token", 3, False, "rank")["status"]
 
 
-def test_serve_says_how_to_share_instead_of_gradios_hint(tiny, capfd):
+def test_serve_says_how_to_share_instead_of_gradios_hint(tiny, capfd, monkeypatch):
+    import torch
+
     from tokentrail.app import launch, startup_message
 
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this test process's threads
     port = harness.free_port()
     demo = launch(port=port, models=[str(tiny["tiny-llama"])], block=False)
     try:
@@ -522,9 +525,12 @@ def test_export_before_analysis(client):
 
 
 # ---- serving ----------------------------------------------------------------------------------------
-def test_bounded_queue_says_busy(tiny):
-    """With the queue full, extra requests get Gradio's 'queue is full' message; the app
-    then keeps serving."""
+def test_bounded_queue_says_busy(tiny, monkeypatch):
+    """With Gradio's workers busy and its queue full, extra requests get Gradio's 'queue is
+    full' message; the app then keeps serving. (One worker here, so that one model's
+    requests fill it: with the page's workers, its per-model limit refuses them first,
+    tests/test_app_queues.py.)"""
+    monkeypatch.setattr(app_layout, "EVENTS", dict(app_layout.EVENTS, concurrency_limit=1))
     demo = build_app(max_queue=1)
     with harness.serve(demo, **launch_options()) as u:
         c = gradio_client.Client(u, verbose=False)
@@ -545,10 +551,17 @@ def test_bounded_queue_says_busy(tiny):
 def test_launch_binds_loopback_without_share(monkeypatch):
     from tokentrail import app
 
+    import os
+
+    import torch
+
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw, demo=self))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     app.launch(block=False)
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["server_port"] == 7860
+    # model work leaves a core for other pages' clicks (issue 11, point 18)
+    assert seen["threads"] == max(1, (os.cpu_count() or 1) - 1)
     # no general file access: only the app's own private folder of served exports
     assert seen["allowed_paths"] == [str(seen["demo"].tokentrail_folder.cache)]
 
@@ -654,3 +667,19 @@ def test_the_app_leaves_no_temp_folder_behind(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith(str(tmp))
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("tokentrail-app-")]
+
+
+# ---- progress on the page (issue 11, point 10) ----------------------------------------------------
+def test_the_page_receives_analysis_progress_as_step_counts(url):
+    """An analysis streams the library's progress to the page as done/total steps (the
+    page's options: one residual space, one step), read over Gradio's own event stream."""
+    spec = importlib.util.spec_from_file_location("tokentrail_bench_app_latency", Path(__file__).parents[1] / "benchmarks" / "bench_app_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    client = bench.PageClient(url)
+    out, progress = client.call("tokenize", "A fresh text, so that the analysis really runs.", "minilm", *DEFAULTS.values())
+    assert "minilm" in out[1]
+    steps = [(p["index"], p["length"], p["unit"], p["desc"]) for p in progress if p["length"] is not None]
+    assert steps, progress
+    assert all(length == 1 and index in (0, 1) and unit == "steps" for index, length, unit, _ in steps)
+    assert {d for *_, d in steps} <= {"running the model", "comparing with encodings", "done"}

@@ -64,6 +64,19 @@ class Run:
     def __repr__(self) -> str:
         return f"Run(model={self.model.name!r}, tokens={self.n_tokens}, causal={self.causal})"
 
+    def kept(self) -> list:
+        """What this run keeps in memory: its activations and every cached Trail, lens and
+        heads view (for :func:`tokentrail.budget.held_bytes`; the model is not included)."""
+        with self._lock:
+            return [self.acts, self.encoded, *self._trails.values(), *self._lenses.values(), *self._heads.values()]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this run keeps (:meth:`kept`, each buffer once)."""
+        from .budget import held_bytes
+
+        return held_bytes(*self.kept())
+
     # ---- derived views --------------------------------------------------------------------
     def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
         """The Trail of this run for ``options`` (default: the run's own), changed by ``changes``.

@@ -179,6 +179,9 @@ def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks
                 page.goto(url)
                 analysed(page, "minilm", "banana")
                 assert page.evaluate("document.body.classList.contains('dark')") == (scheme == "dark")
+                # the help panels are folded: open the first one (its text is drawn only then)
+                page.locator(".howto").first.get_by_text("How to read this").click()
+                expect(page.locator(".howto p").first).to_be_visible()
                 for sel in ("#status p", "#tokens label:not(.selected) span", ".howto p"):
                     ratio = page.locator(sel).first.evaluate(CONTRAST_JS)
                     assert ratio >= 4.5, (scheme, sel, ratio)

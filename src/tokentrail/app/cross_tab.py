@@ -20,7 +20,9 @@ import pandas as pd
 
 from ..errors import InputError, TokentrailError
 from ..options import TraceOptions
+from . import help as texts
 from . import render
+from .queues import EVENTS, concurrency_for
 from .session import check_page_text, load_model
 
 log = logging.getLogger("tokentrail.app")
@@ -41,23 +43,20 @@ _LOCK = threading.Lock()
 
 def build_cross_tab(p, menu) -> None:
     """Components of the tab (call inside ``gr.Tab``) and their event, on ``p``."""
+    texts.panel(HOWTO)
+    with gr.Row(equal_height=True):
+        p.x_target = gr.Textbox("", label="Decoder input (empty: the model's greedy output)", scale=4, elem_id="x-target")
+        p.x_stack = gr.Radio(["encoder", "decoder"], value="decoder", label="Stack", scale=2, min_width=180, elem_id="x-stack")
+        p.x_token = gr.Textbox("-1", label="Decoder token", scale=1, min_width=110, elem_id="x-token")
+        p.x_layer = gr.Number(0, label="Layer", precision=0, scale=1, min_width=80, elem_id="x-layer")
+        p.x_head = gr.Number(0, label="Head", precision=0, scale=1, min_width=80, elem_id="x-head")
+        p.x_run = gr.Button("Show", variant="primary", scale=1, min_width=100, elem_id="x-run")
+    p.x_status = gr.Markdown("Choose an encoder-decoder model above and press **Show**.", elem_id="x-status")
+    p.x_grid = gr.Plot(show_label=False, elem_id="x-grid")
     with gr.Row():
-        with gr.Column(scale=5):
-            with gr.Row(equal_height=True):
-                p.x_target = gr.Textbox("", label="Decoder input (empty: the model's greedy output)", scale=4, elem_id="x-target")
-                p.x_stack = gr.Radio(["encoder", "decoder"], value="decoder", label="Stack", scale=2, min_width=180, elem_id="x-stack")
-                p.x_token = gr.Textbox("-1", label="Decoder token", scale=1, min_width=110, elem_id="x-token")
-                p.x_layer = gr.Number(0, label="Layer", precision=0, scale=1, min_width=80, elem_id="x-layer")
-                p.x_head = gr.Number(0, label="Head", precision=0, scale=1, min_width=80, elem_id="x-head")
-                p.x_run = gr.Button("Show", variant="primary", scale=1, min_width=100, elem_id="x-run")
-            p.x_status = gr.Markdown("Choose an encoder-decoder model above and press **Show**.", elem_id="x-status")
-            p.x_grid = gr.Plot(show_label=False, elem_id="x-grid")
-            with gr.Row():
-                p.x_sources = gr.Dataframe(label="Decoder token → source tokens (nearest first)", interactive=False, max_height=420, elem_id="x-sources")
-                p.x_map = gr.Plot(show_label=False, elem_id="x-map")
-            p.x_step = gr.Markdown(elem_id="x-step")
-        with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-            gr.Markdown(HOWTO)
+        p.x_sources = gr.Dataframe(label="Decoder token → source tokens (nearest first)", interactive=False, max_height=420, elem_id="x-sources")
+        p.x_map = gr.Plot(show_label=False, elem_id="x-map")
+    p.x_step = gr.Markdown(elem_id="x-step")
     outputs = [p.x_status, p.x_grid, p.x_sources, p.x_map, p.x_step]
     inputs = [p.text, p.model, p.site, p.similarity, p.x_target, p.x_stack, p.x_token, p.x_layer, p.x_head]
 
@@ -71,7 +70,7 @@ def build_cross_tab(p, menu) -> None:
             log.exception("cross-attention view failed")
             return (render.error(f"internal error ({type(exc).__name__}); the server log has the details"), *[gr.skip()] * 4)
 
-    gr.on([p.x_run.click, p.x_target.submit, p.x_token.submit], run, inputs, outputs, api_name="cross_attention", concurrency_id="tokentrail")
+    gr.on([p.x_run.click, p.x_target.submit, p.x_token.submit], run, inputs, outputs, api_name="cross_attention", **EVENTS)
 
 
 def _run(loaded, text: str, target: str | None):
@@ -90,16 +89,21 @@ def _run(loaded, text: str, target: str | None):
 
 def cross_views(menu, text, model, site, similarity, target, stack, token, layer, head) -> tuple:
     """The tab's five outputs (status, grid, sources table, cross-attention map, walkthrough)."""
-    from ..plots import grid
-    from ..plots_cross import cross_attention_map
-
     text = check_page_text(text)
     target = (target or "").strip() or None
     if target is not None:
         target = check_page_text(target)
     if stack not in ("encoder", "decoder"):
         raise InputError(f"unknown stack {stack!r}: choose encoder or decoder")
-    loaded = load_model(menu.check(model).value)
+    name = menu.check(model).value
+    with concurrency_for(name):  # model work (the passes, the checked step) in this model's queue
+        return _views(load_model(name), text, site, similarity, target, stack, token, layer, head)
+
+
+def _views(loaded, text, site, similarity, target, stack, token, layer, head) -> tuple:
+    from ..plots import grid
+    from ..plots_cross import cross_attention_map
+
     if not loaded.is_seq2seq:
         raise InputError(f"{loaded.name} has one stack: this tab is for encoder-decoder models (BART, Marian, T5); choose one above")
     run = _run(loaded, text, target)
