@@ -28,7 +28,7 @@ from tokentrail.app import session as app_session  # noqa: E402
 
 TEXT = "Time flies like an arrow. Fruit flies like a banana."
 VIEWS = app_layout.VIEWS
-DEFAULTS = dict(positional=True, site="attn_resid", similarity="cosine", k=15, causal=True, adjusted=False, metric="rank")
+DEFAULTS = dict(positional=True, site="attn_resid", similarity="cosine", k=15, causal=True, correct="none", adjusted=False, metric="rank")
 
 pytestmark = pytest.mark.slow  # loads the bundled model
 
@@ -105,7 +105,7 @@ def trail():
 
 def tokenize(client, text=TEXT, model="minilm", api="/tokenize", **opts) -> dict:
     o = {**DEFAULTS, **opts}
-    out = client.predict(text, model, o["positional"], o["site"], o["similarity"], o["k"], o["causal"], o["adjusted"], o["metric"], api_name=api)
+    out = client.predict(text, model, o["positional"], o["site"], o["similarity"], o["k"], o["causal"], o["correct"], o["adjusted"], o["metric"], api_name=api)
     return dict(zip(VIEWS, out))
 
 
@@ -217,6 +217,33 @@ def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
     call(client, "/show_walkthrough", False, "rank")
     call(client, "/select_layer", 3, False, "rank")
     assert len(passes) == 1, "heads and the walkthrough reuse the analysis' forward pass"
+
+
+def test_correction_selector_rescores_the_cached_run_and_matches_the_library(client, monkeypatch):
+    import tokentrail.capture
+    import tokentrail.runner
+
+    corrections = ("zscore", "rogue:1", "abtt:2")
+    lib = {c: tt.trace(TEXT, "minilm", site="attn_resid_ln", correct=c) for c in corrections}
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    scored = _count(monkeypatch, tokentrail.runner, "compute_views")
+    v = tokenize(client, site="attn_resid_ln")
+    # MiniLM's attn_resid_ln: one dimension carries over half the cosine at layers 2-4
+    assert "⚠" in v["status"] and "dim 223" in v["status"] and "Correction rogue:1" in v["status"]
+    t = v["tokens"]["value"]
+    for correct in corrections:
+        v = tokenize(client, api="/analyse", site="attn_resid_ln", correct=correct)
+        assert f"corrected **{correct}**" in v["status"] and "⚠" not in v["status"]
+        table = frame(v["table"])
+        for l in range(lib[correct].n_layers):
+            nb = lib[correct].neighbours(t, l, site="attn_resid_ln")
+            assert table[f"layer {l}"][0].lstrip("★ ") == f"{nb.token[0]} {nb.similarity[0]:.3f}"
+    assert len(passes) == 1, "a correction re-scores the page's one forward pass"
+    assert len(scored) == 4
+    v = tokenize(client, api="/analyse", site="attn_resid_ln", correct="none")
+    assert "corrected" not in v["status"] and "⚠" in v["status"]
+    assert len(scored) == 4, "back to no correction: the cached analysis"
+    assert "unknown correction" in problem(tokenize(client, api="/analyse", correct="zcore")["status"])
 
 
 def test_heads_key_and_query_spaces_match_the_library(client, tiny):

@@ -48,6 +48,7 @@ def trace(
     lens_site: str = "layer_out",
     causal: bool | None = None,
     truncate: bool = False,
+    correct: str | None = None,
     options: TraceOptions | None = None,
     tokenizer: Any = None,
     device: str | None = None,
@@ -62,12 +63,13 @@ def trace(
     than the vocabulary has is an error, as is ``k`` above it.
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
-    ``causal=False`` runs a decoder with its causal mask off. ``model`` takes what
-    :func:`run` takes.
+    ``causal=False`` runs a decoder with its causal mask off. ``correct`` corrects the
+    geometry of residual sites (``zscore``, ``center``, ``rogue:D``, ``abtt:D``; see
+    :mod:`tokentrail.geometry`). ``model`` takes what :func:`run` takes.
     """
     opts = options or TraceOptions.make(
         site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
-        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
     )  # fmt: skip  -- validated here, before any model work
     check_text(text)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)

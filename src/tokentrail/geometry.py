@@ -173,8 +173,11 @@ def diagnose_run(run: "Run", site: str = "attn_resid", top: int = 3) -> Geometry
     return diagnose(run.acts.site(site), site=site, top=top)
 
 
-def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE) -> str | None:
-    """One line for a user when one dimension dominates the cosine somewhere, else None."""
+def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE, how: str = "--correct {}") -> str | None:
+    """One line for a user when one dimension dominates the cosine somewhere, else None.
+
+    ``how`` says how to ask for a correction where the line is shown (``{}`` takes its
+    name): the CLI's ``--correct {}``; the app names its selector."""
     hits = geometry.rogue(threshold)
     if not hits:
         return None
@@ -184,7 +187,7 @@ def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE) -> str | No
     return (
         f"{geometry.site}: at {len(layers)} of {geometry.n_layers} layers ({_ranges(layers)}) one dimension "
         f"(dim {', '.join(map(str, dims))}) carries over {threshold:.0%} of the expected cosine (up to {worst:.0%}); "
-        f"those neighbour lists mostly reflect it: try --correct rogue:{len(dims)} or --correct zscore"
+        f"those neighbour lists mostly reflect it: try {how.format(f'rogue:{len(dims)}')} or {how.format('zscore')}"
     )
 
 

@@ -24,7 +24,7 @@ from . import render, security
 from .compare_tab import build_compare_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
-from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
+from .session import CORRECTION_CHOICES, HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, load_model, page_options
 from .style import CSS, HEAD, THEME
 
 log = logging.getLogger("tokentrail.app")
@@ -134,6 +134,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
             with gr.Column(scale=2, min_width=220):
                 p.positional = gr.Checkbox(True, label="Use positional embeddings", info="compare with encodings (else raw embeddings)", elem_id="positional")
                 p.adjusted = gr.Checkbox(False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted")
+                p.correct = gr.Dropdown(list(CORRECTION_CHOICES), value=NO_CORRECTION, label="Correction", info=texts.CORRECTION, allow_custom_value=True, filterable=True, elem_id="correct")
                 p.causal = gr.Checkbox(True, label="Causal mask", info="decoders only: off = bidirectional", visible=False, elem_id="causal")
         p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
         p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
@@ -226,7 +227,7 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
     t, l, h = session.token, session.layer, session.head
     label = menu.entries[session.model].label if session.model in menu.entries else session.model
     out: dict[str, Any] = {
-        "status": render.status(trail, label, t, l, h),
+        "status": render.status(trail, label, t, l, h, session.rogue_note()),
         "tokens": gr.Radio(choices=render.token_choices(trail), value=t),
         "layer": gr.Slider(0, trail.n_layers - 1, value=l, step=1),
         "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
@@ -263,7 +264,7 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
 
 def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str) -> None:
     views = [getattr(p, name) for name in VIEWS]
-    options = [p.positional, p.site, p.similarity, p.k, p.causal]
+    options = [p.positional, p.site, p.similarity, p.k, p.causal, p.correct]
     display = [p.adjusted, p.metric]
     status_at = 1 + VIEWS.index("status")  # after the state output
     common = dict(concurrency_id="tokentrail", concurrency_limit=CONCURRENCY)
@@ -274,10 +275,10 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 
     # -- analyse a text (Enter / the button / an option changed) ------------------------
     @guarded(1 + len(views), status_at)
-    def analyse(session, text, model, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+    def analyse(session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
-        opts = page_options(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal, correct)
         old = session.model
         session.switch(entry.value)
         try:
@@ -289,7 +290,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 
     gr.on([p.text.submit, p.analyse.click], analyse, [state, p.text, p.model, *options, *display], [state, *views], api_name="tokenize", **common)
     gr.on(
-        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input],
+        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input, p.correct.input],
         analyse,
         [state, p.text, p.model, *options, *display],
         [state, *views],
@@ -369,7 +370,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
     switch_outputs = [state, p.model, p.causal, *views]
 
     @guarded(len(switch_outputs), 3 + VIEWS.index("status"))
-    def switch_model(session, model, text, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+    def switch_model(session, model, text, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
         progress(0.0, desc=f"loading {entry.label}")
@@ -385,7 +386,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         if session.text is None and not (isinstance(text, str) and text.strip()):
             msg = f"Loaded **{entry.label}**. Enter a text and press Analyse."
             return (session, gr.skip(), causal_box, msg, *[gr.skip()] * (len(views) - 1))
-        opts = page_options(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal, correct)
         try:
             session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, lambda f, m: progress(f, desc=m))
         except Exception:
