@@ -246,6 +246,33 @@ def test_correction_selector_rescores_the_cached_run_and_matches_the_library(cli
     assert "unknown correction" in problem(tokenize(client, api="/analyse", correct="zcore")["status"])
 
 
+def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, monkeypatch):
+    import tokentrail.capture
+    from tokentrail.app.map_tab import MODES
+
+    paths, heads = list(MODES)
+    assert "Analyse a text first" in client.predict(paths, "pca", "", "", api_name="/map")[0]
+    run = tt.load("minilm").run(TEXT)
+    tokenize(client)
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    status, plot = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
+    assert "points: paths at `attn_resid`" in status
+    fig = plot_data(plot)
+    names = [t["name"] for t in fig["data"]]
+    assert names == ["nearest vocabulary tokens", "'flies' #2", "'flies' #8"]
+    _, expected = tt.maps.trajectory_map(run, tokens=[2, 8], layers=[0, 1, 2, 5])
+    got = np.concatenate([arr(fig["data"][i]["x"]) for i in (1, 2)])
+    want = expected[expected.kind == "token"].sort_values(["token_index", "step"]).x.to_numpy()
+    np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-6)  # the same PCA, up to sign
+    call(client, "/select_layer", 3, 4, False, "rank")
+    status, plot = client.predict(heads, "pca", "", "", api_name="/map")
+    assert "queries and keys of layer 3, head 4" in status
+    assert "layer 3, head 4" in plot_data(plot)["layout"]["title"]["text"]
+    assert len(passes) == 0, "maps draw the page's forward pass"
+    assert "out of range" in problem(client.predict(paths, "pca", "", "2-9", api_name="/map")[0])
+    assert "no token &#x27;zebra&#x27;" in problem(client.predict(paths, "pca", "zebra", "", api_name="/map")[0])
+
+
 def test_heads_key_and_query_spaces_match_the_library(client, tiny):
     llama = str(tiny["tiny-llama"].resolve())
     tokenize(client, model=llama)

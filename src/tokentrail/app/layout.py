@@ -22,6 +22,7 @@ from ..options import SIMILARITIES
 from . import help as texts
 from . import render, security
 from .compare_tab import build_compare_tab
+from .map_tab import build_map_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .session import CORRECTION_CHOICES, HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, load_model, page_options
@@ -185,6 +186,8 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                         gr.Markdown(texts.WALKTHROUGH)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
                 build_compare_tab(p, menu)
+            with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
+                build_map_tab(p, state)
             with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
                 with gr.Row():
                     with gr.Column(scale=5):
@@ -215,6 +218,7 @@ TAB_VIEWS = {
     "heads": ("heads", "attention"),
     "walkthrough": ("walk", "walk_sources", "walk_vectors"),
     "lens": ("lens_note", "lens_table"),
+    "map": (),  # drawn by its own event (map_tab)
     "export": (),
 }
 VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
@@ -349,7 +353,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         session.select(token=data.get("token"), layer=data.get("layer"))
         return _views(session, menu, adjusted, metric)
 
-    p.heat.click(select_cell, [state, *display], views, api_visibility="private", **quick)
+    gr.on([p.heat.click, p.map_pick.click], select_cell, [state, *display], views, api_visibility="private", **quick)
 
     # -- tabs: render the one being shown ------------------------------------------------
     for name in TAB_VIEWS:

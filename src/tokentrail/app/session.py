@@ -247,6 +247,19 @@ class Session:
         run = self._current_run()
         return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
 
+    def trajectory_map(self, tokens: Sequence[int] | None, layers: Sequence[int] | None, method: str = "pca"):
+        """:func:`tokentrail.maps.trajectory_map` of the analysis at its site and space."""
+        from ..maps import trajectory_map
+
+        site, space = self.options.sites[0], self.options.spaces[0]
+        return trajectory_map(self._current_run(), site=site, space=space, tokens=tokens, layers=layers, method=method)
+
+    def head_map(self, tokens: Sequence[int] | None, method: str = "pca"):
+        """:func:`tokentrail.maps.head_map` of the selected layer and head."""
+        from ..maps import head_map
+
+        return head_map(self._current_run(), self.layer, self.head, tokens=tokens, method=method)
+
     def rogue_note(self) -> str | None:
         """When the analysis is uncorrected and one dimension carries over half the expected
         cosine of its site somewhere (:func:`tokentrail.geometry.rogue_layers`): the line
