@@ -49,6 +49,7 @@ def trace(
     causal: bool | None = None,
     truncate: bool = False,
     correct: str | None = None,
+    correct_from: Any = None,
     options: TraceOptions | None = None,
     tokenizer: Any = None,
     device: str | None = None,
@@ -65,11 +66,14 @@ def trace(
     or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
     ``causal=False`` runs a decoder with its causal mask off. ``correct`` corrects the
     geometry of residual sites (``zscore``, ``center``, ``rogue:D``, ``abtt:D``; see
-    :mod:`tokentrail.geometry`). ``model`` takes what :func:`run` takes.
+    :mod:`tokentrail.geometry`), fitted to the text's own vectors or, with
+    ``correct_from``, to a corpus study of the same model (its folder). ``model`` takes
+    what :func:`run` takes.
     """
     opts = options or TraceOptions.make(
         site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
         lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
+        correct_from=correct_from,
     )  # fmt: skip  -- validated here, before any model work
     check_text(text)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)

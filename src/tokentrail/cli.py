@@ -92,7 +92,8 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
-    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors."),
+    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors, or to a study with --correct-from."),
+    correct_from: Optional[Path] = typer.Option(None, "--correct-from", help="Fit --correct to a corpus study of the same model (the folder `tokentrail study` wrote) instead of the text: its per-layer mean and std over every token, its sample for rogue:D and abtt:D."),
     map_path: Optional[Path] = typer.Option(None, "--map", help="Also write a 2-D map of the token paths through the layers (HTML, plotly) here; atomically."),
     map_method: str = typer.Option("pca", "--map-method", help="pca (exact, default), tsne (scikit-learn) or umap (umap-learn)."),
     map_head: Optional[str] = typer.Option(None, "--map-head", help="With --map: draw the query and key vectors of one head instead, as LAYER.HEAD (2.5 = layer 2, head 5; negative counts from the end)."),
@@ -113,7 +114,15 @@ def trace(
         options = _options(
             site=sites, space=_check_site_space(sites, space, quiet), similarity=similarity, k=k,
             overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
+            correct_from=correct_from,
         )  # fmt: skip
+        if correct_from is not None:
+            from .corpus.stats import read_stats
+
+            stats = read_stats(correct_from)  # a study, of these sites: checked before loading
+            for s in sites:
+                if s != "heads":
+                    stats.get(s, 0)
         _check_head_option(head, sites)
         map_path = _check_map(map_path, map_method, sites, force, map_head)
         head_at = None if map_head is None else _parse_map_head(map_head)

@@ -54,7 +54,7 @@ def status(trail: Trail, model_label: str, token: int, layer: int, head: int, no
         opts.similarities[0],
     ]
     if opts.correct is not None:
-        parts.append(f"corrected **{html.escape(opts.correct)}** (fitted to the text)")
+        parts.append(f"corrected **{html.escape(opts.correct)}** (fitted to {'a corpus study' if opts.correct_from else 'the text'})")
     if info.causal is not None:
         parts.append("causal mask **on**" if info.causal else "causal mask **off** (bidirectional)")
     sel = f"Selected: **{html.escape(trail.tokens[token])}** (token {token}) · layer {layer} · head {head}"
