@@ -429,11 +429,10 @@ def _fitter(correct: str, correct_from: str | None, sites, L: int):
         return lambda g, vectors: fit_correction(correct, vectors)
     from .corpus.compute import EMBEDDED
     from .corpus.stats import read_stats
-    from .geometry import fit_corpus_correction
 
     stats = read_stats(correct_from)
     where = [(EMBEDDED, 0)] + [(site, layer) for site in sites for layer in range(L)]
-    return lambda g, vectors: fit_corpus_correction(correct, stats.get(*where[g]))
+    return lambda g, vectors: stats.correction(correct, *where[g])
 
 
 def _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes, fit):

@@ -301,8 +301,11 @@ def fit_corpus_correction(spec: str, stats: "LayerStats") -> Correction:
         return Correction(spec, zero, scale, None, removed=tuple(int(i) for i in top), source="corpus")
     if count > min(sample.shape[0] - 1, d):
         raise InputError(f"abtt:{count} needs more than {count} sampled tokens (the study's sample has {sample.shape[0]}): use a smaller D")
-    _, _, vh = torch.linalg.svd(sample - mu, full_matrices=False)
-    return Correction(spec, mu, ones, vh[:count].T.contiguous(), source="corpus")
+    # the top eigenvectors of the (d x d) scatter matrix: the same directions as the SVD of
+    # the (m x d) sample, several times cheaper for a sample of thousands of tokens
+    xc = sample - mu
+    _, vecs = torch.linalg.eigh(xc.T @ xc)  # ascending eigenvalues
+    return Correction(spec, mu, ones, vecs[:, -count:].flip(1).contiguous(), source="corpus")
 
 
 class CorrectedRows:

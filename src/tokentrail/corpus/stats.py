@@ -13,7 +13,8 @@ correction from one entry.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,6 +46,19 @@ class CorpusStats:
     model_info: Mapping[str, Any]
     causal: bool | None
     layers: Mapping[tuple[str, int], LayerStats]
+    _fits: dict = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def correction(self, spec: str, site: str, layer: int):
+        """:func:`tokentrail.geometry.fit_corpus_correction` of one site and layer, kept:
+        ``abtt`` takes an SVD of the sample per layer, and every later trace reuses it."""
+        from ..geometry import fit_corpus_correction
+
+        key = (spec, site, layer)
+        with self._lock:
+            if key not in self._fits:
+                self._fits[key] = fit_corpus_correction(spec, self.get(site, layer))
+            return self._fits[key]
 
     @property
     def sites(self) -> tuple[str, ...]:
