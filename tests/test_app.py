@@ -708,3 +708,16 @@ def test_the_app_leaves_no_temp_folder_behind(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith(str(tmp))
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("tokentrail-app-")]
+
+
+def test_map_tab_reads_tokens_and_layers(trail):
+    from tokentrail.app.map_tab import parse_layers, parse_tokens
+    from tokentrail.errors import InputError
+
+    assert parse_tokens(trail, " ") is None and parse_layers("", 6) is None
+    assert parse_tokens(trail, "flies") == [2, 8]  # a bare text: every occurrence
+    assert parse_tokens(trail, "flies:1, 1, -1") == [8, 1, 13]
+    assert parse_layers("0-2, 5, 1", 6) == [0, 1, 2, 5]
+    for bad, message in (("3-1", "out of range"), ("6", "out of range"), ("a", "whole numbers"), ("1-", "whole numbers")):
+        with pytest.raises(InputError, match=message):
+            parse_layers(bad, 6)
