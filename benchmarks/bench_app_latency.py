@@ -102,7 +102,7 @@ def through_client(model: str, clicks: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {}
     with serve(demo, **launch_options()) as url:
         client = Client(url, verbose=False)
-        out = client.predict(TEXT, model, True, "attn_resid", "cosine", 15, True, False, "rank", api_name="/tokenize")
+        out = client.predict(TEXT, model, True, "attn_resid", "cosine", 15, True, "none", False, "rank", api_name="/tokenize")
         n = len(out[1]["choices"])
         for tab in ("layers", "heads"):
             client.predict(False, "rank", api_name=f"/show_{tab}")

@@ -28,7 +28,7 @@ from tokentrail.app import session as app_session  # noqa: E402
 
 TEXT = "Time flies like an arrow. Fruit flies like a banana."
 VIEWS = app_layout.VIEWS
-DEFAULTS = dict(positional=True, site="attn_resid", similarity="cosine", k=15, causal=True, adjusted=False, metric="rank")
+DEFAULTS = dict(positional=True, site="attn_resid", similarity="cosine", k=15, causal=True, correct="none", adjusted=False, metric="rank")
 
 pytestmark = pytest.mark.slow  # loads the bundled model
 
@@ -105,7 +105,7 @@ def trail():
 
 def tokenize(client, text=TEXT, model="minilm", api="/tokenize", **opts) -> dict:
     o = {**DEFAULTS, **opts}
-    out = client.predict(text, model, o["positional"], o["site"], o["similarity"], o["k"], o["causal"], o["adjusted"], o["metric"], api_name=api)
+    out = client.predict(text, model, o["positional"], o["site"], o["similarity"], o["k"], o["causal"], o["correct"], o["adjusted"], o["metric"], api_name=api)
     return dict(zip(VIEWS, out))
 
 
@@ -217,6 +217,60 @@ def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
     call(client, "/show_walkthrough", False, "rank")
     call(client, "/select_layer", 3, False, "rank")
     assert len(passes) == 1, "heads and the walkthrough reuse the analysis' forward pass"
+
+
+def test_correction_selector_rescores_the_cached_run_and_matches_the_library(client, monkeypatch):
+    import tokentrail.capture
+    import tokentrail.runner
+
+    corrections = ("zscore", "rogue:1", "abtt:2")
+    lib = {c: tt.trace(TEXT, "minilm", site="attn_resid_ln", correct=c) for c in corrections}
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    scored = _count(monkeypatch, tokentrail.runner, "compute_views")
+    v = tokenize(client, site="attn_resid_ln")
+    # MiniLM's attn_resid_ln: one dimension carries over half the cosine at layers 2-4
+    assert "⚠" in v["status"] and "dim 223" in v["status"] and "Correction rogue:1" in v["status"]
+    t = v["tokens"]["value"]
+    for correct in corrections:
+        v = tokenize(client, api="/analyse", site="attn_resid_ln", correct=correct)
+        assert f"corrected **{correct}**" in v["status"] and "⚠" not in v["status"]
+        table = frame(v["table"])
+        for l in range(lib[correct].n_layers):
+            nb = lib[correct].neighbours(t, l, site="attn_resid_ln")
+            assert table[f"layer {l}"][0].lstrip("★ ") == f"{nb.token[0]} {nb.similarity[0]:.3f}"
+    assert len(passes) == 1, "a correction re-scores the page's one forward pass"
+    assert len(scored) == 4
+    v = tokenize(client, api="/analyse", site="attn_resid_ln", correct="none")
+    assert "corrected" not in v["status"] and "⚠" in v["status"]
+    assert len(scored) == 4, "back to no correction: the cached analysis"
+    assert "unknown correction" in problem(tokenize(client, api="/analyse", correct="zcore")["status"])
+
+
+def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, monkeypatch):
+    import tokentrail.capture
+    from tokentrail.app.map_tab import MODES
+
+    paths, heads = list(MODES)
+    assert "Analyse a text first" in client.predict(paths, "pca", "", "", api_name="/map")[0]
+    run = tt.load("minilm").run(TEXT)
+    tokenize(client)
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    status, plot = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
+    assert "points: paths at `attn_resid`" in status
+    fig = plot_data(plot)
+    names = [t["name"] for t in fig["data"]]
+    assert names == ["nearest vocabulary tokens", "'flies' #2", "'flies' #8"]
+    _, expected = tt.maps.trajectory_map(run, tokens=[2, 8], layers=[0, 1, 2, 5])
+    got = np.concatenate([arr(fig["data"][i]["x"]) for i in (1, 2)])
+    want = expected[expected.kind == "token"].sort_values(["token_index", "step"]).x.to_numpy()
+    np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-6)  # the same PCA, up to sign
+    call(client, "/select_layer", 3, 4, False, "rank")
+    status, plot = client.predict(heads, "pca", "", "", api_name="/map")
+    assert "queries and keys of layer 3, head 4" in status
+    assert "layer 3, head 4" in plot_data(plot)["layout"]["title"]["text"]
+    assert len(passes) == 0, "maps draw the page's forward pass"
+    assert "out of range" in problem(client.predict(paths, "pca", "", "2-9", api_name="/map")[0])
+    assert "no token &#x27;zebra&#x27;" in problem(client.predict(paths, "pca", "zebra", "", api_name="/map")[0])
 
 
 def test_heads_key_and_query_spaces_match_the_library(client, tiny):
@@ -683,3 +737,16 @@ def test_the_page_receives_analysis_progress_as_step_counts(url):
     assert steps, progress
     assert all(length == 1 and index in (0, 1) and unit == "steps" for index, length, unit, _ in steps)
     assert {d for *_, d in steps} <= {"running the model", "comparing with encodings", "done"}
+
+
+def test_map_tab_reads_tokens_and_layers(trail):
+    from tokentrail.app.map_tab import parse_layers, parse_tokens
+    from tokentrail.errors import InputError
+
+    assert parse_tokens(trail, " ") is None and parse_layers("", 6) is None
+    assert parse_tokens(trail, "flies") == [2, 8]  # a bare text: every occurrence
+    assert parse_tokens(trail, "flies:1, 1, -1") == [8, 1, 13]
+    assert parse_layers("0-2, 5, 1", 6) == [0, 1, 2, 5]
+    for bad, message in (("3-1", "out of range"), ("6", "out of range"), ("a", "whole numbers"), ("1-", "whole numbers")):
+        with pytest.raises(InputError, match=message):
+            parse_layers(bad, 6)

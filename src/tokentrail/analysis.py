@@ -59,7 +59,7 @@ def compute_views(
     for sp in dict.fromkeys(sp for _, sp in residual):
         site_names = [site for site, s in residual if s == sp]
         say(done / steps, f"comparing with {sp}")
-        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct)
+        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct, options.correct_from)
         done += 1
     for sp in heads:
         def tick(sp=sp):
@@ -85,7 +85,7 @@ def compute_views_batch(
     chunked loop (one set of per-position statistics per space for every position any
     text uses); what is a statistic of one text (anisotropy, and the metrics derived from
     it) is then taken per text. A geometry correction is fitted to each text's own
-    vectors, so with one the texts are scored one by one."""
+    vectors (or comes from a corpus study), so with one the texts are scored one by one."""
     if options.correct is not None:
         return [compute_views(adapter, spaces, a, options, progress, chunk_bytes) for a in acts]
     views = compute_views(adapter, spaces, _joined(acts), options, progress, chunk_bytes)
@@ -267,7 +267,9 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
             raise InputError(f"{name} = {value:,} is more than the model's vocabulary of {vocab:,} tokens: use at most {vocab:,}")
     if options.overlap_k is None:
         options = replace(options, overlap_k=min(DEFAULT_OVERLAP_K, vocab))
-    if options.correct is not None and tokens is not None:
+    if options.correct_from is not None:
+        _check_study(adapter, options)
+    if options.correct is not None and options.correct_from is None and tokens is not None:
         from .options import parse_correction
 
         name, count = parse_correction(options.correct)
@@ -412,7 +414,22 @@ def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | N
     return out
 
 
-def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None):
+def _check_study(adapter: Adapter, options: TraceOptions) -> None:
+    """A corpus-fitted correction: the study must be of this model, mask and sites."""
+    from .corpus.stats import read_stats
+    from .options import RESIDUAL_SITES
+
+    stats = read_stats(options.correct_from)
+    stats.check_model({"model_type": str(adapter.config.model_type), "n_layers": adapter.n_layers, "d_model": adapter.d_model, "vocab_size": adapter.vocab_size})
+    mask = adapter.resolve_causal(options.causal)
+    if mask != adapter.resolve_causal(stats.causal):
+        raise InputError(f"the study at {options.correct_from} ran {'with' if not mask else 'without'} the causal mask, this trace {'with' if mask else 'without'}: correct from a study with the same mask")
+    for site in options.sites:
+        if site in RESIDUAL_SITES:
+            stats.get(site, 0)
+
+
+def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None, correct_from: str | None = None):
     n, L, V = acts.input_ids.shape[0], adapter.n_layers, space.vocab_size
     K = min(max(k, overlap_k), V)
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
@@ -436,7 +453,7 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
                 for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K)):
                     buf[oc] = val
     else:
-        corrections = _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes)
+        corrections = _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes, _fitter(correct, correct_from, sites, L))
     views = []
     for sim in similarities:
         own_s, rank, ids, vals = out[sim]
@@ -470,17 +487,34 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     return views
 
 
-def _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes):
+def _fitter(correct: str, correct_from: str | None, sites, L: int):
+    """group number -> its correction: fitted to the group's own vectors, or (with a study)
+    the study's statistics of the same stage (group 0: the encodings; then site by site,
+    layer by layer)."""
+    from .geometry import fit_correction
+
+    if correct_from is None:
+        return lambda g, vectors: fit_correction(correct, vectors)
+    from .corpus.compute import EMBEDDED
+    from .corpus.stats import read_stats
+
+    stats = read_stats(correct_from)
+    where = [(EMBEDDED, 0)] + [(site, layer) for site in sites for layer in range(L)]
+    return lambda g, vectors: stats.correction(correct, *where[g])
+
+
+def _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes, fit):
     """Residual queries under a geometry correction (:mod:`tokentrail.geometry`): each group of
-    ``n`` queries (the origin encodings, then one site at one layer) gets the correction fitted
-    to its own vectors, and is scored exactly against every corrected row. Returns the corrections."""
-    from .geometry import CorrectedRows, fit_correction
+    ``n`` queries (the origin encodings, then one site at one layer) gets its correction
+    (``fit(group number, its vectors)``), and is scored exactly against every corrected row.
+    Returns the corrections."""
+    from .geometry import CorrectedRows
 
     corrections = []
     V = space.vocab_size
     for start in range(0, vecs.shape[0], n):
         group = slice(start, start + n)
-        corr = fit_correction(correct, vecs[group])
+        corr = fit(start // n, vecs[group])
         rows = CorrectedRows(space, corr, stats)
         corrections.append(corr)
         for c in _chunks(n, V * 8 * 3, chunk_bytes):

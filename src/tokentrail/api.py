@@ -53,6 +53,8 @@ def trace(
     lens_site: str = "layer_out",
     causal: bool | None = None,
     truncate: bool = False,
+    correct: str | None = None,
+    correct_from: Any = None,
     options: TraceOptions | None = None,
     tokenizer: Any = None,
     device: str | None = None,
@@ -69,14 +71,18 @@ def trace(
     than the vocabulary has is an error, as is ``k`` above it.
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
-    ``causal=False`` runs a decoder with its causal mask off. ``model`` takes what
-    :func:`run` takes. Encoder-decoders: the source is ``text``, the decoder reads
+    ``causal=False`` runs a decoder with its causal mask off. ``correct`` corrects the
+    geometry of residual sites (``zscore``, ``center``, ``rogue:D``, ``abtt:D``; see
+    :mod:`tokentrail.geometry`), fitted to the text's own vectors or, with
+    ``correct_from``, to a corpus study of the same model (its folder). ``model`` takes
+    what :func:`run` takes. Encoder-decoders: the source is ``text``, the decoder reads
     ``target`` or the model's own greedy output (``max_new_tokens``); the Trail is the
     encoder's, with the decoder's as ``trail.decoder`` (cross-attention included).
     """
     opts = options or TraceOptions.make(
         site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
-        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
+        correct_from=correct_from,
     )  # fmt: skip  -- validated here, before any model work
     check_text(text)
     _check_decoder_input(target, max_new_tokens)

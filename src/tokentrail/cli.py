@@ -92,12 +92,14 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
-    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors."),
+    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors, or to a study with --correct-from."),
+    correct_from: Optional[Path] = typer.Option(None, "--correct-from", help="Fit --correct to a corpus study of the same model (the folder `tokentrail study` wrote) instead of the text: its per-layer mean and std over every token, its sample for rogue:D and abtt:D."),
     map_path: Optional[Path] = typer.Option(None, "--map", help="Also write a 2-D map of the token paths through the layers (HTML, plotly) here; atomically."),
     map_method: str = typer.Option("pca", "--map-method", help="pca (exact, default), tsne (scikit-learn) or umap (umap-learn)."),
     target: Optional[str] = typer.Option(None, "--target", help="Encoder-decoders (BART, Marian, T5): the decoder's input, read as the model reads a target while it learns (its decoder start token, then this text's tokens). Omitted: the model's own greedy output for TEXT."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Encoder-decoders without --target: at most this many greedy tokens (default 20)."),
     stack: str = typer.Option("both", "--stack", help="Encoder-decoders: show the encoder, the decoder or both (default) stacks; --token follows a token of one stack."),
+    map_head: Optional[str] = typer.Option(None, "--map-head", help="With --map: draw the query and key vectors of one head instead, as LAYER.HEAD (2.5 = layer 2, head 5; negative counts from the end)."),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
     from .errors import InputError
@@ -116,9 +118,18 @@ def trace(
         options = _options(
             site=sites, space=_check_site_space(sites, space, quiet), similarity=similarity, k=k,
             overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
+            correct_from=correct_from,
         )  # fmt: skip
+        if correct_from is not None:
+            from .corpus.stats import read_stats
+
+            stats = read_stats(correct_from)  # a study, of these sites: checked before loading
+            for s in sites:
+                if s != "heads":
+                    stats.get(s, 0)
         _check_head_option(head, sites)
-        map_path = _check_map(map_path, map_method, sites, force)
+        map_path = _check_map(map_path, map_method, sites, force, map_head)
+        head_at = None if map_head is None else _parse_map_head(map_head)
         check_text(text)
         seq2seq_asked = _check_seq2seq_options(target, max_new_tokens, stack, token)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
@@ -138,7 +149,10 @@ def trace(
             enc = loaded.encode(text, truncate=truncate)
             if token is not None and stacks[0].stack != "decoder":
                 token = _pick_token(find_token, enc.tokens, token, quiet)
-            if map_path is not None:
+            if head_at is not None:
+                check_index(head_at[0], loaded.adapter.n_layers, "--map-head layer", f"the model has {loaded.adapter.n_layers} layers")
+                check_index(head_at[1], loaded.adapter.n_heads, "--map-head head", f"the model has {loaded.adapter.n_heads} heads")
+            elif map_path is not None:
                 from .maps import NEIGHBOURS, check_points, map_points
 
                 check_points(map_method, map_points(len(enc.ids), loaded.adapter.n_layers, NEIGHBOURS))
@@ -149,7 +163,7 @@ def trace(
             run = loaded.run(text, options, encoded=enc, target=target, max_new_tokens=max_new_tokens)
             trail = run.trail(progress=bar.analysis)
             if map_path is not None:
-                _write_map(run, map_path, map_method, sites, options.spaces)
+                _write_map(run, map_path, map_method, sites, options.spaces, head_at)
         if map_path is not None and not quiet:
             err.print(f"wrote the map to {map_path}")
         if not quiet and options.correct is None:
@@ -168,7 +182,7 @@ def trace(
         _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
 
 
-def _check_map(path: Path | None, method: str, sites, force: bool) -> Path | None:
+def _check_map(path: Path | None, method: str, sites, force: bool, head: str | None = None) -> Path | None:
     """The --map file and method, checked before the model is loaded."""
     from .errors import InputError
     from .fileio import check_output_path
@@ -176,21 +190,39 @@ def _check_map(path: Path | None, method: str, sites, force: bool) -> Path | Non
     from .options import RESIDUAL_SITES
 
     if path is None:
+        if head is not None:
+            raise InputError("--map-head says which head --map draws: add --map out.html")
         return None
     check_method(method)
-    if not any(s in RESIDUAL_SITES for s in sites):
+    if head is None and not any(s in RESIDUAL_SITES for s in sites):
         raise InputError("--map draws a residual site (attn_resid, layer_out, ...): add one to --site")
     return check_output_path(path, force=force, formats=("html",))[0]
 
 
-def _write_map(run, path: Path, method: str, sites, spaces) -> None:
+def _parse_map_head(value: str) -> tuple[int, int]:
+    """``"2.5"`` -> (2, 5): --map-head's LAYER.HEAD (each may be negative)."""
+    from .errors import InputError
+
+    layer, sep, head = value.strip().partition(".")
+    try:
+        if not sep:
+            raise ValueError
+        return int(layer), int(head)
+    except ValueError:
+        raise InputError(f"--map-head takes LAYER.HEAD, e.g. 2.5 for layer 2, head 5 (got {value!r})") from None
+
+
+def _write_map(run, path: Path, method: str, sites, spaces, head_at: tuple[int, int] | None = None) -> None:
     from .fileio import write_text
-    from .maps import trajectory_map
+    from .maps import head_map, trajectory_map
     from .options import RESIDUAL_SITES, RESIDUAL_SPACES
 
-    site = next(s for s in sites if s in RESIDUAL_SITES)
-    space = next((s for s in spaces if s in RESIDUAL_SPACES), "encodings")
-    fig, _ = trajectory_map(run, site=site, space=space, method=method)
+    if head_at is not None:
+        fig, _ = head_map(run, head_at[0], head_at[1], method=method)
+    else:
+        site = next(s for s in sites if s in RESIDUAL_SITES)
+        space = next((s for s in spaces if s in RESIDUAL_SPACES), "encodings")
+        fig, _ = trajectory_map(run, site=site, space=space, method=method)
     write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 

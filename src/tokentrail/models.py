@@ -137,6 +137,10 @@ class LoadedModel:
         opts = opts.with_(**changes) if changes else opts.validate()
         check_text(text)
         opts = check_against(self.adapter, opts)
+        if opts.correct_from is not None:  # the architecture is checked above; the checkpoint here
+            from .corpus.stats import read_stats
+
+            read_stats(opts.correct_from).check_model({"model": self.name, "model_revision": self.revision})
         enc = encoded if encoded is not None else self.encode(text, truncate=opts.truncate, max_tokens=max_tokens)
         opts = check_against(self.adapter, opts, tokens=len(enc.ids))
         if self.adapter.is_seq2seq:

@@ -120,6 +120,7 @@ class TraceOptions:
     causal: bool | None = None  # decoders: None = the model's own (causal) mask
     truncate: bool = False  # cut an over-long text instead of refusing it
     correct: str | None = None  # geometry correction of residual sites: center, zscore, rogue:D, abtt:D
+    correct_from: str | None = None  # a corpus study's folder to fit the correction to (else the text)
 
     @classmethod
     def make(
@@ -135,6 +136,7 @@ class TraceOptions:
         causal: bool | None = None,
         truncate: bool = False,
         correct: str | None = None,
+        correct_from: Any = None,
     ) -> "TraceOptions":
         """Validated options from user-facing values (names, lists, "a,b" or "all")."""
         opts = cls(
@@ -148,6 +150,7 @@ class TraceOptions:
             causal=causal,
             truncate=truncate,
             correct=None if correct is None else str(correct).strip().replace(" ", ""),
+            correct_from=None if correct_from is None else str(correct_from),
         )
         opts.validate()
         return opts
@@ -176,6 +179,11 @@ class TraceOptions:
             raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)}, not {self.lens_site!r}")
         if self.correct is not None:
             parse_correction(self.correct)
+        if self.correct_from is not None:
+            if not isinstance(self.correct_from, str) or not self.correct_from.strip():
+                raise InputError(f"correct_from is a corpus study's folder, not {self.correct_from!r}")
+            if self.correct is None:
+                raise InputError("--correct-from says where a correction is fitted: add --correct zscore|center|rogue:D|abtt:D")
         self.pairs()
         return self
 

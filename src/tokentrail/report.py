@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .results import Trail, View
@@ -26,7 +27,7 @@ def _header(console: Console, trail: Trail, v: View) -> None:
     console.print(
         f"[bold]{info.model}[/] ({info.family}, {trail.n_layers} layers) · site [cyan]{v.site}[/] · "
         f"space [cyan]{v.space}[/] · {v.similarity}{mode}"
-        + (f" · corrected [cyan]{info.options.correct}[/] (fitted to this text, per layer)" if info.options.correct and v.site != "heads" else "")
+        + (f" · corrected [cyan]{info.options.correct}[/] (fitted per layer to {'the study ' + escape(info.options.correct_from) if info.options.correct_from else 'this text'})" if info.options.correct and v.site != "heads" else "")
     )
     if v.per_head and v.space != "query" and trail.kv_groups > 1:
         console.print(

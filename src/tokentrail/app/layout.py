@@ -24,10 +24,11 @@ from . import help as texts
 from . import render, security
 from .compare_tab import build_compare_tab
 from .cross_tab import build_cross_tab
+from .map_tab import build_map_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .queues import EVENTS, WORKERS, concurrency_for
-from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, SessionPool, load_model, page_options
+from .session import CORRECTION_CHOICES, HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, SessionPool, load_model, page_options
 from .style import CSS, HEAD, THEME
 
 log = logging.getLogger("tokentrail.app")
@@ -140,6 +141,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                 p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k")
                 p.positional = gr.Checkbox(True, label="Use positional embeddings", info="compare with encodings (else raw embeddings)", elem_id="positional")
                 p.adjusted = gr.Checkbox(False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted")
+                p.correct = gr.Dropdown(list(CORRECTION_CHOICES), value=NO_CORRECTION, label="Correction", info=texts.CORRECTION, allow_custom_value=True, filterable=True, elem_id="correct")
                 p.causal = gr.Checkbox(True, label="Causal mask", info="decoders only: off = bidirectional", visible=False, elem_id="causal")
                 p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
                 p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
@@ -154,7 +156,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                 )
                 p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
                 p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
-                _tabs(p, menu)
+                _tabs(p, menu, state)
 
         _wire(demo, p, state, menu, folder, default_model, pool)
     folder.adopt(demo)
@@ -165,7 +167,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
     return demo
 
 
-def _tabs(p: Page, menu: ModelMenu) -> None:
+def _tabs(p: Page, menu: ModelMenu, state: gr.State) -> None:
     with gr.Tabs(selected="layers", elem_id="tabs"):
         with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
             texts.panel(texts.ACROSS_LAYERS)
@@ -195,6 +197,8 @@ def _tabs(p: Page, menu: ModelMenu) -> None:
             p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
         with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
             build_compare_tab(p, menu)
+        with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
+            build_map_tab(p, state)
         with gr.Tab("Cross-attention", id="cross", elem_id="tab-cross") as p.tab_cross:
             build_cross_tab(p, menu)
         with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
@@ -217,6 +221,7 @@ TAB_VIEWS = {
     "heads": ("heads", "attention"),
     "walkthrough": ("walk", "walk_sources", "walk_vectors"),
     "lens": ("lens_note", "lens_table"),
+    "map": (),  # drawn by its own event (map_tab)
     "export": (),
 }
 VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
@@ -229,7 +234,7 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
     t, l, h = session.token, session.layer, session.head
     label = menu.entries[session.model].label if session.model in menu.entries else session.model
     out: dict[str, Any] = {
-        "status": render.status(trail, label, t, l, h),
+        "status": render.status(trail, label, t, l, h, session.rogue_note()),
         "tokens": gr.Radio(choices=render.token_choices(trail), value=t),
         "layer": gr.Slider(0, trail.n_layers - 1, value=l, step=1),
         "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
@@ -266,7 +271,7 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
 
 def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str, pool: SessionPool) -> None:
     views = [getattr(p, name) for name in VIEWS]
-    options = [p.positional, p.site, p.similarity, p.k, p.causal]
+    options = [p.positional, p.site, p.similarity, p.k, p.causal, p.correct]
     display = [p.adjusted, p.metric]
     status_at = 1 + VIEWS.index("status")  # after the state output
     common = EVENTS
@@ -279,10 +284,10 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 
     # -- analyse a text (Enter / the button / an option changed) ------------------------
     @guarded(1 + len(views), status_at)
-    def analyse(session, text, model, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+    def analyse(session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
-        opts = page_options(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal, correct)
         old = session.model
         session.switch(entry.value)
         try:
@@ -295,7 +300,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 
     gr.on([p.text.submit, p.analyse.click], analyse, [state, p.text, p.model, *options, *display], [state, *views], api_name="tokenize", **common)
     gr.on(
-        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input],
+        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input, p.correct.input],
         analyse,
         [state, p.text, p.model, *options, *display],
         [state, *views],
@@ -354,7 +359,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         session.select(token=data.get("token"), layer=data.get("layer"))
         return _views(session, menu, adjusted, metric)
 
-    p.heat.click(select_cell, [state, *display], views, api_visibility="private", **quick)
+    gr.on([p.heat.click, p.map_pick.click], select_cell, [state, *display], views, api_visibility="private", **quick)
 
     # -- tabs: render the one being shown ------------------------------------------------
     for name in TAB_VIEWS:
@@ -375,7 +380,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
     switch_outputs = [state, p.model, p.causal, *views]
 
     @guarded(len(switch_outputs), 3 + VIEWS.index("status"))
-    def switch_model(session, model, text, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+    def switch_model(session, model, text, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
         bar = page_progress(progress)
@@ -393,7 +398,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         if session.text is None and not (isinstance(text, str) and text.strip()):
             msg = f"Loaded **{entry.label}**. Enter a text and press Analyse."
             return (session, gr.skip(), causal_box, msg, *[gr.skip()] * (len(views) - 1))
-        opts = page_options(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal, correct)
         try:
             session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, bar)
         except Exception:

@@ -41,7 +41,9 @@ def residual_view(trail: Trail, site: str, similarity: str) -> View:
 
 
 # ---- the page header -----------------------------------------------------------------------
-def status(trail: Trail, model_label: str, token: int, layer: int, head: int) -> str:
+def status(trail: Trail, model_label: str, token: int, layer: int, head: int, note: str | None = None) -> str:
+    """The header line: model, options, the selection, and ``note`` (a rogue-dimension
+    warning) under it when there is one."""
     info = trail.info
     opts = info.options
     parts = [
@@ -51,10 +53,13 @@ def status(trail: Trail, model_label: str, token: int, layer: int, head: int) ->
         f"space `{opts.spaces[0]}`",
         opts.similarities[0],
     ]
+    if opts.correct is not None:
+        parts.append(f"corrected **{html.escape(opts.correct)}** (fitted to {'a corpus study' if opts.correct_from else 'the text'})")
     if info.causal is not None:
         parts.append("causal mask **on**" if info.causal else "causal mask **off** (bidirectional)")
     sel = f"Selected: **{html.escape(trail.tokens[token])}** (token {token}) · layer {layer} · head {head}"
-    return " · ".join(parts) + "  \n" + sel
+    warn = f"  \n⚠ {html.escape(note)}" if note else ""
+    return " · ".join(parts) + "  \n" + sel + warn
 
 
 def error(message: str) -> str:

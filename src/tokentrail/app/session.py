@@ -112,9 +112,15 @@ def load_model(name: str, say: Callable[[str], None] | None = None) -> LoadedMod
 
 
 # ---- options and the session -----------------------------------------------------------
-def page_options(site: object, positional: object, similarity: object, k: object, causal: object) -> TraceOptions:
+NO_CORRECTION = "none"
+CORRECTION_CHOICES = (NO_CORRECTION, "zscore", "center", "rogue:1", "rogue:2", "rogue:3", "abtt:1", "abtt:2", "abtt:3")
+"""The correction selector's menu (any ``rogue:N`` / ``abtt:N`` may be typed)."""
+
+
+def page_options(site: object, positional: object, similarity: object, k: object, causal: object, correct: object = NO_CORRECTION) -> TraceOptions:
     """The trace options the page's controls describe ("use positional embeddings" picks
-    the ``encodings`` space, else ``embeddings``), validated with the page's limits."""
+    the ``encodings`` space, else ``embeddings``; ``correct`` the geometry correction,
+    ``"none"`` for none), validated with the page's limits."""
     if site not in SITES:
         raise InputError(f"unknown site {site!r}: choose from {', '.join(SITES)}")
     if similarity not in SIMILARITIES:
@@ -123,7 +129,10 @@ def page_options(site: object, positional: object, similarity: object, k: object
     if not K_RANGE[0] <= k <= K_RANGE[1]:
         raise InputError(f"k must be between {K_RANGE[0]} and {K_RANGE[1]}, not {k}")
     space = "encodings" if positional else "embeddings"
-    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal))
+    correct = None if correct in (None, "", NO_CORRECTION) else correct
+    if correct is not None and not isinstance(correct, str):
+        raise InputError(f"unknown correction {correct!r}: choose from {', '.join(CORRECTION_CHOICES)}")
+    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal), correct=correct)
 
 
 DEFAULT_OPTIONS = TraceOptions.make(causal=True)  # what page_options gives for the page defaults
@@ -159,6 +168,7 @@ class Session:
     last_used: float = field(default_factory=time.monotonic, compare=False)
     _trails: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _run: Run | None = field(default=None, repr=False)
+    _rogue: tuple = field(default=(None, None), repr=False)  # (analysis key, the rogue-dimension line)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)  # one event at a time per page
 
     # ---- analysing ------------------------------------------------------------------
@@ -281,6 +291,33 @@ class Session:
             if load_model(self.model).is_seq2seq:
                 raise ModelError("an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attention tab and `tokentrail trace --lens`")
             return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
+
+    def trajectory_map(self, tokens: Sequence[int] | None, layers: Sequence[int] | None, method: str = "pca"):
+        """:func:`tokentrail.maps.trajectory_map` of the analysis at its site and space."""
+        from ..maps import trajectory_map
+
+        site, space = self.options.sites[0], self.options.spaces[0]
+        return trajectory_map(self._current_run(), site=site, space=space, tokens=tokens, layers=layers, method=method)
+
+    def head_map(self, tokens: Sequence[int] | None, method: str = "pca"):
+        """:func:`tokentrail.maps.head_map` of the selected layer and head."""
+        from ..maps import head_map
+
+        return head_map(self._current_run(), self.layer, self.head, tokens=tokens, method=method)
+
+    def rogue_note(self) -> str | None:
+        """When the analysis is uncorrected and one dimension carries over half the expected
+        cosine of its site somewhere (:func:`tokentrail.geometry.rogue_layers`): the line
+        that says so and which correction to pick; else None. Cached per analysis."""
+        trail = self.require_trail()
+        if self.options.correct is not None:
+            return None
+        key = (self.model, trail.text, self.options.sites[0], self.options.causal)
+        if self._rogue[0] != key:
+            from ..geometry import diagnose_run, rogue_layers
+
+            self._rogue = (key, rogue_layers(diagnose_run(self._current_run(), self.options.sites[0]), how="Correction {}"))
+        return self._rogue[1]
 
     def labels(self, ids) -> dict[int, str]:
         """Readable tokens for vocabulary ids the Trail does not name (the lens' predictions)."""

@@ -58,6 +58,21 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 
+EMBEDDED = "embedded"
+"""The stats and sample name of the encodings before the first layer (layer 0): what a
+corpus-fitted correction applies to a trace's origin column."""
+
+STATS_SCHEMA = pa.schema(
+    [
+        ("site", pa.string()),  # a study site, or EMBEDDED
+        ("layer", pa.int16()),
+        ("count", pa.int64()),  # tokens summed
+        ("sum", pa.list_(pa.float64())),  # (d,) sum of the vectors
+        ("sumsq", pa.list_(pa.float64())),  # (d,) sum of their squares
+    ]
+)
+
+
 @dataclass(frozen=True)
 class StudyOptions:
     """What a study computes; recorded in its manifest (a resumed run must match)."""
@@ -77,6 +92,7 @@ class StudyOptions:
 class BatchResult:
     tokens: pa.Table  # TOKEN_SCHEMA
     sample: pa.Table  # SAMPLE_SCHEMA
+    stats: pa.Table  # STATS_SCHEMA: every token of the batch, per site and layer
     n_texts: int
     n_tokens: int
     skipped: Skipped = field(default_factory=Skipped)
@@ -102,7 +118,8 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
     limit = token_limit(loaded)
     special_ids = set(tok.all_special_ids)
     cols: dict[str, list] = {name: [] for name in TOKEN_SCHEMA.names}
-    candidates: list[tuple[float, int, int, str, np.ndarray]] = []  # key, text, position, class, (S, L, d)
+    candidates: list[tuple[float, int, int, str, np.ndarray, np.ndarray]] = []  # key, text, position, class, (S, L, d), (d,)
+    sums: dict[tuple[str, int], list] = {}  # (site, layer) -> [count, sum (d,), sum of squares (d,)], float64
     n_texts = n_tokens = 0
     L = adapter.n_layers
     kept = []  # (record, ids, word classes) of the texts the model will see
@@ -139,8 +156,10 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
         n_texts += 1
         n_tokens += n
         words = [c.word for c in classes]
+        _add_stats(sums, EMBEDDED, acts.embedded[None])
         for site, v in zip(options.sites, views):
             vecs = acts.site(site)  # (L, n, d)
+            _add_stats(sums, site, vecs)
             repeat = lambda xs: np.tile(np.asarray(xs), L)  # noqa: E731 - token columns, layer-major
             cols["text_id"].append(np.full(L * n, rec.index, dtype=np.int64))
             cols["position"].append(repeat(np.arange(n, dtype=np.int32)))
@@ -164,9 +183,30 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
             if key < threshold:
                 if stacked is None:
                     stacked = torch.stack([acts.site(s) for s in options.sites]).cpu().numpy()  # (S, L, n, d)
-                candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p]))
+                candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p], acts.embedded[p].cpu().numpy()))
     candidates.sort(key=lambda c: c[0])
-    return BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), n_texts, n_tokens, skipped)
+    return BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), _stats_table(sums), n_texts, n_tokens, skipped)
+
+
+def _add_stats(sums: dict, site: str, vecs: torch.Tensor) -> None:
+    """Add (L, n, d) vectors to the running per-layer count, sum and sum of squares."""
+    v = vecs.detach().double().cpu()
+    for layer in range(v.shape[0]):
+        entry = sums.setdefault((site, layer), [0, 0.0, 0.0])
+        entry[0] += v.shape[1]
+        entry[1] = entry[1] + v[layer].sum(0).numpy()
+        entry[2] = entry[2] + v[layer].pow(2).sum(0).numpy()
+
+
+def _stats_table(sums: dict) -> pa.Table:
+    rows = {name: [] for name in STATS_SCHEMA.names}
+    for (site, layer), (count, total, squares) in sorted(sums.items()):
+        rows["site"].append(site)
+        rows["layer"].append(layer)
+        rows["count"].append(count)
+        rows["sum"].append(np.asarray(total, dtype=np.float64))
+        rows["sumsq"].append(np.asarray(squares, dtype=np.float64))
+    return pa.Table.from_pydict(rows, schema=STATS_SCHEMA)
 
 
 def _table(cols: dict[str, list]) -> pa.Table:
@@ -180,16 +220,16 @@ def _table(cols: dict[str, list]) -> pa.Table:
 
 def _sample_table(candidates, sites) -> pa.Table:
     rows = {name: [] for name in SAMPLE_SCHEMA.names}
-    for key, text_id, position, word_class, vecs in candidates:  # vecs (S, L, d)
-        for s, site in enumerate(sites):
-            for layer in range(vecs.shape[1]):
-                rows["text_id"].append(text_id)
-                rows["position"].append(position)
-                rows["key"].append(key)
-                rows["word_class"].append(word_class)
-                rows["site"].append(site)
-                rows["layer"].append(layer)
-                rows["vector"].append(vecs[s, layer].astype(np.float32))
+    for key, text_id, position, word_class, vecs, emb in candidates:  # vecs (S, L, d), emb (d,)
+        at = [(EMBEDDED, 0, emb)] + [(site, layer, vecs[s, layer]) for s, site in enumerate(sites) for layer in range(vecs.shape[1])]
+        for site, layer, vec in at:
+            rows["text_id"].append(text_id)
+            rows["position"].append(position)
+            rows["key"].append(key)
+            rows["word_class"].append(word_class)
+            rows["site"].append(site)
+            rows["layer"].append(layer)
+            rows["vector"].append(vec.astype(np.float32))
     return pa.Table.from_pydict(rows, schema=SAMPLE_SCHEMA)
 
 
