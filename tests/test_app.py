@@ -28,7 +28,7 @@ from tokentrail.app import session as app_session  # noqa: E402
 
 TEXT = "Time flies like an arrow. Fruit flies like a banana."
 VIEWS = app_layout.VIEWS
-DEFAULTS = dict(positional=True, site="attn_resid", similarity="cosine", k=15, causal=True, adjusted=False, metric="rank")
+DEFAULTS = dict(positional=True, site="attn_resid", similarity="cosine", k=15, causal=True, correct="none", adjusted=False, metric="rank")
 
 pytestmark = pytest.mark.slow  # loads the bundled model
 
@@ -105,7 +105,7 @@ def trail():
 
 def tokenize(client, text=TEXT, model="minilm", api="/tokenize", **opts) -> dict:
     o = {**DEFAULTS, **opts}
-    out = client.predict(text, model, o["positional"], o["site"], o["similarity"], o["k"], o["causal"], o["adjusted"], o["metric"], api_name=api)
+    out = client.predict(text, model, o["positional"], o["site"], o["similarity"], o["k"], o["causal"], o["correct"], o["adjusted"], o["metric"], api_name=api)
     return dict(zip(VIEWS, out))
 
 
@@ -217,6 +217,60 @@ def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
     call(client, "/show_walkthrough", False, "rank")
     call(client, "/select_layer", 3, False, "rank")
     assert len(passes) == 1, "heads and the walkthrough reuse the analysis' forward pass"
+
+
+def test_correction_selector_rescores_the_cached_run_and_matches_the_library(client, monkeypatch):
+    import tokentrail.capture
+    import tokentrail.runner
+
+    corrections = ("zscore", "rogue:1", "abtt:2")
+    lib = {c: tt.trace(TEXT, "minilm", site="attn_resid_ln", correct=c) for c in corrections}
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    scored = _count(monkeypatch, tokentrail.runner, "compute_views")
+    v = tokenize(client, site="attn_resid_ln")
+    # MiniLM's attn_resid_ln: one dimension carries over half the cosine at layers 2-4
+    assert "⚠" in v["status"] and "dim 223" in v["status"] and "Correction rogue:1" in v["status"]
+    t = v["tokens"]["value"]
+    for correct in corrections:
+        v = tokenize(client, api="/analyse", site="attn_resid_ln", correct=correct)
+        assert f"corrected **{correct}**" in v["status"] and "⚠" not in v["status"]
+        table = frame(v["table"])
+        for l in range(lib[correct].n_layers):
+            nb = lib[correct].neighbours(t, l, site="attn_resid_ln")
+            assert table[f"layer {l}"][0].lstrip("★ ") == f"{nb.token[0]} {nb.similarity[0]:.3f}"
+    assert len(passes) == 1, "a correction re-scores the page's one forward pass"
+    assert len(scored) == 4
+    v = tokenize(client, api="/analyse", site="attn_resid_ln", correct="none")
+    assert "corrected" not in v["status"] and "⚠" in v["status"]
+    assert len(scored) == 4, "back to no correction: the cached analysis"
+    assert "unknown correction" in problem(tokenize(client, api="/analyse", correct="zcore")["status"])
+
+
+def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, monkeypatch):
+    import tokentrail.capture
+    from tokentrail.app.map_tab import MODES
+
+    paths, heads = list(MODES)
+    assert "Analyse a text first" in client.predict(paths, "pca", "", "", api_name="/map")[0]
+    run = tt.load("minilm").run(TEXT)
+    tokenize(client)
+    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    status, plot = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
+    assert "points: paths at `attn_resid`" in status
+    fig = plot_data(plot)
+    names = [t["name"] for t in fig["data"]]
+    assert names == ["nearest vocabulary tokens", "'flies' #2", "'flies' #8"]
+    _, expected = tt.maps.trajectory_map(run, tokens=[2, 8], layers=[0, 1, 2, 5])
+    got = np.concatenate([arr(fig["data"][i]["x"]) for i in (1, 2)])
+    want = expected[expected.kind == "token"].sort_values(["token_index", "step"]).x.to_numpy()
+    np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-6)  # the same PCA, up to sign
+    call(client, "/select_layer", 3, 4, False, "rank")
+    status, plot = client.predict(heads, "pca", "", "", api_name="/map")
+    assert "queries and keys of layer 3, head 4" in status
+    assert "layer 3, head 4" in plot_data(plot)["layout"]["title"]["text"]
+    assert len(passes) == 0, "maps draw the page's forward pass"
+    assert "out of range" in problem(client.predict(paths, "pca", "", "2-9", api_name="/map")[0])
+    assert "no token &#x27;zebra&#x27;" in problem(client.predict(paths, "pca", "zebra", "", api_name="/map")[0])
 
 
 def test_heads_key_and_query_spaces_match_the_library(client, tiny):
@@ -371,9 +425,12 @@ def test_unavailable_model_stays_listed_and_says_why(client, monkeypatch):
     assert "minilm" in call(client, "/select_token", 3, False, "rank")["status"]
 
 
-def test_serve_says_how_to_share_instead_of_gradios_hint(tiny, capfd):
+def test_serve_says_how_to_share_instead_of_gradios_hint(tiny, capfd, monkeypatch):
+    import torch
+
     from tokentrail.app import launch, startup_message
 
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this test process's threads
     port = harness.free_port()
     demo = launch(port=port, models=[str(tiny["tiny-llama"])], block=False)
     try:
@@ -522,9 +579,12 @@ def test_export_before_analysis(client):
 
 
 # ---- serving ----------------------------------------------------------------------------------------
-def test_bounded_queue_says_busy(tiny):
-    """With the queue full, extra requests get Gradio's 'queue is full' message; the app
-    then keeps serving."""
+def test_bounded_queue_says_busy(tiny, monkeypatch):
+    """With Gradio's workers busy and its queue full, extra requests get Gradio's 'queue is
+    full' message; the app then keeps serving. (One worker here, so that one model's
+    requests fill it: with the page's workers, its per-model limit refuses them first,
+    tests/test_app_queues.py.)"""
+    monkeypatch.setattr(app_layout, "EVENTS", dict(app_layout.EVENTS, concurrency_limit=1))
     demo = build_app(max_queue=1)
     with harness.serve(demo, **launch_options()) as u:
         c = gradio_client.Client(u, verbose=False)
@@ -545,10 +605,17 @@ def test_bounded_queue_says_busy(tiny):
 def test_launch_binds_loopback_without_share(monkeypatch):
     from tokentrail import app
 
+    import os
+
+    import torch
+
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw, demo=self))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
     app.launch(block=False)
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["server_port"] == 7860
+    # model work leaves a core for other pages' clicks (issue 11, point 18)
+    assert seen["threads"] == max(1, (os.cpu_count() or 1) - 1)
     # no general file access: only the app's own private folder of served exports
     assert seen["allowed_paths"] == [str(seen["demo"].tokentrail_folder.cache)]
 
@@ -654,3 +721,32 @@ def test_the_app_leaves_no_temp_folder_behind(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith(str(tmp))
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("tokentrail-app-")]
+
+
+# ---- progress on the page (issue 11, point 10) ----------------------------------------------------
+def test_the_page_receives_analysis_progress_as_step_counts(url):
+    """An analysis streams the library's progress to the page as done/total steps (the
+    page's options: one residual space, one step), read over Gradio's own event stream."""
+    spec = importlib.util.spec_from_file_location("tokentrail_bench_app_latency", Path(__file__).parents[1] / "benchmarks" / "bench_app_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    client = bench.PageClient(url)
+    out, progress = client.call("tokenize", "A fresh text, so that the analysis really runs.", "minilm", *DEFAULTS.values())
+    assert "minilm" in out[1]
+    steps = [(p["index"], p["length"], p["unit"], p["desc"]) for p in progress if p["length"] is not None]
+    assert steps, progress
+    assert all(length == 1 and index in (0, 1) and unit == "steps" for index, length, unit, _ in steps)
+    assert {d for *_, d in steps} <= {"running the model", "comparing with encodings", "done"}
+
+
+def test_map_tab_reads_tokens_and_layers(trail):
+    from tokentrail.app.map_tab import parse_layers, parse_tokens
+    from tokentrail.errors import InputError
+
+    assert parse_tokens(trail, " ") is None and parse_layers("", 6) is None
+    assert parse_tokens(trail, "flies") == [2, 8]  # a bare text: every occurrence
+    assert parse_tokens(trail, "flies:1, 1, -1") == [8, 1, 13]
+    assert parse_layers("0-2, 5, 1", 6) == [0, 1, 2, 5]
+    for bad, message in (("3-1", "out of range"), ("6", "out of range"), ("a", "whole numbers"), ("1-", "whole numbers")):
+        with pytest.raises(InputError, match=message):
+            parse_layers(bad, 6)

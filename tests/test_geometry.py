@@ -114,8 +114,12 @@ def test_correction_round_trips_in_options():
 
 
 # ---- corrected scoring against brute force over every row --------------------------------------
-def _brute_check(adapter, acts, views, spec, space_kind, site, k):
+def _brute_check(adapter, acts, views, spec, space_kind, site, k, fit=None):
+    """Every corrected cell against all V rows corrected explicitly; ``fit(layer, vectors)``
+    gives the layer's correction (default: fitted to the text's vectors)."""
     from tokentrail.spaces import build_space
+
+    fit = fit or (lambda layer, v: fit_correction(spec, v))
 
     space = build_space(adapter, space_kind)
     V = space.vocab_size
@@ -125,7 +129,7 @@ def _brute_check(adapter, acts, views, spec, space_kind, site, k):
             continue
         vecs = acts.site(site)
         for layer in range(vecs.shape[0]):
-            corr = fit_correction(spec, vecs[layer])
+            corr = fit(layer, vecs[layer])
             for t in range(vecs.shape[1]):
                 p = int(acts.position_ids[t])
                 rows = corr.apply(space.rows(torch.arange(V), p)[:, 0, :])  # (V, d) explicit corrected rows

@@ -96,7 +96,7 @@ def run(loaded_tiny):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(sites=["attn_out"]), "unknown site 'attn_out': choose from resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, heads or all"),
+        (dict(sites=["attn_out"]), "unknown site 'attn_out': choose from resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, heads, cross_resid, cross_heads or all"),
         (dict(spaces=["vocab"]), "unknown space 'vocab': choose from encodings, embeddings, value, key, query or all"),
         (dict(similarities=["dot"]), "unknown similarity 'dot': choose from cosine, euclidean or all"),
         (dict(k=0), "k must be at least 1, not 0"),

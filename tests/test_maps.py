@@ -107,6 +107,8 @@ def test_cli_map_and_correct(bert_folder, tmp_path):
         (["--map", "x.png"], "unknown output format"),
         (["--map", "x.html", "--map-method", "mds"], "unknown map method"),
         (["--map", "x.html", "--site", "heads"], "--map draws a residual site"),
+        (["--map-head", "1.2"], "add --map out.html"),
+        (["--map", "x.html", "--map-head", "12"], "--map-head takes LAYER.HEAD"),
     ],
 )
 def test_cli_geometry_options_fail_in_one_line_before_loading(args, message, tmp_path, monkeypatch):
@@ -142,3 +144,84 @@ def test_iterative_maps_of_too_many_points_are_refused_before_the_model_runs(ber
     res = CliRunner().invoke(app, ["trace", "time flies like an arrow", "-m", str(bert_folder), "--map", str(out), "--map-method", "tsne", "-q"])
     assert res.exit_code == 2 and "tsne takes at most 10" in res.output and "Traceback" not in res.output, res.output
     assert not out.exists()
+
+
+# ---- key/query maps of one head (AttentionViz) ---------------------------------------------------
+def test_head_map_is_the_pca_of_the_heads_own_queries_and_keys(loaded_tiny):
+    import torch
+
+    from tokentrail.capture import head_qkv
+    from tokentrail.maps import head_map
+
+    run = loaded_tiny.run(TEXT)
+    n, layer, head = run.n_tokens, 1, 2
+    fig, frame = head_map(run, layer, head)
+    assert list(frame.kind) == ["query"] * n + ["key"] * n and (frame["layer"] == layer).all() and (frame["head"] == head).all()
+    # the model's own projections of the layer's input (BERT: post-norm, no RoPE), by hand
+    bert = loaded_tiny.adapter.model
+    attn = bert.bert.encoder.layer[layer].attention.self if hasattr(bert, "bert") else bert.encoder.layer[layer].attention.self
+    x = run.acts.hidden_states[layer][0] if run.acts.hidden_states[layer].ndim == 3 else run.acts.hidden_states[layer]
+    dh = attn.attention_head_size
+    with torch.no_grad():
+        q = attn.query(x)[:, head * dh : (head + 1) * dh].double().numpy()
+        k = attn.key(x)[:, head * dh : (head + 1) * dh].double().numpy()
+        np.testing.assert_allclose(q, head_qkv(loaded_tiny.adapter, run.acts, layer, "q")[:, head].double().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(k, head_qkv(loaded_tiny.adapter, run.acts, layer, "k")[:, head].double().numpy(), rtol=1e-5, atol=1e-6)
+    X = np.concatenate([q, k])
+    Xc = X - X.mean(0)
+    _, _, vt = np.linalg.svd(Xc, full_matrices=False)
+    _up_to_sign_tol(frame[["x", "y"]].to_numpy(), Xc @ vt[:2].T, atol=1e-5)
+    assert [t.name for t in fig.data] == ["queries", "keys"]
+    assert np.array_equal(np.asarray(fig.data[0].customdata)[:, 1], np.full(n, layer + 1))  # a click selects this layer
+
+
+def _up_to_sign_tol(a: np.ndarray, b: np.ndarray, atol: float) -> None:
+    for j in range(a.shape[1]):
+        s = 1.0 if np.dot(a[:, j], b[:, j]) >= 0 else -1.0
+        np.testing.assert_allclose(a[:, j], s * b[:, j], atol=atol)
+
+
+def test_head_map_of_a_grouped_query_head_reads_its_key_value_head():
+    import torch
+    import transformers
+
+    import tokentrail as tt
+    from tokentrail.capture import head_qkv
+    from tokentrail.maps import head_map
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    obj = transformers.LlamaForCausalLM(cfg).eval()
+
+    class Tok:
+        all_special_ids: list[int] = []
+
+        def __call__(self, text, add_special_tokens=True, **kw):
+            return {"input_ids": [3 + (ord(c) % 60) for c in text]}
+
+        def convert_ids_to_tokens(self, ids):
+            return [f"t{i}" for i in ids]
+
+    run = tt.load(obj, tokenizer=Tok()).run("abcdefg")
+    _, frame = head_map(run, 1, 3, tokens=[1, 2, 5])
+    q = head_qkv(run.model.adapter, run.acts, 1, "q")[[1, 2, 5], 3]
+    k = head_qkv(run.model.adapter, run.acts, 1, "k")[[1, 2, 5], 1]  # query head 3 reads key/value head 3 // 2
+    X = torch.cat([q, k]).double().numpy()
+    Xc = X - X.mean(0)
+    _, _, vt = np.linalg.svd(Xc, full_matrices=False)
+    _up_to_sign_tol(frame[["x", "y"]].to_numpy(), Xc @ vt[:2].T, atol=1e-9)
+    assert frame.label.iloc[-1].endswith("(key/value head 1)")
+    with pytest.raises(InputError, match="head 4 is out of range"):
+        head_map(run, 0, 4)
+    with pytest.raises(InputError, match="needs a Run"):
+        head_map(run.trail(), 0, 0)
+
+
+def test_cli_map_head(bert_folder, tmp_path):
+    out = tmp_path / "heads.html"
+    res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--map", str(out), "--map-head", "1.2", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "Queries and keys" in out.read_text()
+    res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--map", str(tmp_path / "h2.html"), "--map-head", "1.9"])
+    assert res.exit_code == 2 and "--map-head head 9 is out of range" in res.output

@@ -1,4 +1,4 @@
-"""BART (a start on issue 12's encoder-decoder part), proven on a tiny random BART with
+"""BART (issue 12's encoder-decoders), proven on a tiny random BART with
 scaled embeddings and perturbed norms and biases.
 
 Encoder stack: every SPEC identity through ``verify_adapter`` (against the framework's own
@@ -34,7 +34,7 @@ def bart():
     )
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
-    model = _perturb(transformers.BartModel(cfg), seed=11)
+    model = _perturb(transformers.BartForConditionalGeneration(cfg), seed=11)
     return model, BartEncoderAdapter(model)
 
 
@@ -84,7 +84,7 @@ def test_scaled_table_and_position_offset(bart):
 def test_a_missing_position_offset_is_caught(bart):
     _, adapter = bart
     broken = BartEncoderAdapter(adapter.model)
-    weight = broken.encoder.embed_positions.weight.detach()
+    weight = broken.stack_module.embed_positions.weight.detach()
     broken.position_offset = lambda ids: weight[ids].float()  # forgets BART's offset of 2
     result = verify_adapter(broken, IDS, sample=8, layers=[0])
     assert {"embedding", "encodings own rows"} <= {r.identity for r in result.failed}
@@ -110,9 +110,19 @@ def bart_dec(bart):
     return model, dec, capture_cross(dec, IDS, TGT)
 
 
+def test_decoder_stack_every_identity_holds(bart):
+    """The decoder stack, bound to a source, is an adapter like any other: every SPEC identity."""
+    from tokentrail.adapters.bart import BartDecoderAdapter
+
+    model, _ = bart
+    result = verify_adapter(BartDecoderAdapter(model).bind(IDS), TGT, sample=8)
+    assert result.passed, result.frame().to_string()
+    assert result.causal
+
+
 def test_decoder_embedding_and_layer_out_are_the_frameworks(bart_dec):
     _, dec, acts = bart_dec
-    assert_close(dec.embed(TGT), acts.hidden_states[0], rtol=1e-4, atol=1e-5)
+    assert_close(dec.embed(TGT, torch.arange(len(TGT))), acts.hidden_states[0], rtol=1e-4, atol=1e-5)
     for layer in range(dec.n_layers):
         assert_close(acts.layer_out[layer], acts.hidden_states[layer + 1], rtol=0, atol=0)
 
@@ -120,8 +130,10 @@ def test_decoder_embedding_and_layer_out_are_the_frameworks(bart_dec):
 def test_heads_recombine_self_and_cross(bart_dec):
     _, dec, acts = bart_dec
     for layer in range(dec.n_layers):
-        for cross, z, out in ((False, acts.z, acts.attn), (True, acts.cross_z, acts.cross_attn)):
-            w_o, b_o = dec.output_projection(layer, cross=cross)
+        for w_o, b_o, z, out in (
+            (*dec.output_projection(layer), acts.z, acts.attn),
+            (*dec.cross_output_projection(layer), acts.cross_z, acts.cross_attn),
+        ):
             assert_close(torch.einsum("thk,hkd->td", z[layer], w_o) + b_o, out[layer], rtol=1e-4, atol=1e-5)
 
 
@@ -130,10 +142,10 @@ def test_cross_attention_recomputed_from_canonical_maps(bart_dec):
     cross_z == A v(encoder_out): a cross head's keys/values are the encoder output tokens."""
     _, dec, acts = bart_dec
     for layer in range(dec.n_layers):
-        q = dec.projection(layer, "q", cross=True)(acts.attn_resid_ln[layer])  # (n, H, dh)
-        k = dec.projection(layer, "k", cross=True)(acts.encoder_out)  # (m, H, dh)
-        v = dec.projection(layer, "v", cross=True)(acts.encoder_out)
-        A = (torch.einsum("thk,shk->hts", q, k) * dec.d_head**-0.5).softmax(-1)
+        q = dec.cross_projection(layer, "q")(acts.attn_resid_ln[layer])  # (n, H, dh)
+        k = dec.cross_projection(layer, "k")(acts.encoder_out)  # (m, H, dh)
+        v = dec.cross_projection(layer, "v")(acts.encoder_out)
+        A = (torch.einsum("thk,shk->hts", q, k) * dec.cross_scale()).softmax(-1)
         assert_close(A, acts.cross_attentions[layer], rtol=1e-4, atol=1e-5)
         assert_close(torch.einsum("hts,shk->thk", acts.cross_attentions[layer], v), acts.cross_z[layer], rtol=1e-4, atol=1e-5)
 
@@ -150,13 +162,86 @@ def test_decoder_self_attention_is_causal_and_recomputed(bart_dec):
 
 
 def test_decoder_norms_chain_the_sites(bart_dec):
-    """attn_resid_ln = LN_self(attn_resid); cross_resid_ln = LN_cross(cross_resid) is the FFN's input."""
+    """attn_resid_ln = LN_self(attn_resid); LN_cross(cross_resid) is the FFN's input; the
+    layer's output is LN_final(that + FFN(that)) with the model's own FFN modules."""
     model, dec, acts = bart_dec
     for layer in range(dec.n_layers):
-        norms = dec.norms(layer)
-        assert_close(norms["self"](acts.attn_resid[layer]), acts.attn_resid_ln[layer], rtol=1e-4, atol=1e-5)
-        assert_close(norms["cross"](acts.cross_resid[layer]), acts.cross_resid_ln[layer], rtol=1e-4, atol=1e-5)
+        lay = model.get_decoder().layers[layer]
+        assert_close(dec.attn_resid_norm(layer)(acts.attn_resid[layer]), acts.attn_resid_ln[layer], rtol=1e-4, atol=1e-5)
+        ln_cross = dec.cross_points(layer).receiver_norm
+        assert_close(ln_cross(acts.cross_resid[layer]), acts.cross_received[layer], rtol=1e-4, atol=1e-5)
         with torch.no_grad():
-            ffn = model.get_decoder().layers[layer]
-            out = norms["final"](acts.cross_resid_ln[layer] + ffn.fc2(ffn.activation_fn(ffn.fc1(acts.cross_resid_ln[layer]))))
+            x = acts.cross_received[layer]
+            out = lay.final_layer_norm(x + lay.fc2(lay.activation_fn(lay.fc1(x))))
         assert_close(out, acts.layer_out[layer], rtol=1e-4, atol=1e-5)
+        assert_close(acts.site("cross_resid")[layer], acts.attn_resid_ln[layer] + acts.cross_attn[layer], rtol=0, atol=0)
+
+
+def test_decoder_spaces_match_its_own_modules(bart):
+    """The decoder's encodings are its own embedding stage (shared table, its own position
+    table and layernorm_embedding); its value space is its self-attention's v_proj of them."""
+    from tokentrail.adapters.bart import BartDecoderAdapter
+
+    model, _ = bart
+    dec_mod = model.get_decoder()
+    adapter = BartDecoderAdapter(model)
+    g = torch.Generator().manual_seed(5)
+    for p in (0, 4):
+        with torch.no_grad():
+            V = dec_mod.embed_tokens.weight.shape[0]
+            rows = dec_mod.layernorm_embedding(dec_mod.embed_tokens(torch.arange(V)) + dec_mod.embed_positions.weight[p + 2])
+            _check_space(build_space(adapter, "encodings"), rows.float()[None], torch.tensor([p]), g, TGT[:4], 1e-4)
+            head_rows = dec_mod.layers[-1].self_attn.v_proj(rows).view(V, adapter.n_heads, adapter.d_head).transpose(0, 1)
+            _check_space(build_space(adapter, "value", adapter.n_layers - 1), head_rows.float(), torch.tensor([p]), g, TGT[:4], 1e-4)
+
+
+def test_the_decoder_refuses_to_run_unbound_or_bidirectional(bart):
+    from tokentrail.adapters.bart import BartDecoderAdapter
+
+    model, _ = bart
+    dec = BartDecoderAdapter(model)
+    with pytest.raises(RuntimeError, match="bind one first"):
+        capture(dec, TGT)
+    with pytest.raises(InputError, match="trained causal"):
+        capture(dec.bind(IDS), TGT, causal=False)
+
+
+# ---- Marian: BART's layout with fixed sinusoids, no offset and no embedding norm -----------------
+@pytest.fixture(scope="module")
+def marian():
+    import seq2seq_models as sm
+    from tokentrail.adapters.bart import MarianEncoderAdapter
+
+    model, _ = sm.marian()
+    return model, MarianEncoderAdapter(model)
+
+
+def test_marian_encodings_are_its_own_modules(marian):
+    """Emb(v, p) = W_E[v] * sqrt(d) + sinusoid[p] from the model's own embedding modules, in
+    both stacks (each its own table), and every identity of both stacks and cross-attention."""
+    from tokentrail.verification import verify_seq2seq
+
+    model, enc = marian
+    dec = enc.decoder_stack()
+    g = torch.Generator().manual_seed(7)
+    src, tgt = torch.tensor([34, 9, 31, 25, 34, 24, 2]), torch.tensor([1, 22, 10, 15, 32, 22, 33])
+    for stack, module in ((enc, model.get_encoder()), (dec, model.get_decoder())):
+        assert stack.embedding_norm() is None
+        V = module.embed_tokens.weight.shape[0]
+        for p in (0, 5):
+            with torch.no_grad():
+                rows = module.embed_tokens(torch.arange(V)) * module.embed_scale + module.embed_positions.weight[p]
+            _check_space(build_space(stack, "encodings"), rows.float()[None], torch.tensor([p]), g, src[:4], 1e-4)
+    result = verify_seq2seq(enc, src, tgt, sample=8)
+    assert result.passed, result.frame().to_string()
+    assert "decoder: cross heads recombine" in {r.identity for r in result.rows if r.passed}
+
+
+def test_marian_without_the_embedding_scale_is_caught(marian):
+    from tokentrail.adapters.bart import MarianEncoderAdapter
+
+    model, _ = marian
+    broken = MarianEncoderAdapter(model)
+    broken._scaled_table = model.get_encoder().embed_tokens.weight.detach()  # forgets sqrt(d)
+    result = verify_adapter(broken, torch.tensor([34, 9, 31, 25, 2]), sample=4, layers=[0])
+    assert {"embedding", "encodings own rows"} <= {r.identity for r in result.failed}

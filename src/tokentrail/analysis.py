@@ -21,15 +21,18 @@ from .adapters import Adapter
 from .capture import Activations, capture, head_vectors
 from .errors import InputError, ModelError
 from .metrics import Cells, anisotropy, derive_metrics, overlap, similarity_from_dots
-from .options import ALL_SITES, ALL_SPACES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, SIMILARITIES, TraceOptions, check_index, whole_number
-from .results import HeadsAt, LensResult, RunInfo, Trail, View
+from .options import (
+    ALL_SITES, ALL_SPACES, CROSS_HEAD_SITE, CROSS_SITE, CROSS_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, SIMILARITIES,
+    TraceOptions, check_index, whole_number,
+)  # fmt: skip
+from .results import CrossView, HeadsAt, LensResult, RunInfo, Trail, View
 from .scoring import score_block
 from .spaces import SpaceCache, VocabSpace
 
 Progress = Callable[[float, str], None]
 Labeller = Callable[[Iterable[int]], dict[int, str]]
 
-__all__ = ["ALL_SITES", "ALL_SPACES", "Progress", "analyse", "analyse_batch", "compute_views", "compute_views_batch", "heads_at", "head_vectors", "make_trail"]
+__all__ = ["ALL_SITES", "ALL_SPACES", "Progress", "analyse", "analyse_batch", "compute_views", "compute_views_batch", "cross_views", "heads_at", "head_vectors", "make_trail"]
 
 
 def compute_views(
@@ -43,11 +46,15 @@ def compute_views(
 ) -> list[View]:
     """Every (site, space, similarity) view of ``options`` for one text's activations.
 
+    The cross-attention sites are a decoder stack's: ``cross_resid`` is computed where
+    ``acts`` has cross-attention; ``cross_heads`` has its own scoring (:func:`cross_views`).
+
     ``text_statistics=False``: the residual views' anisotropy is left at 0, for a caller
     that takes it per text itself (:func:`compute_views_batch` over joined texts, where
     the joined mean would cost O(n^2) in all the texts' tokens and be thrown away)."""
     say = progress or (lambda f, m: None)
-    todo = options.pairs()
+    has_cross = getattr(acts, "cross_attn", None) is not None
+    todo = [(site, sp) for site, sp in options.pairs() if site != CROSS_HEAD_SITE and (site != CROSS_SITE or has_cross)]
     residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
     heads = [sp for site, sp in todo if site == HEAD_SITE]
     steps = max(len({sp for _, sp in residual}) + len(heads) * adapter.n_layers, 1)
@@ -57,7 +64,7 @@ def compute_views(
     for sp in dict.fromkeys(sp for _, sp in residual):
         site_names = [site for site, s in residual if s == sp]
         say(done / steps, f"comparing with {sp}")
-        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct, text_statistics)
+        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct, options.correct_from, text_statistics)
         done += 1
     for sp in heads:
         def tick(sp=sp):
@@ -83,7 +90,7 @@ def compute_views_batch(
     chunked loop (one set of per-position statistics per space for every position any
     text uses); what is a statistic of one text (anisotropy, and the metrics derived from
     it) is then taken per text. A geometry correction is fitted to each text's own
-    vectors, so with one the texts are scored one by one."""
+    vectors (or comes from a corpus study), so with one the texts are scored one by one."""
     if options.correct is not None:
         return [compute_views(adapter, spaces, a, options, progress, chunk_bytes) for a in acts]
     views = compute_views(adapter, spaces, _joined(acts), options, progress, chunk_bytes, text_statistics=False)
@@ -164,8 +171,17 @@ def make_trail(
     device: str = "cpu",
     dtype: str = "float32",
     truncated_from: int | None = None,
+    cross: Sequence[CrossView] = (),
+    source_tokens: Sequence[str] | None = None,
+    decoder: Trail | None = None,
+    decoder_input: str | None = None,
 ) -> Trail:
-    """Wrap computed views (and lens) of one text with its metadata."""
+    """Wrap computed views (and lens) of one text with its metadata.
+
+    Encoder-decoders: each stack's Trail says which it is (``stack``); the encoder's carries
+    the decoder's (``decoder``), which carries the cross-attention views and probabilities
+    and the source tokens they point at; ``decoder_input`` says where the decoder's input
+    came from (the user's target, or the model's own greedy output)."""
     input_ids = acts.input_ids
     ids_used = {int(i) for v in views for i in np.unique(v.top_ids)} | {int(i) for i in input_ids}
     ids_used |= {int(i) for v in views if v.origin_top_ids is not None for i in np.unique(v.origin_top_ids)}
@@ -187,7 +203,9 @@ def make_trail(
         dtype=dtype,
         exact=dtype == "float32",
         truncated_from=truncated_from,
+        decoder_input=decoder_input,
     )
+    cross_att = getattr(acts, "cross_attentions", None)
     return Trail(
         info=info,
         text=text,
@@ -202,7 +220,38 @@ def make_trail(
         attentions=acts.attentions.cpu().numpy(),
         kv_groups=adapter.n_heads // adapter.n_kv_heads,
         lens=lens,
+        stack=adapter.stack,
+        decoder=decoder,
+        cross_views=tuple(cross),
+        cross_attentions=None if cross_att is None else cross_att.cpu().numpy(),
+        source_tokens=None if source_tokens is None else tuple(source_tokens),
     )
+
+
+def cross_views(decoder, acts, options: TraceOptions) -> list[CrossView]:
+    """The ``cross_heads`` site of a decoder stack: each head's vector against the source
+    tokens of this input in its space (``value``: cross ``z`` vs the source values;
+    ``key``: the cross query vs the source keys), for every similarity asked for.
+
+    Per (layer, head, decoder token) the source tokens in order of similarity (ties: the
+    lower index first); a source token's place in that order is its rank."""
+    from .capture_cross import cross_vectors
+
+    out = []
+    for site, kind in options.pairs():
+        if site != CROSS_HEAD_SITE:
+            continue
+        for sim in options.similarities:
+            orders, sims = [], []
+            for layer in range(decoder.n_layers):
+                vec, rows = cross_vectors(decoder, acts, kind, layer)  # (n, H, dh), (m, H, dh)
+                q, r = vec.transpose(0, 1), rows.transpose(0, 1)  # (H, n, dh), (H, m, dh)
+                s = similarity_from_dots(torch.einsum("hnk,hmk->hnm", q, r), q.pow(2).sum(-1), r.pow(2).sum(-1)[:, None, :], sim)
+                vals, order = torch.sort(s, dim=-1, descending=True, stable=True)
+                orders.append(order)
+                sims.append(vals)
+            out.append(CrossView(site=CROSS_HEAD_SITE, space=kind, similarity=sim, source_order=_np(torch.stack(orders)), source_sims=_np(torch.stack(sims))))
+    return out
 
 
 def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None) -> TraceOptions:
@@ -211,15 +260,21 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
     smaller). With ``tokens``, also refuses a run whose estimated peak memory exceeds
     what the machine has, with the figure and the fix."""
     adapter.resolve_causal(options.causal)
-    if options.lens and adapter.lens_head() is None:
-        raise ModelError(adapter.lens_unavailable_reason())
+    options = _settle_cross_sites(adapter, options)
+    lens_reader = adapter.decoder_stack() if adapter.is_seq2seq else adapter  # an encoder-decoder's lens reads its decoder
+    if adapter.is_seq2seq:
+        lens_reader.resolve_causal(options.causal)
+    if options.lens and lens_reader.lens_head() is None:
+        raise ModelError(lens_reader.lens_unavailable_reason())
     vocab = adapter.vocab_size
     for name, value in (("k", options.k), ("overlap k", options.overlap_k)):
         if value is not None and value > vocab:
             raise InputError(f"{name} = {value:,} is more than the model's vocabulary of {vocab:,} tokens: use at most {vocab:,}")
     if options.overlap_k is None:
         options = replace(options, overlap_k=min(DEFAULT_OVERLAP_K, vocab))
-    if options.correct is not None and tokens is not None:
+    if options.correct_from is not None:
+        _check_study(adapter, options)
+    if options.correct is not None and options.correct_from is None and tokens is not None:
         from .options import parse_correction
 
         name, count = parse_correction(options.correct)
@@ -233,6 +288,21 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
             k=options.k, overlap_k=options.overlap_k, lens=options.lens,
         ))  # fmt: skip
     return options
+
+
+def _settle_cross_sites(adapter: Adapter, options: TraceOptions) -> TraceOptions:
+    """The cross-attention sites exist only in encoder-decoders: ``all`` on another model
+    means every site it has; naming one there is an error."""
+    asked = [s for s in options.sites if s in CROSS_SITES]
+    if adapter.is_seq2seq or not asked:
+        return options
+    rest = tuple(s for s in options.sites if s not in CROSS_SITES)
+    if set(rest) != set(ALL_SITES) - set(CROSS_SITES):
+        raise InputError(
+            f"{asked[0]} is a site of encoder-decoder models (the decoder's cross-attention); "
+            f"this {adapter.family} model has no cross-attention"
+        )
+    return replace(options, sites=rest)
 
 
 def analyse(
@@ -349,7 +419,22 @@ def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | N
     return out
 
 
-def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None, text_statistics: bool = True):
+def _check_study(adapter: Adapter, options: TraceOptions) -> None:
+    """A corpus-fitted correction: the study must be of this model, mask and sites."""
+    from .corpus.stats import read_stats
+    from .options import RESIDUAL_SITES
+
+    stats = read_stats(options.correct_from)
+    stats.check_model({"model_type": str(adapter.config.model_type), "n_layers": adapter.n_layers, "d_model": adapter.d_model, "vocab_size": adapter.vocab_size})
+    mask = adapter.resolve_causal(options.causal)
+    if mask != adapter.resolve_causal(stats.causal):
+        raise InputError(f"the study at {options.correct_from} ran {'with' if not mask else 'without'} the causal mask, this trace {'with' if mask else 'without'}: correct from a study with the same mask")
+    for site in options.sites:
+        if site in RESIDUAL_SITES:
+            stats.get(site, 0)
+
+
+def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None, correct_from: str | None = None, text_statistics: bool = True):
     n, L, V = acts.input_ids.shape[0], adapter.n_layers, space.vocab_size
     K = min(max(k, overlap_k), V)
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
@@ -373,7 +458,7 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
                 for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K)):
                     buf[oc] = val
     else:
-        corrections = _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes)
+        corrections = _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes, _fitter(correct, correct_from, sites, L))
     views = []
     for sim in similarities:
         own_s, rank, ids, vals = out[sim]
@@ -409,17 +494,34 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     return views
 
 
-def _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes):
+def _fitter(correct: str, correct_from: str | None, sites, L: int):
+    """group number -> its correction: fitted to the group's own vectors, or (with a study)
+    the study's statistics of the same stage (group 0: the encodings; then site by site,
+    layer by layer)."""
+    from .geometry import fit_correction
+
+    if correct_from is None:
+        return lambda g, vectors: fit_correction(correct, vectors)
+    from .corpus.compute import EMBEDDED
+    from .corpus.stats import read_stats
+
+    stats = read_stats(correct_from)
+    where = [(EMBEDDED, 0)] + [(site, layer) for site in sites for layer in range(L)]
+    return lambda g, vectors: stats.correction(correct, *where[g])
+
+
+def _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes, fit):
     """Residual queries under a geometry correction (:mod:`tokentrail.geometry`): each group of
-    ``n`` queries (the origin encodings, then one site at one layer) gets the correction fitted
-    to its own vectors, and is scored exactly against every corrected row. Returns the corrections."""
-    from .geometry import CorrectedRows, fit_correction
+    ``n`` queries (the origin encodings, then one site at one layer) gets its correction
+    (``fit(group number, its vectors)``), and is scored exactly against every corrected row.
+    Returns the corrections."""
+    from .geometry import CorrectedRows
 
     corrections = []
     V = space.vocab_size
     for start in range(0, vecs.shape[0], n):
         group = slice(start, start + n)
-        corr = fit_correction(correct, vecs[group])
+        corr = fit(start // n, vecs[group])
         rows = CorrectedRows(space, corr, stats)
         corrections.append(corr)
         for c in _chunks(n, V * 8 * 3, chunk_bytes):

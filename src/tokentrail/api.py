@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from .analysis import Progress
 from .inputs import check_text
 from .models import DEFAULT_MODEL, LoadedModel, load
-from .options import TraceOptions
+from .options import TraceOptions, whole_number
 from .results import Trail
 from .runner import Run
 
@@ -24,15 +24,20 @@ def run(
     dtype: str | None = None,
     allow_pickle: bool = False,
     revision: str | None = None,
+    target: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> Run:
     """One forward pass of ``model`` over ``text``: a :class:`~tokentrail.runner.Run` to derive
     Trails, heads, walkthroughs and the logit lens from without another pass.
 
     ``model``: a bundled name, hub id, local folder (str or Path), a loaded model, or a
-    ``transformers`` model object (with ``tokenizer=``)."""
+    ``transformers`` model object (with ``tokenizer=``). Encoder-decoders: ``target`` is
+    the decoder's input; without it the decoder reads the model's own greedy output (at
+    most ``max_new_tokens`` new tokens, default 20)."""
     check_text(text)  # fail fast, before loading anything
+    _check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
-    return loaded.run(text, options, causal=causal, truncate=truncate)
+    return loaded.run(text, options, causal=causal, truncate=truncate, target=target, max_new_tokens=max_new_tokens)
 
 
 def trace(
@@ -48,6 +53,8 @@ def trace(
     lens_site: str = "layer_out",
     causal: bool | None = None,
     truncate: bool = False,
+    correct: str | None = None,
+    correct_from: Any = None,
     options: TraceOptions | None = None,
     tokenizer: Any = None,
     device: str | None = None,
@@ -55,6 +62,8 @@ def trace(
     allow_pickle: bool = False,
     progress: Progress | None = None,
     revision: str | None = None,
+    target: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> Trail:
     """Follow every token of ``text`` through ``model``.
 
@@ -62,16 +71,35 @@ def trace(
     than the vocabulary has is an error, as is ``k`` above it.
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
     or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
-    ``causal=False`` runs a decoder with its causal mask off. ``model`` takes what
-    :func:`run` takes.
+    ``causal=False`` runs a decoder with its causal mask off. ``correct`` corrects the
+    geometry of residual sites (``zscore``, ``center``, ``rogue:D``, ``abtt:D``; see
+    :mod:`tokentrail.geometry`), fitted to the text's own vectors or, with
+    ``correct_from``, to a corpus study of the same model (its folder). ``model`` takes
+    what :func:`run` takes. Encoder-decoders: the source is ``text``, the decoder reads
+    ``target`` or the model's own greedy output (``max_new_tokens``); the Trail is the
+    encoder's, with the decoder's as ``trail.decoder`` (cross-attention included).
     """
     opts = options or TraceOptions.make(
         site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
-        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate,
+        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
+        correct_from=correct_from,
     )  # fmt: skip  -- validated here, before any model work
     check_text(text)
+    _check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
-    return loaded.run(text, opts).trail(progress=progress)
+    return loaded.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail(progress=progress)
+
+
+def _check_decoder_input(target: str | None, max_new_tokens: int | None) -> None:
+    """An encoder-decoder's decoder input options, before any model work."""
+    from .errors import InputError
+
+    if target is not None:
+        check_text(target)
+        if max_new_tokens is not None:
+            raise InputError("give either a target (the decoder's input) or max_new_tokens (for the greedy output), not both")
+    if max_new_tokens is not None:
+        whole_number(max_new_tokens, "max new tokens")
 
 
 def _model(model, tokenizer, device, dtype, allow_pickle, revision) -> LoadedModel:

@@ -170,3 +170,36 @@ def estimate_run(model, *, tokens: int, pairs, similarities: int, k: int, overla
         overlap_k=overlap_k,
         lens=lens,
     )
+
+
+def held_bytes(*objs: object) -> int:
+    """Bytes of the arrays and tensors reachable from ``objs`` through dataclass fields,
+    mappings, lists, tuples and sets: what keeping these results costs. Each buffer is
+    counted once (a tensor's whole storage, a numpy view's base array), so results that
+    share arrays are not counted twice. Other objects (a model) are not walked."""
+    from collections.abc import Mapping
+    from dataclasses import fields, is_dataclass
+
+    buffers: dict[object, int] = {}
+    visited: set[int] = set()
+    stack = list(objs)
+    while stack:
+        o = stack.pop()
+        if o is None or isinstance(o, (str, bytes, int, float, bool)) or id(o) in visited:
+            continue
+        visited.add(id(o))
+        if hasattr(o, "untyped_storage"):  # a torch tensor (duck-typed: no torch import here)
+            storage = o.untyped_storage()
+            buffers[("t", storage.data_ptr(), storage.device)] = storage.nbytes()
+        elif hasattr(o, "nbytes") and hasattr(o, "dtype"):  # a numpy array or scalar
+            base = o
+            while getattr(base, "base", None) is not None and hasattr(base.base, "nbytes"):
+                base = base.base
+            buffers[("a", id(base))] = int(base.nbytes)
+        elif is_dataclass(o) and not isinstance(o, type):
+            stack.extend(getattr(o, f.name) for f in fields(o))
+        elif isinstance(o, Mapping):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+    return sum(buffers.values())

@@ -1,104 +1,87 @@
-"""One encoder-decoder forward pass -> both stacks' sites, cross-attention included.
+"""The decoder stack of an encoder-decoder: one pass -> its sites, cross-attention included.
 
-A start on issue 12's encoder-decoder part (BART-style post-LN models): the encoder stack
-is captured by :func:`tokentrail.capture.capture` through
-:class:`~tokentrail.adapters.bart.BartEncoderAdapter`; this module runs the whole model
-once on (source ids, decoder ids) and reads, per decoder layer, what the framework does
-not expose: the per-head vectors entering the self- and cross-attention output
-projections, those projections' outputs, the cross-attention block's normed output (the
-FFN's input) and the layer outputs. Sites follow
-:class:`~tokentrail.adapters.bart.BartDecoderAdapter`'s docstring.
+:func:`capture_cross` binds the source to the decoder stack's adapter and runs
+:func:`tokentrail.capture.capture` on it (the whole model runs once on (source, decoder
+input), so every self-attention site of the decoder comes out exactly as for any other
+stack), while scoped hooks (:func:`tokentrail.capture.recorded`) read what the framework
+does not expose of cross-attention: the per-head vectors entering its output projection
+(SPEC ``cross_heads``), that projection's output, and what the module after it receives
+(for checks). The framework's own outputs give the cross-attention probabilities and the
+encoder output that cross-attention's keys and values read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
-from .adapters.bart import BartDecoderAdapter
-from .capture import recorded
-from .errors import ModelError
+from .adapters import DecoderStack
+from .capture import Activations, capture, recorded
+from .options import CROSS_SITE
 
 
 @dataclass(frozen=True)
-class CrossActivations:
-    """An encoder-decoder pass on one source (m tokens) and one decoder input (n tokens)."""
+class DecoderActivations(Activations):
+    """The decoder stack's :class:`Activations` (n decoder tokens) plus cross-attention
+    over the m source tokens."""
 
-    input_ids: Tensor  # (m,) source
-    decoder_ids: Tensor  # (n,)
-    encoder_out: Tensor  # (m, d): the encoder's last hidden state, what cross-attention's k/v read
-    embedded: Tensor  # (n, d): the decoder's hidden state 0
-    attn: Tensor  # (L, n, d): self-attention output
-    z: Tensor  # (L, n, H, dh): self-attention per-head vectors
-    attn_resid_ln: Tensor  # (L, n, d): LN_self(h_l + attn_l), cross-attention's query input
-    cross_attn: Tensor  # (L, n, d): cross-attention output
-    cross_z: Tensor  # (L, n, H, dh): cross-attention per-head vectors (SPEC ``cross_heads``)
-    cross_resid_ln: Tensor  # (L, n, d): LN_cross(cross_resid), the FFN's input
-    layer_out: Tensor  # (L, n, d)
-    attentions: Tensor  # (L, H, n, n) causal self-attention probabilities
-    cross_attentions: Tensor  # (L, H, n, m)
-    hidden_states: tuple[Tensor, ...]  # the decoder's own hidden_states, for checks
-
-    @property
-    def layer_in(self) -> Tensor:
-        return torch.cat([self.embedded[None], self.layer_out[:-1]], dim=0)
-
-    @property
-    def attn_resid(self) -> Tensor:
-        """(L, n, d): h_l + attn_l."""
-        return self.layer_in + self.attn
+    encoder_out: Tensor | None = None  # (m, d): the encoder's output, what cross-attention's k/v read
+    cross_z: Tensor | None = None  # (L, n, H, d_head): per-head cross-attention vectors (SPEC ``cross_heads``)
+    cross_attn: Tensor | None = None  # (L, n, d): the cross-attention output, before the residual add
+    cross_attentions: Tensor | None = None  # (L, H, n, m): cross-attention probabilities
+    cross_received: Tensor | None = None  # (L, n, d): what the module after cross-attention read (checks)
 
     @property
     def cross_resid(self) -> Tensor:
-        """(L, n, d): SPEC ``cross_resid``, the residual after cross-attention, before its norm."""
+        """(L, n, d): SPEC ``cross_resid``, the residual after cross-attention, before any norm.
+
+        Cross-attention adds to the residual it reads: ``attn_resid_ln`` (post-LN, the normed
+        self-attention residual; pre-norm models: ``attn_resid_ln == attn_resid``)."""
         return self.attn_resid_ln + self.cross_attn
 
-
-def _hooks(adapter: BartDecoderAdapter):
-    """Each layer's points, for the batch of one (its row 0)."""
-    points = []
-    for lay in adapter.layers:
-        points += [
-            (lay.self_attn.out_proj, "z", True),
-            (lay.self_attn.out_proj, "attn", False),
-            (lay.self_attn_layer_norm, "self_ln", False),
-            (lay.encoder_attn.out_proj, "cz", True),
-            (lay.encoder_attn.out_proj, "cattn", False),
-            (lay.fc1, "ffn_in", True),
-            (lay, "out", False),
-        ]
-    return recorded(points, select=lambda t: t[0])
+    def site(self, name: str) -> Tensor:
+        if name == CROSS_SITE:
+            return self.cross_resid
+        return super().site(name)
 
 
 @torch.no_grad()
-def capture_cross(adapter: BartDecoderAdapter, input_ids: Tensor, decoder_ids: Tensor) -> CrossActivations:
-    """Run the encoder-decoder once on ``input_ids`` (m,) and ``decoder_ids`` (n,)."""
-    impl = getattr(adapter.config, "_attn_implementation", "eager")
-    if impl != "eager":
-        raise ModelError(f"bart: tokentrail needs eager attention (got {impl!r}) to read attention probabilities")
-    src, tgt = input_ids.long()[None], decoder_ids.long()[None]
-    seq2seq = getattr(adapter.model, "model", adapter.model)  # BartForConditionalGeneration.model is the BartModel
-    with _hooks(adapter) as s:
-        out = seq2seq(
-            input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=tgt,
-            use_cache=False, output_hidden_states=True, output_attentions=True,
-        )
-    L, n, H, dh = adapter.n_layers, tgt.shape[1], adapter.n_heads, adapter.d_head
-    return CrossActivations(
-        input_ids=src[0],
-        decoder_ids=tgt[0],
+def capture_cross(decoder: DecoderStack, source_ids: Tensor, decoder_ids: Tensor) -> DecoderActivations:
+    """Run the encoder-decoder once on ``source_ids`` (m,) and ``decoder_ids`` (n,) and
+    collect every decoder site, cross-attention included."""
+    bound = decoder.bind(source_ids.to(decoder.device))
+    points = []
+    for layer in range(decoder.n_layers):
+        cp = decoder.cross_points(layer)
+        points += [(cp.out_proj, "cz", True), (cp.out_proj, "cattn", False), (cp.receiver, "recv", True)]
+    with recorded(points, select=lambda t: t[0]) as s:
+        acts = capture(bound, decoder_ids.to(decoder.device))
+    out = bound.last_output
+    L, n, H, dh = decoder.n_layers, decoder_ids.shape[0], decoder.n_heads, decoder.d_head
+    return DecoderActivations(
+        **{f.name: getattr(acts, f.name) for f in fields(Activations)},
         encoder_out=out.encoder_last_hidden_state[0].float(),
-        embedded=out.decoder_hidden_states[0][0].float(),
-        attn=torch.stack(s["attn"]),
-        z=torch.stack(s["z"]).view(L, n, H, dh),
-        attn_resid_ln=torch.stack(s["self_ln"]),
-        cross_attn=torch.stack(s["cattn"]),
         cross_z=torch.stack(s["cz"]).view(L, n, H, dh),
-        cross_resid_ln=torch.stack(s["ffn_in"]),
-        layer_out=torch.stack(s["out"]),
-        attentions=torch.stack([a[0].float() for a in out.decoder_attentions]),
+        cross_attn=torch.stack(s["cattn"]),
         cross_attentions=torch.stack([a[0].float() for a in out.cross_attentions]),
-        hidden_states=tuple(h[0].float() for h in out.decoder_hidden_states),
+        cross_received=torch.stack(s["recv"]),
     )
+
+
+def cross_vectors(decoder: DecoderStack, acts: DecoderActivations, kind: str, layer: int) -> tuple[Tensor, Tensor]:
+    """A cross-attention head's vectors and its source space at ``layer``.
+
+    value: (cross ``z`` (n, H, dh), the source tokens' values ``W_V e_s + b_V`` (m, H, dh));
+    key: (the decoder tokens' cross queries (n, H, dh), the source tokens' keys (m, H, dh)).
+    ``e_s`` is the encoder output: a cross-attention head's "vocabulary" is this input's
+    source tokens."""
+    if kind == "value":
+        return acts.cross_z[layer], decoder.cross_projection(layer, "v")(acts.encoder_out)
+    if kind == "key":
+        norm = decoder.cross_query_norm(layer)
+        x = acts.attn_resid_ln[layer]
+        q = decoder.cross_projection(layer, "q")(x if norm is None else norm(x))
+        return q, decoder.cross_projection(layer, "k")(acts.encoder_out)
+    raise ValueError(kind)

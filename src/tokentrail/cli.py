@@ -73,7 +73,7 @@ def trace(
     text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input (UTF-8)."),
     model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
     token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first), its text (the first occurrence), or TEXT:N for the N-th occurrence from 0 (flies:1 = the second 'flies'). Omitted: a grid of all tokens."),
-    site: str = typer.Option("attn_resid", help="attn_resid, attn_resid_ln, layer_out, resid_pre (the layer's input), mlp_out (the FFN's output), heads; comma-separated or 'all'."),
+    site: str = typer.Option("attn_resid", help="attn_resid, attn_resid_ln, layer_out, resid_pre (the layer's input), mlp_out (the FFN's output), heads; encoder-decoders also cross_resid (the decoder's residual after cross-attention) and cross_heads (each cross-attention head against the source tokens); comma-separated or 'all'."),
     space: Optional[str] = typer.Option(None, help="encodings (default), embeddings (residual sites); value (default), key, query (heads); or 'all'."),
     similarity: str = typer.Option("cosine", help="cosine, euclidean, or 'all'."),
     k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer (at most the vocabulary size)."),
@@ -92,11 +92,17 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
-    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors."),
+    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors, or to a study with --correct-from."),
+    correct_from: Optional[Path] = typer.Option(None, "--correct-from", help="Fit --correct to a corpus study of the same model (the folder `tokentrail study` wrote) instead of the text: its per-layer mean and std over every token, its sample for rogue:D and abtt:D."),
     map_path: Optional[Path] = typer.Option(None, "--map", help="Also write a 2-D map of the token paths through the layers (HTML, plotly) here; atomically."),
     map_method: str = typer.Option("pca", "--map-method", help="pca (exact, default), tsne (scikit-learn) or umap (umap-learn)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Encoder-decoders (BART, Marian, T5): the decoder's input, read as the model reads a target while it learns (its decoder start token, then this text's tokens). Omitted: the model's own greedy output for TEXT."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Encoder-decoders without --target: at most this many greedy tokens (default 20)."),
+    stack: str = typer.Option("both", "--stack", help="Encoder-decoders: show the encoder, the decoder or both (default) stacks; --token follows a token of one stack."),
+    map_head: Optional[str] = typer.Option(None, "--map-head", help="With --map: draw the query and key vectors of one head instead, as LAYER.HEAD (2.5 = layer 2, head 5; negative counts from the end)."),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
+    from .errors import InputError
     from .inputs import check_text
     from .models import load, resolve_device, resolve_dtype
     from .options import ALL_SITES, expand_choice
@@ -112,23 +118,41 @@ def trace(
         options = _options(
             site=sites, space=_check_site_space(sites, space, quiet), similarity=similarity, k=k,
             overlap_k=overlap_k, lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
+            correct_from=correct_from,
         )  # fmt: skip
+        if correct_from is not None:
+            from .corpus.stats import read_stats
+
+            stats = read_stats(correct_from)  # a study, of these sites: checked before loading
+            for s in sites:
+                if s != "heads":
+                    stats.get(s, 0)
         _check_head_option(head, sites)
-        map_path = _check_map(map_path, map_method, sites, force)
+        map_path = _check_map(map_path, map_method, sites, force, map_head)
+        head_at = None if map_head is None else _parse_map_head(map_head)
         check_text(text)
+        seq2seq_asked = _check_seq2seq_options(target, max_new_tokens, stack, token)
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
             loaded = load(model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=bar.loading)
             # what needs the model, before the analysis
             _check_causal_option(causal, loaded.adapter)
-            if layer is not None:
-                check_index(layer, loaded.adapter.n_layers, "layer", f"the model has {loaded.adapter.n_layers} layers")
-            if head is not None:
-                check_index(head, loaded.adapter.n_heads, "head", f"the model has {loaded.adapter.n_heads} heads")
+            stacks = _stacks_shown(loaded.adapter, stack, seq2seq_asked)
+            if token is not None and len(stacks) > 1:
+                raise InputError("--token follows a token of one stack: add --stack encoder (the source) or --stack decoder")
+            for adapter in stacks:
+                name = f"the {adapter.stack} has" if adapter.stack else "the model has"
+                if layer is not None:
+                    check_index(layer, adapter.n_layers, "layer", f"{name} {adapter.n_layers} layers")
+                if head is not None:
+                    check_index(head, adapter.n_heads, "head", f"{name} {adapter.n_heads} heads")
             enc = loaded.encode(text, truncate=truncate)
-            if token is not None:
+            if token is not None and stacks[0].stack != "decoder":
                 token = _pick_token(find_token, enc.tokens, token, quiet)
-            if map_path is not None:
+            if head_at is not None:
+                check_index(head_at[0], loaded.adapter.n_layers, "--map-head layer", f"the model has {loaded.adapter.n_layers} layers")
+                check_index(head_at[1], loaded.adapter.n_heads, "--map-head head", f"the model has {loaded.adapter.n_heads} heads")
+            elif map_path is not None:
                 from .maps import NEIGHBOURS, check_points, map_points
 
                 check_points(map_method, map_points(len(enc.ids), loaded.adapter.n_layers, NEIGHBOURS))
@@ -136,10 +160,10 @@ def trace(
                 bar.note(f"{loaded.dtype} runs the model approximately; float32 is the exact reference")
             bar.start_analysis(analysis_steps(options.pairs(), loaded.adapter.n_layers))
             bar.analysis(0.0, "running the model")
-            run = loaded.run(text, options, encoded=enc)
+            run = loaded.run(text, options, encoded=enc, target=target, max_new_tokens=max_new_tokens)
             trail = run.trail(progress=bar.analysis)
             if map_path is not None:
-                _write_map(run, map_path, map_method, sites, options.spaces)
+                _write_map(run, map_path, map_method, sites, options.spaces, head_at)
         if map_path is not None and not quiet:
             err.print(f"wrote the map to {map_path}")
         if not quiet and options.correct is None:
@@ -151,14 +175,14 @@ def trace(
             return
         from .report import print_report
 
-        print_report(out, trail, token=token, layer=layer, head=head)
+        print_report(out, trail, token=token, layer=layer, head=head, stack=None if stack == "both" else stack)
     except TokentrailError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
 
 
-def _check_map(path: Path | None, method: str, sites, force: bool) -> Path | None:
+def _check_map(path: Path | None, method: str, sites, force: bool, head: str | None = None) -> Path | None:
     """The --map file and method, checked before the model is loaded."""
     from .errors import InputError
     from .fileio import check_output_path
@@ -166,21 +190,39 @@ def _check_map(path: Path | None, method: str, sites, force: bool) -> Path | Non
     from .options import RESIDUAL_SITES
 
     if path is None:
+        if head is not None:
+            raise InputError("--map-head says which head --map draws: add --map out.html")
         return None
     check_method(method)
-    if not any(s in RESIDUAL_SITES for s in sites):
+    if head is None and not any(s in RESIDUAL_SITES for s in sites):
         raise InputError("--map draws a residual site (attn_resid, layer_out, ...): add one to --site")
     return check_output_path(path, force=force, formats=("html",))[0]
 
 
-def _write_map(run, path: Path, method: str, sites, spaces) -> None:
+def _parse_map_head(value: str) -> tuple[int, int]:
+    """``"2.5"`` -> (2, 5): --map-head's LAYER.HEAD (each may be negative)."""
+    from .errors import InputError
+
+    layer, sep, head = value.strip().partition(".")
+    try:
+        if not sep:
+            raise ValueError
+        return int(layer), int(head)
+    except ValueError:
+        raise InputError(f"--map-head takes LAYER.HEAD, e.g. 2.5 for layer 2, head 5 (got {value!r})") from None
+
+
+def _write_map(run, path: Path, method: str, sites, spaces, head_at: tuple[int, int] | None = None) -> None:
     from .fileio import write_text
-    from .maps import trajectory_map
+    from .maps import head_map, trajectory_map
     from .options import RESIDUAL_SITES, RESIDUAL_SPACES
 
-    site = next(s for s in sites if s in RESIDUAL_SITES)
-    space = next((s for s in spaces if s in RESIDUAL_SPACES), "encodings")
-    fig, _ = trajectory_map(run, site=site, space=space, method=method)
+    if head_at is not None:
+        fig, _ = head_map(run, head_at[0], head_at[1], method=method)
+    else:
+        site = next(s for s in sites if s in RESIDUAL_SITES)
+        space = next((s for s in spaces if s in RESIDUAL_SPACES), "encodings")
+        fig, _ = trajectory_map(run, site=site, space=space, method=method)
     write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
@@ -251,7 +293,7 @@ def _check_site_space(sites: list[str], space: str | None, quiet: bool) -> list[
     from .options import HEAD_SPACES as HEAD_SPACE_KINDS
 
     if space is None:
-        return ["encodings"] + (["value"] if "heads" in sites else [])
+        return ["encodings"] + (["value"] if "heads" in sites or "cross_heads" in sites else [])
     spaces = list(expand_choice(space, ALL_SPACES))
     if "heads" in sites and not any(s in HEAD_SPACE_KINDS for s in spaces if s in ALL_SPACES):
         if all(s == "heads" for s in sites):
@@ -268,13 +310,44 @@ def _check_site_space(sites: list[str], space: str | None, quiet: bool) -> list[
 def _check_head_option(head: int | None, sites: list[str]) -> None:
     from .errors import InputError
 
-    if head is not None and "heads" not in sites:
-        raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
+    if head is not None and "heads" not in sites and "cross_heads" not in sites:
+        raise InputError("--head selects a head of the heads site (or cross_heads): add --site heads (or leave out --head)")
+
+
+STACKS = ("both", "encoder", "decoder")
+
+
+def _check_seq2seq_options(target: str | None, max_new_tokens: int | None, stack: str, token: str | None) -> bool:
+    """The encoder-decoder options, checked before the model loads; True when any was given."""
+    from .errors import InputError
+    from .inputs import check_text
+
+    if stack not in STACKS:
+        raise InputError(f"unknown stack {stack!r}: choose from {', '.join(STACKS)}")
+    if target is not None:
+        check_text(target)
+        if max_new_tokens is not None:
+            raise InputError("--max-new-tokens bounds the greedy output, which --target replaces: give one of them")
+    return target is not None or max_new_tokens is not None or stack != "both"
+
+
+def _stacks_shown(adapter, stack: str, seq2seq_asked: bool) -> list:
+    """The adapters whose rows the report shows (one for single-stack models)."""
+    from .errors import InputError
+
+    if not adapter.is_seq2seq:
+        if seq2seq_asked:
+            raise InputError(f"--target, --max-new-tokens and --stack are for encoder-decoder models; this {adapter.family} model has one stack")
+        return [adapter]
+    both = [adapter, adapter.decoder_stack()]
+    return both if stack == "both" else [a for a in both if a.stack == stack]
 
 
 def _check_causal_option(causal: bool | None, adapter) -> None:
     from .errors import InputError
 
+    if causal is not None and adapter.is_seq2seq:
+        raise InputError(f"--causal/--no-causal: the {adapter.family} decoder is always causal and its encoder never is")
     if causal is not None and not adapter.is_decoder:
         flag = "--causal" if causal else "--no-causal"
         raise InputError(f"{flag} is for decoders; {adapter.family} is an encoder (it attends both ways and has no causal mask)")

@@ -31,7 +31,7 @@ import pandas as pd
 
 from .errors import InputError
 from .fileio import write_csv, write_parquet, write_text
-from .options import ALL_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, RESIDUAL_SPACES, SIMILARITIES, whole_number
+from .options import ALL_SITES, CROSS_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, RESIDUAL_SPACES, SIMILARITIES, whole_number
 from .results import RunInfo
 from .tokens import find_token
 
@@ -317,8 +317,9 @@ class Comparison:
 # ---- computing ------------------------------------------------------------------------
 def check_compare_options(site: str, space: str | None, similarity: str, k: int, overlap_k: int | None) -> str:
     """Validate what needs no model; returns the space (default: encodings, or value for heads)."""
-    if not isinstance(site, str) or site not in ALL_SITES:
-        raise InputError(f"compare takes one site: choose from {', '.join(ALL_SITES)}, not {site!r}")
+    sites = [s for s in ALL_SITES if s not in CROSS_SITES]  # one stack's sites: an encoder-decoder compares its encoder
+    if not isinstance(site, str) or site not in sites:
+        raise InputError(f"compare takes one site: choose from {', '.join(sites)}, not {site!r}")
     allowed = HEAD_SPACES if site == HEAD_SITE else RESIDUAL_SPACES
     space = space or allowed[0]
     if space not in allowed:

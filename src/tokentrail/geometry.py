@@ -57,12 +57,13 @@ from .metrics import similarity_from_dots
 from .options import RESIDUAL_SITES, parse_correction
 
 if TYPE_CHECKING:
+    from .corpus.stats import LayerStats
     from .runner import Run
     from .spaces import PositionStats, VocabSpace
 
 __all__ = [
     "Correction", "CorrectedRows", "Geometry", "cosine_terms", "cosine_shares", "diagnose", "diagnose_run",
-    "fit_correction", "rogue_layers", "trajectory_map",
+    "fit_corpus_correction", "fit_correction", "rogue_layers", "trajectory_map",
 ]  # fmt: skip
 
 ROGUE_SHARE = 0.5  # one dimension above this share of the expected cosine "dominates" (issue 9)
@@ -85,7 +86,7 @@ def cosine_terms(vectors: Tensor | np.ndarray, groups: Sequence[int] | np.ndarra
     if groups is None:
         same, pairs = u.pow(2).sum(0), n * (n - 1)
     else:
-        g = torch.as_tensor(np.asarray(groups)).long()
+        g = torch.as_tensor(np.array(groups)).long()
         if g.shape != (n,):
             raise InputError(f"groups must give one label per vector ({n}), got shape {tuple(g.shape)}")
         _, g = torch.unique(g, return_inverse=True)
@@ -173,8 +174,11 @@ def diagnose_run(run: "Run", site: str = "attn_resid", top: int = 3) -> Geometry
     return diagnose(run.acts.site(site), site=site, top=top)
 
 
-def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE) -> str | None:
-    """One line for a user when one dimension dominates the cosine somewhere, else None."""
+def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE, how: str = "--correct {}") -> str | None:
+    """One line for a user when one dimension dominates the cosine somewhere, else None.
+
+    ``how`` says how to ask for a correction where the line is shown (``{}`` takes its
+    name): the CLI's ``--correct {}``; the app names its selector."""
     hits = geometry.rogue(threshold)
     if not hits:
         return None
@@ -184,7 +188,7 @@ def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE) -> str | No
     return (
         f"{geometry.site}: at {len(layers)} of {geometry.n_layers} layers ({_ranges(layers)}) one dimension "
         f"(dim {', '.join(map(str, dims))}) carries over {threshold:.0%} of the expected cosine (up to {worst:.0%}); "
-        f"those neighbour lists mostly reflect it: try --correct rogue:{len(dims)} or --correct zscore"
+        f"those neighbour lists mostly reflect it: try {how.format(f'rogue:{len(dims)}')} or {how.format('zscore')}"
     )
 
 
@@ -205,7 +209,7 @@ class Correction:
     """``T(x) = (I - U U^T) diag(scale) (x - mu)``; float64 tensors on the vectors' device.
 
     name: the option string (``"rogue:2"``); removed: the dimensions zeroed (rogue);
-    source: where mu/scale/U came from (``"text"`` or ``"given"``)."""
+    source: where mu/scale/U came from (``"text"``, ``"given"`` or ``"corpus"``)."""
 
     name: str
     mu: Tensor  # (d,)
@@ -264,6 +268,44 @@ def fit_correction(spec: str, vectors: Tensor | np.ndarray, source: str = "text"
         raise InputError(f"abtt:{count} needs more than {count} tokens (the text has {n}): use a smaller D")
     _, _, vh = torch.linalg.svd(v - mu, full_matrices=False)
     return Correction(spec, mu, ones, vh[:count].T.contiguous(), source=source)
+
+
+def fit_corpus_correction(spec: str, stats: "LayerStats") -> Correction:
+    """The correction ``spec`` fitted to one site and layer of a corpus study
+    (:func:`tokentrail.corpus.stats.read_stats`), ``source="corpus"``.
+
+    ``center``/``zscore``: the exact corpus mean and population std (over every token of
+    the study). ``rogue:D``: the D dimensions with the largest terms of the *corpus*
+    baseline (pairs of sampled tokens from different texts, :func:`cosine_terms` with
+    groups). ``abtt:D``: the top D principal directions of the corpus sample, centred on
+    the corpus mean."""
+    name, count = parse_correction(spec)
+    mu = torch.as_tensor(stats.mean, dtype=torch.float64)
+    d = mu.shape[0]
+    ones, zero = torch.ones(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    if name == "center":
+        return Correction(spec, mu, ones, None, source="corpus")
+    if name == "zscore":
+        sd = torch.as_tensor(stats.std, dtype=torch.float64)
+        return Correction(spec, mu, torch.where(sd > 0, 1 / sd.clamp_min(1e-300), zero), None, source="corpus")
+    sample = torch.as_tensor(stats.sample, dtype=torch.float64)
+    if count > d:
+        raise InputError(f"{name}:{count} removes more dimensions than the vectors have ({d})")
+    if name == "rogue":
+        if len(np.unique(stats.texts)) < 2:
+            raise InputError("rogue:D from a corpus ranks dimensions by the cosine between tokens of different texts: the study's sample holds one text")
+        terms = torch.as_tensor(cosine_terms(sample, stats.texts))
+        top = torch.argsort(-terms, stable=True)[:count].tolist()
+        scale = ones.clone()
+        scale[top] = 0.0
+        return Correction(spec, zero, scale, None, removed=tuple(int(i) for i in top), source="corpus")
+    if count > min(sample.shape[0] - 1, d):
+        raise InputError(f"abtt:{count} needs more than {count} sampled tokens (the study's sample has {sample.shape[0]}): use a smaller D")
+    # the top eigenvectors of the (d x d) scatter matrix: the same directions as the SVD of
+    # the (m x d) sample, several times cheaper for a sample of thousands of tokens
+    xc = sample - mu
+    _, vecs = torch.linalg.eigh(xc.T @ xc)  # ascending eigenvalues
+    return Correction(spec, mu, ones, vecs[:, -count:].flip(1).contiguous(), source="corpus")
 
 
 class CorrectedRows:

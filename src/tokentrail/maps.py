@@ -12,6 +12,12 @@ faint context points. All points are projected together:
 
 :func:`trajectory_map` returns the plotly figure and the coordinates as a DataFrame
 (one row per point: kind, token index, token, step, layer, label, x, y).
+
+:func:`head_map` is the second mode (the AttentionViz idea, Yeh et al. 2023): for one
+layer and head, the text's query vectors and key vectors of that head (the model's own,
+:func:`tokentrail.capture.head_qkv`: RoPE applied where the model applies it; a
+grouped-query head reads its key/value head's keys) projected together, so a query near
+a key is a query that scores that key highly when their norms are alike.
 """
 
 from __future__ import annotations
@@ -156,12 +162,14 @@ def trajectory_map(
 def _figure(frame: "pd.DataFrame", method: str, site: str, run: "Run") -> "go.Figure":
     import plotly.graph_objects as go
 
+    # every point carries (token index, step) as customdata: a click in the app selects them
     fig = go.Figure()
     ctx = frame[frame.kind == "neighbour"]
     if len(ctx):
         fig.add_trace(go.Scatter(
             x=ctx.x, y=ctx.y, mode="markers", name="nearest vocabulary tokens", opacity=0.3,
             marker=dict(size=6, color="grey"), hovertext=ctx.label, hoverinfo="text",
+            customdata=np.stack([ctx.token_index, ctx.step.fillna(0)], 1),  # a click selects the token it is near
         ))  # fmt: skip
     for t, path in frame[frame.kind == "token"].groupby("token_index", sort=True):
         path = path.sort_values("step")
@@ -173,5 +181,72 @@ def _figure(frame: "pd.DataFrame", method: str, site: str, run: "Run") -> "go.Fi
     fig.update_layout(
         title=f"Token paths through {run.model.name}'s layers ({site}, {method.upper() if method != 'tsne' else 't-SNE'})",
         xaxis_title=f"{method} 1", yaxis_title=f"{method} 2", template="plotly_white", legend_title="token",
+    )  # fmt: skip
+    return fig
+
+
+def head_map(
+    run: "Run",
+    layer: int,
+    head: int,
+    *,
+    tokens: Sequence[int] | None = None,
+    method: str = "pca",
+    seed: int = 0,
+) -> tuple["go.Figure", "pd.DataFrame"]:
+    """The 2-D map of one head's query and key vectors (see the module docstring).
+
+    Points: the query of every token in ``tokens`` (default: all) at ``layer``, head
+    ``head``, then their keys (from the key/value head that ``head`` reads), projected
+    together by ``method``. Frame: one row per point (kind ``query``/``key``, token index,
+    token, layer, head, label, x, y)."""
+    import pandas as pd
+    import torch
+
+    from .capture import head_qkv
+    from .runner import Run
+
+    if not isinstance(run, Run):
+        raise InputError(f"a head map needs a Run (its activations): tt.load(model).run(text), not {type(run).__name__}")
+    check_method(method)
+    adapter = run.model.adapter
+    n, L, H = run.n_tokens, adapter.n_layers, adapter.n_heads
+    layer = check_index(layer, L, "layer", f"the model has {L} layers")
+    head = check_index(head, H, "head", f"the model has {H} heads")
+    toks = list(range(n)) if tokens is None else [check_index(t, n, "token index", f"the text has {n} tokens") for t in tokens]
+    check_points(method, 2 * len(toks))
+    kv = int(adapter.kv_heads()[head])
+    with torch.no_grad():
+        q = head_qkv(adapter, run.acts, layer, "q")[:, head]  # (n, d_head)
+        k = head_qkv(adapter, run.acts, layer, "k")[:, kv]  # (n, d_head)
+    idx = torch.tensor(toks, dtype=torch.long, device=q.device)
+    X = torch.cat([q[idx], k[idx]]).detach().double().cpu().numpy()  # (2 n', d_head): queries, then keys
+    xy = project(X, method, seed)
+    names = run.tokens
+    gqa = f" (key/value head {kv})" if kv != head else ""
+    rows = [
+        dict(kind=kind, token_index=t, token=names[t], layer=layer, head=head, label=f"{kind} of {names[t]!r} #{t} · layer {layer} head {head}{gqa if kind == 'key' else ''}")
+        for kind in ("query", "key") for t in toks
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
+    return _head_figure(frame, method, run, layer, head, gqa), frame
+
+
+def _head_figure(frame: "pd.DataFrame", method: str, run: "Run", layer: int, head: int, gqa: str) -> "go.Figure":
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for kind, colour, symbol in (("query", "#d9480f", "circle"), ("key", "#1c7ed6", "diamond")):
+        part = frame[frame.kind == kind]
+        fig.add_trace(go.Scatter(
+            x=part.x, y=part.y, mode="markers+text", name="queries" if kind == "query" else "keys", text=part.token, textposition="top center",
+            hovertext=part.label, hoverinfo="text", marker=dict(size=9, color=colour, symbol=symbol),
+            customdata=np.stack([part.token_index, np.full(len(part), layer + 1)], 1),
+        ))  # fmt: skip
+    name = method.upper() if method != "tsne" else "t-SNE"
+    fig.update_layout(
+        title=f"Queries and keys of {run.model.name}'s layer {layer}, head {head}{gqa} ({name})",
+        xaxis_title=f"{method} 1", yaxis_title=f"{method} 2", template="plotly_white", legend_title="vectors",
     )  # fmt: skip
     return fig

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from .adapters import Adapter, adapter_for, decoder_model_types, lens_head_prefixes, supported_model_types
+from .adapters import Adapter, adapter_for, decoder_model_types, lens_head_prefixes, seq2seq_model_types, supported_model_types
 from . import tokens
 from .errors import InputError, ModelError
 from .gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
@@ -74,6 +74,20 @@ class LoadedModel:
         self.lock = threading.RLock()
 
     @property
+    def decoder_spaces(self) -> SpaceCache:
+        """An encoder-decoder's decoder stack's reference spaces (``spaces`` are the encoder's)."""
+        if not self.adapter.is_seq2seq:
+            raise ModelError(f"{self.name} is not an encoder-decoder: it has one stack (model.spaces)")
+        cache = self.__dict__.get("_decoder_spaces")
+        if cache is None or cache.adapter is not self.adapter.decoder_stack():
+            cache = self._decoder_spaces = SpaceCache(self.adapter.decoder_stack())
+        return cache
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.adapter.is_seq2seq
+
+    @property
     def device(self) -> str:
         return str(self.adapter.device)
 
@@ -97,13 +111,21 @@ class LoadedModel:
         with self.lock:
             return encode(self, text, truncate=truncate, max_tokens=max_tokens)
 
-    def run(self, text: str, options=None, *, causal: bool | None = None, truncate: bool | None = None, max_tokens: int | None = None, encoded=None):
+    def run(
+        self, text: str, options=None, *, causal: bool | None = None, truncate: bool | None = None, max_tokens: int | None = None,
+        encoded=None, target: str | None = None, max_new_tokens: int | None = None,
+    ):
         """One forward pass over ``text``: a :class:`tokentrail.runner.Run` to derive every view from.
 
         ``options`` (a :class:`~tokentrail.options.TraceOptions`) default to the standard
         ones; ``causal`` and ``truncate`` override theirs. ``encoded``: this text's
         :meth:`encode`, when the caller already has it (no second tokenization). Refuses,
-        with the figure, a run whose estimated memory exceeds what the machine has."""
+        with the figure, a run whose estimated memory exceeds what the machine has.
+
+        Encoder-decoders (a :class:`~tokentrail.runner.Seq2SeqRun`): ``text`` is the source;
+        the decoder reads ``target`` (its teacher-forcing input) or, without one, the
+        model's own greedy output of at most ``max_new_tokens`` (default
+        :data:`~tokentrail.options.DEFAULT_NEW_TOKENS`) new tokens."""
         from .analysis import check_against
         from .capture import capture
         from .inputs import check_text
@@ -115,11 +137,54 @@ class LoadedModel:
         opts = opts.with_(**changes) if changes else opts.validate()
         check_text(text)
         opts = check_against(self.adapter, opts)
+        if opts.correct_from is not None:  # the architecture is checked above; the checkpoint here
+            from .corpus.stats import read_stats
+
+            read_stats(opts.correct_from).check_model({"model": self.name, "model_revision": self.revision})
         enc = encoded if encoded is not None else self.encode(text, truncate=opts.truncate, max_tokens=max_tokens)
         opts = check_against(self.adapter, opts, tokens=len(enc.ids))
+        if self.adapter.is_seq2seq:
+            return self._run_seq2seq(text, enc, opts, target, max_new_tokens)
+        if target is not None or max_new_tokens is not None:
+            raise InputError(f"--target and --max-new-tokens are for encoder-decoder models; {self.name} ({self.adapter.family}) has one stack")
         with self.lock:  # hooks on shared modules: one capture at a time per model
             acts = capture(self.adapter, enc.ids, causal=opts.causal)
         return Run(self, text, enc, acts, opts)
+
+    def _run_seq2seq(self, text, enc, opts, target: str | None, max_new_tokens: int | None):
+        """The encoder over the source, then the whole model over (source, decoder input)."""
+        from .capture import capture
+        from .capture_cross import capture_cross
+        from .inputs import check_text
+        from .options import DEFAULT_NEW_TOKENS, whole_number
+        from .runner import Seq2SeqRun
+
+        enc_adapter = self.adapter
+        dec = enc_adapter.decoder_stack()
+        with self.lock:
+            if target is not None:
+                if max_new_tokens is not None:
+                    raise InputError("give either a target (the decoder's input) or --max-new-tokens (for the greedy output), not both")
+                check_text(target)
+                labels = torch.tensor(self.tokenizer(text_target=target)["input_ids"], dtype=torch.long)
+                dec_ids = enc_adapter.decoder_input(labels)
+                origin = "target"
+            else:
+                bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else whole_number(max_new_tokens, "max new tokens")
+                dec_ids = enc_adapter.greedy(enc.ids, bound).cpu()
+                origin = f"greedy output of the model (at most {bound} new tokens)"
+            if dec.max_tokens is not None and dec_ids.shape[0] > dec.max_tokens:
+                raise InputError(f"the decoder input is {dec_ids.shape[0]} tokens; the {dec.family} decoder takes at most {dec.max_tokens}")
+            acts = capture(enc_adapter, enc.ids, causal=opts.causal)
+            dec_acts = capture_cross(dec, enc.ids, dec_ids)
+            ids = dec_ids.tolist()
+            special_ids = set(getattr(self.tokenizer, "all_special_ids", []))
+            dec_text = target if target is not None else self.tokenizer.decode(ids, skip_special_tokens=True)
+            dec_tokens = readable_tokens(self.tokenizer, ids)
+        return Seq2SeqRun(
+            self, text, enc, acts, opts, decoder_acts=dec_acts, decoder_text=dec_text, decoder_tokens=dec_tokens,
+            decoder_special=[i in special_ids for i in ids], decoder_input=origin,
+        )  # fmt: skip
 
     def runs(self, texts, options=None, *, truncate: bool | None = None, max_tokens: int | None = None, padding_side: str | None = None):
         """One padded forward pass over several texts: a :class:`tokentrail.runner.Run`
@@ -133,6 +198,8 @@ class LoadedModel:
 
         opts = options or TraceOptions()
         opts = opts.with_(truncate=truncate) if truncate is not None else opts.validate()
+        if self.adapter.is_seq2seq:
+            raise InputError(f"{self.name} is an encoder-decoder: batches of texts and corpus studies take single-stack models; trace each text (model.run, tokentrail trace)")
         texts = [check_text(t) for t in texts]
         opts = check_against(self.adapter, opts)
         encoded = [self.encode(t, truncate=opts.truncate, max_tokens=max_tokens) for t in texts]
@@ -142,12 +209,12 @@ class LoadedModel:
             acts = capture_batch(self.adapter, [e.ids for e in encoded], causal=opts.causal, padding_side=side)
         return [Run(self, t, e, a, opts) for t, e, a in zip(texts, encoded, acts)]
 
-    def trace(self, text: str, options=None, **option_values):
+    def trace(self, text: str, options=None, *, target: str | None = None, max_new_tokens: int | None = None, **option_values):
         """``run(text).trail()``: the one-line path."""
         from .options import TraceOptions
 
         opts = options or TraceOptions.make(**option_values)
-        return self.run(text, opts).trail()
+        return self.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail()
 
 
 def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
@@ -290,7 +357,7 @@ def _pickled_keys(path: Path) -> list[str]:
 
 def _load_folder(folder: Path, *, allow_pickle: bool):
     import transformers
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     if not (folder / "config.json").exists():
         raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
@@ -308,7 +375,9 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
         raise ModelError(f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}")
     keys = _weights_keys(folder, allow_pickle)
     prefixes = lens_head_prefixes(model_type)
-    if getattr(config, "is_decoder", False) or model_type in decoder_model_types():
+    if model_type in seq2seq_model_types():
+        auto = AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)
+    elif getattr(config, "is_decoder", False) or model_type in decoder_model_types():
         auto = AutoModelForCausalLM
     elif keys and any(k.startswith(prefixes) for k in keys):
         auto = AutoModelForMaskedLM

@@ -18,9 +18,17 @@ from .errors import InputError
 RESIDUAL_SITES: tuple[str, ...] = ("resid_pre", "attn_resid", "attn_resid_ln", "layer_out", "mlp_out")
 """Residual-stream sites (d-dimensional vectors), in the order a layer computes them."""
 HEAD_SITE = "heads"
-ALL_SITES: tuple[str, ...] = (*RESIDUAL_SITES, HEAD_SITE)
+CROSS_SITE = "cross_resid"
+"""Encoder-decoder decoders: the residual after cross-attention (d-dimensional)."""
+CROSS_HEAD_SITE = "cross_heads"
+"""Encoder-decoder decoders: per-head cross-attention vectors, compared with the source tokens."""
+CROSS_SITES: tuple[str, ...] = (CROSS_SITE, CROSS_HEAD_SITE)
+ALL_SITES: tuple[str, ...] = (*RESIDUAL_SITES, HEAD_SITE, *CROSS_SITES)
+"""Every site; a model without cross-attention computes all but :data:`CROSS_SITES`."""
 RESIDUAL_SPACES: tuple[str, ...] = ("encodings", "embeddings")
 HEAD_SPACES: tuple[str, ...] = ("value", "key", "query")
+CROSS_HEAD_SPACES: tuple[str, ...] = ("value", "key")
+"""A cross-attention head's spaces: the source tokens' values (its ``z``) or keys (its query)."""
 ALL_SPACES: tuple[str, ...] = (*RESIDUAL_SPACES, *HEAD_SPACES)
 SIMILARITIES: tuple[str, ...] = ("cosine", "euclidean")
 LENS_SITES: tuple[str, ...] = ("layer_out", "attn_resid")
@@ -29,6 +37,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 CORRECTIONS: tuple[str, ...] = ("center", "zscore", "rogue", "abtt")
 """Geometry corrections (SPEC "Corrections (geometry)"); rogue and abtt take a count: ``rogue:2``, ``abtt:3``."""
+DEFAULT_NEW_TOKENS = 20  # encoder-decoders without a target: the greedy output's length bound
 DEFAULT_OVERLAP_K = 100  # SPEC; a smaller vocabulary caps the default (an explicit larger one is refused)
 
 
@@ -111,6 +120,7 @@ class TraceOptions:
     causal: bool | None = None  # decoders: None = the model's own (causal) mask
     truncate: bool = False  # cut an over-long text instead of refusing it
     correct: str | None = None  # geometry correction of residual sites: center, zscore, rogue:D, abtt:D
+    correct_from: str | None = None  # a corpus study's folder to fit the correction to (else the text)
 
     @classmethod
     def make(
@@ -126,6 +136,7 @@ class TraceOptions:
         causal: bool | None = None,
         truncate: bool = False,
         correct: str | None = None,
+        correct_from: Any = None,
     ) -> "TraceOptions":
         """Validated options from user-facing values (names, lists, "a,b" or "all")."""
         opts = cls(
@@ -139,6 +150,7 @@ class TraceOptions:
             causal=causal,
             truncate=truncate,
             correct=None if correct is None else str(correct).strip().replace(" ", ""),
+            correct_from=None if correct_from is None else str(correct_from),
         )
         opts.validate()
         return opts
@@ -167,6 +179,11 @@ class TraceOptions:
             raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)}, not {self.lens_site!r}")
         if self.correct is not None:
             parse_correction(self.correct)
+        if self.correct_from is not None:
+            if not isinstance(self.correct_from, str) or not self.correct_from.strip():
+                raise InputError(f"correct_from is a corpus study's folder, not {self.correct_from!r}")
+            if self.correct is None:
+                raise InputError("--correct-from says where a correction is fitted: add --correct zscore|center|rogue:D|abtt:D")
         self.pairs()
         return self
 
@@ -174,10 +191,10 @@ class TraceOptions:
         """The (site, space) pairs to compute among those asked for."""
         out = []
         for site in self.sites:
-            allowed = HEAD_SPACES if site == HEAD_SITE else RESIDUAL_SPACES
+            allowed = HEAD_SPACES if site == HEAD_SITE else CROSS_HEAD_SPACES if site == CROSS_HEAD_SITE else RESIDUAL_SPACES
             chosen = [s for s in self.spaces if s in allowed]
-            if not chosen and site == HEAD_SITE:
-                chosen = ["value"]  # the heads site's own space (SPEC)
+            if not chosen and site in (HEAD_SITE, CROSS_HEAD_SITE):
+                chosen = ["value"]  # the heads sites' own space (SPEC)
             out += [(site, s) for s in chosen]
         if not out:
             raise InputError(

@@ -15,6 +15,7 @@ from .results import HeadsAt, Trail, View
 ACCENT = "#d9480f"  # the selected token, everywhere in the app
 MUTED = "rgba(120, 130, 150, 0.35)"
 FONT = dict(family="Inter, system-ui, sans-serif", size=12, color="#1f2937")
+SUBTITLE_CHARS = 56  # a subtitle line at most (fits a plot ~400 px wide)
 
 LINE_METRICS = {
     "self_sim": "Similarity to the original encoding",
@@ -41,18 +42,28 @@ def subtitle(trail: Trail, view: View | None = None, token: int | None = None) -
         parts.append("/".join(view.key))
     text = trail.text if len(trail.text) <= 48 else trail.text[:47] + "…"
     parts.append(repr(text))
-    return " · ".join(parts).replace("<", "&lt;").replace(">", "&gt;")
+    parts = [p.replace("<", "&lt;").replace(">", "&gt;") for p in parts]
+    # plotly does not wrap titles: break between parts so a plot ~400 px wide (three
+    # side by side, or a narrow window) shows the whole subtitle
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 3 + len(part) <= SUBTITLE_CHARS:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return "<br>".join(lines)
 
 
 def _layout(title: str, height: int, sub: str | None = None, **axes) -> dict:
     """One layout dict for a figure (built once: plotly's property-by-property updates
     cost more than the data on a token click)."""
     axis = dict(gridcolor="#eef0f3", zeroline=False, linecolor="#cbd2d9")
-    text = title if sub is None else f"{title}<br><sup>{sub}</sup>"
+    text = title if sub is None else title + "".join(f"<br><sup>{line}</sup>" for line in sub.split("<br>"))
+    n_sub = 0 if sub is None else sub.count("<br>") + 1
     return dict(
         title=dict(text=text, x=0.01, xanchor="left", font=dict(size=14)),
-        height=height,
-        margin=dict(l=56, r=16, t=44 if sub is None else 64, b=44),
+        height=height + 14 * max(n_sub - 1, 0),
+        margin=dict(l=56, r=16, t=44 + 18 * n_sub + (2 if n_sub else 0), b=44),
         font=FONT,
         plot_bgcolor="white",
         paper_bgcolor="white",

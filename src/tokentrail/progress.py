@@ -9,17 +9,56 @@ The library reports progress as plain callbacks: ``models.load(progress=fn(messa
 - elsewhere (a pipe, a log file): one plain line per *new* message, never the same line
   twice in a row;
 - with ``quiet``: nothing.
+
+:class:`Steps` is the one home of that translation (a loading message; an analysis
+fraction as *done/total* steps); :class:`TerminalProgress` draws it in a terminal,
+:class:`CallbackProgress` hands it to any display (the web app's progress bar).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-class TerminalProgress:
+class Steps:
+    """The library's progress callbacks as one kind of event, ``report(message, done,
+    total)``: ``done``/``total`` are analysis steps (see :func:`analysis_steps`), or None
+    while loading (a message only). Subclasses say where the events go."""
+
+    _steps = 1
+
+    def report(self, message: str, completed: int | None = None, total: int | None = None) -> None:
+        raise NotImplementedError
+
+    def loading(self, message: str) -> None:
+        """``models.load(progress=...)``: messages only (a spinner and the elapsed time)."""
+        self.report(message.rstrip("…. "))
+
+    def start_analysis(self, steps: int) -> None:
+        """The analysis is about to start and will report ``steps`` equal steps."""
+        self._steps = max(int(steps), 1)
+
+    def analysis(self, fraction: float, message: str) -> None:
+        """``analysis.Progress``: a fraction of ``steps`` done and what runs now."""
+        done = min(self._steps, round(fraction * self._steps))
+        self.report(message, done, self._steps)
+
+
+class CallbackProgress(Steps):
+    """Progress events to a function ``fn(message, done, total)`` (the web app's bar)."""
+
+    def __init__(self, fn: Callable[[str, int | None, int | None], None]):
+        self.fn = fn
+
+    def report(self, message: str, completed: int | None = None, total: int | None = None) -> None:
+        self.fn(message, completed, total)
+
+
+class TerminalProgress(Steps):
     """A context manager whose :meth:`loading` and :meth:`analysis` are library callbacks."""
 
     def __init__(self, console: Console, *, quiet: bool = False, live: bool | None = None):
@@ -77,21 +116,12 @@ class TerminalProgress:
         if not self.quiet:
             self.console.print(f"[dim]… {message}[/]", highlight=False)
 
-    # ---- the library's callbacks ---------------------------------------------------
-    def loading(self, message: str) -> None:
-        """``models.load(progress=...)``: messages only (a spinner and the elapsed time)."""
-        self._say(message.rstrip("…. "))
+    report = _say
 
     def start_analysis(self, steps: int) -> None:
-        """The analysis is about to start and will report ``steps`` equal steps."""
-        self._steps = max(int(steps), 1)
+        super().start_analysis(steps)
         if self._progress is not None:
             self._new_task("running the model", self._steps)
-
-    def analysis(self, fraction: float, message: str) -> None:
-        """``analysis.Progress``: a fraction of ``steps`` done and what runs now."""
-        done = min(self._steps, round(fraction * self._steps))
-        self._say(message, done, self._steps)
 
 
 def analysis_steps(pairs, n_layers: int) -> int:

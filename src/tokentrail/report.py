@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .results import Trail, View
@@ -26,7 +27,7 @@ def _header(console: Console, trail: Trail, v: View) -> None:
     console.print(
         f"[bold]{info.model}[/] ({info.family}, {trail.n_layers} layers) · site [cyan]{v.site}[/] · "
         f"space [cyan]{v.space}[/] · {v.similarity}{mode}"
-        + (f" · corrected [cyan]{info.options.correct}[/] (fitted to this text, per layer)" if info.options.correct and v.site != "heads" else "")
+        + (f" · corrected [cyan]{info.options.correct}[/] (fitted per layer to {'the study ' + escape(info.options.correct_from) if info.options.correct_from else 'this text'})" if info.options.correct and v.site != "heads" else "")
     )
     if v.per_head and v.space != "query" and trail.kv_groups > 1:
         console.print(
@@ -35,8 +36,55 @@ def _header(console: Console, trail: Trail, v: View) -> None:
         )
 
 
-def print_report(console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None) -> None:
-    """The default output: one token's journey, or a grid of every token's rank."""
+def print_report(console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None, stack: str | None = None) -> None:
+    """The default output: one token's journey, or a grid of every token's rank.
+
+    Encoder-decoders: each stack under its own heading (``stack``: only that one), the
+    decoder's with its cross-attention (which source tokens each head's output is nearest)."""
+    if trail.decoder is None:
+        _print_stack(console, trail, token=token, layer=layer, head=head)
+        return
+    from .errors import InputError
+
+    shown = [s for s in trail.stacks if stack is None or s.stack == stack]
+    if token is not None and len(shown) > 1:
+        raise InputError("--token follows a token of one stack: add --stack encoder (the source) or --stack decoder")
+    for s in shown:
+        if s.stack == "encoder":
+            console.print(f"[bold magenta]encoder stack[/]: the source text, {s.n_tokens} tokens")
+        else:
+            console.print(f"[bold magenta]decoder stack[/]: {s.n_tokens} tokens; its input is the {s.info.decoder_input}: {s.text!r}")
+        console.print()
+        _print_stack(console, s, token=token, layer=layer, head=head)
+        if s.cross_views:
+            _cross(console, s, token, layer, head)
+
+
+def _cross(console: Console, trail: Trail, token, layer: int | None, head: int | None) -> None:
+    """One decoder token's cross-attention heads: the source tokens nearest to each head's vector."""
+    layers = range(trail.n_layers) if layer is None else [trail.check_layer(layer)]
+    heads = range(trail.n_heads) if head is None else [trail.check_head(head)]
+    t = trail.n_tokens - 1 if token is None else trail.token_index(token)
+    note = " (the last decoder token; pass --stack decoder --token to choose)" if token is None else ""
+    for v in trail.cross_views:
+        what = "its z against the source tokens' values" if v.space == "value" else "its query against the source tokens' keys"
+        console.print(
+            f"[bold]cross-attention[/] · token {t} [bold]{trail.tokens[t]}[/]{note} · each head's space is the source tokens "
+            f"of this input ({what}) · {v.similarity}"
+        )
+        table = Table("layer", "head", "nearest source tokens (similarity)", "most attended (weight)", box=None)
+        for l in layers:
+            for h in heads:
+                order, sims = v.source_order[l, h, t], v.source_sims[l, h, t]
+                near = "  ".join(f"{trail.source_tokens[int(s)]}:{int(s)} {x:.2f}".replace("[", "\\[") for s, x in zip(order[:5], sims[:5]))
+                att = trail.cross_attentions[l, h, t]
+                top = int(att.argmax())
+                table.add_row(str(l), str(h), near, f"{trail.source_tokens[top]}:{top} {att[top]:.2f}".replace("[", "\\["))
+        console.print(table)
+        console.print()
+
+
+def _print_stack(console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None) -> None:
     layers = range(trail.n_layers) if layer is None else [trail.check_layer(layer)]
     if head is not None:
         trail.check_head(head)

@@ -35,6 +35,7 @@ class RunInfo:
     dtype: str = "float32"  # the model's weights; float32 is the exact reference
     exact: bool = True  # False when a reduced-precision dtype ran the model (SPEC "Exactness")
     truncated_from: int | None = None  # token count before an opted-in truncation
+    decoder_input: str | None = None  # encoder-decoders: where the decoder's input came from (target / greedy output)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,6 +108,28 @@ class View:
 
 
 @dataclass(frozen=True)
+class CrossView:
+    """The ``cross_heads`` site of an encoder-decoder's decoder in one space and similarity:
+    each cross-attention head's vector against the source tokens of this input (SPEC: a
+    cross head's space is the encoder output tokens, not the vocabulary).
+
+    ``space`` value: the head's ``z`` vs the source tokens' values; key: the decoder token's
+    cross query vs the source tokens' keys. Arrays (L, H, n, m): n decoder tokens, m source
+    tokens; ``source_order[l, h, t]`` lists source token indices most similar first (ties:
+    lower index), so a source token's place in it is its rank."""
+
+    site: str
+    space: str
+    similarity: str
+    source_order: np.ndarray  # (L, H, n, m) int64
+    source_sims: np.ndarray  # (L, H, n, m)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.site, self.space, self.similarity)
+
+
+@dataclass(frozen=True)
 class Trail:
     """The journey of every token of one text through one model."""
 
@@ -123,6 +146,13 @@ class Trail:
     attentions: np.ndarray | None = None  # (L, H, n, n)
     kv_groups: int = 1  # query heads sharing one key/value head (grouped-query attention)
     lens: LensResult | None = None  # when the logit lens was asked for
+    # encoder-decoders (None / empty for single-stack models): which stack these rows are,
+    # the decoder's Trail (on the encoder's), and on the decoder's: cross-attention
+    stack: str | None = None  # "encoder" / "decoder"
+    decoder: "Trail | None" = None
+    cross_views: tuple[CrossView, ...] = ()
+    cross_attentions: np.ndarray | None = None  # (L, H, n, m) cross-attention probabilities
+    source_tokens: tuple[str, ...] | None = None  # the m source tokens cross-attention reads
 
     # ---- lookup ------------------------------------------------------------------
     @property
@@ -142,6 +172,42 @@ class Trail:
             have = ", ".join("/".join(v.key) for v in self.views)
             raise InputError(f"no result for site={site} space={space} similarity={similarity}; computed: {have}")
         return matches[0]
+
+    @property
+    def stacks(self) -> tuple["Trail", ...]:
+        """This Trail and, for an encoder-decoder, its decoder's: one per stack."""
+        return (self,) if self.decoder is None else (self, self.decoder)
+
+    def cross_view(self, space: str | None = None, similarity: str | None = None) -> CrossView:
+        """The decoder's ``cross_heads`` view (from the encoder's Trail too)."""
+        trail = self.decoder if self.decoder is not None else self
+        matches = [v for v in trail.cross_views if (space is None or v.space == space) and (similarity is None or v.similarity == similarity)]
+        if not matches:
+            have = ", ".join("/".join(v.key) for v in trail.cross_views) or "none"
+            raise InputError(f"no cross_heads result for space={space} similarity={similarity} (computed: {have}); trace an encoder-decoder with --site cross_heads")
+        return matches[0]
+
+    def sources(self, token: int | str, layer: int, head: int, *, space: str | None = None, similarity: str | None = None) -> pd.DataFrame:
+        """Which source tokens a decoder token's cross-attention head output is nearest to:
+        one row per source token, nearest first (``place`` is its rank), with the head's
+        attention probability on it."""
+        trail = self.decoder if self.decoder is not None else self
+        v = trail.cross_view(space, similarity)
+        t = trail.token_index(token)
+        layer = trail.check_layer(layer)
+        h = trail.check_head(head)
+        order = v.source_order[layer, h, t]
+        att = trail.cross_attentions[layer, h, t] if trail.cross_attentions is not None else np.full(len(order), np.nan)
+        src = trail.source_tokens or tuple(str(i) for i in range(len(order)))
+        return pd.DataFrame(
+            {
+                "place": np.arange(len(order)),
+                "source": order.astype(np.int64),
+                "source_token": [src[int(s)] for s in order],
+                "similarity": v.source_sims[layer, h, t].astype(np.float64),
+                "attention": att[order].astype(np.float64),
+            }
+        )
 
     def token_index(self, token: int | str) -> int:
         """Resolve a token index (negative counts from the end), its text or ``text:N``
@@ -193,10 +259,19 @@ class Trail:
         ).assign(own_rank=int(rank))
 
     def frame(self) -> pd.DataFrame:
-        """Tidy long format: one row per token, layer, head, site, space, similarity, metric."""
+        """Tidy long format: one row per token, layer, head, site, space, similarity, metric
+        (encoder-decoders: both stacks, with a ``stack`` column)."""
+        if self.decoder is not None:
+            return pd.concat([self.stack_frame(), self.decoder.stack_frame()], ignore_index=True)
+        return self.stack_frame()
+
+    def stack_frame(self) -> pd.DataFrame:
+        """:meth:`frame` of this stack alone (the whole frame of a single-stack model)."""
         parts = []
         for v in self.views:
             parts.append(_view_frame(self, v))
+        if not parts:  # an encoder-decoder's encoder when only cross-attention sites were asked for
+            return pd.DataFrame(columns=["token", "token_str", "position", "layer", "head", "site", "space", "similarity", "metric", "value"])
         return pd.concat(parts, ignore_index=True)
 
     def neighbours_frame(self) -> pd.DataFrame:
@@ -274,11 +349,13 @@ class Trail:
         return same(self, other)
 
     def __repr__(self) -> str:
-        views = ", ".join("/".join(v.key) for v in self.views)
+        views = ", ".join("/".join(v.key) for v in (*self.views, *self.cross_views))
         lens = f", lens@{self.lens.site}" if self.lens is not None else ""
         text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
-        return (f"<Trail {self.info.model!r}: {self.n_tokens} tokens, {self.n_layers} layers × {self.n_heads} heads; "
-                f"views {views}{lens}; text {text!r}>")
+        stack = f" {self.stack} stack" if self.stack is not None else ""
+        dec = f"; decoder: {self.decoder!r}" if self.decoder is not None else ""
+        return (f"<Trail {self.info.model!r}{stack}: {self.n_tokens} tokens, {self.n_layers} layers × {self.n_heads} heads; "
+                f"views {views}{lens}; text {text!r}{dec}>")
 
     def _repr_html_(self) -> str:
         from .notebook import trail_html
@@ -322,6 +399,8 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
         "space": v.space,
         "similarity": v.similarity,
     }
+    if trail.stack is not None:  # encoder-decoders: which stack the rows belong to
+        base["stack"] = trail.stack
     frames = [pd.DataFrame({**base, "metric": name, "value": vals.reshape(-1).astype(np.float64)}) for name, vals in metrics.items()]
     return pd.concat(frames, ignore_index=True)
 

@@ -64,6 +64,19 @@ class Run:
     def __repr__(self) -> str:
         return f"Run(model={self.model.name!r}, tokens={self.n_tokens}, causal={self.causal})"
 
+    def kept(self) -> list:
+        """What this run keeps in memory: its activations and every cached Trail, lens and
+        heads view (for :func:`tokentrail.budget.held_bytes`; the model is not included)."""
+        with self._lock:
+            return [self.acts, self.encoded, *self._trails.values(), *self._lenses.values(), *self._heads.values()]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this run keeps (:meth:`kept`, each buffer once)."""
+        from .budget import held_bytes
+
+        return held_bytes(*self.kept())
+
     # ---- derived views --------------------------------------------------------------------
     def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
         """The Trail of this run for ``options`` (default: the run's own), changed by ``changes``.
@@ -162,3 +175,102 @@ def trail_many(runs: Sequence[Run], options: TraceOptions | None = None, *, prog
         for r, views in zip(todo, per_run):
             r._keep(opts[0], views, lambda f, m: None)
     return [r.trail(opts[0]) for r in runs]
+
+
+class Seq2SeqRun(Run):
+    """An encoder-decoder's run: the encoder stack over the source text (``acts``) and the
+    decoder stack over the decoder input (``decoder_acts``), with cross-attention.
+
+    :meth:`trail` gives the encoder's Trail carrying the decoder's (``trail.decoder``);
+    :meth:`heads` and :meth:`step` take ``stack="decoder"`` for the decoder; the logit lens
+    reads the decoder (the encoder has no output head)."""
+
+    def __init__(self, model, text, encoded, acts, options, *, decoder_acts, decoder_text: str, decoder_tokens, decoder_special, decoder_input: str):
+        super().__init__(model, text, encoded, acts, options)
+        self.decoder_acts = decoder_acts
+        self.decoder_text = decoder_text
+        self.decoder_tokens = list(decoder_tokens)
+        self.decoder_special = list(decoder_special)
+        self.decoder_input = decoder_input  # "target" or "greedy output (...)"
+
+    def __repr__(self) -> str:
+        return f"Seq2SeqRun(model={self.model.name!r}, source tokens={self.n_tokens}, decoder tokens={len(self.decoder_tokens)}, decoder input={self.decoder_input!r})"
+
+    def _stack(self, stack: str):
+        from .errors import InputError
+
+        m = self.model
+        if stack == "encoder":
+            return m.adapter, m.spaces, self.acts
+        if stack == "decoder":
+            return m.adapter.decoder_stack(), m.decoder_spaces, self.decoder_acts
+        raise InputError(f"unknown stack {stack!r}: choose encoder or decoder")
+
+    def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
+        from .analysis import cross_views
+
+        opts = self._options(options, changes)
+        cached = self._cached(opts)
+        if cached is not None:
+            return cached
+        say = progress or (lambda f, m: None)
+        m = self.model
+        dec, dec_spaces, dec_acts = self._stack("decoder")
+        enc_views = compute_views(m.adapter, m.spaces, self.acts, opts, lambda f, msg: say(f / 2, f"encoder: {msg}"))
+        dec_views = compute_views(dec, dec_spaces, dec_acts, opts, lambda f, msg: say(0.5 + f / 2, f"decoder: {msg}"))
+        cross = cross_views(dec, dec_acts, opts)
+        lens = self.lens(k=opts.k, site=opts.lens_site) if opts.lens else None
+        say(1.0, "done")
+        common = dict(options=opts, label=m.labels, model_name=m.name, revision=m.revision, device=m.device, dtype=m.dtype, decoder_input=self.decoder_input)
+        decoder = make_trail(
+            dec, dec_acts, dec_views, lens, text=self.decoder_text, tokens=self.decoder_tokens, special=self.decoder_special,
+            cross=cross, source_tokens=self.tokens, **common,
+        )  # fmt: skip
+        trail = make_trail(
+            m.adapter, self.acts, enc_views, None, text=self.text, tokens=self.tokens, special=self.encoded.special,
+            truncated_from=self.encoded.truncated_from, decoder=decoder, **common,
+        )  # fmt: skip
+        with self._lock:
+            self._trails[opts] = trail
+            while len(self._trails) > 4:
+                self._trails.popitem(last=False)
+        return trail
+
+    def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
+        """The logit lens over the decoder's layers and tokens. Cached."""
+        from .lens import logit_lens
+
+        key = (k, site)
+        with self._lock:
+            if key not in self._lenses:
+                self._lenses[key] = logit_lens(self.model.adapter.decoder_stack(), self.decoder_acts, k=k, site=site)
+            return self._lenses[key]
+
+    def heads(self, layer: int, token: int, *, kind: str = "value", similarity: str = "cosine", k: int = 15, stack: str = "encoder") -> HeadsAt:
+        """Every self-attention head of ``layer`` of one stack for ``token``. Cached."""
+        key = (stack, layer, token, kind, similarity, k)
+        with self._lock:
+            if key in self._heads:
+                return self._heads[key]
+        adapter, spaces, acts = self._stack(stack)
+        result = heads_at(adapter, spaces, acts, layer, token, label=self.model.labels, kind=kind, similarity=similarity, k=k)
+        with self._lock:
+            self._heads[key] = result
+            while len(self._heads) > 64:
+                self._heads.popitem(last=False)
+        return result
+
+    def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> "AttentionStep":
+        """How self-attention ``head`` of ``layer`` of one stack computed ``token``'s output."""
+        from .walkthrough import attention_step
+
+        adapter, _, acts = self._stack(stack)
+        return attention_step(adapter, acts, layer, head, token)
+
+    def cross_step(self, layer: int, head: int, token: int):
+        """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
+        output: the query from the decoder, keys and values from the encoder output
+        (:class:`~tokentrail.walkthrough.CrossAttentionStep`)."""
+        from .walkthrough import cross_attention_step
+
+        return cross_attention_step(self.model.adapter.decoder_stack(), self.decoder_acts, layer, head, token)

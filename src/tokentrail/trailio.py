@@ -15,7 +15,15 @@ A :class:`~tokentrail.results.Trail` is written as these tables (one row per ...
               (``attention=True`` forces it, ``False`` leaves it out)
 ``lens``      token, layer, metric: ``value`` (``site`` names the residual the lens read)
 ``lens_top``  token, layer, place: ``id``, ``id_str``, ``value`` (the probability)
+``cross``     encoder-decoders: decoder token, layer, head, site (``cross_heads``), space,
+              similarity, place: ``source`` (the source token's index), ``id_str`` (its
+              text), ``value`` (the similarity); ``place`` is the source token's rank
+``cross_attention`` encoder-decoders: layer, head, token (decoder), ``source``: ``value``
 ============  ==========================================================================
+
+An encoder-decoder's export holds both stacks: every table has a ``stack`` column
+(``encoder`` / ``decoder``), and the metadata the decoder's own under ``decoder``.
+Single-stack models' exports have no ``stack`` column.
 
 Parquet and CSV hold ONE long table: the columns :data:`LONG_COLUMNS` in that order, a
 ``table`` column naming each row's table, and empty cells where a table has no such
@@ -47,7 +55,7 @@ LONG_COLUMNS = [
     "place", "id", "id_str", "source", "table", "meta",
 ]
 INT_COLUMNS = ("token", "position", "layer", "head", "place", "id", "source")
-TABLES = ("meta", "tokens", "metrics", "neighbours", "attention", "lens", "lens_top")
+TABLES = ("meta", "tokens", "metrics", "neighbours", "attention", "lens", "lens_top", "cross", "cross_attention")
 # The attention table grows as tokens²: 2M rows is MiniLM at 166 tokens or SmolLM2 at 86
 # (~130 MB of CSV); SmolLM2 at 1,024 tokens would be 283M rows. Beyond it the table is
 # left out unless asked for, and the metadata says so.
@@ -80,7 +88,15 @@ def rebuild_meta(trail, attention: bool | None = None) -> dict[str, Any]:
             }
         )
     lens = trail.lens
+    stacked = {} if trail.stack is None else {
+        "stack": trail.stack,
+        "cross": [{"site": v.site, "space": v.space, "similarity": v.similarity, "dtypes": [str(v.source_order.dtype), str(v.source_sims.dtype)]}
+                  for v in trail.cross_views],
+        "cross_attention": None if trail.cross_attentions is None else [list(trail.cross_attentions.shape), str(trail.cross_attentions.dtype)],
+        "source_tokens": None if trail.source_tokens is None else list(trail.source_tokens),
+    }
     return {
+        **stacked,
         "format": FORMAT_VERSION,
         "n_layers": trail.n_layers,
         "n_heads": trail.n_heads,
@@ -101,7 +117,10 @@ def rebuild_meta(trail, attention: bool | None = None) -> dict[str, Any]:
 
 
 def full_meta(trail, attention: bool | None = None) -> dict[str, Any]:
-    return {**trail.meta(), "trail": rebuild_meta(trail, attention)}
+    meta = {**trail.meta(), "trail": rebuild_meta(trail, attention)}
+    if trail.decoder is not None:
+        meta["decoder"] = full_meta(trail.decoder, attention)
+    return meta
 
 
 def _grid(*sizes: int) -> list[np.ndarray]:
@@ -117,12 +136,22 @@ def _tokens_of(trail, t: np.ndarray) -> dict[str, Any]:
 
 
 def tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
-    """Every table of ``trail`` (see the module doc), each with its own columns."""
+    """Every table of ``trail`` (see the module doc), each with its own columns; an
+    encoder-decoder's tables hold both stacks, told apart by the ``stack`` column."""
+    out = _stack_tables(trail, attention)
+    if trail.decoder is not None:
+        for name, frame in _stack_tables(trail.decoder, attention).items():
+            out[name] = pd.concat([out[name], frame], ignore_index=True) if name in out else frame
+    return out
+
+
+def _stack_tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
+    """One stack's tables (every table of a single-stack model)."""
     n = trail.n_tokens
     t = np.arange(n)
     out: dict[str, pd.DataFrame] = {
         "tokens": pd.DataFrame({**_tokens_of(trail, t), "id": trail.ids.astype(np.int64), "value": trail.special.astype(np.float64)}),
-        "metrics": trail.frame(),
+        "metrics": trail.stack_frame(),
     }
     parts = []
     for v in trail.views:
@@ -141,7 +170,7 @@ def tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
                      "place": place, "id": ids.astype(np.int64), "id_str": _label(trail, ids), "value": sims.astype(np.float64)}
                 )
             )
-    out["neighbours"] = pd.concat(parts, ignore_index=True)
+    out["neighbours"] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["token", "token_str", "position", "layer", "head", "site", "space", "similarity", "place", "id", "id_str", "value"])
     if attention_included(trail, attention):
         L, H, n1, n2 = trail.attentions.shape
         li, hi, ti, si = _grid(L, H, n1, n2)
@@ -156,6 +185,22 @@ def tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
         tok = top["token"].to_numpy()
         out["lens_top"] = pd.DataFrame({**_tokens_of(trail, tok), "layer": top["layer"].to_numpy(), "site": lens.site, "place": top["place"].to_numpy(),
                                         "id": top["id"].to_numpy(), "id_str": _label(trail, top["id"].to_numpy()), "value": top["prob"].to_numpy()})
+    if trail.cross_views:
+        parts = []
+        src = np.array(trail.source_tokens, dtype=object)
+        for v in trail.cross_views:
+            L, H, n_, m = v.source_order.shape
+            li, hi, ti, pi = _grid(L, H, n_, m)
+            order = v.source_order.reshape(-1).astype(np.int64)
+            parts.append(pd.DataFrame({**_tokens_of(trail, ti), "layer": li, "head": hi, "site": v.site, "space": v.space, "similarity": v.similarity,
+                                       "place": pi, "source": order, "id_str": src[order], "value": v.source_sims.reshape(-1).astype(np.float64)}))
+        out["cross"] = pd.concat(parts, ignore_index=True)
+    if trail.cross_attentions is not None:
+        L, H, n_, m = trail.cross_attentions.shape
+        li, hi, ti, si = _grid(L, H, n_, m)
+        out["cross_attention"] = pd.DataFrame({"layer": li, "head": hi, "token": ti, "source": si, "value": trail.cross_attentions.reshape(-1).astype(np.float64)})
+    if trail.stack is not None:
+        out = {name: frame.assign(stack=trail.stack) for name, frame in out.items()}
     return out
 
 
@@ -163,10 +208,11 @@ def long_frame(trail, attention: bool | None = None) -> pd.DataFrame:
     """Every table in one long frame with a ``table`` column (the Parquet and CSV layout)."""
     meta = pd.DataFrame({"table": ["meta"], "meta": [json.dumps(full_meta(trail, attention))]})
     frames = [meta] + [f.assign(table=name) for name, f in tables(trail, attention).items()]
-    out = pd.concat(frames, ignore_index=True).reindex(columns=LONG_COLUMNS)
+    columns = LONG_COLUMNS + (["stack"] if trail.stack is not None else [])
+    out = pd.concat(frames, ignore_index=True).reindex(columns=columns)
     for col in INT_COLUMNS:
         out[col] = out[col].astype("Int64")
-    for col in ("token_str", "site", "space", "similarity", "metric", "id_str", "table", "meta"):
+    for col in ("token_str", "site", "space", "similarity", "metric", "id_str", "table", "meta") + (("stack",) if trail.stack is not None else ()):
         out[col] = out[col].astype(object)
     return out
 
@@ -232,7 +278,7 @@ def load(path: str | Path):
                 raise InputError(f"{p} is not a tokentrail export (no meta.trail in the document)")
             frames = {name: pd.DataFrame.from_records(doc[name]) for name in TABLES[1:] if name in doc}
             return from_tables(doc["meta"], frames, p)
-        frame = read_csv(p, keep_default_na=False, na_values=[""], dtype={c: object for c in ("token_str", "id_str", "meta", "site", "space", "similarity", "metric", "table")})
+        frame = read_csv(p, keep_default_na=False, na_values=[""], dtype={c: object for c in ("token_str", "id_str", "meta", "site", "space", "similarity", "metric", "table", "stack")})
         return _from_long(frame, p)
     except InputError:
         raise
@@ -261,13 +307,25 @@ def _fill(shape: tuple[int, ...], dtype: str, index: tuple[np.ndarray, ...], val
 
 
 def from_tables(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], where: Path | str = "the export"):
-    """Rebuild a Trail from its metadata and tables (see the module doc)."""
-    from .results import LensResult, RunInfo, Trail, View
+    """Rebuild a Trail from its metadata and tables (see the module doc); an
+    encoder-decoder's with its decoder's."""
+    rb = meta.get("trail")
+    if isinstance(rb, dict) and rb.get("stack") is not None:
+        def part(stack: str) -> dict[str, pd.DataFrame]:
+            return {name: f[f["stack"] == stack].reset_index(drop=True) for name, f in frames.items() if "stack" in f.columns}
+
+        decoder = from_tables(meta["decoder"], part("decoder"), where) if isinstance(meta.get("decoder"), dict) else None
+        return _one_stack(meta, part(rb["stack"]), where, decoder)
+    return _one_stack(meta, frames, where, None)
+
+
+def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], where, decoder):
+    from .results import CrossView, LensResult, RunInfo, Trail, View
 
     rb = meta.get("trail")
     if not isinstance(rb, dict) or rb.get("format") != FORMAT_VERSION:
         raise InputError(f"{where} is not a tokentrail export this version can read (format {rb.get('format') if isinstance(rb, dict) else None!r})")
-    info = RunInfo.from_dict({k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups", "trail")})
+    info = RunInfo.from_dict({k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups", "trail", "decoder")})
     L, H = int(rb["n_layers"]), int(rb["n_heads"])
     tokens = tuple(meta["tokens"])
     n = len(tokens)
@@ -344,10 +402,28 @@ def from_tables(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], whe
             **arrays,
         )
 
+    cross_views, cross_att = [], None
+    for spec in rb.get("cross") or []:
+        c = frames["cross"]
+        c = c[(c["space"] == spec["space"]) & (c["similarity"] == spec["similarity"])]
+        m = len(rb["source_tokens"])
+        idx = (_ints(c["layer"]), _ints(c["head"]), _ints(c["token"]), _ints(c["place"]))
+        cross_views.append(CrossView(
+            site=spec["site"], space=spec["space"], similarity=spec["similarity"],
+            source_order=_fill((L, H, n, m), spec["dtypes"][0], idx, _ints(c["source"]).astype(np.float64)),
+            source_sims=_fill((L, H, n, m), spec["dtypes"][1], idx, c["value"].to_numpy(np.float64)),
+        ))  # fmt: skip
+    if rb.get("cross_attention") is not None:
+        shape, dtype = rb["cross_attention"]
+        a = frames["cross_attention"]
+        cross_att = _fill(tuple(shape), dtype, tuple(_ints(a[c]) for c in ("layer", "head", "token", "source")), a["value"].to_numpy(np.float64))
+
     return Trail(
         info=info, text=meta["text"], tokens=tokens, ids=ids, positions=positions, special=special, n_layers=L, n_heads=H,
         views=tuple(views), labels={int(i): s for i, s in rb["labels"].items()}, attentions=attentions,
-        kv_groups=int(meta.get("kv_groups", 1)), lens=lens,
+        kv_groups=int(meta.get("kv_groups", 1)), lens=lens, stack=rb.get("stack"), decoder=decoder,
+        cross_views=tuple(cross_views), cross_attentions=cross_att,
+        source_tokens=None if rb.get("source_tokens") is None else tuple(rb["source_tokens"]),
     )
 
 

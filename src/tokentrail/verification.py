@@ -32,6 +32,27 @@ identity                           compared
 ``lens = logits``                  the logit lens' last layer vs the model's own logits
 =================================  ===========================================================
 
+Encoder-decoders: every identity above on each stack (rows named ``encoder: ...`` and
+``decoder: ...``; the decoder runs on the text as its target, its teacher-forcing input,
+and its "FFN input" row is cross-attention's query input ``attn_resid_ln``), and the
+cross-attention identities:
+
+=======================================  =====================================================
+``encoder output``                       the encoder stack's last ``layer_out`` (through its
+                                         final norm, T5) vs what the decoder pass's
+                                         cross-attention read
+``cross-attention probabilities``        ``softmax(scale * q.k)`` from the canonical cross
+                                         maps (q from ``attn_resid_ln``, k from the encoder
+                                         output) vs the model's cross-attention weights
+``cross heads (z = A v)``                the model's weights times the canonical values of
+                                         the encoder output vs the vectors entering the cross
+                                         output projection (SPEC ``cross_heads``)
+``cross heads recombine``                ``concat_h(z) @ W_O + b_O`` vs the cross-attention output
+``cross_resid is the FFN input``         (post-LN: ``LN_cross``) ``cross_resid`` vs the input
+                                         of the module after cross-attention
+``layer_out = cross_resid + mlp_out``    pre-norm decoders: the residual decomposition
+=======================================  =====================================================
+
 Tolerance: ``|mine - model's| <= rtol * (|model's| + max|model's|)`` elementwise, i.e. 1e-4
 relative to each number and to the tensor's scale (SPEC: 1e-4 relative, fp32); an
 element far below the tensor's scale is not held to 1e-4 of its own tiny size.
@@ -41,14 +62,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .adapters import Adapter, DecoderAdapter
+from .adapters import Adapter
 from .capture import Activations, capture
 from .errors import InputError
 from .spaces import HEAD_SPACE_KINDS, build_space
@@ -210,7 +231,9 @@ def verify_adapter(
         _recombine(adapter, acts, rtol),
         _layer_out(adapter, acts, rtol),
         _ffn_input(adapter, acts, ffn_in, rtol),
-        _decomposition(adapter, acts, mlp_out, rtol) if pre_norm else _na("layer_out = attn_resid + mlp_out", rtol, "post-LN: a norm follows the residual add"),
+        _decomposition(adapter, acts, mlp_out, rtol) if pre_norm and adapter.stack != "decoder" else _na(
+            "layer_out = attn_resid + mlp_out", rtol,
+            "cross-attention adds in between: see layer_out = cross_resid + mlp_out" if pre_norm else "post-LN: a norm follows the residual add"),
     ]
     say(f"checking value/key/query spaces at layers {', '.join(map(str, layers))}")
     rows.append(_spaces(adapter, acts, layers, sample, seed, rtol))
@@ -252,7 +275,9 @@ def _attention(adapter: Adapter, acts: Activations, causal: bool, rtol: float) -
     mask = torch.triu(torch.full((n, n), float("-inf")), diagonal=1) if causal else torch.zeros(n, n)
     for layer in range(adapter.n_layers):
         q, k, v = _qkv(adapter, acts, layer)
-        A = (torch.einsum("thk,shk->hts", q, k) * adapter.d_head**-0.5 + mask).softmax(-1)  # (H, n, n)
+        scores = torch.einsum("thk,shk->hts", q, k) * adapter.attention_scale() + mask  # (H, n, n)
+        bias = adapter.attention_bias(layer, n)  # T5's relative position bias
+        A = (scores if bias is None else scores + bias).softmax(-1)
         probs.compare(A, acts.attentions[layer], f"layer {layer}")
         heads.compare(torch.einsum("hts,shk->thk", acts.attentions[layer], v), acts.z[layer], f"layer {layer}")
     return [probs.result(), heads.result()]
@@ -272,8 +297,8 @@ def _layer_out(adapter: Adapter, acts: Activations, rtol: float) -> Check:
     L = adapter.n_layers
     for layer in range(L):
         mine = acts.layer_out[layer]
-        if layer == L - 1 and isinstance(adapter, DecoderAdapter):
-            norm = adapter.final_norm()  # the framework reports the last hidden state after it
+        norm = adapter.final_norm() if layer == L - 1 else None
+        if norm is not None:  # the framework reports the last hidden state after it
             mine = norm(mine.to(next(norm.parameters()).dtype))
         w.compare(mine, acts.hidden_states[layer + 1], f"layer {layer}")
     return w.result()
@@ -346,8 +371,8 @@ def _lens(adapter: Adapter, acts: Activations, rtol: float) -> Check:
         return _na(identity, rtol, adapter.lens_unavailable_reason())
     w = _Worst(identity, rtol)
     with torch.no_grad():
-        out = adapter.model(input_ids=acts.input_ids[None], position_ids=acts.position_ids[None])
-        w.compare(head(acts.layer_out[-1]), out.logits[0], f"layer {adapter.n_layers - 1}")
+        logits = adapter.model_logits(acts.input_ids, acts.position_ids)
+        w.compare(head(acts.layer_out[-1]), logits, f"layer {adapter.n_layers - 1}")
     return w.result()
 
 
@@ -373,4 +398,74 @@ def verify(
         raise InputError(f"rtol must be positive, got {rtol}")
     loaded = model if isinstance(model, LoadedModel) else load(model, allow_pickle=allow_pickle, progress=progress)
     enc = encode(loaded, text)
+    if loaded.adapter.is_seq2seq:
+        with loaded.lock:
+            labels = torch.tensor(loaded.tokenizer(text_target=text)["input_ids"], dtype=torch.long)
+        decoder_ids = loaded.adapter.decoder_input(labels)
+        return verify_seq2seq(loaded.adapter, enc.ids, decoder_ids, model_name=loaded.name, rtol=rtol, layers=layers, sample=sample, progress=progress)
     return verify_adapter(loaded.adapter, enc.ids, model_name=loaded.name, rtol=rtol, layers=layers, sample=sample, progress=progress)
+
+
+def verify_seq2seq(
+    adapter: Adapter,
+    source_ids: Tensor,
+    decoder_ids: Tensor,
+    *,
+    model_name: str = "",
+    rtol: float = RTOL,
+    layers: list[int] | None = None,
+    sample: int = 32,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Verification:
+    """Every identity on both stacks of an encoder-decoder (``adapter``: its encoder stack)
+    for ``source_ids`` (m,) and ``decoder_ids`` (n,), and the cross-attention identities."""
+    from .capture_cross import capture_cross
+
+    say = progress or (lambda m: None)
+    dec = adapter.decoder_stack()
+    say("encoder stack")
+    enc_v = verify_adapter(adapter, source_ids, model_name=model_name, rtol=rtol, layers=layers, sample=sample, seed=seed, progress=progress)
+    say("decoder stack")
+    dec_v = verify_adapter(dec.bind(source_ids), decoder_ids, model_name=model_name, rtol=rtol, layers=layers, sample=sample, seed=seed, progress=progress)
+    say("cross-attention")
+    with torch.no_grad():
+        enc_acts = capture(adapter, source_ids.long())
+        acts = capture_cross(dec, source_ids, decoder_ids)
+    rows = [replace(r, identity=f"encoder: {r.identity}") for r in enc_v.rows]
+    rows += [replace(r, identity=f"decoder: {r.identity}") for r in dec_v.rows]
+    rows += [replace(r, identity=f"decoder: {r.identity}") for r in _cross(adapter, dec, enc_acts, acts, rtol)]
+    return Verification(model_name or adapter.family, adapter.family, int(source_ids.shape[0]) + int(decoder_ids.shape[0]), True, tuple(rows))
+
+
+def _cross(encoder: Adapter, dec, enc_acts: Activations, acts, rtol: float) -> list[Check]:
+    out_w, probs, heads, recombine, resid, decomp = (_Worst(name, rtol) for name in (
+        "encoder output", "cross-attention probabilities", "cross heads (z = A v)", "cross heads recombine", "cross_resid is the FFN input",
+        "layer_out = cross_resid + mlp_out"))
+    last = enc_acts.layer_out[-1]
+    norm = encoder.final_norm()
+    if norm is not None:
+        last = norm(last.to(next(norm.parameters()).dtype)).float()
+    out_w.compare(last, acts.encoder_out, "last encoder layer")
+    for layer in range(dec.n_layers):
+        qnorm = dec.cross_query_norm(layer)
+        x = acts.attn_resid_ln[layer]
+        q = dec.cross_projection(layer, "q")(x if qnorm is None else qnorm(x))  # (n, H, dh)
+        k = dec.cross_projection(layer, "k")(acts.encoder_out)  # (m, H, dh)
+        v = dec.cross_projection(layer, "v")(acts.encoder_out)
+        A = (torch.einsum("thk,shk->hts", q, k) * dec.cross_scale()).softmax(-1)
+        probs.compare(A, acts.cross_attentions[layer], f"layer {layer}")
+        heads.compare(torch.einsum("hts,shk->thk", acts.cross_attentions[layer], v), acts.cross_z[layer], f"layer {layer}")
+        w_o, b_o = dec.cross_output_projection(layer)
+        got = torch.einsum("thk,hkd->td", acts.cross_z[layer], w_o)
+        recombine.compare(got if b_o is None else got + b_o, acts.cross_attn[layer], f"layer {layer}")
+        rn = dec.cross_points(layer).receiver_norm
+        c = acts.cross_resid[layer]
+        resid.compare(c if rn is None else rn(c), acts.cross_received[layer], f"layer {layer}")
+        decomp.compare(c + acts.mlp_out[layer], acts.layer_out[layer], f"layer {layer}")
+    checks = [w.result() for w in (out_w, probs, heads, recombine, resid)]
+    if dec.norm_placement == "pre":
+        checks.append(decomp.result())
+    else:
+        checks.append(_na(decomp.identity, rtol, "post-LN: a norm follows the residual add"))
+    return checks

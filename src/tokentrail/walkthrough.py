@@ -7,6 +7,7 @@ and the adapter's canonical projections, every step of scaled dot-product attent
     q_t    = W_Q[h] x_t + b_Q[h]                 (RoPE at p_t for rotary models; no b_Q where the model has none)
     k_s    = W_K[g] x_s + b_K[g]                 (g = the KV head of h; RoPE at p_s likewise)
     score  = q_t . k_s,   scaled = score / sqrt(d_head),   masked for s > t if causal
+                                                 (T5: unscaled, plus its relative position bias)
     w      = softmax(scaled)                     == the model's attention probabilities
     z      = sum_s w_s v_s                       == the SPEC ``heads`` site vector
     attn   = sum_h z_h W_O[h] + b_O              == the attention sublayer's output
@@ -21,7 +22,6 @@ results still come from :func:`tokentrail.capture.capture`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +90,19 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     return f"{which} = RoPE_{{{pos}}}{part}({affine})"
 
 
+def _scaling_formula(adapter: Adapter, biased: bool) -> str:
+    """How the model turns q·k into the softmax's input: ``"q·k / √64"``, or T5's
+    ``"q·k + relative position bias"`` (unscaled)."""
+    scale = adapter.attention_scale()
+    if abs(scale - adapter.d_head**-0.5) < 1e-12:
+        core = f"q·k / √{adapter.d_head}"
+    elif scale == 1.0:
+        core = "q·k (unscaled)"
+    else:
+        core = f"q·k × {scale:.4g}"
+    return core + (" + relative position bias" if biased else "")
+
+
 def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None) -> AttentionStep:
     """Recompute head ``head`` of layer ``layer`` for token ``token`` and check it against ``acts``.
 
@@ -116,7 +129,10 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
 
     # every head for this token, so that the output projection can be checked whole
     scores = torch.einsum("hd,shd->hs", q[token], k_h)  # (H, n)
-    scaled = scores / math.sqrt(dh)
+    scaled = scores * adapter.attention_scale()  # 1 / sqrt(d_head), or the model's own (T5: 1)
+    bias = adapter.attention_bias(layer, n)  # (H, n, n): T5's relative position bias
+    if bias is not None:
+        scaled = scaled + bias[:, token]
     masked = torch.zeros(n, dtype=torch.bool, device=q.device)
     if causal:
         masked = torch.arange(n, device=q.device) > token
@@ -162,6 +178,94 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         residual=residual,
         normed=normed,
         checks=checks,
-        formulas={w: projection_formula(adapter, layer, w) for w in "qkv"},
+        formulas={**{w: projection_formula(adapter, layer, w) for w in "qkv"}, "scaled": _scaling_formula(adapter, bias is not None)},
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )
+
+
+@dataclass(frozen=True)
+class CrossAttentionStep:
+    """The live numbers of one cross-attention head for one decoder token: the query comes
+    from the decoder, the keys and values from the encoder's output (all float32 tensors)."""
+
+    layer: int
+    head: int
+    token: int  # the decoder token
+    d_head: int
+    scale: float  # what the scores are multiplied by (1/sqrt(d_head); T5: 1)
+    query_in: Tensor  # (d,) the decoder's attn_resid_ln at the token (the query map's input, before any norm of its own)
+    query: Tensor  # (d_head,) q_t
+    keys: Tensor  # (m, d_head) k_s of every source token, from the encoder output
+    values: Tensor  # (m, d_head) v_s
+    scores: Tensor  # (m,) q_t . k_s
+    scaled: Tensor  # (m,) scores * scale
+    weights: Tensor  # (m,) softmax(scaled): == the model's cross-attention probabilities
+    z: Tensor  # (d_head,) sum_s w_s v_s: == the SPEC ``cross_heads`` vector
+    head_out: Tensor  # (d,) z @ W_O[h]
+    cross_out: Tensor  # (d,) every head through W_O, plus b_O: == the cross-attention output
+    residual: Tensor  # (d,) query_in + cross_out: == the ``cross_resid`` site
+    checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+    # what this model computes, as text: its norm before the query map, bias terms only where it has them
+    formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = W_Q RMSNorm(x)"
+
+    @property
+    def max_error(self) -> float:
+        return max(self.checks.values(), default=0.0)
+
+
+def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> CrossAttentionStep:
+    """Recompute cross-attention head ``head`` of decoder layer ``layer`` for decoder token
+    ``token`` from the captured decoder activations (:func:`tokentrail.capture_cross.capture_cross`)
+    and the adapter's canonical cross maps, and check every step against the model's own::
+
+        x      = attn_resid_ln[t]          (the decoder's residual; pre-norm models: its cross norm first)
+        q_t    = W_Q[h] x + b_Q[h]                      from the decoder
+        k_s    = W_K[h] e_s + b_K[h],  v_s = W_V[h] e_s + b_V[h]   from the encoder output e_s
+        w      = softmax(scale * q_t . k_s)             == the model's cross-attention
+        z      = sum_s w_s v_s                          == the cross_heads vector
+        out    = sum_h z_h W_O[h] + b_O                 == the cross-attention output
+        resid  = x + out                                == cross_resid
+    """
+    n, L, H = acts.input_ids.shape[0], decoder.n_layers, decoder.n_heads
+    layer = check_index(layer, L, "layer", f"the decoder has {L} layers")
+    head = check_index(head, H, "head", f"the decoder has {H} heads")
+    token = check_index(token, n, "token index", f"the decoder input has {n} tokens")
+    with torch.no_grad():
+        x_in = acts.attn_resid_ln[layer]  # (n, d)
+        norm = decoder.cross_query_norm(layer)
+        q = decoder.cross_projection(layer, "q")(x_in[token : token + 1] if norm is None else norm(x_in[token : token + 1]))[0]  # (H, dh)
+        k = decoder.cross_projection(layer, "k")(acts.encoder_out)  # (m, H, dh)
+        v = decoder.cross_projection(layer, "v")(acts.encoder_out)
+        scale = decoder.cross_scale()
+        scores = torch.einsum("hd,shd->hs", q, k)  # (H, m)
+        weights = (scores * scale).softmax(-1)
+        z = torch.einsum("hs,shd->hd", weights, v)  # (H, dh)
+        w_o, b_o = decoder.cross_output_projection(layer)
+        per_head = torch.einsum("hk,hkd->hd", z, w_o)
+        out = per_head.sum(0) + (0 if b_o is None else b_o)
+        residual = x_in[token] + out
+
+    def gap(a: Tensor, b: Tensor) -> float:
+        return float((a.float() - b.float()).abs().max())
+
+    def affine(which: str, arg: str) -> str:
+        bias = decoder.cross_projection(layer, which).bias is not None
+        return f"W_{which.upper()} {arg}" + (f" + b_{which.upper()}" if bias else "")
+
+    formulas = {
+        "q": "q = " + affine("q", "x" if norm is None else f"{'RMSNorm' if norm.kind == 'rmsnorm' else 'LN'}(x)"),
+        "k": "k_s = " + affine("k", "e_s"),
+        "v": "v_s = " + affine("v", "e_s"),
+    }
+    checks = {
+        "cross-attention weights": gap(weights, acts.cross_attentions[layer, :, token]),
+        "z (per-head output)": gap(z, acts.cross_z[layer, token]),
+        "cross-attention output": gap(out, acts.cross_attn[layer, token]),
+        "residual (cross_resid)": gap(residual, acts.cross_resid[layer, token]),
+    }
+    return CrossAttentionStep(
+        layer=layer, head=head, token=token, d_head=decoder.d_head, scale=scale, query_in=x_in[token].clone(),
+        query=q[head].clone(), keys=k[:, head].clone(), values=v[:, head].clone(), scores=scores[head].clone(),
+        scaled=(scores[head] * scale).clone(), weights=weights[head].clone(), z=z[head].clone(), head_out=per_head[head].clone(),
+        cross_out=out, residual=residual, checks=checks, formulas=formulas,
+    )  # fmt: skip

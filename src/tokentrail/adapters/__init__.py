@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ModelError
+from .bart import BartEncoderAdapter, MarianEncoderAdapter
 from .base import Adapter, HeadProjection, HookPoints, Norm
 from .bert import BertAdapter, RobertaAdapter
 from .decoder import DecoderAdapter
@@ -13,6 +14,8 @@ from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
 from .phi import PhiAdapter
+from .seq2seq import DecoderStack, EncoderStack
+from .t5 import T5EncoderAdapter
 
 #: config.model_type -> adapter class
 REGISTRY: dict[str, type[Adapter]] = {
@@ -27,6 +30,10 @@ REGISTRY: dict[str, type[Adapter]] = {
     "gpt_neox": GPTNeoXAdapter,
     "gemma": GemmaAdapter,
     "phi": PhiAdapter,
+    # encoder-decoders: the encoder stack is the primary adapter, the decoder its decoder_stack()
+    "bart": BartEncoderAdapter,
+    "marian": MarianEncoderAdapter,
+    "t5": T5EncoderAdapter,
 }
 
 
@@ -37,6 +44,11 @@ def supported_model_types() -> list[str]:
 def decoder_model_types() -> list[str]:
     """Model types whose adapter is a decoder-only LM (loaded with a causal-LM head)."""
     return sorted(t for t, cls in REGISTRY.items() if cls.is_decoder)
+
+
+def seq2seq_model_types() -> list[str]:
+    """Model types whose adapter is an encoder-decoder (loaded with a sequence-to-sequence LM head)."""
+    return sorted(t for t, cls in REGISTRY.items() if cls.is_seq2seq)
 
 
 def lens_head_prefixes(model_type: str) -> tuple[str, ...]:
@@ -57,4 +69,4 @@ def adapter_for(model: nn.Module) -> Adapter:
     return cls(model)
 
 
-__all__ = ["Adapter", "DecoderAdapter", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "decoder_model_types", "lens_head_prefixes", "supported_model_types"]
+__all__ = ["Adapter", "DecoderAdapter", "DecoderStack", "EncoderStack", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "decoder_model_types", "lens_head_prefixes", "seq2seq_model_types", "supported_model_types"]

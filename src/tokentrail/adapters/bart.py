@@ -1,62 +1,70 @@
-"""BART / mBART-style encoder stack (the encoder half of issue 12's encoder-decoder work).
+"""BART / Marian: post-LN encoder-decoders with absolute positions (issue 12).
 
-Layout (transformers 5, ``BartModel`` / ``BartForConditionalGeneration``, encoder at
-``model.get_encoder()``): ``embed_tokens`` (``BartScaledWordEmbedding``: ``W[v] *
-embed_scale``, ``sqrt(d)`` when ``config.scale_embedding``) + ``embed_positions``
-(``BartLearnedPositionalEmbedding``: row ``p + 2`` for position ``p``, the offset of
-fairseq's padding convention) -> ``layernorm_embedding``; per layer ``self_attn``
-(``q_proj``/``k_proj``/``v_proj``/``out_proj``, ``nn.Linear`` with biases) -> residual ->
-``self_attn_layer_norm`` (post-LN) -> ``fc1`` -> activation -> ``fc2`` -> residual ->
-``final_layer_norm``. So::
+Layout (transformers 5, ``BartForConditionalGeneration`` / ``MarianMTModel``; the base
+model at ``model.model``): per stack ``embed_tokens`` (BART: ``BartScaledWordEmbedding``,
+``W[v] * embed_scale``; Marian: a plain embedding, the stack multiplying by its own
+``embed_scale``) + ``embed_positions`` (BART: learned, row ``p + 2`` for position ``p``,
+fairseq's padding offset; Marian: fixed sinusoids, row ``p``) -> ``layernorm_embedding``
+(BART only). So::
 
-    Emb(v, p) = LN_emb(W_E[v] * embed_scale + W_P[p + 2])
+    Emb(v, p) = LN_emb(W_E[v] * embed_scale + W_P[p + offset])        (BART)
+    Emb(v, p) = W_E[v] * embed_scale + W_P[p]                         (Marian)
 
-with the canonical table already scaled (as Gemma's) and ``position_offset(p)`` reading
-row ``p + 2``. Position ids are the model's own: ``0..n-1`` (the encoder numbers tokens
-itself and takes no ``position_ids``).
+with the canonical table already scaled (as Gemma's). Each stack numbers its positions
+``0..n-1`` itself.
 
-This adapter traces the encoder stack alone with every SPEC site (post-LN, as BERT). It
-is not in the registry: a ``bart`` checkpoint should trace both stacks and the decoder's
-cross-attention, which needs a capture of its own.
+Encoder layer (post-LN, as BERT): ``self_attn`` -> residual -> ``self_attn_layer_norm``
+-> ``fc1`` -> activation -> ``fc2`` -> residual -> ``final_layer_norm``.
+
+Decoder layer (post-LN)::
+
+    a     = h_l + SelfAttn(h_l)              (causal)               -> attn_resid
+    a_ln  = LN_self(a)                                              -> attn_resid_ln (cross-attention's query input)
+    c     = a_ln + CrossAttn(q from a_ln, k/v from the encoder output) -> cross_resid
+    h_l+1 = LN_final(LN_cross(c) + FFN(LN_cross(c)))               -> layer_out
+
+The output head (decoder only): ``lm_head(h_L) + final_logits_bias``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError, ModelError
-from .base import Adapter, HeadProjection, HookPoints, Norm
+from .base import HeadProjection, HookPoints, Norm
+from .seq2seq import CrossPoints, DecoderStack, EncoderStack
 
 
-def _norm(ln: nn.LayerNorm) -> Norm:
+def _norm(ln: nn.LayerNorm | None) -> Norm | None:
+    if ln is None:
+        return None
     return Norm("layernorm", ln.weight.detach().float(), ln.bias.detach().float(), ln.eps)
 
 
-class BartEncoderAdapter(Adapter):
-    family = "bart-encoder"
-    norm_placement = "post"
+def _split(linear: nn.Linear, heads: int, d_head: int, d_model: int) -> HeadProjection:
+    # nn.Linear (H*dh, d) = W @ x, rows grouped head by head
+    w = linear.weight.detach().float().view(heads, d_head, d_model)
+    b = None if linear.bias is None else linear.bias.detach().float().view(heads, d_head)
+    return HeadProjection(w, b)
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        self.encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
-        self.layers = self.encoder.layers
-        self._scaled_table: Tensor | None = None
 
-    # ---- sizes (BART names them per stack) ----------------------------------------
-    @property
-    def n_layers(self) -> int:
-        return self.config.encoder_layers
+def _out(linear: nn.Linear, heads: int, d_head: int, d_model: int) -> tuple[Tensor, Tensor | None]:
+    w_o = linear.weight.detach().float().T.reshape(heads, d_head, d_model)
+    return w_o, None if linear.bias is None else linear.bias.detach().float()
+
+
+class _BartStack:
+    """What both BART stacks share: the embedding stage and the self-attention layout."""
+
+    stack_module: nn.Module  # the encoder or decoder (BartEncoder / BartDecoder)
+    layers: nn.ModuleList
+    _scaled_table: Tensor | None
 
     @property
     def d_model(self) -> int:
         return self.config.d_model
-
-    @property
-    def n_heads(self) -> int:
-        return self.config.encoder_attention_heads
 
     @property
     def n_kv_heads(self) -> int:
@@ -68,35 +76,29 @@ class BartEncoderAdapter(Adapter):
 
     @property
     def vocab_size(self) -> int:
-        return self.encoder.embed_tokens.weight.shape[0]
+        return self.stack_module.embed_tokens.weight.shape[0]
 
     @property
     def max_tokens(self) -> int:
         return self.config.max_position_embeddings
 
-    # ---- the embedding stage ----------------------------------------------
-    # the encoder numbers positions 0..n-1 itself, whatever the padding: right padding only
-    padding_sides = ("right",)
-
-    def position_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        n = input_ids.shape[-1]
-        return torch.arange(n, dtype=torch.long, device=input_ids.device).expand_as(input_ids).contiguous()
-
     def embedding_table(self) -> Tensor:
         if self._scaled_table is None:
-            emb = self.encoder.embed_tokens
+            emb = self.stack_module.embed_tokens
+            # BART keeps the scale on its embedding module, Marian on the stack
+            scale = getattr(emb, "embed_scale", None)
+            scale = getattr(self.stack_module, "embed_scale", 1.0) if scale is None else scale
             w = emb.weight.detach()
-            self._scaled_table = w * torch.as_tensor(emb.embed_scale, dtype=w.dtype)
+            self._scaled_table = w * torch.as_tensor(scale, dtype=w.dtype)
         return self._scaled_table
 
     def position_offset(self, position_ids: Tensor) -> Tensor:
-        pos = self.encoder.embed_positions
-        return pos.weight.detach()[position_ids + pos.offset].float()
+        pos = self.stack_module.embed_positions
+        return pos.weight.detach()[position_ids + getattr(pos, "offset", 0)].float()
 
-    def embedding_norm(self) -> Norm:
-        return _norm(self.encoder.layernorm_embedding)
+    def embedding_norm(self) -> Norm | None:
+        return _norm(getattr(self.stack_module, "layernorm_embedding", None))
 
-    # ---- layers --------------------------------------------------------------
     def attn_input_norm(self, layer: int) -> None:
         return None
 
@@ -105,61 +107,58 @@ class BartEncoderAdapter(Adapter):
 
     def projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
         att = self.layers[layer].self_attn
-        linear = {"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which]
-        # nn.Linear (H*dh, d) = W @ x, rows grouped head by head
-        w = linear.weight.detach().float().view(self.n_heads, self.d_head, self.d_model)
-        b = None if linear.bias is None else linear.bias.detach().float().view(self.n_heads, self.d_head)
-        return HeadProjection(w, b)
+        return _split({"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which], self.n_heads, self.d_head, self.d_model)
 
     def output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
-        out = self.layers[layer].self_attn.out_proj
-        w_o = out.weight.detach().float().T.reshape(self.n_heads, self.d_head, self.d_model)
-        return w_o, None if out.bias is None else out.bias.detach().float()
+        return _out(self.layers[layer].self_attn.out_proj, self.n_heads, self.d_head, self.d_model)
+
+
+class BartEncoderAdapter(_BartStack, EncoderStack):
+    """The encoder stack of a BART checkpoint (the model's primary adapter: see
+    :mod:`tokentrail.adapters.seq2seq`)."""
+
+    family = "bart"
+    norm_placement = "post"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.stack_module = self.encoder_module()
+        self.layers = self.stack_module.layers
+        self._scaled_table = None
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.encoder_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.encoder_attention_heads
 
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
         # fc1's input is self_attn_layer_norm(h + attn): attn_resid_ln; fc2's output is the FFN's
         return HookPoints(layer=lay, attn_out_proj=lay.self_attn.out_proj, ffn_input=lay.fc1, mlp_out=lay.fc2)
 
-    # ---- running ---------------------------------------------------------------
     def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False):
-        if not torch.equal(position_ids, self.position_ids(input_ids)):
-            raise InputError("the BART encoder numbers its positions itself (0..n-1); other position ids cannot be passed")
-        impl = getattr(self.config, "_attn_implementation", "eager")
-        if impl != "eager":
-            raise ModelError(f"bart: tokentrail needs eager attention (got {impl!r}) to read attention probabilities")
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+        self._check_positions(input_ids, position_ids)
+        self._check_eager()
+        return self.stack_module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
 
-    def lens_unavailable_reason(self) -> str:
-        return "the BART encoder's output feeds the decoder's cross-attention, not a vocabulary head: no logit lens here"
+    def make_decoder(self) -> "BartDecoderAdapter":
+        return BartDecoderAdapter(self.model)
 
 
-class BartDecoderAdapter:
-    """The BART decoder stack's facts in canonical layout, cross-attention included.
-
-    Per layer (post-LN)::
-
-        a     = h_l + SelfAttn(h_l)               (causal)        -> attn_resid
-        a_ln  = LN_self(a)                                        -> attn_resid_ln (cross-attention's query input)
-        c     = a_ln + CrossAttn(q from a_ln, k/v from the encoder output)  -> cross_resid
-        c_ln  = LN_cross(c)                                       -> cross_resid_ln (the FFN's input)
-        h_l+1 = LN_final(c_ln + FFN(c_ln))                        -> layer_out
-
-    A cross-attention head's key/value "vocabulary" is the encoder output tokens of this
-    input (``W_K[h] e_s + b_K[h]`` for each encoder token ``s``), not the model's vocabulary.
-    The decoder's embedding stage is the encoder's: the shared scaled table, its own
-    position table (offset 2) and ``layernorm_embedding``.
-    """
+class BartDecoderAdapter(_BartStack, DecoderStack):
+    """The decoder stack of a BART checkpoint, cross-attention included."""
 
     family = "bart"
+    norm_placement = "post"
 
     def __init__(self, model: nn.Module):
-        self.model = model.eval()
-        self.config = model.config
-        base = model.get_decoder() if hasattr(model, "get_decoder") else model.model.decoder
-        self.decoder = base
-        self.layers = base.layers
-        self.encoder = BartEncoderAdapter(model)
+        super().__init__(model)
+        self.stack_module = self.decoder_module()
+        self.layers = self.stack_module.layers
+        self._scaled_table = None
 
     @property
     def n_layers(self) -> int:
@@ -169,40 +168,56 @@ class BartDecoderAdapter:
     def n_heads(self) -> int:
         return self.config.decoder_attention_heads
 
-    @property
-    def d_model(self) -> int:
-        return self.config.d_model
-
-    @property
-    def d_head(self) -> int:
-        return self.d_model // self.n_heads
-
-    def embed(self, decoder_ids: Tensor) -> Tensor:
-        """Emb(y_t, t) of the decoder: (n,) -> (n, d)."""
-        emb = self.decoder.embed_tokens  # BartScaledWordEmbedding: W[v] * embed_scale
-        table = emb.weight.detach() * torch.as_tensor(emb.embed_scale, dtype=emb.weight.dtype)
-        pos = self.decoder.embed_positions
-        x = table[decoder_ids].float() + pos.weight.detach()[torch.arange(decoder_ids.shape[0]) + pos.offset].float()
-        return _norm(self.decoder.layernorm_embedding)(x)
-
-    def _split(self, linear: nn.Linear) -> HeadProjection:
-        w = linear.weight.detach().float().view(self.n_heads, self.d_head, self.d_model)
-        b = None if linear.bias is None else linear.bias.detach().float().view(self.n_heads, self.d_head)
-        return HeadProjection(w, b)
-
-    def projection(self, layer: int, which: Literal["q", "k", "v"], *, cross: bool = False) -> HeadProjection:
-        """Self-attention (or, ``cross=True``, cross-attention) q/k/v maps. Cross: q reads the
-        decoder's ``attn_resid_ln``, k and v read the encoder output."""
-        att = self.layers[layer].encoder_attn if cross else self.layers[layer].self_attn
-        return self._split({"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which])
-
-    def output_projection(self, layer: int, *, cross: bool = False) -> tuple[Tensor, Tensor | None]:
-        att = self.layers[layer].encoder_attn if cross else self.layers[layer].self_attn
-        out = att.out_proj
-        w_o = out.weight.detach().float().T.reshape(self.n_heads, self.d_head, self.d_model)
-        return w_o, None if out.bias is None else out.bias.detach().float()
-
-    def norms(self, layer: int) -> dict[str, Norm]:
-        """The layer's post-LN norms: ``self`` (after self-attention), ``cross``, ``final``."""
+    def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
-        return {"self": _norm(lay.self_attn_layer_norm), "cross": _norm(lay.encoder_attn_layer_norm), "final": _norm(lay.final_layer_norm)}
+        # attn_resid_ln = LN_self(attn_resid) is what cross-attention's query map reads
+        return HookPoints(layer=lay, attn_out_proj=lay.self_attn.out_proj, ffn_input=lay.encoder_attn.q_proj, mlp_out=lay.fc2)
+
+    # ---- cross-attention ---------------------------------------------------------------
+    def cross_projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
+        att = self.layers[layer].encoder_attn
+        return _split({"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which], self.n_heads, self.d_head, self.d_model)
+
+    def cross_output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        return _out(self.layers[layer].encoder_attn.out_proj, self.n_heads, self.d_head, self.d_model)
+
+    def cross_points(self, layer: int) -> CrossPoints:
+        lay = self.layers[layer]
+        # post-LN: the FFN's first module reads LN_cross(cross_resid)
+        return CrossPoints(out_proj=lay.encoder_attn.out_proj, receiver=lay.fc1, receiver_norm=_norm(lay.encoder_attn_layer_norm))
+
+    def cross_query_norm(self, layer: int) -> None:
+        return None  # post-LN: cross-attention's query map reads attn_resid_ln as it is
+
+    # ---- the final norm and the output head ---------------------------------------------
+    def final_norm(self) -> nn.Module | None:
+        return getattr(self.stack_module, "layer_norm", None)  # mBART-style checkpoints only
+
+    def lens_head(self) -> Callable[[Tensor], Tensor] | None:
+        head = getattr(self.model, "lm_head", None)
+        if head is None:
+            return None
+        norm = self.final_norm()
+        bias = getattr(self.model, "final_logits_bias", None)
+
+        @torch.no_grad()
+        def apply(h: Tensor) -> Tensor:
+            # (n, d) -> (n, V): the model's own head, final_logits_bias included
+            x = h.to(head.weight.dtype)
+            logits = head(x if norm is None else norm(x)).float()
+            return logits if bias is None else logits + bias.float()
+
+        return apply
+
+
+class MarianEncoderAdapter(BartEncoderAdapter):
+    """Marian: BART's layout with fixed sinusoidal positions (no offset) and no embedding norm."""
+
+    family = "marian"
+
+    def make_decoder(self) -> "MarianDecoderAdapter":
+        return MarianDecoderAdapter(self.model)
+
+
+class MarianDecoderAdapter(BartDecoderAdapter):
+    family = "marian"

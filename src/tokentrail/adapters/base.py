@@ -83,6 +83,10 @@ class Adapter(ABC):
     is_decoder: bool = False
     #: "post" for post-LN encoders (BERT/RoBERTa), "pre" for pre-norm decoders
     norm_placement: Literal["post", "pre"]
+    #: True for both stacks of an encoder-decoder (see adapters/seq2seq.py)
+    is_seq2seq: bool = False
+    #: "encoder" / "decoder" for an encoder-decoder's stacks; None for single-stack models
+    stack: str | None = None
     #: where a batch may put its padding without moving any real token's position id
     padding_sides: tuple[str, ...] = ("left", "right")
 
@@ -184,6 +188,14 @@ class Adapter(ABC):
     def output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
         """(W_O: (H, d_head, d), b_O: (d,) or None)."""
 
+    def attention_scale(self) -> float:
+        """What attention scores ``q . k`` are multiplied by before the softmax."""
+        return self.d_head**-0.5
+
+    def attention_bias(self, layer: int, n: int) -> Tensor | None:
+        """(H, n, n) added to the scaled scores of ``n`` tokens (T5's relative position bias), or None."""
+        return None
+
     def rotary(self, layer: int) -> Rotary | None:
         """The rotary embedding applied to q and k, if the model uses one."""
         return None
@@ -207,6 +219,15 @@ class Adapter(ABC):
     def lens_head(self) -> Callable[[Tensor], Tensor] | None:
         """(n, d) residual -> (n, V) logits through the model's own output head, or None."""
         return None
+
+    def final_norm(self) -> nn.Module | None:
+        """The norm between the last layer and what the framework reports as the last hidden
+        state (and the output head), if any."""
+        return None
+
+    def model_logits(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        """(n,) ids -> (n, V) the model's own logits (what the logit lens' last layer must equal)."""
+        return self.model(input_ids=input_ids[None], position_ids=position_ids[None]).logits[0]
 
     def lens_unavailable_reason(self) -> str:
         return f"{self.family} model has no output head in this checkpoint"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -43,10 +44,19 @@ def launch(
     preload: tuple[str, ...] | list[str] = (),
     max_queue: int = 16,
     block: bool = True,
+    model_threads: int | None = None,
     studies: str | None = None,
 ):
     """Build the app and serve it; blocks until stopped unless ``block=False`` (then the
-    running ``gr.Blocks`` is returned: ``.close()`` stops it)."""
+    running ``gr.Blocks`` is returned: ``.close()`` stops it).
+
+    ``model_threads``: torch's threads for model work in this server; default one fewer
+    than the CPUs (at least one), so a long analysis leaves a core for other pages' clicks.
+    ``studies``: the folder of corpus studies the Study tab may open.
+    """
+    import torch
+
+    torch.set_num_threads(model_threads or max(1, (os.cpu_count() or 1) - 1))
     demo = build_app(models=models, preload=tuple(preload), max_queue=max_queue, studies=studies)
     demo.launch(
         server_name=host,

@@ -15,12 +15,16 @@ import pandas as pd
 
 from ..errors import InputError, TokentrailError
 from . import render
+from .help import panel
+from .queues import EVENTS, concurrency_for
 from .session import ModelMenu, check_page_text, load_model
 
 log = logging.getLogger("tokentrail.app")
 
 SAME_MODEL = "(same model)"
-HOWTO = """**Compare two occurrences, layer by layer.**
+HOWTO = """**How to compare**
+
+Two occurrences, layer by layer.
 
 - *Second text* empty: two tokens of the text above (`flies:0`, `flies:1`).
 - A second text: the same word in another context (*Token b* empty: the same word).
@@ -34,22 +38,19 @@ has: the words that separate the two senses."""
 
 def build_compare_tab(p, menu: ModelMenu) -> None:
     """Components of the tab (call inside ``gr.Tab``) and their event, on ``p``."""
+    panel(HOWTO, "How to compare")
+    with gr.Row(equal_height=True):
+        p.cmp_text_b = gr.Textbox("", label="Second text (empty: two tokens of the text above)", scale=4, elem_id="cmp-text-b")
+        p.cmp_token_a = gr.Textbox("flies:0", label="Token a", scale=1, min_width=110, elem_id="cmp-token-a")
+        p.cmp_token_b = gr.Textbox("flies:1", label="Token b", scale=1, min_width=110, elem_id="cmp-token-b")
+        p.cmp_model_b = gr.Dropdown([SAME_MODEL, *menu.choices()], value=SAME_MODEL, label="Second model", scale=2, min_width=180, filterable=False, elem_id="cmp-model-b")
+        p.cmp_run = gr.Button("Compare", variant="primary", scale=1, min_width=110, elem_id="cmp-run")
+    p.cmp_status = gr.Markdown("Choose two tokens and press **Compare**.", elem_id="cmp-status")
+    p.cmp_table = gr.Dataframe(label="Per layer", interactive=False, wrap=True, max_height=520, column_widths=["48px", "72px", "80px", "80px", "56px", "56px", "64px"], elem_id="cmp-table")
     with gr.Row():
-        with gr.Column(scale=5):
-            with gr.Row(equal_height=True):
-                p.cmp_text_b = gr.Textbox("", label="Second text (empty: two tokens of the text above)", scale=4, elem_id="cmp-text-b")
-                p.cmp_token_a = gr.Textbox("flies:0", label="Token a", scale=1, min_width=110, elem_id="cmp-token-a")
-                p.cmp_token_b = gr.Textbox("flies:1", label="Token b", scale=1, min_width=110, elem_id="cmp-token-b")
-                p.cmp_model_b = gr.Dropdown([SAME_MODEL, *menu.choices()], value=SAME_MODEL, label="Second model", scale=2, min_width=180, filterable=False, elem_id="cmp-model-b")
-                p.cmp_run = gr.Button("Compare", variant="primary", scale=1, min_width=110, elem_id="cmp-run")
-            p.cmp_status = gr.Markdown("Choose two tokens and press **Compare**.", elem_id="cmp-status")
-            p.cmp_table = gr.Dataframe(label="Per layer", interactive=False, wrap=True, max_height=520, column_widths=["48px", "72px", "80px", "80px", "56px", "56px", "64px"], elem_id="cmp-table")
-            with gr.Row():
-                p.cmp_plot = gr.Plot(show_label=False, elem_id="cmp-plot")
-                p.cmp_lines = gr.Plot(show_label=False, elem_id="cmp-lines")
-            p.cmp_heat = gr.Plot(show_label=False, elem_id="cmp-heat")
-        with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-            gr.Markdown(HOWTO)
+        p.cmp_plot = gr.Plot(show_label=False, min_width=400, elem_id="cmp-plot")
+        p.cmp_lines = gr.Plot(show_label=False, min_width=400, elem_id="cmp-lines")
+    p.cmp_heat = gr.Plot(show_label=False, elem_id="cmp-heat")
     outputs = [p.cmp_status, p.cmp_table, p.cmp_plot, p.cmp_lines, p.cmp_heat]
     inputs = [p.text, p.model, p.cmp_text_b, p.cmp_token_a, p.cmp_token_b, p.cmp_model_b, p.site, p.similarity, p.causal]
 
@@ -63,7 +64,7 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
             log.exception("compare failed")
             return (render.error(f"internal error ({type(exc).__name__}); the server log has the details"), *[gr.skip()] * 4)
 
-    gr.on([p.cmp_run.click, p.cmp_token_b.submit], run, inputs, outputs, api_name="compare", concurrency_id="tokentrail")
+    gr.on([p.cmp_run.click, p.cmp_token_b.submit], run, inputs, outputs, api_name="compare", **EVENTS)
 
 
 def _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similarity, causal):
@@ -74,15 +75,18 @@ def _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similar
     text_b = (text_b or "").strip() or None
     if text_b is not None:
         text_b = check_page_text(text_b)
-    ma = load_model(menu.check(model).value)
-    mb = None if model_b in (None, "", SAME_MODEL) else load_model(menu.check(model_b).value)
-    if mb is ma:
-        mb = None
-    if mb is not None and text_b is not None:
-        raise InputError("a second model compares the text above in both models: leave the second text empty")
-    token_a, token_b = (token_a or "").strip() or None, (token_b or "").strip() or None
-    use_causal = bool(causal) if (ma.is_decoder and (mb is None or mb.is_decoder)) else None
-    c = tt.compare(text, text_b, model=ma, model_b=mb, token=token_a, token_b=token_b, site=site, similarity=similarity, k=15, causal=use_causal)
+    name_a = menu.check(model).value
+    name_b = None if model_b in (None, "", SAME_MODEL) else menu.check(model_b).value
+    with concurrency_for(*filter(None, (name_a, name_b))):
+        ma = load_model(name_a)
+        mb = None if name_b is None else load_model(name_b)
+        if mb is ma:
+            mb = None
+        if mb is not None and text_b is not None:
+            raise InputError("a second model compares the text above in both models: leave the second text empty")
+        token_a, token_b = (token_a or "").strip() or None, (token_b or "").strip() or None
+        use_causal = bool(causal) if (ma.is_decoder and (mb is None or mb.is_decoder)) else None
+        c = tt.compare(text, text_b, model=ma, model_b=mb, token=token_a, token_b=token_b, site=site, similarity=similarity, k=15, causal=use_causal)
     first = cosine_figure(c) if c.same_model else compare_lines(c, "rank")
     return _status(c), _table(c), first, compare_lines(c, "self_sim"), compare_heatmaps(c)
 

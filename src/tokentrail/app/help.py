@@ -1,4 +1,14 @@
-"""The short "how to read this" panels shown next to each view."""
+"""The short "how to read this" panels shown with each view, and :func:`panel`, which
+puts one in the page (every tab uses it)."""
+
+import gradio as gr
+
+
+def panel(text: str, title: str = "How to read this") -> None:
+    """A view's help, folded above it: one line until opened, so the view keeps the
+    page's width and height (a result shows on the first screen of a laptop)."""
+    with gr.Accordion(title, open=False, elem_classes="howto"):
+        gr.Markdown(text.removeprefix(f"**{title}**").lstrip())
 
 INTRO = (
     "Follow each token's vector through every layer, compared with the model's own vocabulary: "
@@ -91,3 +101,4 @@ Files are made for this page only and deleted after an hour.
 """
 
 LIMITS = "Up to {chars:,} characters and {tokens} tokens. Enter or **Analyse** runs it."
+CORRECTION = "geometry fix of the vector and every row: zscore, center, rogue:N, abtt:N"

@@ -19,19 +19,22 @@ import numpy as np
 from .. import plots
 from ..errors import InputError, ModelError, TokentrailError
 from ..options import SIMILARITIES
+from ..progress import CallbackProgress
 from . import help as texts
 from . import render, security
 from .compare_tab import build_compare_tab
 from .study_tab import StudyShelf, build_study_tab
+from .cross_tab import build_cross_tab
+from .map_tab import build_map_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
-from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, SITES, ModelMenu, Session, load_model, page_options
+from .queues import EVENTS, WORKERS, concurrency_for
+from .session import CORRECTION_CHOICES, HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, SessionPool, load_model, page_options
 from .style import CSS, HEAD, THEME
 
 log = logging.getLogger("tokentrail.app")
 
-STATE_TTL_S = 3600  # a session's cached results live this long after its last use
-CONCURRENCY = 2  # analyses at once (the machine this was tuned on has 2 cores)
+STATE_TTL_S = 3600  # a page's session lives this long after its last use (its results: IDLE_S)
 # the heatmap is an HTML table; a click on a cell (or a token's row header) sends its
 # token and layer back as event data
 HEAT_CLICK_JS = """
@@ -52,6 +55,17 @@ PLOT_CHOICES = {
 
 class Page:
     """Handles of every component the callbacks read or write."""
+
+
+def page_progress(progress: gr.Progress) -> CallbackProgress:
+    """The library's progress (:mod:`tokentrail.progress`) on the page's progress bar:
+    loading and conversion as a message with the elapsed time, the analysis as
+    *done/total* steps."""
+
+    def show(message: str, done: int | None, total: int | None) -> None:
+        progress(None if total is None else (done, total), desc=message, unit="steps")
+
+    return CallbackProgress(show)
 
 
 def _fail(message: str, n_outputs: int, status_at: int) -> tuple:
@@ -98,11 +112,12 @@ class Page_(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[str] = (), *, max_queue: int = 16, studies: str | None = None) -> gr.Blocks:
+def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[str] = (), *, max_queue: int = 16, pool: SessionPool | None = None, studies: str | None = None) -> gr.Blocks:
     """The tokentrail page as a ``gr.Blocks`` (queue bounded to ``max_queue`` waiting events).
 
     ``models``: extra names the page may offer (hub ids or local folders, named by the
     server's operator; never typed in the page). ``preload``: models to load now.
+    ``pool``: the bound on the sessions' cached results (default: ``SessionPool()``).
     ``studies``: the folder whose corpus studies the Study tab may open (none: the tab says how).
     Launch it with :func:`tokentrail.app.launch`, or ``demo.launch(**launch_options())``.
     """
@@ -111,103 +126,95 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
         load_model(menu.add(name).value)
     default_model = menu.add(preload[0]).value if preload else menu.default
     folder = ExportFolder()
+    pool = pool or SessionPool()
     p = Page()
 
     with Page_(title="tokentrail", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         state = gr.State(None, time_to_live=STATE_TTL_S)
         gr.Markdown(f"# tokentrail\n{texts.INTRO}", elem_id="header")
-        with gr.Row(equal_height=True):
-            p.text = gr.Textbox(
-                INITIAL_TEXT,
-                label="Text",
-                info=texts.LIMITS.format(chars=MAX_CHARS, tokens=MAX_TOKENS),
-                lines=1,  # one line: Enter submits (Gradio submits multi-line boxes on Shift+Enter)
-                max_lines=5,
-                scale=5,
-                elem_id="text",
-            )
-            with gr.Column(scale=2, min_width=240):
+        # controls in a narrow column beside the results, help folded: on a laptop screen
+        # (1280 x 720) the first result shows without scrolling
+        with gr.Row(equal_height=False, elem_id="main"):
+            with gr.Column(scale=1, min_width=250, elem_id="controls"):
                 p.model = gr.Dropdown(menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False)
                 p.analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
-        with gr.Row(elem_id="options", equal_height=True):
-            p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", scale=3, min_width=360, elem_id="site")
-            p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", scale=2, min_width=220, elem_id="similarity")
-            p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", scale=2, min_width=200, elem_id="k")
-            with gr.Column(scale=2, min_width=220):
+                p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", elem_id="site")
+                p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", elem_id="similarity")
+                p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k")
                 p.positional = gr.Checkbox(True, label="Use positional embeddings", info="compare with encodings (else raw embeddings)", elem_id="positional")
                 p.adjusted = gr.Checkbox(False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted")
+                p.correct = gr.Dropdown(list(CORRECTION_CHOICES), value=NO_CORRECTION, label="Correction", info=texts.CORRECTION, allow_custom_value=True, filterable=True, elem_id="correct")
                 p.causal = gr.Checkbox(True, label="Causal mask", info="decoders only: off = bidirectional", visible=False, elem_id="causal")
-        p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
-        p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
-        with gr.Row():
-            p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
-            p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
-        with gr.Tabs(selected="layers", elem_id="tabs"):
-            with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
-                with gr.Row():
-                    with gr.Column(scale=5):
-                        p.table = gr.Dataframe(label="Nearest vocabulary tokens, per layer", interactive=False, wrap=False, max_height=520, pinned_columns=1, column_widths=["56px"], elem_id="table")
-                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-                        gr.Markdown(texts.ACROSS_LAYERS)
-                with gr.Row():
-                    p.plot_sim = gr.Plot(show_label=False, elem_id="plot-sim")
-                    p.plot_rank = gr.Plot(show_label=False, elem_id="plot-rank")
-                    p.plot_overlap = gr.Plot(show_label=False, elem_id="plot-overlap")
-            with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
-                with gr.Row():
-                    with gr.Column(scale=5):
-                        p.metric = gr.Radio([(v, k) for k, v in render.HEAT_METRICS.items()], value="rank", label="Metric", elem_id="metric")
-                        p.heat = gr.HTML("", js_on_load=HEAT_CLICK_JS, apply_default_css=False, elem_id="heat")
-                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-                        gr.Markdown(texts.HEATMAPS)
-            with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
-                with gr.Row():
-                    with gr.Column(scale=5):
-                        p.head_space = gr.Radio(list(HEAD_SPACES), value="value", label="Space: compare each head with its own", elem_id="head-space")
-                        p.heads = gr.Dataframe(label="Each head vs its own space (value: its output z; key/query: the token's key/query)", interactive=False, max_height=480, pinned_columns=1, column_widths=["76px", "82px", "72px"], elem_id="heads")
-                        p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
-                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-                        gr.Markdown(texts.HEADS)
-            with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
-                with gr.Row():
-                    with gr.Column(scale=5):
-                        p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
-                        p.lens_note = gr.Markdown(elem_id="lens-note")
-                        p.lens_table = gr.Dataframe(label="Predictions per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="lens-table")
-                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-                        gr.Markdown(texts.LENS)
-            with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
-                with gr.Row():
-                    with gr.Column(scale=5):
-                        p.walk = gr.Markdown(elem_id="walk")
-                        p.walk_sources = gr.Dataframe(label="Per source token", interactive=False, max_height=420, elem_id="walk-sources")
-                        p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
-                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-                        gr.Markdown(texts.WALKTHROUGH)
-            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
-                build_compare_tab(p, menu)
-            with gr.Tab("Study", id="study", elem_id="tab-study"):
-                build_study_tab(p, StudyShelf(studies))
-            with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
-                with gr.Row():
-                    with gr.Column(scale=5):
-                        with gr.Row():
-                            p.result_fmt = gr.Radio(list(RESULT_FORMATS), value="CSV", label="Analysis format", elem_id="result-fmt")
-                            p.export_results = gr.Button("Download analysis", elem_id="export-results")
-                        with gr.Row():
-                            p.plot_which = gr.Dropdown(list(PLOT_CHOICES), value="similarity across layers", label="Plot", elem_id="plot-which")
-                            p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
-                            p.export_plot = gr.Button("Download plot", elem_id="export-plot")
-                        p.file = gr.File(label="Download", interactive=False, elem_id="file")
-                    with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-                        gr.Markdown(texts.EXPORT)
+                p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
+                p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
+            with gr.Column(scale=4, min_width=480, elem_id="results"):
+                p.text = gr.Textbox(
+                    INITIAL_TEXT,
+                    label="Text",
+                    info=texts.LIMITS.format(chars=MAX_CHARS, tokens=MAX_TOKENS),
+                    lines=1,  # one line: Enter submits (Gradio submits multi-line boxes on Shift+Enter)
+                    max_lines=5,
+                    elem_id="text",
+                )
+                p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
+                p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
+                _tabs(p, menu, state, StudyShelf(studies))
 
-        _wire(demo, p, state, menu, folder, default_model)
+        _wire(demo, p, state, menu, folder, default_model, pool)
     folder.adopt(demo)
     demo.GRADIO_CACHE = str(folder.cache)
     demo.tokentrail_folder = folder  # the private folder lives as long as the page
-    demo.queue(max_size=max_queue, default_concurrency_limit=CONCURRENCY, api_open=False)
+    demo.tokentrail_pool = pool
+    demo.queue(max_size=max_queue, default_concurrency_limit=WORKERS, api_open=False)
     return demo
+
+
+def _tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> None:
+    with gr.Tabs(selected="layers", elem_id="tabs"):
+        with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
+            texts.panel(texts.ACROSS_LAYERS)
+            p.table = gr.Dataframe(label="Nearest vocabulary tokens, per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="table")
+            with gr.Row(elem_id="layer-plots"):
+                p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
+                p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
+                p.plot_overlap = gr.Plot(show_label=False, min_width=400, elem_id="plot-overlap")
+        with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
+            texts.panel(texts.HEATMAPS)
+            p.metric = gr.Radio([(v, k) for k, v in render.HEAT_METRICS.items()], value="rank", label="Metric", elem_id="metric")
+            p.heat = gr.HTML("", js_on_load=HEAT_CLICK_JS, apply_default_css=False, elem_id="heat")
+        with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
+            texts.panel(texts.HEADS)
+            p.head_space = gr.Radio(list(HEAD_SPACES), value="value", label="Space: compare each head with its own", elem_id="head-space")
+            p.heads = gr.Dataframe(label="Each head vs its own space (value: its output z; key/query: the token's key/query)", interactive=False, max_height=480, pinned_columns=1, elem_id="heads")
+            p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
+        with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
+            texts.panel(texts.LENS)
+            p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+            p.lens_note = gr.Markdown(elem_id="lens-note")
+            p.lens_table = gr.Dataframe(label="Predictions per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="lens-table")
+        with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
+            texts.panel(texts.WALKTHROUGH)
+            p.walk = gr.Markdown(elem_id="walk")
+            p.walk_sources = gr.Dataframe(label="Per source token", interactive=False, max_height=420, elem_id="walk-sources")
+            p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
+        with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
+            build_compare_tab(p, menu)
+        with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
+            build_map_tab(p, state)
+        with gr.Tab("Cross-attention", id="cross", elem_id="tab-cross") as p.tab_cross:
+            build_cross_tab(p, menu)
+        with gr.Tab("Study", id="study", elem_id="tab-study"):
+            build_study_tab(p, shelf)
+        with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
+            texts.panel(texts.EXPORT)
+            with gr.Row():
+                p.result_fmt = gr.Radio(list(RESULT_FORMATS), value="CSV", label="Analysis format", elem_id="result-fmt")
+                p.export_results = gr.Button("Download analysis", elem_id="export-results")
+            with gr.Row():
+                p.plot_which = gr.Dropdown(list(PLOT_CHOICES), value="similarity across layers", label="Plot", elem_id="plot-which")
+                p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
+                p.export_plot = gr.Button("Download plot", elem_id="export-plot")
+            p.file = gr.File(label="Download", interactive=False, elem_id="file")
 
 
 # ---- rendering a session into the page ---------------------------------------------------
@@ -218,6 +225,7 @@ TAB_VIEWS = {
     "heads": ("heads", "attention"),
     "walkthrough": ("walk", "walk_sources", "walk_vectors"),
     "lens": ("lens_note", "lens_table"),
+    "map": (),  # drawn by its own event (map_tab)
     "export": (),
 }
 VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
@@ -230,7 +238,7 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
     t, l, h = session.token, session.layer, session.head
     label = menu.entries[session.model].label if session.model in menu.entries else session.model
     out: dict[str, Any] = {
-        "status": render.status(trail, label, t, l, h),
+        "status": render.status(trail, label, t, l, h, session.rogue_note()),
         "tokens": gr.Radio(choices=render.token_choices(trail), value=t),
         "layer": gr.Slider(0, trail.n_layers - 1, value=l, step=1),
         "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
@@ -265,35 +273,38 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
     return tuple(out.get(name, gr.skip()) for name in VIEWS)
 
 
-def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str) -> None:
+def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str, pool: SessionPool) -> None:
     views = [getattr(p, name) for name in VIEWS]
-    options = [p.positional, p.site, p.similarity, p.k, p.causal]
+    options = [p.positional, p.site, p.similarity, p.k, p.causal, p.correct]
     display = [p.adjusted, p.metric]
     status_at = 1 + VIEWS.index("status")  # after the state output
-    common = dict(concurrency_id="tokentrail", concurrency_limit=CONCURRENCY)
+    common = EVENTS
     quick = dict(common, show_progress="minimal")  # clicks: no full-page progress flash
 
     def session_for(session: Session | None) -> Session:
-        return session if isinstance(session, Session) else Session(model=default_model)
+        session = pool.use(session if isinstance(session, Session) else Session(model=default_model))
+        pool.settle(session, cap=False)  # idle pages lose their results (the cap: after analyses)
+        return session
 
     # -- analyse a text (Enter / the button / an option changed) ------------------------
     @guarded(1 + len(views), status_at)
-    def analyse(session, text, model, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+    def analyse(session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
-        opts = page_options(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal, correct)
         old = session.model
         session.switch(entry.value)
         try:
-            session.analyse(text, opts, lambda f, m: progress(f, desc=m))
+            session.analyse(text, opts, page_progress(progress))
         except Exception:
             session.switch(old)
             raise
+        pool.settle(session)
         return (session, *_views(session, menu, adjusted, metric))
 
     gr.on([p.text.submit, p.analyse.click], analyse, [state, p.text, p.model, *options, *display], [state, *views], api_name="tokenize", **common)
     gr.on(
-        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input],
+        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input, p.correct.input],
         analyse,
         [state, p.text, p.model, *options, *display],
         [state, *views],
@@ -352,7 +363,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         session.select(token=data.get("token"), layer=data.get("layer"))
         return _views(session, menu, adjusted, metric)
 
-    p.heat.click(select_cell, [state, *display], views, api_visibility="private", **quick)
+    gr.on([p.heat.click, p.map_pick.click], select_cell, [state, *display], views, api_visibility="private", **quick)
 
     # -- tabs: render the one being shown ------------------------------------------------
     for name in TAB_VIEWS:
@@ -373,12 +384,14 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
     switch_outputs = [state, p.model, p.causal, *views]
 
     @guarded(len(switch_outputs), 3 + VIEWS.index("status"))
-    def switch_model(session, model, text, positional, site, similarity, k, causal, adjusted, metric, progress=gr.Progress()):
+    def switch_model(session, model, text, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
-        progress(0.0, desc=f"loading {entry.label}")
+        bar = page_progress(progress)
+        bar.loading(f"loading {entry.label}")
         try:
-            loaded = load_model(entry.value, lambda m: progress(0.0, desc=m))
+            with concurrency_for(entry.value):
+                loaded = load_model(entry.value, bar.loading)
         except TokentrailError as exc:
             # shown once, in the status line: a toast as well covered the model menu
             msg = f"{entry.label} cannot be used here: {exc}. Still using {menu.entries[session.model].label}."
@@ -389,12 +402,13 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         if session.text is None and not (isinstance(text, str) and text.strip()):
             msg = f"Loaded **{entry.label}**. Enter a text and press Analyse."
             return (session, gr.skip(), causal_box, msg, *[gr.skip()] * (len(views) - 1))
-        opts = page_options(site, positional, similarity, k, causal)
+        opts = page_options(site, positional, similarity, k, causal, correct)
         try:
-            session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, lambda f, m: progress(f, desc=m))
+            session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, bar)
         except Exception:
             session.switch(old)
             raise
+        pool.settle(session)
         return (session, gr.skip(), causal_box, *_views(session, menu, adjusted, metric))
 
     p.model.input(switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common)

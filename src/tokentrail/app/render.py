@@ -41,7 +41,9 @@ def residual_view(trail: Trail, site: str, similarity: str) -> View:
 
 
 # ---- the page header -----------------------------------------------------------------------
-def status(trail: Trail, model_label: str, token: int, layer: int, head: int) -> str:
+def status(trail: Trail, model_label: str, token: int, layer: int, head: int, note: str | None = None) -> str:
+    """The header line: model, options, the selection, and ``note`` (a rogue-dimension
+    warning) under it when there is one."""
     info = trail.info
     opts = info.options
     parts = [
@@ -51,10 +53,13 @@ def status(trail: Trail, model_label: str, token: int, layer: int, head: int) ->
         f"space `{opts.spaces[0]}`",
         opts.similarities[0],
     ]
+    if opts.correct is not None:
+        parts.append(f"corrected **{html.escape(opts.correct)}** (fitted to {'a corpus study' if opts.correct_from else 'the text'})")
     if info.causal is not None:
         parts.append("causal mask **on**" if info.causal else "causal mask **off** (bidirectional)")
     sel = f"Selected: **{html.escape(trail.tokens[token])}** (token {token}) · layer {layer} · head {head}"
-    return " · ".join(parts) + "  \n" + sel
+    warn = f"  \n⚠ {html.escape(note)}" if note else ""
+    return " · ".join(parts) + "  \n" + sel + warn
 
 
 def error(message: str) -> str:
@@ -230,7 +235,8 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
         f"#### Layer {step.layer}, head {step.head}{gqa}, token **{tok}** ({t})",
         f"1. **Query** `{step.formulas.get('q', 'q = W_Q x + b_Q')}`{_rope_note(step)}: ‖q‖ = {step.query.norm():.3f}, q = {_vec(step.query)}",
         f"2. **Scores** `q·k_s` with `{step.formulas.get('k', 'k = W_K x + b_K')}`, for each of the {len(w)} tokens (table below), {mask}.",
-        f"3. **Scaled** by √d_k = √{step.d_head} = {math.sqrt(step.d_head):.3f}.",
+        (f"3. **Scaled**: `{step.formulas['scaled']}`." if "scaled" in step.formulas else
+         f"3. **Scaled** by √d_k = √{step.d_head} = {math.sqrt(step.d_head):.3f}."),
         f"4. **Softmax** weights sum to {w.sum():.4f}; it attends most to {attended}.",
         f"5. **Weighted sum of values** `z = Σ w_s v_s`: ‖z‖ = {step.z.norm():.3f}, z = {_vec(step.z)}",
         f"6. **Output projection** `z W_O[h]`: this head adds a vector of norm {step.head_out.norm():.3f}; "

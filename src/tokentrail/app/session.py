@@ -14,18 +14,23 @@ captured once per (model, text, mask) and then computed for one layer and token 
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..budget import held_bytes, human
 from ..errors import InputError, ModelError
 from ..inputs import check_text
 from ..models import CATALOGUE, DEFAULT_MODEL, HUB_ID, LoadedModel, is_available, list_models, load
 from ..options import LENS_SITES, RESIDUAL_SITES, SIMILARITIES, TraceOptions
+from ..progress import CallbackProgress, Steps, analysis_steps
 from ..results import HeadsAt, LensResult, Trail
 from ..runner import Run
 from ..walkthrough import AttentionStep
+from .queues import concurrency_for
 
 INITIAL_TEXT = "Time flies like an arrow. Fruit flies like a banana."
 MAX_CHARS = 2_000  # characters a page may send
@@ -34,6 +39,9 @@ SITES = RESIDUAL_SITES  # the sites the page offers (heads have their own tab)
 K_RANGE = (1, 50)
 HEAD_SPACES = ("value", "key", "query")  # the spaces the heads tab offers (SPEC value/key/query@l,h)
 LENS_K = 5  # predictions the lens tab shows per layer
+SESSION_BYTES = 600_000_000  # one session's cached results at most (older analyses dropped)
+TOTAL_BYTES = 3_000_000_000  # every session's cached results together (least recently used dropped)
+IDLE_S = 900  # a session unused this long loses its cached results
 
 
 
@@ -104,9 +112,15 @@ def load_model(name: str, say: Callable[[str], None] | None = None) -> LoadedMod
 
 
 # ---- options and the session -----------------------------------------------------------
-def page_options(site: object, positional: object, similarity: object, k: object, causal: object) -> TraceOptions:
+NO_CORRECTION = "none"
+CORRECTION_CHOICES = (NO_CORRECTION, "zscore", "center", "rogue:1", "rogue:2", "rogue:3", "abtt:1", "abtt:2", "abtt:3")
+"""The correction selector's menu (any ``rogue:N`` / ``abtt:N`` may be typed)."""
+
+
+def page_options(site: object, positional: object, similarity: object, k: object, causal: object, correct: object = NO_CORRECTION) -> TraceOptions:
     """The trace options the page's controls describe ("use positional embeddings" picks
-    the ``encodings`` space, else ``embeddings``), validated with the page's limits."""
+    the ``encodings`` space, else ``embeddings``; ``correct`` the geometry correction,
+    ``"none"`` for none), validated with the page's limits."""
     if site not in SITES:
         raise InputError(f"unknown site {site!r}: choose from {', '.join(SITES)}")
     if similarity not in SIMILARITIES:
@@ -115,7 +129,10 @@ def page_options(site: object, positional: object, similarity: object, k: object
     if not K_RANGE[0] <= k <= K_RANGE[1]:
         raise InputError(f"k must be between {K_RANGE[0]} and {K_RANGE[1]}, not {k}")
     space = "encodings" if positional else "embeddings"
-    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal))
+    correct = None if correct in (None, "", NO_CORRECTION) else correct
+    if correct is not None and not isinstance(correct, str):
+        raise InputError(f"unknown correction {correct!r}: choose from {', '.join(CORRECTION_CHOICES)}")
+    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal), correct=correct)
 
 
 DEFAULT_OPTIONS = TraceOptions.make(causal=True)  # what page_options gives for the page defaults
@@ -146,27 +163,34 @@ class Session:
     head_space: str = "value"  # the heads tab compares each head with its value, key or query space
     lens_site: str = "layer_out"  # the residual the logit lens reads
     max_trails: int = 3  # analyses kept per session (256 tokens on a 30-layer model: ~100 MB each)
+    max_bytes: int = SESSION_BYTES  # older analyses are dropped beyond this (the current one stays)
+    evicted: str | None = None  # why the cached results were dropped (said on the next click)
+    last_used: float = field(default_factory=time.monotonic, compare=False)
     _trails: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _run: Run | None = field(default=None, repr=False)
+    _rogue: tuple = field(default=(None, None), repr=False)  # (analysis key, the rogue-dimension line)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)  # one event at a time per page
 
     # ---- analysing ------------------------------------------------------------------
-    def analyse(self, text: str, options: TraceOptions, say: Callable[[float, str], None] | None = None) -> Trail:
-        """Analyse ``text`` with this session's model (cached per model, text and options)."""
-        say = say or (lambda f, m: None)
+    def analyse(self, text: str, options: TraceOptions, progress: Steps | None = None) -> Trail:
+        """Analyse ``text`` with this session's model (cached per model, text and options).
+        ``progress`` gets the loading messages and the analysis' steps."""
+        progress = progress or CallbackProgress(lambda m, done, total: None)
         text = check_page_text(text)
-        loaded = load_model(self.model, lambda m: say(0.0, m))
-        if not loaded.is_decoder:
-            options = options.with_(causal=None)  # encoders have no mask to choose
-        key = (self.model, text, options)
-        trail = self._trails.get(key)
-        if trail is None:
-            say(0.0, "running the model")
-            trail = self._run_for(loaded, text, options).trail(options, progress=say)
-            self._trails[key] = trail
-            while len(self._trails) > self.max_trails:
-                self._trails.popitem(last=False)
+        with concurrency_for(self.model):
+            loaded = load_model(self.model, progress.loading)
+            if not loaded.is_decoder:
+                options = options.with_(causal=None)  # encoders have no mask to choose
+            key = (self.model, text, options)
+            trail = self._trails.get(key)
+            if trail is None:
+                progress.start_analysis(analysis_steps(options.pairs(), loaded.adapter.n_layers))
+                progress.analysis(0.0, "running the model")
+                trail = self._run_for(loaded, text, options).trail(options, progress=progress.analysis)
+                self._trails[key] = trail
         self._trails.move_to_end(key)
+        self.evicted = None
+        self._fit(keep=key)
         if self.trail is None or (self.trail.text, self.trail.info.model) != (trail.text, trail.info.model):
             self.token = first_content_token(trail)  # a new text or model: start at its first word
         self.text, self.options, self.trail = text, options, trail
@@ -196,9 +220,36 @@ class Session:
             self.model = model
             self._run = None
 
+    # ---- memory ---------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes this session's cached results hold: its Trails and its Run (activations
+        and the Run's own caches), each array once (:func:`tokentrail.budget.held_bytes`)."""
+        return held_bytes(self.trail, *self._trails.values(), *(self._run.kept() if self._run is not None else ()))
+
+    def _fit(self, keep) -> None:
+        """At most ``max_trails`` analyses and ``max_bytes``: drop the oldest others."""
+        while len(self._trails) > 1 and (len(self._trails) > self.max_trails or self.nbytes > self.max_bytes):
+            oldest = next(iter(self._trails))
+            if oldest == keep:
+                break
+            del self._trails[oldest]
+
+    def evict(self, why: str) -> int:
+        """Drop every cached result (the page keeps its text, model and options); the next
+        click says ``why`` and asks for a new analysis. Returns the bytes it held."""
+        held = self.nbytes
+        self._trails.clear()
+        self._run = None
+        self.trail = None
+        self.evicted = why
+        return held
+
     # ---- the selection ------------------------------------------------------------------
     def require_trail(self) -> Trail:
         if self.trail is None:
+            if self.evicted:
+                raise InputError(f"{self.evicted}: press Analyse (or Enter) to compute it again")
             raise InputError("there is nothing to select yet: enter a text and press Analyse (or Enter) first")
         return self.trail
 
@@ -218,7 +269,8 @@ class Session:
 
     def heads(self) -> HeadsAt:
         """Every head of the selected layer, for the selected token, in ``head_space``."""
-        return self._current_run().heads(self.layer, self.token, kind=self.head_space, similarity=self.options.similarities[0], k=self.options.k)
+        with concurrency_for(self.model):
+            return self._current_run().heads(self.layer, self.token, kind=self.head_space, similarity=self.options.similarities[0], k=self.options.k)
 
     def choose(self, head_space: object = None, lens_site: object = None) -> None:
         """Pick the heads tab's space and the residual the lens reads."""
@@ -234,16 +286,108 @@ class Session:
     def lens(self) -> tuple[LensResult, LensResult]:
         """The logit lens at ``lens_site`` and its embeddings row, for every token (top
         ``LENS_K``). A ModelError when the checkpoint has no output head."""
-        run = self._current_run()
-        return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
+        with concurrency_for(self.model):
+            run = self._current_run()
+            if load_model(self.model).is_seq2seq:
+                raise ModelError("an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attention tab and `tokentrail trace --lens`")
+            return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
+
+    def trajectory_map(self, tokens: Sequence[int] | None, layers: Sequence[int] | None, method: str = "pca"):
+        """:func:`tokentrail.maps.trajectory_map` of the analysis at its site and space."""
+        from ..maps import trajectory_map
+
+        site, space = self.options.sites[0], self.options.spaces[0]
+        return trajectory_map(self._current_run(), site=site, space=space, tokens=tokens, layers=layers, method=method)
+
+    def head_map(self, tokens: Sequence[int] | None, method: str = "pca"):
+        """:func:`tokentrail.maps.head_map` of the selected layer and head."""
+        from ..maps import head_map
+
+        return head_map(self._current_run(), self.layer, self.head, tokens=tokens, method=method)
+
+    def rogue_note(self) -> str | None:
+        """When the analysis is uncorrected and one dimension carries over half the expected
+        cosine of its site somewhere (:func:`tokentrail.geometry.rogue_layers`): the line
+        that says so and which correction to pick; else None. Cached per analysis."""
+        trail = self.require_trail()
+        if self.options.correct is not None:
+            return None
+        key = (self.model, trail.text, self.options.sites[0], self.options.causal)
+        if self._rogue[0] != key:
+            from ..geometry import diagnose_run, rogue_layers
+
+            self._rogue = (key, rogue_layers(diagnose_run(self._current_run(), self.options.sites[0]), how="Correction {}"))
+        return self._rogue[1]
 
     def labels(self, ids) -> dict[int, str]:
         """Readable tokens for vocabulary ids the Trail does not name (the lens' predictions)."""
-        return load_model(self.model).labels(sorted({int(i) for i in ids}))
+        with concurrency_for(self.model):
+            return load_model(self.model).labels(sorted({int(i) for i in ids}))
 
     def step(self) -> AttentionStep:
         """The selected head's attention for the selected token, step by step."""
-        return self._current_run().step(self.layer, self.head, self.token)
+        with concurrency_for(self.model):
+            return self._current_run().step(self.layer, self.head, self.token)
+
+
+class SessionPool:
+    """Every page's session, so that their cached results stay bounded together.
+
+    :meth:`use` is called at the start of each event and :meth:`settle` after it: a
+    session unused for ``idle_s`` loses its cached results, and while all sessions
+    together hold more than ``total_bytes``, the least recently used one loses its own
+    (never the one being served, nor one busy with an event). Its page says why on its
+    next click. Sessions are held weakly: Gradio's state expiry still frees them.
+    """
+
+    def __init__(self, total_bytes: int = TOTAL_BYTES, idle_s: float = IDLE_S):
+        self.total_bytes = int(total_bytes)
+        self.idle_s = float(idle_s)
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[int, weakref.ref] = OrderedDict()  # least recently used first
+
+    def use(self, session: Session) -> Session:
+        session.last_used = time.monotonic()
+        with self._lock:
+            self._sessions[id(session)] = weakref.ref(session)
+            self._sessions.move_to_end(id(session))
+        return session
+
+    def sessions(self) -> list[Session]:
+        """The live sessions, least recently used first."""
+        with self._lock:
+            alive = [(key, ref()) for key, ref in self._sessions.items()]
+            for key, s in alive:
+                if s is None:
+                    del self._sessions[key]
+        return [s for _, s in alive if s is not None]
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.sessions())
+
+    def settle(self, current: Session | None = None, *, cap: bool = True) -> list[Session]:
+        """Evict idle sessions, then (with ``cap``) least recently used ones while over the
+        cap; returns the sessions evicted. Without ``cap`` nothing is measured (cheap
+        enough for every click; the cap is checked after each analysis)."""
+        now = time.monotonic()
+        sessions = [s for s in self.sessions() if s is not current]
+        sizes = {id(s): s.nbytes for s in sessions} if cap else {}
+        total = sum(sizes.values()) + (current.nbytes if cap and current is not None else 0)
+        evicted = []
+        for s in sessions:  # least recently used first
+            idle = now - s.last_used > self.idle_s
+            if not (idle or (cap and total > self.total_bytes)) or s.trail is None and not s._trails:
+                continue
+            if not s.lock.acquire(blocking=False):  # busy with an event: leave it
+                continue
+            try:
+                why = (f"this page was idle for over {self.idle_s / 60:.0f} minutes and its results were cleared"
+                       if idle else f"this page's results were cleared to make room for other users (the server keeps {human(self.total_bytes)} of results)")
+                total -= s.evict(why)
+                evicted.append(s)
+            finally:
+                s.lock.release()
+        return evicted
 
 
 def first_content_token(trail: Trail) -> int:

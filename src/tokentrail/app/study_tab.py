@@ -21,6 +21,8 @@ import pandas as pd
 
 from ..errors import InputError, TokentrailError
 from . import render
+from .help import panel
+from .queues import EVENTS
 
 log = logging.getLogger("tokentrail.app")
 
@@ -28,9 +30,7 @@ MANIFEST = "manifest.json"
 HERE = "."  # the studies folder itself, when it is one study
 FIGURES = ("self_sim", "rank_median", "anisotropy", "jumps_0")  # shown, in this order
 CACHED = 4  # studies whose aggregates the server keeps
-HOWTO = """**Open a finished corpus study.**
-
-Studies are written by `tokentrail study` and offered here from the folder the server
+HOWTO = """Studies are written by `tokentrail study` and offered here from the folder the server
 was started with (`tokentrail serve --studies DIR`); press *Refresh* after a new one
 finishes. The figures are those of `tokentrail report`: per-layer self-similarity and
 rank of each word class, the corpus anisotropy baseline, and each class's change from
@@ -107,23 +107,20 @@ def status(name: str, m: dict) -> str:
 def build_study_tab(p, shelf: StudyShelf) -> None:
     """Components of the tab (call inside ``gr.Tab``) and their events, on ``p``."""
     names = shelf.names()
+    panel(HOWTO, "How to open a study")
+    with gr.Row(equal_height=True):
+        p.study_name = gr.Dropdown(names, value=names[0] if names else None, label="Study", scale=4, filterable=False, elem_id="study-name")
+        p.study_refresh = gr.Button("Refresh", scale=1, min_width=100, elem_id="study-refresh")
+        p.study_open = gr.Button("Open", variant="primary", scale=1, min_width=100, elem_id="study-open")
+    first = NO_FOLDER if shelf.root is None else ("Choose a study and press **Open**." if names else f"No study in the studies folder yet (run `tokentrail study ... --out {shelf.root}/NAME`).")
+    p.study_status = gr.Markdown(first, elem_id="study-status")
     with gr.Row():
-        with gr.Column(scale=5):
-            with gr.Row(equal_height=True):
-                p.study_name = gr.Dropdown(names, value=names[0] if names else None, label="Study", scale=4, filterable=False, elem_id="study-name")
-                p.study_refresh = gr.Button("Refresh", scale=1, min_width=100, elem_id="study-refresh")
-                p.study_open = gr.Button("Open", variant="primary", scale=1, min_width=100, elem_id="study-open")
-            first = NO_FOLDER if shelf.root is None else ("Choose a study and press **Open**." if names else f"No study in the studies folder yet (run `tokentrail study ... --out {shelf.root}/NAME`).")
-            p.study_status = gr.Markdown(first, elem_id="study-status")
-            with gr.Row():
-                p.study_self_sim = gr.Plot(show_label=False, elem_id="study-self-sim")
-                p.study_rank = gr.Plot(show_label=False, elem_id="study-rank")
-            with gr.Row():
-                p.study_anisotropy = gr.Plot(show_label=False, elem_id="study-anisotropy")
-                p.study_jumps = gr.Plot(show_label=False, elem_id="study-jumps")
-            p.study_meta = gr.Dataframe(label="Run", interactive=False, wrap=True, column_widths=["160px"], elem_id="study-meta")
-        with gr.Column(scale=1, min_width=215, elem_classes="howto"):
-            gr.Markdown(HOWTO)
+        p.study_self_sim = gr.Plot(show_label=False, min_width=400, elem_id="study-self-sim")
+        p.study_rank = gr.Plot(show_label=False, min_width=400, elem_id="study-rank")
+    with gr.Row():
+        p.study_anisotropy = gr.Plot(show_label=False, min_width=400, elem_id="study-anisotropy")
+        p.study_jumps = gr.Plot(show_label=False, min_width=400, elem_id="study-jumps")
+    p.study_meta = gr.Dataframe(label="Run", interactive=False, wrap=True, column_widths=["160px"], elem_id="study-meta")
     outputs = [p.study_status, p.study_meta, p.study_self_sim, p.study_rank, p.study_anisotropy, p.study_jumps]
 
     def open_study(name):
@@ -140,5 +137,5 @@ def build_study_tab(p, shelf: StudyShelf) -> None:
         names = shelf.names()
         return gr.Dropdown(choices=names, value=name if name in names else (names[0] if names else None))
 
-    p.study_open.click(open_study, [p.study_name], outputs, api_name="open_study", concurrency_id="tokentrail")
-    p.study_refresh.click(refresh, [p.study_name], [p.study_name], api_name="list_studies", show_progress="minimal")
+    p.study_open.click(open_study, [p.study_name], outputs, api_name="open_study", **EVENTS)
+    p.study_refresh.click(refresh, [p.study_name], [p.study_name], api_name="list_studies", show_progress="minimal", **EVENTS)

@@ -13,9 +13,14 @@ from ..plots import ACCENT
 
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate", font=["Inter", "system-ui", "sans-serif"])
 
+TABLES = ("#table", "#heads", "#lens-table", "#walk-sources", "#walk-vectors", "#cmp-table")
+TABLE_CELLS = ", ".join(f"{t} {c}" for t in TABLES for c in ("td", "th", "[role=gridcell]", "[role=columnheader]"))
+
 CSS = f"""
-#header h1 {{ margin-bottom: 0.1em; }}
-#header p {{ color: var(--body-text-color-subdued); margin-top: 0; }}
+/* one line of header: the result, not the title, gets the first screen */
+#header h1 {{ display: inline; font-size: 1.45em; margin: 0 0.5em 0 0; }}
+#header p {{ display: inline; color: var(--body-text-color-subdued); margin: 0; font-size: 13px; }}
+#header p:first-child {{ display: inline; }}
 #status {{ padding: 6px 12px; border-left: 4px solid {ACCENT}; background: var(--background-fill-secondary); color: var(--body-text-color); border-radius: 4px; }}
 
 /* token chips: the Radio's options, one pill each; the selected one filled */
@@ -47,8 +52,9 @@ CSS = f"""
 #heat table.heat td:hover {{ outline: 2px solid #52606d; outline-offset: -2px; }}
 #heat table.heat tr.sel th, #heat table.heat thead th.sel {{ color: {ACCENT}; font-weight: 700; }}
 #heat table.heat td.sel {{ outline: 3px solid {ACCENT}; outline-offset: -3px; font-weight: 700; }}
-#table table, #heads table, #walk-sources table, #walk-vectors table {{ font-size: 13px; }}
-#table td, #table th, #heads td, #heads th {{ font-family: var(--font); }}
+/* Gradio sizes a table's columns on a hidden copy (td) and draws the rows as grid cells:
+   both in the same font, or a drawn cell is wider than its column and gets cut ("own ra…") */
+{TABLE_CELLS} {{ font-family: var(--font); font-size: 13px; }}
 #heat table.heat {{ font-size: 13px; }}
 #walk ol {{ line-height: 1.6; }}
 """

@@ -97,8 +97,9 @@ def by_token(con, *, top: int = 50, min_count: int = 5) -> pd.DataFrame:
     return con.execute(sql).df()
 
 
-def sample_vectors(con, size: int) -> pd.DataFrame:
-    """The corpus sample: the ``size`` tokens with the smallest keys, every site/layer."""
+def sample_vectors(con, size: int, embedded: bool = False) -> pd.DataFrame:
+    """The corpus sample: the ``size`` tokens with the smallest keys, every site/layer
+    (and, with ``embedded``, their encodings before the first layer: site ``embedded``)."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if "sample" not in tables:
         return pd.DataFrame(columns=["text_id", "position", "key", "word_class", "site", "layer", "vector"])
@@ -107,6 +108,7 @@ def sample_vectors(con, size: int) -> pd.DataFrame:
             SELECT DISTINCT text_id, position, key FROM sample ORDER BY key LIMIT {int(size)}
         )
         SELECT s.* FROM sample s JOIN chosen c USING (text_id, position)
+        {"" if embedded else "WHERE s.site <> 'embedded'"}
         ORDER BY s.site, s.layer, s.key
     """
     return con.execute(sql).df()

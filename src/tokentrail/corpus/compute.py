@@ -61,6 +61,21 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 
+EMBEDDED = "embedded"
+"""The stats and sample name of the encodings before the first layer (layer 0): what a
+corpus-fitted correction applies to a trace's origin column."""
+
+STATS_SCHEMA = pa.schema(
+    [
+        ("site", pa.string()),  # a study site, or EMBEDDED
+        ("layer", pa.int16()),
+        ("count", pa.int64()),  # tokens summed
+        ("sum", pa.list_(pa.float64())),  # (d,) sum of the vectors
+        ("sumsq", pa.list_(pa.float64())),  # (d,) sum of their squares
+    ]
+)
+
+
 @dataclass(frozen=True)
 class StudyOptions:
     """What a study computes; recorded in its manifest (a resumed run must match)."""
@@ -80,6 +95,7 @@ class StudyOptions:
 class BatchResult:
     tokens: pa.Table  # TOKEN_SCHEMA
     sample: pa.Table  # SAMPLE_SCHEMA
+    stats: pa.Table  # STATS_SCHEMA: every token of the batch, per site and layer
     n_texts: int
     n_tokens: int
     skipped: Skipped = field(default_factory=Skipped)
@@ -156,6 +172,7 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
         overlap_k=options.overlap_k, causal=options.causal,
     )  # fmt: skip
     rows: list[dict | None] = [None] * len(kept)
+    sums: dict[tuple[str, int], list] = {}  # (site, layer) -> [count, sum (d,), sum of squares (d,)], float64
     for group in forward_groups([len(ids) for _, ids, _ in kept], adapter.n_layers, adapter.n_heads, adapter.d_model):
         # one padded forward pass per group and its tokens scored against the vocabulary
         # together: per text exactly what it gets alone (SPEC "Batches"). The group's
@@ -165,9 +182,15 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
             rows[i] = _text_rows(*kept[i], run, trail, options, threshold, tok)
         del runs
     cols = {name: [part for r in rows for part in r["cols"][name]] for name in TOKEN_SCHEMA.names}  # input order
+    for r in rows:  # each text's sums added in input order: the same float64 sums as text by text
+        for key, (count, total, squares) in r["sums"].items():
+            entry = sums.setdefault(key, [0, 0.0, 0.0])
+            entry[0] += count
+            entry[1] = entry[1] + total
+            entry[2] = entry[2] + squares
     candidates = sorted((c for r in rows for c in r["candidates"]), key=lambda c: c[0])
     n_tokens = sum(len(ids) for _, ids, _ in kept)
-    result = BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), len(kept), n_tokens, skipped)
+    result = BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), _stats_table(sums), len(kept), n_tokens, skipped)
     del rows, cols, candidates
     release_freed_memory()
     return result
@@ -193,7 +216,8 @@ def release_freed_memory() -> None:
 
 
 def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyOptions, threshold: float, tok) -> dict:
-    """One text's token columns (per site, layer-major) and its sample candidates."""
+    """One text's token columns (per site, layer-major), its sample candidates and its
+    per-layer count, sum and sum of squares of every site (and the encodings)."""
     if run.ids.tolist() != list(ids):
         raise RuntimeError(f"text {rec.index}: the run's tokens differ from the aligned ones")
     acts = run.acts
@@ -201,9 +225,12 @@ def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyO
     token_strs = np.array(readable_tokens(tok, ids), dtype=object)
     words = [c.word for c in classes]
     cols: dict[str, list] = {name: [] for name in TOKEN_SCHEMA.names}
+    sums: dict[tuple[str, int], list] = {}
+    _add_stats(sums, EMBEDDED, acts.embedded[None])
     for site in options.sites:
         v = trail.view(site, "encodings", "cosine")
         vecs = acts.site(site)  # (L, n, d)
+        _add_stats(sums, site, vecs)
         repeat = lambda xs: np.tile(np.asarray(xs), L)  # noqa: E731 - token columns, layer-major
         cols["text_id"].append(np.full(L * n, rec.index, dtype=np.int64))
         cols["position"].append(repeat(np.arange(n, dtype=np.int32)))
@@ -228,8 +255,29 @@ def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyO
         if key < threshold:
             if stacked is None:
                 stacked = torch.stack([acts.site(s) for s in options.sites]).cpu().numpy()  # (S, L, n, d)
-            candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p].copy()))
-    return {"cols": cols, "candidates": candidates}
+            candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p].copy(), acts.embedded[p].cpu().numpy().copy()))
+    return {"cols": cols, "candidates": candidates, "sums": sums}
+
+
+def _add_stats(sums: dict, site: str, vecs: torch.Tensor) -> None:
+    """Add (L, n, d) vectors to the running per-layer count, sum and sum of squares."""
+    v = vecs.detach().double().cpu()
+    for layer in range(v.shape[0]):
+        entry = sums.setdefault((site, layer), [0, 0.0, 0.0])
+        entry[0] += v.shape[1]
+        entry[1] = entry[1] + v[layer].sum(0).numpy()
+        entry[2] = entry[2] + v[layer].pow(2).sum(0).numpy()
+
+
+def _stats_table(sums: dict) -> pa.Table:
+    rows = {name: [] for name in STATS_SCHEMA.names}
+    for (site, layer), (count, total, squares) in sorted(sums.items()):
+        rows["site"].append(site)
+        rows["layer"].append(layer)
+        rows["count"].append(count)
+        rows["sum"].append(np.asarray(total, dtype=np.float64))
+        rows["sumsq"].append(np.asarray(squares, dtype=np.float64))
+    return pa.Table.from_pydict(rows, schema=STATS_SCHEMA)
 
 
 def _table(cols: dict[str, list]) -> pa.Table:
@@ -243,16 +291,16 @@ def _table(cols: dict[str, list]) -> pa.Table:
 
 def _sample_table(candidates, sites) -> pa.Table:
     rows = {name: [] for name in SAMPLE_SCHEMA.names}
-    for key, text_id, position, word_class, vecs in candidates:  # vecs (S, L, d)
-        for s, site in enumerate(sites):
-            for layer in range(vecs.shape[1]):
-                rows["text_id"].append(text_id)
-                rows["position"].append(position)
-                rows["key"].append(key)
-                rows["word_class"].append(word_class)
-                rows["site"].append(site)
-                rows["layer"].append(layer)
-                rows["vector"].append(vecs[s, layer].astype(np.float32))
+    for key, text_id, position, word_class, vecs, emb in candidates:  # vecs (S, L, d), emb (d,)
+        at = [(EMBEDDED, 0, emb)] + [(site, layer, vecs[s, layer]) for s, site in enumerate(sites) for layer in range(vecs.shape[1])]
+        for site, layer, vec in at:
+            rows["text_id"].append(text_id)
+            rows["position"].append(position)
+            rows["key"].append(key)
+            rows["word_class"].append(word_class)
+            rows["site"].append(site)
+            rows["layer"].append(layer)
+            rows["vector"].append(vec.astype(np.float32))
     return pa.Table.from_pydict(rows, schema=SAMPLE_SCHEMA)
 
 

@@ -5,10 +5,13 @@ Layout::
     DIR/manifest.json            what was run (model, options, input hash) and how far it got
     DIR/data/part-000000.parquet token rows of batch 0 (one file per batch)
     DIR/sample/part-000000.parquet the batch's candidates for the anisotropy sample
+                                 (each site and layer, and the encodings as site "embedded")
+    DIR/stats/part-000000.parquet  count, sum and sum of squares of the batch's vectors
+                                 per site and layer (corpus-fitted corrections)
 
 Every file is written under a temporary name and renamed into place, so a crash leaves
-only whole files. A batch is complete when its ``data`` part exists; its ``sample`` part is
-written first. ``--resume`` skips the complete batches and recomputes the rest, which
+only whole files. A batch is complete when its ``data`` part exists; its ``sample`` and
+``stats`` parts are written first. ``--resume`` skips the complete batches and recomputes the rest, which
 gives the same files an uninterrupted run writes.
 """
 
@@ -58,6 +61,7 @@ class StudyDir:
         self.root = Path(root)
         self.data = self.root / "data"
         self.sample = self.root / "sample"
+        self.stats = self.root / "stats"
 
     @property
     def manifest_path(self) -> Path:
@@ -104,12 +108,13 @@ class StudyDir:
         """Make the folders; drop temporary files and sample parts of unfinished batches."""
         self.data.mkdir(parents=True, exist_ok=True)
         self.sample.mkdir(parents=True, exist_ok=True)
-        for folder in (self.data, self.sample, self.root):
+        self.stats.mkdir(parents=True, exist_ok=True)
+        for folder in (self.data, self.sample, self.stats, self.root):
             for p in folder.iterdir():
                 if p.name.startswith(".") and ".tmp-" in p.name:
                     p.unlink()
         done = self.done_batches()
-        for p in self.sample.iterdir():
+        for p in [*self.sample.iterdir(), *self.stats.iterdir()]:
             m = _PART.match(p.name)
             if m and int(m.group(1)) not in done:
                 p.unlink()
@@ -128,8 +133,9 @@ class StudyDir:
 
     # ---- one batch ---------------------------------------------------------------------
     def write_batch(self, batch: int, result: BatchResult) -> None:
-        """The sample part, then the data part (whose presence marks the batch done)."""
+        """The sample and stats parts, then the data part (whose presence marks the batch done)."""
         atomic_write_table(self.sample / part_name(batch), result.sample)
+        atomic_write_table(self.stats / part_name(batch), result.stats)
         atomic_write_table(self.data / part_name(batch), result.tokens)
 
 
