@@ -114,12 +114,11 @@ def build_study_tab(p, shelf: StudyShelf) -> None:
         p.study_open = gr.Button("Open", variant="primary", scale=1, min_width=100, elem_id="study-open")
     first = NO_FOLDER if shelf.root is None else ("Choose a study and press **Open**." if names else f"No study in the studies folder yet (run `tokentrail study ... --out {shelf.root}/NAME`).")
     p.study_status = gr.Markdown(first, elem_id="study-status")
-    with gr.Row():
-        p.study_self_sim = gr.Plot(show_label=False, min_width=400, elem_id="study-self-sim")
-        p.study_rank = gr.Plot(show_label=False, min_width=400, elem_id="study-rank")
-    with gr.Row():
-        p.study_anisotropy = gr.Plot(show_label=False, min_width=400, elem_id="study-anisotropy")
-        p.study_jumps = gr.Plot(show_label=False, min_width=400, elem_id="study-jumps")
+    # one figure a row: they are the report's, whose titles want the page's width
+    p.study_self_sim = gr.Plot(show_label=False, elem_id="study-self-sim")
+    p.study_rank = gr.Plot(show_label=False, elem_id="study-rank")
+    p.study_anisotropy = gr.Plot(show_label=False, elem_id="study-anisotropy")
+    p.study_jumps = gr.Plot(show_label=False, elem_id="study-jumps")
     p.study_meta = gr.Dataframe(label="Run", interactive=False, wrap=True, column_widths=["160px"], elem_id="study-meta")
     outputs = [p.study_status, p.study_meta, p.study_self_sim, p.study_rank, p.study_anisotropy, p.study_jumps]
 
