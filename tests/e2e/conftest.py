@@ -190,3 +190,4 @@ def serve_blocks() -> Iterator[Callable[..., contextlib.AbstractContextManager[s
     yield _serve
     for demo in started:
         demo.close(verbose=False)
+

@@ -11,6 +11,7 @@ pw = pytest.importorskip("playwright.sync_api", reason="playwright not installed
 expect = pw.expect
 
 import tokentrail as tt  # noqa: E402
+from browser_helpers import open_tab  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -57,7 +58,7 @@ def test_type_click_and_read_every_view(page, serve_blocks, artifacts_dir):
         page.screenshot(path=str(artifacts_dir / "app.png"), full_page=True)
 
         # the per-head view: a heads x top-k table and each head's attention
-        page.get_by_role("tab", name="Heads").click()
+        open_tab(page, "Heads")
         heads = page.locator("#heads")
         expect(heads).to_contain_text("head 11")
         expect(heads).to_contain_text("own rank")
@@ -66,12 +67,12 @@ def test_type_click_and_read_every_view(page, serve_blocks, artifacts_dir):
         page.screenshot(path=str(artifacts_dir / "app-heads.png"), full_page=True)
 
         # the walkthrough, with a check against the model's own numbers
-        page.get_by_role("tab", name="How attention computed this").click()
+        open_tab(page, "How attention computed this")
         expect(page.locator("#walk")).to_contain_text("Matches the model's own numbers")
         expect(page.locator("#walk-sources")).to_contain_text("softmax w")
 
         # the heatmap: clicking a cell selects that token and layer
-        page.get_by_role("tab", name="Heatmaps").click()
+        open_tab(page, "Heatmaps")
         cell = page.locator('#heat td[data-t="3"][data-l="4"]')
         expect(cell).to_be_visible()
         cell.click()
@@ -208,7 +209,7 @@ def test_compare_tab_two_tokens_then_two_contexts(page, serve_blocks, artifacts_
         page.set_default_timeout(SLOW)
         page.goto(url)
         analysed(page, "minilm", "banana")
-        page.get_by_role("tab", name="Compare").click()
+        open_tab(page, "Compare")
         # the defaults: the two "flies" of the initial text
         page.locator("#cmp-run").click()
         status = page.locator("#cmp-status")
@@ -256,7 +257,7 @@ def test_map_tab_draws_the_paths_and_a_click_selects_a_token_and_layer(page, ser
         page.goto(url)
         analysed(page, "minilm", "banana")
         expect(page.locator("#status")).to_contain_text("Selected: time (token 1) · layer 0")
-        page.get_by_role("tab", name="Map", exact=True).click()
+        open_tab(page, "Map")
         status = page.locator("#map-status")
         expect(status).to_contain_text("points: paths at attn_resid, PCA (exact)")
         plot = page.locator("#map-plot")
@@ -307,11 +308,7 @@ def test_study_tab_opens_a_study_from_the_operators_folder(page, serve_blocks, a
         page.set_default_timeout(SLOW)
         page.goto(url)
         analysed(page, "minilm", "banana")
-        study_tab = page.get_by_role("tab", name="Study", exact=True)
-        if not study_tab.is_visible():  # the last tabs fold into Gradio's overflow menu on narrow pages
-            page.locator("#tabs .overflow-menu button, #tabs button.overflow-menu").first.click()
-            study_tab = page.locator(".overflow-dropdown button", has_text="Study").first
-        study_tab.click()
+        open_tab(page, "Study")  # the last tabs fold into Gradio's overflow menu on narrow pages
         expect(page.locator("#study-name input")).to_have_value("minilm-sample")  # offered from the folder, not typed
         page.locator("#study-open").click()
         status = page.locator("#study-status")

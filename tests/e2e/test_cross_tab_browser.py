@@ -15,6 +15,7 @@ expect = pw.expect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/seq2seq_models.py
 import seq2seq_models as sm  # noqa: E402
+from browser_helpers import open_tab  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -33,7 +34,7 @@ def test_cross_attention_view(family, tmp_path, page, serve_blocks, artifacts_di
         page.locator("#text textarea").press("Enter")
         expect(page.locator("#tokens")).to_contain_text("mat", timeout=SLOW)
 
-        page.get_by_role("tab", name="Cross-attention").click()
+        open_tab(page, "Cross-attention")
         page.locator("#x-target textarea").fill("le chat est sur le tapis")
         page.locator("#x-token textarea").fill("chat")
         page.locator("#x-run").click()
