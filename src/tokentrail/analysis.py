@@ -382,58 +382,76 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
     stats = space.position_stats(uniq)
     # queries: the original encodings (for overlap at layer 0), then every site and layer
-    vecs = torch.cat([acts.embedded[None]] + [acts.site(s) for s in sites]).reshape(-1, acts.embedded.shape[1])
-    pidx = inv.repeat(len(sites) * L + 1)
-    own = acts.input_ids.repeat(len(sites) * L + 1)
-    Q = vecs.shape[0]
-    dev = vecs.device
-    out = {
-        sim: [torch.empty(Q, device=dev), torch.empty(Q, dtype=torch.long, device=dev), torch.empty(Q, K, dtype=torch.long, device=dev), torch.empty(Q, K, device=dev)]
-        for sim in similarities
-    }
-    corrections = None
     if correct is None:
-        order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
+        # one group (the original encodings, then each site's L x n vectors) at a time: memory
+        # for one site's queries and top-K lists, whatever the number of sites
         budget = min(chunk_bytes, BLOCK_BYTES)
-        ws = _workspace(min(Q, max(1, budget // (V * 4))), V, dev)
-        for c in _chunks(Q, V * 4, budget):
-            oc = order[c]
-            for sim in similarities:
-                for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K, ws)):
-                    buf[oc] = val
+        ws = _workspace(min(L * n, max(1, budget // (V * 4))), V, acts.input_ids.device)
+
+        def scored(vectors: Tensor) -> dict:
+            m = vectors.shape[0]  # (m, n, d): m layers (1 for the original encodings)
+            return _scored(space, stats, vectors.reshape(m * n, -1), inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
+
+        def each():  # lazily: a site is scored when its views are made
+            yield scored(acts.embedded[None])
+            for site in sites:
+                yield scored(acts.site(site))
+
+        groups = each()
+        corrections = None
     else:
-        corrections = _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes)
-    views = []
-    for sim in similarities:
-        own_s, rank, ids, vals = out[sim]
-        origin_ids, origin_vals = ids[:n], vals[:n]
-        for i, site in enumerate(sites):
-            sl = slice(n + i * L * n, n + (i + 1) * L * n)
-            s_ids = ids[sl].view(L, n, K)
+        vecs = torch.cat([acts.embedded[None]] + [acts.site(s) for s in sites]).reshape(-1, acts.embedded.shape[1])
+        Q, dev = vecs.shape[0], vecs.device
+        out = {
+            sim: [torch.empty(Q, device=dev), torch.empty(Q, dtype=torch.long, device=dev), torch.empty(Q, K, dtype=torch.long, device=dev), torch.empty(Q, K, device=dev)]
+            for sim in similarities
+        }
+        corrections = _corrected_scores(space, stats, vecs, inv.repeat(len(sites) * L + 1), acts.input_ids.repeat(len(sites) * L + 1), n, correct, similarities, K, out, chunk_bytes)
+        cut = [slice(0, n)] + [slice(n + i * L * n, n + (i + 1) * L * n) for i in range(len(sites))]
+        groups = ({sim: [t[sl] for t in out[sim]] for sim in similarities} for sl in cut)
+    groups = iter(groups)
+    origin = next(groups)
+    views = {}
+    for i, (site, res) in enumerate(zip(sites, groups)):
+        for sim in similarities:
+            own_s, rank, ids, vals = res[sim]
+            origin_ids, origin_vals = origin[sim][2], origin[sim][3]
+            s_ids = ids.view(L, n, K)
             prev = torch.cat([origin_ids[None], s_ids[:-1]])
             ov = overlap(s_ids[..., :overlap_k], prev[..., :overlap_k])
             cells = Cells(
-                own_sim=_np(own_s[sl].view(L, n)),
-                rank=_np(rank[sl].view(L, n)),
+                own_sim=_np(own_s.view(L, n)),
+                rank=_np(rank.view(L, n)),
                 overlap=_np(ov).astype(np.float64),
                 anisotropy=_np(anisotropy(acts.site(site) if corrections is None else _corrected_site(acts.site(site), corrections[1 + i * L : 1 + (i + 1) * L]), sim)),
                 overlap_k=min(overlap_k, K),
             )
-            views.append(
-                View(
-                    site=site,
-                    space=space.name,
-                    similarity=sim,
-                    metrics=derive_metrics(cells),
-                    top_ids=_np(s_ids[..., :k]),
-                    top_sims=_np(vals[sl].view(L, n, K)[..., :k]),
-                    overlap_k=cells.overlap_k,
-                    anisotropy=cells.anisotropy,
-                    origin_top_ids=_np(origin_ids[:, :k]),
-                    origin_top_sims=_np(origin_vals[:, :k]),
-                )
+            views[(sim, site)] = View(
+                site=site,
+                space=space.name,
+                similarity=sim,
+                metrics=derive_metrics(cells),
+                top_ids=_np(s_ids[..., :k].contiguous()),  # contiguous: a view keeps only its k columns alive
+                top_sims=_np(vals.view(L, n, K)[..., :k].contiguous()),
+                overlap_k=cells.overlap_k,
+                anisotropy=cells.anisotropy,
+                origin_top_ids=_np(origin_ids[:, :k].contiguous()),
+                origin_top_sims=_np(origin_vals[:, :k].contiguous()),
             )
-    return views
+    return [views[(sim, site)] for sim in similarities for site in sites]
+
+
+def _scored(space: VocabSpace, stats, vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
+    """(m, d) residual queries -> per similarity [own similarity, rank, top-K ids, top-K sims], chunk by chunk."""
+    m, V, dev = vecs.shape[0], space.vocab_size, vecs.device
+    out = {sim: [torch.empty(m, device=dev), torch.empty(m, dtype=torch.long, device=dev), torch.empty(m, K, dtype=torch.long, device=dev), torch.empty(m, K, device=dev)] for sim in similarities}
+    order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
+    for c in _chunks(m, V * 4, budget):
+        oc = order[c]
+        for sim in similarities:
+            for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K, ws)):
+                buf[oc] = val
+    return out
 
 
 def _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes):
