@@ -145,8 +145,9 @@ def floor(sub: Subject, n: int, repeat: int, base=None) -> None:
         print(f"         --against tree: trace {old:6.2f} s, ratio {old / gemm_s:4.2f}x the GEMM; now {old / trace_s:4.2f}x faster")
 
 
-def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings") -> float:
-    """Warm trace time with another tokentrail source tree (``--against``), same model object, same inputs."""
+def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings", kw: dict | None = None) -> float:
+    """Warm trace time with another tokentrail source tree (``--against``), same model object, same inputs
+    (``kw``: the options, default the residual sites in ``space``)."""
     adapter = base.adapters.adapter_for(sub.adapter.model)
     spaces = base.spaces.SpaceCache(adapter)
     ids = sub.ids(n)
@@ -154,7 +155,7 @@ def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings") ->
 
     def run():
         return base.analysis.analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * n,
-                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **as_options(base.analysis.analyse, residual_kw(space)))  # fmt: skip
+                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **as_options(base.analysis.analyse, kw or residual_kw(space)))  # fmt: skip
 
     run()
     return timed(run, repeat)[0]
@@ -244,7 +245,7 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
 
 
 # ---- 3. scale in tokens ---------------------------------------------------------------------------
-def scale(sub: Subject, lengths: list[int]) -> None:
+def scale(sub: Subject, lengths: list[int], base=None) -> None:
     base = rss_mib()
     reset = reset_peak()
     everything = dict(sites=ALL_SITES, space_kinds=ALL_SPACES, similarities=("cosine",), k=K, overlap_k=OVERLAP_K, lens=True)
@@ -261,7 +262,10 @@ def scale(sub: Subject, lengths: list[int]) -> None:
         print(f"  fitted exponent (time ~ tokens^e): e = {slope:.2f}")
     peak = rss_mib("VmHWM") if reset else float("nan")
     print(f"  peak RSS {peak:.0f} MiB, model and process before: {base:.0f} MiB (+{peak - base:.0f} MiB); "
-          f"head-space cache holds {sub.spaces._held() / 2**20:.0f} MiB")  # fmt: skip
+          f"head-space cache holds {sub.spaces.nbytes / 2**20:.0f} MiB")  # fmt: skip
+    if base is not None:  # after the peak RSS: the other tree's space cache is its own
+        old = before(base, sub, 10, 1, kw=everything)
+        print(f"  --against tree: everything-trace 10 tokens warm {old:6.2f} s; now {old / warm10:4.2f}x faster")
 
 
 def main() -> None:
@@ -289,7 +293,7 @@ def main() -> None:
         for n in peer_ns:
             bad += peer(sub, n, args.repeat, base)
         if name == "smollm2" and lengths:
-            scale(sub, lengths)
+            scale(sub, lengths, base)
     print(f"\n1-min load at end {os.getloadavg()[0]:.1f}")
     if bad:
         raise SystemExit(f"{bad} disagreements beyond fp32 near-ties")

@@ -460,7 +460,11 @@ class SpaceCache:
     dots then go through W_E: same numbers, V * d instead of V * k work per query), so
     the spaces already kept keep theirs and a repeated everything-trace finds the same
     tables warm instead of evicting them in turn; only then are the least recently used
-    spaces dropped.
+    spaces dropped. The budget counts those tables: a space without one still holds its
+    O(G V) norms and factors, which are not counted, so that spaces that gave up their
+    tables never push out the ones that kept them (before, the first warm everything-trace
+    on SmolLM2 evicted and rebuilt value spaces on every call). Those small parts are
+    bounded by the number of head spaces (3 per layer), whatever the number of tokens.
     """
 
     def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
@@ -493,4 +497,11 @@ class SpaceCache:
         return space
 
     def _held(self) -> int:
-        return sum(s.nbytes for s in self._lru.values())
+        """Bytes of the (G, V, k) tables kept: what ``max_bytes`` bounds."""
+        return sum(s.P.numel() * s.P.element_size() for s in self._lru.values() if s.P is not None)
+
+    @property
+    def nbytes(self) -> int:
+        """Everything the head spaces hold (their tables and their O(G V) norms and factors)."""
+        with self._lock:
+            return sum(s.nbytes for s in self._lru.values())
