@@ -265,11 +265,6 @@ class VocabSpace:
         if self.rotary is not None:
             r = self.rotary(r, stats.positions[pidx], inverse=True)
         a, b = self.cosine_scales(stats)  # (P or 1, G, V); b None when the bias term is 0
-        if self.M is None and stats.y is None and b is None:
-            # residual rows that never move and no bias term: the product a slab of rows at a
-            # time into a cache-sized buffer, scaled on its way into the block (one pass fewer,
-            # and the V x d table read once per chunk in pieces that stay in cache)
-            return self._fixed_cosines(r.view(Q * C, k) * self.gamma, a[0, 0], out), torch.arange(Q * C, device=r.device)
         out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True, out=out)
         t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
         G = a.shape[1]
@@ -302,17 +297,6 @@ class VocabSpace:
         if group_major:  # rows are (g, q, j): query q, column g * rep + j
             index = index.view(Q, G, rep).transpose(0, 1).reshape(-1)
         return out.view(Q * C, V), index
-
-    def _fixed_cosines(self, u: Tensor, scale: Tensor, out: Tensor | None, slab: int = 2048) -> Tensor:
-        """(Q, d) unit queries (times gamma) -> (Q, V) ``(u . x_v) * scale_v``, ``slab`` rows of x at a time."""
-        Q, V = u.shape[0], self.vocab_size
-        block = torch.empty(Q, V, device=u.device) if out is None else out[: Q * V].view(Q, V)
-        tmp = torch.empty(Q * min(slab, V), device=u.device)
-        for lo in range(0, V, slab):
-            hi = min(lo + slab, V)
-            part = torch.mm(u, self.x[lo:hi].T, out=tmp[: Q * (hi - lo)].view(Q, hi - lo))
-            torch.mul(part, scale[lo:hi], out=block[:, lo:hi])
-        return block
 
     def cosine_scales(self, stats: PositionStats) -> tuple[Tensor, Tensor | None]:
         """Per-row factors for :meth:`cosine_block`: ``1 / (sigma |row|)`` and ``1 / |row|``.
