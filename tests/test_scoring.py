@@ -100,3 +100,20 @@ def test_head_table_rebuilt_for_many_queries_equals_the_kept_one():
     a, ia = call.cosine_rows(z, stats, torch.arange(5), groups)
     b, ib = dropped.cosine_rows(z, stats, torch.arange(5), groups)
     torch.testing.assert_close(a[torch.argsort(ia)], b[torch.argsort(ib)], rtol=1e-5, atol=1e-6)
+
+
+def test_residual_sites_scored_in_batches_or_one_by_one_agree():
+    """A block budget of one row scores the origin and every site on its own (one query per
+    chunk); the default scores them together: the same views."""
+    adapter = adapter_for(_llama())
+    ids = torch.randint(3, 97, (6,), generator=torch.Generator().manual_seed(3))
+    kw = dict(sites=ALL_SITES[:-1], spaces=("encodings",), k=5, overlap_k=10)
+    whole = _trail(adapter, SpaceCache(adapter), ids, **kw)
+    n = len(ids)
+    one = analyse(adapter, SpaceCache(adapter), ids, text="x", tokens=[str(int(i)) for i in ids], special=[False] * n,
+                  label=lambda used: {int(i): str(int(i)) for i in used}, model_name="tiny", options=TraceOptions(**kw), chunk_bytes=1)  # fmt: skip
+    for a, b in zip(whole.views, one.views):
+        assert a.key == b.key
+        assert np.array_equal(a.top_ids, b.top_ids) and np.array_equal(a.origin_top_ids, b.origin_top_ids)
+        assert np.array_equal(a.metrics["rank"], b.metrics["rank"]) and np.array_equal(a.metrics["overlap"], b.metrics["overlap"])
+        np.testing.assert_allclose(a.metrics["self_sim"], b.metrics["self_sim"], rtol=0, atol=1e-6)

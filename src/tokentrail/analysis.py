@@ -383,19 +383,29 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     stats = space.position_stats(uniq)
     # queries: the original encodings (for overlap at layer 0), then every site and layer
     if correct is None:
-        # one group (the original encodings, then each site's L x n vectors) at a time: memory
-        # for one site's queries and top-K lists, whatever the number of sites
+        # the original encodings, then each site's L x n vectors, scored a few sites at a time:
+        # as many as fit in one block (so short texts keep whole blocks), or one site, so
+        # memory holds one site's queries and top-K lists whatever the number of sites
         budget = min(chunk_bytes, BLOCK_BYTES)
-        ws = _workspace(min(L * n, max(1, budget // (V * 4))), V, acts.input_ids.device)
+        rows = max(1, budget // (V * 4))
+        ws = _workspace(min(len(sites) * L * n + n, rows), V, acts.input_ids.device)
+        batches: list[list[str | None]] = [[None]]  # None: the original encodings
+        for site in sites:
+            if sum(n if s is None else L * n for s in batches[-1]) + L * n > rows:
+                batches.append([])
+            batches[-1].append(site)
 
-        def scored(vectors: Tensor) -> dict:
-            m = vectors.shape[0]  # (m, n, d): m layers (1 for the original encodings)
-            return _scored(space, stats, vectors.reshape(m * n, -1), inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
-
-        def each():  # lazily: a site is scored when its views are made
-            yield scored(acts.embedded[None])
-            for site in sites:
-                yield scored(acts.site(site))
+        def each():  # lazily: a batch of sites is scored when their views are made
+            for batch in batches:
+                parts = [acts.embedded[None] if s is None else acts.site(s) for s in batch]
+                vecs = torch.cat(parts).reshape(-1, acts.embedded.shape[1])
+                m = vecs.shape[0] // n
+                res = _scored(space, stats, vecs, inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
+                start = 0
+                for part in parts:
+                    sl = slice(start, start + part.shape[0] * n)
+                    start = sl.stop
+                    yield {sim: [t[sl] for t in res[sim]] for sim in similarities}
 
         groups = each()
         corrections = None
