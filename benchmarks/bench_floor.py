@@ -246,7 +246,7 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
 
 # ---- 3. scale in tokens ---------------------------------------------------------------------------
 def scale(sub: Subject, lengths: list[int], base=None) -> None:
-    base = rss_mib()
+    before_rss = rss_mib()
     reset = reset_peak()
     everything = dict(sites=ALL_SITES, space_kinds=ALL_SPACES, similarities=("cosine",), k=K, overlap_k=OVERLAP_K, lens=True)
     sub.analyse(sub.ids(10), **everything)  # builds every head space (cold)
@@ -261,7 +261,7 @@ def scale(sub: Subject, lengths: list[int], base=None) -> None:
         slope = np.polyfit(np.log(lengths), np.log(times), 1)[0]
         print(f"  fitted exponent (time ~ tokens^e): e = {slope:.2f}")
     peak = rss_mib("VmHWM") if reset else float("nan")
-    print(f"  peak RSS {peak:.0f} MiB, model and process before: {base:.0f} MiB (+{peak - base:.0f} MiB); "
+    print(f"  peak RSS {peak:.0f} MiB, model and process before: {before_rss:.0f} MiB (+{peak - before_rss:.0f} MiB); "
           f"head-space cache holds {sub.spaces.nbytes / 2**20:.0f} MiB")  # fmt: skip
     if base is not None:  # after the peak RSS: the other tree's space cache is its own
         old = before(base, sub, 10, 1, kw=everything)
