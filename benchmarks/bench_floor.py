@@ -272,7 +272,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short texts and a short scale run")
     ap.add_argument("--models", default="minilm,smollm2,roberta-base-shaped")
-    ap.add_argument("--scale", default=None, help="comma-separated lengths for the SmolLM2 everything-trace (default 64,256,1024)")
+    ap.add_argument("--scale", default=None, help="comma-separated lengths for the SmolLM2 everything-trace (default 64,256,1024; \"\" for none)")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for each timing")
     ap.add_argument("--against", default=None, help="another checkout (e.g. a git worktree of an older commit): its warm traces are timed in this process too")
     args = ap.parse_args()
@@ -281,7 +281,7 @@ def main() -> None:
         _, mods = load_base(args.against)
         base = argparse.Namespace(adapters=mods[0], spaces=mods[1], analysis=mods[2])
     floor_n, peer_ns = (20, [40]) if args.quick else (100, [40, 170])
-    lengths = [int(x) for x in (args.scale or ("16,64" if args.quick else "64,256,1024")).split(",") if x]
+    lengths = [int(x) for x in (args.scale if args.scale is not None else ("16,64" if args.quick else "64,256,1024")).split(",") if x]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; 1-min load at start {os.getloadavg()[0]:.1f} (shared machine: compare within a run)")  # fmt: skip
     bad = 0
