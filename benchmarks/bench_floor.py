@@ -145,8 +145,9 @@ def floor(sub: Subject, n: int, repeat: int, base=None) -> None:
         print(f"         --against tree: trace {old:6.2f} s, ratio {old / gemm_s:4.2f}x the GEMM; now {old / trace_s:4.2f}x faster")
 
 
-def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings") -> float:
-    """Warm trace time with another tokentrail source tree (``--against``), same model object, same inputs."""
+def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings", kw: dict | None = None) -> float:
+    """Warm trace time with another tokentrail source tree (``--against``), same model object, same inputs
+    (``kw``: the options, default the residual sites in ``space``)."""
     adapter = base.adapters.adapter_for(sub.adapter.model)
     spaces = base.spaces.SpaceCache(adapter)
     ids = sub.ids(n)
@@ -154,7 +155,7 @@ def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings") ->
 
     def run():
         return base.analysis.analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * n,
-                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **as_options(base.analysis.analyse, residual_kw(space)))  # fmt: skip
+                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **as_options(base.analysis.analyse, kw or residual_kw(space)))  # fmt: skip
 
     run()
     return timed(run, repeat)[0]
@@ -244,8 +245,8 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
 
 
 # ---- 3. scale in tokens ---------------------------------------------------------------------------
-def scale(sub: Subject, lengths: list[int]) -> None:
-    base = rss_mib()
+def scale(sub: Subject, lengths: list[int], base=None) -> None:
+    before_rss = rss_mib()
     reset = reset_peak()
     everything = dict(sites=ALL_SITES, space_kinds=ALL_SPACES, similarities=("cosine",), k=K, overlap_k=OVERLAP_K, lens=True)
     sub.analyse(sub.ids(10), **everything)  # builds every head space (cold)
@@ -260,15 +261,18 @@ def scale(sub: Subject, lengths: list[int]) -> None:
         slope = np.polyfit(np.log(lengths), np.log(times), 1)[0]
         print(f"  fitted exponent (time ~ tokens^e): e = {slope:.2f}")
     peak = rss_mib("VmHWM") if reset else float("nan")
-    print(f"  peak RSS {peak:.0f} MiB, model and process before: {base:.0f} MiB (+{peak - base:.0f} MiB); "
-          f"head-space cache holds {sub.spaces._held() / 2**20:.0f} MiB")  # fmt: skip
+    print(f"  peak RSS {peak:.0f} MiB, model and process before: {before_rss:.0f} MiB (+{peak - before_rss:.0f} MiB); "
+          f"head-space cache holds {sub.spaces.nbytes / 2**20:.0f} MiB")  # fmt: skip
+    if base is not None:  # after the peak RSS: the other tree's space cache is its own
+        old = before(base, sub, 10, 1, kw=everything)
+        print(f"  --against tree: everything-trace 10 tokens warm {old:6.2f} s; now {old / warm10:4.2f}x faster")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short texts and a short scale run")
     ap.add_argument("--models", default="minilm,smollm2,roberta-base-shaped")
-    ap.add_argument("--scale", default=None, help="comma-separated lengths for the SmolLM2 everything-trace (default 64,256,1024)")
+    ap.add_argument("--scale", default=None, help="comma-separated lengths for the SmolLM2 everything-trace (default 64,256,1024; \"\" for none)")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for each timing")
     ap.add_argument("--against", default=None, help="another checkout (e.g. a git worktree of an older commit): its warm traces are timed in this process too")
     args = ap.parse_args()
@@ -277,7 +281,7 @@ def main() -> None:
         _, mods = load_base(args.against)
         base = argparse.Namespace(adapters=mods[0], spaces=mods[1], analysis=mods[2])
     floor_n, peer_ns = (20, [40]) if args.quick else (100, [40, 170])
-    lengths = [int(x) for x in (args.scale or ("16,64" if args.quick else "64,256,1024")).split(",") if x]
+    lengths = [int(x) for x in (args.scale if args.scale is not None else ("16,64" if args.quick else "64,256,1024")).split(",") if x]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; 1-min load at start {os.getloadavg()[0]:.1f} (shared machine: compare within a run)")  # fmt: skip
     bad = 0
@@ -289,7 +293,7 @@ def main() -> None:
         for n in peer_ns:
             bad += peer(sub, n, args.repeat, base)
         if name == "smollm2" and lengths:
-            scale(sub, lengths)
+            scale(sub, lengths, base)
     print(f"\n1-min load at end {os.getloadavg()[0]:.1f}")
     if bad:
         raise SystemExit(f"{bad} disagreements beyond fp32 near-ties")

@@ -61,10 +61,18 @@ def compute_views(
     done = 0
     views: list[View] = []
     sims, k, ok = options.similarities, options.k, options.overlap_k
+    scored: list[tuple[VocabSpace, list[View]]] = []
     for sp in dict.fromkeys(sp for _, sp in residual):
         site_names = [site for site, s in residual if s == sp]
         say(done / steps, f"comparing with {sp}")
-        views += _residual_views(adapter, spaces.get(sp), acts, site_names, sims, k, ok, chunk_bytes, options.correct, options.correct_from, text_statistics)
+        space = spaces.get(sp)
+        # a space with the same rows as one already scored (embeddings and encodings of a
+        # model with neither position embeddings nor an embedding norm) has the same views
+        twin = {(v.site, v.similarity): v for s, vs in scored if s.same_rows(space) for v in vs}
+        left = [site for site in site_names if any((site, sim) not in twin for sim in sims)]
+        mine = {(v.site, v.similarity): v for v in _residual_views(adapter, space, acts, left, sims, k, ok, chunk_bytes, options.correct, options.correct_from, text_statistics)} if left else {}
+        views += [mine.get((site, sim)) or _copied(twin[(site, sim)], space.name) for sim in sims for site in site_names]
+        scored.append((space, [v for v in views if v.space == space.name]))
         done += 1
     for sp in heads:
         def tick(sp=sp):
@@ -74,6 +82,16 @@ def compute_views(
 
         views += _head_views(adapter, spaces, acts, sp, sims, k, ok, chunk_bytes, tick)
     return views
+
+
+def _copied(view: View, space: str) -> View:
+    """``view`` under another space's name, with arrays of its own."""
+    own = lambda a: None if a is None else a.copy()  # noqa: E731
+    return replace(
+        view, space=space, metrics={name: a.copy() for name, a in view.metrics.items()}, top_ids=own(view.top_ids),
+        top_sims=own(view.top_sims), anisotropy=own(view.anisotropy), origin_top_ids=own(view.origin_top_ids),
+        origin_top_sims=own(view.origin_top_sims),
+    )  # fmt: skip
 
 
 def compute_views_batch(
@@ -391,21 +409,35 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
+BLOCK_BYTES = 48 << 20
+"""The similarity block one chunk of queries is scored in (``chunk_bytes`` can only lower
+it). Smaller blocks stay in cache for the passes after the matrix product, but each chunk
+streams the whole ``V x d`` table through the product again: on the 2-CPU machine of
+docs/benchmarks.md 16 MiB blocks (81 SmolLM2 queries) made the product 35 % slower than
+one product of every query, 48 MiB blocks 5 %, and the passes did not gain it back."""
+
+
+def _workspace(rows: int, per_row: int, device) -> Tensor:
+    """One flat float32 buffer for ``rows`` blocks of ``per_row`` values, reused by every chunk."""
+    return torch.empty(rows * per_row, device=device)
+
+
 def _chunks(total: int, per_item_bytes: int, budget: int) -> Iterable[slice]:
     step = max(1, budget // max(per_item_bytes, 1))
     for start in range(0, total, step):
         yield slice(start, min(total, start + step))
 
 
-def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | None, own: Tensor, sim: str, K: int):
+def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | None, own: Tensor, sim: str, K: int, out: Tensor | None = None):
     """Queries r (Q, C, k) against every row -> own similarity, rank, top-K ids and sims, each (Q * C, ...).
 
     One matrix product into a (Q * C, V) block, then the fused exact scoring
-    (:func:`tokentrail.scoring.score_block`) while the block is hot. own: (Q * C,) ids.
+    (:func:`tokentrail.scoring.score_block`) while the block is hot. own: (Q * C,) ids;
+    out: an optional flat buffer for the block (cosine).
     """
     Q, C, _ = r.shape
     if sim == "cosine":
-        block, index = space.cosine_rows(r, stats, pidx, groups)
+        block, index = space.cosine_rows(r, stats, pidx, groups, out=out)
     else:
         g = torch.arange(C, device=r.device) if groups is None else groups
         block = similarity_from_dots(space.dots(r, stats, pidx, g).reshape(Q * C, -1), r.float().pow(2).sum(-1).reshape(-1), stats.sq_norm[pidx][:, g].reshape(Q * C, -1), sim)
@@ -440,58 +472,88 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
     stats = space.position_stats(uniq)
     # queries: the original encodings (for overlap at layer 0), then every site and layer
-    vecs = torch.cat([acts.embedded[None]] + [acts.site(s) for s in sites]).reshape(-1, acts.embedded.shape[1])
-    pidx = inv.repeat(len(sites) * L + 1)
-    own = acts.input_ids.repeat(len(sites) * L + 1)
-    Q = vecs.shape[0]
-    dev = vecs.device
-    out = {
-        sim: [torch.empty(Q, device=dev), torch.empty(Q, dtype=torch.long, device=dev), torch.empty(Q, K, dtype=torch.long, device=dev), torch.empty(Q, K, device=dev)]
-        for sim in similarities
-    }
-    corrections = None
     if correct is None:
-        order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
-        for c in _chunks(Q, V * 4 * 4, chunk_bytes):
-            oc = order[c]
-            for sim in similarities:
-                for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K)):
-                    buf[oc] = val
+        # the original encodings, then each site's L x n vectors, scored a few sites at a time:
+        # as many as fit in one block (so short texts keep whole blocks), or one site, so
+        # memory holds one site's queries and top-K lists whatever the number of sites
+        budget = min(chunk_bytes, BLOCK_BYTES)
+        rows = max(1, budget // (V * 4))
+        ws = _workspace(min(len(sites) * L * n + n, rows), V, acts.input_ids.device)
+        batches: list[list[str | None]] = [[None]]  # None: the original encodings
+        for site in sites:
+            if sum(n if s is None else L * n for s in batches[-1]) + L * n > rows:
+                batches.append([])
+            batches[-1].append(site)
+
+        def each():  # lazily: a batch of sites is scored when their views are made
+            for batch in batches:
+                parts = [acts.embedded[None] if s is None else acts.site(s) for s in batch]
+                vecs = torch.cat(parts).reshape(-1, acts.embedded.shape[1])
+                m = vecs.shape[0] // n
+                res = _scored(space, stats, vecs, inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
+                start = 0
+                for part in parts:
+                    sl = slice(start, start + part.shape[0] * n)
+                    start = sl.stop
+                    yield {sim: [t[sl] for t in res[sim]] for sim in similarities}
+
+        groups = each()
+        corrections = None
     else:
-        corrections = _corrected_scores(space, stats, vecs, pidx, own, n, correct, similarities, K, out, chunk_bytes, _fitter(correct, correct_from, sites, L))
-    views = []
-    for sim in similarities:
-        own_s, rank, ids, vals = out[sim]
-        origin_ids, origin_vals = ids[:n], vals[:n]
-        for i, site in enumerate(sites):
-            sl = slice(n + i * L * n, n + (i + 1) * L * n)
-            s_ids = ids[sl].view(L, n, K)
+        vecs = torch.cat([acts.embedded[None]] + [acts.site(s) for s in sites]).reshape(-1, acts.embedded.shape[1])
+        Q, dev = vecs.shape[0], vecs.device
+        out = {
+            sim: [torch.empty(Q, device=dev), torch.empty(Q, dtype=torch.long, device=dev), torch.empty(Q, K, dtype=torch.long, device=dev), torch.empty(Q, K, device=dev)]
+            for sim in similarities
+        }
+        corrections = _corrected_scores(space, stats, vecs, inv.repeat(len(sites) * L + 1), acts.input_ids.repeat(len(sites) * L + 1), n, correct, similarities, K, out, chunk_bytes, _fitter(correct, correct_from, sites, L))
+        cut = [slice(0, n)] + [slice(n + i * L * n, n + (i + 1) * L * n) for i in range(len(sites))]
+        groups = ({sim: [t[sl] for t in out[sim]] for sim in similarities} for sl in cut)
+    groups = iter(groups)
+    origin = next(groups)
+    views = {}
+    for i, (site, res) in enumerate(zip(sites, groups)):
+        for sim in similarities:
+            own_s, rank, ids, vals = res[sim]
+            origin_ids, origin_vals = origin[sim][2], origin[sim][3]
+            s_ids = ids.view(L, n, K)
             prev = torch.cat([origin_ids[None], s_ids[:-1]])
             ov = overlap(s_ids[..., :overlap_k], prev[..., :overlap_k])
             cells = Cells(
-                own_sim=_np(own_s[sl].view(L, n)),
-                rank=_np(rank[sl].view(L, n)),
+                own_sim=_np(own_s.view(L, n)),
+                rank=_np(rank.view(L, n)),
                 overlap=_np(ov).astype(np.float64),
                 anisotropy=_np(anisotropy(acts.site(site) if corrections is None else _corrected_site(acts.site(site), corrections[1 + i * L : 1 + (i + 1) * L]), sim))
                 if text_statistics
                 else np.zeros(L),
                 overlap_k=min(overlap_k, K),
             )
-            views.append(
-                View(
-                    site=site,
-                    space=space.name,
-                    similarity=sim,
-                    metrics=derive_metrics(cells),
-                    top_ids=_np(s_ids[..., :k]),
-                    top_sims=_np(vals[sl].view(L, n, K)[..., :k]),
-                    overlap_k=cells.overlap_k,
-                    anisotropy=cells.anisotropy,
-                    origin_top_ids=_np(origin_ids[:, :k]),
-                    origin_top_sims=_np(origin_vals[:, :k]),
-                )
+            views[(sim, site)] = View(
+                site=site,
+                space=space.name,
+                similarity=sim,
+                metrics=derive_metrics(cells),
+                top_ids=_np(s_ids[..., :k].contiguous()),  # contiguous: a view keeps only its k columns alive
+                top_sims=_np(vals.view(L, n, K)[..., :k].contiguous()),
+                overlap_k=cells.overlap_k,
+                anisotropy=cells.anisotropy,
+                origin_top_ids=_np(origin_ids[:, :k].contiguous()),
+                origin_top_sims=_np(origin_vals[:, :k].contiguous()),
             )
-    return views
+    return [views[(sim, site)] for sim in similarities for site in sites]
+
+
+def _scored(space: VocabSpace, stats, vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
+    """(m, d) residual queries -> per similarity [own similarity, rank, top-K ids, top-K sims], chunk by chunk."""
+    m, V, dev = vecs.shape[0], space.vocab_size, vecs.device
+    out = {sim: [torch.empty(m, device=dev), torch.empty(m, dtype=torch.long, device=dev), torch.empty(m, K, dtype=torch.long, device=dev), torch.empty(m, K, device=dev)] for sim in similarities}
+    order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
+    for c in _chunks(m, V * 4, budget):
+        oc = order[c]
+        for sim in similarities:
+            for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K, ws)):
+                buf[oc] = val
+    return out
 
 
 def _fitter(correct: str, correct_from: str | None, sites, L: int):
@@ -543,8 +605,13 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
     dev = acts.input_ids.device
     groups = _groups(adapter, kind).to(dev)
+    cols, expand = _distinct_columns(adapter, kind)
+    cols, expand = cols.to(dev), expand.to(dev)
+    C = len(cols)
     res = {sim: dict(own=torch.empty(L, H, n, device=dev), rank=torch.empty(L, H, n, dtype=torch.long, device=dev), ids=None, vals=None) for sim in similarities}
     aniso = {sim: torch.empty(L, H, device=dev) for sim in similarities}
+    budget = min(chunk_bytes, BLOCK_BYTES)
+    ws = None
     for layer in range(L):
         tick()
         space = spaces.get(kind, layer)
@@ -557,17 +624,21 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
                 res[sim]["ids"] = torch.empty(L, H, n, kk, dtype=torch.long, device=dev)
                 res[sim]["vals"] = torch.empty(L, H, n, kk, device=dev)
             aniso[sim][layer] = anisotropy(z.transpose(0, 1), sim)
-        for c in _chunks(n, H * V * 4 * 4, chunk_bytes):
-            zc = z[c]
+        if ws is None:
+            ws = _workspace(min(n, max(1, budget // (C * V * 4))) * C, V, dev)
+        zd = z[:, cols]  # the distinct columns: a key head shared by a KV group is scored once
+        scorer = space.for_queries(n * C)
+        for c in _chunks(n, C * V * 4, budget):
+            zc = zd[c]
             m = zc.shape[0]
-            own = acts.input_ids[c].repeat_interleave(H)
+            own = acts.input_ids[c].repeat_interleave(C)
             for sim in similarities:
-                own_s, rank, ids, vals = _score(space, zc, stats, inv[c], groups, own, sim, kk)
+                own_s, rank, ids, vals = _score(scorer, zc, stats, inv[c], groups[cols], own, sim, kk, ws)
                 r = res[sim]
-                r["own"][layer, :, c] = own_s.view(m, H).T
-                r["rank"][layer, :, c] = rank.view(m, H).T
-                r["ids"][layer, :, c] = ids.view(m, H, kk).transpose(0, 1)
-                r["vals"][layer, :, c] = vals.view(m, H, kk).transpose(0, 1)
+                r["own"][layer, :, c] = own_s.view(m, C)[:, expand].T
+                r["rank"][layer, :, c] = rank.view(m, C)[:, expand].T
+                r["ids"][layer, :, c] = ids.view(m, C, kk)[:, expand].transpose(0, 1)
+                r["vals"][layer, :, c] = vals.view(m, C, kk)[:, expand].transpose(0, 1)
     return [
         View(
             site="heads",
@@ -640,6 +711,20 @@ def heads_at(
         attention=_np(acts.attentions[layer, :, token]).copy(),
         labels=label(used) if label is not None else {i: str(i) for i in used},
     )
+
+
+def _distinct_columns(adapter: Adapter, kind: str) -> tuple[Tensor, Tensor]:
+    """The heads whose vectors are scored, and for each of the H heads its place among them.
+
+    A key head serves the query heads of its KV group (:func:`head_vectors`): their
+    vectors, and so their scores, are the same, and only the group's first head is scored."""
+    H = adapter.n_heads
+    if kind != "key":
+        return torch.arange(H), torch.arange(H)
+    kv = adapter.kv_heads().cpu()
+    groups, expand = torch.unique(kv, return_inverse=True)
+    first = torch.stack([(kv == g).nonzero()[0, 0] for g in groups])
+    return first, expand
 
 
 def _groups(adapter: Adapter, kind: str) -> Tensor:

@@ -148,8 +148,15 @@ def capture_batch(
     # what the FFN receives, where the adapter names its input module (post-LN: LN(attn_resid);
     # parallel residual: LN_2(h_l)); SPEC: sequential pre-LN models have no norm in between
     ffn_in = torch.stack(store["ffn_in"], dim=1) if store.get("ffn_in") else None
-    attentions = torch.stack([a.float() for a in out.attentions], dim=1)  # (B, L, H, n, n)
     hidden = [h.float() for h in out.hidden_states]  # each (B, n, d)
+    # (B, L, H, n, n), filled a layer at a time while the model's own tensors are let go:
+    # the patterns are O(L H n^2), so never two copies of them at once
+    atts = list(out.attentions)
+    del out
+    attentions = torch.empty((atts[0].shape[0], len(atts), *atts[0].shape[1:]), device=atts[0].device)
+    for i in range(len(atts)):
+        attentions[:, i] = atts[i]
+        atts[i] = None
     # a text's tensors are copies, so that one Activations does not keep the batch alive
     own = (lambda x: x.clone()) if len(texts) > 1 else (lambda x: x)
     acts = []

@@ -28,9 +28,10 @@ import torch
 from .adapters import Adapter
 from .capture import Activations
 from .errors import InputError, ModelError
-from .metrics import rank_in_vocab, top_k
+from .metrics import rank_in_vocab
 from .options import LENS_SITES
 from .results import LensResult
+from .scoring import score_block
 
 EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
 
@@ -79,17 +80,18 @@ def logit_lens(
             sl = slice(start, min(n, start + step))
             logits = head(vecs[layer, sl]).float()  # (m, V)
             logp = torch.log_softmax(logits, dim=-1)
-            t_ids, _ = top_k(logits, kk)
-            top_ids[layer, sl] = t_ids
-            top_probs[layer, sl] = logp.gather(1, t_ids).exp()
+            entropy[layer, sl] = torch.special.entr(logp.exp()).sum(-1)
             own = ids[sl]
-            own_rank[layer, sl] = rank_in_vocab(logits, own)
             own_prob[layer, sl] = logp.gather(1, own[:, None])[:, 0].exp()
             if decoder:
                 nx = nxt[sl]
                 next_rank[layer, sl] = rank_in_vocab(logits, nx)
                 next_prob[layer, sl] = logp.gather(1, nx[:, None])[:, 0].exp()
-            entropy[layer, sl] = torch.special.entr(logp.exp()).sum(-1)
+            # the own rank and the top-k in the fused passes of the similarity views (it consumes logits)
+            _, rank, t_ids, _ = score_block(logits, own, kk)
+            own_rank[layer, sl] = rank
+            top_ids[layer, sl] = t_ids
+            top_probs[layer, sl] = logp.gather(1, t_ids).exp()
     if decoder:
         next_rank[:, -1] = -1
         next_prob[:, -1] = float("nan")

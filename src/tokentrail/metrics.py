@@ -110,16 +110,20 @@ def anisotropy(vectors: Tensor, kind: str = "cosine") -> Tensor:
     n = vectors.shape[-2]
     if n < 2:
         return torch.full(vectors.shape[:-2], float("nan"), device=vectors.device)
-    v = vectors.double()
-    if kind == "cosine":
-        u = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        s = u @ u.transpose(-1, -2)
-    elif kind == "euclidean":
-        s = -torch.cdist(v, v)
-    else:
+    if kind not in ("cosine", "euclidean"):
         raise ValueError(f"unknown similarity {kind!r}")
     off = ~torch.eye(n, dtype=torch.bool, device=vectors.device)
-    return (s[..., off].sum(-1) / (n * (n - 1))).float()
+    flat = vectors.reshape(-1, n, vectors.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float64, device=vectors.device)
+    for i, m in enumerate(flat):  # one (n, n) matrix at a time: memory O(n^2), not O(L H n^2)
+        v = m.double()
+        if kind == "cosine":
+            u = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            s = u @ u.T
+        else:
+            s = -torch.cdist(v, v)
+        out[i] = s[off].sum()
+    return (out / (n * (n - 1))).float().view(vectors.shape[:-2])
 
 
 # ---- per-cell metrics: one function and one registration each ------------------------------

@@ -10,8 +10,11 @@ by similarity, ties by lower id. Passes over the block:
 
 1. ``torch.topk`` for ``k + 1`` values: a tie can straddle the top-k boundary only if the
    k-th and (k+1)-th values are equal, so only those rows (rare) are re-read in full;
-2. the rank count, done in place (``block > own`` written as 1.0/0.0, then summed), which
-   is several times faster than a boolean temporary. The block is consumed.
+2. the rank: when the own similarity is above the last of those k + 1 values, every row
+   more similar is among them and the rank is counted there; when some row's is not, the
+   block is counted in full, in place (``block > own`` written as 1.0/0.0, then summed),
+   which is several times faster than a boolean temporary (or than gathering the rows
+   that need it). The block may be consumed.
 """
 
 from __future__ import annotations
@@ -23,14 +26,22 @@ from torch import Tensor
 def score_block(block: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(Q, V) similarities -> own similarity (Q,), rank (Q,) int64, top-k ids (Q, k) int64 and sims (Q, k).
 
-    ``block`` is overwritten (it holds the rank indicator afterwards). ``own``: (Q,) ids.
+    ``block`` may be overwritten (rows whose rank needs the full count hold the rank
+    indicator afterwards). ``own``: (Q,) ids.
     """
     Q, V = block.shape
     k = min(k, V)
     own_s = block.gather(1, own[:, None].long())  # (Q, 1)
     vals, ids = torch.topk(block, min(k + 1, V), dim=1, sorted=True)
+    # the rank from the list when the own similarity beats its last value: every row more
+    # similar than the own one is then in it; if any row of the block needs more, all are
+    # counted in full
+    rank = (vals > own_s).sum(1)
+    full = (own_s[:, 0] <= vals[:, -1]).nonzero().flatten() if vals.shape[1] < V else own_s.new_empty(0, dtype=torch.long)
     ids, vals = _exact_order(block, vals, ids, k)
-    rank = block.gt_(own_s).sum(1).long()  # exact: counts < 2**24
+    if len(full):
+        # in place over the whole block: cheaper than gathering the rows that need it
+        rank = block.gt_(own_s).sum(1).long()  # exact: counts < 2**24
     return own_s[:, 0], rank, ids, vals
 
 

@@ -23,6 +23,7 @@ the row's position instead of rotating every row; rotations keep norms.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -109,6 +110,38 @@ class VocabSpace:
             self.P = None
         # head spaces keep P (G, V, k): a query then costs V * k instead of V * d, and the
         # query heads of a KV group share their group's table (SpaceCache bounds the memory)
+
+    def same_rows(self, other: "VocabSpace") -> bool:
+        """Whether ``other`` has this space's rows at every position, computed the same way
+        (e.g. ``embeddings`` and ``encodings`` of a model with neither position embeddings
+        nor an embedding norm): its scores are then this space's, bit for bit."""
+        if other is self:
+            return True
+        plain = lambda s: s.M is None and not s.moves and s.rotary is None  # noqa: E731
+        return (
+            plain(self) and plain(other) and self.x is other.x and self.norm_kind == other.norm_kind
+            and self.eps == other.eps and torch.equal(self.gamma, other.gamma) and torch.equal(self.c, other.c)
+        )  # fmt: skip
+
+    def for_queries(self, count: int) -> "VocabSpace":
+        """This space for scoring ``count`` query columns in one call.
+
+        A head space that gave up its ``(G, V, k)`` table (the :class:`SpaceCache` budget)
+        scores a query through ``W_E`` (``V x d`` work); when rebuilding the table costs
+        less than that for ``count`` columns (``G k d`` against ``count (d - k)`` per row),
+        the answer is a copy holding the table for this call only, so many tokens cost
+        ``V x k`` each, not ``V x d``. Otherwise the space itself."""
+        if self.P is not None or self.M is None:
+            return self
+        G, k, d = self.M.shape
+        if count * (d - k) <= G * k * d:
+            return self
+        table = torch.empty(G, self.vocab_size, k, device=self.x.device)
+        for g in range(G):  # one (V, k) product per group, written in place: no second table
+            torch.mm(self.x, self.M[g].T, out=table[g])
+        twin = copy.copy(self)
+        twin.P = table
+        return twin
 
     def drop_table(self) -> bool:
         """Free the (G, V, k) table when the rows never move (dots then go through W_E; same numbers)."""
@@ -212,7 +245,7 @@ class VocabSpace:
         out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
         return out
 
-    def cosine_rows(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def cosine_rows(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Cosine similarities of queries with every row, fused: (Q, C, k) -> rows (Q * C, V) and their order.
 
         The same quantity as ``dots / (|r| |row|)`` (up to fp32 rounding), in one matrix
@@ -221,7 +254,9 @@ class VocabSpace:
         :meth:`cosine_scales` (computed once per ``stats``). Row ``i`` of the result is
         query ``index[i] // C``, column ``index[i] % C`` (head spaces lay rows out group by
         group, as the matrix product makes them). Queries at one position should be
-        contiguous in ``pidx``: each run of equal ``pidx`` is one pass.
+        contiguous in ``pidx``: each run of equal ``pidx`` is one pass. ``out``: an optional
+        flat float32 buffer of at least ``Q * C * V`` elements the block is written into
+        (reused across chunks, it saves the page faults of a fresh block each time).
         """
         Q, C, k = r.shape
         groups = torch.arange(C, device=r.device) if groups is None else groups
@@ -229,8 +264,8 @@ class VocabSpace:
         r = r * inverse_norms(r.pow(2).sum(-1))[..., None]  # rotations keep norms
         if self.rotary is not None:
             r = self.rotary(r, stats.positions[pidx], inverse=True)
-        out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True)
         a, b = self.cosine_scales(stats)  # (P or 1, G, V); b None when the bias term is 0
+        out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True, out=out)
         t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
         G = a.shape[1]
         rep = C // G
@@ -282,13 +317,15 @@ class VocabSpace:
             stats.memo["cosine"] = (a, b)
         return stats.memo["cosine"]
 
-    def _products(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor, group_major: bool = False):
+    def _products(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor, group_major: bool = False, out: Tensor | None = None):
         """The matrix product of :meth:`dots`: (Q, C, V) ``(M x_v) . r`` and the (Q, C) position term (or None).
 
         With ``group_major`` the product may come back laid out (G, Q, C / G, V) (no
-        copy); the third value says whether it did.
+        copy); the third value says whether it did. ``out``: a flat buffer to write it into.
         """
         Q, C, k = r.shape
+        V = self.vocab_size
+        buf = None if out is None else out[: Q * C * V]
         if self.M is not None and self.P is not None:
             # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
             # per group: V * d_head work per query and head instead of V * d
@@ -298,13 +335,13 @@ class VocabSpace:
                 # columns come in blocks of `rep` per group (identity, or grouped-query
                 # attention's h // rep): one batched matmul over the groups
                 rg = r.view(Q, G, rep, k).permute(1, 0, 2, 3).reshape(G, Q * rep, k)
-                out = torch.bmm(rg, self.P.transpose(1, 2))  # (G, Q * rep, V)
+                out = torch.bmm(rg, self.P.transpose(1, 2), out=None if buf is None else buf.view(G, Q * rep, V))  # (G, Q * rep, V)
                 t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
                 if group_major:
                     return out, t1, True
                 return out.view(G, Q, rep, -1).permute(1, 0, 2, 3).reshape(Q, C, -1), t1
             else:
-                out = torch.empty(Q, C, self.vocab_size, device=r.device)
+                out = torch.empty(Q, C, V, device=r.device) if buf is None else buf.view(Q, C, V)
                 for c in range(C):
                     out[:, c, :] = r[:, c, :].contiguous() @ self.P[int(groups[c])].T
             t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
@@ -313,7 +350,7 @@ class VocabSpace:
             u = r * self.gamma  # (Q, C, d)
         else:
             u = torch.einsum("qck,ckd->qcd", r, self.M[groups])
-        out = (u.reshape(Q * C, self.d) @ self.x.T).view(Q, C, -1)  # (Q, C, V)
+        out = torch.mm(u.reshape(Q * C, self.d), self.x.T, out=None if buf is None else buf.view(Q * C, V)).view(Q, C, V)
         t1 = torch.einsum("qcd,qd->qc", u, stats.y[pidx]) if stats.y is not None else None
         return (out, t1, False) if group_major else (out, t1)
 
@@ -407,7 +444,11 @@ class SpaceCache:
     dots then go through W_E: same numbers, V * d instead of V * k work per query), so
     the spaces already kept keep theirs and a repeated everything-trace finds the same
     tables warm instead of evicting them in turn; only then are the least recently used
-    spaces dropped.
+    spaces dropped. The budget counts those tables: a space without one still holds its
+    O(G V) norms and factors, which are not counted, so that spaces that gave up their
+    tables never push out the ones that kept them (before, the first warm everything-trace
+    on SmolLM2 evicted and rebuilt value spaces on every call). Those small parts are
+    bounded by the number of head spaces (3 per layer), whatever the number of tokens.
     """
 
     def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
@@ -440,4 +481,11 @@ class SpaceCache:
         return space
 
     def _held(self) -> int:
-        return sum(s.nbytes for s in self._lru.values())
+        """Bytes of the (G, V, k) tables kept: what ``max_bytes`` bounds."""
+        return sum(s.P.numel() * s.P.element_size() for s in self._lru.values() if s.P is not None)
+
+    @property
+    def nbytes(self) -> int:
+        """Everything the head spaces hold (their tables and their O(G V) norms and factors)."""
+        with self._lock:
+            return sum(s.nbytes for s in self._lru.values())
