@@ -231,6 +231,7 @@ def test_cli_exports_both_stacks(folders, tmp_path):
         (["--stack", "middle"], "unknown stack"),
         (["--target", "x", "--max-new-tokens", "2"], "give one of them"),
         (["--target", ""], "empty"),
+        (["--max-new-tokens", "513"], "at most 512"),
     ],
 )
 def test_cli_bad_seq2seq_options_exit_2_before_loading(args, msg):
@@ -289,7 +290,7 @@ def test_cross_walkthrough_formulas_are_the_models(family):
         assert step.formulas == {"q": "q = W_Q x + b_Q", "k": "k_s = W_K e_s + b_K", "v": "v_s = W_V e_s + b_V"}
 
 
-@pytest.mark.parametrize("kw, msg", [({"max_new_tokens": 0}, "at least 1"), ({"target": "x", "max_new_tokens": 2}, "not both"), ({"target": " "}, "empty")])
+@pytest.mark.parametrize("kw, msg", [({"max_new_tokens": 0}, "at least 1"), ({"max_new_tokens": 10**6}, "at most 512"), ({"target": "x", "max_new_tokens": 2}, "not both"), ({"target": " "}, "empty")])
 def test_api_checks_the_decoder_input_before_loading(kw, msg):
     with pytest.raises(InputError, match=msg):
         tt.trace(SOURCE, "/no/such/folder", **kw)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from .analysis import Progress
 from .inputs import check_text
 from .models import DEFAULT_MODEL, LoadedModel, load
-from .options import TraceOptions, whole_number
+from .options import TraceOptions, check_new_tokens
 from .results import Trail
 from .runner import Run
 
@@ -99,7 +99,7 @@ def _check_decoder_input(target: str | None, max_new_tokens: int | None) -> None
         if max_new_tokens is not None:
             raise InputError("give either a target (the decoder's input) or max_new_tokens (for the greedy output), not both")
     if max_new_tokens is not None:
-        whole_number(max_new_tokens, "max new tokens")
+        check_new_tokens(max_new_tokens)
 
 
 def _model(model, tokenizer, device, dtype, allow_pickle, revision) -> LoadedModel:

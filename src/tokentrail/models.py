@@ -156,7 +156,7 @@ class LoadedModel:
         from .capture import capture
         from .capture_cross import capture_cross
         from .inputs import check_text
-        from .options import DEFAULT_NEW_TOKENS, whole_number
+        from .options import DEFAULT_NEW_TOKENS, check_new_tokens
         from .runner import Seq2SeqRun
 
         enc_adapter = self.adapter
@@ -170,7 +170,7 @@ class LoadedModel:
                 dec_ids = enc_adapter.decoder_input(labels)
                 origin = "target"
             else:
-                bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else whole_number(max_new_tokens, "max new tokens")
+                bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else check_new_tokens(max_new_tokens)
                 dec_ids = enc_adapter.greedy(enc.ids, bound).cpu()
                 origin = f"greedy output of the model (at most {bound} new tokens)"
             if dec.max_tokens is not None and dec_ids.shape[0] > dec.max_tokens:

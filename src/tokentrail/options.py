@@ -38,6 +38,7 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 CORRECTIONS: tuple[str, ...] = ("center", "zscore", "rogue", "abtt")
 """Geometry corrections (SPEC "Corrections (geometry)"); rogue and abtt take a count: ``rogue:2``, ``abtt:3``."""
 DEFAULT_NEW_TOKENS = 20  # encoder-decoders without a target: the greedy output's length bound
+MAX_NEW_TOKENS = 512  # the most greedy tokens asked for (each step re-runs the decoder on all before it)
 DEFAULT_OVERLAP_K = 100  # SPEC; a smaller vocabulary caps the default (an explicit larger one is refused)
 
 
@@ -84,6 +85,14 @@ def whole_number(value: object, what: str, low: int = 1) -> int:
     if value < low:
         raise InputError(f"{what} must be at least {low}, not {value}")
     return int(value)
+
+
+def check_new_tokens(value: object) -> int:
+    """An encoder-decoder's greedy output bound: a whole number in 1..MAX_NEW_TOKENS."""
+    n = whole_number(value, "max new tokens")
+    if n > MAX_NEW_TOKENS:
+        raise InputError(f"max new tokens must be at most {MAX_NEW_TOKENS}, not {n} (each greedy step re-runs the decoder on every token before it): give the decoder input with a target instead")
+    return n
 
 
 def check_index(value: object, count: int, what: str, owner: str) -> int:
