@@ -166,7 +166,7 @@ def mixed_load(url: str, *, long_users: int = 2, short_users: int = 10, seconds:
     import random
     import threading
 
-    opts = (True, "attn_resid", "cosine", 15, True, False, "rank")
+    opts = (True, "attn_resid", "cosine", 15, True, "none", False, "rank")  # positional, site, similarity, k, causal, correct, adjusted, metric
     stop = threading.Event()
     lock = threading.Lock()
     out: dict = {"clicks": [], "busy": 0, "long_done": 0, "long_started": 0, "errors": []}

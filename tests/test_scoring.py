@@ -12,7 +12,7 @@ import transformers
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis import analyse
 from tokentrail.metrics import rank_in_vocab, top_k
-from tokentrail.options import ALL_SITES, TraceOptions
+from tokentrail.options import RESIDUAL_SITES, TraceOptions
 from tokentrail.scoring import score_block
 from tokentrail.spaces import SpaceCache, build_space
 
@@ -66,9 +66,9 @@ def test_spaces_with_the_same_rows_are_scored_once_with_the_same_views():
     cache = SpaceCache(adapter)
     assert cache.get("embeddings").same_rows(cache.get("encodings"))
     ids = torch.randint(3, 97, (7,), generator=torch.Generator().manual_seed(1))
-    both = _trail(adapter, cache, ids, sites=ALL_SITES[:-1], spaces=("embeddings", "encodings"), k=5, overlap_k=10)
-    alone = _trail(adapter, SpaceCache(adapter), ids, sites=ALL_SITES[:-1], spaces=("encodings",), k=5, overlap_k=10)
-    for site in ALL_SITES[:-1]:
+    both = _trail(adapter, cache, ids, sites=RESIDUAL_SITES, spaces=("embeddings", "encodings"), k=5, overlap_k=10)
+    alone = _trail(adapter, SpaceCache(adapter), ids, sites=RESIDUAL_SITES, spaces=("encodings",), k=5, overlap_k=10)
+    for site in RESIDUAL_SITES:
         enc, emb, ref = both.view(site, "encodings", "cosine"), both.view(site, "embeddings", "cosine"), alone.view(site, "encodings", "cosine")
         assert enc.space == "encodings"
         for name in ("rank", "overlap", "self_sim"):
@@ -107,7 +107,7 @@ def test_residual_sites_scored_in_batches_or_one_by_one_agree():
     chunk); the default scores them together: the same views."""
     adapter = adapter_for(_llama())
     ids = torch.randint(3, 97, (6,), generator=torch.Generator().manual_seed(3))
-    kw = dict(sites=ALL_SITES[:-1], spaces=("encodings",), k=5, overlap_k=10)
+    kw = dict(sites=RESIDUAL_SITES, spaces=("encodings",), k=5, overlap_k=10)
     whole = _trail(adapter, SpaceCache(adapter), ids, **kw)
     n = len(ids)
     one = analyse(adapter, SpaceCache(adapter), ids, text="x", tokens=[str(int(i)) for i in ids], special=[False] * n,

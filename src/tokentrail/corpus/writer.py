@@ -40,18 +40,29 @@ def part_name(batch: int) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _replace_with(path, write)
 
 
 def atomic_write_table(path: Path, table) -> None:
+    _replace_with(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _replace_with(path: Path, write) -> None:
+    """Write ``path`` through a temporary file renamed over it; the temporary file is
+    removed whatever stops the write (an error, Ctrl-C), so an interrupted batch leaves
+    no stray file (a SIGKILL can: opening the study removes those)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class StudyDir:
