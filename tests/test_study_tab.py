@@ -106,3 +106,33 @@ def test_the_served_endpoint_refuses_names_it_did_not_offer(shelf_dir):
                     client.predict(forged, api_name="/open_study")
     finally:
         demo.tokentrail_folder.remove()
+
+
+def test_a_correction_fitted_to_an_offered_study_is_the_librarys(shelf_dir, bert_folder):
+    """The correction selector offers each study of the shelf; "zscore@small" is the
+    library's zscore fitted to that study, through the page's own options and Session.
+    Only offered studies: anything else is refused in one line before any model work."""
+    import numpy as np
+
+    import tokentrail as tt
+    from tokentrail.app.session import Session, correction_choices, page_options
+
+    shelf = StudyShelf(shelf_dir)
+    assert ("zscore, fitted to study small", "zscore@small") in correction_choices(shelf)
+    assert all("@" not in value for _, value in correction_choices(StudyShelf(None)))
+    opts = page_options("attn_resid", True, "cosine", 5, True, "zscore@small", shelf)
+    assert opts.correct == "zscore" and opts.correct_from == str((shelf_dir / "small").resolve())
+    for bad, msg in (("zscore@secret", "no study"), ("zscore@../outside", "no study"), ("zscore@link-out", "no study")):
+        with pytest.raises(InputError, match=msg):
+            page_options("attn_resid", True, "cosine", 5, True, bad, shelf)
+    with pytest.raises(InputError, match="--studies"):
+        page_options("attn_resid", True, "cosine", 5, True, "zscore@small", None)
+
+    session = Session(model=str(bert_folder))
+    session.analyse(TEXTS[2], opts)
+    want = tt.trace(TEXTS[2], str(bert_folder), site="attn_resid", k=5, correct="zscore", correct_from=shelf_dir / "small")
+    got = session.trail.view("attn_resid", "encodings", "cosine")
+    ref = want.view("attn_resid", "encodings", "cosine")
+    assert np.array_equal(got.top_ids, ref.top_ids) and np.array_equal(got.metrics["rank"], ref.metrics["rank"])
+    text_fit = tt.trace(TEXTS[2], str(bert_folder), site="attn_resid", k=5, correct="zscore").view("attn_resid", "encodings", "cosine")
+    assert not np.array_equal(got.metrics["self_sim"], text_fit.metrics["self_sim"])  # the study's fit, not the text's

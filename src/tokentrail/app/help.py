@@ -101,4 +101,4 @@ Files are made for this page only and deleted after an hour.
 """
 
 LIMITS = "Up to {chars:,} characters and {tokens} tokens. Enter or **Analyse** runs it."
-CORRECTION = "geometry fix of the vector and every row: zscore, center, rogue:N, abtt:N"
+CORRECTION = "geometry fix of the vector and every row: zscore, center, rogue:N, abtt:N; fitted to the text, or to a corpus study the server offers"

@@ -29,7 +29,7 @@ from .map_tab import build_map_tab
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .queues import EVENTS, WORKERS, concurrency_for
-from .session import CORRECTION_CHOICES, HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, SessionPool, load_model, page_options
+from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, SessionPool, correction_choices, load_model, page_options
 from .style import CSS, HEAD, THEME
 
 log = logging.getLogger("tokentrail.app")
@@ -127,6 +127,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
     default_model = menu.add(preload[0]).value if preload else menu.default
     folder = ExportFolder()
     pool = pool or SessionPool()
+    shelf = StudyShelf(studies)  # the only way the page reaches a study (Study tab, corrections fitted to one)
     p = Page()
 
     with Page_(title="tokentrail", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -143,7 +144,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                 p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k")
                 p.positional = gr.Checkbox(True, label="Use positional embeddings", info="compare with encodings (else raw embeddings)", elem_id="positional")
                 p.adjusted = gr.Checkbox(False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted")
-                p.correct = gr.Dropdown(list(CORRECTION_CHOICES), value=NO_CORRECTION, label="Correction", info=texts.CORRECTION, allow_custom_value=True, filterable=True, elem_id="correct")
+                p.correct = gr.Dropdown(correction_choices(shelf), value=NO_CORRECTION, label="Correction", info=texts.CORRECTION, allow_custom_value=True, filterable=True, elem_id="correct")
                 p.causal = gr.Checkbox(True, label="Causal mask", info="decoders only: off = bidirectional", visible=False, elem_id="causal")
                 p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
                 p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
@@ -158,9 +159,9 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                 )
                 p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
                 p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
-                _tabs(p, menu, state, StudyShelf(studies))
+                _tabs(p, menu, state, shelf)
 
-        _wire(demo, p, state, menu, folder, default_model, pool)
+        _wire(demo, p, state, menu, folder, default_model, pool, shelf)
     folder.adopt(demo)
     demo.GRADIO_CACHE = str(folder.cache)
     demo.tokentrail_folder = folder  # the private folder lives as long as the page
@@ -273,7 +274,7 @@ def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tu
     return tuple(out.get(name, gr.skip()) for name in VIEWS)
 
 
-def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str, pool: SessionPool) -> None:
+def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str, pool: SessionPool, shelf: StudyShelf) -> None:
     views = [getattr(p, name) for name in VIEWS]
     options = [p.positional, p.site, p.similarity, p.k, p.causal, p.correct]
     display = [p.adjusted, p.metric]
@@ -291,7 +292,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
     def analyse(session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
         session = session_for(session)
         entry = menu.check(model)
-        opts = page_options(site, positional, similarity, k, causal, correct)
+        opts = page_options(site, positional, similarity, k, causal, correct, shelf)
         old = session.model
         session.switch(entry.value)
         try:
@@ -402,7 +403,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         if session.text is None and not (isinstance(text, str) and text.strip()):
             msg = f"Loaded **{entry.label}**. Enter a text and press Analyse."
             return (session, gr.skip(), causal_box, msg, *[gr.skip()] * (len(views) - 1))
-        opts = page_options(site, positional, similarity, k, causal, correct)
+        opts = page_options(site, positional, similarity, k, causal, correct, shelf)
         try:
             session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, bar)
         except Exception:

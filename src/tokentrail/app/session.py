@@ -117,10 +117,26 @@ CORRECTION_CHOICES = (NO_CORRECTION, "zscore", "center", "rogue:1", "rogue:2", "
 """The correction selector's menu (any ``rogue:N`` / ``abtt:N`` may be typed)."""
 
 
-def page_options(site: object, positional: object, similarity: object, k: object, causal: object, correct: object = NO_CORRECTION) -> TraceOptions:
+STUDY_FIT = "@"
+"""``"zscore@NAME"``: the correction fitted to the operator's study NAME (``serve --studies``)."""
+STUDY_FITS = ("zscore", "center", "rogue:2", "abtt:3")  # offered per study (others may be typed)
+
+
+def correction_choices(studies=None) -> list[tuple[str, str]]:
+    """The correction selector's menu as (label, value): fitted to the text, then, for each
+    study the server offers (``studies``: the Study tab's shelf), fitted to that study."""
+    choices = [(c, c) for c in CORRECTION_CHOICES]
+    for name in [] if studies is None else studies.names():
+        choices += [(f"{c}, fitted to study {name}", f"{c}{STUDY_FIT}{name}") for c in STUDY_FITS]
+    return choices
+
+
+def page_options(site: object, positional: object, similarity: object, k: object, causal: object, correct: object = NO_CORRECTION, studies=None) -> TraceOptions:
     """The trace options the page's controls describe ("use positional embeddings" picks
     the ``encodings`` space, else ``embeddings``; ``correct`` the geometry correction,
-    ``"none"`` for none), validated with the page's limits."""
+    ``"none"`` for none, ``"zscore@NAME"`` fitted to the offered study NAME of
+    ``studies``, the shelf that is the page's only way to a study), validated with the
+    page's limits."""
     if site not in SITES:
         raise InputError(f"unknown site {site!r}: choose from {', '.join(SITES)}")
     if similarity not in SIMILARITIES:
@@ -132,7 +148,13 @@ def page_options(site: object, positional: object, similarity: object, k: object
     correct = None if correct in (None, "", NO_CORRECTION) else correct
     if correct is not None and not isinstance(correct, str):
         raise InputError(f"unknown correction {correct!r}: choose from {', '.join(CORRECTION_CHOICES)}")
-    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal), correct=correct)
+    correct_from = None
+    if correct is not None and STUDY_FIT in correct:
+        correct, name = (part.strip() for part in correct.split(STUDY_FIT, 1))
+        if studies is None or not studies.names():
+            raise InputError("this server offers no corpus studies to fit a correction to (tokentrail serve --studies DIR)")
+        correct_from = str(studies.path(name))  # an offered study, or refused
+    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal), correct=correct, correct_from=correct_from)
 
 
 DEFAULT_OPTIONS = TraceOptions.make(causal=True)  # what page_options gives for the page defaults
