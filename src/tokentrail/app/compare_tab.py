@@ -8,18 +8,16 @@ axis) and both sides' heatmaps. Public library only.
 
 from __future__ import annotations
 
-import logging
 
 import gradio as gr
 import pandas as pd
 
-from ..errors import InputError, TokentrailError
-from . import render
+from ..errors import InputError
 from .help import panel
+from .guard import guarded
 from .queues import EVENTS, concurrency_for
 from .session import ModelMenu, check_page_text, load_model
 
-log = logging.getLogger("tokentrail.app")
 
 SAME_MODEL = "(same model)"
 HOWTO = """**How to compare**
@@ -54,15 +52,9 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
     outputs = [p.cmp_status, p.cmp_table, p.cmp_plot, p.cmp_lines, p.cmp_heat]
     inputs = [p.text, p.model, p.cmp_text_b, p.cmp_token_a, p.cmp_token_b, p.cmp_model_b, p.site, p.similarity, p.causal]
 
+    @guarded(len(outputs), 0)
     def run(text, model, text_b, token_a, token_b, model_b, site, similarity, causal):
-        try:
-            return _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similarity, causal)
-        except TokentrailError as exc:
-            gr.Warning(str(exc))
-            return (render.error(str(exc)), *[gr.skip()] * 4)
-        except Exception as exc:  # keep serving; the log has the traceback
-            log.exception("compare failed")
-            return (render.error(f"internal error ({type(exc).__name__}); the server log has the details"), *[gr.skip()] * 4)
+        return _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similarity, causal)
 
     gr.on([p.cmp_run.click, p.cmp_token_b.submit], run, inputs, outputs, api_name="compare", **EVENTS)
 

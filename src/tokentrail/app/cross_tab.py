@@ -11,21 +11,19 @@ library only.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 
 import gradio as gr
 import pandas as pd
 
-from ..errors import InputError, TokentrailError
+from ..errors import InputError
 from ..options import TraceOptions
 from . import help as texts
-from . import render
+from .guard import guarded
 from .queues import EVENTS, concurrency_for
 from .session import check_page_text, load_model
 
-log = logging.getLogger("tokentrail.app")
 
 HOWTO = """**Encoder-decoder models** (BART, Marian, T5): the encoder reads the text above, the
 decoder reads the *decoder input*: a target you type, or, left empty, the model's own
@@ -60,15 +58,9 @@ def build_cross_tab(p, menu) -> None:
     outputs = [p.x_status, p.x_grid, p.x_sources, p.x_map, p.x_step]
     inputs = [p.text, p.model, p.site, p.similarity, p.x_target, p.x_stack, p.x_token, p.x_layer, p.x_head]
 
+    @guarded(len(outputs), 0)
     def run(text, model, site, similarity, target, stack, token, layer, head):
-        try:
-            return cross_views(menu, text, model, site, similarity, target, stack, token, layer, head)
-        except TokentrailError as exc:
-            gr.Warning(str(exc))
-            return (render.error(str(exc)), *[gr.skip()] * 4)
-        except Exception as exc:  # keep serving; the log has the traceback
-            log.exception("cross-attention view failed")
-            return (render.error(f"internal error ({type(exc).__name__}); the server log has the details"), *[gr.skip()] * 4)
+        return cross_views(menu, text, model, site, similarity, target, stack, token, layer, head)
 
     gr.on([p.x_run.click, p.x_target.submit, p.x_token.submit], run, inputs, outputs, api_name="cross_attention", **EVENTS)
 

@@ -8,10 +8,8 @@ Event handlers have stable ``api_name``s so ``gradio_client`` can drive the app.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -26,6 +24,7 @@ from .compare_tab import build_compare_tab
 from .study_tab import StudyShelf, build_study_tab
 from .cross_tab import build_cross_tab
 from .map_tab import build_map_tab
+from .guard import failed, guarded
 from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
 from ..options import LENS_SITES
 from .queues import EVENTS, WORKERS, concurrency_for
@@ -66,36 +65,6 @@ def page_progress(progress: gr.Progress) -> CallbackProgress:
         progress(None if total is None else (done, total), desc=message, unit="steps")
 
     return CallbackProgress(show)
-
-
-def _fail(message: str, n_outputs: int, status_at: int) -> tuple:
-    out: list[Any] = [gr.skip()] * n_outputs
-    out[status_at] = render.error(message)
-    return tuple(out)
-
-
-def guarded(n_outputs: int, status_at: int) -> Callable:
-    """Turn every exception of a callback into a message in the page."""
-
-    def wrap(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            lock = args[0].lock if args and isinstance(args[0], Session) else contextlib.nullcontext()
-            try:
-                with lock:  # one event at a time per session: a click never sees half an analysis
-                    return fn(*args, **kwargs)
-            except TokentrailError as exc:
-                gr.Warning(str(exc))
-                return _fail(str(exc), n_outputs, status_at)
-            except Exception as exc:  # keep serving; the log has the traceback
-                log.exception("callback %s failed", fn.__name__)
-                msg = f"internal error ({type(exc).__name__}); the server log has the details. The page keeps working: try again or change the input"
-                gr.Warning(msg)
-                return _fail(msg, n_outputs, status_at)
-
-        return inner
-
-    return wrap
 
 
 class Page_(gr.Blocks):
@@ -396,7 +365,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         except TokentrailError as exc:
             # shown once, in the status line: a toast as well covered the model menu
             msg = f"{entry.label} cannot be used here: {exc}. Still using {menu.entries[session.model].label}."
-            return (session, gr.Dropdown(value=session.model), gr.skip(), *_fail(msg, len(views), VIEWS.index("status")))
+            return (session, gr.Dropdown(value=session.model), gr.skip(), *failed(msg, len(views), VIEWS.index("status")))
         causal_box = gr.Checkbox(visible=loaded.adapter.is_decoder)
         old = session.model
         session.switch(entry.value)

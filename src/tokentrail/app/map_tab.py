@@ -12,19 +12,17 @@ on the plot and sends the point's token and layer as its own click event, which
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import gradio as gr
 
-from ..errors import InputError, TokentrailError
+from ..errors import InputError
 from ..maps import METHODS
 from ..tokens import find_token
 from . import help as texts
-from . import render
+from .guard import guarded
 from .queues import EVENTS
 from .session import Session
 
-log = logging.getLogger("tokentrail.app")
 
 MODES = {"token paths through the layers": "paths", "queries and keys of one head": "head"}
 METHOD_LABELS = {"pca": "PCA (exact)", "tsne": "t-SNE", "umap": "UMAP"}
@@ -86,18 +84,11 @@ def build_map_tab(p, state: gr.State) -> None:
     inputs = [state, p.map_mode, p.map_method, p.map_tokens, p.map_layers]
     outputs = [p.map_status, p.map_plot]
 
+    @guarded(len(outputs), 0)  # under the session's lock
     def draw(session, mode, method, tokens, layers):
         if not isinstance(session, Session) or session.trail is None:
             return "Analyse a text first: the map draws the page's analysis.", gr.skip()
-        try:
-            with session.lock:
-                return _draw(session, mode, method, tokens, layers)
-        except TokentrailError as exc:
-            gr.Warning(str(exc))
-            return render.error(str(exc)), gr.skip()
-        except Exception as exc:  # keep serving; the log has the traceback
-            log.exception("map failed")
-            return render.error(f"internal error ({type(exc).__name__}); the server log has the details"), gr.skip()
+        return _draw(session, mode, method, tokens, layers)
 
     gr.on(
         [p.map_draw.click, p.tab_map.select, p.map_mode.input, p.map_method.input, p.map_tokens.submit, p.map_layers.submit],

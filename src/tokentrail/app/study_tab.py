@@ -11,7 +11,6 @@ aggregates and figures are the corpus package's own (:meth:`tokentrail.corpus.St
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -19,12 +18,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ..errors import InputError, TokentrailError
-from . import render
+from ..errors import InputError
 from .help import panel
+from .guard import guarded
 from .queues import EVENTS
 
-log = logging.getLogger("tokentrail.app")
 
 MANIFEST = "manifest.json"
 HERE = "."  # the studies folder itself, when it is one study
@@ -122,15 +120,9 @@ def build_study_tab(p, shelf: StudyShelf) -> None:
     p.study_meta = gr.Dataframe(label="Run", interactive=False, wrap=True, column_widths=["160px"], elem_id="study-meta")
     outputs = [p.study_status, p.study_meta, p.study_self_sim, p.study_rank, p.study_anisotropy, p.study_jumps]
 
+    @guarded(6, 0)
     def open_study(name):
-        try:
-            return show(shelf, name)
-        except TokentrailError as exc:
-            gr.Warning(str(exc))
-            return (render.error(str(exc)), *[gr.skip()] * 5)
-        except Exception as exc:  # keep serving; the log has the traceback
-            log.exception("opening a study failed")
-            return (render.error(f"internal error ({type(exc).__name__}); the server log has the details"), *[gr.skip()] * 5)
+        return show(shelf, name)
 
     def refresh(name):
         names = shelf.names()
