@@ -70,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter
-from .capture import Activations, capture
+from .capture import Activations, capture, recorded
 from .errors import InputError
 from .spaces import HEAD_SPACE_KINDS, build_space
 
@@ -167,23 +167,12 @@ def _first(x):
 
 @contextmanager
 def _reading(modules: dict[str, nn.Module], *, inputs: bool) -> Iterator[dict[str, Tensor]]:
-    """The first input (or output) of each named module during one forward pass, batch item 0."""
+    """The first input (or output) of each named module during one forward pass, batch
+    item 0, filled in when the block ends (through :func:`~tokentrail.capture.recorded`)."""
     got: dict[str, Tensor] = {}
-    handles = []
-
-    def keep(name: str):
-        def hook(module, args, output):
-            got[name] = _first(args if inputs else output).detach()[0].float()
-
-        return hook
-
-    try:
-        for name, mod in modules.items():
-            handles.append(mod.register_forward_hook(keep(name)))
+    with recorded([(mod, name, inputs) for name, mod in modules.items()], select=lambda t: t[0]) as store:
         yield got
-    finally:
-        for h in handles:
-            h.remove()
+    got.update({name: calls[0] for name, calls in store.items() if calls})
 
 
 def verify_adapter(
