@@ -115,6 +115,10 @@ class Run:
             special=self.encoded.special, label=m.labels, model_name=m.name, revision=m.revision,
             device=m.device, dtype=m.dtype, truncated_from=self.encoded.truncated_from,
         )  # fmt: skip
+        return self._store(opts, trail)
+
+    def _store(self, opts: TraceOptions, trail: Trail) -> Trail:
+        """Keep ``trail`` as this run's Trail for ``opts`` (the four most recent are kept)."""
         with self._lock:
             self._trails[opts] = trail
             while len(self._trails) > 4:
@@ -230,11 +234,7 @@ class Seq2SeqRun(Run):
             m.adapter, self.acts, enc_views, None, text=self.text, tokens=self.tokens, special=self.encoded.special,
             truncated_from=self.encoded.truncated_from, decoder=decoder, **common,
         )  # fmt: skip
-        with self._lock:
-            self._trails[opts] = trail
-            while len(self._trails) > 4:
-                self._trails.popitem(last=False)
-        return trail
+        return self._store(opts, trail)
 
     def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
         """The logit lens over the decoder's layers and tokens. Cached."""
