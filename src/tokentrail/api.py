@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .analysis import Progress
-from .inputs import check_text
+from .inputs import check_decoder_input, check_text
 from .models import DEFAULT_MODEL, LoadedModel, load
-from .options import TraceOptions, check_new_tokens
+from .options import TraceOptions
 from .results import Trail
 from .runner import Run
 
@@ -35,7 +35,7 @@ def run(
     the decoder's input; without it the decoder reads the model's own greedy output (at
     most ``max_new_tokens`` new tokens, default 20)."""
     check_text(text)  # fail fast, before loading anything
-    _check_decoder_input(target, max_new_tokens)
+    check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
     return loaded.run(text, options, causal=causal, truncate=truncate, target=target, max_new_tokens=max_new_tokens)
 
@@ -85,21 +85,9 @@ def trace(
         correct_from=correct_from,
     )  # fmt: skip  -- validated here, before any model work
     check_text(text)
-    _check_decoder_input(target, max_new_tokens)
+    check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
     return loaded.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail(progress=progress)
-
-
-def _check_decoder_input(target: str | None, max_new_tokens: int | None) -> None:
-    """An encoder-decoder's decoder input options, before any model work."""
-    from .errors import InputError
-
-    if target is not None:
-        check_text(target)
-        if max_new_tokens is not None:
-            raise InputError("give either a target (the decoder's input) or max_new_tokens (for the greedy output), not both")
-    if max_new_tokens is not None:
-        check_new_tokens(max_new_tokens)
 
 
 def _model(model, tokenizer, device, dtype, allow_pickle, revision) -> LoadedModel:

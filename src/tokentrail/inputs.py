@@ -41,6 +41,19 @@ def check_text(text: object) -> str:
     return text
 
 
+def check_decoder_input(target: str | None, max_new_tokens: int | None) -> None:
+    """An encoder-decoder's decoder input: a target text, or a bound on the model's greedy
+    output (:func:`~tokentrail.options.check_new_tokens`), not both. Before any model work."""
+    from .options import check_new_tokens
+
+    if target is not None:
+        check_text(target)
+        if max_new_tokens is not None:
+            raise InputError("give either a target (the decoder's input) or max_new_tokens (for the greedy output), not both")
+    if max_new_tokens is not None:
+        check_new_tokens(max_new_tokens)
+
+
 def encode(model: LoadedModel, text: str, *, truncate: bool = False, max_tokens: int | None = None) -> Encoded:
     """Tokenize with the model's own special tokens; refuse (or, if asked, cut) over-long text."""
     check_text(text)

@@ -155,22 +155,20 @@ class LoadedModel:
         """The encoder over the source, then the whole model over (source, decoder input)."""
         from .capture import capture
         from .capture_cross import capture_cross
-        from .inputs import check_text
-        from .options import DEFAULT_NEW_TOKENS, check_new_tokens
+        from .inputs import check_decoder_input
+        from .options import DEFAULT_NEW_TOKENS
         from .runner import Seq2SeqRun
 
         enc_adapter = self.adapter
         dec = enc_adapter.decoder_stack()
+        check_decoder_input(target, max_new_tokens)
         with self.lock:
             if target is not None:
-                if max_new_tokens is not None:
-                    raise InputError("give either a target (the decoder's input) or --max-new-tokens (for the greedy output), not both")
-                check_text(target)
                 labels = torch.tensor(self.tokenizer(text_target=target)["input_ids"], dtype=torch.long)
                 dec_ids = enc_adapter.decoder_input(labels)
                 origin = "target"
             else:
-                bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else check_new_tokens(max_new_tokens)
+                bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
                 dec_ids = enc_adapter.greedy(enc.ids, bound).cpu()
                 origin = f"greedy output of the model (at most {bound} new tokens)"
             if dec.max_tokens is not None and dec_ids.shape[0] > dec.max_tokens:
