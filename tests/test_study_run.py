@@ -409,6 +409,17 @@ def test_bad_frequencies_files_are_refused_with_the_line(tmp_path, content, mess
         study(["a b"], "no-such-model-is-loaded", tmp_path / "s", frequencies=f)  # refused before the model is resolved
 
 
+def test_an_oversized_frequencies_file_is_refused_with_its_size_before_reading(tmp_path):
+    from tokentrail.corpus.frequencies import MAX_FILE_BYTES
+
+    f = tmp_path / "freq.tsv"
+    with open(f, "wb") as out:
+        out.write(b"the\t5\n")
+        out.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk, no memory
+    with pytest.raises(InputError, match=r"is 256 MiB; .* at most 256 MiB"):
+        study(["a b"], "no-such-model-is-loaded", tmp_path / "s", frequencies=f)
+
+
 def test_frequencies_no_token_in_the_vocabulary_is_refused(model, tmp_path):
     f = tmp_path / "freq.tsv"
     f.write_text("zzzqqq\t5\n", encoding="utf-8")

@@ -29,6 +29,7 @@ from ..errors import InputError
 
 FILE_NAME = "frequencies.parquet"  # in the study folder, when a file was given
 SCHEMA = pa.schema([("token_id", pa.int64()), ("token", pa.string()), ("count", pa.int64())])
+MAX_FILE_BYTES = 256 * 2**20  # a frequency list of any tokenizer's vocabulary is a few MB; past this, refused
 CORPUS_NOTE = "rank by count in this corpus (occurrences of each token id among the studied texts; 1 = most frequent, ties share a rank)"
 FILE_NOTE = "rank by count in {name} (1 = most frequent, ties share a rank; ids the file does not list have none)"
 
@@ -39,6 +40,12 @@ def read_frequencies(path: str | Path) -> dict[str, int]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--frequencies {path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:  # it is read whole: refused before it could fill the memory
+        raise InputError(
+            f"--frequencies {path} is {size / 2**20:,.0f} MiB; a frequency list is one line per vocabulary token "
+            f"(a few MiB), at most {MAX_FILE_BYTES // 2**20} MiB: keep the model's vocabulary's lines only"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
