@@ -101,6 +101,27 @@ def test_positional_spaces_change_with_position_embeddings_space_does_not(tiny_m
     assert torch.equal(emb[0], emb[1])
 
 
+def test_moving_residual_norms_are_kept_per_position_up_to_the_bound(tiny_models, monkeypatch):
+    """A warm call reuses the norms of positions seen before (in any order, mixed with new
+    ones), they equal the model's own rows, and no more than POSITION_MEMO_BYTES is kept."""
+    import tokentrail.spaces as spaces
+    from tokentrail.adapters import adapter_for
+
+    model = tiny_models["roberta"]
+    adapter = adapter_for(model)
+    V = adapter.vocab_size
+    monkeypatch.setattr(spaces, "POSITION_MEMO_BYTES", 2 * 2 * V * 4)  # room for two positions
+    space = build_space(adapter, "encodings")
+    first = space.position_stats(torch.tensor([2, 5, 7]))
+    assert sorted(space._at) == [2, 5] and space._at_bytes == 2 * 2 * V * 4
+    again = space.position_stats(torch.tensor([9, 5, 2, 7]))  # 9 new, 7 not kept: computed again
+    assert sorted(space._at) == [2, 5]
+    for i, j in ((1, 1), (2, 0)):  # positions 5 and 2: the kept rows, bit for bit
+        assert torch.equal(again.sq_norm[i], first.sq_norm[j]) and torch.equal(again.sigma[i], first.sigma[j])
+    for i, p in enumerate([9, 5, 2, 7]):
+        close(again.sq_norm[i], brute_rows(model, adapter, "encodings", p, None).pow(2).sum(-1))
+
+
 def test_space_cache_keeps_and_evicts(tiny_models):
     from tokentrail.adapters import adapter_for
 

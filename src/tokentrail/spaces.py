@@ -53,6 +53,12 @@ class PositionStats:
     memo: dict = field(default_factory=dict, compare=False, repr=False)  # derived tables (cosine_scales)
 
 
+POSITION_MEMO_BYTES = 64 << 20
+"""Per residual space whose rows move with position (post-LN encoders' ``encodings``): the
+per-position norms kept between calls (two V-vectors a position: 80 roberta positions, 130
+MiniLM ones), so warm traces skip their ``O(P V d)`` products for positions seen before."""
+
+
 class VocabSpace:
     """All V rows of one reference space, at any position, in factorised form."""
 
@@ -103,6 +109,8 @@ class VocabSpace:
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
         self._static = None  # position-free norms, kept after the first position_stats call
+        self._at: dict[int, tuple] = {}  # position -> its (sigma, |row|^2), residual spaces that move
+        self._at_bytes = 0
         self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
         if self.M is None and not self.moves:
             # residual space whose rows never move: P = x * gamma is a second V x d copy,
@@ -154,7 +162,7 @@ class VocabSpace:
     def nbytes(self) -> int:
         """Memory held by this space's own tables (the shared embedding table not counted)."""
         static = () if self._static is None else (self._static[0], self._static[1], *self._static[2].get("cosine", ()))
-        return sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None)
+        return self._at_bytes + sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None)
 
     @property
     def vocab_size(self) -> int:
@@ -177,44 +185,72 @@ class VocabSpace:
         computed in a contiguous (G, P, V) layout with in-place passes.
         """
         y = self._offsets(positions)
-        P_cnt = positions.shape[0]
-        if y is None and self._static is not None:
-            # rows do not move with position: the norms (and the cosine factors derived from
-            # them, in memo) were computed on an earlier call and serve every position
-            sq, sigma1, memo = self._static
-            sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
-            return PositionStats(positions, None, sigma, sq.expand(P_cnt, -1, -1), None, memo)
         if y is None:
-            # rows do not move with position: one set of norms serves every position
+            return self._static_stats(positions)
+        if self.M is None:
+            return self._residual_stats(positions, y)
+        return self._moving_stats(positions, y)
+
+    def _static_stats(self, positions: Tensor) -> PositionStats:
+        """Rows that do not move with position: the norms (and the cosine factors derived
+        from them, in memo) are computed on the first call and serve every position after."""
+        P_cnt = positions.shape[0]
+        if self._static is None:
             sigma1 = (self.x_sq / self.d + self.eps).sqrt()[None] if self.norm_kind else None  # (1, V)
-            t = self.P_sq[:, None, :].clone()  # (G, 1, V)
-            c_term = self.P_c[:, None, :]
-            Pp = None
+            t = self._finish_sq(self.P_sq[:, None, :].clone(), self.P_c[:, None, :], sigma1)  # (G, 1, V)
+            self._static = (t.transpose(0, 1), sigma1, {})
+        sq, sigma1, memo = self._static
+        sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
+        return PositionStats(positions, None, sigma, sq.expand(P_cnt, -1, -1), None, memo)
+
+    def _moving_stats(self, positions: Tensor, y: Tensor) -> PositionStats:
+        """Norms of the rows at each position: two (P x d) @ (d x V) products."""
+        if self.norm_kind:
+            xy = y @ self.x.T  # (P, V)
+            sigma = xy.mul_(2).add_(self.x_sq[None]).add_(y.pow(2).sum(-1, keepdim=True)).div_(self.d).add_(self.eps).sqrt_()
         else:
-            if self.norm_kind:
-                xy = y @ self.x.T  # (P, V)
-                sigma1 = xy.mul_(2).add_(self.x_sq[None]).add_(y.pow(2).sum(-1, keepdim=True)).div_(self.d).add_(self.eps).sqrt_()
-            else:
-                sigma1 = None
-            Pp = self._project(y)  # (P, G, k)
-            t = torch.bmm(Pp.transpose(0, 1), self.P.transpose(1, 2))  # (G, P, V): M y_p . P_v
-            t.mul_(2).add_(self.P_sq[:, None, :]).add_(Pp.pow(2).sum(-1).T[:, :, None])
-            c_term = self.P_c[:, None, :] + torch.einsum("pgk,gk->gp", Pp, self.c)[:, :, None]
-        if sigma1 is None:
+            sigma = None
+        Pp = self._project(y)  # (P, G, k)
+        t = torch.bmm(Pp.transpose(0, 1), self.P.transpose(1, 2))  # (G, P, V): M y_p . P_v
+        t.mul_(2).add_(self.P_sq[:, None, :]).add_(Pp.pow(2).sum(-1).T[:, :, None])
+        c_term = self.P_c[:, None, :] + torch.einsum("pgk,gk->gp", Pp, self.c)[:, :, None]
+        t = self._finish_sq(t, c_term, sigma)
+        return PositionStats(positions, y, sigma, t.transpose(0, 1).contiguous(), Pp)
+
+    def _finish_sq(self, t: Tensor, c_term: Tensor, sigma: Tensor | None) -> Tensor:
+        """(G, P, V) |P_v + M y_p|^2 and (P_v + M y_p) . c -> squared row norms, in place."""
+        if sigma is None:
             t.add_(c_term, alpha=2)
         else:
-            inv = sigma1.reciprocal()[None]  # (1, P or 1, V)
+            inv = sigma.reciprocal()[None]  # (1, P or 1, V)
             t.mul_(inv.square()).addcmul_(c_term, inv, value=2)
-        t.add_(self.c_sq[:, None, None]).clamp_min_(0)
-        if y is None:
-            sq_norm = t.transpose(0, 1).expand(P_cnt, -1, -1)  # (P, G, V), a view
-            sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
-            self._static = (t.transpose(0, 1), sigma1, {})
-            return PositionStats(positions, y, sigma, sq_norm, Pp, self._static[2])
-        else:
-            sq_norm = t.transpose(0, 1).contiguous()  # (P, G, V)
-            sigma = sigma1
-        return PositionStats(positions, y, sigma, sq_norm, Pp)
+        return t.add_(self.c_sq[:, None, None]).clamp_min_(0)
+
+    def _residual_stats(self, positions: Tensor, y: Tensor) -> PositionStats:
+        """:meth:`position_stats` of a residual space whose rows move with position.
+
+        Each position's norms (``sigma`` and ``|row|^2``, two V-vectors) are kept once
+        computed, up to :data:`POSITION_MEMO_BYTES` per space, so a warm trace pays the
+        ``O(P V d)`` products only for positions it has not seen (texts start at position 0:
+        the first positions fill the memo and stay). A position is computed with the other
+        missing ones of its call, as without the memo."""
+        plist = positions.tolist()
+        missing = [i for i, p in enumerate(plist) if p not in self._at]
+        fresh = {}
+        if missing:
+            idx = torch.tensor(missing, device=positions.device)
+            part = self._moving_stats(positions[idx], y[idx])
+            per = (part.sq_norm[0].numel() + (0 if part.sigma is None else part.sigma.shape[1])) * 4
+            for j, i in enumerate(missing):
+                rows = (None if part.sigma is None else part.sigma[j], part.sq_norm[j])
+                if self._at_bytes + per <= POSITION_MEMO_BYTES:
+                    rows = tuple(None if t is None else t.clone() for t in rows)  # not a view: the block is freed
+                    self._at[plist[i]] = rows
+                    self._at_bytes += per
+                fresh[plist[i]] = rows
+        rows = [self._at.get(p) or fresh[p] for p in plist]
+        sigma = None if rows[0][0] is None else torch.stack([r[0] for r in rows])
+        return PositionStats(positions, y, sigma, torch.stack([r[1] for r in rows]), self._project(y))
 
     def _project(self, v: Tensor) -> Tensor:
         """(n, d) -> (n, G, k): M v (no bias)."""
