@@ -13,7 +13,7 @@ from tokentrail.adapters import adapter_for
 from tokentrail.analysis import analyse
 from tokentrail.metrics import rank_in_vocab, top_k
 from tokentrail.options import RESIDUAL_SITES, TraceOptions
-from tokentrail.scoring import score_block
+from tokentrail.scoring import SLICES, score_block, top_values
 from tokentrail.spaces import SpaceCache, build_space
 
 
@@ -44,6 +44,27 @@ def test_score_block_equals_the_definitions_with_many_ties(k):
     assert torch.equal(own_s, block.gather(1, own[:, None])[:, 0])
     assert torch.equal(rank, rank_in_vocab(block, own))
     assert torch.equal(ids, want_ids) and torch.equal(vals, want_vals)
+
+
+@pytest.mark.parametrize("V", [8192, 8192 + 7])  # the last V mod SLICES columns are candidates of their own
+@pytest.mark.parametrize("levels", [12, 200, None])  # heavy ties, some ties, continuous values
+@pytest.mark.parametrize("k", [1, 16, 101])
+def test_long_rows_take_the_candidate_path_and_equal_the_definitions(V, levels, k):
+    """Rows long enough for :func:`top_values` to pick candidate columns (V // SLICES >= 4 (k + 1)):
+    its values are torch.topk's, and the scored block equals the definitions, ties included."""
+    assert V // SLICES >= 4 * (k + 1)
+    g = torch.Generator().manual_seed(V + k)
+    block = torch.rand(48, V, generator=g) if levels is None else torch.randint(0, levels, (48, V), generator=g).float() / (levels - 1)
+    block[5, V - 3] = 2.0  # the best value in the tail columns
+    block[6, ::97] = 1.5  # many equal best values spread over every slice
+    own = torch.randint(0, V, (48,), generator=g)
+    own[:12] = block[:12].argmax(1)
+    vals, ids = top_values(block, k + 1)
+    assert torch.equal(vals, torch.topk(block, k + 1, dim=1).values) and torch.equal(block.gather(1, ids), vals)
+    own_s, rank, got_ids, got_vals = score_block(block.clone(), own, k)
+    want_ids, want_vals = top_k(block, k)
+    assert torch.equal(rank, rank_in_vocab(block, own))
+    assert torch.equal(got_ids, want_ids) and torch.equal(got_vals, want_vals)
 
 
 def _llama() -> torch.nn.Module:

@@ -8,7 +8,8 @@ Definitions are those of :mod:`tokentrail.metrics` (SPEC "Metrics"): ``rank`` co
 strictly more similar than the token's own row (ties favour the token); ``top-k`` orders
 by similarity, ties by lower id. Passes over the block:
 
-1. ``torch.topk`` for ``k + 1`` values: a tie can straddle the top-k boundary only if the
+1. the ``k + 1`` largest values (:func:`top_values`, ``torch.topk`` over a few
+   candidate columns per row): a tie can straddle the top-k boundary only if the
    k-th and (k+1)-th values are equal, so only those rows (rare) are re-read in full;
 2. the rank: when the own similarity is above the last of those k + 1 values, every row
    more similar is among them and the rank is counted there; when some row's is not, the
@@ -32,7 +33,7 @@ def score_block(block: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor, Ten
     Q, V = block.shape
     k = min(k, V)
     own_s = block.gather(1, own[:, None].long())  # (Q, 1)
-    vals, ids = torch.topk(block, min(k + 1, V), dim=1, sorted=True)
+    vals, ids = top_values(block, min(k + 1, V))
     # the rank from the list when the own similarity beats its last value: every row more
     # similar than the own one is then in it; if any row of the block needs more, all are
     # counted in full
@@ -43,6 +44,36 @@ def score_block(block: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor, Ten
         # in place over the whole block: cheaper than gathering the rows that need it
         rank = block.gt_(own_s).sum(1).long()  # exact: counts < 2**24
     return own_s[:, 0], rank, ids, vals
+
+
+SLICES = 16
+""":func:`top_values` splits each row into this many strided slices."""
+
+
+def top_values(block: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(block, k, dim=1)``'s values (the same, in order), in about two thirds of its time on long rows.
+
+    Column ``j`` of a row belongs to group ``j mod n`` (``n = V // SLICES``; the last
+    ``V mod SLICES`` columns are always candidates). The k groups with the largest maxima
+    hold k values at least the k-th largest maximum, and every value of another group is
+    at most that: so the k largest values of the row are among those groups' columns,
+    and ``topk`` runs over ``k * SLICES`` candidates instead of V. The maxima are taken
+    over contiguous slices (one vectorised pass). Which of several *equal* values is
+    returned may differ from ``torch.topk`` (neither orders ties);
+    :func:`_exact_order` settles ties by lower id either way.
+    """
+    Q, V = block.shape
+    n = V // SLICES
+    if n < 4 * k:
+        return torch.topk(block, k, dim=1, sorted=True)
+    main = n * SLICES
+    peaks = block[:, :main].view(Q, SLICES, n).amax(1)  # (Q, n): max of columns j, j + n, ...
+    groups = torch.topk(peaks, k, dim=1, sorted=False).indices  # (Q, k)
+    cols = (groups[:, :, None] + torch.arange(0, main, n, device=block.device)).view(Q, -1)
+    if main < V:
+        cols = torch.cat([cols, torch.arange(main, V, device=block.device).expand(Q, -1)], 1)
+    vals, j = torch.topk(block.gather(1, cols), k, dim=1, sorted=True)
+    return vals, cols.gather(1, j)
 
 
 def _exact_order(block: Tensor, vals: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
