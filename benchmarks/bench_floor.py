@@ -239,6 +239,15 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
     same = "the same space (W_E has no position or norm here)" if sub.adapter.embedding_norm() is None else "peer NOT exact for this post-LN encoder"
     print(f"  peer   {n} tokens: ours (embeddings) {ours_s:6.2f} s   peer route {peer_s:6.2f} s   ours {peer_s / ours_s:4.2f}x faster (goal >= 2x)   "
           f"| ours exact encodings {enc_s:6.2f} s ({same})   disagreements: {ties} at fp32 near-ties, {bad} unexplained")  # fmt: skip
+    # the most any exact route could gain over the peer here: it must at least run the
+    # forward pass and compute every similarity (one product of all queries with W_E)
+    Q, a = len(SITES) * sub.adapter.n_layers * n + n, sub.adapter
+    A, X, out = torch.randn(Q, a.d_model), a.embedding_table().float(), torch.empty(Q, a.vocab_size)
+    gemm_s, _ = timed(lambda: torch.mm(A, X.T, out=out), repeat)
+    fwd_s, _ = timed(lambda: capture(a, ids), repeat)
+    del out
+    print(f"         bound: forward pass {fwd_s:.2f} s + one product of the {Q} queries {gemm_s:.2f} s = {fwd_s + gemm_s:.2f} s: "
+          f"a route doing nothing else would be {peer_s / (fwd_s + gemm_s):4.2f}x faster than the peer; ours is {ours_s / (fwd_s + gemm_s):4.2f}x that minimum")  # fmt: skip
     if base is not None:
         old = before(base, sub, n, repeat, "embeddings")
         print(f"         --against tree: embeddings {old:6.2f} s: the peer route was {old / peer_s:4.2f}x that tree's speed")
