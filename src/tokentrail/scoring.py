@@ -81,14 +81,16 @@ def _exact_order(block: Tensor, vals: Tensor, ids: Tensor, k: int) -> tuple[Tens
     boundary = vals[:, k - 1] == vals[:, k] if vals.shape[1] > k else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
     vals, ids = vals[:, :k].contiguous(), ids[:, :k].contiguous()
     inner = (vals[:, 1:] == vals[:, :-1]).any(1) if k > 1 else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
-    for q in (boundary | inner).nonzero().flatten().tolist():
+    rows = (inner & ~boundary).nonzero().flatten()
+    if len(rows):  # every tied value is in the list: order it by id, then stably by value
+        by_id, o = ids[rows].sort(dim=1)
+        v = vals[rows].gather(1, o)
+        o = torch.sort(-v, dim=1, stable=True).indices
+        ids[rows], vals[rows] = by_id.gather(1, o), v.gather(1, o)
+    for q in boundary.nonzero().flatten().tolist():  # the tie may go on past the list: re-read the row
         row = block[q]
-        if boundary[q]:
-            cand = (row >= vals[q, -1]).nonzero().flatten()  # ascending ids
-        else:
-            cand = ids[q].sort().values
-        order = torch.sort(-row[cand], stable=True).indices[:k]
-        ids[q] = cand[order]
+        cand = (row >= vals[q, -1]).nonzero().flatten()  # ascending ids
+        ids[q] = cand[torch.sort(-row[cand], stable=True).indices[:k]]
         vals[q] = row[ids[q]]
     return ids, vals
 
