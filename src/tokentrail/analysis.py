@@ -409,12 +409,14 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
-BLOCK_BYTES = 48 << 20
+BLOCK_BYTES = 128 << 20
 """The similarity block one chunk of queries is scored in (``chunk_bytes`` can only lower
-it). Smaller blocks stay in cache for the passes after the matrix product, but each chunk
-streams the whole ``V x d`` table through the product again: on the 2-CPU machine of
-docs/benchmarks.md 16 MiB blocks (81 SmolLM2 queries) made the product 35 % slower than
-one product of every query, 48 MiB blocks 5 %, and the passes did not gain it back."""
+it). Each chunk streams the whole ``V x d`` table through the matrix product again (MKL
+packs it per call), so fewer, larger chunks cost less: on the 2-CPU machine of
+docs/benchmarks.md a SmolLM2 100-token residual trace took 5.9-6.0 s with 48 MiB blocks
+(244 queries) and 5.5-5.7 s with 128 or 192 MiB (one thread, same process); 16 MiB
+blocks made the product 35 % slower than one product of every query. The passes after
+the product run out of cache at any of these sizes."""
 
 
 def _workspace(rows: int, per_row: int, device) -> Tensor:
