@@ -110,16 +110,19 @@ def test_moving_residual_norms_are_kept_per_position_up_to_the_bound(tiny_models
     model = tiny_models["roberta"]
     adapter = adapter_for(model)
     V = adapter.vocab_size
-    monkeypatch.setattr(spaces, "POSITION_MEMO_BYTES", 2 * 2 * V * 4)  # room for two positions
+    monkeypatch.setattr(spaces, "POSITION_MEMO_BYTES", 2 * 4 * V * 4)  # room for two positions (sigma, norms, two factors)
     space = build_space(adapter, "encodings")
     first = space.position_stats(torch.tensor([2, 5, 7]))
-    assert sorted(space._at) == [2, 5] and space._at_bytes == 2 * 2 * V * 4
+    assert sorted(space._at) == [2, 5] and space._at_bytes <= spaces.POSITION_MEMO_BYTES
     again = space.position_stats(torch.tensor([9, 5, 2, 7]))  # 9 new, 7 not kept: computed again
     assert sorted(space._at) == [2, 5]
     for i, j in ((1, 1), (2, 0)):  # positions 5 and 2: the kept rows, bit for bit
         assert torch.equal(again.sq_norm[i], first.sq_norm[j]) and torch.equal(again.sigma[i], first.sigma[j])
+        assert torch.equal(space.cosine_scales(again)[0][i], space.cosine_scales(first)[0][j])
     for i, p in enumerate([9, 5, 2, 7]):
-        close(again.sq_norm[i], brute_rows(model, adapter, "encodings", p, None).pow(2).sum(-1))
+        rows = brute_rows(model, adapter, "encodings", p, None)[0]
+        close(again.sq_norm[i], rows.pow(2).sum(-1)[None])
+        close(space.cosine_scales(again)[0][i], rows.norm(dim=-1).reciprocal()[None] / again.sigma[i])
 
 
 def test_space_cache_keeps_and_evicts(tiny_models):

@@ -229,28 +229,30 @@ class VocabSpace:
     def _residual_stats(self, positions: Tensor, y: Tensor) -> PositionStats:
         """:meth:`position_stats` of a residual space whose rows move with position.
 
-        Each position's norms (``sigma`` and ``|row|^2``, two V-vectors) are kept once
-        computed, up to :data:`POSITION_MEMO_BYTES` per space, so a warm trace pays the
-        ``O(P V d)`` products only for positions it has not seen (texts start at position 0:
-        the first positions fill the memo and stay). A position is computed with the other
-        missing ones of its call, as without the memo."""
+        Each position's norms and cosine factors (``sigma``, ``|row|^2`` and the two factors
+        of :meth:`cosine_scales`: up to four V-vectors) are kept once computed, up to
+        :data:`POSITION_MEMO_BYTES` per space, so a warm trace pays the ``O(P V d)`` products
+        only for positions it has not seen (texts start at position 0: the first positions
+        fill the memo and stay). A position is computed with the other missing ones of its
+        call, as without the memo."""
         plist = positions.tolist()
         missing = [i for i, p in enumerate(plist) if p not in self._at]
         fresh = {}
         if missing:
             idx = torch.tensor(missing, device=positions.device)
             part = self._moving_stats(positions[idx], y[idx])
-            per = (part.sq_norm[0].numel() + (0 if part.sigma is None else part.sigma.shape[1])) * 4
+            a, b = self.cosine_scales(part)  # (P, G, V) each, b None without a bias term
             for j, i in enumerate(missing):
-                rows = (None if part.sigma is None else part.sigma[j], part.sq_norm[j])
-                if self._at_bytes + per <= POSITION_MEMO_BYTES:
-                    rows = tuple(None if t is None else t.clone() for t in rows)  # not a view: the block is freed
+                rows = (None if part.sigma is None else part.sigma[j], part.sq_norm[j], a[j], None if b is None else b[j])
+                size = sum(t.numel() * 4 for t in rows if t is not None)
+                if self._at_bytes + size <= POSITION_MEMO_BYTES:
+                    rows = tuple(None if t is None else t.clone() for t in rows)  # not views: the block is freed
                     self._at[plist[i]] = rows
-                    self._at_bytes += per
+                    self._at_bytes += size
                 fresh[plist[i]] = rows
         rows = [self._at.get(p) or fresh[p] for p in plist]
-        sigma = None if rows[0][0] is None else torch.stack([r[0] for r in rows])
-        return PositionStats(positions, y, sigma, torch.stack([r[1] for r in rows]), self._project(y))
+        sigma, sq, a, b = (None if rows[0][f] is None else torch.stack([r[f] for r in rows]) for f in range(4))
+        return PositionStats(positions, y, sigma, sq, self._project(y), {"cosine": (a, b)})
 
     def _project(self, v: Tensor) -> Tensor:
         """(n, d) -> (n, G, k): M v (no bias)."""
