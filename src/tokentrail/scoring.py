@@ -47,14 +47,16 @@ def score_block(block: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor, Ten
 
 
 SLICES = 16
-""":func:`top_values` splits each row into this many strided slices."""
+""":func:`top_values` cuts each row into this many contiguous slices of ``V // SLICES`` columns."""
 
 
 def top_values(block: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``torch.topk(block, k, dim=1)``'s values (the same, in order), in about two thirds of its time on long rows.
+    """``torch.topk(block, k, dim=1)``'s values (the same, in order) and ids, in about two
+    thirds of its time on rows of 30-50k values (one thread, docs/benchmarks.md).
 
-    Column ``j`` of a row belongs to group ``j mod n`` (``n = V // SLICES``; the last
-    ``V mod SLICES`` columns are always candidates). The k groups with the largest maxima
+    Column ``j`` of a row belongs to group ``j mod n`` (``n = V // SLICES``: group ``j``
+    holds column ``j`` of each slice; the last ``V mod SLICES`` columns are always
+    candidates). The k groups with the largest maxima
     hold k values at least the k-th largest maximum, and every value of another group is
     at most that: so the k largest values of the row are among those groups' columns,
     and ``topk`` runs over ``k * SLICES`` candidates instead of V. The maxima are taken
