@@ -45,10 +45,26 @@ class Activations:
         """(L, n, d): h_l, the input of each layer."""
         return torch.cat([self.embedded[None], self.layer_out[:-1]], dim=0)
 
+    def layer_input(self, layer: int) -> Tensor:
+        """(n, d): h_l for one layer, without building every layer's (``layer_in[layer]``)."""
+        return self.embedded if layer == 0 else self.layer_out[layer - 1]
+
     @property
     def attn_resid(self) -> Tensor:
         """(L, n, d): h_l + attn_l."""
-        return self.layer_in + self.attn
+        kept = self.__dict__.get("_attn_resid")  # see keep_attn_resid
+        if kept is not None:
+            return kept
+        out = self.attn.clone()  # attn_l + h_l in place: the same sums, one (L, n, d) tensor
+        out[0] += self.embedded
+        out[1:] += self.layer_out[:-1]
+        return out
+
+    def keep_attn_resid(self, attn_resid: Tensor) -> "Activations":
+        """Let ``attn_resid`` answer the site instead of making it on each read (capture, for
+        pre-norm models, where it is ``attn_resid_ln`` itself: no memory of its own)."""
+        object.__setattr__(self, "_attn_resid", attn_resid)  # a cache, not a field: frozen otherwise
+        return self
 
     @property
     def resid_pre(self) -> Tensor:
@@ -141,22 +157,27 @@ def capture_batch(
     n_layers = adapter.n_layers
     if any(len(store[k]) != n_layers for k in ("out", "z", "attn", "mlp")):
         raise RuntimeError(f"capture saw {len(store['out'])} layers, expected {n_layers}")
-    layer_out = torch.stack(store["out"], dim=1)  # (B, L, n, d)
-    attn = torch.stack(store["attn"], dim=1)
-    mlp_out = torch.stack(store["mlp"], dim=1)
-    z = torch.stack(store["z"], dim=1)  # (B, L, n, H * d_head)
-    # what the FFN receives, where the adapter names its input module (post-LN: LN(attn_resid);
-    # parallel residual: LN_2(h_l)); SPEC: sequential pre-LN models have no norm in between
-    ffn_in = torch.stack(store["ffn_in"], dim=1) if store.get("ffn_in") else None
+    # the framework's hidden states after layers 0..L-2 are the very tensors the layer hooks
+    # read: those become views of the stacked layer_out below instead of a second copy
     hidden = [h.float() for h in out.hidden_states]  # each (B, n, d)
-    # (B, L, H, n, n), filled a layer at a time while the model's own tensors are let go:
-    # the patterns are O(L H n^2), so never two copies of them at once
+    alias = [l for l in range(n_layers) if l + 1 < len(hidden) and _same_tensor(hidden[l + 1], store["out"][l])]
+    for l in alias:
+        hidden[l + 1] = None
+    # the patterns are O(L H n^2): the model's own tensors are let go as they are copied
     atts = list(out.attentions)
     del out
-    attentions = torch.empty((atts[0].shape[0], len(atts), *atts[0].shape[1:]), device=atts[0].device)
-    for i in range(len(atts)):
-        attentions[:, i] = atts[i]
-        atts[i] = None
+    # each stacked a layer at a time, the hooked tensors let go as they are copied: never two
+    # copies of all layers of one site at once
+    layer_out = _stacked(store["out"])  # (B, L, n, d)
+    for l in alias:
+        hidden[l + 1] = layer_out[:, l]
+    attn = _stacked(store["attn"])
+    mlp_out = _stacked(store["mlp"])
+    z = _stacked(store["z"])  # (B, L, n, H * d_head)
+    # what the FFN receives, where the adapter names its input module (post-LN: LN(attn_resid);
+    # parallel residual: LN_2(h_l)); SPEC: sequential pre-LN models have no norm in between
+    ffn_in = _stacked(store["ffn_in"]) if store.get("ffn_in") else None
+    attentions = _stacked(atts)  # (B, L, H, n, n)
     # a text's tensors are copies, so that one Activations does not keep the batch alive
     own = (lambda x: x.clone()) if len(texts) > 1 else (lambda x: x)
     acts = []
@@ -165,7 +186,11 @@ def capture_batch(
         embedded = own(hidden[0][b, t])
         lay_out = own(layer_out[b, :, t])
         attn_b = own(attn[b, :, t])
-        attn_resid = torch.cat([embedded[None], lay_out[:-1]]) + attn_b
+        attn_resid = None
+        if ffn_in is None:  # pre-norm: attn_resid_ln is attn_resid, made here once, in place
+            attn_resid = attn_b.clone()  # (L, n, d): attn_l + h_l, the same sums as h_l + attn_l
+            attn_resid[0] += embedded
+            attn_resid[1:] += lay_out[:-1]
         acts.append(
             Activations(
                 input_ids=own(input_ids[b, t]),
@@ -181,7 +206,23 @@ def capture_batch(
                 causal=causal,
             )
         )
+        if attn_resid is not None:
+            acts[-1].keep_attn_resid(attn_resid)
     return acts
+
+
+def _stacked(parts: list, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``torch.stack(parts, dim=1)`` of (B, ...) tensors in ``dtype``, each part let go once copied."""
+    out = torch.empty((parts[0].shape[0], len(parts), *parts[0].shape[1:]), dtype=dtype, device=parts[0].device)
+    for i in range(len(parts)):
+        out[:, i] = parts[i]
+        parts[i] = None
+    return out
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same memory seen the same way (not merely equal)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
 
 
 def _pad(texts: Sequence[Tensor], pad_id: int, side: str) -> tuple[Tensor, Tensor, list[int]]:
@@ -222,7 +263,7 @@ def head_qkv(adapter: Adapter, acts: Activations, layer: int, which: str) -> Ten
     position for q and k. The one home of this recomputation: head views and the
     attention walkthrough both call it."""
     norm = adapter.attn_input_norm(layer)
-    h = acts.layer_in[layer]
+    h = acts.layer_input(layer)
     x = h if norm is None else norm(h)
     vec = adapter.projection(layer, which)(x)  # (n, G, dh)
     rot = adapter.rotary(layer)

@@ -249,7 +249,8 @@ def _own_rows(adapter: Adapter, acts: Activations, rtol: float) -> Check:
 def _qkv(adapter: Adapter, acts: Activations, layer: int) -> tuple[Tensor, Tensor, Tensor]:
     """The layer's canonical q (n, H, dh), and k, v (n, H, dh) of each query head's KV head; RoPE applied."""
     norm = adapter.attn_input_norm(layer)
-    x = acts.layer_in[layer] if norm is None else norm(acts.layer_in[layer])
+    h = acts.layer_input(layer)
+    x = h if norm is None else norm(h)
     q, k, v = (adapter.projection(layer, w)(x) for w in "qkv")
     rot = adapter.rotary(layer)
     if rot is not None:
