@@ -424,6 +424,45 @@ def _workspace(rows: int, per_row: int, device) -> Tensor:
     return torch.empty(rows * per_row, device=device)
 
 
+STATS_BYTES = 64 << 20
+"""About the bytes of per-position row norms (and cosine factors) made at a time for a space
+whose rows move with position (position embeddings): a window of positions, not all of the
+text's, so that this memory does not grow with the number of tokens."""
+MIN_WINDOW = 16
+"""The fewest positions a window holds (when the text has more): the norms of a window are
+then bit for bit those of all positions at once (a matrix product of very few rows can take
+another kernel and round differently; 8 rows and more agree on the tested shapes)."""
+
+
+class _PositionWindow:
+    """Position statistics of ``space`` for the sorted ``positions`` (P,), a window at a time.
+
+    ``at(pidx)`` gives statistics covering the positions ``pidx`` (indices into ``positions``)
+    and the indices into them; callers ask in increasing order of position (scoring sorts
+    queries by it), so each window is made about once. Rows that never move have one set of
+    norms for every position: all of them at once, as before."""
+
+    def __init__(self, space: VocabSpace, positions: Tensor):
+        self.space, self.positions = space, positions
+        self.lo = self.hi = 0
+        self.stats = None
+        if not space.moves:
+            self.stats, self.lo, self.hi = space.position_stats(positions), 0, len(positions)
+        groups = space.groups
+        per_position = space.vocab_size * 4 * (1 + 3 * groups)  # sigma, squared norms, two cosine factors
+        self.width = max(MIN_WINDOW, STATS_BYTES // per_position)
+
+    def at(self, pidx: Tensor) -> tuple:
+        lo, hi = int(pidx.min()), int(pidx.max()) + 1
+        if not (self.lo <= lo and hi <= self.hi):
+            P = len(self.positions)
+            stop = min(P, max(hi, lo + self.width))
+            start = max(0, min(lo, stop - self.width))
+            self.stats = None  # the old window goes before the new one is made
+            self.stats, self.lo, self.hi = self.space.position_stats(self.positions[start:stop]), start, stop
+        return self.stats, pidx - self.lo
+
+
 def _chunks(total: int, per_item_bytes: int, budget: int) -> Iterable[slice]:
     step = max(1, budget // max(per_item_bytes, 1))
     for start in range(0, total, step):
@@ -472,7 +511,6 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     n, L, V = acts.input_ids.shape[0], adapter.n_layers, space.vocab_size
     K = min(max(k, overlap_k), V)
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
-    stats = space.position_stats(uniq)
     # queries: the original encodings (for overlap at layer 0), then every site and layer
     if correct is None:
         # the original encodings, then each site's L x n vectors, scored a few sites at a time:
@@ -490,18 +528,24 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
         def each():  # lazily: a batch of sites is scored when their views are made
             for batch in batches:
                 parts = [acts.embedded[None] if s is None else acts.site(s) for s in batch]
-                vecs = torch.cat(parts).reshape(-1, acts.embedded.shape[1])
+                sizes = [part.shape[0] * n for part in parts]
+                # one site: its own (L, n, d) tensor, not a copy of it
+                vecs = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(-1, acts.embedded.shape[1])
+                del parts  # a site made on reading (resid_pre) is let go once scored
                 m = vecs.shape[0] // n
-                res = _scored(space, stats, vecs, inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
+                res = _scored(space, uniq, vecs, inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
+                del vecs
                 start = 0
-                for part in parts:
-                    sl = slice(start, start + part.shape[0] * n)
+                for size in sizes:
+                    sl = slice(start, start + size)
                     start = sl.stop
                     yield {sim: [t[sl] for t in res[sim]] for sim in similarities}
+                del res  # this batch's top-K lists, before the next batch makes its own
 
         groups = each()
         corrections = None
     else:
+        stats = space.position_stats(uniq)
         vecs = torch.cat([acts.embedded[None]] + [acts.site(s) for s in sites]).reshape(-1, acts.embedded.shape[1])
         Q, dev = vecs.shape[0], vecs.device
         out = {
@@ -542,19 +586,26 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
                 origin_top_ids=_np(origin_ids[:, :k].contiguous()),
                 origin_top_sims=_np(origin_vals[:, :k].contiguous()),
             )
+            del own_s, rank, ids, vals, s_ids, prev, ov
+        del res  # the site's top-K lists: let go before the next site is scored
     return [views[(sim, site)] for sim in similarities for site in sites]
 
 
-def _scored(space: VocabSpace, stats, vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
-    """(m, d) residual queries -> per similarity [own similarity, rank, top-K ids, top-K sims], chunk by chunk."""
+def _scored(space: VocabSpace, positions: Tensor, vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
+    """(m, d) residual queries -> per similarity [own similarity, rank, top-K ids, top-K sims], chunk by chunk.
+
+    positions: (P,) the sorted positions ``pidx`` indexes."""
     m, V, dev = vecs.shape[0], space.vocab_size, vecs.device
     out = {sim: [torch.empty(m, device=dev), torch.empty(m, dtype=torch.long, device=dev), torch.empty(m, K, dtype=torch.long, device=dev), torch.empty(m, K, device=dev)] for sim in similarities}
     order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
+    window = _PositionWindow(space, positions)
     for c in _chunks(m, V * 4, budget):
         oc = order[c]
+        stats, local = window.at(pidx[oc])
         for sim in similarities:
-            for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, pidx[oc], None, own[oc], sim, K, ws)):
+            for buf, val in zip(out[sim], _score(space, vecs[oc][:, None, :], stats, local, None, own[oc], sim, K, ws)):
                 buf[oc] = val
+        del stats  # the window alone holds it: a new window is made after the old one is let go
     return out
 
 
@@ -619,7 +670,7 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
         space = spaces.get(kind, layer)
         V = space.vocab_size
         kk = min(k, V)
-        stats = space.position_stats(uniq)
+        window = _PositionWindow(space, uniq)
         z = head_vectors(adapter, acts, kind, layer)  # (n, H, dh)
         for sim in similarities:
             if res[sim]["ids"] is None:
@@ -634,13 +685,16 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
             zc = zd[c]
             m = zc.shape[0]
             own = acts.input_ids[c].repeat_interleave(C)
+            stats, local = window.at(inv[c])
             for sim in similarities:
-                own_s, rank, ids, vals = _score(scorer, zc, stats, inv[c], groups[cols], own, sim, kk, ws)
+                own_s, rank, ids, vals = _score(scorer, zc, stats, local, groups[cols], own, sim, kk, ws)
                 r = res[sim]
                 r["own"][layer, :, c] = own_s.view(m, C)[:, expand].T
                 r["rank"][layer, :, c] = rank.view(m, C)[:, expand].T
                 r["ids"][layer, :, c] = ids.view(m, C, kk)[:, expand].transpose(0, 1)
                 r["vals"][layer, :, c] = vals.view(m, C, kk)[:, expand].transpose(0, 1)
+            del stats  # the window alone holds it (see _scored)
+        del window, scorer  # this layer's norms and table for the queries, before the next layer's
     return [
         View(
             site="heads",
