@@ -151,6 +151,12 @@ class VocabSpace:
         twin.P = table
         return twin
 
+    def settle(self) -> None:
+        """Compute now what a space whose rows never move keeps after its first use (the
+        position-free norms and cosine factors), so that :attr:`nbytes` counts it all."""
+        if self._offsets(torch.zeros(1, dtype=torch.long, device=self.x.device)) is None:
+            self.cosine_scales(self.position_stats(torch.zeros(1, dtype=torch.long, device=self.x.device)))
+
     def drop_table(self) -> bool:
         """Free the (G, V, k) table when the rows never move (dots then go through W_E; same numbers)."""
         if self.P is None or self.moves:
@@ -162,7 +168,8 @@ class VocabSpace:
     def nbytes(self) -> int:
         """Memory held by this space's own tables (the shared embedding table not counted)."""
         static = () if self._static is None else (self._static[0], self._static[1], *self._static[2].get("cosine", ()))
-        return self._at_bytes + sum(t.numel() * t.element_size() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None)
+        held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None}
+        return self._at_bytes + sum(held.values())  # each buffer once (without a norm, the two cosine factors are one tensor)
 
     @property
     def vocab_size(self) -> int:
@@ -478,15 +485,14 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
 class SpaceCache:
     """Built spaces of one model. Residual spaces stay; head spaces are kept up to a byte budget.
 
-    A head space that would go over the budget first gives up its (G, V, k) table (its
-    dots then go through W_E: same numbers, V * d instead of V * k work per query), so
-    the spaces already kept keep theirs and a repeated everything-trace finds the same
-    tables warm instead of evicting them in turn; only then are the least recently used
-    spaces dropped. The budget counts those tables: a space without one still holds its
-    O(G V) norms and factors, which are not counted, so that spaces that gave up their
-    tables never push out the ones that kept them (before, the first warm everything-trace
-    on SmolLM2 evicted and rebuilt value spaces on every call). Those small parts are
-    bounded by the number of head spaces (3 per layer), whatever the number of tokens.
+    The budget counts everything the head spaces hold (:attr:`nbytes`): their (G, V, k)
+    tables and their O(G V) norms and factors. Over it, tables go first: the space just
+    built gives up its table (its dots then go through W_E: same numbers, V * d instead of
+    V * k work per query), then the least recently used spaces give up theirs, so the
+    spaces already kept stay and a repeated everything-trace finds them warm instead of
+    evicting and rebuilding them in turn (before, the first warm everything-trace on
+    SmolLM2 evicted and rebuilt value spaces on every call); only when the norms alone
+    exceed the budget are the least recently used spaces dropped.
     """
 
     def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
@@ -510,20 +516,22 @@ class SpaceCache:
         space = build_space(self.adapter, kind, layer)
         if layer is None:
             self._keep[key] = space
-        else:
-            self._lru[key] = space
-            if self._held() > self.max_bytes:
-                space.drop_table()
-            while len(self._lru) > 1 and self._held() > self.max_bytes:
-                self._lru.popitem(last=False)
+            return space
+        space.settle()  # its position-free norms now, so that the budget sees all it will hold
+        self._lru[key] = space
+        if self.nbytes > self.max_bytes:
+            space.drop_table()
+        for older in list(self._lru.values()):
+            if self.nbytes <= self.max_bytes:
+                break
+            older.drop_table()
+        while len(self._lru) > 1 and self.nbytes > self.max_bytes:
+            self._lru.popitem(last=False)
         return space
-
-    def _held(self) -> int:
-        """Bytes of the (G, V, k) tables kept: what ``max_bytes`` bounds."""
-        return sum(s.P.numel() * s.P.element_size() for s in self._lru.values() if s.P is not None)
 
     @property
     def nbytes(self) -> int:
-        """Everything the head spaces hold (their tables and their O(G V) norms and factors)."""
+        """Everything the head spaces hold (their tables and their O(G V) norms and factors):
+        what ``max_bytes`` bounds."""
         with self._lock:
             return sum(s.nbytes for s in self._lru.values())
