@@ -33,6 +33,9 @@ from .options import LENS_SITES
 from .results import LensResult
 from .scoring import score_block
 
+CHUNK_BYTES = 256 << 20
+"""The logits (and their log-probabilities and probabilities) of one chunk of tokens: what
+the lens holds at a time, whatever the number of tokens."""
 EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
 
 
@@ -43,7 +46,7 @@ def logit_lens(
     *,
     k: int = 15,
     site: str = "layer_out",  # or "embeddings": one row, the head applied to e_t
-    chunk_bytes: int = 256 << 20,
+    chunk_bytes: int | None = None,
 ) -> LensResult:
     """Apply the model's own output head to ``site`` at every layer of ``acts``.
 
@@ -54,17 +57,18 @@ def logit_lens(
         raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)} (or {EMBEDDINGS} for the one row of the original encodings), not {site!r}")
     if k < 1:
         raise InputError("k must be at least 1")
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     head = adapter.lens_head()
     if head is None:
         raise ModelError(adapter.lens_unavailable_reason())
     # "embeddings": the one row of the original encodings e_t = h_0 (SPEC: the lens' embeddings row)
-    vecs = acts.site("resid_pre")[:1] if site == EMBEDDINGS else acts.site(site)  # (L, n, d)
+    vecs = acts.embedded[None] if site == EMBEDDINGS else acts.site(site)  # (L, n, d)
     L, n, _ = vecs.shape
     ids = acts.input_ids.long()
     decoder = adapter.is_decoder
     V = head(vecs[0, :1]).shape[1]  # the head's vocabulary (may differ from the embedding table's)
     kk = min(k, V)
-    step = max(1, chunk_bytes // (V * 4 * 4))  # logits, log-probs, probs, entr per chunk
+    step = max(1, chunk_bytes // (V * 4 * 4))  # logits, log-probs, probs (entr in place) and topk's work per chunk
     # next token of t is t+1; the last token has none (its placeholder is masked below)
     nxt = torch.cat([ids[1:], ids[:1]])
     dev = vecs.device
@@ -80,7 +84,9 @@ def logit_lens(
             sl = slice(start, min(n, start + step))
             logits = head(vecs[layer, sl]).float()  # (m, V)
             logp = torch.log_softmax(logits, dim=-1)
-            entropy[layer, sl] = torch.special.entr(logp.exp()).sum(-1)
+            probs = logp.exp()
+            entropy[layer, sl] = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
+            del probs
             own = ids[sl]
             own_prob[layer, sl] = logp.gather(1, own[:, None])[:, 0].exp()
             if decoder:
