@@ -19,8 +19,12 @@ All in one process, so every ratio compares numbers taken under the same load:
    Results are compared query by query; every disagreement is recomputed in float64 and
    must be an fp32 near-tie (gap < 1e-6).
 3. **scale**: the SmolLM2 everything-trace (``site="all", space="all", lens=True``) at
-   several lengths, the fitted exponent of time in tokens, and the peak RSS over the
-   loaded model (peak reset with /proc/self/clear_refs after loading).
+   several lengths, the fitted exponent of time in tokens, and at each length the peak
+   RSS over the loaded model (peak reset with /proc/self/clear_refs before each length),
+   split into what the Trail holds (``held_bytes``), the head-space cache
+   (``SpaceCache.nbytes``) and the working memory (the rest; of it, the captured
+   activations the views are computed from), with issue 13's bound: the weights, one
+   ``V x d`` table and the largest fixed chunk.
 """
 
 from __future__ import annotations
@@ -36,12 +40,17 @@ import numpy as np
 import torch
 
 import tokentrail as tt
-from tokentrail.analysis import ALL_SPACES, analyse
+from tokentrail.analysis import ALL_SPACES, BLOCK_BYTES, STATS_BYTES, analyse
+from tokentrail.lens import CHUNK_BYTES as LENS_CHUNK_BYTES
+from tokentrail.budget import held_bytes
 from tokentrail.options import HEAD_SITE, RESIDUAL_SITES
 from tokentrail.capture import capture
 
 SITES = ("attn_resid", "layer_out")
 K, OVERLAP_K, TIE_TOL = 15, 100, 1e-6
+# the largest fixed chunk a trace holds at once: a similarity block and a window of
+# per-position norms while scoring, or the logit lens' chunk of logits
+WORKING_CHUNK_BYTES = max(BLOCK_BYTES + STATS_BYTES, LENS_CHUNK_BYTES)
 TEXT = (
     "Time flies like an arrow. Fruit flies like a banana. The old cat sat by the river bank "
     "and watched the boats go by while the sun set slowly over the quiet hills of the valley. "
@@ -255,26 +264,57 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
 
 
 # ---- 3. scale in tokens ---------------------------------------------------------------------------
+def release() -> None:
+    """Give freed memory back before a peak is reset: collect cycles, and ask glibc to return
+    its free heap pages (kept otherwise, they would count in the next length's peak)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def memory_bound(sub: Subject) -> tuple[float, float, float]:
+    """(weights, one V x d float32 table, the chunk) in MiB: what issue 13 bounds the peak by."""
+    a = sub.adapter
+    weights = sum(p.numel() * p.element_size() for p in a.model.parameters())
+    return weights / 2**20, a.vocab_size * a.d_model * 4 / 2**20, WORKING_CHUNK_BYTES / 2**20
+
+
 def scale(sub: Subject, lengths: list[int], base=None) -> None:
-    before_rss = rss_mib()
-    reset = reset_peak()
     # every site a one-stack model has (an older tree, timed with --against, knows no cross sites)
     everything = dict(sites=(*RESIDUAL_SITES, HEAD_SITE), space_kinds=ALL_SPACES, similarities=("cosine",), k=K, overlap_k=OVERLAP_K, lens=True)
+    with torch.no_grad():  # every weight paged in: resident weights are the model's, not the trace's
+        sum(float(p.float().sum()) for p in sub.adapter.model.parameters())
+    release()
+    before_rss = rss_mib()
     sub.analyse(sub.ids(10), **everything)  # builds every head space (cold)
     warm10, _ = timed(lambda: sub.analyse(sub.ids(10), **everything), 1)
     print(f"  everything-trace (site=all, space=all, lens) 10 tokens warm: {warm10:6.2f} s (goal < 5 s)")
+    weights, table, chunk = memory_bound(sub)
+    print(f"  memory (MiB) over the loaded model and process ({before_rss:.0f} MiB, every weight resident): peak = results + head-space cache + working; "
+          f"issue 13's bound: weights {weights:.0f} + one V x d table {table:.0f} + chunk {chunk:.0f} = {weights + table + chunk:.0f}")  # fmt: skip
     times = []
     for n in lengths:
-        s, _ = timed(lambda: sub.analyse(sub.ids(n), **everything), 1)
+        release()
+        reset = reset_peak()
+        s, trail = timed(lambda: sub.analyse(sub.ids(n), **everything), 1)
         times.append(s)
-        print(f"  everything-trace {n:5d} tokens: {s:8.2f} s   load {os.getloadavg()[0]:.1f}")
+        peak = rss_mib("VmHWM") - before_rss if reset else float("nan")
+        held, cache = held_bytes(trail) / 2**20, sub.spaces.nbytes / 2**20
+        del trail
+        acts = capture(sub.adapter, sub.ids(n))  # after the peak: what the forward pass hands the views
+        captured = (held_bytes(acts) - acts.attentions.nbytes) / 2**20  # the patterns are counted in the results
+        del acts
+        print(f"  everything-trace {n:5d} tokens: {s:8.2f} s   load {os.getloadavg()[0]:.1f}   peak +{peak:5.0f}   results {held:5.0f}   "
+              f"head-space cache {cache:5.0f}   working {peak - held - cache:5.0f} (captured activations {captured:4.0f}, the rest {peak - held - cache - captured:4.0f})")  # fmt: skip
     if len(lengths) > 1:
         slope = np.polyfit(np.log(lengths), np.log(times), 1)[0]
         print(f"  fitted exponent (time ~ tokens^e): e = {slope:.2f}")
-    peak = rss_mib("VmHWM") if reset else float("nan")
-    print(f"  peak RSS {peak:.0f} MiB, model and process before: {before_rss:.0f} MiB (+{peak - before_rss:.0f} MiB); "
-          f"head-space cache holds {sub.spaces.nbytes / 2**20:.0f} MiB")  # fmt: skip
-    if base is not None:  # after the peak RSS: the other tree's space cache is its own
+    if base is not None:  # after the peaks: the other tree's space cache is its own
         old = before(base, sub, 10, 1, kw=everything)
         print(f"  --against tree: everything-trace 10 tokens warm {old:6.2f} s; now {old / warm10:4.2f}x faster")
 
