@@ -429,9 +429,11 @@ STATS_BYTES = 64 << 20
 whose rows move with position (position embeddings): a window of positions, not all of the
 text's, so that this memory does not grow with the number of tokens."""
 MIN_WINDOW = 16
-"""The fewest positions a window holds (when the text has more): the norms of a window are
-then bit for bit those of all positions at once (a matrix product of very few rows can take
-another kernel and round differently; 8 rows and more agree on the tested shapes)."""
+"""The fewest positions a window holds (when the text has more). A matrix product of very
+few rows can take another kernel and round differently (1-7 rows did, on MKL); windows of
+8 rows and more gave the norms of all positions at once bit for bit on MiniLM, but a tiny
+BERT (d = 32) showed last-bit differences in a few similarities (docs/benchmarks.md,
+"Memory: working set bounded"): equal up to fp32 rounding, not guaranteed bit for bit."""
 
 
 class _PositionWindow:
