@@ -130,6 +130,14 @@ def timed(f, repeat: int = 1):
     return best, out
 
 
+def product_seconds(a, queries: int, repeat: int) -> float:
+    """The GEMM floor: one ``(queries x d) @ (d x V)`` product with the embedding table, warm, best of ``repeat``."""
+    A, X = torch.randn(queries, a.d_model), a.embedding_table().float()
+    out = torch.empty(queries, a.vocab_size)
+    torch.mm(A, X.T, out=out)
+    return timed(lambda: torch.mm(A, X.T, out=out), repeat)[0]
+
+
 def residual_kw(space: str) -> dict:
     return dict(sites=SITES, space_kinds=(space,), similarities=("cosine",), k=K, overlap_k=OVERLAP_K)
 
@@ -141,11 +149,7 @@ def floor(sub: Subject, n: int, repeat: int, base=None) -> None:
     sub.analyse(ids, **residual_kw("encodings"))  # cold: builds the space
     trace_s, _ = timed(lambda: sub.analyse(ids, **residual_kw("encodings")), repeat)
     Q, d, V = (len(SITES) * a.n_layers + 1) * n, a.d_model, a.vocab_size
-    A, X = torch.randn(Q, d), a.embedding_table().float()
-    out = torch.empty(Q, V)
-    torch.mm(A, X.T, out=out)
-    gemm_s, _ = timed(lambda: torch.mm(A, X.T, out=out), repeat)
-    del out
+    gemm_s = product_seconds(a, Q, repeat)
     fwd_s, _ = timed(lambda: capture(a, ids), repeat)
     print(f"  floor  {n} tokens, {Q} queries x {V} rows x d={d}: trace {trace_s:6.2f} s   GEMM {gemm_s:6.2f} s   "
           f"ratio {trace_s / gemm_s:4.2f}x (goal <= 1.5x)   [forward pass alone {fwd_s:.2f} s; "
@@ -250,11 +254,9 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
           f"| ours exact encodings {enc_s:6.2f} s ({same})   disagreements: {ties} at fp32 near-ties, {bad} unexplained")  # fmt: skip
     # the most any exact route could gain over the peer here: it must at least run the
     # forward pass and compute every similarity (one product of all queries with W_E)
-    Q, a = len(SITES) * sub.adapter.n_layers * n + n, sub.adapter
-    A, X, out = torch.randn(Q, a.d_model), a.embedding_table().float(), torch.empty(Q, a.vocab_size)
-    gemm_s, _ = timed(lambda: torch.mm(A, X.T, out=out), repeat)
+    Q, a = (len(SITES) * sub.adapter.n_layers + 1) * n, sub.adapter
+    gemm_s = product_seconds(a, Q, repeat)
     fwd_s, _ = timed(lambda: capture(a, ids), repeat)
-    del out
     print(f"         bound: forward pass {fwd_s:.2f} s + one product of the {Q} queries {gemm_s:.2f} s = {fwd_s + gemm_s:.2f} s: "
           f"a route doing nothing else would be {peer_s / (fwd_s + gemm_s):4.2f}x faster than the peer; ours is {ours_s / (fwd_s + gemm_s):4.2f}x that minimum")  # fmt: skip
     if base is not None:
@@ -265,16 +267,14 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
 
 # ---- 3. scale in tokens ---------------------------------------------------------------------------
 def release() -> None:
-    """Give freed memory back before a peak is reset: collect cycles, and ask glibc to return
-    its free heap pages (kept otherwise, they would count in the next length's peak)."""
-    import ctypes
+    """Give freed memory back before a peak is reset: collect cycles, and return glibc's free
+    heap pages (kept otherwise, they would count in the next length's peak)."""
     import gc
 
+    from tokentrail.corpus.compute import release_freed_memory
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+    release_freed_memory()
 
 
 def memory_bound(sub: Subject) -> tuple[float, float, float]:

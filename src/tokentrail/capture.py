@@ -55,10 +55,7 @@ class Activations:
         kept = self.__dict__.get("_attn_resid")  # see keep_attn_resid
         if kept is not None:
             return kept
-        out = self.attn.clone()  # attn_l + h_l in place: the same sums, one (L, n, d) tensor
-        out[0] += self.embedded
-        out[1:] += self.layer_out[:-1]
-        return out
+        return _attn_resid(self.attn, self.embedded, self.layer_out)
 
     def keep_attn_resid(self, attn_resid: Tensor) -> "Activations":
         """Let ``attn_resid`` answer the site instead of making it on each read (capture, for
@@ -186,11 +183,8 @@ def capture_batch(
         embedded = own(hidden[0][b, t])
         lay_out = own(layer_out[b, :, t])
         attn_b = own(attn[b, :, t])
-        attn_resid = None
-        if ffn_in is None:  # pre-norm: attn_resid_ln is attn_resid, made here once, in place
-            attn_resid = attn_b.clone()  # (L, n, d): attn_l + h_l, the same sums as h_l + attn_l
-            attn_resid[0] += embedded
-            attn_resid[1:] += lay_out[:-1]
+        # pre-norm: attn_resid_ln is attn_resid, made here once
+        attn_resid = _attn_resid(attn_b, embedded, lay_out) if ffn_in is None else None
         acts.append(
             Activations(
                 input_ids=own(input_ids[b, t]),
@@ -209,6 +203,15 @@ def capture_batch(
         if attn_resid is not None:
             acts[-1].keep_attn_resid(attn_resid)
     return acts
+
+
+def _attn_resid(attn: Tensor, embedded: Tensor, layer_out: Tensor) -> Tensor:
+    """(L, n, d) h_l + attn_l, with h_0 = ``embedded`` and h_l = ``layer_out[l - 1]``: made in
+    place in one new tensor (attn_l + h_l, the same sums), not from a stacked copy of every h_l."""
+    out = attn.clone()
+    out[0] += embedded
+    out[1:] += layer_out[:-1]
+    return out
 
 
 def _stacked(parts: list, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -55,8 +55,9 @@ class PositionStats:
 
 POSITION_MEMO_BYTES = 64 << 20
 """Per residual space whose rows move with position (post-LN encoders' ``encodings``): the
-per-position norms kept between calls (two V-vectors a position: 80 roberta positions, 130
-MiniLM ones), so warm traces skip their ``O(P V d)`` products for positions seen before."""
+per-position norms and cosine factors kept between calls (up to four V-vectors a position:
+about 80 roberta positions, 130 MiniLM ones), so warm traces skip their ``O(P V d)``
+products for positions seen before."""
 
 
 class VocabSpace:
@@ -109,7 +110,7 @@ class VocabSpace:
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
         self._static = None  # position-free norms, kept after the first position_stats call
-        self._at: dict[int, tuple] = {}  # position -> its (sigma, |row|^2), residual spaces that move
+        self._at: dict[int, tuple] = {}  # position -> (sigma, |row|^2, cosine factors a, b): residual spaces that move
         self._at_bytes = 0
         self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
         if self.M is None and not self.moves:
@@ -154,7 +155,7 @@ class VocabSpace:
     def settle(self) -> None:
         """Compute now what a space whose rows never move keeps after its first use (the
         position-free norms and cosine factors), so that :attr:`nbytes` counts it all."""
-        if self._offsets(torch.zeros(1, dtype=torch.long, device=self.x.device)) is None:
+        if not self.moves:
             self.cosine_scales(self.position_stats(torch.zeros(1, dtype=torch.long, device=self.x.device)))
 
     def drop_table(self) -> bool:
