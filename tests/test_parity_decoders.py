@@ -24,7 +24,7 @@ from tokentrail.options import TraceOptions
 from tokentrail.errors import ModelError
 from tokentrail.lens import LensResult, logit_lens
 from tokentrail.metrics import similarity
-from tokentrail.spaces import SpaceCache, build_space
+from tokentrail.spaces import SpaceCache, VocabSpace, build_space
 
 RTOL, ATOL = 1e-4, 1e-5
 # gpt_neox: parallel residual, fused per-head q|k|v, 25% rotary; gpt_neox_seq: the same,
@@ -492,13 +492,25 @@ def test_lens_on_attn_resid_and_bad_site(tiny):
 
 
 def test_lens_chunking_is_exact(tiny):
+    """Cells go through the head in chunks of (layer, token) rows, across layers: every
+    chunking gives each layer's own numbers (checked against the head applied layer by layer)."""
     _, adapter, ids = tiny
     acts = capture(adapter, ids)
     whole = logit_lens(adapter, acts, k=4)
-    bits = logit_lens(adapter, acts, k=4, chunk_bytes=1)  # one token per chunk
-    for f in ("top_ids", "own_rank", "next_rank"):
-        assert (getattr(whole, f) == getattr(bits, f)).all()
-    assert_close(torch.from_numpy(whole.entropy), torch.from_numpy(bits.entropy))
+    V = adapter.lens_head()(acts.layer_out[0, :1]).shape[1]
+    for chunk in (1, 4 * V * 16):  # one cell per chunk; four (they straddle the layers: 9 tokens)
+        bits = logit_lens(adapter, acts, k=4, chunk_bytes=chunk)
+        for f in ("top_ids", "own_rank", "next_rank"):
+            assert (getattr(whole, f) == getattr(bits, f)).all()
+        assert_close(torch.from_numpy(whole.entropy), torch.from_numpy(bits.entropy))
+    with torch.no_grad():
+        for layer in range(adapter.n_layers):
+            logits = adapter.lens_head()(acts.layer_out[layer])
+            own = logits.gather(1, ids[:, None])
+            assert (torch.from_numpy(whole.own_rank[layer]) == (logits > own).sum(1)).all()
+            nxt = logits[:-1].gather(1, ids[1:, None])
+            assert (torch.from_numpy(whole.next_rank[layer, :-1]) == (logits[:-1] > nxt).sum(1)).all()
+            assert_close(torch.from_numpy(whole.own_prob[layer]), logits.softmax(-1).gather(1, ids[:, None])[:, 0])
 
 
 def test_analyse_end_to_end(tiny):
@@ -528,6 +540,44 @@ def test_analyse_end_to_end(tiny):
             assert abs(int(view.rank[layer, h, t]) - brute_rank) <= 1, (kind, h)  # float ties only
     frame = trail.frame()
     assert {"attn_resid", "attn_resid_ln", "layer_out", "heads"} <= set(frame.site)
+
+
+def test_head_layers_through_the_embedding_table_share_one_product(tiny, monkeypatch):
+    """A short text's head queries of every layer whose space gave up its table (the cache
+    budget) are multiplied with the shared embedding table in one product: each layer gets
+    the numbers of its own product, and of the spaces that keep their tables."""
+    import tokentrail.analysis as analysis
+
+    model, adapter, ids = tiny
+    n, L = ids.shape[0], adapter.n_layers
+    kinds = ("value", "key", "query")
+    opts = TraceOptions(sites=("heads",), spaces=kinds, similarities=("cosine",), k=5, overlap_k=10)
+
+    def run(spaces):
+        trail = analyse(adapter, spaces, ids, text="x", tokens=[str(int(i)) for i in ids], special=[False] * n,
+                        label=lambda used: {int(i): str(int(i)) for i in used}, model_name="tiny", options=opts)  # fmt: skip
+        return {kind: trail.view("heads", kind, "cosine") for kind in kinds}
+
+    tables = run(SpaceCache(adapter))  # every space keeps its table: a product per layer and group
+    bare = SpaceCache(adapter)
+    dropped = all([bare.get(kind, layer).drop_table() for kind in kinds for layer in range(L)])  # rows that move keep theirs
+    made, real = [], analysis._stacked_products
+    monkeypatch.setattr(analysis, "_stacked_products", lambda *a: made.append(real(*a)) or made[-1])
+    used, products = [], VocabSpace._products  # which products came ready-made
+    monkeypatch.setattr(VocabSpace, "_products", lambda self, *a, **kw: used.append(kw.get("ready", False)) or products(self, *a, **kw))
+    stacked = run(bare)
+    # a stack holds every layer or none (then rebuilding the table pays, or rows move and keep it)
+    assert all(sorted(m) in ([], list(range(L))) for m in made)
+    assert any(m for m in made) == dropped and used.count(True) == sum(len(m) for m in made)
+    monkeypatch.undo()
+    monkeypatch.setattr(analysis, "_stacked_products", lambda *a: {})
+    alone = run(bare)  # each layer its own product through the table
+    for kind in kinds:
+        for got in (stacked[kind], alone[kind]):
+            assert (got.top_ids == tables[kind].top_ids).all() and (got.rank == tables[kind].rank).all(), kind
+            assert_close(torch.from_numpy(got.top_sims), torch.from_numpy(tables[kind].top_sims), rtol=RTOL, atol=ATOL)
+        assert (stacked[kind].top_ids == alone[kind].top_ids).all() and (stacked[kind].rank == alone[kind].rank).all()
+        assert_close(torch.from_numpy(stacked[kind].self_sim), torch.from_numpy(alone[kind].self_sim), rtol=0, atol=1e-6)
 
 
 def test_encoder_without_head_has_no_lens():

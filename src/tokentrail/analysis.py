@@ -471,16 +471,17 @@ def _chunks(total: int, per_item_bytes: int, budget: int) -> Iterable[slice]:
         yield slice(start, min(total, start + step))
 
 
-def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | None, own: Tensor, sim: str, K: int, out: Tensor | None = None):
+def _score(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | None, own: Tensor, sim: str, K: int, out: Tensor | None = None, ready: bool = False):
     """Queries r (Q, C, k) against every row -> own similarity, rank, top-K ids and sims, each (Q * C, ...).
 
     One matrix product into a (Q * C, V) block, then the fused exact scoring
     (:func:`tokentrail.scoring.score_block`) while the block is hot. own: (Q * C,) ids;
-    out: an optional flat buffer for the block (cosine).
+    out: an optional flat buffer for the block (cosine); ``ready``: it already holds the
+    product (:func:`_stacked_products`).
     """
     Q, C, _ = r.shape
     if sim == "cosine":
-        block, index = space.cosine_rows(r, stats, pidx, groups, out=out)
+        block, index = space.cosine_rows(r, stats, pidx, groups, out=out, ready=ready)
     else:
         g = torch.arange(C, device=r.device) if groups is None else groups
         block = similarity_from_dots(space.dots(r, stats, pidx, g).reshape(Q * C, -1), r.float().pow(2).sum(-1).reshape(-1), stats.sq_norm[pidx][:, g].reshape(Q * C, -1), sim)
@@ -655,6 +656,33 @@ def _corrected_site(vectors: Tensor, corrections) -> Tensor:
     return torch.stack([corr.apply(v) for corr, v in zip(corrections, vectors)])
 
 
+def _stacked_products(adapter, spaces: SpaceCache, acts: Activations, kind: str, first: int, cols: Tensor, groups: Tensor, pidx: Tensor, positions: Tensor, ws: Tensor) -> dict:
+    """The cosine products of a short text's head queries for the run of layers from
+    ``first`` whose spaces go through the shared embedding table, made as one matrix
+    product into ``ws``: layer -> (its block, the table it was made with).
+
+    Per layer that product has only ``n x C`` rows: one product each would be bound by
+    reading the ``V x d`` table, once per layer. Layers are stacked while their blocks fit
+    ``ws``; an empty dict when fewer than two layers would share it (each then makes its own)."""
+    V, rows, made = spaces.get(kind, first).vocab_size, 0, []
+    table = None
+    for layer in range(first, adapter.n_layers):
+        space = spaces.get(kind, layer)
+        if not space.through_embeddings_for(len(pidx) * len(cols)) or (table is not None and space.x is not table):
+            break
+        table = space.x
+        z = head_vectors(adapter, acts, kind, layer)[:, cols]
+        u = space.embedding_queries(z, space.position_stats(positions), pidx, groups)
+        if (rows + u.shape[0]) * V > ws.numel():
+            break
+        made.append((layer, rows, u))
+        rows += u.shape[0]
+    if len(made) < 2:
+        return {}
+    torch.mm(torch.cat([u for _, _, u in made]), table.T, out=ws[: rows * V].view(rows, V))
+    return {layer: (ws[at * V : (at + u.shape[0]) * V], table) for layer, at, u in made}
+
+
 def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, tick):
     n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
@@ -667,6 +695,7 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
     aniso = {sim: torch.empty(L, H, device=dev) for sim in similarities}
     budget = min(chunk_bytes, BLOCK_BYTES)
     ws = None
+    stacked: dict[int, Tensor] = {}  # layer -> its block of a product made for several layers at once
     for layer in range(L):
         tick()
         space = spaces.get(kind, layer)
@@ -679,17 +708,22 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
                 res[sim]["ids"] = torch.empty(L, H, n, kk, dtype=torch.long, device=dev)
                 res[sim]["vals"] = torch.empty(L, H, n, kk, device=dev)
             aniso[sim][layer] = anisotropy(z.transpose(0, 1), sim)
+        stack = "cosine" in similarities and 2 * n * C * V * 4 <= budget  # a short text: layers share one product
         if ws is None:
-            ws = _workspace(min(n, max(1, budget // (C * V * 4))) * C, V, dev)
+            ws = _workspace(budget // (V * 4) if stack else min(n, max(1, budget // (C * V * 4))) * C, V, dev)
         zd = z[:, cols]  # the distinct columns: a key head shared by a KV group is scored once
         scorer = space.for_queries(n * C)
+        if stack and layer not in stacked:
+            stacked = _stacked_products(adapter, spaces, acts, kind, layer, cols, groups[cols], inv, uniq, ws)
         for c in _chunks(n, C * V * 4, budget):
             zc = zd[c]
             m = zc.shape[0]
             own = acts.input_ids[c].repeat_interleave(C)
             stats, local = window.at(inv[c])
             for sim in similarities:
-                own_s, rank, ids, vals = _score(scorer, zc, stats, local, groups[cols], own, sim, kk, ws)
+                ready = sim == "cosine" and layer in stacked and scorer.through_embeddings and scorer.x is stacked[layer][1]
+                out = stacked[layer][0] if ready else ws
+                own_s, rank, ids, vals = _score(scorer, zc, stats, local, groups[cols], own, sim, kk, out, ready)
                 r = res[sim]
                 r["own"][layer, :, c] = own_s.view(m, C)[:, expand].T
                 r["rank"][layer, :, c] = rank.view(m, C)[:, expand].T

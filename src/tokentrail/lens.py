@@ -79,25 +79,30 @@ def logit_lens(
     next_rank = torch.full((L, n), -1, dtype=torch.long, device=dev)
     next_prob = torch.full((L, n), float("nan"), device=dev)
     entropy = torch.empty(L, n, device=dev)
-    for layer in range(L):
-        for start in range(0, n, step):
-            sl = slice(start, min(n, start + step))
-            logits = head(vecs[layer, sl]).float()  # (m, V)
-            logp = torch.log_softmax(logits, dim=-1)
-            probs = logp.exp()
-            entropy[layer, sl] = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
-            del probs
-            own = ids[sl]
-            own_prob[layer, sl] = logp.gather(1, own[:, None])[:, 0].exp()
-            if decoder:
-                nx = nxt[sl]
-                next_rank[layer, sl] = rank_in_vocab(logits, nx)
-                next_prob[layer, sl] = logp.gather(1, nx[:, None])[:, 0].exp()
-            # the own rank and the top-k in the fused passes of the similarity views (it consumes logits)
-            _, rank, t_ids, _ = score_block(logits, own, kk)
-            own_rank[layer, sl] = rank
-            top_ids[layer, sl] = t_ids
-            top_probs[layer, sl] = logp.gather(1, t_ids).exp()
+    # the cells as one (L * n) list, chunked across layers: a short text's layers go through
+    # the head in one product (memory-bound per layer when each has only a few rows)
+    flat = vecs.reshape(L * n, -1)
+    outs = (top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy)
+    top_ids_f, top_probs_f, own_rank_f, own_prob_f, next_rank_f, next_prob_f, entropy_f = (t.view(L * n, *t.shape[2:]) for t in outs)
+    cell_ids, cell_next = ids.repeat(L), nxt.repeat(L)
+    for start in range(0, L * n, step):
+        sl = slice(start, min(L * n, start + step))
+        logits = head(flat[sl]).float()  # (m, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        probs = logp.exp()
+        entropy_f[sl] = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
+        del probs
+        own = cell_ids[sl]
+        own_prob_f[sl] = logp.gather(1, own[:, None])[:, 0].exp()
+        if decoder:
+            nx = cell_next[sl]
+            next_rank_f[sl] = rank_in_vocab(logits, nx)
+            next_prob_f[sl] = logp.gather(1, nx[:, None])[:, 0].exp()
+        # the own rank and the top-k in the fused passes of the similarity views (it consumes logits)
+        _, rank, t_ids, _ = score_block(logits, own, kk)
+        own_rank_f[sl] = rank
+        top_ids_f[sl] = t_ids
+        top_probs_f[sl] = logp.gather(1, t_ids).exp()
     if decoder:
         next_rank[:, -1] = -1
         next_prob[:, -1] = float("nan")

@@ -140,17 +140,26 @@ class VocabSpace:
         less than that for ``count`` columns (``G k d`` against ``count (d - k)`` per row),
         the answer is a copy holding the table for this call only, so many tokens cost
         ``V x k`` each, not ``V x d``. Otherwise the space itself."""
-        if self.P is not None or self.M is None:
+        if not self._table_pays(count):
             return self
-        G, k, d = self.M.shape
-        if count * (d - k) <= G * k * d:
-            return self
+        G, k, _ = self.M.shape
         table = torch.empty(G, self.vocab_size, k, device=self.x.device)
         for g in range(G):  # one (V, k) product per group, written in place: no second table
             torch.mm(self.x, self.M[g].T, out=table[g])
         twin = copy.copy(self)
         twin.P = table
         return twin
+
+    def _table_pays(self, count: int) -> bool:
+        """Whether a head space without its table should rebuild it for ``count`` columns."""
+        if self.P is not None or self.M is None:
+            return False
+        G, k, d = self.M.shape
+        return count * (d - k) > G * k * d
+
+    def through_embeddings_for(self, count: int) -> bool:
+        """Whether ``for_queries(count)`` scores through the embedding table (without making anything)."""
+        return self.through_embeddings and not self._table_pays(count)
 
     def settle(self) -> None:
         """Compute now what a space whose rows never move keeps after its first use (the
@@ -291,7 +300,35 @@ class VocabSpace:
         out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
         return out
 
-    def cosine_rows(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _unit_queries(self, r: Tensor, stats: PositionStats, pidx: Tensor) -> Tensor:
+        """Queries scaled to unit length and, in a rotary space, rotated back to each row's
+        position (rotations keep norms): what :meth:`cosine_rows` multiplies the rows with."""
+        r = r.float()
+        r = r * inverse_norms(r.pow(2).sum(-1))[..., None]
+        if self.rotary is not None:
+            r = self.rotary(r, stats.positions[pidx], inverse=True)
+        return r
+
+    @property
+    def through_embeddings(self) -> bool:
+        """Whether a dot product goes through the embedding table ``x`` (``V x d`` work per
+        query): a residual space, or a head space without its table."""
+        return self.M is None or self.P is None
+
+    def embedding_queries(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor) -> Tensor:
+        """(Q, C, k) queries -> the (Q * C, d) matrix whose product with ``x.T`` is the matrix
+        product of :meth:`cosine_rows` for a space :attr:`through_embeddings`; spaces sharing
+        one ``x`` (a model's head spaces of every layer) can stack these into one product
+        and hand each its rows as ``ready``."""
+        return self._to_embeddings(self._unit_queries(r, stats, pidx), groups).reshape(-1, self.d)
+
+    def _to_embeddings(self, r: Tensor, groups: Tensor) -> Tensor:
+        """(Q, C, k) -> (Q, C, d): the queries in the embedding table's coordinates."""
+        if self.M is None:
+            return r * self.gamma
+        return torch.einsum("qck,ckd->qcd", r, self.M[groups])
+
+    def cosine_rows(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None, out: Tensor | None = None, ready: bool = False) -> tuple[Tensor, Tensor]:
         """Cosine similarities of queries with every row, fused: (Q, C, k) -> rows (Q * C, V) and their order.
 
         The same quantity as ``dots / (|r| |row|)`` (up to fp32 rounding), in one matrix
@@ -303,15 +340,14 @@ class VocabSpace:
         contiguous in ``pidx``: each run of equal ``pidx`` is one pass. ``out``: an optional
         flat float32 buffer of at least ``Q * C * V`` elements the block is written into
         (reused across chunks, it saves the page faults of a fresh block each time).
+        ``ready``: ``out`` already holds the product of :meth:`embedding_queries` with
+        ``x.T`` for these queries (a space :attr:`through_embeddings`), so it is not made again.
         """
         Q, C, k = r.shape
         groups = torch.arange(C, device=r.device) if groups is None else groups
-        r = r.float()
-        r = r * inverse_norms(r.pow(2).sum(-1))[..., None]  # rotations keep norms
-        if self.rotary is not None:
-            r = self.rotary(r, stats.positions[pidx], inverse=True)
+        r = self._unit_queries(r, stats, pidx)
         a, b = self.cosine_scales(stats)  # (P or 1, G, V); b None when the bias term is 0
-        out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True, out=out)
+        out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True, out=out, ready=ready)
         t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
         G = a.shape[1]
         rep = C // G
@@ -363,15 +399,18 @@ class VocabSpace:
             stats.memo["cosine"] = (a, b)
         return stats.memo["cosine"]
 
-    def _products(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor, group_major: bool = False, out: Tensor | None = None):
+    def _products(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor, group_major: bool = False, out: Tensor | None = None, ready: bool = False):
         """The matrix product of :meth:`dots`: (Q, C, V) ``(M x_v) . r`` and the (Q, C) position term (or None).
 
         With ``group_major`` the product may come back laid out (G, Q, C / G, V) (no
-        copy); the third value says whether it did. ``out``: a flat buffer to write it into.
+        copy); the third value says whether it did. ``out``: a flat buffer to write it into;
+        ``ready``: it already holds the product through ``x`` (see :meth:`embedding_queries`).
         """
         Q, C, k = r.shape
         V = self.vocab_size
         buf = None if out is None else out[: Q * C * V]
+        if ready and not (self.through_embeddings and buf is not None):
+            raise ValueError("a ready product needs a space that goes through its embedding table, and the buffer holding it")
         if self.M is not None and self.P is not None:
             # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
             # per group: V * d_head work per query and head instead of V * d
@@ -392,11 +431,11 @@ class VocabSpace:
                     out[:, c, :] = r[:, c, :].contiguous() @ self.P[int(groups[c])].T
             t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
             return (out, t1, False) if group_major else (out, t1)
-        if self.M is None:
-            u = r * self.gamma  # (Q, C, d)
+        u = self._to_embeddings(r, groups)  # (Q, C, d)
+        if ready:
+            out = buf.view(Q, C, V)
         else:
-            u = torch.einsum("qck,ckd->qcd", r, self.M[groups])
-        out = torch.mm(u.reshape(Q * C, self.d), self.x.T, out=None if buf is None else buf.view(Q * C, V)).view(Q, C, V)
+            out = torch.mm(u.reshape(Q * C, self.d), self.x.T, out=None if buf is None else buf.view(Q * C, V)).view(Q, C, V)
         t1 = torch.einsum("qcd,qd->qc", u, stats.y[pidx]) if stats.y is not None else None
         return (out, t1, False) if group_major else (out, t1)
 
