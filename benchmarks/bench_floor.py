@@ -40,17 +40,13 @@ import numpy as np
 import torch
 
 import tokentrail as tt
-from tokentrail.analysis import ALL_SPACES, BLOCK_BYTES, STATS_BYTES, analyse
-from tokentrail.lens import CHUNK_BYTES as LENS_CHUNK_BYTES
-from tokentrail.budget import held_bytes
+from tokentrail.analysis import ALL_SPACES, analyse
+from tokentrail.budget import WORKING_BYTES, held_bytes
 from tokentrail.options import HEAD_SITE, RESIDUAL_SITES
 from tokentrail.capture import capture
 
 SITES = ("attn_resid", "layer_out")
 K, OVERLAP_K, TIE_TOL = 15, 100, 1e-6
-# the largest fixed chunk a trace holds at once: a similarity block and a window of
-# per-position norms while scoring, or the logit lens' chunk of logits
-WORKING_CHUNK_BYTES = max(BLOCK_BYTES + STATS_BYTES, LENS_CHUNK_BYTES)
 TEXT = (
     "Time flies like an arrow. Fruit flies like a banana. The old cat sat by the river bank "
     "and watched the boats go by while the sun set slowly over the quiet hills of the valley. "
@@ -281,7 +277,7 @@ def memory_bound(sub: Subject) -> tuple[float, float, float]:
     """(weights, one V x d float32 table, the chunk) in MiB: what issue 13 bounds the peak by."""
     a = sub.adapter
     weights = sum(p.numel() * p.element_size() for p in a.model.parameters())
-    return weights / 2**20, a.vocab_size * a.d_model * 4 / 2**20, WORKING_CHUNK_BYTES / 2**20
+    return weights / 2**20, a.vocab_size * a.d_model * 4 / 2**20, WORKING_BYTES / 2**20
 
 
 def scale(sub: Subject, lengths: list[int], base=None) -> None:

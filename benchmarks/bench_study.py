@@ -79,13 +79,13 @@ def gemm_floor(loaded, tokens: int, sites: int = 1) -> dict:
     L + 1) queries each against all V rows, in chunks of the analysis's size and larger."""
     import torch
 
-    from tokentrail.budget import CHUNK_BYTES
+    from tokentrail.budget import BLOCK_BYTES
 
     a = loaded.adapter
     V, d, L = a.vocab_size, a.d_model, a.n_layers
     queries = tokens * (sites * L + 1)
     rows = torch.randn(V, d)
-    step = max(1, CHUNK_BYTES // (V * 4 * 4))  # analysis._residual_views' chunk: 4 floats per (query, row)
+    step = max(1, BLOCK_BYTES // (V * 4))  # analysis._residual_views' chunk: one float per (query, row)
     out = {"queries": queries, "vocab": V, "d": d, "chunk": step}
     for scale in (1, 4, 16):
         q = torch.randn(step * scale, d)

@@ -51,7 +51,7 @@ def _measure() -> dict:
 
     from tokentrail.adapters import adapter_for
     from tokentrail.analysis import analyse
-    from tokentrail.budget import held_bytes
+    from tokentrail.budget import estimate_run, held_bytes
     from tokentrail.options import TraceOptions
     from tokentrail.spaces import SpaceCache
 
@@ -75,7 +75,8 @@ def _measure() -> dict:
 
     working(20)  # builds every space: the cache is then the same for both lengths
     (short, short_held), (long, long_held) = working(SHORT), working(LONG)
-    return {"short": short, "long": long, "short_held": short_held, "long_held": long_held}
+    est = estimate_run(adapter, tokens=LONG, pairs=opts.pairs(), similarities=len(opts.similarities), k=opts.k, overlap_k=opts.overlap_k or 100, lens=opts.lens)  # the default overlap@100
+    return {"short": short, "long": long, "short_held": short_held, "long_held": long_held, "estimated": est.activations + est.working}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(), reason="needs /proc/self/clear_refs to reset the peak RSS (Linux)")
@@ -89,6 +90,8 @@ def test_working_memory_does_not_grow_with_tokens():
     assert m["long"] - m["short"] < GROWTH_MIB * mib, (
         f"working memory grew from {m['short'] / mib:.0f} MiB at {SHORT} tokens to {m['long'] / mib:.0f} MiB at {LONG} tokens"
     )
+    # the estimate a run is refused by covers what it measures (activations and working chunks)
+    assert m["long"] <= m["estimated"], f"working memory {m['long'] / mib:.0f} MiB over the estimate's {m['estimated'] / mib:.0f} MiB"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import __version__
 from .adapters import Adapter
+from .budget import BLOCK_BYTES, STATS_BYTES  # the scoring block and the window of row norms (their sizes are the memory bound's)
 from .capture import Activations, capture, head_vectors
 from .errors import InputError, ModelError
 from .metrics import Cells, anisotropy, derive_metrics, overlap, similarity_from_dots
@@ -409,25 +410,11 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
-BLOCK_BYTES = 128 << 20
-"""The similarity block one chunk of queries is scored in (``chunk_bytes`` can only lower
-it). Each chunk streams the whole ``V x d`` table through the matrix product again (MKL
-packs it per call), so fewer, larger chunks cost less: on the 2-CPU machine of
-docs/benchmarks.md a SmolLM2 100-token residual trace took 5.9-6.0 s with 48 MiB blocks
-(244 queries) and 5.5-5.7 s with 128 or 192 MiB (one thread, same process); 16 MiB
-blocks made the product 35 % slower than one product of every query. The passes after
-the product run out of cache at any of these sizes."""
-
-
 def _workspace(rows: int, per_row: int, device) -> Tensor:
     """One flat float32 buffer for ``rows`` blocks of ``per_row`` values, reused by every chunk."""
     return torch.empty(rows * per_row, device=device)
 
 
-STATS_BYTES = 64 << 20
-"""About the bytes of per-position row norms (and cosine factors) made at a time for a space
-whose rows move with position (position embeddings): a window of positions, not all of the
-text's, so that this memory does not grow with the number of tokens."""
 MIN_WINDOW = 16
 """The fewest positions a window holds (when the text has more). A matrix product of very
 few rows can take another kernel and round differently (1-7 rows did, on MKL); windows of

@@ -12,10 +12,17 @@ overlap_k), V)`` and ``k_h = min(k, V)``::
                    top-K ids (int64) and similarities (float32) for every query vector,
                    plus the sorted neighbour ids the overlap compares
     heads        = G m L H n (12 k_h + 12)                 per-head top-k, own sim and rank
-    lens         = L n (12 k_h + 28) + 8 n V               (with --lens) top-k, ranks, one layer's logits
+    lens         = L n (12 k_h + 28)                       (with --lens) top-k, ranks, probabilities
     spaces       = 8 V d R + min(1 GiB, 8 V d G L)         factorised vocabularies (the space cache keeps
-                                                           head spaces up to 1 GiB)
-    working      = 2 * 192 MiB + 8 n V (R + G H)           scoring chunks and per-position row norms
+                   + R * POSITION_MEMO_BYTES               head spaces up to 1 GiB; a residual space whose
+                                                           rows move keeps per-position norms up to a bound)
+    working      = SCRATCH * max(BLOCK_BYTES + STATS_BYTES, one similarity block and one window of per-position
+                                 LENS_CHUNK_BYTES)      row norms, or the logit lens' chunk of logits, with
+                                                        the passes over them
+
+None of the vocabulary work grows with ``n`` beyond the results it keeps: queries are
+scored a block at a time, row norms are made a window of positions at a time, and the
+lens reads its logits a chunk of cells at a time (``working`` is 640 MiB whatever ``n``).
 
 The total is a planning figure, typically within a factor of two of the measured peak;
 model weights are not counted (they are already loaded when the check runs).
@@ -28,7 +35,35 @@ from dataclasses import dataclass
 
 from .errors import InputError
 
-CHUNK_BYTES = 192 << 20  # analysis scores the vocabulary in chunks of about this size
+BLOCK_BYTES = 128 << 20
+"""The similarity block one chunk of queries is scored in (``chunk_bytes`` can only lower
+it). Each chunk streams the whole ``V x d`` table through the matrix product again (MKL
+packs it per call), so fewer, larger chunks cost less: on the 2-CPU machine of
+docs/benchmarks.md a SmolLM2 100-token residual trace took 5.9-6.0 s with 48 MiB blocks
+(244 queries) and 5.5-5.7 s with 128 or 192 MiB (one thread, same process); 16 MiB
+blocks made the product 35 % slower than one product of every query. The passes after
+the product run out of cache at any of these sizes."""
+STATS_BYTES = 64 << 20
+"""About the bytes of per-position row norms (and cosine factors) made at a time for a space
+whose rows move with position (position embeddings): a window of positions, not all of the
+text's, so that this memory does not grow with the number of tokens."""
+LENS_CHUNK_BYTES = 256 << 20
+"""The logits (and their log-probabilities and probabilities) of one chunk of (layer, token)
+cells: what the logit lens holds at a time, whatever the number of tokens."""
+POSITION_MEMO_BYTES = 64 << 20
+"""Per residual space whose rows move with position (post-LN encoders' ``encodings``): the
+per-position norms and cosine factors kept between calls (up to four V-vectors a position:
+about 80 roberta positions, 130 MiniLM ones), so warm traces skip their ``O(P V d)``
+products for positions seen before."""
+WORKING_BYTES = max(BLOCK_BYTES + STATS_BYTES, LENS_CHUNK_BYTES)
+"""The largest fixed chunk a trace holds at once: a similarity block and a window of row
+norms while scoring, or the lens' logits (the two never overlap)."""
+SCRATCH = 2.5
+"""Working memory per byte of :data:`WORKING_BYTES`: the passes over a chunk (rank masks,
+top-k candidates, log-probabilities) and the allocator's slack come on top of the chunk
+itself. Measured working memory (peak minus results, space cache and activations):
+527 MiB for the SmolLM2 everything-trace at 1,024 tokens and 531 MiB for a tiny GPT-2
+with a 60,000-token vocabulary at 900 tokens (tests/test_memory.py), against 640 MiB here."""
 SPACE_CACHE_BYTES = 1 << 30  # SpaceCache's default budget for head spaces
 HEADROOM = 0.8  # refuse when a run would take more than this share of the available memory
 
@@ -80,9 +115,9 @@ def estimate(
         activations=4 * (L * H * n * n + 6 * L * n * d),
         residual=R * m * (12 * (S * L + 1) * n * K + 16 * S * L * n * min(overlap_k, V)),
         heads=G * m * L * H * n * (12 * kh + 12),
-        lens=(L * n * (12 * kh + 28) + 8 * n * V) if lens else 0,
-        spaces=8 * V * d * R + min(SPACE_CACHE_BYTES, 8 * V * d * G * L),
-        working=2 * CHUNK_BYTES + 8 * n * V * (R + G * H),
+        lens=L * n * (12 * kh + 28) if lens else 0,
+        spaces=8 * V * d * R + min(SPACE_CACHE_BYTES, 8 * V * d * G * L) + R * POSITION_MEMO_BYTES,
+        working=int(SCRATCH * WORKING_BYTES),
     )
 
 
@@ -117,7 +152,7 @@ _FIXES = {
     "heads": "fewer tokens, fewer head spaces, or a smaller -k",
     "activations": "fewer tokens",
     "lens": "fewer tokens, or no --lens",
-    "working": "fewer tokens or spaces",
+    "working": "a machine with more memory (this part does not depend on the text)",
     "spaces": "fewer spaces",
 }
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .adapters import Adapter
+from .budget import LENS_CHUNK_BYTES as CHUNK_BYTES
 from .capture import Activations
 from .errors import InputError, ModelError
 from .metrics import rank_in_vocab
@@ -33,9 +34,6 @@ from .options import LENS_SITES
 from .results import LensResult
 from .scoring import score_block
 
-CHUNK_BYTES = 256 << 20
-"""The logits (and their log-probabilities and probabilities) of one chunk of tokens: what
-the lens holds at a time, whatever the number of tokens."""
 EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .adapters import Adapter, Norm
+from .budget import POSITION_MEMO_BYTES
 from .errors import InputError, ModelError
 from .options import HEAD_SPACES as HEAD_SPACE_KINDS
 from .scoring import inverse_norms
@@ -51,13 +52,6 @@ class PositionStats:
     sq_norm: Tensor  # (P, G, V) squared row norms
     Py: Tensor | None = None  # (P, G, k) M y_p, the projected position offset
     memo: dict = field(default_factory=dict, compare=False, repr=False)  # derived tables (cosine_scales)
-
-
-POSITION_MEMO_BYTES = 64 << 20
-"""Per residual space whose rows move with position (post-LN encoders' ``encodings``): the
-per-position norms and cosine factors kept between calls (up to four V-vectors a position:
-about 80 roberta positions, 130 MiniLM ones), so warm traces skip their ``O(P V d)``
-products for positions seen before."""
 
 
 class VocabSpace:
