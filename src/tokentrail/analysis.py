@@ -682,7 +682,7 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
     aniso = {sim: torch.empty(L, H, device=dev) for sim in similarities}
     budget = min(chunk_bytes, BLOCK_BYTES)
     ws = None
-    stacked: dict[int, Tensor] = {}  # layer -> its block of a product made for several layers at once
+    stacked: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (its block, the table) of a product made for several layers at once
     for layer in range(L):
         tick()
         space = spaces.get(kind, layer)
