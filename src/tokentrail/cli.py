@@ -320,17 +320,11 @@ STACKS = ("both", "encoder", "decoder")
 def _check_seq2seq_options(target: str | None, max_new_tokens: int | None, stack: str, token: str | None) -> bool:
     """The encoder-decoder options, checked before the model loads; True when any was given."""
     from .errors import InputError
-    from .inputs import check_text
-    from .options import check_new_tokens
+    from .inputs import check_decoder_input
 
     if stack not in STACKS:
         raise InputError(f"unknown stack {stack!r}: choose from {', '.join(STACKS)}")
-    if target is not None:
-        check_text(target)
-        if max_new_tokens is not None:
-            raise InputError("--max-new-tokens bounds the greedy output, which --target replaces: give one of them")
-    if max_new_tokens is not None:
-        check_new_tokens(max_new_tokens)
+    check_decoder_input(target, max_new_tokens, names=("--target", "--max-new-tokens"))
     return target is not None or max_new_tokens is not None or stack != "both"
 
 
