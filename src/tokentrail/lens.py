@@ -70,37 +70,39 @@ def logit_lens(
     # next token of t is t+1; the last token has none (its placeholder is masked below)
     nxt = torch.cat([ids[1:], ids[:1]])
     dev = vecs.device
-    top_ids = torch.empty(L, n, kk, dtype=torch.long, device=dev)
-    top_probs = torch.empty(L, n, kk, device=dev)
-    own_rank = torch.empty(L, n, dtype=torch.long, device=dev)
-    own_prob = torch.empty(L, n, device=dev)
-    next_rank = torch.full((L, n), -1, dtype=torch.long, device=dev)
-    next_prob = torch.full((L, n), float("nan"), device=dev)
-    entropy = torch.empty(L, n, device=dev)
     # the cells as one (L * n) list, chunked across layers: a short text's layers go through
     # the head in one product (memory-bound per layer when each has only a few rows)
-    flat = vecs.reshape(L * n, -1)
-    outs = (top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy)
-    top_ids_f, top_probs_f, own_rank_f, own_prob_f, next_rank_f, next_prob_f, entropy_f = (t.view(L * n, *t.shape[2:]) for t in outs)
+    cells = L * n
+    flat = vecs.reshape(cells, -1)
     cell_ids, cell_next = ids.repeat(L), nxt.repeat(L)
-    for start in range(0, L * n, step):
-        sl = slice(start, min(L * n, start + step))
+    top_ids = torch.empty(cells, kk, dtype=torch.long, device=dev)
+    top_probs = torch.empty(cells, kk, device=dev)
+    own_rank = torch.empty(cells, dtype=torch.long, device=dev)
+    own_prob = torch.empty(cells, device=dev)
+    next_rank = torch.full((cells,), -1, dtype=torch.long, device=dev)
+    next_prob = torch.full((cells,), float("nan"), device=dev)
+    entropy = torch.empty(cells, device=dev)
+    for start in range(0, cells, step):
+        sl = slice(start, min(cells, start + step))
         logits = head(flat[sl]).float()  # (m, V)
         logp = torch.log_softmax(logits, dim=-1)
         probs = logp.exp()
-        entropy_f[sl] = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
+        entropy[sl] = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
         del probs
         own = cell_ids[sl]
-        own_prob_f[sl] = logp.gather(1, own[:, None])[:, 0].exp()
+        own_prob[sl] = logp.gather(1, own[:, None])[:, 0].exp()
         if decoder:
             nx = cell_next[sl]
-            next_rank_f[sl] = rank_in_vocab(logits, nx)
-            next_prob_f[sl] = logp.gather(1, nx[:, None])[:, 0].exp()
+            next_rank[sl] = rank_in_vocab(logits, nx)
+            next_prob[sl] = logp.gather(1, nx[:, None])[:, 0].exp()
         # the own rank and the top-k in the fused passes of the similarity views (it consumes logits)
         _, rank, t_ids, _ = score_block(logits, own, kk)
-        own_rank_f[sl] = rank
-        top_ids_f[sl] = t_ids
-        top_probs_f[sl] = logp.gather(1, t_ids).exp()
+        own_rank[sl] = rank
+        top_ids[sl] = t_ids
+        top_probs[sl] = logp.gather(1, t_ids).exp()
+    top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy = (
+        t.view(L, n, *t.shape[1:]) for t in (top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy)
+    )
     if decoder:
         next_rank[:, -1] = -1
         next_prob[:, -1] = float("nan")
