@@ -123,6 +123,30 @@ def test_moving_residual_norms_are_kept_per_position_up_to_the_bound(tiny_models
         rows = brute_rows(model, adapter, "encodings", p, None)[0]
         close(again.sq_norm[i], rows.pow(2).sum(-1)[None])
         close(space.cosine_scales(again)[0][i], rows.norm(dim=-1).reciprocal()[None] / again.sigma[i])
+    kept = space.position_stats(torch.tensor([2, 5]))  # in consecutive memo slots: views of the memo, no copy
+    for got, memo in zip((kept.sigma, kept.sq_norm, *space.cosine_scales(kept)), space._slots):
+        assert got.untyped_storage().data_ptr() == memo.untyped_storage().data_ptr()
+    assert torch.equal(kept.sq_norm, first.sq_norm[:2]) and torch.equal(kept.sigma, first.sigma[:2])
+
+
+def test_scratch_block_is_kept_between_traces_and_never_lent_twice(tiny_models):
+    """SpaceCache.scratch lends one block from trace to trace (its pages stay mapped); a
+    second trace while it is lent, or an ask larger than the block, gets its own buffer."""
+    from tokentrail.adapters import adapter_for
+    from tokentrail.budget import BLOCK_BYTES
+    from tokentrail.spaces import SpaceCache
+
+    cache = SpaceCache(adapter_for(tiny_models["bert"]))
+    with cache.scratch() as take:
+        first = take(1000)
+        with cache.scratch() as other:  # lent already: a buffer of its own
+            assert other(1000).data_ptr() != first.data_ptr()
+        assert take(BLOCK_BYTES // 4 + 1).data_ptr() != first.data_ptr()
+        assert take(10).data_ptr() == first.data_ptr()  # each take reuses the block
+    with cache.scratch() as take:  # the next trace: a block kept by one of those before
+        again = take(1000).data_ptr()
+    with cache.scratch() as take:
+        assert take(500).data_ptr() == again
 
 
 def test_space_cache_keeps_and_evicts(tiny_models):

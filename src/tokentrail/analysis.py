@@ -59,6 +59,12 @@ def compute_views(
     residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
     heads = [sp for site, sp in todo if site == HEAD_SITE]
     steps = max(len({sp for _, sp in residual}) + len(heads) * adapter.n_layers, 1)
+    with spaces.scratch() as take:  # every block of this text's matrix products
+        return _views(adapter, spaces, acts, options, residual, heads, say, steps, chunk_bytes, text_statistics, take)
+
+
+def _views(adapter, spaces, acts, options, residual, heads, say, steps, chunk_bytes, text_statistics, take) -> list[View]:
+    """:func:`compute_views`' work, its matrix products written into ``take``'s buffers."""
     done = 0
     views: list[View] = []
     sims, k, ok = options.similarities, options.k, options.overlap_k
@@ -71,7 +77,7 @@ def compute_views(
         # model with neither position embeddings nor an embedding norm) has the same views
         twin = {(v.site, v.similarity): v for s, vs in scored if s.same_rows(space) for v in vs}
         left = [site for site in site_names if any((site, sim) not in twin for sim in sims)]
-        mine = {(v.site, v.similarity): v for v in _residual_views(adapter, space, acts, left, sims, k, ok, chunk_bytes, options.correct, options.correct_from, text_statistics)} if left else {}
+        mine = {(v.site, v.similarity): v for v in _residual_views(adapter, space, acts, left, sims, k, ok, chunk_bytes, take, options.correct, options.correct_from, text_statistics)} if left else {}
         views += [mine.get((site, sim)) or _copied(twin[(site, sim)], space.name) for sim in sims for site in site_names]
         scored.append((space, [v for v in views if v.space == space.name]))
         done += 1
@@ -81,7 +87,7 @@ def compute_views(
             say(done / steps, f"heads: {sp} spaces")
             done += 1
 
-        views += _head_views(adapter, spaces, acts, sp, sims, k, ok, chunk_bytes, tick)
+        views += _head_views(adapter, spaces, acts, sp, sims, k, ok, chunk_bytes, take, tick)
     return views
 
 
@@ -410,11 +416,6 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
-def _workspace(rows: int, per_row: int, device) -> Tensor:
-    """One flat float32 buffer for ``rows`` blocks of ``per_row`` values, reused by every chunk."""
-    return torch.empty(rows * per_row, device=device)
-
-
 MIN_WINDOW = 16
 """The fewest positions a window holds (when the text has more). A matrix product of very
 few rows can take another kernel and round differently (1-7 rows did, on MKL); windows of
@@ -497,7 +498,7 @@ def _check_study(adapter: Adapter, options: TraceOptions) -> None:
             stats.get(site, 0)
 
 
-def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, correct: str | None = None, correct_from: str | None = None, text_statistics: bool = True):
+def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, similarities, k, overlap_k, chunk_bytes, take, correct: str | None = None, correct_from: str | None = None, text_statistics: bool = True):
     n, L, V = acts.input_ids.shape[0], adapter.n_layers, space.vocab_size
     K = min(max(k, overlap_k), V)
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
@@ -508,7 +509,7 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
         # memory holds one site's queries and top-K lists whatever the number of sites
         budget = min(chunk_bytes, BLOCK_BYTES)
         rows = max(1, budget // (V * 4))
-        ws = _workspace(min(len(sites) * L * n + n, rows), V, acts.input_ids.device)
+        ws = take(min(len(sites) * L * n + n, rows) * V)  # one block, reused by every chunk
         batches: list[list[str | None]] = [[None]]  # None: the original encodings
         for site in sites:
             if sum(n if s is None else L * n for s in batches[-1]) + L * n > rows:
@@ -670,7 +671,7 @@ def _stacked_products(adapter, spaces: SpaceCache, acts: Activations, kind: str,
     return {layer: (ws[at * V : (at + u.shape[0]) * V], table) for layer, at, u in made}
 
 
-def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, tick):
+def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, take, tick):
     n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
     uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
     dev = acts.input_ids.device
@@ -697,7 +698,7 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
             aniso[sim][layer] = anisotropy(z.transpose(0, 1), sim)
         stack = "cosine" in similarities and 2 * n * C * V * 4 <= budget  # a short text: layers share one product
         if ws is None:
-            ws = _workspace(budget // (V * 4) if stack else min(n, max(1, budget // (C * V * 4))) * C, V, dev)
+            ws = take((budget // (V * 4) if stack else min(n, max(1, budget // (C * V * 4))) * C) * V)
         zd = z[:, cols]  # the distinct columns: a key head shared by a KV group is scored once
         scorer = space.for_queries(n * C)
         if stack and layer not in stacked:

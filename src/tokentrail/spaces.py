@@ -26,14 +26,15 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import Tensor
 
 from .adapters import Adapter, Norm
-from .budget import POSITION_MEMO_BYTES
+from .budget import BLOCK_BYTES, POSITION_MEMO_BYTES
 from .errors import InputError, ModelError
 from .options import HEAD_SPACES as HEAD_SPACE_KINDS
 from .scoring import inverse_norms
@@ -104,7 +105,9 @@ class VocabSpace:
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
         self._static = None  # position-free norms, kept after the first position_stats call
-        self._at: dict[int, tuple] = {}  # position -> (sigma, |row|^2, cosine factors a, b): residual spaces that move
+        self._at: dict[int, int] = {}  # position -> its memo slot: residual spaces that move (_residual_stats)
+        self._slots: tuple | None = None  # the memo: (slots, ...) sigma, |row|^2, cosine factors a and b (or None)
+        self._memo_lock = threading.Lock()  # a slot is taken and filled by one trace at a time
         self._at_bytes = 0
         self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
         if self.M is None and not self.moves:
@@ -245,25 +248,60 @@ class VocabSpace:
         :data:`POSITION_MEMO_BYTES` per space, so a warm trace pays the ``O(P V d)`` products
         only for positions it has not seen (texts start at position 0: the first positions
         fill the memo and stay). A position is computed with the other missing ones of its
-        call, as without the memo."""
+        call, as without the memo. The memo is one ``(slots, ...)`` tensor per quantity,
+        slots taken in the order positions arrive: a call whose positions sit in consecutive
+        slots (a text's positions in order, the usual case) gets views of it, no copy."""
         plist = positions.tolist()
         missing = [i for i, p in enumerate(plist) if p not in self._at]
-        fresh = {}
+        part = None
         if missing:
             idx = torch.tensor(missing, device=positions.device)
-            part = self._moving_stats(positions[idx], y[idx])
-            a, b = self.cosine_scales(part)  # (P, G, V) each, b None without a bias term
-            for j, i in enumerate(missing):
-                rows = (None if part.sigma is None else part.sigma[j], part.sq_norm[j], a[j], None if b is None else b[j])
-                size = sum(t.numel() * 4 for t in rows if t is not None)
-                if self._at_bytes + size <= POSITION_MEMO_BYTES:
-                    rows = tuple(None if t is None else t.clone() for t in rows)  # not views: the block is freed
-                    self._at[plist[i]] = rows
-                    self._at_bytes += size
-                fresh[plist[i]] = rows
-        rows = [self._at.get(p) or fresh[p] for p in plist]
-        sigma, sq, a, b = (None if rows[0][f] is None else torch.stack([r[f] for r in rows]) for f in range(4))
+            made = self._moving_stats(positions[idx], y[idx])
+            a, b = self.cosine_scales(made)  # (P, G, V) each, b None without a bias term
+            part = (made.sigma, made.sq_norm, a, b)
+            with self._memo_lock:
+                self._remember([plist[i] for i in missing], part)
+        if all(p in self._at for p in plist):
+            slots = [self._at[p] for p in plist]
+            first = slots[0]
+            if slots == list(range(first, first + len(slots))):
+                fields = tuple(None if t is None else t[first : first + len(slots)] for t in self._slots)
+            else:
+                at = torch.tensor(slots, device=positions.device)
+                fields = tuple(None if t is None else t[at] for t in self._slots)
+        elif len(missing) == len(plist):  # every position new: the call's own tensors
+            fields = part
+        else:  # some kept, some not (the memo is full): one row at a time
+            where = {plist[i]: j for j, i in enumerate(missing)}
+
+            def row(f: int, p: int) -> Tensor:
+                return part[f][where[p]] if p in where else self._slots[f][self._at[p]]
+
+            fields = tuple(None if part[f] is None else torch.stack([row(f, p) for p in plist]) for f in range(4))
+        sigma, sq, a, b = fields
         return PositionStats(positions, y, sigma, sq, self._project(y), {"cosine": (a, b)})
+
+    def _remember(self, plist: list[int], part: tuple) -> None:
+        """Copy the rows of new positions ``plist`` (``part``: sigma, squared norms, cosine
+        factors a and b, each (P, ...) or None) into free memo slots, while under the bound."""
+        size = sum(t[0].numel() * 4 for t in part if t is not None)  # one position's rows
+        if self._slots is None:
+            cap = POSITION_MEMO_BYTES // max(size, 1)
+            if cap == 0:
+                return
+            self._slots = tuple(None if t is None else t.new_empty((cap, *t.shape[1:])) for t in part)
+        cap = next(t for t in self._slots if t is not None).shape[0]
+        for j, p in enumerate(plist):
+            if p in self._at:
+                continue
+            slot = len(self._at)
+            if slot >= cap or self._at_bytes + size > POSITION_MEMO_BYTES:
+                break
+            for store, t in zip(self._slots, part):
+                if store is not None:
+                    store[slot] = t[j]
+            self._at[p] = slot  # after its rows: a reader that finds p finds them whole
+            self._at_bytes += size
 
     def _project(self, v: Tensor) -> Tensor:
         """(n, d) -> (n, G, k): M v (no bias)."""
@@ -535,6 +573,7 @@ class SpaceCache:
         self._lock = threading.RLock()  # app sessions share one cache per model
         self._keep: dict[tuple, VocabSpace] = {}
         self._lru: OrderedDict[tuple, VocabSpace] = OrderedDict()
+        self._block: Tensor | None = None  # the scratch block between traces (scratch)
 
     def get(self, kind: str, layer: int | None = None) -> VocabSpace:
         with self._lock:
@@ -569,3 +608,31 @@ class SpaceCache:
         what ``max_bytes`` bounds."""
         with self._lock:
             return sum(s.nbytes for s in self._lru.values())
+
+    @contextmanager
+    def scratch(self) -> Iterator[Callable[[int], Tensor]]:
+        """Lend the model's scratch block to one trace: ``take(numel)`` gives a flat float32
+        buffer of ``numel`` elements, the start of one block of :data:`~tokentrail.budget.BLOCK_BYTES`
+        kept from trace to trace, so its pages are already mapped (a fresh 128 MiB block
+        costs about 30 ms of page faults on this CPU, in the first matrix product written
+        into it). Each ``take`` reuses the block: a buffer taken before is then overwritten.
+        A larger ask, or a second trace while the block is lent, gets a buffer of its own."""
+        with self._lock:
+            block, self._block = self._block, None
+        device = self.adapter.device
+
+        def take(numel: int) -> Tensor:
+            nonlocal block
+            if numel * 4 > BLOCK_BYTES:
+                return torch.empty(numel, device=device)
+            if block is None:
+                block = torch.empty(BLOCK_BYTES // 4, device=device)
+            return block[:numel]
+
+        try:
+            yield take
+        finally:
+            if block is not None:
+                with self._lock:
+                    if self._block is None:
+                        self._block = block
