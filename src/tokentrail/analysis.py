@@ -510,6 +510,7 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
         budget = min(chunk_bytes, BLOCK_BYTES)
         rows = max(1, budget // (V * 4))
         ws = take(min(len(sites) * L * n + n, rows) * V)  # one block, reused by every chunk
+        window = _PositionWindow(space, uniq)  # and one window of row norms, for every batch
         batches: list[list[str | None]] = [[None]]  # None: the original encodings
         for site in sites:
             if sum(n if s is None else L * n for s in batches[-1]) + L * n > rows:
@@ -524,7 +525,7 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
                 vecs = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(-1, acts.embedded.shape[1])
                 del parts  # a site made on reading (resid_pre) is let go once scored
                 m = vecs.shape[0] // n
-                res = _scored(space, uniq, vecs, inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
+                res = _scored(space, window, vecs, inv.repeat(m), acts.input_ids.repeat(m), similarities, K, budget, ws)
                 del vecs
                 start = 0
                 for size in sizes:
@@ -582,14 +583,14 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
     return [views[(sim, site)] for sim in similarities for site in sites]
 
 
-def _scored(space: VocabSpace, positions: Tensor, vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
+def _scored(space: VocabSpace, window: "_PositionWindow", vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
     """(m, d) residual queries -> per similarity [own similarity, rank, top-K ids, top-K sims], chunk by chunk.
 
-    positions: (P,) the sorted positions ``pidx`` indexes."""
+    window: the space's statistics for the sorted positions ``pidx`` indexes (shared by
+    the batches of sites of one text: a short text's window is made once)."""
     m, V, dev = vecs.shape[0], space.vocab_size, vecs.device
     out = {sim: [torch.empty(m, device=dev), torch.empty(m, dtype=torch.long, device=dev), torch.empty(m, K, dtype=torch.long, device=dev), torch.empty(m, K, device=dev)] for sim in similarities}
     order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
-    window = _PositionWindow(space, positions)
     for c in _chunks(m, V * 4, budget):
         oc = order[c]
         stats, local = window.at(pidx[oc])

@@ -261,23 +261,17 @@ class VocabSpace:
             part = (made.sigma, made.sq_norm, a, b)
             with self._memo_lock:
                 self._remember([plist[i] for i in missing], part)
-        if all(p in self._at for p in plist):
-            slots = [self._at[p] for p in plist]
-            first = slots[0]
-            if slots == list(range(first, first + len(slots))):
-                fields = tuple(None if t is None else t[first : first + len(slots)] for t in self._slots)
-            else:
-                at = torch.tensor(slots, device=positions.device)
-                fields = tuple(None if t is None else t[at] for t in self._slots)
+        if all(p in self._at for p in plist):  # views of the memo when in consecutive slots
+            at = _span([self._at[p] for p in plist], positions.device)
+            fields = tuple(None if t is None else t[at] for t in self._slots)
         elif len(missing) == len(plist):  # every position new: the call's own tensors
             fields = part
-        else:  # some kept, some not (the memo is full): one row at a time
-            where = {plist[i]: j for j, i in enumerate(missing)}
-
-            def row(f: int, p: int) -> Tensor:
-                return part[f][where[p]] if p in where else self._slots[f][self._at[p]]
-
-            fields = tuple(None if part[f] is None else torch.stack([row(f, p) for p in plist]) for f in range(4))
+        else:  # some kept, some not (the memo is full): the two parts copied in
+            fresh = set(missing)
+            old = [i for i in range(len(plist)) if i not in fresh]
+            at = _span([self._at[plist[i]] for i in old], positions.device)
+            new, old = (_span(v, positions.device) for v in (missing, old))
+            fields = tuple(None if t is None else _joined(len(plist), (new, t), (old, kept[at])) for t, kept in zip(part, self._slots))
         sigma, sq, a, b = fields
         return PositionStats(positions, y, sigma, sq, self._project(y), {"cosine": (a, b)})
 
@@ -484,6 +478,23 @@ class VocabSpace:
         if self.rotary is not None:
             out = self.rotary(out, torch.full((len(ids),), position, device=x.device), inverse=False)
         return out
+
+
+def _span(index: list[int], device) -> slice | Tensor:
+    """``index`` as a slice when it is a run of consecutive integers (indexing is then a
+    view, or one contiguous copy), else as a tensor."""
+    if index == list(range(index[0], index[0] + len(index))):
+        return slice(index[0], index[0] + len(index))
+    return torch.tensor(index, device=device)
+
+
+def _joined(count: int, *parts: tuple[slice | Tensor, Tensor]) -> Tensor:
+    """A (count, ...) tensor whose rows ``where`` are ``rows``, for each ``(where, rows)`` of ``parts``."""
+    first = parts[0][1]
+    out = first.new_empty((count, *first.shape[1:]))
+    for where, rows in parts:
+        out[where] = rows
+    return out
 
 
 def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
