@@ -285,6 +285,7 @@ def scale(sub: Subject, lengths: list[int], base=None) -> None:
     everything = dict(sites=(*RESIDUAL_SITES, HEAD_SITE), space_kinds=ALL_SPACES, similarities=("cosine",), k=K, overlap_k=OVERLAP_K, lens=True)
     with torch.no_grad():  # every weight paged in: resident weights are the model's, not the trace's
         sum(float(p.float().sum()) for p in sub.adapter.model.parameters())
+    sub.spaces.release_scratch()  # the traces' scratch block counts in the working memory, not here
     release()
     before_rss = rss_mib()
     sub.analyse(sub.ids(10), **everything)  # builds every head space (cold)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from tokentrail import spaces
 from tokentrail.errors import InputError
 from tokentrail.spaces import SpaceCache, build_space
 
@@ -134,7 +135,6 @@ def test_scratch_block_is_kept_between_traces_and_never_lent_twice(tiny_models):
     second trace while it is lent, or an ask larger than the block, gets its own buffer."""
     from tokentrail.adapters import adapter_for
     from tokentrail.budget import BLOCK_BYTES
-    from tokentrail.spaces import SpaceCache
 
     cache = SpaceCache(adapter_for(tiny_models["bert"]))
     with cache.scratch() as take:
@@ -147,6 +147,24 @@ def test_scratch_block_is_kept_between_traces_and_never_lent_twice(tiny_models):
         again = take(1000).data_ptr()
     with cache.scratch() as take:
         assert take(500).data_ptr() == again
+    memo = spaces._memo(cache.adapter)
+    assert memo["scratch"].data_ptr() == again
+    cache.release_scratch()
+    assert "scratch" not in memo
+
+
+def test_the_logit_lens_takes_the_place_of_the_scratch_block(tiny_models, make_ids):
+    """The lens' chunks replace the views' scratch block in memory: it lets the block go."""
+    from tokentrail.adapters import adapter_for
+    from tokentrail.capture import capture
+    from tokentrail.lens import logit_lens
+
+    adapter = adapter_for(tiny_models["bert_mlm"])
+    with spaces.scratch(adapter) as take:
+        take(100)
+    assert "scratch" in spaces._memo(adapter)
+    logit_lens(adapter, capture(adapter, make_ids(adapter)), k=3)
+    assert "scratch" not in spaces._memo(adapter)
 
 
 def test_space_cache_keeps_and_evicts(tiny_models):

@@ -33,6 +33,7 @@ from .metrics import rank_in_vocab
 from .options import LENS_SITES
 from .results import LensResult
 from .scoring import score_block
+from .spaces import release_scratch
 
 EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
 
@@ -56,6 +57,7 @@ def logit_lens(
     if k < 1:
         raise InputError("k must be at least 1")
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    release_scratch(adapter)  # the lens' chunks take the place of the views' scratch block, not add to it
     head = adapter.lens_head()
     if head is None:
         raise ModelError(adapter.lens_unavailable_reason())

@@ -483,8 +483,9 @@ class VocabSpace:
 def _span(index: list[int], device) -> slice | Tensor:
     """``index`` as a slice when it is a run of consecutive integers (indexing is then a
     view, or one contiguous copy), else as a tensor."""
-    if index == list(range(index[0], index[0] + len(index))):
-        return slice(index[0], index[0] + len(index))
+    start = index[0] if index else 0
+    if index == list(range(start, start + len(index))):
+        return slice(start, start + len(index))
     return torch.tensor(index, device=device)
 
 
@@ -512,7 +513,8 @@ def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
 
 
 def _memo(adapter: Adapter) -> dict:
-    # per-adapter memo of V x d tables every space shares (the float32 and centred W_E)
+    # per-adapter memo of V x d tables every space shares (the float32 and centred W_E), and
+    # the scratch block between traces
     memo = getattr(adapter, "_tokentrail_tables", None)
     if memo is None:
         memo = {}
@@ -584,7 +586,6 @@ class SpaceCache:
         self._lock = threading.RLock()  # app sessions share one cache per model
         self._keep: dict[tuple, VocabSpace] = {}
         self._lru: OrderedDict[tuple, VocabSpace] = OrderedDict()
-        self._block: Tensor | None = None  # the scratch block between traces (scratch)
 
     def get(self, kind: str, layer: int | None = None) -> VocabSpace:
         with self._lock:
@@ -620,30 +621,49 @@ class SpaceCache:
         with self._lock:
             return sum(s.nbytes for s in self._lru.values())
 
-    @contextmanager
-    def scratch(self) -> Iterator[Callable[[int], Tensor]]:
-        """Lend the model's scratch block to one trace: ``take(numel)`` gives a flat float32
-        buffer of ``numel`` elements, the start of one block of :data:`~tokentrail.budget.BLOCK_BYTES`
-        kept from trace to trace, so its pages are already mapped (a fresh 128 MiB block
-        costs about 30 ms of page faults on this CPU, in the first matrix product written
-        into it). Each ``take`` reuses the block: a buffer taken before is then overwritten.
-        A larger ask, or a second trace while the block is lent, gets a buffer of its own."""
-        with self._lock:
-            block, self._block = self._block, None
-        device = self.adapter.device
+    def scratch(self):
+        """:func:`scratch` of this cache's model: the block every matrix product of a trace writes into."""
+        return scratch(self.adapter)
 
-        def take(numel: int) -> Tensor:
-            nonlocal block
-            if numel * 4 > BLOCK_BYTES:
-                return torch.empty(numel, device=device)
-            if block is None:
-                block = torch.empty(BLOCK_BYTES // 4, device=device)
-            return block[:numel]
+    def release_scratch(self) -> None:
+        """:func:`release_scratch` of this cache's model."""
+        release_scratch(self.adapter)
 
-        try:
-            yield take
-        finally:
-            if block is not None:
-                with self._lock:
-                    if self._block is None:
-                        self._block = block
+
+_scratch_lock = threading.Lock()
+
+
+@contextmanager
+def scratch(adapter: Adapter) -> Iterator[Callable[[int], Tensor]]:
+    """Lend the model's scratch block to one trace: ``take(numel)`` gives a flat float32
+    buffer of ``numel`` elements, the start of one block of :data:`~tokentrail.budget.BLOCK_BYTES`
+    kept from trace to trace, so its pages are already mapped (a fresh 128 MiB block
+    costs about 30 ms of page faults on this CPU, in the first matrix product written
+    into it). Each ``take`` reuses the block: a buffer taken before is then overwritten.
+    A larger ask, or a second trace while the block is lent, gets a buffer of its own."""
+    memo = _memo(adapter)
+    with _scratch_lock:
+        block = memo.pop("scratch", None)
+    device = adapter.device
+
+    def take(numel: int) -> Tensor:
+        nonlocal block
+        if numel * 4 > BLOCK_BYTES:
+            return torch.empty(numel, device=device)
+        if block is None:
+            block = torch.empty(BLOCK_BYTES // 4, device=device)
+        return block[:numel]
+
+    try:
+        yield take
+    finally:
+        if block is not None:
+            with _scratch_lock:
+                memo.setdefault("scratch", block)
+
+
+def release_scratch(adapter: Adapter) -> None:
+    """Let the model's scratch block go (the next trace maps a new one): the logit lens
+    does, so that its chunks take the block's place instead of adding to it."""
+    with _scratch_lock:
+        _memo(adapter).pop("scratch", None)
