@@ -661,7 +661,7 @@ def _stacked_products(adapter, spaces: SpaceCache, acts: Activations, kind: str,
             break
         table = space.x
         z = head_vectors(adapter, acts, kind, layer)[:, cols]
-        u = space.embedding_queries(z, space.position_stats(positions), pidx, groups)
+        u = space.embedding_queries(z, positions[pidx], groups)  # each query's position: no row norms needed
         if (rows + u.shape[0]) * V > ws.numel():
             break
         made.append((layer, rows, u))

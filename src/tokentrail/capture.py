@@ -214,9 +214,9 @@ def _attn_resid(attn: Tensor, embedded: Tensor, layer_out: Tensor) -> Tensor:
     return out
 
 
-def _stacked(parts: list, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``torch.stack(parts, dim=1)`` of (B, ...) tensors in ``dtype``, each part let go once copied."""
-    out = torch.empty((parts[0].shape[0], len(parts), *parts[0].shape[1:]), dtype=dtype, device=parts[0].device)
+def _stacked(parts: list) -> Tensor:
+    """``torch.stack(parts, dim=1)`` of (B, ...) tensors in float32, each part let go once copied."""
+    out = torch.empty((parts[0].shape[0], len(parts), *parts[0].shape[1:]), dtype=torch.float32, device=parts[0].device)
     for i in range(len(parts)):
         out[:, i] = parts[i]
         parts[i] = None

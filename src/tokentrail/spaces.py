@@ -326,13 +326,14 @@ class VocabSpace:
         out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
         return out
 
-    def _unit_queries(self, r: Tensor, stats: PositionStats, pidx: Tensor) -> Tensor:
+    def _unit_queries(self, r: Tensor, positions: Tensor) -> Tensor:
         """Queries scaled to unit length and, in a rotary space, rotated back to each row's
-        position (rotations keep norms): what :meth:`cosine_rows` multiplies the rows with."""
+        position (``positions``: (Q,) each query's; rotations keep norms): what
+        :meth:`cosine_rows` multiplies the rows with."""
         r = r.float()
         r = r * inverse_norms(r.pow(2).sum(-1))[..., None]
         if self.rotary is not None:
-            r = self.rotary(r, stats.positions[pidx], inverse=True)
+            r = self.rotary(r, positions, inverse=True)
         return r
 
     @property
@@ -341,12 +342,12 @@ class VocabSpace:
         query): a residual space, or a head space without its table."""
         return self.M is None or self.P is None
 
-    def embedding_queries(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor) -> Tensor:
-        """(Q, C, k) queries -> the (Q * C, d) matrix whose product with ``x.T`` is the matrix
+    def embedding_queries(self, r: Tensor, positions: Tensor, groups: Tensor) -> Tensor:
+        """(Q, C, k) queries at ``positions`` (Q,) -> the (Q * C, d) matrix whose product with ``x.T`` is the matrix
         product of :meth:`cosine_rows` for a space :attr:`through_embeddings`; spaces sharing
         one ``x`` (a model's head spaces of every layer) can stack these into one product
         and hand each its rows as ``ready``."""
-        return self._to_embeddings(self._unit_queries(r, stats, pidx), groups).reshape(-1, self.d)
+        return self._to_embeddings(self._unit_queries(r, positions), groups).reshape(-1, self.d)
 
     def _to_embeddings(self, r: Tensor, groups: Tensor) -> Tensor:
         """(Q, C, k) -> (Q, C, d): the queries in the embedding table's coordinates."""
@@ -371,7 +372,7 @@ class VocabSpace:
         """
         Q, C, k = r.shape
         groups = torch.arange(C, device=r.device) if groups is None else groups
-        r = self._unit_queries(r, stats, pidx)
+        r = self._unit_queries(r, stats.positions[pidx])
         a, b = self.cosine_scales(stats)  # (P or 1, G, V); b None when the bias term is 0
         out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True, out=out, ready=ready)
         t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
