@@ -37,6 +37,25 @@ def test_heads_and_lens_terms_by_hand():
     assert big.spaces == 1 << 30  # the space cache never keeps more
 
 
+def test_an_encoder_decoder_counts_both_stacks_and_cross_attention_by_hand():
+    from types import SimpleNamespace
+
+    encoder = SimpleNamespace(n_layers=1, n_heads=1, vocab_size=10, d_model=4)
+    decoder = SimpleNamespace(n_layers=2, n_heads=2, vocab_size=10, d_model=4)
+    pairs = [("layer_out", "embeddings"), ("cross_resid", "embeddings"), ("cross_heads", "value")]
+    est = budget.estimate_seq2seq(encoder, decoder, source_tokens=3, decoder_tokens=2, pairs=pairs, similarities=1, k=3, overlap_k=5, lens=True)
+    common = dict(vocab=10, d_model=4, residual_spaces=1, head_spaces=0, similarities=1, k=3, overlap_k=5)
+    enc = budget.estimate(tokens=3, layers=1, heads=1, residual_sites=1, lens=False, **common)  # no cross site, no lens
+    dec = budget.estimate(tokens=2, layers=2, heads=2, residual_sites=2, lens=True, **common)  # layer_out and cross_resid
+    # cross-attention: maps L H n m = 2*2*2*3, three (L, n, d) tensors, the (m, d) encoder output
+    assert est.activations == enc.activations + dec.activations + 4 * (24 + 3 * 2 * 2 * 4 + 3 * 4)
+    assert est.cross == 12 * 1 * 2 * 2 * 2 * 3  # one (cross_heads, value) pair: order (int64) and similarity per source
+    assert (est.residual, est.heads, est.lens, est.spaces) == (enc.residual + dec.residual, 0, dec.lens, enc.spaces + dec.spaces)
+    assert est.working == enc.working  # the stacks are scored one after the other
+    alone = budget.estimate_seq2seq(encoder, decoder, source_tokens=3, decoder_tokens=None, pairs=pairs, similarities=1, k=3, overlap_k=5, lens=True)
+    assert alone == enc  # before the decoder input is known
+
+
 SMOLLM2 = dict(layers=30, heads=9, vocab=49152, d_model=576)
 
 

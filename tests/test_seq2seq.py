@@ -290,6 +290,36 @@ def test_cross_walkthrough_formulas_are_the_models(family):
         assert step.formulas == {"q": "q = W_Q x + b_Q", "k": "k_s = W_K e_s + b_K", "v": "v_s = W_V e_s + b_V"}
 
 
+def test_memory_check_counts_the_decoder_and_cross_attention_before_any_model_work(family, monkeypatch):
+    """A limit the encoder stack fits in but both stacks do not: the run is refused with the
+    figure, before the greedy output is generated or the decoder runs; above both, it runs."""
+    from tokentrail import budget
+    from tokentrail.analysis import check_against
+
+    _, m = family
+    opts = check_against(m.adapter, TraceOptions())
+    sizes = dict(pairs=opts.pairs(), similarities=len(opts.similarities), k=opts.k, overlap_k=opts.overlap_k, lens=opts.lens)
+    source = len(m.encode(SOURCE).ids)
+    target = len(m.tokenizer(text_target=TARGET)["input_ids"])  # the decoder input: start, then the target without its eos
+    for kw, n in (({"target": TARGET}, target), ({"max_new_tokens": 40}, 41)):
+        alone = budget.estimate_seq2seq(m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=None, **sizes).total
+        both = budget.estimate_seq2seq(m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=n, **sizes).total
+        assert both > alone
+        monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int((alone + both) / 2 / budget.HEADROOM)))
+        with monkeypatch.context() as mp:
+            mp.setattr(m.adapter, "greedy", lambda *a: pytest.fail("generated before the memory check"))
+            mp.setattr("tokentrail.capture_cross.capture_cross", lambda *a: pytest.fail("ran the decoder before the memory check"))
+            with pytest.raises(InputError, match="would need about"):
+                m.run(SOURCE, **kw)
+        monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int(both / budget.HEADROOM) + 1))
+        run = m.run(SOURCE, **kw)
+        assert len(run.decoder_tokens) <= n
+        kept = budget.estimate_seq2seq(m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=len(run.decoder_tokens), **sizes).total
+        monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int((alone + kept) / 2 / budget.HEADROOM)))
+        with pytest.raises(InputError, match="would need about"):  # another trail of the kept run: both stacks again
+            run.trail(overlap_k=opts.overlap_k - 1)
+
+
 @pytest.mark.parametrize("kw, msg", [({"max_new_tokens": 0}, "at least 1"), ({"max_new_tokens": 10**6}, "at most 512"), ({"target": "x", "max_new_tokens": 2}, "not both"), ({"target": " "}, "empty")])
 def test_api_checks_the_decoder_input_before_loading(kw, msg):
     with pytest.raises(InputError, match=msg):

@@ -279,11 +279,14 @@ def cross_views(decoder, acts, options: TraceOptions) -> list[CrossView]:
     return out
 
 
-def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None) -> TraceOptions:
+def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None, decoder_tokens: int | None = None) -> TraceOptions:
     """What only the model can tell about options, checked before the forward pass;
     returns them with the overlap set size settled (default: 100, or the vocabulary if
     smaller). With ``tokens``, also refuses a run whose estimated peak memory exceeds
-    what the machine has, with the figure and the fix."""
+    what the machine has, with the figure and the fix. An encoder-decoder's ``tokens`` are
+    its source's; with ``decoder_tokens`` (its decoder input's length, or the most it may
+    have) the estimate is both stacks' and their cross-attention's, without it the
+    encoder stack's alone."""
     adapter.resolve_causal(options.causal)
     options = _settle_cross_sites(adapter, options)
     lens_reader = adapter.decoder_stack() if adapter.is_seq2seq else adapter  # an encoder-decoder's lens reads its decoder
@@ -306,12 +309,13 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
         if name in ("rogue", "abtt") and tokens < max(2, (count or 0) + 1 if name == "abtt" else 2):
             raise InputError(f"--correct {options.correct} is fitted to the text's own tokens and needs more of them than {tokens}: use a longer text or a smaller D")
     if tokens is not None:
-        from .budget import check_fits, estimate_run
+        from .budget import check_fits, estimate_run, estimate_seq2seq
 
-        check_fits(estimate_run(
-            adapter, tokens=tokens, pairs=options.pairs(), similarities=len(options.similarities),
-            k=options.k, overlap_k=options.overlap_k, lens=options.lens,
-        ))  # fmt: skip
+        sizes = dict(pairs=options.pairs(), similarities=len(options.similarities), k=options.k, overlap_k=options.overlap_k)
+        if adapter.is_seq2seq:
+            check_fits(estimate_seq2seq(adapter, lens_reader, source_tokens=tokens, decoder_tokens=decoder_tokens, lens=options.lens, **sizes))
+        else:
+            check_fits(estimate_run(adapter, tokens=tokens, lens=options.lens, **sizes))
     return options
 
 

@@ -20,6 +20,17 @@ overlap_k), V)`` and ``k_h = min(k, V)``::
                                  LENS_CHUNK_BYTES)      row norms, or the logit lens' chunk of logits, with
                                                         the passes over them
 
+An encoder-decoder's run (:func:`estimate_seq2seq`) is both stacks' estimates added part by
+part (the encoder over ``m`` source tokens without the lens, the decoder over its ``n``
+input tokens with it), the working memory once (the stacks are scored one after the other),
+and what cross-attention adds, with ``L``, ``H``, ``d`` the decoder's and ``c`` the
+``cross_heads`` (space, similarity) pairs::
+
+    activations += 4 (L H n m + 3 L n d + m d)          cross-attention maps, the cross z, output
+                                                        and what reads it; the encoder output
+    cross        = 12 c L H n m                         each cross head's order of the source tokens
+                                                        (int64) and their similarities
+
 None of the vocabulary work grows with ``n`` beyond the results it keeps: queries are
 scored a block at a time, row norms are made a window of positions at a time, and the
 lens reads its logits a chunk of cells at a time (``working`` is 640 MiB whatever ``n``).
@@ -78,9 +89,10 @@ class Estimate:
     lens: int
     spaces: int
     working: int
+    cross: int = 0  # an encoder-decoder's cross_heads views (estimate_seq2seq)
 
     def parts(self) -> dict[str, int]:
-        return {"activations": self.activations, "residual": self.residual, "heads": self.heads, "lens": self.lens, "spaces": self.spaces, "working": self.working}
+        return {"activations": self.activations, "residual": self.residual, "heads": self.heads, "lens": self.lens, "spaces": self.spaces, "working": self.working, "cross": self.cross}
 
     @property
     def total(self) -> int:
@@ -154,6 +166,7 @@ _FIXES = {
     "lens": "fewer tokens, or no --lens",
     "working": "a machine with more memory (this part does not depend on the text)",
     "spaces": "fewer spaces",
+    "cross": "a shorter source or decoder input, or no cross_heads site",
 }
 
 
@@ -204,6 +217,33 @@ def estimate_run(model, *, tokens: int, pairs, similarities: int, k: int, overla
         k=k,
         overlap_k=overlap_k,
         lens=lens,
+    )
+
+
+def estimate_seq2seq(encoder, decoder, *, source_tokens: int, decoder_tokens: int | None, pairs, similarities: int, k: int, overlap_k: int, lens: bool) -> Estimate:
+    """:func:`estimate_run` for an encoder-decoder's run: the encoder stack over
+    ``source_tokens``, the decoder stack over ``decoder_tokens`` with its cross-attention
+    (the formula is in the module docstring); with ``decoder_tokens`` None (the decoder
+    input is not known yet), the encoder stack's part alone. ``pairs``: the run's (site,
+    space) pairs; the encoder has no cross site and no lens (an encoder-decoder's lens
+    reads its decoder)."""
+    from .options import CROSS_HEAD_SITE, CROSS_SITES
+
+    common = dict(similarities=similarities, k=k, overlap_k=overlap_k)
+    enc = estimate_run(encoder, tokens=source_tokens, pairs=[p for p in pairs if p[0] not in CROSS_SITES], lens=False, **common)
+    if decoder_tokens is None:
+        return enc
+    dec = estimate_run(decoder, tokens=decoder_tokens, pairs=[p for p in pairs if p[0] != CROSS_HEAD_SITE], lens=lens, **common)
+    n, m, L, H, d = decoder_tokens, source_tokens, decoder.n_layers, decoder.n_heads, decoder.d_model
+    cross_pairs = sum(1 for site, _ in pairs if site == CROSS_HEAD_SITE) * similarities
+    return Estimate(
+        activations=enc.activations + dec.activations + 4 * (L * H * n * m + 3 * L * n * d + m * d),
+        residual=enc.residual + dec.residual,
+        heads=enc.heads + dec.heads,
+        lens=dec.lens,
+        spaces=enc.spaces + dec.spaces,
+        working=max(enc.working, dec.working),
+        cross=12 * cross_pairs * L * H * n * m,
     )
 
 

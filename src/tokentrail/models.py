@@ -152,7 +152,10 @@ class LoadedModel:
         return Run(self, text, enc, acts, opts)
 
     def _run_seq2seq(self, text, enc, opts, target: str | None, max_new_tokens: int | None):
-        """The encoder over the source, then the whole model over (source, decoder input)."""
+        """The encoder over the source, then the whole model over (source, decoder input).
+        The memory of both stacks is checked first: with the target's length, or with the
+        most the greedy output may have (before generating it)."""
+        from .analysis import check_against
         from .capture import capture
         from .capture_cross import capture_cross
         from .inputs import check_decoder_input
@@ -162,17 +165,20 @@ class LoadedModel:
         enc_adapter = self.adapter
         dec = enc_adapter.decoder_stack()
         check_decoder_input(target, max_new_tokens)
-        with self.lock:
-            if target is not None:
-                labels = torch.tensor(self.tokenizer(text_target=target)["input_ids"], dtype=torch.long)
-                dec_ids = enc_adapter.decoder_input(labels)
-                origin = "target"
-            else:
-                bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-                dec_ids = enc_adapter.greedy(enc.ids, bound).cpu()
-                origin = f"greedy output of the model (at most {bound} new tokens)"
+        bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+        if target is not None:
+            labels = torch.tensor(self.tokenizer(text_target=target)["input_ids"], dtype=torch.long)
+            dec_ids = enc_adapter.decoder_input(labels)
             if dec.max_tokens is not None and dec_ids.shape[0] > dec.max_tokens:
                 raise InputError(f"the decoder input is {dec_ids.shape[0]} tokens; the {dec.family} decoder takes at most {dec.max_tokens}")
+        n_dec = dec_ids.shape[0] if target is not None else min(1 + bound, dec.max_tokens or 1 + bound)  # the start token, then the new ones
+        check_against(enc_adapter, opts, tokens=len(enc.ids), decoder_tokens=n_dec)
+        with self.lock:
+            if target is not None:
+                origin = "target"
+            else:
+                dec_ids = enc_adapter.greedy(enc.ids, bound).cpu()
+                origin = f"greedy output of the model (at most {bound} new tokens)"
             acts = capture(enc_adapter, enc.ids, causal=opts.causal)
             dec_acts = capture_cross(dec, enc.ids, dec_ids)
             ids = dec_ids.tolist()

@@ -93,7 +93,11 @@ class Run:
         opts = (options or self.options).with_(**changes) if changes else (options or self.options).validate()
         if (opts.causal, opts.truncate) != (self.options.causal, self.options.truncate):
             raise ValueError("a Run's mask and truncation are fixed: make another Run for other ones")
-        return check_against(self.model.adapter, opts, tokens=self.n_tokens)
+        return check_against(self.model.adapter, opts, **self._lengths())
+
+    def _lengths(self) -> dict[str, int]:
+        """What the memory check of another set of options reads: the text's length."""
+        return {"tokens": self.n_tokens}
 
     def _cached(self, opts: TraceOptions) -> Trail | None:
         with self._lock:
@@ -196,6 +200,9 @@ class Seq2SeqRun(Run):
         self.decoder_tokens = list(decoder_tokens)
         self.decoder_special = list(decoder_special)
         self.decoder_input = decoder_input  # "target" or "greedy output (...)"
+
+    def _lengths(self) -> dict[str, int]:
+        return {"tokens": self.n_tokens, "decoder_tokens": len(self.decoder_tokens)}
 
     def __repr__(self) -> str:
         return f"Seq2SeqRun(model={self.model.name!r}, source tokens={self.n_tokens}, decoder tokens={len(self.decoder_tokens)}, decoder input={self.decoder_input!r})"
