@@ -160,6 +160,31 @@ def test_idle_sessions_lose_their_results():
     assert new.nbytes == 1000
 
 
+def test_idle_sessions_lose_their_results_when_no_page_sends_an_event():
+    pool = SessionPool(total_bytes=1 << 40, idle_s=0.2)
+    idle = pool.use(_session_holding(1000))
+    stop = pool.sweep_every(0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while idle.nbytes and time.monotonic() < deadline:  # no use(), no settle(): only the sweeper
+            time.sleep(0.05)
+        assert idle.nbytes == 0 and "idle for over" in idle.evicted
+    finally:
+        stop.set()
+
+
+def test_the_sweeper_ends_with_its_pool():
+    import gc
+
+    pool, before = SessionPool(), set(threading.enumerate())
+    pool.sweep_every(0.01)
+    (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "tokentrail-idle-sweep"]
+    del pool
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
 def test_sessions_are_held_weakly():
     pool = SessionPool()
     pool.use(_session_holding(10))

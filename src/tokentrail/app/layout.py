@@ -96,6 +96,7 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
     default_model = menu.add(preload[0]).value if preload else menu.default
     folder = ExportFolder()
     pool = pool or SessionPool()
+    pool.sweep_every(min(60.0, pool.idle_s / 4))  # idle pages lose their results on a quiet server too
     shelf = StudyShelf(studies)  # the only way the page reaches a study (Study tab, corrections fitted to one)
     p = Page()
 

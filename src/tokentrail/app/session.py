@@ -360,6 +360,7 @@ class SessionPool:
     together hold more than ``total_bytes``, the least recently used one loses its own
     (never the one being served, nor one busy with an event). Its page says why on its
     next click. Sessions are held weakly: Gradio's state expiry still frees them.
+    :meth:`sweep_every` also clears idle sessions when no page sends an event.
     """
 
     def __init__(self, total_bytes: int = TOTAL_BYTES, idle_s: float = IDLE_S):
@@ -386,6 +387,23 @@ class SessionPool:
 
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.sessions())
+
+    def sweep_every(self, seconds: float) -> threading.Event:
+        """Clear idle sessions every ``seconds`` from a daemon thread, so that a quiet
+        server lets go of idle results too (a click does it as well); returns the Event
+        that stops it. The thread holds the pool weakly: it ends with the pool."""
+        stop, pool_ref = threading.Event(), weakref.ref(self)
+
+        def sweep() -> None:
+            while not stop.wait(seconds):
+                pool = pool_ref()
+                if pool is None:
+                    return
+                pool.settle(cap=False)
+                del pool
+
+        threading.Thread(target=sweep, name="tokentrail-idle-sweep", daemon=True).start()
+        return stop
 
     def settle(self, current: Session | None = None, *, cap: bool = True) -> list[Session]:
         """Evict idle sessions, then (with ``cap``) least recently used ones while over the
