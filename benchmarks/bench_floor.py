@@ -22,9 +22,10 @@ All in one process, so every ratio compares numbers taken under the same load:
    several lengths, the fitted exponent of time in tokens, and at each length the peak
    RSS over the loaded model (peak reset with /proc/self/clear_refs before each length),
    split into what the Trail holds (``held_bytes``), the head-space cache
-   (``SpaceCache.nbytes``) and the working memory (the rest; of it, the captured
-   activations the views are computed from), with issue 13's bound: the weights, one
-   ``V x d`` table and the largest fixed chunk.
+   (``SpaceCache.nbytes``) and the working memory (the rest; of it, the activations the
+   views are computed from: every layer's for a captured trace, one layer's for a
+   streamed one, which long texts are), with issue 13's bound: the weights, one ``V x d``
+   table and the largest fixed chunk.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 import tokentrail as tt
-from tokentrail.analysis import ALL_SPACES, analyse
+from tokentrail.analysis import ALL_SPACES, analyse, streams
 from tokentrail.budget import WORKING_BYTES, held_bytes
 from tokentrail.options import HEAD_SITE, RESIDUAL_SITES
 from tokentrail.capture import capture
@@ -306,8 +307,11 @@ def scale(sub: Subject, lengths: list[int], base=None) -> None:
         acts = capture(sub.adapter, sub.ids(n))  # after the peak: what the forward pass hands the views
         captured = (held_bytes(acts) - acts.attentions.nbytes) / 2**20  # the patterns are counted in the results
         del acts
+        # a streamed trace (long texts) holds one layer's activations at a time, a captured one every layer's
+        streamed = streams(sub.adapter, as_options(analyse, everything)["options"], n)
+        held_acts, how = (captured / sub.adapter.n_layers, "streamed: one layer's activations") if streamed else (captured, "captured activations")
         print(f"  everything-trace {n:5d} tokens: {s:8.2f} s   load {os.getloadavg()[0]:.1f}   peak +{peak:5.0f}   results {held:5.0f}   "
-              f"head-space cache {cache:5.0f}   working {peak - held - cache:5.0f} (captured activations {captured:4.0f}, the rest {peak - held - cache - captured:4.0f})")  # fmt: skip
+              f"head-space cache {cache:5.0f}   working {peak - held - cache:5.0f} ({how} {held_acts:4.0f}, the rest {peak - held - cache - held_acts:4.0f})")  # fmt: skip
     if len(lengths) > 1:
         slope = np.polyfit(np.log(lengths), np.log(times), 1)[0]
         print(f"  fitted exponent (time ~ tokens^e): e = {slope:.2f}")

@@ -56,6 +56,12 @@ def test_an_encoder_decoder_counts_both_stacks_and_cross_attention_by_hand():
     assert alone == enc  # before the decoder input is known
 
 
+def test_a_streamed_trace_is_charged_one_layers_activations():
+    common = dict(tokens=5, layers=3, heads=2, vocab=10, d_model=4, residual_sites=1, residual_spaces=1, head_spaces=0, similarities=1, k=3, overlap_k=5, lens=False)
+    assert budget.estimate(**common).activations == 4 * (3 * 2 * 5 * 5 + 6 * 3 * 5 * 4)
+    assert budget.estimate(**common, streamed=True).activations == 4 * (3 * 2 * 5 * 5 + 6 * 5 * 4)
+
+
 SMOLLM2 = dict(layers=30, heads=9, vocab=49152, d_model=576)
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from . import __version__
 from .adapters import Adapter
 from .budget import BLOCK_BYTES, STATS_BYTES  # the scoring block and the window of row norms (their sizes are the memory bound's)
-from .capture import Activations, capture, head_vectors
+from .capture import Activations, Passed, capture, head_vectors
 from .errors import InputError, ModelError
 from .metrics import Cells, anisotropy, derive_metrics, overlap, similarity_from_dots
 from .options import (
@@ -99,6 +99,158 @@ def _copied(view: View, space: str) -> View:
         top_sims=own(view.top_sims), anisotropy=own(view.anisotropy), origin_top_ids=own(view.origin_top_ids),
         origin_top_sims=own(view.origin_top_sims),
     )  # fmt: skip
+
+
+def streams(adapter: Adapter, options: TraceOptions, tokens: int) -> bool:
+    """Whether a trace of ``tokens`` tokens is computed layer by layer during the forward
+    pass (:func:`stream_views`): when its captured activations would pass
+    :data:`~tokentrail.budget.STREAM_BYTES`, on a one-stack model, without a geometry
+    correction (those are fitted to, or read for, every layer's vectors before scoring)."""
+    from .budget import STREAM_BYTES, captured_bytes
+
+    return not adapter.is_seq2seq and options.correct is None and captured_bytes(adapter.n_layers, tokens, adapter.d_model) > STREAM_BYTES
+
+
+def stream_views(
+    adapter: Adapter,
+    spaces: SpaceCache,
+    input_ids: Tensor,
+    options: TraceOptions,
+    progress: Progress | None = None,
+    chunk_bytes: int = 192 << 20,
+) -> tuple[list[View], LensResult | None, Passed]:
+    """:func:`compute_views` and (with ``options.lens``) the logit lens of one text, scored a
+    layer at a time inside its forward pass (:func:`tokentrail.capture.stream`), so that one
+    layer's activations are held at a time instead of every layer's. The same views, in the
+    same order; a one-stack model, without a geometry correction (:func:`streams`). Returns
+    them, the lens and what the pass keeps for the Trail."""
+    from .capture import stream
+    from .lens import logit_lens
+
+    if adapter.is_seq2seq or options.correct is not None:
+        raise ValueError("a streamed trace takes a one-stack model and no geometry correction")
+    say = progress or (lambda f, m: None)
+    input_ids = input_ids.to(adapter.device).long()
+    L = adapter.n_layers
+    sims, k, ok = options.similarities, options.k, options.overlap_k
+    todo = [(site, sp) for site, sp in options.pairs() if site not in CROSS_SITES]
+    residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
+    lenses: list[LensResult] = []
+    positions = adapter.position_ids(input_ids[None], torch.ones_like(input_ids)[None])[0]  # the pass's own (capture.stream)
+    with spaces.scratch() as take:
+        scorers: list[tuple[VocabSpace, list[str], _ResidualStream | None]] = []
+        for sp in dict.fromkeys(sp for _, sp in residual):
+            space = spaces.get(sp)
+            site_names = [site for site, s in residual if s == sp]
+            # a space with the same rows as one scored (see _views) takes its views
+            twins = [r for s, _, r in scorers if r is not None and s.same_rows(space)]
+            left = [site for site in site_names if not any(site in r.sites for r in twins)]
+            scorers.append((space, site_names, _ResidualStream(adapter, space, left, sims, k, ok, chunk_bytes, take, input_ids, positions) if left else None))
+        heads = {sp: _HeadScorer(adapter, spaces, sp, sims, k, ok, chunk_bytes, take, input_ids, positions) for site, sp in todo if site == HEAD_SITE}
+
+        def on_layer(acts: Activations) -> None:
+            layer = acts.first_layer
+            say(layer / L, f"layer {layer + 1} of {L}")
+            for _, _, scorer in scorers:
+                if scorer is not None:
+                    scorer.layer(acts, layer)
+            for scorer in heads.values():
+                scorer.layer(acts, layer, stack=False)  # stacking layers needs every layer's activations
+            if options.lens:
+                lenses.append(logit_lens(adapter, acts, k=k, site=options.lens_site, beside_scratch=True))
+
+        passed = stream(adapter, input_ids, on_layer, causal=options.causal)
+    views: list[View] = []
+    made: list[tuple[VocabSpace, dict]] = []  # each space and its views by (site, similarity)
+    for space, site_names, scorer in scorers:
+        mine = {(v.site, v.similarity): v for v in scorer.views()} if scorer is not None else {}
+        twin = {key: v for s, vs in made if s.same_rows(space) for key, v in vs.items()}
+        views += [mine.get((site, sim)) or _copied(twin[(site, sim)], space.name) for sim in sims for site in site_names]
+        made.append((space, {**twin, **mine}))
+    for scorer in heads.values():
+        views += scorer.views()
+    return views, (_joined_lens(lenses) if lenses else None), passed
+
+
+def _joined_lens(parts: Sequence[LensResult]) -> LensResult:
+    """Layer-by-layer lens results as one (their (1, n, ...) arrays stacked)."""
+    layered = ("top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")
+    return replace(parts[0], **{f: np.concatenate([getattr(p, f) for p in parts]) for f in layered if getattr(parts[0], f) is not None})
+
+
+class _ResidualStream:
+    """The residual views of one space, scored during a streamed pass (:func:`stream_views`).
+
+    Each layer's sites (and, at layer 0, the original encodings) are kept until they fill
+    one scoring block (a copy of a few layers' vectors, at most a block's bytes: the matrix
+    products keep the captured path's sizes), then scored; each layer's overlap is taken
+    with the previous layer's top-K lists, kept meanwhile."""
+
+    def __init__(self, adapter, space: VocabSpace, sites, similarities, k, overlap_k, chunk_bytes, take, input_ids: Tensor, positions: Tensor):
+        n, L, V, dev = input_ids.shape[0], adapter.n_layers, space.vocab_size, input_ids.device
+        self.space, self.sites, self.similarities, self.k, self.overlap_k = space, list(sites), similarities, k, overlap_k
+        self.input_ids, self.K, self.n_layers = input_ids, min(max(k, overlap_k), V), L
+        self.uniq, self.inv = torch.unique(positions, return_inverse=True)
+        self.budget = min(chunk_bytes, BLOCK_BYTES)
+        self.ws = take(min(len(self.sites) * L * n + n, max(1, self.budget // (V * 4))) * V)
+        # queries kept before scoring: a block's, and no more than a block's bytes with their
+        # copy, their similarities and their top-K lists (a vocabulary smaller than d)
+        self.rows = max(1, self.budget // (4 * (V + 2 * space.d) + 12 * self.K * len(similarities)))
+        self.window = _PositionWindow(space, self.uniq)
+        kk = min(k, self.K)
+        self.out = {
+            (site, sim): dict(
+                own=torch.empty(L, n, device=dev), rank=torch.empty(L, n, dtype=torch.long, device=dev), ids=torch.empty(L, n, kk, dtype=torch.long, device=dev),
+                vals=torch.empty(L, n, kk, device=dev), ov=torch.empty(L, n, dtype=torch.long, device=dev), aniso=torch.empty(L, device=dev),
+            )  # fmt: skip
+            for site in self.sites for sim in similarities
+        }
+        self.origin: dict[str, tuple[Tensor, Tensor]] = {}
+        self.prev: dict[tuple[str, str], Tensor] = {}  # the previous layer's top overlap_k ids
+        self.pending: list[tuple[int, Tensor]] = []  # (layer, its queries) not scored yet
+
+    def layer(self, acts: Activations, layer: int) -> None:
+        d = acts.embedded.shape[1]
+        parts = ([acts.embedded[None]] if layer == 0 else []) + [acts.site(s) for s in self.sites]  # (1, n, d) each
+        self.pending.append((layer, torch.cat(parts).reshape(-1, d)))  # a copy: the layer's activations go after this call
+        for site in self.sites:
+            for sim in self.similarities:
+                self.out[(site, sim)]["aniso"][layer] = anisotropy(acts.site(site), sim)[0]
+        if sum(len(v) for _, v in self.pending) >= self.rows or layer == self.n_layers - 1:
+            self._score_pending()
+
+    def _score_pending(self) -> None:
+        n, kk = self.input_ids.shape[0], min(self.k, self.K)
+        vecs = torch.cat([v for _, v in self.pending]) if len(self.pending) > 1 else self.pending[0][1]
+        m = vecs.shape[0] // n
+        res = _scored(self.space, self.window, vecs, self.inv.repeat(m), self.input_ids.repeat(m), self.similarities, self.K, self.budget, self.ws)
+        at = 0
+        for layer, _ in self.pending:
+            if layer == 0:
+                for sim in self.similarities:
+                    ids, vals = res[sim][2][:n], res[sim][3][:n]
+                    self.origin[sim] = (ids[:, :kk].clone(), vals[:, :kk].clone())
+                    for site in self.sites:
+                        self.prev[(site, sim)] = ids[:, : self.overlap_k].clone()
+                at = n
+            for site in self.sites:
+                sl = slice(at, at + n)
+                at += n
+                for sim in self.similarities:
+                    own_s, rank, ids, vals = (t[sl] for t in res[sim])
+                    o = self.out[(site, sim)]
+                    o["own"][layer], o["rank"][layer], o["ids"][layer], o["vals"][layer] = own_s, rank, ids[:, :kk], vals[:, :kk]
+                    top = ids[:, : self.overlap_k]
+                    o["ov"][layer] = overlap(top, self.prev[(site, sim)])
+                    self.prev[(site, sim)] = top.clone()
+        self.pending = []
+
+    def views(self) -> list[View]:
+        overlap_k = min(self.overlap_k, self.K)
+        return [
+            _residual_view(site, self.space.name, sim, o["own"], o["rank"], o["ids"], o["vals"], o["ov"], o["aniso"], *self.origin[sim], overlap_k)
+            for (site, sim), o in self.out.items()
+        ]
 
 
 def compute_views_batch(
@@ -315,7 +467,7 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
         if adapter.is_seq2seq:
             check_fits(estimate_seq2seq(adapter, lens_reader, source_tokens=tokens, decoder_tokens=decoder_tokens, lens=options.lens, **sizes))
         else:
-            check_fits(estimate_run(adapter, tokens=tokens, lens=options.lens, **sizes))
+            check_fits(estimate_run(adapter, tokens=tokens, lens=options.lens, streamed=streams(adapter, options, tokens), **sizes))
     return options
 
 
@@ -348,22 +500,28 @@ def analyse(
     revision: str | None = None,
     progress: Progress | None = None,
     chunk_bytes: int = 192 << 20,
+    stream: bool | None = None,
 ) -> Trail:
     """Every metric of SPEC for every token and layer of one text, for a bare adapter.
 
     The same path as :meth:`tokentrail.runner.Run.trail` (one forward pass, then
-    :func:`compute_views` and :func:`make_trail`), for callers without a loaded model."""
+    :func:`compute_views` and :func:`make_trail`), for callers without a loaded model.
+    ``stream``: score the layers during the forward pass (:func:`stream_views`); None
+    (default) does so where :func:`streams` says, for long texts."""
     options = check_against(adapter, options.validate(), tokens=len(input_ids))
     say = progress or (lambda f, m: None)
     say(0.0, "running the model")
-    acts = capture(adapter, input_ids, causal=options.causal)
-    views = compute_views(adapter, spaces, acts, options, say, chunk_bytes)
     lens = None
-    if options.lens:
-        from .lens import logit_lens
+    if streams(adapter, options, len(input_ids)) if stream is None else stream:
+        views, lens, acts = stream_views(adapter, spaces, input_ids, options, say, chunk_bytes)
+    else:
+        acts = capture(adapter, input_ids, causal=options.causal)
+        views = compute_views(adapter, spaces, acts, options, say, chunk_bytes)
+        if options.lens:
+            from .lens import logit_lens
 
-        say(0.99, "logit lens")
-        lens = logit_lens(adapter, acts, k=options.k, site=options.lens_site)
+            say(0.99, "logit lens")
+            lens = logit_lens(adapter, acts, k=options.k, site=options.lens_site)
     say(1.0, "done")
     return make_trail(
         adapter, acts, views, lens, options=options, text=text, tokens=tokens, special=special,
@@ -561,30 +719,35 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
             s_ids = ids.view(L, n, K)
             prev = torch.cat([origin_ids[None], s_ids[:-1]])
             ov = overlap(s_ids[..., :overlap_k], prev[..., :overlap_k])
-            cells = Cells(
-                own_sim=_np(own_s.view(L, n)),
-                rank=_np(rank.view(L, n)),
-                overlap=_np(ov).astype(np.float64),
-                anisotropy=_np(anisotropy(acts.site(site) if corrections is None else _corrected_site(acts.site(site), corrections[1 + i * L : 1 + (i + 1) * L]), sim))
-                if text_statistics
-                else np.zeros(L),
-                overlap_k=min(overlap_k, K),
-            )
-            views[(sim, site)] = View(
-                site=site,
-                space=space.name,
-                similarity=sim,
-                metrics=derive_metrics(cells),
-                top_ids=_np(s_ids[..., :k].contiguous()),  # contiguous: a view keeps only its k columns alive
-                top_sims=_np(vals.view(L, n, K)[..., :k].contiguous()),
-                overlap_k=cells.overlap_k,
-                anisotropy=cells.anisotropy,
-                origin_top_ids=_np(origin_ids[:, :k].contiguous()),
-                origin_top_sims=_np(origin_vals[:, :k].contiguous()),
-            )
+            aniso = (
+                anisotropy(acts.site(site) if corrections is None else _corrected_site(acts.site(site), corrections[1 + i * L : 1 + (i + 1) * L]), sim)
+                if text_statistics else torch.zeros(L, dtype=torch.float64)
+            )  # fmt: skip
+            views[(sim, site)] = _residual_view(
+                site, space.name, sim, own_s.view(L, n), rank.view(L, n), s_ids[..., :k], vals.view(L, n, K)[..., :k], ov, aniso,
+                origin_ids[:, :k], origin_vals[:, :k], min(overlap_k, K),
+            )  # fmt: skip
             del own_s, rank, ids, vals, s_ids, prev, ov
         del res  # the site's top-K lists: let go before the next site is scored
     return [views[(sim, site)] for sim in similarities for site in sites]
+
+
+def _residual_view(site, space, sim, own_s, rank, top_ids, top_sims, ov, aniso, origin_ids, origin_sims, overlap_k) -> View:
+    """One residual View from its (L, n[, k]) tensors (own similarity, rank, top-k, overlap),
+    its (L,) anisotropy and the (n, k) top-k of the original encodings."""
+    cells = Cells(own_sim=_np(own_s), rank=_np(rank), overlap=_np(ov).astype(np.float64), anisotropy=_np(aniso), overlap_k=overlap_k)
+    return View(
+        site=site,
+        space=space,
+        similarity=sim,
+        metrics=derive_metrics(cells),
+        top_ids=_np(top_ids.contiguous()),  # contiguous: a view keeps only its k columns alive
+        top_sims=_np(top_sims.contiguous()),
+        overlap_k=overlap_k,
+        anisotropy=cells.anisotropy,
+        origin_top_ids=_np(origin_ids.contiguous()),
+        origin_top_sims=_np(origin_sims.contiguous()),
+    )
 
 
 def _scored(space: VocabSpace, window: "_PositionWindow", vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
@@ -677,41 +840,62 @@ def _stacked_products(adapter, spaces: SpaceCache, acts: Activations, kind: str,
 
 
 def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, take, tick):
-    n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
-    uniq, inv = torch.unique(acts.position_ids, return_inverse=True)
-    dev = acts.input_ids.device
-    groups = _groups(adapter, kind).to(dev)
-    cols, expand = _distinct_columns(adapter, kind)
-    cols, expand = cols.to(dev), expand.to(dev)
-    C = len(cols)
-    res = {sim: dict(own=torch.empty(L, H, n, device=dev), rank=torch.empty(L, H, n, dtype=torch.long, device=dev), ids=None, vals=None) for sim in similarities}
-    aniso = {sim: torch.empty(L, H, device=dev) for sim in similarities}
-    budget = min(chunk_bytes, BLOCK_BYTES)
-    ws = None
-    stacked: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (its block, the table) of a product made for several layers at once
-    for layer in range(L):
+    scorer = _HeadScorer(adapter, spaces, kind, similarities, k, overlap_k, chunk_bytes, take, acts.input_ids, acts.position_ids)
+    for layer in range(adapter.n_layers):
         tick()
+        scorer.layer(acts, layer)
+    return scorer.views()
+
+
+class _HeadScorer:
+    """The ``heads`` views of one head-space kind, scored a layer at a time (:meth:`layer`,
+    from activations holding that layer) into (L, H, n[, k]) tensors; :meth:`views` makes
+    the Views. A short text's layers may share one product (``stack``: needs every layer's
+    activations, so not in a streamed pass)."""
+
+    def __init__(self, adapter, spaces: SpaceCache, kind, similarities, k, overlap_k, chunk_bytes, take, input_ids: Tensor, position_ids: Tensor):
+        self.adapter, self.spaces, self.kind, self.similarities, self.k, self.overlap_k, self.take = adapter, spaces, kind, similarities, k, overlap_k, take
+        n, L, H = input_ids.shape[0], adapter.n_layers, adapter.n_heads
+        self.input_ids = input_ids
+        self.uniq, self.inv = torch.unique(position_ids, return_inverse=True)
+        dev = input_ids.device
+        self.groups = _groups(adapter, kind).to(dev)
+        cols, expand = _distinct_columns(adapter, kind)
+        self.cols, self.expand = cols.to(dev), expand.to(dev)
+        self.res = {sim: dict(own=torch.empty(L, H, n, device=dev), rank=torch.empty(L, H, n, dtype=torch.long, device=dev), ids=None, vals=None) for sim in similarities}
+        self.aniso = {sim: torch.empty(L, H, device=dev) for sim in similarities}
+        self.budget = min(chunk_bytes, BLOCK_BYTES)
+        self.ws = None
+        self.stacked: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (its block, the table) of a product made for several layers at once
+
+    def layer(self, acts: Activations, layer: int, stack: bool = True) -> None:
+        adapter, spaces, kind, similarities, budget = self.adapter, self.spaces, self.kind, self.similarities, self.budget
+        n, L, H, dev = self.input_ids.shape[0], adapter.n_layers, adapter.n_heads, self.input_ids.device
+        uniq, inv, groups, cols, expand, res = self.uniq, self.inv, self.groups, self.cols, self.expand, self.res
+        C = len(cols)
         space = spaces.get(kind, layer)
         V = space.vocab_size
-        kk = min(k, V)
+        kk = min(self.k, V)
         window = _PositionWindow(space, uniq)
         z = head_vectors(adapter, acts, kind, layer)  # (n, H, dh)
         for sim in similarities:
             if res[sim]["ids"] is None:
                 res[sim]["ids"] = torch.empty(L, H, n, kk, dtype=torch.long, device=dev)
                 res[sim]["vals"] = torch.empty(L, H, n, kk, device=dev)
-            aniso[sim][layer] = anisotropy(z.transpose(0, 1), sim)
-        stack = "cosine" in similarities and 2 * n * C * V * 4 <= budget  # a short text: layers share one product
-        if ws is None:
-            ws = take((budget // (V * 4) if stack else min(n, max(1, budget // (C * V * 4))) * C) * V)
+            self.aniso[sim][layer] = anisotropy(z.transpose(0, 1), sim)
+        stack = stack and "cosine" in similarities and 2 * n * C * V * 4 <= budget  # a short text: layers share one product
+        if self.ws is None:
+            self.ws = self.take((budget // (V * 4) if stack else min(n, max(1, budget // (C * V * 4))) * C) * V)
+        ws = self.ws
         zd = z[:, cols]  # the distinct columns: a key head shared by a KV group is scored once
         scorer = space.for_queries(n * C)
-        if stack and layer not in stacked:
-            stacked = _stacked_products(adapter, spaces, acts, kind, layer, cols, groups[cols], inv, uniq, ws)
+        if stack and layer not in self.stacked:
+            self.stacked = _stacked_products(adapter, spaces, acts, kind, layer, cols, groups[cols], inv, uniq, ws)
+        stacked = self.stacked
         for c in _chunks(n, C * V * 4, budget):
             zc = zd[c]
             m = zc.shape[0]
-            own = acts.input_ids[c].repeat_interleave(C)
+            own = self.input_ids[c].repeat_interleave(C)
             stats, local = window.at(inv[c])
             for sim in similarities:
                 ready = sim == "cosine" and layer in stacked and scorer.through_embeddings and scorer.x is stacked[layer][1]
@@ -724,27 +908,30 @@ def _head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similariti
                 r["vals"][layer, :, c] = vals.view(m, C, kk)[:, expand].transpose(0, 1)
             del stats  # the window alone holds it (see _scored)
         del window, scorer  # this layer's norms and table for the queries, before the next layer's
-    return [
-        View(
-            site="heads",
-            space=kind,
-            similarity=sim,
-            metrics=derive_metrics(
-                Cells(
-                    own_sim=_np(r["own"]),
-                    rank=_np(r["rank"]),
-                    overlap=np.full((L, H, n), np.nan),  # each layer's head space differs: no layer-to-layer overlap
-                    anisotropy=_np(aniso[sim]),
-                    overlap_k=overlap_k,  # named like the residual views; NaN (see docs/spec.md)
-                )
-            ),
-            top_ids=_np(r["ids"]),
-            top_sims=_np(r["vals"]),
-            overlap_k=overlap_k,
-            anisotropy=_np(aniso[sim]),
-        )
-        for sim, r in res.items()
-    ]
+
+    def views(self) -> list[View]:
+        L, H, n = self.adapter.n_layers, self.adapter.n_heads, self.input_ids.shape[0]
+        return [
+            View(
+                site="heads",
+                space=self.kind,
+                similarity=sim,
+                metrics=derive_metrics(
+                    Cells(
+                        own_sim=_np(r["own"]),
+                        rank=_np(r["rank"]),
+                        overlap=np.full((L, H, n), np.nan),  # each layer's head space differs: no layer-to-layer overlap
+                        anisotropy=_np(self.aniso[sim]),
+                        overlap_k=self.overlap_k,  # named like the residual views; NaN (see docs/spec.md)
+                    )
+                ),
+                top_ids=_np(r["ids"]),
+                top_sims=_np(r["vals"]),
+                overlap_k=self.overlap_k,
+                anisotropy=_np(self.aniso[sim]),
+            )
+            for sim, r in self.res.items()
+        ]
 
 
 def heads_at(

@@ -7,7 +7,8 @@ keeps, in bytes, with ``n`` tokens, ``L`` layers, ``H`` heads, ``V`` the vocabul
 embeddings), ``G`` head spaces (value, key, query), ``m`` similarities, ``K = min(max(k,
 overlap_k), V)`` and ``k_h = min(k, V)``::
 
-    activations  = 4 (L H n^2 + 6 L n d)                 attention maps + hooked vectors
+    activations  = 4 (L H n^2 + 6 L n d)                 attention maps + hooked vectors (a streamed
+                                                        trace holds one layer's: 6 n d)
     residual     = R m [12 (S L + 1) n K + 16 S L n overlap_k]
                    top-K ids (int64) and similarities (float32) for every query vector,
                    plus the sorted neighbour ids the overlap compares
@@ -75,6 +76,18 @@ top-k candidates, log-probabilities) and the allocator's slack come on top of th
 itself. Measured working memory (peak minus results, space cache and activations):
 527 MiB for the SmolLM2 everything-trace at 1,024 tokens and 531 MiB for a tiny GPT-2
 with a 60,000-token vocabulary at 900 tokens (tests/test_memory.py), against 640 MiB here."""
+STREAM_BYTES = 64 << 20
+"""A trace whose captured activations (:func:`captured_bytes`) would pass this is computed
+layer by layer during the forward pass (``analysis.stream_views``), holding one layer's
+activations at a time: the working memory then does not grow with the number of layers
+times tokens. Below it, the whole capture is kept (a short text's layers share products)."""
+
+
+def captured_bytes(layers: int, tokens: int, d_model: int) -> int:
+    """The hooked vectors of one text's capture (the ``6 L n d`` float32 of the estimate)."""
+    return 4 * 6 * layers * tokens * d_model
+
+
 SPACE_CACHE_BYTES = 1 << 30  # SpaceCache's default budget for head spaces
 HEADROOM = 0.8  # refuse when a run would take more than this share of the available memory
 
@@ -117,14 +130,16 @@ def estimate(
     k: int,
     overlap_k: int,
     lens: bool,
+    streamed: bool = False,
 ) -> Estimate:
-    """Bytes a run keeps at its peak (the formula is in the module docstring)."""
+    """Bytes a run keeps at its peak (the formula is in the module docstring). ``streamed``:
+    the trace scores each layer during the forward pass (``analysis.streams``)."""
     n, L, H, V, d = tokens, layers, heads, vocab, d_model
     K = min(max(k, overlap_k), V)
     kh = min(k, V)
     S, R, G, m = residual_sites, residual_spaces if residual_sites else 0, head_spaces, similarities
     return Estimate(
-        activations=4 * (L * H * n * n + 6 * L * n * d),
+        activations=4 * (L * H * n * n + 6 * (1 if streamed else L) * n * d),
         residual=R * m * (12 * (S * L + 1) * n * K + 16 * S * L * n * min(overlap_k, V)),
         heads=G * m * L * H * n * (12 * kh + 12),
         lens=L * n * (12 * kh + 28) if lens else 0,
@@ -200,7 +215,7 @@ def limit_bytes() -> int | None:
     return min(known) if known else None
 
 
-def estimate_run(model, *, tokens: int, pairs, similarities: int, k: int, overlap_k: int, lens: bool) -> Estimate:
+def estimate_run(model, *, tokens: int, pairs, similarities: int, k: int, overlap_k: int, lens: bool, streamed: bool = False) -> Estimate:
     """:func:`estimate` for a model (anything with ``n_layers``, ``n_heads``, ``vocab_size``,
     ``d_model``, e.g. an adapter) and the (site, space) pairs a run computes."""
     residual = [(site, sp) for site, sp in pairs if site != "heads"]
@@ -217,6 +232,7 @@ def estimate_run(model, *, tokens: int, pairs, similarities: int, k: int, overla
         k=k,
         overlap_k=overlap_k,
         lens=lens,
+        streamed=streamed,
     )
 
 

@@ -39,6 +39,9 @@ class Activations:
     attentions: Tensor  # (L, H, n, n): attention probabilities
     hidden_states: tuple[Tensor, ...]  # the framework's own hidden_states, for checks
     causal: bool = False  # the mask the pass ran with (decoders; False for encoders)
+    # a layer of a streamed pass (:func:`stream`) covers one layer: L = 1, ``embedded`` is the
+    # input of that layer, and ``attentions`` and ``hidden_states`` are empty
+    first_layer: int = 0
 
     @property
     def layer_in(self) -> Tensor:
@@ -47,7 +50,12 @@ class Activations:
 
     def layer_input(self, layer: int) -> Tensor:
         """(n, d): h_l for one layer, without building every layer's (``layer_in[layer]``)."""
-        return self.embedded if layer == 0 else self.layer_out[layer - 1]
+        at = layer - self.first_layer
+        return self.embedded if at == 0 else self.layer_out[at - 1]
+
+    def head_z(self, layer: int) -> Tensor:
+        """(n, H, d_head): the per-head post-attention vectors of one layer."""
+        return self.z[layer - self.first_layer]
 
     @property
     def attn_resid(self) -> Tensor:
@@ -205,6 +213,68 @@ def capture_batch(
     return acts
 
 
+@dataclass(frozen=True)
+class Passed:
+    """What a streamed pass (:func:`stream`) keeps for the Trail: the ids, positions, the
+    attention probabilities (L, H, n, n) and the mask it ran with."""
+
+    input_ids: Tensor
+    position_ids: Tensor
+    attentions: Tensor
+    causal: bool
+
+
+@torch.no_grad()
+def stream(adapter: Adapter, input_ids: Tensor, on_layer: Callable[[Activations], None], causal: bool | None = None) -> Passed:
+    """One forward pass over one text that hands each layer's activations to ``on_layer``
+    as the layer finishes (an :class:`Activations` of that layer alone, ``first_layer``
+    set) and keeps none of them: the activations held at once are one layer's, whatever
+    the number of layers. The vectors are the very ones :func:`capture` gives (the same
+    hooks on the same pass); the framework's hidden states are not asked for (they would
+    keep every layer's output). The vocabulary work runs inside the pass, in ``on_layer``."""
+    causal = adapter.resolve_causal(causal)
+    ids, mask, _ = _pad([input_ids.to(adapter.device)], adapter.pad_id, "right")
+    position_ids = adapter.position_ids(ids, mask)
+    n_layers, handles = adapter.n_layers, []
+    state: dict[str, object] = {"layer": 0, "h": None}
+
+    def enter(module, args, kwargs):  # layer 0's input: h_0, the original encodings
+        if state["h"] is None:
+            state["h"] = _first(args if args else [kwargs["hidden_states"]]).detach().float()[0]
+
+    with _hooks(adapter) as store:
+
+        def done(module, args, output):  # after the store's own hooks on the layer (registered first)
+            layer, h = state["layer"], state["h"]
+            out, attn, mlp = store["out"].pop()[0], store["attn"].pop()[0], store["mlp"].pop()[0]
+            z = store["z"].pop()[0].view(-1, adapter.n_heads, adapter.d_head)
+            ffn_in = store["ffn_in"].pop()[0] if store.get("ffn_in") else None
+            attn_resid = _attn_resid(attn[None], h, out[None]) if ffn_in is None else None
+            acts = Activations(
+                input_ids=ids[0], position_ids=position_ids[0], embedded=h, layer_out=out[None], attn=attn[None], z=z[None],
+                attn_resid_ln=attn_resid if ffn_in is None else ffn_in[None], mlp_out=mlp[None], attentions=torch.empty(0),
+                hidden_states=(), causal=causal, first_layer=layer,
+            )  # fmt: skip
+            if attn_resid is not None:
+                acts.keep_attn_resid(attn_resid)
+            on_layer(acts)
+            state["layer"], state["h"] = layer + 1, out
+
+        try:
+            handles.append(adapter.hook_points(0).layer.register_forward_pre_hook(enter, with_kwargs=True))
+            handles += [adapter.hook_points(layer).layer.register_forward_hook(done) for layer in range(n_layers)]
+            out = adapter.forward(ids, position_ids, mask, causal=causal, hidden_states=False)
+        finally:
+            for h in handles:
+                h.remove()
+    if state["layer"] != n_layers:
+        raise RuntimeError(f"the streamed pass saw {state['layer']} layers, expected {n_layers}")
+    atts = list(out.attentions)
+    del out  # the model's own patterns are let go as they are copied (as in capture_batch)
+    attentions = _stacked(atts)[0]  # (L, H, n, n)
+    return Passed(input_ids=ids[0], position_ids=position_ids[0], attentions=attentions, causal=causal)
+
+
 def _attn_resid(attn: Tensor, embedded: Tensor, layer_out: Tensor) -> Tensor:
     """(L, n, d) h_l + attn_l, with h_0 = ``embedded`` and h_l = ``layer_out[l - 1]``: made in
     place in one new tensor (attn_l + h_l, the same sums), not from a stacked copy of every h_l."""
@@ -252,7 +322,7 @@ def head_vectors(adapter: Adapter, acts: Activations, kind: str, layer: int) -> 
     query head's key is its KV head's.
     """
     if kind == "value":
-        return acts.z[layer]
+        return acts.head_z(layer)
     which = "k" if kind == "key" else "q"
     vec = head_qkv(adapter, acts, layer, which)  # (n, G, dh)
     return vec[:, adapter.kv_heads().to(vec.device)] if which == "k" else vec

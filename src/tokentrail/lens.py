@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .adapters import Adapter
+from .budget import BLOCK_BYTES, STATS_BYTES, WORKING_BYTES
 from .budget import LENS_CHUNK_BYTES as CHUNK_BYTES
 from .capture import Activations
 from .errors import InputError, ModelError
@@ -46,18 +47,24 @@ def logit_lens(
     k: int = 15,
     site: str = "layer_out",  # or "embeddings": one row, the head applied to e_t
     chunk_bytes: int | None = None,
+    beside_scratch: bool = False,
 ) -> LensResult:
     """Apply the model's own output head to ``site`` at every layer of ``acts``.
 
     Memory stays at ``O(chunk x V)``: tokens go through the head a chunk at a time and
-    only the top-k, ranks and probabilities of each cell are kept.
+    only the top-k, ranks and probabilities of each cell are kept. The chunks take the
+    place of the views' scratch block (let go first), or with ``beside_scratch`` (a
+    streamed trace, whose next layer's views need the block) come in what the memory
+    bound leaves beside the block and a window of row norms.
     """
     if site not in LENS_SITES and site != EMBEDDINGS:
         raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)} (or {EMBEDDINGS} for the one row of the original encodings), not {site!r}")
     if k < 1:
         raise InputError("k must be at least 1")
-    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    release_scratch(adapter)  # the lens' chunks take the place of the views' scratch block, not add to it
+    if chunk_bytes is None:
+        chunk_bytes = WORKING_BYTES - BLOCK_BYTES - STATS_BYTES if beside_scratch else CHUNK_BYTES
+    if not beside_scratch:
+        release_scratch(adapter)  # the lens' chunks take the place of the views' scratch block, not add to it
     head = adapter.lens_head()
     if head is None:
         raise ModelError(adapter.lens_unavailable_reason())

@@ -126,7 +126,7 @@ class LoadedModel:
         the decoder reads ``target`` (its teacher-forcing input) or, without one, the
         model's own greedy output of at most ``max_new_tokens`` (default
         :data:`~tokentrail.options.DEFAULT_NEW_TOKENS`) new tokens."""
-        from .analysis import check_against
+        from .analysis import check_against, streams
         from .capture import capture
         from .inputs import check_text
         from .options import TraceOptions
@@ -147,6 +147,8 @@ class LoadedModel:
             return self._run_seq2seq(text, enc, opts, target, max_new_tokens)
         if target is not None or max_new_tokens is not None:
             raise InputError(f"--target and --max-new-tokens are for encoder-decoder models; {self.name} ({self.adapter.family}) has one stack")
+        if streams(self.adapter, opts, len(enc.ids)):
+            return Run(self, text, enc, None, opts)  # a long text: its Trail streams, the capture waits until asked for
         with self.lock:  # hooks on shared modules: one capture at a time per model
             acts = capture(self.adapter, enc.ids, causal=opts.causal)
         return Run(self, text, enc, acts, opts)

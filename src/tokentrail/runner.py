@@ -2,7 +2,9 @@
 
 ``model.run(text)`` tokenizes once and captures once; the Trail (any options), a layer's
 heads, the attention walkthrough and the logit lens are all derived from the captured
-activations, and cached on the Run. The CLI, the app and notebooks use this object and
+activations, and cached on the Run. A long text (``analysis.streams``) is not captured
+up front: its Trail is scored layer by layer during a forward pass of its own, holding one
+layer's activations at a time, and the capture is made only if something else asks for it. The CLI, the app and notebooks use this object and
 nothing below it.
 """
 
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import Tensor
 
-from .analysis import Progress, check_against, compute_views, compute_views_batch, heads_at, make_trail
+from .analysis import Progress, check_against, compute_views, compute_views_batch, heads_at, make_trail, stream_views, streams
 from .capture import Activations
 from .inputs import Encoded
 from .options import TraceOptions
@@ -33,11 +35,11 @@ class Run:
     sites, spaces, similarities or k on the same pass, but not another mask or truncation.
     """
 
-    def __init__(self, model: "LoadedModel", text: str, encoded: Encoded, acts: Activations, options: TraceOptions):
+    def __init__(self, model: "LoadedModel", text: str, encoded: Encoded, acts: Activations | None, options: TraceOptions):
         self.model = model
         self.text = text
         self.encoded = encoded
-        self.acts = acts
+        self._acts = acts  # None: captured when first needed (a long text's Trail streams instead)
         self.options = options
         self._lock = threading.RLock()
         self._trails: OrderedDict[TraceOptions, Trail] = OrderedDict()
@@ -58,8 +60,20 @@ class Run:
         return len(self.encoded.tokens)
 
     @property
+    def acts(self) -> Activations:
+        """Every layer's activations of this text, captured on first use if the run has not
+        captured them yet (:meth:`trail` of a long text does without: it streams)."""
+        with self._lock:
+            if self._acts is None:
+                from .capture import capture
+
+                with self.model.lock:  # hooks on shared modules: one pass at a time per model
+                    self._acts = capture(self.model.adapter, self.ids, causal=self.options.causal)
+            return self._acts
+
+    @property
     def causal(self) -> bool:
-        return self.acts.causal
+        return self.model.adapter.resolve_causal(self.options.causal)
 
     def __repr__(self) -> str:
         return f"Run(model={self.model.name!r}, tokens={self.n_tokens}, causal={self.causal})"
@@ -68,7 +82,7 @@ class Run:
         """What this run keeps in memory: its activations and every cached Trail, lens and
         heads view (for :func:`tokentrail.budget.held_bytes`; the model is not included)."""
         with self._lock:
-            return [self.acts, self.encoded, *self._trails.values(), *self._lenses.values(), *self._heads.values()]
+            return [self._acts, self.encoded, *self._trails.values(), *self._lenses.values(), *self._heads.values()]
 
     @property
     def nbytes(self) -> int:
@@ -87,7 +101,16 @@ class Run:
         if cached is not None:
             return cached
         say = progress or (lambda f, m: None)
-        return self._keep(opts, compute_views(self.model.adapter, self.model.spaces, self.acts, opts, say), say)
+        m = self.model
+        if self._acts is None and streams(m.adapter, opts, self.n_tokens):
+            # a long text, not captured: its layers are scored during the forward pass
+            with m.lock:
+                views, lens, passed = stream_views(m.adapter, m.spaces, self.ids, opts, say)
+            if lens is not None:
+                with self._lock:
+                    self._lenses[(opts.k, opts.lens_site)] = lens
+            return self._keep(opts, views, say, passed)
+        return self._keep(opts, compute_views(m.adapter, m.spaces, self.acts, opts, say), say)
 
     def _options(self, options: TraceOptions | None, changes: dict) -> TraceOptions:
         opts = (options or self.options).with_(**changes) if changes else (options or self.options).validate()
@@ -106,8 +129,9 @@ class Run:
                 return self._trails[opts]
         return None
 
-    def _keep(self, opts: TraceOptions, views, say) -> Trail:
-        """Wrap computed views into this run's Trail for ``opts`` (with the lens), and cache it."""
+    def _keep(self, opts: TraceOptions, views, say, passed=None) -> Trail:
+        """Wrap computed views into this run's Trail for ``opts`` (with the lens), and cache it.
+        ``passed``: what a streamed pass kept (else the run's activations)."""
         lens = None
         if opts.lens:
             say(0.99, "logit lens")
@@ -115,7 +139,7 @@ class Run:
         say(1.0, "done")
         m = self.model
         trail = make_trail(
-            m.adapter, self.acts, views, lens, options=opts, text=self.text, tokens=self.tokens,
+            m.adapter, self.acts if passed is None else passed, views, lens, options=opts, text=self.text, tokens=self.tokens,
             special=self.encoded.special, label=m.labels, model_name=m.name, revision=m.revision,
             device=m.device, dtype=m.dtype, truncated_from=self.encoded.truncated_from,
         )  # fmt: skip

@@ -139,10 +139,10 @@ class BartEncoderAdapter(_BartStack, EncoderStack):
         # fc1's input is self_attn_layer_norm(h + attn): attn_resid_ln; fc2's output is the FFN's
         return HookPoints(layer=lay, attn_out_proj=lay.self_attn.out_proj, ffn_input=lay.fc1, mlp_out=lay.fc2)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
         self._check_positions(input_ids, position_ids)
         self._check_eager()
-        return self.stack_module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+        return self.stack_module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states, output_attentions=True)
 
     def make_decoder(self) -> "BartDecoderAdapter":
         return BartDecoderAdapter(self.model)

@@ -210,9 +210,10 @@ class Adapter(ABC):
 
     # ---- running ---------------------------------------------------------------
     @abstractmethod
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
         """One forward pass on a padded batch: ids, position ids and 1/0 attention mask all
-        (B, n). Returns the framework's output with ``hidden_states`` and ``attentions``.
+        (B, n). Returns the framework's output with ``hidden_states`` (unless asked not to:
+        they keep every layer's output alive until the pass ends) and ``attentions``.
         Padding keys are hidden from every query; ``causal`` only matters for decoders."""
 
     # ---- output head (logit lens) -----------------------------------------------

@@ -85,13 +85,13 @@ class BertAdapter(Adapter):
         # output.dense's output is the FFN sublayer's output before the residual add
         return HookPoints(layer=lay, attn_out_proj=lay.attention.output.dense, ffn_input=lay.intermediate, mlp_out=lay.output.dense)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
         return self.base(
             input_ids=input_ids,  # (B, n)
             attention_mask=attention_mask,  # (B, n): the model hides padding keys itself
             token_type_ids=torch.zeros_like(input_ids),
             position_ids=position_ids,
-            output_hidden_states=True,
+            output_hidden_states=hidden_states,
             output_attentions=True,
         )
 

@@ -56,7 +56,7 @@ class DecoderAdapter(Adapter):
         mask = attention_mask.long()
         return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = True):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = True, hidden_states: bool = True):
         impl = getattr(self.config, "_attn_implementation", "eager")
         if impl != "eager":
             raise ModelError(
@@ -77,7 +77,7 @@ class DecoderAdapter(Adapter):
             attention_mask=mask,
             position_ids=position_ids,
             use_cache=False,
-            output_hidden_states=True,
+            output_hidden_states=hidden_states,
             output_attentions=True,
         )
 

@@ -160,14 +160,14 @@ class DecoderStack(_Stack):
             raise InputError(f"the {self.family} decoder is trained causal: its mask cannot be turned off here")
         return True
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = True):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = True, hidden_states: bool = True):
         self._check_positions(input_ids, position_ids)
         self._check_eager()
         b = input_ids.shape[0]
         src = self.source.to(input_ids.device)[None].expand(b, -1)
         out = self.model(
             input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=input_ids,
-            decoder_attention_mask=attention_mask, use_cache=False, output_hidden_states=True, output_attentions=True,
+            decoder_attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden_states, output_attentions=True,
         )  # fmt: skip
         self.last_output = out
         return SimpleNamespace(hidden_states=out.decoder_hidden_states, attentions=out.decoder_attentions)

@@ -126,10 +126,10 @@ class T5EncoderAdapter(_T5Stack, EncoderStack):
         # pre-norm: attn_resid_ln == attn_resid, which the FFN's own norm reads
         return self._stack_hooks(layer, self.blocks[layer].layer[-1].layer_norm)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
         self._check_positions(input_ids, position_ids)
         self._check_eager()
-        return self.stack_module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+        return self.stack_module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states, output_attentions=True)
 
     def make_decoder(self) -> "T5DecoderAdapter":
         return T5DecoderAdapter(self.model)
