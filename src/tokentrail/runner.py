@@ -4,8 +4,8 @@
 heads, the attention walkthrough and the logit lens are all derived from the captured
 activations, and cached on the Run. A long text (``analysis.streams``) is not captured
 up front: its Trail is scored layer by layer during a forward pass of its own, holding one
-layer's activations at a time, and the capture is made only if something else asks for it. The CLI, the app and notebooks use this object and
-nothing below it.
+layer's activations at a time, and the capture is made only if something else asks for
+it. The CLI, the app and notebooks use this object and nothing below it.
 """
 
 from __future__ import annotations
