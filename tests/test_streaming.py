@@ -14,6 +14,7 @@ import tokentrail.capture
 from tokentrail import budget
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis import analyse, streams
+from tokentrail.errors import InputError
 from tokentrail.options import TraceOptions
 from tokentrail.spaces import SpaceCache
 
@@ -115,3 +116,31 @@ def test_which_traces_stream(make_tiny):
     over = budget.STREAM_BYTES // per_token + 1
     assert not streams(adapter, opts, over - 1) and streams(adapter, opts, over)
     assert not streams(adapter, opts.with_(correct="zscore"), over)  # a correction is fitted to every layer's vectors first
+
+
+def test_a_forced_stream_that_cannot_stream_is_refused_in_one_line(make_tiny):
+
+    adapter = adapter_for(_tiny("llama", make_tiny))
+    ids = torch.arange(5, 17)
+    toks = [str(i) for i in ids.tolist()]
+    opts = TraceOptions.make(site="layer_out", correct="zscore")
+    with pytest.raises(InputError, match="needs every layer's vectors"):
+        analyse(adapter, SpaceCache(adapter), ids, text=" ".join(toks), tokens=toks, special=[False] * 12, label=lambda vs: {}, model_name="llama", options=opts, stream=True)
+
+
+def test_a_batch_is_charged_every_layers_activations(loaded_tiny, monkeypatch):
+    """One long text streams and is charged one layer's activations; a batch of texts is
+    captured whole, so the memory check charges it every layer's."""
+    from tokentrail.analysis import check_against
+
+    monkeypatch.setattr(budget, "STREAM_BYTES", 0)
+    texts = ["time flies like an arrow", "fruit flies like a banana"]
+    opts = check_against(loaded_tiny.adapter, TraceOptions())
+    n = sum(len(loaded_tiny.encode(t).ids) for t in texts)
+    sizes = dict(tokens=n, pairs=opts.pairs(), similarities=len(opts.similarities), k=opts.k, overlap_k=opts.overlap_k, lens=opts.lens)
+    one, whole = budget.estimate_run(loaded_tiny.adapter, streamed=True, **sizes).total, budget.estimate_run(loaded_tiny.adapter, **sizes).total
+    assert whole > one
+    monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int((one + whole) / 2 / budget.HEADROOM)))
+    check_against(loaded_tiny.adapter, opts, tokens=n)  # as one streamed text: fits
+    with pytest.raises(InputError, match="would need about"):
+        loaded_tiny.runs(texts)

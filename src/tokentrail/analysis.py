@@ -102,13 +102,22 @@ def _copied(view: View, space: str) -> View:
 
 
 def streams(adapter: Adapter, options: TraceOptions, tokens: int) -> bool:
-    """Whether a trace of ``tokens`` tokens is computed layer by layer during the forward
-    pass (:func:`stream_views`): when its captured activations would pass
-    :data:`~tokentrail.budget.STREAM_BYTES`, on a one-stack model, without a geometry
-    correction (those are fitted to, or read for, every layer's vectors before scoring)."""
+    """Whether a trace of one text of ``tokens`` tokens is computed layer by layer during
+    the forward pass (:func:`stream_views`): when its captured activations would pass
+    :data:`~tokentrail.budget.STREAM_BYTES` and it can stream (:func:`_unstreamable`)."""
     from .budget import STREAM_BYTES, captured_bytes
 
-    return not adapter.is_seq2seq and options.correct is None and captured_bytes(adapter.n_layers, tokens, adapter.d_model) > STREAM_BYTES
+    return _unstreamable(adapter, options) is None and captured_bytes(adapter.n_layers, tokens, adapter.d_model) > STREAM_BYTES
+
+
+def _unstreamable(adapter: Adapter, options: TraceOptions) -> str | None:
+    """Why a trace cannot stream, or None: an encoder-decoder's two stacks, or a geometry
+    correction (fitted to, or read for, every layer's vectors before scoring)."""
+    if adapter.is_seq2seq:
+        return f"this {adapter.family} model is an encoder-decoder: its trace is not streamed"
+    if options.correct is not None:
+        return f"--correct {options.correct} needs every layer's vectors before scoring: a corrected trace is not streamed"
+    return None
 
 
 def stream_views(
@@ -127,8 +136,9 @@ def stream_views(
     from .capture import stream
     from .lens import logit_lens
 
-    if adapter.is_seq2seq or options.correct is not None:
-        raise ValueError("a streamed trace takes a one-stack model and no geometry correction")
+    why = _unstreamable(adapter, options)
+    if why is not None:
+        raise InputError(why)
     say = progress or (lambda f, m: None)
     input_ids = input_ids.to(adapter.device).long()
     L = adapter.n_layers
@@ -211,11 +221,12 @@ class _ResidualStream:
 
     def layer(self, acts: Activations, layer: int) -> None:
         d = acts.embedded.shape[1]
-        parts = ([acts.embedded[None]] if layer == 0 else []) + [acts.site(s) for s in self.sites]  # (1, n, d) each
+        vectors = {s: acts.site(s) for s in self.sites}  # (1, n, d) each; some are made on reading
+        parts = ([acts.embedded[None]] if layer == 0 else []) + list(vectors.values())
         self.pending.append((layer, torch.cat(parts).reshape(-1, d)))  # a copy: the layer's activations go after this call
-        for site in self.sites:
+        for site, v in vectors.items():
             for sim in self.similarities:
-                self.out[(site, sim)]["aniso"][layer] = anisotropy(acts.site(site), sim)[0]
+                self.out[(site, sim)]["aniso"][layer] = anisotropy(v, sim)[0]
         if sum(len(v) for _, v in self.pending) >= self.rows or layer == self.n_layers - 1:
             self._score_pending()
 
@@ -431,14 +442,15 @@ def cross_views(decoder, acts, options: TraceOptions) -> list[CrossView]:
     return out
 
 
-def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None, decoder_tokens: int | None = None) -> TraceOptions:
+def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None, decoder_tokens: int | None = None, streamed: bool | None = None) -> TraceOptions:
     """What only the model can tell about options, checked before the forward pass;
     returns them with the overlap set size settled (default: 100, or the vocabulary if
     smaller). With ``tokens``, also refuses a run whose estimated peak memory exceeds
     what the machine has, with the figure and the fix. An encoder-decoder's ``tokens`` are
     its source's; with ``decoder_tokens`` (its decoder input's length, or the most it may
     have) the estimate is both stacks' and their cross-attention's, without it the
-    encoder stack's alone."""
+    encoder stack's alone. ``streamed``: whether the trace streams (None: one text, as
+    :func:`streams` decides; a batch of texts is captured whole, False)."""
     adapter.resolve_causal(options.causal)
     options = _settle_cross_sites(adapter, options)
     lens_reader = adapter.decoder_stack() if adapter.is_seq2seq else adapter  # an encoder-decoder's lens reads its decoder
@@ -467,7 +479,8 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
         if adapter.is_seq2seq:
             check_fits(estimate_seq2seq(adapter, lens_reader, source_tokens=tokens, decoder_tokens=decoder_tokens, lens=options.lens, **sizes))
         else:
-            check_fits(estimate_run(adapter, tokens=tokens, lens=options.lens, streamed=streams(adapter, options, tokens), **sizes))
+            streamed = streams(adapter, options, tokens) if streamed is None else streamed
+            check_fits(estimate_run(adapter, tokens=tokens, lens=options.lens, streamed=streamed, **sizes))
     return options
 
 
@@ -508,11 +521,14 @@ def analyse(
     :func:`compute_views` and :func:`make_trail`), for callers without a loaded model.
     ``stream``: score the layers during the forward pass (:func:`stream_views`); None
     (default) does so where :func:`streams` says, for long texts."""
-    options = check_against(adapter, options.validate(), tokens=len(input_ids))
+    options = options.validate()
+    if stream is None:
+        stream = streams(adapter, options, len(input_ids))
+    options = check_against(adapter, options, tokens=len(input_ids), streamed=stream)
     say = progress or (lambda f, m: None)
     say(0.0, "running the model")
     lens = None
-    if streams(adapter, options, len(input_ids)) if stream is None else stream:
+    if stream:
         views, lens, acts = stream_views(adapter, spaces, input_ids, options, say, chunk_bytes)
     else:
         acts = capture(adapter, input_ids, causal=options.causal)
@@ -550,7 +566,7 @@ def analyse_batch(
     text, the Trail it gets alone."""
     if not (len(input_ids) == len(texts) == len(tokens) == len(special)):
         raise InputError("a batch needs as many texts, token lists and special flags as id tensors")
-    options = check_against(adapter, options.validate(), tokens=sum(len(t) for t in input_ids))
+    options = check_against(adapter, options.validate(), tokens=sum(len(t) for t in input_ids), streamed=False)
     from .capture import capture_batch
 
     say = progress or (lambda f, m: None)

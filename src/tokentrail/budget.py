@@ -139,7 +139,7 @@ def estimate(
     kh = min(k, V)
     S, R, G, m = residual_sites, residual_spaces if residual_sites else 0, head_spaces, similarities
     return Estimate(
-        activations=4 * (L * H * n * n + 6 * (1 if streamed else L) * n * d),
+        activations=4 * L * H * n * n + captured_bytes(1 if streamed else L, n, d),
         residual=R * m * (12 * (S * L + 1) * n * K + 16 * S * L * n * min(overlap_k, V)),
         heads=G * m * L * H * n * (12 * kh + 12),
         lens=L * n * (12 * kh + 28) if lens else 0,

@@ -209,7 +209,7 @@ class LoadedModel:
         texts = [check_text(t) for t in texts]
         opts = check_against(self.adapter, opts)
         encoded = [self.encode(t, truncate=opts.truncate, max_tokens=max_tokens) for t in texts]
-        opts = check_against(self.adapter, opts, tokens=sum(len(e.ids) for e in encoded))
+        opts = check_against(self.adapter, opts, tokens=sum(len(e.ids) for e in encoded), streamed=False)  # a batch is captured whole
         side = padding_side or self.adapter.padding_sides[0]
         with self.lock:
             acts = capture_batch(self.adapter, [e.ids for e in encoded], causal=opts.causal, padding_side=side)
