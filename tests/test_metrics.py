@@ -211,6 +211,16 @@ def test_anisotropy_excludes_self_pairs():
     assert anisotropy(v, "euclidean").item() == pytest.approx(-2.0)  # with it, -1
 
 
+def test_anisotropy_in_blocks_of_rows_is_the_mean_over_every_distinct_pair(monkeypatch):
+    """Blocks of 3 rows of an 8 x 8 matrix (one short block, self pairs on every block's
+    own diagonal) against the mean written pair by pair."""
+    monkeypatch.setattr("tokentrail.metrics.PAIR_BLOCK", 24)
+    v = torch.randn(2, 8, 5, generator=torch.Generator().manual_seed(3))
+    for kind, pair in (("cosine", lambda a, b: a @ b / (a.norm() * b.norm())), ("euclidean", lambda a, b: -(a - b).norm())):
+        want = [sum(pair(m[i].double(), m[j].double()) for i in range(8) for j in range(8) if i != j) / 56 for m in v]
+        assert anisotropy(v, kind).tolist() == pytest.approx([float(w) for w in want], abs=1e-6)
+
+
 def test_anisotropy_batches_and_single_token():
     v = torch.stack([torch.tensor([[1.0, 0.0], [2.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]])])
     assert anisotropy(v, "cosine").tolist() == pytest.approx([1.0, 0.0])

@@ -102,27 +102,35 @@ def overlap(a: Tensor, b: Tensor, chunk: int = 1 << 22) -> Tensor:
     return out.view(shape)
 
 
+PAIR_BLOCK = 1 << 20
+""":func:`anisotropy` makes its pair similarities this many (float64) at a time: rows of
+the ``(n, n)`` matrix in blocks, so its memory stays 8 MiB whatever ``n``."""
+
+
 def anisotropy(vectors: Tensor, kind: str = "cosine") -> Tensor:
     """Mean similarity between vectors of distinct positions.
 
     vectors: (..., n, d) -> (...,). With fewer than two positions there is no pair: NaN.
+    Computed in float64, a block of rows of the ``(n, n)`` similarities at a time
+    (:data:`PAIR_BLOCK`), each block's self pairs left out.
     """
     n = vectors.shape[-2]
     if n < 2:
         return torch.full(vectors.shape[:-2], float("nan"), device=vectors.device)
     if kind not in ("cosine", "euclidean"):
         raise ValueError(f"unknown similarity {kind!r}")
-    off = ~torch.eye(n, dtype=torch.bool, device=vectors.device)
     flat = vectors.reshape(-1, n, vectors.shape[-1])
-    out = torch.empty(flat.shape[0], dtype=torch.float64, device=vectors.device)
-    for i, m in enumerate(flat):  # one (n, n) matrix at a time: memory O(n^2), not O(L H n^2)
+    out = torch.zeros(flat.shape[0], dtype=torch.float64, device=vectors.device)
+    step = max(1, PAIR_BLOCK // n)
+    for i, m in enumerate(flat):  # one slice at a time, its pairs a block of rows at a time
         v = m.double()
         if kind == "cosine":
-            u = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-            s = u @ u.T
-        else:
-            s = -torch.cdist(v, v)
-        out[i] = s[off].sum()
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        for lo in range(0, n, step):
+            rows = v[lo : lo + step]
+            s = rows @ v.T if kind == "cosine" else -torch.cdist(rows, v)
+            s.diagonal(lo).zero_()  # the self pairs (row j is position lo + j)
+            out[i] += s.sum()
     return (out / (n * (n - 1))).float().view(vectors.shape[:-2])
 
 
