@@ -13,6 +13,7 @@ from tokentrail.adapters import adapter_for
 from tokentrail.analysis import analyse
 from tokentrail.metrics import rank_in_vocab, top_k
 from tokentrail.options import RESIDUAL_SITES, TraceOptions
+from tokentrail import scoring
 from tokentrail.scoring import SLICES, score_block, top_values
 from tokentrail.spaces import SpaceCache, build_space
 
@@ -46,13 +47,17 @@ def test_score_block_equals_the_definitions_with_many_ties(k):
     assert torch.equal(ids, want_ids) and torch.equal(vals, want_vals)
 
 
-@pytest.mark.parametrize("V", [8192, 8192 + 7])  # the last V mod SLICES columns are candidates of their own
+@pytest.mark.parametrize("V", [8192, 8192 + 7, 30522])  # the last V mod SLICES columns are candidates of their own
 @pytest.mark.parametrize("levels", [12, 200, None])  # heavy ties, some ties, continuous values
 @pytest.mark.parametrize("k", [1, 16, 101])
-def test_long_rows_take_the_candidate_path_and_equal_the_definitions(V, levels, k):
+def test_long_rows_take_the_candidate_path_and_equal_the_definitions(V, levels, k, monkeypatch):
     """Rows long enough for :func:`top_values` to pick candidate columns (V // SLICES >= 4 (k + 1)):
-    its values are torch.topk's, and the scored block equals the definitions, ties included."""
+    its values are torch.topk's, and the scored block equals the definitions, ties included.
+    Where the maxima of the slices are themselves long rows (V // SLICES**2 >= 4 (k + 1)),
+    their k largest are found the same way (one level more: counted)."""
     assert V // SLICES >= 4 * (k + 1)
+    calls = []
+    monkeypatch.setattr(scoring, "top_values", lambda b, kk, sorted=True: calls.append(b.shape[1]) or top_values(b, kk, sorted))
     g = torch.Generator().manual_seed(V + k)
     block = torch.rand(48, V, generator=g) if levels is None else torch.randint(0, levels, (48, V), generator=g).float() / (levels - 1)
     block[5, V - 3] = 2.0  # the best value in the tail columns
@@ -61,6 +66,8 @@ def test_long_rows_take_the_candidate_path_and_equal_the_definitions(V, levels, 
     own[:12] = block[:12].argmax(1)
     vals, ids = top_values(block, k + 1)
     assert torch.equal(vals, torch.topk(block, k + 1, dim=1).values) and torch.equal(block.gather(1, ids), vals)
+    levels_deep = 1 + sum(V // SLICES**i >= 4 * (k + 1) for i in (2, 3))
+    assert len(calls) == levels_deep and calls[0] == V // SLICES, calls
     own_s, rank, got_ids, got_vals = score_block(block.clone(), own, k)
     want_ids, want_vals = top_k(block, k)
     assert torch.equal(rank, rank_in_vocab(block, own))

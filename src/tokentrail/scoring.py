@@ -46,13 +46,13 @@ def score_block(block: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor, Ten
     return own_s[:, 0], rank, ids, vals
 
 
-SLICES = 16
+SLICES = 8
 """:func:`top_values` cuts each row into this many contiguous slices of ``V // SLICES`` columns."""
 
 
-def top_values(block: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``torch.topk(block, k, dim=1)``'s values (the same, in order) and ids, in about two
-    thirds of its time on rows of 30-50k values (one thread, docs/benchmarks.md).
+def top_values(block: Tensor, k: int, sorted: bool = True) -> tuple[Tensor, Tensor]:
+    """``torch.topk(block, k, dim=1)``'s values (the same; in order unless ``sorted`` is
+    False) and ids, in about 0.6-0.8x its time on rows of 30-50k values (docs/benchmarks.md).
 
     Column ``j`` of a row belongs to group ``j mod n`` (``n = V // SLICES``: group ``j``
     holds column ``j`` of each slice; the last ``V mod SLICES`` columns are always
@@ -60,21 +60,22 @@ def top_values(block: Tensor, k: int) -> tuple[Tensor, Tensor]:
     hold k values at least the k-th largest maximum, and every value of another group is
     at most that: so the k largest values of the row are among those groups' columns,
     and ``topk`` runs over ``k * SLICES`` candidates instead of V. The maxima are taken
-    over contiguous slices (one vectorised pass). Which of several *equal* values is
-    returned may differ from ``torch.topk`` (neither orders ties);
+    over contiguous slices (one vectorised pass), and their k largest are found the same
+    way (the maxima are rows of ``n`` values), until rows are short. Which of several
+    *equal* values is returned may differ from ``torch.topk`` (neither orders ties);
     :func:`_exact_order` settles ties by lower id either way.
     """
     Q, V = block.shape
     n = V // SLICES
     if n < 4 * k:
-        return torch.topk(block, k, dim=1, sorted=True)
+        return torch.topk(block, k, dim=1, sorted=sorted)
     main = n * SLICES
     peaks = block[:, :main].view(Q, SLICES, n).amax(1)  # (Q, n): max of columns j, j + n, ...
-    groups = torch.topk(peaks, k, dim=1, sorted=False).indices  # (Q, k)
+    groups = top_values(peaks, k, sorted=False)[1]  # (Q, k)
     cols = (groups[:, :, None] + torch.arange(0, main, n, device=block.device)).view(Q, -1)
     if main < V:
         cols = torch.cat([cols, torch.arange(main, V, device=block.device).expand(Q, -1)], 1)
-    vals, j = torch.topk(block.gather(1, cols), k, dim=1, sorted=True)
+    vals, j = torch.topk(block.gather(1, cols), k, dim=1, sorted=sorted)
     return vals, cols.gather(1, j)
 
 
