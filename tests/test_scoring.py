@@ -54,7 +54,7 @@ def test_long_rows_take_the_candidate_path_and_equal_the_definitions(V, levels, 
     """Rows long enough for :func:`top_values` to pick candidate columns (V // SLICES >= 4 (k + 1)):
     its values are torch.topk's, and the scored block equals the definitions, ties included.
     Where the maxima of the slices are themselves long rows (V // SLICES**2 >= 4 (k + 1)),
-    their k largest are found the same way (one level more: counted)."""
+    their k largest are found the same way, level after level (the levels are counted)."""
     assert V // SLICES >= 4 * (k + 1)
     calls = []
     monkeypatch.setattr(scoring, "top_values", lambda b, kk, sorted=True: calls.append(b.shape[1]) or top_values(b, kk, sorted))
