@@ -35,6 +35,17 @@ def rows(s: Study) -> pd.DataFrame:
     return s.query(f"SELECT * FROM tokens ORDER BY {ORDER}")
 
 
+def assert_same_rows_to_fp32_noise(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Every id, count, word and label equal; every float within fp32 noise (SPEC
+    "Batches"). A padded batch runs its matrix products at other shapes, and on some CPUs
+    (AVX-512 kernels) that moves floats by an ulp or two: norms of ~10 by ~2e-6, cosines
+    by ~2e-7 (an adjusted cosine near 0 is then off by far more than 1e-5 of itself)."""
+    floats = [c for c in want.columns if want[c].dtype.kind == "f"]
+    exact = [c for c in want.columns if c not in floats]
+    pd.testing.assert_frame_equal(got[exact], want[exact], check_exact=True)
+    pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models run ~100x faster on one thread on a busy shared CPU (no OpenMP spinning)."""
@@ -57,7 +68,7 @@ def small(model, tmp_path_factory):
 
 def test_batches_give_what_each_text_alone_gives(small, model, tmp_path):
     one = study(corpus(14), model, tmp_path / "one", sites=["attn_resid", "layer_out"], batch=1, sample=10_000)
-    pd.testing.assert_frame_equal(rows(small), rows(one))
+    assert_same_rows_to_fp32_noise(rows(small), rows(one))
     assert sorted(p.name for p in (small.root / "data").iterdir()) == [f"part-{b:06d}.parquet" for b in range(4)]
 
 
@@ -349,7 +360,7 @@ def test_forward_groups_do_not_change_the_rows(small, model, tmp_path, monkeypat
 
     monkeypatch.setattr(compute, "FORWARD_BYTES", 1)  # every text its own forward pass
     alone = study(corpus(14), model, tmp_path / "alone", sites=["attn_resid", "layer_out"], batch=4, sample=10_000)
-    pd.testing.assert_frame_equal(rows(small), rows(alone))
+    assert_same_rows_to_fp32_noise(rows(small), rows(alone))
     for p in sorted((small.root / "sample").iterdir()):
         a, b = pq.read_table(p).to_pandas(), pq.read_table(alone.root / "sample" / p.name).to_pandas()
         pd.testing.assert_frame_equal(a.drop(columns="vector"), b.drop(columns="vector"))  # the same tokens

@@ -7,7 +7,8 @@
 - 1400×900 with SmolLM2 (30 layers): every layer's column is in the table (the last one
   can be scrolled to) and the heads table's headers are whole.
 
-Screenshots go to docs/images/ (referenced from docs/app.md).
+Screenshots go to artifacts/ (copied by hand to docs/images/, which docs/app.md shows):
+a test run leaves the tracked tree as it was.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ expect = pw.expect
 import tokentrail as tt  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 
-from pathlib import Path  # noqa: E402
-
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SLOW = 120_000  # ms: a first analysis loads the model
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 # elements inside table cells whose text does not fit (ellipsised or clipped)
 CUT_CELLS_JS = """(sel) => {
@@ -78,7 +76,7 @@ def app_url(serve_blocks):
         yield url
 
 
-def test_laptop_screen_shows_a_result_without_scrolling(browser, app_url):
+def test_laptop_screen_shows_a_result_without_scrolling(browser, app_url, artifacts_dir):
     ctx = browser.new_context(viewport={"width": 1280, "height": 720})
     try:
         page = ctx.new_page()
@@ -97,12 +95,12 @@ def test_laptop_screen_shows_a_result_without_scrolling(browser, app_url):
         assert page.evaluate(CUT_CELLS_JS, CELLS.format("table")) == []
         assert page.evaluate(CUT_TITLES_JS) == []
         page.mouse.move(0, 0)
-        page.screenshot(path=str(IMAGES / "app-1280x720.png"))
+        page.screenshot(path=str(artifacts_dir / "app-1280x720.png"))
     finally:
         ctx.close()
 
 
-def test_1024_wide_cuts_no_cell_and_no_plot_title(browser, app_url):
+def test_1024_wide_cuts_no_cell_and_no_plot_title(browser, app_url, artifacts_dir):
     ctx = browser.new_context(viewport={"width": 1024, "height": 768})
     try:
         page = ctx.new_page()
@@ -123,12 +121,12 @@ def test_1024_wide_cuts_no_cell_and_no_plot_title(browser, app_url):
         page.get_by_role("tab", name="Across layers").click()
         page.evaluate("window.scrollTo(0, 0)")
         page.mouse.move(0, 0)
-        page.screenshot(path=str(IMAGES / "app-1024x768.png"))
+        page.screenshot(path=str(artifacts_dir / "app-1024x768.png"))
     finally:
         ctx.close()
 
 
-def test_wide_screen_shows_every_layer_of_a_deep_model_and_whole_head_headers(browser, serve_blocks):
+def test_wide_screen_shows_every_layer_of_a_deep_model_and_whole_head_headers(browser, serve_blocks, artifacts_dir):
     try:
         tt.load("smollm2")
     except tt.TokentrailError as exc:
@@ -152,6 +150,6 @@ def test_wide_screen_shows_every_layer_of_a_deep_model_and_whole_head_headers(br
             expect(page.locator("#heads")).to_contain_text("own rank")
             assert page.evaluate(CUT_CELLS_JS, CELLS.format("heads")) == []
             page.mouse.move(0, 0)
-            page.screenshot(path=str(IMAGES / "app-1400-smollm2-heads.png"))
+            page.screenshot(path=str(artifacts_dir / "app-1400-smollm2-heads.png"))
         finally:
             ctx.close()
