@@ -35,8 +35,10 @@ def test_cross_attention_view(family, tmp_path, page, serve_blocks, artifacts_di
         expect(page.locator("#tokens")).to_contain_text("mat", timeout=SLOW)
 
         open_tab(page, "Cross-attention")
-        page.locator("#x-target textarea").fill("le chat est sur le tapis")
-        page.locator("#x-token textarea").fill("chat")
+        expect(page.locator("#x-head input")).to_be_visible()  # the tab's last input: the whole row is drawn
+        for box, value in (("#x-target", "le chat est sur le tapis"), ("#x-token", "chat")):
+            page.locator(f"{box} textarea").fill(value)
+            expect(page.locator(f"{box} textarea")).to_have_value(value)
         page.locator("#x-run").click()
         expect(page.locator("#x-status")).to_contain_text("decoder token", timeout=SLOW)
         expect(page.locator("#x-status")).to_contain_text("chat")
