@@ -560,11 +560,14 @@ def study(
 
 
 class _StudyProgress:
-    """A rich progress bar over texts, with tokens/s and ETA (nothing when quiet)."""
+    """A rich progress bar over texts, with tokens/s and ETA (nothing when quiet). It is
+    drawn from :meth:`start` on, once the inputs are checked: an input refused before then
+    leaves its one error line alone on stderr."""
 
     def __init__(self, console, quiet: bool):
         self.quiet = quiet
         self.task = None
+        self.shown = False
         if not quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -577,12 +580,10 @@ class _StudyProgress:
         self.tokens0 = None
 
     def __enter__(self):
-        if not self.quiet:
-            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if not self.quiet:
+        if self.shown:
             self.bar.__exit__(*exc)
 
     def start(self, total):
@@ -590,6 +591,8 @@ class _StudyProgress:
 
         self.t0 = time.monotonic()
         if not self.quiet:
+            self.bar.__enter__()
+            self.shown = True
             self.task = self.bar.add_task("study", total=total, tps="-", bad=0)
 
     def update(self, texts: int, tokens: int, bad: int):
