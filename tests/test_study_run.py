@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -299,6 +300,23 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
         text = r.output.rstrip("\n")  # nothing before the line: no empty progress display either
         assert r.exit_code == 2, text
         assert msg in text and "Traceback" not in text and len(text.splitlines()) == 1, repr(text)
+
+
+def test_cli_says_what_loads_before_the_texts_and_nothing_when_quiet(model, tmp_path):
+    from typer.testing import CliRunner
+
+    from tokentrail.cli import app
+
+    src = tmp_path / "t.txt"
+    src.write_text("the cat sat .\ntime flies .\n")
+    model = str(shutil.copytree(model, tmp_path / "model"))  # a folder no test loaded yet: it does load
+    r = CliRunner().invoke(app, ["study", str(src), "--model", model, "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"… loading {model}", lines  # first, while the model loads (a spinner on a terminal)
+    assert lines[-1].startswith(f"wrote {tmp_path / 'a'}: 2 texts")
+    q = CliRunner().invoke(app, ["study", str(src), "--model", model, "-o", str(tmp_path / "b"), "-q"])
+    assert q.exit_code == 0 and "loading" not in q.output and q.output.startswith("wrote "), q.output
 
 
 def test_interrupted_run_resumes_to_the_same_dataset(model, tmp_path):

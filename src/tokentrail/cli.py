@@ -545,7 +545,7 @@ def study(
                 source, model, out_dir, sites=expand_choice(site, SITES), batch=batch, limit=limit, column=column,
                 overlap_k=overlap_k, sample=sample, seed=seed, causal=causal, resume=resume, strict=strict,
                 engine=engine, address=address, workers=workers, allow_pickle=allow_pickle, device=device,
-                frequencies=frequencies, progress=bar.update, on_start=bar.start,
+                frequencies=frequencies, progress=bar.update, on_start=bar.start, on_load=bar.loading,
             )
     except TokentrailError as exc:
         _fail(str(exc))
@@ -560,14 +560,17 @@ def study(
 
 
 class _StudyProgress:
-    """A rich progress bar over texts, with tokens/s and ETA (nothing when quiet). It is
-    drawn from :meth:`start` on, once the inputs are checked: an input refused before then
-    leaves its one error line alone on stderr."""
+    """What loads (the model, Ray's workers: lines like the trace command's), then a rich
+    progress bar over texts, with tokens/s and ETA; nothing when quiet. Both come once
+    the inputs are checked: an input refused before then leaves its one error line alone
+    on stderr."""
 
     def __init__(self, console, quiet: bool):
+        self.console = console
         self.quiet = quiet
         self.task = None
         self.shown = False
+        self.loader = None  # a TerminalProgress while the model loads
         if not quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -583,12 +586,28 @@ class _StudyProgress:
         return self
 
     def __exit__(self, *exc):
+        self._loaded()
         if self.shown:
             self.bar.__exit__(*exc)
+
+    def loading(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.loader is None:
+            from .progress import TerminalProgress
+
+            self.loader = TerminalProgress(self.console).__enter__()
+        self.loader.loading(message)
+
+    def _loaded(self) -> None:
+        if self.loader is not None:
+            self.loader.__exit__(None, None, None)
+            self.loader = None
 
     def start(self, total):
         import time
 
+        self._loaded()
         self.t0 = time.monotonic()
         if not self.quiet:
             self.bar.__enter__()

@@ -58,11 +58,13 @@ class _Worker:
 
 
 class RayRunner:
-    def __init__(self, model, allow_pickle, options, strict, sd: StudyDir, *, address=None, workers=1, device=None):
+    def __init__(self, model, allow_pickle, options, strict, sd: StudyDir, *, address=None, workers=1, device=None, say=None):
+        say = say or (lambda message: None)
         ray = _ray()
         self.ray = ray
         self.started = not ray.is_initialized()
         if self.started:
+            say(f"starting Ray (cluster at {address})" if address else "starting Ray")
             kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address:
                 ray.init(address=address, **kwargs)
@@ -77,6 +79,7 @@ class RayRunner:
         sd.root.mkdir(parents=True, exist_ok=True)
         # one actor per GPU (each on its own, "cuda"), else CPU actors on the device asked for
         dev = "cuda" if gpus else device
+        say(f"loading {model} in {n} Ray worker{'s' if n > 1 else ''}")
         self.actors = [actor.remote(model, allow_pickle, options, strict, str(sd.root.resolve()), threads, dev) for _ in range(n)]
         self.info = ray.get(self.actors[0].info.remote())
 

@@ -103,6 +103,7 @@ def study(
     frequencies: str | Path | None = None,
     progress: Progress | None = None,
     on_start: Callable[[int | None], None] | None = None,
+    on_load: Callable[[str], None] | None = None,
 ):
     """Run a corpus study and return a :class:`~tokentrail.corpus.dataset.Study` handle.
 
@@ -111,7 +112,10 @@ def study(
     parts while the run goes; ``resume=True`` continues an interrupted run there.
     ``frequencies``: a ``TOKEN<TAB>COUNT`` file for ``freq_rank``
     (:mod:`tokentrail.corpus.frequencies`); without one, ``freq_rank`` is the rank by
-    count in the study's own corpus.
+    count in the study's own corpus. ``on_load(message)`` hears what is loading once the
+    inputs are checked (``models.load``'s progress messages; with Ray, the workers'
+    start), ``on_start(total texts or None)`` when the texts start, ``progress`` after
+    each batch.
     """
     from .dataset import Study
 
@@ -150,7 +154,11 @@ def study(
         sd.check_new()
 
     # ---- model work starts here ----
-    runner = _local_runner(model, allow_pickle, options, strict, device) if engine == "local" else _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device)
+    say = on_load or (lambda message: None)
+    if engine == "local":
+        runner = _local_runner(model, allow_pickle, options, strict, device, say)
+    else:
+        runner = _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device, say)
     try:
         info = runner.info
         if not info["fast_tokenizer"]:
@@ -266,10 +274,10 @@ def _now() -> str:
 class _local_runner:
     """Batches computed here, one after another."""
 
-    def __init__(self, model, allow_pickle, options, strict, device=None):
+    def __init__(self, model, allow_pickle, options, strict, device=None, say=None):
         from ..models import load
 
-        self.loaded = load(model, allow_pickle=allow_pickle, device=device)
+        self.loaded = load(model, allow_pickle=allow_pickle, device=device, progress=say)
         self.options, self.strict = options, strict
         self.info = model_info(self.loaded)
 
@@ -288,7 +296,7 @@ class _local_runner:
         pass
 
 
-def _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device=None):
+def _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device=None, say=None):
     from .ray_engine import RayRunner
 
-    return RayRunner(model, allow_pickle, options, strict, sd, address=address, workers=workers, device=device)
+    return RayRunner(model, allow_pickle, options, strict, sd, address=address, workers=workers, device=device, say=say)
