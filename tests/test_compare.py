@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -204,6 +205,15 @@ def test_cli_compares_and_exports(bert_folder, tmp_path):
     res = runner.invoke(app, ["compare", TEXT, "-m", str(bert_folder), "-t", "flies:0", "-t", "flies:1", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert set(pd.read_csv(out)["side"]) == {"a", "b", "ab"}
+
+
+def test_cli_says_what_loads_and_runs_unless_quiet(bert_folder, tmp_path):
+    model = str(shutil.copytree(bert_folder, tmp_path / "model"))  # not loaded by another test: it does load
+    res = runner.invoke(app, ["compare", TEXT, "-m", model, "-t", "flies:0", "-t", "flies:1"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[:2] == [f"… loading {model}", "… running both sides"], res.output
+    res = runner.invoke(app, ["compare", TEXT, "-m", model, "-t", "flies:0", "-t", "flies:1", "-q"])
+    assert res.exit_code == 0 and "…" not in res.output and "they diverge most at layer" in res.output, res.output
 
 
 # ---- real models ----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def compare(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (approximate)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display (what loads, what runs)."),
 ) -> None:
     """Compare two occurrences layer by layer: cosine, self-similarity, rank, shared and separating neighbours."""
     from .cli import _check_output, _fail, _read_text, err
@@ -43,6 +44,7 @@ def compare(
     from .errors import InputError
     from .inputs import check_text
     from .models import resolve_device, resolve_dtype
+    from .progress import TerminalProgress
 
     try:
         text_a = _read_text(text_a)
@@ -75,12 +77,13 @@ def compare(
         if head is not None and site != "heads":
             raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
         device, dtype = resolve_device(device), resolve_dtype(dtype)
-        err.print("[dim]… running both sides[/]")
-        result = run_compare(
-            text_a, text_b, model=model[0] if model else "minilm", model_b=model[1] if two_models else None,
-            token=token[0] if token else None, token_b=token[1] if len(token) > 1 else None, site=site, space=space,
-            similarity=similarity, k=k, overlap_k=overlap_k, causal=causal, correct=correct, device=device, dtype=dtype,
-        )  # fmt: skip
+        with TerminalProgress(err, quiet=quiet) as bar:
+            result = run_compare(
+                text_a, text_b, model=model[0] if model else "minilm", model_b=model[1] if two_models else None,
+                token=token[0] if token else None, token_b=token[1] if len(token) > 1 else None, site=site, space=space,
+                similarity=similarity, k=k, overlap_k=overlap_k, causal=causal, correct=correct, device=device, dtype=dtype,
+                progress=bar.loading,
+            )  # fmt: skip
         if head is not None:
             from .options import check_index
 

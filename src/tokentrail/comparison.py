@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -349,6 +349,7 @@ def compare(
     correct: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Compare two occurrences layer by layer.
 
@@ -367,7 +368,8 @@ def compare(
     residual sites, one model). Each side's metrics are taken under it as in a trace
     (fitted to that side's text), and the cosine between the two occurrences under the
     correction fitted, per layer, to both texts' tokens together (one text's, for two
-    tokens of one text), so that both vectors go through the same map."""
+    tokens of one text), so that both vectors go through the same map. ``progress``
+    hears what loads (``models.load``'s messages) and when both sides run."""
     from .inputs import check_text
     from .models import load
 
@@ -383,8 +385,9 @@ def compare(
     check_text(text_a)
     if text_b is not None:
         check_text(text_b)
-    ma = load(model, device=device, dtype=dtype)
-    mb = ma if model_b is None else load(model_b, device=device, dtype=dtype)
+    say = progress or (lambda message: None)
+    ma = load(model, device=device, dtype=dtype, progress=say)
+    mb = ma if model_b is None else load(model_b, device=device, dtype=dtype, progress=say)
     same = mb is ma
     if same and text_b is None and token_b is None:
         raise InputError("one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model")
@@ -408,6 +411,7 @@ def compare(
 
     opts = TraceOptions.make(site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal, correct=correct)
     text_b_eff = text_a if text_b is None else text_b
+    say("running both sides")
     run_a = ma.run(text_a, opts)
     run_b = run_a if (same and text_b_eff == text_a) else mb.run(text_b_eff, opts)
 
