@@ -32,7 +32,7 @@ import tokentrail as tt
 from tokentrail.budget import BLOCK_BYTES
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
-MODELS = {"minilm": "minilm", "smollm2": "smollm2"}
+MODELS = ("minilm", "smollm2")
 
 
 def cpu_flags() -> str:
@@ -84,16 +84,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="best of this many timed products (default 7)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
-    if unknown or args.repeat < 1:
-        raise SystemExit(f"bench_dtypes: unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}" if unknown else "bench_dtypes: --repeat must be at least 1")
+    if unknown or not names:
+        raise SystemExit(f"bench_dtypes: {f'unknown model {unknown[0]!r}' if unknown else 'no model named'}; choose from {', '.join(MODELS)}")
+    if args.repeat < 1 or (args.threads is not None and args.threads < 1):
+        raise SystemExit("bench_dtypes: --repeat and --threads must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(cpu_flags())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in names:
-        measure(MODELS[name], args.repeat)
+        measure(name, args.repeat)
 
 
 if __name__ == "__main__":

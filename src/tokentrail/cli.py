@@ -568,8 +568,7 @@ class _StudyProgress:
     def __init__(self, console, quiet: bool):
         self.console = console
         self.quiet = quiet
-        self.task = None
-        self.shown = False
+        self.task = None  # the bar's task, once it is drawn
         self.loader = None  # a TerminalProgress while the model loads
         if not quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -587,7 +586,7 @@ class _StudyProgress:
 
     def __exit__(self, *exc):
         self._loaded()
-        if self.shown:
+        if self.task is not None:
             self.bar.__exit__(*exc)
 
     def loading(self, message: str) -> None:
@@ -611,7 +610,6 @@ class _StudyProgress:
         self.t0 = time.monotonic()
         if not self.quiet:
             self.bar.__enter__()
-            self.shown = True
             self.task = self.bar.add_task("study", total=total, tps="-", bad=0)
 
     def update(self, texts: int, tokens: int, bad: int):

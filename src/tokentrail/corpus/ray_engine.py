@@ -58,8 +58,7 @@ class _Worker:
 
 
 class RayRunner:
-    def __init__(self, model, allow_pickle, options, strict, sd: StudyDir, *, address=None, workers=1, device=None, say=None):
-        say = say or (lambda message: None)
+    def __init__(self, model, allow_pickle, options, strict, sd: StudyDir, *, say, address=None, workers=1, device=None):
         ray = _ray()
         self.ray = ray
         self.started = not ray.is_initialized()

@@ -274,7 +274,7 @@ def _now() -> str:
 class _local_runner:
     """Batches computed here, one after another."""
 
-    def __init__(self, model, allow_pickle, options, strict, device=None, say=None):
+    def __init__(self, model, allow_pickle, options, strict, device, say):
         from ..models import load
 
         self.loaded = load(model, allow_pickle=allow_pickle, device=device, progress=say)
@@ -296,7 +296,7 @@ class _local_runner:
         pass
 
 
-def _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device=None, say=None):
+def _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device, say):
     from .ray_engine import RayRunner
 
     return RayRunner(model, allow_pickle, options, strict, sd, address=address, workers=workers, device=device, say=say)
