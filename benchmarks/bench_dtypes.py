@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import tokentrail as tt
-from tokentrail.budget import BLOCK_BYTES
+from tokentrail.engine.budget import BLOCK_BYTES
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 MODELS = ("minilm", "smollm2")

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 import tokentrail as tt
-from tokentrail.analysis import ALL_SPACES, analyse, streams
-from tokentrail.budget import WORKING_BYTES, held_bytes
-from tokentrail.options import HEAD_SITE, RESIDUAL_SITES
-from tokentrail.capture import capture
+from tokentrail.analysis.views import ALL_SPACES, analyse, streams
+from tokentrail.engine.budget import WORKING_BYTES, held_bytes
+from tokentrail.spec.options import HEAD_SITE, RESIDUAL_SITES
+from tokentrail.engine.capture import capture
 
 SITES = ("attn_resid", "layer_out")
 K, OVERLAP_K, TIE_TOL = 15, 100, 1e-6
@@ -79,7 +79,7 @@ class Subject:
             from transformers import RobertaConfig, RobertaModel
 
             from tokentrail.adapters import adapter_for
-            from tokentrail.spaces import SpaceCache
+            from tokentrail.engine.spaces import SpaceCache
 
             torch.manual_seed(0)
             self.adapter = adapter_for(RobertaModel(RobertaConfig(**ROBERTA, attn_implementation="eager")).eval())
@@ -112,7 +112,7 @@ def as_options(fn, kw: dict) -> dict:
 
     if "options" not in inspect.signature(fn).parameters:
         return kw
-    from tokentrail.options import TraceOptions
+    from tokentrail.spec.options import TraceOptions
 
     renamed = {("spaces" if k == "space_kinds" else k): (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()}
     return {"options": TraceOptions(**renamed)}

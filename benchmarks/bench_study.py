@@ -79,7 +79,7 @@ def gemm_floor(loaded, tokens: int, sites: int = 1) -> dict:
     L + 1) queries each against all V rows, in chunks of the analysis's size and larger."""
     import torch
 
-    from tokentrail.budget import BLOCK_BYTES
+    from tokentrail.engine.budget import BLOCK_BYTES
 
     a = loaded.adapter
     V, d, L = a.vocab_size, a.d_model, a.n_layers

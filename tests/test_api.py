@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tokentrail as tt
-from tokentrail.errors import InputError
+from tokentrail.spec.errors import InputError
 
 TEXT = "Time flies like an arrow. Fruit flies like a banana."
 

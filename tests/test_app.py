@@ -186,11 +186,11 @@ def _count(monkeypatch, module, name: str) -> list:
 
 
 def test_select_token_rerenders_from_the_cached_analysis(client, trail, monkeypatch):
-    import tokentrail.capture
-    import tokentrail.runner
+    import tokentrail.engine.capture
+    import tokentrail.session.runner
 
-    calls = _count(monkeypatch, tokentrail.runner, "compute_views")
-    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    calls = _count(monkeypatch, tokentrail.session.runner, "compute_views")
+    passes = _count(monkeypatch, tokentrail.engine.capture, "capture")
     tokenize(client)
     assert len(calls) == 1 and len(passes) == 1
     for token in (2, 8, 11):
@@ -208,9 +208,9 @@ def test_select_token_rerenders_from_the_cached_analysis(client, trail, monkeypa
 
 
 def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
-    import tokentrail.capture
+    import tokentrail.engine.capture
 
-    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    passes = _count(monkeypatch, tokentrail.engine.capture, "capture")
     tokenize(client, text="The river bank was muddy.")
     assert len(passes) == 1
     call(client, "/show_heads", False, "rank")
@@ -220,13 +220,13 @@ def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
 
 
 def test_correction_selector_rescores_the_cached_run_and_matches_the_library(client, monkeypatch):
-    import tokentrail.capture
-    import tokentrail.runner
+    import tokentrail.engine.capture
+    import tokentrail.session.runner
 
     corrections = ("zscore", "rogue:1", "abtt:2")
     lib = {c: tt.trace(TEXT, "minilm", site="attn_resid_ln", correct=c) for c in corrections}
-    passes = _count(monkeypatch, tokentrail.capture, "capture")
-    scored = _count(monkeypatch, tokentrail.runner, "compute_views")
+    passes = _count(monkeypatch, tokentrail.engine.capture, "capture")
+    scored = _count(monkeypatch, tokentrail.session.runner, "compute_views")
     v = tokenize(client, site="attn_resid_ln")
     # MiniLM's attn_resid_ln: one dimension carries over half the cosine at layers 2-4
     assert "⚠" in v["status"] and "dim 223" in v["status"] and "Correction rogue:1" in v["status"]
@@ -247,14 +247,14 @@ def test_correction_selector_rescores_the_cached_run_and_matches_the_library(cli
 
 
 def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, monkeypatch):
-    import tokentrail.capture
+    import tokentrail.engine.capture
     from tokentrail.app.map_tab import MODES
 
     paths, heads = list(MODES)
     assert "Analyse a text first" in client.predict(paths, "pca", "", "", api_name="/map")[0]
     run = tt.load("minilm").run(TEXT)
     tokenize(client)
-    passes = _count(monkeypatch, tokentrail.capture, "capture")
+    passes = _count(monkeypatch, tokentrail.engine.capture, "capture")
     status, plot = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
     assert "points: paths at `attn_resid`" in status
     fig = plot_data(plot)
@@ -741,7 +741,7 @@ def test_the_page_receives_analysis_progress_as_step_counts(url):
 
 def test_map_tab_reads_tokens_and_layers(trail):
     from tokentrail.app.map_tab import parse_layers, parse_tokens
-    from tokentrail.errors import InputError
+    from tokentrail.spec.errors import InputError
 
     assert parse_tokens(trail, " ") is None and parse_layers("", 6) is None
     assert parse_tokens(trail, "flies") == [2, 8]  # a bare text: every occurrence

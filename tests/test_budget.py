@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tokentrail import budget
-from tokentrail.errors import InputError
+from tokentrail.engine import budget
+from tokentrail.spec.errors import InputError
 
 
 def test_estimate_by_hand():

@@ -11,7 +11,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from tokentrail.cli import app
+from tokentrail.cli.commands import app
 
 runner = CliRunner()
 TEXT = "Time flies like an arrow. Fruit flies like a banana."

@@ -17,8 +17,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import tokentrail
-from tokentrail.cli import app
-from tokentrail.errors import InputError
+from tokentrail.cli.commands import app
+from tokentrail.spec.errors import InputError
 
 runner = CliRunner()
 TEXT = "time flies like an arrow . fruit flies like a banana"
@@ -43,9 +43,9 @@ def no_analysis(monkeypatch):
     def boom(*a, **kw):
         raise AssertionError("the model ran before the error")
 
-    monkeypatch.setattr("tokentrail.capture.capture", boom)
-    monkeypatch.setattr("tokentrail.capture.capture_batch", boom)
-    monkeypatch.setattr("tokentrail.runner.compute_views", boom)
+    monkeypatch.setattr("tokentrail.engine.capture.capture", boom)
+    monkeypatch.setattr("tokentrail.engine.capture.capture_batch", boom)
+    monkeypatch.setattr("tokentrail.session.runner.compute_views", boom)
 
 
 def test_out_checked_before_the_model_loads(tmp_path):
@@ -150,7 +150,7 @@ def test_csv_tokens_read_back_and_cannot_run_as_formulas(tmp_path, tokenizer, ma
     import pandas as pd
     from transformers import BertTokenizerFast
 
-    from tokentrail.fileio import read_csv
+    from tokentrail.spec.fileio import read_csv
 
     vocab = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
     tricky = ["nan", "null", "na", "-", "=", "@"]
@@ -184,7 +184,7 @@ def test_api_accepts_paths_and_refuses_wrong_types(bert_folder):
 
 # ---- progress --------------------------------------------------------------------
 def test_plain_progress_never_repeats_a_line():
-    from tokentrail.progress import TerminalProgress
+    from tokentrail.present.progress import TerminalProgress
 
     buf = io.StringIO()
     with TerminalProgress(Console(file=buf, width=100)) as bar:
@@ -198,7 +198,7 @@ def test_plain_progress_never_repeats_a_line():
 
 
 def test_live_progress_shows_steps_elapsed_and_eta():
-    from tokentrail.progress import TerminalProgress
+    from tokentrail.present.progress import TerminalProgress
 
     buf = io.StringIO()
     with TerminalProgress(Console(file=buf, width=120, force_terminal=True, color_system=None)) as bar:
@@ -210,7 +210,7 @@ def test_live_progress_shows_steps_elapsed_and_eta():
 
 
 def test_quiet_progress_says_nothing():
-    from tokentrail.progress import TerminalProgress
+    from tokentrail.present.progress import TerminalProgress
 
     buf = io.StringIO()
     with TerminalProgress(Console(file=buf, force_terminal=True), quiet=True) as bar:

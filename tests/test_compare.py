@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 import tokentrail as tt
-from tokentrail.cli import app
-from tokentrail.comparison import _overlaps, _trim, align_spans
-from tokentrail.errors import InputError
+from tokentrail.cli.commands import app
+from tokentrail.session.comparison import _overlaps, _trim, align_spans
+from tokentrail.spec.errors import InputError
 
 TEXT = "time flies like an arrow . fruit flies like a banana"
 runner = CliRunner()
@@ -159,7 +159,7 @@ def test_frame_and_exports(loaded_tiny, tmp_path):
 
 
 def test_plots_build_from_the_result(loaded_tiny):
-    from tokentrail.plots_compare import compare_heatmaps, compare_lines, cosine_figure
+    from tokentrail.present.plots_compare import compare_heatmaps, compare_lines, cosine_figure
 
     c = tt.compare(TEXT, model=loaded_tiny, token="flies:0", token_b="flies:1", k=3, overlap_k=6)
     assert len(compare_lines(c).data) == 2
@@ -219,7 +219,7 @@ def test_cli_says_what_loads_and_runs_unless_quiet(bert_folder, tmp_path):
 # ---- real models ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_spans_align_across_minilm_and_smollm2_tokenizers():
-    from tokentrail.comparison import token_spans
+    from tokentrail.session.comparison import token_spans
 
     mini, smol = tt.load("minilm"), tt.load("smollm2")
     cases = {
@@ -257,7 +257,7 @@ def test_bank_in_two_senses_on_minilm_and_across_models():
 def test_two_models_on_one_text_tiny(loaded_tiny, tokenizer):
     from test_parity_decoders import tiny_model
 
-    from tokentrail.plots_compare import compare_heatmaps, compare_lines
+    from tokentrail.present.plots_compare import compare_heatmaps, compare_lines
 
     llama = tt.load(tiny_model("llama"), tokenizer=tokenizer)
     c = tt.compare(TEXT, model=loaded_tiny, model_b=llama, token="flies:1", k=3, overlap_k=5)
@@ -285,7 +285,7 @@ def test_tt_compare_is_the_function_even_after_importing_the_modules():
     import sys
 
     code = (
-        "import tokentrail as tt, tokentrail.comparison, tokentrail.plots_compare; "
+        "import tokentrail as tt, tokentrail.session.comparison, tokentrail.present.plots_compare; "
         "assert callable(tt.compare) and tt.compare.__name__ == 'compare', tt.compare; "
         "assert tt.Comparison.__name__ == 'Comparison'"
     )
@@ -297,7 +297,7 @@ def test_cosine_after_a_geometry_correction(loaded_tiny):
     that of both vectors through the map fitted per layer to both texts' tokens."""
     import torch
 
-    from tokentrail.geometry import fit_correction
+    from tokentrail.engine.geometry import fit_correction
 
     a, b = "time flies like an arrow", "fruit flies like a banana"
     for correct in ("center", "zscore", "abtt:2"):

@@ -12,13 +12,13 @@ import torch
 from typer.testing import CliRunner
 
 import tokentrail as tt
-from tokentrail.capture import capture
-from tokentrail.cli import app
+from tokentrail.engine.capture import capture
+from tokentrail.cli.commands import app
 from tokentrail.corpus import study
-from tokentrail.corpus.stats import read_stats
-from tokentrail.errors import InputError
-from tokentrail.geometry import fit_corpus_correction
-from tokentrail.options import TraceOptions
+from tokentrail.store.stats import read_stats
+from tokentrail.spec.errors import InputError
+from tokentrail.engine.geometry import fit_corpus_correction
+from tokentrail.spec.options import TraceOptions
 
 from test_geometry import _brute_check
 

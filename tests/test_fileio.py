@@ -8,8 +8,8 @@ import os
 import pandas as pd
 import pytest
 
-from tokentrail.errors import InputError
-from tokentrail.fileio import atomic_write, check_output_path, csv_escape, csv_unescape, read_csv, write_csv
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import atomic_write, check_output_path, csv_escape, csv_unescape, read_csv, write_csv
 
 
 def test_output_path_checks(tmp_path):

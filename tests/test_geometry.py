@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokentrail.errors import InputError
-from tokentrail.geometry import cosine_shares, cosine_terms, diagnose, fit_correction, rogue_layers
-from tokentrail.metrics import anisotropy, similarity
-from tokentrail.options import TraceOptions, parse_correction
+from tokentrail.spec.errors import InputError
+from tokentrail.engine.geometry import cosine_shares, cosine_terms, diagnose, fit_correction, rogue_layers
+from tokentrail.engine.metrics import anisotropy, similarity
+from tokentrail.spec.options import TraceOptions, parse_correction
 
 
 # ---- diagnostics: hand-computed ----------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_correction_round_trips_in_options():
 def _brute_check(adapter, acts, views, spec, space_kind, site, k, fit=None):
     """Every corrected cell against all V rows corrected explicitly; ``fit(layer, vectors)``
     gives the layer's correction (default: fitted to the text's vectors)."""
-    from tokentrail.spaces import build_space
+    from tokentrail.engine.spaces import build_space
 
     fit = fit or (lambda layer, v: fit_correction(spec, v))
 
@@ -150,9 +150,9 @@ def _brute_check(adapter, acts, views, spec, space_kind, site, k, fit=None):
 @pytest.mark.parametrize("spec", ["center", "zscore", "rogue:2", "abtt:2"])
 def test_corrected_views_equal_brute_force_tiny_bert(tiny_models, spec):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis import check_against, compute_views
-    from tokentrail.capture import capture
-    from tokentrail.spaces import SpaceCache
+    from tokentrail.analysis.views import check_against, compute_views
+    from tokentrail.engine.capture import capture
+    from tokentrail.engine.spaces import SpaceCache
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])
@@ -170,9 +170,9 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
     from test_parity_decoders import tiny_model
 
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis import check_against, compute_views
-    from tokentrail.capture import capture
-    from tokentrail.spaces import SpaceCache
+    from tokentrail.analysis.views import check_against, compute_views
+    from tokentrail.engine.capture import capture
+    from tokentrail.engine.spaces import SpaceCache
 
     adapter = adapter_for(tiny_model("llama"))
     ids = torch.tensor([0, 7, 19, 44, 7, 90, 3, 61, 12])
@@ -185,8 +185,8 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
 
 def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis import analyse
-    from tokentrail.spaces import SpaceCache
+    from tokentrail.analysis.views import analyse
+    from tokentrail.engine.spaces import SpaceCache
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])
@@ -196,13 +196,13 @@ def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
     assert cor.info.options.correct == "center" and raw.info.options.correct is None
     import json
 
-    from tokentrail.results import RunInfo
+    from tokentrail.results.trail import RunInfo
 
     meta = json.loads(cor.to_json())["meta"]  # exports carry it, typed on the way back
     assert RunInfo.from_dict(meta).options.correct == "center"
     assert not np.allclose(raw.views[0].self_sim, cor.views[0].self_sim)
     # the anisotropy is that of the corrected (here: centred) vectors
-    from tokentrail.capture import capture
+    from tokentrail.engine.capture import capture
 
     with torch.no_grad():
         h = capture(adapter, ids).layer_out.double()
@@ -212,7 +212,7 @@ def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
 
 def test_abtt_needs_more_tokens_than_components(tiny_models):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis import check_against
+    from tokentrail.analysis.views import check_against
 
     adapter = adapter_for(tiny_models["bert"])
     with pytest.raises(InputError, match="abtt:5"):
@@ -223,7 +223,7 @@ def test_abtt_needs_more_tokens_than_components(tiny_models):
 @pytest.mark.slow
 def test_corrected_views_equal_brute_force_minilm():
     import tokentrail as tt
-    from tokentrail.geometry import CorrectedRows  # noqa: F401  (the path under test)
+    from tokentrail.engine.geometry import CorrectedRows  # noqa: F401  (the path under test)
 
     model = tt.load("minilm")
     run = model.run("Time flies like an arrow.")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tokentrail import gguf_cache
-from tokentrail.gguf_cache import bundled_smollm2_gguf, gguf_cache_key, load_gguf_causal_lm
+from tokentrail.session import gguf_cache
+from tokentrail.session.gguf_cache import bundled_smollm2_gguf, gguf_cache_key, load_gguf_causal_lm
 
 PROMPT = "Time flies like an arrow. Fruit flies like a"
 CACHED_MSG = "Loading cached weights…"

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import tokentrail
-from tokentrail.analysis import analyse
-from tokentrail.errors import InputError
-from tokentrail.inputs import MAX_CHARS, check_text, encode
-from tokentrail.options import TraceOptions
+from tokentrail.analysis.views import analyse
+from tokentrail.spec.errors import InputError
+from tokentrail.session.inputs import MAX_CHARS, check_text, encode
+from tokentrail.spec.options import TraceOptions
 
 LONG = " ".join(["time flies like an arrow ."] * 5)  # 30 words -> 32 tokens with [CLS]/[SEP]
 

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import tokentrail
-from tokentrail.cli import app
-from tokentrail.errors import ModelError
+from tokentrail.cli.commands import app
+from tokentrail.spec.errors import ModelError
 
 runner = CliRunner()
 
@@ -90,7 +90,7 @@ def fake_gguf(tmp_path) -> Path:
 
 
 def test_cache_that_is_a_file_is_refused_before_converting(tmp_path, fake_gguf, monkeypatch):
-    from tokentrail import gguf_cache
+    from tokentrail.session import gguf_cache
 
     converted = []
     monkeypatch.setattr(gguf_cache, "_convert", lambda *a: converted.append(a))
@@ -104,7 +104,7 @@ def test_cache_that_is_a_file_is_refused_before_converting(tmp_path, fake_gguf, 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_cache_is_refused_before_converting(tmp_path, fake_gguf, monkeypatch):
-    from tokentrail import gguf_cache
+    from tokentrail.session import gguf_cache
 
     monkeypatch.setattr(gguf_cache, "_convert", lambda *a: pytest.fail("converted"))
     locked = tmp_path / "locked"
@@ -115,7 +115,7 @@ def test_unwritable_cache_is_refused_before_converting(tmp_path, fake_gguf, monk
 
 
 def test_cache_under_a_file_cannot_be_created(tmp_path, fake_gguf, monkeypatch):
-    from tokentrail import gguf_cache
+    from tokentrail.session import gguf_cache
 
     monkeypatch.setattr(gguf_cache, "_convert", lambda *a: pytest.fail("converted"))
     (tmp_path / "file").write_text("x")
@@ -133,7 +133,7 @@ def _stale(root: Path, name: str, age_s: float, size: int = 1000) -> Path:
 
 
 def test_stale_conversions_are_cleaned_at_the_next_conversion(tmp_path, fake_gguf, monkeypatch):
-    from tokentrail import gguf_cache
+    from tokentrail.session import gguf_cache
 
     root = tmp_path / "cache"
     stale = _stale(root, ".tmp-killed", 2 * gguf_cache.STALE_AFTER_S, size=5000)
@@ -150,7 +150,7 @@ def test_stale_conversions_are_cleaned_at_the_next_conversion(tmp_path, fake_ggu
 
 
 def test_cache_command_lists_and_clears(tmp_path, monkeypatch):
-    from tokentrail import gguf_cache
+    from tokentrail.session import gguf_cache
 
     root = tmp_path / "cache"
     model = root / "gguf" / "SmolLM2-abc"

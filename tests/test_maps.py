@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tokentrail.cli import app
-from tokentrail.errors import InputError
-from tokentrail.maps import pca_2d, project, trajectory_map
+from tokentrail.cli.commands import app
+from tokentrail.spec.errors import InputError
+from tokentrail.present.maps import pca_2d, project, trajectory_map
 
 TEXT = "time flies like an arrow . fruit flies like a banana"
 
@@ -131,15 +131,15 @@ def test_cli_names_rogue_dimensions_on_smollm2():
 def test_iterative_maps_of_too_many_points_are_refused_before_the_model_runs(bert_folder, monkeypatch):
     """t-SNE/UMAP past MAX_EMBEDDED_POINTS would run for minutes: refused with the figure
     (here with the bound lowered to 10 points), before any forward pass; PCA is not bounded."""
-    import tokentrail.capture
-    from tokentrail import maps
+    import tokentrail.engine.capture
+    from tokentrail.present import maps
 
     monkeypatch.setattr(maps, "MAX_EMBEDDED_POINTS", 10)
     assert maps.map_points(tokens=4, layers=2, neighbours=3) == 4 * 3 * 4
     with pytest.raises(InputError, match="place up to 48 points; tsne takes at most 10"):
         maps.check_points("tsne", maps.map_points(4, 2, 3))
     maps.check_points("pca", 10**9)
-    monkeypatch.setattr(tokentrail.capture, "capture", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")))
+    monkeypatch.setattr(tokentrail.engine.capture, "capture", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")))
     out = bert_folder.parent / "refused-map.html"
     res = CliRunner().invoke(app, ["trace", "time flies like an arrow", "-m", str(bert_folder), "--map", str(out), "--map-method", "tsne", "-q"])
     assert res.exit_code == 2 and "tsne takes at most 10" in res.output and "Traceback" not in res.output, res.output
@@ -150,8 +150,8 @@ def test_iterative_maps_of_too_many_points_are_refused_before_the_model_runs(ber
 def test_head_map_is_the_pca_of_the_heads_own_queries_and_keys(loaded_tiny):
     import torch
 
-    from tokentrail.capture import head_qkv
-    from tokentrail.maps import head_map
+    from tokentrail.engine.capture import head_qkv
+    from tokentrail.present.maps import head_map
 
     run = loaded_tiny.run(TEXT)
     n, layer, head = run.n_tokens, 1, 2
@@ -186,8 +186,8 @@ def test_head_map_of_a_grouped_query_head_reads_its_key_value_head():
     import transformers
 
     import tokentrail as tt
-    from tokentrail.capture import head_qkv
-    from tokentrail.maps import head_map
+    from tokentrail.engine.capture import head_qkv
+    from tokentrail.present.maps import head_map
 
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32)  # fmt: skip

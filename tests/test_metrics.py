@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from tokentrail.metrics import anisotropy, overlap, rank_in_vocab, similarity, similarity_from_dots, top_k
+from tokentrail.engine.metrics import anisotropy, overlap, rank_in_vocab, similarity, similarity_from_dots, top_k
 
 R2 = math.sqrt(2.0)
 
@@ -167,7 +167,7 @@ def test_overlap_of_large_k_in_bounded_memory():
     # address-space cap 300 MB above what the process already has
     code = """
 import resource, torch
-from tokentrail.metrics import overlap
+from tokentrail.engine.metrics import overlap
 vm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')][0] * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + (300 << 20), resource.RLIM_INFINITY))
 g = torch.Generator().manual_seed(0)
@@ -214,7 +214,7 @@ def test_anisotropy_excludes_self_pairs():
 def test_anisotropy_in_blocks_of_rows_is_the_mean_over_every_distinct_pair(monkeypatch):
     """Blocks of 3 rows of an 8 x 8 matrix (one short block, self pairs on every block's
     own diagonal) against the mean written pair by pair."""
-    monkeypatch.setattr("tokentrail.metrics.PAIR_BLOCK", 24)
+    monkeypatch.setattr("tokentrail.engine.metrics.PAIR_BLOCK", 24)
     v = torch.randn(2, 8, 5, generator=torch.Generator().manual_seed(3))
     for kind, pair in (("cosine", lambda a, b: a @ b / (a.norm() * b.norm())), ("euclidean", lambda a, b: -(a - b).norm())):
         want = [sum(pair(m[i].double(), m[j].double()) for i in range(8) for j in range(8) if i != j) / 56 for m in v]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tokentrail
-from tokentrail.errors import ModelError, TokentrailError
+from tokentrail.spec.errors import ModelError, TokentrailError
 
 
 @pytest.fixture

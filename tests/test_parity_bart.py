@@ -17,10 +17,10 @@ from torch.testing import assert_close
 
 from test_parity_decoders import _check_space, _perturb
 from tokentrail.adapters.bart import BartEncoderAdapter
-from tokentrail.capture import capture
-from tokentrail.errors import InputError
-from tokentrail.spaces import build_space
-from tokentrail.verification import verify_adapter
+from tokentrail.engine.capture import capture
+from tokentrail.spec.errors import InputError
+from tokentrail.engine.spaces import build_space
+from tokentrail.session.verification import verify_adapter
 
 IDS = torch.tensor([0, 17, 42, 8, 17, 63, 5, 91, 2])
 
@@ -103,7 +103,7 @@ TGT = torch.tensor([2, 0, 33, 8, 71, 8])
 @pytest.fixture(scope="module")
 def bart_dec(bart):
     from tokentrail.adapters.bart import BartDecoderAdapter
-    from tokentrail.capture_cross import capture_cross
+    from tokentrail.engine.capture_cross import capture_cross
 
     model, _ = bart
     dec = BartDecoderAdapter(model)
@@ -219,7 +219,7 @@ def marian():
 def test_marian_encodings_are_its_own_modules(marian):
     """Emb(v, p) = W_E[v] * sqrt(d) + sinusoid[p] from the model's own embedding modules, in
     both stacks (each its own table), and every identity of both stacks and cross-attention."""
-    from tokentrail.verification import verify_seq2seq
+    from tokentrail.session.verification import verify_seq2seq
 
     model, enc = marian
     dec = enc.decoder_stack()

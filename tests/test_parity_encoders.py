@@ -15,11 +15,11 @@ import torch
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis import analyse
-from tokentrail.capture import capture
-from tokentrail.options import TraceOptions
-from tokentrail.metrics import similarity
-from tokentrail.spaces import SpaceCache, build_space
+from tokentrail.analysis.views import analyse
+from tokentrail.engine.capture import capture
+from tokentrail.spec.options import TraceOptions
+from tokentrail.engine.metrics import similarity
+from tokentrail.engine.spaces import SpaceCache, build_space
 
 RTOL, ATOL = 1e-4, 1e-5
 

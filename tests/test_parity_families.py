@@ -15,9 +15,9 @@ from torch.testing import assert_close
 
 from test_parity_decoders import FAMILIES, _outputs_of, tiny_model
 from tokentrail.adapters import adapter_for, decoder_model_types, supported_model_types
-from tokentrail.capture import capture
-from tokentrail.errors import ModelError
-from tokentrail.walkthrough import attention_step, projection_formula
+from tokentrail.engine.capture import capture
+from tokentrail.spec.errors import ModelError
+from tokentrail.engine.walkthrough import attention_step, projection_formula
 
 RTOL, ATOL = 1e-4, 1e-5
 NEW = ("gpt_neox", "gpt_neox_seq", "gemma", "phi")

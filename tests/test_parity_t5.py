@@ -18,10 +18,10 @@ from torch.testing import assert_close
 import seq2seq_models as sm
 from test_parity_decoders import _check_space
 from tokentrail.adapters.t5 import T5DecoderAdapter, T5EncoderAdapter
-from tokentrail.capture import capture
-from tokentrail.capture_cross import capture_cross
-from tokentrail.spaces import build_space
-from tokentrail.verification import verify_adapter, verify_seq2seq
+from tokentrail.engine.capture import capture
+from tokentrail.engine.capture_cross import capture_cross
+from tokentrail.engine.spaces import build_space
+from tokentrail.session.verification import verify_adapter, verify_seq2seq
 
 SRC = torch.tensor([34, 9, 31, 25, 34, 24, 2])  # "the cat sat on the mat" </s>
 TGT = torch.tensor([1, 22, 10, 15, 32, 22, 33])  # start, "le chat est sur le tapis"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from tokentrail.report import print_report
-from tokentrail.results import RunInfo, Trail, View
+from tokentrail.present.report import print_report
+from tokentrail.results.trail import RunInfo, Trail, View
 
 
 def fake_trail(n_layers: int = 30, n_tokens: int = 12, vocab: int = 49152, seed: int = 0) -> Trail:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import tokentrail
-from tokentrail.errors import InputError
+from tokentrail.spec.errors import InputError
 
 TEXT = "Time flies like an arrow."
 COLUMNS = ["token", "token_str", "position", "layer", "head", "site", "space", "similarity", "metric", "value"]

@@ -10,12 +10,12 @@ import torch
 import transformers
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis import analyse
-from tokentrail.metrics import rank_in_vocab, top_k
-from tokentrail.options import RESIDUAL_SITES, TraceOptions
-from tokentrail import scoring
-from tokentrail.scoring import SLICES, score_block, top_values
-from tokentrail.spaces import SpaceCache, build_space
+from tokentrail.analysis.views import analyse
+from tokentrail.engine.metrics import rank_in_vocab, top_k
+from tokentrail.spec.options import RESIDUAL_SITES, TraceOptions
+from tokentrail.engine import scoring
+from tokentrail.engine.scoring import SLICES, score_block, top_values
+from tokentrail.engine.spaces import SpaceCache, build_space
 
 
 def test_score_block_on_hand_block():

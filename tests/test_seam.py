@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import tokentrail as tt
-from tokentrail.errors import InputError, ModelError
-from tokentrail.options import ALL_SITES, TraceOptions
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.spec.options import ALL_SITES, TraceOptions
 
 TEXT = "Time flies like an arrow."
 
 
 # ---- fast start -----------------------------------------------------------------------------
-@pytest.mark.parametrize("module", ["tokentrail", "tokentrail.cli", "tokentrail.options"])
+@pytest.mark.parametrize("module", ["tokentrail", "tokentrail.cli.commands", "tokentrail.spec.options"])
 def test_import_pulls_in_nothing_heavy(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'transformers', 'pandas', 'gradio', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -29,7 +29,7 @@ def test_import_pulls_in_nothing_heavy(module):
 
 def test_help_imports_nothing_heavy():
     code = (
-        "import sys; from typer.testing import CliRunner; from tokentrail.cli import app; "
+        "import sys; from typer.testing import CliRunner; from tokentrail.cli.commands import app; "
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
         "print([m for m in ('torch', 'transformers', 'pandas') if m in sys.modules])"
     )
@@ -74,11 +74,11 @@ def test_options_travel_typed_through_parquet_and_json(loaded_tiny, tmp_path):
 
 # ---- the Run ---------------------------------------------------------------------------------
 def test_one_run_gives_every_view(loaded_tiny, monkeypatch):
-    import tokentrail.capture
+    import tokentrail.engine.capture
 
     passes = []
-    real = tokentrail.capture.capture
-    monkeypatch.setattr(tokentrail.capture, "capture", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = tokentrail.engine.capture.capture
+    monkeypatch.setattr(tokentrail.engine.capture, "capture", lambda *a, **k: passes.append(1) or real(*a, **k))
     run = loaded_tiny.run("time flies like an arrow", TraceOptions.make(site="heads,layer_out", k=5))
     trail = run.trail()
     assert run.trail() is trail, "a Run caches its Trail per options"
@@ -119,7 +119,7 @@ def test_new_sites_hold_their_identities(loaded_tiny):
 
 # ---- a new metric is one function and one registration --------------------------------------
 def test_registering_a_metric_reaches_views_and_exports(loaded_tiny):
-    from tokentrail import metrics
+    from tokentrail.engine import metrics
 
     @metrics.cell_metric("self_sim_squared")
     def _sq(c: metrics.Cells) -> np.ndarray:
@@ -176,7 +176,7 @@ def test_a_decoder_object_with_grouped_query_attention():
 def test_the_bundled_minilm_object_matches_the_named_model(minilm):
     from transformers import AutoModel, AutoTokenizer
 
-    from tokentrail.models import CATALOGUE, package_file
+    from tokentrail.session.models import CATALOGUE, package_file
 
     folder = str(package_file(CATALOGUE["minilm"]))
     obj, tok = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
@@ -213,7 +213,7 @@ def test_device_and_dtype_are_checked_before_loading():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU is usable here"):
             tt.load("minilm", device="cuda")
-    from tokentrail.models import resolve_device, resolve_dtype
+    from tokentrail.session.models import resolve_device, resolve_dtype
 
     assert resolve_dtype("bf16") == "bfloat16" and resolve_dtype(torch.float16) == "float16"
     assert resolve_device("auto") in ("cpu", "cuda", "mps")
@@ -235,7 +235,7 @@ def _deviation(exact: tt.Trail, approx: tt.Trail) -> tuple[int, int]:
 def test_reduced_precision_is_labelled_approximate_unless_it_keeps_the_exactness_rule(name):
     """SPEC "Exactness": a faster dtype changes no rank by more than 1 and no top-k set by
     more than one member, or results say they are approximate."""
-    from tokentrail.models import CATALOGUE, package_file
+    from tokentrail.session.models import CATALOGUE, package_file
 
     if package_file(CATALOGUE[name]) is None:
         pytest.skip(f"bundled {name} is not installed")
@@ -267,7 +267,7 @@ def test_runs_of_a_batch_equal_runs_alone(loaded_tiny):
 
 
 def test_recorded_hooks_are_removed_even_when_the_pass_fails():
-    from tokentrail.capture import recorded
+    from tokentrail.engine.capture import recorded
 
     lin = torch.nn.Linear(3, 2)
     with recorded([(lin, "in", True), (lin, "out", False)]) as store:

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 import seq2seq_models as sm
 import tokentrail as tt
 from tokentrail.adapters import DecoderStack, EncoderStack
-from tokentrail.cli import app
-from tokentrail.errors import InputError
-from tokentrail.options import ALL_SITES, CROSS_SITES, TraceOptions
+from tokentrail.cli.commands import app
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import ALL_SITES, CROSS_SITES, TraceOptions
 
 SOURCE = "the cat sat on the mat"
 TARGET = "le chat est sur le tapis"
@@ -293,8 +293,8 @@ def test_cross_walkthrough_formulas_are_the_models(family):
 def test_memory_check_counts_the_decoder_and_cross_attention_before_any_model_work(family, monkeypatch):
     """A limit the encoder stack fits in but both stacks do not: the run is refused with the
     figure, before the greedy output is generated or the decoder runs; above both, it runs."""
-    from tokentrail import budget
-    from tokentrail.analysis import check_against
+    from tokentrail.engine import budget
+    from tokentrail.analysis.views import check_against
 
     _, m = family
     opts = check_against(m.adapter, TraceOptions())
@@ -308,7 +308,7 @@ def test_memory_check_counts_the_decoder_and_cross_attention_before_any_model_wo
         monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int((alone + both) / 2 / budget.HEADROOM)))
         with monkeypatch.context() as mp:
             mp.setattr(m.adapter, "greedy", lambda *a: pytest.fail("generated before the memory check"))
-            mp.setattr("tokentrail.capture_cross.capture_cross", lambda *a: pytest.fail("ran the decoder before the memory check"))
+            mp.setattr("tokentrail.engine.capture_cross.capture_cross", lambda *a: pytest.fail("ran the decoder before the memory check"))
             with pytest.raises(InputError, match="would need about"):
                 m.run(SOURCE, **kw)
         monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int(both / budget.HEADROOM) + 1))

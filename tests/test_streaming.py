@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import tokentrail.capture
-from tokentrail import budget
+import tokentrail.engine.capture
+from tokentrail.engine import budget
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis import analyse, streams
-from tokentrail.errors import InputError
-from tokentrail.options import TraceOptions
-from tokentrail.spaces import SpaceCache
+from tokentrail.analysis.views import analyse, streams
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import TraceOptions
+from tokentrail.engine.spaces import SpaceCache
 
 LENS_FIELDS = ("top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")
 
@@ -94,8 +94,8 @@ def test_a_long_texts_run_streams_its_trail_and_captures_only_when_asked(loaded_
     assert captured_run._acts is not None  # a short text: captured up front
     want = captured_run.trail(opts)
     passes = []
-    real = tokentrail.capture.capture
-    monkeypatch.setattr(tokentrail.capture, "capture", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = tokentrail.engine.capture.capture
+    monkeypatch.setattr(tokentrail.engine.capture, "capture", lambda *a, **k: passes.append(1) or real(*a, **k))
     monkeypatch.setattr(budget, "STREAM_BYTES", 0)  # every text is long
     run = loaded_tiny.run(text)
     got = run.trail(opts)
@@ -131,7 +131,7 @@ def test_a_forced_stream_that_cannot_stream_is_refused_in_one_line(make_tiny):
 def test_a_batch_is_charged_every_layers_activations(loaded_tiny, monkeypatch):
     """One long text streams and is charged one layer's activations; a batch of texts is
     captured whole, so the memory check charges it every layer's."""
-    from tokentrail.analysis import check_against
+    from tokentrail.analysis.views import check_against
 
     monkeypatch.setattr(budget, "STREAM_BYTES", 0)
     texts = ["time flies like an arrow", "fruit flies like a banana"]

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import tokentrail as tt
-from tokentrail.capture import capture
-from tokentrail.errors import InputError
+from tokentrail.engine.capture import capture
+from tokentrail.spec.errors import InputError
 from tokentrail.corpus import Study, study
 
 WORDS = "time flies like an arrow fruit a banana the cat sat on mat dog ran fast slow red blue green up down".split()
@@ -159,7 +159,7 @@ def test_corpus_anisotropy_is_the_mean_cosine_of_pairs_from_different_texts(smal
 
 
 def test_the_sample_is_the_smallest_keys_and_bounded(model, tmp_path):
-    from tokentrail.corpus.aggregate import sample_vectors
+    from tokentrail.store.aggregate import sample_vectors
     from tokentrail.corpus.compute import sample_key
 
     s = study(corpus(14), model, tmp_path / "s", batch=3, sample=7, seed=3)
@@ -285,7 +285,7 @@ def test_killed_run_resumes_to_the_same_dataset(model, tmp_path, sig):
 def test_cli_errors_are_one_line_exit_2(tmp_path):
     from typer.testing import CliRunner
 
-    from tokentrail.cli import app
+    from tokentrail.cli.commands import app
 
     src = tmp_path / "t.txt"
     src.write_text("the cat\n")
@@ -305,7 +305,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
 def test_cli_says_what_loads_before_the_texts_and_nothing_when_quiet(model, tmp_path):
     from typer.testing import CliRunner
 
-    from tokentrail.cli import app
+    from tokentrail.cli.commands import app
 
     src = tmp_path / "t.txt"
     src.write_text("the cat sat .\ntime flies .\n")
@@ -439,7 +439,7 @@ def test_bad_frequencies_files_are_refused_with_the_line(tmp_path, content, mess
 
 
 def test_an_oversized_frequencies_file_is_refused_with_its_size_before_reading(tmp_path):
-    from tokentrail.corpus.frequencies import MAX_FILE_BYTES
+    from tokentrail.store.frequencies import MAX_FILE_BYTES
 
     f = tmp_path / "freq.tsv"
     with open(f, "wb") as out:

@@ -13,10 +13,10 @@ gr = pytest.importorskip("gradio", reason="gradio not installed: pip install -e 
 from typer.testing import CliRunner  # noqa: E402
 
 from tokentrail.app.study_tab import FIGURES, StudyShelf, show  # noqa: E402
-from tokentrail.cli import app as cli_app  # noqa: E402
+from tokentrail.cli.commands import app as cli_app  # noqa: E402
 from tokentrail.corpus import Study, study  # noqa: E402
 from tokentrail.corpus.report import metadata, named_figures  # noqa: E402
-from tokentrail.errors import InputError  # noqa: E402
+from tokentrail.spec.errors import InputError  # noqa: E402
 
 TEXTS = ["the cat sat on the mat .", "a dog ran fast .", "time flies like an arrow .", "fruit flies like a banana ."]
 

@@ -12,9 +12,9 @@ import pytest
 from test_parity_decoders import tiny_model
 
 import tokentrail as tt
-from tokentrail.errors import InputError
-from tokentrail.fileio import read_csv
-from tokentrail.trailio import LONG_COLUMNS
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import read_csv
+from tokentrail.results.trailio import LONG_COLUMNS
 
 TEXT = "Time flies like an arrow, time flies."
 TABLES = {"meta", "tokens", "metrics", "neighbours", "attention", "lens", "lens_top"}
@@ -112,7 +112,7 @@ def test_load_refuses_what_it_cannot_read(tmp_path):
 
 
 def test_the_attention_table_is_bounded_unless_asked_for(trail, tmp_path, monkeypatch):
-    import tokentrail.trailio as tio
+    import tokentrail.results.trailio as tio
 
     monkeypatch.setattr(tio, "MAX_ATTENTION_ROWS", trail.attentions.size - 1)  # just over the limit
     back = tt.Trail.load(trail.export(tmp_path / "t.parquet"))

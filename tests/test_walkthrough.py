@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis import analyse, heads_at
-from tokentrail.capture import capture
-from tokentrail.options import TraceOptions
-from tokentrail.errors import InputError
-from tokentrail.spaces import SpaceCache
-from tokentrail.walkthrough import attention_step
+from tokentrail.analysis.views import analyse, heads_at
+from tokentrail.engine.capture import capture
+from tokentrail.spec.options import TraceOptions
+from tokentrail.spec.errors import InputError
+from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.walkthrough import attention_step
 
 ATOL = 1e-5  # fp32, tiny models; the bundled model is checked at 1e-4
 
@@ -138,7 +138,7 @@ def test_heads_at_equals_the_full_analysis(family, kind, similarity):
 @pytest.mark.slow
 def test_bundled_model_walkthrough_and_heads():
     import tokentrail as tt
-    from tokentrail.inputs import encode
+    from tokentrail.session.inputs import encode
 
     loaded = tt.load("minilm")
     text = "Time flies like an arrow. Fruit flies like a banana."

@@ -7,8 +7,8 @@ of a name that needs them (``tt.trace``, ``tt.load``, ...).
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, ModelError, TokentrailError
-from .options import TraceOptions
+from tokentrail.spec.errors import InputError, ModelError, TokentrailError
+from tokentrail.spec.options import TraceOptions
 
 __version__ = "0.1.0"
 
@@ -16,36 +16,42 @@ __version__ = "0.1.0"
 _LAZY = {
     "trace": "api",
     "run": "api",
-    "Run": "runner",
-    "trail_many": "runner",
-    "load": "models",
-    "list_models": "models",
-    "LoadedModel": "models",
-    "Trail": "results",
-    "View": "results",
-    "RunInfo": "results",
-    "HeadsAt": "results",
-    "LensResult": "results",
-    "verify": "verification",
-    "Verification": "verification",
-    "compare": "comparison",
-    "Comparison": "comparison",
+    "Run": "session.runner",
+    "trail_many": "session.runner",
+    "load": "session.models",
+    "list_models": "session.models",
+    "LoadedModel": "session.models",
+    "Trail": "results.trail",
+    "View": "results.trail",
+    "RunInfo": "results.trail",
+    "HeadsAt": "results.trail",
+    "LensResult": "results.trail",
+    "verify": "session.verification",
+    "Verification": "session.verification",
+    "compare": "session.comparison",
+    "Comparison": "session.comparison",
     "study": "corpus",
     "Study": "corpus",
-    "plots": None,  # the submodule itself
-    "show": "notebook",
-    "geometry": None,
-    "maps": None,
+    "show": "results.notebook",
 }
 
-__all__ = ["TokentrailError", "InputError", "ModelError", "TraceOptions", "__version__", *_LAZY]
+#: public submodules: name -> where it lives (imported when first used)
+_MODULES = {
+    "plots": "present.plots",
+    "geometry": "engine.geometry",
+    "maps": "present.maps",
+}
+
+__all__ = ["TokentrailError", "InputError", "ModelError", "TraceOptions", "__version__", *_LAZY, *_MODULES]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
+    if name in _MODULES:
+        value = import_module(f".{_MODULES[name]}", __name__)
+    elif name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    else:
         raise AttributeError(f"module 'tokentrail' has no attribute {name!r}")
-    module = import_module(f".{_LAZY[name] or name}", __name__)
-    value = module if _LAZY[name] is None else getattr(module, name)
     globals()[name] = value  # later lookups skip this function
     return value
 
@@ -55,12 +61,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from . import geometry, maps, plots
-    from .notebook import show
-    from .api import run, trace
-    from .models import LoadedModel, list_models, load
-    from .results import HeadsAt, LensResult, RunInfo, Trail, View
-    from .runner import Run, trail_many
-    from .corpus import Study, study
-    from .verification import Verification, verify
-    from .comparison import Comparison, compare
+    from tokentrail.engine import geometry
+    from tokentrail.present import maps, plots
+    from tokentrail.results.notebook import show
+    from tokentrail.api import run, trace
+    from tokentrail.session.models import LoadedModel, list_models, load
+    from tokentrail.results.trail import HeadsAt, LensResult, RunInfo, Trail, View
+    from tokentrail.session.runner import Run, trail_many
+    from tokentrail.corpus import Study, study
+    from tokentrail.session.verification import Verification, verify
+    from tokentrail.session.comparison import Comparison, compare

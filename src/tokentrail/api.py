@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .analysis import Progress
-from .inputs import check_decoder_input, check_text
-from .models import DEFAULT_MODEL, LoadedModel, load
-from .options import TraceOptions
-from .results import Trail
-from .runner import Run
+from tokentrail.analysis.views import Progress
+from tokentrail.session.inputs import check_decoder_input, check_text
+from tokentrail.session.models import DEFAULT_MODEL, LoadedModel, load
+from tokentrail.spec.options import TraceOptions
+from tokentrail.results.trail import Trail
+from tokentrail.session.runner import Run
 
 
 def run(
@@ -27,7 +27,7 @@ def run(
     target: str | None = None,
     max_new_tokens: int | None = None,
 ) -> Run:
-    """One forward pass of ``model`` over ``text``: a :class:`~tokentrail.runner.Run` to derive
+    """One forward pass of ``model`` over ``text``: a :class:`~tokentrail.session.runner.Run` to derive
     Trails, heads, walkthroughs and the logit lens from without another pass.
 
     ``model``: a bundled name, hub id, local folder (str or Path), a loaded model, or a
@@ -70,10 +70,10 @@ def trace(
     ``overlap_k`` defaults to 100 (or the vocabulary size, if smaller); asking for more
     than the vocabulary has is an error, as is ``k`` above it.
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
-    or ``"all"``; or pass a ready :class:`~tokentrail.options.TraceOptions` as ``options``.
+    or ``"all"``; or pass a ready :class:`~tokentrail.spec.options.TraceOptions` as ``options``.
     ``causal=False`` runs a decoder with its causal mask off. ``correct`` corrects the
     geometry of residual sites (``zscore``, ``center``, ``rogue:D``, ``abtt:D``; see
-    :mod:`tokentrail.geometry`), fitted to the text's own vectors or, with
+    :mod:`tokentrail.engine.geometry`), fitted to the text's own vectors or, with
     ``correct_from``, to a corpus study of the same model (its folder). ``model`` takes
     what :func:`run` takes. Encoder-decoders: the source is ``text``, the decoder reads
     ``target`` or the model's own greedy output (``max_new_tokens``); the Trail is the

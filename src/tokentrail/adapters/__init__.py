@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import ModelError
-from .bart import BartEncoderAdapter, MarianEncoderAdapter
-from .base import Adapter, HeadProjection, HookPoints, Norm
-from .bert import BertAdapter, RobertaAdapter
-from .decoder import DecoderAdapter
-from .gemma import GemmaAdapter
-from .gpt2 import GPT2Adapter
-from .gpt_neox import GPTNeoXAdapter
-from .llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
-from .phi import PhiAdapter
-from .seq2seq import DecoderStack, EncoderStack
-from .t5 import T5EncoderAdapter
+from tokentrail.spec.errors import ModelError
+from tokentrail.adapters.bart import BartEncoderAdapter, MarianEncoderAdapter
+from tokentrail.adapters.base import Adapter, HeadProjection, HookPoints, Norm
+from tokentrail.adapters.bert import BertAdapter, RobertaAdapter
+from tokentrail.adapters.decoder import DecoderAdapter
+from tokentrail.adapters.gemma import GemmaAdapter
+from tokentrail.adapters.gpt2 import GPT2Adapter
+from tokentrail.adapters.gpt_neox import GPTNeoXAdapter
+from tokentrail.adapters.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from tokentrail.adapters.phi import PhiAdapter
+from tokentrail.adapters.seq2seq import DecoderStack, EncoderStack
+from tokentrail.adapters.t5 import T5EncoderAdapter
 
 #: config.model_type -> adapter class
 REGISTRY: dict[str, type[Adapter]] = {

@@ -150,7 +150,7 @@ class Adapter(ABC):
         ``causal=True`` on an encoder is refused; ``False`` on an encoder is what it does anyway."""
         if not self.is_decoder:
             if causal:
-                from ..errors import InputError
+                from tokentrail.spec.errors import InputError
 
                 raise InputError(f"{self.family} is an encoder: it has no causal mask to turn on")
             return False

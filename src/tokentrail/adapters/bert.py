@@ -13,7 +13,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from .base import Adapter, HeadProjection, HookPoints, Norm
+from tokentrail.adapters.base import Adapter, HeadProjection, HookPoints, Norm
 
 
 def _norm(ln: nn.LayerNorm) -> Norm:

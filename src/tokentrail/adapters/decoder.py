@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelError
-from .base import Adapter
+from tokentrail.spec.errors import ModelError
+from tokentrail.adapters.base import Adapter
 
 
 class DecoderAdapter(Adapter):

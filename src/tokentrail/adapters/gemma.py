@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import Norm
-from .llama import LlamaAdapter
+from tokentrail.adapters.base import Norm
+from tokentrail.adapters.llama import LlamaAdapter
 
 
 def _gemma_rmsnorm(norm: nn.Module) -> Norm:

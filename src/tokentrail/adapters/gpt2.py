@@ -16,8 +16,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from .base import HeadProjection, HookPoints, Norm
-from .decoder import DecoderAdapter
+from tokentrail.adapters.base import HeadProjection, HookPoints, Norm
+from tokentrail.adapters.decoder import DecoderAdapter
 
 
 def _norm(ln: nn.LayerNorm) -> Norm:

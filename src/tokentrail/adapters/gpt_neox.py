@@ -34,9 +34,9 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from .base import HeadProjection, HookPoints, Norm
-from .decoder import DecoderAdapter
-from .llama import RotaryFromModel
+from tokentrail.adapters.base import HeadProjection, HookPoints, Norm
+from tokentrail.adapters.decoder import DecoderAdapter
+from tokentrail.adapters.llama import RotaryFromModel
 
 
 def _norm(ln: nn.LayerNorm) -> Norm:

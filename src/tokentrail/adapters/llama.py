@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .base import HeadProjection, HookPoints, Norm
-from .decoder import DecoderAdapter
+from tokentrail.adapters.base import HeadProjection, HookPoints, Norm
+from tokentrail.adapters.decoder import DecoderAdapter
 
 
 def _rmsnorm(norm: nn.Module) -> Norm:

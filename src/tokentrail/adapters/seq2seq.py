@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError, ModelError
-from .base import Adapter, HeadProjection, Norm
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.adapters.base import Adapter, HeadProjection, Norm
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from .base import HeadProjection, HookPoints, Norm
-from .seq2seq import CrossPoints, DecoderStack, EncoderStack
+from tokentrail.adapters.base import HeadProjection, HookPoints, Norm
+from tokentrail.adapters.seq2seq import CrossPoints, DecoderStack, EncoderStack
 
 
 def _rms(ln: nn.Module) -> Norm:

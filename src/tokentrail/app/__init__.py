@@ -11,8 +11,8 @@ import signal
 import sys
 import threading
 
-from .layout import build_app, launch_options
-from .session import INITIAL_TEXT, MAX_CHARS, MAX_TOKENS
+from tokentrail.app.layout import build_app, launch_options
+from tokentrail.app.session import INITIAL_TEXT, MAX_CHARS, MAX_TOKENS
 
 STATE_SESSIONS = 64  # sessions whose cached results the server keeps at most (oldest dropped)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from ..errors import InputError
-from .help import panel
-from .guard import guarded
-from .queues import EVENTS, concurrency_for
-from .session import ModelMenu, check_page_text, load_model
+from tokentrail.spec.errors import InputError
+from tokentrail.app.help import panel
+from tokentrail.app.guard import guarded
+from tokentrail.app.queues import EVENTS, concurrency_for
+from tokentrail.app.session import ModelMenu, check_page_text, load_model
 
 
 SAME_MODEL = "(same model)"
@@ -61,7 +61,7 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
 
 def _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similarity, causal):
     import tokentrail as tt
-    from ..plots_compare import compare_heatmaps, compare_lines, cosine_figure
+    from tokentrail.present.plots_compare import compare_heatmaps, compare_lines, cosine_figure
 
     text = check_page_text(text)
     text_b = (text_b or "").strip() or None

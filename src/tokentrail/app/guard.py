@@ -1,6 +1,6 @@
 """The one way a page callback fails: every exception becomes a message in the page.
 
-A :class:`~tokentrail.errors.TokentrailError` is the user's to fix: its one line goes to
+A :class:`~tokentrail.spec.errors.TokentrailError` is the user's to fix: its one line goes to
 the status output and a toast. Anything else is logged with its traceback and the page
 keeps serving. Every tab's callbacks (the main views, Compare, Map, Cross-attention,
 Study) are wrapped with :func:`guarded`.
@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ..errors import TokentrailError
-from . import render
-from .session import Session
+from tokentrail.spec.errors import TokentrailError
+from tokentrail.app import render
+from tokentrail.app.session import Session
 
 log = logging.getLogger("tokentrail.app")
 

@@ -1,7 +1,7 @@
 """The page: components, and the callbacks that join them to a :class:`Session`.
 
 Every callback returns data for the page, never a stack trace: a
-:class:`~tokentrail.errors.TokentrailError` becomes a warning and the status line, any
+:class:`~tokentrail.spec.errors.TokentrailError` becomes a warning and the status line, any
 other exception a short "internal error" line (the details go to the server log).
 Event handlers have stable ``api_name``s so ``gradio_client`` can drive the app.
 """
@@ -14,22 +14,22 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from .. import plots
-from ..errors import InputError, ModelError, TokentrailError
-from ..options import SIMILARITIES
-from ..progress import CallbackProgress
-from . import help as texts
-from . import render, security
-from .compare_tab import build_compare_tab
-from .study_tab import StudyShelf, build_study_tab
-from .cross_tab import build_cross_tab
-from .map_tab import build_map_tab
-from .guard import failed, guarded
-from .export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
-from ..options import LENS_SITES
-from .queues import EVENTS, WORKERS, concurrency_for
-from .session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, SessionPool, correction_choices, load_model, page_options
-from .style import CSS, HEAD, THEME
+from tokentrail.present import plots
+from tokentrail.spec.errors import InputError, ModelError, TokentrailError
+from tokentrail.spec.options import SIMILARITIES
+from tokentrail.present.progress import CallbackProgress
+from tokentrail.app import help as texts
+from tokentrail.app import render, security
+from tokentrail.app.compare_tab import build_compare_tab
+from tokentrail.app.study_tab import StudyShelf, build_study_tab
+from tokentrail.app.cross_tab import build_cross_tab
+from tokentrail.app.map_tab import build_map_tab
+from tokentrail.app.guard import failed, guarded
+from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
+from tokentrail.spec.options import LENS_SITES
+from tokentrail.app.queues import EVENTS, WORKERS, concurrency_for
+from tokentrail.app.session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, SessionPool, correction_choices, load_model, page_options
+from tokentrail.app.style import CSS, HEAD, THEME
 
 log = logging.getLogger("tokentrail.app")
 
@@ -57,7 +57,7 @@ class Page:
 
 
 def page_progress(progress: gr.Progress) -> CallbackProgress:
-    """The library's progress (:mod:`tokentrail.progress`) on the page's progress bar:
+    """The library's progress (:mod:`tokentrail.present.progress`) on the page's progress bar:
     loading and conversion as a message with the elapsed time, the analysis as
     *done/total* steps."""
 

@@ -1,6 +1,6 @@
 """The app's Map tab: 2-D maps of the page's analysis, and clicks on them.
 
-Two modes, both from the session's one forward pass (:mod:`tokentrail.maps`): every
+Two modes, both from the session's one forward pass (:mod:`tokentrail.present.maps`): every
 token's path through the layers at the page's site (its nearest vocabulary tokens as
 faint points), or the queries and keys of the layer and head chosen above (AttentionViz).
 A click on a point selects its token and layer in the whole page: ``gr.Plot`` has no
@@ -15,13 +15,13 @@ import importlib.util
 
 import gradio as gr
 
-from ..errors import InputError
-from ..maps import METHODS
-from ..tokens import find_token
-from . import help as texts
-from .guard import guarded
-from .queues import EVENTS
-from .session import Session
+from tokentrail.spec.errors import InputError
+from tokentrail.present.maps import METHODS
+from tokentrail.spec.tokens import find_token
+from tokentrail.app import help as texts
+from tokentrail.app.guard import guarded
+from tokentrail.app.queues import EVENTS
+from tokentrail.app.session import Session
 
 
 MODES = {"token paths through the layers": "paths", "queries and keys of one head": "head"}

@@ -2,11 +2,11 @@
 
 A :class:`Session` lives in a ``gr.State``: each page (and each ``gradio_client``
 client) has its own, so one user switching model or text never changes another's page.
-It caches results, never models: loaded models sit in :func:`tokentrail.models.load`'s
+It caches results, never models: loaded models sit in :func:`tokentrail.session.models.load`'s
 shared LRU (two at a time), and a session only remembers a model's *name*.
 
 The click path stays cheap: a text is analysed once per (model, text, options) and the
-:class:`~tokentrail.results.Trail` kept here; a token click re-renders from it. The
+:class:`~tokentrail.results.trail.Trail` kept here; a token click re-renders from it. The
 per-head view and the attention walkthrough need the activations of one forward pass,
 captured once per (model, text, mask) and then computed for one layer and token at a time.
 """
@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..budget import held_bytes, human
-from ..errors import InputError, ModelError
-from ..inputs import check_text
-from ..models import CATALOGUE, DEFAULT_MODEL, HUB_ID, LoadedModel, is_available, list_models, load
-from ..options import LENS_SITES, RESIDUAL_SITES, SIMILARITIES, TraceOptions
-from ..progress import CallbackProgress, Steps, analysis_steps
-from ..results import HeadsAt, LensResult, Trail
-from ..runner import Run
-from ..walkthrough import AttentionStep
-from .queues import concurrency_for
+from tokentrail.engine.budget import held_bytes, human
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.session.inputs import check_text
+from tokentrail.session.models import CATALOGUE, DEFAULT_MODEL, HUB_ID, LoadedModel, is_available, list_models, load
+from tokentrail.spec.options import LENS_SITES, RESIDUAL_SITES, SIMILARITIES, TraceOptions
+from tokentrail.present.progress import CallbackProgress, Steps, analysis_steps
+from tokentrail.results.trail import HeadsAt, LensResult, Trail
+from tokentrail.session.runner import Run
+from tokentrail.engine.walkthrough import AttentionStep
+from tokentrail.app.queues import concurrency_for
 
 INITIAL_TEXT = "Time flies like an arrow. Fruit flies like a banana."
 MAX_CHARS = 2_000  # characters a page may send
@@ -171,7 +171,7 @@ def check_page_text(text: object) -> str:
 class Session:
     """One page's model, text, options, selection and cached results.
 
-    It keeps the :class:`~tokentrail.runner.Run` of its text (one forward pass, shared
+    It keeps the :class:`~tokentrail.session.runner.Run` of its text (one forward pass, shared
     by the Trail, the heads view and the walkthrough) and a few Trails."""
 
     model: str
@@ -246,7 +246,7 @@ class Session:
     @property
     def nbytes(self) -> int:
         """Bytes this session's cached results hold: its Trails and its Run (activations
-        and the Run's own caches), each array once (:func:`tokentrail.budget.held_bytes`)."""
+        and the Run's own caches), each array once (:func:`tokentrail.engine.budget.held_bytes`)."""
         return held_bytes(self.trail, *self._trails.values(), *(self._run.kept() if self._run is not None else ()))
 
     def _fit(self, keep) -> None:
@@ -315,28 +315,28 @@ class Session:
             return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
 
     def trajectory_map(self, tokens: Sequence[int] | None, layers: Sequence[int] | None, method: str = "pca"):
-        """:func:`tokentrail.maps.trajectory_map` of the analysis at its site and space."""
-        from ..maps import trajectory_map
+        """:func:`tokentrail.present.maps.trajectory_map` of the analysis at its site and space."""
+        from tokentrail.present.maps import trajectory_map
 
         site, space = self.options.sites[0], self.options.spaces[0]
         return trajectory_map(self._current_run(), site=site, space=space, tokens=tokens, layers=layers, method=method)
 
     def head_map(self, tokens: Sequence[int] | None, method: str = "pca"):
-        """:func:`tokentrail.maps.head_map` of the selected layer and head."""
-        from ..maps import head_map
+        """:func:`tokentrail.present.maps.head_map` of the selected layer and head."""
+        from tokentrail.present.maps import head_map
 
         return head_map(self._current_run(), self.layer, self.head, tokens=tokens, method=method)
 
     def rogue_note(self) -> str | None:
         """When the analysis is uncorrected and one dimension carries over half the expected
-        cosine of its site somewhere (:func:`tokentrail.geometry.rogue_layers`): the line
+        cosine of its site somewhere (:func:`tokentrail.engine.geometry.rogue_layers`): the line
         that says so and which correction to pick; else None. Cached per analysis."""
         trail = self.require_trail()
         if self.options.correct is not None:
             return None
         key = (self.model, trail.text, self.options.sites[0], self.options.causal)
         if self._rogue[0] != key:
-            from ..geometry import diagnose_run, rogue_layers
+            from tokentrail.engine.geometry import diagnose_run, rogue_layers
 
             self._rogue = (key, rogue_layers(diagnose_run(self._current_run(), self.options.sites[0]), how="Correction {}"))
         return self._rogue[1]

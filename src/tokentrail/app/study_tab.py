@@ -18,10 +18,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ..errors import InputError
-from .help import panel
-from .guard import guarded
-from .queues import EVENTS
+from tokentrail.spec.errors import InputError
+from tokentrail.app.help import panel
+from tokentrail.app.guard import guarded
+from tokentrail.app.queues import EVENTS
 
 
 MANIFEST = "manifest.json"
@@ -70,7 +70,7 @@ class StudyShelf:
 
     def open(self, name: str | None):
         """``(manifest, aggregates)`` of an offered study, cached by its manifest's mtime."""
-        from ..corpus import Study
+        from tokentrail.corpus import Study
 
         path = self.path(name)
         key = (str(path), (path / MANIFEST).stat().st_mtime_ns)
@@ -89,7 +89,7 @@ class StudyShelf:
 
 def show(shelf: StudyShelf, name: str | None) -> tuple:
     """The tab's outputs for one study: status, metadata table, then the figures."""
-    from ..corpus.report import metadata, named_figures
+    from tokentrail.corpus.report import metadata, named_figures
 
     manifest, agg = shelf.open(name)
     figs = named_figures(agg)

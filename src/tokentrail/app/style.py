@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..plots import ACCENT
+from tokentrail.present.plots import ACCENT
 
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate", font=["Inter", "system-ui", "sans-serif"])
 

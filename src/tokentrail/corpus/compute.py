@@ -1,8 +1,8 @@
 """The compute step of a study, in one function: a batch of records -> token rows.
 
 :func:`analyse_batch` is the only place a study touches the model: the batch's texts go
-through one padded forward pass (:meth:`tokentrail.models.LoadedModel.runs`) and are
-scored against the vocabulary together (:func:`tokentrail.runner.trail_many`), which gives
+through one padded forward pass (:meth:`tokentrail.session.models.LoadedModel.runs`) and are
+scored against the vocabulary together (:func:`tokentrail.session.runner.trail_many`), which gives
 each text exactly what it gets alone (SPEC "Batches"); the same pass gives the site
 vectors for the norm column and the anisotropy sample.
 """
@@ -19,13 +19,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..budget import estimate
-from ..inputs import MAX_TOKENS
-from ..models import LoadedModel, readable_tokens
-from ..options import TraceOptions
-from ..runner import trail_many
-from .inputs import Record, Skipped
-from .wordclass import align
+from tokentrail.engine.budget import estimate
+from tokentrail.session.inputs import MAX_TOKENS
+from tokentrail.session.models import LoadedModel, readable_tokens
+from tokentrail.spec.options import TraceOptions
+from tokentrail.session.runner import trail_many
+from tokentrail.corpus.inputs import Record, Skipped
+from tokentrail.corpus.wordclass import align
 
 TOKEN_SCHEMA = pa.schema(
     [
@@ -139,7 +139,7 @@ def forward_groups(lengths: list[int], layers: int, heads: int, d_model: int, bu
 
 def activation_bytes(tokens: int, layers: int, heads: int, d_model: int) -> int:
     """One text's captured activations (attention maps and hooked vectors), as
-    :func:`tokentrail.budget.estimate` counts them."""
+    :func:`tokentrail.engine.budget.estimate` counts them."""
     return estimate(
         tokens=tokens, layers=layers, heads=heads, vocab=1, d_model=d_model, residual_sites=0, residual_spaces=0,
         head_spaces=0, similarities=0, k=1, overlap_k=1, lens=False,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import aggregate
-from .writer import StudyDir
+from tokentrail.store import aggregate
+from tokentrail.store.writer import StudyDir
 
 
 class Study:
@@ -39,11 +39,11 @@ class Study:
         return self._con.execute(sql).df()
 
     def aggregate(self) -> dict[str, pd.DataFrame]:
-        """Every aggregate (see :mod:`tokentrail.corpus.aggregate`), as small frames."""
+        """Every aggregate (see :mod:`tokentrail.store.aggregate`), as small frames."""
         return aggregate.summary(self._con, int(self.manifest["sample"]["size"]))
 
     def report(self, path: str | Path) -> Path:
-        from .report import write_report
+        from tokentrail.corpus.report import write_report
 
         return write_report(self, path)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from ..errors import InputError
-from ..inputs import MAX_CHARS
-from .wordclass import Word
+from tokentrail.spec.errors import InputError
+from tokentrail.session.inputs import MAX_CHARS
+from tokentrail.corpus.wordclass import Word
 
 FORMATS = ("text", "conllu", "csv", "parquet")
 SAMPLES_KEPT = 5  # per reason, in the run's log

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..errors import InputError, TokentrailError
-from .compute import StudyOptions
-from .writer import Reservoir, StudyDir
+from tokentrail.spec.errors import InputError, TokentrailError
+from tokentrail.corpus.compute import StudyOptions
+from tokentrail.store.writer import Reservoir, StudyDir
 
 
 def _ray():
@@ -30,7 +30,7 @@ class _Worker:
     def __init__(self, model: str, allow_pickle: bool, options: StudyOptions, strict: bool, root: str, threads: int, device: str | None = None):
         import torch
 
-        from ..models import load
+        from tokentrail.session.models import load
 
         if threads:
             torch.set_num_threads(threads)
@@ -38,7 +38,7 @@ class _Worker:
         self.options, self.strict, self.dir = options, strict, StudyDir(root)
 
     def info(self) -> dict:
-        from .run import model_info
+        from tokentrail.corpus.run import model_info
 
         return model_info(self.loaded)
 
@@ -46,8 +46,8 @@ class _Worker:
         return self.loaded.tokenizer.get_vocab()
 
     def run(self, b: int, batch: list, threshold: float):
-        from .compute import analyse_batch
-        from .run import batch_meta, tag_batch
+        from tokentrail.corpus.compute import analyse_batch
+        from tokentrail.corpus.run import batch_meta, tag_batch
 
         try:
             result = tag_batch(analyse_batch(self.loaded, batch, self.options, threshold=threshold, strict=self.strict))

@@ -135,7 +135,7 @@ def write_report(study, path: str | Path) -> Path:
 
 def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:
     """The report's figures as PNG files (needs kaleido: ``pip install 'tokentrail[app]'``)."""
-    from ..errors import InputError
+    from tokentrail.spec.errors import InputError
 
     try:
         import kaleido  # noqa: F401

@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow.parquet as pq
 
-from .. import __version__
-from ..options import RESIDUAL_SITES as SITES
-from ..errors import InputError, ModelError
-from ..inputs import MAX_CHARS
-from .compute import BatchResult, StudyOptions
-from . import frequencies as freq
-from .inputs import Skipped, check_source, count, file_hash, iter_batches, records, texts_hash, SAMPLES_KEPT
-from .writer import FORMAT, Reservoir, StudyDir, atomic_write_table, part_name
+from tokentrail import __version__
+from tokentrail.spec.options import RESIDUAL_SITES as SITES
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.session.inputs import MAX_CHARS
+from tokentrail.corpus.compute import BatchResult, StudyOptions
+from tokentrail.store import frequencies as freq
+from tokentrail.corpus.inputs import Skipped, check_source, count, file_hash, iter_batches, records, texts_hash, SAMPLES_KEPT
+from tokentrail.store.writer import FORMAT, Reservoir, StudyDir, atomic_write_table, part_name
 
 ENGINES = ("local", "ray")
 
@@ -111,18 +111,18 @@ def study(
     ``.parquet`` with ``column``) or a list of texts. Results go to ``out`` as Parquet
     parts while the run goes; ``resume=True`` continues an interrupted run there.
     ``frequencies``: a ``TOKEN<TAB>COUNT`` file for ``freq_rank``
-    (:mod:`tokentrail.corpus.frequencies`); without one, ``freq_rank`` is the rank by
+    (:mod:`tokentrail.store.frequencies`); without one, ``freq_rank`` is the rank by
     count in the study's own corpus. ``on_load(message)`` hears what is loading once the
     inputs are checked (``models.load``'s progress messages; with Ray, the workers'
     start), ``on_start(total texts or None)`` when the texts start, ``progress`` after
     each batch.
     """
-    from .dataset import Study
+    from tokentrail.corpus.dataset import Study
 
     options = StudyOptions(sites=tuple(dict.fromkeys(sites)), overlap_k=overlap_k, batch=batch, sample=sample, seed=seed, causal=causal)
     check_options(options)
     if device is not None:
-        from ..models import resolve_device
+        from tokentrail.session.models import resolve_device
 
         device = resolve_device(device)
     if engine not in ENGINES:
@@ -275,7 +275,7 @@ class _local_runner:
     """Batches computed here, one after another."""
 
     def __init__(self, model, allow_pickle, options, strict, device, say):
-        from ..models import load
+        from tokentrail.session.models import load
 
         self.loaded = load(model, allow_pickle=allow_pickle, device=device, progress=say)
         self.options, self.strict = options, strict
@@ -285,7 +285,7 @@ class _local_runner:
         return self.loaded.tokenizer.get_vocab()
 
     def run(self, numbered, reservoir: Reservoir, sd: StudyDir):
-        from .compute import analyse_batch
+        from tokentrail.corpus.compute import analyse_batch
 
         for b, batch in numbered:
             result = tag_batch(analyse_batch(self.loaded, batch, self.options, threshold=reservoir.threshold(), strict=self.strict))
@@ -297,6 +297,6 @@ class _local_runner:
 
 
 def _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device, say):
-    from .ray_engine import RayRunner
+    from tokentrail.corpus.ray_engine import RayRunner
 
     return RayRunner(model, allow_pickle, options, strict, sd, address=address, workers=workers, device=device, say=say)

@@ -1,0 +1,129 @@
+"""The logit lens (SPEC site ``lens``): the model's own output head read at every layer.
+
+For each layer ``l`` and token ``t`` the residual vector (``layer_out`` = ``h_{l+1}`` by
+default, or ``attn_resid``) goes through the head the model itself predicts with:
+
+* decoders: the final norm, then the LM head. Capture's ``layer_out[L-1]`` is the last
+  layer's module output, *before* the final norm (the framework's ``hidden_states[L]`` is
+  after it), so the lens applies the norm to every layer alike and its last layer equals
+  the model's own logits;
+* encoders: the masked-LM head (BERT ``cls``, RoBERTa ``lm_head``) when the checkpoint
+  has one; otherwise :class:`~tokentrail.spec.errors.ModelError` with the adapter's reason
+  (the bundled MiniLM is a sentence-embedding checkpoint with no MLM head).
+
+Per layer and token it reports the top-k predictions with their probabilities, the rank
+of the token itself and, for decoders, the rank of the *next* token (what the model is
+trained to predict there; -1 / NaN at the last token, which has no next token). Ranks
+follow SPEC: 0-based, counting vocabulary ids with a strictly higher logit, so ties
+favour the token; top-k ties go to the lower id.
+
+Nothing here runs the model's forward pass: the lens takes the adapter (for its head)
+and the captured :class:`~tokentrail.engine.capture.Activations`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokentrail.adapters import Adapter
+from tokentrail.engine.budget import BLOCK_BYTES, STATS_BYTES, WORKING_BYTES
+from tokentrail.engine.budget import LENS_CHUNK_BYTES as CHUNK_BYTES
+from tokentrail.engine.capture import Activations
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.engine.metrics import rank_in_vocab
+from tokentrail.spec.options import LENS_SITES
+from tokentrail.results.trail import LensResult
+from tokentrail.engine.scoring import score_block
+from tokentrail.engine.spaces import release_scratch
+
+EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
+
+
+@torch.no_grad()
+def logit_lens(
+    adapter: Adapter,
+    acts: Activations,
+    *,
+    k: int = 15,
+    site: str = "layer_out",  # or "embeddings": one row, the head applied to e_t
+    chunk_bytes: int | None = None,
+    beside_scratch: bool = False,
+) -> LensResult:
+    """Apply the model's own output head to ``site`` at every layer of ``acts``.
+
+    Memory stays at ``O(chunk x V)``: tokens go through the head a chunk at a time and
+    only the top-k, ranks and probabilities of each cell are kept. The chunks take the
+    place of the views' scratch block (let go first), or with ``beside_scratch`` (a
+    streamed trace, whose next layer's views need the block) come in what the memory
+    bound leaves beside the block and a window of row norms.
+    """
+    if site not in LENS_SITES and site != EMBEDDINGS:
+        raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)} (or {EMBEDDINGS} for the one row of the original encodings), not {site!r}")
+    if k < 1:
+        raise InputError("k must be at least 1")
+    if chunk_bytes is None:
+        chunk_bytes = WORKING_BYTES - BLOCK_BYTES - STATS_BYTES if beside_scratch else CHUNK_BYTES
+    if not beside_scratch:
+        release_scratch(adapter)  # the lens' chunks take the place of the views' scratch block, not add to it
+    head = adapter.lens_head()
+    if head is None:
+        raise ModelError(adapter.lens_unavailable_reason())
+    # "embeddings": the one row of the original encodings e_t = h_0 (SPEC: the lens' embeddings row)
+    vecs = acts.embedded[None] if site == EMBEDDINGS else acts.site(site)  # (L, n, d)
+    L, n, _ = vecs.shape
+    ids = acts.input_ids.long()
+    decoder = adapter.is_decoder
+    V = head(vecs[0, :1]).shape[1]  # the head's vocabulary (may differ from the embedding table's)
+    kk = min(k, V)
+    step = max(1, chunk_bytes // (V * 4 * 4))  # logits, log-probs, probs (entr in place) and topk's work per chunk
+    # next token of t is t+1; the last token has none (its placeholder is masked below)
+    nxt = torch.cat([ids[1:], ids[:1]])
+    dev = vecs.device
+    # the cells as one (L * n) list, chunked across layers: a short text's layers go through
+    # the head in one product (memory-bound per layer when each has only a few rows)
+    cells = L * n
+    flat = vecs.reshape(cells, -1)
+    cell_ids, cell_next = ids.repeat(L), nxt.repeat(L)
+    top_ids = torch.empty(cells, kk, dtype=torch.long, device=dev)
+    top_probs = torch.empty(cells, kk, device=dev)
+    own_rank = torch.empty(cells, dtype=torch.long, device=dev)
+    own_prob = torch.empty(cells, device=dev)
+    next_rank = torch.full((cells,), -1, dtype=torch.long, device=dev)
+    next_prob = torch.full((cells,), float("nan"), device=dev)
+    entropy = torch.empty(cells, device=dev)
+    for start in range(0, cells, step):
+        sl = slice(start, min(cells, start + step))
+        logits = head(flat[sl]).float()  # (m, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        probs = logp.exp()
+        entropy[sl] = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
+        del probs
+        own = cell_ids[sl]
+        own_prob[sl] = logp.gather(1, own[:, None])[:, 0].exp()
+        if decoder:
+            nx = cell_next[sl]
+            next_rank[sl] = rank_in_vocab(logits, nx)
+            next_prob[sl] = logp.gather(1, nx[:, None])[:, 0].exp()
+        # the own rank and the top-k in the fused passes of the similarity views (it consumes logits)
+        _, rank, t_ids, _ = score_block(logits, own, kk)
+        own_rank[sl] = rank
+        top_ids[sl] = t_ids
+        top_probs[sl] = logp.gather(1, t_ids).exp()
+    top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy = (
+        t.view(L, n, *t.shape[1:]) for t in (top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy)
+    )
+    if decoder:
+        next_rank[:, -1] = -1
+        next_prob[:, -1] = float("nan")
+    return LensResult(
+        site=site,
+        is_decoder=decoder,
+        input_ids=ids.cpu().numpy().copy(),
+        top_ids=top_ids.cpu().numpy(),
+        top_probs=top_probs.cpu().numpy(),
+        own_rank=own_rank.cpu().numpy(),
+        own_prob=own_prob.cpu().numpy(),
+        next_rank=next_rank.cpu().numpy() if decoder else None,
+        next_prob=next_prob.cpu().numpy() if decoder else None,
+        entropy=entropy.cpu().numpy(),
+    )

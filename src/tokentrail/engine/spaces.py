@@ -1,0 +1,670 @@
+"""Reference vocabularies ("spaces") as exact factorised matrices.
+
+Every space here has rows of one shape, per group ``g`` (a head, or one group for the
+residual spaces) and per position ``p``::
+
+    R_g(v, p) = M_g (x_v + y_p) / sigma_v(p) + c_g
+
+* ``x_v`` is the token's embedding row and ``y_p`` the embedding stage's position offset,
+  both centred when the norm in front is a LayerNorm;
+* ``sigma_v(p) = sqrt(|x_v + y_p|^2 / d + eps)`` for a LayerNorm/RMSNorm, 1 without one;
+* ``M_g = W_g diag(gamma)`` and ``c_g = W_g beta + b_g``, with ``W_g``/``b_g`` a head's
+  value/key/query map (identity and zero for the residual spaces).
+
+So ``Emb(v, p) = LN(W_E[v] + q_p)`` and ``ValueProj(LN_l(...))`` never need a
+``(positions x V x d)`` tensor: a dot product with a query ``r`` is
+``(M^T r) . x_v + (M^T r) . y_p`` over sigma, plus ``r . c`` (one ``V x d`` matmul for all
+queries), and a squared norm needs ``P = x M^T`` (``V x d``, computed once per space) and
+``O(V d)`` work per position (SPEC "Exactness and cost").
+
+Rotary spaces (key/query of RoPE models) rotate the *query* by the inverse rotation at
+the row's position instead of rotating every row; rotations keep norms.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal
+
+import torch
+from torch import Tensor
+
+from tokentrail.adapters import Adapter, Norm
+from tokentrail.engine.budget import BLOCK_BYTES, POSITION_MEMO_BYTES
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.spec.options import HEAD_SPACES as HEAD_SPACE_KINDS
+from tokentrail.engine.scoring import inverse_norms
+
+SpaceKind = Literal["embeddings", "encodings", "value", "key", "query"]
+SPACE_KINDS: tuple[str, ...] = ("embeddings", "encodings", "value", "key", "query")
+
+
+@dataclass(frozen=True)
+class PositionStats:
+    """Per-position quantities of a space, for the unique positions asked for."""
+
+    positions: Tensor  # (P,)
+    y: Tensor | None  # (P, d) position offsets (centred if LayerNorm)
+    sigma: Tensor | None  # (P, V)
+    sq_norm: Tensor  # (P, G, V) squared row norms
+    Py: Tensor | None = None  # (P, G, k) M y_p, the projected position offset
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # derived tables (cosine_scales)
+
+
+class VocabSpace:
+    """All V rows of one reference space, at any position, in factorised form."""
+
+    def __init__(
+        self,
+        name: str,
+        adapter: Adapter,
+        x: Tensor,
+        *,
+        norm: Norm | None,
+        positional: bool,
+        proj_weight: Tensor | None = None,
+        proj_bias: Tensor | None = None,
+        rotary=None,
+    ):
+        self.name = name
+        self._adapter = adapter
+        self.norm_kind = None if norm is None else norm.kind
+        self.eps = 0.0 if norm is None else norm.eps
+        centre = self.norm_kind == "layernorm"
+        self.x = x  # (V, d), float32, centred by the caller when centre is True
+        self.positional = positional
+        self._centre = centre
+        self.d = self.x.shape[1]
+        gamma = None if norm is None else norm.weight.float()
+        beta = None if norm is None or norm.bias is None else norm.bias.float()
+        self.rotary = rotary
+        if proj_weight is None:
+            # residual space: M = diag(gamma), c = beta, one group
+            self.gamma = gamma if gamma is not None else torch.ones(self.d, device=x.device)
+            self.M = None
+            self.c = (beta if beta is not None else torch.zeros(self.d, device=x.device))[None]  # (1, d)
+            self.P = (self.x * self.gamma)[None]  # (1, V, d)
+        else:
+            w = proj_weight.float()  # (G, k, d)
+            self.gamma = None
+            self.M = (w * gamma if gamma is not None else w).contiguous()
+            c = torch.zeros(w.shape[:2], device=w.device) if proj_bias is None else proj_bias.float().clone()
+            if beta is not None:
+                c = c + torch.einsum("gkd,d->gk", w, beta)
+            self.c = c  # (G, k)
+            G, k, d = self.M.shape
+            self.P = (self.x @ self.M.reshape(G * k, d).T).view(-1, G, k).transpose(0, 1).contiguous()  # (G, V, k)
+        self.groups = self.P.shape[0]
+        self.dim = self.P.shape[2]
+        self.x_sq = _sq_norms(adapter, self.x)  # (V,)
+        self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
+        self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
+        self.c_sq = self.c.pow(2).sum(-1)  # (G,)
+        self._static = None  # position-free norms, kept after the first position_stats call
+        self._at: dict[int, int] = {}  # position -> its memo slot: residual spaces that move (_residual_stats)
+        self._slots: tuple | None = None  # the memo: (slots, ...) sigma, |row|^2, cosine factors a and b (or None)
+        self._memo_lock = threading.Lock()  # a slot is taken and filled by one trace at a time
+        self._at_bytes = 0
+        self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
+        if self.M is None and not self.moves:
+            # residual space whose rows never move: P = x * gamma is a second V x d copy,
+            # and queries scaled by gamma against x cost the same, so it is not kept
+            self.P = None
+        # head spaces keep P (G, V, k): a query then costs V * k instead of V * d, and the
+        # query heads of a KV group share their group's table (SpaceCache bounds the memory)
+
+    def same_rows(self, other: "VocabSpace") -> bool:
+        """Whether ``other`` has this space's rows at every position, computed the same way
+        (e.g. ``embeddings`` and ``encodings`` of a model with neither position embeddings
+        nor an embedding norm): its scores are then this space's, bit for bit."""
+        if other is self:
+            return True
+        plain = lambda s: s.M is None and not s.moves and s.rotary is None  # noqa: E731
+        return (
+            plain(self) and plain(other) and self.x is other.x and self.norm_kind == other.norm_kind
+            and self.eps == other.eps and torch.equal(self.gamma, other.gamma) and torch.equal(self.c, other.c)
+        )  # fmt: skip
+
+    def for_queries(self, count: int) -> "VocabSpace":
+        """This space for scoring ``count`` query columns in one call.
+
+        A head space that gave up its ``(G, V, k)`` table (the :class:`SpaceCache` budget)
+        scores a query through ``W_E`` (``V x d`` work); when rebuilding the table costs
+        less than that for ``count`` columns (``G k d`` against ``count (d - k)`` per row),
+        the answer is a copy holding the table for this call only, so many tokens cost
+        ``V x k`` each, not ``V x d``. Otherwise the space itself."""
+        if not self._table_pays(count):
+            return self
+        G, k, _ = self.M.shape
+        table = torch.empty(G, self.vocab_size, k, device=self.x.device)
+        for g in range(G):  # one (V, k) product per group, written in place: no second table
+            torch.mm(self.x, self.M[g].T, out=table[g])
+        twin = copy.copy(self)
+        twin.P = table
+        return twin
+
+    def _table_pays(self, count: int) -> bool:
+        """Whether a head space without its table should rebuild it for ``count`` columns."""
+        if self.P is not None or self.M is None:
+            return False
+        G, k, d = self.M.shape
+        return count * (d - k) > G * k * d
+
+    def through_embeddings_for(self, count: int) -> bool:
+        """Whether ``for_queries(count)`` scores through the embedding table (without making anything)."""
+        return self.through_embeddings and not self._table_pays(count)
+
+    def settle(self) -> None:
+        """Compute now what a space whose rows never move keeps after its first use (the
+        position-free norms and cosine factors), so that :attr:`nbytes` counts it all."""
+        if not self.moves:
+            self.cosine_scales(self.position_stats(torch.zeros(1, dtype=torch.long, device=self.x.device)))
+
+    def drop_table(self) -> bool:
+        """Free the (G, V, k) table when the rows never move (dots then go through W_E; same numbers)."""
+        if self.P is None or self.moves:
+            return False
+        self.P = None
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by this space's own tables (the shared embedding table not counted)."""
+        static = () if self._static is None else (self._static[0], self._static[1], *self._static[2].get("cosine", ()))
+        held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None}
+        return self._at_bytes + sum(held.values())  # each buffer once (without a norm, the two cosine factors are one tensor)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.x.shape[0]
+
+    # ---- per position --------------------------------------------------------
+    def _offsets(self, positions: Tensor) -> Tensor | None:
+        if not self.positional:
+            return None
+        y = self._adapter.position_offset(positions)
+        if y is None:
+            return None
+        y = y.float()
+        return y - y.mean(-1, keepdim=True) if self._centre else y
+
+    def position_stats(self, positions: Tensor) -> PositionStats:
+        """Squared norms of every row at each of ``positions`` (P,): O(P V d).
+
+        |R_g(v,p)|^2 = |P_v + M y_p|^2 / sigma^2 + 2 (P_v + M y_p) . c / sigma + |c|^2,
+        computed in a contiguous (G, P, V) layout with in-place passes.
+        """
+        y = self._offsets(positions)
+        if y is None:
+            return self._static_stats(positions)
+        if self.M is None:
+            return self._residual_stats(positions, y)
+        return self._moving_stats(positions, y)
+
+    def _static_stats(self, positions: Tensor) -> PositionStats:
+        """Rows that do not move with position: the norms (and the cosine factors derived
+        from them, in memo) are computed on the first call and serve every position after."""
+        P_cnt = positions.shape[0]
+        if self._static is None:
+            sigma1 = (self.x_sq / self.d + self.eps).sqrt()[None] if self.norm_kind else None  # (1, V)
+            t = self._finish_sq(self.P_sq[:, None, :].clone(), self.P_c[:, None, :], sigma1)  # (G, 1, V)
+            self._static = (t.transpose(0, 1), sigma1, {})
+        sq, sigma1, memo = self._static
+        sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
+        return PositionStats(positions, None, sigma, sq.expand(P_cnt, -1, -1), None, memo)
+
+    def _moving_stats(self, positions: Tensor, y: Tensor) -> PositionStats:
+        """Norms of the rows at each position: two (P x d) @ (d x V) products."""
+        if self.norm_kind:
+            xy = y @ self.x.T  # (P, V)
+            sigma = xy.mul_(2).add_(self.x_sq[None]).add_(y.pow(2).sum(-1, keepdim=True)).div_(self.d).add_(self.eps).sqrt_()
+        else:
+            sigma = None
+        Pp = self._project(y)  # (P, G, k)
+        t = torch.bmm(Pp.transpose(0, 1), self.P.transpose(1, 2))  # (G, P, V): M y_p . P_v
+        t.mul_(2).add_(self.P_sq[:, None, :]).add_(Pp.pow(2).sum(-1).T[:, :, None])
+        c_term = self.P_c[:, None, :] + torch.einsum("pgk,gk->gp", Pp, self.c)[:, :, None]
+        t = self._finish_sq(t, c_term, sigma)
+        return PositionStats(positions, y, sigma, t.transpose(0, 1).contiguous(), Pp)
+
+    def _finish_sq(self, t: Tensor, c_term: Tensor, sigma: Tensor | None) -> Tensor:
+        """(G, P, V) |P_v + M y_p|^2 and (P_v + M y_p) . c -> squared row norms, in place."""
+        if sigma is None:
+            t.add_(c_term, alpha=2)
+        else:
+            inv = sigma.reciprocal()[None]  # (1, P or 1, V)
+            t.mul_(inv.square()).addcmul_(c_term, inv, value=2)
+        return t.add_(self.c_sq[:, None, None]).clamp_min_(0)
+
+    def _residual_stats(self, positions: Tensor, y: Tensor) -> PositionStats:
+        """:meth:`position_stats` of a residual space whose rows move with position.
+
+        Each position's norms and cosine factors (``sigma``, ``|row|^2`` and the two factors
+        of :meth:`cosine_scales`: up to four V-vectors) are kept once computed, up to
+        :data:`POSITION_MEMO_BYTES` per space, so a warm trace pays the ``O(P V d)`` products
+        only for positions it has not seen (texts start at position 0: the first positions
+        fill the memo and stay). A position is computed with the other missing ones of its
+        call, as without the memo. The memo is one ``(slots, ...)`` tensor per quantity,
+        slots taken in the order positions arrive: a call whose positions sit in consecutive
+        slots (a text's positions in order, the usual case) gets views of it, no copy."""
+        plist = positions.tolist()
+        missing = [i for i, p in enumerate(plist) if p not in self._at]
+        part = None
+        if missing:
+            idx = torch.tensor(missing, device=positions.device)
+            made = self._moving_stats(positions[idx], y[idx])
+            a, b = self.cosine_scales(made)  # (P, G, V) each, b None without a bias term
+            part = (made.sigma, made.sq_norm, a, b)
+            with self._memo_lock:
+                self._remember([plist[i] for i in missing], part)
+        if all(p in self._at for p in plist):  # views of the memo when in consecutive slots
+            at = _span([self._at[p] for p in plist], positions.device)
+            fields = tuple(None if t is None else t[at] for t in self._slots)
+        elif len(missing) == len(plist):  # every position new: the call's own tensors
+            fields = part
+        else:  # some kept, some not (the memo is full): the two parts copied in
+            fresh = set(missing)
+            old = [i for i in range(len(plist)) if i not in fresh]
+            at = _span([self._at[plist[i]] for i in old], positions.device)
+            new, old = (_span(v, positions.device) for v in (missing, old))
+            fields = tuple(None if t is None else _joined(len(plist), (new, t), (old, kept[at])) for t, kept in zip(part, self._slots))
+        sigma, sq, a, b = fields
+        return PositionStats(positions, y, sigma, sq, self._project(y), {"cosine": (a, b)})
+
+    def _remember(self, plist: list[int], part: tuple) -> None:
+        """Copy the rows of new positions ``plist`` (``part``: sigma, squared norms, cosine
+        factors a and b, each (P, ...) or None) into free memo slots, while under the bound."""
+        size = sum(t[0].numel() * 4 for t in part if t is not None)  # one position's rows
+        if self._slots is None:
+            cap = POSITION_MEMO_BYTES // max(size, 1)
+            if cap == 0:
+                return
+            self._slots = tuple(None if t is None else t.new_empty((cap, *t.shape[1:])) for t in part)
+        cap = next(t for t in self._slots if t is not None).shape[0]
+        for j, p in enumerate(plist):
+            if p in self._at:
+                continue
+            slot = len(self._at)
+            if slot >= cap or self._at_bytes + size > POSITION_MEMO_BYTES:
+                break
+            for store, t in zip(self._slots, part):
+                if store is not None:
+                    store[slot] = t[j]
+            self._at[p] = slot  # after its rows: a reader that finds p finds them whole
+            self._at_bytes += size
+
+    def _project(self, v: Tensor) -> Tensor:
+        """(n, d) -> (n, G, k): M v (no bias)."""
+        if self.M is None:
+            return (v * self.gamma)[:, None, :]
+        return torch.einsum("gkd,nd->ngk", self.M, v)
+
+    # ---- dot products ----------------------------------------------------------
+    def dots(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Dot products of queries with every row.
+
+        r: (Q, C, k) query vectors, C columns each (C = 1 for residual spaces, heads for
+        head spaces); stats from :meth:`position_stats`; pidx: (Q,) index into
+        ``stats.positions`` for each query; groups: (C,) the space group each column is
+        compared with (default: column c -> group c). Returns (Q, C, V).
+        """
+        Q, C, k = r.shape
+        groups = torch.arange(C, device=r.device) if groups is None else groups
+        r = r.float()
+        if self.rotary is not None:
+            # R_p row . r == row . R_p^T r: rotate the query back instead of every row
+            r = self.rotary(r, stats.positions[pidx], inverse=True)
+        out, t1 = self._products(r, stats, pidx, groups)
+        if t1 is not None:
+            out += t1[..., None]
+        if stats.sigma is not None:
+            out /= stats.sigma[pidx][:, None, :]
+        out += torch.einsum("qck,ck->qc", r, self.c[groups])[..., None]
+        return out
+
+    def _unit_queries(self, r: Tensor, positions: Tensor) -> Tensor:
+        """Queries scaled to unit length and, in a rotary space, rotated back to each row's
+        position (``positions``: (Q,) each query's; rotations keep norms): what
+        :meth:`cosine_rows` multiplies the rows with."""
+        r = r.float()
+        r = r * inverse_norms(r.pow(2).sum(-1))[..., None]
+        if self.rotary is not None:
+            r = self.rotary(r, positions, inverse=True)
+        return r
+
+    @property
+    def through_embeddings(self) -> bool:
+        """Whether a dot product goes through the embedding table ``x`` (``V x d`` work per
+        query): a residual space, or a head space without its table."""
+        return self.M is None or self.P is None
+
+    def embedding_queries(self, r: Tensor, positions: Tensor, groups: Tensor) -> Tensor:
+        """(Q, C, k) queries at ``positions`` (Q,) -> the (Q * C, d) matrix whose product with ``x.T`` is the matrix
+        product of :meth:`cosine_rows` for a space :attr:`through_embeddings`; spaces sharing
+        one ``x`` (a model's head spaces of every layer) can stack these into one product
+        and hand each its rows as ``ready``."""
+        return self._to_embeddings(self._unit_queries(r, positions), groups).reshape(-1, self.d)
+
+    def _to_embeddings(self, r: Tensor, groups: Tensor) -> Tensor:
+        """(Q, C, k) -> (Q, C, d): the queries in the embedding table's coordinates."""
+        if self.M is None:
+            return r * self.gamma
+        return torch.einsum("qck,ckd->qcd", r, self.M[groups])
+
+    def cosine_rows(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None, out: Tensor | None = None, ready: bool = False) -> tuple[Tensor, Tensor]:
+        """Cosine similarities of queries with every row, fused: (Q, C, k) -> rows (Q * C, V) and their order.
+
+        The same quantity as ``dots / (|r| |row|)`` (up to fp32 rounding), in one matrix
+        product and one or two in-place passes: queries are scaled to unit length first,
+        and per position the factors ``1 / (sigma |row|)`` and ``1 / |row|`` come from
+        :meth:`cosine_scales` (computed once per ``stats``). Row ``i`` of the result is
+        query ``index[i] // C``, column ``index[i] % C`` (head spaces lay rows out group by
+        group, as the matrix product makes them). Queries at one position should be
+        contiguous in ``pidx``: each run of equal ``pidx`` is one pass. ``out``: an optional
+        flat float32 buffer of at least ``Q * C * V`` elements the block is written into
+        (reused across chunks, it saves the page faults of a fresh block each time).
+        ``ready``: ``out`` already holds the product of :meth:`embedding_queries` with
+        ``x.T`` for these queries (a space :attr:`through_embeddings`), so it is not made again.
+        """
+        Q, C, k = r.shape
+        groups = torch.arange(C, device=r.device) if groups is None else groups
+        r = self._unit_queries(r, stats.positions[pidx])
+        a, b = self.cosine_scales(stats)  # (P or 1, G, V); b None when the bias term is 0
+        out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True, out=out, ready=ready)
+        t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
+        G = a.shape[1]
+        rep = C // G
+        blocked = C == G * rep and torch.equal(groups, torch.arange(C, device=groups.device) // rep)
+        if not blocked:
+            G, rep = C, 1
+        V = out.shape[-1]
+        # W: (G, Q, rep, V), a view of out whatever its layout
+        W = out.view(G, Q, rep, V) if group_major else out.view(Q, G, rep, V).transpose(0, 1)
+
+        def per_group(t: Tensor) -> Tensor:  # (Q, C) -> (G, Q, rep, 1)
+            return t.view(Q, G, rep).transpose(0, 1)[..., None]
+
+        if a.shape[0] == 1:
+            runs = [(0, Q, 0)]
+        else:
+            vals, counts = torch.unique_consecutive(pidx, return_counts=True)
+            ends = counts.cumsum(0).tolist()
+            runs = [(e - n, e, p) for e, n, p in zip(ends, counts.tolist(), vals.tolist())]
+        for lo, hi, p in runs:
+            blk = W[:, lo:hi]
+            if t1 is not None:
+                blk += per_group(t1)[:, lo:hi]
+            scale = a[p] if blocked else a[p][groups]  # (G, V)
+            blk.mul_(scale[:, None, None])
+            if b is not None:
+                blk.addcmul_(per_group(t2)[:, lo:hi], (b[p] if blocked else b[p][groups])[:, None, None])
+        index = torch.arange(Q * C, device=r.device)
+        if group_major:  # rows are (g, q, j): query q, column g * rep + j
+            index = index.view(Q, G, rep).transpose(0, 1).reshape(-1)
+        return out.view(Q * C, V), index
+
+    def cosine_scales(self, stats: PositionStats) -> tuple[Tensor, Tensor | None]:
+        """Per-row factors for :meth:`cosine_block`: ``1 / (sigma |row|)`` and ``1 / |row|``.
+
+        Shaped (P, G, V), or (1, G, V) when rows do not move with position; the second is
+        None when the bias term ``c`` is zero. Computed once per ``stats``.
+        """
+        if "cosine" not in stats.memo:
+            sq = stats.sq_norm[:1] if stats.y is None else stats.sq_norm  # (P or 1, G, V)
+            inv = inverse_norms(sq)
+            sigma = stats.sigma
+            if sigma is None:
+                a = inv
+            else:
+                sigma = sigma[:1] if stats.y is None else sigma
+                a = inv / sigma[:, None, :]
+            b = inv if bool(self.c.any()) else None
+            stats.memo["cosine"] = (a, b)
+        return stats.memo["cosine"]
+
+    def _products(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor, group_major: bool = False, out: Tensor | None = None, ready: bool = False):
+        """The matrix product of :meth:`dots`: (Q, C, V) ``(M x_v) . r`` and the (Q, C) position term (or None).
+
+        With ``group_major`` the product may come back laid out (G, Q, C / G, V) (no
+        copy); the third value says whether it did. ``out``: a flat buffer to write it into;
+        ``ready``: it already holds the product through ``x`` (see :meth:`embedding_queries`).
+        """
+        Q, C, k = r.shape
+        V = self.vocab_size
+        buf = None if out is None else out[: Q * C * V]
+        if ready and not (self.through_embeddings and buf is not None):
+            raise ValueError("a ready product needs a space that goes through its embedding table, and the buffer holding it")
+        if self.M is not None and self.P is not None:
+            # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
+            # per group: V * d_head work per query and head instead of V * d
+            G = self.P.shape[0]
+            rep = C // G
+            if C == G * rep and torch.equal(groups, torch.arange(C, device=groups.device) // rep):
+                # columns come in blocks of `rep` per group (identity, or grouped-query
+                # attention's h // rep): one batched matmul over the groups
+                rg = r.view(Q, G, rep, k).permute(1, 0, 2, 3).reshape(G, Q * rep, k)
+                out = torch.bmm(rg, self.P.transpose(1, 2), out=None if buf is None else buf.view(G, Q * rep, V))  # (G, Q * rep, V)
+                t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
+                if group_major:
+                    return out, t1, True
+                return out.view(G, Q, rep, -1).permute(1, 0, 2, 3).reshape(Q, C, -1), t1
+            else:
+                out = torch.empty(Q, C, V, device=r.device) if buf is None else buf.view(Q, C, V)
+                for c in range(C):
+                    out[:, c, :] = r[:, c, :].contiguous() @ self.P[int(groups[c])].T
+            t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
+            return (out, t1, False) if group_major else (out, t1)
+        u = self._to_embeddings(r, groups)  # (Q, C, d)
+        if ready:
+            out = buf.view(Q, C, V)
+        else:
+            out = torch.mm(u.reshape(Q * C, self.d), self.x.T, out=None if buf is None else buf.view(Q * C, V)).view(Q, C, V)
+        t1 = torch.einsum("qcd,qd->qc", u, stats.y[pidx]) if stats.y is not None else None
+        return (out, t1, False) if group_major else (out, t1)
+
+    def rows(self, ids: Tensor, position: int) -> Tensor:
+        """Explicit rows for a few ids at one position: (m,) -> (m, G, k). For display and checks."""
+        x = self.x[ids]
+        y = self._offsets(torch.tensor([position], device=x.device))
+        if y is not None:
+            x = x + y
+        out = self._project(x)
+        if self.norm_kind:
+            out = out / (x.pow(2).sum(-1) / self.d + self.eps).sqrt()[:, None, None]
+        out = out + self.c
+        if self.rotary is not None:
+            out = self.rotary(out, torch.full((len(ids),), position, device=x.device), inverse=False)
+        return out
+
+
+def _span(index: list[int], device) -> slice | Tensor:
+    """``index`` as a slice when it is a run of consecutive integers (indexing is then a
+    view, or one contiguous copy), else as a tensor."""
+    start = index[0] if index else 0
+    if index == list(range(start, start + len(index))):
+        return slice(start, start + len(index))
+    return torch.tensor(index, device=device)
+
+
+def _joined(count: int, *parts: tuple[slice | Tensor, Tensor]) -> Tensor:
+    """A (count, ...) tensor whose rows ``where`` are ``rows``, for each ``(where, rows)`` of ``parts``."""
+    first = parts[0][1]
+    out = first.new_empty((count, *first.shape[1:]))
+    for where, rows in parts:
+        out[where] = rows
+    return out
+
+
+def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
+    """The one norm between W_E[v] + offset and the space's rows."""
+    emb = adapter.embedding_norm()
+    if layer is None:
+        return emb
+    attn_in = adapter.attn_input_norm(layer)
+    if emb is not None and attn_in is not None:
+        raise ModelError(
+            f"{adapter.family}: an embedding norm followed by a pre-norm layer does not factorise; "
+            "head spaces are not supported for this architecture"
+        )
+    return emb if attn_in is None else attn_in
+
+
+def _memo(adapter: Adapter) -> dict:
+    # per-adapter memo of V x d tables every space shares (the float32 and centred W_E), and
+    # the scratch block between traces
+    memo = getattr(adapter, "_tokentrail_tables", None)
+    if memo is None:
+        memo = {}
+        adapter._tokentrail_tables = memo
+    return memo
+
+
+def _table(adapter: Adapter, centred: bool) -> Tensor:
+    memo = _memo(adapter)
+    if centred not in memo:
+        x = adapter.embedding_table().float()
+        memo[centred] = x - x.mean(-1, keepdim=True) if centred else x
+    return memo[centred]
+
+
+def _sq_norms(adapter: Adapter, x: Tensor) -> Tensor:
+    memo = _memo(adapter)
+    key = ("sq", x.data_ptr())
+    if key not in memo:
+        memo[key] = torch.linalg.vector_norm(x, dim=-1).pow_(2)
+    return memo[key]
+
+
+def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
+    table = _table(adapter, norm is not None and norm.kind == "layernorm")
+    return VocabSpace(name, adapter, table, norm=norm, **kw)
+
+
+def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabSpace:
+    """The reference space ``kind`` (``embeddings``, ``encodings``, ``value``/``key``/``query`` at ``layer``)."""
+    if kind == "embeddings":
+        return _space("embeddings", adapter, None, positional=False)
+    if kind == "encodings":
+        return _space("encodings", adapter, adapter.embedding_norm(), positional=True)
+    if kind not in HEAD_SPACE_KINDS:
+        raise InputError(f"unknown space {kind!r}: choose from {', '.join(SPACE_KINDS)}")
+    if layer is None or not 0 <= layer < adapter.n_layers:
+        raise InputError(f"space {kind!r} needs a layer in 0..{adapter.n_layers - 1}, got {layer}")
+    which = {"value": "v", "key": "k", "query": "q"}[kind]
+    proj = adapter.projection(layer, which)
+    rotary = adapter.rotary(layer) if kind in ("key", "query") else None
+    return _space(
+        f"{kind}@{layer}",
+        adapter,
+        _input_norm(adapter, layer),
+        positional=True,
+        proj_weight=proj.weight,
+        proj_bias=proj.bias,
+        rotary=rotary,
+    )
+
+
+class SpaceCache:
+    """Built spaces of one model. Residual spaces stay; head spaces are kept up to a byte budget.
+
+    The budget counts everything the head spaces hold (:attr:`nbytes`): their (G, V, k)
+    tables and their O(G V) norms and factors. Over it, tables go first: the space just
+    built gives up its table (its dots then go through W_E: same numbers, V * d instead of
+    V * k work per query), then the least recently used spaces give up theirs, so the
+    spaces already kept stay and a repeated everything-trace finds them warm instead of
+    evicting and rebuilding them in turn (before, the first warm everything-trace on
+    SmolLM2 evicted and rebuilt value spaces on every call); only when the norms alone
+    exceed the budget are the least recently used spaces dropped.
+    """
+
+    def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
+        self.adapter = adapter
+        self.max_bytes = max_bytes
+        self._lock = threading.RLock()  # app sessions share one cache per model
+        self._keep: dict[tuple, VocabSpace] = {}
+        self._lru: OrderedDict[tuple, VocabSpace] = OrderedDict()
+
+    def get(self, kind: str, layer: int | None = None) -> VocabSpace:
+        with self._lock:
+            return self._get(kind, layer)
+
+    def _get(self, kind: str, layer: int | None) -> VocabSpace:
+        key = (kind, layer)
+        if key in self._keep:
+            return self._keep[key]
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        space = build_space(self.adapter, kind, layer)
+        if layer is None:
+            self._keep[key] = space
+            return space
+        space.settle()  # its position-free norms now, so that the budget sees all it will hold
+        self._lru[key] = space
+        if self.nbytes > self.max_bytes:
+            space.drop_table()
+        for older in list(self._lru.values()):
+            if self.nbytes <= self.max_bytes:
+                break
+            older.drop_table()
+        while len(self._lru) > 1 and self.nbytes > self.max_bytes:
+            self._lru.popitem(last=False)
+        return space
+
+    @property
+    def nbytes(self) -> int:
+        """Everything the head spaces hold (their tables and their O(G V) norms and factors):
+        what ``max_bytes`` bounds."""
+        with self._lock:
+            return sum(s.nbytes for s in self._lru.values())
+
+    def scratch(self):
+        """:func:`scratch` of this cache's model: the block every matrix product of a trace writes into."""
+        return scratch(self.adapter)
+
+    def release_scratch(self) -> None:
+        """:func:`release_scratch` of this cache's model."""
+        release_scratch(self.adapter)
+
+
+_scratch_lock = threading.Lock()
+
+
+@contextmanager
+def scratch(adapter: Adapter) -> Iterator[Callable[[int], Tensor]]:
+    """Lend the model's scratch block to one trace: ``take(numel)`` gives a flat float32
+    buffer of ``numel`` elements, the start of one block of :data:`~tokentrail.engine.budget.BLOCK_BYTES`
+    kept from trace to trace, so its pages are already mapped (a fresh 128 MiB block
+    costs about 30 ms of page faults on this CPU, in the first matrix product written
+    into it). Each ``take`` reuses the block: a buffer taken before is then overwritten.
+    A larger ask, or a second trace while the block is lent, gets a buffer of its own."""
+    memo = _memo(adapter)
+    with _scratch_lock:
+        block = memo.pop("scratch", None)
+    device = adapter.device
+
+    def take(numel: int) -> Tensor:
+        nonlocal block
+        if numel * 4 > BLOCK_BYTES:
+            return torch.empty(numel, device=device)
+        if block is None:
+            block = torch.empty(BLOCK_BYTES // 4, device=device)
+        return block[:numel]
+
+    try:
+        yield take
+    finally:
+        if block is not None:
+            with _scratch_lock:
+                memo.setdefault("scratch", block)
+
+
+def release_scratch(adapter: Adapter) -> None:
+    """Let the model's scratch block go (the next trace maps a new one): the logit lens
+    does, so that its chunks take the block's place instead of adding to it."""
+    with _scratch_lock:
+        _memo(adapter).pop("scratch", None)

@@ -1,0 +1,271 @@
+"""How one attention head computed one token's output, step by step, with live numbers.
+
+For token ``t``, layer ``l`` and head ``h`` this recomputes, from the captured layer input
+and the adapter's canonical projections, every step of scaled dot-product attention:
+
+    x      = AttnIn_l(h_l)                       (identity for post-LN models)
+    q_t    = W_Q[h] x_t + b_Q[h]                 (RoPE at p_t for rotary models; no b_Q where the model has none)
+    k_s    = W_K[g] x_s + b_K[g]                 (g = the KV head of h; RoPE at p_s likewise)
+    score  = q_t . k_s,   scaled = score / sqrt(d_head),   masked for s > t if causal
+                                                 (T5: unscaled, plus its relative position bias)
+    w      = softmax(scaled)                     == the model's attention probabilities
+    z      = sum_s w_s v_s                       == the SPEC ``heads`` site vector
+    attn   = sum_h z_h W_O[h] + b_O              == the attention sublayer's output
+    resid  = h_l,t + attn                        == the ``attn_resid`` site
+    normed = LN(resid)                           (post-LN only) == ``attn_resid_ln``
+
+and reports how far each recomputed quantity is from what the model itself produced, so
+the page can show numbers that are the model's, not an approximation of it. This is a
+re-derivation for display and checking, not a second forward pass of the product: the
+results still come from :func:`tokentrail.engine.capture.capture`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from tokentrail.adapters import Adapter
+from tokentrail.engine.capture import Activations, head_qkv
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import check_index
+
+
+@dataclass(frozen=True)
+class AttentionStep:
+    """The live numbers of one head's attention for one token (all float32 tensors)."""
+
+    layer: int
+    head: int
+    token: int
+    kv_head: int
+    d_head: int
+    causal: bool
+    query: Tensor  # (d_head,) q_t
+    keys: Tensor  # (n, d_head) k_s
+    values: Tensor  # (n, d_head) v_s
+    scores: Tensor  # (n,) q_t . k_s
+    scaled: Tensor  # (n,) scores / sqrt(d_head), -inf where masked
+    masked: Tensor  # (n,) bool: True where the causal mask hid the source token
+    weights: Tensor  # (n,) softmax(scaled)
+    z: Tensor  # (d_head,) sum_s w_s v_s
+    head_out: Tensor  # (d,) z @ W_O[h]: this head's share of the attention output
+    attn_out: Tensor  # (d,) all heads through W_O, plus b_O
+    layer_in: Tensor  # (d,) h_{l,t}, the residual stream entering the layer
+    residual: Tensor  # (d,) layer_in + attn_out
+    normed: Tensor | None  # (d,) the post-attention LayerNorm's output (post-LN models)
+    checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+    # parallel attention + MLP (GPT-NeoX, Phi): the FFN reads the layer input h_l, not ``residual``
+    parallel: bool = False
+    # what this model computes, as text: bias terms only where it has them, RoPE where it rotates
+    formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = RoPE_{p_t}(W_Q x)"
+
+    @property
+    def max_error(self) -> float:
+        """Largest absolute difference from the model's own numbers, over every check."""
+        return max(self.checks.values(), default=0.0)
+
+    def matches_model(self, atol: float = 1e-4) -> bool:
+        return self.max_error <= atol
+
+
+def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
+    """What layer ``layer``'s query/key/value map does, as the model does it: ``"q = W_Q x + b_Q"``
+    (bias only where the model has one), ``"q = RoPE_{p_t}(W_Q x)"`` for rotary models, and
+    ``"q = RoPE_{p_t}[0:16 of 64](W_Q x + b_Q)"`` when only the first 16 of 64 head dims
+    rotate (partial rotary: the rest pass through unrotated)."""
+    if which not in ("q", "k", "v"):
+        raise InputError(f"unknown projection {which!r}: choose q, k or v")
+    name = which.upper()
+    affine = f"W_{name} x" + ("" if adapter.projection(layer, which).bias is None else f" + b_{name}")
+    rot = adapter.rotary(layer) if which != "v" else None
+    if rot is None:
+        return f"{which} = {affine}"
+    pos = "p_t" if which == "q" else "p_s"
+    dh = adapter.d_head
+    rd = getattr(rot, "rotary_dim", dh)
+    part = "" if rd >= dh else f"[0:{rd} of {dh}]"
+    return f"{which} = RoPE_{{{pos}}}{part}({affine})"
+
+
+def _scaling_formula(adapter: Adapter, biased: bool) -> str:
+    """How the model turns q·k into the softmax's input: ``"q·k / √64"``, or T5's
+    ``"q·k + relative position bias"`` (unscaled)."""
+    scale = adapter.attention_scale()
+    if abs(scale - adapter.d_head**-0.5) < 1e-12:
+        core = f"q·k / √{adapter.d_head}"
+    elif scale == 1.0:
+        core = "q·k (unscaled)"
+    else:
+        core = f"q·k × {scale:.4g}"
+    return core + (" + relative position bias" if biased else "")
+
+
+def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None) -> AttentionStep:
+    """Recompute head ``head`` of layer ``layer`` for token ``token`` and check it against ``acts``.
+
+    ``acts`` must come from :func:`tokentrail.engine.capture.capture` on the same adapter;
+    ``causal`` is the mask that capture ran with (None: the model's default).
+    """
+    n, L, H = acts.input_ids.shape[0], adapter.n_layers, adapter.n_heads
+    layer = check_index(layer, L, "layer", f"the model has {L} layers")
+    head = check_index(head, H, "head", f"the model has {H} heads")
+    token = check_index(token, n, "token index", f"the text has {n} tokens")
+    causal = acts.causal if causal is None else adapter.resolve_causal(causal)
+    with torch.no_grad():
+        return _step(adapter, acts, layer, head, token, causal)
+
+
+def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, causal: bool) -> AttentionStep:
+    n, H, dh = acts.input_ids.shape[0], adapter.n_heads, adapter.d_head
+    h_in = acts.embedded if layer == 0 else acts.layer_out[layer - 1]  # (n, d): h_l
+    q = head_qkv(adapter, acts, layer, "q")  # (n, H, dh); all n only because RoPE rotates by position
+    k = head_qkv(adapter, acts, layer, "k")  # (n, G, dh)
+    v = head_qkv(adapter, acts, layer, "v")  # (n, G, dh)
+    kv_of = adapter.kv_heads().to(q.device)
+    k_h, v_h = k[:, kv_of], v[:, kv_of]  # (n, H, dh): each query head's keys/values
+
+    # every head for this token, so that the output projection can be checked whole
+    scores = torch.einsum("hd,shd->hs", q[token], k_h)  # (H, n)
+    scaled = scores * adapter.attention_scale()  # 1 / sqrt(d_head), or the model's own (T5: 1)
+    bias = adapter.attention_bias(layer, n)  # (H, n, n): T5's relative position bias
+    if bias is not None:
+        scaled = scaled + bias[:, token]
+    masked = torch.zeros(n, dtype=torch.bool, device=q.device)
+    if causal:
+        masked = torch.arange(n, device=q.device) > token
+        scaled = scaled.masked_fill(masked, float("-inf"))
+    weights = scaled.softmax(-1)  # (H, n)
+    z = torch.einsum("hs,shd->hd", weights, v_h)  # (H, dh)
+    w_o, b_o = adapter.output_projection(layer)  # (H, dh, d), (d,)
+    per_head = torch.einsum("hk,hkd->hd", z, w_o)  # (H, d)
+    attn_out = per_head.sum(0) + (0 if b_o is None else b_o)
+    residual = h_in[token] + attn_out
+    ln = adapter.attn_resid_norm(layer)
+    normed = None if ln is None else ln(residual)
+
+    def gap(a: Tensor, b: Tensor) -> float:
+        return float((a.float() - b.float()).abs().max())
+
+    checks = {
+        "attention weights": gap(weights, acts.attentions[layer, :, token]),
+        "z (per-head output)": gap(z, acts.z[layer, token]),
+        "attention output": gap(attn_out, acts.attn[layer, token]),
+        "residual (attn_resid)": gap(residual, h_in[token] + acts.attn[layer, token]),
+    }
+    if normed is not None:
+        checks["LayerNorm (attn_resid_ln)"] = gap(normed, acts.attn_resid_ln[layer, token])
+    return AttentionStep(
+        layer=layer,
+        head=head,
+        token=token,
+        kv_head=int(kv_of[head]),
+        d_head=dh,
+        causal=causal,
+        query=q[token, head].clone(),
+        keys=k_h[:, head].clone(),
+        values=v_h[:, head].clone(),
+        scores=scores[head].clone(),
+        scaled=scaled[head].clone(),
+        masked=masked,
+        weights=weights[head].clone(),
+        z=z[head].clone(),
+        head_out=per_head[head].clone(),
+        attn_out=attn_out,
+        layer_in=h_in[token].clone(),
+        residual=residual,
+        normed=normed,
+        checks=checks,
+        formulas={**{w: projection_formula(adapter, layer, w) for w in "qkv"}, "scaled": _scaling_formula(adapter, bias is not None)},
+        parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
+    )
+
+
+@dataclass(frozen=True)
+class CrossAttentionStep:
+    """The live numbers of one cross-attention head for one decoder token: the query comes
+    from the decoder, the keys and values from the encoder's output (all float32 tensors)."""
+
+    layer: int
+    head: int
+    token: int  # the decoder token
+    d_head: int
+    scale: float  # what the scores are multiplied by (1/sqrt(d_head); T5: 1)
+    query_in: Tensor  # (d,) the decoder's attn_resid_ln at the token (the query map's input, before any norm of its own)
+    query: Tensor  # (d_head,) q_t
+    keys: Tensor  # (m, d_head) k_s of every source token, from the encoder output
+    values: Tensor  # (m, d_head) v_s
+    scores: Tensor  # (m,) q_t . k_s
+    scaled: Tensor  # (m,) scores * scale
+    weights: Tensor  # (m,) softmax(scaled): == the model's cross-attention probabilities
+    z: Tensor  # (d_head,) sum_s w_s v_s: == the SPEC ``cross_heads`` vector
+    head_out: Tensor  # (d,) z @ W_O[h]
+    cross_out: Tensor  # (d,) every head through W_O, plus b_O: == the cross-attention output
+    residual: Tensor  # (d,) query_in + cross_out: == the ``cross_resid`` site
+    checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+    # what this model computes, as text: its norm before the query map, bias terms only where it has them
+    formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = W_Q RMSNorm(x)"
+
+    @property
+    def max_error(self) -> float:
+        return max(self.checks.values(), default=0.0)
+
+
+def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> CrossAttentionStep:
+    """Recompute cross-attention head ``head`` of decoder layer ``layer`` for decoder token
+    ``token`` from the captured decoder activations (:func:`tokentrail.engine.capture_cross.capture_cross`)
+    and the adapter's canonical cross maps, and check every step against the model's own::
+
+        x      = attn_resid_ln[t]          (the decoder's residual; pre-norm models: its cross norm first)
+        q_t    = W_Q[h] x + b_Q[h]                      from the decoder
+        k_s    = W_K[h] e_s + b_K[h],  v_s = W_V[h] e_s + b_V[h]   from the encoder output e_s
+        w      = softmax(scale * q_t . k_s)             == the model's cross-attention
+        z      = sum_s w_s v_s                          == the cross_heads vector
+        out    = sum_h z_h W_O[h] + b_O                 == the cross-attention output
+        resid  = x + out                                == cross_resid
+    """
+    n, L, H = acts.input_ids.shape[0], decoder.n_layers, decoder.n_heads
+    layer = check_index(layer, L, "layer", f"the decoder has {L} layers")
+    head = check_index(head, H, "head", f"the decoder has {H} heads")
+    token = check_index(token, n, "token index", f"the decoder input has {n} tokens")
+    with torch.no_grad():
+        x_in = acts.attn_resid_ln[layer]  # (n, d)
+        norm = decoder.cross_query_norm(layer)
+        q = decoder.cross_projection(layer, "q")(x_in[token : token + 1] if norm is None else norm(x_in[token : token + 1]))[0]  # (H, dh)
+        k = decoder.cross_projection(layer, "k")(acts.encoder_out)  # (m, H, dh)
+        v = decoder.cross_projection(layer, "v")(acts.encoder_out)
+        scale = decoder.cross_scale()
+        scores = torch.einsum("hd,shd->hs", q, k)  # (H, m)
+        weights = (scores * scale).softmax(-1)
+        z = torch.einsum("hs,shd->hd", weights, v)  # (H, dh)
+        w_o, b_o = decoder.cross_output_projection(layer)
+        per_head = torch.einsum("hk,hkd->hd", z, w_o)
+        out = per_head.sum(0) + (0 if b_o is None else b_o)
+        residual = x_in[token] + out
+
+    def gap(a: Tensor, b: Tensor) -> float:
+        return float((a.float() - b.float()).abs().max())
+
+    def affine(which: str, arg: str) -> str:
+        bias = decoder.cross_projection(layer, which).bias is not None
+        return f"W_{which.upper()} {arg}" + (f" + b_{which.upper()}" if bias else "")
+
+    formulas = {
+        "q": "q = " + affine("q", "x" if norm is None else f"{'RMSNorm' if norm.kind == 'rmsnorm' else 'LN'}(x)"),
+        "k": "k_s = " + affine("k", "e_s"),
+        "v": "v_s = " + affine("v", "e_s"),
+    }
+    checks = {
+        "cross-attention weights": gap(weights, acts.cross_attentions[layer, :, token]),
+        "z (per-head output)": gap(z, acts.cross_z[layer, token]),
+        "cross-attention output": gap(out, acts.cross_attn[layer, token]),
+        "residual (cross_resid)": gap(residual, acts.cross_resid[layer, token]),
+    }
+    return CrossAttentionStep(
+        layer=layer, head=head, token=token, d_head=decoder.d_head, scale=scale, query_in=x_in[token].clone(),
+        query=q[head].clone(), keys=k[:, head].clone(), values=v[:, head].clone(), scores=scores[head].clone(),
+        scaled=(scores[head] * scale).clone(), weights=weights[head].clone(), z=z[head].clone(), head_out=per_head[head].clone(),
+        cross_out=out, residual=residual, checks=checks, formulas=formulas,
+    )  # fmt: skip

@@ -1,0 +1,2 @@
+"""Presentation over results: terminal tables (``report``), plotly figures (``plots``),
+2-D maps (``maps``) and progress (``progress``)."""

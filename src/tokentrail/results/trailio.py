@@ -1,0 +1,448 @@
+"""A whole Trail in a file and back: every table in every format.
+
+A :class:`~tokentrail.results.trail.Trail` is written as these tables (one row per ...):
+
+============  ==========================================================================
+``meta``      one row: the run's metadata and what rebuilding needs, as JSON (``meta``)
+``tokens``    token: ``token_str``, ``position``, ``id``; ``value`` 1 for a special token
+``metrics``   token, layer, head, site, space, similarity, metric: ``value``
+              (exactly :meth:`Trail.frame`; ``head`` is -1 for residual sites)
+``neighbours`` token, layer, head, site, space, similarity, place: ``id``, ``id_str``,
+              ``value`` (the similarity); ``layer`` -1 holds the original encoding's
+              neighbours (the CLI's ``emb`` column)
+``attention`` layer, head, token (the query), ``source``: ``value`` (the probability);
+              L·H·n² rows, so by default only up to :data:`MAX_ATTENTION_ROWS`
+              (``attention=True`` forces it, ``False`` leaves it out)
+``lens``      token, layer, metric: ``value`` (``site`` names the residual the lens read)
+``lens_top``  token, layer, place: ``id``, ``id_str``, ``value`` (the probability)
+``cross``     encoder-decoders: decoder token, layer, head, site (``cross_heads``), space,
+              similarity, place: ``source`` (the source token's index), ``id_str`` (its
+              text), ``value`` (the similarity); ``place`` is the source token's rank
+``cross_attention`` encoder-decoders: layer, head, token (decoder), ``source``: ``value``
+============  ==========================================================================
+
+An encoder-decoder's export holds both stacks: every table has a ``stack`` column
+(``encoder`` / ``decoder``), and the metadata the decoder's own under ``decoder``.
+Single-stack models' exports have no ``stack`` column.
+
+Parquet and CSV hold ONE long table: the columns :data:`LONG_COLUMNS` in that order, a
+``table`` column naming each row's table, and empty cells where a table has no such
+column (filter on ``table`` to get one back; CSV text cells are escaped as
+:mod:`tokentrail.spec.fileio` documents). Parquet also keeps the metadata in the schema
+(key ``tokentrail``). JSON is one document: ``{"meta": {...}, "tokens": [...],
+"metrics": [...], ...}``, each table a list of records with its own columns only.
+
+:func:`load` reads any of the three back into a Trail equal to the one written (floats
+are written with every digit, and each array's dtype is recorded in the metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import read_csv, write_csv, write_text
+
+FORMAT_VERSION = 1
+LONG_COLUMNS = [
+    "token", "token_str", "position", "layer", "head", "site", "space", "similarity", "metric", "value",
+    "place", "id", "id_str", "source", "table", "meta",
+]
+INT_COLUMNS = ("token", "position", "layer", "head", "place", "id", "source")
+TABLES = ("meta", "tokens", "metrics", "neighbours", "attention", "lens", "lens_top", "cross", "cross_attention")
+# The attention table grows as tokens²: 2M rows is MiniLM at 166 tokens or SmolLM2 at 86
+# (~130 MB of CSV); SmolLM2 at 1,024 tokens would be 283M rows. Beyond it the table is
+# left out unless asked for, and the metadata says so.
+MAX_ATTENTION_ROWS = 2_000_000
+
+
+def attention_included(trail, attention: bool | None = None) -> bool:
+    """Whether an export of ``trail`` carries the attention table (None: when it has at
+    most :data:`MAX_ATTENTION_ROWS` rows)."""
+    if trail.attentions is None or attention is False:
+        return False
+    return attention is True or trail.attentions.size <= MAX_ATTENTION_ROWS
+
+
+# ---- writing ------------------------------------------------------------------------------
+def rebuild_meta(trail, attention: bool | None = None) -> dict[str, Any]:
+    """What :func:`load` needs beyond the tables: shapes, dtypes, labels, view settings."""
+    views = []
+    for v in trail.views:
+        from tokentrail.engine.metrics import metric_label
+
+        views.append(
+            {
+                "site": v.site, "space": v.space, "similarity": v.similarity, "overlap_k": v.overlap_k,
+                "per_head": v.per_head, "k": int(v.top_ids.shape[-1]),
+                "metrics": [[name, metric_label(name, v), str(vals.dtype)] for name, vals in v.metrics.items()],
+                "dtypes": {"top_ids": str(v.top_ids.dtype), "top_sims": str(v.top_sims.dtype), "anisotropy": str(v.anisotropy.dtype)},
+                "origin_k": None if v.origin_top_ids is None else int(v.origin_top_ids.shape[-1]),
+                "origin_dtypes": None if v.origin_top_ids is None else [str(v.origin_top_ids.dtype), str(v.origin_top_sims.dtype)],
+            }
+        )
+    lens = trail.lens
+    stacked = {} if trail.stack is None else {
+        "stack": trail.stack,
+        "cross": [{"site": v.site, "space": v.space, "similarity": v.similarity, "dtypes": [str(v.source_order.dtype), str(v.source_sims.dtype)]}
+                  for v in trail.cross_views],
+        "cross_attention": None if trail.cross_attentions is None else [list(trail.cross_attentions.shape), str(trail.cross_attentions.dtype)],
+        "source_tokens": None if trail.source_tokens is None else list(trail.source_tokens),
+    }
+    return {
+        **stacked,
+        "format": FORMAT_VERSION,
+        "n_layers": trail.n_layers,
+        "n_heads": trail.n_heads,
+        "labels": {str(i): s for i, s in trail.labels.items()},
+        "dtypes": {"ids": str(trail.ids.dtype), "positions": str(trail.positions.dtype), "special": str(trail.special.dtype),
+                   "attentions": None if trail.attentions is None else str(trail.attentions.dtype)},
+        "attention_shape": list(trail.attentions.shape) if attention_included(trail, attention) else None,
+        "attention_left_out": None if trail.attentions is None or attention_included(trail, attention) else (
+            f"{trail.attentions.size:,} rows" + (" (more than the default limit of " + f"{MAX_ATTENTION_ROWS:,}; export with attention=True to include it)" if attention is None else "")),
+        "views": views,
+        "lens": None if lens is None else {
+            "site": lens.site, "is_decoder": lens.is_decoder, "k": lens.k, "n_layers": lens.n_layers,
+            "input_ids": lens.input_ids.tolist(),
+            "dtypes": {name: None if getattr(lens, name) is None else str(getattr(lens, name).dtype)
+                       for name in ("input_ids", "top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")},
+        },
+    }
+
+
+def full_meta(trail, attention: bool | None = None) -> dict[str, Any]:
+    meta = {**trail.meta(), "trail": rebuild_meta(trail, attention)}
+    if trail.decoder is not None:
+        meta["decoder"] = full_meta(trail.decoder, attention)
+    return meta
+
+
+def _grid(*sizes: int) -> list[np.ndarray]:
+    return [g.reshape(-1) for g in np.meshgrid(*(np.arange(s) for s in sizes), indexing="ij")]
+
+
+def _label(trail, ids: np.ndarray) -> pd.Series:
+    return pd.Series(ids, dtype=np.int64).map(lambda i: trail.labels.get(int(i), str(i)))
+
+
+def _tokens_of(trail, t: np.ndarray) -> dict[str, Any]:
+    return {"token": t, "token_str": np.array(trail.tokens, dtype=object)[t], "position": trail.positions[t]}
+
+
+def tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of ``trail`` (see the module doc), each with its own columns; an
+    encoder-decoder's tables hold both stacks, told apart by the ``stack`` column."""
+    out = _stack_tables(trail, attention)
+    if trail.decoder is not None:
+        for name, frame in _stack_tables(trail.decoder, attention).items():
+            out[name] = pd.concat([out[name], frame], ignore_index=True) if name in out else frame
+    return out
+
+
+def _stack_tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
+    """One stack's tables (every table of a single-stack model)."""
+    n = trail.n_tokens
+    t = np.arange(n)
+    out: dict[str, pd.DataFrame] = {
+        "tokens": pd.DataFrame({**_tokens_of(trail, t), "id": trail.ids.astype(np.int64), "value": trail.special.astype(np.float64)}),
+        "metrics": trail.stack_frame(),
+    }
+    parts = []
+    for v in trail.views:
+        L, k = v.top_ids.shape[0], v.top_ids.shape[-1]
+        H = v.top_ids.shape[1] if v.per_head else 1
+        li, hi, ti, pi = _grid(L, H, n, k)
+        blocks = [(li, hi if v.per_head else np.full(li.size, -1), ti, pi, v.top_ids.reshape(-1), v.top_sims.reshape(-1))]
+        if v.origin_top_ids is not None:
+            ok = v.origin_top_ids.shape[-1]
+            oti, opi = _grid(n, ok)
+            blocks.append((np.full(oti.size, -1), np.full(oti.size, -1), oti, opi, v.origin_top_ids.reshape(-1), v.origin_top_sims.reshape(-1)))
+        for layer, head, tok, place, ids, sims in blocks:
+            parts.append(
+                pd.DataFrame(
+                    {**_tokens_of(trail, tok), "layer": layer, "head": head, "site": v.site, "space": v.space, "similarity": v.similarity,
+                     "place": place, "id": ids.astype(np.int64), "id_str": _label(trail, ids), "value": sims.astype(np.float64)}
+                )
+            )
+    out["neighbours"] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["token", "token_str", "position", "layer", "head", "site", "space", "similarity", "place", "id", "id_str", "value"])
+    if attention_included(trail, attention):
+        L, H, n1, n2 = trail.attentions.shape
+        li, hi, ti, si = _grid(L, H, n1, n2)
+        out["attention"] = pd.DataFrame({"layer": li, "head": hi, "token": ti, "source": si, "value": trail.attentions.reshape(-1).astype(np.float64)})
+    lens = trail.lens
+    if lens is not None:
+        frame = lens.frame()
+        tok = frame["token"].to_numpy()
+        out["lens"] = pd.DataFrame({**_tokens_of(trail, tok), "layer": frame["layer"].to_numpy(), "site": lens.site,
+                                    "metric": frame["metric"].to_numpy(), "value": frame["value"].to_numpy(np.float64)})
+        top = lens.top_frame()
+        tok = top["token"].to_numpy()
+        out["lens_top"] = pd.DataFrame({**_tokens_of(trail, tok), "layer": top["layer"].to_numpy(), "site": lens.site, "place": top["place"].to_numpy(),
+                                        "id": top["id"].to_numpy(), "id_str": _label(trail, top["id"].to_numpy()), "value": top["prob"].to_numpy()})
+    if trail.cross_views:
+        parts = []
+        src = np.array(trail.source_tokens, dtype=object)
+        for v in trail.cross_views:
+            L, H, n_, m = v.source_order.shape
+            li, hi, ti, pi = _grid(L, H, n_, m)
+            order = v.source_order.reshape(-1).astype(np.int64)
+            parts.append(pd.DataFrame({**_tokens_of(trail, ti), "layer": li, "head": hi, "site": v.site, "space": v.space, "similarity": v.similarity,
+                                       "place": pi, "source": order, "id_str": src[order], "value": v.source_sims.reshape(-1).astype(np.float64)}))
+        out["cross"] = pd.concat(parts, ignore_index=True)
+    if trail.cross_attentions is not None:
+        L, H, n_, m = trail.cross_attentions.shape
+        li, hi, ti, si = _grid(L, H, n_, m)
+        out["cross_attention"] = pd.DataFrame({"layer": li, "head": hi, "token": ti, "source": si, "value": trail.cross_attentions.reshape(-1).astype(np.float64)})
+    if trail.stack is not None:
+        out = {name: frame.assign(stack=trail.stack) for name, frame in out.items()}
+    return out
+
+
+def long_frame(trail, attention: bool | None = None) -> pd.DataFrame:
+    """Every table in one long frame with a ``table`` column (the Parquet and CSV layout)."""
+    meta = pd.DataFrame({"table": ["meta"], "meta": [json.dumps(full_meta(trail, attention))]})
+    frames = [meta] + [f.assign(table=name) for name, f in tables(trail, attention).items()]
+    columns = LONG_COLUMNS + (["stack"] if trail.stack is not None else [])
+    out = pd.concat(frames, ignore_index=True).reindex(columns=columns)
+    for col in INT_COLUMNS:
+        out[col] = out[col].astype("Int64")
+    for col in ("token_str", "site", "space", "similarity", "metric", "id_str", "table", "meta") + (("stack",) if trail.stack is not None else ()):
+        out[col] = out[col].astype(object)
+    return out
+
+
+def write_parquet(trail, path: str | Path, attention: bool | None = None) -> Path:
+    from tokentrail.spec.fileio import write_parquet as write_frame
+
+    return write_frame(long_frame(trail, attention), path, trail.meta())
+
+
+def write_csv_table(trail, target, attention: bool | None = None) -> None:
+    """The long table as CSV to a path (atomically) or an open text stream."""
+    write_csv(long_frame(trail, attention), target)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    cols = []
+    for c in frame.columns:
+        vals = frame[c].tolist()
+        if pd.api.types.is_float_dtype(frame[c]):
+            vals = [None if isinstance(x, float) and math.isnan(x) else x for x in vals]
+        cols.append(vals)
+    names = list(frame.columns)
+    return [dict(zip(names, row)) for row in zip(*cols)]
+
+
+def json_document(trail, attention: bool | None = None) -> str:
+    """One JSON document: ``meta`` and every table as records (NaN as null, floats exact)."""
+    doc: dict[str, Any] = {"meta": full_meta(trail, attention)}
+    for name, frame in tables(trail, attention).items():
+        doc[name] = _records(frame)
+    return json.dumps(doc, allow_nan=False)
+
+
+def write_json(trail, path: str | Path | None = None, attention: bool | None = None) -> str:
+    text = json_document(trail, attention)
+    if path is not None:
+        write_text(path, text)
+    return text
+
+
+# ---- reading ------------------------------------------------------------------------------
+def load(path: str | Path):
+    """A Trail from a Parquet, CSV or JSON export written by tokentrail (any version-1 file)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{p} is a folder: give the export file (.parquet, .csv or .json)")
+    if not p.exists():
+        raise InputError(f"no such file: {p}")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        if head == b"PAR1":
+            import pyarrow.parquet as pq
+
+            return _from_long(pq.read_table(p).to_pandas(), p)
+        if head.lstrip()[:1] == b"{":
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or "trail" not in doc["meta"]:
+                raise InputError(f"{p} is not a tokentrail export (no meta.trail in the document)")
+            frames = {name: pd.DataFrame.from_records(doc[name]) for name in TABLES[1:] if name in doc}
+            return from_tables(doc["meta"], frames, p)
+        frame = read_csv(p, keep_default_na=False, na_values=[""], dtype={c: object for c in ("token_str", "id_str", "meta", "site", "space", "similarity", "metric", "table", "stack")})
+        return _from_long(frame, p)
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p} is not a readable tokentrail export ({type(exc).__name__}: {exc})") from None
+
+
+def _from_long(frame: pd.DataFrame, p: Path):
+    if "table" not in frame.columns or "meta" not in frame.columns:
+        raise InputError(f"{p} is not a tokentrail export: it has no 'table' and 'meta' columns (written by an older version?)")
+    groups = {name: g for name, g in frame.groupby("table", sort=False)}
+    if "meta" not in groups:
+        raise InputError(f"{p} is not a tokentrail export: it has no meta row")
+    meta = json.loads(groups["meta"]["meta"].iloc[0])
+    return from_tables(meta, {k: g.reset_index(drop=True) for k, g in groups.items() if k != "meta"}, p)
+
+
+def _ints(col: pd.Series) -> np.ndarray:
+    return col.to_numpy(dtype=np.float64).astype(np.int64) if col.dtype.kind == "f" else col.to_numpy(dtype=np.int64)
+
+
+def _fill(shape: tuple[int, ...], dtype: str, index: tuple[np.ndarray, ...], values: np.ndarray) -> np.ndarray:
+    arr = np.zeros(shape, dtype=np.float64)
+    arr[index] = values
+    return arr.astype(dtype)
+
+
+def from_tables(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], where: Path | str = "the export"):
+    """Rebuild a Trail from its metadata and tables (see the module doc); an
+    encoder-decoder's with its decoder's."""
+    rb = meta.get("trail")
+    if isinstance(rb, dict) and rb.get("stack") is not None:
+        def part(stack: str) -> dict[str, pd.DataFrame]:
+            return {name: f[f["stack"] == stack].reset_index(drop=True) for name, f in frames.items() if "stack" in f.columns}
+
+        decoder = from_tables(meta["decoder"], part("decoder"), where) if isinstance(meta.get("decoder"), dict) else None
+        return _one_stack(meta, part(rb["stack"]), where, decoder)
+    return _one_stack(meta, frames, where, None)
+
+
+def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], where, decoder):
+    from tokentrail.results.trail import CrossView, LensResult, RunInfo, Trail, View
+
+    rb = meta.get("trail")
+    if not isinstance(rb, dict) or rb.get("format") != FORMAT_VERSION:
+        raise InputError(f"{where} is not a tokentrail export this version can read (format {rb.get('format') if isinstance(rb, dict) else None!r})")
+    info = RunInfo.from_dict({k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups", "trail", "decoder")})
+    L, H = int(rb["n_layers"]), int(rb["n_heads"])
+    tokens = tuple(meta["tokens"])
+    n = len(tokens)
+    dt = rb["dtypes"]
+    tok = frames["tokens"]
+    order = np.argsort(_ints(tok["token"]))
+    ids = _ints(tok["id"])[order].astype(dt["ids"])
+    positions = _ints(tok["position"])[order].astype(dt["positions"])
+    special = (tok["value"].to_numpy(np.float64)[order] != 0).astype(dt["special"])
+
+    met, nb = frames.get("metrics"), frames.get("neighbours")
+    views = []
+    for spec in rb["views"]:
+        key = (spec["site"], spec["space"], spec["similarity"])
+        m = met[(met["site"] == key[0]) & (met["space"] == key[1]) & (met["similarity"] == key[2])]
+        per_head, k = spec["per_head"], int(spec["k"])
+        cell = (L, H, n) if per_head else (L, n)
+
+        def where_(rows: pd.DataFrame) -> tuple[np.ndarray, ...]:
+            li, ti = _ints(rows["layer"]), _ints(rows["token"])
+            return (li, _ints(rows["head"]), ti) if per_head else (li, ti)
+
+        metrics = {}
+        for name, label, dtype in spec["metrics"]:
+            rows = m[m["metric"] == label]
+            metrics[name] = _fill(cell, dtype, where_(rows), rows["value"].to_numpy(np.float64))
+        rows = m[(m["metric"] == "anisotropy")]
+        aniso_shape = (L, H) if per_head else (L,)
+        aniso_index = where_(rows)[:-1]
+        anisotropy = _fill(aniso_shape, spec["dtypes"]["anisotropy"], aniso_index, rows["value"].to_numpy(np.float64))
+        b = nb[(nb["site"] == key[0]) & (nb["space"] == key[1]) & (nb["similarity"] == key[2])]
+        layer = _ints(b["layer"])
+        main, origin = b[layer >= 0], b[layer < 0]
+        idx = (*where_(main), _ints(main["place"]))
+        top_ids = _fill((*cell, k), spec["dtypes"]["top_ids"], idx, _ints(main["id"]).astype(np.float64))
+        top_sims = _fill((*cell, k), spec["dtypes"]["top_sims"], idx, main["value"].to_numpy(np.float64))
+        o_ids = o_sims = None
+        if spec["origin_k"] is not None:
+            oidx = (_ints(origin["token"]), _ints(origin["place"]))
+            shape = (n, int(spec["origin_k"]))
+            o_ids = _fill(shape, spec["origin_dtypes"][0], oidx, _ints(origin["id"]).astype(np.float64))
+            o_sims = _fill(shape, spec["origin_dtypes"][1], oidx, origin["value"].to_numpy(np.float64))
+        views.append(View(site=key[0], space=key[1], similarity=key[2], metrics=metrics, top_ids=top_ids, top_sims=top_sims,
+                          overlap_k=int(spec["overlap_k"]), anisotropy=anisotropy, origin_top_ids=o_ids, origin_top_sims=o_sims))
+
+    attentions = None
+    if rb.get("attention_shape") is not None:
+        a = frames["attention"]
+        idx = tuple(_ints(a[c]) for c in ("layer", "head", "token", "source"))
+        attentions = _fill(tuple(rb["attention_shape"]), dt["attentions"], idx, a["value"].to_numpy(np.float64))
+
+    lens = None
+    if rb.get("lens") is not None:
+        ls = rb["lens"]
+        ld = ls["dtypes"]
+        LL, k = int(ls["n_layers"]), int(ls["k"])
+        lm = frames["lens"]
+        arrays: dict[str, np.ndarray | None] = {}
+        for name in ("own_rank", "own_prob", "next_rank", "next_prob", "entropy"):
+            if ld[name] is None:
+                arrays[name] = None
+                continue
+            rows = lm[lm["metric"] == name]
+            vals = rows["value"].to_numpy(np.float64)
+            if name == "next_rank":  # written as NaN where undefined (the last token): -1 in the result
+                vals = np.where(np.isnan(vals), -1.0, vals)
+            arrays[name] = _fill((LL, n), ld[name], (_ints(rows["layer"]), _ints(rows["token"])), vals)
+        lt = frames["lens_top"]
+        idx = (_ints(lt["layer"]), _ints(lt["token"]), _ints(lt["place"]))
+        lens = LensResult(
+            site=ls["site"], is_decoder=bool(ls["is_decoder"]), input_ids=np.asarray(ls["input_ids"], dtype=ld["input_ids"]),
+            top_ids=_fill((LL, n, k), ld["top_ids"], idx, _ints(lt["id"]).astype(np.float64)),
+            top_probs=_fill((LL, n, k), ld["top_probs"], idx, lt["value"].to_numpy(np.float64)),
+            **arrays,
+        )
+
+    cross_views, cross_att = [], None
+    for spec in rb.get("cross") or []:
+        c = frames["cross"]
+        c = c[(c["space"] == spec["space"]) & (c["similarity"] == spec["similarity"])]
+        m = len(rb["source_tokens"])
+        idx = (_ints(c["layer"]), _ints(c["head"]), _ints(c["token"]), _ints(c["place"]))
+        cross_views.append(CrossView(
+            site=spec["site"], space=spec["space"], similarity=spec["similarity"],
+            source_order=_fill((L, H, n, m), spec["dtypes"][0], idx, _ints(c["source"]).astype(np.float64)),
+            source_sims=_fill((L, H, n, m), spec["dtypes"][1], idx, c["value"].to_numpy(np.float64)),
+        ))  # fmt: skip
+    if rb.get("cross_attention") is not None:
+        shape, dtype = rb["cross_attention"]
+        a = frames["cross_attention"]
+        cross_att = _fill(tuple(shape), dtype, tuple(_ints(a[c]) for c in ("layer", "head", "token", "source")), a["value"].to_numpy(np.float64))
+
+    return Trail(
+        info=info, text=meta["text"], tokens=tokens, ids=ids, positions=positions, special=special, n_layers=L, n_heads=H,
+        views=tuple(views), labels={int(i): s for i, s in rb["labels"].items()}, attentions=attentions,
+        kv_groups=int(meta.get("kv_groups", 1)), lens=lens, stack=rb.get("stack"), decoder=decoder,
+        cross_views=tuple(cross_views), cross_attentions=cross_att,
+        source_tokens=None if rb.get("source_tokens") is None else tuple(rb["source_tokens"]),
+    )
+
+
+def same(a: Any, b: Any) -> bool:
+    """Structural equality for results: arrays by dtype, shape and values (NaN equal to NaN)."""
+    from dataclasses import fields, is_dataclass
+
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if is_dataclass(a) and not isinstance(a, type):
+        if type(a) is not type(b):
+            return False
+        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in fields(a))
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, (tuple, list)) and type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return bool(a == b)

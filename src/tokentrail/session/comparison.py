@@ -1,0 +1,533 @@
+"""One word in two contexts, two tokens of one text, or one text in two models.
+
+:func:`compare` runs each text once (``model.run(text, options)``) and reads both
+occurrences from those runs:
+
+- **one model** (two texts, or two tokens of one text): per layer (and head, for the
+  ``heads`` site) the cosine between the two occurrences' vectors, each one's
+  self-similarity and rank (from the run's Trail, or ``Run.heads`` for the heads site),
+  the overlap of their top-``overlap_k`` neighbour sets, and the neighbours in one set and
+  not the other (the words that separate the two senses). The layer (and head) where
+  they diverge most, the lowest cosine, is named.
+- **two models** (one text): the tokenizers differ, so tokens are aligned by their
+  character spans (:func:`align_spans`, from the tokenizers' offsets); each side's curves
+  are put on a relative depth axis, ``depth = (layer + 1) / L`` (each model's last layer
+  at 1), and each side keeps its token × layer grid for heatmaps. Vectors of two models
+  live in different spaces, so no cosine or neighbour overlap is taken between them.
+
+Results are data (:class:`Comparison`, tidy :meth:`Comparison.frame` with a ``side``
+column); figures are in :mod:`tokentrail.present.plots_compare`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import write_csv, write_parquet, write_text
+from tokentrail.spec.options import ALL_SITES, CROSS_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, RESIDUAL_SPACES, SIMILARITIES, whole_number
+from tokentrail.results.trail import RunInfo
+from tokentrail.spec.tokens import find_token
+
+if TYPE_CHECKING:
+    from tokentrail.session.models import LoadedModel
+    from tokentrail.session.runner import Run
+
+Span = tuple[int, int]
+HEADS_ACROSS_MODELS = "the heads site compares the same head in two contexts of one model; two models have different heads: choose a residual site"
+
+__all__ = ["Comparison", "Side", "align_spans", "check_compare_options", "compare", "token_spans"]
+
+
+# ---- character spans ------------------------------------------------------------------
+def token_spans(model: "LoadedModel", text: str, ids: Sequence[int]) -> list[Span | None]:
+    """Each token's character span ``(start, end)`` in ``text``, from the tokenizer's own
+    offsets (``return_offsets_mapping``), with surrounding whitespace trimmed; None for a
+    token that covers no character (special tokens such as ``[CLS]``)."""
+    tok = model.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise InputError(f"{model.name}'s tokenizer gives no character offsets (not a fast tokenizer): it cannot be aligned with another model")
+    with model.lock:
+        enc = tok(text, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+    got = list(enc["input_ids"])[: len(ids)]
+    if got != [int(i) for i in ids]:
+        raise InputError(f"{model.name}'s tokenizer gives other ids with offsets than without: its spans cannot be trusted")
+    return [_trim(text, int(s), int(e)) for s, e in enc["offset_mapping"][: len(ids)]]
+
+
+def _trim(text: str, start: int, end: int) -> Span | None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if end > start else None
+
+
+def align_spans(spans_a: Sequence[Span | None], spans_b: Sequence[Span | None]) -> tuple[tuple[int, ...], ...]:
+    """For each token of side a, the tokens of side b whose character spans overlap its
+    own (in order); empty for a token without characters. Pure; spans are half-open."""
+    out = []
+    for sa in spans_a:
+        if sa is None:
+            out.append(())
+            continue
+        out.append(tuple(j for j, sb in enumerate(spans_b) if sb is not None and sb[0] < sa[1] and sa[0] < sb[1]))
+    return tuple(out)
+
+
+# ---- results --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Side:
+    """One side (``a`` or ``b``) of a comparison: one token of one text in one model.
+
+    Arrays are per layer, ``(L,)``, or per layer and head, ``(L, H)``, for the heads site;
+    neighbour arrays add a last axis of ``overlap_k`` (or ``k``, if larger) places. With no
+    token (two models, whole text), ``self_sim`` is the mean and ``rank`` the median over
+    the text's non-special tokens, and there are no neighbours."""
+
+    name: str
+    model: str
+    text: str
+    tokens: tuple[str, ...]
+    token: int | None
+    span: Span | None  # the token's characters in the text
+    info: RunInfo
+    n_layers: int
+    n_heads: int
+    self_sim: np.ndarray  # (L,[H])
+    rank: np.ndarray  # (L,[H])
+    top_ids: np.ndarray  # (L,[H],K)
+    top_sims: np.ndarray  # (L,[H],K)
+    grid: np.ndarray | None  # (L, n) self_sim of every token (residual sites), for heatmaps
+    labels: dict[int, str]
+
+    @property
+    def depth(self) -> np.ndarray:
+        """(L,) relative depth ``(layer + 1) / L``: 1 is the model's last layer."""
+        return (np.arange(self.n_layers) + 1) / self.n_layers
+
+    @property
+    def token_str(self) -> str:
+        return "" if self.token is None else self.tokens[self.token]
+
+    def describe(self) -> str:
+        where = "whole text" if self.token is None else f"token {self.token} {self.token_str!r}"
+        return f"{self.model}: {where} of {self.text!r}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two occurrences compared layer by layer (see the module docstring)."""
+
+    site: str
+    space: str
+    similarity: str
+    k: int  # neighbours shown per side and separating words kept
+    overlap_k: int  # size of the neighbour sets compared
+    a: Side
+    b: Side
+    same_model: bool
+    cosine: np.ndarray | None  # (L,[H]) cosine of the two vectors; None across models
+    overlap: np.ndarray | None  # (L,[H]) |top_a ∩ top_b| of overlap_k; None across models
+    alignment: tuple[tuple[int, ...], ...] | None = None  # two models: b tokens over each a token
+    correct: str | None = None  # the geometry correction the cosine and each side's metrics were taken under
+
+    @property
+    def per_head(self) -> bool:
+        return self.site == HEAD_SITE
+
+    @property
+    def sides(self) -> tuple[Side, Side]:
+        return (self.a, self.b)
+
+    @property
+    def diverge(self) -> tuple[int, int | None] | None:
+        """(layer, head) of the lowest cosine (head None for residual sites); None across models."""
+        if self.cosine is None:
+            return None
+        flat = int(np.nanargmin(self.cosine))
+        if self.per_head:
+            layer, head = np.unravel_index(flat, self.cosine.shape)
+            return int(layer), int(head)
+        return flat, None
+
+    def separating(self, side: str, layer: int, head: int | None = None) -> pd.DataFrame:
+        """The neighbours of ``side`` (a or b) at ``layer`` (and head) that are not among the
+        other side's top-``overlap_k``, most similar first, at most ``k`` of them, with the
+        similarity on this side. One model only (vocabularies must be the same)."""
+        if self.cosine is None:
+            raise InputError("separating neighbours need one model on both sides (two models have two vocabularies)")
+        mine, other = (self.a, self.b) if side == "a" else (self.b, self.a) if side == "b" else (None, None)
+        if mine is None:
+            raise InputError(f"side must be 'a' or 'b', not {side!r}")
+        where = self._cell(layer, head)
+        ids, sims = mine.top_ids[where][: self.overlap_k], mine.top_sims[where][: self.overlap_k]
+        theirs = set(other.top_ids[where][: self.overlap_k].tolist())
+        keep = [i for i, v in enumerate(ids.tolist()) if v not in theirs][: self.k]
+        return pd.DataFrame(
+            {
+                "id": ids[keep].astype(np.int64),
+                "token": [mine.labels.get(int(ids[i]), str(int(ids[i]))) for i in keep],
+                "similarity": sims[keep].astype(np.float64),
+            }
+        )
+
+    def neighbours(self, side: str, layer: int, head: int | None = None) -> pd.DataFrame:
+        """The top-``k`` neighbours of one side at one layer (and head)."""
+        s = self.a if side == "a" else self.b if side == "b" else None
+        if s is None:
+            raise InputError(f"side must be 'a' or 'b', not {side!r}")
+        where = self._cell(layer, head)
+        ids, sims = s.top_ids[where][: self.k], s.top_sims[where][: self.k]
+        return pd.DataFrame({"id": ids.astype(np.int64), "token": [s.labels.get(int(i), str(int(i))) for i in ids], "similarity": sims.astype(np.float64)})
+
+    def _cell(self, layer: int, head: int | None) -> tuple:
+        from tokentrail.spec.options import check_index
+
+        L = self.a.n_layers
+        layer = check_index(layer, L, "layer", f"the model has {L} layers")
+        if self.per_head:
+            if head is None:
+                raise InputError("the heads site needs a head index")
+            return (layer, check_index(head, self.a.n_heads, "head", f"the model has {self.a.n_heads} heads"))
+        return (layer,)
+
+    # ---- tables ---------------------------------------------------------------------------
+    def frame(self) -> pd.DataFrame:
+        """Tidy: one row per side, layer, head and metric. ``side`` is ``a`` or ``b`` for one
+        side's metrics (self_sim, rank) and ``ab`` for the pair's (cosine, overlap)."""
+        parts = []
+        for s in self.sides:
+            for metric, values in (("self_sim", s.self_sim), ("rank", s.rank)):
+                parts.append(self._rows(s, s.name, metric, values))
+        if self.cosine is not None:
+            parts.append(self._rows(self.a, "ab", "cosine", self.cosine))
+            parts.append(self._rows(self.a, "ab", "overlap", self.overlap))
+        return pd.concat(parts, ignore_index=True)
+
+    def _rows(self, s: Side, side: str, metric: str, values: np.ndarray) -> pd.DataFrame:
+        L = values.shape[0]
+        H = values.shape[1] if values.ndim == 2 else 1
+        li, hi = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
+        return pd.DataFrame(
+            {
+                "side": side,
+                "model": s.model if side != "ab" else self.a.model,
+                "token": -1 if s.token is None else s.token,
+                "token_str": s.token_str,
+                "layer": li.reshape(-1),
+                "depth": ((li + 1) / L).reshape(-1),
+                "head": hi.reshape(-1) if values.ndim == 2 else -1,
+                "site": self.site,
+                "space": self.space,
+                "similarity": self.similarity,
+                "metric": metric,
+                "value": np.asarray(values, dtype=np.float64).reshape(-1),
+            }
+        )
+
+    def neighbours_frame(self) -> pd.DataFrame:
+        """Tidy neighbours: one row per side, layer, head and place, with ``separating``
+        (not in the other side's set; one model only)."""
+        rows = []
+        for s, other in ((self.a, self.b), (self.b, self.a)):
+            if s.top_ids.shape[-1] == 0:
+                continue
+            L, K = s.top_ids.shape[0], s.top_ids.shape[-1]
+            H = s.top_ids.shape[1] if self.per_head else 1
+            ids = s.top_ids.reshape(L, H, K)
+            sims = s.top_sims.reshape(L, H, K)
+            sep = np.zeros_like(ids, dtype=bool)
+            if self.cosine is not None:
+                oth = other.top_ids.reshape(L, H, -1)[..., : self.overlap_k]
+                for l in range(L):
+                    for h in range(H):
+                        sep[l, h] = ~np.isin(ids[l, h], oth[l, h])
+            li, hi, pi = np.meshgrid(np.arange(L), np.arange(H), np.arange(K), indexing="ij")
+            flat = ids.reshape(-1)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "side": s.name,
+                        "model": s.model,
+                        "layer": li.reshape(-1),
+                        "head": hi.reshape(-1) if self.per_head else -1,
+                        "place": pi.reshape(-1),
+                        "neighbour_id": flat.astype(np.int64),
+                        "neighbour": [s.labels.get(int(i), str(int(i))) for i in flat],
+                        "value": sims.reshape(-1).astype(np.float64),
+                        "separating": sep.reshape(-1) if self.cosine is not None else False,
+                    }
+                )
+            )
+        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["side", "model", "layer", "head", "place", "neighbour_id", "neighbour", "value", "separating"])
+
+    # ---- export ---------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        d = self.diverge
+        return {
+            "site": self.site, "space": self.space, "similarity": self.similarity, "k": self.k, "overlap_k": self.overlap_k,
+            "same_model": self.same_model, "correct": self.correct, "diverge_layer": None if d is None else d[0], "diverge_head": None if d is None else d[1],
+            "sides": {
+                s.name: {"model": s.model, "text": s.text, "token": s.token, "token_str": s.token_str, "span": s.span,
+                         "tokens": list(s.tokens), "n_layers": s.n_layers, "info": s.info.to_dict()}
+                for s in self.sides
+            },
+            "alignment": None if self.alignment is None else [list(a) for a in self.alignment],
+        }  # fmt: skip
+
+    def to_parquet(self, path: str | Path) -> Path:
+        return write_parquet(self.frame(), path, self.meta())
+
+    def to_csv(self, path: str | Path) -> Path:
+        write_csv(self.frame(), Path(path))
+        return Path(path)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Metadata, the tidy metrics and the neighbours as one JSON document."""
+        doc = {
+            "meta": self.meta(),
+            "metrics": json.loads(self.frame().to_json(orient="records")),
+            "neighbours": json.loads(self.neighbours_frame().to_json(orient="records")),
+        }
+        text = json.dumps(doc)
+        if path is not None:
+            write_text(path, text)
+        return text
+
+    def export(self, path: str | Path, fmt: str | None = None) -> Path:
+        path = Path(path)
+        fmt = (fmt or path.suffix.lstrip(".")).lower()
+        if fmt == "parquet":
+            return self.to_parquet(path)
+        if fmt == "csv":
+            return self.to_csv(path)
+        if fmt == "json":
+            self.to_json(path)
+            return path
+        raise InputError(f"unknown export format {fmt!r}: use parquet, csv or json")
+
+
+# ---- computing ------------------------------------------------------------------------
+def check_compare_options(site: str, space: str | None, similarity: str, k: int, overlap_k: int | None) -> str:
+    """Validate what needs no model; returns the space (default: encodings, or value for heads)."""
+    sites = [s for s in ALL_SITES if s not in CROSS_SITES]  # one stack's sites: an encoder-decoder compares its encoder
+    if not isinstance(site, str) or site not in sites:
+        raise InputError(f"compare takes one site: choose from {', '.join(sites)}, not {site!r}")
+    allowed = HEAD_SPACES if site == HEAD_SITE else RESIDUAL_SPACES
+    space = space or allowed[0]
+    if space not in allowed:
+        raise InputError(f"the {site} site compares with {' or '.join(allowed)}, not {space!r}")
+    if similarity not in SIMILARITIES:
+        raise InputError(f"unknown similarity {similarity!r}: choose from {', '.join(SIMILARITIES)}")
+    whole_number(k, "k")
+    if overlap_k is not None:
+        whole_number(overlap_k, "overlap k")
+    return space
+
+
+def compare(
+    text_a: str,
+    text_b: str | None = None,
+    *,
+    model: "str | LoadedModel" = "minilm",
+    model_b: "str | LoadedModel | None" = None,
+    token: int | str | None = None,
+    token_b: int | str | None = None,
+    site: str = "attn_resid",
+    space: str | None = None,
+    similarity: str = "cosine",
+    k: int = 15,
+    overlap_k: int | None = None,
+    causal: bool | None = None,
+    correct: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Compare two occurrences layer by layer.
+
+    - ``compare(text_a, text_b, token="bank")``: one word in two contexts (``token_b``
+      defaults to ``token``);
+    - ``compare(text, token="flies:0", token_b="flies:1")``: two tokens of one text;
+    - ``compare(text, model="minilm", model_b="smollm2", token="bank")``: one text in two
+      models, tokens aligned by character span (``token`` is found in side a; side b takes
+      the last of its tokens overlapping that span, which in a decoder has read the whole
+      word); ``token`` may be left out for whole-text curves.
+
+    Tokens are an index, a token's text, or ``text:N`` (the N-th occurrence from 0).
+    ``overlap_k``: size of the neighbour sets compared (default 100, capped at the
+    vocabulary); ``k``: neighbours and separating words kept for display.
+    ``correct``: a geometry correction (``center``, ``zscore``, ``rogue:D``, ``abtt:D``;
+    residual sites, one model). Each side's metrics are taken under it as in a trace
+    (fitted to that side's text), and the cosine between the two occurrences under the
+    correction fitted, per layer, to both texts' tokens together (one text's, for two
+    tokens of one text), so that both vectors go through the same map. ``progress``
+    hears what loads (``models.load``'s messages) and when both sides run."""
+    from tokentrail.session.inputs import check_text
+    from tokentrail.session.models import load
+
+    space = check_compare_options(site, space, similarity, k, overlap_k)
+    if correct is not None:
+        from tokentrail.spec.options import parse_correction
+
+        parse_correction(correct)
+        if site == HEAD_SITE:
+            raise InputError("a geometry correction applies to residual sites; the heads site compares raw head vectors")
+        if model_b is not None:
+            raise InputError("a geometry correction compares two contexts in one model; two models live in different spaces")
+    check_text(text_a)
+    if text_b is not None:
+        check_text(text_b)
+    say = progress or (lambda message: None)
+    ma = load(model, device=device, dtype=dtype, progress=say)
+    mb = ma if model_b is None else load(model_b, device=device, dtype=dtype, progress=say)
+    same = mb is ma
+    if same and text_b is None and token_b is None:
+        raise InputError("one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model")
+    if not same and site == HEAD_SITE:
+        raise InputError(HEADS_ACROSS_MODELS)
+    if token is None and same:
+        raise InputError("give the token to compare (an index, its text, or text:N)")
+    if causal is not None:
+        for m in {id(ma): ma, id(mb): mb}.values():
+            if not m.is_decoder:
+                raise InputError(f"causal is for decoders; {m.name} ({m.adapter.family}) is an encoder")
+    vocab = min(ma.adapter.vocab_size, mb.adapter.vocab_size)
+    if overlap_k is not None and overlap_k > vocab:
+        raise InputError(f"overlap k = {overlap_k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
+    ok = overlap_k if overlap_k is not None else min(DEFAULT_OVERLAP_K, vocab)
+    K = min(max(k, ok), vocab)
+    if k > vocab:
+        raise InputError(f"k = {k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
+
+    from tokentrail.spec.options import TraceOptions
+
+    opts = TraceOptions.make(site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal, correct=correct)
+    text_b_eff = text_a if text_b is None else text_b
+    say("running both sides")
+    run_a = ma.run(text_a, opts)
+    run_b = run_a if (same and text_b_eff == text_a) else mb.run(text_b_eff, opts)
+
+    ta = None if token is None else find_token(run_a.tokens, token)[0]
+    alignment = None
+    if same:
+        tb = find_token(run_b.tokens, token if token_b is None else token_b)[0]
+    else:
+        alignment = align_spans(token_spans(ma, text_a, run_a.ids.tolist()), token_spans(mb, text_b_eff, run_b.ids.tolist())) if text_b is None else None
+        if token_b is not None:
+            tb = find_token(run_b.tokens, token_b)[0]
+        elif ta is None:
+            tb = None
+        elif alignment is not None:
+            if not alignment[ta]:
+                raise InputError(
+                    f"token {ta} {run_a.tokens[ta]!r} of {ma.name} covers no characters of the text (a special token), "
+                    f"so {mb.name} has no counterpart: give side b its own token (token_b=, or a second --token; its tokens are {_listing(run_b.tokens)})"
+                )
+            tb = alignment[ta][-1]
+        else:
+            tb = find_token(run_b.tokens, token)[0]
+
+    a = _side("a", run_a, ta, site, space, similarity, K, opts)
+    b = _side("b", run_b, tb, site, space, similarity, K, opts)
+    cos = ov = None
+    if same:
+        cos = _cosines(run_a, ta, run_b, tb, site, space, correct)
+        ov = _overlaps(a.top_ids[..., :ok], b.top_ids[..., :ok])
+    return Comparison(site=site, space=space, similarity=similarity, k=k, overlap_k=min(ok, K), a=a, b=b,
+                      same_model=same, cosine=cos, overlap=ov, alignment=alignment, correct=correct)  # fmt: skip
+
+
+def _listing(tokens: Sequence[str]) -> str:
+    return " ".join(f"{i}:{t}" for i, t in enumerate(tokens))
+
+
+def _side(name: str, run: "Run", t: int | None, site: str, space: str, similarity: str, K: int, opts) -> Side:
+    m = run.model
+    trail = run.trail(opts) if (site != HEAD_SITE or t is None) else None
+    grid = None
+    if site == HEAD_SITE:
+        per = [run.heads(layer, t, kind=space, similarity=similarity, k=K) for layer in range(m.adapter.n_layers)]
+        self_sim = np.stack([h.self_sim for h in per])  # (L, H)
+        rank = np.stack([h.rank for h in per])
+        top_ids = np.stack([h.top_ids for h in per])  # (L, H, K)
+        top_sims = np.stack([h.top_sims for h in per])
+        labels = {kk: v for h in per for kk, v in h.labels.items()}
+        info = _info(run, opts)
+    else:
+        v = trail.view(site, space, similarity)
+        grid = np.asarray(v.self_sim, dtype=np.float64)
+        if t is None:
+            keep = ~np.asarray(trail.special, dtype=bool)
+            keep = keep if keep.any() else np.ones_like(keep)
+            self_sim = grid[:, keep].mean(axis=1)
+            rank = np.median(v.rank[:, keep], axis=1)
+            top_ids = np.zeros((grid.shape[0], 0), dtype=np.int64)
+            top_sims = np.zeros((grid.shape[0], 0))
+        else:
+            self_sim, rank, top_ids, top_sims = v.self_sim[:, t], v.rank[:, t], v.top_ids[:, t], v.top_sims[:, t]
+        labels = trail.labels
+        info = trail.info
+    spans = None
+    if t is not None:
+        try:
+            spans = token_spans(m, run.text, run.ids.tolist())[t]
+        except InputError:
+            spans = None
+    return Side(
+        name=name, model=m.name, text=run.text, tokens=tuple(run.tokens), token=t, span=spans, info=info,
+        n_layers=m.adapter.n_layers, n_heads=m.adapter.n_heads, self_sim=np.asarray(self_sim), rank=np.asarray(rank),
+        top_ids=np.asarray(top_ids), top_sims=np.asarray(top_sims), grid=grid, labels=dict(labels),
+    )  # fmt: skip
+
+
+def _info(run: "Run", opts) -> RunInfo:
+    """Run metadata for a side computed without a Trail (the heads site)."""
+    from tokentrail.analysis.views import make_trail
+
+    m = run.model
+    return make_trail(
+        m.adapter, run.acts, [], None, options=opts, text=run.text, tokens=run.tokens, special=run.encoded.special,
+        label=lambda ids: {}, model_name=m.name, revision=m.revision, device=m.device, dtype=m.dtype,
+        truncated_from=run.encoded.truncated_from,
+    ).info  # fmt: skip
+
+
+def _cosines(run_a: "Run", ta: int, run_b: "Run", tb: int, site: str, space: str, correct: str | None = None) -> np.ndarray:
+    """(L,) or (L, H) cosine between the two occurrences' vectors at every layer (and head);
+    with ``correct``, of the vectors through the correction fitted at that layer to both
+    texts' tokens (one text's, when both tokens come from it)."""
+    import torch
+
+    from tokentrail.engine.capture import head_vectors
+
+    if site == HEAD_SITE:
+        adapter = run_a.model.adapter
+        va = torch.stack([head_vectors(adapter, run_a.acts, space, l)[ta] for l in range(adapter.n_layers)])  # (L, H, dh)
+        vb = torch.stack([head_vectors(adapter, run_b.acts, space, l)[tb] for l in range(adapter.n_layers)])
+    else:
+        A, B = run_a.acts.site(site), run_b.acts.site(site)  # (L, n, d)
+        va, vb = A[:, ta], B[:, tb]  # (L, d)
+        if correct is not None:
+            from tokentrail.engine.geometry import fit_correction
+
+            fits = [fit_correction(correct, A[l] if run_b is run_a else torch.cat([A[l], B[l]])) for l in range(A.shape[0])]
+            va = torch.stack([T.apply(va[l]) for l, T in enumerate(fits)])
+            vb = torch.stack([T.apply(vb[l]) for l, T in enumerate(fits)])
+    va, vb = va.double(), vb.double()
+    cos = (va * vb).sum(-1) / (va.norm(dim=-1) * vb.norm(dim=-1)).clamp_min(1e-300)
+    return cos.cpu().numpy()
+
+
+def _overlaps(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray:
+    """(L,[H]) |set_a ∩ set_b| per cell of two (L,[H],K) id arrays."""
+    lead = ids_a.shape[:-1]
+    a, b = ids_a.reshape(-1, ids_a.shape[-1]), ids_b.reshape(-1, ids_b.shape[-1])
+    return np.array([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)], dtype=np.float64).reshape(lead)

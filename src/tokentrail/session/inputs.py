@@ -1,0 +1,83 @@
+"""Validating and tokenizing a user's text: every refusal is a clear InputError."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import torch
+
+from tokentrail.spec.errors import InputError
+from tokentrail.session.models import LoadedModel, readable_tokens
+
+MAX_CHARS = 100_000
+MAX_TOKENS = 1024
+"""Most tokens one trace takes, whatever the model allows: attention maps alone grow as
+layers x heads x tokens^2 (an 8k-token text in a 30-layer decoder would need ~70 GB)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: torch.Tensor  # (n,)
+    tokens: list[str]
+    special: list[bool]
+    truncated_from: int | None  # token count before --truncate, if it cut anything
+
+
+def check_text(text: object) -> str:
+    """The text itself, or an error saying what is wrong with it."""
+    if not isinstance(text, str):
+        raise InputError(f"text must be a string, not {type(text).__name__}")
+    if not text.strip():
+        raise InputError("the text is empty: type something to trace")
+    if len(text) > MAX_CHARS:
+        raise InputError(f"the text is {len(text):,} characters; the limit is {MAX_CHARS:,}")
+    for i, ch in enumerate(text):
+        o = ord(ch)
+        if 0xD800 <= o <= 0xDFFF:
+            raise InputError(f"the text has a lone surrogate U+{o:04X} at character {i}: it is not valid Unicode")
+        if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r":
+            raise InputError(f"the text has a control character U+{o:04X} at character {i}: remove it")
+    return text
+
+
+def check_decoder_input(target: str | None, max_new_tokens: int | None, names: tuple[str, str] = ("target", "max_new_tokens")) -> None:
+    """An encoder-decoder's decoder input: a target text, or a bound on the model's greedy
+    output (:func:`~tokentrail.spec.options.check_new_tokens`), not both. Before any model work.
+    ``names``: how the caller spells the two (the CLI's flags)."""
+    from tokentrail.spec.options import check_new_tokens
+
+    if target is not None:
+        check_text(target)
+        if max_new_tokens is not None:
+            raise InputError(f"{names[1]} bounds the greedy output, which {names[0]} (the decoder's input) replaces: give one of them, not both")
+    if max_new_tokens is not None:
+        check_new_tokens(max_new_tokens)
+
+
+def encode(model: LoadedModel, text: str, *, truncate: bool = False, max_tokens: int | None = None) -> Encoded:
+    """Tokenize with the model's own special tokens; refuse (or, if asked, cut) over-long text."""
+    check_text(text)
+    tok = model.tokenizer
+    ids = tok(text, add_special_tokens=True, verbose=False)["input_ids"]  # over-long text is our error to report
+    limit = min(model.adapter.max_tokens or MAX_TOKENS, MAX_TOKENS)
+    if max_tokens is not None:
+        limit = max_tokens if limit is None else min(limit, max_tokens)
+    truncated_from = None
+    if limit is not None and len(ids) > limit:
+        if not truncate:
+            raise InputError(
+                f"the text is {len(ids)} tokens; {model.name} takes at most {limit} "
+                f"({len(ids) - limit} over). Shorten it, or pass --truncate to keep the first {limit}"
+            )
+        truncated_from = len(ids)
+        ids = tok(text, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+    if not ids:
+        raise InputError("the text produced no tokens")
+    special_ids = set(tok.all_special_ids)
+    return Encoded(
+        ids=torch.tensor(ids, dtype=torch.long),
+        tokens=readable_tokens(tok, ids),
+        special=[i in special_ids for i in ids],
+        truncated_from=truncated_from,
+    )

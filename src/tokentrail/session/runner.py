@@ -1,0 +1,307 @@
+"""A :class:`Run`: one text through one loaded model, one forward pass, every view from it.
+
+``model.run(text)`` tokenizes once and captures once; the Trail (any options), a layer's
+heads, the attention walkthrough and the logit lens are all derived from the captured
+activations, and cached on the Run. A long text (``analysis.streams``) is not captured
+up front: its Trail is scored layer by layer during a forward pass of its own, holding one
+layer's activations at a time, and the capture is made only if something else asks for
+it. The CLI, the app and notebooks use this object and nothing below it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Sequence
+
+from torch import Tensor
+
+from tokentrail.analysis.views import Progress, check_against, compute_views, compute_views_batch, heads_at, make_trail, stream_views, streams
+from tokentrail.engine.capture import Activations
+from tokentrail.session.inputs import Encoded
+from tokentrail.spec.options import TraceOptions
+from tokentrail.results.trail import HeadsAt, LensResult, Trail
+
+if TYPE_CHECKING:
+    from tokentrail.session.models import LoadedModel
+    from tokentrail.engine.walkthrough import AttentionStep
+
+
+class Run:
+    """One text's forward pass through ``model``, and everything derived from it.
+
+    Build it with :meth:`tokentrail.session.models.LoadedModel.run` (or :func:`tokentrail.run`).
+    ``options`` are the trace options it was made with; :meth:`trail` may ask for other
+    sites, spaces, similarities or k on the same pass, but not another mask or truncation.
+    """
+
+    def __init__(self, model: "LoadedModel", text: str, encoded: Encoded, acts: Activations | None, options: TraceOptions):
+        self.model = model
+        self.text = text
+        self.encoded = encoded
+        self._acts = acts  # None: captured when first needed (a long text's Trail streams instead)
+        self.options = options
+        self._lock = threading.RLock()
+        self._trails: OrderedDict[TraceOptions, Trail] = OrderedDict()
+        self._lenses: dict[tuple[int, str], LensResult] = {}
+        self._heads: OrderedDict[tuple, HeadsAt] = OrderedDict()
+
+    # ---- what the pass saw --------------------------------------------------------------
+    @property
+    def tokens(self) -> list[str]:
+        return self.encoded.tokens
+
+    @property
+    def ids(self) -> Tensor:
+        return self.encoded.ids
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.encoded.tokens)
+
+    @property
+    def acts(self) -> Activations:
+        """Every layer's activations of this text, captured on first use if the run has not
+        captured them yet (:meth:`trail` of a long text does without: it streams)."""
+        with self._lock:
+            if self._acts is None:
+                from tokentrail.engine.capture import capture
+
+                with self.model.lock:  # hooks on shared modules: one pass at a time per model
+                    self._acts = capture(self.model.adapter, self.ids, causal=self.options.causal)
+            return self._acts
+
+    @property
+    def causal(self) -> bool:
+        return self.model.adapter.resolve_causal(self.options.causal)
+
+    def __repr__(self) -> str:
+        return f"Run(model={self.model.name!r}, tokens={self.n_tokens}, causal={self.causal})"
+
+    def kept(self) -> list:
+        """What this run keeps in memory: its activations and every cached Trail, lens and
+        heads view (for :func:`tokentrail.engine.budget.held_bytes`; the model is not included)."""
+        with self._lock:
+            return [self._acts, self.encoded, *self._trails.values(), *self._lenses.values(), *self._heads.values()]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this run keeps (:meth:`kept`, each buffer once)."""
+        from tokentrail.engine.budget import held_bytes
+
+        return held_bytes(*self.kept())
+
+    # ---- derived views --------------------------------------------------------------------
+    def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
+        """The Trail of this run for ``options`` (default: the run's own), changed by ``changes``.
+
+        ``changes`` take the option fields (``sites=("layer_out",)``, ``k=5``, ...). Cached."""
+        opts = self._options(options, changes)
+        cached = self._cached(opts)
+        if cached is not None:
+            return cached
+        say = progress or (lambda f, m: None)
+        m = self.model
+        if self._acts is None and streams(m.adapter, opts, self.n_tokens):
+            # a long text, not captured: its layers are scored during the forward pass
+            with m.lock:
+                views, lens, passed = stream_views(m.adapter, m.spaces, self.ids, opts, say)
+            if lens is not None:
+                with self._lock:
+                    self._lenses[(opts.k, opts.lens_site)] = lens
+            return self._keep(opts, views, say, passed)
+        return self._keep(opts, compute_views(m.adapter, m.spaces, self.acts, opts, say), say)
+
+    def _options(self, options: TraceOptions | None, changes: dict) -> TraceOptions:
+        opts = (options or self.options).with_(**changes) if changes else (options or self.options).validate()
+        if (opts.causal, opts.truncate) != (self.options.causal, self.options.truncate):
+            raise ValueError("a Run's mask and truncation are fixed: make another Run for other ones")
+        return check_against(self.model.adapter, opts, **self._lengths())
+
+    def _lengths(self) -> dict[str, int]:
+        """What the memory check of another set of options reads: the text's length."""
+        return {"tokens": self.n_tokens}
+
+    def _cached(self, opts: TraceOptions) -> Trail | None:
+        with self._lock:
+            if opts in self._trails:
+                self._trails.move_to_end(opts)
+                return self._trails[opts]
+        return None
+
+    def _keep(self, opts: TraceOptions, views, say, passed=None) -> Trail:
+        """Wrap computed views into this run's Trail for ``opts`` (with the lens), and cache it.
+        ``passed``: what a streamed pass kept (else the run's activations)."""
+        lens = None
+        if opts.lens:
+            say(0.99, "logit lens")
+            lens = self.lens(k=opts.k, site=opts.lens_site)
+        say(1.0, "done")
+        m = self.model
+        trail = make_trail(
+            m.adapter, self.acts if passed is None else passed, views, lens, options=opts, text=self.text, tokens=self.tokens,
+            special=self.encoded.special, label=m.labels, model_name=m.name, revision=m.revision,
+            device=m.device, dtype=m.dtype, truncated_from=self.encoded.truncated_from,
+        )  # fmt: skip
+        return self._store(opts, trail)
+
+    def _store(self, opts: TraceOptions, trail: Trail) -> Trail:
+        """Keep ``trail`` as this run's Trail for ``opts`` (the four most recent are kept)."""
+        with self._lock:
+            self._trails[opts] = trail
+            while len(self._trails) > 4:
+                self._trails.popitem(last=False)
+        return trail
+
+    def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
+        """The logit lens over every layer and token (SPEC ``lens``). Cached.
+
+        ``site`` is the residual read (``layer_out`` or ``attn_resid``), or ``embeddings``
+        for the one-row lens of the original encodings (SPEC: the embeddings row)."""
+        from tokentrail.analysis.lens import logit_lens
+
+        key = (k, site)
+        with self._lock:
+            if key not in self._lenses:
+                self._lenses[key] = logit_lens(self.model.adapter, self.acts, k=k, site=site)
+            return self._lenses[key]
+
+    def heads(self, layer: int, token: int, *, kind: str = "value", similarity: str = "cosine", k: int = 15) -> HeadsAt:
+        """Every head of ``layer`` for ``token``, each against its own ``kind`` space. Cached."""
+        key = (layer, token, kind, similarity, k)
+        with self._lock:
+            if key in self._heads:
+                self._heads.move_to_end(key)
+                return self._heads[key]
+        m = self.model
+        result = heads_at(m.adapter, m.spaces, self.acts, layer, token, label=m.labels, kind=kind, similarity=similarity, k=k)
+        with self._lock:
+            self._heads[key] = result
+            while len(self._heads) > 64:
+                self._heads.popitem(last=False)
+        return result
+
+    def step(self, layer: int, head: int, token: int) -> "AttentionStep":
+        """How ``head`` of ``layer`` computed ``token``'s output, with the live numbers."""
+        from tokentrail.engine.walkthrough import attention_step
+
+        return attention_step(self.model.adapter, self.acts, layer, head, token)
+
+
+def trail_many(runs: Sequence[Run], options: TraceOptions | None = None, *, progress: Progress | None = None) -> list[Trail]:
+    """The Trails of several runs of one model, their tokens scored against the vocabulary
+    together (one chunked pass, shared position statistics); per run, what ``run.trail``
+    gives. ``options`` default to each run's own (they must then agree)."""
+    if not runs:
+        return []
+    model = runs[0].model
+    if any(r.model is not model for r in runs):
+        raise ValueError("trail_many takes runs of one model")
+    opts = [r._options(options, {}) for r in runs]
+    if len(set(opts)) != 1:
+        raise ValueError("trail_many needs one set of options for every run")
+    todo = [r for r in runs if r._cached(opts[0]) is None]
+    say = progress or (lambda f, m: None)
+    if todo:
+        per_run = compute_views_batch(model.adapter, model.spaces, [r.acts for r in todo], opts[0], say)
+        for r, views in zip(todo, per_run):
+            r._keep(opts[0], views, lambda f, m: None)
+    return [r.trail(opts[0]) for r in runs]
+
+
+class Seq2SeqRun(Run):
+    """An encoder-decoder's run: the encoder stack over the source text (``acts``) and the
+    decoder stack over the decoder input (``decoder_acts``), with cross-attention.
+
+    :meth:`trail` gives the encoder's Trail carrying the decoder's (``trail.decoder``);
+    :meth:`heads` and :meth:`step` take ``stack="decoder"`` for the decoder; the logit lens
+    reads the decoder (the encoder has no output head)."""
+
+    def __init__(self, model, text, encoded, acts, options, *, decoder_acts, decoder_text: str, decoder_tokens, decoder_special, decoder_input: str):
+        super().__init__(model, text, encoded, acts, options)
+        self.decoder_acts = decoder_acts
+        self.decoder_text = decoder_text
+        self.decoder_tokens = list(decoder_tokens)
+        self.decoder_special = list(decoder_special)
+        self.decoder_input = decoder_input  # "target" or "greedy output (...)"
+
+    def _lengths(self) -> dict[str, int]:
+        return {"tokens": self.n_tokens, "decoder_tokens": len(self.decoder_tokens)}
+
+    def __repr__(self) -> str:
+        return f"Seq2SeqRun(model={self.model.name!r}, source tokens={self.n_tokens}, decoder tokens={len(self.decoder_tokens)}, decoder input={self.decoder_input!r})"
+
+    def _stack(self, stack: str):
+        from tokentrail.spec.errors import InputError
+
+        m = self.model
+        if stack == "encoder":
+            return m.adapter, m.spaces, self.acts
+        if stack == "decoder":
+            return m.adapter.decoder_stack(), m.decoder_spaces, self.decoder_acts
+        raise InputError(f"unknown stack {stack!r}: choose encoder or decoder")
+
+    def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
+        from tokentrail.analysis.views import cross_views
+
+        opts = self._options(options, changes)
+        cached = self._cached(opts)
+        if cached is not None:
+            return cached
+        say = progress or (lambda f, m: None)
+        m = self.model
+        dec, dec_spaces, dec_acts = self._stack("decoder")
+        enc_views = compute_views(m.adapter, m.spaces, self.acts, opts, lambda f, msg: say(f / 2, f"encoder: {msg}"))
+        dec_views = compute_views(dec, dec_spaces, dec_acts, opts, lambda f, msg: say(0.5 + f / 2, f"decoder: {msg}"))
+        cross = cross_views(dec, dec_acts, opts)
+        lens = self.lens(k=opts.k, site=opts.lens_site) if opts.lens else None
+        say(1.0, "done")
+        common = dict(options=opts, label=m.labels, model_name=m.name, revision=m.revision, device=m.device, dtype=m.dtype, decoder_input=self.decoder_input)
+        decoder = make_trail(
+            dec, dec_acts, dec_views, lens, text=self.decoder_text, tokens=self.decoder_tokens, special=self.decoder_special,
+            cross=cross, source_tokens=self.tokens, **common,
+        )  # fmt: skip
+        trail = make_trail(
+            m.adapter, self.acts, enc_views, None, text=self.text, tokens=self.tokens, special=self.encoded.special,
+            truncated_from=self.encoded.truncated_from, decoder=decoder, **common,
+        )  # fmt: skip
+        return self._store(opts, trail)
+
+    def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
+        """The logit lens over the decoder's layers and tokens. Cached."""
+        from tokentrail.analysis.lens import logit_lens
+
+        key = (k, site)
+        with self._lock:
+            if key not in self._lenses:
+                self._lenses[key] = logit_lens(self.model.adapter.decoder_stack(), self.decoder_acts, k=k, site=site)
+            return self._lenses[key]
+
+    def heads(self, layer: int, token: int, *, kind: str = "value", similarity: str = "cosine", k: int = 15, stack: str = "encoder") -> HeadsAt:
+        """Every self-attention head of ``layer`` of one stack for ``token``. Cached."""
+        key = (stack, layer, token, kind, similarity, k)
+        with self._lock:
+            if key in self._heads:
+                return self._heads[key]
+        adapter, spaces, acts = self._stack(stack)
+        result = heads_at(adapter, spaces, acts, layer, token, label=self.model.labels, kind=kind, similarity=similarity, k=k)
+        with self._lock:
+            self._heads[key] = result
+            while len(self._heads) > 64:
+                self._heads.popitem(last=False)
+        return result
+
+    def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> "AttentionStep":
+        """How self-attention ``head`` of ``layer`` of one stack computed ``token``'s output."""
+        from tokentrail.engine.walkthrough import attention_step
+
+        adapter, _, acts = self._stack(stack)
+        return attention_step(adapter, acts, layer, head, token)
+
+    def cross_step(self, layer: int, head: int, token: int):
+        """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
+        output: the query from the decoder, keys and values from the encoder output
+        (:class:`~tokentrail.engine.walkthrough.CrossAttentionStep`)."""
+        from tokentrail.engine.walkthrough import cross_attention_step
+
+        return cross_attention_step(self.model.adapter.decoder_stack(), self.decoder_acts, layer, head, token)

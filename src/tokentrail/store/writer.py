@@ -1,0 +1,170 @@
+"""A study's folder, written while the run goes, so an interruption loses no finished batch.
+
+Layout::
+
+    DIR/manifest.json            what was run (model, options, input hash) and how far it got
+    DIR/data/part-000000.parquet token rows of batch 0 (one file per batch)
+    DIR/sample/part-000000.parquet the batch's candidates for the anisotropy sample
+                                 (each site and layer, and the encodings as site "embedded")
+    DIR/stats/part-000000.parquet  count, sum and sum of squares of the batch's vectors
+                                 per site and layer (corpus-fitted corrections)
+
+Every file is written under a temporary name and renamed into place, so a crash leaves
+only whole files. A batch is complete when its ``data`` part exists; its ``sample`` and
+``stats`` parts are written first. ``--resume`` skips the complete batches and recomputes the rest, which
+gives the same files an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from tokentrail.spec.errors import InputError
+from tokentrail.corpus.compute import BatchResult
+
+MANIFEST = "manifest.json"
+FORMAT = "tokentrail-study/1"
+_PART = re.compile(r"^part-(\d{6})\.parquet$")
+IDENTITY = ("model", "model_revision", "options", "input", "frequencies")  # what a resumed run must share
+
+
+def part_name(batch: int) -> str:
+    return f"part-{batch:06d}.parquet"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _replace_with(path, write)
+
+
+def atomic_write_table(path: Path, table) -> None:
+    _replace_with(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _replace_with(path: Path, write) -> None:
+    """Write ``path`` through a temporary file renamed over it; the temporary file is
+    removed whatever stops the write (an error, Ctrl-C), so an interrupted batch leaves
+    no stray file (a SIGKILL can: opening the study removes those)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class StudyDir:
+    """The folder of one study."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.data = self.root / "data"
+        self.sample = self.root / "sample"
+        self.stats = self.root / "stats"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{self.root} holds no study (no {MANIFEST}); run `tokentrail study` first") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{self.manifest_path} is not valid JSON ({exc})") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=1, default=str).encode())
+
+    # ---- starting, resuming --------------------------------------------------------
+    def check_new(self) -> None:
+        """Refuse to start a fresh run over another study's files (before model work)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"--out {self.root} is a file; give a folder")
+        if self.exists():
+            raise InputError(f"{self.root} already holds a study: pass --resume to continue it, or choose another --out")
+        if self.data.exists() and any(self.data.iterdir()):
+            raise InputError(f"{self.data} already has files; choose an empty --out folder")
+
+    def check_resume(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """The manifest to continue, after checking it was made by the same run."""
+        manifest = self.read_manifest()
+        if manifest.get("format") != FORMAT:
+            raise InputError(f"{self.root} was written by another version of tokentrail ({manifest.get('format')}); start a new study")
+        for key in IDENTITY:
+            if manifest.get(key) != identity.get(key):
+                raise InputError(
+                    f"cannot resume {self.root}: its {key} was {json.dumps(manifest.get(key), default=str)}, "
+                    f"this run's is {json.dumps(identity.get(key), default=str)}"
+                )
+        return manifest
+
+    def prepare(self) -> None:
+        """Make the folders; drop temporary files and sample parts of unfinished batches."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.sample.mkdir(parents=True, exist_ok=True)
+        self.stats.mkdir(parents=True, exist_ok=True)
+        for folder in (self.data, self.sample, self.stats, self.root):
+            for p in folder.iterdir():
+                if p.name.startswith(".") and ".tmp-" in p.name:
+                    p.unlink()
+        done = self.done_batches()
+        for p in [*self.sample.iterdir(), *self.stats.iterdir()]:
+            m = _PART.match(p.name)
+            if m and int(m.group(1)) not in done:
+                p.unlink()
+
+    def done_batches(self) -> set[int]:
+        if not self.data.exists():
+            return set()
+        return {int(m.group(1)) for p in self.data.iterdir() if (m := _PART.match(p.name))}
+
+    def sample_keys(self) -> list[float]:
+        """Sampling keys already written (one per token), to rebuild the reservoir on resume."""
+        keys: list[float] = []
+        for p in sorted(self.sample.glob("part-*.parquet")):
+            keys += set(pq.read_table(p, columns=["key"]).column("key").to_pylist())  # rows per token share a key
+        return keys
+
+    # ---- one batch ---------------------------------------------------------------------
+    def write_batch(self, batch: int, result: BatchResult) -> None:
+        """The sample and stats parts, then the data part (whose presence marks the batch done)."""
+        atomic_write_table(self.sample / part_name(batch), result.sample)
+        atomic_write_table(self.stats / part_name(batch), result.stats)
+        atomic_write_table(self.data / part_name(batch), result.tokens)
+
+
+class Reservoir:
+    """The smallest ``size`` sampling keys seen so far: a token whose key is not below
+    :meth:`threshold` can never enter the final sample, so it need not be written."""
+
+    def __init__(self, size: int, keys: list[float] = ()):
+        self.size = size
+        self._heap: list[float] = []  # max-heap via negation
+        for k in keys:
+            self.add(k)
+
+    def add(self, key: float) -> None:
+        if len(self._heap) < self.size:
+            heapq.heappush(self._heap, -key)
+        elif key < -self._heap[0]:
+            heapq.heapreplace(self._heap, -key)
+
+    def threshold(self) -> float:
+        return 1.0 if len(self._heap) < self.size else -self._heap[0]
