@@ -172,3 +172,4 @@ def minilm():
     if package_file(CATALOGUE["minilm"]) is None:
         pytest.skip("bundled MiniLM is not installed")
     return tokentrail.load("minilm")
+

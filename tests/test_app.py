@@ -179,10 +179,9 @@ def test_tokenize_shows_tokens_table_and_plots_of_the_library(client, trail):
 
 
 def _count(monkeypatch, module, name: str) -> list:
-    calls = []
-    real = getattr(module, name)
-    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
+    from patching import count_calls
+
+    return count_calls(monkeypatch, module, name)
 
 
 def test_select_token_rerenders_from_the_cached_analysis(client, trail, monkeypatch):

@@ -139,7 +139,9 @@ def test_iterative_maps_of_too_many_points_are_refused_before_the_model_runs(ber
     with pytest.raises(InputError, match="place up to 48 points; tsne takes at most 10"):
         maps.check_points("tsne", maps.map_points(4, 2, 3))
     maps.check_points("pca", 10**9)
-    monkeypatch.setattr(tokentrail.engine.capture, "capture", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")))
+    from patching import patch_everywhere
+
+    patch_everywhere(monkeypatch, tokentrail.engine.capture, "capture", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")))
     out = bert_folder.parent / "refused-map.html"
     res = CliRunner().invoke(app, ["trace", "time flies like an arrow", "-m", str(bert_folder), "--map", str(out), "--map-method", "tsne", "-q"])
     assert res.exit_code == 2 and "tsne takes at most 10" in res.output and "Traceback" not in res.output, res.output

@@ -76,9 +76,9 @@ def test_options_travel_typed_through_parquet_and_json(loaded_tiny, tmp_path):
 def test_one_run_gives_every_view(loaded_tiny, monkeypatch):
     import tokentrail.engine.capture
 
-    passes = []
-    real = tokentrail.engine.capture.capture
-    monkeypatch.setattr(tokentrail.engine.capture, "capture", lambda *a, **k: passes.append(1) or real(*a, **k))
+    from patching import count_calls
+
+    passes = count_calls(monkeypatch, tokentrail.engine.capture, "capture")
     run = loaded_tiny.run("time flies like an arrow", TraceOptions.make(site="heads,layer_out", k=5))
     trail = run.trail()
     assert run.trail() is trail, "a Run caches its Trail per options"

@@ -93,9 +93,9 @@ def test_a_long_texts_run_streams_its_trail_and_captures_only_when_asked(loaded_
     captured_run = loaded_tiny.run(text)
     assert captured_run._acts is not None  # a short text: captured up front
     want = captured_run.trail(opts)
-    passes = []
-    real = tokentrail.engine.capture.capture
-    monkeypatch.setattr(tokentrail.engine.capture, "capture", lambda *a, **k: passes.append(1) or real(*a, **k))
+    from patching import count_calls
+
+    passes = count_calls(monkeypatch, tokentrail.engine.capture, "capture")
     monkeypatch.setattr(budget, "STREAM_BYTES", 0)  # every text is long
     run = loaded_tiny.run(text)
     got = run.trail(opts)

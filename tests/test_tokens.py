@@ -99,7 +99,7 @@ def test_kind_from_the_tokenizer_object():
 
 
 def test_wordpiece_tokenizer_from_conftest(tokenizer):
-    from tokentrail.session.models import readable_tokens
+    from tokentrail.session.inputs import readable_tokens
 
     assert tokenizer_kind(tokenizer) == WORDPIECE
     ids = tokenizer("fruit flies")["input_ids"]
@@ -109,7 +109,8 @@ def test_wordpiece_tokenizer_from_conftest(tokenizer):
 @pytest.mark.slow
 def test_bundled_smollm2_tokens_are_readable():
     import tokentrail
-    from tokentrail.session.models import CATALOGUE, package_file, readable_tokens
+    from tokentrail.session.inputs import readable_tokens
+    from tokentrail.session.models import CATALOGUE, package_file
 
     if package_file(CATALOGUE["smollm2"]) is None:
         pytest.skip("bundled SmolLM2 is not installed")

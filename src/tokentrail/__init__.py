@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from tokentrail.spec.errors import InputError, ModelError, TokentrailError
 from tokentrail.spec.options import TraceOptions
+from tokentrail.spec.version import __version__
 
-__version__ = "0.1.0"
 
 #: public name -> the module that defines it (imported when the name is first used)
 _LAZY = {

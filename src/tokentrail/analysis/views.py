@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tokentrail import __version__
+from tokentrail.spec.version import __version__
 from tokentrail.adapters import Adapter
 from tokentrail.engine.budget import BLOCK_BYTES, STATS_BYTES  # the scoring block and the window of row norms (their sizes are the memory bound's)
 from tokentrail.engine.capture import Activations, Passed, capture, head_vectors
@@ -789,7 +789,7 @@ def _fitter(correct: str, correct_from: str | None, sites, L: int):
 
     if correct_from is None:
         return lambda g, vectors: fit_correction(correct, vectors)
-    from tokentrail.corpus.compute import EMBEDDED
+    from tokentrail.store.schema import EMBEDDED
     from tokentrail.store.stats import read_stats
 
     stats = read_stats(correct_from)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow.parquet as pq
 
-from tokentrail import __version__
+from tokentrail.spec.version import __version__
 from tokentrail.spec.options import RESIDUAL_SITES as SITES
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.session.inputs import MAX_CHARS

@@ -46,7 +46,7 @@ the norms subtract large terms.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -57,14 +57,25 @@ from tokentrail.engine.metrics import similarity_from_dots
 from tokentrail.spec.options import RESIDUAL_SITES, parse_correction
 
 if TYPE_CHECKING:
-    from tokentrail.store.stats import LayerStats
-    from tokentrail.session.runner import Run
     from tokentrail.engine.spaces import PositionStats, VocabSpace
 
 __all__ = [
     "Correction", "CorrectedRows", "Geometry", "cosine_terms", "cosine_shares", "diagnose", "diagnose_run",
-    "fit_corpus_correction", "fit_correction", "rogue_layers", "trajectory_map",
+    "LayerStats", "fit_corpus_correction", "fit_correction", "rogue_layers",
 ]  # fmt: skip
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One site and layer of a corpus: ``count`` tokens, their mean and population std
+    (d,) float64, and the corpus sample's vectors (m, d) float64 with each one's text id."""
+
+    count: int
+    mean: np.ndarray
+    std: np.ndarray
+    sample: np.ndarray
+    texts: np.ndarray
+
+
 
 ROGUE_SHARE = 0.5  # one dimension above this share of the expected cosine "dominates" (issue 9)
 
@@ -167,7 +178,7 @@ def diagnose(vectors, site: str = "?", top: int = 3, groups=None) -> Geometry:
     )  # fmt: skip
 
 
-def diagnose_run(run: "Run", site: str = "attn_resid", top: int = 3) -> Geometry:
+def diagnose_run(run: Any, site: str = "attn_resid", top: int = 3) -> Geometry:
     """:func:`diagnose` of one site of a Run's captured activations."""
     if site not in RESIDUAL_SITES:
         raise InputError(f"geometry diagnostics read a residual site ({', '.join(RESIDUAL_SITES)}), not {site!r}")
@@ -379,10 +390,3 @@ class CorrectedRows:
         dots += (u @ self.c_minus_mu)[:, None]
         row_sq = self.sq_norm[pidx if stats.y is not None else torch.zeros_like(pidx)]
         return similarity_from_dots(dots, t.pow(2).sum(-1), row_sq, kind)
-
-
-def trajectory_map(*args, **kwargs):
-    """See :func:`tokentrail.present.maps.trajectory_map`."""
-    from tokentrail.present.maps import trajectory_map as impl
-
-    return impl(*args, **kwargs)

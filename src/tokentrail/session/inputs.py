@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from tokentrail.spec.errors import InputError
-from tokentrail.session.models import LoadedModel, readable_tokens
+from tokentrail.spec import tokens
+from tokentrail.spec.options import check_new_tokens
+
+def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Token strings as a reader wants them (the rule is in :mod:`tokentrail.spec.tokens`)."""
+    return tokens.readable_tokens(tokenizer.convert_ids_to_tokens(list(ids)), tokens.tokenizer_kind(tokenizer))
+
 
 MAX_CHARS = 100_000
 MAX_TOKENS = 1024
@@ -45,8 +52,6 @@ def check_decoder_input(target: str | None, max_new_tokens: int | None, names: t
     """An encoder-decoder's decoder input: a target text, or a bound on the model's greedy
     output (:func:`~tokentrail.spec.options.check_new_tokens`), not both. Before any model work.
     ``names``: how the caller spells the two (the CLI's flags)."""
-    from tokentrail.spec.options import check_new_tokens
-
     if target is not None:
         check_text(target)
         if max_new_tokens is not None:
@@ -55,7 +60,7 @@ def check_decoder_input(target: str | None, max_new_tokens: int | None, names: t
         check_new_tokens(max_new_tokens)
 
 
-def encode(model: LoadedModel, text: str, *, truncate: bool = False, max_tokens: int | None = None) -> Encoded:
+def encode(model: Any, text: str, *, truncate: bool = False, max_tokens: int | None = None) -> Encoded:
     """Tokenize with the model's own special tokens; refuse (or, if asked, cut) over-long text."""
     check_text(text)
     tok = model.tokenizer

@@ -12,19 +12,34 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from torch import Tensor
 
-from tokentrail.analysis.views import Progress, check_against, compute_views, compute_views_batch, heads_at, make_trail, stream_views, streams
-from tokentrail.engine.capture import Activations
-from tokentrail.session.inputs import Encoded
-from tokentrail.spec.options import TraceOptions
+from tokentrail.adapters import Adapter
+from tokentrail.analysis.lens import logit_lens
+from tokentrail.analysis.views import Progress, check_against, compute_views, compute_views_batch, cross_views, heads_at, make_trail, stream_views, streams
+from tokentrail.engine.budget import held_bytes
+from tokentrail.engine.capture import Activations, capture
+from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.walkthrough import AttentionStep, attention_step, cross_attention_step
 from tokentrail.results.trail import HeadsAt, LensResult, Trail
+from tokentrail.session.inputs import Encoded
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import TraceOptions
 
-if TYPE_CHECKING:
-    from tokentrail.session.models import LoadedModel
-    from tokentrail.engine.walkthrough import AttentionStep
+
+class Model(Protocol):
+    """What a Run needs of its model (a :class:`tokentrail.session.loaded.LoadedModel`)."""
+
+    name: str
+    adapter: Adapter
+    spaces: SpaceCache
+    lock: Any  # a threading.RLock
+    labels: Callable[[Any], dict[int, str]]
+
+    @property
+    def decoder_spaces(self) -> SpaceCache: ...
 
 
 class Run:
@@ -35,7 +50,7 @@ class Run:
     sites, spaces, similarities or k on the same pass, but not another mask or truncation.
     """
 
-    def __init__(self, model: "LoadedModel", text: str, encoded: Encoded, acts: Activations | None, options: TraceOptions):
+    def __init__(self, model: Model, text: str, encoded: Encoded, acts: Activations | None, options: TraceOptions):
         self.model = model
         self.text = text
         self.encoded = encoded
@@ -65,8 +80,6 @@ class Run:
         captured them yet (:meth:`trail` of a long text does without: it streams)."""
         with self._lock:
             if self._acts is None:
-                from tokentrail.engine.capture import capture
-
                 with self.model.lock:  # hooks on shared modules: one pass at a time per model
                     self._acts = capture(self.model.adapter, self.ids, causal=self.options.causal)
             return self._acts
@@ -87,8 +100,6 @@ class Run:
     @property
     def nbytes(self) -> int:
         """Bytes this run keeps (:meth:`kept`, each buffer once)."""
-        from tokentrail.engine.budget import held_bytes
-
         return held_bytes(*self.kept())
 
     # ---- derived views --------------------------------------------------------------------
@@ -158,8 +169,6 @@ class Run:
 
         ``site`` is the residual read (``layer_out`` or ``attn_resid``), or ``embeddings``
         for the one-row lens of the original encodings (SPEC: the embeddings row)."""
-        from tokentrail.analysis.lens import logit_lens
-
         key = (k, site)
         with self._lock:
             if key not in self._lenses:
@@ -181,10 +190,8 @@ class Run:
                 self._heads.popitem(last=False)
         return result
 
-    def step(self, layer: int, head: int, token: int) -> "AttentionStep":
+    def step(self, layer: int, head: int, token: int) -> AttentionStep:
         """How ``head`` of ``layer`` computed ``token``'s output, with the live numbers."""
-        from tokentrail.engine.walkthrough import attention_step
-
         return attention_step(self.model.adapter, self.acts, layer, head, token)
 
 
@@ -232,8 +239,6 @@ class Seq2SeqRun(Run):
         return f"Seq2SeqRun(model={self.model.name!r}, source tokens={self.n_tokens}, decoder tokens={len(self.decoder_tokens)}, decoder input={self.decoder_input!r})"
 
     def _stack(self, stack: str):
-        from tokentrail.spec.errors import InputError
-
         m = self.model
         if stack == "encoder":
             return m.adapter, m.spaces, self.acts
@@ -242,8 +247,6 @@ class Seq2SeqRun(Run):
         raise InputError(f"unknown stack {stack!r}: choose encoder or decoder")
 
     def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
-        from tokentrail.analysis.views import cross_views
-
         opts = self._options(options, changes)
         cached = self._cached(opts)
         if cached is not None:
@@ -269,8 +272,6 @@ class Seq2SeqRun(Run):
 
     def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
         """The logit lens over the decoder's layers and tokens. Cached."""
-        from tokentrail.analysis.lens import logit_lens
-
         key = (k, site)
         with self._lock:
             if key not in self._lenses:
@@ -291,10 +292,8 @@ class Seq2SeqRun(Run):
                 self._heads.popitem(last=False)
         return result
 
-    def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> "AttentionStep":
+    def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> AttentionStep:
         """How self-attention ``head`` of ``layer`` of one stack computed ``token``'s output."""
-        from tokentrail.engine.walkthrough import attention_step
-
         adapter, _, acts = self._stack(stack)
         return attention_step(adapter, acts, layer, head, token)
 
@@ -302,6 +301,4 @@ class Seq2SeqRun(Run):
         """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
         output: the query from the decoder, keys and values from the encoder output
         (:class:`~tokentrail.engine.walkthrough.CrossAttentionStep`)."""
-        from tokentrail.engine.walkthrough import cross_attention_step
-
         return cross_attention_step(self.model.adapter.decoder_stack(), self.decoder_acts, layer, head, token)

@@ -21,23 +21,12 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow.parquet as pq
 
+from tokentrail.engine.geometry import LayerStats, fit_corpus_correction
 from tokentrail.spec.errors import InputError
-from tokentrail.corpus.compute import EMBEDDED
+from tokentrail.store.schema import EMBEDDED
 from tokentrail.store.writer import _PART, StudyDir
 
 MODEL_FACTS = ("model", "model_revision", "model_type", "n_layers", "d_model", "vocab_size")
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    """One site and layer of a corpus: ``count`` tokens, their mean and population std
-    (d,) float64, and the corpus sample's vectors (m, d) float64 with each one's text id."""
-
-    count: int
-    mean: np.ndarray
-    std: np.ndarray
-    sample: np.ndarray
-    texts: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -52,8 +41,6 @@ class CorpusStats:
     def correction(self, spec: str, site: str, layer: int):
         """:func:`tokentrail.engine.geometry.fit_corpus_correction` of one site and layer, kept:
         ``abtt`` takes an SVD of the sample per layer, and every later trace reuses it."""
-        from tokentrail.engine.geometry import fit_corpus_correction
-
         key = (spec, site, layer)
         with self._lock:
             if key not in self._fits:

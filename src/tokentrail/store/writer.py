@@ -27,7 +27,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tokentrail.spec.errors import InputError
-from tokentrail.corpus.compute import BatchResult
 
 MANIFEST = "manifest.json"
 FORMAT = "tokentrail-study/1"
@@ -143,7 +142,7 @@ class StudyDir:
         return keys
 
     # ---- one batch ---------------------------------------------------------------------
-    def write_batch(self, batch: int, result: BatchResult) -> None:
+    def write_batch(self, batch: int, result: Any) -> None:
         """The sample and stats parts, then the data part (whose presence marks the batch done)."""
         atomic_write_table(self.sample / part_name(batch), result.sample)
         atomic_write_table(self.stats / part_name(batch), result.stats)
