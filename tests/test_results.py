@@ -13,7 +13,7 @@ from tokentrail.spec.errors import InputError
 
 TEXT = "Time flies like an arrow."
 COLUMNS = ["token", "token_str", "position", "layer", "head", "site", "space", "similarity", "metric", "value"]
-METRICS = ["self_sim", "rank", "overlap@10", "anisotropy", "adjusted_self_sim"]
+METRICS = ["self_sim", "rank", "overlap@10", "anisotropy", "adjusted_self_sim", "margin"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_frame_schema_and_row_counts(trail):
     assert len(df) == sum(n * L * (H if v.per_head else 1) * len(METRICS) for v in trail.views)
     for v in trail.views:
         names = df[(df.site == v.site) & (df.space == v.space) & (df.similarity == v.similarity)]["metric"].unique()
-        assert sorted(names) == sorted(["self_sim", "rank", f"overlap@{v.overlap_k}", "anisotropy", "adjusted_self_sim"])
+        assert sorted(names) == sorted(["self_sim", "rank", f"overlap@{v.overlap_k}", "anisotropy", "adjusted_self_sim", "margin"])
     assert sorted(df[df.site != "heads"]["metric"].unique()) == sorted(METRICS)
     # each layer's head space differs, so the heads site has no layer-to-layer overlap
     assert df[(df.site == "heads") & df.metric.str.startswith("overlap")]["value"].isna().all()

@@ -327,7 +327,7 @@ def _text_view(adapter: Adapter, view: View, acts: Activations, tokens: slice) -
         aniso = _np(anisotropy(acts.site(view.site), view.similarity))
     cells = Cells(
         own_sim=part(view.self_sim, cut), rank=part(view.rank, cut), overlap=part(view.overlap, cut),
-        anisotropy=aniso, overlap_k=view.overlap_k,
+        anisotropy=aniso, overlap_k=view.overlap_k, top_sim=part(view.top_sims[..., 0], cut),
     )  # fmt: skip
     return replace(
         view,
@@ -748,7 +748,8 @@ def _residual_views(adapter, space: VocabSpace, acts: Activations, sites, simila
 def _residual_view(site, space, sim, own_s, rank, top_ids, top_sims, ov, aniso, origin_ids, origin_sims, overlap_k) -> View:
     """One residual View from its (L, n[, k]) tensors (own similarity, rank, top-k, overlap),
     its (L,) anisotropy and the (n, k) top-k of the original encodings."""
-    cells = Cells(own_sim=_np(own_s), rank=_np(rank), overlap=_np(ov).astype(np.float64), anisotropy=_np(aniso), overlap_k=overlap_k)
+    cells = Cells(own_sim=_np(own_s), rank=_np(rank), overlap=_np(ov).astype(np.float64), anisotropy=_np(aniso), overlap_k=overlap_k,
+                  top_sim=_np(top_sims[..., 0]))
     return View(
         site=site,
         space=space,
@@ -936,6 +937,7 @@ class _HeadScorer:
                         overlap=np.full((L, H, n), np.nan),  # each layer's head space differs: no layer-to-layer overlap
                         anisotropy=_np(self.aniso[sim]),
                         overlap_k=self.overlap_k,  # named like the residual views; NaN (see docs/spec.md)
+                        top_sim=_np(r["vals"][..., 0]),
                     )
                 ),
                 top_ids=_np(r["ids"]),

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from tokentrail.present.plots import ACCENT, metric_by_layer, token_labels
+from tokentrail.present.plots import ACCENT, SELECTOR_METRICS, metric_by_layer, token_labels
 from tokentrail.results.trail import HeadsAt, LensResult, Trail, View
 from tokentrail.engine.walkthrough import AttentionStep
 
 OWN_STYLE = f"background-color: #fff1e6; color: {ACCENT}; font-weight: 700"
 SELECTED_CELL = f"outline: 3px solid {ACCENT}; outline-offset: -3px; font-weight: 700"
-HEAT_METRICS = {"rank": "rank", "self_sim": "self-similarity", "overlap": "overlap"}
+HEAT_METRICS = SELECTOR_METRICS  # the metric registry, read live: every registered metric is selectable
 
 # a sequential palette (light -> dark blue), interpolated in RGB
 _STOPS = [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)]

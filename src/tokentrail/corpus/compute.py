@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from tokentrail.engine.budget import estimate
+from tokentrail.engine.cells import CELL_METRICS
 from tokentrail.session.inputs import MAX_TOKENS
 from tokentrail.session.inputs import readable_tokens
 from tokentrail.session.models import LoadedModel
@@ -27,7 +28,7 @@ from tokentrail.spec.options import TraceOptions
 from tokentrail.session.runner import trail_many
 from tokentrail.corpus.inputs import Record, Skipped
 from tokentrail.corpus.wordclass import align
-from tokentrail.store.schema import EMBEDDED, SAMPLE_SCHEMA, STATS_SCHEMA, TOKEN_SCHEMA
+from tokentrail.store.schema import EMBEDDED, SAMPLE_SCHEMA, STATS_SCHEMA, token_schema
 
 @dataclass(frozen=True)
 class StudyOptions:
@@ -46,7 +47,7 @@ class StudyOptions:
 
 @dataclass
 class BatchResult:
-    tokens: pa.Table  # TOKEN_SCHEMA
+    tokens: pa.Table  # token_schema()
     sample: pa.Table  # SAMPLE_SCHEMA
     stats: pa.Table  # STATS_SCHEMA: every token of the batch, per site and layer
     n_texts: int
@@ -134,7 +135,7 @@ def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
         for i, run, trail in zip(group, runs, trail_many(runs)):
             rows[i] = _text_rows(*kept[i], run, trail, options, threshold, tok)
         del runs
-    cols = {name: [part for r in rows for part in r["cols"][name]] for name in TOKEN_SCHEMA.names}  # input order
+    cols = {name: [part for r in rows for part in r["cols"][name]] for name in token_schema().names}  # input order
     for r in rows:  # each text's sums added in input order: the same float64 sums as text by text
         for key, (count, total, squares) in r["sums"].items():
             entry = sums.setdefault(key, [0, 0.0, 0.0])
@@ -177,7 +178,7 @@ def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyO
     L, n = acts.layer_out.shape[0], len(ids)
     token_strs = np.array(readable_tokens(tok, ids), dtype=object)
     words = [c.word for c in classes]
-    cols: dict[str, list] = {name: [] for name in TOKEN_SCHEMA.names}
+    cols: dict[str, list] = {name: [] for name in token_schema().names}
     sums: dict[tuple[str, int], list] = {}
     _add_stats(sums, EMBEDDED, acts.embedded[None])
     for site in options.sites:
@@ -195,10 +196,8 @@ def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyO
         cols["word"].append(repeat(np.asarray(words, dtype=np.int32)))
         cols["layer"].append(np.repeat(np.arange(L, dtype=np.int16), n))
         cols["site"].append(np.full(L * n, site, dtype=object))
-        cols["self_sim"].append(v.self_sim.reshape(-1).astype(np.float32))
-        cols["rank"].append(v.rank.reshape(-1).astype(np.int64))
-        cols["overlap"].append(v.overlap.reshape(-1).astype(np.int32))
-        cols["adjusted_self_sim"].append(v.adjusted_self_sim.reshape(-1).astype(np.float32))
+        for name, m in CELL_METRICS.items():  # every registered metric, as the study stores it
+            cols[name].append(v.metric(name).reshape(-1).astype(m.dtype))
         cols["norm"].append(vecs.norm(dim=-1).reshape(-1).cpu().numpy().astype(np.float32))
         cols["top1_id"].append(v.top_ids[..., 0].reshape(-1).astype(np.int64))
     candidates = []
@@ -234,12 +233,12 @@ def _stats_table(sums: dict) -> pa.Table:
 
 
 def _table(cols: dict[str, list]) -> pa.Table:
-    arrays = []
-    for f in TOKEN_SCHEMA:
+    arrays, schema = [], token_schema()
+    for f in schema:
         parts = cols[f.name]
         values = np.concatenate(parts) if parts else np.array([], dtype=object if pa.types.is_string(f.type) else None)
         arrays.append(pa.array(values, type=f.type))
-    return pa.Table.from_arrays(arrays, schema=TOKEN_SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _sample_table(candidates, sites) -> pa.Table:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from tokentrail.engine.cells import CELL_METRICS
+from tokentrail.spec.errors import InputError
 
 CLASS_ORDER = ("function", "content", "punctuation", "special", "other", "unknown")
 
@@ -26,6 +28,10 @@ def _by_class_figure(df: pd.DataFrame, column: str, title: str, *, log: bool = F
     return fig
 
 
+_DRAWN_AS = {"rank": ("rank_median", "rank_mean"), "adjusted_self_sim": ("corpus_adjusted_self_sim",)}
+"""Registered metrics whose figures above have other names."""
+
+
 def figures(agg: dict[str, pd.DataFrame]) -> list[go.Figure]:
     """The report's figures, from the aggregates only."""
     return list(named_figures(agg).values())
@@ -33,7 +39,8 @@ def figures(agg: dict[str, pd.DataFrame]) -> list[go.Figure]:
 
 def named_figures(agg: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
     """The report's figures by name: ``self_sim``, ``rank_median``, ``rank_mean``,
-    ``overlap``, ``corpus_adjusted_self_sim`` and ``anisotropy`` (when the study has a
+    ``overlap``, one per other registered metric by its name (``margin``, ...),
+    ``corpus_adjusted_self_sim`` and ``anisotropy`` (when the study has a
     sample), ``jumps_0``, ``jumps_1``, ... (one per site)."""
     by = agg["by_class"].copy()
     by["order"] = by["word_class"].map({c: i for i, c in enumerate(CLASS_ORDER)})
@@ -44,6 +51,9 @@ def named_figures(agg: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
         "rank_mean": _by_class_figure(by, "rank_mean", "Rank of the token's own encoding (mean, log scale)", log=True),
         "overlap": _by_class_figure(by, "overlap_mean", "Overlap of the nearest-vocabulary sets with the layer before (mean)"),
     }
+    for name, m in CELL_METRICS.items():  # every other registered metric the study holds: its mean by class
+        if name not in figs and name not in _DRAWN_AS and f"{name}_mean" in by:
+            figs[name] = _by_class_figure(by, f"{name}_mean", f"{m.title} (mean by word class)")
     if "corpus_adjusted_self_sim_mean" in by:
         figs["corpus_adjusted_self_sim"] = _by_class_figure(by, "corpus_adjusted_self_sim_mean", "Self-similarity minus the corpus anisotropy baseline (Ethayarajh 2019)")
     an = agg["anisotropy"]
@@ -135,8 +145,6 @@ def write_report(study, path: str | Path) -> Path:
 
 def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:
     """The report's figures as PNG files (needs kaleido: ``pip install 'tokentrail[app]'``)."""
-    from tokentrail.spec.errors import InputError
-
     try:
         import kaleido  # noqa: F401
     except ImportError:

@@ -7,13 +7,20 @@ own row, so ties favour the token; ``top-k`` orders by similarity, ties by lower
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
 import torch
 from torch import Tensor
 
+# the per-cell metric registry (numpy only, so that figures and selectors read it without torch)
+from tokentrail.engine.cells import (  # noqa: F401 - one import for the maths and the registry
+    CELL_METRICS,
+    CellMetric,
+    Cells,
+    MetricNames,
+    adjusted_metric,
+    cell_metric,
+    derive_metrics,
+    metric_label,
+)
 
 
 def similarity_from_dots(dots: Tensor, query_sq: Tensor, row_sq: Tensor, kind: str) -> Tensor:
@@ -132,74 +139,3 @@ def anisotropy(vectors: Tensor, kind: str = "cosine") -> Tensor:
             s.diagonal(lo).zero_()  # the self pairs (row j is position lo + j)
             out[i] += s.sum()
     return (out / (n * (n - 1))).float().view(vectors.shape[:-2])
-
-
-# ---- per-cell metrics: one function and one registration each ------------------------------
-@dataclass(frozen=True)
-class Cells:
-    """What the scoring pass gives for every cell of a view, as numpy arrays.
-
-    own_sim, rank, overlap: (L, [H,] n); anisotropy: (L, [H]); overlap_k: the set size."""
-
-    own_sim: np.ndarray
-    rank: np.ndarray
-    overlap: np.ndarray
-    anisotropy: np.ndarray
-    overlap_k: int
-
-
-@dataclass(frozen=True)
-class CellMetric:
-    name: str
-    compute: Callable[[Cells], np.ndarray]  # -> (L, [H,] n)
-    label: str  # its name in tidy exports; "{overlap_k}" is filled in
-    doc: str
-
-
-CELL_METRICS: dict[str, CellMetric] = {}
-"""Every per-cell metric a view carries, in export order. Add one with :func:`cell_metric`."""
-
-
-def cell_metric(name: str, label: str | None = None):
-    """Register ``fn(cells) -> (L, [H,] n) array`` as the metric ``name`` (a decorator)."""
-
-    def register(fn: Callable[[Cells], np.ndarray]) -> Callable[[Cells], np.ndarray]:
-        CELL_METRICS[name] = CellMetric(name, fn, label or name, (fn.__doc__ or "").strip())
-        return fn
-
-    return register
-
-
-def derive_metrics(cells: Cells) -> dict[str, np.ndarray]:
-    """Every registered metric of one view."""
-    return {name: m.compute(cells) for name, m in CELL_METRICS.items()}
-
-
-def metric_label(name: str, view) -> str:
-    """A metric's column name in exports (e.g. ``overlap@100``)."""
-    m = CELL_METRICS.get(name)
-    return name if m is None else m.label.format(overlap_k=view.overlap_k)
-
-
-@cell_metric("self_sim")
-def _self_sim(c: Cells) -> np.ndarray:
-    """s(r, R[x]): similarity of the site vector to the token's own row (SPEC)."""
-    return c.own_sim
-
-
-@cell_metric("rank")
-def _rank(c: Cells) -> np.ndarray:
-    """Rows strictly more similar than the own row; 0 = nearest (SPEC)."""
-    return c.rank
-
-
-@cell_metric("overlap", label="overlap@{overlap_k}")
-def _overlap(c: Cells) -> np.ndarray:
-    """|top-K at this layer ∩ top-K at the previous one| (layer 0: the original encoding's)."""
-    return c.overlap
-
-
-@cell_metric("adjusted_self_sim")
-def _adjusted_self_sim(c: Cells) -> np.ndarray:
-    """self_sim minus the layer's anisotropy baseline (Ethayarajh 2019)."""
-    return c.own_sim - c.anisotropy[..., None]

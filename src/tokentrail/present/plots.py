@@ -9,19 +9,20 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from tokentrail.spec.errors import InputError
+from tokentrail.engine.cells import MetricNames, adjusted_metric
 from tokentrail.results.trail import HeadsAt, Trail, View
+from tokentrail.spec.errors import InputError
 
 ACCENT = "#d9480f"  # the selected token, everywhere in the app
 MUTED = "rgba(120, 130, 150, 0.35)"
 FONT = dict(family="Inter, system-ui, sans-serif", size=12, color="#1f2937")
 SUBTITLE_CHARS = 56  # a subtitle line at most (fits a plot ~400 px wide)
 
-LINE_METRICS = {
-    "self_sim": "Similarity to the original encoding",
-    "rank": "Rank of its own token (log; lower is better)",
-    "overlap": "Top-k overlap with the previous layer",
-}
+LINE_METRICS = MetricNames("title")
+"""Every metric a figure shows, name -> title: the registry's (:data:`tokentrail.engine.metrics.CELL_METRICS`),
+read live, so a metric registered later is drawn too."""
+SELECTOR_METRICS = MetricNames("short", first=("rank",))
+"""The same metrics as a selector lists them, name -> short label (the app's heatmap), rank first."""
 
 
 def token_labels(trail: Trail) -> list[str]:
@@ -76,14 +77,12 @@ def _layout(title: str, height: int, sub: str | None = None, **axes) -> dict:
 
 
 def metric_by_layer(view: View, metric: str, adjusted: bool = False) -> np.ndarray:
-    """(L, n) values of ``metric`` for a residual view, as the app shows them."""
-    if metric == "self_sim":
-        return view.adjusted_self_sim if adjusted else view.self_sim
-    if metric == "rank":
-        return view.rank
-    if metric == "overlap":
-        return view.overlap
-    raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")
+    """(L, n) values of ``metric`` for a residual view, as the app shows them; ``adjusted``
+    shows the metric registered as its adjusted form (``self_sim``: ``adjusted_self_sim``)."""
+    if metric not in LINE_METRICS or metric not in view.metrics:
+        raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")
+    adjusted_name = adjusted_metric(metric) if adjusted else None
+    return view.metric(adjusted_name or metric)
 
 
 def layer_lines(trail: Trail, view: View, metric: str, token: int | str, *, adjusted: bool = False, height: int = 300) -> go.Figure:
@@ -214,8 +213,8 @@ def _residual_view(trail: Trail, site: str | None, space: str | None, similarity
 def journey(trail: Trail, token: int | str, metric: str = "rank", *, site: str | None = None, space: str | None = None,
             similarity: str | None = None, adjusted: bool = False, height: int = 320) -> go.Figure:
     """How one token (index or text, e.g. ``"flies"`` or ``"flies:1"``) fares across layers,
-    against every other token of the text: ``metric`` is ``rank``, ``self_sim`` or
-    ``overlap``; the view is the first computed residual one unless named."""
+    against every other token of the text: ``metric`` is any of :data:`LINE_METRICS`
+    (``rank``, ``self_sim``, ``overlap``, ``margin``, ...); the view is the first computed residual one unless named."""
     if metric not in LINE_METRICS:
         raise InputError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")
     view = _residual_view(trail, site, space, similarity)

@@ -2,8 +2,8 @@
 Parquet parts: the token rows are never loaded whole into memory.
 
 - :func:`by_class`: per site x layer x word class, count, mean/median/quantiles of
-  self_sim, rank and overlap, and the mean of the text-adjusted and corpus-adjusted
-  self-similarity;
+  every registered metric (self_sim, rank, overlap, margin, ...), and the mean of the
+  text-adjusted and corpus-adjusted self-similarity;
 - :func:`by_token`: the same per token id, for the most frequent tokens;
 - :func:`anisotropy`: the corpus baseline per site and layer (Ethayarajh 2019): mean
   cosine of pairs of sampled tokens from *different* texts;
@@ -18,10 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tokentrail.engine.cells import CELL_METRICS
+from tokentrail.spec.errors import InputError
 from tokentrail.store.frequencies import FILE_NAME as FREQUENCIES_FILE
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-METRICS = ("self_sim", "rank", "overlap")
+
+
+def metrics(con, summary: str = "quantiles") -> list[str]:
+    """The registered metrics (:data:`tokentrail.engine.cells.CELL_METRICS`) aggregated as
+    ``summary`` (``quantiles``: mean, median and quantiles; ``mean``) that the study's
+    token rows hold: a study written before a metric was registered has no column for it."""
+    columns = {r[0] for r in con.execute("DESCRIBE token_rows").fetchall()}
+    return [name for name, m in CELL_METRICS.items() if m.summary == summary and name in columns]
 
 
 def connect(root: str | Path):
@@ -36,8 +45,6 @@ def connect(root: str | Path):
     data = sorted((root / "data").glob("part-*.parquet"))
     sample = sorted((root / "sample").glob("part-*.parquet"))
     if not data:
-        from tokentrail.spec.errors import InputError
-
         raise InputError(f"{root} has no finished batch yet (no data/part-*.parquet)")
     con.execute(f"CREATE VIEW token_rows AS SELECT * FROM read_parquet({_paths(data)})")
     given = root / FREQUENCIES_FILE
@@ -68,8 +75,8 @@ def by_class(con, *, first_subword_only: bool = False) -> pd.DataFrame:
     where = "WHERE first_subword" if first_subword_only else ""
     sql = f"""
         SELECT site, layer, word_class, count(*) AS n,
-               {', '.join(_stats(m) for m in METRICS)},
-               avg(adjusted_self_sim) AS adjusted_self_sim_mean, avg(norm) AS norm_mean
+               {', '.join(_stats(m) for m in metrics(con))},
+               {''.join(f"avg({m}) AS {m}_mean, " for m in metrics(con, "mean"))}avg(norm) AS norm_mean
         FROM tokens {where}
         GROUP BY site, layer, word_class
         ORDER BY site, word_class, layer
@@ -89,7 +96,7 @@ def by_token(con, *, top: int = 50, min_count: int = 5) -> pd.DataFrame:
         )
         SELECT t.site, t.layer, t.token_id, f.token, f.n AS occurrences, any_value(t.freq_rank) AS freq_rank,
                mode(t.word_class) AS word_class,
-               {', '.join(_stats(m, 't.') for m in METRICS)}
+               {', '.join(_stats(m, 't.') for m in metrics(con))}
         FROM tokens t JOIN freq f USING (token_id)
         GROUP BY t.site, t.layer, t.token_id, f.token, f.n
         ORDER BY f.n DESC, t.token_id, t.site, t.layer

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from tokentrail.engine.geometry import LayerStats, fit_corpus_correction
 from tokentrail.spec.errors import InputError
+from tokentrail.store.aggregate import connect, sample_vectors
 from tokentrail.store.schema import EMBEDDED
 from tokentrail.store.writer import _PART, StudyDir
 
@@ -78,8 +79,6 @@ def read_stats(root: str | Path) -> CorpusStats:
 
 @functools.lru_cache(maxsize=4)
 def _read(root: str, _mtime: int) -> CorpusStats:
-    from tokentrail.store.aggregate import connect, sample_vectors
-
     sd = StudyDir(root)
     m = sd.read_manifest()
     done = sd.done_batches()
