@@ -11,10 +11,10 @@ import numpy as np
 import plotly.graph_objects as go
 
 from tokentrail.session.comparison import Comparison, Side
-from tokentrail.present.plots import ACCENT, _layout
+from tokentrail.present.plots import ACCENT, LINE_METRICS, _layout
 
 SIDE_COLOURS = {"a": ACCENT, "b": "#1c7ed6"}
-METRICS = {"self_sim": "Similarity to the original encoding", "rank": "Rank of its own token (log; lower is better)"}
+METRICS = {name: LINE_METRICS[name] for name in ("self_sim", "rank")}  # what a comparison computes per side; titles from the registry
 
 
 def _x(c: Comparison, s: Side) -> np.ndarray:

@@ -1,132 +1,27 @@
 """Results are data: frozen dataclasses with run metadata and tidy exports.
 
 Nothing here runs a model. Plots, the CLI and the web app read these objects only.
+A :class:`Trail` is made of the parts in :mod:`~tokentrail.results.records` (re-exported
+here, where results are imported from); :mod:`~tokentrail.results.trailio` writes its
+files and :mod:`~tokentrail.results.loading` reads them back into its parts.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from tokentrail.engine.cells import metric_label
+from tokentrail.results import loading, trailio
+from tokentrail.results.notebook import trail_html
+from tokentrail.results.records import LENS_METRICS, CrossView, HeadsAt, LensResult, RunInfo, View, same  # noqa: F401 - re-exported
 from tokentrail.spec.errors import InputError
-from tokentrail.spec.options import TraceOptions, check_index
+from tokentrail.spec.options import check_index
 from tokentrail.spec.tokens import find_token
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Where a result came from: enough to reproduce it."""
-
-    model: str
-    model_type: str
-    family: str
-    revision: str | None
-    causal: bool | None  # decoders: was the causal mask on? None for encoders
-    tokentrail_version: str
-    torch_version: str
-    transformers_version: str
-    created: str
-    options: TraceOptions = field(default_factory=TraceOptions)
-    device: str = "cpu"  # where the model ran
-    dtype: str = "float32"  # the model's weights; float32 is the exact reference
-    exact: bool = True  # False when a reduced-precision dtype ran the model (SPEC "Exactness")
-    truncated_from: int | None = None  # token count before an opted-in truncation
-    decoder_input: str | None = None  # encoder-decoders: where the decoder's input came from (target / greedy output)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["options"] = self.options.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunInfo":
-        kw = dict(d)
-        kw["options"] = TraceOptions.from_dict(kw.get("options") or {})
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in kw.items() if k in names})
-
-
-@dataclass(frozen=True)
-class View:
-    """One (site, space, similarity) combination over all layers and tokens.
-
-    Residual sites have arrays shaped (L, n[, k]); the ``heads`` site (L, H, n[, k]),
-    each head compared with its own layer's ``value``/``key``/``query`` space. Per-cell
-    metrics live in ``metrics`` (name -> (L, [H,] n) array), one entry per metric of
-    :data:`tokentrail.engine.metrics.CELL_METRICS`.
-    """
-
-    site: str
-    space: str
-    similarity: str
-    metrics: Mapping[str, np.ndarray]  # name -> (L, [H,] n)
-    top_ids: np.ndarray  # (L, [H,] n, k) nearest vocabulary ids, most similar first
-    top_sims: np.ndarray  # (L, [H,] n, k)
-    overlap_k: int
-    anisotropy: np.ndarray  # (L, [H]) mean similarity between distinct positions
-    origin_top_ids: np.ndarray | None = None  # (n, k) neighbours of the original encoding
-    origin_top_sims: np.ndarray | None = None
-
-    @property
-    def per_head(self) -> bool:
-        return self.top_ids.ndim == 4
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.site, self.space, self.similarity)
-
-    def metric(self, name: str) -> np.ndarray:
-        try:
-            return self.metrics[name]
-        except KeyError:
-            raise InputError(f"unknown metric {name!r}: this view has {', '.join(self.metrics)}") from None
-
-    # the SPEC metrics by name, for readable call sites
-    @property
-    def self_sim(self) -> np.ndarray:
-        """(L, [H,] n) similarity to the token's own row."""
-        return self.metrics["self_sim"]
-
-    @property
-    def rank(self) -> np.ndarray:
-        """(L, [H,] n) int: rows strictly more similar than the own row."""
-        return self.metrics["rank"]
-
-    @property
-    def overlap(self) -> np.ndarray:
-        """(L, [H,] n) |top-K_l ∩ top-K_{l-1}|; NaN where undefined."""
-        return self.metrics["overlap"]
-
-    @property
-    def adjusted_self_sim(self) -> np.ndarray:
-        """Self-similarity minus the layer's anisotropy (Ethayarajh 2019)."""
-        return self.metrics["adjusted_self_sim"]
-
-
-@dataclass(frozen=True)
-class CrossView:
-    """The ``cross_heads`` site of an encoder-decoder's decoder in one space and similarity:
-    each cross-attention head's vector against the source tokens of this input (SPEC: a
-    cross head's space is the encoder output tokens, not the vocabulary).
-
-    ``space`` value: the head's ``z`` vs the source tokens' values; key: the decoder token's
-    cross query vs the source tokens' keys. Arrays (L, H, n, m): n decoder tokens, m source
-    tokens; ``source_order[l, h, t]`` lists source token indices most similar first (ties:
-    lower index), so a source token's place in it is its rank."""
-
-    site: str
-    space: str
-    similarity: str
-    source_order: np.ndarray  # (L, H, n, m) int64
-    source_sims: np.ndarray  # (L, H, n, m)
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.site, self.space, self.similarity)
 
 
 @dataclass(frozen=True)
@@ -309,43 +204,38 @@ class Trail:
     def tables(self, attention: bool | None = None) -> dict[str, pd.DataFrame]:
         """Every table an export holds (tokens, metrics, neighbours, attention, lens, lens_top),
         each with its own columns; see :mod:`tokentrail.results.trailio`."""
-        from tokentrail.results.trailio import tables
-
-        return tables(self, attention)
+        return trailio.tables(self, attention)
 
     def to_parquet(self, path: str | Path, attention: bool | None = None) -> Path:
         """Every table as one long Parquet table with a ``table`` column (:mod:`tokentrail.results.trailio`)."""
-        from tokentrail.results.trailio import write_parquet
-
-        return write_parquet(self, path, attention)
+        return trailio.write_parquet(self, path, attention)
 
     def to_csv(self, path, attention: bool | None = None) -> Path | None:
         """Every table as one long CSV table with a ``table`` column, to a path or a text
         stream; text cells escaped as :mod:`tokentrail.spec.fileio` documents."""
-        from tokentrail.results.trailio import write_csv_table
-
-        write_csv_table(self, path if hasattr(path, "write") else Path(path), attention)
+        trailio.write_csv_table(self, path if hasattr(path, "write") else Path(path), attention)
         return None if hasattr(path, "write") else Path(path)
 
     def to_json(self, path: str | Path | None = None, attention: bool | None = None) -> str:
         """Metadata and every table as one JSON document (each table a list of records)."""
-        from tokentrail.results.trailio import write_json
-
-        return write_json(self, path, attention)
+        return trailio.write_json(self, path, attention)
 
     @classmethod
     def load(cls, path: str | Path) -> "Trail":
         """Read a Parquet, CSV or JSON export back into a Trail equal to the one written."""
-        from tokentrail.results.trailio import load
+        return cls.from_parts(loading.load(path))
 
-        return load(path)
+    @classmethod
+    def from_parts(cls, parts: Mapping[str, Any]) -> "Trail":
+        """A Trail from its fields as :mod:`~tokentrail.results.loading` reads them (the
+        decoder's, of an encoder-decoder, as a mapping of its own)."""
+        decoder = parts.get("decoder")
+        return cls(**{**parts, "decoder": None if decoder is None else cls.from_parts(decoder)})
 
     def __eq__(self, other: object) -> bool:
         """Equal when every field is: arrays by dtype, shape and values (NaN equals NaN)."""
         if not isinstance(other, Trail):
             return NotImplemented
-        from tokentrail.results.trailio import same
-
         return same(self, other)
 
     def __repr__(self) -> str:
@@ -358,8 +248,6 @@ class Trail:
                 f"views {views}{lens}; text {text!r}{dec}>")
 
     def _repr_html_(self) -> str:
-        from tokentrail.results.notebook import trail_html
-
         return trail_html(self)
 
     def export(self, path: str | Path, fmt: str | None = None, *, attention: bool | None = None) -> Path:
@@ -386,8 +274,6 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
     shape = (L, H, n)
     li, hi, ti = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), indexing="ij")
     aniso = np.broadcast_to(v.anisotropy.reshape(L, H, 1) if v.per_head else v.anisotropy.reshape(L, 1, 1), shape)
-    from tokentrail.engine.metrics import metric_label
-
     metrics = {"anisotropy": aniso} | {metric_label(name, v): vals.reshape(shape) for name, vals in v.metrics.items()}
     base = {
         "token": ti.reshape(-1),
@@ -403,98 +289,3 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
         base["stack"] = trail.stack
     frames = [pd.DataFrame({**base, "metric": name, "value": vals.reshape(-1).astype(np.float64)}) for name, vals in metrics.items()]
     return pd.concat(frames, ignore_index=True)
-
-
-LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy")
-
-
-@dataclass(frozen=True)
-class LensResult:
-    """The logit lens over all layers and tokens of one text.
-
-    Arrays are shaped (L, n) or (L, n, k): L layers, n tokens, k predictions per cell.
-    """
-
-    site: str  # the residual site read: "layer_out" or "attn_resid"
-    is_decoder: bool
-    input_ids: np.ndarray  # (n,)
-    top_ids: np.ndarray  # (L, n, k) int64, most probable first (ties: lower id)
-    top_probs: np.ndarray  # (L, n, k) float32
-    own_rank: np.ndarray  # (L, n) int64: ids with a strictly higher logit than token t's own
-    own_prob: np.ndarray  # (L, n) float32
-    next_rank: np.ndarray | None  # (L, n) int64, rank of token t+1; -1 at the last token; None for encoders
-    next_prob: np.ndarray | None  # (L, n) float32; NaN at the last token; None for encoders
-    entropy: np.ndarray  # (L, n) float32, nats
-
-    @property
-    def n_layers(self) -> int:
-        return self.top_ids.shape[0]
-
-    @property
-    def n_tokens(self) -> int:
-        return self.top_ids.shape[1]
-
-    @property
-    def k(self) -> int:
-        return self.top_ids.shape[2]
-
-    def ids_used(self) -> set[int]:
-        """Every vocabulary id the result names (for labelling)."""
-        return {int(i) for i in np.unique(self.top_ids)}
-
-    def metrics(self) -> dict[str, np.ndarray]:
-        """Per-cell metrics as float (L, n) arrays; undefined cells are NaN."""
-        out = {"own_rank": self.own_rank.astype(np.float64), "own_prob": self.own_prob.astype(np.float64)}
-        if self.next_rank is not None and self.next_prob is not None:
-            nr = self.next_rank.astype(np.float64)
-            nr[self.next_rank < 0] = np.nan
-            out["next_rank"] = nr
-            out["next_prob"] = self.next_prob.astype(np.float64)
-        out["entropy"] = self.entropy.astype(np.float64)
-        return out
-
-    def frame(self) -> pd.DataFrame:
-        """Tidy: one row per token, layer and metric (columns token, layer, metric, value)."""
-        L, n = self.n_layers, self.n_tokens
-        li, ti = np.meshgrid(np.arange(L), np.arange(n), indexing="ij")
-        parts = [
-            pd.DataFrame({"token": ti.reshape(-1), "layer": li.reshape(-1), "metric": name, "value": vals.reshape(-1)})
-            for name, vals in self.metrics().items()
-        ]
-        return pd.concat(parts, ignore_index=True)
-
-    def top_frame(self) -> pd.DataFrame:
-        """Tidy top-k: one row per token, layer and place (columns token, layer, place, id, prob)."""
-        L, n, k = self.top_ids.shape
-        li, ti, pi = np.meshgrid(np.arange(L), np.arange(n), np.arange(k), indexing="ij")
-        return pd.DataFrame(
-            {
-                "token": ti.reshape(-1),
-                "layer": li.reshape(-1),
-                "place": pi.reshape(-1),
-                "id": self.top_ids.reshape(-1).astype(np.int64),
-                "prob": self.top_probs.reshape(-1).astype(np.float64),
-            }
-        )
-
-
-@dataclass(frozen=True)
-class HeadsAt:
-    """Every head of one layer, for one token: nearest vocabulary rows in each head's
-    own space (SPEC ``heads`` site) and the token's row of each attention pattern."""
-
-    layer: int
-    token: int
-    own_id: int
-    space: str  # value / key / query
-    similarity: str
-    self_sim: np.ndarray  # (H,)
-    rank: np.ndarray  # (H,) int, 0-based; ties favour the token
-    top_ids: np.ndarray  # (H, k)
-    top_sims: np.ndarray  # (H, k)
-    attention: np.ndarray  # (H, n) how much the token attended to each source token
-    labels: dict[int, str]  # vocabulary id -> readable token, for every id above
-
-    @property
-    def n_heads(self) -> int:
-        return self.rank.shape[0]
