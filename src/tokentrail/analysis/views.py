@@ -23,6 +23,7 @@ from tokentrail.engine.capture import Activations, Passed, capture, head_vectors
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.engine.metrics import Cells, anisotropy, derive_metrics, overlap, similarity_from_dots
 from tokentrail.spec.options import ALL_SITES, ALL_SPACES, CROSS_HEAD_SITE, CROSS_SITE, CROSS_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, SIMILARITIES, TraceOptions, check_index, whole_number  # fmt: skip
+from tokentrail.spec.steps import analysis_steps
 from tokentrail.results.trail import CrossView, HeadsAt, LensResult, RunInfo, Trail, View
 from tokentrail.engine.scoring import score_block
 from tokentrail.engine.spaces import SpaceCache, VocabSpace
@@ -55,7 +56,7 @@ def compute_views(
     todo = [(site, sp) for site, sp in options.pairs() if site != CROSS_HEAD_SITE and (site != CROSS_SITE or has_cross)]
     residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
     heads = [sp for site, sp in todo if site == HEAD_SITE]
-    steps = max(len({sp for _, sp in residual}) + len(heads) * adapter.n_layers, 1)
+    steps = analysis_steps(todo, adapter.n_layers)
     with spaces.scratch() as take:  # every block of this text's matrix products
         return _views(adapter, spaces, acts, options, residual, heads, say, steps, chunk_bytes, text_statistics, take)
 

@@ -1,6 +1,6 @@
 """The compute step of a study, in one function: a batch of records -> token rows.
 
-:func:`analyse_batch` is the only place a study touches the model: the batch's texts go
+:func:`compute_batch` is the only place a study touches the model: the batch's texts go
 through one padded forward pass (:meth:`tokentrail.session.models.LoadedModel.runs`) and are
 scored against the vocabulary together (:func:`tokentrail.session.runner.trail_many`), which gives
 each text exactly what it gets alone (SPEC "Batches"); the same pass gives the site
@@ -101,7 +101,7 @@ def activation_bytes(tokens: int, layers: int, heads: int, d_model: int) -> int:
 
 
 @torch.no_grad()
-def analyse_batch(loaded: LoadedModel, batch: list[Record], options: StudyOptions, *, threshold: float = 1.0, strict: bool = False) -> BatchResult:
+def compute_batch(loaded: LoadedModel, batch: list[Record], options: StudyOptions, *, threshold: float = 1.0, strict: bool = False) -> BatchResult:
     """Token rows (one per token x layer x site) and the anisotropy sample candidates of
     one batch: tokens whose key is below ``threshold``, at most ``options.sample``."""
     adapter, tok = loaded.adapter, loaded.tokenizer

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from tokentrail.corpus.report import write_report
 from tokentrail.store import aggregate
 from tokentrail.store.writer import StudyDir
 
@@ -43,8 +44,6 @@ class Study:
         return aggregate.summary(self._con, int(self.manifest["sample"]["size"]))
 
     def report(self, path: str | Path) -> Path:
-        from tokentrail.corpus.report import write_report
-
         return write_report(self, path)
 
     def __repr__(self) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from tokentrail.spec.errors import InputError, TokentrailError
+from tokentrail.corpus.batches import model_info, run_batch
 from tokentrail.corpus.compute import StudyOptions
+from tokentrail.session.models import load
+from tokentrail.spec.errors import InputError, TokentrailError
 from tokentrail.store.writer import Reservoir, StudyDir
 
 
@@ -30,31 +32,22 @@ class _Worker:
     def __init__(self, model: str, allow_pickle: bool, options: StudyOptions, strict: bool, root: str, threads: int, device: str | None = None):
         import torch
 
-        from tokentrail.session.models import load
-
         if threads:
             torch.set_num_threads(threads)
         self.loaded = load(model, allow_pickle=allow_pickle, device=device)
         self.options, self.strict, self.dir = options, strict, StudyDir(root)
 
     def info(self) -> dict:
-        from tokentrail.corpus.run import model_info
-
         return model_info(self.loaded)
 
     def vocab(self) -> dict[str, int]:
         return self.loaded.tokenizer.get_vocab()
 
     def run(self, b: int, batch: list, threshold: float):
-        from tokentrail.corpus.compute import analyse_batch
-        from tokentrail.corpus.run import batch_meta, tag_batch
-
         try:
-            result = tag_batch(analyse_batch(self.loaded, batch, self.options, threshold=threshold, strict=self.strict))
+            return run_batch(self.loaded, b, batch, self.options, self.dir, threshold=threshold, strict=self.strict)
         except TokentrailError as exc:  # an error the user must see as such, not a traceback
             return b, {"error": str(exc)}, set()
-        self.dir.write_batch(b, result)
-        return b, batch_meta(result), set(result.sample.column("key").to_pylist())
 
 
 class RayRunner:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +12,7 @@ import plotly.graph_objects as go
 
 from tokentrail.engine.cells import CELL_METRICS
 from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import write_text
 
 CLASS_ORDER = ("function", "content", "punctuation", "special", "other", "unknown")
 
@@ -135,12 +135,7 @@ input had them (CoNLL-U), otherwise from a closed-class list of English function
 
 
 def write_report(study, path: str | Path) -> Path:
-    path = Path(path)
-    text = render(study)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, render(study))
 
 
 def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:

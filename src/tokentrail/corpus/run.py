@@ -1,30 +1,32 @@
 """Running a study: stream the corpus in batches, compute each, write it, record it.
 
-The engines differ only in where :func:`~tokentrail.corpus.compute.analyse_batch` runs:
-``local`` runs it here, one batch after another; ``ray`` (:mod:`.ray_engine`) sends
-batches as tasks to actors that hold the model and write their own parts. The driver
+The engines differ only in where :func:`~tokentrail.corpus.batches.run_batch` (compute,
+tag, write, record) runs: ``local`` runs it here, one batch after another; ``ray``
+(:mod:`.ray_engine`) sends batches as tasks to actors that hold the model and write
+their own parts. The driver
 alone reads the input, forms the batches and writes the manifest, so both engines write
 the same files.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
-
-import pyarrow.parquet as pq
+from typing import Callable, Iterator, Sequence
 
 from tokentrail.spec.version import __version__
 from tokentrail.spec.options import RESIDUAL_SITES as SITES
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.session.inputs import MAX_CHARS
-from tokentrail.corpus.compute import BatchResult, StudyOptions
+from tokentrail.corpus.batches import model_info, read_batch_meta, run_batch
+from tokentrail.corpus.compute import StudyOptions
+from tokentrail.corpus.dataset import Study
+from tokentrail.corpus.ray_engine import RayRunner
+from tokentrail.session.models import load, resolve_device
 from tokentrail.store import frequencies as freq
 from tokentrail.corpus.inputs import Skipped, check_source, count, file_hash, iter_batches, records, texts_hash, SAMPLES_KEPT
-from tokentrail.store.writer import FORMAT, Reservoir, StudyDir, atomic_write_table, part_name
+from tokentrail.store.writer import FORMAT, Reservoir, StudyDir, atomic_write_table
 
 ENGINES = ("local", "ray")
 
@@ -44,38 +46,6 @@ def check_options(options: StudyOptions) -> None:
         raise InputError("--overlap-k must be at least 1")
     if options.sample < 2:
         raise InputError("--sample must be at least 2 (the anisotropy baseline needs pairs)")
-
-
-def model_info(loaded) -> dict[str, Any]:
-    a = loaded.adapter
-    return {
-        "model": loaded.name,
-        "model_revision": loaded.revision,
-        "model_type": str(a.config.model_type),
-        "family": a.family,
-        "n_layers": a.n_layers,
-        "d_model": a.d_model,
-        "vocab_size": a.vocab_size,
-        "is_decoder": a.is_decoder,
-        "fast_tokenizer": bool(getattr(loaded.tokenizer, "is_fast", False)),
-    }
-
-
-def batch_meta(result: BatchResult) -> dict[str, Any]:
-    return {"texts": result.n_texts, "tokens": result.n_tokens, "skipped": result.skipped.as_dict()}
-
-
-def tag_batch(result: BatchResult) -> BatchResult:
-    """Keep the batch's own counts in its data part, so a manifest that lags behind a
-    crash can be rebuilt from the parts."""
-    meta = {**(result.tokens.schema.metadata or {}), b"tokentrail_batch": json.dumps(batch_meta(result)).encode()}
-    result.tokens = result.tokens.replace_schema_metadata(meta)
-    return result
-
-
-def read_batch_meta(sd: StudyDir, batch: int) -> dict[str, Any]:
-    meta = pq.read_schema(sd.data / part_name(batch)).metadata or {}
-    return json.loads(meta.get(b"tokentrail_batch", b"{}"))
 
 
 def study(
@@ -117,13 +87,9 @@ def study(
     start), ``on_start(total texts or None)`` when the texts start, ``progress`` after
     each batch.
     """
-    from tokentrail.corpus.dataset import Study
-
     options = StudyOptions(sites=tuple(dict.fromkeys(sites)), overlap_k=overlap_k, batch=batch, sample=sample, seed=seed, causal=causal)
     check_options(options)
     if device is not None:
-        from tokentrail.session.models import resolve_device
-
         device = resolve_device(device)
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
@@ -275,8 +241,6 @@ class _local_runner:
     """Batches computed here, one after another."""
 
     def __init__(self, model, allow_pickle, options, strict, device, say):
-        from tokentrail.session.models import load
-
         self.loaded = load(model, allow_pickle=allow_pickle, device=device, progress=say)
         self.options, self.strict = options, strict
         self.info = model_info(self.loaded)
@@ -285,18 +249,12 @@ class _local_runner:
         return self.loaded.tokenizer.get_vocab()
 
     def run(self, numbered, reservoir: Reservoir, sd: StudyDir):
-        from tokentrail.corpus.compute import analyse_batch
-
         for b, batch in numbered:
-            result = tag_batch(analyse_batch(self.loaded, batch, self.options, threshold=reservoir.threshold(), strict=self.strict))
-            sd.write_batch(b, result)
-            yield b, batch_meta(result), set(result.sample.column("key").to_pylist())
+            yield run_batch(self.loaded, b, batch, self.options, sd, threshold=reservoir.threshold(), strict=self.strict)
 
     def close(self):
         pass
 
 
 def _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device, say):
-    from tokentrail.corpus.ray_engine import RayRunner
-
     return RayRunner(model, allow_pickle, options, strict, sd, address=address, workers=workers, device=device, say=say)

@@ -23,6 +23,8 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tokentrail.spec.steps import analysis_steps  # noqa: F401 - the displays' name for it
+
 
 class Steps:
     """The library's progress callbacks as one kind of event, ``report(message, done,
@@ -122,11 +124,3 @@ class TerminalProgress(Steps):
         super().start_analysis(steps)
         if self._progress is not None:
             self._new_task("running the model", self._steps)
-
-
-def analysis_steps(pairs, n_layers: int) -> int:
-    """How many steps ``analysis.analyse`` reports for these (site, space) pairs: one per
-    residual space, one per layer per head space (its progress fractions are done/steps)."""
-    residual = {sp for site, sp in pairs if site != "heads"}
-    heads = {sp for site, sp in pairs if site == "heads"}
-    return len(residual) + len(heads) * n_layers

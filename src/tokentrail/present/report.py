@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tokentrail.results.trail import Trail, View
+from tokentrail.spec.errors import InputError
 
 
 def _neighbours_cell(trail: Trail, ids, sims, own: int, k: int) -> str:
@@ -44,8 +45,6 @@ def print_report(console: Console, trail: Trail, *, token=None, layer: int | Non
     if trail.decoder is None:
         _print_stack(console, trail, token=token, layer=layer, head=head)
         return
-    from tokentrail.spec.errors import InputError
-
     shown = [s for s in trail.stacks if stack is None or s.stack == stack]
     if token is not None and len(shown) > 1:
         raise InputError("--token follows a token of one stack: add --stack encoder (the source) or --stack decoder")

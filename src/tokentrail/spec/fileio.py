@@ -71,16 +71,22 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool = False, form
     return p, fmt
 
 
+TEMPORARY_SUFFIX = ".part"
+"""The suffix of :func:`atomic_write`'s temporary files (``.NAME.XXXXXXXX.part``): what a
+folder's owner may sweep after a SIGKILL (a study's ``prepare``)."""
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    On any error the temporary file is removed and ``path`` is left as it was; an OSError
-    becomes an InputError with one clear line.
+    On any error (or Ctrl-C) the temporary file is removed and ``path`` is left as it
+    was; an OSError becomes an InputError with one clear line. The one atomic writer:
+    exports, study parts and manifests, reports.
     """
     path = Path(path)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent if str(path.parent) else ".")
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)

@@ -9,8 +9,8 @@ Layout::
     DIR/stats/part-000000.parquet  count, sum and sum of squares of the batch's vectors
                                  per site and layer (corpus-fitted corrections)
 
-Every file is written under a temporary name and renamed into place, so a crash leaves
-only whole files. A batch is complete when its ``data`` part exists; its ``sample`` and
+Every file is written under a temporary name and renamed into place
+(:func:`tokentrail.spec.fileio.atomic_write`), so a crash leaves only whole files. A batch is complete when its ``data`` part exists; its ``sample`` and
 ``stats`` parts are written first. ``--resume`` skips the complete batches and recomputes the rest, which
 gives the same files an uninterrupted run writes.
 """
@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import TEMPORARY_SUFFIX, atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT = "tokentrail-study/1"
@@ -39,29 +40,18 @@ def part_name(batch: int) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp: Path) -> None:
+    """``data`` to ``path``, synced to disk, through :func:`tokentrail.spec.fileio.atomic_write`."""
+    with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
 
-    _replace_with(path, write)
-
 
 def atomic_write_table(path: Path, table) -> None:
-    _replace_with(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _replace_with(path: Path, write) -> None:
-    """Write ``path`` through a temporary file renamed over it; the temporary file is
-    removed whatever stops the write (an error, Ctrl-C), so an interrupted batch leaves
-    no stray file (a SIGKILL can: opening the study removes those)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """An Arrow table as Parquet through :func:`tokentrail.spec.fileio.atomic_write`."""
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 class StudyDir:
@@ -121,7 +111,7 @@ class StudyDir:
         self.stats.mkdir(parents=True, exist_ok=True)
         for folder in (self.data, self.sample, self.stats, self.root):
             for p in folder.iterdir():
-                if p.name.startswith(".") and ".tmp-" in p.name:
+                if p.name.startswith(".") and (p.name.endswith(TEMPORARY_SUFFIX) or ".tmp-" in p.name):  # .tmp-: older versions
                     p.unlink()
         done = self.done_batches()
         for p in [*self.sample.iterdir(), *self.stats.iterdir()]:
