@@ -227,3 +227,22 @@ def test_anisotropy_batches_and_single_token():
     assert anisotropy(v, "cosine").shape == (2,)
     single = anisotropy(torch.ones(3, 1, 4), "cosine")
     assert single.shape == (3,) and torch.isnan(single).all()
+
+
+# ---- margin: top-1 similarity minus own similarity ------------------------------------------
+def test_margin_by_hand():
+    """Query (1, 0) against VOCAB (cosine 1, 0, 1/√2, 1, -1): the nearest row's similarity is 1,
+    so own row 2 has margin 1 - 1/√2, row 1 margin 1, row 4 margin 2; own row 0 ties with
+    row 3 at 1 and is its own nearest (ties favour the token): margin 0."""
+    import numpy as np
+
+    from tokentrail.engine.cells import CELL_METRICS, Cells
+
+    own = torch.tensor([2, 1, 4, 0])
+    sims = similarity(QUERY.expand(4, 2), VOCAB, "cosine")  # (4, 5)
+    _, top = top_k(sims, 1)
+    cells = Cells(own_sim=sims.gather(1, own[:, None])[:, 0].numpy(), rank=rank_in_vocab(sims, own).numpy(),
+                  overlap=np.zeros(4), anisotropy=np.zeros(()), overlap_k=1, top_sim=top[:, 0].numpy())  # fmt: skip
+    margin = CELL_METRICS["margin"].compute(cells)
+    np.testing.assert_allclose(margin, [1 - 1 / R2, 1.0, 2.0, 0.0], rtol=0, atol=1e-15)
+    assert margin[3] == 0.0 and cells.rank.tolist() == [2, 3, 4, 0]

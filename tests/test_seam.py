@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -118,21 +119,63 @@ def test_new_sites_hold_their_identities(loaded_tiny):
 
 
 # ---- a new metric is one function and one registration --------------------------------------
-def test_registering_a_metric_reaches_views_and_exports(loaded_tiny):
+def test_registering_a_metric_reaches_views_and_exports(loaded_tiny, bert_folder, tmp_path):
+    """One registration reaches every surface: the trace's views and frame(), every export
+    and its round trip, the figures, the app's selectors, and a study's columns,
+    aggregates and report (the figures and the study read the registry, no list of their own)."""
+    from tokentrail.app import render
+    from tokentrail.corpus.report import named_figures
     from tokentrail.engine import metrics
+    from tokentrail.present import plots
+    from tokentrail.store.schema import token_schema
 
-    @metrics.cell_metric("self_sim_squared")
+    name = "self_sim_squared"
+
+    @metrics.cell_metric(name, title="Self-similarity squared", short="self-sim²", dtype="float64")
     def _sq(c: metrics.Cells) -> np.ndarray:
         """self_sim squared (a test metric)."""
-        return c.own_sim**2
+        return c.own_sim.astype(np.float64) ** 2
 
     try:
+        # the trace: views and frame()
         trail = tt.trace("time flies", loaded_tiny, k=2, overlap_k=3)
         v = trail.view()
-        np.testing.assert_allclose(v.metric("self_sim_squared"), v.self_sim**2)
-        assert "self_sim_squared" in set(trail.frame().metric)
+        np.testing.assert_allclose(v.metric(name), v.self_sim.astype(np.float64) ** 2)
+        assert name in set(trail.frame().metric)
+        # every export, and each read back equal
+        assert name in set(trail.tables()["metrics"].metric)
+        for fmt in ("parquet", "csv", "json"):
+            back = tt.Trail.load(trail.export(tmp_path / f"t.{fmt}"))
+            assert back == trail, fmt
+            np.testing.assert_array_equal(back.view().metric(name), v.metric(name))
+        # the figures and the app's selectors
+        assert plots.LINE_METRICS[name] == "Self-similarity squared"
+        assert render.HEAT_METRICS[name] == "self-sim²"
+        assert plots.journey(trail, 0, name).layout.title.text.startswith("Self-similarity squared")
+        assert len(plots.grid(trail, name).data[0].z) == trail.n_tokens
+        assert f'data-metric="{name}"' in render.heat_html(trail, v, name, 0, 0)
+        # a study: its columns, aggregates and report
+        assert token_schema().field(name).type == pa.float64()
+        study = tt.study(["time flies like an arrow .", "the cat sat on the mat ."], str(bert_folder), tmp_path / "study", sample=4)
+        assert name in study.query("SELECT * FROM tokens").columns
+        agg = study.aggregate()
+        assert {f"{name}_mean", f"{name}_median", f"{name}_q90"} <= set(agg["by_class"].columns)
+        assert f"{name}_mean" in agg["by_token"].columns
+        assert name in named_figures(agg)
     finally:
-        del metrics.CELL_METRICS["self_sim_squared"]
+        del metrics.CELL_METRICS[name]
+    assert name not in plots.LINE_METRICS and name not in render.HEAT_METRICS and name not in token_schema().names
+
+
+def test_margin_is_top1_minus_own_in_the_trace_and_its_exports(loaded_tiny):
+    """margin = top-1 similarity - own similarity, >= 0, and exactly 0 where the token is
+    its own nearest (rank 0), at every site including heads; exported as a metric."""
+    trail = tt.trace("time flies like an arrow", loaded_tiny, site=("layer_out", "heads"), space=("encodings", "value"), k=2)
+    for v in trail.views:
+        m = v.metric("margin")
+        np.testing.assert_array_equal(m, np.where(v.rank == 0, 0, v.top_sims[..., 0] - v.self_sim))
+        assert (m >= 0).all() and (m[v.rank == 0] == 0).all() and (m[v.rank > 0] > 0).all()
+    assert "margin" in set(trail.frame().metric)
 
 
 # ---- bring your own model ---------------------------------------------------------------------
