@@ -275,11 +275,13 @@ def test_killed_run_resumes_to_the_same_dataset(model, tmp_path, sig):
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
     a, b = Study(tmp_path / "whole"), Study(tmp_path / "cut")
-    pd.testing.assert_frame_equal(rows(a), rows(b))
+    # two processes run at once on all cores: floats agree to fp32 noise (margin, a
+    # difference of two cosines, carries their absolute noise however small it is)
+    assert_same_rows_to_fp32_noise(rows(b), rows(a))
     assert b.manifest["complete"] and b.manifest["texts"] == a.manifest["texts"] == N_KILL
     assert b.manifest["tokens"] == a.manifest["tokens"]
     for name in ("by_class", "anisotropy", "jumps"):
-        pd.testing.assert_frame_equal(a.aggregate()[name], b.aggregate()[name])
+        pd.testing.assert_frame_equal(a.aggregate()[name], b.aggregate()[name], atol=1e-6)
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path):

@@ -41,11 +41,10 @@ def part_name(batch: int) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """``data`` to ``path``, synced to disk, through :func:`tokentrail.spec.fileio.atomic_write`."""
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_table(path: Path, table) -> None:
