@@ -46,7 +46,8 @@ def connect(root: str | Path):
     sample = sorted((root / "sample").glob("part-*.parquet"))
     if not data:
         raise InputError(f"{root} has no finished batch yet (no data/part-*.parquet)")
-    con.execute(f"CREATE VIEW token_rows AS SELECT * FROM read_parquet({_paths(data)})")
+    # union_by_name: a study resumed across a new registered metric has parts with and without its column
+    con.execute(f"CREATE VIEW token_rows AS SELECT * FROM read_parquet({_paths(data)}, union_by_name = true)")
     given = root / FREQUENCIES_FILE
     if given.exists():  # --frequencies: the counts of the user's file
         counts = f"SELECT token_id, count FROM read_parquet({_paths([given])})"
