@@ -20,7 +20,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from tokentrail.spec.errors import InputError
-from tokentrail.results.trail import Trail
+from tokentrail import Trail
 
 RESULT_FORMATS = ("CSV", "Parquet", "JSON")
 PLOT_FORMATS = ("HTML", "SVG", "PNG")
