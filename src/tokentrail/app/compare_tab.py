@@ -8,19 +8,21 @@ axis) and both sides' heatmaps. Public library only.
 
 from __future__ import annotations
 
-
 import gradio as gr
 import pandas as pd
 
 import tokentrail as tt
-from tokentrail.present.plots_compare import compare_heatmaps, compare_lines, cosine_figure
-from tokentrail.spec.errors import InputError
-from tokentrail.app.help import panel
 from tokentrail.app.guard import guarded
-from tokentrail.app.queues import EVENTS, concurrency_for
+from tokentrail.app.help import panel
 from tokentrail.app.options import check_page_text
+from tokentrail.app.queues import EVENTS, concurrency_for
 from tokentrail.app.session import ModelMenu, load_model
-
+from tokentrail.present.plots_compare import (
+    compare_heatmaps,
+    compare_lines,
+    cosine_figure,
+)
+from tokentrail.spec.errors import InputError
 
 SAME_MODEL = "(same model)"
 HOWTO = """**How to compare**

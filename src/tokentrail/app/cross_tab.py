@@ -17,16 +17,15 @@ from collections import OrderedDict
 import gradio as gr
 import pandas as pd
 
+from tokentrail.app import help as texts
+from tokentrail.app.guard import guarded
+from tokentrail.app.options import check_page_text
+from tokentrail.app.queues import EVENTS, concurrency_for
+from tokentrail.app.session import load_model
 from tokentrail.present.plots import grid
 from tokentrail.present.plots_cross import cross_attention_map
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
-from tokentrail.app import help as texts
-from tokentrail.app.guard import guarded
-from tokentrail.app.queues import EVENTS, concurrency_for
-from tokentrail.app.options import check_page_text
-from tokentrail.app.session import load_model
-
 
 HOWTO = """**Encoder-decoder models** (BART, Marian, T5): the encoder reads the text above, the
 decoder reads the *decoder input*: a target you type, or, left empty, the model's own

@@ -18,13 +18,29 @@ from tokentrail.app import help as texts
 from tokentrail.app import render, security
 from tokentrail.app.export import ExportFolder, write_plot, write_results
 from tokentrail.app.guard import failed, guarded
-from tokentrail.app.options import INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, correction_choices, page_options
+from tokentrail.app.options import (
+    INITIAL_TEXT,
+    K_RANGE,
+    MAX_CHARS,
+    MAX_TOKENS,
+    NO_CORRECTION,
+    SITES,
+    correction_choices,
+    page_options,
+)
 from tokentrail.app.pool import SessionPool
 from tokentrail.app.queues import EVENTS, WORKERS, concurrency_for
 from tokentrail.app.session import ModelMenu, Session, load_model
 from tokentrail.app.study_tab import StudyShelf
 from tokentrail.app.style import CSS, HEAD, THEME
-from tokentrail.app.views import PLOT_CHOICES, TAB_VIEWS, VIEWS, Page, build_tabs, render_views
+from tokentrail.app.views import (
+    PLOT_CHOICES,
+    TAB_VIEWS,
+    VIEWS,
+    Page,
+    build_tabs,
+    render_views,
+)
 from tokentrail.present import plots
 from tokentrail.present.progress import CallbackProgress
 from tokentrail.spec.errors import InputError, TokentrailError

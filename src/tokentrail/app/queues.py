@@ -25,8 +25,8 @@ import threading
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
-from tokentrail.spec.errors import InputError
 import tokentrail as tt
+from tokentrail.spec.errors import InputError
 
 PER_MODEL = 1  # model work at once per model (a model's lock serialises its passes anyway)
 WAITING_PER_MODEL = 4  # more requests that may wait for one model; beyond: "busy"

@@ -22,7 +22,12 @@ from typing import Callable, Sequence
 
 import tokentrail as tt
 from tokentrail import AttentionStep, HeadsAt, LensResult, LoadedModel, Run, Trail
-from tokentrail.app.options import DEFAULT_OPTIONS, MAX_TOKENS, check_page_text, whole_number
+from tokentrail.app.options import (
+    DEFAULT_OPTIONS,
+    MAX_TOKENS,
+    check_page_text,
+    whole_number,
+)
 from tokentrail.app.queues import concurrency_for
 from tokentrail.present.maps import head_map, trajectory_map
 from tokentrail.present.progress import CallbackProgress, Steps, analysis_steps

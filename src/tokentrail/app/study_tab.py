@@ -19,11 +19,10 @@ import gradio as gr
 import pandas as pd
 
 import tokentrail as tt
-from tokentrail.spec.errors import InputError
-from tokentrail.app.help import panel
 from tokentrail.app.guard import guarded
+from tokentrail.app.help import panel
 from tokentrail.app.queues import EVENTS
-
+from tokentrail.spec.errors import InputError
 
 MANIFEST = "manifest.json"
 HERE = "."  # the studies folder itself, when it is one study
