@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import tokentrail as tt
 from tokentrail.spec.errors import InputError
@@ -31,7 +31,7 @@ from tokentrail.spec.errors import InputError
 PER_MODEL = 1  # model work at once per model (a model's lock serialises its passes anyway)
 WAITING_PER_MODEL = 4  # more requests that may wait for one model; beyond: "busy"
 WORKERS = (PER_MODEL + WAITING_PER_MODEL) * tt.MAX_LOADED + 2  # Gradio's slots for every event
-EVENTS = dict(concurrency_id="tokentrail", concurrency_limit=WORKERS)  # every event's queue
+EVENTS: dict[str, Any] = dict(concurrency_id="tokentrail", concurrency_limit=WORKERS)  # every event's queue
 
 
 class ModelBusy(InputError):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -23,6 +23,12 @@ from tokentrail.spec.options import HEAD_SPACES, LENS_SITES
 
 class Page:
     """Handles of every component the callbacks read or write."""
+
+    if TYPE_CHECKING:  # its attributes are the components, set as the page is built
+
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
 
 # the heatmap is an HTML table; a click on a cell (or a token's row header) sends its
