@@ -63,8 +63,9 @@ def in_process(model: str, clicks: int) -> tuple[dict[str, list[float]], int, fl
     """Per visible tab: seconds from a token click to every output postprocessed."""
     import gradio as gr
 
-    from tokentrail.app import layout
-    from tokentrail.app.session import DEFAULT_OPTIONS, ModelMenu, Session
+    from tokentrail.app.options import DEFAULT_OPTIONS
+    from tokentrail.app.session import ModelMenu, Session
+    from tokentrail.app.views import VIEWS, render_views
 
     menu = ModelMenu()
     session = Session(model=model)
@@ -82,7 +83,7 @@ def in_process(model: str, clicks: int) -> tuple[dict[str, list[float]], int, fl
         for i in range(clicks):
             t0 = time.perf_counter()
             session.select(token=(i % (n - 2)) + 1)
-            out = dict(zip(layout.VIEWS, layout._views(session, menu, False, "rank")))
+            out = dict(zip(VIEWS, render_views(session, menu, False, "rank")))
             for name, comp in post.items():
                 if not isinstance(out[name], dict):  # gr.skip() for hidden tabs
                     comp.postprocess(out[name])

@@ -516,6 +516,18 @@ def test_text_that_is_not_unicode_says_so():
         app_session.Session(model="minilm").analyse("lone \ud800 surrogate", app_session.DEFAULT_OPTIONS)
 
 
+def test_a_text_over_the_page_limit_is_told_in_the_pages_words():
+    """The library's over-long error is typed (:class:`tokentrail.TooLong`, with the count
+    and the limit); the session catches it by type and says it with the page's limit."""
+    text = " ".join(["word"] * 300)  # 302 tokens with [CLS] and [SEP], under MAX_CHARS
+    with pytest.raises(tt.TooLong, match="pass --truncate to keep the first 256") as info:
+        tt.load("minilm").encode(text, max_tokens=app_session.MAX_TOKENS)
+    assert (info.value.tokens, info.value.limit) == (302, 256)
+    with pytest.raises(tt.InputError, match="the text is 302 tokens for minilm; this app analyses at most 256 at once") as info:
+        app_session.Session(model="minilm").analyse(text, app_session.DEFAULT_OPTIONS)
+    assert not isinstance(info.value, tt.TooLong)
+
+
 @pytest.mark.parametrize("api, args, message", [
     ("/select_token", (99, False, "rank"), "not in the list of choices"),
     ("/select_layer", (17, 0, False, "rank"), "greater than maximum value 5"),

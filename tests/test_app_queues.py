@@ -16,7 +16,9 @@ pytest.importorskip("gradio", reason="gradio not installed: pip install -e '.[ap
 
 from tokentrail.app import queues  # noqa: E402
 from tokentrail.app.layout import page_progress  # noqa: E402
-from tokentrail.app.session import DEFAULT_OPTIONS, Session, SessionPool  # noqa: E402
+from tokentrail.app.options import DEFAULT_OPTIONS  # noqa: E402
+from tokentrail.app.pool import SessionPool  # noqa: E402
+from tokentrail.app.session import Session  # noqa: E402
 from tokentrail.engine.budget import held_bytes  # noqa: E402
 from tokentrail.present.progress import CallbackProgress, analysis_steps  # noqa: E402
 

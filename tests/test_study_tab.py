@@ -115,7 +115,8 @@ def test_a_correction_fitted_to_an_offered_study_is_the_librarys(shelf_dir, bert
     import numpy as np
 
     import tokentrail as tt
-    from tokentrail.app.session import Session, correction_choices, page_options
+    from tokentrail.app.options import correction_choices, page_options
+    from tokentrail.app.session import Session
 
     shelf = StudyShelf(shelf_dir)
     assert ("zscore, fitted to study small", "zscore@small") in correction_choices(shelf)

@@ -7,7 +7,7 @@ of a name that needs them (``tt.trace``, ``tt.load``, ...).
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from tokentrail.spec.errors import InputError, ModelError, TokentrailError
+from tokentrail.spec.errors import InputError, ModelError, TokentrailError, TooLong
 from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.version import __version__
 
@@ -33,7 +33,19 @@ _LAZY = {
     "study": "corpus",
     "Study": "corpus",
     "show": "results.notebook",
+    "DEFAULT_MODEL": "session.models",
+    "CATALOGUE": "session.models",
+    "HUB_ID": "session.models",
+    "MAX_LOADED": "session.models",
+    "is_available": "session.models",
+    "check_text": "session.inputs",
+    "AttentionStep": "engine.walkthrough",
+    "held_bytes": "engine.budget",
+    "human_bytes": "engine.budget:human",
+    "study_figures": "corpus.report:named_figures",
+    "study_metadata": "corpus.report:metadata",
 }
+"""A value ``"module:attr"`` publishes the module's ``attr`` under another name."""
 
 #: public submodules: name -> where it lives (imported when first used)
 _MODULES = {
@@ -42,14 +54,15 @@ _MODULES = {
     "maps": "present.maps",
 }
 
-__all__ = ["TokentrailError", "InputError", "ModelError", "TraceOptions", "__version__", *_LAZY, *_MODULES]
+__all__ = ["TokentrailError", "InputError", "ModelError", "TooLong", "TraceOptions", "__version__", *_LAZY, *_MODULES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _MODULES:
         value = import_module(f".{_MODULES[name]}", __name__)
     elif name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        module, _, attr = _LAZY[name].partition(":")
+        value = getattr(import_module(f".{module}", __name__), attr or name)
     else:
         raise AttributeError(f"module 'tokentrail' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function
@@ -65,7 +78,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.present import maps, plots
     from tokentrail.results.notebook import show
     from tokentrail.api import run, trace
-    from tokentrail.session.models import LoadedModel, list_models, load
+    from tokentrail.session.models import CATALOGUE, DEFAULT_MODEL, HUB_ID, MAX_LOADED, LoadedModel, is_available, list_models, load
+    from tokentrail.session.inputs import check_text
+    from tokentrail.engine.walkthrough import AttentionStep
+    from tokentrail.engine.budget import held_bytes
+    from tokentrail.engine.budget import human as human_bytes
+    from tokentrail.corpus.report import metadata as study_metadata
+    from tokentrail.corpus.report import named_figures as study_figures
     from tokentrail.results.trail import HeadsAt, LensResult, RunInfo, Trail, View
     from tokentrail.session.runner import Run, trail_many
     from tokentrail.corpus import Study, study

@@ -12,7 +12,7 @@ import sys
 import threading
 
 from tokentrail.app.layout import build_app, launch_options
-from tokentrail.app.session import INITIAL_TEXT, MAX_CHARS, MAX_TOKENS
+from tokentrail.app.options import INITIAL_TEXT, MAX_CHARS, MAX_TOKENS
 
 STATE_SESSIONS = 64  # sessions whose cached results the server keeps at most (oldest dropped)
 

@@ -8,16 +8,21 @@ axis) and both sides' heatmaps. Public library only.
 
 from __future__ import annotations
 
-
 import gradio as gr
 import pandas as pd
 
-from tokentrail.spec.errors import InputError
-from tokentrail.app.help import panel
+import tokentrail as tt
 from tokentrail.app.guard import guarded
+from tokentrail.app.help import panel
+from tokentrail.app.options import check_page_text
 from tokentrail.app.queues import EVENTS, concurrency_for
-from tokentrail.app.session import ModelMenu, check_page_text, load_model
-
+from tokentrail.app.session import ModelMenu, load_model
+from tokentrail.present.plots_compare import (
+    compare_heatmaps,
+    compare_lines,
+    cosine_figure,
+)
+from tokentrail.spec.errors import InputError
 
 SAME_MODEL = "(same model)"
 HOWTO = """**How to compare**
@@ -60,9 +65,6 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
 
 
 def _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similarity, causal):
-    import tokentrail as tt
-    from tokentrail.present.plots_compare import compare_heatmaps, compare_lines, cosine_figure
-
     text = check_page_text(text)
     text_b = (text_b or "").strip() or None
     if text_b is not None:

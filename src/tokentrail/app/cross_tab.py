@@ -17,13 +17,15 @@ from collections import OrderedDict
 import gradio as gr
 import pandas as pd
 
-from tokentrail.spec.errors import InputError
-from tokentrail.spec.options import TraceOptions
 from tokentrail.app import help as texts
 from tokentrail.app.guard import guarded
+from tokentrail.app.options import check_page_text
 from tokentrail.app.queues import EVENTS, concurrency_for
-from tokentrail.app.session import check_page_text, load_model
-
+from tokentrail.app.session import load_model
+from tokentrail.present.plots import grid
+from tokentrail.present.plots_cross import cross_attention_map
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import TraceOptions
 
 HOWTO = """**Encoder-decoder models** (BART, Marian, T5): the encoder reads the text above, the
 decoder reads the *decoder input*: a target you type, or, left empty, the model's own
@@ -93,9 +95,6 @@ def cross_views(menu, text, model, site, similarity, target, stack, token, layer
 
 
 def _views(loaded, text, site, similarity, target, stack, token, layer, head) -> tuple:
-    from tokentrail.present.plots import grid
-    from tokentrail.present.plots_cross import cross_attention_map
-
     if not loaded.is_seq2seq:
         raise InputError(f"{loaded.name} has one stack: this tab is for encoder-decoder models (BART, Marian, T5); choose one above")
     run = _run(loaded, text, target)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from tokentrail import Trail
 from tokentrail.spec.errors import InputError
-from tokentrail.results.trail import Trail
 
 RESULT_FORMATS = ("CSV", "Parquet", "JSON")
 PLOT_FORMATS = ("HTML", "SVG", "PNG")

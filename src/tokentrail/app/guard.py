@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from tokentrail.spec.errors import TokentrailError
 from tokentrail.app import render
 from tokentrail.app.session import Session
+from tokentrail.spec.errors import TokentrailError
 
 log = logging.getLogger("tokentrail.app")
 

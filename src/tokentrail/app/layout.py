@@ -9,51 +9,46 @@ Event handlers have stable ``api_name``s so ``gradio_client`` can drive the app.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
-from tokentrail.present import plots
-from tokentrail.spec.errors import InputError, ModelError, TokentrailError
-from tokentrail.spec.options import SIMILARITIES
-from tokentrail.present.progress import CallbackProgress
 from tokentrail.app import help as texts
 from tokentrail.app import render, security
-from tokentrail.app.compare_tab import build_compare_tab
-from tokentrail.app.study_tab import StudyShelf, build_study_tab
-from tokentrail.app.cross_tab import build_cross_tab
-from tokentrail.app.map_tab import build_map_tab
+from tokentrail.app.export import ExportFolder, write_plot, write_results
 from tokentrail.app.guard import failed, guarded
-from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS, ExportFolder, write_plot, write_results
-from tokentrail.spec.options import LENS_SITES
+from tokentrail.app.options import (
+    INITIAL_TEXT,
+    K_RANGE,
+    MAX_CHARS,
+    MAX_TOKENS,
+    NO_CORRECTION,
+    SITES,
+    correction_choices,
+    page_options,
+)
+from tokentrail.app.pool import SessionPool
 from tokentrail.app.queues import EVENTS, WORKERS, concurrency_for
-from tokentrail.app.session import HEAD_SPACES, INITIAL_TEXT, K_RANGE, MAX_CHARS, MAX_TOKENS, NO_CORRECTION, SITES, ModelMenu, Session, SessionPool, correction_choices, load_model, page_options
+from tokentrail.app.session import ModelMenu, Session, load_model
+from tokentrail.app.study_tab import StudyShelf
 from tokentrail.app.style import CSS, HEAD, THEME
+from tokentrail.app.views import (
+    PLOT_CHOICES,
+    TAB_VIEWS,
+    VIEWS,
+    Page,
+    build_tabs,
+    render_views,
+)
+from tokentrail.present import plots
+from tokentrail.present.progress import CallbackProgress
+from tokentrail.spec.errors import InputError, TokentrailError
+from tokentrail.spec.options import SIMILARITIES
 
 log = logging.getLogger("tokentrail.app")
 
 STATE_TTL_S = 3600  # a page's session lives this long after its last use (its results: IDLE_S)
-# the heatmap is an HTML table; a click on a cell (or a token's row header) sends its
-# token and layer back as event data
-HEAT_CLICK_JS = """
-element.addEventListener('click', (e) => {
-  const cell = e.target.closest('[data-t]');
-  if (!cell) return;
-  trigger('click', {token: Number(cell.dataset.t), layer: cell.dataset.l === undefined ? null : Number(cell.dataset.l)});
-});
-"""
-PLOT_CHOICES = {
-    "similarity across layers": "self_sim",
-    "rank across layers": "rank",
-    "overlap across layers": "overlap",
-    "attention of the selected token": "attention",
-    "heatmap (token × layer)": "grid",
-}
-
-
-class Page:
-    """Handles of every component the callbacks read or write."""
 
 
 def page_progress(progress: gr.Progress) -> CallbackProgress:
@@ -129,9 +124,9 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
                 )
                 p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
                 p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
-                _tabs(p, menu, state, shelf)
+                build_tabs(p, menu, state, shelf)
 
-        _wire(demo, p, state, menu, folder, default_model, pool, shelf)
+        _wire(demo, _Wiring(p, state, menu, pool, default_model), folder, shelf)
     folder.adopt(demo)
     demo.GRADIO_CACHE = str(folder.cache)
     demo.tokentrail_folder = folder  # the private folder lives as long as the page
@@ -140,127 +135,58 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
     return demo
 
 
-def _tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> None:
-    with gr.Tabs(selected="layers", elem_id="tabs"):
-        with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
-            texts.panel(texts.ACROSS_LAYERS)
-            p.table = gr.Dataframe(label="Nearest vocabulary tokens, per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="table")
-            with gr.Row(elem_id="layer-plots"):
-                p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
-                p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
-                p.plot_overlap = gr.Plot(show_label=False, min_width=400, elem_id="plot-overlap")
-        with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
-            texts.panel(texts.HEATMAPS)
-            p.metric = gr.Radio([(v, k) for k, v in render.HEAT_METRICS.items()], value="rank", label="Metric", elem_id="metric")
-            p.heat = gr.HTML("", js_on_load=HEAT_CLICK_JS, apply_default_css=False, elem_id="heat")
-        with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
-            texts.panel(texts.HEADS)
-            p.head_space = gr.Radio(list(HEAD_SPACES), value="value", label="Space: compare each head with its own", elem_id="head-space")
-            p.heads = gr.Dataframe(label="Each head vs its own space (value: its output z; key/query: the token's key/query)", interactive=False, max_height=480, pinned_columns=1, elem_id="heads")
-            p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
-        with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
-            texts.panel(texts.LENS)
-            p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
-            p.lens_note = gr.Markdown(elem_id="lens-note")
-            p.lens_table = gr.Dataframe(label="Predictions per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="lens-table")
-        with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
-            texts.panel(texts.WALKTHROUGH)
-            p.walk = gr.Markdown(elem_id="walk")
-            p.walk_sources = gr.Dataframe(label="Per source token", interactive=False, max_height=420, elem_id="walk-sources")
-            p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
-        with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
-            build_compare_tab(p, menu)
-        with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
-            build_map_tab(p, state)
-        with gr.Tab("Cross-attention", id="cross", elem_id="tab-cross") as p.tab_cross:
-            build_cross_tab(p, menu)
-        with gr.Tab("Study", id="study", elem_id="tab-study"):
-            build_study_tab(p, shelf)
-        with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
-            texts.panel(texts.EXPORT)
-            with gr.Row():
-                p.result_fmt = gr.Radio(list(RESULT_FORMATS), value="CSV", label="Analysis format", elem_id="result-fmt")
-                p.export_results = gr.Button("Download analysis", elem_id="export-results")
-            with gr.Row():
-                p.plot_which = gr.Dropdown(list(PLOT_CHOICES), value="similarity across layers", label="Plot", elem_id="plot-which")
-                p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
-                p.export_plot = gr.Button("Download plot", elem_id="export-plot")
-            p.file = gr.File(label="Download", interactive=False, elem_id="file")
+# ---- events: the callbacks that join the components to a session ---------------------------
+@dataclass
+class _Wiring:
+    """What every event reads: the page's components, its state, the model menu and the
+    sessions' pool."""
 
+    p: Page
+    state: gr.State
+    menu: ModelMenu
+    pool: SessionPool
+    default_model: str
 
-# ---- rendering a session into the page ---------------------------------------------------
-HEADER = ("status", "tokens", "layer", "head")
-TAB_VIEWS = {
-    "layers": ("table", "plot_sim", "plot_rank", "plot_overlap"),
-    "heatmaps": ("heat",),
-    "heads": ("heads", "attention"),
-    "walkthrough": ("walk", "walk_sources", "walk_vectors"),
-    "lens": ("lens_note", "lens_table"),
-    "map": (),  # drawn by its own event (map_tab)
-    "export": (),
-}
-VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
+    @property
+    def views(self) -> list:
+        """The components :func:`~tokentrail.app.views.render_views` fills, in ``VIEWS`` order."""
+        return [getattr(self.p, name) for name in VIEWS]
 
+    @property
+    def options(self) -> list:
+        """The controls :func:`~tokentrail.app.options.page_options` reads."""
+        p = self.p
+        return [p.positional, p.site, p.similarity, p.k, p.causal, p.correct]
 
-def _views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tuple:
-    """The header and the visible tab's views, from the session's cached Trail. Hidden
-    tabs are skipped (they render when shown): a click pays only for what it shows."""
-    trail = session.require_trail()
-    t, l, h = session.token, session.layer, session.head
-    label = menu.entries[session.model].label if session.model in menu.entries else session.model
-    out: dict[str, Any] = {
-        "status": render.status(trail, label, t, l, h, session.rogue_note()),
-        "tokens": gr.Radio(choices=render.token_choices(trail), value=t),
-        "layer": gr.Slider(0, trail.n_layers - 1, value=l, step=1),
-        "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
-    }
-    view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
-    if session.tab == "layers":
-        out["table"] = render.neighbour_table(trail, view, t)
-        out["plot_sim"] = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
-        out["plot_rank"] = plots.layer_lines(trail, view, "rank", t)
-        out["plot_overlap"] = plots.layer_lines(trail, view, "overlap", t)
-    elif session.tab == "heatmaps":
-        out["heat"] = render.heat_html(trail, view, metric, t, l, adjusted=adjusted)
-    elif session.tab == "heads":
-        heads = session.heads()
-        out["heads"] = render.heads_table(trail, heads)
-        out["attention"] = plots.attention_row(trail, heads)
-    elif session.tab == "lens":
-        try:
-            lens, emb = session.lens()
-        except ModelError as exc:  # no output head: say so in the tab, the rest of the page is fine
-            out["lens_note"] = f"No logit lens for {label}: {exc}"
-            out["lens_table"] = None
-        else:
-            ids = np.concatenate([lens.top_ids[:, t].reshape(-1), emb.top_ids[:, t].reshape(-1)])
-            out["lens_note"] = render.lens_caption(trail, lens, t, label)
-            out["lens_table"] = render.lens_table(trail, lens, emb, t, session.labels(ids))
-    elif session.tab == "walkthrough":
-        step = session.step()
-        out["walk"] = render.step_summary(trail, step)
-        out["walk_sources"] = render.step_sources(trail, step, trail.attentions[l, h, t] if trail.attentions is not None else None)
-        out["walk_vectors"] = render.step_vectors(step)
-    return tuple(out.get(name, gr.skip()) for name in VIEWS)
+    @property
+    def display(self) -> list:
+        """The controls that change only how the cached results are shown."""
+        return [self.p.adjusted, self.p.metric]
 
-
-def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: ExportFolder, default_model: str, pool: SessionPool, shelf: StudyShelf) -> None:
-    views = [getattr(p, name) for name in VIEWS]
-    options = [p.positional, p.site, p.similarity, p.k, p.causal, p.correct]
-    display = [p.adjusted, p.metric]
-    status_at = 1 + VIEWS.index("status")  # after the state output
-    common = EVENTS
-    quick = dict(common, show_progress="minimal")  # clicks: no full-page progress flash
-
-    def session_for(session: Session | None) -> Session:
-        session = pool.use(session if isinstance(session, Session) else Session(model=default_model))
-        pool.settle(session, cap=False)  # idle pages lose their results (the cap: after analyses)
+    def session_for(self, session: Session | None) -> Session:
+        session = self.pool.use(session if isinstance(session, Session) else Session(model=self.default_model))
+        self.pool.settle(session, cap=False)  # idle pages lose their results (the cap: after analyses)
         return session
 
-    # -- analyse a text (Enter / the button / an option changed) ------------------------
+
+def _wire(demo: gr.Blocks, w: _Wiring, folder: ExportFolder, shelf: StudyShelf) -> None:
+    _wire_analyse(demo, w, shelf)
+    _wire_selection(w)
+    _wire_tabs(w)
+    _wire_switch_model(w, shelf)
+    _wire_export(w, folder)
+
+
+def _wire_analyse(demo: gr.Blocks, w: _Wiring, shelf: StudyShelf) -> None:
+    """Analyse a text: Enter, the button, an option changed, the page's first load."""
+    p, state, menu, pool = w.p, w.state, w.menu, w.pool
+    views, options, display = w.views, w.options, w.display
+    status_at = 1 + VIEWS.index("status")  # after the state output
+    common = EVENTS
+
     @guarded(1 + len(views), status_at)
     def analyse(session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
-        session = session_for(session)
+        session = w.session_for(session)
         entry = menu.check(model)
         opts = page_options(site, positional, similarity, k, causal, correct, shelf)
         old = session.model
@@ -271,7 +197,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
             session.switch(old)
             raise
         pool.settle(session)
-        return (session, *_views(session, menu, adjusted, metric))
+        return (session, *render_views(session, menu, adjusted, metric))
 
     gr.on([p.text.submit, p.analyse.click], analyse, [state, p.text, p.model, *options, *display], [state, *views], api_name="tokenize", **common)
     gr.on(
@@ -285,78 +211,98 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
     )
     demo.load(analyse, [state, p.text, p.model, *options, *display], [state, *views], api_visibility="private", **common)
 
-    # -- selection: re-render from the cached Trail ------------------------------------
+
+def _wire_selection(w: _Wiring) -> None:
+    """Selection (a token, a layer or head, a heatmap cell) and display choices: re-render
+    from the cached Trail."""
+    p, state, menu = w.p, w.state, w.menu
+    views, display = w.views, w.display
+    quick = dict(EVENTS, show_progress="minimal")  # clicks: no full-page progress flash
+
     @guarded(len(views), VIEWS.index("status"))
     def select_token(session, token, adjusted, metric):
-        session = session_for(session)
+        session = w.session_for(session)
         if token is None:
             raise InputError("choose a token to follow")
         session.select(token=token)
-        return _views(session, menu, adjusted, metric)
+        return render_views(session, menu, adjusted, metric)
 
     p.tokens.input(select_token, [state, p.tokens, *display], views, api_name="select_token", trigger_mode="always_last", **quick)
 
     @guarded(len(views), VIEWS.index("status"))
     def select_layer(session, layer, head, adjusted, metric):
-        session = session_for(session)
+        session = w.session_for(session)
         session.select(layer=layer, head=head)
-        return _views(session, menu, adjusted, metric)
+        return render_views(session, menu, adjusted, metric)
 
     gr.on([p.layer.input, p.head.input], select_layer, [state, p.layer, p.head, *display], views, api_name="select_layer", trigger_mode="always_last", **quick)
 
     @guarded(len(views), VIEWS.index("status"))
     def redisplay(session, adjusted, metric):
-        session = session_for(session)
-        return _views(session, menu, adjusted, metric)
+        session = w.session_for(session)
+        return render_views(session, menu, adjusted, metric)
 
     gr.on([p.adjusted.input, p.metric.input], redisplay, [state, *display], views, api_name="display", **quick)
 
     @guarded(len(views), VIEWS.index("status"))
     def choose_head_space(session, space, adjusted, metric):
-        session = session_for(session)
+        session = w.session_for(session)
         session.choose(head_space=space)
-        return _views(session, menu, adjusted, metric)
+        return render_views(session, menu, adjusted, metric)
 
     p.head_space.input(choose_head_space, [state, p.head_space, *display], views, api_name="head_space", **quick)
 
     @guarded(len(views), VIEWS.index("status"))
     def choose_lens_site(session, site, adjusted, metric):
-        session = session_for(session)
+        session = w.session_for(session)
         session.choose(lens_site=site)
-        return _views(session, menu, adjusted, metric)
+        return render_views(session, menu, adjusted, metric)
 
     p.lens_site.input(choose_lens_site, [state, p.lens_site, *display], views, api_name="lens_site", **quick)
 
     @guarded(len(views), VIEWS.index("status"))
     def select_cell(session, adjusted, metric, evt: gr.EventData):
-        session = session_for(session)
+        session = w.session_for(session)
         data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
         session.select(token=data.get("token"), layer=data.get("layer"))
-        return _views(session, menu, adjusted, metric)
+        return render_views(session, menu, adjusted, metric)
 
     gr.on([p.heat.click, p.map_pick.click], select_cell, [state, *display], views, api_visibility="private", **quick)
 
-    # -- tabs: render the one being shown ------------------------------------------------
+
+def _wire_tabs(w: _Wiring) -> None:
+    """Showing a tab renders it (hidden tabs are not rendered on a click)."""
+    p, state, menu = w.p, w.state, w.menu
+    views, display = w.views, w.display
+    status_at = 1 + VIEWS.index("status")  # after the state output
+    quick = dict(EVENTS, show_progress="minimal")  # clicks: no full-page progress flash
+
     for name in TAB_VIEWS:
 
         def show(session, adjusted, metric, _tab=name):
-            session = session_for(session)
+            session = w.session_for(session)
             session.tab = _tab
             if session.trail is None:  # nothing analysed yet: nothing to draw
                 return (session, *[gr.skip() for _ in VIEWS])
-            return (session, *_views(session, menu, adjusted, metric))
+            return (session, *render_views(session, menu, adjusted, metric))
 
         show.__name__ = f"show_{name}"
         getattr(p, f"tab_{name}").select(
             guarded(1 + len(views), status_at)(show), [state, *display], [state, *views], api_name=f"show_{name}", **quick
         )
 
-    # -- switching model ----------------------------------------------------------------
+
+def _wire_switch_model(w: _Wiring, shelf: StudyShelf) -> None:
+    """Switching model: load it (or say why not), then analyse the page's text with it."""
+    p, state, menu, pool = w.p, w.state, w.menu, w.pool
+    views, options, display = w.views, w.options, w.display
+    common = EVENTS
+
     switch_outputs = [state, p.model, p.causal, *views]
 
     @guarded(len(switch_outputs), 3 + VIEWS.index("status"))
     def switch_model(session, model, text, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
-        session = session_for(session)
+        session = w.session_for(session)
         entry = menu.check(model)
         bar = page_progress(progress)
         bar.loading(f"loading {entry.label}")
@@ -367,7 +313,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
             # shown once, in the status line: a toast as well covered the model menu
             msg = f"{entry.label} cannot be used here: {exc}. Still using {menu.entries[session.model].label}."
             return (session, gr.Dropdown(value=session.model), gr.skip(), *failed(msg, len(views), VIEWS.index("status")))
-        causal_box = gr.Checkbox(visible=loaded.adapter.is_decoder)
+        causal_box = gr.Checkbox(visible=loaded.is_decoder)
         old = session.model
         session.switch(entry.value)
         if session.text is None and not (isinstance(text, str) and text.strip()):
@@ -380,14 +326,20 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
             session.switch(old)
             raise
         pool.settle(session)
-        return (session, gr.skip(), causal_box, *_views(session, menu, adjusted, metric))
+        return (session, gr.skip(), causal_box, *render_views(session, menu, adjusted, metric))
 
     p.model.input(switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common)
 
-    # -- export ---------------------------------------------------------------------------
+
+def _wire_export(w: _Wiring, folder: ExportFolder) -> None:
+    """Downloads of the analysis and of a plot, written to the page's private folder."""
+    p, state = w.p, w.state
+    display = w.display
+    common = EVENTS
+
     @guarded(2, 1)
     def export_results(session, fmt):
-        session = session_for(session)
+        session = w.session_for(session)
         trail = session.require_trail()
         path = write_results(trail, fmt, folder)
         return str(path), f"Exported the analysis as {fmt}: {path.name}"
@@ -396,7 +348,7 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
 
     @guarded(2, 1)
     def export_plot(session, which, fmt, adjusted, metric):
-        session = session_for(session)
+        session = w.session_for(session)
         trail = session.require_trail()
         kind = PLOT_CHOICES.get(which)
         if kind is None:
@@ -412,7 +364,6 @@ def _wire(demo: gr.Blocks, p: Page, state: gr.State, menu: ModelMenu, folder: Ex
         return str(path), f"Exported the {which} plot as {fmt}: {path.name}"
 
     p.export_plot.click(export_plot, [state, p.plot_which, p.plot_fmt, *display], [p.file, p.status], api_name="export_plot", **common)
-
 
 
 def launch_options() -> dict[str, Any]:

@@ -15,14 +15,13 @@ import importlib.util
 
 import gradio as gr
 
-from tokentrail.spec.errors import InputError
-from tokentrail.present.maps import METHODS
-from tokentrail.spec.tokens import find_token
 from tokentrail.app import help as texts
 from tokentrail.app.guard import guarded
 from tokentrail.app.queues import EVENTS
 from tokentrail.app.session import Session
-
+from tokentrail.present.maps import METHODS
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.tokens import find_token
 
 MODES = {"token paths through the layers": "paths", "queries and keys of one head": "head"}
 METHOD_LABELS = {"pca": "PCA (exact)", "tsne": "t-SNE", "umap": "UMAP"}

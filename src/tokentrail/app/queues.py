@@ -14,7 +14,7 @@ Two levels:
   a cached result (a token click on the layers tab) take no model slot at all.
 
 So one model's users hold at most ``PER_MODEL + WAITING_PER_MODEL`` workers; with
-``WORKERS`` above that times the models loaded at once (``models.MAX_LOADED``), users of
+``WORKERS`` above that times the models loaded at once (``tokentrail.MAX_LOADED``), users of
 another model, and clicks, always find a worker. Before this, two SmolLM2 analyses held
 both of two slots (one waiting for the other's model lock) and every other page stalled.
 """
@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import threading
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
+import tokentrail as tt
 from tokentrail.spec.errors import InputError
-from tokentrail.session.models import MAX_LOADED
 
 PER_MODEL = 1  # model work at once per model (a model's lock serialises its passes anyway)
 WAITING_PER_MODEL = 4  # more requests that may wait for one model; beyond: "busy"
-WORKERS = (PER_MODEL + WAITING_PER_MODEL) * MAX_LOADED + 2  # Gradio's slots for every event
-EVENTS = dict(concurrency_id="tokentrail", concurrency_limit=WORKERS)  # every event's queue
+WORKERS = (PER_MODEL + WAITING_PER_MODEL) * tt.MAX_LOADED + 2  # Gradio's slots for every event
+EVENTS: dict[str, Any] = dict(concurrency_id="tokentrail", concurrency_limit=WORKERS)  # every event's queue
 
 
 class ModelBusy(InputError):
@@ -57,7 +57,7 @@ def _queue(model: str) -> _ModelQueue:
 
 @contextmanager
 def concurrency_for(*models: str) -> Iterator[None]:
-    """Run the body as one request of each of ``models`` (names as ``models.load`` takes
+    """Run the body as one request of each of ``models`` (names as ``tokentrail.load`` takes
     them): wait while ``PER_MODEL`` others run, or raise :class:`ModelBusy` (a message
     for the page) when ``WAITING_PER_MODEL`` already wait. Re-entrant within a thread;
     other models are never waited for. Several models (a comparison) are taken in one

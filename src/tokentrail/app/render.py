@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+from tokentrail import AttentionStep, HeadsAt, LensResult, Trail, View
 from tokentrail.present.plots import ACCENT, SELECTOR_METRICS, metric_by_layer, token_labels
-from tokentrail.results.trail import HeadsAt, LensResult, Trail, View
-from tokentrail.engine.walkthrough import AttentionStep
 
 OWN_STYLE = f"background-color: #fff1e6; color: {ACCENT}; font-weight: 700"
 SELECTED_CELL = f"outline: 3px solid {ACCENT}; outline-offset: -3px; font-weight: 700"

@@ -5,8 +5,8 @@ The page never names a path. The operator gives one folder (``tokentrail serve
 --studies DIR``); the tab offers the studies in it (DIR itself and its direct
 subfolders that hold a ``manifest.json``) in a dropdown, and a request for anything
 else, or for a study whose real path lies outside DIR (a symlink out), is refused. The
-aggregates and figures are the corpus package's own (:meth:`tokentrail.corpus.Study.aggregate`,
-:func:`tokentrail.corpus.report.named_figures`, :func:`~tokentrail.corpus.report.metadata`).
+aggregates and figures are the corpus package's own (:meth:`tokentrail.Study.aggregate`,
+:func:`tokentrail.study_figures`, :func:`tokentrail.study_metadata`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from tokentrail.spec.errors import InputError
-from tokentrail.app.help import panel
+import tokentrail as tt
 from tokentrail.app.guard import guarded
+from tokentrail.app.help import panel
 from tokentrail.app.queues import EVENTS
-
+from tokentrail.spec.errors import InputError
 
 MANIFEST = "manifest.json"
 HERE = "."  # the studies folder itself, when it is one study
@@ -70,15 +70,13 @@ class StudyShelf:
 
     def open(self, name: str | None):
         """``(manifest, aggregates)`` of an offered study, cached by its manifest's mtime."""
-        from tokentrail.corpus import Study
-
         path = self.path(name)
         key = (str(path), (path / MANIFEST).stat().st_mtime_ns)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        study = Study(path)
+        study = tt.Study(path)
         value = (study.manifest, study.aggregate())
         with self._lock:
             self._cache[key] = value
@@ -89,11 +87,9 @@ class StudyShelf:
 
 def show(shelf: StudyShelf, name: str | None) -> tuple:
     """The tab's outputs for one study: status, metadata table, then the figures."""
-    from tokentrail.corpus.report import metadata, named_figures
-
     manifest, agg = shelf.open(name)
-    figs = named_figures(agg)
-    meta = pd.DataFrame(list(metadata(manifest).items()), columns=["", "value"])
+    figs = tt.study_figures(agg)
+    meta = pd.DataFrame(list(tt.study_metadata(manifest).items()), columns=["", "value"])
     return (status(name, manifest), meta, *[figs.get(f) for f in FIGURES])
 
 

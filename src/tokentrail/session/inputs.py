@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tokentrail.spec.errors import InputError
+from tokentrail.spec.errors import InputError, TooLong
 from tokentrail.spec import tokens
 from tokentrail.spec.options import check_new_tokens
 
@@ -71,9 +71,11 @@ def encode(model: Any, text: str, *, truncate: bool = False, max_tokens: int | N
     truncated_from = None
     if limit is not None and len(ids) > limit:
         if not truncate:
-            raise InputError(
+            raise TooLong(
                 f"the text is {len(ids)} tokens; {model.name} takes at most {limit} "
-                f"({len(ids) - limit} over). Shorten it, or pass --truncate to keep the first {limit}"
+                f"({len(ids) - limit} over). Shorten it, or pass --truncate to keep the first {limit}",
+                tokens=len(ids),
+                limit=limit,
             )
         truncated_from = len(ids)
         ids = tok(text, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]

@@ -67,6 +67,21 @@ class LoadedModel:
     def is_decoder(self) -> bool:
         return self.adapter.is_decoder
 
+    @property
+    def n_layers(self) -> int:
+        """Layers of the model (an encoder-decoder's: its encoder's)."""
+        return self.adapter.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        """Attention heads per layer (an encoder-decoder's: its encoder's)."""
+        return self.adapter.n_heads
+
+    @property
+    def family(self) -> str:
+        """The architecture family's short name ("bert", "gpt2", "llama", "bart", ...)."""
+        return self.adapter.family
+
     def labels(self, ids) -> dict[int, str]:
         ids = [int(i) for i in ids]
         with self.lock:

@@ -1,0 +1,154 @@
+"""The page's main tabs: their components (:func:`build_tabs`) and their rendering from a
+:class:`~tokentrail.app.session.Session`'s cached results (:func:`render_views`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import numpy as np
+
+from tokentrail.app import help as texts
+from tokentrail.app import render
+from tokentrail.app.compare_tab import build_compare_tab
+from tokentrail.app.cross_tab import build_cross_tab
+from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS
+from tokentrail.app.map_tab import build_map_tab
+from tokentrail.app.session import ModelMenu, Session
+from tokentrail.app.study_tab import StudyShelf, build_study_tab
+from tokentrail.present import plots
+from tokentrail.spec.errors import ModelError
+from tokentrail.spec.options import HEAD_SPACES, LENS_SITES
+
+
+class Page:
+    """Handles of every component the callbacks read or write."""
+
+    if TYPE_CHECKING:  # its attributes are the components, set as the page is built
+
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+
+# the heatmap is an HTML table; a click on a cell (or a token's row header) sends its
+# token and layer back as event data
+HEAT_CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const cell = e.target.closest('[data-t]');
+  if (!cell) return;
+  trigger('click', {token: Number(cell.dataset.t), layer: cell.dataset.l === undefined ? null : Number(cell.dataset.l)});
+});
+"""
+PLOT_CHOICES = {
+    "similarity across layers": "self_sim",
+    "rank across layers": "rank",
+    "overlap across layers": "overlap",
+    "attention of the selected token": "attention",
+    "heatmap (token × layer)": "grid",
+}
+
+
+def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> None:
+    """The result tabs (call inside the page's results column), their components on ``p``."""
+    with gr.Tabs(selected="layers", elem_id="tabs"):
+        with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
+            texts.panel(texts.ACROSS_LAYERS)
+            p.table = gr.Dataframe(label="Nearest vocabulary tokens, per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="table")
+            with gr.Row(elem_id="layer-plots"):
+                p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
+                p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
+                p.plot_overlap = gr.Plot(show_label=False, min_width=400, elem_id="plot-overlap")
+        with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
+            texts.panel(texts.HEATMAPS)
+            p.metric = gr.Radio([(v, k) for k, v in render.HEAT_METRICS.items()], value="rank", label="Metric", elem_id="metric")
+            p.heat = gr.HTML("", js_on_load=HEAT_CLICK_JS, apply_default_css=False, elem_id="heat")
+        with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
+            texts.panel(texts.HEADS)
+            p.head_space = gr.Radio(list(HEAD_SPACES), value="value", label="Space: compare each head with its own", elem_id="head-space")
+            p.heads = gr.Dataframe(label="Each head vs its own space (value: its output z; key/query: the token's key/query)", interactive=False, max_height=480, pinned_columns=1, elem_id="heads")
+            p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
+        with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
+            texts.panel(texts.LENS)
+            p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+            p.lens_note = gr.Markdown(elem_id="lens-note")
+            p.lens_table = gr.Dataframe(label="Predictions per layer", interactive=False, wrap=True, max_height=520, pinned_columns=1, elem_id="lens-table")
+        with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
+            texts.panel(texts.WALKTHROUGH)
+            p.walk = gr.Markdown(elem_id="walk")
+            p.walk_sources = gr.Dataframe(label="Per source token", interactive=False, max_height=420, elem_id="walk-sources")
+            p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
+        with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
+            build_compare_tab(p, menu)
+        with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
+            build_map_tab(p, state)
+        with gr.Tab("Cross-attention", id="cross", elem_id="tab-cross") as p.tab_cross:
+            build_cross_tab(p, menu)
+        with gr.Tab("Study", id="study", elem_id="tab-study"):
+            build_study_tab(p, shelf)
+        with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
+            texts.panel(texts.EXPORT)
+            with gr.Row():
+                p.result_fmt = gr.Radio(list(RESULT_FORMATS), value="CSV", label="Analysis format", elem_id="result-fmt")
+                p.export_results = gr.Button("Download analysis", elem_id="export-results")
+            with gr.Row():
+                p.plot_which = gr.Dropdown(list(PLOT_CHOICES), value="similarity across layers", label="Plot", elem_id="plot-which")
+                p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
+                p.export_plot = gr.Button("Download plot", elem_id="export-plot")
+            p.file = gr.File(label="Download", interactive=False, elem_id="file")
+
+
+# ---- rendering a session into the page ---------------------------------------------------
+HEADER = ("status", "tokens", "layer", "head")
+TAB_VIEWS = {
+    "layers": ("table", "plot_sim", "plot_rank", "plot_overlap"),
+    "heatmaps": ("heat",),
+    "heads": ("heads", "attention"),
+    "walkthrough": ("walk", "walk_sources", "walk_vectors"),
+    "lens": ("lens_note", "lens_table"),
+    "map": (),  # drawn by its own event (map_tab)
+    "export": (),
+}
+VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
+
+
+def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tuple:
+    """The header and the visible tab's views, from the session's cached Trail. Hidden
+    tabs are skipped (they render when shown): a click pays only for what it shows."""
+    trail = session.require_trail()
+    t, l, h = session.token, session.layer, session.head
+    label = menu.entries[session.model].label if session.model in menu.entries else session.model
+    out: dict[str, Any] = {
+        "status": render.status(trail, label, t, l, h, session.rogue_note()),
+        "tokens": gr.Radio(choices=render.token_choices(trail), value=t),
+        "layer": gr.Slider(0, trail.n_layers - 1, value=l, step=1),
+        "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
+    }
+    view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
+    if session.tab == "layers":
+        out["table"] = render.neighbour_table(trail, view, t)
+        out["plot_sim"] = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
+        out["plot_rank"] = plots.layer_lines(trail, view, "rank", t)
+        out["plot_overlap"] = plots.layer_lines(trail, view, "overlap", t)
+    elif session.tab == "heatmaps":
+        out["heat"] = render.heat_html(trail, view, metric, t, l, adjusted=adjusted)
+    elif session.tab == "heads":
+        heads = session.heads()
+        out["heads"] = render.heads_table(trail, heads)
+        out["attention"] = plots.attention_row(trail, heads)
+    elif session.tab == "lens":
+        try:
+            lens, emb = session.lens()
+        except ModelError as exc:  # no output head: say so in the tab, the rest of the page is fine
+            out["lens_note"] = f"No logit lens for {label}: {exc}"
+            out["lens_table"] = None
+        else:
+            ids = np.concatenate([lens.top_ids[:, t].reshape(-1), emb.top_ids[:, t].reshape(-1)])
+            out["lens_note"] = render.lens_caption(trail, lens, t, label)
+            out["lens_table"] = render.lens_table(trail, lens, emb, t, session.labels(ids))
+    elif session.tab == "walkthrough":
+        step = session.step()
+        out["walk"] = render.step_summary(trail, step)
+        out["walk_sources"] = render.step_sources(trail, step, trail.attentions[l, h, t] if trail.attentions is not None else None)
+        out["walk_vectors"] = render.step_vectors(step)
+    return tuple(out.get(name, gr.skip()) for name in VIEWS)
