@@ -11,13 +11,13 @@ pw = pytest.importorskip("playwright.sync_api", reason="playwright not installed
 expect = pw.expect
 
 import tokentrail as tt  # noqa: E402
-from browser_helpers import open_tab  # noqa: E402
+from browser_helpers import EVENT_TIMEOUT_MS, new_context, open_tab, wait_until_idle  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TEXT = "The old cat sat by the river bank and watched the boats."
-SLOW = 60_000  # ms: a first analysis loads the model
+SLOW = EVENT_TIMEOUT_MS  # ms: a first analysis loads the model
 
 
 def chip(page, token: str):
@@ -115,7 +115,7 @@ def second_model(tmp_path_factory) -> tuple[str, str, list[str]]:
 def test_two_sessions_with_different_models(browser, serve_blocks, second_model, artifacts_dir):
     label, flies, extra = second_model
     with serve_blocks(build_app(models=extra), **launch_options()) as url:
-        ctx_a, ctx_b = browser.new_context(viewport={"width": 1280, "height": 900}), browser.new_context(viewport={"width": 1280, "height": 900})
+        ctx_a, ctx_b = (new_context(browser, viewport={"width": 1280, "height": 900}) for _ in range(2))
         try:
             a, b = ctx_a.new_page(), ctx_b.new_page()
             for p in (a, b):
@@ -174,7 +174,7 @@ def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks
     line, the chips and the help panels); Tab reaches the chips and the arrow keys select."""
     with serve_blocks(build_app(), **launch_options()) as url:
         for scheme in ("light", "dark"):
-            ctx = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 720})
+            ctx = new_context(browser, color_scheme=scheme, viewport={"width": 1280, "height": 720})
             page = ctx.new_page()
             try:
                 page.goto(url)
@@ -189,8 +189,9 @@ def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks
                 page.screenshot(path=str(artifacts_dir / f"app-{scheme}.png"))
                 # keyboard: the selected chip takes focus, the right arrow moves to the next token.
                 # Let the page's load event finish first (its session state can land a moment
-                # after its outputs show, on a loaded machine; a click then would find none)
-                page.wait_for_timeout(1500)
+                # after its outputs show, on a loaded machine; a click then would find none):
+                # wait until none of the page's events is running, not for a fixed time
+                wait_until_idle(page)
                 page.locator("#tokens input:checked").focus()
                 assert page.evaluate("document.activeElement.closest('#tokens') !== null")
                 page.keyboard.press("ArrowRight")

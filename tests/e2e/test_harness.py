@@ -44,7 +44,7 @@ def test_serve_blocks_closes_server(serve_blocks):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     demo = _make_demo()
     with serve_blocks(demo) as url:
-        with opener.open(url + "config", timeout=5) as resp:
+        with opener.open(url + "config", timeout=60) as resp:  # a safety net on a loaded machine
             assert resp.status == 200
     assert not demo.is_running
     with pytest.raises((urllib.error.URLError, OSError)):
