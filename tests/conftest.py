@@ -25,6 +25,18 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+
+def pytest_collection_modifyitems(config, items):
+    """The tier markers by where a test lives: ``parity`` for tests/test_parity_*.py, ``e2e``
+    for tests/e2e/ (``pytest -m parity``; ``make test-fast`` leaves out slow and browser)."""
+    for item in items:
+        path = item.path
+        if path.name.startswith("test_parity_"):
+            item.add_marker(pytest.mark.parity)
+        if path.parent.name == "e2e":
+            item.add_marker(pytest.mark.e2e)
+
+
 TINY = dict(
     vocab_size=96,
     hidden_size=32,
@@ -187,4 +199,3 @@ def minilm():
     if package_file(CATALOGUE["minilm"]) is None:
         pytest.skip("bundled MiniLM is not installed")
     return tokentrail.load("minilm")
-

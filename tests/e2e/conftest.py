@@ -47,9 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # Keep Gradio from phoning home (analytics, version check) on a machine with no network.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Loopback must never go through a proxy, should one be configured.
-os.environ["NO_PROXY"] = ",".join(
-    filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1", "localhost"])
-)
+os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1", "localhost"]))
 os.environ["no_proxy"] = os.environ["NO_PROXY"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +67,6 @@ CHROMIUM_ARGS = [
 ]
 
 SERVER_START_TIMEOUT_S = 120.0
-
 
 
 def _in_ci() -> bool:
@@ -92,9 +89,7 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="session")
 def browser(chromium_path: str) -> Iterator[Any]:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'"
-    )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'")
     # every expect(...) without its own timeout= (Playwright's default is 5 s)
     sync_api.expect.set_options(timeout=EVENT_TIMEOUT_MS)
     with sync_api.sync_playwright() as pw:
@@ -203,4 +198,3 @@ def serve_blocks() -> Iterator[Callable[..., contextlib.AbstractContextManager[s
     yield _serve
     for demo in started:
         demo.close(verbose=False)
-

@@ -49,7 +49,11 @@ def test_type_click_and_read_every_view(page, serve_blocks, artifacts_dir):
         expect(table).to_contain_text("layer 5")
         expect(table).to_contain_text("★ river")
         # three plots, drawn by plotly in the page, the selected token among the lines
-        for pid, title in (("plot-sim", "Similarity to the original encoding"), ("plot-rank", "Rank of its own token"), ("plot-overlap", "Top-k overlap")):
+        for pid, title in (
+            ("plot-sim", "Similarity to the original encoding"),
+            ("plot-rank", "Rank of its own token"),
+            ("plot-overlap", "Top-k overlap"),
+        ):
             plot = page.locator(f"#{pid}")
             expect(plot.locator(".main-svg").first).to_be_visible()
             expect(plot).to_contain_text(title)
@@ -163,7 +167,10 @@ CONTRAST_JS = """(el) => {
   }
   bg = bg || [255, 255, 255, 1];
   const fg = rgb(getComputedStyle(el).color);
-  const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }; return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
   const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
   return (a + 0.05) / (b + 0.05);
 }"""
@@ -245,7 +252,10 @@ def click_point(page, point) -> None:
     """A real mouse click on a plotly point (plotly hit-tests the pointer on its drag layer,
     so the point element itself never receives the click), once the page's listener is on
     the redrawn plot (map_tab.PICK_JS polls for it: a person is slower than the poll)."""
-    page.wait_for_function("() => { const gd = document.querySelector('#map-plot .js-plotly-plot'); return gd && gd._ev && gd.__ttPick === gd._ev; }")
+    page.wait_for_function(
+        "() => { const gd = document.querySelector('#map-plot .js-plotly-plot');"
+        " return gd && gd._ev && gd.__ttPick === gd._ev; }"
+    )
     point.scroll_into_view_if_needed()
     box = point.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
@@ -315,7 +325,12 @@ def test_study_tab_opens_a_study_from_the_operators_folder(page, serve_blocks, a
         status = page.locator("#study-status")
         expect(status).to_contain_text("minilm-sample")
         expect(status).to_contain_text("6 texts")
-        for pid, title in (("study-self-sim", "Self-similarity"), ("study-rank", "Rank of the token"), ("study-anisotropy", "Corpus anisotropy"), ("study-jumps", "Change of self-similarity")):
+        for pid, title in (
+            ("study-self-sim", "Self-similarity"),
+            ("study-rank", "Rank of the token"),
+            ("study-anisotropy", "Corpus anisotropy"),
+            ("study-jumps", "Change of self-similarity"),
+        ):
             plot = page.locator(f"#{pid}")
             expect(plot.locator(".main-svg").first).to_be_visible()
             expect(plot).to_contain_text(title)

@@ -62,7 +62,10 @@ TITLES_DRAWN_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].eve
 
 # Gradio's table: header cells, and the rows it draws (a virtual list of grid cells)
 CELLS = "#{0} th[role=columnheader], #{0} [role=gridcell]"
-RECT_JS = "(e) => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; }"
+RECT_JS = (
+    "(e) => { const r = e.getBoundingClientRect();"
+    " return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; }"
+)
 
 
 def _ready(page) -> None:
