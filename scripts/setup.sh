@@ -62,6 +62,7 @@ setup_python() {
     "${pip[@]}" install "$TORCH_PIN"
   fi
 
+  # the test extra brings pytest and playwright, and ruff and mypy for `make lint`
   log "installing the project: pip install -e '.[app,test,ray,maps]' (a few minutes on a fresh .venv)"
   "${pip[@]}" install -e '.[app,test,ray,maps]'
 

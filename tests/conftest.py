@@ -4,19 +4,38 @@ WordPiece tokenizer, and helpers to save them as model folders.
 Random BERT-family inits leave LayerNorm gammas at 1 and every bias at 0, which would
 let a wrong formula pass (a missing ``beta`` or ``b_V`` adds zero). :func:`perturb` makes
 all of them non-trivial. ``tests/e2e/conftest.py`` (browser harness) is separate.
+
+torch and transformers are imported by the fixtures that need them, not here: a test that
+needs no model (the import contract, option checks, the CLI's refusals) starts without
+paying seconds for torch first.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # tests never touch the network; set before transformers/huggingface_hub are imported
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tier markers by where a test lives: ``parity`` for tests/test_parity_*.py, ``e2e``
+    for tests/e2e/ (``pytest -m parity``; ``make test-fast`` leaves out slow and browser)."""
+    for item in items:
+        path = item.path
+        if path.name.startswith("test_parity_"):
+            item.add_marker(pytest.mark.parity)
+        if path.parent.name == "e2e":
+            item.add_marker(pytest.mark.e2e)
+
 
 TINY = dict(
     vocab_size=96,
@@ -36,24 +55,28 @@ WORDS = (
 ).split()
 
 
-@torch.no_grad()
 def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every LayerNorm a non-trivial gamma/beta and every Linear a non-zero bias."""
+    import torch
+    from torch import nn
+
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.LayerNorm):
-            m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
-            m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-        elif isinstance(m, nn.Embedding):
-            # word and position rows of similar size, so position really moves encodings
-            m.weight.copy_(0.5 * torch.randn(m.weight.shape, generator=g))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, nn.Embedding):
+                # word and position rows of similar size, so position really moves encodings
+                m.weight.copy_(0.5 * torch.randn(m.weight.shape, generator=g))
     return model.eval()
 
 
 def build_tiny(family: str, seed: int = 0, **overrides) -> nn.Module:
     """A tiny random model of ``family`` (bert, bert_mlm, roberta, roberta_mlm, xlmr)."""
+    import torch
     from transformers import (
         BertConfig,
         BertForMaskedLM,
@@ -98,6 +121,8 @@ def tiny_models() -> dict[str, nn.Module]:
 
 def tiny_ids(adapter, n: int = 9, seed: int = 0) -> torch.Tensor:
     """A 'text' of n random ids: a CLS/<s>-like id first, a repeated id to exercise duplicates."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, adapter.vocab_size, (n,), generator=g)
     ids[0] = 2
@@ -133,6 +158,8 @@ def tokenizer(tmp_path_factory):
 
 def save_folder(folder: Path, model: nn.Module, tokenizer, *, pickle_only: bool = False) -> Path:
     """Save ``model`` + ``tokenizer`` as a transformers folder (safetensors, or only a pickle)."""
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     if pickle_only:
         model.config.save_pretrained(folder)
@@ -172,4 +199,3 @@ def minilm():
     if package_file(CATALOGUE["minilm"]) is None:
         pytest.skip("bundled MiniLM is not installed")
     return tokentrail.load("minilm")
-

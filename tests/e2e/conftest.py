@@ -13,12 +13,15 @@ serve_blocks    factory: ``with serve_blocks(demo) as url: ...`` launches a
                 prevent_thread_lock=True), waits until it answers, closes it on exit.
 artifacts_dir   <repo>/artifacts (created; gitignored) for screenshots.
 
-Mark browser tests with ``@pytest.mark.browser``.
+Mark browser tests with ``@pytest.mark.browser``. Every wait is for an event (a text, an
+element, a page), up to ``browser_helpers.EVENT_TIMEOUT_MS``; ``browser_helpers.new_context``
+gives a context with those timeouts, for tests that open several pages or colour schemes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 import time
@@ -30,15 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+# browser_helpers by its path: tests/test_app.py loads this file as a plain module (not as
+# a conftest), where tests/e2e is not on sys.path
+_spec = importlib.util.spec_from_file_location("browser_helpers", Path(__file__).with_name("browser_helpers.py"))
+browser_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(browser_helpers)
+EVENT_TIMEOUT_MS = browser_helpers.EVENT_TIMEOUT_MS
+new_context = browser_helpers.new_context
+
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
 
 # Keep Gradio from phoning home (analytics, version check) on a machine with no network.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Loopback must never go through a proxy, should one be configured.
-os.environ["NO_PROXY"] = ",".join(
-    filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1", "localhost"])
-)
+os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1", "localhost"]))
 os.environ["no_proxy"] = os.environ["NO_PROXY"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +66,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-SERVER_START_TIMEOUT_S = 30.0
+SERVER_START_TIMEOUT_S = 120.0
 
 
 def _in_ci() -> bool:
@@ -80,9 +89,9 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="session")
 def browser(chromium_path: str) -> Iterator[Any]:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'"
-    )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'")
+    # every expect(...) without its own timeout= (Playwright's default is 5 s)
+    sync_api.expect.set_options(timeout=EVENT_TIMEOUT_MS)
     with sync_api.sync_playwright() as pw:
         # Playwright gives each launch a fresh temporary user-data-dir.
         b = pw.chromium.launch(
@@ -98,8 +107,7 @@ def browser(chromium_path: str) -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
+    context = new_context(browser, viewport={"width": 1280, "height": 900})
     pg = context.new_page()
     try:
         yield pg
@@ -190,4 +198,3 @@ def serve_blocks() -> Iterator[Callable[..., contextlib.AbstractContextManager[s
     yield _serve
     for demo in started:
         demo.close(verbose=False)
-

@@ -11,13 +11,13 @@ pw = pytest.importorskip("playwright.sync_api", reason="playwright not installed
 expect = pw.expect
 
 import tokentrail as tt  # noqa: E402
-from browser_helpers import open_tab  # noqa: E402
+from browser_helpers import EVENT_TIMEOUT_MS, new_context, open_tab, wait_until_idle  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TEXT = "The old cat sat by the river bank and watched the boats."
-SLOW = 60_000  # ms: a first analysis loads the model
+SLOW = EVENT_TIMEOUT_MS  # ms: a first analysis loads the model
 
 
 def chip(page, token: str):
@@ -49,7 +49,11 @@ def test_type_click_and_read_every_view(page, serve_blocks, artifacts_dir):
         expect(table).to_contain_text("layer 5")
         expect(table).to_contain_text("★ river")
         # three plots, drawn by plotly in the page, the selected token among the lines
-        for pid, title in (("plot-sim", "Similarity to the original encoding"), ("plot-rank", "Rank of its own token"), ("plot-overlap", "Top-k overlap")):
+        for pid, title in (
+            ("plot-sim", "Similarity to the original encoding"),
+            ("plot-rank", "Rank of its own token"),
+            ("plot-overlap", "Top-k overlap"),
+        ):
             plot = page.locator(f"#{pid}")
             expect(plot.locator(".main-svg").first).to_be_visible()
             expect(plot).to_contain_text(title)
@@ -115,7 +119,7 @@ def second_model(tmp_path_factory) -> tuple[str, str, list[str]]:
 def test_two_sessions_with_different_models(browser, serve_blocks, second_model, artifacts_dir):
     label, flies, extra = second_model
     with serve_blocks(build_app(models=extra), **launch_options()) as url:
-        ctx_a, ctx_b = browser.new_context(viewport={"width": 1280, "height": 900}), browser.new_context(viewport={"width": 1280, "height": 900})
+        ctx_a, ctx_b = (new_context(browser, viewport={"width": 1280, "height": 900}) for _ in range(2))
         try:
             a, b = ctx_a.new_page(), ctx_b.new_page()
             for p in (a, b):
@@ -163,7 +167,10 @@ CONTRAST_JS = """(el) => {
   }
   bg = bg || [255, 255, 255, 1];
   const fg = rgb(getComputedStyle(el).color);
-  const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }; return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
   const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
   return (a + 0.05) / (b + 0.05);
 }"""
@@ -174,7 +181,7 @@ def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks
     line, the chips and the help panels); Tab reaches the chips and the arrow keys select."""
     with serve_blocks(build_app(), **launch_options()) as url:
         for scheme in ("light", "dark"):
-            ctx = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 720})
+            ctx = new_context(browser, color_scheme=scheme, viewport={"width": 1280, "height": 720})
             page = ctx.new_page()
             try:
                 page.goto(url)
@@ -189,8 +196,9 @@ def test_both_themes_read_and_chips_work_from_the_keyboard(browser, serve_blocks
                 page.screenshot(path=str(artifacts_dir / f"app-{scheme}.png"))
                 # keyboard: the selected chip takes focus, the right arrow moves to the next token.
                 # Let the page's load event finish first (its session state can land a moment
-                # after its outputs show, on a loaded machine; a click then would find none)
-                page.wait_for_timeout(1500)
+                # after its outputs show, on a loaded machine; a click then would find none):
+                # wait until none of the page's events is running, not for a fixed time
+                wait_until_idle(page)
                 page.locator("#tokens input:checked").focus()
                 assert page.evaluate("document.activeElement.closest('#tokens') !== null")
                 page.keyboard.press("ArrowRight")
@@ -244,7 +252,10 @@ def click_point(page, point) -> None:
     """A real mouse click on a plotly point (plotly hit-tests the pointer on its drag layer,
     so the point element itself never receives the click), once the page's listener is on
     the redrawn plot (map_tab.PICK_JS polls for it: a person is slower than the poll)."""
-    page.wait_for_function("() => { const gd = document.querySelector('#map-plot .js-plotly-plot'); return gd && gd._ev && gd.__ttPick === gd._ev; }")
+    page.wait_for_function(
+        "() => { const gd = document.querySelector('#map-plot .js-plotly-plot');"
+        " return gd && gd._ev && gd.__ttPick === gd._ev; }"
+    )
     point.scroll_into_view_if_needed()
     box = point.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
@@ -314,7 +325,12 @@ def test_study_tab_opens_a_study_from_the_operators_folder(page, serve_blocks, a
         status = page.locator("#study-status")
         expect(status).to_contain_text("minilm-sample")
         expect(status).to_contain_text("6 texts")
-        for pid, title in (("study-self-sim", "Self-similarity"), ("study-rank", "Rank of the token"), ("study-anisotropy", "Corpus anisotropy"), ("study-jumps", "Change of self-similarity")):
+        for pid, title in (
+            ("study-self-sim", "Self-similarity"),
+            ("study-rank", "Rank of the token"),
+            ("study-anisotropy", "Corpus anisotropy"),
+            ("study-jumps", "Change of self-similarity"),
+        ):
             plot = page.locator(f"#{pid}")
             expect(plot.locator(".main-svg").first).to_be_visible()
             expect(plot).to_contain_text(title)

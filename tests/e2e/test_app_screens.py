@@ -20,11 +20,12 @@ pw = pytest.importorskip("playwright.sync_api", reason="playwright not installed
 expect = pw.expect
 
 import tokentrail as tt  # noqa: E402
+from browser_helpers import EVENT_TIMEOUT_MS, new_context  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SLOW = 120_000  # ms: a first analysis loads the model
+SLOW = EVENT_TIMEOUT_MS  # ms: a first analysis loads the model
 
 # elements inside table cells whose text does not fit (ellipsised or clipped)
 CUT_CELLS_JS = """(sel) => {
@@ -53,15 +54,25 @@ CUT_TITLES_JS = """() => {
   return cut;
 }"""
 
+# every plot on screen (a hidden tab's plots have no width) has drawn its title text
+TITLES_DRAWN_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].every((plot) => {
+  const svg = plot.querySelector('.main-svg');
+  return svg !== null && (svg.getBoundingClientRect().width === 0 || plot.querySelector('.g-gtitle text') !== null);
+})"""
+
 # Gradio's table: header cells, and the rows it draws (a virtual list of grid cells)
 CELLS = "#{0} th[role=columnheader], #{0} [role=gridcell]"
-RECT_JS = "(e) => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; }"
+RECT_JS = (
+    "(e) => { const r = e.getBoundingClientRect();"
+    " return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; }"
+)
 
 
 def _ready(page) -> None:
     expect(page.locator("#status")).to_contain_text("Selected:", timeout=SLOW)
     expect(page.locator("#table [role=row].virtual-row").first).to_be_visible(timeout=SLOW)
-    page.wait_for_timeout(500)  # let plotly lay out the titles
+    # let plotly lay out the titles: wait until every plot on screen has drawn its title
+    page.wait_for_function(TITLES_DRAWN_JS, timeout=SLOW)
 
 
 def _in_viewport(page, locator) -> bool:
@@ -77,7 +88,7 @@ def app_url(serve_blocks):
 
 
 def test_laptop_screen_shows_a_result_without_scrolling(browser, app_url, artifacts_dir):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    ctx = new_context(browser, viewport={"width": 1280, "height": 720})
     try:
         page = ctx.new_page()
         page.goto(app_url)
@@ -101,7 +112,7 @@ def test_laptop_screen_shows_a_result_without_scrolling(browser, app_url, artifa
 
 
 def test_1024_wide_cuts_no_cell_and_no_plot_title(browser, app_url, artifacts_dir):
-    ctx = browser.new_context(viewport={"width": 1024, "height": 768})
+    ctx = new_context(browser, viewport={"width": 1024, "height": 768})
     try:
         page = ctx.new_page()
         page.goto(app_url)
@@ -132,7 +143,7 @@ def test_wide_screen_shows_every_layer_of_a_deep_model_and_whole_head_headers(br
     except tt.TokentrailError as exc:
         pytest.skip(f"SmolLM2 cannot be loaded here: {exc}")
     with serve_blocks(build_app(preload=["smollm2"]), **launch_options()) as url:
-        ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+        ctx = new_context(browser, viewport={"width": 1400, "height": 900})
         try:
             page = ctx.new_page()
             page.goto(url)

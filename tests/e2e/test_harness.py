@@ -43,9 +43,8 @@ def test_serve_blocks_closes_server(serve_blocks):
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     demo = _make_demo()
-    with serve_blocks(demo) as url:
-        with opener.open(url + "config", timeout=5) as resp:
-            assert resp.status == 200
+    with serve_blocks(demo) as url, opener.open(url + "config", timeout=60) as resp:  # 60 s: a safety net under load
+        assert resp.status == 200
     assert not demo.is_running
     with pytest.raises((urllib.error.URLError, OSError)):
         opener.open(url + "config", timeout=2)
