@@ -263,6 +263,7 @@ def refuse_without_torch(tmp_path, *args) -> tuple[str, float]:
         (("trace", " ", "-q"), "the text is empty"),
         (("compare", TEXT, "another text", "--token", "1", "--site", "nowhere"), "compare takes one site"),
         (("study", "no-such-corpus.txt", "-q"), "no input file at no-such-corpus.txt"),
+        (("report", "no-such-study"), "no-such-study holds no study"),
     ],
 )
 def test_checks_that_need_no_model_come_before_torch(tmp_path, args, message):
