@@ -20,7 +20,7 @@ from tokentrail.cli.trace import trace
 try:  # recent typer vendors its own click (typer._click); older ones use click itself
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException
+    from click.exceptions import ClickException  # type: ignore[assignment]
 Abort = typer.Abort
 
 

@@ -73,7 +73,7 @@ class _StudyProgress:
         self.console = console
         self.quiet = quiet
         self.task = None  # the bar's task, once it is drawn
-        self.loader = None  # a TerminalProgress while the model loads
+        self.loader: TerminalProgress | None = None  # while the model loads
         if not quiet:
             self.bar = Progress(
                 TextColumn("studying"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),

@@ -81,8 +81,9 @@ def trace(
             # what needs the model, before the analysis
             stacks = _check_stack_options(loaded, causal, stack, seq2seq_asked, token, layer, head)
             enc = loaded.encode(text, truncate=truncate)
+            followed: str | int | None = token  # a decoder's token is found in its own tokens, by the report
             if token is not None and stacks[0].name != "decoder":
-                token = _pick_token(enc.tokens, token, quiet)
+                followed = _pick_token(enc.tokens, token, quiet)
             _check_map_size(loaded, len(enc.ids), map_path, map_method, head_at)
             if loaded.dtype != "float32" and not quiet:
                 bar.note(f"{loaded.dtype} runs the model approximately; float32 is the exact reference")
@@ -96,7 +97,7 @@ def trace(
         if fmt != "table":
             _export(trail, fmt, out_path, quiet)
             return
-        print_report(out, trail, token=token, layer=layer, head=head, stack=None if stack == "both" else stack)
+        print_report(out, trail, token=followed, layer=layer, head=head, stack=None if stack == "both" else stack)
 
 
 def _trace_options(*, site: str, space: str | None, quiet: bool, correct_from: Path | None, **values) -> TraceOptions:
