@@ -234,3 +234,50 @@ def test_truncate_quiet_prints_no_transformers_warning():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == ""
+
+
+# ---- errors before weight: refused before torch is imported ---------------------------------
+def refuse_without_torch(tmp_path, *args) -> tuple[str, float]:
+    """Run the CLI's ``main`` in a fresh interpreter: exit 2, one line, and torch never imported."""
+    code = (
+        "import sys, time; t0 = time.monotonic(); from tokentrail.cli import main; sys.argv = ['tokentrail', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules, code, round(time.monotonic() - t0, 2))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(tokentrail.__file__).parents[1]), "HOME": str(tmp_path), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    torch_loaded, transformers_loaded, exit_code, seconds = proc.stdout.split()
+    assert (torch_loaded, transformers_loaded, exit_code) == ("False", "False", "2"), proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0], float(seconds)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("trace", TEXT, "--site", "attn"), "unknown site 'attn'"),
+        (("trace", TEXT, "--site", "heads", "--space", "encodings"), "--site heads compares each head"),
+        (("trace", TEXT, "--map-head", "1.2"), "--map-head says which head --map draws"),
+        (("trace", TEXT, "--target", "x", "--max-new-tokens", "3"), "give one of them, not both"),
+        (("trace", " ", "-q"), "the text is empty"),
+        (("compare", TEXT, "another text", "--token", "1", "--site", "nowhere"), "compare takes one site"),
+        (("study", "no-such-corpus.txt", "-q"), "no input file at no-such-corpus.txt"),
+        (("report", "no-such-study"), "no-such-study holds no study"),
+    ],
+)
+def test_checks_that_need_no_model_come_before_torch(tmp_path, args, message):
+    line, seconds = refuse_without_torch(tmp_path, *args)
+    assert message in line
+
+
+def test_the_options_a_command_line_builds_are_checked_once(bert_folder, monkeypatch):
+    from tokentrail.spec.options import TraceOptions
+
+    built = []
+    real = TraceOptions._check
+    monkeypatch.setattr(TraceOptions, "_check", lambda self: built.append(self) or real(self))
+    res = run("trace", TEXT, "-m", bert_folder, "--site", "attn_resid,heads", "-q", "--format", "json")
+    assert res.exit_code == 0, res.output
+    asked = built[0]
+    assert asked.sites == ("attn_resid", "heads") and sum(o is asked for o in built) == 1

@@ -12,7 +12,8 @@ from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.version import __version__
 
 
-#: public name -> the module that defines it (imported when the name is first used)
+#: public name -> the module that defines it, with ``:name`` where it is called otherwise
+#: there (imported when the name is first used)
 _LAZY = {
     "trace": "api",
     "run": "api",
@@ -44,6 +45,17 @@ _LAZY = {
     "human_bytes": "engine.budget:human",
     "study_figures": "corpus.report:named_figures",
     "study_metadata": "corpus.report:metadata",
+    # what the command line and the app need beyond the one-liners
+    "Stack": "session.loaded",
+    "resolve_device": "session.models",
+    "resolve_dtype": "session.models",
+    "set_defaults": "session.models",
+    "read_stats": "store.stats",
+    "attention_included": "results.trailio",
+    "MAX_ATTENTION_ROWS": "results.trailio",
+    "cache_root": "session.gguf_cache",
+    "cache_entries": "session.gguf_cache",
+    "write_study_pngs": "corpus.report:write_pngs",
 }
 """A value ``"module:attr"`` publishes the module's ``attr`` under another name."""
 
@@ -90,3 +102,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.corpus import Study, study
     from tokentrail.session.verification import Verification, verify
     from tokentrail.session.comparison import Comparison, compare
+    from tokentrail.session.loaded import Stack
+    from tokentrail.session.models import resolve_device, resolve_dtype, set_defaults
+    from tokentrail.store.stats import read_stats
+    from tokentrail.results.trailio import MAX_ATTENTION_ROWS, attention_included
+    from tokentrail.session.gguf_cache import cache_entries, cache_root
+    from tokentrail.engine.budget import human as human_bytes
+    from tokentrail.corpus.report import write_pngs as write_study_pngs

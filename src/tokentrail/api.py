@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from tokentrail.analysis.views import Progress
-from tokentrail.session.inputs import check_decoder_input, check_text
+from tokentrail.spec.text import check_decoder_input, check_text
 from tokentrail.session.models import DEFAULT_MODEL, LoadedModel, load
 from tokentrail.spec.options import TraceOptions
 from tokentrail.results.trail import Trail
@@ -44,17 +44,6 @@ def trace(
     text: str,
     model: Any = DEFAULT_MODEL,
     *,
-    site: str | Sequence[str] = "attn_resid",
-    space: str | Sequence[str] = "encodings",
-    similarity: str | Sequence[str] = "cosine",
-    k: int = 15,
-    overlap_k: int | None = None,
-    lens: bool = False,
-    lens_site: str = "layer_out",
-    causal: bool | None = None,
-    truncate: bool = False,
-    correct: str | None = None,
-    correct_from: Any = None,
     options: TraceOptions | None = None,
     tokenizer: Any = None,
     device: str | None = None,
@@ -64,14 +53,19 @@ def trace(
     revision: str | None = None,
     target: str | None = None,
     max_new_tokens: int | None = None,
+    **option_values: Any,
 ) -> Trail:
     """Follow every token of ``text`` through ``model``.
 
+    The options of the trace are :meth:`TraceOptions.make <tokentrail.spec.options.TraceOptions.make>`'s
+    keywords (``site``, ``space``, ``similarity``, ``k``, ``overlap_k``, ``lens``,
+    ``lens_site``, ``causal``, ``truncate``, ``correct``, ``correct_from``), or a ready
+    :class:`~tokentrail.spec.options.TraceOptions` as ``options``; they are validated
+    once, before any model work.
     ``overlap_k`` defaults to 100 (or the vocabulary size, if smaller); asking for more
     than the vocabulary has is an error, as is ``k`` above it.
     ``site``, ``space`` and ``similarity`` take one name, a list, a comma-separated string
-    or ``"all"``; or pass a ready :class:`~tokentrail.spec.options.TraceOptions` as ``options``.
-    ``causal=False`` runs a decoder with its causal mask off. ``correct`` corrects the
+    or ``"all"``. ``causal=False`` runs a decoder with its causal mask off. ``correct`` corrects the
     geometry of residual sites (``zscore``, ``center``, ``rogue:D``, ``abtt:D``; see
     :mod:`tokentrail.engine.geometry`), fitted to the text's own vectors or, with
     ``correct_from``, to a corpus study of the same model (its folder). ``model`` takes
@@ -79,11 +73,7 @@ def trace(
     ``target`` or the model's own greedy output (``max_new_tokens``); the Trail is the
     encoder's, with the decoder's as ``trail.decoder`` (cross-attention included).
     """
-    opts = options or TraceOptions.make(
-        site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k,
-        lens=lens, lens_site=lens_site, causal=causal, truncate=truncate, correct=correct,
-        correct_from=correct_from,
-    )  # fmt: skip  -- validated here, before any model work
+    opts = options or TraceOptions.make(**option_values)  # validated here, before any model work
     check_text(text)
     check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)

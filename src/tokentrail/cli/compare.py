@@ -1,7 +1,7 @@
 """``tokentrail compare``: one word in two contexts, two tokens of a text, or two models.
 
-A thin layer over :func:`tokentrail.session.comparison.compare`; :mod:`tokentrail.cli.commands` registers it
-(the shared helpers are imported from there when the command runs). Everything that needs no model is checked first.
+A thin layer over :func:`tokentrail.compare`; :mod:`tokentrail.cli.commands` registers it.
+Everything that needs no model is checked first.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tokentrail.spec.errors import TokentrailError
+import tokentrail as tt
+from tokentrail.cli.common import check_model_option, check_output, err, one_line_errors, out, read_text
+from tokentrail.present.progress import TerminalProgress
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import write_csv
+from tokentrail.spec.options import HEADS_ACROSS_MODELS, check_compare_options, check_index, parse_correction
+from tokentrail.spec.text import check_text
 
 
 def compare(
@@ -38,61 +44,45 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display (what loads, what runs)."),
 ) -> None:
     """Compare two occurrences layer by layer: cosine, self-similarity, rank, shared and separating neighbours."""
-    from tokentrail.cli.commands import _check_output, _fail, _read_text, err
-    from tokentrail.session.comparison import check_compare_options
-    from tokentrail.session.comparison import compare as run_compare
-    from tokentrail.spec.errors import InputError
-    from tokentrail.session.inputs import check_text
-    from tokentrail.session.models import resolve_device, resolve_dtype
-    from tokentrail.present.progress import TerminalProgress
-
-    try:
-        text_a = _read_text(text_a)
+    with one_line_errors():
+        text_a = read_text(text_a)
         check_text(text_a)
         if text_b is not None:
             check_text(text_b)
-        fmt, out_path = _check_output(fmt, out_path, force)
+        fmt, out_path = check_output(fmt, out_path, force)
         if len(model) > 2:
             raise InputError(f"compare takes one or two --model, not {len(model)}")
         if len(token) > 2:
             raise InputError(f"compare takes one or two --token (side a, side b), not {len(token)}")
-        if any(not m.strip() for m in model):
-            raise InputError("--model is empty: give a bundled name (see `tokentrail models`), a hub id or a local folder")
+        for m in model:
+            check_model_option(m)
         two_models = len(model) == 2
         if text_b is None and not two_models and len(token) < 2:
             raise InputError("one text and one model: give two tokens (--token flies:0 --token flies:1), a second text, or a second --model")
         if two_models and site == "heads":
-            from tokentrail.session.comparison import HEADS_ACROSS_MODELS
-
             raise InputError(HEADS_ACROSS_MODELS)
         if not token and not two_models:
             raise InputError("give the token to compare with --token (an index, its text, or TEXT:N)")
         space = check_compare_options(site, space, similarity, k, overlap_k)
         if correct is not None:
-            from tokentrail.spec.options import parse_correction
-
             parse_correction(correct)
             if site == "heads" or two_models:
                 raise InputError("--correct applies to residual sites of one model (two contexts or two tokens)")
         if head is not None and site != "heads":
             raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
-        device, dtype = resolve_device(device), resolve_dtype(dtype)
+        device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
-            result = run_compare(
+            result = tt.compare(
                 text_a, text_b, model=model[0] if model else "minilm", model_b=model[1] if two_models else None,
                 token=token[0] if token else None, token_b=token[1] if len(token) > 1 else None, site=site, space=space,
                 similarity=similarity, k=k, overlap_k=overlap_k, causal=causal, correct=correct, device=device, dtype=dtype,
                 progress=bar.loading,
             )  # fmt: skip
         if head is not None:
-            from tokentrail.spec.options import check_index
-
             check_index(head, result.a.n_heads, "head", f"the model has {result.a.n_heads} heads")
         if fmt != "table":
             if out_path is None:
                 if fmt == "csv":
-                    from tokentrail.spec.fileio import write_csv
-
                     write_csv(result.frame(), sys.stdout)
                 else:
                     sys.stdout.write(result.to_json() + "\n")
@@ -101,10 +91,6 @@ def compare(
             err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
             return
         print_comparison(result, show=show, head=head)
-    except TokentrailError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
 
 
 def _words(frame, n: int) -> str:
@@ -113,8 +99,6 @@ def _words(frame, n: int) -> str:
 
 def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
     """The comparison as terminal tables (what ``tokentrail compare`` prints)."""
-    from tokentrail.cli.commands import out
-
     for s in c.sides:
         where = "all tokens (mean self_sim, median rank)" if s.token is None else f"token {s.token} {s.token_str!r}"
         out.print(f"[bold]{s.name}[/]: {s.model}, {where} of {s.text!r}", highlight=False)
@@ -149,8 +133,6 @@ def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
 
 
 def _print_models(c, show: int) -> None:
-    from tokentrail.cli.commands import out
-
     if c.alignment is not None and c.a.token is not None:
         b_tokens = ", ".join(f"{j} {c.b.tokens[j]!r}" for j in c.alignment[c.a.token])
         out.print(f"a token {c.a.token} {c.a.token_str!r} spans characters {c.a.span}; b tokens over them: {b_tokens}; b follows token {c.b.token}", highlight=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from tokentrail.spec.errors import InputError
+from tokentrail.spec.fileio import CORPUS_FILES, check_input_file
 from tokentrail.session.inputs import MAX_CHARS
 from tokentrail.corpus.wordclass import Word
 
@@ -68,11 +69,7 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
 
 def check_source(path: str | Path, fmt: str | None = None, column: str | None = None) -> str:
     """Everything that can be checked about an input before any model work; its format."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"no input file at {path}")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; give a text, CoNLL-U, CSV or Parquet file")
+    path = check_input_file(path, CORPUS_FILES)
     fmt = detect_format(path, fmt)
     if fmt in ("csv", "parquet"):
         cols = _columns(path, fmt)

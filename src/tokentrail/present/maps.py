@@ -24,12 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import RESIDUAL_SITES, RESIDUAL_SPACES, check_index
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import plotly.graph_objects as go
 
@@ -46,6 +45,8 @@ def check_method(method: str) -> str:
 
 def pca_2d(points: np.ndarray) -> np.ndarray:
     """(N, d) -> (N, 2): exact PCA through numpy's SVD of the centred points."""
+    import numpy as np  # numpy when a map is drawn: importing this module stays cheap for the CLI's checks
+
     x = np.asarray(points, dtype=np.float64)
     xc = x - x.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
@@ -76,6 +77,8 @@ def check_points(method: str, n_points: int) -> None:
 
 def project(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     """(N, d) -> (N, 2) by ``method``."""
+    import numpy as np
+
     check_method(method)
     check_points(method, len(points))
     if method == "pca":
@@ -160,6 +163,7 @@ def trajectory_map(
 
 
 def _figure(frame: "pd.DataFrame", method: str, site: str, run: "Run") -> "go.Figure":
+    import numpy as np
     import plotly.graph_objects as go
 
     # every point carries (token index, step) as customdata: a click in the app selects them
@@ -234,6 +238,7 @@ def head_map(
 
 
 def _head_figure(frame: "pd.DataFrame", method: str, run: "Run", layer: int, head: int, gqa: str) -> "go.Figure":
+    import numpy as np
     import plotly.graph_objects as go
 
     fig = go.Figure()

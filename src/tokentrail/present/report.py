@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tokentrail.results.trail import Trail, View
 from tokentrail.spec.errors import InputError
+
+if TYPE_CHECKING:
+    from tokentrail.results.trail import Trail, View
 
 
 def _neighbours_cell(trail: Trail, ids, sims, own: int, k: int) -> str:
@@ -100,6 +103,8 @@ def _print_stack(console: Console, trail: Trail, *, token=None, layer: int | Non
 
 
 def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> None:
+    import numpy as np  # numpy when a report is printed: importing this module stays cheap for the CLI's checks
+
     own = int(trail.ids[t])
     k = v.top_ids.shape[-1]
     console.print(
@@ -132,6 +137,8 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
 
 
 def _grid(console: Console, trail: Trail, v: View, layers, head) -> None:
+    import numpy as np
+
     title = "rank of own token (0 = nearest)"
     if v.per_head:
         if head is None:
@@ -159,6 +166,8 @@ def _layer_blocks(width: int, labels: list[str], layers: list[int], ranks) -> li
     Each block repeats the token column; a deep model (30-48 layers) reads as two or three
     stacked tables in a 100-column terminal instead of one table of truncated cells.
     """
+    import numpy as np
+
     from rich.cells import cell_len
 
     label_w = max([cell_len("token"), *(cell_len(x) for x in labels)])

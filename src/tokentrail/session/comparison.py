@@ -31,7 +31,7 @@ import pandas as pd
 
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import write_csv, write_parquet, write_text
-from tokentrail.spec.options import ALL_SITES, CROSS_SITES, DEFAULT_OVERLAP_K, HEAD_SITE, HEAD_SPACES, RESIDUAL_SPACES, SIMILARITIES, whole_number
+from tokentrail.spec.options import DEFAULT_OVERLAP_K, HEAD_SITE, HEADS_ACROSS_MODELS, check_compare_options  # the rules live in spec.options
 from tokentrail.results.trail import RunInfo
 from tokentrail.spec.tokens import find_token
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from tokentrail.session.runner import Run
 
 Span = tuple[int, int]
-HEADS_ACROSS_MODELS = "the heads site compares the same head in two contexts of one model; two models have different heads: choose a residual site"
 
 __all__ = ["Comparison", "Side", "align_spans", "check_compare_options", "compare", "token_spans"]
 
@@ -315,23 +314,6 @@ class Comparison:
 
 
 # ---- computing ------------------------------------------------------------------------
-def check_compare_options(site: str, space: str | None, similarity: str, k: int, overlap_k: int | None) -> str:
-    """Validate what needs no model; returns the space (default: encodings, or value for heads)."""
-    sites = [s for s in ALL_SITES if s not in CROSS_SITES]  # one stack's sites: an encoder-decoder compares its encoder
-    if not isinstance(site, str) or site not in sites:
-        raise InputError(f"compare takes one site: choose from {', '.join(sites)}, not {site!r}")
-    allowed = HEAD_SPACES if site == HEAD_SITE else RESIDUAL_SPACES
-    space = space or allowed[0]
-    if space not in allowed:
-        raise InputError(f"the {site} site compares with {' or '.join(allowed)}, not {space!r}")
-    if similarity not in SIMILARITIES:
-        raise InputError(f"unknown similarity {similarity!r}: choose from {', '.join(SIMILARITIES)}")
-    whole_number(k, "k")
-    if overlap_k is not None:
-        whole_number(overlap_k, "overlap k")
-    return space
-
-
 def compare(
     text_a: str,
     text_b: str | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,14 +9,13 @@ import torch
 
 from tokentrail.spec.errors import InputError, TooLong
 from tokentrail.spec import tokens
-from tokentrail.spec.options import check_new_tokens
+from tokentrail.spec.text import MAX_CHARS as MAX_CHARS, check_decoder_input as check_decoder_input, check_text  # their home is spec/text
 
 def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
     """Token strings as a reader wants them (the rule is in :mod:`tokentrail.spec.tokens`)."""
     return tokens.readable_tokens(tokenizer.convert_ids_to_tokens(list(ids)), tokens.tokenizer_kind(tokenizer))
 
 
-MAX_CHARS = 100_000
 MAX_TOKENS = 1024
 """Most tokens one trace takes, whatever the model allows: attention maps alone grow as
 layers x heads x tokens^2 (an 8k-token text in a 30-layer decoder would need ~70 GB)."""
@@ -29,35 +27,6 @@ class Encoded:
     tokens: list[str]
     special: list[bool]
     truncated_from: int | None  # token count before --truncate, if it cut anything
-
-
-def check_text(text: object) -> str:
-    """The text itself, or an error saying what is wrong with it."""
-    if not isinstance(text, str):
-        raise InputError(f"text must be a string, not {type(text).__name__}")
-    if not text.strip():
-        raise InputError("the text is empty: type something to trace")
-    if len(text) > MAX_CHARS:
-        raise InputError(f"the text is {len(text):,} characters; the limit is {MAX_CHARS:,}")
-    for i, ch in enumerate(text):
-        o = ord(ch)
-        if 0xD800 <= o <= 0xDFFF:
-            raise InputError(f"the text has a lone surrogate U+{o:04X} at character {i}: it is not valid Unicode")
-        if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r":
-            raise InputError(f"the text has a control character U+{o:04X} at character {i}: remove it")
-    return text
-
-
-def check_decoder_input(target: str | None, max_new_tokens: int | None, names: tuple[str, str] = ("target", "max_new_tokens")) -> None:
-    """An encoder-decoder's decoder input: a target text, or a bound on the model's greedy
-    output (:func:`~tokentrail.spec.options.check_new_tokens`), not both. Before any model work.
-    ``names``: how the caller spells the two (the CLI's flags)."""
-    if target is not None:
-        check_text(target)
-        if max_new_tokens is not None:
-            raise InputError(f"{names[1]} bounds the greedy output, which {names[0]} (the decoder's input) replaces: give one of them, not both")
-    if max_new_tokens is not None:
-        check_new_tokens(max_new_tokens)
 
 
 def encode(model: Any, text: str, *, truncate: bool = False, max_tokens: int | None = None) -> Encoded:

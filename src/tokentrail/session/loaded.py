@@ -22,6 +22,15 @@ from tokentrail.spec.options import DEFAULT_NEW_TOKENS, TraceOptions
 from tokentrail.store.stats import read_stats
 
 
+@dataclass(frozen=True)
+class Stack:
+    """One stack's shape, what a front end checks ``--layer``/``--head`` against."""
+
+    name: str | None  # "encoder" or "decoder" in an encoder-decoder; None in a single-stack model
+    n_layers: int
+    n_heads: int
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """A loaded model with its tokenizer, adapter and reference-space cache.
@@ -68,19 +77,25 @@ class LoadedModel:
         return self.adapter.is_decoder
 
     @property
+    def family(self) -> str:
+        """The architecture family (``bert``, ``gpt2``, ``t5``, ...)."""
+        return self.adapter.family
+
+    @property
     def n_layers(self) -> int:
-        """Layers of the model (an encoder-decoder's: its encoder's)."""
+        """Layers of the (encoder) stack."""
         return self.adapter.n_layers
 
     @property
     def n_heads(self) -> int:
-        """Attention heads per layer (an encoder-decoder's: its encoder's)."""
+        """Attention heads per layer of the (encoder) stack."""
         return self.adapter.n_heads
 
     @property
-    def family(self) -> str:
-        """The architecture family's short name ("bert", "gpt2", "llama", "bart", ...)."""
-        return self.adapter.family
+    def stacks(self) -> tuple[Stack, ...]:
+        """The model's stacks, in order: (encoder, decoder) for an encoder-decoder, else one."""
+        adapters = (self.adapter, self.adapter.decoder_stack()) if self.adapter.is_seq2seq else (self.adapter,)
+        return tuple(Stack(a.stack, a.n_layers, a.n_heads) for a in adapters)
 
     def labels(self, ids) -> dict[int, str]:
         ids = [int(i) for i in ids]

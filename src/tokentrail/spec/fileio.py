@@ -76,6 +76,20 @@ TEMPORARY_SUFFIX = ".part"
 folder's owner may sweep after a SIGKILL (a study's ``prepare``)."""
 
 
+CORPUS_FILES = "a text, CoNLL-U, CSV or Parquet file"
+"""What a corpus study reads (``tokentrail study SOURCE``)."""
+
+
+def check_input_file(path: str | os.PathLike[str], kinds: str) -> Path:
+    """An input file that exists and is not a folder (``kinds`` says what files are read), before any work."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no input file at {p}")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; give {kinds}")
+    return p
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.

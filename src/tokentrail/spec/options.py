@@ -40,6 +40,7 @@ CORRECTIONS: tuple[str, ...] = ("center", "zscore", "rogue", "abtt")
 DEFAULT_NEW_TOKENS = 20  # encoder-decoders without a target: the greedy output's length bound
 MAX_NEW_TOKENS = 512  # the most greedy tokens asked for (each step re-runs the decoder on all before it)
 DEFAULT_OVERLAP_K = 100  # SPEC; a smaller vocabulary caps the default (an explicit larger one is refused)
+HEADS_ACROSS_MODELS = "the heads site compares the same head in two contexts of one model; two models have different heads: choose a residual site"
 
 
 def expand_choice(value: str | Sequence[str] | None, everything: Sequence[str]) -> tuple[str, ...]:
@@ -115,9 +116,55 @@ def check_index(value: object, count: int, what: str, owner: str) -> int:
     return value % count
 
 
+def spaces_of(site: str) -> tuple[str, ...]:
+    """The spaces ``site`` is compared in (the one home of the site/space pairing rule);
+    the first is its default: encodings for residual sites, value for the heads sites."""
+    if site == HEAD_SITE:
+        return HEAD_SPACES
+    return CROSS_HEAD_SPACES if site == CROSS_HEAD_SITE else RESIDUAL_SPACES
+
+
+def site_spaces(sites: Sequence[str], space: str | None) -> tuple[list[str], str | None]:
+    """The spaces to compute for a command line's ``--site``/``--space``, and a note to show.
+
+    Residual sites default to encodings and the heads sites to value; an explicit space
+    the heads site cannot use is an error when only heads are asked for, else the heads
+    site uses its value space and the note says so."""
+    if space is None:
+        return ["encodings"] + (["value"] if HEAD_SITE in sites or CROSS_HEAD_SITE in sites else []), None
+    spaces = list(expand_choice(space, ALL_SPACES))
+    if HEAD_SITE in sites and not any(s in HEAD_SPACES for s in spaces if s in ALL_SPACES):
+        if all(s == HEAD_SITE for s in sites):
+            raise InputError(
+                f"--site heads compares each head with its {', '.join(HEAD_SPACES)} space; "
+                f"--space {space} is for residual sites: use --space value (or key, query)"
+            )
+        return [*spaces, "value"], f"--space {space} applies to the residual sites; the heads site uses its value space"
+    return spaces, None
+
+
+def check_compare_options(site: str, space: str | None, similarity: str, k: int, overlap_k: int | None) -> str:
+    """A comparison's options that need no model; returns the space (default: encodings, or value for heads)."""
+    sites = [s for s in ALL_SITES if s not in CROSS_SITES]  # one stack's sites: an encoder-decoder compares its encoder
+    if not isinstance(site, str) or site not in sites:
+        raise InputError(f"compare takes one site: choose from {', '.join(sites)}, not {site!r}")
+    allowed = spaces_of(site)
+    space = space or allowed[0]
+    if space not in allowed:
+        raise InputError(f"the {site} site compares with {' or '.join(allowed)}, not {space!r}")
+    if similarity not in SIMILARITIES:
+        raise InputError(f"unknown similarity {similarity!r}: choose from {', '.join(SIMILARITIES)}")
+    whole_number(k, "k")
+    if overlap_k is not None:
+        whole_number(overlap_k, "overlap k")
+    return space
+
+
 @dataclass(frozen=True)
 class TraceOptions:
-    """Everything that changes the numbers of a trace. Build with :meth:`make` (validates)."""
+    """Everything that changes the numbers of a trace: the one options object the API,
+    the CLI and the app build (:meth:`make` from user-facing values). Validated once, when
+    built; being frozen, it stays valid, and a changed copy (:meth:`with_`) is a new build."""
 
     sites: tuple[str, ...] = ("attn_resid",)
     spaces: tuple[str, ...] = ("encodings",)
@@ -161,10 +208,16 @@ class TraceOptions:
             correct=None if correct is None else str(correct).strip().replace(" ", ""),
             correct_from=None if correct_from is None else str(correct_from),
         )
-        opts.validate()
         return opts
 
+    def __post_init__(self) -> None:
+        self._check()
+
     def validate(self) -> "TraceOptions":
+        """The options themselves: they were checked when built."""
+        return self
+
+    def _check(self) -> None:
         for s in self.sites:
             if s not in ALL_SITES:
                 raise InputError(f"unknown site {s!r}: choose from {', '.join(ALL_SITES)} or all")
@@ -194,13 +247,12 @@ class TraceOptions:
             if self.correct is None:
                 raise InputError("--correct-from says where a correction is fitted: add --correct zscore|center|rogue:D|abtt:D")
         self.pairs()
-        return self
 
     def pairs(self) -> list[tuple[str, str]]:
         """The (site, space) pairs to compute among those asked for."""
         out = []
         for site in self.sites:
-            allowed = HEAD_SPACES if site == HEAD_SITE else CROSS_HEAD_SPACES if site == CROSS_HEAD_SITE else RESIDUAL_SPACES
+            allowed = spaces_of(site)
             chosen = [s for s in self.spaces if s in allowed]
             if not chosen and site in (HEAD_SITE, CROSS_HEAD_SITE):
                 chosen = ["value"]  # the heads sites' own space (SPEC)
@@ -214,7 +266,7 @@ class TraceOptions:
 
     def with_(self, **changes: Any) -> "TraceOptions":
         """A validated copy with some fields changed."""
-        return replace(self, **changes).validate()
+        return replace(self, **changes)
 
     # ---- metadata round trip ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -233,4 +285,4 @@ class TraceOptions:
         for key in ("sites", "spaces", "similarities"):
             if key in kw:
                 kw[key] = tuple(kw[key])
-        return cls(**kw).validate()
+        return cls(**kw)
