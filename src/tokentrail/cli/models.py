@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from rich.table import Table
 
 import tokentrail as tt
+import tokentrail.app as web
 from tokentrail.cli.common import err, fail, out, read_text
 from tokentrail.spec.errors import TokentrailError
 from tokentrail.spec.text import check_text
@@ -120,7 +120,7 @@ def serve(
     if studies is not None and not studies.is_dir():
         fail(f"--studies {studies}: not a folder (give the folder your studies were written into)")
     try:
-        web = _web_app()
+        web.launch  # noqa: B018 (imports gradio here, so that a missing extra is one line)
     except ImportError as exc:
         fail(f"the web app needs gradio: pip install 'tokentrail[app]' ({exc})")
     try:
@@ -128,10 +128,3 @@ def serve(
         web.launch(host=host, port=port, share=share, models=list(model) or None, preload=tuple(model), max_queue=max_queue, studies=None if studies is None else str(studies))
     except TokentrailError as exc:
         fail(str(exc))
-
-
-def _web_app():
-    """The web app's package, imported when ``serve`` runs: it imports gradio and torch at
-    its top, which every other command (and ``--help``) must not pay for. (A lazy
-    ``tokentrail.app``, as the root package is, would let this be an import at the top.)"""
-    return importlib.import_module("tokentrail.app")
