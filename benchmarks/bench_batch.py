@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import tokentrail
-    from tokentrail.analysis.views import analyse, analyse_batch
+    from tokentrail.analysis.bare import analyse, analyse_batch
     from tokentrail.session.inputs import encode
     from tokentrail.engine.spaces import SpaceCache
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.spec.options import HEAD_SITE, RESIDUAL_SITES, TraceOptions
 from tokentrail.engine.spaces import SpaceCache
 

@@ -150,7 +150,8 @@ def _brute_check(adapter, acts, views, spec, space_kind, site, k, fit=None):
 @pytest.mark.parametrize("spec", ["center", "zscore", "rogue:2", "abtt:2"])
 def test_corrected_views_equal_brute_force_tiny_bert(tiny_models, spec):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import check_against, compute_views
+    from tokentrail.analysis.checks import check_against
+    from tokentrail.analysis.views import compute_views
     from tokentrail.engine.capture import capture
     from tokentrail.engine.spaces import SpaceCache
 
@@ -170,7 +171,8 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
     from test_parity_decoders import tiny_model
 
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import check_against, compute_views
+    from tokentrail.analysis.checks import check_against
+    from tokentrail.analysis.views import compute_views
     from tokentrail.engine.capture import capture
     from tokentrail.engine.spaces import SpaceCache
 
@@ -185,7 +187,7 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
 
 def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import analyse
+    from tokentrail.analysis.bare import analyse
     from tokentrail.engine.spaces import SpaceCache
 
     adapter = adapter_for(tiny_models["bert"])
@@ -212,7 +214,7 @@ def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
 
 def test_abtt_needs_more_tokens_than_components(tiny_models):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import check_against
+    from tokentrail.analysis.checks import check_against
 
     adapter = adapter_for(tiny_models["bert"])
     with pytest.raises(InputError, match="abtt:5"):

@@ -50,7 +50,7 @@ def _measure() -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import analyse
+    from tokentrail.analysis.bare import analyse
     from tokentrail.engine.budget import estimate_run, held_bytes
     from tokentrail.spec.options import TraceOptions
     from tokentrail.engine.spaces import SpaceCache
@@ -106,7 +106,8 @@ def _measure_streamed() -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import analyse, streams
+    from tokentrail.analysis.bare import analyse
+    from tokentrail.analysis.checks import streams
     from tokentrail.engine.budget import held_bytes
     from tokentrail.spec.options import TraceOptions
     from tokentrail.engine.spaces import SpaceCache

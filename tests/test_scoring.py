@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.engine.metrics import rank_in_vocab, top_k
 from tokentrail.spec.options import RESIDUAL_SITES, TraceOptions
 from tokentrail.engine import scoring

@@ -20,7 +20,7 @@ from test_parity_decoders import tiny_model
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import SITES, capture
 from tokentrail.engine.spaces import SpaceCache
 

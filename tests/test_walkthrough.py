@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse, heads_at
+from tokentrail.analysis.bare import analyse
+from tokentrail.analysis.heads import heads_at
 from tokentrail.engine.capture import capture
 from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.errors import InputError

@@ -490,7 +490,7 @@ def _side(name: str, run: "Run", t: int | None, site: str, space: str, similarit
 
 def _info(run: "Run", opts) -> RunInfo:
     """Run metadata for a side computed without a Trail (the heads site)."""
-    from tokentrail.analysis.views import make_trail
+    from tokentrail.analysis.trail import make_trail
 
     m = run.model
     return make_trail(

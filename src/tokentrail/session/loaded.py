@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from tokentrail.adapters import Adapter
-from tokentrail.analysis.views import check_against, streams
+from tokentrail.analysis.checks import check_against, streams
 from tokentrail.engine.capture import capture, capture_batch
 from tokentrail.engine.capture_cross import capture_cross
 from tokentrail.engine.spaces import SpaceCache
