@@ -46,7 +46,7 @@ def main() -> None:
     import tokentrail
     from tokentrail.analysis.bare import analyse, analyse_batch
     from tokentrail.session.inputs import encode
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     loaded = tokentrail.load(args.model)
     adapter = loaded.adapter

@@ -81,7 +81,7 @@ class Subject:
             from transformers import RobertaConfig, RobertaModel
 
             from tokentrail.adapters import adapter_for
-            from tokentrail.engine.spaces import SpaceCache
+            from tokentrail.engine.space_cache import SpaceCache
 
             torch.manual_seed(0)
             self.adapter = adapter_for(RobertaModel(RobertaConfig(**ROBERTA, attn_implementation="eager")).eval())

@@ -81,7 +81,7 @@ def run_fast(model, ids: torch.Tensor) -> tuple[dict, dict]:
     from tokentrail.adapters import adapter_for
     from tokentrail.analysis.bare import analyse
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(model)
     spaces = SpaceCache(adapter)

@@ -216,7 +216,7 @@ def analyse_both(adapter, texts, padding_side="right", **option_fields):
     """(analyse_batch's trails, one analyse per text) with the same options."""
     from tokentrail.analysis.bare import analyse, analyse_batch
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     options = {"options": TraceOptions(**option_fields)}
     spaces = SpaceCache(adapter)
@@ -275,7 +275,7 @@ def test_analyse_batch_equals_analyse_per_text(family, encoders):
 
 def test_analyse_batch_refuses_mismatched_lists(encoders):
     from tokentrail.analysis.bare import analyse_batch
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(encoders["bert"])
     with pytest.raises(InputError, match="as many texts"):
@@ -289,7 +289,7 @@ def test_minilm_analyse_batch_equals_analyse_per_text(minilm):
     from tokentrail.analysis.bare import analyse, analyse_batch
     from tokentrail.session.inputs import encode
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter, spaces = minilm.adapter, SpaceCache(minilm.adapter)
     enc = [encode(minilm, s) for s in SENTENCES]

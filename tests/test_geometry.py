@@ -153,7 +153,7 @@ def test_corrected_views_equal_brute_force_tiny_bert(tiny_models, spec):
     from tokentrail.analysis.checks import check_against
     from tokentrail.analysis.views import compute_views
     from tokentrail.engine.capture import capture
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])
@@ -174,7 +174,7 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
     from tokentrail.analysis.checks import check_against
     from tokentrail.analysis.views import compute_views
     from tokentrail.engine.capture import capture
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(tiny_model("llama"))
     ids = torch.tensor([0, 7, 19, 44, 7, 90, 3, 61, 12])
@@ -188,7 +188,7 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
 def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
     from tokentrail.adapters import adapter_for
     from tokentrail.analysis.bare import analyse
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])

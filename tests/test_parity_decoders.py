@@ -26,7 +26,8 @@ from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.errors import ModelError
 from tokentrail.analysis.lens import LensResult, logit_lens
 from tokentrail.engine.metrics import similarity
-from tokentrail.engine.spaces import SpaceCache, VocabSpace, build_space
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import VocabSpace, build_space
 
 RTOL, ATOL = 1e-4, 1e-5
 # gpt_neox: parallel residual, fused per-head q|k|v, 25% rotary; gpt_neox_seq: the same,

@@ -19,7 +19,8 @@ from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import capture
 from tokentrail.spec.options import TraceOptions
 from tokentrail.engine.metrics import similarity
-from tokentrail.engine.spaces import SpaceCache, build_space
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import build_space
 
 RTOL, ATOL = 1e-4, 1e-5
 

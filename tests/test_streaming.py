@@ -17,7 +17,7 @@ from tokentrail.analysis.bare import analyse
 from tokentrail.analysis.checks import streams
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 
 LENS_FIELDS = ("top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")
 

@@ -28,7 +28,7 @@ _LAZY = {
     "LensResult": "results.trail",
     "verify": "session.verification",
     "Verification": "session.verification",
-    "compare": "session.comparison",
+    "compare": "session.comparing",
     "Comparison": "session.comparison",
     "study": "corpus",
     "Study": "corpus",
@@ -70,4 +70,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.session.runner import Run, trail_many
     from tokentrail.corpus import Study, study
     from tokentrail.session.verification import Verification, verify
-    from tokentrail.session.comparison import Comparison, compare
+    from tokentrail.session.comparison import Comparison
+    from tokentrail.session.comparing import compare

@@ -19,7 +19,7 @@ from tokentrail.analysis.stream import stream_views
 from tokentrail.analysis.trail import Labeller, make_trail
 from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.capture import capture, capture_batch
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.results.trail import Trail
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions

@@ -15,7 +15,7 @@ from tokentrail.analysis.blocks import to_numpy
 from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.capture import Activations, head_vectors
 from tokentrail.engine.metrics import Cells, anisotropy, derive_metrics
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.results.trail import View
 from tokentrail.spec.options import HEAD_SITE, TraceOptions
 

@@ -15,7 +15,7 @@ from tokentrail.analysis.blocks import PositionWindow, chunks, score_queries, to
 from tokentrail.engine.budget import BLOCK_BYTES  # the scoring block (its size is the memory bound's)
 from tokentrail.engine.capture import Activations, head_vectors
 from tokentrail.engine.metrics import Cells, anisotropy, derive_metrics
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.results.trail import HeadsAt, View
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import HEAD_SPACES, SIMILARITIES, check_index, whole_number

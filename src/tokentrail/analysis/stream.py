@@ -20,7 +20,8 @@ from tokentrail.analysis.views import Progress
 from tokentrail.engine.budget import BLOCK_BYTES  # the scoring block (its size is the memory bound's)
 from tokentrail.engine.capture import Activations, Passed, stream
 from tokentrail.engine.metrics import anisotropy, overlap
-from tokentrail.engine.spaces import SpaceCache, VocabSpace
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import VocabSpace
 from tokentrail.results.trail import LensResult, View
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import CROSS_SITES, HEAD_SITE, TraceOptions

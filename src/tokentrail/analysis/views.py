@@ -19,7 +19,8 @@ from tokentrail.adapters import Adapter
 from tokentrail.analysis.heads import head_views
 from tokentrail.analysis.residual import copied_view, residual_views
 from tokentrail.engine.capture import Activations
-from tokentrail.engine.spaces import SpaceCache, VocabSpace
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import VocabSpace
 from tokentrail.results.trail import View
 from tokentrail.spec.options import CROSS_HEAD_SITE, CROSS_SITE, HEAD_SITE, TraceOptions
 

@@ -40,7 +40,7 @@ def compare(
     """Compare two occurrences layer by layer: cosine, self-similarity, rank, shared and separating neighbours."""
     from tokentrail.cli.commands import _check_output, _fail, _read_text, err
     from tokentrail.session.comparison import check_compare_options
-    from tokentrail.session.comparison import compare as run_compare
+    from tokentrail.session.comparing import compare as run_compare
     from tokentrail.spec.errors import InputError
     from tokentrail.session.inputs import check_text
     from tokentrail.session.models import resolve_device, resolve_dtype

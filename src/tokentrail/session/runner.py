@@ -27,7 +27,7 @@ from tokentrail.analysis.trail import make_trail
 from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.budget import held_bytes
 from tokentrail.engine.capture import Activations, capture
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.walkthrough import AttentionStep, attention_step, cross_attention_step
 from tokentrail.results.trail import HeadsAt, LensResult, Trail
 from tokentrail.session.inputs import Encoded
