@@ -50,24 +50,7 @@ def make_trail(
     ids_used |= {int(i) for v in views if v.origin_top_ids is not None for i in np.unique(v.origin_top_ids)}
     if lens is not None:
         ids_used |= lens.ids_used()
-    causal = acts.causal
-    info = RunInfo(
-        model=model_name,
-        model_type=str(adapter.config.model_type),
-        family=adapter.family,
-        revision=revision,
-        causal=causal if adapter.is_decoder else None,
-        tokentrail_version=__version__,
-        torch_version=torch.__version__,
-        transformers_version=_transformers_version(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        options=options,
-        device=device,
-        dtype=dtype,
-        exact=dtype == "float32",
-        truncated_from=truncated_from,
-        decoder_input=decoder_input,
-    )
+    info = _run_info(adapter, acts, options, model_name, revision, device, dtype, truncated_from, decoder_input)
     cross_att = getattr(acts, "cross_attentions", None)
     return Trail(
         info=info,
@@ -88,6 +71,28 @@ def make_trail(
         cross_views=tuple(cross),
         cross_attentions=None if cross_att is None else cross_att.cpu().numpy(),
         source_tokens=None if source_tokens is None else tuple(source_tokens),
+    )
+
+
+def _run_info(adapter: Adapter, acts: Activations, options: TraceOptions, model_name: str, revision, device: str, dtype: str, truncated_from, decoder_input) -> RunInfo:
+    """The run metadata of a Trail: model, versions, options, device and dtype, and when it was made."""
+    causal = acts.causal
+    return RunInfo(
+        model=model_name,
+        model_type=str(adapter.config.model_type),
+        family=adapter.family,
+        revision=revision,
+        causal=causal if adapter.is_decoder else None,
+        tokentrail_version=__version__,
+        torch_version=torch.__version__,
+        transformers_version=_transformers_version(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        options=options,
+        device=device,
+        dtype=dtype,
+        exact=dtype == "float32",
+        truncated_from=truncated_from,
+        decoder_input=decoder_input,
     )
 
 

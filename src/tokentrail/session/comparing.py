@@ -101,12 +101,28 @@ def compare(
     run_a = ma.run(text_a, opts)
     run_b = run_a if (same and text_b_eff == text_a) else mb.run(text_b_eff, opts)
 
+    ta, tb, alignment = _occurrences(run_a, run_b, token, token_b, two_texts=text_b is not None)
+
+    a = _side("a", run_a, ta, site, space, similarity, K, opts)
+    b = _side("b", run_b, tb, site, space, similarity, K, opts)
+    cos = ov = None
+    if same:
+        cos = _cosines(run_a, ta, run_b, tb, site, space, correct)
+        ov = _overlaps(a.top_ids[..., :ok], b.top_ids[..., :ok])
+    return Comparison(site=site, space=space, similarity=similarity, k=k, overlap_k=min(ok, K), a=a, b=b,
+                      same_model=same, cosine=cos, overlap=ov, alignment=alignment, correct=correct)  # fmt: skip
+
+
+def _occurrences(run_a: "Run", run_b: "Run", token, token_b, two_texts: bool) -> tuple[int | None, int | None, tuple | None]:
+    """The two tokens compared (indices into each run's tokens, None for whole-text curves)
+    and, for one text in two models, the alignment of their tokens by character span."""
+    ma, mb = run_a.model, run_b.model
     ta = None if token is None else find_token(run_a.tokens, token)[0]
     alignment = None
-    if same:
+    if mb is ma:
         tb = find_token(run_b.tokens, token if token_b is None else token_b)[0]
     else:
-        alignment = align_spans(token_spans(ma, text_a, run_a.ids.tolist()), token_spans(mb, text_b_eff, run_b.ids.tolist())) if text_b is None else None
+        alignment = align_spans(token_spans(ma, run_a.text, run_a.ids.tolist()), token_spans(mb, run_b.text, run_b.ids.tolist())) if not two_texts else None
         if token_b is not None:
             tb = find_token(run_b.tokens, token_b)[0]
         elif ta is None:
@@ -120,16 +136,7 @@ def compare(
             tb = alignment[ta][-1]
         else:
             tb = find_token(run_b.tokens, token)[0]
-
-    a = _side("a", run_a, ta, site, space, similarity, K, opts)
-    b = _side("b", run_b, tb, site, space, similarity, K, opts)
-    cos = ov = None
-    if same:
-        cos = _cosines(run_a, ta, run_b, tb, site, space, correct)
-        ov = _overlaps(a.top_ids[..., :ok], b.top_ids[..., :ok])
-    return Comparison(site=site, space=space, similarity=similarity, k=k, overlap_k=min(ok, K), a=a, b=b,
-                      same_model=same, cosine=cos, overlap=ov, alignment=alignment, correct=correct)  # fmt: skip
-
+    return ta, tb, alignment
 
 def _listing(tokens: Sequence[str]) -> str:
     return " ".join(f"{i}:{t}" for i, t in enumerate(tokens))
