@@ -44,9 +44,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import tokentrail
-    from tokentrail.analysis.views import analyse, analyse_batch
+    from tokentrail.analysis.bare import analyse, analyse_batch
     from tokentrail.session.inputs import encode
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     loaded = tokentrail.load(args.model)
     adapter = loaded.adapter

@@ -4,7 +4,7 @@ bundled SmolLM2-135M (Llama: 30 layers, 576 wide, 9 heads / 3 KV heads, V = 49,1
 In one process, for one text of --tokens tokens:
 
 1. residual sites attn_resid and layer_out, space encodings, cosine, top-15 and
-   overlap@100, all tokens and layers: ``tokentrail.analysis.views.analyse`` against a naive
+   overlap@100, all tokens and layers: ``tokentrail.analysis.bare.analyse`` against a naive
    loop (per token and layer: build the vocabulary matrix, all similarities, full sort);
 2. the heads site in one layer's value space (grouped-query: each KV head's space is
    shared by 3 query heads): ``analyse(sites=["heads"])`` restricted to that layer's
@@ -28,7 +28,7 @@ import time
 import torch
 
 import tokentrail as tt
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import capture
 from tokentrail.spec.options import TraceOptions
 

@@ -41,7 +41,9 @@ import numpy as np
 import torch
 
 import tokentrail as tt
-from tokentrail.analysis.views import ALL_SPACES, analyse, streams
+from tokentrail.analysis.bare import analyse
+from tokentrail.analysis.checks import streams
+from tokentrail.spec.options import ALL_SPACES
 from tokentrail.engine.budget import WORKING_BYTES, held_bytes
 from tokentrail.spec.options import HEAD_SITE, RESIDUAL_SITES
 from tokentrail.engine.capture import capture
@@ -79,7 +81,7 @@ class Subject:
             from transformers import RobertaConfig, RobertaModel
 
             from tokentrail.adapters import adapter_for
-            from tokentrail.engine.spaces import SpaceCache
+            from tokentrail.engine.space_cache import SpaceCache
 
             torch.manual_seed(0)
             self.adapter = adapter_for(RobertaModel(RobertaConfig(**ROBERTA, attn_implementation="eager")).eval())

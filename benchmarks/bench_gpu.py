@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.spec.options import HEAD_SITE, RESIDUAL_SITES, TraceOptions
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 
 LARGE = dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514)
 TINY = dict(vocab_size=5000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=514)

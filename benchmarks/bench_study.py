@@ -85,7 +85,7 @@ def gemm_floor(loaded, tokens: int, sites: int = 1) -> dict:
     V, d, L = a.vocab_size, a.d_model, a.n_layers
     queries = tokens * (sites * L + 1)
     rows = torch.randn(V, d)
-    step = max(1, BLOCK_BYTES // (V * 4))  # analysis._residual_views' chunk: one float per (query, row)
+    step = max(1, BLOCK_BYTES // (V * 4))  # analysis.residual.residual_views' chunk: one float per (query, row)
     out = {"queries": queries, "vocab": V, "d": d, "chunk": step}
     for scale in (1, 4, 16):
         q = torch.randn(step * scale, d)

@@ -8,7 +8,7 @@ similarity to all V rows of the ``encodings`` space at the token's position, the
 rank, its top-15 list and overlap@100 with the previous layer (layer 0: with the original
 encoding's top-100):
 
-* fast:  ``tokentrail.analysis.views.analyse`` (factorised spaces, one pass per query for rank);
+* fast:  ``tokentrail.analysis.bare.analyse`` (factorised spaces, one pass per query for rank);
 * naive: per token and layer, build the (V, d) matrix LN(W_E + W_P[p] + W_T[0]) with the
   model's own LayerNorm module, compute all similarities, fully sort (stable: ties by
   lower id). It runs the model itself and uses nothing from tokentrail.
@@ -79,9 +79,9 @@ def _reset_peak() -> bool:
 # ---- the two sides ---------------------------------------------------------------------------------
 def run_fast(model, ids: torch.Tensor) -> tuple[dict, dict]:
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import analyse
+    from tokentrail.analysis.bare import analyse
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(model)
     spaces = SpaceCache(adapter)

@@ -214,9 +214,9 @@ def test_smollm2_batch_equals_each_text_alone(smollm2, causal, side):
 # ---- the analysis of a batch ------------------------------------------------------------------------
 def analyse_both(adapter, texts, padding_side="right", **option_fields):
     """(analyse_batch's trails, one analyse per text) with the same options."""
-    from tokentrail.analysis.views import analyse, analyse_batch
+    from tokentrail.analysis.bare import analyse, analyse_batch
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     options = {"options": TraceOptions(**option_fields)}
     spaces = SpaceCache(adapter)
@@ -260,7 +260,7 @@ def assert_same_trail(got, want, atol=ATOL):
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "llama"])
 def test_analyse_batch_equals_analyse_per_text(family, encoders):
-    from tokentrail.analysis.views import ALL_SITES, ALL_SPACES
+    from tokentrail.spec.options import ALL_SITES, ALL_SPACES
 
     adapter = adapter_for(encoders[family] if family in encoders else tiny_model(family))
     texts = texts_for(adapter, seed=4)
@@ -274,8 +274,8 @@ def test_analyse_batch_equals_analyse_per_text(family, encoders):
 
 
 def test_analyse_batch_refuses_mismatched_lists(encoders):
-    from tokentrail.analysis.views import analyse_batch
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.analysis.bare import analyse_batch
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(encoders["bert"])
     with pytest.raises(InputError, match="as many texts"):
@@ -286,10 +286,10 @@ def test_analyse_batch_refuses_mismatched_lists(encoders):
 def test_minilm_analyse_batch_equals_analyse_per_text(minilm):
     """On a real vocabulary (30k rows) fp32 noise may swap two near-tied neighbours; the
     similarities agree to 1e-5 and no rank moves by more than one."""
-    from tokentrail.analysis.views import analyse, analyse_batch
+    from tokentrail.analysis.bare import analyse, analyse_batch
     from tokentrail.session.inputs import encode
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter, spaces = minilm.adapter, SpaceCache(minilm.adapter)
     enc = [encode(minilm, s) for s in SENTENCES]

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 import tokentrail as tt
 from tokentrail.cli.commands import app
-from tokentrail.session.comparison import _overlaps, _trim, align_spans
+from tokentrail.session.comparing import _overlaps
+from tokentrail.session.comparison import _trim, align_spans
 from tokentrail.spec.errors import InputError
 
 TEXT = "time flies like an arrow . fruit flies like a banana"

@@ -150,9 +150,10 @@ def _brute_check(adapter, acts, views, spec, space_kind, site, k, fit=None):
 @pytest.mark.parametrize("spec", ["center", "zscore", "rogue:2", "abtt:2"])
 def test_corrected_views_equal_brute_force_tiny_bert(tiny_models, spec):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import check_against, compute_views
+    from tokentrail.analysis.checks import check_against
+    from tokentrail.analysis.views import compute_views
     from tokentrail.engine.capture import capture
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])
@@ -170,9 +171,10 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
     from test_parity_decoders import tiny_model
 
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import check_against, compute_views
+    from tokentrail.analysis.checks import check_against
+    from tokentrail.analysis.views import compute_views
     from tokentrail.engine.capture import capture
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(tiny_model("llama"))
     ids = torch.tensor([0, 7, 19, 44, 7, 90, 3, 61, 12])
@@ -185,8 +187,8 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
 
 def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import analyse
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.analysis.bare import analyse
+    from tokentrail.engine.space_cache import SpaceCache
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])
@@ -212,7 +214,7 @@ def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
 
 def test_abtt_needs_more_tokens_than_components(tiny_models):
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import check_against
+    from tokentrail.analysis.checks import check_against
 
     adapter = adapter_for(tiny_models["bert"])
     with pytest.raises(InputError, match="abtt:5"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tokentrail
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.spec.errors import InputError
 from tokentrail.session.inputs import MAX_CHARS, check_text, encode
 from tokentrail.spec.options import TraceOptions

@@ -50,10 +50,10 @@ def _measure() -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import analyse
+    from tokentrail.analysis.bare import analyse
     from tokentrail.engine.budget import estimate_run, held_bytes
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=V, n_embd=16, n_layer=2, n_head=2, n_positions=LONG, attn_implementation="eager")
@@ -106,10 +106,11 @@ def _measure_streamed() -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from tokentrail.adapters import adapter_for
-    from tokentrail.analysis.views import analyse, streams
+    from tokentrail.analysis.bare import analyse
+    from tokentrail.analysis.checks import streams
     from tokentrail.engine.budget import held_bytes
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.spaces import SpaceCache
+    from tokentrail.engine.space_cache import SpaceCache
 
     torch.manual_seed(0)
     adapter = adapter_for(GPT2LMHeadModel(GPT2Config(vocab_size=500, n_positions=LONG_S, attn_implementation="eager", **WIDE)).eval())

@@ -18,13 +18,16 @@ import transformers
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import ALL_SITES, ALL_SPACES, analyse, head_vectors
+from tokentrail.analysis.bare import analyse
+from tokentrail.engine.capture import head_vectors
+from tokentrail.spec.options import ALL_SITES, ALL_SPACES
 from tokentrail.engine.capture import capture
 from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.errors import ModelError
 from tokentrail.analysis.lens import LensResult, logit_lens
 from tokentrail.engine.metrics import similarity
-from tokentrail.engine.spaces import SpaceCache, VocabSpace, build_space
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import VocabSpace, build_space
 
 RTOL, ATOL = 1e-4, 1e-5
 # gpt_neox: parallel residual, fused per-head q|k|v, 25% rotary; gpt_neox_seq: the same,
@@ -546,7 +549,7 @@ def test_head_layers_through_the_embedding_table_share_one_product(tiny, monkeyp
     """A short text's head queries of every layer whose space gave up its table (the cache
     budget) are multiplied with the shared embedding table in one product: each layer gets
     the numbers of its own product, and of the spaces that keep their tables."""
-    import tokentrail.analysis.views as analysis
+    import tokentrail.analysis.heads as analysis
 
     model, adapter, ids = tiny
     n, L = ids.shape[0], adapter.n_layers

@@ -15,11 +15,12 @@ import torch
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import capture
 from tokentrail.spec.options import TraceOptions
 from tokentrail.engine.metrics import similarity
-from tokentrail.engine.spaces import SpaceCache, build_space
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import build_space
 
 RTOL, ATOL = 1e-4, 1e-5
 

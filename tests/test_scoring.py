@@ -10,12 +10,13 @@ import torch
 import transformers
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.engine.metrics import rank_in_vocab, top_k
 from tokentrail.spec.options import RESIDUAL_SITES, TraceOptions
 from tokentrail.engine import scoring
 from tokentrail.engine.scoring import SLICES, score_block, top_values
-from tokentrail.engine.spaces import SpaceCache, build_space
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import build_space
 
 
 def test_score_block_on_hand_block():

@@ -294,7 +294,7 @@ def test_memory_check_counts_the_decoder_and_cross_attention_before_any_model_wo
     """A limit the encoder stack fits in but both stacks do not: the run is refused with the
     figure, before the greedy output is generated or the decoder runs; above both, it runs."""
     from tokentrail.engine import budget
-    from tokentrail.analysis.views import check_against
+    from tokentrail.analysis.checks import check_against
 
     _, m = family
     opts = check_against(m.adapter, TraceOptions())

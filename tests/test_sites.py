@@ -20,9 +20,9 @@ from test_parity_decoders import tiny_model
 from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse
+from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import SITES, capture
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 
 RTOL, ATOL = 1e-4, 1e-5
 FAMILIES = ("bert", "roberta", "xlmr", "gpt2", "llama", "mistral", "qwen2")

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from tokentrail.engine import spaces
+from tokentrail.engine import space_memory
 from tokentrail.spec.errors import InputError
-from tokentrail.engine.spaces import SpaceCache, build_space
+from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.engine.spaces import build_space
 
 RTOL = 1e-4
 
@@ -105,16 +106,16 @@ def test_positional_spaces_change_with_position_embeddings_space_does_not(tiny_m
 def test_moving_residual_norms_are_kept_per_position_up_to_the_bound(tiny_models, monkeypatch):
     """A warm call reuses the norms of positions seen before (in any order, mixed with new
     ones), they equal the model's own rows, and no more than POSITION_MEMO_BYTES is kept."""
-    import tokentrail.engine.spaces as spaces
+    import tokentrail.engine.budget as budget
     from tokentrail.adapters import adapter_for
 
     model = tiny_models["roberta"]
     adapter = adapter_for(model)
     V = adapter.vocab_size
-    monkeypatch.setattr(spaces, "POSITION_MEMO_BYTES", 2 * 4 * V * 4)  # room for two positions (sigma, norms, two factors)
+    monkeypatch.setattr(budget, "POSITION_MEMO_BYTES", 2 * 4 * V * 4)  # room for two positions (sigma, norms, two factors)
     space = build_space(adapter, "encodings")
     first = space.position_stats(torch.tensor([2, 5, 7]))
-    assert sorted(space._at) == [2, 5] and space._at_bytes <= spaces.POSITION_MEMO_BYTES
+    assert sorted(space._at) == [2, 5] and space._at_bytes <= budget.POSITION_MEMO_BYTES
     again = space.position_stats(torch.tensor([9, 5, 2, 7]))  # 9 new, 7 not kept: computed again
     assert sorted(space._at) == [2, 5]
     for i, j in ((1, 1), (2, 0)):  # positions 5 and 2: the kept rows, bit for bit
@@ -147,7 +148,7 @@ def test_scratch_block_is_kept_between_traces_and_never_lent_twice(tiny_models):
         again = take(1000).data_ptr()
     with cache.scratch() as take:
         assert take(500).data_ptr() == again
-    memo = spaces._memo(cache.adapter)
+    memo = space_memory.adapter_memo(cache.adapter)
     assert memo["scratch"].data_ptr() == again
     cache.release_scratch()
     assert "scratch" not in memo
@@ -160,11 +161,11 @@ def test_the_logit_lens_takes_the_place_of_the_scratch_block(tiny_models, make_i
     from tokentrail.analysis.lens import logit_lens
 
     adapter = adapter_for(tiny_models["bert_mlm"])
-    with spaces.scratch(adapter) as take:
+    with space_memory.scratch(adapter) as take:
         take(100)
-    assert "scratch" in spaces._memo(adapter)
+    assert "scratch" in space_memory.adapter_memo(adapter)
     logit_lens(adapter, capture(adapter, make_ids(adapter)), k=3)
-    assert "scratch" not in spaces._memo(adapter)
+    assert "scratch" not in space_memory.adapter_memo(adapter)
 
 
 def test_space_cache_keeps_and_evicts(tiny_models):

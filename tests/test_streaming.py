@@ -13,10 +13,11 @@ import torch
 import tokentrail.engine.capture
 from tokentrail.engine import budget
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse, streams
+from tokentrail.analysis.bare import analyse
+from tokentrail.analysis.checks import streams
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 
 LENS_FIELDS = ("top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")
 
@@ -131,7 +132,7 @@ def test_a_forced_stream_that_cannot_stream_is_refused_in_one_line(make_tiny):
 def test_a_batch_is_charged_every_layers_activations(loaded_tiny, monkeypatch):
     """One long text streams and is charged one layer's activations; a batch of texts is
     captured whole, so the memory check charges it every layer's."""
-    from tokentrail.analysis.views import check_against
+    from tokentrail.analysis.checks import check_against
 
     monkeypatch.setattr(budget, "STREAM_BYTES", 0)
     texts = ["time flies like an arrow", "fruit flies like a banana"]

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from tokentrail.adapters import adapter_for
-from tokentrail.analysis.views import analyse, heads_at
+from tokentrail.analysis.bare import analyse
+from tokentrail.analysis.heads import heads_at
 from tokentrail.engine.capture import capture
 from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.errors import InputError
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.walkthrough import attention_step
 
 ATOL = 1e-5  # fp32, tiny models; the bundled model is checked at 1e-4

@@ -29,7 +29,7 @@ _LAZY = {
     "LensResult": "results.trail",
     "verify": "session.verification",
     "Verification": "session.verification",
-    "compare": "session.comparison",
+    "compare": "session.comparing",
     "Comparison": "session.comparison",
     "study": "corpus",
     "Study": "corpus",
@@ -101,11 +101,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.session.runner import Run, trail_many
     from tokentrail.corpus import Study, study
     from tokentrail.session.verification import Verification, verify
-    from tokentrail.session.comparison import Comparison, compare
+    from tokentrail.session.comparison import Comparison
+    from tokentrail.session.comparing import compare
     from tokentrail.session.loaded import Stack
     from tokentrail.session.models import resolve_device, resolve_dtype, set_defaults
     from tokentrail.store.stats import read_stats
     from tokentrail.results.trailio import MAX_ATTENTION_ROWS, attention_included
     from tokentrail.session.gguf_cache import cache_entries, cache_root
-    from tokentrail.engine.budget import human as human_bytes
     from tokentrail.corpus.report import write_pngs as write_study_pngs

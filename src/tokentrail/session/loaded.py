@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from tokentrail.adapters import Adapter
-from tokentrail.analysis.views import check_against, streams
+from tokentrail.analysis.checks import check_against, streams
 from tokentrail.engine.capture import capture, capture_batch
 from tokentrail.engine.capture_cross import capture_cross
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.session.inputs import check_decoder_input, check_text, encode, readable_tokens
 from tokentrail.session.runner import Run, Seq2SeqRun
 from tokentrail.spec.errors import InputError, ModelError

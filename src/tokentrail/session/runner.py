@@ -18,10 +18,16 @@ from torch import Tensor
 
 from tokentrail.adapters import Adapter
 from tokentrail.analysis.lens import logit_lens
-from tokentrail.analysis.views import Progress, check_against, compute_views, compute_views_batch, cross_views, heads_at, make_trail, stream_views, streams
+from tokentrail.analysis.batch import compute_views_batch
+from tokentrail.analysis.checks import check_against, streams
+from tokentrail.analysis.cross import cross_views
+from tokentrail.analysis.heads import heads_at
+from tokentrail.analysis.stream import stream_views
+from tokentrail.analysis.trail import make_trail
+from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.budget import held_bytes
 from tokentrail.engine.capture import Activations, capture
-from tokentrail.engine.spaces import SpaceCache
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.walkthrough import AttentionStep, attention_step, cross_attention_step
 from tokentrail.results.trail import HeadsAt, LensResult, Trail
 from tokentrail.session.inputs import Encoded

@@ -71,8 +71,11 @@ from torch import Tensor, nn
 
 from tokentrail.adapters import Adapter
 from tokentrail.engine.capture import Activations, capture, recorded
+from tokentrail.engine.capture_cross import capture_cross
 from tokentrail.spec.errors import InputError
 from tokentrail.engine.spaces import HEAD_SPACE_KINDS, build_space
+from tokentrail.session.inputs import check_text, encode
+from tokentrail.session.models import LoadedModel, load
 
 DEFAULT_TEXT = "Time flies like an arrow. Fruit flies like a banana."
 RTOL = 1e-4
@@ -380,9 +383,6 @@ def verify(
     """Check every SPEC identity on ``model`` (a name, folder, hub id or loaded model) and ``text``.
 
     Returns a :class:`Verification`; ``.passed`` is False when any identity fails."""
-    from tokentrail.session.inputs import check_text, encode
-    from tokentrail.session.models import LoadedModel, load
-
     check_text(text)
     if not rtol > 0:
         raise InputError(f"rtol must be positive, got {rtol}")
@@ -410,8 +410,6 @@ def verify_seq2seq(
 ) -> Verification:
     """Every identity on both stacks of an encoder-decoder (``adapter``: its encoder stack)
     for ``source_ids`` (m,) and ``decoder_ids`` (n,), and the cross-attention identities."""
-    from tokentrail.engine.capture_cross import capture_cross
-
     say = progress or (lambda m: None)
     dec = adapter.decoder_stack()
     say("encoder stack")
