@@ -207,22 +207,15 @@ def head_map(
     import pandas as pd
     import torch
 
-    from tokentrail.engine.capture import head_qkv
-    from tokentrail.session.runner import Run
-
-    if not isinstance(run, Run):
+    if not hasattr(run, "queries_keys"):
         raise InputError(f"a head map needs a Run (its activations): tt.load(model).run(text), not {type(run).__name__}")
     check_method(method)
-    adapter = run.model.adapter
-    n, L, H = run.n_tokens, adapter.n_layers, adapter.n_heads
+    n, L, H = run.n_tokens, run.model.n_layers, run.model.n_heads
     layer = check_index(layer, L, "layer", f"the model has {L} layers")
     head = check_index(head, H, "head", f"the model has {H} heads")
     toks = list(range(n)) if tokens is None else [check_index(t, n, "token index", f"the text has {n} tokens") for t in tokens]
     check_points(method, 2 * len(toks))
-    kv = int(adapter.kv_heads()[head])
-    with torch.no_grad():
-        q = head_qkv(adapter, run.acts, layer, "q")[:, head]  # (n, d_head)
-        k = head_qkv(adapter, run.acts, layer, "k")[:, kv]  # (n, d_head)
+    q, k, kv = run.queries_keys(layer, head)  # (n, d_head) each
     idx = torch.tensor(toks, dtype=torch.long, device=q.device)
     X = torch.cat([q[idx], k[idx]]).detach().double().cpu().numpy()  # (2 n', d_head): queries, then keys
     xy = project(X, method, seed)

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Protocol, Sequence
 
+import torch
 from torch import Tensor
 
 from tokentrail.adapters import Adapter
@@ -26,7 +27,7 @@ from tokentrail.analysis.stream import stream_views
 from tokentrail.analysis.trail import make_trail
 from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.budget import held_bytes
-from tokentrail.engine.capture import Activations, capture
+from tokentrail.engine.capture import Activations, capture, head_qkv
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.walkthrough import AttentionStep, attention_step, cross_attention_step
 from tokentrail.results.trail import HeadsAt, LensResult, Trail
@@ -195,6 +196,16 @@ class Run:
             while len(self._heads) > 64:
                 self._heads.popitem(last=False)
         return result
+
+    def queries_keys(self, layer: int, head: int) -> tuple[Tensor, Tensor, int]:
+        """One head's queries and the keys it reads at ``layer``: ``(n, d_head)`` each, and
+        the key/value head those keys come from (``head`` itself unless keys are shared)."""
+        adapter = self.model.adapter
+        kv = int(adapter.kv_heads()[head])
+        with torch.no_grad():
+            q = head_qkv(adapter, self.acts, layer, "q")[:, head]
+            k = head_qkv(adapter, self.acts, layer, "k")[:, kv]
+        return q, k, kv
 
     def step(self, layer: int, head: int, token: int) -> AttentionStep:
         """How ``head`` of ``layer`` computed ``token``'s output, with the live numbers."""
