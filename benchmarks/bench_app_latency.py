@@ -75,7 +75,17 @@ def in_process(model: str, clicks: int) -> tuple[dict[str, list[float]], int, fl
     n = session.trail.n_tokens
     # the components that postprocess each output, as the server does
     frame, plot, html = gr.Dataframe(interactive=False, render=False), gr.Plot(render=False), gr.HTML(render=False)
-    post = {"table": frame, "plot_sim": plot, "plot_rank": plot, "plot_overlap": plot, "heat": html, "heads": frame, "attention": plot, "walk_sources": frame, "walk_vectors": frame}
+    post = {
+        "table": frame,
+        "plot_sim": plot,
+        "plot_rank": plot,
+        "plot_overlap": plot,
+        "heat": html,
+        "heads": frame,
+        "attention": plot,
+        "walk_sources": frame,
+        "walk_vectors": frame,
+    }
     times: dict[str, list[float]] = {}
     for tab in TABS:
         session.tab = tab
@@ -96,14 +106,15 @@ def through_client(model: str, clicks: int) -> dict[str, list[float]]:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
     from conftest import serve  # the project's loopback launcher
-
     from tokentrail.app import build_app, launch_options
 
     demo = build_app()
     times: dict[str, list[float]] = {}
     with serve(demo, **launch_options()) as url:
         client = Client(url, verbose=False)
-        out = client.predict(TEXT, model, True, "attn_resid", "cosine", 15, True, "none", False, "rank", api_name="/tokenize")
+        out = client.predict(
+            TEXT, model, True, "attn_resid", "cosine", 15, True, "none", False, "rank", api_name="/tokenize"
+        )
         n = len(out[1]["choices"])
         for tab in ("layers", "heads"):
             client.predict(False, "rank", api_name=f"/show_{tab}")
@@ -137,8 +148,18 @@ class PageClient:
         self.session = uuid.uuid4().hex[:12]
 
     def call(self, api_name: str, *data) -> tuple[list, list]:
-        body = self.json.dumps({"data": [None, *data], "fn_index": self.fn[api_name], "session_hash": self.session, "event_data": None, "trigger_id": None})
-        req = self.request(self.url + "gradio_api/queue/join", data=body.encode(), headers={"Content-Type": "application/json"})
+        body = self.json.dumps(
+            {
+                "data": [None, *data],
+                "fn_index": self.fn[api_name],
+                "session_hash": self.session,
+                "event_data": None,
+                "trigger_id": None,
+            }
+        )
+        req = self.request(
+            self.url + "gradio_api/queue/join", data=body.encode(), headers={"Content-Type": "application/json"}
+        )
         event = self.json.load(self.opener.open(req, timeout=30))["event_id"]
         progress = []
         with self.opener.open(self.url + f"gradio_api/queue/data?session_hash={self.session}", timeout=600) as stream:
@@ -157,8 +178,16 @@ class PageClient:
         raise RuntimeError(f"{api_name}: the event stream ended without a result")
 
 
-def mixed_load(url: str, *, long_users: int = 2, short_users: int = 10, seconds: float = 60.0,
-               long_model: str = "smollm2", short_model: str = "minilm", think_s: float = 1.0) -> dict:
+def mixed_load(
+    url: str,
+    *,
+    long_users: int = 2,
+    short_users: int = 10,
+    seconds: float = 60.0,
+    long_model: str = "smollm2",
+    short_model: str = "minilm",
+    think_s: float = 1.0,
+) -> dict:
     """Short users' click times while long analyses run, against the app at ``url``.
 
     Returns ``clicks`` (seconds each), ``busy`` (clicks refused as busy: none expected),
@@ -167,7 +196,16 @@ def mixed_load(url: str, *, long_users: int = 2, short_users: int = 10, seconds:
     import random
     import threading
 
-    opts = (True, "attn_resid", "cosine", 15, True, "none", False, "rank")  # positional, site, similarity, k, causal, correct, adjusted, metric
+    opts = (
+        True,
+        "attn_resid",
+        "cosine",
+        15,
+        True,
+        "none",
+        False,
+        "rank",
+    )  # positional, site, similarity, k, causal, correct, adjusted, metric
     stop = threading.Event()
     lock = threading.Lock()
     out: dict = {"clicks": [], "busy": 0, "long_done": 0, "long_started": 0, "errors": []}
@@ -244,17 +282,20 @@ def served_elsewhere(preload: tuple[str, ...] = ("minilm", "smollm2"), timeout_s
     """The app in a server process of its own on 127.0.0.1 (as ``tokentrail serve``), so
     that the clients' work in this process does not share the server's interpreter; yields
     its URL and stops it."""
+    import importlib.util
     import subprocess
 
-    import importlib.util
-
     # the project's loopback helpers (by path: under pytest, "conftest" names another module)
-    spec = importlib.util.spec_from_file_location("tokentrail_e2e_harness", Path(__file__).resolve().parents[1] / "tests" / "e2e" / "conftest.py")
+    spec = importlib.util.spec_from_file_location(
+        "tokentrail_e2e_harness", Path(__file__).resolve().parents[1] / "tests" / "e2e" / "conftest.py"
+    )
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
     port = harness.free_port()
     code = f"from tokentrail.app import launch; launch(port={port}, preload={list(preload)!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ)
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         harness._wait_until_answers(url, timeout_s)

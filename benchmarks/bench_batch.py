@@ -45,8 +45,8 @@ def main() -> None:
 
     import tokentrail
     from tokentrail.analysis.bare import analyse, analyse_batch
-    from tokentrail.session.inputs import encode
     from tokentrail.engine.space_cache import SpaceCache
+    from tokentrail.session.inputs import encode
 
     loaded = tokentrail.load(args.model)
     adapter = loaded.adapter
@@ -58,15 +58,27 @@ def main() -> None:
     common = dict(label=label, model_name=args.model)
 
     def loop():
-        return [analyse(adapter, spaces, e.ids, text=t, tokens=e.tokens, special=e.special, **common) for t, e in zip(texts, enc)]
+        return [
+            analyse(adapter, spaces, e.ids, text=t, tokens=e.tokens, special=e.special, **common)
+            for t, e in zip(texts, enc)
+        ]
 
     def batch():
         return analyse_batch(
-            adapter, spaces, [e.ids for e in enc], texts=texts, tokens=[e.tokens for e in enc], special=[e.special for e in enc], **common
+            adapter,
+            spaces,
+            [e.ids for e in enc],
+            texts=texts,
+            tokens=[e.tokens for e in enc],
+            special=[e.special for e in enc],
+            **common,
         )
 
-    print(f"{args.model}: {len(texts)} UD sentences, {n_tokens} tokens, {adapter.n_layers} layers, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}", flush=True)
+    print(
+        f"{args.model}: {len(texts)} UD sentences, {n_tokens} tokens, {adapter.n_layers} layers, "
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats}",
+        flush=True,
+    )
     with torch.no_grad():
         e = enc[0]  # warm-up: builds the encodings space once, for both sides
         analyse(adapter, spaces, e.ids, text=texts[0], tokens=e.tokens, special=e.special, **common)
@@ -86,7 +98,9 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     for name in ("loop", "batch"):
-        print(f"  {name:<6} {med[name]:7.2f} s  {n_tokens / med[name]:8.1f} tokens/s   (runs: {', '.join(f'{t:.2f}' for t in times[name])})")
+        print(
+            f"  {name:<6} {med[name]:7.2f} s  {n_tokens / med[name]:8.1f} tokens/s   (runs: {', '.join(f'{t:.2f}' for t in times[name])})"
+        )
     print(f"  batch speed-up x{med['loop'] / med['batch']:.2f}")
     print(f"  batch vs loop: rank moved in {moved}/{cells} cells (at most {most}); max |self_sim diff| {sim:.1e}")
 

@@ -76,12 +76,18 @@ def main() -> None:
     ids = torch.tensor(model.tokenizer(TEXT)["input_ids"][: args.tokens])
     n, L, H, k, K = len(ids), a.n_layers, a.n_heads, 15, 100
     label = model.labels
-    common = dict(text=TEXT, tokens=[str(i) for i in ids.tolist()], special=[False] * n, label=label, model_name="smollm2")
-    print(f"SmolLM2-135M: {L} layers, {H} heads / {a.n_kv_heads} KV heads, V={a.vocab_size}; {n} tokens; torch threads {torch.get_num_threads()}")
+    common = dict(
+        text=TEXT, tokens=[str(i) for i in ids.tolist()], special=[False] * n, label=label, model_name="smollm2"
+    )
+    print(
+        f"SmolLM2-135M: {L} layers, {H} heads / {a.n_kv_heads} KV heads, V={a.vocab_size}; {n} tokens; torch threads {torch.get_num_threads()}"
+    )
 
     # ---- 1. residual sites ------------------------------------------------------------
     sites = ["attn_resid", "layer_out"]
-    analyse(a, model.spaces, ids, options=TraceOptions(sites=tuple(sites), k=k, overlap_k=K), **common)  # warm (space build)
+    analyse(
+        a, model.spaces, ids, options=TraceOptions(sites=tuple(sites), k=k, overlap_k=K), **common
+    )  # warm (space build)
     t = time.perf_counter()
     trail = analyse(a, model.spaces, ids, options=TraceOptions(sites=tuple(sites), k=k, overlap_k=K), **common)
     fast = time.perf_counter() - t
@@ -94,17 +100,23 @@ def main() -> None:
         v = trail.view(site, "encodings", "cosine")
         for layer in range(L):
             for tok in range(n):
-                R = a.embed(torch.arange(a.vocab_size), torch.zeros(a.vocab_size, dtype=torch.long))  # Emb(v, p): W_E[v] for RoPE models
+                R = a.embed(
+                    torch.arange(a.vocab_size), torch.zeros(a.vocab_size, dtype=torch.long)
+                )  # Emb(v, p): W_E[v] for RoPE models
                 rank, top = naive_rank_top(R, vecs[layer, tok], int(ids[tok]), k)
                 if rank != v.rank[layer, tok] or not torch.equal(top, torch.from_numpy(v.top_ids[layer, tok])):
-                    if near_tie_only(R, vecs[layer, tok], int(ids[tok]), int(v.rank[layer, tok]), v.top_ids[layer, tok]):
+                    if near_tie_only(
+                        R, vecs[layer, tok], int(ids[tok]), int(v.rank[layer, tok]), v.top_ids[layer, tok]
+                    ):
                         ties += 1
                     else:
                         mismatch += 1
     naive = time.perf_counter() - t
     print(f"\n[residual] attn_resid + layer_out, encodings, cosine, top-{k}, overlap@{K}: {2 * L * n} queries")
-    print(f"  fast  {fast:7.2f} s   naive {naive:7.2f} s   speed-up {naive / fast:5.1f}x   "
-          f"differences: {ties} at fp32 near-ties (float64 gap < 1e-6), {mismatch} unexplained")
+    print(
+        f"  fast  {fast:7.2f} s   naive {naive:7.2f} s   speed-up {naive / fast:5.1f}x   "
+        f"differences: {ties} at fp32 near-ties (float64 gap < 1e-6), {mismatch} unexplained"
+    )
 
     # ---- 2. heads, one layer's value spaces ---------------------------------------------
     layer = args.layer
@@ -131,8 +143,10 @@ def main() -> None:
     naive_h = time.perf_counter() - t
     fast_h = fast_all_layers / L
     print(f"\n[heads] value space of layer {layer} (9 query heads over 3 shared KV-head spaces): {n * H} queries")
-    print(f"  fast  {fast_h:7.2f} s (all {L} layers: {fast_all_layers:.1f} s)   naive {naive_h:7.2f} s (one layer)   speed-up {naive_h / fast_h:5.1f}x   "
-          f"differences: {hties} at near-ties, {hmis} unexplained")
+    print(
+        f"  fast  {fast_h:7.2f} s (all {L} layers: {fast_all_layers:.1f} s)   naive {naive_h:7.2f} s (one layer)   speed-up {naive_h / fast_h:5.1f}x   "
+        f"differences: {hties} at near-ties, {hmis} unexplained"
+    )
 
     # ---- 3. logit lens -----------------------------------------------------------------
     t = time.perf_counter()

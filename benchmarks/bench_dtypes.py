@@ -75,7 +75,9 @@ def measure(name: str, repeat: int) -> None:
         fp32 = fp32 or seconds
         err = (out.float() - exact).abs().max().item()
         label = str(dtype).removeprefix("torch.")
-        print(f"  {label:8s} {seconds * 1e3:8.1f} ms  {flops / seconds / 1e9:6.0f} GFLOP/s  {fp32 / seconds:5.2f}x fp32's speed  largest |s - s_fp32| {err:.1e}")
+        print(
+            f"  {label:8s} {seconds * 1e3:8.1f} ms  {flops / seconds / 1e9:6.0f} GFLOP/s  {fp32 / seconds:5.2f}x fp32's speed  largest |s - s_fp32| {err:.1e}"
+        )
 
 
 def main() -> None:
@@ -87,7 +89,9 @@ def main() -> None:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:
-        raise SystemExit(f"bench_dtypes: {f'unknown model {unknown[0]!r}' if unknown else 'no model named'}; choose from {', '.join(MODELS)}")
+        raise SystemExit(
+            f"bench_dtypes: {f'unknown model {unknown[0]!r}' if unknown else 'no model named'}; choose from {', '.join(MODELS)}"
+        )
     if args.repeat < 1 or (args.threads is not None and args.threads < 1):
         raise SystemExit("bench_dtypes: --repeat and --threads must be at least 1")
     if args.threads:

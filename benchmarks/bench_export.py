@@ -32,7 +32,9 @@ def main() -> None:
             t1 = time.perf_counter()
             back = tt.Trail.load(path)
             t2 = time.perf_counter()
-            print(f"{fmt:8s} write {t1 - t0:6.2f} s  {os.path.getsize(path) / 1e6:7.1f} MB  load {t2 - t1:6.2f} s  equal: {back == trail}")
+            print(
+                f"{fmt:8s} write {t1 - t0:6.2f} s  {os.path.getsize(path) / 1e6:7.1f} MB  load {t2 - t1:6.2f} s  equal: {back == trail}"
+            )
 
 
 if __name__ == "__main__":

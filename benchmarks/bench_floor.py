@@ -43,10 +43,9 @@ import torch
 import tokentrail as tt
 from tokentrail.analysis.bare import analyse
 from tokentrail.analysis.checks import streams
-from tokentrail.spec.options import ALL_SPACES
 from tokentrail.engine.budget import WORKING_BYTES, held_bytes
-from tokentrail.spec.options import HEAD_SITE, RESIDUAL_SITES
 from tokentrail.engine.capture import capture
+from tokentrail.spec.options import ALL_SPACES, HEAD_SITE, RESIDUAL_SITES
 
 SITES = ("attn_resid", "layer_out")
 K, OVERLAP_K, TIE_TOL = 15, 100, 1e-6
@@ -54,7 +53,14 @@ TEXT = (
     "Time flies like an arrow. Fruit flies like a banana. The old cat sat by the river bank "
     "and watched the boats go by while the sun set slowly over the quiet hills of the valley. "
 )
-ROBERTA = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=1026)
+ROBERTA = dict(
+    vocab_size=50265,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=1026,
+)
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -103,8 +109,17 @@ class Subject:
 
     def analyse(self, ids, **kw):
         toks = [str(i) for i in ids.tolist()]
-        return analyse(self.adapter, self.spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * len(toks),
-                       label=lambda vs: {int(v): str(v) for v in vs}, model_name=self.name, **as_options(analyse, kw))  # fmt: skip
+        return analyse(
+            self.adapter,
+            self.spaces,
+            ids,
+            text=" ".join(toks),
+            tokens=toks,
+            special=[False] * len(toks),
+            label=lambda vs: {int(v): str(v) for v in vs},
+            model_name=self.name,
+            **as_options(analyse, kw),
+        )
 
 
 def as_options(fn, kw: dict) -> dict:
@@ -116,7 +131,10 @@ def as_options(fn, kw: dict) -> dict:
         return kw
     from tokentrail.spec.options import TraceOptions
 
-    renamed = {("spaces" if k == "space_kinds" else k): (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()}
+    renamed = {
+        ("spaces" if k == "space_kinds" else k): (tuple(v) if isinstance(v, (list, tuple)) else v)
+        for k, v in kw.items()
+    }
     return {"options": TraceOptions(**renamed)}
 
 
@@ -150,12 +168,16 @@ def floor(sub: Subject, n: int, repeat: int, base=None) -> None:
     Q, d, V = (len(SITES) * a.n_layers + 1) * n, a.d_model, a.vocab_size
     gemm_s = product_seconds(a, Q, repeat)
     fwd_s, _ = timed(lambda: capture(a, ids), repeat)
-    print(f"  floor  {n} tokens, {Q} queries x {V} rows x d={d}: trace {trace_s:6.2f} s   GEMM {gemm_s:6.2f} s   "
-          f"ratio {trace_s / gemm_s:4.2f}x (goal <= 1.5x)   [forward pass alone {fwd_s:.2f} s; "
-          f"trace without it {(trace_s - fwd_s) / gemm_s:4.2f}x the GEMM]")  # fmt: skip
+    print(
+        f"  floor  {n} tokens, {Q} queries x {V} rows x d={d}: trace {trace_s:6.2f} s   GEMM {gemm_s:6.2f} s   "
+        f"ratio {trace_s / gemm_s:4.2f}x (goal <= 1.5x)   [forward pass alone {fwd_s:.2f} s; "
+        f"trace without it {(trace_s - fwd_s) / gemm_s:4.2f}x the GEMM]"
+    )
     if base is not None:
         old = before(base, sub, n, repeat)
-        print(f"         --against tree: trace {old:6.2f} s, ratio {old / gemm_s:4.2f}x the GEMM; now {old / trace_s:4.2f}x faster")
+        print(
+            f"         --against tree: trace {old:6.2f} s, ratio {old / gemm_s:4.2f}x the GEMM; now {old / trace_s:4.2f}x faster"
+        )
 
 
 def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings", kw: dict | None = None) -> float:
@@ -167,8 +189,17 @@ def before(base, sub: Subject, n: int, repeat: int, space: str = "encodings", kw
     toks = [str(i) for i in ids.tolist()]
 
     def run():
-        return base.analysis.analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * n,
-                                     label=lambda vs: {int(v): str(v) for v in vs}, model_name=sub.name, **as_options(base.analysis.analyse, kw or residual_kw(space)))  # fmt: skip
+        return base.analysis.analyse(
+            adapter,
+            spaces,
+            ids,
+            text=" ".join(toks),
+            tokens=toks,
+            special=[False] * n,
+            label=lambda vs: {int(v): str(v) for v in vs},
+            model_name=sub.name,
+            **as_options(base.analysis.analyse, kw or residual_kw(space)),
+        )
 
     run()
     return timed(run, repeat)[0]
@@ -184,7 +215,9 @@ def load_base(folder: str):
     tmp = Path(tempfile.mkdtemp())
     shutil.copytree(Path(folder) / "src" / "tokentrail", tmp / "tokentrail_base")
     sys.path.insert(0, str(tmp))
-    return importlib.import_module("tokentrail_base"), [importlib.import_module(f"tokentrail_base.{m}") for m in ("adapters", "spaces", "analysis")]
+    return importlib.import_module("tokentrail_base"), [
+        importlib.import_module(f"tokentrail_base.{m}") for m in ("adapters", "spaces", "analysis")
+    ]
 
 
 # ---- 2. the peer's standard route -----------------------------------------------------------------
@@ -212,8 +245,11 @@ def peer_route(a, ids: torch.Tensor) -> dict:
 
 def ours_in(trail, space: str) -> dict:
     vs = [trail.view(s, space, "cosine") for s in SITES]
-    return {"rank": torch.from_numpy(np.stack([v.rank for v in vs])), "top": torch.from_numpy(np.stack([v.top_ids for v in vs])),
-            "overlap": torch.from_numpy(np.stack([v.overlap for v in vs]).astype(np.int64))}  # fmt: skip
+    return {
+        "rank": torch.from_numpy(np.stack([v.rank for v in vs])),
+        "top": torch.from_numpy(np.stack([v.top_ids for v in vs])),
+        "overlap": torch.from_numpy(np.stack([v.overlap for v in vs]).astype(np.int64)),
+    }
 
 
 def disagreements(sub: Subject, ids, ours: dict, peer: dict) -> tuple[int, int]:
@@ -248,19 +284,29 @@ def peer(sub: Subject, n: int, repeat: int, base=None) -> int:
     peer_s, res = timed(lambda: peer_route(sub.adapter, ids), repeat)
     enc_s, _ = timed(lambda: sub.analyse(ids, **residual_kw("encodings")), 1)
     ties, bad = disagreements(sub, ids, ours_in(trail, "embeddings"), res)
-    same = "the same space (W_E has no position or norm here)" if sub.adapter.embedding_norm() is None else "peer NOT exact for this post-LN encoder"
-    print(f"  peer   {n} tokens: ours (embeddings) {ours_s:6.2f} s   peer route {peer_s:6.2f} s   ours {peer_s / ours_s:4.2f}x faster (goal >= 2x)   "
-          f"| ours exact encodings {enc_s:6.2f} s ({same})   disagreements: {ties} at fp32 near-ties, {bad} unexplained")  # fmt: skip
+    same = (
+        "the same space (W_E has no position or norm here)"
+        if sub.adapter.embedding_norm() is None
+        else "peer NOT exact for this post-LN encoder"
+    )
+    print(
+        f"  peer   {n} tokens: ours (embeddings) {ours_s:6.2f} s   peer route {peer_s:6.2f} s   ours {peer_s / ours_s:4.2f}x faster (goal >= 2x)   "
+        f"| ours exact encodings {enc_s:6.2f} s ({same})   disagreements: {ties} at fp32 near-ties, {bad} unexplained"
+    )
     # the most any exact route could gain over the peer here: it must at least run the
     # forward pass and compute every similarity (one product of all queries with W_E)
     Q, a = (len(SITES) * sub.adapter.n_layers + 1) * n, sub.adapter
     gemm_s = product_seconds(a, Q, repeat)
     fwd_s, _ = timed(lambda: capture(a, ids), repeat)
-    print(f"         bound: forward pass {fwd_s:.2f} s + one product of the {Q} queries {gemm_s:.2f} s = {fwd_s + gemm_s:.2f} s: "
-          f"a route doing nothing else would be {peer_s / (fwd_s + gemm_s):4.2f}x faster than the peer; ours is {ours_s / (fwd_s + gemm_s):4.2f}x that minimum")  # fmt: skip
+    print(
+        f"         bound: forward pass {fwd_s:.2f} s + one product of the {Q} queries {gemm_s:.2f} s = {fwd_s + gemm_s:.2f} s: "
+        f"a route doing nothing else would be {peer_s / (fwd_s + gemm_s):4.2f}x faster than the peer; ours is {ours_s / (fwd_s + gemm_s):4.2f}x that minimum"
+    )
     if base is not None:
         old = before(base, sub, n, repeat, "embeddings")
-        print(f"         --against tree: embeddings {old:6.2f} s: the peer route was {old / peer_s:4.2f}x that tree's speed")
+        print(
+            f"         --against tree: embeddings {old:6.2f} s: the peer route was {old / peer_s:4.2f}x that tree's speed"
+        )
     return bad
 
 
@@ -285,7 +331,14 @@ def memory_bound(sub: Subject) -> tuple[float, float, float]:
 
 def scale(sub: Subject, lengths: list[int], base=None) -> None:
     # every site a one-stack model has (an older tree, timed with --against, knows no cross sites)
-    everything = dict(sites=(*RESIDUAL_SITES, HEAD_SITE), space_kinds=ALL_SPACES, similarities=("cosine",), k=K, overlap_k=OVERLAP_K, lens=True)
+    everything = dict(
+        sites=(*RESIDUAL_SITES, HEAD_SITE),
+        space_kinds=ALL_SPACES,
+        similarities=("cosine",),
+        k=K,
+        overlap_k=OVERLAP_K,
+        lens=True,
+    )
     with torch.no_grad():  # every weight paged in: resident weights are the model's, not the trace's
         sum(float(p.float().sum()) for p in sub.adapter.model.parameters())
     sub.spaces.release_scratch()  # the traces' scratch block counts in the working memory, not here
@@ -295,8 +348,10 @@ def scale(sub: Subject, lengths: list[int], base=None) -> None:
     warm10, _ = timed(lambda: sub.analyse(sub.ids(10), **everything), 1)
     print(f"  everything-trace (site=all, space=all, lens) 10 tokens warm: {warm10:6.2f} s (goal < 5 s)")
     weights, table, chunk = memory_bound(sub)
-    print(f"  memory (MiB) over the loaded model and process ({before_rss:.0f} MiB, every weight resident): peak = results + head-space cache + working; "
-          f"issue 13's bound: weights {weights:.0f} + one V x d table {table:.0f} + chunk {chunk:.0f} = {weights + table + chunk:.0f}")  # fmt: skip
+    print(
+        f"  memory (MiB) over the loaded model and process ({before_rss:.0f} MiB, every weight resident): peak = results + head-space cache + working; "
+        f"issue 13's bound: weights {weights:.0f} + one V x d table {table:.0f} + chunk {chunk:.0f} = {weights + table + chunk:.0f}"
+    )
     times = []
     for n in lengths:
         release()
@@ -311,9 +366,15 @@ def scale(sub: Subject, lengths: list[int], base=None) -> None:
         del acts
         # a streamed trace (long texts) holds one layer's activations at a time, a captured one every layer's
         streamed = streams(sub.adapter, as_options(analyse, everything)["options"], n)
-        held_acts, how = (captured / sub.adapter.n_layers, "streamed: one layer's activations") if streamed else (captured, "captured activations")
-        print(f"  everything-trace {n:5d} tokens: {s:8.2f} s   load {os.getloadavg()[0]:.1f}   peak +{peak:5.0f}   results {held:5.0f}   "
-              f"head-space cache {cache:5.0f}   working {peak - held - cache:5.0f} ({how} {held_acts:4.0f}, the rest {peak - held - cache - held_acts:4.0f})")  # fmt: skip
+        held_acts, how = (
+            (captured / sub.adapter.n_layers, "streamed: one layer's activations")
+            if streamed
+            else (captured, "captured activations")
+        )
+        print(
+            f"  everything-trace {n:5d} tokens: {s:8.2f} s   load {os.getloadavg()[0]:.1f}   peak +{peak:5.0f}   results {held:5.0f}   "
+            f"head-space cache {cache:5.0f}   working {peak - held - cache:5.0f} ({how} {held_acts:4.0f}, the rest {peak - held - cache - held_acts:4.0f})"
+        )
     if len(lengths) > 1:
         slope = np.polyfit(np.log(lengths), np.log(times), 1)[0]
         print(f"  fitted exponent (time ~ tokens^e): e = {slope:.2f}")
@@ -323,21 +384,37 @@ def scale(sub: Subject, lengths: list[int], base=None) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="short texts and a short scale run")
     ap.add_argument("--models", default="minilm,smollm2,roberta-base-shaped")
-    ap.add_argument("--scale", default=None, help="comma-separated lengths for the SmolLM2 everything-trace (default 64,256,1024; \"\" for none)")
+    ap.add_argument(
+        "--scale",
+        default=None,
+        help='comma-separated lengths for the SmolLM2 everything-trace (default 64,256,1024; "" for none)',
+    )
     ap.add_argument("--repeat", type=int, default=2, help="best of N for each timing")
-    ap.add_argument("--against", default=None, help="another checkout (e.g. a git worktree of an older commit): its warm traces are timed in this process too")
+    ap.add_argument(
+        "--against",
+        default=None,
+        help="another checkout (e.g. a git worktree of an older commit): its warm traces are timed in this process too",
+    )
     args = ap.parse_args()
     base = None
     if args.against:
         _, mods = load_base(args.against)
         base = argparse.Namespace(adapters=mods[0], spaces=mods[1], analysis=mods[2])
     floor_n, peer_ns = (20, [40]) if args.quick else (100, [40, 170])
-    lengths = [int(x) for x in (args.scale if args.scale is not None else ("16,64" if args.quick else "64,256,1024")).split(",") if x]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; 1-min load at start {os.getloadavg()[0]:.1f} (shared machine: compare within a run)")  # fmt: skip
+    lengths = [
+        int(x)
+        for x in (args.scale if args.scale is not None else ("16,64" if args.quick else "64,256,1024")).split(",")
+        if x
+    ]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; 1-min load at start {os.getloadavg()[0]:.1f} (shared machine: compare within a run)"
+    )
     bad = 0
     for name in args.models.split(","):
         sub = Subject(name)

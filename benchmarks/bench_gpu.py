@@ -26,12 +26,28 @@ import torch
 
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis.bare import analyse
-from tokentrail.spec.options import HEAD_SITE, RESIDUAL_SITES, TraceOptions
 from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.spec.options import HEAD_SITE, RESIDUAL_SITES, TraceOptions
 
-LARGE = dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514)
-TINY = dict(vocab_size=5000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=514)
-OPTIONS = TraceOptions(sites=(*RESIDUAL_SITES, HEAD_SITE), spaces=("encodings", "value"), similarities=("cosine",), k=15, overlap_k=100)
+LARGE = dict(
+    vocab_size=50265,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    max_position_embeddings=514,
+)
+TINY = dict(
+    vocab_size=5000,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=514,
+)
+OPTIONS = TraceOptions(
+    sites=(*RESIDUAL_SITES, HEAD_SITE), spaces=("encodings", "value"), similarities=("cosine",), k=15, overlap_k=100
+)
 
 
 def model(shape: dict, device: str):
@@ -43,8 +59,17 @@ def model(shape: dict, device: str):
 
 def trace(adapter, spaces, ids):
     toks = [str(i) for i in ids.tolist()]
-    return analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * len(toks),
-                   label=lambda vs: {int(v): str(v) for v in vs}, model_name="roberta-large-shaped", options=OPTIONS)  # fmt: skip
+    return analyse(
+        adapter,
+        spaces,
+        ids,
+        text=" ".join(toks),
+        tokens=toks,
+        special=[False] * len(toks),
+        label=lambda vs: {int(v): str(v) for v in vs},
+        model_name="roberta-large-shaped",
+        options=OPTIONS,
+    )
 
 
 def timed(f, sync):
@@ -85,10 +110,14 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         # `make bench` runs every benchmark: on a machine without a GPU this one has nothing to time
-        print(f"bench_gpu: skipped: no CUDA device here (torch {torch.__version__}); `--device cpu --tiny --tokens 32` is a smoke run of this script")
+        print(
+            f"bench_gpu: skipped: no CUDA device here (torch {torch.__version__}); `--device cpu --tiny --tokens 32` is a smoke run of this script"
+        )
         return
     if cuda and (torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"):
-        raise SystemExit("bench_gpu: TF32 matrix products are on, so the trace would not be exact: leave torch's float32 matmul precision at 'highest'")
+        raise SystemExit(
+            "bench_gpu: TF32 matrix products are on, so the trace would not be exact: leave torch's float32 matmul precision at 'highest'"
+        )
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     shape = TINY if args.tiny else LARGE
     m = model(shape, args.device)
@@ -99,14 +128,20 @@ def main() -> None:
     ids[0], ids[-1] = 0, 2
     dev_ids = ids.to(args.device)
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    print(f"device {name}; torch {torch.__version__}; model {'tiny' if args.tiny else 'roberta-large'}-shaped "
-          f"(V={shape['vocab_size']}, d={shape['hidden_size']}, L={shape['num_hidden_layers']}, H={shape['num_attention_heads']}); {args.tokens} tokens")  # fmt: skip
+    print(
+        f"device {name}; torch {torch.__version__}; model {'tiny' if args.tiny else 'roberta-large'}-shaped "
+        f"(V={shape['vocab_size']}, d={shape['hidden_size']}, L={shape['num_hidden_layers']}, H={shape['num_attention_heads']}); {args.tokens} tokens"
+    )
     cold, _ = timed(lambda: trace(adapter, spaces, dev_ids), sync)
     warm = [timed(lambda: trace(adapter, spaces, dev_ids), sync) for _ in range(3)]
     best, gpu = min(warm, key=lambda t: t[0])
     queries = len(RESIDUAL_SITES) * shape["num_hidden_layers"] * args.tokens
-    print(f"  trace: cold {cold:.2f} s (builds {shape['num_hidden_layers']} value spaces), warm best of 3 {best:.3f} s (goal < 1 s)")
-    print(f"  work: {queries} residual queries x {shape['vocab_size']} rows, and {shape['num_hidden_layers'] * shape['num_attention_heads'] * args.tokens} head queries")
+    print(
+        f"  trace: cold {cold:.2f} s (builds {shape['num_hidden_layers']} value spaces), warm best of 3 {best:.3f} s (goal < 1 s)"
+    )
+    print(
+        f"  work: {queries} residual queries x {shape['vocab_size']} rows, and {shape['num_hidden_layers'] * shape['num_attention_heads'] * args.tokens} head queries"
+    )
     if cuda:
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if args.no_cpu:
@@ -114,8 +149,10 @@ def main() -> None:
     mc = model(shape, "cpu")
     t, cpu = timed(lambda: trace(adapter_for(mc), SpaceCache(adapter_for(mc)), ids), lambda: None)
     cells, differ, bad = differences(gpu, cpu, args.tie)
-    print(f"  CPU trace of the same model {t:.1f} s; {cells} cells of {len(gpu.views)} views compared: "
-          f"{differ} differ, {bad} not at an fp32 near-tie (<= {args.tie:g})")  # fmt: skip
+    print(
+        f"  CPU trace of the same model {t:.1f} s; {cells} cells of {len(gpu.views)} views compared: "
+        f"{differ} differ, {bad} not at an fp32 near-tie (<= {args.tie:g})"
+    )
     if bad:
         raise SystemExit(1)
 

@@ -56,16 +56,33 @@ def child(args) -> None:
         if args.side in ("study", "both"):
             with tempfile.TemporaryDirectory() as d:
                 started = []  # the clock starts when the study's model is loaded (the loop's is loaded already)
-                s = tt.study(args.corpus, loaded.name, Path(d) / "s", limit=args.limit, batch=args.batch, on_start=lambda _: started.append(time.perf_counter()))
+                s = tt.study(
+                    args.corpus,
+                    loaded.name,
+                    Path(d) / "s",
+                    limit=args.limit,
+                    batch=args.batch,
+                    on_start=lambda _: started.append(time.perf_counter()),
+                )
                 dt = time.perf_counter() - started[0]
-                out["study"] = best(out.get("study"), {"texts": s.manifest["texts"], "tokens": s.manifest["tokens"], "seconds": dt, "tokens_per_s": s.manifest["tokens"] / dt})
+                out["study"] = best(
+                    out.get("study"),
+                    {
+                        "texts": s.manifest["texts"],
+                        "tokens": s.manifest["tokens"],
+                        "seconds": dt,
+                        "tokens_per_s": s.manifest["tokens"] / dt,
+                    },
+                )
         if args.side in ("naive", "both"):
             t = time.perf_counter()
             n = 0
             for text in texts:
                 n += tt.trace(text, loaded, overlap_k=100).n_tokens
             dt = time.perf_counter() - t
-            out["naive"] = best(out.get("naive"), {"texts": len(texts), "tokens": n, "seconds": dt, "tokens_per_s": n / dt})
+            out["naive"] = best(
+                out.get("naive"), {"texts": len(texts), "tokens": n, "seconds": dt, "tokens_per_s": n / dt}
+            )
         if args.side in ("floor", "both"):
             fl = gemm_floor(loaded, out.get("study", {}).get("tokens") or 1000)
             old = out.get("floor")
@@ -114,12 +131,19 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--limit", type=int, default=200, help="sentences for the speed comparison")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=3, help="speed rounds (study, loop, floor interleaved); the best of each is reported")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="speed rounds (study, loop, floor interleaved); the best of each is reported",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--corpus", default=str(UD))
     ap.add_argument("--no-memory", action="store_true", help="skip the doubling-corpus memory runs")
     ap.add_argument("--no-speed", action="store_true", help="skip the study/loop/floor speed comparison")
-    ap.add_argument("--memory-limit", type=int, default=100, help="sentences of the 1x corpus for the memory runs (then 2x, 4x)")
+    ap.add_argument(
+        "--memory-limit", type=int, default=100, help="sentences of the 1x corpus for the memory runs (then 2x, 4x)"
+    )
     ap.add_argument("--side", default="both", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -127,8 +151,19 @@ def main() -> None:
         child(args)
         return
     if not Path(args.corpus).exists():
-        sys.exit(f"no corpus at {args.corpus}: the UD English EWT dev split lives beside the project in ../shared/data/")
-    common = ["--model", args.model, "--batch", str(args.batch), "--threads", str(args.threads), "--corpus", args.corpus]
+        sys.exit(
+            f"no corpus at {args.corpus}: the UD English EWT dev split lives beside the project in ../shared/data/"
+        )
+    common = [
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        "--corpus",
+        args.corpus,
+    ]
     rounds = ["--repeat", str(args.repeat)]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     if not args.no_speed:
@@ -139,7 +174,9 @@ def main() -> None:
 
 def speed_report(speed: dict, model: str) -> None:
     st, nv = speed["study"], speed["naive"]
-    print(f"model {model}, {st['texts']} sentences, {st['tokens']} tokens, torch threads {speed['threads']}, best of {speed['repeat']} interleaved rounds")
+    print(
+        f"model {model}, {st['texts']} sentences, {st['tokens']} tokens, torch threads {speed['threads']}, best of {speed['repeat']} interleaved rounds"
+    )
     print(f"study : {st['tokens_per_s']:8.1f} tokens/s ({st['seconds']:.1f} s)")
     print(f"naive : {nv['tokens_per_s']:8.1f} tokens/s ({nv['seconds']:.1f} s, tt.trace per sentence)")
     print(f"ratio : {st['tokens_per_s'] / nv['tokens_per_s']:.2f}x")
@@ -147,9 +184,13 @@ def speed_report(speed: dict, model: str) -> None:
     print(f"floor : GEMM alone, {fl['queries']:,} queries x {fl['vocab']:,} rows x d={fl['d']} (same process):")
     for scale in (1, 4, 16):
         f = fl[f"x{scale}"]
-        print(f"        chunk {fl['chunk'] * scale:6d} queries: {f['tokens_per_s']:8.1f} tokens/s ({f['gflops']:.0f} GFLOP/s)")
+        print(
+            f"        chunk {fl['chunk'] * scale:6d} queries: {f['tokens_per_s']:8.1f} tokens/s ({f['gflops']:.0f} GFLOP/s)"
+        )
     best = max(fl[f"x{s}"]["tokens_per_s"] for s in (1, 4, 16))
-    print(f"        study at {st['tokens_per_s'] / best:.0%} of the fastest GEMM-only rate, the trace loop at {nv['tokens_per_s'] / best:.0%}")
+    print(
+        f"        study at {st['tokens_per_s'] / best:.0%} of the fastest GEMM-only rate, the trace loop at {nv['tokens_per_s'] / best:.0%}"
+    )
 
 
 def memory_report(common: list[str], base: int) -> None:
@@ -157,9 +198,14 @@ def memory_report(common: list[str], base: int) -> None:
     for limit in (base, 2 * base, 4 * base):
         m = run_child([*common, "--limit", str(limit), "--side", "study", "--repeat", "1"])
         peaks.append(m["peak_rss_mb"])
-        print(f"memory: {m['study']['texts']:5d} sentences {m['study']['tokens']:6d} tokens -> peak RSS {m['peak_rss_mb']:.0f} MB ({m['study']['tokens_per_s']:.1f} tokens/s)")
+        print(
+            f"memory: {m['study']['texts']:5d} sentences {m['study']['tokens']:6d} tokens -> peak RSS {m['peak_rss_mb']:.0f} MB ({m['study']['tokens_per_s']:.1f} tokens/s)"
+        )
     slope = (peaks[2] - peaks[0]) / 2
-    print(f"memory: peak RSS {' -> '.join(f'{p:.0f}' for p in peaks)} MB, slope {slope:+.0f} MB per doubling ({slope / peaks[0]:+.1%})")
+    print(
+        f"memory: peak RSS {' -> '.join(f'{p:.0f}' for p in peaks)} MB, slope {slope:+.0f} MB per doubling ({slope / peaks[0]:+.1%})"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -41,8 +41,22 @@ SITES = ("attn_resid", "layer_out")
 K, OVERLAP_K = 15, 100
 TIE_TOL = 1e-6
 
-FULL = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514)
-QUICK = dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, max_position_embeddings=514)
+FULL = dict(
+    vocab_size=50265,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=514,
+)
+QUICK = dict(
+    vocab_size=8000,
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=514,
+)
 
 
 # ---- shared set-up ---------------------------------------------------------------------------
@@ -80,8 +94,8 @@ def _reset_peak() -> bool:
 def run_fast(model, ids: torch.Tensor) -> tuple[dict, dict]:
     from tokentrail.adapters import adapter_for
     from tokentrail.analysis.bare import analyse
-    from tokentrail.spec.options import TraceOptions
     from tokentrail.engine.space_cache import SpaceCache
+    from tokentrail.spec.options import TraceOptions
 
     adapter = adapter_for(model)
     spaces = SpaceCache(adapter)
@@ -89,10 +103,18 @@ def run_fast(model, ids: torch.Tensor) -> tuple[dict, dict]:
 
     def once():
         return analyse(
-            adapter, spaces, ids, text=" ".join(tokens), tokens=tokens, special=[False] * len(ids),
-            label=lambda vs: {int(v): str(v) for v in vs}, model_name="roberta-base-shaped (random)",
-            options=TraceOptions(sites=tuple(SITES), spaces=("encodings",), similarities=("cosine",), k=K, overlap_k=OVERLAP_K),
-        )  # fmt: skip
+            adapter,
+            spaces,
+            ids,
+            text=" ".join(tokens),
+            tokens=tokens,
+            special=[False] * len(ids),
+            label=lambda vs: {int(v): str(v) for v in vs},
+            model_name="roberta-base-shaped (random)",
+            options=TraceOptions(
+                sites=tuple(SITES), spaces=("encodings",), similarities=("cosine",), k=K, overlap_k=OVERLAP_K
+            ),
+        )
 
     t0 = time.perf_counter()
     trail = once()  # cold: builds the space's V x d tables
@@ -124,7 +146,10 @@ def naive_query(R: torch.Tensor, r: torch.Tensor, own: int):
 def site_vectors(model, ids: torch.Tensor, dtype=torch.float32) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
     """e (n, d) and, per site, L tensors (n, d), read from the model's own forward pass."""
     attn = []
-    hooks = [lay.attention.output.dense.register_forward_hook(lambda m, a, o: attn.append(o[0])) for lay in model.encoder.layer]
+    hooks = [
+        lay.attention.output.dense.register_forward_hook(lambda m, a, o: attn.append(o[0]))
+        for lay in model.encoder.layer
+    ]
     try:
         out = model(input_ids=ids[None], output_hidden_states=True)
     finally:
@@ -142,7 +167,9 @@ def vocab_matrix(model, position: int, dtype=torch.float32) -> torch.Tensor:
     x = emb.word_embeddings.weight + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0]
     if dtype == torch.float32:
         return emb.LayerNorm(x)
-    return torch.nn.functional.layer_norm(x.to(dtype), x.shape[-1:], emb.LayerNorm.weight.to(dtype), emb.LayerNorm.bias.to(dtype), emb.LayerNorm.eps)
+    return torch.nn.functional.layer_norm(
+        x.to(dtype), x.shape[-1:], emb.LayerNorm.weight.to(dtype), emb.LayerNorm.bias.to(dtype), emb.LayerNorm.eps
+    )
 
 
 @torch.no_grad()
@@ -208,7 +235,18 @@ def _shape(args) -> dict:
 
 def spawn(name: str, args, folder: Path) -> tuple[dict, dict]:
     out = folder / f"{name}.npz"
-    cmd = [sys.executable, __file__, "--phase", name, "--out", str(out), "--tokens", str(args.tokens), "--seed", str(args.seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        name,
+        "--out",
+        str(out),
+        "--tokens",
+        str(args.tokens),
+        "--seed",
+        str(args.seed),
+    ]
     cmd += ["--quick"] if args.quick else []
     cmd += ["--layers", str(args.layers)] if args.layers else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -293,11 +331,15 @@ def check(fast: dict, naive: dict, args) -> dict:
             if gap > TIE_TOL:
                 bad.append(f"{where}: no near-tie at the top-{OVERLAP_K} boundary (gap {gap:.2e})")
             else:
-                notes.append(f"{where}: fast {fast['overlap'][i, l, t]}, naive {naive['overlap'][i, l, t]}; "
-                             f"the exact similarities at places {OVERLAP_K} and {OVERLAP_K + 1} differ by {gap:.1e}")  # fmt: skip
+                notes.append(
+                    f"{where}: fast {fast['overlap'][i, l, t]}, naive {naive['overlap'][i, l, t]}; "
+                    f"the exact similarities at places {OVERLAP_K} and {OVERLAP_K + 1} differ by {gap:.1e}"
+                )
         for name, d in (("rank", d_rank), (f"top-{K}", d_top)):
             if d[i, l, t]:
-                notes.append(f"{name} at site={SITES[i]} layer={l} token={t}: fast and naive differ; both within {TIE_TOL:g} of exact")
+                notes.append(
+                    f"{name} at site={SITES[i]} layer={l} token={t}: fast and naive differ; both within {TIE_TOL:g} of exact"
+                )
     for t in np.flatnonzero(d_origin):
         s = exact.sims(None, 0, int(t))
         if max(exact.top_ok(s, fast["origin_top"][t]), exact.top_ok(s, naive["origin_top"][t])) > TIE_TOL:
@@ -308,7 +350,9 @@ def check(fast: dict, naive: dict, args) -> dict:
 
 # ---- main -------------------------------------------------------------------------------------------------
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tokens", type=int, default=None, help="input length (default 64; 16 with --quick)")
     ap.add_argument("--layers", type=int, default=None, help="model depth (default 12; 4 with --quick)")
     ap.add_argument("--quick", action="store_true", help="small model (V=8000, d=256) for a smoke run")
@@ -323,28 +367,40 @@ def main() -> None:
         return phase(args)
 
     shape = _shape(args)
-    print(f"model: random RobertaModel {shape}; {args.tokens} tokens; sites {', '.join(SITES)}; space encodings; "
-          f"cosine; top-{K}, overlap@{OVERLAP_K}")  # fmt: skip
+    print(
+        f"model: random RobertaModel {shape}; {args.tokens} tokens; sites {', '.join(SITES)}; space encodings; "
+        f"cosine; top-{K}, overlap@{OVERLAP_K}"
+    )
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         fast, f_info = spawn("fast", args, Path(tmp))
         print(f"fast  (tokentrail.analyse): {f_info['seconds']:8.2f} s cold, {f_info['warm_seconds']:.2f} s warm")
         naive, n_info = spawn("naive", args, Path(tmp))
         print(f"naive (rebuild + full sort): {n_info['seconds']:8.2f} s")
-    print(f"1-min load average (start -> end of each side): fast {f_info['load'][0]:.1f} -> {f_info['load'][1]:.1f}, "
-          f"naive {n_info['load'][0]:.1f} -> {n_info['load'][1]:.1f}; other processes share the CPUs when it is above 0")  # fmt: skip
-    print(f"speed-up: {n_info['seconds'] / f_info['seconds']:.1f}x cold, {n_info['seconds'] / f_info['warm_seconds']:.1f}x warm "
-          f"({f_info['threads']} torch threads)")  # fmt: skip
+    print(
+        f"1-min load average (start -> end of each side): fast {f_info['load'][0]:.1f} -> {f_info['load'][1]:.1f}, "
+        f"naive {n_info['load'][0]:.1f} -> {n_info['load'][1]:.1f}; other processes share the CPUs when it is above 0"
+    )
+    print(
+        f"speed-up: {n_info['seconds'] / f_info['seconds']:.1f}x cold, {n_info['seconds'] / f_info['warm_seconds']:.1f}x warm "
+        f"({f_info['threads']} torch threads)"
+    )
     for name, info in (("fast", f_info), ("naive", n_info)):
         kind = "phase peak RSS" if info["peak_is_phase_only"] else "process peak RSS"
-        print(f"{name:5s} {kind}: {info['peak_kb'] / 1024:7.0f} MiB  (model alone: {info['rss_model_kb'] / 1024:.0f} MiB, "
-              f"+{(info['peak_kb'] - info['rss_model_kb']) / 1024:.0f} MiB)")  # fmt: skip
+        print(
+            f"{name:5s} {kind}: {info['peak_kb'] / 1024:7.0f} MiB  (model alone: {info['rss_model_kb'] / 1024:.0f} MiB, "
+            f"+{(info['peak_kb'] - info['rss_model_kb']) / 1024:.0f} MiB)"
+        )
     rep = check(fast, naive, args)
-    print(f"agreement over {rep['queries']} queries: rank differs {rep['rank_differs']} (max |diff| {rep['rank_max_abs_diff']}), "
-          f"top-{K} differs {rep['top15_differs']}, overlap@{OVERLAP_K} differs {rep['overlap_differs']}, "
-          f"origin top-{K} differs {rep['origin_top15_differs']}; self_sim max |diff| {rep['self_sim_max_abs_diff']:.1e}")  # fmt: skip
-    print(f"float64 check of {rep['checked_in_float64']} queries (all disagreements + {args.verify} sampled): "
-          f"worst top-{K} similarity gap {rep['worst_top_gap']:.1e}; unexplained: {len(rep['unexplained'])}")  # fmt: skip
+    print(
+        f"agreement over {rep['queries']} queries: rank differs {rep['rank_differs']} (max |diff| {rep['rank_max_abs_diff']}), "
+        f"top-{K} differs {rep['top15_differs']}, overlap@{OVERLAP_K} differs {rep['overlap_differs']}, "
+        f"origin top-{K} differs {rep['origin_top15_differs']}; self_sim max |diff| {rep['self_sim_max_abs_diff']:.1e}"
+    )
+    print(
+        f"float64 check of {rep['checked_in_float64']} queries (all disagreements + {args.verify} sampled): "
+        f"worst top-{K} similarity gap {rep['worst_top_gap']:.1e}; unexplained: {len(rep['unexplained'])}"
+    )
     for note in rep["explained"]:
         print("  near-tie: " + note)
     if rep["unexplained"]:

@@ -8,9 +8,13 @@ from pathlib import Path
 import torch
 
 SENTENCES = [
-    "the cat sat on the mat", "a dog ran in the park", "time flies like an arrow",
-    "fruit flies like a banana", "the quick brown fox jumps over the lazy dog",
-    "le chat est sur le tapis", "un chien court dans le parc",
+    "the cat sat on the mat",
+    "a dog ran in the park",
+    "time flies like an arrow",
+    "fruit flies like a banana",
+    "the quick brown fox jumps over the lazy dog",
+    "le chat est sur le tapis",
+    "un chien court dans le parc",
 ]
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3: bos, pad, eos, unk (BART's order)
 
@@ -25,7 +29,9 @@ def tokenizer(eos_only: bool = False):
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     single = "$A </s>" if eos_only else "<s> $A </s>"
     tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[("<s>", 0), ("</s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 WORDS = sorted({w for s in SENTENCES for w in s.split()})
@@ -50,10 +56,25 @@ def bart(folder: Path | None = None, seed: int = 0):
     import transformers
 
     cfg = transformers.BartConfig(
-        vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64, scale_embedding=True, dropout=0.0,
-        attention_dropout=0.0, activation_dropout=0.0, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-        forced_bos_token_id=None, forced_eos_token_id=None,
+        vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=64,
+        scale_embedding=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
     )
     torch.manual_seed(seed)
     model = _perturb(transformers.BartForConditionalGeneration(cfg), seed + 11)
@@ -64,10 +85,25 @@ def marian(folder: Path | None = None, seed: int = 0):
     import transformers
 
     cfg = transformers.MarianConfig(
-        vocab_size=VOCAB, decoder_vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64, scale_embedding=True,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-        bos_token_id=0, forced_eos_token_id=None,
+        vocab_size=VOCAB,
+        decoder_vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=64,
+        scale_embedding=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        bos_token_id=0,
+        forced_eos_token_id=None,
     )
     torch.manual_seed(seed)
     model = _perturb(transformers.MarianMTModel(cfg), seed + 12)
@@ -78,9 +114,21 @@ def t5(folder: Path | None = None, seed: int = 0, tied: bool = True):
     import transformers
 
     cfg = transformers.T5Config(
-        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
-        feed_forward_proj="relu", tie_word_embeddings=tied, pad_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+        feed_forward_proj="relu",
+        tie_word_embeddings=tied,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
     )
     torch.manual_seed(seed)
     model = _perturb(transformers.T5ForConditionalGeneration(cfg), seed + 13)

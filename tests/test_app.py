@@ -28,7 +28,16 @@ from tokentrail.app import session as app_session  # noqa: E402
 
 TEXT = "Time flies like an arrow. Fruit flies like a banana."
 VIEWS = app_layout.VIEWS
-DEFAULTS = dict(positional=True, site="attn_resid", similarity="cosine", k=15, causal=True, correct="none", adjusted=False, metric="rank")
+DEFAULTS = dict(
+    positional=True,
+    site="attn_resid",
+    similarity="cosine",
+    k=15,
+    causal=True,
+    correct="none",
+    adjusted=False,
+    metric="rank",
+)
 
 pytestmark = pytest.mark.slow  # loads the bundled model
 
@@ -55,18 +64,48 @@ def save_tiny_models(folder: Path) -> dict[str, Path]:
 
     corpus = [TEXT, "The quick brown fox jumps over the lazy dog.", "Naïve café, 漢字 and emoji 🙂."] * 4
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=330, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
-    bpe._tokenizer.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    bpe.train_from_iterator(
+        corpus,
+        vocab_size=330,
+        min_frequency=1,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
+    )
+    bpe._tokenizer.post_processor = RobertaProcessing(
+        ("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>"))
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
     torch.manual_seed(0)
     out = {}
     rob = RobertaConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=300, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=300,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
     )
     llama = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=512, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
     )
     for name, model in (("tiny-roberta", RobertaForMaskedLM(rob)), ("tiny-llama", LlamaForCausalLM(llama))):
         path = folder / name
@@ -105,7 +144,19 @@ def trail():
 
 def tokenize(client, text=TEXT, model="minilm", api="/tokenize", **opts) -> dict:
     o = {**DEFAULTS, **opts}
-    out = client.predict(text, model, o["positional"], o["site"], o["similarity"], o["k"], o["causal"], o["correct"], o["adjusted"], o["metric"], api_name=api)
+    out = client.predict(
+        text,
+        model,
+        o["positional"],
+        o["site"],
+        o["similarity"],
+        o["k"],
+        o["causal"],
+        o["correct"],
+        o["adjusted"],
+        o["metric"],
+        api_name=api,
+    )
     return dict(zip(VIEWS, out))
 
 
@@ -140,7 +191,23 @@ def problem(status: str) -> str:
 # ---- the endpoints ---------------------------------------------------------------------------------
 def test_event_handlers_have_stable_api_names(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    for api in ("/tokenize", "/analyse", "/select_token", "/select_layer", "/display", "/switch_model", "/export_results", "/export_plot", "/show_layers", "/show_heatmaps", "/show_heads", "/show_walkthrough", "/show_lens", "/head_space", "/lens_site"):
+    for api in (
+        "/tokenize",
+        "/analyse",
+        "/select_token",
+        "/select_layer",
+        "/display",
+        "/switch_model",
+        "/export_results",
+        "/export_plot",
+        "/show_layers",
+        "/show_heatmaps",
+        "/show_heads",
+        "/show_walkthrough",
+        "/show_lens",
+        "/head_space",
+        "/lens_site",
+    ):
         assert api in names, f"{api} missing from {sorted(names)}"
 
 
@@ -203,7 +270,7 @@ def test_select_token_rerenders_from_the_cached_analysis(client, trail, monkeypa
     v = tokenize(client, api="/analyse", similarity="euclidean")
     assert len(calls) == 2 and "euclidean" in v["status"]
     assert len(passes) == 1, "another similarity re-scores the same forward pass"
-    assert f"(token 11)" in v["status"], "changing an option keeps the selected token"
+    assert "(token 11)" in v["status"], "changing an option keeps the selected token"
 
 
 def test_heads_and_walkthrough_run_no_second_forward_pass(client, monkeypatch):
@@ -303,13 +370,17 @@ def test_lens_tab_matches_the_library_with_an_embeddings_row(client, tiny):
         assert table["layer"].tolist() == ["emb", *[f"L{l}" for l in range(lens.n_layers)]]
         assert table["own rank"].tolist() == [int(emb.own_rank[0, t]), *lens.own_rank[:, t].tolist()]
         assert [int(x) for x in table["next rank"]] == [int(emb.next_rank[0, t]), *lens.next_rank[:, t].tolist()]
-        assert table["entropy (nats)"].tolist() == pytest.approx([float(emb.entropy[0, t]), *lens.entropy[:, t].tolist()], abs=1e-3)
+        assert table["entropy (nats)"].tolist() == pytest.approx(
+            [float(emb.entropy[0, t]), *lens.entropy[:, t].tolist()], abs=1e-3
+        )
         labels = tt.load(llama).labels(lens.top_ids[-1, t].tolist())
         first = labels[int(lens.top_ids[-1, t, 0])]
         assert table["top predictions"].iloc[-1].lstrip("★ ").startswith(first)
         assert f"applied to **{site}**" in v["lens_note"]
     # the last layer of the lens is the model's own prediction
-    assert int(lens.top_ids[-1, t, 0]) == int(np.argmax(run.model.adapter.model(torch_ids(run))[0][0, t].detach().numpy()))
+    assert int(lens.top_ids[-1, t, 0]) == int(
+        np.argmax(run.model.adapter.model(torch_ids(run))[0][0, t].detach().numpy())
+    )
     # MiniLM has no output head: the tab says so, the page keeps working
     tokenize(client)
     v = call(client, "/show_lens", False, "rank")
@@ -390,7 +461,9 @@ def test_options_reach_the_analysis(client):
     assert len(frame(v["table"])) == 5 + 1
     adjusted = call(client, "/display", True, "rank")
     ref = tt.trace(TEXT, "minilm", site="layer_out", space="embeddings", similarity="euclidean", k=5).view()
-    np.testing.assert_allclose(arr(plot_data(adjusted["plot_sim"])["data"][-1]["y"]), ref.adjusted_self_sim[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(
+        arr(plot_data(adjusted["plot_sim"])["data"][-1]["y"]), ref.adjusted_self_sim[:, 1], rtol=1e-5
+    )
 
 
 # ---- models: allowlist, switching, isolation -----------------------------------------------------
@@ -413,7 +486,9 @@ def test_switch_model_is_per_session(url, tiny):
 def test_unavailable_model_stays_listed_and_says_why(client, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     toasts = []
-    monkeypatch.setattr(app_layout.gr, "Warning", lambda msg, *a, **k: toasts.append(msg))  # the server runs in this process
+    monkeypatch.setattr(
+        app_layout.gr, "Warning", lambda msg, *a, **k: toasts.append(msg)
+    )  # the server runs in this process
     tokenize(client)
     out = client.predict("gpt2", TEXT, *DEFAULTS.values(), api_name="/switch_model")
     status = out[2]
@@ -523,16 +598,21 @@ def test_a_text_over_the_page_limit_is_told_in_the_pages_words():
     with pytest.raises(tt.TooLong, match="pass --truncate to keep the first 256") as info:
         tt.load("minilm").encode(text, max_tokens=app_session.MAX_TOKENS)
     assert (info.value.tokens, info.value.limit) == (302, 256)
-    with pytest.raises(tt.InputError, match="the text is 302 tokens for minilm; this app analyses at most 256 at once") as info:
+    with pytest.raises(
+        tt.InputError, match="the text is 302 tokens for minilm; this app analyses at most 256 at once"
+    ) as info:
         app_session.Session(model="minilm").analyse(text, app_session.DEFAULT_OPTIONS)
     assert not isinstance(info.value, tt.TooLong)
 
 
-@pytest.mark.parametrize("api, args, message", [
-    ("/select_token", (99, False, "rank"), "not in the list of choices"),
-    ("/select_layer", (17, 0, False, "rank"), "greater than maximum value 5"),
-    ("/select_layer", (0, -1, False, "rank"), "less than minimum value 0"),
-])
+@pytest.mark.parametrize(
+    "api, args, message",
+    [
+        ("/select_token", (99, False, "rank"), "not in the list of choices"),
+        ("/select_layer", (17, 0, False, "rank"), "greater than maximum value 5"),
+        ("/select_layer", (0, -1, False, "rank"), "less than minimum value 0"),
+    ],
+)
 def test_bad_selection_is_refused_and_the_app_keeps_serving(client, api, args, message):
     tokenize(client)
     with pytest.raises(gradio_client.exceptions.AppError, match=message):
@@ -544,7 +624,12 @@ def test_session_checks_selection_ranges_itself(trail):
     """Behind Gradio's own checks, the session refuses out-of-range picks with our message."""
     s = app_session.Session(model="minilm")
     s.trail = trail
-    for kwargs, message in (({"token": 99}, "token index 99 is out of range"), ({"layer": 17}, "layer 17 is out of range"), ({"head": 12}, "head 12 is out of range"), ({"layer": 1.5}, "whole number")):
+    for kwargs, message in (
+        ({"token": 99}, "token index 99 is out of range"),
+        ({"layer": 17}, "layer 17 is out of range"),
+        ({"head": 12}, "head 12 is out of range"),
+        ({"layer": 1.5}, "whole number"),
+    ):
         with pytest.raises(tt.InputError, match=message):
             s.select(**kwargs)
 
@@ -567,7 +652,10 @@ def test_export_results(client, trail, fmt):
     np.testing.assert_array_equal(ranks, trail.view().rank[:, 2])
     back = tt.Trail.load(path)  # the download is a whole Trail: every table, readable back
     assert back.tokens == trail.tokens and np.array_equal(back.view().top_ids, trail.view().top_ids)
-    assert np.array_equal(back.view().origin_top_ids, trail.view().origin_top_ids) and back.attentions.shape == trail.attentions.shape
+    assert (
+        np.array_equal(back.view().origin_top_ids, trail.view().origin_top_ids)
+        and back.attentions.shape == trail.attentions.shape
+    )
 
 
 def test_export_plot_html(client):
@@ -577,7 +665,9 @@ def test_export_plot_html(client):
     assert "<html>" in text and "plotly" in text.lower() and "1 + rank" in text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kaleido") is None, reason="SVG export needs kaleido (pip install kaleido)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("kaleido") is None, reason="SVG export needs kaleido (pip install kaleido)"
+)
 def test_export_plot_svg(client):
     tokenize(client)
     path, status = client.predict("heatmap (token × layer)", "SVG", False, "rank", api_name="/export_plot")
@@ -600,7 +690,12 @@ def test_bounded_queue_says_busy(tiny, monkeypatch):
     with harness.serve(demo, **launch_options()) as u:
         c = gradio_client.Client(u, verbose=False)
         jobs = [
-            c.submit(f"{TEXT} Number {i} of many, with a few more words to chew on.", "minilm", *DEFAULTS.values(), api_name="/tokenize")
+            c.submit(
+                f"{TEXT} Number {i} of many, with a few more words to chew on.",
+                "minilm",
+                *DEFAULTS.values(),
+                api_name="/tokenize",
+            )
             for i in range(8)
         ]
         errors = []
@@ -614,11 +709,11 @@ def test_bounded_queue_says_busy(tiny, monkeypatch):
 
 
 def test_launch_binds_loopback_without_share(monkeypatch):
-    from tokentrail import app
-
     import os
 
     import torch
+
+    from tokentrail import app
 
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw, demo=self))
@@ -644,13 +739,18 @@ def test_sessions_run_concurrently(url):
         c = gradio_client.Client(url, verbose=False)
         results[name] = tokenize(c, text=text)
 
-    threads = [threading.Thread(target=run, args=(n, t)) for n, t in (("a", "Fruit flies like a banana."), ("b", "Colourless green ideas sleep furiously."))]
+    threads = [
+        threading.Thread(target=run, args=(n, t))
+        for n, t in (("a", "Fruit flies like a banana."), ("b", "Colourless green ideas sleep furiously."))
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert [c[0] for c in results["a"]["tokens"]["choices"]][1:3] == ["fruit", "flies"]
-    assert [c[0] for c in results["b"]["tokens"]["choices"]][1] == "colourless" or "colour" in results["b"]["tokens"]["choices"][1][0]
+    assert [c[0] for c in results["b"]["tokens"]["choices"]][1] == "colourless" or "colour" in results["b"]["tokens"][
+        "choices"
+    ][1][0]
 
 
 # ---- the web server: hardening (issue 11, point 22) ------------------------------------------------
@@ -684,8 +784,14 @@ def test_server_refuses_uploads_sets_security_headers_and_rejects_bad_calls_quie
     assert "frame-ancestors 'self'" in headers["content-security-policy"]
     # the page has no upload: any file, any size, is refused before it is read
     boundary = "tokentrailboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.bin\"\r\n\r\n").encode() + b"x" * 100_000 + f"\r\n--{boundary}--\r\n".encode()
-    status, headers, text = _http(url + "gradio_api/upload", "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.bin"\r\n\r\n').encode()
+        + b"x" * 100_000
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, headers, text = _http(
+        url + "gradio_api/upload", "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert status == 403 and b"uploads are disabled" in text and headers["x-content-type-options"] == "nosniff"
     # an invalid API call: a clear 4xx, and no traceback in the log
     handler = _Records()
@@ -694,8 +800,12 @@ def test_server_refuses_uploads_sets_security_headers_and_rejects_bad_calls_quie
         lg.addHandler(handler)
     try:
         for _ in range(2):
-            payload = json.dumps({"data": [], "fn_index": 999, "session_hash": "abc", "event_data": None, "trigger_id": None}).encode()
-            status, _, text = _http(url + "gradio_api/queue/join", "POST", payload, {"Content-Type": "application/json"})
+            payload = json.dumps(
+                {"data": [], "fn_index": 999, "session_hash": "abc", "event_data": None, "trigger_id": None}
+            ).encode()
+            status, _, text = _http(
+                url + "gradio_api/queue/join", "POST", payload, {"Content-Type": "application/json"}
+            )
             assert 400 <= status < 500, (status, text[:300])
     finally:
         for lg in loggers:
@@ -738,11 +848,15 @@ def test_the_app_leaves_no_temp_folder_behind(tmp_path):
 def test_the_page_receives_analysis_progress_as_step_counts(url):
     """An analysis streams the library's progress to the page as done/total steps (the
     page's options: one residual space, one step), read over Gradio's own event stream."""
-    spec = importlib.util.spec_from_file_location("tokentrail_bench_app_latency", Path(__file__).parents[1] / "benchmarks" / "bench_app_latency.py")
+    spec = importlib.util.spec_from_file_location(
+        "tokentrail_bench_app_latency", Path(__file__).parents[1] / "benchmarks" / "bench_app_latency.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     client = bench.PageClient(url)
-    out, progress = client.call("tokenize", "A fresh text, so that the analysis really runs.", "minilm", *DEFAULTS.values())
+    out, progress = client.call(
+        "tokenize", "A fresh text, so that the analysis really runs.", "minilm", *DEFAULTS.values()
+    )
     assert "minilm" in out[1]
     steps = [(p["index"], p["length"], p["unit"], p["desc"]) for p in progress if p["length"] is not None]
     assert steps, progress
@@ -758,6 +872,11 @@ def test_map_tab_reads_tokens_and_layers(trail):
     assert parse_tokens(trail, "flies") == [2, 8]  # a bare text: every occurrence
     assert parse_tokens(trail, "flies:1, 1, -1") == [8, 1, 13]
     assert parse_layers("0-2, 5, 1", 6) == [0, 1, 2, 5]
-    for bad, message in (("3-1", "out of range"), ("6", "out of range"), ("a", "whole numbers"), ("1-", "whole numbers")):
+    for bad, message in (
+        ("3-1", "out of range"),
+        ("6", "out of range"),
+        ("a", "whole numbers"),
+        ("1-", "whole numbers"),
+    ):
         with pytest.raises(InputError, match=message):
             parse_layers(bad, 6)

@@ -80,7 +80,7 @@ def test_one_model_can_never_take_every_worker():
     from tokentrail.session.models import MAX_LOADED
 
     per_model = queues.PER_MODEL + queues.WAITING_PER_MODEL
-    assert queues.WORKERS > per_model * MAX_LOADED
+    assert per_model * MAX_LOADED < queues.WORKERS
     assert queues.EVENTS == {"concurrency_id": "tokentrail", "concurrency_limit": queues.WORKERS}
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 import pytest
 import torch
-from test_parity_decoders import tiny_model
 from torch.testing import assert_close
 
+from test_parity_decoders import tiny_model
 from tokentrail.adapters import adapter_for
 from tokentrail.engine.capture import Activations, capture, capture_batch
 from tokentrail.spec.errors import InputError
@@ -141,7 +140,9 @@ def test_roberta_padded_positions_are_the_models_own(family, side, encoders):
     ids, mask, starts = _pad(texts, adapter.pad_id, side)
     pos = adapter.position_ids(ids, mask)
     seen = []
-    hook = model.base_model.embeddings.position_embeddings.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    hook = model.base_model.embeddings.position_embeddings.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].detach())
+    )
     try:
         with torch.no_grad():
             model(input_ids=ids, attention_mask=mask)
@@ -215,8 +216,8 @@ def test_smollm2_batch_equals_each_text_alone(smollm2, causal, side):
 def analyse_both(adapter, texts, padding_side="right", **option_fields):
     """(analyse_batch's trails, one analyse per text) with the same options."""
     from tokentrail.analysis.bare import analyse, analyse_batch
-    from tokentrail.spec.options import TraceOptions
     from tokentrail.engine.space_cache import SpaceCache
+    from tokentrail.spec.options import TraceOptions
 
     options = {"options": TraceOptions(**option_fields)}
     spaces = SpaceCache(adapter)
@@ -224,9 +225,30 @@ def analyse_both(adapter, texts, padding_side="right", **option_fields):
     tokens = [[str(int(i)) for i in t] for t in texts]
     special = [[False] * len(t) for t in texts]
     names = [f"text {i}" for i in range(len(texts))]
-    batch = analyse_batch(adapter, spaces, texts, texts=names, tokens=tokens, special=special, label=label, model_name="m", padding_side=padding_side, **options)
+    batch = analyse_batch(
+        adapter,
+        spaces,
+        texts,
+        texts=names,
+        tokens=tokens,
+        special=special,
+        label=label,
+        model_name="m",
+        padding_side=padding_side,
+        **options,
+    )
     alone = [
-        analyse(adapter, spaces, t, text=names[i], tokens=tokens[i], special=special[i], label=label, model_name="m", **options)
+        analyse(
+            adapter,
+            spaces,
+            t,
+            text=names[i],
+            tokens=tokens[i],
+            special=special[i],
+            label=label,
+            model_name="m",
+            **options,
+        )
         for i, t in enumerate(texts)
     ]
     return batch, alone
@@ -266,8 +288,15 @@ def test_analyse_batch_equals_analyse_per_text(family, encoders):
     texts = texts_for(adapter, seed=4)
     side = "left" if adapter.is_decoder else "right"
     batch, alone = analyse_both(
-        adapter, texts, sites=ALL_SITES, spaces=ALL_SPACES, similarities=("cosine", "euclidean"),
-        k=5, overlap_k=10, lens=adapter.lens_head() is not None, padding_side=side,
+        adapter,
+        texts,
+        sites=ALL_SITES,
+        spaces=ALL_SPACES,
+        similarities=("cosine", "euclidean"),
+        k=5,
+        overlap_k=10,
+        lens=adapter.lens_head() is not None,
+        padding_side=side,
     )
     for got, want in zip(batch, alone):
         assert_same_trail(got, want)
@@ -279,7 +308,16 @@ def test_analyse_batch_refuses_mismatched_lists(encoders):
 
     adapter = adapter_for(encoders["bert"])
     with pytest.raises(InputError, match="as many texts"):
-        analyse_batch(adapter, SpaceCache(adapter), texts_for(adapter), texts=["a"], tokens=[[]], special=[[]], label=dict, model_name="m")
+        analyse_batch(
+            adapter,
+            SpaceCache(adapter),
+            texts_for(adapter),
+            texts=["a"],
+            tokens=[[]],
+            special=[[]],
+            label=dict,
+            model_name="m",
+        )
 
 
 @pytest.mark.slow
@@ -287,16 +325,26 @@ def test_minilm_analyse_batch_equals_analyse_per_text(minilm):
     """On a real vocabulary (30k rows) fp32 noise may swap two near-tied neighbours; the
     similarities agree to 1e-5 and no rank moves by more than one."""
     from tokentrail.analysis.bare import analyse, analyse_batch
+    from tokentrail.engine.space_cache import SpaceCache
     from tokentrail.session.inputs import encode
     from tokentrail.spec.options import TraceOptions
-    from tokentrail.engine.space_cache import SpaceCache
 
     adapter, spaces = minilm.adapter, SpaceCache(minilm.adapter)
     enc = [encode(minilm, s) for s in SENTENCES]
-    common = dict(label=lambda used: {int(i): str(int(i)) for i in used}, model_name="minilm",
-                  options=TraceOptions(sites=("attn_resid", "mlp_out")))
-    batch = analyse_batch(adapter, spaces, [e.ids for e in enc], texts=list(SENTENCES), tokens=[e.tokens for e in enc],
-                          special=[e.special for e in enc], **common)
+    common = dict(
+        label=lambda used: {int(i): str(int(i)) for i in used},
+        model_name="minilm",
+        options=TraceOptions(sites=("attn_resid", "mlp_out")),
+    )
+    batch = analyse_batch(
+        adapter,
+        spaces,
+        [e.ids for e in enc],
+        texts=list(SENTENCES),
+        tokens=[e.tokens for e in enc],
+        special=[e.special for e in enc],
+        **common,
+    )
     for text, e, got in zip(SENTENCES, enc, batch):
         want = analyse(adapter, spaces, e.ids, text=text, tokens=e.tokens, special=e.special, **common)
         for g, w in zip(got.views, want.views):

@@ -95,7 +95,11 @@ class TestBundled:
         assert res.exit_code == 0, res.output
         assert "token 2 flies" in res.output
         # one row per layer (MiniLM has 6) plus the original encoding
-        rows = [line.split() for line in res.output.splitlines() if line.strip()[:1].isdigit() or line.strip().startswith("emb")]
+        rows = [
+            line.split()
+            for line in res.output.splitlines()
+            if line.strip()[:1].isdigit() or line.strip().startswith("emb")
+        ]
         assert [r[0] for r in rows] == ["emb", "0", "1", "2", "3", "4", "5"]
 
     def test_grid_of_all_tokens(self):
@@ -132,14 +136,18 @@ class TestBundled:
         doc = json.loads(res.stdout)
         assert doc["meta"]["model"] == "minilm" and doc["meta"]["tokens"][2] == "flies"
         res = run("trace", TEXT, "--format", "csv", "-q")
-        assert res.stdout.splitlines()[0].startswith("token,token_str,position,layer,head,site,space,similarity,metric,value")
+        assert res.stdout.splitlines()[0].startswith(
+            "token,token_str,position,layer,head,site,space,similarity,metric,value"
+        )
 
     def test_stdin_text(self):
         res = run("trace", "-", "-q", "--token", "1", input="hello world")
         assert res.exit_code == 0 and "hello" in res.output
 
     def test_every_combination_runs(self):
-        res = run("trace", "Fruit flies.", "--site", "all", "--space", "all", "--similarity", "all", "--format", "json", "-q")
+        res = run(
+            "trace", "Fruit flies.", "--site", "all", "--space", "all", "--similarity", "all", "--format", "json", "-q"
+        )
         assert res.exit_code == 0, res.output[-2000:]
         combos = {(m["site"], m["space"], m["similarity"]) for m in json.loads(res.stdout)["metrics"]}
         assert ("heads", "key", "euclidean") in combos and ("layer_out", "embeddings", "cosine") in combos
@@ -162,7 +170,9 @@ def test_console_script_error_has_no_traceback():
 
 @pytest.mark.slow
 def test_lens_on_bundled_decoder_table_and_mode():
-    res = run("trace", "Time flies like an arrow. Fruit flies like a", "--model", "smollm2", "--lens", "--layer", "-1", "-q")
+    res = run(
+        "trace", "Time flies like an arrow. Fruit flies like a", "--model", "smollm2", "--lens", "--layer", "-1", "-q"
+    )
     assert res.exit_code == 0, res.output[-2000:]
     flat = " ".join(res.output.split())  # rich wraps at 80 columns here
     assert "causal mask on" in flat

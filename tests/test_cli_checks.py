@@ -127,7 +127,9 @@ def test_repeated_token_says_which_and_selects_by_occurrence(bert_folder):
 
 
 def test_heads_with_a_residual_space_among_other_sites_is_a_note(bert_folder):
-    res = run("trace", TEXT, "-m", bert_folder, "--site", "attn_resid,heads", "--space", "encodings", "--format", "json")
+    res = run(
+        "trace", TEXT, "-m", bert_folder, "--site", "attn_resid,heads", "--space", "encodings", "--format", "json"
+    )
     assert res.exit_code == 0, res.output
     assert "the heads site uses its value space" in res.stderr
     combos = {(m["site"], m["space"]) for m in json.loads(res.stdout)["metrics"]}
@@ -140,10 +142,25 @@ def test_binary_stdin_is_one_clear_line():
 
 
 def test_binary_stdin_under_a_strict_locale(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(Path(tokentrail.__file__).parents[1]), "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "tokentrail.cli", "trace", "-", "-q"], input=b"\x80\x81abc", capture_output=True, env=env, timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LC_ALL": "C",
+        "PYTHONUTF8": "0",
+        "PYTHONPATH": str(Path(tokentrail.__file__).parents[1]),
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokentrail.cli", "trace", "-", "-q"],
+        input=b"\x80\x81abc",
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.decode().strip() == "error: standard input is not UTF-8 text (byte 0x80 at offset 0): pass a text file"
+    assert (
+        proc.stderr.decode().strip()
+        == "error: standard input is not UTF-8 text (byte 0x80 at offset 0): pass a text file"
+    )
 
 
 def test_csv_tokens_read_back_and_cannot_run_as_formulas(tmp_path, tokenizer, make_tiny, save_model):
@@ -173,7 +190,11 @@ def test_csv_tokens_read_back_and_cannot_run_as_formulas(tmp_path, tokenizer, ma
 def test_api_accepts_paths_and_refuses_wrong_types(bert_folder):
     trail = tokentrail.trace("time flies", Path(bert_folder), k=3)
     assert trail.tokens[1] == "time"
-    for kwargs, message in [({"k": "5"}, "k must be a whole number, not the string '5'"), ({"overlap_k": 2.5}, "overlap k must be a whole number"), ({"k": 0}, "k must be at least 1")]:
+    for kwargs, message in [
+        ({"k": "5"}, "k must be a whole number, not the string '5'"),
+        ({"overlap_k": 2.5}, "overlap k must be a whole number"),
+        ({"k": 0}, "k must be at least 1"),
+    ]:
         with pytest.raises(InputError, match=message.replace("(", r"\(")):
             tokentrail.trace("time flies", Path(bert_folder), **kwargs)
     with pytest.raises(InputError, match="the model name is empty"):
@@ -230,7 +251,9 @@ def test_heads_site_progress_in_the_cli_is_not_repeated(bert_folder):
 def test_truncate_quiet_prints_no_transformers_warning():
     proc = subprocess.run(
         [sys.executable, "-m", "tokentrail.cli", "trace", "word " * 600, "--truncate", "-q", "--format", "json"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == ""
@@ -244,8 +267,15 @@ def refuse_without_torch(tmp_path, *args) -> tuple[str, float]:
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules, code, round(time.monotonic() - t0, 2))"
     )
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(tokentrail.__file__).parents[1]), "HOME": str(tmp_path), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(Path(tokentrail.__file__).parents[1]),
+        "HOME": str(tmp_path),
+        "COLUMNS": "200",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
     torch_loaded, transformers_loaded, exit_code, seconds = proc.stdout.split()
     assert (torch_loaded, transformers_loaded, exit_code) == ("False", "False", "2"), proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

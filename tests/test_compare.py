@@ -197,13 +197,17 @@ def test_cli_refuses_bad_input_in_one_line_before_model_work(args, message):
 
 
 def test_cli_compares_and_exports(bert_folder, tmp_path):
-    res = runner.invoke(app, ["compare", TEXT, "-m", str(bert_folder), "-t", "flies:0", "-t", "flies:1", "--overlap-k", "8", "-k", "3"])
+    res = runner.invoke(
+        app, ["compare", TEXT, "-m", str(bert_folder), "-t", "flies:0", "-t", "flies:1", "--overlap-k", "8", "-k", "3"]
+    )
     assert res.exit_code == 0, res.output
     assert "they diverge most at layer" in res.output and "shared/8" in res.output
     res = runner.invoke(app, ["compare", TEXT, "-m", str(bert_folder), "-t", "flies:0", "-t", "flies:9"])
     assert res.exit_code == 2 and "occurs 2 time(s)" in res.output
     out = tmp_path / "c.csv"
-    res = runner.invoke(app, ["compare", TEXT, "-m", str(bert_folder), "-t", "flies:0", "-t", "flies:1", "-o", str(out)])
+    res = runner.invoke(
+        app, ["compare", TEXT, "-m", str(bert_folder), "-t", "flies:0", "-t", "flies:1", "-o", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert set(pd.read_csv(out)["side"]) == {"a", "b", "ab"}
 
@@ -234,8 +238,10 @@ def test_spans_align_across_minilm_and_smollm2_tokenizers():
         assert sa[0] is None and sa[-1] is None  # [CLS], [SEP]
         for tok, span in zip(ea.tokens, sa):  # every real token's span reads as the token
             if span is not None:
-                piece = text[span[0]:span[1]].lower()
-                assert tok.replace("##", "") in (piece, piece.encode("ascii", "ignore").decode()) or len(tok.replace("##", "")) == len(piece), (tok, piece)
+                piece = text[span[0] : span[1]].lower()
+                assert tok.replace("##", "") in (piece, piece.encode("ascii", "ignore").decode()) or len(
+                    tok.replace("##", "")
+                ) == len(piece), (tok, piece)
         al = align_spans(sa, sb)
         t = ea.tokens.index(word_a)
         assert al[t] and eb.tokens[al[t][-1]].replace("␣", "").endswith(last_b), (text, al[t], eb.tokens)
@@ -257,7 +263,6 @@ def test_bank_in_two_senses_on_minilm_and_across_models():
 
 def test_two_models_on_one_text_tiny(loaded_tiny, tokenizer):
     from test_parity_decoders import tiny_model
-
     from tokentrail.present.plots_compare import compare_heatmaps, compare_lines
 
     llama = tt.load(tiny_model("llama"), tokenizer=tokenizer)

@@ -12,17 +12,21 @@ import torch
 from typer.testing import CliRunner
 
 import tokentrail as tt
-from tokentrail.engine.capture import capture
+from test_geometry import _brute_check
 from tokentrail.cli.commands import app
 from tokentrail.corpus import study
-from tokentrail.store.stats import read_stats
-from tokentrail.spec.errors import InputError
+from tokentrail.engine.capture import capture
 from tokentrail.engine.geometry import fit_corpus_correction
+from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
+from tokentrail.store.stats import read_stats
 
-from test_geometry import _brute_check
-
-TEXTS = ["time flies like an arrow .", "fruit flies like a banana .", "the cat sat on the mat .", "dog ran fast up the road ."]
+TEXTS = [
+    "time flies like an arrow .",
+    "fruit flies like a banana .",
+    "the cat sat on the mat .",
+    "dog ran fast up the road .",
+]
 NEW = "the red cat ran like an arrow ."
 
 
@@ -87,7 +91,9 @@ def test_study_statistics_equal_a_hand_computation(studied, bert_folder):
 def test_corpus_corrected_views_equal_brute_force(studied, bert_folder, spec):
     loaded = tt.load(str(bert_folder))
     run = loaded.run(NEW)
-    trail = run.trail(sites=("layer_out",), similarities=("cosine", "euclidean"), k=6, correct=spec, correct_from=str(studied))
+    trail = run.trail(
+        sites=("layer_out",), similarities=("cosine", "euclidean"), k=6, correct=spec, correct_from=str(studied)
+    )
     stats = read_stats(studied)
     fit = lambda layer, v: fit_corpus_correction(spec, stats.get("layer_out", layer))  # noqa: E731
     _brute_check(loaded.adapter, run.acts, trail.views, spec, "encodings", "layer_out", 6, fit=fit)
@@ -125,7 +131,25 @@ def test_refusals_are_one_clear_error(studied, bert_folder, tmp_path, make_tiny,
 
 def test_cli_correct_from(studied, bert_folder, tmp_path, monkeypatch):
     runner = CliRunner()
-    res = runner.invoke(app, ["trace", NEW, "-m", str(bert_folder), "--site", "layer_out", "--correct", "zscore", "--correct-from", str(studied), "-t", "2", "-k", "3"])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            NEW,
+            "-m",
+            str(bert_folder),
+            "--site",
+            "layer_out",
+            "--correct",
+            "zscore",
+            "--correct-from",
+            str(studied),
+            "-t",
+            "2",
+            "-k",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "corrected zscore (fitted per layer to the study" in " ".join(res.output.split())
     monkeypatch.chdir(tmp_path)

@@ -42,10 +42,9 @@ def test_unwritable_folder(tmp_path):
 def test_failed_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "t.csv"
     target.write_text("the old, complete file")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as tmp:
-            tmp.write_text("half a fi")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_text("half a fi")
+        raise RuntimeError("disk full")
     assert target.read_text() == "the old, complete file"
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no temporary file left
 
@@ -53,9 +52,8 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_oserror_while_writing_is_one_clear_error(tmp_path):
     target = tmp_path / "t.json"
     target.write_text("old")
-    with pytest.raises(InputError, match=r"cannot write .*t.json: File too large"):
-        with atomic_write(target):
-            raise OSError(27, "File too large")
+    with pytest.raises(InputError, match=r"cannot write .*t.json: File too large"), atomic_write(target):
+        raise OSError(27, "File too large")
     assert target.read_text() == "old"
 
 
@@ -71,9 +69,22 @@ def test_new_file_gets_normal_permissions(tmp_path):
 @pytest.mark.parametrize(
     "cell, written",
     [
-        ("nan", "'nan"), ("NA", "'NA"), ("null", "'null"), ("None", "'None"), ("", "'"),
-        ("=1+2", "'=1+2"), ("+x", "'+x"), ("-", "'-"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"),
-        ("'s", "'s"), ("'nan", "''nan"), ("''=", "'''="), ("␣the", "␣the"), ("flies", "flies"), ("a=b", "a=b"),
+        ("nan", "'nan"),
+        ("NA", "'NA"),
+        ("null", "'null"),
+        ("None", "'None"),
+        ("", "'"),
+        ("=1+2", "'=1+2"),
+        ("+x", "'+x"),
+        ("-", "'-"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("'s", "'s"),
+        ("'nan", "''nan"),
+        ("''=", "'''="),
+        ("␣the", "␣the"),
+        ("flies", "flies"),
+        ("a=b", "a=b"),
     ],
 )
 def test_csv_escape_by_hand(cell, written):
@@ -83,7 +94,9 @@ def test_csv_escape_by_hand(cell, written):
 
 def test_csv_round_trip_with_plain_pandas(tmp_path):
     cells = ["nan", "null", "NA", "N/A", "None", "=cmd|' /C calc'!A0", "+1", "-2", "@x", "'s", "'nan", "flies", "␣the"]
-    frame = pd.DataFrame({"token_str": cells, "value": [float(i) - 3.5 for i in range(len(cells))], "layer": range(len(cells))})
+    frame = pd.DataFrame(
+        {"token_str": cells, "value": [float(i) - 3.5 for i in range(len(cells))], "layer": range(len(cells))}
+    )
     path = tmp_path / "t.csv"
     write_csv(frame, path)
     plain = pd.read_csv(path)

@@ -3,15 +3,13 @@ against brute force over every vocabulary row (tiny BERT, tiny Llama, MiniLM).""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from tokentrail.spec.errors import InputError
 from tokentrail.engine.geometry import cosine_shares, cosine_terms, diagnose, fit_correction, rogue_layers
 from tokentrail.engine.metrics import anisotropy, similarity
+from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions, parse_correction
 
 
@@ -79,7 +77,9 @@ def test_rogue_removes_the_dimensions_with_the_largest_cosine_share():
     v = torch.tensor([[1.0, 10.0, 0.1], [-1.0, 10.0, 0.2], [0.5, 9.0, -0.1]])
     r = fit_correction("rogue:1", v)
     assert r.removed == (1,)
-    torch.testing.assert_close(r.apply(torch.tensor([2.0, 5.0, 3.0])), torch.tensor([2.0, 0.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        r.apply(torch.tensor([2.0, 5.0, 3.0])), torch.tensor([2.0, 0.0, 3.0], dtype=torch.float64)
+    )
 
 
 def test_abtt_removes_the_top_principal_direction():
@@ -100,7 +100,13 @@ def test_matrix_form_is_the_affine_map(spec):
 
 @pytest.mark.parametrize(
     "value, message",
-    [("zcore", "unknown correction"), ("rogue", "needs a count"), ("abtt:0", "needs a count"), ("zscore:2", "takes no count"), (3, "correction")],
+    [
+        ("zcore", "unknown correction"),
+        ("rogue", "needs a count"),
+        ("abtt:0", "needs a count"),
+        ("zscore:2", "takes no count"),
+        (3, "correction"),
+    ],
 )
 def test_bad_correction_names_are_one_clear_error(value, message):
     with pytest.raises(InputError, match=message):
@@ -157,7 +163,12 @@ def test_corrected_views_equal_brute_force_tiny_bert(tiny_models, spec):
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])
-    opts = check_against(adapter, TraceOptions.make(site="attn_resid,layer_out", space="encodings,embeddings", similarity="all", k=6, correct=spec))
+    opts = check_against(
+        adapter,
+        TraceOptions.make(
+            site="attn_resid,layer_out", space="encodings,embeddings", similarity="all", k=6, correct=spec
+        ),
+    )
     with torch.no_grad():
         acts = capture(adapter, ids)
         views = compute_views(adapter, SpaceCache(adapter), acts, opts)
@@ -169,7 +180,6 @@ def test_corrected_views_equal_brute_force_tiny_bert(tiny_models, spec):
 @pytest.mark.parametrize("spec", ["zscore", "rogue:2", "abtt:3"])
 def test_corrected_views_equal_brute_force_tiny_llama(spec):
     from test_parity_decoders import tiny_model
-
     from tokentrail.adapters import adapter_for
     from tokentrail.analysis.checks import check_against
     from tokentrail.analysis.views import compute_views
@@ -178,7 +188,9 @@ def test_corrected_views_equal_brute_force_tiny_llama(spec):
 
     adapter = adapter_for(tiny_model("llama"))
     ids = torch.tensor([0, 7, 19, 44, 7, 90, 3, 61, 12])
-    opts = check_against(adapter, TraceOptions.make(site="layer_out", space="encodings", similarity="all", k=5, correct=spec))
+    opts = check_against(
+        adapter, TraceOptions.make(site="layer_out", space="encodings", similarity="all", k=5, correct=spec)
+    )
     with torch.no_grad():
         acts = capture(adapter, ids)
         views = compute_views(adapter, SpaceCache(adapter), acts, opts)
@@ -192,9 +204,17 @@ def test_correction_changes_the_numbers_and_is_recorded(tiny_models):
 
     adapter = adapter_for(tiny_models["bert"])
     ids = torch.tensor([0, 5, 9, 33, 5, 70, 12, 1])
-    kw = dict(text="x", tokens=[str(i) for i in ids.tolist()], special=[False] * 8, label=lambda xs: {i: str(i) for i in xs}, model_name="tiny")
+    kw = dict(
+        text="x",
+        tokens=[str(i) for i in ids.tolist()],
+        special=[False] * 8,
+        label=lambda xs: {i: str(i) for i in xs},
+        model_name="tiny",
+    )
     raw = analyse(adapter, SpaceCache(adapter), ids, options=TraceOptions.make(site="layer_out"), **kw)
-    cor = analyse(adapter, SpaceCache(adapter), ids, options=TraceOptions.make(site="layer_out", correct="center"), **kw)
+    cor = analyse(
+        adapter, SpaceCache(adapter), ids, options=TraceOptions.make(site="layer_out", correct="center"), **kw
+    )
     assert cor.info.options.correct == "center" and raw.info.options.correct is None
     import json
 

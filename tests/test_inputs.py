@@ -7,8 +7,8 @@ import torch
 
 import tokentrail
 from tokentrail.analysis.bare import analyse
-from tokentrail.spec.errors import InputError
 from tokentrail.session.inputs import MAX_CHARS, check_text, encode
+from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
 
 LONG = " ".join(["time flies like an arrow ."] * 5)  # 30 words -> 32 tokens with [CLS]/[SEP]
@@ -86,9 +86,16 @@ def run(loaded_tiny):
 
     def go(**options):
         return analyse(
-            loaded_tiny.adapter, loaded_tiny.spaces, ids, text="time flies", tokens=["a"] * len(ids), special=[False] * len(ids),
-            label=loaded_tiny.labels, model_name="tiny", options=TraceOptions(**options),
-        )  # fmt: skip
+            loaded_tiny.adapter,
+            loaded_tiny.spaces,
+            ids,
+            text="time flies",
+            tokens=["a"] * len(ids),
+            special=[False] * len(ids),
+            label=loaded_tiny.labels,
+            model_name="tiny",
+            options=TraceOptions(**options),
+        )
 
     return go
 
@@ -96,7 +103,10 @@ def run(loaded_tiny):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(sites=["attn_out"]), "unknown site 'attn_out': choose from resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, heads, cross_resid, cross_heads or all"),
+        (
+            dict(sites=["attn_out"]),
+            "unknown site 'attn_out': choose from resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, heads, cross_resid, cross_heads or all",
+        ),
         (dict(spaces=["vocab"]), "unknown space 'vocab': choose from encodings, embeddings, value, key, query or all"),
         (dict(similarities=["dot"]), "unknown similarity 'dot': choose from cosine, euclidean or all"),
         (dict(k=0), "k must be at least 1, not 0"),
@@ -112,6 +122,10 @@ def test_bad_options(run, options, message):
 
 
 def test_trace_expands_lists_and_all(loaded_tiny):
-    trail = tokentrail.trace("time flies", loaded_tiny, site="attn_resid, layer_out", space=["encodings"], similarity="all", k=2, overlap_k=3)
-    assert {v.key for v in trail.views} == {(s, "encodings", m) for s in ("attn_resid", "layer_out") for m in ("cosine", "euclidean")}
+    trail = tokentrail.trace(
+        "time flies", loaded_tiny, site="attn_resid, layer_out", space=["encodings"], similarity="all", k=2, overlap_k=3
+    )
+    assert {v.key for v in trail.views} == {
+        (s, "encodings", m) for s in ("attn_resid", "layer_out") for m in ("cosine", "euclidean")
+    }
     assert trail.info.options.sites == ("attn_resid", "layer_out")

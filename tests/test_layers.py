@@ -25,7 +25,20 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "tokentrail"
 
-LAYERS = ["spec", "adapters", "engine", "results", "store", "analysis", "session", "corpus", "present", "api", "app", "cli"]
+LAYERS = [
+    "spec",
+    "adapters",
+    "engine",
+    "results",
+    "store",
+    "analysis",
+    "session",
+    "corpus",
+    "present",
+    "api",
+    "app",
+    "cli",
+]
 
 #: what cli/ and app/ may import besides themselves: the public API and the presentation
 FRONT_ALLOWED = ("tokentrail", "tokentrail.api", "tokentrail.present", "tokentrail.spec")
@@ -138,7 +151,7 @@ def test_there_is_no_import_circle():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                circles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                circles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = "done"
@@ -171,7 +184,9 @@ def test_imports_inside_functions_are_only_the_listed_third_party_packages():
         if internal(target):
             wrong.append(f"{module}:{line} imports {target} inside a function (internal imports go at the top)")
         elif target.split(".")[0] not in LAZY_THIRD_PARTY and target.split(".")[0] not in sys.stdlib_module_names:
-            wrong.append(f"{module}:{line} imports {target} inside a function: add it to LAZY_THIRD_PARTY with the reason")
+            wrong.append(
+                f"{module}:{line} imports {target} inside a function: add it to LAZY_THIRD_PARTY with the reason"
+            )
     assert not wrong, "\n".join(wrong)
 
 

@@ -57,9 +57,17 @@ def _truncate(d: Path):
 CASES = [
     ("no tokenizer", _no_tokenizer, "has no tokenizer files"),
     ("only special tokens", _only_specials, "has no vocabulary beyond its 5 special tokens"),
-    ("empty weights", lambda d: (d / "model.safetensors").write_bytes(b""), "is not a complete safetensors file (0 bytes"),
+    (
+        "empty weights",
+        lambda d: (d / "model.safetensors").write_bytes(b""),
+        "is not a complete safetensors file (0 bytes",
+    ),
     ("truncated weights", _truncate, "is not a complete safetensors file"),
-    ("garbage weights", lambda d: (d / "model.safetensors").write_bytes(b"\x00garbage" * 100), "is not a complete safetensors file (800 bytes"),
+    (
+        "garbage weights",
+        lambda d: (d / "model.safetensors").write_bytes(b"\x00garbage" * 100),
+        "is not a complete safetensors file (800 bytes",
+    ),
     ("invalid config", lambda d: (d / "config.json").write_text("{not json"), "cannot read the config in"),
     ("hidden size", _hidden_size, "do not match its config.json (hidden size 64"),
 ]
@@ -97,7 +105,9 @@ def test_cache_that_is_a_file_is_refused_before_converting(tmp_path, fake_gguf, 
     not_a_folder = tmp_path / "cache-file"
     not_a_folder.write_text("x")
     monkeypatch.setenv("TOKENTRAIL_CACHE", str(not_a_folder))
-    with pytest.raises(ModelError, match=r"the cache .*cache-file is not a folder: set TOKENTRAIL_CACHE to a writable folder"):
+    with pytest.raises(
+        ModelError, match=r"the cache .*cache-file is not a folder: set TOKENTRAIL_CACHE to a writable folder"
+    ):
         gguf_cache.load_gguf_causal_lm(fake_gguf)
     assert not converted
 

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tokentrail.cli.commands import app
-from tokentrail.spec.errors import InputError
 from tokentrail.present.maps import pca_2d, project, trajectory_map
+from tokentrail.spec.errors import InputError
 
 TEXT = "time flies like an arrow . fruit flies like a banana"
 
@@ -53,7 +53,9 @@ def test_trajectory_map_draws_every_token_path_with_faint_neighbours(loaded_tiny
     first = paths[paths.token_index == 3].sort_values("step")
     assert first.label.iloc[0].endswith("encoding") and first.label.iloc[-1].endswith(f"layer {L - 1}")
     _, alone = trajectory_map(run, site="layer_out", neighbours=0)
-    vec = np.concatenate([np.concatenate([acts.embedded[t][None].numpy(), acts.layer_out[:, t].numpy()]) for t in range(n)])
+    vec = np.concatenate(
+        [np.concatenate([acts.embedded[t][None].numpy(), acts.layer_out[:, t].numpy()]) for t in range(n)]
+    )
     _up_to_sign(alone[["x", "y"]].to_numpy(), pca_2d(vec))
 
 
@@ -88,7 +90,23 @@ runner = CliRunner()
 
 def test_cli_map_and_correct(bert_folder, tmp_path):
     out = tmp_path / "map.html"
-    res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--site", "layer_out", "--correct", "zscore", "-t", "1", "--map", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            TEXT,
+            "-m",
+            str(bert_folder),
+            "--site",
+            "layer_out",
+            "--correct",
+            "zscore",
+            "-t",
+            "1",
+            "--map",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "corrected zscore" in res.output  # the header says which geometry the numbers have
     html = out.read_text()
@@ -121,10 +139,26 @@ def test_cli_geometry_options_fail_in_one_line_before_loading(args, message, tmp
 
 @pytest.mark.slow
 def test_cli_names_rogue_dimensions_on_smollm2():
-    res = runner.invoke(app, ["trace", "Time flies like an arrow. Fruit flies like a banana.", "-m", "smollm2", "-l", "20", "-k", "3"])
+    res = runner.invoke(
+        app, ["trace", "Time flies like an arrow. Fruit flies like a banana.", "-m", "smollm2", "-l", "20", "-k", "3"]
+    )
     assert res.exit_code == 0, res.output
     assert "one dimension (dim" in res.output and "--correct" in res.output
-    res = runner.invoke(app, ["trace", "Time flies like an arrow. Fruit flies like a banana.", "-m", "smollm2", "-l", "20", "-k", "3", "--correct", "zscore"])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            "Time flies like an arrow. Fruit flies like a banana.",
+            "-m",
+            "smollm2",
+            "-l",
+            "20",
+            "-k",
+            "3",
+            "--correct",
+            "zscore",
+        ],
+    )
     assert res.exit_code == 0 and "one dimension (dim" not in res.output
 
 
@@ -141,9 +175,17 @@ def test_iterative_maps_of_too_many_points_are_refused_before_the_model_runs(ber
     maps.check_points("pca", 10**9)
     from patching import patch_everywhere
 
-    patch_everywhere(monkeypatch, tokentrail.engine.capture, "capture", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")))
+    patch_everywhere(
+        monkeypatch,
+        tokentrail.engine.capture,
+        "capture",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model ran")),
+    )
     out = bert_folder.parent / "refused-map.html"
-    res = CliRunner().invoke(app, ["trace", "time flies like an arrow", "-m", str(bert_folder), "--map", str(out), "--map-method", "tsne", "-q"])
+    res = CliRunner().invoke(
+        app,
+        ["trace", "time flies like an arrow", "-m", str(bert_folder), "--map", str(out), "--map-method", "tsne", "-q"],
+    )
     assert res.exit_code == 2 and "tsne takes at most 10" in res.output and "Traceback" not in res.output, res.output
     assert not out.exists()
 
@@ -158,17 +200,29 @@ def test_head_map_is_the_pca_of_the_heads_own_queries_and_keys(loaded_tiny):
     run = loaded_tiny.run(TEXT)
     n, layer, head = run.n_tokens, 1, 2
     fig, frame = head_map(run, layer, head)
-    assert list(frame.kind) == ["query"] * n + ["key"] * n and (frame["layer"] == layer).all() and (frame["head"] == head).all()
+    assert (
+        list(frame.kind) == ["query"] * n + ["key"] * n
+        and (frame["layer"] == layer).all()
+        and (frame["head"] == head).all()
+    )
     # the model's own projections of the layer's input (BERT: post-norm, no RoPE), by hand
     bert = loaded_tiny.adapter.model
-    attn = bert.bert.encoder.layer[layer].attention.self if hasattr(bert, "bert") else bert.encoder.layer[layer].attention.self
+    attn = (
+        bert.bert.encoder.layer[layer].attention.self
+        if hasattr(bert, "bert")
+        else bert.encoder.layer[layer].attention.self
+    )
     x = run.acts.hidden_states[layer][0] if run.acts.hidden_states[layer].ndim == 3 else run.acts.hidden_states[layer]
     dh = attn.attention_head_size
     with torch.no_grad():
         q = attn.query(x)[:, head * dh : (head + 1) * dh].double().numpy()
         k = attn.key(x)[:, head * dh : (head + 1) * dh].double().numpy()
-        np.testing.assert_allclose(q, head_qkv(loaded_tiny.adapter, run.acts, layer, "q")[:, head].double().numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(k, head_qkv(loaded_tiny.adapter, run.acts, layer, "k")[:, head].double().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            q, head_qkv(loaded_tiny.adapter, run.acts, layer, "q")[:, head].double().numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            k, head_qkv(loaded_tiny.adapter, run.acts, layer, "k")[:, head].double().numpy(), rtol=1e-5, atol=1e-6
+        )
     X = np.concatenate([q, k])
     Xc = X - X.mean(0)
     _, _, vt = np.linalg.svd(Xc, full_matrices=False)
@@ -191,8 +245,15 @@ def test_head_map_of_a_grouped_query_head_reads_its_key_value_head():
     from tokentrail.engine.capture import head_qkv
     from tokentrail.present.maps import head_map
 
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32)  # fmt: skip
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     obj = transformers.LlamaForCausalLM(cfg).eval()
 
@@ -225,5 +286,7 @@ def test_cli_map_head(bert_folder, tmp_path):
     res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--map", str(out), "--map-head", "1.2", "-q"])
     assert res.exit_code == 0, res.output
     assert "Queries and keys" in out.read_text()
-    res = runner.invoke(app, ["trace", TEXT, "-m", str(bert_folder), "--map", str(tmp_path / "h2.html"), "--map-head", "1.9"])
+    res = runner.invoke(
+        app, ["trace", TEXT, "-m", str(bert_folder), "--map", str(tmp_path / "h2.html"), "--map-head", "1.9"]
+    )
     assert res.exit_code == 2 and "--map-head head 9 is out of range" in res.output

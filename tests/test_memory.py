@@ -52,8 +52,8 @@ def _measure() -> dict:
     from tokentrail.adapters import adapter_for
     from tokentrail.analysis.bare import analyse
     from tokentrail.engine.budget import estimate_run, held_bytes
-    from tokentrail.spec.options import TraceOptions
     from tokentrail.engine.space_cache import SpaceCache
+    from tokentrail.spec.options import TraceOptions
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=V, n_embd=16, n_layer=2, n_head=2, n_positions=LONG, attn_implementation="eager")
@@ -67,7 +67,17 @@ def _measure() -> dict:
         gc.collect()
         start = _status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
-        trail = analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * n, label=lambda vs: {int(v): str(v) for v in vs}, model_name="tiny-gpt2", options=opts)  # fmt: skip
+        trail = analyse(
+            adapter,
+            spaces,
+            ids,
+            text=" ".join(toks),
+            tokens=toks,
+            special=[False] * n,
+            label=lambda vs: {int(v): str(v) for v in vs},
+            model_name="tiny-gpt2",
+            options=opts,
+        )
         peak = _status("VmHWM") - start
         assert trail.n_tokens == n and trail.view("heads", "query").top_ids.shape == (2, 2, n, 15)
         held = held_bytes(trail)
@@ -75,11 +85,28 @@ def _measure() -> dict:
 
     working(20)  # builds every space: the cache is then the same for both lengths
     (short, short_held), (long, long_held) = working(SHORT), working(LONG)
-    est = estimate_run(adapter, tokens=LONG, pairs=opts.pairs(), similarities=len(opts.similarities), k=opts.k, overlap_k=opts.overlap_k or 100, lens=opts.lens)  # the default overlap@100
-    return {"short": short, "long": long, "short_held": short_held, "long_held": long_held, "estimated": est.activations + est.working}
+    est = estimate_run(
+        adapter,
+        tokens=LONG,
+        pairs=opts.pairs(),
+        similarities=len(opts.similarities),
+        k=opts.k,
+        overlap_k=opts.overlap_k or 100,
+        lens=opts.lens,
+    )  # the default overlap@100
+    return {
+        "short": short,
+        "long": long,
+        "short_held": short_held,
+        "long_held": long_held,
+        "estimated": est.activations + est.working,
+    }
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(), reason="needs /proc/self/clear_refs to reset the peak RSS (Linux)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not _can_reset_peak(),
+    reason="needs /proc/self/clear_refs to reset the peak RSS (Linux)",
+)
 def test_working_memory_does_not_grow_with_tokens():
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
@@ -91,7 +118,9 @@ def test_working_memory_does_not_grow_with_tokens():
         f"working memory grew from {m['short'] / mib:.0f} MiB at {SHORT} tokens to {m['long'] / mib:.0f} MiB at {LONG} tokens"
     )
     # the estimate a run is refused by covers what it measures (activations and working chunks)
-    assert m["long"] <= m["estimated"], f"working memory {m['long'] / mib:.0f} MiB over the estimate's {m['estimated'] / mib:.0f} MiB"
+    assert m["long"] <= m["estimated"], (
+        f"working memory {m['long'] / mib:.0f} MiB over the estimate's {m['estimated'] / mib:.0f} MiB"
+    )
 
 
 # ---- a streamed trace: the captured activations do not grow with layers x tokens --------------
@@ -109,11 +138,13 @@ def _measure_streamed() -> dict:
     from tokentrail.analysis.bare import analyse
     from tokentrail.analysis.checks import streams
     from tokentrail.engine.budget import held_bytes
-    from tokentrail.spec.options import TraceOptions
     from tokentrail.engine.space_cache import SpaceCache
+    from tokentrail.spec.options import TraceOptions
 
     torch.manual_seed(0)
-    adapter = adapter_for(GPT2LMHeadModel(GPT2Config(vocab_size=500, n_positions=LONG_S, attn_implementation="eager", **WIDE)).eval())
+    adapter = adapter_for(
+        GPT2LMHeadModel(GPT2Config(vocab_size=500, n_positions=LONG_S, attn_implementation="eager", **WIDE)).eval()
+    )
     spaces = SpaceCache(adapter)
     opts = TraceOptions.make(site="all", space="all", lens=True)
 
@@ -123,7 +154,18 @@ def _measure_streamed() -> dict:
         gc.collect()
         start = _status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
-        trail = analyse(adapter, spaces, ids, text=" ".join(toks), tokens=toks, special=[False] * n, label=lambda vs: {int(v): str(v) for v in vs}, model_name="wide-gpt2", options=opts, stream=stream)  # fmt: skip
+        trail = analyse(
+            adapter,
+            spaces,
+            ids,
+            text=" ".join(toks),
+            tokens=toks,
+            special=[False] * n,
+            label=lambda vs: {int(v): str(v) for v in vs},
+            model_name="wide-gpt2",
+            options=opts,
+            stream=stream,
+        )
         peak = _status("VmHWM") - start
         held = held_bytes(trail)
         del trail
@@ -137,7 +179,10 @@ def _measure_streamed() -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(), reason="needs /proc/self/clear_refs to reset the peak RSS (Linux)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not _can_reset_peak(),
+    reason="needs /proc/self/clear_refs to reset the peak RSS (Linux)",
+)
 def test_a_streamed_trace_holds_one_layers_activations():
     """From 400 to 800 tokens, a captured trace's working memory grows by every layer's
     activations (5 L n d floats: 70 MiB here) and more (measured: 490 MiB); a streamed
@@ -152,8 +197,12 @@ def test_a_streamed_trace_holds_one_layers_activations():
     (s_short, s_long), (c_short, c_long) = m["streamed"], m["captured"]
     assert m["automatic"] == [False, True, True]
     grew, captured_grew = s_long - s_short, c_long - c_short
-    assert grew < 64 * mib, f"the streamed trace's working memory grew from {s_short / mib:.0f} to {s_long / mib:.0f} MiB"
-    assert captured_grew > 3 * grew, f"the captured trace grew by {captured_grew / mib:.0f} MiB, the streamed one by {grew / mib:.0f}"
+    assert grew < 64 * mib, (
+        f"the streamed trace's working memory grew from {s_short / mib:.0f} to {s_long / mib:.0f} MiB"
+    )
+    assert captured_grew > 3 * grew, (
+        f"the captured trace grew by {captured_grew / mib:.0f} MiB, the streamed one by {grew / mib:.0f}"
+    )
 
 
 if __name__ == "__main__":

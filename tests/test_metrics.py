@@ -26,7 +26,9 @@ def test_cosine_by_hand():
 
 
 def test_euclidean_is_minus_distance():
-    assert_close(similarity(QUERY, VOCAB, "euclidean"), torch.tensor([EUCLIDEAN], dtype=torch.float64), rtol=0, atol=1e-15)
+    assert_close(
+        similarity(QUERY, VOCAB, "euclidean"), torch.tensor([EUCLIDEAN], dtype=torch.float64), rtol=0, atol=1e-15
+    )
     assert similarity(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]), "euclidean").item() == -5.0
 
 
@@ -65,7 +67,14 @@ def test_euclidean_of_identical_vectors_clamps_rounding_to_zero():
     assert s.item() == 0.0
 
 
-@pytest.mark.parametrize("fn", [lambda k: similarity(QUERY, VOCAB, k), lambda k: similarity_from_dots(QUERY @ VOCAB.T, torch.ones(1), torch.ones(5), k), lambda k: anisotropy(VOCAB, k)])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda k: similarity(QUERY, VOCAB, k),
+        lambda k: similarity_from_dots(QUERY @ VOCAB.T, torch.ones(1), torch.ones(5), k),
+        lambda k: anisotropy(VOCAB, k),
+    ],
+)
 def test_unknown_similarity_is_refused(fn):
     with pytest.raises(ValueError, match="unknown similarity"):
         fn("manhattan")
@@ -216,7 +225,10 @@ def test_anisotropy_in_blocks_of_rows_is_the_mean_over_every_distinct_pair(monke
     own diagonal) against the mean written pair by pair."""
     monkeypatch.setattr("tokentrail.engine.metrics.PAIR_BLOCK", 24)
     v = torch.randn(2, 8, 5, generator=torch.Generator().manual_seed(3))
-    for kind, pair in (("cosine", lambda a, b: a @ b / (a.norm() * b.norm())), ("euclidean", lambda a, b: -(a - b).norm())):
+    for kind, pair in (
+        ("cosine", lambda a, b: a @ b / (a.norm() * b.norm())),
+        ("euclidean", lambda a, b: -(a - b).norm()),
+    ):
         want = [sum(pair(m[i].double(), m[j].double()) for i in range(8) for j in range(8) if i != j) / 56 for m in v]
         assert anisotropy(v, kind).tolist() == pytest.approx([float(w) for w in want], abs=1e-6)
 
@@ -241,8 +253,14 @@ def test_margin_by_hand():
     own = torch.tensor([2, 1, 4, 0])
     sims = similarity(QUERY.expand(4, 2), VOCAB, "cosine")  # (4, 5)
     _, top = top_k(sims, 1)
-    cells = Cells(own_sim=sims.gather(1, own[:, None])[:, 0].numpy(), rank=rank_in_vocab(sims, own).numpy(),
-                  overlap=np.zeros(4), anisotropy=np.zeros(()), overlap_k=1, top_sim=top[:, 0].numpy())  # fmt: skip
+    cells = Cells(
+        own_sim=sims.gather(1, own[:, None])[:, 0].numpy(),
+        rank=rank_in_vocab(sims, own).numpy(),
+        overlap=np.zeros(4),
+        anisotropy=np.zeros(()),
+        overlap_k=1,
+        top_sim=top[:, 0].numpy(),
+    )
     margin = CELL_METRICS["margin"].compute(cells)
     np.testing.assert_allclose(margin, [1 - 1 / R2, 1.0, 2.0, 0.0], rtol=0, atol=1e-15)
     assert margin[3] == 0.0 and cells.rank.tolist() == [2, 3, 4, 0]

@@ -114,7 +114,11 @@ def test_unsupported_model_type(tmp_path):
     from transformers import ViTConfig, ViTModel
 
     folder = tmp_path / "vit"
-    ViTModel(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=8, patch_size=4)).save_pretrained(folder)
+    ViTModel(
+        ViTConfig(
+            hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=8, patch_size=4
+        )
+    ).save_pretrained(folder)
     with pytest.raises(ModelError, match=r"unsupported model type 'vit': tokentrail knows .*bert.*roberta"):
         tokentrail.load(str(folder))
 
@@ -144,7 +148,18 @@ def test_adapter_for_unsupported_module():
     from tokentrail.adapters import adapter_for
 
     with pytest.raises(ModelError, match="unsupported model type 'vit'"):
-        adapter_for(ViTModel(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=8, patch_size=4)))
+        adapter_for(
+            ViTModel(
+                ViTConfig(
+                    hidden_size=8,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=8,
+                    image_size=8,
+                    patch_size=4,
+                )
+            )
+        )
 
 
 def test_list_models_names_the_bundled_one(offline_hub):

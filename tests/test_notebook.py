@@ -20,7 +20,9 @@ def trail(loaded_tiny):
 def test_repr_is_short_and_says_what_the_trail_is(trail):
     text = repr(trail)
     assert len(text) < 400, len(text)  # the dataclass dump was 46,000 characters on MiniLM
-    assert "11 tokens, 2 layers × 4 heads" in text and "attn_resid/encodings/cosine" in text and "lens@layer_out" in text
+    assert (
+        "11 tokens, 2 layers × 4 heads" in text and "attn_resid/encodings/cosine" in text and "lens@layer_out" in text
+    )
 
 
 def test_repr_html_has_the_summary_and_the_token_table(trail):
@@ -74,13 +76,18 @@ def test_a_real_notebook_traces_and_displays_a_trail(bert_folder, tmp_path):
         f"trail.export({str(tmp_path / 't.parquet')!r}); print(tt.Trail.load({str(tmp_path / 't.parquet')!r}) == trail)",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+
     def result(cell):
         (out,) = [o for o in cell.outputs if o["output_type"] == "execute_result"]
         return out["data"]
 
     def stdout(cell):
-        return "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout").strip()
+        return "".join(
+            o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout"
+        ).strip()
 
     shown = result(nb.cells[1])
     assert "tokentrail-summary" in shown["text/html"] and "tokentrail-tokens" in shown["text/html"]

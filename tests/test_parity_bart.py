@@ -18,9 +18,9 @@ from torch.testing import assert_close
 from test_parity_decoders import _check_space, _perturb
 from tokentrail.adapters.bart import BartEncoderAdapter
 from tokentrail.engine.capture import capture
-from tokentrail.spec.errors import InputError
 from tokentrail.engine.spaces import build_space
 from tokentrail.session.verification import verify_adapter
+from tokentrail.spec.errors import InputError
 
 IDS = torch.tensor([0, 17, 42, 8, 17, 63, 5, 91, 2])
 
@@ -28,9 +28,19 @@ IDS = torch.tensor([0, 17, 42, 8, 17, 63, 5, 91, 2])
 @pytest.fixture(scope="module")
 def bart():
     cfg = transformers.BartConfig(
-        vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=40, scale_embedding=True, dropout=0.0,
-        attention_dropout=0.0, activation_dropout=0.0,
+        vocab_size=97,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=40,
+        scale_embedding=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
     )
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
@@ -42,7 +52,10 @@ def test_every_identity_holds(bart):
     _, adapter = bart
     result = verify_adapter(adapter, IDS, sample=8)
     assert result.passed, result.frame().to_string()
-    assert {r.identity for r in result.rows if r.passed is None} == {"lens = logits", "layer_out = attn_resid + mlp_out"}
+    assert {r.identity for r in result.rows if r.passed is None} == {
+        "lens = logits",
+        "layer_out = attn_resid + mlp_out",
+    }
     assert not result.causal
 
 
@@ -76,7 +89,9 @@ def test_scaled_table_and_position_offset(bart):
     model, adapter = bart
     enc = model.get_encoder()
     assert_close(adapter.embedding_table(), enc.embed_tokens.weight.detach() * 32**0.5, rtol=1e-6, atol=0)
-    assert_close(adapter.position_offset(torch.tensor([0, 3])), enc.embed_positions.weight.detach()[[2, 5]], rtol=0, atol=0)
+    assert_close(
+        adapter.position_offset(torch.tensor([0, 3])), enc.embed_positions.weight.detach()[[2, 5]], rtol=0, atol=0
+    )
     acts = capture(adapter, IDS)
     assert (acts.attn_resid_ln - acts.attn_resid).abs().max() > 1e-2  # post-LN: the FFN reads the normed vector
 
@@ -147,7 +162,9 @@ def test_cross_attention_recomputed_from_canonical_maps(bart_dec):
         v = dec.cross_projection(layer, "v")(acts.encoder_out)
         A = (torch.einsum("thk,shk->hts", q, k) * dec.cross_scale()).softmax(-1)
         assert_close(A, acts.cross_attentions[layer], rtol=1e-4, atol=1e-5)
-        assert_close(torch.einsum("hts,shk->thk", acts.cross_attentions[layer], v), acts.cross_z[layer], rtol=1e-4, atol=1e-5)
+        assert_close(
+            torch.einsum("hts,shk->thk", acts.cross_attentions[layer], v), acts.cross_z[layer], rtol=1e-4, atol=1e-5
+        )
 
 
 def test_decoder_self_attention_is_causal_and_recomputed(bart_dec):
@@ -167,14 +184,18 @@ def test_decoder_norms_chain_the_sites(bart_dec):
     model, dec, acts = bart_dec
     for layer in range(dec.n_layers):
         lay = model.get_decoder().layers[layer]
-        assert_close(dec.attn_resid_norm(layer)(acts.attn_resid[layer]), acts.attn_resid_ln[layer], rtol=1e-4, atol=1e-5)
+        assert_close(
+            dec.attn_resid_norm(layer)(acts.attn_resid[layer]), acts.attn_resid_ln[layer], rtol=1e-4, atol=1e-5
+        )
         ln_cross = dec.cross_points(layer).receiver_norm
         assert_close(ln_cross(acts.cross_resid[layer]), acts.cross_received[layer], rtol=1e-4, atol=1e-5)
         with torch.no_grad():
             x = acts.cross_received[layer]
             out = lay.final_layer_norm(x + lay.fc2(lay.activation_fn(lay.fc1(x))))
         assert_close(out, acts.layer_out[layer], rtol=1e-4, atol=1e-5)
-        assert_close(acts.site("cross_resid")[layer], acts.attn_resid_ln[layer] + acts.cross_attn[layer], rtol=0, atol=0)
+        assert_close(
+            acts.site("cross_resid")[layer], acts.attn_resid_ln[layer] + acts.cross_attn[layer], rtol=0, atol=0
+        )
 
 
 def test_decoder_spaces_match_its_own_modules(bart):
@@ -189,10 +210,21 @@ def test_decoder_spaces_match_its_own_modules(bart):
     for p in (0, 4):
         with torch.no_grad():
             V = dec_mod.embed_tokens.weight.shape[0]
-            rows = dec_mod.layernorm_embedding(dec_mod.embed_tokens(torch.arange(V)) + dec_mod.embed_positions.weight[p + 2])
+            rows = dec_mod.layernorm_embedding(
+                dec_mod.embed_tokens(torch.arange(V)) + dec_mod.embed_positions.weight[p + 2]
+            )
             _check_space(build_space(adapter, "encodings"), rows.float()[None], torch.tensor([p]), g, TGT[:4], 1e-4)
-            head_rows = dec_mod.layers[-1].self_attn.v_proj(rows).view(V, adapter.n_heads, adapter.d_head).transpose(0, 1)
-            _check_space(build_space(adapter, "value", adapter.n_layers - 1), head_rows.float(), torch.tensor([p]), g, TGT[:4], 1e-4)
+            head_rows = (
+                dec_mod.layers[-1].self_attn.v_proj(rows).view(V, adapter.n_heads, adapter.d_head).transpose(0, 1)
+            )
+            _check_space(
+                build_space(adapter, "value", adapter.n_layers - 1),
+                head_rows.float(),
+                torch.tensor([p]),
+                g,
+                TGT[:4],
+                1e-4,
+            )
 
 
 def test_the_decoder_refuses_to_run_unbound_or_bidirectional(bart):

@@ -19,15 +19,13 @@ from torch.testing import assert_close
 
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis.bare import analyse
-from tokentrail.engine.capture import head_vectors
-from tokentrail.spec.options import ALL_SITES, ALL_SPACES
-from tokentrail.engine.capture import capture
-from tokentrail.spec.options import TraceOptions
-from tokentrail.spec.errors import ModelError
 from tokentrail.analysis.lens import LensResult, logit_lens
+from tokentrail.engine.capture import capture, head_vectors
 from tokentrail.engine.metrics import similarity
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.spaces import VocabSpace, build_space
+from tokentrail.spec.errors import ModelError
+from tokentrail.spec.options import ALL_SITES, ALL_SPACES, TraceOptions
 
 RTOL, ATOL = 1e-4, 1e-5
 # gpt_neox: parallel residual, fused per-head q|k|v, 25% rotary; gpt_neox_seq: the same,
@@ -54,8 +52,17 @@ def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def tiny_model(family: str) -> torch.nn.Module:
     ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    rope = dict(num_attention_heads=6, num_key_value_heads=2, num_hidden_layers=2, hidden_size=48,
-                intermediate_size=64, vocab_size=97, max_position_embeddings=64, rms_norm_eps=1e-5, **ids)
+    rope = dict(
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        hidden_size=48,
+        intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        **ids,
+    )
     if family == "gpt2":
         cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=101, n_positions=64, **ids)
         cls = transformers.GPT2LMHeadModel
@@ -70,8 +77,15 @@ def tiny_model(family: str) -> torch.nn.Module:
         cls = transformers.MistralForCausalLM
     elif family in ("gpt_neox", "gpt_neox_seq"):
         cfg = transformers.GPTNeoXConfig(
-            num_attention_heads=4, num_hidden_layers=2, hidden_size=64, intermediate_size=80, vocab_size=97,
-            max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=family == "gpt_neox", **ids,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=80,
+            vocab_size=97,
+            max_position_embeddings=64,
+            rotary_pct=0.25,
+            use_parallel_residual=family == "gpt_neox",
+            **ids,
         )
         cls = transformers.GPTNeoXForCausalLM
     elif family == "gemma":
@@ -246,15 +260,24 @@ def check_attn_resid(model, adapter, ids, atol=ATOL):
     attn_resid + mlp_out == layer_out (both sublayers add to h_l)."""
     L = adapter.n_layers
     norms = {f"n{l}": _ffn_norm(model, l) for l in range(L)}
-    mlps = {f"m{l}": _layer(model, l).mlp if model.config.model_type != "gpt2" else model.transformer.h[l].mlp for l in range(L)}
-    with _outputs_of(norms, inputs=True) as norm_in, _outputs_of(mlps, inputs=True) as mlp_in, _outputs_of(mlps) as mlp_out:
+    mlps = {
+        f"m{l}": _layer(model, l).mlp if model.config.model_type != "gpt2" else model.transformer.h[l].mlp
+        for l in range(L)
+    }
+    with (
+        _outputs_of(norms, inputs=True) as norm_in,
+        _outputs_of(mlps, inputs=True) as mlp_in,
+        _outputs_of(mlps) as mlp_out,
+    ):
         acts = capture(adapter, ids)
     for layer in range(L):
         if _parallel(model):
             assert_close(norm_in[f"n{layer}"], acts.layer_in[layer], rtol=0, atol=0)  # the FFN reads h_l
             assert_close(acts.attn_resid_ln[layer], mlp_in[f"m{layer}"], rtol=RTOL, atol=atol)
             with torch.no_grad():
-                assert_close(acts.attn_resid_ln[layer], _ffn_norm(model, layer)(acts.layer_in[layer]), rtol=RTOL, atol=atol)
+                assert_close(
+                    acts.attn_resid_ln[layer], _ffn_norm(model, layer)(acts.layer_in[layer]), rtol=RTOL, atol=atol
+                )
         else:
             assert_close(acts.attn_resid_ln[layer], acts.attn_resid[layer], rtol=0, atol=0)
             assert_close(acts.attn_resid[layer], norm_in[f"n{layer}"], rtol=RTOL, atol=atol)
@@ -264,7 +287,9 @@ def check_attn_resid(model, adapter, ids, atol=ATOL):
 
 def check_projections(model, adapter, ids, atol=ATOL):
     """Canonical q/k/v per head == the model's own projection modules' outputs."""
-    mods = {f"{layer}.{w}": m for layer in range(adapter.n_layers) for w, m in _projection_modules(model, layer).items()}
+    mods = {
+        f"{layer}.{w}": m for layer in range(adapter.n_layers) for w, m in _projection_modules(model, layer).items()
+    }
     with _outputs_of(mods) as got:
         acts = capture(adapter, ids)
     for layer in range(adapter.n_layers):
@@ -283,8 +308,12 @@ def check_projections(model, adapter, ids, atol=ATOL):
             q = own["q"].view(1, n, -1, dh).transpose(1, 2)
             k = own["k"].view(1, n, -1, dh).transpose(1, 2)
             q_own, k_own = _rope_own(model, q, acts.position_ids[None]), _rope_own(model, k, acts.position_ids[None])
-            assert_close(rot(mine["q"].view(n, -1, dh), acts.position_ids), q_own[0].transpose(0, 1), rtol=RTOL, atol=atol)
-            assert_close(rot(mine["k"].view(n, -1, dh), acts.position_ids), k_own[0].transpose(0, 1), rtol=RTOL, atol=atol)
+            assert_close(
+                rot(mine["q"].view(n, -1, dh), acts.position_ids), q_own[0].transpose(0, 1), rtol=RTOL, atol=atol
+            )
+            assert_close(
+                rot(mine["k"].view(n, -1, dh), acts.position_ids), k_own[0].transpose(0, 1), rtol=RTOL, atol=atol
+            )
 
 
 def check_attention(adapter, acts, causal: bool, atol=ATOL):
@@ -331,7 +360,9 @@ def _check_space(space, rows, pos, g, ids_probe, atol):
     got = space.dots(r, stats, torch.zeros(3, dtype=torch.long))
     assert_close(got, want, rtol=RTOL, atol=atol, msg=lambda m: f"{space.name} dots: {m}")
     explicit = space.rows(ids_probe, int(pos[0]))  # (m, G, k)
-    assert_close(explicit, rows[:, ids_probe].transpose(0, 1), rtol=RTOL, atol=atol, msg=lambda m: f"{space.name} rows: {m}")
+    assert_close(
+        explicit, rows[:, ids_probe].transpose(0, 1), rtol=RTOL, atol=atol, msg=lambda m: f"{space.name} rows: {m}"
+    )
 
 
 def check_own_encoding_row(adapter, acts, atol=ATOL):
@@ -354,7 +385,9 @@ def check_causal_toggle(adapter, ids, atol=ATOL):
     a = capture(adapter, ids, causal=False)
     b = capture(adapter, changed, causal=False)
     for layer in range(adapter.n_layers):
-        assert (a.layer_out[layer, 0] - b.layer_out[layer, 0]).abs().max() > 1e3 * atol, f"layer {layer} ignores later tokens"
+        assert (a.layer_out[layer, 0] - b.layer_out[layer, 0]).abs().max() > 1e3 * atol, (
+            f"layer {layer} ignores later tokens"
+        )
     # every row but the last puts weight on later tokens, in every layer and head
     assert torch.triu(a.attentions, diagonal=1)[..., :-1, :].sum(-1).min() > 0
 
@@ -409,7 +442,9 @@ def test_registry_and_sizes(tiny):
         assert adapter.position_offset(torch.arange(3)) is not None
     else:
         assert adapter.rotary(0) is not None and adapter.position_offset(torch.arange(3)) is None
-        want = {"gemma": [0] * 6, "phi": list(range(6)), "gpt_neox": list(range(4))}.get(cfg.model_type, [0, 0, 0, 1, 1, 1])
+        want = {"gemma": [0] * 6, "phi": list(range(6)), "gpt_neox": list(range(4))}.get(
+            cfg.model_type, [0, 0, 0, 1, 1, 1]
+        )
         assert adapter.kv_heads().tolist() == want
 
 
@@ -521,9 +556,17 @@ def test_analyse_end_to_end(tiny):
     model, adapter, ids = tiny
     n = ids.shape[0]
     trail = analyse(
-        adapter, SpaceCache(adapter), ids, text="x", tokens=[str(int(i)) for i in ids], special=[False] * n,
-        label=lambda used: {int(i): str(int(i)) for i in used}, model_name="tiny",
-        options=TraceOptions(sites=ALL_SITES, spaces=ALL_SPACES, similarities=("cosine", "euclidean"), k=5, overlap_k=10, lens=True),
+        adapter,
+        SpaceCache(adapter),
+        ids,
+        text="x",
+        tokens=[str(int(i)) for i in ids],
+        special=[False] * n,
+        label=lambda used: {int(i): str(int(i)) for i in used},
+        model_name="tiny",
+        options=TraceOptions(
+            sites=ALL_SITES, spaces=ALL_SPACES, similarities=("cosine", "euclidean"), k=5, overlap_k=10, lens=True
+        ),
     )
     assert trail.info.causal is True and trail.lens is not None
     assert trail.kv_groups == adapter.n_heads // adapter.n_kv_heads
@@ -557,17 +600,30 @@ def test_head_layers_through_the_embedding_table_share_one_product(tiny, monkeyp
     opts = TraceOptions(sites=("heads",), spaces=kinds, similarities=("cosine",), k=5, overlap_k=10)
 
     def run(spaces):
-        trail = analyse(adapter, spaces, ids, text="x", tokens=[str(int(i)) for i in ids], special=[False] * n,
-                        label=lambda used: {int(i): str(int(i)) for i in used}, model_name="tiny", options=opts)  # fmt: skip
+        trail = analyse(
+            adapter,
+            spaces,
+            ids,
+            text="x",
+            tokens=[str(int(i)) for i in ids],
+            special=[False] * n,
+            label=lambda used: {int(i): str(int(i)) for i in used},
+            model_name="tiny",
+            options=opts,
+        )
         return {kind: trail.view("heads", kind, "cosine") for kind in kinds}
 
     tables = run(SpaceCache(adapter))  # every space keeps its table: a product per layer and group
     bare = SpaceCache(adapter)
-    dropped = all([bare.get(kind, layer).drop_table() for kind in kinds for layer in range(L)])  # rows that move keep theirs
+    dropped = all(
+        [bare.get(kind, layer).drop_table() for kind in kinds for layer in range(L)]
+    )  # rows that move keep theirs
     made, real = [], analysis._stacked_products
     monkeypatch.setattr(analysis, "_stacked_products", lambda *a: made.append(real(*a)) or made[-1])
     used, products = [], VocabSpace._products  # which products came ready-made
-    monkeypatch.setattr(VocabSpace, "_products", lambda self, *a, **kw: used.append(kw.get("ready", False)) or products(self, *a, **kw))
+    monkeypatch.setattr(
+        VocabSpace, "_products", lambda self, *a, **kw: used.append(kw.get("ready", False)) or products(self, *a, **kw)
+    )
     stacked = run(bare)
     # a stack holds every layer or none (then rebuilding the table pays, or rows move and keep it)
     assert all(sorted(m) in ([], list(range(L))) for m in made)
@@ -580,11 +636,15 @@ def test_head_layers_through_the_embedding_table_share_one_product(tiny, monkeyp
             assert (got.top_ids == tables[kind].top_ids).all() and (got.rank == tables[kind].rank).all(), kind
             assert_close(torch.from_numpy(got.top_sims), torch.from_numpy(tables[kind].top_sims), rtol=RTOL, atol=ATOL)
         assert (stacked[kind].top_ids == alone[kind].top_ids).all() and (stacked[kind].rank == alone[kind].rank).all()
-        assert_close(torch.from_numpy(stacked[kind].self_sim), torch.from_numpy(alone[kind].self_sim), rtol=0, atol=1e-6)
+        assert_close(
+            torch.from_numpy(stacked[kind].self_sim), torch.from_numpy(alone[kind].self_sim), rtol=0, atol=1e-6
+        )
 
 
 def test_encoder_without_head_has_no_lens():
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, vocab_size=50)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, vocab_size=50
+    )
     cfg._attn_implementation = "eager"
     adapter = adapter_for(transformers.BertModel(cfg).eval())
     acts = capture(adapter, torch.tensor([1, 5, 7, 2]))
@@ -592,8 +652,17 @@ def test_encoder_without_head_has_no_lens():
         logit_lens(adapter, acts)
     # analyse refuses up front, before the expensive comparisons
     with pytest.raises(ModelError, match="no masked-LM head"):
-        analyse(adapter, SpaceCache(adapter), acts.input_ids, text="x", tokens=list("abcd"), special=[False] * 4,
-                label=lambda used: {}, model_name="tiny-bert", options=TraceOptions(lens=True))
+        analyse(
+            adapter,
+            SpaceCache(adapter),
+            acts.input_ids,
+            text="x",
+            tokens=list("abcd"),
+            special=[False] * 4,
+            label=lambda used: {},
+            model_name="tiny-bert",
+            options=TraceOptions(lens=True),
+        )
 
 
 def test_unknown_attention_implementation_is_refused(tiny):
@@ -648,7 +717,9 @@ def test_smollm2_projections(smollm2):
 def test_smollm2_spaces(smollm2):
     loaded, ids, _ = smollm2
     adapter = loaded.adapter
-    check_spaces(adapter.model, adapter, positions=(0, 7), layers=(0, adapter.n_layers - 1), ids_probe=ids[:4], atol=1e-3)
+    check_spaces(
+        adapter.model, adapter, positions=(0, 7), layers=(0, adapter.n_layers - 1), ids_probe=ids[:4], atol=1e-3
+    )
 
 
 @pytest.mark.slow
@@ -676,6 +747,10 @@ def test_smollm2_lens_predicts_the_greedy_next_token(smollm2):
     ids = torch.from_numpy(trail.ids)[None]
     with torch.no_grad():
         gen = loaded.adapter.model.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=1, pad_token_id=loaded.tokenizer.eos_token_id
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=1,
+            pad_token_id=loaded.tokenizer.eos_token_id,
         )
     assert int(trail.lens.top_ids[-1, -1, 0]) == int(gen[0, -1])

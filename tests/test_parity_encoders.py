@@ -17,10 +17,10 @@ from torch.testing import assert_close
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import capture
-from tokentrail.spec.options import TraceOptions
 from tokentrail.engine.metrics import similarity
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.spaces import build_space
+from tokentrail.spec.options import TraceOptions
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -30,7 +30,9 @@ def close(actual, expected, atol: float = ATOL):
 
 
 # ---- subjects: (model, adapter, ids) -------------------------------------------------------
-@pytest.fixture(scope="module", params=["bert", "bert_mlm", "roberta", "xlmr", pytest.param("minilm", marks=pytest.mark.slow)])
+@pytest.fixture(
+    scope="module", params=["bert", "bert_mlm", "roberta", "xlmr", pytest.param("minilm", marks=pytest.mark.slow)]
+)
 def subject(request, tiny_models, make_ids):
     if request.param == "minilm":
         loaded = request.getfixturevalue("minilm")
@@ -94,7 +96,9 @@ def test_original_encoding_is_hidden_state_0(run):
     emb = model.base_model.embeddings  # brute force with the model's own modules
     with torch.no_grad():
         by_hand = emb.LayerNorm(
-            emb.word_embeddings.weight[ids] + emb.position_embeddings.weight[acts.position_ids] + emb.token_type_embeddings.weight[0]
+            emb.word_embeddings.weight[ids]
+            + emb.position_embeddings.weight[acts.position_ids]
+            + emb.token_type_embeddings.weight[0]
         )
     close(h0, by_hand)
 
@@ -209,7 +213,9 @@ def _brute_rows(model, adapter, position: int, layer: int | None = None) -> torc
     built with the model's own modules, in float64."""
     emb = model.base_model.embeddings
     with torch.no_grad():
-        enc = emb.LayerNorm(emb.word_embeddings.weight + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0])
+        enc = emb.LayerNorm(
+            emb.word_embeddings.weight + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0]
+        )
         if layer is None:
             return enc.double()
         val = model.base_model.encoder.layer[layer].attention.self.value(enc)
@@ -231,11 +237,22 @@ def test_analyse_equals_brute_force(family, kind, tiny_models, make_ids):
     ids = make_ids(adapter, n=7, seed=5)
     k, ok = 5, 12
     trail = analyse(
-        adapter, SpaceCache(adapter), ids, text="t", tokens=[str(i) for i in ids.tolist()], special=[False] * len(ids),
-        label=lambda vs: {int(v): str(v) for v in vs}, model_name=family,
-        options=TraceOptions(sites=("attn_resid", "attn_resid_ln", "layer_out", "heads"), spaces=("encodings", "value"),
-                             similarities=(kind,), k=k, overlap_k=ok),
-    )  # fmt: skip
+        adapter,
+        SpaceCache(adapter),
+        ids,
+        text="t",
+        tokens=[str(i) for i in ids.tolist()],
+        special=[False] * len(ids),
+        label=lambda vs: {int(v): str(v) for v in vs},
+        model_name=family,
+        options=TraceOptions(
+            sites=("attn_resid", "attn_resid_ln", "layer_out", "heads"),
+            spaces=("encodings", "value"),
+            similarities=(kind,),
+            k=k,
+            overlap_k=ok,
+        ),
+    )
     with torch.no_grad(), hooked(model) as rec:
         out = model(input_ids=ids[None], output_hidden_states=True, output_attentions=True)
     hidden = own_hidden(out)
@@ -261,7 +278,17 @@ def test_analyse_equals_brute_force(family, kind, tiny_models, make_ids):
                 assert v.overlap[layer, t] == len(set(top.tolist()) & set(prev.tolist()))
                 assert v.self_sim[layer, t] == pytest.approx(s, rel=RTOL, abs=ATOL)
                 prev = top
-        aniso = [np.mean([similarity(x[None], y[None], kind).item() for i, x in enumerate(vecs[l]) for j, y in enumerate(vecs[l]) if i != j]) for l in range(L)]
+        aniso = [
+            np.mean(
+                [
+                    similarity(x[None], y[None], kind).item()
+                    for i, x in enumerate(vecs[l])
+                    for j, y in enumerate(vecs[l])
+                    if i != j
+                ]
+            )
+            for l in range(L)
+        ]
         assert v.anisotropy.tolist() == pytest.approx(aniso, rel=RTOL, abs=ATOL)
     # heads: z (recomputed from the model's attention and its own value outputs) vs value@l,h
     v = trail.view("heads", "value", kind)
@@ -289,10 +316,18 @@ def test_analyse_tie_rules_on_duplicated_vocabulary_rows(make_tiny):
     adapter = adapter_for(model)
     ids = torch.tensor([2, high, 7, low, 9])
     trail = analyse(
-        adapter, SpaceCache(adapter), ids, text="t", tokens=[str(i) for i in ids.tolist()], special=[False] * 5,
-        label=lambda vs: {int(v): str(v) for v in vs}, model_name="tie",
-        options=TraceOptions(sites=("attn_resid", "layer_out"), similarities=("cosine", "euclidean"), k=96, overlap_k=96),
-    )  # fmt: skip
+        adapter,
+        SpaceCache(adapter),
+        ids,
+        text="t",
+        tokens=[str(i) for i in ids.tolist()],
+        special=[False] * 5,
+        label=lambda vs: {int(v): str(v) for v in vs},
+        model_name="tie",
+        options=TraceOptions(
+            sites=("attn_resid", "layer_out"), similarities=("cosine", "euclidean"), k=96, overlap_k=96
+        ),
+    )
     for view in trail.views:
         for layer in range(adapter.n_layers):
             for t in (1, 3):  # the twins themselves

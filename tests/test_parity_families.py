@@ -16,8 +16,8 @@ from torch.testing import assert_close
 from test_parity_decoders import FAMILIES, _outputs_of, tiny_model
 from tokentrail.adapters import adapter_for, decoder_model_types, supported_model_types
 from tokentrail.engine.capture import capture
-from tokentrail.spec.errors import ModelError
 from tokentrail.engine.walkthrough import attention_step, projection_formula
+from tokentrail.spec.errors import ModelError
 
 RTOL, ATOL = 1e-4, 1e-5
 NEW = ("gpt_neox", "gpt_neox_seq", "gemma", "phi")
@@ -123,9 +123,16 @@ def test_walkthrough_recomputes_the_models_attention(tiny, causal):
 
 
 def test_walkthrough_formulas_say_what_the_model_does():
-    formulas = {f: {w: projection_formula(adapter_for(tiny_model(f)), 0, w) for w in "qkv"} for f in ("gpt2", "mistral", "qwen2", "gpt_neox", "phi", "gemma")}
+    formulas = {
+        f: {w: projection_formula(adapter_for(tiny_model(f)), 0, w) for w in "qkv"}
+        for f in ("gpt2", "mistral", "qwen2", "gpt_neox", "phi", "gemma")
+    }
     assert formulas["gpt2"] == {"q": "q = W_Q x + b_Q", "k": "k = W_K x + b_K", "v": "v = W_V x + b_V"}
-    assert formulas["mistral"] == {"q": "q = RoPE_{p_t}(W_Q x)", "k": "k = RoPE_{p_s}(W_K x)", "v": "v = W_V x"}  # no biases
+    assert formulas["mistral"] == {
+        "q": "q = RoPE_{p_t}(W_Q x)",
+        "k": "k = RoPE_{p_s}(W_K x)",
+        "v": "v = W_V x",
+    }  # no biases
     assert formulas["qwen2"]["q"] == "q = RoPE_{p_t}(W_Q x + b_Q)"
     assert formulas["gpt_neox"]["k"] == "k = RoPE_{p_s}[0:4 of 16](W_K x + b_K)"  # 25% of d_head 16
     assert formulas["phi"]["q"] == "q = RoPE_{p_t}[0:4 of 8](W_Q x + b_Q)"  # 50% of d_head 8
@@ -154,7 +161,14 @@ def test_walkthrough_page_text_shows_rope():
 
 
 def test_phi_qk_layernorm_is_refused():
-    cfg = transformers.PhiConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=40, vocab_size=50, qk_layernorm=True)
+    cfg = transformers.PhiConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        intermediate_size=40,
+        vocab_size=50,
+        qk_layernorm=True,
+    )
     cfg._attn_implementation = "eager"
     with pytest.raises(ModelError, match="qk_layernorm"):
         adapter_for(transformers.PhiForCausalLM(cfg).eval())

@@ -70,7 +70,9 @@ def test_self_attention_with_the_relative_bias_is_recomputed(t5):
             A = (torch.einsum("thk,shk->hts", q, k) + stack.attention_bias(layer, n) + mask).softmax(-1)
             assert_close(A, acts.attentions[layer], rtol=RTOL, atol=ATOL)
             # without the bias the weights are not the model's: the bias is real
-            assert (torch.einsum("thk,shk->hts", q, k) + mask).softmax(-1).sub(acts.attentions[layer]).abs().max() > 1e-3
+            assert (torch.einsum("thk,shk->hts", q, k) + mask).softmax(-1).sub(
+                acts.attentions[layer]
+            ).abs().max() > 1e-3
             assert_close(torch.einsum("hts,shk->thk", acts.attentions[layer], v), acts.z[layer], rtol=RTOL, atol=ATOL)
 
 
@@ -100,7 +102,12 @@ def test_cross_attention_reads_the_encoder_output(t5):
         assert_close(da.cross_resid[layer], da.cross_received[layer], rtol=RTOL, atol=ATOL)
         with torch.no_grad():
             ff = model.get_decoder().block[layer].layer[-1]
-            assert_close(da.cross_resid[layer] + ff.DenseReluDense(ff.layer_norm(da.cross_resid[layer])), da.layer_out[layer], rtol=RTOL, atol=ATOL)
+            assert_close(
+                da.cross_resid[layer] + ff.DenseReluDense(ff.layer_norm(da.cross_resid[layer])),
+                da.layer_out[layer],
+                rtol=RTOL,
+                atol=ATOL,
+            )
 
 
 def test_spaces_are_the_models_own_modules_on_its_table(t5):
@@ -118,7 +125,11 @@ def test_spaces_are_the_models_own_modules_on_its_table(t5):
                 blk = stack.stack_module.block[layer].layer[0]
                 with torch.no_grad():
                     x = blk.layer_norm(table)
-                    for kind, lin in (("query", blk.SelfAttention.q), ("key", blk.SelfAttention.k), ("value", blk.SelfAttention.v)):
+                    for kind, lin in (
+                        ("query", blk.SelfAttention.q),
+                        ("key", blk.SelfAttention.k),
+                        ("value", blk.SelfAttention.v),
+                    ):
                         rows = lin(x).view(V, stack.n_heads, stack.d_head).transpose(0, 1)
                         _check_space(build_space(stack, kind, layer), rows.float(), pos, g, SRC[:4], 1e-4)
 

@@ -23,17 +23,44 @@ def fake_trail(n_layers: int = 30, n_tokens: int = 12, vocab: int = 49152, seed:
         site="attn_resid",
         space="encodings",
         similarity="cosine",
-        metrics={"self_sim": rng.random((L, n)), "rank": rank, "overlap": rng.integers(0, 100, size=(L, n)).astype(float)},
+        metrics={
+            "self_sim": rng.random((L, n)),
+            "rank": rank,
+            "overlap": rng.integers(0, 100, size=(L, n)).astype(float),
+        },
         top_ids=rng.integers(0, vocab, size=(L, n, k)),
         top_sims=rng.random((L, n, k)),
         overlap_k=100,
         anisotropy=rng.random(L),
     )
     info = RunInfo("smollm2", "llama", "llama", None, True, "0", "0", "0", "now")
-    tokens = tuple(["<|im_start|>", "␣Time", "␣flies", "␣like", "␣an", "␣arrow", ".", "␣Fruit", "␣flies", "␣like", "␣a", "␣banana"][:n])
+    tokens = tuple(
+        [
+            "<|im_start|>",
+            "␣Time",
+            "␣flies",
+            "␣like",
+            "␣an",
+            "␣arrow",
+            ".",
+            "␣Fruit",
+            "␣flies",
+            "␣like",
+            "␣a",
+            "␣banana",
+        ][:n]
+    )
     return Trail(
-        info=info, text=" ".join(tokens), tokens=tokens, ids=np.arange(n), positions=np.arange(n),
-        special=np.array([i == 0 for i in range(n)]), n_layers=L, n_heads=9, views=(view,), labels={},
+        info=info,
+        text=" ".join(tokens),
+        tokens=tokens,
+        ids=np.arange(n),
+        positions=np.arange(n),
+        special=np.array([i == 0 for i in range(n)]),
+        n_layers=L,
+        n_heads=9,
+        views=(view,),
+        labels={},
     )
 
 

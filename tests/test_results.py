@@ -19,7 +19,13 @@ METRICS = ["self_sim", "rank", "overlap@10", "anisotropy", "adjusted_self_sim", 
 @pytest.fixture(scope="module")
 def trail(loaded_tiny):
     return tokentrail.trace(
-        TEXT, loaded_tiny, site="attn_resid,layer_out,heads", space="encodings,value", similarity="all", k=4, overlap_k=10
+        TEXT,
+        loaded_tiny,
+        site="attn_resid,layer_out,heads",
+        space="encodings,value",
+        similarity="all",
+        k=4,
+        overlap_k=10,
     )
 
 
@@ -49,7 +55,9 @@ def test_frame_schema_and_row_counts(trail):
     assert len(df) == sum(n * L * (H if v.per_head else 1) * len(METRICS) for v in trail.views)
     for v in trail.views:
         names = df[(df.site == v.site) & (df.space == v.space) & (df.similarity == v.similarity)]["metric"].unique()
-        assert sorted(names) == sorted(["self_sim", "rank", f"overlap@{v.overlap_k}", "anisotropy", "adjusted_self_sim", "margin"])
+        assert sorted(names) == sorted(
+            ["self_sim", "rank", f"overlap@{v.overlap_k}", "anisotropy", "adjusted_self_sim", "margin"]
+        )
     assert sorted(df[df.site != "heads"]["metric"].unique()) == sorted(METRICS)
     # each layer's head space differs, so the heads site has no layer-to-layer overlap
     assert df[(df.site == "heads") & df.metric.str.startswith("overlap")]["value"].isna().all()
@@ -111,11 +119,16 @@ def test_neighbours_frame(trail):
     nf = trail.neighbours_frame()
     n, L, H, k = trail.n_tokens, trail.n_layers, trail.n_heads, 4
     assert len(nf) == sum(n * L * (H if v.per_head else 1) * k for v in trail.views)
-    row = nf[(nf.site == "attn_resid") & (nf.similarity == "cosine") & (nf.layer == 0) & (nf.token == 3) & (nf.place == 1)]
+    row = nf[
+        (nf.site == "attn_resid") & (nf.similarity == "cosine") & (nf.layer == 0) & (nf.token == 3) & (nf.place == 1)
+    ]
     assert row["neighbour_id"].item() == trail.view("attn_resid", "encodings", "cosine").top_ids[0, 3, 1]
 
 
-@pytest.mark.parametrize("token, index", [("flies", 2), ("FLIES", 2), (" arrow ", 5), ("[CLS]", 0), (3, 3), (-1, 7), ("2", 2), ("-2", 6), (np.int64(4), 4)])
+@pytest.mark.parametrize(
+    "token, index",
+    [("flies", 2), ("FLIES", 2), (" arrow ", 5), ("[CLS]", 0), (3, 3), (-1, 7), ("2", 2), ("-2", 6), (np.int64(4), 4)],
+)
 def test_token_index(trail, token, index):
     assert trail.token_index(token) == index
 
@@ -169,7 +182,9 @@ def test_json_round_trip(trail, tmp_path):
     assert set(doc["metrics"][0]) == set(COLUMNS)
     back = pd.DataFrame(doc["metrics"])[COLUMNS]
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)  # NaN overlaps come back as null -> NaN
-    origin = sum(trail.n_tokens * 4 for v in trail.views if v.origin_top_ids is not None)  # layer -1: the original encoding's
+    origin = sum(
+        trail.n_tokens * 4 for v in trail.views if v.origin_top_ids is not None
+    )  # layer -1: the original encoding's
     assert len(doc["neighbours"]) == len(trail.neighbours_frame()) + origin
     assert trail.to_json() == path.read_text()  # without a path: the same document as text
 

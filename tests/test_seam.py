@@ -68,7 +68,9 @@ def test_options_travel_typed_through_parquet_and_json(loaded_tiny, tmp_path):
     assert isinstance(trail.info.options, TraceOptions) and trail.info.options.sites == ("layer_out", "mlp_out")
     trail.to_parquet(tmp_path / "t.parquet")
     meta = json.loads(pq.read_schema(tmp_path / "t.parquet").metadata[b"tokentrail"])
-    assert tt.RunInfo.from_dict({k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups")}) == trail.info
+    assert (
+        tt.RunInfo.from_dict({k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups")}) == trail.info
+    )
     doc = json.loads(trail.to_json())
     assert TraceOptions.from_dict(doc["meta"]["options"]) == trail.info.options
 
@@ -76,7 +78,6 @@ def test_options_travel_typed_through_parquet_and_json(loaded_tiny, tmp_path):
 # ---- the Run ---------------------------------------------------------------------------------
 def test_one_run_gives_every_view(loaded_tiny, monkeypatch):
     import tokentrail.engine.capture
-
     from patching import count_calls
 
     passes = count_calls(monkeypatch, tokentrail.engine.capture, "capture")
@@ -115,7 +116,9 @@ def test_new_sites_hold_their_identities(loaded_tiny):
     for layer in range(adapter.n_layers):
         ln = adapter.model.base_model.encoder.layer[layer].output.LayerNorm
         with torch.no_grad():
-            torch.testing.assert_close(ln(acts.mlp_out[layer] + acts.attn_resid_ln[layer]), acts.layer_out[layer], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                ln(acts.mlp_out[layer] + acts.attn_resid_ln[layer]), acts.layer_out[layer], rtol=1e-4, atol=1e-5
+            )
 
 
 # ---- a new metric is one function and one registration --------------------------------------
@@ -156,7 +159,9 @@ def test_registering_a_metric_reaches_views_and_exports(loaded_tiny, bert_folder
         assert f'data-metric="{name}"' in render.heat_html(trail, v, name, 0, 0)
         # a study: its columns, aggregates and report
         assert token_schema().field(name).type == pa.float64()
-        study = tt.study(["time flies like an arrow .", "the cat sat on the mat ."], str(bert_folder), tmp_path / "study", sample=4)
+        study = tt.study(
+            ["time flies like an arrow .", "the cat sat on the mat ."], str(bert_folder), tmp_path / "study", sample=4
+        )
         assert name in study.query("SELECT * FROM tokens").columns
         agg = study.aggregate()
         assert {f"{name}_mean", f"{name}_median", f"{name}_q90"} <= set(agg["by_class"].columns)
@@ -170,7 +175,9 @@ def test_registering_a_metric_reaches_views_and_exports(loaded_tiny, bert_folder
 def test_margin_is_top1_minus_own_in_the_trace_and_its_exports(loaded_tiny):
     """margin = top-1 similarity - own similarity, >= 0, and exactly 0 where the token is
     its own nearest (rank 0), at every site including heads; exported as a metric."""
-    trail = tt.trace("time flies like an arrow", loaded_tiny, site=("layer_out", "heads"), space=("encodings", "value"), k=2)
+    trail = tt.trace(
+        "time flies like an arrow", loaded_tiny, site=("layer_out", "heads"), space=("encodings", "value"), k=2
+    )
     for v in trail.views:
         m = v.metric("margin")
         np.testing.assert_array_equal(m, np.where(v.rank == 0, 0, v.top_sims[..., 0] - v.self_sim))
@@ -190,14 +197,23 @@ def test_a_model_object_traces_like_its_folder(bert_folder, tokenizer):
         np.testing.assert_allclose(va.self_sim, vb.self_sim, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(va.rank, vb.rank)
     np.testing.assert_array_equal(from_obj.lens.top_ids, from_folder.lens.top_ids)
-    assert tt.load(obj, tokenizer=tokenizer) is tt.load(obj, tokenizer=tokenizer), "the wrapper (and its spaces) is reused"
+    assert tt.load(obj, tokenizer=tokenizer) is tt.load(obj, tokenizer=tokenizer), (
+        "the wrapper (and its spaces) is reused"
+    )
 
 
 def test_a_decoder_object_with_grouped_query_attention():
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32)  # fmt: skip
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     obj = transformers.LlamaForCausalLM(cfg).eval()
 
@@ -303,7 +319,14 @@ def test_runs_of_a_batch_equal_runs_alone(loaded_tiny):
             assert g.key == w.key and g.metrics.keys() == w.metrics.keys()
             for name in g.metrics:
                 if name == "rank" or g.similarity == "cosine":
-                    np.testing.assert_allclose(g.metrics[name], w.metrics[name], rtol=1e-4, atol=1e-5, equal_nan=True, err_msg=f"{g.key} {name}")
+                    np.testing.assert_allclose(
+                        g.metrics[name],
+                        w.metrics[name],
+                        rtol=1e-4,
+                        atol=1e-5,
+                        equal_nan=True,
+                        err_msg=f"{g.key} {name}",
+                    )
             np.testing.assert_array_equal(g.top_ids, w.top_ids)
             np.testing.assert_allclose(g.anisotropy, w.anisotropy, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(got.lens.top_ids, want.lens.top_ids)
@@ -317,7 +340,6 @@ def test_recorded_hooks_are_removed_even_when_the_pass_fails():
         lin(torch.ones(1, 3))
     assert [t.shape for t in store["in"]] == [(1, 3)] and [t.shape for t in store["out"]] == [(1, 2)]
     assert not lin._forward_hooks and not lin._forward_pre_hooks
-    with pytest.raises(RuntimeError, match="boom"):
-        with recorded([(lin, "out", False)]):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), recorded([(lin, "out", False)]):
+        raise RuntimeError("boom")
     assert not lin._forward_hooks and not lin._forward_pre_hooks

@@ -64,7 +64,9 @@ def test_target_traces_both_stacks_with_every_site(family):
     dec_sites = {v.site for v in trail.decoder.views}
     assert enc_sites == set(ALL_SITES) - set(CROSS_SITES)
     assert dec_sites == set(ALL_SITES) - {"cross_heads"}
-    assert {v.key for v in trail.decoder.cross_views} == {("cross_heads", sp, s) for sp in ("value", "key") for s in ("cosine", "euclidean")}
+    assert {v.key for v in trail.decoder.cross_views} == {
+        ("cross_heads", sp, s) for sp in ("value", "key") for s in ("cosine", "euclidean")
+    }
     assert trail.lens is None and trail.decoder.lens is not None  # the lens reads the decoder
     # the decoder's input is the model's teacher-forcing input: decoder start, then the target without its eos
     labels = m.tokenizer(text_target=TARGET)["input_ids"]
@@ -109,7 +111,9 @@ def test_cross_heads_name_the_nearest_source_tokens(family):
     tgt = torch.tensor(dec.ids)[None]
     mods = [_cross_modules(name, model, layer) for layer in range(dec.n_layers)]
     z = {}
-    hooks = [o.register_forward_pre_hook(lambda mod, a, l=l: z.__setitem__(l, a[0][0])) for l, (o, _) in enumerate(mods)]
+    hooks = [
+        o.register_forward_pre_hook(lambda mod, a, l=l: z.__setitem__(l, a[0][0])) for l, (o, _) in enumerate(mods)
+    ]
     try:
         with torch.no_grad():
             out = model(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
@@ -121,14 +125,21 @@ def test_cross_heads_name_the_nearest_source_tokens(family):
         with torch.no_grad():
             values = mods[layer][1](out.encoder_last_hidden_state[0]).view(-1, H, dh)  # (m, H, dh)
         zl = z[layer].view(-1, H, dh)  # (n, H, dh)
-        cos = torch.nn.functional.cosine_similarity(zl[:, :, None, :], values.transpose(0, 1)[None], dim=-1)  # (n, H, m)
+        cos = torch.nn.functional.cosine_similarity(
+            zl[:, :, None, :], values.transpose(0, 1)[None], dim=-1
+        )  # (n, H, m)
         for t in (1, dec.n_tokens - 1):
             for h in range(H):
                 frame = trail.sources(t, layer, h)
                 expect = torch.sort(cos[t, h].double(), descending=True, stable=True)
                 assert frame["source"].tolist() == expect.indices.tolist()
                 np.testing.assert_allclose(frame["similarity"], expect.values.numpy(), rtol=1e-4, atol=1e-5)
-                np.testing.assert_allclose(frame["attention"], out.cross_attentions[layer][0, h, t][expect.indices].numpy(), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    frame["attention"],
+                    out.cross_attentions[layer][0, h, t][expect.indices].numpy(),
+                    rtol=1e-5,
+                    atol=1e-6,
+                )
                 assert frame["source_token"].tolist() == [trail.tokens[i] for i in expect.indices.tolist()]
                 assert frame["place"].tolist() == list(range(trail.n_tokens))
 
@@ -141,7 +152,9 @@ def test_exports_say_which_stack_and_read_back(family, tmp_path):
         back = tt.Trail.load(path)
         assert back == trail and back.decoder == trail.decoder
     frame = pd.read_parquet(tmp_path / "t.parquet")
-    assert set(frame["stack"].dropna()) == {"encoder", "decoder"} and frame.loc[frame["stack"].isna(), "table"].tolist() == ["meta"]
+    assert set(frame["stack"].dropna()) == {"encoder", "decoder"} and frame.loc[
+        frame["stack"].isna(), "table"
+    ].tolist() == ["meta"]
     assert set(frame.loc[frame["site"] == "cross_resid", "stack"]) == {"decoder"}
     assert set(frame.loc[frame["table"] == "cross", "stack"]) == {"decoder"}
     assert set(trail.frame()["stack"]) == {"encoder", "decoder"}
@@ -186,12 +199,16 @@ runner = CliRunner()
 
 
 def test_cli_traces_both_stacks(folders):
-    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--target", TARGET, "--site", "attn_resid,cross_heads", "-q"])
+    res = runner.invoke(
+        app, ["trace", SOURCE, "--model", folders["bart"], "--target", TARGET, "--site", "attn_resid,cross_heads", "-q"]
+    )
     assert res.exit_code == 0, res.output
     assert "encoder stack" in res.output and "decoder stack" in res.output
     assert f"its input is the target: '{TARGET}'" in res.output
     assert "cross-attention" in res.output and "nearest source tokens" in res.output
-    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--max-new-tokens", "3", "--stack", "decoder", "-q"])
+    res = runner.invoke(
+        app, ["trace", SOURCE, "--model", folders["bart"], "--max-new-tokens", "3", "--stack", "decoder", "-q"]
+    )
     assert res.exit_code == 0, res.output
     assert "greedy output of the model (at most 3 new tokens)" in res.output and "encoder stack" not in res.output
 
@@ -200,8 +217,14 @@ def test_cli_traces_both_stacks(folders):
 def test_cli_verify_passes_on_each_tiny_family(folders, name):
     res = runner.invoke(app, ["verify", folders[name], "--text", SOURCE, "--sample", "8", "-q"])
     assert res.exit_code == 0, res.output
-    for identity in ("encoder: layer_out", "decoder: layer_out", "decoder: cross heads recombine", "decoder: cross-attention probabilities",
-                     "decoder: lens = logits", "decoder: cross_resid is the FFN input"):
+    for identity in (
+        "encoder: layer_out",
+        "decoder: layer_out",
+        "decoder: cross heads recombine",
+        "decoder: cross-attention probabilities",
+        "decoder: lens = logits",
+        "decoder: cross_resid is the FFN input",
+    ):
         assert identity in res.output
     assert "FAIL" not in res.output
 
@@ -219,7 +242,22 @@ def test_cli_verify_fails_on_a_corrupted_cross_attention(folders, monkeypatch):
 
 def test_cli_exports_both_stacks(folders, tmp_path):
     out = tmp_path / "x.csv"
-    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["marian"], "--target", TARGET, "--site", "cross_resid,cross_heads", "-o", str(out), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            SOURCE,
+            "--model",
+            folders["marian"],
+            "--target",
+            TARGET,
+            "--site",
+            "cross_resid,cross_heads",
+            "-o",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     frame = pd.read_csv(out)
     assert set(frame["stack"].dropna()) == {"encoder", "decoder"}
@@ -242,7 +280,22 @@ def test_cli_bad_seq2seq_options_exit_2_before_loading(args, msg):
 def test_cli_token_needs_one_stack(folders):
     res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--token", "1", "-q"])
     assert res.exit_code == 2 and "one stack" in res.output
-    res = runner.invoke(app, ["trace", SOURCE, "--model", folders["bart"], "--target", TARGET, "--token", "chat", "--stack", "decoder", "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            SOURCE,
+            "--model",
+            folders["bart"],
+            "--target",
+            TARGET,
+            "--token",
+            "chat",
+            "--stack",
+            "decoder",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0 and "token 3 chat" in res.output, res.output
 
 
@@ -268,7 +321,9 @@ def test_app_cross_tab_shows_both_stacks_and_the_source_tokens(folders):
 
     menu = ModelMenu([folders["bart"]])
     name = menu.add(folders["bart"]).value
-    status, grid_fig, table, cross_map, step = cross_views(menu, SOURCE, name, "attn_resid", "cosine", TARGET, "decoder", "chat", 1, 2)
+    status, grid_fig, table, cross_map, step = cross_views(
+        menu, SOURCE, name, "attn_resid", "cosine", TARGET, "decoder", "chat", 1, 2
+    )
     assert "decoder token **3 `chat`**" in status and "its input the target" in status
     assert grid_fig.layout.title.text.startswith("decoder stack") and len(grid_fig.data[0].y) == 8
     trail = tt.trace(SOURCE, tt.load(folders["bart"]), target=TARGET, site="cross_heads")
@@ -293,34 +348,55 @@ def test_cross_walkthrough_formulas_are_the_models(family):
 def test_memory_check_counts_the_decoder_and_cross_attention_before_any_model_work(family, monkeypatch):
     """A limit the encoder stack fits in but both stacks do not: the run is refused with the
     figure, before the greedy output is generated or the decoder runs; above both, it runs."""
-    from tokentrail.engine import budget
     from tokentrail.analysis.checks import check_against
+    from tokentrail.engine import budget
 
     _, m = family
     opts = check_against(m.adapter, TraceOptions())
-    sizes = dict(pairs=opts.pairs(), similarities=len(opts.similarities), k=opts.k, overlap_k=opts.overlap_k, lens=opts.lens)
+    sizes = dict(
+        pairs=opts.pairs(), similarities=len(opts.similarities), k=opts.k, overlap_k=opts.overlap_k, lens=opts.lens
+    )
     source = len(m.encode(SOURCE).ids)
-    target = len(m.tokenizer(text_target=TARGET)["input_ids"])  # the decoder input: start, then the target without its eos
+    target = len(
+        m.tokenizer(text_target=TARGET)["input_ids"]
+    )  # the decoder input: start, then the target without its eos
     for kw, n in (({"target": TARGET}, target), ({"max_new_tokens": 40}, 41)):
-        alone = budget.estimate_seq2seq(m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=None, **sizes).total
-        both = budget.estimate_seq2seq(m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=n, **sizes).total
+        alone = budget.estimate_seq2seq(
+            m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=None, **sizes
+        ).total
+        both = budget.estimate_seq2seq(
+            m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=n, **sizes
+        ).total
         assert both > alone
         monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int((alone + both) / 2 / budget.HEADROOM)))
         with monkeypatch.context() as mp:
             mp.setattr(m.adapter, "greedy", lambda *a: pytest.fail("generated before the memory check"))
-            mp.setattr("tokentrail.engine.capture_cross.capture_cross", lambda *a: pytest.fail("ran the decoder before the memory check"))
+            mp.setattr(
+                "tokentrail.engine.capture_cross.capture_cross",
+                lambda *a: pytest.fail("ran the decoder before the memory check"),
+            )
             with pytest.raises(InputError, match="would need about"):
                 m.run(SOURCE, **kw)
         monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int(both / budget.HEADROOM) + 1))
         run = m.run(SOURCE, **kw)
         assert len(run.decoder_tokens) <= n
-        kept = budget.estimate_seq2seq(m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=len(run.decoder_tokens), **sizes).total
+        kept = budget.estimate_seq2seq(
+            m.adapter, m.adapter.decoder_stack(), source_tokens=source, decoder_tokens=len(run.decoder_tokens), **sizes
+        ).total
         monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int((alone + kept) / 2 / budget.HEADROOM)))
         with pytest.raises(InputError, match="would need about"):  # another trail of the kept run: both stacks again
             run.trail(overlap_k=opts.overlap_k - 1)
 
 
-@pytest.mark.parametrize("kw, msg", [({"max_new_tokens": 0}, "at least 1"), ({"max_new_tokens": 10**6}, "at most 512"), ({"target": "x", "max_new_tokens": 2}, "not both"), ({"target": " "}, "empty")])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"max_new_tokens": 0}, "at least 1"),
+        ({"max_new_tokens": 10**6}, "at most 512"),
+        ({"target": "x", "max_new_tokens": 2}, "not both"),
+        ({"target": " "}, "empty"),
+    ],
+)
 def test_api_checks_the_decoder_input_before_loading(kw, msg):
     with pytest.raises(InputError, match=msg):
         tt.trace(SOURCE, "/no/such/folder", **kw)

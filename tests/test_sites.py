@@ -14,15 +14,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from tokentrail.spec.options import TraceOptions
-from test_parity_decoders import tiny_model
 from torch.testing import assert_close
 
+from test_parity_decoders import tiny_model
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import SITES, capture
 from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.spec.options import TraceOptions
 
 RTOL, ATOL = 1e-4, 1e-5
 FAMILIES = ("bert", "roberta", "xlmr", "gpt2", "llama", "mistral", "qwen2")
@@ -96,8 +95,14 @@ def test_analyse_runs_on_the_new_sites(family, tiny_by_family):
     ids = torch.randint(3, adapter.vocab_size, (8,), generator=torch.Generator().manual_seed(5))
     n = ids.shape[0]
     trail = analyse(
-        adapter, SpaceCache(adapter), ids, text="x", tokens=[str(int(i)) for i in ids], special=[False] * n,
-        label=lambda used: {int(i): str(int(i)) for i in used}, model_name="tiny",
+        adapter,
+        SpaceCache(adapter),
+        ids,
+        text="x",
+        tokens=[str(int(i)) for i in ids],
+        special=[False] * n,
+        label=lambda used: {int(i): str(int(i)) for i in used},
+        model_name="tiny",
         options=TraceOptions(sites=("resid_pre", "mlp_out", "layer_out"), k=5, overlap_k=10),
     )
     pre, out = trail.view("resid_pre", "encodings", "cosine"), trail.view("layer_out", "encodings", "cosine")

@@ -9,9 +9,9 @@ import torch
 from torch.testing import assert_close
 
 from tokentrail.engine import space_memory
-from tokentrail.spec.errors import InputError
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.spaces import build_space
+from tokentrail.spec.errors import InputError
 
 RTOL = 1e-4
 
@@ -112,7 +112,9 @@ def test_moving_residual_norms_are_kept_per_position_up_to_the_bound(tiny_models
     model = tiny_models["roberta"]
     adapter = adapter_for(model)
     V = adapter.vocab_size
-    monkeypatch.setattr(budget, "POSITION_MEMO_BYTES", 2 * 4 * V * 4)  # room for two positions (sigma, norms, two factors)
+    monkeypatch.setattr(
+        budget, "POSITION_MEMO_BYTES", 2 * 4 * V * 4
+    )  # room for two positions (sigma, norms, two factors)
     space = build_space(adapter, "encodings")
     first = space.position_stats(torch.tensor([2, 5, 7]))
     assert sorted(space._at) == [2, 5] and space._at_bytes <= budget.POSITION_MEMO_BYTES
@@ -157,8 +159,8 @@ def test_scratch_block_is_kept_between_traces_and_never_lent_twice(tiny_models):
 def test_the_logit_lens_takes_the_place_of_the_scratch_block(tiny_models, make_ids):
     """The lens' chunks replace the views' scratch block in memory: it lets the block go."""
     from tokentrail.adapters import adapter_for
-    from tokentrail.engine.capture import capture
     from tokentrail.analysis.lens import logit_lens
+    from tokentrail.engine.capture import capture
 
     adapter = adapter_for(tiny_models["bert_mlm"])
     with space_memory.scratch(adapter) as take:
@@ -183,7 +185,12 @@ def test_space_cache_keeps_and_evicts(tiny_models):
 
 @pytest.mark.parametrize(
     "kind, layer, message",
-    [("values", 0, "unknown space 'values'"), ("value", None, "needs a layer in 0..1"), ("key", 2, "needs a layer in 0..1"), ("query", -1, "got -1")],
+    [
+        ("values", 0, "unknown space 'values'"),
+        ("value", None, "needs a layer in 0..1"),
+        ("key", 2, "needs a layer in 0..1"),
+        ("query", -1, "got -1"),
+    ],
 )
 def test_bad_space_requests_are_input_errors(tiny_models, kind, layer, message):
     from tokentrail.adapters import adapter_for

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import tokentrail.engine.capture
-from tokentrail.engine import budget
 from tokentrail.adapters import adapter_for
 from tokentrail.analysis.bare import analyse
 from tokentrail.analysis.checks import streams
+from tokentrail.engine import budget
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
-from tokentrail.engine.space_cache import SpaceCache
 
 LENS_FIELDS = ("top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")
 
@@ -32,8 +32,19 @@ def _tiny(family: str, make_tiny):
     if family == "bert":
         return make_tiny("bert_mlm").eval()
     if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=3, n_head=4, n_positions=64, attn_implementation="eager")).eval()
-    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, attn_implementation="eager")  # fmt: skip
+        return GPT2LMHeadModel(
+            GPT2Config(vocab_size=300, n_embd=32, n_layer=3, n_head=4, n_positions=64, attn_implementation="eager")
+        ).eval()
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -49,7 +60,10 @@ def same(u, w, what) -> None:
     assert u.dtype == w.dtype and u.shape == w.shape, what
     if np.issubdtype(u.dtype, np.floating):
         assert np.array_equal(np.isnan(u), np.isnan(w)), what
-        assert np.allclose(u, w, rtol=0, atol=ULP, equal_nan=True), (what, float(np.nanmax(np.abs(u.astype(float) - w))))
+        assert np.allclose(u, w, rtol=0, atol=ULP, equal_nan=True), (
+            what,
+            float(np.nanmax(np.abs(u.astype(float) - w))),
+        )
     else:
         assert np.array_equal(u, w), what
 
@@ -66,7 +80,11 @@ def assert_same_trail(a, b) -> None:
     if a.lens is not None:
         for f in LENS_FIELDS:
             same(getattr(a.lens, f), getattr(b.lens, f), f)
-    assert np.array_equal(a.attentions, b.attentions) and np.array_equal(a.ids, b.ids) and np.array_equal(a.positions, b.positions)
+    assert (
+        np.array_equal(a.attentions, b.attentions)
+        and np.array_equal(a.ids, b.ids)
+        and np.array_equal(a.positions, b.positions)
+    )
     assert a.labels == b.labels
 
 
@@ -79,8 +97,18 @@ def test_streamed_trace_is_the_captured_one(family, lens_site, make_tiny):
     ids = torch.randint(5, adapter.vocab_size, (n,), generator=torch.Generator().manual_seed(1))
     toks = [str(i) for i in ids.tolist()]
     opts = TraceOptions.make(site="all", space="all", similarity="all", lens=True, k=7, lens_site=lens_site)
-    kw = dict(text=" ".join(toks), tokens=toks, special=[False] * n, label=lambda vs: {int(v): str(v) for v in vs}, model_name=family, options=opts)
-    captured, streamed = analyse(adapter, spaces, ids, stream=False, **kw), analyse(adapter, spaces, ids, stream=True, **kw)
+    kw = dict(
+        text=" ".join(toks),
+        tokens=toks,
+        special=[False] * n,
+        label=lambda vs: {int(v): str(v) for v in vs},
+        model_name=family,
+        options=opts,
+    )
+    captured, streamed = (
+        analyse(adapter, spaces, ids, stream=False, **kw),
+        analyse(adapter, spaces, ids, stream=True, **kw),
+    )
     assert_same_trail(streamed, captured)
     assert streamed.view("heads", "query").top_ids.shape == (adapter.n_layers, adapter.n_heads, n, 7)
 
@@ -116,7 +144,9 @@ def test_which_traces_stream(make_tiny):
     per_token = budget.captured_bytes(adapter.n_layers, 1, adapter.d_model)
     over = budget.STREAM_BYTES // per_token + 1
     assert not streams(adapter, opts, over - 1) and streams(adapter, opts, over)
-    assert not streams(adapter, opts.with_(correct="zscore"), over)  # a correction is fitted to every layer's vectors first
+    assert not streams(
+        adapter, opts.with_(correct="zscore"), over
+    )  # a correction is fitted to every layer's vectors first
 
 
 def test_a_forced_stream_that_cannot_stream_is_refused_in_one_line(make_tiny):
@@ -126,7 +156,18 @@ def test_a_forced_stream_that_cannot_stream_is_refused_in_one_line(make_tiny):
     toks = [str(i) for i in ids.tolist()]
     opts = TraceOptions.make(site="layer_out", correct="zscore")
     with pytest.raises(InputError, match="needs every layer's vectors"):
-        analyse(adapter, SpaceCache(adapter), ids, text=" ".join(toks), tokens=toks, special=[False] * 12, label=lambda vs: {}, model_name="llama", options=opts, stream=True)
+        analyse(
+            adapter,
+            SpaceCache(adapter),
+            ids,
+            text=" ".join(toks),
+            tokens=toks,
+            special=[False] * 12,
+            label=lambda vs: {},
+            model_name="llama",
+            options=opts,
+            stream=True,
+        )
 
 
 def test_a_batch_is_charged_every_layers_activations(loaded_tiny, monkeypatch):
@@ -138,8 +179,18 @@ def test_a_batch_is_charged_every_layers_activations(loaded_tiny, monkeypatch):
     texts = ["time flies like an arrow", "fruit flies like a banana"]
     opts = check_against(loaded_tiny.adapter, TraceOptions())
     n = sum(len(loaded_tiny.encode(t).ids) for t in texts)
-    sizes = dict(tokens=n, pairs=opts.pairs(), similarities=len(opts.similarities), k=opts.k, overlap_k=opts.overlap_k, lens=opts.lens)
-    one, whole = budget.estimate_run(loaded_tiny.adapter, streamed=True, **sizes).total, budget.estimate_run(loaded_tiny.adapter, **sizes).total
+    sizes = dict(
+        tokens=n,
+        pairs=opts.pairs(),
+        similarities=len(opts.similarities),
+        k=opts.k,
+        overlap_k=opts.overlap_k,
+        lens=opts.lens,
+    )
+    one, whole = (
+        budget.estimate_run(loaded_tiny.adapter, streamed=True, **sizes).total,
+        budget.estimate_run(loaded_tiny.adapter, **sizes).total,
+    )
     assert whole > one
     monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int((one + whole) / 2 / budget.HEADROOM)))
     check_against(loaded_tiny.adapter, opts, tokens=n)  # as one streamed text: fits

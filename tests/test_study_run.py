@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import tokentrail as tt
+from tokentrail.corpus import Study, study
 from tokentrail.engine.capture import capture
 from tokentrail.spec.errors import InputError
-from tokentrail.corpus import Study, study
 
 WORDS = "time flies like an arrow fruit a banana the cat sat on mat dog ran fast slow red blue green up down".split()
 ORDER = "text_id, site, layer, position"
@@ -64,7 +64,9 @@ def model(bert_folder):
 @pytest.fixture(scope="module")
 def small(model, tmp_path_factory):
     """A small study at two sites, every token in the anisotropy sample."""
-    return study(corpus(14), model, tmp_path_factory.mktemp("small"), sites=["attn_resid", "layer_out"], batch=4, sample=10_000)
+    return study(
+        corpus(14), model, tmp_path_factory.mktemp("small"), sites=["attn_resid", "layer_out"], batch=4, sample=10_000
+    )
 
 
 def test_batches_give_what_each_text_alone_gives(small, model, tmp_path):
@@ -88,7 +90,9 @@ def test_rows_equal_a_trace_of_each_text(small, model):
             np.testing.assert_array_equal(got["rank"].to_numpy().reshape(L, n), v.rank)
             np.testing.assert_array_equal(got.overlap.to_numpy().reshape(L, n), v.overlap)
             np.testing.assert_array_equal(got.top1_id.to_numpy().reshape(L, n), v.top_ids[..., 0])
-            np.testing.assert_allclose(got.adjusted_self_sim.to_numpy().reshape(L, n), v.adjusted_self_sim, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                got.adjusted_self_sim.to_numpy().reshape(L, n), v.adjusted_self_sim, rtol=1e-5, atol=1e-6
+            )
             np.testing.assert_array_equal(got.token_id.to_numpy().reshape(L, n)[0], trail.ids)
             norms = acts.site(site).norm(dim=-1).numpy()
             np.testing.assert_allclose(got.norm.to_numpy().reshape(L, n), norms, rtol=1e-5)
@@ -159,8 +163,8 @@ def test_corpus_anisotropy_is_the_mean_cosine_of_pairs_from_different_texts(smal
 
 
 def test_the_sample_is_the_smallest_keys_and_bounded(model, tmp_path):
-    from tokentrail.store.aggregate import sample_vectors
     from tokentrail.corpus.compute import sample_key
+    from tokentrail.store.aggregate import sample_vectors
 
     s = study(corpus(14), model, tmp_path / "s", batch=3, sample=7, seed=3)
     chosen = sample_vectors(s._con, 7)
@@ -174,8 +178,18 @@ def test_the_sample_is_the_smallest_keys_and_bounded(model, tmp_path):
 
 def write_bad_corpus(path: Path) -> list[str]:
     good = corpus(6, seed=1)
-    lines = [good[0].encode(), b"", good[1].encode(), b"\xff\xfe not utf-8", good[2].encode(), "ctrl \x07 bell".encode(), good[3].encode(),
-             " ".join(["banana"] * 40).encode(), b"   ", good[4].encode()]
+    lines = [
+        good[0].encode(),
+        b"",
+        good[1].encode(),
+        b"\xff\xfe not utf-8",
+        good[2].encode(),
+        b"ctrl \x07 bell",
+        good[3].encode(),
+        " ".join(["banana"] * 40).encode(),
+        b"   ",
+        good[4].encode(),
+    ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     return good
 
@@ -243,7 +257,9 @@ def test_resume_refuses_a_different_run(model, tmp_path):
 
 def _cli(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tokentrail.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokentrail.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
 
 
 N_KILL = 200
@@ -337,7 +353,9 @@ def test_interrupted_run_resumes_to_the_same_dataset(model, tmp_path):
     assert not cut.complete and cut.manifest["batches_done"] == 3 and cut.manifest["texts"] == 6
     resumed = study(texts, model, tmp_path / "cut", batch=2, sample=9, resume=True)
     pd.testing.assert_frame_equal(rows(whole), rows(resumed))
-    assert resumed.complete and resumed.manifest["texts"] == 20 and resumed.manifest["tokens"] == whole.manifest["tokens"]
+    assert (
+        resumed.complete and resumed.manifest["texts"] == 20 and resumed.manifest["tokens"] == whole.manifest["tokens"]
+    )
     pd.testing.assert_frame_equal(whole.aggregate()["anisotropy"], resumed.aggregate()["anisotropy"])
 
 
@@ -346,7 +364,9 @@ def test_report_is_one_offline_html_file(small, tmp_path):
     text = path.read_text()
     import re
 
-    assert text.count("<script") >= 5 and not re.search(r"<script[^>]*\bsrc=", text)  # plotly.js inline, nothing fetched
+    assert text.count("<script") >= 5 and not re.search(
+        r"<script[^>]*\bsrc=", text
+    )  # plotly.js inline, nothing fetched
     assert text.count("Plotly.newPlot") >= 5
     assert "Plotly" in text and small.manifest["model"] in text and "by layer and word class".lower() in text.lower()
 
@@ -354,7 +374,16 @@ def test_report_is_one_offline_html_file(small, tmp_path):
 @pytest.mark.slow
 def test_ray_engine_equals_local(small, model, tmp_path):
     pytest.importorskip("ray")
-    r = study(corpus(14), model, tmp_path / "ray", sites=["attn_resid", "layer_out"], batch=4, sample=10_000, engine="ray", workers=2)
+    r = study(
+        corpus(14),
+        model,
+        tmp_path / "ray",
+        sites=["attn_resid", "layer_out"],
+        batch=4,
+        sample=10_000,
+        engine="ray",
+        workers=2,
+    )
     pd.testing.assert_frame_equal(rows(small), rows(r))
     assert r.manifest["engine"] == "ray" and r.manifest["complete"]
     pd.testing.assert_frame_equal(small.aggregate()["anisotropy"], r.aggregate()["anisotropy"])
@@ -384,7 +413,9 @@ def test_forward_groups_do_not_change_the_rows(small, model, tmp_path, monkeypat
     for p in sorted((small.root / "sample").iterdir()):
         a, b = pq.read_table(p).to_pandas(), pq.read_table(alone.root / "sample" / p.name).to_pandas()
         pd.testing.assert_frame_equal(a.drop(columns="vector"), b.drop(columns="vector"))  # the same tokens
-        np.testing.assert_allclose(np.stack(a.vector), np.stack(b.vector), rtol=1e-5, atol=1e-6)  # padding: fp32 rounding only
+        np.testing.assert_allclose(
+            np.stack(a.vector), np.stack(b.vector), rtol=1e-5, atol=1e-6
+        )  # padding: fp32 rounding only
 
 
 def test_freq_rank_is_the_rank_by_count_in_the_corpus(model, tmp_path):
@@ -398,7 +429,10 @@ def test_freq_rank_is_the_rank_by_count_in_the_corpus(model, tmp_path):
     assert {int(r.token_id): (int(r.count), int(r.freq_rank)) for r in got.itertuples()} == want
     per_row = s.query("SELECT DISTINCT token_id, freq_rank FROM tokens")
     assert {int(r.token_id): int(r.freq_rank) for r in per_row.itertuples()} == {i: r for i, (_, r) in want.items()}
-    assert s.manifest["freq_rank"]["source"] == "corpus" and "rank by count in this corpus" in s.manifest["freq_rank"]["definition"]
+    assert (
+        s.manifest["freq_rank"]["source"] == "corpus"
+        and "rank by count in this corpus" in s.manifest["freq_rank"]["definition"]
+    )
     bt = s.aggregate()["by_token"]
     assert set(bt.columns) >= {"freq_rank", "occurrences"}
 

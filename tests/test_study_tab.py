@@ -60,7 +60,9 @@ def test_show_gives_the_reports_figures_and_metadata(shelf_dir):
     assert dict(zip(out[1].iloc[:, 0], out[1]["value"])) == metadata(s.manifest)
     for name, fig in zip(FIGURES, out[2:]):
         assert fig.layout.title.text == want[name].layout.title.text
-        assert [list(t.y) for t in fig.data if t.y is not None] == [list(t.y) for t in want[name].data if t.y is not None]
+        assert [list(t.y) for t in fig.data if t.y is not None] == [
+            list(t.y) for t in want[name].data if t.y is not None
+        ]
 
 
 def test_the_app_mounts_the_tab(shelf_dir):
@@ -90,7 +92,9 @@ def test_the_served_endpoint_refuses_names_it_did_not_offer(shelf_dir):
     gradio_client = pytest.importorskip("gradio_client")
     from tokentrail.app import build_app, launch_options
 
-    spec = importlib.util.spec_from_file_location("tokentrail_e2e_harness", Path(__file__).parent / "e2e" / "conftest.py")
+    spec = importlib.util.spec_from_file_location(
+        "tokentrail_e2e_harness", Path(__file__).parent / "e2e" / "conftest.py"
+    )
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
     demo = build_app(studies=str(shelf_dir))
@@ -131,9 +135,13 @@ def test_a_correction_fitted_to_an_offered_study_is_the_librarys(shelf_dir, bert
 
     session = Session(model=str(bert_folder))
     session.analyse(TEXTS[2], opts)
-    want = tt.trace(TEXTS[2], str(bert_folder), site="attn_resid", k=5, correct="zscore", correct_from=shelf_dir / "small")
+    want = tt.trace(
+        TEXTS[2], str(bert_folder), site="attn_resid", k=5, correct="zscore", correct_from=shelf_dir / "small"
+    )
     got = session.trail.view("attn_resid", "encodings", "cosine")
     ref = want.view("attn_resid", "encodings", "cosine")
     assert np.array_equal(got.top_ids, ref.top_ids) and np.array_equal(got.metrics["rank"], ref.metrics["rank"])
-    text_fit = tt.trace(TEXTS[2], str(bert_folder), site="attn_resid", k=5, correct="zscore").view("attn_resid", "encodings", "cosine")
+    text_fit = tt.trace(TEXTS[2], str(bert_folder), site="attn_resid", k=5, correct="zscore").view(
+        "attn_resid", "encodings", "cosine"
+    )
     assert not np.array_equal(got.metrics["self_sim"], text_fit.metrics["self_sim"])  # the study's fit, not the text's

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tokentrail.corpus.inputs import Skipped, records
-from tokentrail.corpus.wordclass import ENGLISH_FUNCTION_WORDS, Word, align, class_of_untagged, class_of_upos, split_words
+from tokentrail.corpus.wordclass import (
+    ENGLISH_FUNCTION_WORDS,
+    Word,
+    align,
+    class_of_untagged,
+    class_of_upos,
+    split_words,
+)
 
 CONLLU = """\
 # sent_id = s1
@@ -63,7 +70,12 @@ def test_conllu_spans_and_multiword_tokens(tmp_path):
     # "don't" is spelled by its words: each gets its own part
     assert got == [("I", "PRON"), ("do", "AUX"), ("n't", "PART"), ("like", "VERB"), ("bananas", "NOUN"), (".", "PUNCT")]
     s2 = recs[1]
-    assert [(s2.text[w.start : w.end], w.upos) for w in s2.words] == [("Wan", "VERB"), ("na", "PART"), ("go", "VERB"), ("?", "PUNCT")]
+    assert [(s2.text[w.start : w.end], w.upos) for w in s2.words] == [
+        ("Wan", "VERB"),
+        ("na", "PART"),
+        ("go", "VERB"),
+        ("?", "PUNCT"),
+    ]
     s3 = recs[2]  # "du" is not spelled by "de" + "le": the whole surface goes to the first word
     assert [(s3.text[w.start : w.end], w.upos) for w in s3.words] == [("du", "ADP"), ("pain", "NOUN")]
 
@@ -77,7 +89,10 @@ def _classes(tok, text, words):
 
 def test_wordpiece_subwords(tokenizer):
     text = "the cat sat on a mat , fast ."
-    words = [Word(m.start, m.end, u) for m, u in zip(split_words(text), ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN", "PUNCT", "ADV", "PUNCT"])]
+    words = [
+        Word(m.start, m.end, u)
+        for m, u in zip(split_words(text), ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN", "PUNCT", "ADV", "PUNCT"])
+    ]
     # a word out of the tiny vocabulary splits into WordPiece '##' pieces
     text2 = "the cats sat"
     words2 = [Word(0, 3, "DET"), Word(4, 8, "NOUN"), Word(9, 12, "VERB")]
@@ -104,9 +119,16 @@ def _bpe(roberta: bool, trim_offsets: bool):
     tk.decoder = decoders.ByteLevel()
     corpus = ["the cat sat on the mat", "the dog ran", "bananas are yellow", "I like the cat"] * 5
     special = ["<s>", "</s>", "<pad>"]
-    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     if roberta:
-        tk.post_processor = processors.RobertaProcessing(("</s>", tk.token_to_id("</s>")), ("<s>", tk.token_to_id("<s>")), trim_offsets=trim_offsets)
+        tk.post_processor = processors.RobertaProcessing(
+            ("</s>", tk.token_to_id("</s>")), ("<s>", tk.token_to_id("<s>")), trim_offsets=trim_offsets
+        )
     else:
         tk.post_processor = processors.ByteLevel(trim_offsets=trim_offsets)
     kw = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>")
@@ -118,7 +140,10 @@ def _bpe(roberta: bool, trim_offsets: bool):
 def test_byte_level_leading_space_tokens(roberta, trim):
     tok = _bpe(roberta, trim)
     text = "the cat likes bananas, zyx."
-    words = [Word(m.start, m.end, u) for m, u in zip(split_words(text), ["DET", "NOUN", "VERB", "NOUN", "PUNCT", "X", "PUNCT"])]
+    words = [
+        Word(m.start, m.end, u)
+        for m, u in zip(split_words(text), ["DET", "NOUN", "VERB", "NOUN", "PUNCT", "X", "PUNCT"])
+    ]
     toks, cls = _classes(tok, text, words)
     assert any(t.startswith("Ġ") for t in toks)  # leading-space tokens are really there
     if roberta:
@@ -135,12 +160,24 @@ def test_byte_level_leading_space_tokens(roberta, trim):
     for t, c in body:
         by_word.setdefault(c.word, []).append(t)
     assert "".join(by_word[1]).replace("Ġ", "") == "cat" and by_word[1][0].startswith("Ġ")
-    assert len(by_word[5]) >= 2 and [c.first_subword for _, c in body if c.word == 5] == [True] + [False] * (len(by_word[5]) - 1)
+    assert len(by_word[5]) >= 2 and [c.first_subword for _, c in body if c.word == 5] == [True] + [False] * (
+        len(by_word[5]) - 1
+    )
     assert [c.word_class for _, c in body if c.word == 4] == ["punctuation"]
     assert {c.upos for _, c in body if c.word == 3} == {"NOUN"}
 
 
 def test_untagged_alignment_marks_function_words(tokenizer):
     toks, cls = _classes(tokenizer, "the cat sat on a mat .", None)
-    assert [c.word_class for c in cls] == ["special", "function", "unknown", "unknown", "function", "function", "unknown", "punctuation", "special"]
+    assert [c.word_class for c in cls] == [
+        "special",
+        "function",
+        "unknown",
+        "unknown",
+        "function",
+        "function",
+        "unknown",
+        "punctuation",
+        "special",
+    ]
     assert all(c.upos is None for c in cls)

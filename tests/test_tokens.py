@@ -90,7 +90,9 @@ def test_kind_from_the_tokenizer_object():
     from tokenizers import decoders, pre_tokenizers
 
     assert tokenizer_kind(_fast_tokenizer(decoders.ByteLevel(), pre_tokenizers.ByteLevel())) == BYTE_LEVEL
-    llama = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    llama = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     assert tokenizer_kind(_fast_tokenizer(llama, None)) == SENTENCEPIECE
     assert tokenizer_kind(_fast_tokenizer(decoders.Metaspace(), pre_tokenizers.Metaspace())) == SENTENCEPIECE
     assert tokenizer_kind(_fast_tokenizer(decoders.WordPiece(), pre_tokenizers.BertPreTokenizer())) == WORDPIECE

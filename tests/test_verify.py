@@ -20,14 +20,22 @@ from test_parity_decoders import FAMILIES, tiny_model
 from tokentrail.adapters import adapter_for
 from tokentrail.adapters.gemma import GemmaAdapter
 from tokentrail.cli.commands import app
-from tokentrail.spec.errors import InputError
 from tokentrail.session.verification import Verification, verify_adapter
+from tokentrail.spec.errors import InputError
 
 IDS = torch.tensor([2, 17, 42, 8, 17, 63, 5, 91, 30])
 ENCODERS = ("bert", "bert_mlm", "roberta", "xlmr")
 IDENTITIES = {
-    "embedding", "encodings own rows", "attention probabilities", "heads (z = A v)", "heads recombine", "layer_out",
-    "attn_resid_ln is the FFN input", "layer_out = attn_resid + mlp_out", "value/key/query spaces", "lens = logits",
+    "embedding",
+    "encodings own rows",
+    "attention probabilities",
+    "heads (z = A v)",
+    "heads recombine",
+    "layer_out",
+    "attn_resid_ln is the FFN input",
+    "layer_out = attn_resid + mlp_out",
+    "value/key/query spaces",
+    "lens = logits",
 }
 
 
@@ -117,7 +125,11 @@ def test_check_tolerance_by_hand():
     w = _Worst("x", 1e-4)
     own = torch.tensor([100.0, 1.0, float("-inf")])
     w.compare(torch.tensor([100.015, 1.0, float("-inf")]), own, "a")  # 0.015 <= 1e-4 * (100 + 100)
-    assert w.result().passed and math.isclose(w.result().max_abs, 0.015, rel_tol=1e-3) and w.result().atol == pytest.approx(0.01)
+    assert (
+        w.result().passed
+        and math.isclose(w.result().max_abs, 0.015, rel_tol=1e-3)
+        and w.result().atol == pytest.approx(0.01)
+    )
     w.compare(torch.tensor([100.0, 1.03, float("-inf")]), own, "b")  # 0.03 > 1e-4 * (1 + 100)
     r = w.result()
     assert not r.passed and r.where == "b" and math.isclose(r.max_rel, 0.03 / 100, rel_tol=1e-3)
@@ -159,7 +171,9 @@ def test_cli_verify_passes_on_a_saved_family(gemma_folder):
 
 def test_cli_verify_fails_on_a_corrupted_adapter(gemma_folder, monkeypatch):
     orig = GemmaAdapter.output_projection
-    monkeypatch.setattr(GemmaAdapter, "output_projection", lambda self, layer: (orig(self, layer)[0] * 1.01, orig(self, layer)[1]))
+    monkeypatch.setattr(
+        GemmaAdapter, "output_projection", lambda self, layer: (orig(self, layer)[0] * 1.01, orig(self, layer)[1])
+    )
     res = runner.invoke(app, ["verify", str(gemma_folder), "--text", "time flies like an arrow", "-q"])
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.output and "failed: heads recombine" in res.output
@@ -167,7 +181,11 @@ def test_cli_verify_fails_on_a_corrupted_adapter(gemma_folder, monkeypatch):
 
 @pytest.mark.parametrize(
     "args, msg",
-    [(["--rtol", "0"], "--rtol must be positive"), (["--sample", "0"], "--sample must be at least 1"), (["--text", " "], "empty")],
+    [
+        (["--rtol", "0"], "--rtol must be positive"),
+        (["--sample", "0"], "--sample must be at least 1"),
+        (["--text", " "], "empty"),
+    ],
 )
 def test_cli_verify_bad_input_exits_2_before_loading(args, msg):
     res = runner.invoke(app, ["verify", "no-such-model-anywhere", *args, "-q"])

@@ -22,31 +22,61 @@ from tokentrail.adapters import adapter_for
 from tokentrail.analysis.bare import analyse
 from tokentrail.analysis.heads import heads_at
 from tokentrail.engine.capture import capture
-from tokentrail.spec.options import TraceOptions
-from tokentrail.spec.errors import InputError
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.walkthrough import attention_step
+from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import TraceOptions
 
 ATOL = 1e-5  # fp32, tiny models; the bundled model is checked at 1e-4
 
 
 def tiny(family: str):
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaModel
+    from transformers import (
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        RobertaConfig,
+        RobertaModel,
+    )
 
     torch.manual_seed(0)
     if family == "bert":
-        cfg = BertConfig(vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, max_position_embeddings=64)
+        cfg = BertConfig(
+            vocab_size=97,
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=64,
+        )
         model = BertModel(cfg, add_pooling_layer=False)
     elif family == "roberta":
-        cfg = RobertaConfig(vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=48, max_position_embeddings=70, pad_token_id=1)
+        cfg = RobertaConfig(
+            vocab_size=97,
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            intermediate_size=48,
+            max_position_embeddings=70,
+            pad_token_id=1,
+        )
         model = RobertaModel(cfg, add_pooling_layer=False)
     elif family == "gpt2":
         cfg = GPT2Config(vocab_size=97, n_embd=24, n_layer=2, n_head=4, n_positions=64)
         model = GPT2LMHeadModel(cfg)
     elif family == "llama":  # grouped-query attention, RoPE, and q/k/v biases (as Qwen2 has)
         cfg = LlamaConfig(
-            vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=48, max_position_embeddings=64, attention_bias=True,
+            vocab_size=97,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            attention_bias=True,
         )
         model = LlamaForCausalLM(cfg)
     else:
@@ -117,8 +147,14 @@ def test_heads_at_equals_the_full_analysis(family, kind, similarity):
     adapter = tiny(family)
     spaces = SpaceCache(adapter)
     trail = analyse(
-        adapter, spaces, IDS, text="", tokens=[str(i) for i in IDS.tolist()], special=[False] * len(IDS),
-        label=lambda ids: {i: str(i) for i in ids}, model_name=family,
+        adapter,
+        spaces,
+        IDS,
+        text="",
+        tokens=[str(i) for i in IDS.tolist()],
+        special=[False] * len(IDS),
+        label=lambda ids: {i: str(i) for i in ids},
+        model_name=family,
         options=TraceOptions(sites=("heads",), spaces=(kind,), similarities=(similarity,), k=7),
     )
     view = trail.view("heads", kind, similarity)

@@ -11,7 +11,6 @@ from tokentrail.spec.errors import InputError, ModelError, TokentrailError, TooL
 from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.version import __version__
 
-
 #: public name -> the module that defines it, with ``:name`` where it is called otherwise
 #: there (imported when the name is first used)
 _LAZY = {
@@ -86,26 +85,37 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from tokentrail.engine import geometry
-    from tokentrail.present import maps, plots
-    from tokentrail.results.notebook import show
     from tokentrail.api import run, trace
-    from tokentrail.session.models import CATALOGUE, DEFAULT_MODEL, HUB_ID, MAX_LOADED, LoadedModel, is_available, list_models, load
-    from tokentrail.session.inputs import check_text
-    from tokentrail.engine.walkthrough import AttentionStep
-    from tokentrail.engine.budget import held_bytes
-    from tokentrail.engine.budget import human as human_bytes
+    from tokentrail.corpus import Study, study
     from tokentrail.corpus.report import metadata as study_metadata
     from tokentrail.corpus.report import named_figures as study_figures
-    from tokentrail.results.trail import HeadsAt, LensResult, RunInfo, Trail, View
-    from tokentrail.session.runner import Run, trail_many
-    from tokentrail.corpus import Study, study
-    from tokentrail.session.verification import Verification, verify
-    from tokentrail.session.comparison import Comparison
-    from tokentrail.session.comparing import compare
-    from tokentrail.session.loaded import Stack
-    from tokentrail.session.models import resolve_device, resolve_dtype, set_defaults
-    from tokentrail.store.stats import read_stats
-    from tokentrail.results.trailio import MAX_ATTENTION_ROWS, attention_included
-    from tokentrail.session.gguf_cache import cache_entries, cache_root
     from tokentrail.corpus.report import write_pngs as write_study_pngs
+    from tokentrail.engine import geometry
+    from tokentrail.engine.budget import held_bytes
+    from tokentrail.engine.budget import human as human_bytes
+    from tokentrail.engine.walkthrough import AttentionStep
+    from tokentrail.present import maps, plots
+    from tokentrail.results.notebook import show
+    from tokentrail.results.trail import HeadsAt, LensResult, RunInfo, Trail, View
+    from tokentrail.results.trailio import MAX_ATTENTION_ROWS, attention_included
+    from tokentrail.session.comparing import compare
+    from tokentrail.session.comparison import Comparison
+    from tokentrail.session.gguf_cache import cache_entries, cache_root
+    from tokentrail.session.inputs import check_text
+    from tokentrail.session.loaded import Stack
+    from tokentrail.session.models import (
+        CATALOGUE,
+        DEFAULT_MODEL,
+        HUB_ID,
+        MAX_LOADED,
+        LoadedModel,
+        is_available,
+        list_models,
+        load,
+        resolve_device,
+        resolve_dtype,
+        set_defaults,
+    )
+    from tokentrail.session.runner import Run, trail_many
+    from tokentrail.session.verification import Verification, verify
+    from tokentrail.store.stats import read_stats

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from tokentrail.analysis.views import Progress
-from tokentrail.spec.text import check_decoder_input, check_text
-from tokentrail.session.models import DEFAULT_MODEL, LoadedModel, load
-from tokentrail.spec.options import TraceOptions
 from tokentrail.results.trail import Trail
+from tokentrail.session.models import DEFAULT_MODEL, LoadedModel, load
 from tokentrail.session.runner import Run
+from tokentrail.spec.options import TraceOptions
+from tokentrail.spec.text import check_decoder_input, check_text
 
 
 def run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from tokentrail.spec.errors import ModelError
 from tokentrail.adapters.bart import BartEncoderAdapter, MarianEncoderAdapter
 from tokentrail.adapters.base import Adapter, HeadProjection, HookPoints, Norm
 from tokentrail.adapters.bert import BertAdapter, RobertaAdapter
@@ -16,6 +15,7 @@ from tokentrail.adapters.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
 from tokentrail.adapters.phi import PhiAdapter
 from tokentrail.adapters.seq2seq import DecoderStack, EncoderStack
 from tokentrail.adapters.t5 import T5EncoderAdapter
+from tokentrail.spec.errors import ModelError
 
 #: config.model_type -> adapter class
 REGISTRY: dict[str, type[Adapter]] = {
@@ -63,10 +63,23 @@ def adapter_for(model: nn.Module) -> Adapter:
     cls = REGISTRY.get(model_type)
     if cls is None:
         raise ModelError(
-            f"unsupported model type {model_type!r}: tokentrail knows "
-            f"{', '.join(supported_model_types())}"
+            f"unsupported model type {model_type!r}: tokentrail knows {', '.join(supported_model_types())}"
         )
     return cls(model)
 
 
-__all__ = ["Adapter", "DecoderAdapter", "DecoderStack", "EncoderStack", "HeadProjection", "HookPoints", "Norm", "REGISTRY", "adapter_for", "decoder_model_types", "lens_head_prefixes", "seq2seq_model_types", "supported_model_types"]
+__all__ = [
+    "Adapter",
+    "DecoderAdapter",
+    "DecoderStack",
+    "EncoderStack",
+    "HeadProjection",
+    "HookPoints",
+    "Norm",
+    "REGISTRY",
+    "adapter_for",
+    "decoder_model_types",
+    "lens_head_prefixes",
+    "seq2seq_model_types",
+    "supported_model_types",
+]

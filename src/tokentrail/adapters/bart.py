@@ -28,7 +28,8 @@ The output head (decoder only): ``lm_head(h_L) + final_logits_bias``.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -107,7 +108,9 @@ class _BartStack:
 
     def projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
         att = self.layers[layer].self_attn
-        return _split({"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which], self.n_heads, self.d_head, self.d_model)
+        return _split(
+            {"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which], self.n_heads, self.d_head, self.d_model
+        )
 
     def output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
         return _out(self.layers[layer].self_attn.out_proj, self.n_heads, self.d_head, self.d_model)
@@ -139,12 +142,24 @@ class BartEncoderAdapter(_BartStack, EncoderStack):
         # fc1's input is self_attn_layer_norm(h + attn): attn_resid_ln; fc2's output is the FFN's
         return HookPoints(layer=lay, attn_out_proj=lay.self_attn.out_proj, ffn_input=lay.fc1, mlp_out=lay.fc2)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        causal: bool = False,
+        hidden_states: bool = True,
+    ):
         self._check_positions(input_ids, position_ids)
         self._check_eager()
-        return self.stack_module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states, output_attentions=True)
+        return self.stack_module(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=hidden_states,
+            output_attentions=True,
+        )
 
-    def make_decoder(self) -> "BartDecoderAdapter":
+    def make_decoder(self) -> BartDecoderAdapter:
         return BartDecoderAdapter(self.model)
 
 
@@ -171,12 +186,16 @@ class BartDecoderAdapter(_BartStack, DecoderStack):
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
         # attn_resid_ln = LN_self(attn_resid) is what cross-attention's query map reads
-        return HookPoints(layer=lay, attn_out_proj=lay.self_attn.out_proj, ffn_input=lay.encoder_attn.q_proj, mlp_out=lay.fc2)
+        return HookPoints(
+            layer=lay, attn_out_proj=lay.self_attn.out_proj, ffn_input=lay.encoder_attn.q_proj, mlp_out=lay.fc2
+        )
 
     # ---- cross-attention ---------------------------------------------------------------
     def cross_projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
         att = self.layers[layer].encoder_attn
-        return _split({"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which], self.n_heads, self.d_head, self.d_model)
+        return _split(
+            {"q": att.q_proj, "k": att.k_proj, "v": att.v_proj}[which], self.n_heads, self.d_head, self.d_model
+        )
 
     def cross_output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
         return _out(self.layers[layer].encoder_attn.out_proj, self.n_heads, self.d_head, self.d_model)
@@ -184,7 +203,9 @@ class BartDecoderAdapter(_BartStack, DecoderStack):
     def cross_points(self, layer: int) -> CrossPoints:
         lay = self.layers[layer]
         # post-LN: the FFN's first module reads LN_cross(cross_resid)
-        return CrossPoints(out_proj=lay.encoder_attn.out_proj, receiver=lay.fc1, receiver_norm=_norm(lay.encoder_attn_layer_norm))
+        return CrossPoints(
+            out_proj=lay.encoder_attn.out_proj, receiver=lay.fc1, receiver_norm=_norm(lay.encoder_attn_layer_norm)
+        )
 
     def cross_query_norm(self, layer: int) -> None:
         return None  # post-LN: cross-attention's query map reads attn_resid_ln as it is
@@ -215,7 +236,7 @@ class MarianEncoderAdapter(BartEncoderAdapter):
 
     family = "marian"
 
-    def make_decoder(self) -> "MarianDecoderAdapter":
+    def make_decoder(self) -> MarianDecoderAdapter:
         return MarianDecoderAdapter(self.model)
 
 

@@ -13,8 +13,9 @@ An adapter hands the rest of tokentrail one canonical layout (TransformerLens st
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -210,7 +211,14 @@ class Adapter(ABC):
 
     # ---- running ---------------------------------------------------------------
     @abstractmethod
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        causal: bool = False,
+        hidden_states: bool = True,
+    ):
         """One forward pass on a padded batch: ids, position ids and 1/0 attention mask all
         (B, n). Returns the framework's output with ``hidden_states`` (unless asked not to:
         they keep every layer's output alive until the pass ends) and ``attentions``.

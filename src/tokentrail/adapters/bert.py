@@ -8,7 +8,8 @@ Layout (transformers 5): ``base.embeddings.{word,position,token_type}_embeddings
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -83,9 +84,18 @@ class BertAdapter(Adapter):
         lay = self.layers[layer]
         # the FFN is intermediate -> output.dense, then output.LayerNorm(dense + residual):
         # output.dense's output is the FFN sublayer's output before the residual add
-        return HookPoints(layer=lay, attn_out_proj=lay.attention.output.dense, ffn_input=lay.intermediate, mlp_out=lay.output.dense)
+        return HookPoints(
+            layer=lay, attn_out_proj=lay.attention.output.dense, ffn_input=lay.intermediate, mlp_out=lay.output.dense
+        )
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        causal: bool = False,
+        hidden_states: bool = True,
+    ):
         return self.base(
             input_ids=input_ids,  # (B, n)
             attention_mask=attention_mask,  # (B, n): the model hides padding keys itself

@@ -19,13 +19,13 @@ With ``causal=True`` we pass the plain 2-D padding mask and let the model build 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from tokentrail.spec.errors import ModelError
 from tokentrail.adapters.base import Adapter
+from tokentrail.spec.errors import ModelError
 
 
 class DecoderAdapter(Adapter):
@@ -56,7 +56,14 @@ class DecoderAdapter(Adapter):
         mask = attention_mask.long()
         return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = True, hidden_states: bool = True):
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        causal: bool = True,
+        hidden_states: bool = True,
+    ):
         impl = getattr(self.config, "_attn_implementation", "eager")
         if impl != "eager":
             raise ModelError(
@@ -71,7 +78,9 @@ class DecoderAdapter(Adapter):
             # (B, 1, n, n) additive, used as given (see the module docstring): 0 = attend,
             # dtype's min on a padding key, for every query
             pad = (attention_mask == 0)[:, None, None, :].expand(b, 1, n, n)
-            mask = torch.zeros(b, 1, n, n, dtype=dtype, device=input_ids.device).masked_fill(pad, torch.finfo(dtype).min)
+            mask = torch.zeros(b, 1, n, n, dtype=dtype, device=input_ids.device).masked_fill(
+                pad, torch.finfo(dtype).min
+            )
         return self.base_model()(
             input_ids=input_ids,
             attention_mask=mask,

@@ -110,5 +110,9 @@ class GPTNeoXAdapter(DecoderAdapter):
             # the MLP's input is LN_2(h_l): attn_resid_ln (see the module docstring)
             return HookPoints(layer=lay, attn_out_proj=lay.attention.dense, ffn_input=lay.mlp, mlp_out=lay.mlp)
         return HookPoints(
-            layer=lay, attn_out_proj=lay.attention.dense, ffn_input=None, mlp_out=lay.mlp, ffn_norm=lay.post_attention_layernorm
+            layer=lay,
+            attn_out_proj=lay.attention.dense,
+            ffn_input=None,
+            mlp_out=lay.mlp,
+            ffn_norm=lay.post_attention_layernorm,
         )

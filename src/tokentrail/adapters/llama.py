@@ -119,7 +119,11 @@ class LlamaAdapter(DecoderAdapter):
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
         return HookPoints(
-            layer=lay, attn_out_proj=lay.self_attn.o_proj, ffn_input=None, mlp_out=lay.mlp, ffn_norm=lay.post_attention_layernorm
+            layer=lay,
+            attn_out_proj=lay.self_attn.o_proj,
+            ffn_input=None,
+            mlp_out=lay.mlp,
+            ffn_norm=lay.post_attention_layernorm,
         )
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tokentrail.spec.errors import ModelError
 from tokentrail.adapters.base import HookPoints, Norm
 from tokentrail.adapters.llama import LlamaAdapter
+from tokentrail.spec.errors import ModelError
 
 
 def _norm(ln: nn.LayerNorm) -> Norm:

@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.adapters.base import Adapter, HeadProjection, Norm
+from tokentrail.spec.errors import InputError, ModelError
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,15 @@ class _Stack(Adapter):
     def _check_eager(self) -> None:
         impl = getattr(self.config, "_attn_implementation", "eager")
         if impl != "eager":
-            raise ModelError(f"{self.family}: tokentrail needs eager attention (got {impl!r}) to read attention probabilities")
+            raise ModelError(
+                f"{self.family}: tokentrail needs eager attention (got {impl!r}) to read attention probabilities"
+            )
 
     def _check_positions(self, input_ids: Tensor, position_ids: Tensor) -> None:
         if not torch.equal(position_ids, self.position_ids(input_ids)):
-            raise InputError(f"the {self.family} {self.stack} numbers its positions itself (0..n-1); other position ids cannot be passed")
+            raise InputError(
+                f"the {self.family} {self.stack} numbers its positions itself (0..n-1); other position ids cannot be passed"
+            )
 
 
 class EncoderStack(_Stack):
@@ -72,10 +76,10 @@ class EncoderStack(_Stack):
         return self.model.get_encoder()
 
     @abstractmethod
-    def make_decoder(self) -> "DecoderStack":
+    def make_decoder(self) -> DecoderStack:
         """The decoder stack's adapter for the same model."""
 
-    def decoder_stack(self) -> "DecoderStack":
+    def decoder_stack(self) -> DecoderStack:
         """The decoder stack (one per model, kept)."""
         dec = self.__dict__.get("_decoder")
         if dec is None:
@@ -90,7 +94,9 @@ class EncoderStack(_Stack):
     def decoder_start_id(self) -> int:
         start = getattr(self.config, "decoder_start_token_id", None)
         if start is None:
-            raise ModelError(f"this {self.family} config names no decoder_start_token_id: give the decoder input with --target")
+            raise ModelError(
+                f"this {self.family} config names no decoder_start_token_id: give the decoder input with --target"
+            )
         return int(start)
 
     @property
@@ -115,13 +121,20 @@ class EncoderStack(_Stack):
         Returns the decoder input (n,) that produced it: every token but a final eos."""
         dec = self.decoder_stack()
         if getattr(self.model, "lm_head", None) is None:
-            raise ModelError(f"this {self.family} checkpoint has no LM head to generate with: give the decoder input with --target")
+            raise ModelError(
+                f"this {self.family} checkpoint has no LM head to generate with: give the decoder input with --target"
+            )
         src = source_ids.long().reshape(1, -1).to(self.device)
         ids = torch.tensor([[self.decoder_start_id]], dtype=torch.long, device=src.device)
         with torch.no_grad():
             encoder_out = self.model.get_encoder()(input_ids=src, attention_mask=torch.ones_like(src)).last_hidden_state
             for _ in range(max_new):
-                out = self.model(encoder_outputs=(encoder_out,), attention_mask=torch.ones_like(src), decoder_input_ids=ids, use_cache=False)
+                out = self.model(
+                    encoder_outputs=(encoder_out,),
+                    attention_mask=torch.ones_like(src),
+                    decoder_input_ids=ids,
+                    use_cache=False,
+                )
                 nxt = int(out.logits[0, -1].argmax())
                 if nxt == self.eos_id or (dec.max_tokens is not None and ids.shape[1] >= dec.max_tokens):
                     break
@@ -142,7 +155,7 @@ class DecoderStack(_Stack):
     def decoder_module(self) -> nn.Module:
         return self.model.get_decoder()
 
-    def bind(self, source_ids: Tensor) -> "DecoderStack":
+    def bind(self, source_ids: Tensor) -> DecoderStack:
         """A copy of this adapter whose forward pass reads ``source_ids`` (m,) through the encoder."""
         bound = copy.copy(self)
         bound._source = source_ids.long().reshape(-1)
@@ -160,22 +173,36 @@ class DecoderStack(_Stack):
             raise InputError(f"the {self.family} decoder is trained causal: its mask cannot be turned off here")
         return True
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = True, hidden_states: bool = True):
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        causal: bool = True,
+        hidden_states: bool = True,
+    ):
         self._check_positions(input_ids, position_ids)
         self._check_eager()
         b = input_ids.shape[0]
         src = self.source.to(input_ids.device)[None].expand(b, -1)
         out = self.model(
-            input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=input_ids,
-            decoder_attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden_states, output_attentions=True,
-        )  # fmt: skip
+            input_ids=src,
+            attention_mask=torch.ones_like(src),
+            decoder_input_ids=input_ids,
+            decoder_attention_mask=attention_mask,
+            use_cache=False,
+            output_hidden_states=hidden_states,
+            output_attentions=True,
+        )
         self.last_output = out
         return SimpleNamespace(hidden_states=out.decoder_hidden_states, attentions=out.decoder_attentions)
 
     def model_logits(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         """(n,) decoder ids -> (n, V) the model's own logits, for the bound source."""
         src = self.source.to(input_ids.device)[None]
-        out = self.model(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=input_ids[None], use_cache=False)
+        out = self.model(
+            input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=input_ids[None], use_cache=False
+        )
         return out.logits[0]
 
     def lens_unavailable_reason(self) -> str:

@@ -22,7 +22,8 @@ head: ``lm_head(final_layer_norm(h) * d**-0.5)`` when the embeddings are tied
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -107,7 +108,13 @@ class _T5Stack:
 
     def _stack_hooks(self, layer: int, ffn_norm: nn.Module) -> HookPoints:
         blk = self.blocks[layer]
-        return HookPoints(layer=blk, attn_out_proj=self._attn(layer).o, ffn_input=None, mlp_out=blk.layer[-1].DenseReluDense, ffn_norm=ffn_norm)
+        return HookPoints(
+            layer=blk,
+            attn_out_proj=self._attn(layer).o,
+            ffn_input=None,
+            mlp_out=blk.layer[-1].DenseReluDense,
+            ffn_norm=ffn_norm,
+        )
 
 
 class T5EncoderAdapter(_T5Stack, EncoderStack):
@@ -126,12 +133,24 @@ class T5EncoderAdapter(_T5Stack, EncoderStack):
         # pre-norm: attn_resid_ln == attn_resid, which the FFN's own norm reads
         return self._stack_hooks(layer, self.blocks[layer].layer[-1].layer_norm)
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, causal: bool = False, hidden_states: bool = True):
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        causal: bool = False,
+        hidden_states: bool = True,
+    ):
         self._check_positions(input_ids, position_ids)
         self._check_eager()
-        return self.stack_module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states, output_attentions=True)
+        return self.stack_module(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=hidden_states,
+            output_attentions=True,
+        )
 
-    def make_decoder(self) -> "T5DecoderAdapter":
+    def make_decoder(self) -> T5DecoderAdapter:
         return T5DecoderAdapter(self.model)
 
 
@@ -179,7 +198,11 @@ class T5DecoderAdapter(_T5Stack, DecoderStack):
         if head is None:
             return None
         norm = self.final_norm()
-        scale = self.d_model**-0.5 if getattr(self.config, "scale_decoder_outputs", self.config.tie_word_embeddings) else 1.0
+        scale = (
+            self.d_model**-0.5
+            if getattr(self.config, "scale_decoder_outputs", self.config.tie_word_embeddings)
+            else 1.0
+        )
 
         @torch.no_grad()
         def apply(h: Tensor) -> Tensor:

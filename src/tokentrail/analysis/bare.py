@@ -7,7 +7,7 @@ labels instead of a tokenizer's."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -66,9 +66,18 @@ def analyse(
             lens = logit_lens(adapter, acts, k=options.k, site=options.lens_site)
     say(1.0, "done")
     return make_trail(
-        adapter, acts, views, lens, options=options, text=text, tokens=tokens, special=special,
-        label=label, model_name=model_name, revision=revision,
-    )  # fmt: skip
+        adapter,
+        acts,
+        views,
+        lens,
+        options=options,
+        text=text,
+        tokens=tokens,
+        special=special,
+        label=label,
+        model_name=model_name,
+        revision=revision,
+    )
 
 
 def analyse_batch(
@@ -102,9 +111,20 @@ def analyse_batch(
         lens = None
         if options.lens:
             lens = logit_lens(adapter, a, k=options.k, site=options.lens_site)
-        trails.append(make_trail(
-            adapter, a, views, lens, options=options, text=texts[i], tokens=tokens[i], special=special[i],
-            label=label, model_name=model_name, revision=revision,
-        ))  # fmt: skip
+        trails.append(
+            make_trail(
+                adapter,
+                a,
+                views,
+                lens,
+                options=options,
+                text=texts[i],
+                tokens=tokens[i],
+                special=special[i],
+                label=label,
+                model_name=model_name,
+                revision=revision,
+            )
+        )
     say(1.0, "done")
     return trails

@@ -3,8 +3,8 @@ statistics (anisotropy and what derives from it) taken per text."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -80,14 +80,20 @@ def _text_view(adapter: Adapter, view: View, acts: Activations, tokens: slice) -
         return a[where].copy()  # a copy: a text's Trail must not keep the batch's arrays alive
 
     if view.site == HEAD_SITE:
-        per_layer = [head_vectors(adapter, acts, view.space, layer).transpose(0, 1) for layer in range(adapter.n_layers)]
+        per_layer = [
+            head_vectors(adapter, acts, view.space, layer).transpose(0, 1) for layer in range(adapter.n_layers)
+        ]
         aniso = to_numpy(torch.stack([anisotropy(z, view.similarity) for z in per_layer]))
     else:
         aniso = to_numpy(anisotropy(acts.site(view.site), view.similarity))
     cells = Cells(
-        own_sim=part(view.self_sim, cut), rank=part(view.rank, cut), overlap=part(view.overlap, cut),
-        anisotropy=aniso, overlap_k=view.overlap_k, top_sim=part(view.top_sims[..., 0], cut),
-    )  # fmt: skip
+        own_sim=part(view.self_sim, cut),
+        rank=part(view.rank, cut),
+        overlap=part(view.overlap, cut),
+        anisotropy=aniso,
+        overlap_k=view.overlap_k,
+        top_sim=part(view.top_sims[..., 0], cut),
+    )
     return replace(
         view,
         metrics=derive_metrics(cells),

@@ -8,7 +8,7 @@ of residual queries scored chunk by chunk (:func:`score_residual`).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ from tokentrail.engine.budget import STATS_BYTES  # the window of row norms (its
 from tokentrail.engine.metrics import similarity_from_dots
 from tokentrail.engine.scoring import score_block
 from tokentrail.engine.spaces import VocabSpace
-
 
 MIN_WINDOW = 16
 """The fewest positions a window holds (when the text has more). A matrix product of very
@@ -63,7 +62,18 @@ def chunks(total: int, per_item_bytes: int, budget: int) -> Iterable[slice]:
         yield slice(start, min(total, start + step))
 
 
-def score_queries(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Tensor | None, own: Tensor, sim: str, K: int, out: Tensor | None = None, ready: bool = False):
+def score_queries(
+    space: VocabSpace,
+    r: Tensor,
+    stats,
+    pidx: Tensor,
+    groups: Tensor | None,
+    own: Tensor,
+    sim: str,
+    K: int,
+    out: Tensor | None = None,
+    ready: bool = False,
+):
     """Queries r (Q, C, k) against every row -> own similarity, rank, top-K ids and sims, each (Q * C, ...).
 
     One matrix product into a (Q * C, V) block, then the fused exact scoring
@@ -76,7 +86,12 @@ def score_queries(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Ten
         block, index = space.cosine_rows(r, stats, pidx, groups, out=out, ready=ready)
     else:
         g = torch.arange(C, device=r.device) if groups is None else groups
-        block = similarity_from_dots(space.dots(r, stats, pidx, g).reshape(Q * C, -1), r.float().pow(2).sum(-1).reshape(-1), stats.sq_norm[pidx][:, g].reshape(Q * C, -1), sim)
+        block = similarity_from_dots(
+            space.dots(r, stats, pidx, g).reshape(Q * C, -1),
+            r.float().pow(2).sum(-1).reshape(-1),
+            stats.sq_norm[pidx][:, g].reshape(Q * C, -1),
+            sim,
+        )
         index = torch.arange(Q * C, device=r.device)
     res = score_block(block, own[index], K)
     if torch.equal(index, torch.arange(Q * C, device=index.device)):
@@ -87,19 +102,39 @@ def score_queries(space: VocabSpace, r: Tensor, stats, pidx: Tensor, groups: Ten
     return out
 
 
-def score_residual(space: VocabSpace, window: "PositionWindow", vecs: Tensor, pidx: Tensor, own: Tensor, similarities, K: int, budget: int, ws: Tensor) -> dict:
+def score_residual(
+    space: VocabSpace,
+    window: PositionWindow,
+    vecs: Tensor,
+    pidx: Tensor,
+    own: Tensor,
+    similarities,
+    K: int,
+    budget: int,
+    ws: Tensor,
+) -> dict:
     """(m, d) residual queries -> per similarity [own similarity, rank, top-K ids, top-K sims], chunk by chunk.
 
     window: the space's statistics for the sorted positions ``pidx`` indexes (shared by
     the batches of sites of one text: a short text's window is made once)."""
     m, V, dev = vecs.shape[0], space.vocab_size, vecs.device
-    out = {sim: [torch.empty(m, device=dev), torch.empty(m, dtype=torch.long, device=dev), torch.empty(m, K, dtype=torch.long, device=dev), torch.empty(m, K, device=dev)] for sim in similarities}
+    out = {
+        sim: [
+            torch.empty(m, device=dev),
+            torch.empty(m, dtype=torch.long, device=dev),
+            torch.empty(m, K, dtype=torch.long, device=dev),
+            torch.empty(m, K, device=dev),
+        ]
+        for sim in similarities
+    }
     order = torch.argsort(pidx, stable=True)  # queries at one position together: one scaling pass per position
     for c in chunks(m, V * 4, budget):
         oc = order[c]
         stats, local = window.at(pidx[oc])
         for sim in similarities:
-            for buf, val in zip(out[sim], score_queries(space, vecs[oc][:, None, :], stats, local, None, own[oc], sim, K, ws)):
+            for buf, val in zip(
+                out[sim], score_queries(space, vecs[oc][:, None, :], stats, local, None, own[oc], sim, K, ws)
+            ):
                 buf[oc] = val
         del stats  # the window alone holds it: a new window is made after the old one is let go
     return out

@@ -9,11 +9,24 @@ from tokentrail.adapters import Adapter
 from tokentrail.engine import budget
 from tokentrail.engine.budget import captured_bytes, check_fits, estimate_run, estimate_seq2seq
 from tokentrail.spec.errors import InputError, ModelError
-from tokentrail.spec.options import ALL_SITES, CROSS_SITES, DEFAULT_OVERLAP_K, RESIDUAL_SITES, TraceOptions, parse_correction
+from tokentrail.spec.options import (
+    ALL_SITES,
+    CROSS_SITES,
+    DEFAULT_OVERLAP_K,
+    RESIDUAL_SITES,
+    TraceOptions,
+    parse_correction,
+)
 from tokentrail.store.stats import read_stats
 
 
-def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = None, decoder_tokens: int | None = None, streamed: bool | None = None) -> TraceOptions:
+def check_against(
+    adapter: Adapter,
+    options: TraceOptions,
+    tokens: int | None = None,
+    decoder_tokens: int | None = None,
+    streamed: bool | None = None,
+) -> TraceOptions:
     """What only the model can tell about options, checked before the forward pass;
     returns them with the overlap set size settled (default: 100, or the vocabulary if
     smaller). With ``tokens``, also refuses a run whose estimated peak memory exceeds
@@ -24,7 +37,9 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
     :func:`streams` decides; a batch of texts is captured whole, False)."""
     adapter.resolve_causal(options.causal)
     options = _settle_cross_sites(adapter, options)
-    lens_reader = adapter.decoder_stack() if adapter.is_seq2seq else adapter  # an encoder-decoder's lens reads its decoder
+    lens_reader = (
+        adapter.decoder_stack() if adapter.is_seq2seq else adapter
+    )  # an encoder-decoder's lens reads its decoder
     if adapter.is_seq2seq:
         lens_reader.resolve_causal(options.causal)
     if options.lens and lens_reader.lens_head() is None:
@@ -32,7 +47,9 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
     vocab = adapter.vocab_size
     for name, value in (("k", options.k), ("overlap k", options.overlap_k)):
         if value is not None and value > vocab:
-            raise InputError(f"{name} = {value:,} is more than the model's vocabulary of {vocab:,} tokens: use at most {vocab:,}")
+            raise InputError(
+                f"{name} = {value:,} is more than the model's vocabulary of {vocab:,} tokens: use at most {vocab:,}"
+            )
     if options.overlap_k is None:
         options = replace(options, overlap_k=min(DEFAULT_OVERLAP_K, vocab))
     if options.correct_from is not None:
@@ -40,11 +57,24 @@ def check_against(adapter: Adapter, options: TraceOptions, tokens: int | None = 
     if options.correct is not None and options.correct_from is None and tokens is not None:
         name, count = parse_correction(options.correct)
         if name in ("rogue", "abtt") and tokens < max(2, (count or 0) + 1 if name == "abtt" else 2):
-            raise InputError(f"--correct {options.correct} is fitted to the text's own tokens and needs more of them than {tokens}: use a longer text or a smaller D")
+            raise InputError(
+                f"--correct {options.correct} is fitted to the text's own tokens and needs more of them than {tokens}: use a longer text or a smaller D"
+            )
     if tokens is not None:
-        sizes = dict(pairs=options.pairs(), similarities=len(options.similarities), k=options.k, overlap_k=options.overlap_k)
+        sizes = dict(
+            pairs=options.pairs(), similarities=len(options.similarities), k=options.k, overlap_k=options.overlap_k
+        )
         if adapter.is_seq2seq:
-            check_fits(estimate_seq2seq(adapter, lens_reader, source_tokens=tokens, decoder_tokens=decoder_tokens, lens=options.lens, **sizes))
+            check_fits(
+                estimate_seq2seq(
+                    adapter,
+                    lens_reader,
+                    source_tokens=tokens,
+                    decoder_tokens=decoder_tokens,
+                    lens=options.lens,
+                    **sizes,
+                )
+            )
         else:
             streamed = streams(adapter, options, tokens) if streamed is None else streamed
             check_fits(estimate_run(adapter, tokens=tokens, lens=options.lens, streamed=streamed, **sizes))
@@ -69,10 +99,19 @@ def _settle_cross_sites(adapter: Adapter, options: TraceOptions) -> TraceOptions
 def _check_study(adapter: Adapter, options: TraceOptions) -> None:
     """A corpus-fitted correction: the study must be of this model, mask and sites."""
     stats = read_stats(options.correct_from)
-    stats.check_model({"model_type": str(adapter.config.model_type), "n_layers": adapter.n_layers, "d_model": adapter.d_model, "vocab_size": adapter.vocab_size})
+    stats.check_model(
+        {
+            "model_type": str(adapter.config.model_type),
+            "n_layers": adapter.n_layers,
+            "d_model": adapter.d_model,
+            "vocab_size": adapter.vocab_size,
+        }
+    )
     mask = adapter.resolve_causal(options.causal)
     if mask != adapter.resolve_causal(stats.causal):
-        raise InputError(f"the study at {options.correct_from} ran {'with' if not mask else 'without'} the causal mask, this trace {'with' if mask else 'without'}: correct from a study with the same mask")
+        raise InputError(
+            f"the study at {options.correct_from} ran {'with' if not mask else 'without'} the causal mask, this trace {'with' if mask else 'without'}: correct from a study with the same mask"
+        )
     for site in options.sites:
         if site in RESIDUAL_SITES:
             stats.get(site, 0)
@@ -82,7 +121,10 @@ def streams(adapter: Adapter, options: TraceOptions, tokens: int) -> bool:
     """Whether a trace of one text of ``tokens`` tokens is computed layer by layer during
     the forward pass (:func:`stream_views`): when its captured activations would pass
     :data:`~tokentrail.engine.budget.STREAM_BYTES` and it can stream (:func:`unstreamable`)."""
-    return unstreamable(adapter, options) is None and captured_bytes(adapter.n_layers, tokens, adapter.d_model) > budget.STREAM_BYTES
+    return (
+        unstreamable(adapter, options) is None
+        and captured_bytes(adapter.n_layers, tokens, adapter.d_model) > budget.STREAM_BYTES
+    )
 
 
 def unstreamable(adapter: Adapter, options: TraceOptions) -> str | None:
@@ -91,5 +133,7 @@ def unstreamable(adapter: Adapter, options: TraceOptions) -> str | None:
     if adapter.is_seq2seq:
         return f"this {adapter.family} model is an encoder-decoder: its trace is not streamed"
     if options.correct is not None:
-        return f"--correct {options.correct} needs every layer's vectors before scoring: a corrected trace is not streamed"
+        return (
+            f"--correct {options.correct} needs every layer's vectors before scoring: a corrected trace is not streamed"
+        )
     return None

@@ -28,9 +28,19 @@ def cross_views(decoder, acts, options: TraceOptions) -> list[CrossView]:
             for layer in range(decoder.n_layers):
                 vec, rows = cross_vectors(decoder, acts, kind, layer)  # (n, H, dh), (m, H, dh)
                 q, r = vec.transpose(0, 1), rows.transpose(0, 1)  # (H, n, dh), (H, m, dh)
-                s = similarity_from_dots(torch.einsum("hnk,hmk->hnm", q, r), q.pow(2).sum(-1), r.pow(2).sum(-1)[:, None, :], sim)
+                s = similarity_from_dots(
+                    torch.einsum("hnk,hmk->hnm", q, r), q.pow(2).sum(-1), r.pow(2).sum(-1)[:, None, :], sim
+                )
                 vals, order = torch.sort(s, dim=-1, descending=True, stable=True)
                 orders.append(order)
                 sims.append(vals)
-            out.append(CrossView(site=CROSS_HEAD_SITE, space=kind, similarity=sim, source_order=to_numpy(torch.stack(orders)), source_sims=to_numpy(torch.stack(sims))))
+            out.append(
+                CrossView(
+                    site=CROSS_HEAD_SITE,
+                    space=kind,
+                    similarity=sim,
+                    source_order=to_numpy(torch.stack(orders)),
+                    source_sims=to_numpy(torch.stack(sims)),
+                )
+            )
     return out

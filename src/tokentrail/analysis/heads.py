@@ -4,7 +4,7 @@ token at one layer (:func:`heads_at`)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -21,7 +21,18 @@ from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import HEAD_SPACES, SIMILARITIES, check_index, whole_number
 
 
-def _stacked_products(adapter, spaces: SpaceCache, acts: Activations, kind: str, first: int, cols: Tensor, groups: Tensor, pidx: Tensor, positions: Tensor, ws: Tensor) -> dict:
+def _stacked_products(
+    adapter,
+    spaces: SpaceCache,
+    acts: Activations,
+    kind: str,
+    first: int,
+    cols: Tensor,
+    groups: Tensor,
+    pidx: Tensor,
+    positions: Tensor,
+    ws: Tensor,
+) -> dict:
     """The cosine products of a short text's head queries for the run of layers from
     ``first`` whose spaces go through the shared embedding table, made as one matrix
     product into ``ws``: layer -> (its block, the table it was made with).
@@ -48,8 +59,12 @@ def _stacked_products(adapter, spaces: SpaceCache, acts: Activations, kind: str,
     return {layer: (ws[at * V : (at + u.shape[0]) * V], table) for layer, at, u in made}
 
 
-def head_views(adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, take, tick):
-    scorer = HeadScorer(adapter, spaces, kind, similarities, k, overlap_k, chunk_bytes, take, acts.input_ids, acts.position_ids)
+def head_views(
+    adapter, spaces: SpaceCache, acts: Activations, kind, similarities, k, overlap_k, chunk_bytes, take, tick
+):
+    scorer = HeadScorer(
+        adapter, spaces, kind, similarities, k, overlap_k, chunk_bytes, take, acts.input_ids, acts.position_ids
+    )
     for layer in range(adapter.n_layers):
         tick()
         scorer.layer(acts, layer)
@@ -62,8 +77,28 @@ class HeadScorer:
     the Views. A short text's layers may share one product (``stack``: needs every layer's
     activations, so not in a streamed pass)."""
 
-    def __init__(self, adapter, spaces: SpaceCache, kind, similarities, k, overlap_k, chunk_bytes, take, input_ids: Tensor, position_ids: Tensor):
-        self.adapter, self.spaces, self.kind, self.similarities, self.k, self.overlap_k, self.take = adapter, spaces, kind, similarities, k, overlap_k, take
+    def __init__(
+        self,
+        adapter,
+        spaces: SpaceCache,
+        kind,
+        similarities,
+        k,
+        overlap_k,
+        chunk_bytes,
+        take,
+        input_ids: Tensor,
+        position_ids: Tensor,
+    ):
+        self.adapter, self.spaces, self.kind, self.similarities, self.k, self.overlap_k, self.take = (
+            adapter,
+            spaces,
+            kind,
+            similarities,
+            k,
+            overlap_k,
+            take,
+        )
         n, L, H = input_ids.shape[0], adapter.n_layers, adapter.n_heads
         self.input_ids = input_ids
         self.uniq, self.inv = torch.unique(position_ids, return_inverse=True)
@@ -71,14 +106,30 @@ class HeadScorer:
         self.groups = _groups(adapter, kind).to(dev)
         cols, expand = _distinct_columns(adapter, kind)
         self.cols, self.expand = cols.to(dev), expand.to(dev)
-        self.res = {sim: dict(own=torch.empty(L, H, n, device=dev), rank=torch.empty(L, H, n, dtype=torch.long, device=dev), ids=None, vals=None) for sim in similarities}
+        self.res = {
+            sim: dict(
+                own=torch.empty(L, H, n, device=dev),
+                rank=torch.empty(L, H, n, dtype=torch.long, device=dev),
+                ids=None,
+                vals=None,
+            )
+            for sim in similarities
+        }
         self.aniso = {sim: torch.empty(L, H, device=dev) for sim in similarities}
         self.budget = min(chunk_bytes, BLOCK_BYTES)
         self.ws = None
-        self.stacked: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (its block, the table) of a product made for several layers at once
+        self.stacked: dict[
+            int, tuple[Tensor, Tensor]
+        ] = {}  # layer -> (its block, the table) of a product made for several layers at once
 
     def layer(self, acts: Activations, layer: int, stack: bool = True) -> None:
-        adapter, spaces, kind, similarities, budget = self.adapter, self.spaces, self.kind, self.similarities, self.budget
+        adapter, spaces, kind, similarities, budget = (
+            self.adapter,
+            self.spaces,
+            self.kind,
+            self.similarities,
+            self.budget,
+        )
         n, L, H, dev = self.input_ids.shape[0], adapter.n_layers, adapter.n_heads, self.input_ids.device
         uniq, inv, groups, cols, expand, res = self.uniq, self.inv, self.groups, self.cols, self.expand, self.res
         C = len(cols)
@@ -92,7 +143,9 @@ class HeadScorer:
                 res[sim]["ids"] = torch.empty(L, H, n, kk, dtype=torch.long, device=dev)
                 res[sim]["vals"] = torch.empty(L, H, n, kk, device=dev)
             self.aniso[sim][layer] = anisotropy(z.transpose(0, 1), sim)
-        stack = stack and "cosine" in similarities and 2 * n * C * V * 4 <= budget  # a short text: layers share one product
+        stack = (
+            stack and "cosine" in similarities and 2 * n * C * V * 4 <= budget
+        )  # a short text: layers share one product
         if self.ws is None:
             self.ws = self.take((budget // (V * 4) if stack else min(n, max(1, budget // (C * V * 4))) * C) * V)
         ws = self.ws
@@ -107,7 +160,9 @@ class HeadScorer:
             own = self.input_ids[c].repeat_interleave(C)
             stats, local = window.at(inv[c])
             for sim in similarities:
-                ready = sim == "cosine" and layer in stacked and scorer.through_embeddings and scorer.x is stacked[layer][1]
+                ready = (
+                    sim == "cosine" and layer in stacked and scorer.through_embeddings and scorer.x is stacked[layer][1]
+                )
                 out = stacked[layer][0] if ready else ws
                 own_s, rank, ids, vals = score_queries(scorer, zc, stats, local, groups[cols], own, sim, kk, out, ready)
                 r = res[sim]
@@ -129,7 +184,9 @@ class HeadScorer:
                     Cells(
                         own_sim=to_numpy(r["own"]),
                         rank=to_numpy(r["rank"]),
-                        overlap=np.full((L, H, n), np.nan),  # each layer's head space differs: no layer-to-layer overlap
+                        overlap=np.full(
+                            (L, H, n), np.nan
+                        ),  # each layer's head space differs: no layer-to-layer overlap
                         anisotropy=to_numpy(self.aniso[sim]),
                         top_sim=to_numpy(r["vals"][..., 0]),
                         overlap_k=self.overlap_k,  # named like the residual views; NaN (see docs/spec.md)
@@ -178,7 +235,9 @@ def heads_at(
         stats = space.position_stats(acts.position_ids[token : token + 1])
         z = head_vectors(adapter, acts, kind, layer)[token : token + 1]  # (1, H, dh)
         own = acts.input_ids[token].repeat(H)
-        own_s, rank, ids, vals = score_queries(space, z, stats, torch.zeros(1, dtype=torch.long, device=dev), groups, own, similarity, kk)
+        own_s, rank, ids, vals = score_queries(
+            space, z, stats, torch.zeros(1, dtype=torch.long, device=dev), groups, own, similarity, kk
+        )
     used = sorted({int(i) for i in ids.unique()} | {int(acts.input_ids[token])})
     return HeadsAt(
         layer=layer,

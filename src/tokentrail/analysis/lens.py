@@ -29,12 +29,12 @@ from tokentrail.adapters import Adapter
 from tokentrail.engine.budget import BLOCK_BYTES, STATS_BYTES, WORKING_BYTES
 from tokentrail.engine.budget import LENS_CHUNK_BYTES as CHUNK_BYTES
 from tokentrail.engine.capture import Activations
-from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.engine.metrics import rank_in_vocab
-from tokentrail.spec.options import LENS_SITES
-from tokentrail.results.trail import LensResult
 from tokentrail.engine.scoring import score_block
 from tokentrail.engine.space_memory import release_scratch
+from tokentrail.results.trail import LensResult
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.spec.options import LENS_SITES
 
 EMBEDDINGS = "embeddings"  # site name of the lens' embeddings row (one "layer": the original encodings)
 
@@ -58,7 +58,9 @@ def logit_lens(
     bound leaves beside the block and a window of row norms.
     """
     if site not in LENS_SITES and site != EMBEDDINGS:
-        raise InputError(f"the logit lens reads {' or '.join(LENS_SITES)} (or {EMBEDDINGS} for the one row of the original encodings), not {site!r}")
+        raise InputError(
+            f"the logit lens reads {' or '.join(LENS_SITES)} (or {EMBEDDINGS} for the one row of the original encodings), not {site!r}"
+        )
     if k < 1:
         raise InputError("k must be at least 1")
     if chunk_bytes is None:

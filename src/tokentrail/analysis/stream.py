@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,9 @@ def stream_views(
     todo = [(site, sp) for site, sp in options.pairs() if site not in CROSS_SITES]
     residual = [(site, sp) for site, sp in todo if site != HEAD_SITE]
     lenses: list[LensResult] = []
-    positions = adapter.position_ids(input_ids[None], torch.ones_like(input_ids)[None])[0]  # the pass's own (capture.stream)
+    positions = adapter.position_ids(input_ids[None], torch.ones_like(input_ids)[None])[
+        0
+    ]  # the pass's own (capture.stream)
     with spaces.scratch() as take:
         scorers: list[tuple[VocabSpace, list[str], _ResidualStream | None]] = []
         for sp in dict.fromkeys(sp for _, sp in residual):
@@ -59,8 +61,20 @@ def stream_views(
             # a space with the same rows as one scored (see _views) takes its views
             twins = [r for s, _, r in scorers if r is not None and s.same_rows(space)]
             left = [site for site in site_names if not any(site in r.sites for r in twins)]
-            scorers.append((space, site_names, _ResidualStream(adapter, space, left, sims, k, ok, chunk_bytes, take, input_ids, positions) if left else None))
-        heads = {sp: HeadScorer(adapter, spaces, sp, sims, k, ok, chunk_bytes, take, input_ids, positions) for site, sp in todo if site == HEAD_SITE}
+            scorers.append(
+                (
+                    space,
+                    site_names,
+                    _ResidualStream(adapter, space, left, sims, k, ok, chunk_bytes, take, input_ids, positions)
+                    if left
+                    else None,
+                )
+            )
+        heads = {
+            sp: HeadScorer(adapter, spaces, sp, sims, k, ok, chunk_bytes, take, input_ids, positions)
+            for site, sp in todo
+            if site == HEAD_SITE
+        }
 
         def on_layer(acts: Activations) -> None:
             layer = acts.first_layer
@@ -79,7 +93,9 @@ def stream_views(
     for space, site_names, scorer in scorers:
         mine = {(v.site, v.similarity): v for v in scorer.views()} if scorer is not None else {}
         twin = {key: v for s, vs in made if s.same_rows(space) for key, v in vs.items()}
-        views += [mine.get((site, sim)) or copied_view(twin[(site, sim)], space.name) for sim in sims for site in site_names]
+        views += [
+            mine.get((site, sim)) or copied_view(twin[(site, sim)], space.name) for sim in sims for site in site_names
+        ]
         made.append((space, {**twin, **mine}))
     for scorer in heads.values():
         views += scorer.views()
@@ -89,7 +105,10 @@ def stream_views(
 def _joined_lens(parts: Sequence[LensResult]) -> LensResult:
     """Layer-by-layer lens results as one (their (1, n, ...) arrays stacked)."""
     layered = ("top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")
-    return replace(parts[0], **{f: np.concatenate([getattr(p, f) for p in parts]) for f in layered if getattr(parts[0], f) is not None})
+    return replace(
+        parts[0],
+        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in layered if getattr(parts[0], f) is not None},
+    )
 
 
 class _ResidualStream:
@@ -100,9 +119,27 @@ class _ResidualStream:
     products keep the captured path's sizes), then scored; each layer's overlap is taken
     with the previous layer's top-K lists, kept meanwhile."""
 
-    def __init__(self, adapter, space: VocabSpace, sites, similarities, k, overlap_k, chunk_bytes, take, input_ids: Tensor, positions: Tensor):
+    def __init__(
+        self,
+        adapter,
+        space: VocabSpace,
+        sites,
+        similarities,
+        k,
+        overlap_k,
+        chunk_bytes,
+        take,
+        input_ids: Tensor,
+        positions: Tensor,
+    ):
         n, L, V, dev = input_ids.shape[0], adapter.n_layers, space.vocab_size, input_ids.device
-        self.space, self.sites, self.similarities, self.k, self.overlap_k = space, list(sites), similarities, k, overlap_k
+        self.space, self.sites, self.similarities, self.k, self.overlap_k = (
+            space,
+            list(sites),
+            similarities,
+            k,
+            overlap_k,
+        )
         self.input_ids, self.K, self.n_layers = input_ids, min(max(k, overlap_k), V), L
         self.uniq, self.inv = torch.unique(positions, return_inverse=True)
         self.budget = min(chunk_bytes, BLOCK_BYTES)
@@ -114,10 +151,15 @@ class _ResidualStream:
         kk = min(k, self.K)
         self.out = {
             (site, sim): dict(
-                own=torch.empty(L, n, device=dev), rank=torch.empty(L, n, dtype=torch.long, device=dev), ids=torch.empty(L, n, kk, dtype=torch.long, device=dev),
-                vals=torch.empty(L, n, kk, device=dev), ov=torch.empty(L, n, dtype=torch.long, device=dev), aniso=torch.empty(L, device=dev),
-            )  # fmt: skip
-            for site in self.sites for sim in similarities
+                own=torch.empty(L, n, device=dev),
+                rank=torch.empty(L, n, dtype=torch.long, device=dev),
+                ids=torch.empty(L, n, kk, dtype=torch.long, device=dev),
+                vals=torch.empty(L, n, kk, device=dev),
+                ov=torch.empty(L, n, dtype=torch.long, device=dev),
+                aniso=torch.empty(L, device=dev),
+            )
+            for site in self.sites
+            for sim in similarities
         }
         self.origin: dict[str, tuple[Tensor, Tensor]] = {}
         self.prev: dict[tuple[str, str], Tensor] = {}  # the previous layer's top overlap_k ids
@@ -127,7 +169,9 @@ class _ResidualStream:
         d = acts.embedded.shape[1]
         vectors = {s: acts.site(s) for s in self.sites}  # (1, n, d) each; some are made on reading
         parts = ([acts.embedded[None]] if layer == 0 else []) + list(vectors.values())
-        self.pending.append((layer, torch.cat(parts).reshape(-1, d)))  # a copy: the layer's activations go after this call
+        self.pending.append(
+            (layer, torch.cat(parts).reshape(-1, d))
+        )  # a copy: the layer's activations go after this call
         for site, v in vectors.items():
             for sim in self.similarities:
                 self.out[(site, sim)]["aniso"][layer] = anisotropy(v, sim)[0]
@@ -138,7 +182,17 @@ class _ResidualStream:
         n, kk = self.input_ids.shape[0], min(self.k, self.K)
         vecs = torch.cat([v for _, v in self.pending]) if len(self.pending) > 1 else self.pending[0][1]
         m = vecs.shape[0] // n
-        res = score_residual(self.space, self.window, vecs, self.inv.repeat(m), self.input_ids.repeat(m), self.similarities, self.K, self.budget, self.ws)
+        res = score_residual(
+            self.space,
+            self.window,
+            vecs,
+            self.inv.repeat(m),
+            self.input_ids.repeat(m),
+            self.similarities,
+            self.K,
+            self.budget,
+            self.ws,
+        )
         at = 0
         for layer, _ in self.pending:
             if layer == 0:
@@ -154,7 +208,12 @@ class _ResidualStream:
                 for sim in self.similarities:
                     own_s, rank, ids, vals = (t[sl] for t in res[sim])
                     o = self.out[(site, sim)]
-                    o["own"][layer], o["rank"][layer], o["ids"][layer], o["vals"][layer] = own_s, rank, ids[:, :kk], vals[:, :kk]
+                    o["own"][layer], o["rank"][layer], o["ids"][layer], o["vals"][layer] = (
+                        own_s,
+                        rank,
+                        ids[:, :kk],
+                        vals[:, :kk],
+                    )
                     top = ids[:, : self.overlap_k]
                     o["ov"][layer] = overlap(top, self.prev[(site, sim)])
                     self.prev[(site, sim)] = top.clone()
@@ -163,6 +222,18 @@ class _ResidualStream:
     def views(self) -> list[View]:
         overlap_k = min(self.overlap_k, self.K)
         return [
-            residual_view(site, self.space.name, sim, o["own"], o["rank"], o["ids"], o["vals"], o["ov"], o["aniso"], *self.origin[sim], overlap_k)
+            residual_view(
+                site,
+                self.space.name,
+                sim,
+                o["own"],
+                o["rank"],
+                o["ids"],
+                o["vals"],
+                o["ov"],
+                o["aniso"],
+                *self.origin[sim],
+                overlap_k,
+            )
             for (site, sim), o in self.out.items()
         ]

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,17 @@ def make_trail(
     )
 
 
-def _run_info(adapter: Adapter, acts: Activations, options: TraceOptions, model_name: str, revision, device: str, dtype: str, truncated_from, decoder_input) -> RunInfo:
+def _run_info(
+    adapter: Adapter,
+    acts: Activations,
+    options: TraceOptions,
+    model_name: str,
+    revision,
+    device: str,
+    dtype: str,
+    truncated_from,
+    decoder_input,
+) -> RunInfo:
     """The run metadata of a Trail: model, versions, options, device and dtype, and when it was made."""
     causal = acts.causal
     return RunInfo(

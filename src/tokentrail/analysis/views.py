@@ -13,7 +13,7 @@ The rest of a trace lives beside it: the checks before the pass
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tokentrail.adapters import Adapter
 from tokentrail.analysis.heads import head_views
@@ -55,7 +55,9 @@ def compute_views(
         return _views(adapter, spaces, acts, options, residual, heads, say, steps, chunk_bytes, text_statistics, take)
 
 
-def _views(adapter, spaces, acts, options, residual, heads, say, steps, chunk_bytes, text_statistics, take) -> list[View]:
+def _views(
+    adapter, spaces, acts, options, residual, heads, say, steps, chunk_bytes, text_statistics, take
+) -> list[View]:
     """:func:`compute_views`' work, its matrix products written into ``take``'s buffers."""
     done = 0
     views: list[View] = []
@@ -69,11 +71,34 @@ def _views(adapter, spaces, acts, options, residual, heads, say, steps, chunk_by
         # model with neither position embeddings nor an embedding norm) has the same views
         twin = {(v.site, v.similarity): v for s, vs in scored if s.same_rows(space) for v in vs}
         left = [site for site in site_names if any((site, sim) not in twin for sim in sims)]
-        mine = {(v.site, v.similarity): v for v in residual_views(adapter, space, acts, left, sims, k, ok, chunk_bytes, take, options.correct, options.correct_from, text_statistics)} if left else {}
-        views += [mine.get((site, sim)) or copied_view(twin[(site, sim)], space.name) for sim in sims for site in site_names]
+        mine = (
+            {
+                (v.site, v.similarity): v
+                for v in residual_views(
+                    adapter,
+                    space,
+                    acts,
+                    left,
+                    sims,
+                    k,
+                    ok,
+                    chunk_bytes,
+                    take,
+                    options.correct,
+                    options.correct_from,
+                    text_statistics,
+                )
+            }
+            if left
+            else {}
+        )
+        views += [
+            mine.get((site, sim)) or copied_view(twin[(site, sim)], space.name) for sim in sims for site in site_names
+        ]
         scored.append((space, [v for v in views if v.space == space.name]))
         done += 1
     for sp in heads:
+
         def tick(sp=sp):
             nonlocal done
             say(done / steps, f"heads: {sp} spaces")

@@ -43,19 +43,46 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
     """Components of the tab (call inside ``gr.Tab``) and their event, on ``p``."""
     panel(HOWTO, "How to compare")
     with gr.Row(equal_height=True):
-        p.cmp_text_b = gr.Textbox("", label="Second text (empty: two tokens of the text above)", scale=4, elem_id="cmp-text-b")
+        p.cmp_text_b = gr.Textbox(
+            "", label="Second text (empty: two tokens of the text above)", scale=4, elem_id="cmp-text-b"
+        )
         p.cmp_token_a = gr.Textbox("flies:0", label="Token a", scale=1, min_width=110, elem_id="cmp-token-a")
         p.cmp_token_b = gr.Textbox("flies:1", label="Token b", scale=1, min_width=110, elem_id="cmp-token-b")
-        p.cmp_model_b = gr.Dropdown([SAME_MODEL, *menu.choices()], value=SAME_MODEL, label="Second model", scale=2, min_width=180, filterable=False, elem_id="cmp-model-b")
+        p.cmp_model_b = gr.Dropdown(
+            [SAME_MODEL, *menu.choices()],
+            value=SAME_MODEL,
+            label="Second model",
+            scale=2,
+            min_width=180,
+            filterable=False,
+            elem_id="cmp-model-b",
+        )
         p.cmp_run = gr.Button("Compare", variant="primary", scale=1, min_width=110, elem_id="cmp-run")
     p.cmp_status = gr.Markdown("Choose two tokens and press **Compare**.", elem_id="cmp-status")
-    p.cmp_table = gr.Dataframe(label="Per layer", interactive=False, wrap=True, max_height=520, column_widths=["48px", "72px", "80px", "80px", "56px", "56px", "64px"], elem_id="cmp-table")
+    p.cmp_table = gr.Dataframe(
+        label="Per layer",
+        interactive=False,
+        wrap=True,
+        max_height=520,
+        column_widths=["48px", "72px", "80px", "80px", "56px", "56px", "64px"],
+        elem_id="cmp-table",
+    )
     with gr.Row():
         p.cmp_plot = gr.Plot(show_label=False, min_width=400, elem_id="cmp-plot")
         p.cmp_lines = gr.Plot(show_label=False, min_width=400, elem_id="cmp-lines")
     p.cmp_heat = gr.Plot(show_label=False, elem_id="cmp-heat")
     outputs = [p.cmp_status, p.cmp_table, p.cmp_plot, p.cmp_lines, p.cmp_heat]
-    inputs = [p.text, p.model, p.cmp_text_b, p.cmp_token_a, p.cmp_token_b, p.cmp_model_b, p.site, p.similarity, p.causal]
+    inputs = [
+        p.text,
+        p.model,
+        p.cmp_text_b,
+        p.cmp_token_a,
+        p.cmp_token_b,
+        p.cmp_model_b,
+        p.site,
+        p.similarity,
+        p.causal,
+    ]
 
     @guarded(len(outputs), 0)
     def run(text, model, text_b, token_a, token_b, model_b, site, similarity, causal):
@@ -80,13 +107,27 @@ def _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similar
             raise InputError("a second model compares the text above in both models: leave the second text empty")
         token_a, token_b = (token_a or "").strip() or None, (token_b or "").strip() or None
         use_causal = bool(causal) if (ma.is_decoder and (mb is None or mb.is_decoder)) else None
-        c = tt.compare(text, text_b, model=ma, model_b=mb, token=token_a, token_b=token_b, site=site, similarity=similarity, k=15, causal=use_causal)
+        c = tt.compare(
+            text,
+            text_b,
+            model=ma,
+            model_b=mb,
+            token=token_a,
+            token_b=token_b,
+            site=site,
+            similarity=similarity,
+            k=15,
+            causal=use_causal,
+        )
     first = cosine_figure(c) if c.same_model else compare_lines(c, "rank")
     return _status(c), _table(c), first, compare_lines(c, "self_sim"), compare_heatmaps(c)
 
 
 def _status(c) -> str:
-    sides = " · ".join(f"**{s.name}**: {s.model}, {'all tokens' if s.token is None else f'token {s.token} `{s.token_str}`'}" for s in c.sides)
+    sides = " · ".join(
+        f"**{s.name}**: {s.model}, {'all tokens' if s.token is None else f'token {s.token} `{s.token_str}`'}"
+        for s in c.sides
+    )
     if c.same_model:
         layer, _ = c.diverge
         return f"{sides} · {c.site}. They diverge most at **layer {layer}** (cosine {c.cosine[layer]:.3f})."
@@ -116,5 +157,15 @@ def _table(c) -> pd.DataFrame:
     for s in c.sides:
         for l in range(s.n_layers):
             near = "" if s.token is None else ", ".join(s.labels.get(int(i), str(int(i))) for i in s.top_ids[l][:5])
-            rows.append({"side": s.name, "model": s.model, "layer": l, "depth": round(float(s.depth[l]), 3), "self_sim": round(float(s.self_sim[l]), 3), "rank": float(s.rank[l]), "nearest": near})
+            rows.append(
+                {
+                    "side": s.name,
+                    "model": s.model,
+                    "layer": l,
+                    "depth": round(float(s.depth[l]), 3),
+                    "self_sim": round(float(s.self_sim[l]), 3),
+                    "rank": float(s.rank[l]),
+                    "nearest": near,
+                }
+            )
     return pd.DataFrame(rows)

@@ -45,8 +45,12 @@ def build_cross_tab(p, menu) -> None:
     """Components of the tab (call inside ``gr.Tab``) and their event, on ``p``."""
     texts.panel(HOWTO)
     with gr.Row(equal_height=True):
-        p.x_target = gr.Textbox("", label="Decoder input (empty: the model's greedy output)", scale=4, elem_id="x-target")
-        p.x_stack = gr.Radio(["encoder", "decoder"], value="decoder", label="Stack", scale=2, min_width=180, elem_id="x-stack")
+        p.x_target = gr.Textbox(
+            "", label="Decoder input (empty: the model's greedy output)", scale=4, elem_id="x-target"
+        )
+        p.x_stack = gr.Radio(
+            ["encoder", "decoder"], value="decoder", label="Stack", scale=2, min_width=180, elem_id="x-stack"
+        )
         p.x_token = gr.Textbox("-1", label="Decoder token", scale=1, min_width=110, elem_id="x-token")
         p.x_layer = gr.Number(0, label="Layer", precision=0, scale=1, min_width=80, elem_id="x-layer")
         p.x_head = gr.Number(0, label="Head", precision=0, scale=1, min_width=80, elem_id="x-head")
@@ -54,7 +58,12 @@ def build_cross_tab(p, menu) -> None:
     p.x_status = gr.Markdown("Choose an encoder-decoder model above and press **Show**.", elem_id="x-status")
     p.x_grid = gr.Plot(show_label=False, elem_id="x-grid")
     with gr.Row():
-        p.x_sources = gr.Dataframe(label="Decoder token → source tokens (nearest first)", interactive=False, max_height=420, elem_id="x-sources")
+        p.x_sources = gr.Dataframe(
+            label="Decoder token → source tokens (nearest first)",
+            interactive=False,
+            max_height=420,
+            elem_id="x-sources",
+        )
         p.x_map = gr.Plot(show_label=False, elem_id="x-map")
     p.x_step = gr.Markdown(elem_id="x-step")
     outputs = [p.x_status, p.x_grid, p.x_sources, p.x_map, p.x_step]
@@ -64,7 +73,9 @@ def build_cross_tab(p, menu) -> None:
     def run(text, model, site, similarity, target, stack, token, layer, head):
         return cross_views(menu, text, model, site, similarity, target, stack, token, layer, head)
 
-    gr.on([p.x_run.click, p.x_target.submit, p.x_token.submit], run, inputs, outputs, api_name="cross_attention", **EVENTS)
+    gr.on(
+        [p.x_run.click, p.x_target.submit, p.x_token.submit], run, inputs, outputs, api_name="cross_attention", **EVENTS
+    )
 
 
 def _run(loaded, text: str, target: str | None):
@@ -96,7 +107,9 @@ def cross_views(menu, text, model, site, similarity, target, stack, token, layer
 
 def _views(loaded, text, site, similarity, target, stack, token, layer, head) -> tuple:
     if not loaded.is_seq2seq:
-        raise InputError(f"{loaded.name} has one stack: this tab is for encoder-decoder models (BART, Marian, T5); choose one above")
+        raise InputError(
+            f"{loaded.name} has one stack: this tab is for encoder-decoder models (BART, Marian, T5); choose one above"
+        )
     run = _run(loaded, text, target)
     trail = run.trail(TraceOptions.make(site=[site, "cross_resid", "cross_heads"], similarity=similarity, k=10))
     dec = trail.decoder
@@ -107,10 +120,14 @@ def _views(loaded, text, site, similarity, target, stack, token, layer, head) ->
     fig = grid(shown, "rank", site=site, similarity=similarity)
     fig.update_layout(title=dict(text=f"{stack} stack · rank of own token at {site} (0 = nearest)"))
     sources = dec.sources(t, layer, head, similarity=similarity)
-    table = pd.DataFrame({
-        "rank": sources["place"], "source token": [f"{s}:{tok}" for s, tok in zip(sources["source"], sources["source_token"])],
-        "similarity": sources["similarity"].round(3), "attention": sources["attention"].round(3),
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "rank": sources["place"],
+            "source token": [f"{s}:{tok}" for s, tok in zip(sources["source"], sources["source_token"])],
+            "similarity": sources["similarity"].round(3),
+            "attention": sources["attention"].round(3),
+        }
+    )
     step = run.cross_step(layer, head, t)
     status = (
         f"**{loaded.name}** · encoder: {trail.n_tokens} source tokens · decoder: {dec.n_tokens} tokens, its input the "

@@ -10,6 +10,7 @@ def panel(text: str, title: str = "How to read this") -> None:
     with gr.Accordion(title, open=False, elem_classes="howto"):
         gr.Markdown(text.removeprefix(f"**{title}**").lstrip())
 
+
 INTRO = (
     "Follow each token's vector through every layer, compared with the model's own vocabulary: "
     "which tokens does it still look like, and where does it stop looking like itself?"

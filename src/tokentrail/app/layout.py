@@ -76,7 +76,14 @@ class Page_(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[str] = (), *, max_queue: int = 16, pool: SessionPool | None = None, studies: str | None = None) -> gr.Blocks:
+def build_app(
+    models: list[str] | None = None,
+    preload: tuple[str, ...] | list[str] = (),
+    *,
+    max_queue: int = 16,
+    pool: SessionPool | None = None,
+    studies: str | None = None,
+) -> gr.Blocks:
     """The tokentrail page as a ``gr.Blocks`` (queue bounded to ``max_queue`` waiting events).
 
     ``models``: extra names the page may offer (hub ids or local folders, named by the
@@ -102,15 +109,38 @@ def build_app(models: list[str] | None = None, preload: tuple[str, ...] | list[s
         # (1280 x 720) the first result shows without scrolling
         with gr.Row(equal_height=False, elem_id="main"):
             with gr.Column(scale=1, min_width=250, elem_id="controls"):
-                p.model = gr.Dropdown(menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False)
+                p.model = gr.Dropdown(
+                    menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False
+                )
                 p.analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", elem_id="site")
                 p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", elem_id="similarity")
                 p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k")
-                p.positional = gr.Checkbox(True, label="Use positional embeddings", info="compare with encodings (else raw embeddings)", elem_id="positional")
-                p.adjusted = gr.Checkbox(False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted")
-                p.correct = gr.Dropdown(correction_choices(shelf), value=NO_CORRECTION, label="Correction", info=texts.CORRECTION, allow_custom_value=True, filterable=True, elem_id="correct")
-                p.causal = gr.Checkbox(True, label="Causal mask", info="decoders only: off = bidirectional", visible=False, elem_id="causal")
+                p.positional = gr.Checkbox(
+                    True,
+                    label="Use positional embeddings",
+                    info="compare with encodings (else raw embeddings)",
+                    elem_id="positional",
+                )
+                p.adjusted = gr.Checkbox(
+                    False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted"
+                )
+                p.correct = gr.Dropdown(
+                    correction_choices(shelf),
+                    value=NO_CORRECTION,
+                    label="Correction",
+                    info=texts.CORRECTION,
+                    allow_custom_value=True,
+                    filterable=True,
+                    elem_id="correct",
+                )
+                p.causal = gr.Checkbox(
+                    True,
+                    label="Causal mask",
+                    info="decoders only: off = bidirectional",
+                    visible=False,
+                    elem_id="causal",
+                )
                 p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
                 p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
             with gr.Column(scale=4, min_width=480, elem_id="results"):
@@ -185,7 +215,9 @@ def _wire_analyse(demo: gr.Blocks, w: _Wiring, shelf: StudyShelf) -> None:
     common = EVENTS
 
     @guarded(1 + len(views), status_at)
-    def analyse(session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
+    def analyse(
+        session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()
+    ):
         session = w.session_for(session)
         entry = menu.check(model)
         opts = page_options(site, positional, similarity, k, causal, correct, shelf)
@@ -199,7 +231,14 @@ def _wire_analyse(demo: gr.Blocks, w: _Wiring, shelf: StudyShelf) -> None:
         pool.settle(session)
         return (session, *render_views(session, menu, adjusted, metric))
 
-    gr.on([p.text.submit, p.analyse.click], analyse, [state, p.text, p.model, *options, *display], [state, *views], api_name="tokenize", **common)
+    gr.on(
+        [p.text.submit, p.analyse.click],
+        analyse,
+        [state, p.text, p.model, *options, *display],
+        [state, *views],
+        api_name="tokenize",
+        **common,
+    )
     gr.on(
         [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input, p.correct.input],
         analyse,
@@ -209,7 +248,9 @@ def _wire_analyse(demo: gr.Blocks, w: _Wiring, shelf: StudyShelf) -> None:
         trigger_mode="always_last",
         **common,
     )
-    demo.load(analyse, [state, p.text, p.model, *options, *display], [state, *views], api_visibility="private", **common)
+    demo.load(
+        analyse, [state, p.text, p.model, *options, *display], [state, *views], api_visibility="private", **common
+    )
 
 
 def _wire_selection(w: _Wiring) -> None:
@@ -227,7 +268,9 @@ def _wire_selection(w: _Wiring) -> None:
         session.select(token=token)
         return render_views(session, menu, adjusted, metric)
 
-    p.tokens.input(select_token, [state, p.tokens, *display], views, api_name="select_token", trigger_mode="always_last", **quick)
+    p.tokens.input(
+        select_token, [state, p.tokens, *display], views, api_name="select_token", trigger_mode="always_last", **quick
+    )
 
     @guarded(len(views), VIEWS.index("status"))
     def select_layer(session, layer, head, adjusted, metric):
@@ -235,7 +278,15 @@ def _wire_selection(w: _Wiring) -> None:
         session.select(layer=layer, head=head)
         return render_views(session, menu, adjusted, metric)
 
-    gr.on([p.layer.input, p.head.input], select_layer, [state, p.layer, p.head, *display], views, api_name="select_layer", trigger_mode="always_last", **quick)
+    gr.on(
+        [p.layer.input, p.head.input],
+        select_layer,
+        [state, p.layer, p.head, *display],
+        views,
+        api_name="select_layer",
+        trigger_mode="always_last",
+        **quick,
+    )
 
     @guarded(len(views), VIEWS.index("status"))
     def redisplay(session, adjusted, metric):
@@ -288,7 +339,11 @@ def _wire_tabs(w: _Wiring) -> None:
 
         show.__name__ = f"show_{name}"
         getattr(p, f"tab_{name}").select(
-            guarded(1 + len(views), status_at)(show), [state, *display], [state, *views], api_name=f"show_{name}", **quick
+            guarded(1 + len(views), status_at)(show),
+            [state, *display],
+            [state, *views],
+            api_name=f"show_{name}",
+            **quick,
         )
 
 
@@ -301,7 +356,9 @@ def _wire_switch_model(w: _Wiring, shelf: StudyShelf) -> None:
     switch_outputs = [state, p.model, p.causal, *views]
 
     @guarded(len(switch_outputs), 3 + VIEWS.index("status"))
-    def switch_model(session, model, text, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()):
+    def switch_model(
+        session, model, text, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()
+    ):
         session = w.session_for(session)
         entry = menu.check(model)
         bar = page_progress(progress)
@@ -312,7 +369,12 @@ def _wire_switch_model(w: _Wiring, shelf: StudyShelf) -> None:
         except TokentrailError as exc:
             # shown once, in the status line: a toast as well covered the model menu
             msg = f"{entry.label} cannot be used here: {exc}. Still using {menu.entries[session.model].label}."
-            return (session, gr.Dropdown(value=session.model), gr.skip(), *failed(msg, len(views), VIEWS.index("status")))
+            return (
+                session,
+                gr.Dropdown(value=session.model),
+                gr.skip(),
+                *failed(msg, len(views), VIEWS.index("status")),
+            )
         causal_box = gr.Checkbox(visible=loaded.is_decoder)
         old = session.model
         session.switch(entry.value)
@@ -328,7 +390,9 @@ def _wire_switch_model(w: _Wiring, shelf: StudyShelf) -> None:
         pool.settle(session)
         return (session, gr.skip(), causal_box, *render_views(session, menu, adjusted, metric))
 
-    p.model.input(switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common)
+    p.model.input(
+        switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common
+    )
 
 
 def _wire_export(w: _Wiring, folder: ExportFolder) -> None:
@@ -344,7 +408,9 @@ def _wire_export(w: _Wiring, folder: ExportFolder) -> None:
         path = write_results(trail, fmt, folder)
         return str(path), f"Exported the analysis as {fmt}: {path.name}"
 
-    p.export_results.click(export_results, [state, p.result_fmt], [p.file, p.status], api_name="export_results", **common)
+    p.export_results.click(
+        export_results, [state, p.result_fmt], [p.file, p.status], api_name="export_results", **common
+    )
 
     @guarded(2, 1)
     def export_plot(session, which, fmt, adjusted, metric):
@@ -363,7 +429,9 @@ def _wire_export(w: _Wiring, folder: ExportFolder) -> None:
         path = write_plot(fig, fmt, f"tokentrail-{kind}", folder)
         return str(path), f"Exported the {which} plot as {fmt}: {path.name}"
 
-    p.export_plot.click(export_plot, [state, p.plot_which, p.plot_fmt, *display], [p.file, p.status], api_name="export_plot", **common)
+    p.export_plot.click(
+        export_plot, [state, p.plot_which, p.plot_fmt, *display], [p.file, p.status], api_name="export_plot", **common
+    )
 
 
 def launch_options() -> dict[str, Any]:

@@ -63,7 +63,11 @@ HOWTO = """**How to read this**
 
 def methods() -> list[tuple[str, str]]:
     """The projection methods installed here (UMAP is an optional extra)."""
-    have = {"pca": True, "tsne": importlib.util.find_spec("sklearn") is not None, "umap": importlib.util.find_spec("umap") is not None}
+    have = {
+        "pca": True,
+        "tsne": importlib.util.find_spec("sklearn") is not None,
+        "umap": importlib.util.find_spec("umap") is not None,
+    }
     return [(METHOD_LABELS[m], m) for m in METHODS if have[m]]
 
 
@@ -72,8 +76,12 @@ def build_map_tab(p, state: gr.State) -> None:
     ``p.map_pick`` is the click bridge; :mod:`.layout` wires its click."""
     texts.panel(HOWTO)
     with gr.Row(equal_height=True):
-        p.map_mode = gr.Radio(list(MODES), value=next(iter(MODES)), label="Map", scale=3, min_width=260, elem_id="map-mode")
-        p.map_method = gr.Radio(methods(), value="pca", label="Projection", scale=2, min_width=200, elem_id="map-method")
+        p.map_mode = gr.Radio(
+            list(MODES), value=next(iter(MODES)), label="Map", scale=3, min_width=260, elem_id="map-mode"
+        )
+        p.map_method = gr.Radio(
+            methods(), value="pca", label="Projection", scale=2, min_width=200, elem_id="map-method"
+        )
         p.map_tokens = gr.Textbox("", label="Tokens (empty: all)", scale=2, min_width=140, elem_id="map-tokens")
         p.map_layers = gr.Textbox("", label="Layers (empty: all)", scale=1, min_width=110, elem_id="map-layers")
         p.map_draw = gr.Button("Draw", variant="primary", scale=1, min_width=90, elem_id="map-draw")
@@ -90,9 +98,21 @@ def build_map_tab(p, state: gr.State) -> None:
         return _draw(session, mode, method, tokens, layers)
 
     gr.on(
-        [p.map_draw.click, p.tab_map.select, p.map_mode.input, p.map_method.input, p.map_tokens.submit, p.map_layers.submit],
-        draw, inputs, outputs, api_name="map", trigger_mode="always_last", **EVENTS,
-    )  # fmt: skip
+        [
+            p.map_draw.click,
+            p.tab_map.select,
+            p.map_mode.input,
+            p.map_method.input,
+            p.map_tokens.submit,
+            p.map_layers.submit,
+        ],
+        draw,
+        inputs,
+        outputs,
+        api_name="map",
+        trigger_mode="always_last",
+        **EVENTS,
+    )
 
 
 def _draw(session: Session, mode, method, tokens, layers):

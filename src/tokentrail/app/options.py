@@ -33,7 +33,15 @@ def correction_choices(studies=None) -> list[tuple[str, str]]:
     return choices
 
 
-def page_options(site: object, positional: object, similarity: object, k: object, causal: object, correct: object = NO_CORRECTION, studies=None) -> TraceOptions:
+def page_options(
+    site: object,
+    positional: object,
+    similarity: object,
+    k: object,
+    causal: object,
+    correct: object = NO_CORRECTION,
+    studies=None,
+) -> TraceOptions:
     """The trace options the page's controls describe ("use positional embeddings" picks
     the ``encodings`` space, else ``embeddings``; ``correct`` the geometry correction,
     ``"none"`` for none, ``"zscore@NAME"`` fitted to the offered study NAME of
@@ -54,9 +62,19 @@ def page_options(site: object, positional: object, similarity: object, k: object
     if correct is not None and STUDY_FIT in correct:
         correct, name = (part.strip() for part in correct.split(STUDY_FIT, 1))
         if studies is None or not studies.names():
-            raise InputError("this server offers no corpus studies to fit a correction to (tokentrail serve --studies DIR)")
+            raise InputError(
+                "this server offers no corpus studies to fit a correction to (tokentrail serve --studies DIR)"
+            )
         correct_from = str(studies.path(name))  # an offered study, or refused
-    return TraceOptions.make(site=site, space=space, similarity=similarity, k=k, causal=bool(causal), correct=correct, correct_from=correct_from)
+    return TraceOptions.make(
+        site=site,
+        space=space,
+        similarity=similarity,
+        k=k,
+        causal=bool(causal),
+        correct=correct,
+        correct_from=correct_from,
+    )
 
 
 DEFAULT_OPTIONS = TraceOptions.make(causal=True)  # what page_options gives for the page defaults
@@ -65,7 +83,9 @@ DEFAULT_OPTIONS = TraceOptions.make(causal=True)  # what page_options gives for 
 def check_page_text(text: object) -> str:
     """The page's text, or an InputError that says what is wrong (and the limits)."""
     if isinstance(text, str) and len(text) > MAX_CHARS:
-        raise InputError(f"the text is {len(text):,} characters; this app takes at most {MAX_CHARS:,} (and {MAX_TOKENS} tokens)")
+        raise InputError(
+            f"the text is {len(text):,} characters; this app takes at most {MAX_CHARS:,} (and {MAX_TOKENS} tokens)"
+        )
     return tt.check_text(text)
 
 

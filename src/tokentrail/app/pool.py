@@ -84,8 +84,11 @@ class SessionPool:
             if not s.lock.acquire(blocking=False):  # busy with an event: leave it
                 continue
             try:
-                why = (f"this page was idle for over {self.idle_s / 60:.0f} minutes and its results were cleared"
-                       if idle else f"this page's results were cleared to make room for other users (the server keeps {tt.human_bytes(self.total_bytes)} of results)")
+                why = (
+                    f"this page was idle for over {self.idle_s / 60:.0f} minutes and its results were cleared"
+                    if idle
+                    else f"this page's results were cleared to make room for other users (the server keeps {tt.human_bytes(self.total_bytes)} of results)"
+                )
                 total -= s.evict(why)
                 evicted.append(s)
             finally:

@@ -22,8 +22,9 @@ both of two slots (one waiting for the other's model lock) and every other page 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import tokentrail as tt
 from tokentrail.spec.errors import InputError

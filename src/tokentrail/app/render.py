@@ -53,7 +53,9 @@ def status(trail: Trail, model_label: str, token: int, layer: int, head: int, no
         opts.similarities[0],
     ]
     if opts.correct is not None:
-        parts.append(f"corrected **{html.escape(opts.correct)}** (fitted to {'a corpus study' if opts.correct_from else 'the text'})")
+        parts.append(
+            f"corrected **{html.escape(opts.correct)}** (fitted to {'a corpus study' if opts.correct_from else 'the text'})"
+        )
     if info.causal is not None:
         parts.append("causal mask **on**" if info.causal else "causal mask **off** (bidirectional)")
     sel = f"Selected: **{html.escape(trail.tokens[token])}** (token {token}) · layer {layer} · head {head}"
@@ -195,8 +197,10 @@ def lens_table(trail: Trail, lens: LensResult, emb: LensResult, token: int, labe
     itself and, for decoders, of the next token, and the entropy of the prediction."""
     rows = []
     for name, res, l in [("emb", emb, 0), *((f"L{l}", lens, l) for l in range(lens.n_layers))]:
-        top = " · ".join(f"{'★ ' if int(i) == int(trail.ids[token]) else ''}{labels.get(int(i), str(int(i)))} {float(p):.2f}"
-                         for i, p in zip(res.top_ids[l, token], res.top_probs[l, token]))
+        top = " · ".join(
+            f"{'★ ' if int(i) == int(trail.ids[token]) else ''}{labels.get(int(i), str(int(i)))} {float(p):.2f}"
+            for i, p in zip(res.top_ids[l, token], res.top_probs[l, token])
+        )
         row = {"layer": name, "top predictions": top, "own rank": int(res.own_rank[l, token])}
         if res.next_rank is not None:
             nr = int(res.next_rank[l, token])
@@ -209,10 +213,15 @@ def lens_table(trail: Trail, lens: LensResult, emb: LensResult, token: int, labe
 def lens_caption(trail: Trail, lens: LensResult, token: int, model_label: str) -> str:
     nxt = ""
     if lens.is_decoder:
-        nxt = (f" *next rank* is the rank of the following token **{html.escape(trail.tokens[token + 1])}** (what the model is trained to predict there)."
-               if token + 1 < trail.n_tokens else " The last token has no next token.")
-    return (f"Logit lens of **{html.escape(trail.tokens[token])}** (token {token}) on {html.escape(model_label)}: the model's own output head "
-            f"applied to **{lens.site}** at every layer (the `emb` row: to the original encoding). *own rank* 0 = the token itself is the top prediction.{nxt}")
+        nxt = (
+            f" *next rank* is the rank of the following token **{html.escape(trail.tokens[token + 1])}** (what the model is trained to predict there)."
+            if token + 1 < trail.n_tokens
+            else " The last token has no next token."
+        )
+    return (
+        f"Logit lens of **{html.escape(trail.tokens[token])}** (token {token}) on {html.escape(model_label)}: the model's own output head "
+        f"applied to **{lens.site}** at every layer (the `emb` row: to the original encoding). *own rank* 0 = the token itself is the top prediction.{nxt}"
+    )
 
 
 # ---- how attention computed this -----------------------------------------------------------------
@@ -234,8 +243,11 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
         f"#### Layer {step.layer}, head {step.head}{gqa}, token **{tok}** ({t})",
         f"1. **Query** `{step.formulas.get('q', 'q = W_Q x + b_Q')}`{_rope_note(step)}: ‖q‖ = {step.query.norm():.3f}, q = {_vec(step.query)}",
         f"2. **Scores** `q·k_s` with `{step.formulas.get('k', 'k = W_K x + b_K')}`, for each of the {len(w)} tokens (table below), {mask}.",
-        (f"3. **Scaled**: `{step.formulas['scaled']}`." if "scaled" in step.formulas else
-         f"3. **Scaled** by √d_k = √{step.d_head} = {math.sqrt(step.d_head):.3f}."),
+        (
+            f"3. **Scaled**: `{step.formulas['scaled']}`."
+            if "scaled" in step.formulas
+            else f"3. **Scaled** by √d_k = √{step.d_head} = {math.sqrt(step.d_head):.3f}."
+        ),
         f"4. **Softmax** weights sum to {w.sum():.4f}; it attends most to {attended}.",
         f"5. **Weighted sum of values** `z = Σ w_s v_s`: ‖z‖ = {step.z.norm():.3f}, z = {_vec(step.z)}",
         f"6. **Output projection** `z W_O[h]`: this head adds a vector of norm {step.head_out.norm():.3f}; "
@@ -255,7 +267,9 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
             "the layer's output is h + attn + mlp."
         )
     else:
-        lines.append("8. **No norm here**: a pre-norm model normalises inside the next sublayer; the residual stream carries on as is.")
+        lines.append(
+            "8. **No norm here**: a pre-norm model normalises inside the next sublayer; the residual stream carries on as is."
+        )
     ok = step.matches_model()
     checks = "; ".join(f"{name} {gap:.1e}" for name, gap in step.checks.items())
     verdict = "✓ **Matches the model's own numbers**" if ok else "✗ **Differs from the model's own numbers**"

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("tokentrail.app")
 
@@ -66,7 +67,9 @@ class Hardening:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:  # an invalid call: one line in the log, 400 to the caller
-            log.warning("rejected %s %s: %s: %s", scope.get("method"), scope.get("path"), type(exc).__name__, str(exc)[:200])
+            log.warning(
+                "rejected %s %s: %s: %s", scope.get("method"), scope.get("path"), type(exc).__name__, str(exc)[:200]
+            )
             if not started:
                 await _plain(send, 400, "invalid request")
 

@@ -27,8 +27,10 @@ def startup_message(url: str, host: str, share: bool, share_url: str | None) -> 
         lines.append("no share link could be created (the share server is unreachable): serving on this address only")
     if not share_url:
         scope = "this machine only" if host in LOOPBACK else f"every machine that can reach {host}"
-        lines.append(f"reachable from {scope}. To share it: `tokentrail serve --share` (a temporary public link), "
-                     "or `--host 0.0.0.0` for your local network")
+        lines.append(
+            f"reachable from {scope}. To share it: `tokentrail serve --share` (a temporary public link), "
+            "or `--host 0.0.0.0` for your local network"
+        )
     lines.append("press Ctrl+C to stop")
     return "\n".join(lines)
 

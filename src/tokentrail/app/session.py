@@ -16,9 +16,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import tokentrail as tt
 from tokentrail import AttentionStep, HeadsAt, LensResult, LoadedModel, Run, Trail
@@ -76,7 +76,9 @@ class ModelMenu:
             status = "hub: cached" if tt.is_available(name) else "hub: not cached (needs internet once)"
             entry = MenuEntry(name, name, status, "named by the server's operator")
         else:
-            raise ModelError(f"cannot offer model {name!r}: it is neither a known name, a hub id (owner/name) nor an existing folder")
+            raise ModelError(
+                f"cannot offer model {name!r}: it is neither a known name, a hub id (owner/name) nor an existing folder"
+            )
         self.entries[entry.value] = entry
         return entry
 
@@ -128,7 +130,9 @@ class Session:
     _trails: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _run: Run | None = field(default=None, repr=False)
     _rogue: tuple = field(default=(None, None), repr=False)  # (analysis key, the rogue-dimension line)
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)  # one event at a time per page
+    lock: threading.RLock = field(
+        default_factory=threading.RLock, repr=False, compare=False
+    )  # one event at a time per page
 
     # ---- analysing ------------------------------------------------------------------
     def analyse(self, text: str, options: TraceOptions, progress: Steps | None = None) -> Trail:
@@ -226,7 +230,9 @@ class Session:
     def heads(self) -> HeadsAt:
         """Every head of the selected layer, for the selected token, in ``head_space``."""
         with concurrency_for(self.model):
-            return self._current_run().heads(self.layer, self.token, kind=self.head_space, similarity=self.options.similarities[0], k=self.options.k)
+            return self._current_run().heads(
+                self.layer, self.token, kind=self.head_space, similarity=self.options.similarities[0], k=self.options.k
+            )
 
     def choose(self, head_space: object = None, lens_site: object = None) -> None:
         """Pick the heads tab's space and the residual the lens reads."""
@@ -245,7 +251,9 @@ class Session:
         with concurrency_for(self.model):
             run = self._current_run()
             if load_model(self.model).is_seq2seq:
-                raise ModelError("an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attention tab and `tokentrail trace --lens`")
+                raise ModelError(
+                    "an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attention tab and `tokentrail trace --lens`"
+                )
             return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
 
     def trajectory_map(self, tokens: Sequence[int] | None, layers: Sequence[int] | None, method: str = "pca"):

@@ -49,7 +49,9 @@ class StudyShelf:
         if self.root is None or not self.root.is_dir():
             return []
         found = [HERE] if (self.root / MANIFEST).is_file() else []
-        found += sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and self._inside(p))
+        found += sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and self._inside(p)
+        )
         return found
 
     def _inside(self, path: Path) -> bool:
@@ -103,17 +105,29 @@ def build_study_tab(p, shelf: StudyShelf) -> None:
     names = shelf.names()
     panel(HOWTO, "How to open a study")
     with gr.Row(equal_height=True):
-        p.study_name = gr.Dropdown(names, value=names[0] if names else None, label="Study", scale=4, filterable=False, elem_id="study-name")
+        p.study_name = gr.Dropdown(
+            names, value=names[0] if names else None, label="Study", scale=4, filterable=False, elem_id="study-name"
+        )
         p.study_refresh = gr.Button("Refresh", scale=1, min_width=100, elem_id="study-refresh")
         p.study_open = gr.Button("Open", variant="primary", scale=1, min_width=100, elem_id="study-open")
-    first = NO_FOLDER if shelf.root is None else ("Choose a study and press **Open**." if names else f"No study in the studies folder yet (run `tokentrail study ... --out {shelf.root}/NAME`).")
+    first = (
+        NO_FOLDER
+        if shelf.root is None
+        else (
+            "Choose a study and press **Open**."
+            if names
+            else f"No study in the studies folder yet (run `tokentrail study ... --out {shelf.root}/NAME`)."
+        )
+    )
     p.study_status = gr.Markdown(first, elem_id="study-status")
     # one figure a row: they are the report's, whose titles want the page's width
     p.study_self_sim = gr.Plot(show_label=False, elem_id="study-self-sim")
     p.study_rank = gr.Plot(show_label=False, elem_id="study-rank")
     p.study_anisotropy = gr.Plot(show_label=False, elem_id="study-anisotropy")
     p.study_jumps = gr.Plot(show_label=False, elem_id="study-jumps")
-    p.study_meta = gr.Dataframe(label="Run", interactive=False, wrap=True, column_widths=["160px"], elem_id="study-meta")
+    p.study_meta = gr.Dataframe(
+        label="Run", interactive=False, wrap=True, column_widths=["160px"], elem_id="study-meta"
+    )
     outputs = [p.study_status, p.study_meta, p.study_self_sim, p.study_rank, p.study_anisotropy, p.study_jumps]
 
     @guarded(6, 0)
@@ -125,4 +139,6 @@ def build_study_tab(p, shelf: StudyShelf) -> None:
         return gr.Dropdown(choices=names, value=name if name in names else (names[0] if names else None))
 
     p.study_open.click(open_study, [p.study_name], outputs, api_name="open_study", **EVENTS)
-    p.study_refresh.click(refresh, [p.study_name], [p.study_name], api_name="list_studies", show_progress="minimal", **EVENTS)
+    p.study_refresh.click(
+        refresh, [p.study_name], [p.study_name], api_name="list_studies", show_progress="minimal", **EVENTS
+    )

@@ -11,7 +11,9 @@ import gradio as gr
 
 from tokentrail.present.plots import ACCENT
 
-THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate", font=["Inter", "system-ui", "sans-serif"])
+THEME = gr.themes.Soft(
+    primary_hue="orange", secondary_hue="slate", neutral_hue="slate", font=["Inter", "system-ui", "sans-serif"]
+)
 
 TABLES = ("#table", "#heads", "#lens-table", "#walk-sources", "#walk-vectors", "#cmp-table")
 TABLE_CELLS = ", ".join(f"{t} {c}" for t in TABLES for c in ("td", "th", "[role=gridcell]", "[role=columnheader]"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -43,11 +44,15 @@ def read_text(text: str) -> str:
     """The TEXT argument, or standard input for '-', decoded as UTF-8 whatever the locale."""
     if text != "-":
         return text
-    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    data = (
+        sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"standard input is not UTF-8 text (byte 0x{data[exc.start]:02X} at offset {exc.start}): pass a text file") from None
+        raise InputError(
+            f"standard input is not UTF-8 text (byte 0x{data[exc.start]:02X} at offset {exc.start}): pass a text file"
+        ) from None
 
 
 def check_output(fmt: str, out_path: Path | None, force: bool) -> tuple[str, Path | None]:
@@ -69,5 +74,7 @@ def check_model_option(model: str, revision: str | None = None) -> str:
     if not model.strip():
         raise InputError("--model is empty: give a bundled name (see `tokentrail models`), a hub id or a local folder")
     if revision is not None and Path(model).expanduser().is_dir():
-        raise InputError(f"--revision applies to hub models; {model} is a local folder (check out the revision you want there)")
+        raise InputError(
+            f"--revision applies to hub models; {model} is a local folder (check out the revision you want there)"
+        )
     return model

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -24,23 +23,62 @@ from tokentrail.spec.text import check_text
 
 def compare(
     text_a: str = typer.Argument(..., help="The (first) text; '-' reads it from standard input."),
-    text_b: Optional[str] = typer.Argument(None, help="A second text: the same word in another context. Leave out to compare two tokens of one text, or one text in two models."),
-    model: list[str] = typer.Option([], "--model", "-m", help="Model (bundled name, hub id or folder); twice for two models on one text. Default: minilm."),
-    token: list[str] = typer.Option([], "--token", "-t", help="Token: index, text, or TEXT:N (N-th occurrence from 0). Once for both sides; twice for side a and side b (--token flies:0 --token flies:1)."),
-    site: str = typer.Option("attn_resid", help="One site: attn_resid, attn_resid_ln, layer_out, resid_pre, mlp_out or heads."),
-    space: Optional[str] = typer.Option(None, help="encodings (default) or embeddings; for heads value (default), key or query."),
+    text_b: str | None = typer.Argument(
+        None,
+        help="A second text: the same word in another context. Leave out to compare two tokens of one text, or one text in two models.",
+    ),
+    model: list[str] = typer.Option(
+        [],
+        "--model",
+        "-m",
+        help="Model (bundled name, hub id or folder); twice for two models on one text. Default: minilm.",
+    ),
+    token: list[str] = typer.Option(
+        [],
+        "--token",
+        "-t",
+        help="Token: index, text, or TEXT:N (N-th occurrence from 0). Once for both sides; twice for side a and side b (--token flies:0 --token flies:1).",
+    ),
+    site: str = typer.Option(
+        "attn_resid", help="One site: attn_resid, attn_resid_ln, layer_out, resid_pre, mlp_out or heads."
+    ),
+    space: str | None = typer.Option(
+        None, help="encodings (default) or embeddings; for heads value (default), key or query."
+    ),
     similarity: str = typer.Option("cosine", help="Similarity for self_sim, rank and neighbours: cosine or euclidean."),
     k: int = typer.Option(15, "-k", min=1, help="Separating neighbours kept per side and layer."),
-    overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Size of the two neighbour sets compared: default 100 (or the vocabulary, if smaller)."),
+    overlap_k: int | None = typer.Option(
+        None,
+        "--overlap-k",
+        min=1,
+        help="Size of the two neighbour sets compared: default 100 (or the vocabulary, if smaller).",
+    ),
     show: int = typer.Option(5, "--show", min=0, help="Separating neighbours printed per side and layer in the table."),
-    head: Optional[int] = typer.Option(None, "--head", help="With --site heads: print this head's layer table instead of the layer × head cosines."),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."),
-    correct: Optional[str] = typer.Option(None, "--correct", help="Geometry correction (center, zscore, rogue:D, abtt:D; residual sites, one model): each side as a trace, the cosine under the map fitted to both texts."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet (the tidy frame with a side column)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (written atomically; the format follows the suffix unless --format says)."),
+    head: int | None = typer.Option(
+        None, "--head", help="With --site heads: print this head's layer table instead of the layer × head cosines."
+    ),
+    causal: bool | None = typer.Option(
+        None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."
+    ),
+    correct: str | None = typer.Option(
+        None,
+        "--correct",
+        help="Geometry correction (center, zscore, rogue:D, abtt:D; residual sites, one model): each side as a trace, the cosine under the map fitted to both texts.",
+    ),
+    fmt: str = typer.Option(
+        "table", "--format", "-f", help="table, csv, json or parquet (the tidy frame with a side column)."
+    ),
+    out_path: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Write the export here (written atomically; the format follows the suffix unless --format says).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (approximate)."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (approximate)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display (what loads, what runs)."),
 ) -> None:
     """Compare two occurrences layer by layer: cosine, self-similarity, rank, shared and separating neighbours."""
@@ -58,7 +96,9 @@ def compare(
             check_model_option(m)
         two_models = len(model) == 2
         if text_b is None and not two_models and len(token) < 2:
-            raise InputError("one text and one model: give two tokens (--token flies:0 --token flies:1), a second text, or a second --model")
+            raise InputError(
+                "one text and one model: give two tokens (--token flies:0 --token flies:1), a second text, or a second --model"
+            )
         if two_models and site == "heads":
             raise InputError(HEADS_ACROSS_MODELS)
         if not token and not two_models:
@@ -73,11 +113,23 @@ def compare(
         device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
             result = tt.compare(
-                text_a, text_b, model=model[0] if model else "minilm", model_b=model[1] if two_models else None,
-                token=token[0] if token else None, token_b=token[1] if len(token) > 1 else None, site=site, space=space,
-                similarity=similarity, k=k, overlap_k=overlap_k, causal=causal, correct=correct, device=device, dtype=dtype,
+                text_a,
+                text_b,
+                model=model[0] if model else "minilm",
+                model_b=model[1] if two_models else None,
+                token=token[0] if token else None,
+                token_b=token[1] if len(token) > 1 else None,
+                site=site,
+                space=space,
+                similarity=similarity,
+                k=k,
+                overlap_k=overlap_k,
+                causal=causal,
+                correct=correct,
+                device=device,
+                dtype=dtype,
                 progress=bar.loading,
-            )  # fmt: skip
+            )
         if head is not None:
             check_index(head, result.a.n_heads, "head", f"the model has {result.a.n_heads} heads")
         if fmt != "table":
@@ -103,7 +155,10 @@ def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
         where = "all tokens (mean self_sim, median rank)" if s.token is None else f"token {s.token} {s.token_str!r}"
         out.print(f"[bold]{s.name}[/]: {s.model}, {where} of {s.text!r}", highlight=False)
     corrected = f"; correction {c.correct} (the cosine under the map fitted to both texts)" if c.correct else ""
-    out.print(f"site {c.site}, space {c.space}, similarity {c.similarity}; neighbour sets of {c.overlap_k}{corrected}", highlight=False)
+    out.print(
+        f"site {c.site}, space {c.space}, similarity {c.similarity}; neighbour sets of {c.overlap_k}{corrected}",
+        highlight=False,
+    )
     if not c.same_model:
         _print_models(c, show)
         return
@@ -115,14 +170,32 @@ def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
         out.print("cosine between the two occurrences, per layer and head:")
         out.print(table)
     else:
-        table = Table("layer", "cosine", "self_sim a", "self_sim b", "rank a", "rank b", f"shared/{c.overlap_k}", "only in a", "only in b", box=None, pad_edge=False)
+        table = Table(
+            "layer",
+            "cosine",
+            "self_sim a",
+            "self_sim b",
+            "rank a",
+            "rank b",
+            f"shared/{c.overlap_k}",
+            "only in a",
+            "only in b",
+            box=None,
+            pad_edge=False,
+        )
         cell = (lambda a, l: a[l, head]) if c.per_head else (lambda a, l: a[l])
         for layer in range(c.a.n_layers):
             table.add_row(
-                str(layer), f"{cell(c.cosine, layer):.4f}", f"{cell(c.a.self_sim, layer):.3f}", f"{cell(c.b.self_sim, layer):.3f}",
-                str(int(cell(c.a.rank, layer))), str(int(cell(c.b.rank, layer))), str(int(cell(c.overlap, layer))),
-                _words(c.separating("a", layer, head), show), _words(c.separating("b", layer, head), show),
-            )  # fmt: skip
+                str(layer),
+                f"{cell(c.cosine, layer):.4f}",
+                f"{cell(c.a.self_sim, layer):.3f}",
+                f"{cell(c.b.self_sim, layer):.3f}",
+                str(int(cell(c.a.rank, layer))),
+                str(int(cell(c.b.rank, layer))),
+                str(int(cell(c.overlap, layer))),
+                _words(c.separating("a", layer, head), show),
+                _words(c.separating("b", layer, head), show),
+            )
         if c.per_head:
             out.print(f"head {head}:")
         out.print(table)
@@ -135,7 +208,10 @@ def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
 def _print_models(c, show: int) -> None:
     if c.alignment is not None and c.a.token is not None:
         b_tokens = ", ".join(f"{j} {c.b.tokens[j]!r}" for j in c.alignment[c.a.token])
-        out.print(f"a token {c.a.token} {c.a.token_str!r} spans characters {c.a.span}; b tokens over them: {b_tokens}; b follows token {c.b.token}", highlight=False)
+        out.print(
+            f"a token {c.a.token} {c.a.token_str!r} spans characters {c.a.span}; b tokens over them: {b_tokens}; b follows token {c.b.token}",
+            highlight=False,
+        )
     for s in c.sides:
         cols = ["layer", "depth", "self_sim", "rank"] + (["nearest"] if s.token is not None and show else [])
         table = Table(*cols, box=None, pad_edge=False, title=f"{s.name}: {s.model}", title_justify="left")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -27,8 +26,12 @@ def models() -> None:
 
 
 def cache(
-    clear: bool = typer.Option(False, "--clear", help="Delete tokentrail's converted models and temporary folders (rebuilt on the next load)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="With --clear: do not ask for confirmation in a terminal (it never asks otherwise)."),
+    clear: bool = typer.Option(
+        False, "--clear", help="Delete tokentrail's converted models and temporary folders (rebuilt on the next load)."
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="With --clear: do not ask for confirmation in a terminal (it never asks otherwise)."
+    ),
 ) -> None:
     """Show what tokentrail's cache holds (TOKENTRAIL_CACHE or ~/.cache/tokentrail) and its size; --clear frees it."""
     human = tt.human_bytes
@@ -45,10 +48,16 @@ def cache(
     out.print(table)
     out.print(f"total {human(total)}")
     if not clear:
-        out.print("[dim]tokentrail cache --clear deletes the converted models (rebuilt on their next load); the Hugging Face hub cache is separate[/]")
+        out.print(
+            "[dim]tokentrail cache --clear deletes the converted models (rebuilt on their next load); the Hugging Face hub cache is separate[/]"
+        )
         return
     ours = [r for r in rows if r["path"].parent.name == "gguf"]
-    if sys.stdin.isatty() and not yes and not typer.confirm(f"delete {len(ours)} entries ({human(sum(r['bytes'] for r in ours))})?"):
+    if (
+        sys.stdin.isatty()
+        and not yes
+        and not typer.confirm(f"delete {len(ours)} entries ({human(sum(r['bytes'] for r in ours))})?")
+    ):
         out.print("nothing deleted")
         return
     freed = 0
@@ -63,11 +72,22 @@ def cache(
 
 def verify(
     model: str = typer.Argument(..., help="Bundled name (see `tokentrail models`), hub id, or local folder."),
-    text: str = typer.Option("Time flies like an arrow. Fruit flies like a banana.", "--text", help="The text to run the model on; '-' reads it from standard input."),
+    text: str = typer.Option(
+        "Time flies like an arrow. Fruit flies like a banana.",
+        "--text",
+        help="The text to run the model on; '-' reads it from standard input.",
+    ),
     rtol: float = typer.Option(1e-4, "--rtol", help="Relative tolerance (SPEC: 1e-4, fp32)."),
-    layer: list[int] = typer.Option([], "--layer", "-l", help="Layers whose value/key/query spaces are checked (repeatable; default: first, middle, last)."),
+    layer: list[int] = typer.Option(
+        [],
+        "--layer",
+        "-l",
+        help="Layers whose value/key/query spaces are checked (repeatable; default: first, middle, last).",
+    ),
     sample: int = typer.Option(32, "--sample", help="Vocabulary ids compared row by row in the space checks."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
 ) -> None:
     """Check every SPEC identity on your model and a text: tokentrail's numbers against the framework's."""
@@ -96,7 +116,14 @@ def _print_verification(result) -> None:
         if row.passed is None:
             table.add_row(row.identity, mark, "", "", "", row.note)
         else:
-            table.add_row(row.identity, mark, f"{row.max_abs:.2e}", f"{row.max_rel:.2e}", f"rtol {row.rtol:.0e}, atol {row.atol:.2e}", row.where)
+            table.add_row(
+                row.identity,
+                mark,
+                f"{row.max_abs:.2e}",
+                f"{row.max_rel:.2e}",
+                f"rtol {row.rtol:.0e}, atol {row.atol:.2e}",
+                row.where,
+            )
     out.print(f"{result.model} ({result.family}), {result.n_tokens} tokens, {'causal' if result.causal else 'no'} mask")
     out.print(table)
     if result.passed:
@@ -110,11 +137,24 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind. Only this machine by default."),
     port: int = typer.Option(7860, help="Port to listen on."),
     share: bool = typer.Option(False, "--share", help="Create a public Gradio share link (off by default)."),
-    model: list[str] = typer.Option([], "--model", "-m", help="Preload a model and offer it in the page (repeatable; hub ids and local folders allowed here, never from the page)."),
-    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests waiting at most; beyond it users see a busy message."),
+    model: list[str] = typer.Option(
+        [],
+        "--model",
+        "-m",
+        help="Preload a model and offer it in the page (repeatable; hub ids and local folders allowed here, never from the page).",
+    ),
+    max_queue: int = typer.Option(
+        16, "--max-queue", min=1, help="Requests waiting at most; beyond it users see a busy message."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto: where the app's models run."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (approximate)."),
-    studies: Optional[Path] = typer.Option(None, "--studies", help="A folder of corpus studies (`tokentrail study --out DIR/NAME`) the Study tab may open; the page offers only these."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (approximate)."
+    ),
+    studies: Path | None = typer.Option(
+        None,
+        "--studies",
+        help="A folder of corpus studies (`tokentrail study --out DIR/NAME`) the Study tab may open; the page offers only these.",
+    ),
 ) -> None:
     """Start the web app."""
     if studies is not None and not studies.is_dir():
@@ -125,6 +165,14 @@ def serve(
         fail(f"the web app needs gradio: pip install 'tokentrail[app]' ({exc})")
     try:
         tt.set_defaults(device=tt.resolve_device(device), dtype=tt.resolve_dtype(dtype))
-        web.launch(host=host, port=port, share=share, models=list(model) or None, preload=tuple(model), max_queue=max_queue, studies=None if studies is None else str(studies))
+        web.launch(
+            host=host,
+            port=port,
+            share=share,
+            models=list(model) or None,
+            preload=tuple(model),
+            max_queue=max_queue,
+            studies=None if studies is None else str(studies),
+        )
     except TokentrailError as exc:
         fail(str(exc))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -19,25 +18,60 @@ from tokentrail.spec.options import RESIDUAL_SITES, expand_choice
 
 
 def study(
-    source: Path = typer.Argument(..., help="The corpus: text (one per line), .conllu (gold word classes), .csv/.tsv or .parquet (with --column)."),
-    model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
+    source: Path = typer.Argument(
+        ..., help="The corpus: text (one per line), .conllu (gold word classes), .csv/.tsv or .parquet (with --column)."
+    ),
+    model: str = typer.Option(
+        "minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."
+    ),
     out_dir: Path = typer.Option(Path("study"), "--out", "-o", help="Folder for the study (Parquet parts + manifest)."),
     batch: int = typer.Option(32, "--batch", min=1, help="Texts per batch (one Parquet part each)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Study at most this many texts."),
-    column: Optional[str] = typer.Option(None, "--column", help="CSV/Parquet: the column holding the texts (default 'text')."),
-    site: str = typer.Option("attn_resid", "--site", help="Residual sites, comma-separated: resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, or 'all'."),
-    overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Study at most this many texts."),
+    column: str | None = typer.Option(
+        None, "--column", help="CSV/Parquet: the column holding the texts (default 'text')."
+    ),
+    site: str = typer.Option(
+        "attn_resid",
+        "--site",
+        help="Residual sites, comma-separated: resid_pre, attn_resid, attn_resid_ln, layer_out, mlp_out, or 'all'.",
+    ),
+    overlap_k: int | None = typer.Option(
+        None,
+        "--overlap-k",
+        min=1,
+        help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller).",
+    ),
     sample: int = typer.Option(2000, "--sample", min=2, help="Tokens in the corpus anisotropy sample."),
     seed: int = typer.Option(0, "--seed", help="Seed of the anisotropy sample."),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders: keep (default) or disable the causal mask."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study in --out from its last complete batch."),
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record (empty, over-long, undecodable) instead of skipping it."),
-    engine: str = typer.Option("local", "--engine", help="local, or ray (batches as tasks on actors that hold the model)."),
-    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster's address (default: start a local one)."),
+    causal: bool | None = typer.Option(
+        None, "--causal/--no-causal", help="Decoders: keep (default) or disable the causal mask."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted study in --out from its last complete batch."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first bad record (empty, over-long, undecodable) instead of skipping it."
+    ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local, or ray (batches as tasks on actors that hold the model)."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="With --engine ray: an existing Ray cluster's address (default: start a local one)."
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="With --engine ray and no GPU: CPU actors to start."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one); with --engine ray, each GPU gets an actor."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
-    frequencies: Optional[Path] = typer.Option(None, "--frequencies", help="TOKEN<TAB>COUNT file (tokens as the tokenizer spells them, or #ID) for the freq_rank column; default: rank by count in this corpus."),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="cpu, cuda, mps or auto (a GPU if there is one); with --engine ray, each GPU gets an actor.",
+    ),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."
+    ),
+    frequencies: Path | None = typer.Option(
+        None,
+        "--frequencies",
+        help="TOKEN<TAB>COUNT file (tokens as the tokenizer spells them, or #ID) for the freq_rank column; default: rank by count in this corpus.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Study a corpus: every token x layer x site, written as Parquet while the run goes."""
@@ -46,11 +80,29 @@ def study(
         check_input_file(source, CORPUS_FILES)  # before the study's machinery (torch) is imported
         with bar:
             s = tt.study(
-                source, model, out_dir, sites=expand_choice(site, RESIDUAL_SITES), batch=batch, limit=limit, column=column,
-                overlap_k=overlap_k, sample=sample, seed=seed, causal=causal, resume=resume, strict=strict,
-                engine=engine, address=address, workers=workers, allow_pickle=allow_pickle, device=device,
-                frequencies=frequencies, progress=bar.update, on_start=bar.start, on_load=bar.loading,
-            )  # fmt: skip
+                source,
+                model,
+                out_dir,
+                sites=expand_choice(site, RESIDUAL_SITES),
+                batch=batch,
+                limit=limit,
+                column=column,
+                overlap_k=overlap_k,
+                sample=sample,
+                seed=seed,
+                causal=causal,
+                resume=resume,
+                strict=strict,
+                engine=engine,
+                address=address,
+                workers=workers,
+                allow_pickle=allow_pickle,
+                device=device,
+                frequencies=frequencies,
+                progress=bar.update,
+                on_start=bar.start,
+                on_load=bar.loading,
+            )
     except TokentrailError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -60,7 +112,11 @@ def study(
     skipped = m.get("skipped", {})
     err.print(f"wrote {out_dir}: {m['texts']:,} texts, {m['tokens']:,} tokens in {m['elapsed_s']} s")
     if skipped.get("total"):
-        err.print(f"[yellow]skipped {skipped['total']} records:[/] " + ", ".join(f"{n} {r}" for r, n in skipped["counts"].items()) + f" (samples in {out_dir}/manifest.json)")
+        err.print(
+            f"[yellow]skipped {skipped['total']} records:[/] "
+            + ", ".join(f"{n} {r}" for r, n in skipped["counts"].items())
+            + f" (samples in {out_dir}/manifest.json)"
+        )
 
 
 class _StudyProgress:
@@ -76,10 +132,17 @@ class _StudyProgress:
         self.loader: TerminalProgress | None = None  # while the model loads
         if not quiet:
             self.bar = Progress(
-                TextColumn("studying"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
-                TextColumn("{task.fields[tps]} tokens/s, {task.fields[bad]} skipped"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=console, transient=False,
-            )  # fmt: skip
+                TextColumn("studying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("texts"),
+                TextColumn("{task.fields[tps]} tokens/s, {task.fields[bad]} skipped"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
         self.t0 = None
         self.tokens0 = None
 
@@ -123,8 +186,12 @@ class _StudyProgress:
 
 def report(
     study_dir: Path = typer.Argument(..., help="A study folder written by `tokentrail study`."),
-    out_path: Path = typer.Option(Path("study.html"), "--out", "-o", help="The HTML file to write (self-contained, works offline)."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also write each figure as a PNG into this folder (needs kaleido)."),
+    out_path: Path = typer.Option(
+        Path("study.html"), "--out", "-o", help="The HTML file to write (self-contained, works offline)."
+    ),
+    png: Path | None = typer.Option(
+        None, "--png", help="Also write each figure as a PNG into this folder (needs kaleido)."
+    ),
 ) -> None:
     """Render a study's aggregates as one self-contained HTML file (plots, tables, metadata)."""
     if out_path.is_dir():

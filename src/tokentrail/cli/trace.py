@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -19,7 +18,15 @@ from tokentrail.present.progress import TerminalProgress, analysis_steps
 from tokentrail.present.report import print_report
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import check_output_path, write_text
-from tokentrail.spec.options import ALL_SITES, RESIDUAL_SITES, RESIDUAL_SPACES, TraceOptions, check_index, expand_choice, site_spaces
+from tokentrail.spec.options import (
+    ALL_SITES,
+    RESIDUAL_SITES,
+    RESIDUAL_SPACES,
+    TraceOptions,
+    check_index,
+    expand_choice,
+    site_spaces,
+)
 from tokentrail.spec.text import check_decoder_input, check_text
 from tokentrail.spec.tokens import find_token
 
@@ -28,35 +35,108 @@ STACKS = ("both", "encoder", "decoder")
 
 def trace(
     text: str = typer.Argument(..., help="The text to trace; '-' reads it from standard input (UTF-8)."),
-    model: str = typer.Option("minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."),
-    token: Optional[str] = typer.Option(None, "--token", "-t", help="Token to follow: its index (0 = first), its text (the first occurrence), or TEXT:N for the N-th occurrence from 0 (flies:1 = the second 'flies'). Omitted: a grid of all tokens."),
-    site: str = typer.Option("attn_resid", help="attn_resid, attn_resid_ln, layer_out, resid_pre (the layer's input), mlp_out (the FFN's output), heads; encoder-decoders also cross_resid (the decoder's residual after cross-attention) and cross_heads (each cross-attention head against the source tokens); comma-separated or 'all'."),
-    space: Optional[str] = typer.Option(None, help="encodings (default), embeddings (residual sites); value (default), key, query (heads); or 'all'."),
+    model: str = typer.Option(
+        "minilm", "--model", "-m", help="Bundled name (see `tokentrail models`), hub id, or local folder."
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        "-t",
+        help="Token to follow: its index (0 = first), its text (the first occurrence), or TEXT:N for the N-th occurrence from 0 (flies:1 = the second 'flies'). Omitted: a grid of all tokens.",
+    ),
+    site: str = typer.Option(
+        "attn_resid",
+        help="attn_resid, attn_resid_ln, layer_out, resid_pre (the layer's input), mlp_out (the FFN's output), heads; encoder-decoders also cross_resid (the decoder's residual after cross-attention) and cross_heads (each cross-attention head against the source tokens); comma-separated or 'all'.",
+    ),
+    space: str | None = typer.Option(
+        None, help="encodings (default), embeddings (residual sites); value (default), key, query (heads); or 'all'."
+    ),
     similarity: str = typer.Option("cosine", help="cosine, euclidean, or 'all'."),
-    k: int = typer.Option(15, "-k", min=1, help="Nearest vocabulary tokens to show per layer (at most the vocabulary size)."),
-    overlap_k: Optional[int] = typer.Option(None, "--overlap-k", min=1, help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller); at most the vocabulary size."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Show only this layer (negative counts from the end)."),
-    head: Optional[int] = typer.Option(None, "--head", help="With site heads: show this head's neighbours."),
-    lens: bool = typer.Option(False, "--lens", help="Also run the logit lens: the model's own output head on every layer's residual (layer_out unless --lens-site)."),
-    lens_site: str = typer.Option("layer_out", "--lens-site", help="The residual the lens reads: layer_out (h_{l+1}, default) or attn_resid (h_l + attn_l)."),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."),
+    k: int = typer.Option(
+        15, "-k", min=1, help="Nearest vocabulary tokens to show per layer (at most the vocabulary size)."
+    ),
+    overlap_k: int | None = typer.Option(
+        None,
+        "--overlap-k",
+        min=1,
+        help="Set size for the layer-to-layer neighbour overlap: default 100 (or the vocabulary size, if smaller); at most the vocabulary size.",
+    ),
+    layer: int | None = typer.Option(
+        None, "--layer", "-l", help="Show only this layer (negative counts from the end)."
+    ),
+    head: int | None = typer.Option(None, "--head", help="With site heads: show this head's neighbours."),
+    lens: bool = typer.Option(
+        False,
+        "--lens",
+        help="Also run the logit lens: the model's own output head on every layer's residual (layer_out unless --lens-site).",
+    ),
+    lens_site: str = typer.Option(
+        "layer_out",
+        "--lens-site",
+        help="The residual the lens reads: layer_out (h_{l+1}, default) or attn_resid (h_l + attn_l).",
+    ),
+    causal: bool | None = typer.Option(
+        None, "--causal/--no-causal", help="Decoders only: keep (default) or disable the causal mask."
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet (the tidy frame)."),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the export here (required for parquet; the format follows the file's suffix unless --format says). Written atomically; CSV text cells starting with = + - @ or reading as missing (nan, NA, null) get a leading apostrophe."),
+    out_path: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Write the export here (required for parquet; the format follows the file's suffix unless --format says). Written atomically; CSV text cells starting with = + - @ or reading as missing (nan, NA, null) get a leading apostrophe.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
-    truncate: bool = typer.Option(False, "--truncate", help="Cut text longer than the model's positions instead of refusing it."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit); hub ids only."),
+    truncate: bool = typer.Option(
+        False, "--truncate", help="Cut text longer than the model's positions instead of refusing it."
+    ),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Allow pickled (.bin) weights. They can run code: only for sources you trust."
+    ),
+    revision: str | None = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit); hub ids only."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps or auto (a GPU if there is one)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="float32 (exact, default), bfloat16 or float16 (faster on GPUs; approximate)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or notes."),
-    correct: Optional[str] = typer.Option(None, "--correct", help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors, or to a study with --correct-from."),
-    correct_from: Optional[Path] = typer.Option(None, "--correct-from", help="Fit --correct to a corpus study of the same model (the folder `tokentrail study` wrote) instead of the text: its per-layer mean and std over every token, its sample for rogue:D and abtt:D."),
-    map_path: Optional[Path] = typer.Option(None, "--map", help="Also write a 2-D map of the token paths through the layers (HTML, plotly) here; atomically."),
-    map_method: str = typer.Option("pca", "--map-method", help="pca (exact, default), tsne (scikit-learn) or umap (umap-learn)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Encoder-decoders (BART, Marian, T5): the decoder's input, read as the model reads a target while it learns (its decoder start token, then this text's tokens). Omitted: the model's own greedy output for TEXT."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Encoder-decoders without --target: at most this many greedy tokens (default 20)."),
-    stack: str = typer.Option("both", "--stack", help="Encoder-decoders: show the encoder, the decoder or both (default) stacks; --token follows a token of one stack."),
-    map_head: Optional[str] = typer.Option(None, "--map-head", help="With --map: draw the query and key vectors of one head instead, as LAYER.HEAD (2.5 = layer 2, head 5; negative counts from the end)."),
+    correct: str | None = typer.Option(
+        None,
+        "--correct",
+        help="Correct the geometry of residual sites before comparing (applied to the vector and every vocabulary row; exact): zscore, center, rogue:D (drop the D dimensions that dominate cosine), abtt:D (remove the top D principal components). Fitted per layer to the text's own vectors, or to a study with --correct-from.",
+    ),
+    correct_from: Path | None = typer.Option(
+        None,
+        "--correct-from",
+        help="Fit --correct to a corpus study of the same model (the folder `tokentrail study` wrote) instead of the text: its per-layer mean and std over every token, its sample for rogue:D and abtt:D.",
+    ),
+    map_path: Path | None = typer.Option(
+        None,
+        "--map",
+        help="Also write a 2-D map of the token paths through the layers (HTML, plotly) here; atomically.",
+    ),
+    map_method: str = typer.Option(
+        "pca", "--map-method", help="pca (exact, default), tsne (scikit-learn) or umap (umap-learn)."
+    ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Encoder-decoders (BART, Marian, T5): the decoder's input, read as the model reads a target while it learns (its decoder start token, then this text's tokens). Omitted: the model's own greedy output for TEXT.",
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="Encoder-decoders without --target: at most this many greedy tokens (default 20).",
+    ),
+    stack: str = typer.Option(
+        "both",
+        "--stack",
+        help="Encoder-decoders: show the encoder, the decoder or both (default) stacks; --token follows a token of one stack.",
+    ),
+    map_head: str | None = typer.Option(
+        None,
+        "--map-head",
+        help="With --map: draw the query and key vectors of one head instead, as LAYER.HEAD (2.5 = layer 2, head 5; negative counts from the end).",
+    ),
 ) -> None:
     """Trace a text: self-similarity, rank and nearest vocabulary tokens per layer."""
     with one_line_errors():
@@ -65,9 +145,19 @@ def trace(
         fmt, out_path = check_output(fmt, out_path, force)
         model = check_model_option(model, revision)
         options = _trace_options(
-            site=site, space=space, similarity=similarity, k=k, overlap_k=overlap_k, lens=lens, lens_site=lens_site,
-            causal=causal, truncate=truncate, correct=correct, correct_from=correct_from, quiet=quiet,
-        )  # fmt: skip
+            site=site,
+            space=space,
+            similarity=similarity,
+            k=k,
+            overlap_k=overlap_k,
+            lens=lens,
+            lens_site=lens_site,
+            causal=causal,
+            truncate=truncate,
+            correct=correct,
+            correct_from=correct_from,
+            quiet=quiet,
+        )
         _check_head_option(head, options.sites)
         map_path = _check_map(map_path, map_method, options.sites, force, map_head)
         head_at = None if map_head is None else _parse_map_head(map_head)
@@ -77,7 +167,9 @@ def trace(
             _check_study(correct_from, options.sites)  # a study of these sites: read before loading
         device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
-            loaded = tt.load(model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=bar.loading)
+            loaded = tt.load(
+                model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=bar.loading
+            )
             # what needs the model, before the analysis
             stacks = _check_stack_options(loaded, causal, stack, seq2seq_asked, token, layer, head)
             enc = loaded.encode(text, truncate=truncate)
@@ -143,7 +235,9 @@ def _parse_map_head(value: str) -> tuple[int, int]:
 
 def _check_head_option(head: int | None, sites) -> None:
     if head is not None and "heads" not in sites and "cross_heads" not in sites:
-        raise InputError("--head selects a head of the heads site (or cross_heads): add --site heads (or leave out --head)")
+        raise InputError(
+            "--head selects a head of the heads site (or cross_heads): add --site heads (or leave out --head)"
+        )
 
 
 def _check_seq2seq_options(target: str | None, max_new_tokens: int | None, stack: str, token: str | None) -> bool:
@@ -173,7 +267,9 @@ def _stacks_shown(loaded, stack: str, seq2seq_asked: bool) -> list:
     """The stacks whose rows the report shows (one for single-stack models)."""
     if not loaded.is_seq2seq:
         if seq2seq_asked:
-            raise InputError(f"--target, --max-new-tokens and --stack are for encoder-decoder models; this {loaded.family} model has one stack")
+            raise InputError(
+                f"--target, --max-new-tokens and --stack are for encoder-decoder models; this {loaded.family} model has one stack"
+            )
         return list(loaded.stacks)
     both = list(loaded.stacks)
     return both if stack == "both" else [s for s in both if s.name == stack]
@@ -184,7 +280,9 @@ def _check_causal_option(causal: bool | None, loaded) -> None:
         raise InputError(f"--causal/--no-causal: the {loaded.family} decoder is always causal and its encoder never is")
     if causal is not None and not loaded.is_decoder:
         flag = "--causal" if causal else "--no-causal"
-        raise InputError(f"{flag} is for decoders; {loaded.family} is an encoder (it attends both ways and has no causal mask)")
+        raise InputError(
+            f"{flag} is for decoders; {loaded.family} is an encoder (it attends both ways and has no causal mask)"
+        )
 
 
 def _pick_token(tokens, token: str, quiet: bool) -> int:
@@ -229,7 +327,9 @@ def _notes(run, trail, options: TraceOptions, map_path: Path | None, quiet: bool
     if options.correct is None:
         _rogue_notes(run, options.sites)
     if trail.info.truncated_from is not None:
-        err.print(f"[yellow]note:[/] the text was {trail.info.truncated_from} tokens; kept the first {trail.n_tokens} (--truncate)")
+        err.print(
+            f"[yellow]note:[/] the text was {trail.info.truncated_from} tokens; kept the first {trail.n_tokens} (--truncate)"
+        )
 
 
 def _rogue_notes(run, sites) -> None:
@@ -256,5 +356,8 @@ def _export(trail, fmt: str, out_path: Path | None, quiet: bool = False) -> None
 
 def _say_attention_left_out(trail) -> None:
     if trail.attentions is not None and not tt.attention_included(trail):
-        err.print(f"note: the attention table ({trail.attentions.size:,} rows, layers × heads × tokens²) is left out above "
-                  f"{tt.MAX_ATTENTION_ROWS:,} rows; from Python, trail.export(path, attention=True) includes it", highlight=False)
+        err.print(
+            f"note: the attention table ({trail.attentions.size:,} rows, layers × heads × tokens²) is left out above "
+            f"{tt.MAX_ATTENTION_ROWS:,} rows; from Python, trail.export(path, attention=True) includes it",
+            highlight=False,
+        )

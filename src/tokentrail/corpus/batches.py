@@ -45,7 +45,9 @@ def read_batch_meta(sd: StudyDir, batch: int) -> dict[str, Any]:
     return json.loads(meta.get(b"tokentrail_batch", b"{}"))
 
 
-def run_batch(loaded, b: int, batch: list, options: StudyOptions, sd: StudyDir, *, threshold: float, strict: bool) -> tuple[int, dict[str, Any], set[float]]:
+def run_batch(
+    loaded, b: int, batch: list, options: StudyOptions, sd: StudyDir, *, threshold: float, strict: bool
+) -> tuple[int, dict[str, Any], set[float]]:
     """Compute batch ``b``, tag it (:func:`tag_batch`), write its parts into ``sd`` and
     return ``(b, its counts, its sample keys)``: what the driver records."""
     result = tag_batch(compute_batch(loaded, batch, options, threshold=threshold, strict=strict))

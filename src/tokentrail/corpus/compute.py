@@ -19,16 +19,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tokentrail.engine.budget import estimate
-from tokentrail.engine.cells import CELL_METRICS
-from tokentrail.session.inputs import MAX_TOKENS
-from tokentrail.session.inputs import readable_tokens
-from tokentrail.session.models import LoadedModel
-from tokentrail.spec.options import TraceOptions
-from tokentrail.session.runner import trail_many
 from tokentrail.corpus.inputs import Record, Skipped
 from tokentrail.corpus.wordclass import align
+from tokentrail.engine.budget import estimate
+from tokentrail.engine.cells import CELL_METRICS
+from tokentrail.session.inputs import MAX_TOKENS, readable_tokens
+from tokentrail.session.models import LoadedModel
+from tokentrail.session.runner import trail_many
+from tokentrail.spec.options import TraceOptions
 from tokentrail.store.schema import EMBEDDED, SAMPLE_SCHEMA, STATS_SCHEMA, token_schema
+
 
 @dataclass(frozen=True)
 class StudyOptions:
@@ -42,7 +42,16 @@ class StudyOptions:
     causal: bool | None = None
 
     def as_dict(self) -> dict:
-        return {"sites": list(self.sites), "overlap_k": self.overlap_k, "batch": self.batch, "sample": self.sample, "seed": self.seed, "causal": self.causal, "space": "encodings", "similarity": "cosine"}
+        return {
+            "sites": list(self.sites),
+            "overlap_k": self.overlap_k,
+            "batch": self.batch,
+            "sample": self.sample,
+            "seed": self.seed,
+            "causal": self.causal,
+            "space": "encodings",
+            "similarity": "cosine",
+        }
 
 
 @dataclass
@@ -69,7 +78,9 @@ def token_limit(loaded: LoadedModel) -> int:
 FORWARD_BYTES = 32 << 20  # activation bytes of one forward group (budget.estimate's formula)
 
 
-def forward_groups(lengths: list[int], layers: int, heads: int, d_model: int, budget: int | None = None) -> list[list[int]]:
+def forward_groups(
+    lengths: list[int], layers: int, heads: int, d_model: int, budget: int | None = None
+) -> list[list[int]]:
     """The texts of a batch (by index) in forward-pass groups of similar length whose
     padded activations stay under ``budget`` bytes: what a batch holds at once is then
     bounded by the budget, not by how many texts it has or how long its longest one is
@@ -95,13 +106,25 @@ def activation_bytes(tokens: int, layers: int, heads: int, d_model: int) -> int:
     """One text's captured activations (attention maps and hooked vectors), as
     :func:`tokentrail.engine.budget.estimate` counts them."""
     return estimate(
-        tokens=tokens, layers=layers, heads=heads, vocab=1, d_model=d_model, residual_sites=0, residual_spaces=0,
-        head_spaces=0, similarities=0, k=1, overlap_k=1, lens=False,
-    ).activations  # fmt: skip
+        tokens=tokens,
+        layers=layers,
+        heads=heads,
+        vocab=1,
+        d_model=d_model,
+        residual_sites=0,
+        residual_spaces=0,
+        head_spaces=0,
+        similarities=0,
+        k=1,
+        overlap_k=1,
+        lens=False,
+    ).activations
 
 
 @torch.no_grad()
-def compute_batch(loaded: LoadedModel, batch: list[Record], options: StudyOptions, *, threshold: float = 1.0, strict: bool = False) -> BatchResult:
+def compute_batch(
+    loaded: LoadedModel, batch: list[Record], options: StudyOptions, *, threshold: float = 1.0, strict: bool = False
+) -> BatchResult:
     """Token rows (one per token x layer x site) and the anisotropy sample candidates of
     one batch: tokens whose key is below ``threshold``, at most ``options.sample``."""
     adapter, tok = loaded.adapter, loaded.tokenizer
@@ -122,9 +145,13 @@ def compute_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
         classes = align(rec.text, enc["offset_mapping"], special, list(rec.words) if rec.words is not None else None)
         kept.append((rec, ids, classes))
     trace_options = TraceOptions(
-        sites=tuple(options.sites), spaces=("encodings",), similarities=("cosine",), k=1,
-        overlap_k=options.overlap_k, causal=options.causal,
-    )  # fmt: skip
+        sites=tuple(options.sites),
+        spaces=("encodings",),
+        similarities=("cosine",),
+        k=1,
+        overlap_k=options.overlap_k,
+        causal=options.causal,
+    )
     rows: list[dict | None] = [None] * len(kept)
     sums: dict[tuple[str, int], list] = {}  # (site, layer) -> [count, sum (d,), sum of squares (d,)], float64
     for group in forward_groups([len(ids) for _, ids, _ in kept], adapter.n_layers, adapter.n_heads, adapter.d_model):
@@ -144,7 +171,14 @@ def compute_batch(loaded: LoadedModel, batch: list[Record], options: StudyOption
             entry[2] = entry[2] + squares
     candidates = sorted((c for r in rows for c in r["candidates"]), key=lambda c: c[0])
     n_tokens = sum(len(ids) for _, ids, _ in kept)
-    result = BatchResult(_table(cols), _sample_table(candidates[: options.sample], options.sites), _stats_table(sums), len(kept), n_tokens, skipped)
+    result = BatchResult(
+        _table(cols),
+        _sample_table(candidates[: options.sample], options.sites),
+        _stats_table(sums),
+        len(kept),
+        n_tokens,
+        skipped,
+    )
     del rows, cols, candidates
     release_freed_memory()
     return result
@@ -207,7 +241,16 @@ def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyO
         if key < threshold:
             if stacked is None:
                 stacked = torch.stack([acts.site(s) for s in options.sites]).cpu().numpy()  # (S, L, n, d)
-            candidates.append((key, rec.index, p, classes[p].word_class, stacked[:, :, p].copy(), acts.embedded[p].cpu().numpy().copy()))
+            candidates.append(
+                (
+                    key,
+                    rec.index,
+                    p,
+                    classes[p].word_class,
+                    stacked[:, :, p].copy(),
+                    acts.embedded[p].cpu().numpy().copy(),
+                )
+            )
     return {"cols": cols, "candidates": candidates, "sums": sums}
 
 
@@ -244,7 +287,9 @@ def _table(cols: dict[str, list]) -> pa.Table:
 def _sample_table(candidates, sites) -> pa.Table:
     rows = {name: [] for name in SAMPLE_SCHEMA.names}
     for key, text_id, position, word_class, vecs, emb in candidates:  # vecs (S, L, d), emb (d,)
-        at = [(EMBEDDED, 0, emb)] + [(site, layer, vecs[s, layer]) for s, site in enumerate(sites) for layer in range(vecs.shape[1])]
+        at = [(EMBEDDED, 0, emb)] + [
+            (site, layer, vecs[s, layer]) for s, site in enumerate(sites) for layer in range(vecs.shape[1])
+        ]
         for site, layer, vec in at:
             rows["text_id"].append(text_id)
             rows["position"].append(position)
@@ -254,5 +299,3 @@ def _sample_table(candidates, sites) -> pa.Table:
             rows["layer"].append(layer)
             rows["vector"].append(vec.astype(np.float32))
     return pa.Table.from_pydict(rows, schema=SAMPLE_SCHEMA)
-
-

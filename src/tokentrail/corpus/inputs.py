@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
+from tokentrail.corpus.wordclass import Word
+from tokentrail.session.inputs import MAX_CHARS
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import CORPUS_FILES, check_input_file
-from tokentrail.session.inputs import MAX_CHARS
-from tokentrail.corpus.wordclass import Word
 
 FORMATS = ("text", "conllu", "csv", "parquet")
 SAMPLES_KEPT = 5  # per reason, in the run's log
@@ -64,7 +64,14 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
             raise InputError(f"unknown input format {fmt!r}: choose from {', '.join(FORMATS)}")
         return fmt
     suffix = path.suffix.lower()
-    return {".conllu": "conllu", ".conll": "conllu", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(suffix, "text")
+    return {
+        ".conllu": "conllu",
+        ".conll": "conllu",
+        ".csv": "csv",
+        ".tsv": "csv",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+    }.get(suffix, "text")
 
 
 def check_source(path: str | Path, fmt: str | None = None, column: str | None = None) -> str:
@@ -75,7 +82,9 @@ def check_source(path: str | Path, fmt: str | None = None, column: str | None = 
         cols = _columns(path, fmt)
         want = column or "text"
         if want not in cols:
-            raise InputError(f"{path} has no column {want!r}; its columns are {', '.join(cols)} (choose one with --column)")
+            raise InputError(
+                f"{path} has no column {want!r}; its columns are {', '.join(cols)} (choose one with --column)"
+            )
     elif column:
         raise InputError(f"--column is for CSV and Parquet inputs; {path} is read as {fmt}")
     return fmt
@@ -272,7 +281,9 @@ def _csv(path: Path, column) -> Iterator[tuple]:
     column = column or "text"
     i = 0
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    for chunk in pd.read_csv(path, usecols=[column], chunksize=1024, dtype={column: object}, keep_default_na=False, sep=sep):
+    for chunk in pd.read_csv(
+        path, usecols=[column], chunksize=1024, dtype={column: object}, keep_default_na=False, sep=sep
+    ):
         for value in chunk[column]:
             yield i, value, None, None
             i += 1

@@ -29,7 +29,16 @@ def _ray():
 class _Worker:
     """The actor: loads the model once, then computes and writes batches."""
 
-    def __init__(self, model: str, allow_pickle: bool, options: StudyOptions, strict: bool, root: str, threads: int, device: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        allow_pickle: bool,
+        options: StudyOptions,
+        strict: bool,
+        root: str,
+        threads: int,
+        device: str | None = None,
+    ):
         import torch
 
         if threads:
@@ -51,7 +60,9 @@ class _Worker:
 
 
 class RayRunner:
-    def __init__(self, model, allow_pickle, options, strict, sd: StudyDir, *, say, address=None, workers=1, device=None):
+    def __init__(
+        self, model, allow_pickle, options, strict, sd: StudyDir, *, say, address=None, workers=1, device=None
+    ):
         ray = _ray()
         self.ray = ray
         self.started = not ray.is_initialized()
@@ -63,7 +74,11 @@ class RayRunner:
             else:
                 import os
 
-                ray.init(num_cpus=max(workers, 1), **kwargs, runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+                ray.init(
+                    num_cpus=max(workers, 1),
+                    **kwargs,
+                    runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},
+                )
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n = gpus if gpus else workers
         threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", n)) // n)
@@ -72,7 +87,9 @@ class RayRunner:
         # one actor per GPU (each on its own, "cuda"), else CPU actors on the device asked for
         dev = "cuda" if gpus else device
         say(f"loading {model} in {n} Ray worker{'s' if n > 1 else ''}")
-        self.actors = [actor.remote(model, allow_pickle, options, strict, str(sd.root.resolve()), threads, dev) for _ in range(n)]
+        self.actors = [
+            actor.remote(model, allow_pickle, options, strict, str(sd.root.resolve()), threads, dev) for _ in range(n)
+        ]
         self.info = ray.get(self.actors[0].info.remote())
 
     def vocab(self) -> dict[str, int]:

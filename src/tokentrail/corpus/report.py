@@ -22,7 +22,13 @@ def _by_class_figure(df: pd.DataFrame, column: str, title: str, *, log: bool = F
     for (site, cls), g in df.groupby(["site", "word_class"], sort=False):
         name = cls if df["site"].nunique() == 1 else f"{cls} ({site})"
         fig.add_trace(go.Scatter(x=g["layer"], y=g[column] + (1 if log else 0), mode="lines+markers", name=name))
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title=column + (" + 1" if log else ""), template="plotly_white", height=380)
+    fig.update_layout(
+        title=title,
+        xaxis_title="layer",
+        yaxis_title=column + (" + 1" if log else ""),
+        template="plotly_white",
+        height=380,
+    )
     if log:
         fig.update_yaxes(type="log")
     return fig
@@ -46,29 +52,58 @@ def named_figures(agg: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
     by["order"] = by["word_class"].map({c: i for i, c in enumerate(CLASS_ORDER)})
     by = by.sort_values(["site", "order", "layer"])
     figs = {
-        "self_sim": _by_class_figure(by, "self_sim_mean", "Self-similarity (cosine to the token's own original encoding), mean by word class"),
-        "rank_median": _by_class_figure(by, "rank_median", "Rank of the token's own encoding (median, log scale: 0 = nearest)", log=True),
+        "self_sim": _by_class_figure(
+            by, "self_sim_mean", "Self-similarity (cosine to the token's own original encoding), mean by word class"
+        ),
+        "rank_median": _by_class_figure(
+            by, "rank_median", "Rank of the token's own encoding (median, log scale: 0 = nearest)", log=True
+        ),
         "rank_mean": _by_class_figure(by, "rank_mean", "Rank of the token's own encoding (mean, log scale)", log=True),
-        "overlap": _by_class_figure(by, "overlap_mean", "Overlap of the nearest-vocabulary sets with the layer before (mean)"),
+        "overlap": _by_class_figure(
+            by, "overlap_mean", "Overlap of the nearest-vocabulary sets with the layer before (mean)"
+        ),
     }
     for name, m in CELL_METRICS.items():  # every other registered metric the study holds: its mean by class
         if name not in figs and name not in _DRAWN_AS and f"{name}_mean" in by:
             figs[name] = _by_class_figure(by, f"{name}_mean", f"{m.title} (mean by word class)")
     if "corpus_adjusted_self_sim_mean" in by:
-        figs["corpus_adjusted_self_sim"] = _by_class_figure(by, "corpus_adjusted_self_sim_mean", "Self-similarity minus the corpus anisotropy baseline (Ethayarajh 2019)")
+        figs["corpus_adjusted_self_sim"] = _by_class_figure(
+            by,
+            "corpus_adjusted_self_sim_mean",
+            "Self-similarity minus the corpus anisotropy baseline (Ethayarajh 2019)",
+        )
     an = agg["anisotropy"]
     if len(an):
         fig = go.Figure()
         for site, g in an.groupby("site"):
             fig.add_trace(go.Scatter(x=g["layer"], y=g["anisotropy"], mode="lines+markers", name=site))
-        fig.update_layout(title="Corpus anisotropy: mean cosine of token pairs from different texts", xaxis_title="layer", yaxis_title="mean cosine", template="plotly_white", height=340)
+        fig.update_layout(
+            title="Corpus anisotropy: mean cosine of token pairs from different texts",
+            xaxis_title="layer",
+            yaxis_title="mean cosine",
+            template="plotly_white",
+            height=340,
+        )
         figs["anisotropy"] = fig
     j = agg["jumps"]
     if len(j):
         for i, (site, g) in enumerate(j.groupby("site")):
             pivot = g.pivot(index="word_class", columns="layer", values="d_self_sim_paired")
-            fig = go.Figure(go.Heatmap(z=pivot.values, x=[f"{l - 1}→{l}" for l in pivot.columns], y=list(pivot.index), colorscale="RdBu", zmid=0, colorbar_title="Δ self_sim"))
-            fig.update_layout(title=f"Change of self-similarity from the layer before, per token, mean by class ({site})", template="plotly_white", height=300 + 20 * len(pivot))
+            fig = go.Figure(
+                go.Heatmap(
+                    z=pivot.values,
+                    x=[f"{l - 1}→{l}" for l in pivot.columns],
+                    y=list(pivot.index),
+                    colorscale="RdBu",
+                    zmid=0,
+                    colorbar_title="Δ self_sim",
+                )
+            )
+            fig.update_layout(
+                title=f"Change of self-similarity from the layer before, per token, mean by class ({site})",
+                template="plotly_white",
+                height=300 + 20 * len(pivot),
+            )
             figs[f"jumps_{i}"] = fig
     return figs
 
@@ -109,9 +144,13 @@ def render(study) -> str:
     meta_rows = metadata(m)
     meta = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in meta_rows.items())
     samples = pd.DataFrame(m.get("skipped", {}).get("samples", []))
-    cols = [c for c in agg["by_class"].columns if c.endswith(("_mean", "_median")) or c in ("site", "layer", "word_class", "n", "anisotropy")]
+    cols = [
+        c
+        for c in agg["by_class"].columns
+        if c.endswith(("_mean", "_median")) or c in ("site", "layer", "word_class", "n", "anisotropy")
+    ]
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tokentrail study: {html.escape(str(m.get('model')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>tokentrail study: {html.escape(str(m.get("model")))}</title>
 <style>
 body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table.t,table.meta{{border-collapse:collapse;font-size:13px;margin:1em 0}}
@@ -119,17 +158,17 @@ table.t td,table.t th,table.meta td,table.meta th{{padding:2px 8px;border-bottom
 table.meta th{{text-align:left}} table.meta td{{text-align:left}}
 details{{margin:1em 0}}
 </style></head><body>
-<h1>Corpus study: {html.escape(str(m.get('model')))}</h1>
+<h1>Corpus study: {html.escape(str(m.get("model")))}</h1>
 <p>Every token of every text, at every layer, compared with the model's own vocabulary of
 encodings (cosine; see the project's SPEC). Word classes come from gold UPOS tags where the
 input had them (CoNLL-U), otherwise from a closed-class list of English function words.</p>
 <table class="meta">{meta}</table>
-{''.join(parts)}
-<h2>By layer and word class</h2>{_table(agg['by_class'][cols])}
-<h2>Jumps between consecutive layers</h2>{_table(agg['jumps'])}
-<h2>Corpus anisotropy</h2>{_table(agg['anisotropy'])}
-<details><summary>Most frequent tokens ({agg['by_token']['token_id'].nunique()} tokens)</summary>{_table(agg['by_token'], 2000)}</details>
-<details><summary>Skipped records ({m.get('skipped', {}).get('total', 0)})</summary>{_table(samples) if len(samples) else '<p>none</p>'}</details>
+{"".join(parts)}
+<h2>By layer and word class</h2>{_table(agg["by_class"][cols])}
+<h2>Jumps between consecutive layers</h2>{_table(agg["jumps"])}
+<h2>Corpus anisotropy</h2>{_table(agg["anisotropy"])}
+<details><summary>Most frequent tokens ({agg["by_token"]["token_id"].nunique()} tokens)</summary>{_table(agg["by_token"], 2000)}</details>
+<details><summary>Skipped records ({m.get("skipped", {}).get("total", 0)})</summary>{_table(samples) if len(samples) else "<p>none</p>"}</details>
 </body></html>
 """
 

@@ -11,21 +11,30 @@ the same files.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
-from tokentrail.spec.version import __version__
-from tokentrail.spec.options import RESIDUAL_SITES as SITES
-from tokentrail.spec.errors import InputError, ModelError
-from tokentrail.session.inputs import MAX_CHARS
 from tokentrail.corpus.batches import model_info, read_batch_meta, run_batch
 from tokentrail.corpus.compute import StudyOptions
 from tokentrail.corpus.dataset import Study
+from tokentrail.corpus.inputs import (
+    SAMPLES_KEPT,
+    Skipped,
+    check_source,
+    count,
+    file_hash,
+    iter_batches,
+    records,
+    texts_hash,
+)
 from tokentrail.corpus.ray_engine import RayRunner
+from tokentrail.session.inputs import MAX_CHARS
 from tokentrail.session.models import load, resolve_device
+from tokentrail.spec.errors import InputError, ModelError
+from tokentrail.spec.options import RESIDUAL_SITES as SITES
+from tokentrail.spec.version import __version__
 from tokentrail.store import frequencies as freq
-from tokentrail.corpus.inputs import Skipped, check_source, count, file_hash, iter_batches, records, texts_hash, SAMPLES_KEPT
 from tokentrail.store.writer import FORMAT, Reservoir, StudyDir, atomic_write_table
 
 ENGINES = ("local", "ray")
@@ -87,7 +96,9 @@ def study(
     start), ``on_start(total texts or None)`` when the texts start, ``progress`` after
     each batch.
     """
-    options = StudyOptions(sites=tuple(dict.fromkeys(sites)), overlap_k=overlap_k, batch=batch, sample=sample, seed=seed, causal=causal)
+    options = StudyOptions(
+        sites=tuple(dict.fromkeys(sites)), overlap_k=overlap_k, batch=batch, sample=sample, seed=seed, causal=causal
+    )
     check_options(options)
     if device is not None:
         device = resolve_device(device)
@@ -101,11 +112,25 @@ def study(
         raise InputError("--limit must be at least 1")
     if isinstance(source, (str, Path)):
         fmt = check_source(source, fmt, column)
-        input_id = {"name": Path(source).name, "format": fmt, "column": column, "limit": limit, "max_chars": max_chars, "sha256": file_hash(source)}
+        input_id = {
+            "name": Path(source).name,
+            "format": fmt,
+            "column": column,
+            "limit": limit,
+            "max_chars": max_chars,
+            "sha256": file_hash(source),
+        }
     else:
         if isinstance(source, str) or not hasattr(source, "__len__"):
             raise InputError("texts must be a file path or a list of strings")
-        input_id = {"name": "<texts>", "format": "texts", "column": None, "limit": limit, "max_chars": max_chars, "sha256": texts_hash(source)}
+        input_id = {
+            "name": "<texts>",
+            "format": "texts",
+            "column": None,
+            "limit": limit,
+            "max_chars": max_chars,
+            "sha256": texts_hash(source),
+        }
     counts = None if frequencies is None else freq.read_frequencies(frequencies)
     freq_id = None if frequencies is None else freq.file_identity(frequencies)
     sd = StudyDir(out)
@@ -115,7 +140,15 @@ def study(
             raise InputError(f"cannot resume {sd.root}: it studied model {old.get('model')!r}, not {model!r}")
         for key, want in (("options", options.as_dict()), ("input", input_id), ("frequencies", freq_id)):
             if old.get(key) != want:
-                sd.check_resume({"model": old.get("model"), "model_revision": old.get("model_revision"), "options": options.as_dict(), "input": input_id, "frequencies": freq_id})
+                sd.check_resume(
+                    {
+                        "model": old.get("model"),
+                        "model_revision": old.get("model_revision"),
+                        "options": options.as_dict(),
+                        "input": input_id,
+                        "frequencies": freq_id,
+                    }
+                )
     else:
         sd.check_new()
 
@@ -128,8 +161,16 @@ def study(
     try:
         info = runner.info
         if not info["fast_tokenizer"]:
-            raise ModelError(f"{model}'s tokenizer gives no character offsets (not a fast tokenizer); a study needs them to align words")
-        identity = {"model": info["model"], "model_revision": info["model_revision"], "options": options.as_dict(), "input": input_id, "frequencies": freq_id}
+            raise ModelError(
+                f"{model}'s tokenizer gives no character offsets (not a fast tokenizer); a study needs them to align words"
+            )
+        identity = {
+            "model": info["model"],
+            "model_revision": info["model_revision"],
+            "options": options.as_dict(),
+            "input": input_id,
+            "frequencies": freq_id,
+        }
         manifest = sd.check_resume(identity) if resume else {}
         sd.root.mkdir(parents=True, exist_ok=True)
         sd.prepare()
@@ -147,13 +188,19 @@ def study(
             "created": manifest.get("created") or _now(),
             "engine": engine,
             "freq_rank": freq_rank,
-            "sample": {"size": sample, "seed": seed, "selection": "tokens with the smallest blake2b(seed, text_id, position) keys"},
+            "sample": {
+                "size": sample,
+                "seed": seed,
+                "selection": "tokens with the smallest blake2b(seed, text_id, position) keys",
+            },
             "complete": False,
         }
         sd.write_manifest(manifest)
         reservoir = Reservoir(sample, sd.sample_keys())
         skipped = Skipped(strict=strict)
-        stream = iter_batches(records(source, fmt=fmt, column=column, skipped=skipped, limit=limit, max_chars=max_chars), batch)
+        stream = iter_batches(
+            records(source, fmt=fmt, column=column, skipped=skipped, limit=limit, max_chars=max_chars), batch
+        )
         if on_start is not None:
             on_start(count(source, fmt, limit))
         started = time.monotonic()
@@ -210,7 +257,11 @@ class _Tally:
         manifest["batches_done"] = self.batches
         manifest["texts"] = self.texts
         manifest["tokens"] = self.tokens
-        manifest["skipped"] = {"total": sum(counts.values()), "counts": counts, "samples": _first_per_reason(self.samples + skipped.samples)}
+        manifest["skipped"] = {
+            "total": sum(counts.values()),
+            "counts": counts,
+            "samples": _first_per_reason(self.samples + skipped.samples),
+        }
 
 
 def _first_per_reason(samples: list[dict]) -> list[dict]:
@@ -250,7 +301,9 @@ class _local_runner:
 
     def run(self, numbered, reservoir: Reservoir, sd: StudyDir):
         for b, batch in numbered:
-            yield run_batch(self.loaded, b, batch, self.options, sd, threshold=reservoir.threshold(), strict=self.strict)
+            yield run_batch(
+                self.loaded, b, batch, self.options, sd, threshold=reservoir.threshold(), strict=self.strict
+            )
 
     def close(self):
         pass

@@ -18,8 +18,8 @@ no word is none). This works the same for WordPiece (``##``), byte-level BPE
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 WORD_CLASSES = ("function", "content", "punctuation", "special", "other", "unknown")
 
@@ -90,7 +90,9 @@ def split_words(text: str) -> list[Word]:
     return [Word(m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
-def align(text: str, offsets: Sequence[tuple[int, int]], special: Sequence[bool], words: Sequence[Word] | None) -> list[TokenClass]:
+def align(
+    text: str, offsets: Sequence[tuple[int, int]], special: Sequence[bool], words: Sequence[Word] | None
+) -> list[TokenClass]:
     """Classify every token of ``text``.
 
     offsets: each token's (start, end) character span in ``text``, as the tokenizer gives

@@ -106,7 +106,15 @@ class Estimate:
     cross: int = 0  # an encoder-decoder's cross_heads views (estimate_seq2seq)
 
     def parts(self) -> dict[str, int]:
-        return {"activations": self.activations, "residual": self.residual, "heads": self.heads, "lens": self.lens, "spaces": self.spaces, "working": self.working, "cross": self.cross}
+        return {
+            "activations": self.activations,
+            "residual": self.residual,
+            "heads": self.heads,
+            "lens": self.lens,
+            "spaces": self.spaces,
+            "working": self.working,
+            "cross": self.cross,
+        }
 
     @property
     def total(self) -> int:
@@ -216,7 +224,9 @@ def limit_bytes() -> int | None:
     return min(known) if known else None
 
 
-def estimate_run(model, *, tokens: int, pairs, similarities: int, k: int, overlap_k: int, lens: bool, streamed: bool = False) -> Estimate:
+def estimate_run(
+    model, *, tokens: int, pairs, similarities: int, k: int, overlap_k: int, lens: bool, streamed: bool = False
+) -> Estimate:
     """:func:`estimate` for a model (anything with ``n_layers``, ``n_heads``, ``vocab_size``,
     ``d_model``, e.g. an adapter) and the (site, space) pairs a run computes."""
     residual = [(site, sp) for site, sp in pairs if site != "heads"]
@@ -237,7 +247,18 @@ def estimate_run(model, *, tokens: int, pairs, similarities: int, k: int, overla
     )
 
 
-def estimate_seq2seq(encoder, decoder, *, source_tokens: int, decoder_tokens: int | None, pairs, similarities: int, k: int, overlap_k: int, lens: bool) -> Estimate:
+def estimate_seq2seq(
+    encoder,
+    decoder,
+    *,
+    source_tokens: int,
+    decoder_tokens: int | None,
+    pairs,
+    similarities: int,
+    k: int,
+    overlap_k: int,
+    lens: bool,
+) -> Estimate:
     """:func:`estimate_run` for an encoder-decoder's run: the encoder stack over
     ``source_tokens``, the decoder stack over ``decoder_tokens`` with its cross-attention
     (the formula is in the module docstring); with ``decoder_tokens`` None (the decoder
@@ -245,10 +266,14 @@ def estimate_seq2seq(encoder, decoder, *, source_tokens: int, decoder_tokens: in
     space) pairs; the encoder has no cross site and no lens (an encoder-decoder's lens
     reads its decoder)."""
     common = dict(similarities=similarities, k=k, overlap_k=overlap_k)
-    enc = estimate_run(encoder, tokens=source_tokens, pairs=[p for p in pairs if p[0] not in CROSS_SITES], lens=False, **common)
+    enc = estimate_run(
+        encoder, tokens=source_tokens, pairs=[p for p in pairs if p[0] not in CROSS_SITES], lens=False, **common
+    )
     if decoder_tokens is None:
         return enc
-    dec = estimate_run(decoder, tokens=decoder_tokens, pairs=[p for p in pairs if p[0] != CROSS_HEAD_SITE], lens=lens, **common)
+    dec = estimate_run(
+        decoder, tokens=decoder_tokens, pairs=[p for p in pairs if p[0] != CROSS_HEAD_SITE], lens=lens, **common
+    )
     n, m, L, H, d = decoder_tokens, source_tokens, decoder.n_layers, decoder.n_heads, decoder.d_model
     cross_pairs = sum(1 for site, _ in pairs if site == CROSS_HEAD_SITE) * similarities
     return Estimate(

@@ -12,9 +12,10 @@ gets what it gets alone (SPEC "Batches"). One text is the batch of one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -65,7 +66,7 @@ class Activations:
             return kept
         return _attn_resid(self.attn, self.embedded, self.layer_out)
 
-    def keep_attn_resid(self, attn_resid: Tensor) -> "Activations":
+    def keep_attn_resid(self, attn_resid: Tensor) -> Activations:
         """Let ``attn_resid`` answer the site instead of making it on each read (capture, for
         pre-norm models, where it is ``attn_resid_ln`` itself: no memory of its own)."""
         object.__setattr__(self, "_attn_resid", attn_resid)  # a cache, not a field: frozen otherwise
@@ -88,7 +89,9 @@ def _first(x):
 
 
 @contextmanager
-def recorded(points: Iterable[tuple[nn.Module, str, bool]], select: Callable[[Tensor], Tensor] = lambda t: t) -> Iterator[dict[str, list[Tensor]]]:
+def recorded(
+    points: Iterable[tuple[nn.Module, str, bool]], select: Callable[[Tensor], Tensor] = lambda t: t
+) -> Iterator[dict[str, list[Tensor]]]:
     """Scoped hooks: for each ``(module, key, from_input)``, every call's input (or output),
     passed through ``select``, is appended to ``store[key]`` in float32. The hooks are
     always removed, also when the forward pass fails. The one hook mechanism of tokentrail."""
@@ -119,7 +122,12 @@ def _hooks(adapter: Adapter):
     points = []
     for layer in range(adapter.n_layers):
         hp = adapter.hook_points(layer)
-        points += [(hp.attn_out_proj, "z", True), (hp.attn_out_proj, "attn", False), (hp.layer, "out", False), (hp.mlp_out, "mlp", False)]
+        points += [
+            (hp.attn_out_proj, "z", True),
+            (hp.attn_out_proj, "attn", False),
+            (hp.layer, "out", False),
+            (hp.mlp_out, "mlp", False),
+        ]
         if hp.ffn_input is not None:
             points.append((hp.ffn_input, "ffn_in", True))
     return recorded(points)
@@ -150,7 +158,9 @@ def capture_batch(
     if padding_side not in ("left", "right"):
         raise InputError(f"padding side must be left or right, not {padding_side!r}")
     if padding_side not in adapter.padding_sides:
-        raise InputError(f"{adapter.family} batches pad on the {' or '.join(adapter.padding_sides)} only: its position ids would move")
+        raise InputError(
+            f"{adapter.family} batches pad on the {' or '.join(adapter.padding_sides)} only: its position ids would move"
+        )
     lengths = [int(t.shape[0]) for t in texts]
     if min(lengths) < 1 or any(t.dim() != 1 for t in texts):
         raise InputError("every text in a batch needs at least one token id, as a 1-D tensor")
@@ -225,7 +235,9 @@ class Passed:
 
 
 @torch.no_grad()
-def stream(adapter: Adapter, input_ids: Tensor, on_layer: Callable[[Activations], None], causal: bool | None = None) -> Passed:
+def stream(
+    adapter: Adapter, input_ids: Tensor, on_layer: Callable[[Activations], None], causal: bool | None = None
+) -> Passed:
     """One forward pass over one text that hands each layer's activations to ``on_layer``
     as the layer finishes (an :class:`Activations` of that layer alone, ``first_layer``
     set) and keeps none of them: the activations held at once are one layer's, whatever
@@ -251,10 +263,19 @@ def stream(adapter: Adapter, input_ids: Tensor, on_layer: Callable[[Activations]
             ffn_in = store["ffn_in"].pop()[0] if store.get("ffn_in") else None
             attn_resid = _attn_resid(attn[None], h, out[None]) if ffn_in is None else None
             acts = Activations(
-                input_ids=ids[0], position_ids=position_ids[0], embedded=h, layer_out=out[None], attn=attn[None], z=z[None],
-                attn_resid_ln=attn_resid if ffn_in is None else ffn_in[None], mlp_out=mlp[None], attentions=torch.empty(0),
-                hidden_states=(), causal=causal, first_layer=layer,
-            )  # fmt: skip
+                input_ids=ids[0],
+                position_ids=position_ids[0],
+                embedded=h,
+                layer_out=out[None],
+                attn=attn[None],
+                z=z[None],
+                attn_resid_ln=attn_resid if ffn_in is None else ffn_in[None],
+                mlp_out=mlp[None],
+                attentions=torch.empty(0),
+                hidden_states=(),
+                causal=causal,
+                first_layer=layer,
+            )
             if attn_resid is not None:
                 acts.keep_attn_resid(attn_resid)
             on_layer(acts)

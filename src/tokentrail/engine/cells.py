@@ -9,9 +9,8 @@ tensor maths the cells come from is in :mod:`tokentrail.engine.metrics`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -74,9 +73,16 @@ def cell_metric(
     def register(fn: Callable[[Cells], np.ndarray]) -> Callable[[Cells], np.ndarray]:
         doc = (fn.__doc__ or "").strip()
         CELL_METRICS[name] = CellMetric(
-            name, fn, label or name, doc, title or doc.split("\n")[0] or name, short or name, dtype, adjusts,
+            name,
+            fn,
+            label or name,
+            doc,
+            title or doc.split("\n")[0] or name,
+            short or name,
+            dtype,
+            adjusts,
             summary or ("mean" if adjusts else "quantiles"),
-        )  # fmt: skip
+        )
         return fn
 
     return register

@@ -45,24 +45,35 @@ the norms subtract large terms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tokentrail.spec.errors import InputError
 from tokentrail.engine.metrics import similarity_from_dots
+from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import RESIDUAL_SITES, parse_correction
 
 if TYPE_CHECKING:
     from tokentrail.engine.spaces import PositionStats, VocabSpace
 
 __all__ = [
-    "Correction", "CorrectedRows", "Geometry", "cosine_terms", "cosine_shares", "diagnose", "diagnose_run",
-    "LayerStats", "fit_corpus_correction", "fit_correction", "rogue_layers",
-]  # fmt: skip
+    "Correction",
+    "CorrectedRows",
+    "Geometry",
+    "cosine_terms",
+    "cosine_shares",
+    "diagnose",
+    "diagnose_run",
+    "LayerStats",
+    "fit_corpus_correction",
+    "fit_correction",
+    "rogue_layers",
+]
+
 
 @dataclass(frozen=True)
 class LayerStats:
@@ -74,7 +85,6 @@ class LayerStats:
     std: np.ndarray
     sample: np.ndarray
     texts: np.ndarray
-
 
 
 ROGUE_SHARE = 0.5  # one dimension above this share of the expected cosine "dominates" (issue 9)
@@ -146,17 +156,30 @@ class Geometry:
 
     def rogue(self, threshold: float = ROGUE_SHARE) -> list[tuple[int, int, float]]:
         """(layer, dimension, share) wherever one dimension carries more than ``threshold``."""
-        return [(layer, int(self.top_dims[layer, 0]), float(self.top_shares[layer, 0])) for layer in range(self.n_layers) if self.top_shares[layer, 0] > threshold]
+        return [
+            (layer, int(self.top_dims[layer, 0]), float(self.top_shares[layer, 0]))
+            for layer in range(self.n_layers)
+            if self.top_shares[layer, 0] > threshold
+        ]
 
     def to_frame(self):
         """One row per (layer, rank among the top dimensions)."""
         import pandas as pd
 
         rows = [
-            dict(site=self.site, layer=layer, place=j, dim=int(self.top_dims[layer, j]), share=float(self.top_shares[layer, j]),
-                 anisotropy=float(self.anisotropy[layer]), mean_norm=float(self.mean_norm[layer]), baseline=self.baseline)
-            for layer in range(self.n_layers) for j in range(self.top_dims.shape[1])
-        ]  # fmt: skip
+            dict(
+                site=self.site,
+                layer=layer,
+                place=j,
+                dim=int(self.top_dims[layer, j]),
+                share=float(self.top_shares[layer, j]),
+                anisotropy=float(self.anisotropy[layer]),
+                mean_norm=float(self.mean_norm[layer]),
+                baseline=self.baseline,
+            )
+            for layer in range(self.n_layers)
+            for j in range(self.top_dims.shape[1])
+        ]
         return pd.DataFrame(rows)
 
 
@@ -173,9 +196,16 @@ def diagnose(vectors, site: str = "?", top: int = 3, groups=None) -> Geometry:
     order = np.argsort(-np.nan_to_num(shares, nan=-np.inf), axis=1, kind="stable")[:, :top]
     norms = v.norm(dim=-1).numpy()
     return Geometry(
-        site=site, terms=terms, shares=shares, top_dims=order, top_shares=np.take_along_axis(shares, order, 1),
-        anisotropy=terms.sum(1), mean_norm=norms.mean(1), norms=norms, baseline="text" if groups is None else "corpus",
-    )  # fmt: skip
+        site=site,
+        terms=terms,
+        shares=shares,
+        top_dims=order,
+        top_shares=np.take_along_axis(shares, order, 1),
+        anisotropy=terms.sum(1),
+        mean_norm=norms.mean(1),
+        norms=norms,
+        baseline="text" if groups is None else "corpus",
+    )
 
 
 def diagnose_run(run: Any, site: str = "attn_resid", top: int = 3) -> Geometry:
@@ -268,7 +298,9 @@ def fit_correction(spec: str, vectors: Tensor | np.ndarray, source: str = "text"
         if count > d:
             raise InputError(f"rogue:{count} removes more dimensions than the vectors have ({d})")
         if n < 2:
-            raise InputError("rogue:D ranks dimensions by their share of the cosine between tokens: it needs at least 2 tokens")
+            raise InputError(
+                "rogue:D ranks dimensions by their share of the cosine between tokens: it needs at least 2 tokens"
+            )
         terms = torch.as_tensor(cosine_terms(v.cpu()))
         top = torch.argsort(-terms, stable=True)[:count].tolist()
         scale = ones.clone()
@@ -281,7 +313,7 @@ def fit_correction(spec: str, vectors: Tensor | np.ndarray, source: str = "text"
     return Correction(spec, mu, ones, vh[:count].T.contiguous(), source=source)
 
 
-def fit_corpus_correction(spec: str, stats: "LayerStats") -> Correction:
+def fit_corpus_correction(spec: str, stats: LayerStats) -> Correction:
     """The correction ``spec`` fitted to one site and layer of a corpus study
     (:func:`tokentrail.store.stats.read_stats`), ``source="corpus"``.
 
@@ -304,14 +336,18 @@ def fit_corpus_correction(spec: str, stats: "LayerStats") -> Correction:
         raise InputError(f"{name}:{count} removes more dimensions than the vectors have ({d})")
     if name == "rogue":
         if len(np.unique(stats.texts)) < 2:
-            raise InputError("rogue:D from a corpus ranks dimensions by the cosine between tokens of different texts: the study's sample holds one text")
+            raise InputError(
+                "rogue:D from a corpus ranks dimensions by the cosine between tokens of different texts: the study's sample holds one text"
+            )
         terms = torch.as_tensor(cosine_terms(sample, stats.texts))
         top = torch.argsort(-terms, stable=True)[:count].tolist()
         scale = ones.clone()
         scale[top] = 0.0
         return Correction(spec, zero, scale, None, removed=tuple(int(i) for i in top), source="corpus")
     if count > min(sample.shape[0] - 1, d):
-        raise InputError(f"abtt:{count} needs more than {count} sampled tokens (the study's sample has {sample.shape[0]}): use a smaller D")
+        raise InputError(
+            f"abtt:{count} needs more than {count} sampled tokens (the study's sample has {sample.shape[0]}): use a smaller D"
+        )
     # the top eigenvectors of the (d x d) scatter matrix: the same directions as the SVD of
     # the (m x d) sample, several times cheaper for a sample of thousands of tokens
     xc = sample - mu
@@ -325,9 +361,11 @@ class CorrectedRows:
     Holds the squared norms ``|T(R(v, p))|^2`` (P or 1, V) in float64 and scores queries
     against all V rows exactly (see the module docstring for the identities)."""
 
-    def __init__(self, space: "VocabSpace", corr: Correction, stats: "PositionStats", chunk: int = 8192):
+    def __init__(self, space: VocabSpace, corr: Correction, stats: PositionStats, chunk: int = 8192):
         if space.M is not None:
-            raise InputError("geometry corrections apply to residual sites (encodings/embeddings spaces), not head spaces")
+            raise InputError(
+                "geometry corrections apply to residual sites (encodings/embeddings spaces), not head spaces"
+            )
         self.space, self.corr, self.stats = space, corr, stats
         dev = space.x.device
         gamma = space.gamma.double().to(dev)

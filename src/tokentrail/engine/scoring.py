@@ -38,7 +38,9 @@ def score_block(block: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor, Ten
     # similar than the own one is then in it; if any row of the block needs more, all are
     # counted in full
     rank = (vals > own_s).sum(1)
-    full = (own_s[:, 0] <= vals[:, -1]).nonzero().flatten() if vals.shape[1] < V else own_s.new_empty(0, dtype=torch.long)
+    full = (
+        (own_s[:, 0] <= vals[:, -1]).nonzero().flatten() if vals.shape[1] < V else own_s.new_empty(0, dtype=torch.long)
+    )
     ids, vals = _exact_order(block, vals, ids, k)
     if len(full):
         # in place over the whole block: cheaper than gathering the rows that need it
@@ -81,9 +83,15 @@ def top_values(block: Tensor, k: int, sorted: bool = True) -> tuple[Tensor, Tens
 
 def _exact_order(block: Tensor, vals: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k with ties by lower id, from topk's k (+1) values; rows are re-read only at a boundary tie."""
-    boundary = vals[:, k - 1] == vals[:, k] if vals.shape[1] > k else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
+    boundary = (
+        vals[:, k - 1] == vals[:, k]
+        if vals.shape[1] > k
+        else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
+    )
     vals, ids = vals[:, :k].contiguous(), ids[:, :k].contiguous()
-    inner = (vals[:, 1:] == vals[:, :-1]).any(1) if k > 1 else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
+    inner = (
+        (vals[:, 1:] == vals[:, :-1]).any(1) if k > 1 else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
+    )
     rows = (inner & ~boundary).nonzero().flatten()
     if len(rows):  # every tied value is in the list: order it by id, then stably by value
         by_id, o = ids[rows].sort(dim=1)

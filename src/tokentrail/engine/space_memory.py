@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ class SpaceMemory:
         self._memo_lock = threading.Lock()  # a slot is taken and filled by one trace at a time
         self._at_bytes = 0
 
-    def for_queries(self, count: int) -> "SpaceMemory":
+    def for_queries(self, count: int) -> SpaceMemory:
         """This space for scoring ``count`` query columns in one call.
 
         A head space that gave up its ``(G, V, k)`` table (the :class:`~tokentrail.engine.space_cache.SpaceCache` budget)
@@ -83,8 +83,14 @@ class SpaceMemory:
     def nbytes(self) -> int:
         """Memory held by this space's own tables (the shared embedding table not counted)."""
         static = () if self._static is None else (self._static[0], self._static[1], *self._static[2].get("cosine", ()))
-        held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static) if t is not None}
-        return self._at_bytes + sum(held.values())  # each buffer once (without a norm, the two cosine factors are one tensor)
+        held = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in (self.P, self.M, self.P_sq, self.P_c, self.c, *static)
+            if t is not None
+        }
+        return self._at_bytes + sum(
+            held.values()
+        )  # each buffer once (without a norm, the two cosine factors are one tensor)
 
     def _remember(self, plist: list[int], part: tuple) -> None:
         """Copy the rows of new positions ``plist`` (``part``: sigma, squared norms, cosine
@@ -122,7 +128,10 @@ class SpaceMemory:
             old = [i for i in range(len(plist)) if i not in fresh]
             at = _span([self._at[plist[i]] for i in old], device)
             new, old = (_span(v, device) for v in (missing, old))
-            fields = tuple(None if t is None else _joined(len(plist), (new, t), (old, kept[at])) for t, kept in zip(part, self._slots))
+            fields = tuple(
+                None if t is None else _joined(len(plist), (new, t), (old, kept[at]))
+                for t, kept in zip(part, self._slots)
+            )
         return fields
 
 

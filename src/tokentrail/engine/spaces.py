@@ -30,10 +30,10 @@ import torch
 from torch import Tensor
 
 from tokentrail.adapters import Adapter, Norm
+from tokentrail.engine.scoring import inverse_norms
 from tokentrail.engine.space_memory import SpaceMemory, shared_sq_norms, shared_table
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import HEAD_SPACES as HEAD_SPACE_KINDS
-from tokentrail.engine.scoring import inverse_norms
 
 SpaceKind = Literal["embeddings", "encodings", "value", "key", "query"]
 SPACE_KINDS: tuple[str, ...] = ("embeddings", "encodings", "value", "key", "query")
@@ -102,7 +102,9 @@ class VocabSpace(SpaceMemory):
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
         self._static = None  # position-free norms, kept after the first position_stats call
         self._init_memo()
-        self.moves = positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
+        self.moves = (
+            positional and adapter.position_offset(torch.zeros(1, dtype=torch.long, device=x.device)) is not None
+        )
         if self.M is None and not self.moves:
             # residual space whose rows never move: P = x * gamma is a second V x d copy,
             # and queries scaled by gamma against x cost the same, so it is not kept
@@ -110,7 +112,7 @@ class VocabSpace(SpaceMemory):
         # head spaces keep P (G, V, k): a query then costs V * k instead of V * d, and the
         # query heads of a KV group share their group's table (SpaceCache bounds the memory)
 
-    def same_rows(self, other: "VocabSpace") -> bool:
+    def same_rows(self, other: VocabSpace) -> bool:
         """Whether ``other`` has this space's rows at every position, computed the same way
         (e.g. ``embeddings`` and ``encodings`` of a model with neither position embeddings
         nor an embedding norm): its scores are then this space's, bit for bit."""
@@ -118,9 +120,14 @@ class VocabSpace(SpaceMemory):
             return True
         plain = lambda s: s.M is None and not s.moves and s.rotary is None  # noqa: E731
         return (
-            plain(self) and plain(other) and self.x is other.x and self.norm_kind == other.norm_kind
-            and self.eps == other.eps and torch.equal(self.gamma, other.gamma) and torch.equal(self.c, other.c)
-        )  # fmt: skip
+            plain(self)
+            and plain(other)
+            and self.x is other.x
+            and self.norm_kind == other.norm_kind
+            and self.eps == other.eps
+            and torch.equal(self.gamma, other.gamma)
+            and torch.equal(self.c, other.c)
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -165,7 +172,14 @@ class VocabSpace(SpaceMemory):
         """Norms of the rows at each position: two (P x d) @ (d x V) products."""
         if self.norm_kind:
             xy = y @ self.x.T  # (P, V)
-            sigma = xy.mul_(2).add_(self.x_sq[None]).add_(y.pow(2).sum(-1, keepdim=True)).div_(self.d).add_(self.eps).sqrt_()
+            sigma = (
+                xy.mul_(2)
+                .add_(self.x_sq[None])
+                .add_(y.pow(2).sum(-1, keepdim=True))
+                .div_(self.d)
+                .add_(self.eps)
+                .sqrt_()
+            )
         else:
             sigma = None
         Pp = self._project(y)  # (P, G, k)
@@ -266,7 +280,15 @@ class VocabSpace(SpaceMemory):
             return r * self.gamma
         return torch.einsum("qck,ckd->qcd", r, self.M[groups])
 
-    def cosine_rows(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None, out: Tensor | None = None, ready: bool = False) -> tuple[Tensor, Tensor]:
+    def cosine_rows(
+        self,
+        r: Tensor,
+        stats: PositionStats,
+        pidx: Tensor,
+        groups: Tensor | None = None,
+        out: Tensor | None = None,
+        ready: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         """Cosine similarities of queries with every row, fused: (Q, C, k) -> rows (Q * C, V) and their order.
 
         The same quantity as ``dots / (|r| |row|)`` (up to fp32 rounding), in one matrix
@@ -289,7 +311,7 @@ class VocabSpace(SpaceMemory):
         t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
         G = a.shape[1]
         rep = C // G
-        blocked = C == G * rep and torch.equal(groups, torch.arange(C, device=groups.device) // rep)
+        blocked = G * rep == C and torch.equal(groups, torch.arange(C, device=groups.device) // rep)
         if not blocked:
             G, rep = C, 1
         V = out.shape[-1]
@@ -337,7 +359,16 @@ class VocabSpace(SpaceMemory):
             stats.memo["cosine"] = (a, b)
         return stats.memo["cosine"]
 
-    def _products(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor, group_major: bool = False, out: Tensor | None = None, ready: bool = False):
+    def _products(
+        self,
+        r: Tensor,
+        stats: PositionStats,
+        pidx: Tensor,
+        groups: Tensor,
+        group_major: bool = False,
+        out: Tensor | None = None,
+        ready: bool = False,
+    ):
         """The matrix product of :meth:`dots`: (Q, C, V) ``(M x_v) . r`` and the (Q, C) position term (or None).
 
         With ``group_major`` the product may come back laid out (G, Q, C / G, V) (no
@@ -348,17 +379,21 @@ class VocabSpace(SpaceMemory):
         V = self.vocab_size
         buf = None if out is None else out[: Q * C * V]
         if ready and not (self.through_embeddings and buf is not None):
-            raise ValueError("a ready product needs a space that goes through its embedding table, and the buffer holding it")
+            raise ValueError(
+                "a ready product needs a space that goes through its embedding table, and the buffer holding it"
+            )
         if self.M is not None and self.P is not None:
             # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
             # per group: V * d_head work per query and head instead of V * d
             G = self.P.shape[0]
             rep = C // G
-            if C == G * rep and torch.equal(groups, torch.arange(C, device=groups.device) // rep):
+            if G * rep == C and torch.equal(groups, torch.arange(C, device=groups.device) // rep):
                 # columns come in blocks of `rep` per group (identity, or grouped-query
                 # attention's h // rep): one batched matmul over the groups
                 rg = r.view(Q, G, rep, k).permute(1, 0, 2, 3).reshape(G, Q * rep, k)
-                out = torch.bmm(rg, self.P.transpose(1, 2), out=None if buf is None else buf.view(G, Q * rep, V))  # (G, Q * rep, V)
+                out = torch.bmm(
+                    rg, self.P.transpose(1, 2), out=None if buf is None else buf.view(G, Q * rep, V)
+                )  # (G, Q * rep, V)
                 t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
                 if group_major:
                     return out, t1, True
@@ -373,7 +408,9 @@ class VocabSpace(SpaceMemory):
         if ready:
             out = buf.view(Q, C, V)
         else:
-            out = torch.mm(u.reshape(Q * C, self.d), self.x.T, out=None if buf is None else buf.view(Q * C, V)).view(Q, C, V)
+            out = torch.mm(u.reshape(Q * C, self.d), self.x.T, out=None if buf is None else buf.view(Q * C, V)).view(
+                Q, C, V
+            )
         t1 = torch.einsum("qcd,qd->qc", u, stats.y[pidx]) if stats.y is not None else None
         return (out, t1, False) if group_major else (out, t1)
 
@@ -404,7 +441,6 @@ def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
             "head spaces are not supported for this architecture"
         )
     return emb if attn_in is None else attn_in
-
 
 
 def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:

@@ -103,7 +103,9 @@ def _scaling_formula(adapter: Adapter, biased: bool) -> str:
     return core + (" + relative position bias" if biased else "")
 
 
-def attention_step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None) -> AttentionStep:
+def attention_step(
+    adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None
+) -> AttentionStep:
     """Recompute head ``head`` of layer ``layer`` for token ``token`` and check it against ``acts``.
 
     ``acts`` must come from :func:`tokentrail.engine.capture.capture` on the same adapter;
@@ -178,7 +180,10 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         residual=residual,
         normed=normed,
         checks=checks,
-        formulas={**{w: projection_formula(adapter, layer, w) for w in "qkv"}, "scaled": _scaling_formula(adapter, bias is not None)},
+        formulas={
+            **{w: projection_formula(adapter, layer, w) for w in "qkv"},
+            "scaled": _scaling_formula(adapter, bias is not None),
+        },
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )
 
@@ -193,7 +198,9 @@ class CrossAttentionStep:
     token: int  # the decoder token
     d_head: int
     scale: float  # what the scores are multiplied by (1/sqrt(d_head); T5: 1)
-    query_in: Tensor  # (d,) the decoder's attn_resid_ln at the token (the query map's input, before any norm of its own)
+    query_in: (
+        Tensor  # (d,) the decoder's attn_resid_ln at the token (the query map's input, before any norm of its own)
+    )
     query: Tensor  # (d_head,) q_t
     keys: Tensor  # (m, d_head) k_s of every source token, from the encoder output
     values: Tensor  # (m, d_head) v_s
@@ -233,7 +240,9 @@ def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> Cr
     with torch.no_grad():
         x_in = acts.attn_resid_ln[layer]  # (n, d)
         norm = decoder.cross_query_norm(layer)
-        q = decoder.cross_projection(layer, "q")(x_in[token : token + 1] if norm is None else norm(x_in[token : token + 1]))[0]  # (H, dh)
+        q = decoder.cross_projection(layer, "q")(
+            x_in[token : token + 1] if norm is None else norm(x_in[token : token + 1])
+        )[0]  # (H, dh)
         k = decoder.cross_projection(layer, "k")(acts.encoder_out)  # (m, H, dh)
         v = decoder.cross_projection(layer, "v")(acts.encoder_out)
         scale = decoder.cross_scale()
@@ -264,8 +273,22 @@ def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> Cr
         "residual (cross_resid)": gap(residual, acts.cross_resid[layer, token]),
     }
     return CrossAttentionStep(
-        layer=layer, head=head, token=token, d_head=decoder.d_head, scale=scale, query_in=x_in[token].clone(),
-        query=q[head].clone(), keys=k[:, head].clone(), values=v[:, head].clone(), scores=scores[head].clone(),
-        scaled=(scores[head] * scale).clone(), weights=weights[head].clone(), z=z[head].clone(), head_out=per_head[head].clone(),
-        cross_out=out, residual=residual, checks=checks, formulas=formulas,
-    )  # fmt: skip
+        layer=layer,
+        head=head,
+        token=token,
+        d_head=decoder.d_head,
+        scale=scale,
+        query_in=x_in[token].clone(),
+        query=q[head].clone(),
+        keys=k[:, head].clone(),
+        values=v[:, head].clone(),
+        scores=scores[head].clone(),
+        scaled=(scores[head] * scale).clone(),
+        weights=weights[head].clone(),
+        z=z[head].clone(),
+        head_out=per_head[head].clone(),
+        cross_out=out,
+        residual=residual,
+        checks=checks,
+        formulas=formulas,
+    )

@@ -22,7 +22,8 @@ a key is a query that scores that key highly when their norms are alike.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import RESIDUAL_SITES, RESIDUAL_SPACES, check_index
@@ -94,12 +95,14 @@ def project(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarra
     try:
         import umap
     except ImportError:
-        raise InputError("UMAP maps need umap-learn: pip install 'tokentrail[maps]' (or use --map-method pca/tsne)") from None
+        raise InputError(
+            "UMAP maps need umap-learn: pip install 'tokentrail[maps]' (or use --map-method pca/tsne)"
+        ) from None
     return umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1)).fit_transform(x)
 
 
 def trajectory_map(
-    run: "Run",
+    run: Run,
     *,
     site: str = "attn_resid",
     space: str = "encodings",
@@ -108,7 +111,7 @@ def trajectory_map(
     neighbours: int = NEIGHBOURS,
     method: str = "pca",
     seed: int = 0,
-) -> tuple["go.Figure", "pd.DataFrame"]:
+) -> tuple[go.Figure, pd.DataFrame]:
     """The map of ``run``'s token paths at ``site`` (see the module docstring).
 
     tokens: indices to draw (default: all); layers: the layers whose vectors are drawn
@@ -125,8 +128,16 @@ def trajectory_map(
     if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
         raise InputError(f"neighbours must be a whole number >= 0, not {neighbours!r}")
     n, L = run.n_tokens, run.model.adapter.n_layers
-    toks = list(range(n)) if tokens is None else [check_index(t, n, "token index", f"the text has {n} tokens") for t in tokens]
-    lays = list(range(L)) if layers is None else sorted({check_index(x, L, "layer", f"the model has {L} layers") for x in layers})
+    toks = (
+        list(range(n))
+        if tokens is None
+        else [check_index(t, n, "token index", f"the text has {n} tokens") for t in tokens]
+    )
+    lays = (
+        list(range(L))
+        if layers is None
+        else sorted({check_index(x, L, "layer", f"the model has {L} layers") for x in layers})
+    )
     check_points(method, map_points(len(toks), len(lays), neighbours))
     acts = run.acts
     vecs = acts.site(site)  # (L, n, d)
@@ -134,10 +145,21 @@ def trajectory_map(
     rows, points = [], []
     for t in toks:
         points.append(acts.embedded[t])
-        rows.append(dict(kind="token", token_index=t, token=names[t], step=0, layer=None, label=f"{names[t]!r} #{t} · encoding"))
+        rows.append(
+            dict(kind="token", token_index=t, token=names[t], step=0, layer=None, label=f"{names[t]!r} #{t} · encoding")
+        )
         for layer in lays:
             points.append(vecs[layer, t])
-            rows.append(dict(kind="token", token_index=t, token=names[t], step=layer + 1, layer=layer, label=f"{names[t]!r} #{t} · layer {layer}"))
+            rows.append(
+                dict(
+                    kind="token",
+                    token_index=t,
+                    token=names[t],
+                    step=layer + 1,
+                    layer=layer,
+                    label=f"{names[t]!r} #{t} · layer {layer}",
+                )
+            )
     if neighbours:
         trail = run.trail(sites=(site,), spaces=(space,), similarities=("cosine",), k=max(neighbours, 1))
         view = trail.view(site, space, "cosine")
@@ -145,7 +167,9 @@ def trajectory_map(
         seen: set[tuple[int, int]] = set()
         for t in toks:
             p = int(acts.position_ids[t])
-            picks = [(None, view.origin_top_ids[t, :neighbours])] + [(layer, view.top_ids[layer, t, :neighbours]) for layer in lays]
+            picks = [(None, view.origin_top_ids[t, :neighbours])] + [
+                (layer, view.top_ids[layer, t, :neighbours]) for layer in lays
+            ]
             for layer, ids in picks:
                 for i in ids.tolist():
                     if (i, p) in seen:
@@ -154,7 +178,16 @@ def trajectory_map(
                     label = trail.labels.get(int(i), str(i))
                     points.append(sp.rows(torch.tensor([int(i)], device=acts.embedded.device), p)[0, 0])
                     where = "encoding" if layer is None else f"layer {layer}"
-                    rows.append(dict(kind="neighbour", token_index=t, token=names[t], step=None if layer is None else layer + 1, layer=layer, label=f"{label!r} (near {names[t]!r} #{t}, {where})"))
+                    rows.append(
+                        dict(
+                            kind="neighbour",
+                            token_index=t,
+                            token=names[t],
+                            step=None if layer is None else layer + 1,
+                            layer=layer,
+                            label=f"{label!r} (near {names[t]!r} #{t}, {where})",
+                        )
+                    )
     X = torch.stack([p.detach().float().cpu() for p in points]).numpy()
     xy = project(X, method, seed)
     frame = pd.DataFrame(rows)
@@ -162,7 +195,7 @@ def trajectory_map(
     return _figure(frame, method, site, run), frame
 
 
-def _figure(frame: "pd.DataFrame", method: str, site: str, run: "Run") -> "go.Figure":
+def _figure(frame: pd.DataFrame, method: str, site: str, run: Run) -> go.Figure:
     import numpy as np
     import plotly.graph_objects as go
 
@@ -170,34 +203,52 @@ def _figure(frame: "pd.DataFrame", method: str, site: str, run: "Run") -> "go.Fi
     fig = go.Figure()
     ctx = frame[frame.kind == "neighbour"]
     if len(ctx):
-        fig.add_trace(go.Scatter(
-            x=ctx.x, y=ctx.y, mode="markers", name="nearest vocabulary tokens", opacity=0.3,
-            marker=dict(size=6, color="grey"), hovertext=ctx.label, hoverinfo="text",
-            customdata=np.stack([ctx.token_index, ctx.step.fillna(0)], 1),  # a click selects the token it is near
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=ctx.x,
+                y=ctx.y,
+                mode="markers",
+                name="nearest vocabulary tokens",
+                opacity=0.3,
+                marker=dict(size=6, color="grey"),
+                hovertext=ctx.label,
+                hoverinfo="text",
+                customdata=np.stack([ctx.token_index, ctx.step.fillna(0)], 1),  # a click selects the token it is near
+            )
+        )
     for t, path in frame[frame.kind == "token"].groupby("token_index", sort=True):
         path = path.sort_values("step")
-        fig.add_trace(go.Scatter(
-            x=path.x, y=path.y, mode="lines+markers", name=f"{path.token.iloc[0]!r} #{t}",
-            hovertext=path.label, hoverinfo="text", customdata=np.stack([path.token_index, path.step], 1),
-            marker=dict(size=[10] + [6] * (len(path) - 1)),
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=path.x,
+                y=path.y,
+                mode="lines+markers",
+                name=f"{path.token.iloc[0]!r} #{t}",
+                hovertext=path.label,
+                hoverinfo="text",
+                customdata=np.stack([path.token_index, path.step], 1),
+                marker=dict(size=[10] + [6] * (len(path) - 1)),
+            )
+        )
     fig.update_layout(
         title=f"Token paths through {run.model.name}'s layers ({site}, {method.upper() if method != 'tsne' else 't-SNE'})",
-        xaxis_title=f"{method} 1", yaxis_title=f"{method} 2", template="plotly_white", legend_title="token",
-    )  # fmt: skip
+        xaxis_title=f"{method} 1",
+        yaxis_title=f"{method} 2",
+        template="plotly_white",
+        legend_title="token",
+    )
     return fig
 
 
 def head_map(
-    run: "Run",
+    run: Run,
     layer: int,
     head: int,
     *,
     tokens: Sequence[int] | None = None,
     method: str = "pca",
     seed: int = 0,
-) -> tuple["go.Figure", "pd.DataFrame"]:
+) -> tuple[go.Figure, pd.DataFrame]:
     """The 2-D map of one head's query and key vectors (see the module docstring).
 
     Points: the query of every token in ``tokens`` (default: all) at ``layer``, head
@@ -208,12 +259,18 @@ def head_map(
     import torch
 
     if not hasattr(run, "queries_keys"):
-        raise InputError(f"a head map needs a Run (its activations): tt.load(model).run(text), not {type(run).__name__}")
+        raise InputError(
+            f"a head map needs a Run (its activations): tt.load(model).run(text), not {type(run).__name__}"
+        )
     check_method(method)
     n, L, H = run.n_tokens, run.model.n_layers, run.model.n_heads
     layer = check_index(layer, L, "layer", f"the model has {L} layers")
     head = check_index(head, H, "head", f"the model has {H} heads")
-    toks = list(range(n)) if tokens is None else [check_index(t, n, "token index", f"the text has {n} tokens") for t in tokens]
+    toks = (
+        list(range(n))
+        if tokens is None
+        else [check_index(t, n, "token index", f"the text has {n} tokens") for t in tokens]
+    )
     check_points(method, 2 * len(toks))
     q, k, kv = run.queries_keys(layer, head)  # (n, d_head) each
     idx = torch.tensor(toks, dtype=torch.long, device=q.device)
@@ -222,29 +279,49 @@ def head_map(
     names = run.tokens
     gqa = f" (key/value head {kv})" if kv != head else ""
     rows = [
-        dict(kind=kind, token_index=t, token=names[t], layer=layer, head=head, label=f"{kind} of {names[t]!r} #{t} · layer {layer} head {head}{gqa if kind == 'key' else ''}")
-        for kind in ("query", "key") for t in toks
-    ]  # fmt: skip
+        dict(
+            kind=kind,
+            token_index=t,
+            token=names[t],
+            layer=layer,
+            head=head,
+            label=f"{kind} of {names[t]!r} #{t} · layer {layer} head {head}{gqa if kind == 'key' else ''}",
+        )
+        for kind in ("query", "key")
+        for t in toks
+    ]
     frame = pd.DataFrame(rows)
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
     return _head_figure(frame, method, run, layer, head, gqa), frame
 
 
-def _head_figure(frame: "pd.DataFrame", method: str, run: "Run", layer: int, head: int, gqa: str) -> "go.Figure":
+def _head_figure(frame: pd.DataFrame, method: str, run: Run, layer: int, head: int, gqa: str) -> go.Figure:
     import numpy as np
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for kind, colour, symbol in (("query", "#d9480f", "circle"), ("key", "#1c7ed6", "diamond")):
         part = frame[frame.kind == kind]
-        fig.add_trace(go.Scatter(
-            x=part.x, y=part.y, mode="markers+text", name="queries" if kind == "query" else "keys", text=part.token, textposition="top center",
-            hovertext=part.label, hoverinfo="text", marker=dict(size=9, color=colour, symbol=symbol),
-            customdata=np.stack([part.token_index, np.full(len(part), layer + 1)], 1),
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=part.x,
+                y=part.y,
+                mode="markers+text",
+                name="queries" if kind == "query" else "keys",
+                text=part.token,
+                textposition="top center",
+                hovertext=part.label,
+                hoverinfo="text",
+                marker=dict(size=9, color=colour, symbol=symbol),
+                customdata=np.stack([part.token_index, np.full(len(part), layer + 1)], 1),
+            )
+        )
     name = method.upper() if method != "tsne" else "t-SNE"
     fig.update_layout(
         title=f"Queries and keys of {run.model.name}'s layer {layer}, head {head}{gqa} ({name})",
-        xaxis_title=f"{method} 1", yaxis_title=f"{method} 2", template="plotly_white", legend_title="vectors",
-    )  # fmt: skip
+        xaxis_title=f"{method} 1",
+        yaxis_title=f"{method} 2",
+        template="plotly_white",
+        legend_title="vectors",
+    )
     return fig

@@ -85,7 +85,9 @@ def metric_by_layer(view: View, metric: str, adjusted: bool = False) -> np.ndarr
     return view.metric(adjusted_name or metric)
 
 
-def layer_lines(trail: Trail, view: View, metric: str, token: int | str, *, adjusted: bool = False, height: int = 300) -> go.Figure:
+def layer_lines(
+    trail: Trail, view: View, metric: str, token: int | str, *, adjusted: bool = False, height: int = 300
+) -> go.Figure:
     """One line per token across layers; ``token`` (an index, or a token's text as
     :meth:`Trail.token_index` reads it) drawn on top in the accent colour.
 
@@ -168,7 +170,9 @@ def attention_row(trail: Trail, heads: HeadsAt, *, height: int | None = None) ->
     )
 
 
-def layer_grid(trail: Trail, view: View, metric: str, *, adjusted: bool = False, selected: tuple[int, int] | None = None) -> go.Figure:
+def layer_grid(
+    trail: Trail, view: View, metric: str, *, adjusted: bool = False, selected: tuple[int, int] | None = None
+) -> go.Figure:
     """Token × layer heatmap of one metric (the app's clickable grid, as a figure for export)."""
     values = metric_by_layer(view, metric, adjusted).astype(float).T  # (n, L)
     z = np.log10(values + 1.0) if metric == "rank" else values
@@ -177,7 +181,9 @@ def layer_grid(trail: Trail, view: View, metric: str, *, adjusted: bool = False,
     shapes = []
     if selected is not None:
         t, l = selected
-        shapes.append(dict(type="rect", x0=l - 0.5, x1=l + 0.5, y0=t - 0.5, y1=t + 0.5, line=dict(color=ACCENT, width=3)))
+        shapes.append(
+            dict(type="rect", x0=l - 0.5, x1=l + 0.5, y0=t - 0.5, y1=t + 0.5, line=dict(color=ACCENT, width=3))
+        )
     return go.Figure(
         go.Heatmap(
             z=z,
@@ -203,15 +209,30 @@ def _residual_view(trail: Trail, site: str | None, space: str | None, similarity
     view = trail.view(site, space, similarity)
     if view.per_head:
         if site is None:
-            residual = [v for v in trail.views if not v.per_head and (space is None or v.space == space) and (similarity is None or v.similarity == similarity)]
+            residual = [
+                v
+                for v in trail.views
+                if not v.per_head
+                and (space is None or v.space == space)
+                and (similarity is None or v.similarity == similarity)
+            ]
             if residual:
                 return residual[0]
         raise InputError("these plots show residual sites; for heads use Run.heads() and plots.attention_row")
     return view
 
 
-def journey(trail: Trail, token: int | str, metric: str = "rank", *, site: str | None = None, space: str | None = None,
-            similarity: str | None = None, adjusted: bool = False, height: int = 320) -> go.Figure:
+def journey(
+    trail: Trail,
+    token: int | str,
+    metric: str = "rank",
+    *,
+    site: str | None = None,
+    space: str | None = None,
+    similarity: str | None = None,
+    adjusted: bool = False,
+    height: int = 320,
+) -> go.Figure:
     """How one token (index or text, e.g. ``"flies"`` or ``"flies:1"``) fares across layers,
     against every other token of the text: ``metric`` is any of :data:`LINE_METRICS`
     (``rank``, ``self_sim``, ``overlap``, ``margin``, ...); the view is the first computed residual one unless named."""
@@ -221,8 +242,17 @@ def journey(trail: Trail, token: int | str, metric: str = "rank", *, site: str |
     return layer_lines(trail, view, metric, token, adjusted=adjusted, height=height)
 
 
-def grid(trail: Trail, metric: str = "rank", *, token: int | str | None = None, layer: int | None = None, site: str | None = None,
-         space: str | None = None, similarity: str | None = None, adjusted: bool = False) -> go.Figure:
+def grid(
+    trail: Trail,
+    metric: str = "rank",
+    *,
+    token: int | str | None = None,
+    layer: int | None = None,
+    site: str | None = None,
+    space: str | None = None,
+    similarity: str | None = None,
+    adjusted: bool = False,
+) -> go.Figure:
     """Token × layer heatmap of ``metric``; ``token`` and ``layer`` outline one cell."""
     if metric not in LINE_METRICS:
         raise InputError(f"unknown metric {metric!r}: choose from {', '.join(LINE_METRICS)}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from tokentrail.session.comparison import Comparison, Side
 from tokentrail.present.plots import ACCENT, LINE_METRICS, _layout
+from tokentrail.session.comparison import Comparison, Side
 
 SIDE_COLOURS = {"a": ACCENT, "b": "#1c7ed6"}
-METRICS = {name: LINE_METRICS[name] for name in ("self_sim", "rank")}  # what a comparison computes per side; titles from the registry
+METRICS = {
+    name: LINE_METRICS[name] for name in ("self_sim", "rank")
+}  # what a comparison computes per side; titles from the registry
 
 
 def _x(c: Comparison, s: Side) -> np.ndarray:
@@ -37,13 +39,21 @@ def compare_lines(c: Comparison, metric: str = "self_sim", *, head: int | None =
             y = y[:, 0 if head is None else head]
         traces.append(
             go.Scatter(
-                x=_x(c, s), y=y, mode="lines+markers", name=_label(s),
+                x=_x(c, s),
+                y=y,
+                mode="lines+markers",
+                name=_label(s),
                 line=dict(color=SIDE_COLOURS[s.name], width=3, dash="solid" if s.name == "a" else "dash"),
                 hovertemplate=_label(s) + "<br>%{x}: %{y:.3f}<extra></extra>",
             )
-        )  # fmt: skip
+        )
     title = METRICS[metric] + (f", head {0 if head is None else head}" if c.per_head else "")
-    layout = _layout(title, height, xaxis=_xaxis(c), yaxis=dict(type="log", title_text="1 + rank") if metric == "rank" else dict(title_text=c.similarity))
+    layout = _layout(
+        title,
+        height,
+        xaxis=_xaxis(c),
+        yaxis=dict(type="log", title_text="1 + rank") if metric == "rank" else dict(title_text=c.similarity),
+    )
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.25))
     return go.Figure(data=traces, layout=layout)
 
@@ -65,17 +75,38 @@ def cosine_figure(c: Comparison, *, height: int = 320) -> go.Figure:
         L, H = c.cosine.shape
         return go.Figure(
             go.Heatmap(
-                z=c.cosine, x=[f"head {h}" for h in range(H)], y=[f"L{l}" for l in range(L)], zmin=-1, zmax=1,
-                colorscale="RdBu", colorbar=dict(title="cosine", thickness=12),
+                z=c.cosine,
+                x=[f"head {h}" for h in range(H)],
+                y=[f"L{l}" for l in range(L)],
+                zmin=-1,
+                zmax=1,
+                colorscale="RdBu",
+                colorbar=dict(title="cosine", thickness=12),
                 hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
             ),
-            layout=_layout(f"{title}; lowest at layer {d[0]}, head {d[1]}", max(height, 80 + 22 * L), yaxis=dict(autorange="reversed")),
-        )  # fmt: skip
+            layout=_layout(
+                f"{title}; lowest at layer {d[0]}, head {d[1]}",
+                max(height, 80 + 22 * L),
+                yaxis=dict(autorange="reversed"),
+            ),
+        )
     L = c.cosine.shape[0]
     fig = go.Figure(
         [
-            go.Scatter(x=np.arange(L), y=c.cosine, mode="lines+markers", line=dict(color="#495057", width=3), hovertemplate="layer %{x}: %{y:.4f}<extra></extra>"),
-            go.Scatter(x=[d[0]], y=[c.cosine[d[0]]], mode="markers", marker=dict(color=ACCENT, size=13, symbol="diamond"), hovertemplate="lowest: layer %{x}, %{y:.4f}<extra></extra>"),
+            go.Scatter(
+                x=np.arange(L),
+                y=c.cosine,
+                mode="lines+markers",
+                line=dict(color="#495057", width=3),
+                hovertemplate="layer %{x}: %{y:.4f}<extra></extra>",
+            ),
+            go.Scatter(
+                x=[d[0]],
+                y=[c.cosine[d[0]]],
+                mode="markers",
+                marker=dict(color=ACCENT, size=13, symbol="diamond"),
+                hovertemplate="lowest: layer %{x}, %{y:.4f}<extra></extra>",
+            ),
         ],
         layout=_layout(f"{title}; lowest at layer {d[0]}", height, xaxis=_xaxis(c), yaxis=dict(title_text="cosine")),
     )
@@ -91,24 +122,35 @@ def compare_heatmaps(c: Comparison, *, height: int | None = None) -> go.Figure:
         raise ValueError("heatmaps of every token need a residual site (the heads site keeps one token)")
     lo = float(min(np.nanmin(c.a.grid), np.nanmin(c.b.grid)))
     hi = float(max(np.nanmax(c.a.grid), np.nanmax(c.b.grid)))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{s.name}: {s.model}" for s in c.sides], horizontal_spacing=0.12)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=[f"{s.name}: {s.model}" for s in c.sides], horizontal_spacing=0.12
+    )
     for col, s in enumerate(c.sides, start=1):
         L, n = s.grid.shape
         rows = [f"L{l}" for l in range(L)] if c.same_model else [f"{d:.2f} (L{l})" for l, d in enumerate(s.depth)]
         fig.add_trace(
             go.Heatmap(
-                z=s.grid, x=[f"{i}: {t}" for i, t in enumerate(s.tokens)], y=rows, zmin=lo, zmax=hi, colorscale="Viridis",
-                showscale=col == 2, colorbar=dict(title="self_sim", thickness=12),
+                z=s.grid,
+                x=[f"{i}: {t}" for i, t in enumerate(s.tokens)],
+                y=rows,
+                zmin=lo,
+                zmax=hi,
+                colorscale="Viridis",
+                showscale=col == 2,
+                colorbar=dict(title="self_sim", thickness=12),
                 hovertemplate=f"{s.name} " + "%{x}, %{y}: %{z:.3f}<extra></extra>",
             ),
-            row=1, col=col,
-        )  # fmt: skip
+            row=1,
+            col=col,
+        )
         fig.update_yaxes(autorange="reversed", type="category", row=1, col=col)
         fig.update_xaxes(type="category", tickangle=-45, row=1, col=col)
     L = max(c.a.n_layers, c.b.n_layers)
     fig.update_layout(
         _layout("Similarity to the original encoding: token × layer", height or max(320, 120 + 16 * L)),
     )
-    fig.update_layout(xaxis2=dict(type="category"), yaxis2=dict(autorange="reversed", type="category"), margin=dict(t=84))
+    fig.update_layout(
+        xaxis2=dict(type="category"), yaxis2=dict(autorange="reversed", type="category"), margin=dict(t=84)
+    )
     fig.update_annotations(yshift=6)
     return fig

@@ -18,10 +18,18 @@ fraction as *done/total* steps); :class:`TerminalProgress` draws it in a termina
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from tokentrail.spec.steps import analysis_steps  # noqa: F401 - the displays' name for it
 
@@ -73,7 +81,7 @@ class TerminalProgress(Steps):
         self._steps = 1
         self._start = time.monotonic()
 
-    def __enter__(self) -> "TerminalProgress":
+    def __enter__(self) -> TerminalProgress:
         if self.live and not self.quiet:
             self._progress = Progress(
                 SpinnerColumn(),

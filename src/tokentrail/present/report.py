@@ -31,7 +31,11 @@ def _header(console: Console, trail: Trail, v: View) -> None:
     console.print(
         f"[bold]{info.model}[/] ({info.family}, {trail.n_layers} layers) · site [cyan]{v.site}[/] · "
         f"space [cyan]{v.space}[/] · {v.similarity}{mode}"
-        + (f" · corrected [cyan]{info.options.correct}[/] (fitted per layer to {'the study ' + escape(info.options.correct_from) if info.options.correct_from else 'this text'})" if info.options.correct and v.site != "heads" else "")
+        + (
+            f" · corrected [cyan]{info.options.correct}[/] (fitted per layer to {'the study ' + escape(info.options.correct_from) if info.options.correct_from else 'this text'})"
+            if info.options.correct and v.site != "heads"
+            else ""
+        )
     )
     if v.per_head and v.space != "query" and trail.kv_groups > 1:
         console.print(
@@ -40,7 +44,15 @@ def _header(console: Console, trail: Trail, v: View) -> None:
         )
 
 
-def print_report(console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None, stack: str | None = None) -> None:
+def print_report(
+    console: Console,
+    trail: Trail,
+    *,
+    token=None,
+    layer: int | None = None,
+    head: int | None = None,
+    stack: str | None = None,
+) -> None:
     """The default output: one token's journey, or a grid of every token's rank.
 
     Encoder-decoders: each stack under its own heading (``stack``: only that one), the
@@ -55,7 +67,9 @@ def print_report(console: Console, trail: Trail, *, token=None, layer: int | Non
         if s.stack == "encoder":
             console.print(f"[bold magenta]encoder stack[/]: the source text, {s.n_tokens} tokens")
         else:
-            console.print(f"[bold magenta]decoder stack[/]: {s.n_tokens} tokens; its input is the {s.info.decoder_input}: {s.text!r}")
+            console.print(
+                f"[bold magenta]decoder stack[/]: {s.n_tokens} tokens; its input is the {s.info.decoder_input}: {s.text!r}"
+            )
         console.print()
         _print_stack(console, s, token=token, layer=layer, head=head)
         if s.cross_views:
@@ -69,7 +83,11 @@ def _cross(console: Console, trail: Trail, token, layer: int | None, head: int |
     t = trail.n_tokens - 1 if token is None else trail.token_index(token)
     note = " (the last decoder token; pass --stack decoder --token to choose)" if token is None else ""
     for v in trail.cross_views:
-        what = "its z against the source tokens' values" if v.space == "value" else "its query against the source tokens' keys"
+        what = (
+            "its z against the source tokens' values"
+            if v.space == "value"
+            else "its query against the source tokens' keys"
+        )
         console.print(
             f"[bold]cross-attention[/] · token {t} [bold]{trail.tokens[t]}[/]{note} · each head's space is the source tokens "
             f"of this input ({what}) · {v.similarity}"
@@ -78,15 +96,22 @@ def _cross(console: Console, trail: Trail, token, layer: int | None, head: int |
         for l in layers:
             for h in heads:
                 order, sims = v.source_order[l, h, t], v.source_sims[l, h, t]
-                near = "  ".join(f"{trail.source_tokens[int(s)]}:{int(s)} {x:.2f}".replace("[", "\\[") for s, x in zip(order[:5], sims[:5]))
+                near = "  ".join(
+                    f"{trail.source_tokens[int(s)]}:{int(s)} {x:.2f}".replace("[", "\\[")
+                    for s, x in zip(order[:5], sims[:5])
+                )
                 att = trail.cross_attentions[l, h, t]
                 top = int(att.argmax())
-                table.add_row(str(l), str(h), near, f"{trail.source_tokens[top]}:{top} {att[top]:.2f}".replace("[", "\\["))
+                table.add_row(
+                    str(l), str(h), near, f"{trail.source_tokens[top]}:{top} {att[top]:.2f}".replace("[", "\\[")
+                )
         console.print(table)
         console.print()
 
 
-def _print_stack(console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None) -> None:
+def _print_stack(
+    console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None
+) -> None:
     layers = range(trail.n_layers) if layer is None else [trail.check_layer(layer)]
     if head is not None:
         trail.check_head(head)
@@ -113,7 +138,12 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
     )
     if v.per_head:
         if head is None:
-            table = Table("layer", *[f"h{h}" for h in range(trail.n_heads)], title=f"rank of the token in each head's {v.space} space (0 = nearest)", box=None)
+            table = Table(
+                "layer",
+                *[f"h{h}" for h in range(trail.n_heads)],
+                title=f"rank of the token in each head's {v.space} space (0 = nearest)",
+                box=None,
+            )
             for l in layers:
                 table.add_row(str(l), *[str(int(v.rank[l, h, t])) for h in range(trail.n_heads)])
             console.print(table)
@@ -121,18 +151,32 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
             return
         table = Table("layer", "self sim", "rank", f"nearest {k} ({v.space}@layer,head {head})", box=None)
         for l in layers:
-            table.add_row(str(l), f"{v.self_sim[l, head, t]:.3f}", str(int(v.rank[l, head, t])),
-                          _neighbours_cell(trail, v.top_ids[l, head, t], v.top_sims[l, head, t], own, k))
+            table.add_row(
+                str(l),
+                f"{v.self_sim[l, head, t]:.3f}",
+                str(int(v.rank[l, head, t])),
+                _neighbours_cell(trail, v.top_ids[l, head, t], v.top_sims[l, head, t], own, k),
+            )
         console.print(table)
         return
     table = Table("layer", "self sim", "rank", f"overlap@{v.overlap_k}", f"nearest {k} (own token in green)", box=None)
     if v.origin_top_ids is not None and len(layers) == trail.n_layers:
-        table.add_row("emb", "1.000" if v.space == "encodings" else "", "", "",
-                      _neighbours_cell(trail, v.origin_top_ids[t], v.origin_top_sims[t], own, k))
+        table.add_row(
+            "emb",
+            "1.000" if v.space == "encodings" else "",
+            "",
+            "",
+            _neighbours_cell(trail, v.origin_top_ids[t], v.origin_top_sims[t], own, k),
+        )
     for l in layers:
         ov = v.overlap[l, t]
-        table.add_row(str(l), f"{v.self_sim[l, t]:.3f}", str(int(v.rank[l, t])), "" if np.isnan(ov) else str(int(ov)),
-                      _neighbours_cell(trail, v.top_ids[l, t], v.top_sims[l, t], own, k))
+        table.add_row(
+            str(l),
+            f"{v.self_sim[l, t]:.3f}",
+            str(int(v.rank[l, t])),
+            "" if np.isnan(ov) else str(int(ov)),
+            _neighbours_cell(trail, v.top_ids[l, t], v.top_sims[l, t], own, k),
+        )
     console.print(table)
 
 
@@ -167,7 +211,6 @@ def _layer_blocks(width: int, labels: list[str], layers: list[int], ranks) -> li
     stacked tables in a 100-column terminal instead of one table of truncated cells.
     """
     import numpy as np
-
     from rich.cells import cell_len
 
     label_w = max([cell_len("token"), *(cell_len(x) for x in labels)])
@@ -203,8 +246,7 @@ def _lens(console: Console, trail: Trail, t: int | None, layers) -> None:
     nxt = lens.next_rank is not None and t + 1 < trail.n_tokens
     console.print(
         f"[bold]logit lens[/]: the model's own output head on each layer's {lens.site}, token {t} "
-        f"[bold]{trail.tokens[t]}[/]{note}"
-        + (f"; next token [bold]{trail.tokens[t + 1]}[/]" if nxt else "")
+        f"[bold]{trail.tokens[t]}[/]{note}" + (f"; next token [bold]{trail.tokens[t + 1]}[/]" if nxt else "")
     )
     cols = ["layer", "own rank"] + (["next rank"] if nxt else []) + ["top predictions (probability)"]
     table = Table(*cols, box=None)

@@ -7,8 +7,9 @@ makes a Trail equal to the one written. This module knows the records, not the T
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,15 @@ def load(path: str | Path) -> dict[str, Any]:
                 raise InputError(f"{p} is not a tokentrail export (no meta.trail in the document)")
             frames = {name: pd.DataFrame.from_records(doc[name]) for name in TABLES[1:] if name in doc}
             return from_tables(doc["meta"], frames, p)
-        frame = read_csv(p, keep_default_na=False, na_values=[""], dtype={c: object for c in ("token_str", "id_str", "meta", "site", "space", "similarity", "metric", "table", "stack")})
+        frame = read_csv(
+            p,
+            keep_default_na=False,
+            na_values=[""],
+            dtype={
+                c: object
+                for c in ("token_str", "id_str", "meta", "site", "space", "similarity", "metric", "table", "stack")
+            },
+        )
         return _from_long(frame, p)
     except InputError:
         raise
@@ -53,7 +62,9 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def _from_long(frame: pd.DataFrame, p: Path) -> dict[str, Any]:
     if "table" not in frame.columns or "meta" not in frame.columns:
-        raise InputError(f"{p} is not a tokentrail export: it has no 'table' and 'meta' columns (written by an older version?)")
+        raise InputError(
+            f"{p} is not a tokentrail export: it has no 'table' and 'meta' columns (written by an older version?)"
+        )
     groups = {name: g for name, g in frame.groupby("table", sort=False)}
     if "meta" not in groups:
         raise InputError(f"{p} is not a tokentrail export: it has no meta row")
@@ -71,16 +82,25 @@ def _fill(shape: tuple[int, ...], dtype: str, index: tuple[np.ndarray, ...], val
     return arr.astype(dtype)
 
 
-def from_tables(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], where: Path | str = "the export") -> dict[str, Any]:
+def from_tables(
+    meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], where: Path | str = "the export"
+) -> dict[str, Any]:
     """A Trail's parts (its fields by name) from its metadata and tables (see
     :mod:`~tokentrail.results.trailio`); an encoder-decoder's with its decoder's parts
     under ``decoder``."""
     rb = meta.get("trail")
     if isinstance(rb, dict) and rb.get("stack") is not None:
-        def part(stack: str) -> dict[str, pd.DataFrame]:
-            return {name: f[f["stack"] == stack].reset_index(drop=True) for name, f in frames.items() if "stack" in f.columns}
 
-        decoder = from_tables(meta["decoder"], part("decoder"), where) if isinstance(meta.get("decoder"), dict) else None
+        def part(stack: str) -> dict[str, pd.DataFrame]:
+            return {
+                name: f[f["stack"] == stack].reset_index(drop=True)
+                for name, f in frames.items()
+                if "stack" in f.columns
+            }
+
+        decoder = (
+            from_tables(meta["decoder"], part("decoder"), where) if isinstance(meta.get("decoder"), dict) else None
+        )
         return _one_stack(meta, part(rb["stack"]), where, decoder)
     return _one_stack(meta, frames, where, None)
 
@@ -88,8 +108,12 @@ def from_tables(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], whe
 def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], where, decoder) -> dict[str, Any]:
     rb = meta.get("trail")
     if not isinstance(rb, dict) or rb.get("format") != FORMAT_VERSION:
-        raise InputError(f"{where} is not a tokentrail export this version can read (format {rb.get('format') if isinstance(rb, dict) else None!r})")
-    info = RunInfo.from_dict({k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups", "trail", "decoder")})
+        raise InputError(
+            f"{where} is not a tokentrail export this version can read (format {rb.get('format') if isinstance(rb, dict) else None!r})"
+        )
+    info = RunInfo.from_dict(
+        {k: v for k, v in meta.items() if k not in ("text", "tokens", "kv_groups", "trail", "decoder")}
+    )
     L, H = int(rb["n_layers"]), int(rb["n_heads"])
     tokens = tuple(meta["tokens"])
     n = len(tokens)
@@ -132,8 +156,20 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
             shape = (n, int(spec["origin_k"]))
             o_ids = _fill(shape, spec["origin_dtypes"][0], oidx, _ints(origin["id"]).astype(np.float64))
             o_sims = _fill(shape, spec["origin_dtypes"][1], oidx, origin["value"].to_numpy(np.float64))
-        views.append(View(site=key[0], space=key[1], similarity=key[2], metrics=metrics, top_ids=top_ids, top_sims=top_sims,
-                          overlap_k=int(spec["overlap_k"]), anisotropy=anisotropy, origin_top_ids=o_ids, origin_top_sims=o_sims))
+        views.append(
+            View(
+                site=key[0],
+                space=key[1],
+                similarity=key[2],
+                metrics=metrics,
+                top_ids=top_ids,
+                top_sims=top_sims,
+                overlap_k=int(spec["overlap_k"]),
+                anisotropy=anisotropy,
+                origin_top_ids=o_ids,
+                origin_top_sims=o_sims,
+            )
+        )
 
     attentions = None
     if rb.get("attention_shape") is not None:
@@ -160,7 +196,9 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         lt = frames["lens_top"]
         idx = (_ints(lt["layer"]), _ints(lt["token"]), _ints(lt["place"]))
         lens = LensResult(
-            site=ls["site"], is_decoder=bool(ls["is_decoder"]), input_ids=np.asarray(ls["input_ids"], dtype=ld["input_ids"]),
+            site=ls["site"],
+            is_decoder=bool(ls["is_decoder"]),
+            input_ids=np.asarray(ls["input_ids"], dtype=ld["input_ids"]),
             top_ids=_fill((LL, n, k), ld["top_ids"], idx, _ints(lt["id"]).astype(np.float64)),
             top_probs=_fill((LL, n, k), ld["top_probs"], idx, lt["value"].to_numpy(np.float64)),
             **arrays,
@@ -172,20 +210,42 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         c = c[(c["space"] == spec["space"]) & (c["similarity"] == spec["similarity"])]
         m = len(rb["source_tokens"])
         idx = (_ints(c["layer"]), _ints(c["head"]), _ints(c["token"]), _ints(c["place"]))
-        cross_views.append(CrossView(
-            site=spec["site"], space=spec["space"], similarity=spec["similarity"],
-            source_order=_fill((L, H, n, m), spec["dtypes"][0], idx, _ints(c["source"]).astype(np.float64)),
-            source_sims=_fill((L, H, n, m), spec["dtypes"][1], idx, c["value"].to_numpy(np.float64)),
-        ))  # fmt: skip
+        cross_views.append(
+            CrossView(
+                site=spec["site"],
+                space=spec["space"],
+                similarity=spec["similarity"],
+                source_order=_fill((L, H, n, m), spec["dtypes"][0], idx, _ints(c["source"]).astype(np.float64)),
+                source_sims=_fill((L, H, n, m), spec["dtypes"][1], idx, c["value"].to_numpy(np.float64)),
+            )
+        )
     if rb.get("cross_attention") is not None:
         shape, dtype = rb["cross_attention"]
         a = frames["cross_attention"]
-        cross_att = _fill(tuple(shape), dtype, tuple(_ints(a[c]) for c in ("layer", "head", "token", "source")), a["value"].to_numpy(np.float64))
+        cross_att = _fill(
+            tuple(shape),
+            dtype,
+            tuple(_ints(a[c]) for c in ("layer", "head", "token", "source")),
+            a["value"].to_numpy(np.float64),
+        )
 
     return dict(
-        info=info, text=meta["text"], tokens=tokens, ids=ids, positions=positions, special=special, n_layers=L, n_heads=H,
-        views=tuple(views), labels={int(i): s for i, s in rb["labels"].items()}, attentions=attentions,
-        kv_groups=int(meta.get("kv_groups", 1)), lens=lens, stack=rb.get("stack"), decoder=decoder,
-        cross_views=tuple(cross_views), cross_attentions=cross_att,
+        info=info,
+        text=meta["text"],
+        tokens=tokens,
+        ids=ids,
+        positions=positions,
+        special=special,
+        n_layers=L,
+        n_heads=H,
+        views=tuple(views),
+        labels={int(i): s for i, s in rb["labels"].items()},
+        attentions=attentions,
+        kv_groups=int(meta.get("kv_groups", 1)),
+        lens=lens,
+        stack=rb.get("stack"),
+        decoder=decoder,
+        cross_views=tuple(cross_views),
+        cross_attentions=cross_att,
         source_tokens=None if rb.get("source_tokens") is None else tuple(rb["source_tokens"]),
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from html import escape
 
-
 MAX_TOKENS = 64  # rows of the token table before it is cut (the summary says so)
 MAX_LAYERS = 48
 
@@ -27,7 +26,10 @@ def _summary(trail) -> str:
         ("lens", lens),
         ("numbers", f"{exact} on {info.device}"),
     ]
-    return "".join(f"<tr><th style='text-align:left;padding-right:1em'>{escape(k)}</th><td style='text-align:left'>{escape(v)}</td></tr>" for k, v in rows)
+    return "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{escape(k)}</th><td style='text-align:left'>{escape(v)}</td></tr>"
+        for k, v in rows
+    )
 
 
 def _first_residual(trail):
@@ -64,8 +66,10 @@ def token_table(trail, token: int | str | None = None) -> str:
         cut.append(f"first {MAX_LAYERS} of {trail.n_layers} layers")
     if cut:
         caption += "; " + ", ".join(cut)
-    return (f"<table class='tokentrail-tokens'><caption style='caption-side:top;text-align:left'>{escape(caption)}</caption>"
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return (
+        f"<table class='tokentrail-tokens'><caption style='caption-side:top;text-align:left'>{escape(caption)}</caption>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def neighbours_table(trail, token: int | str) -> str:
@@ -82,14 +86,21 @@ def neighbours_table(trail, token: int | str) -> str:
         for i, s in zip(view.top_ids[l, t, :k], view.top_sims[l, t, :k]):
             word = escape(trail.labels.get(int(i), str(i)))
             cells.append(f"<b>{word}</b>" if int(i) == own else word)
-        rows.append(f"<tr><td>L{l}</td><td>{int(view.rank[l, t])}</td><td style='text-align:left'>{' · '.join(cells)}</td></tr>")
+        rows.append(
+            f"<tr><td>L{l}</td><td>{int(view.rank[l, t])}</td><td style='text-align:left'>{' · '.join(cells)}</td></tr>"
+        )
     caption = f"nearest tokens of {t}: {trail.tokens[t]!r} ({'/'.join(view.key)}; its own token in bold)"
-    return (f"<table class='tokentrail-neighbours'><caption style='caption-side:top;text-align:left'>{escape(caption)}</caption>"
-            f"<thead><tr><th>layer</th><th>rank</th><th>top {k}</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return (
+        f"<table class='tokentrail-neighbours'><caption style='caption-side:top;text-align:left'>{escape(caption)}</caption>"
+        f"<thead><tr><th>layer</th><th>rank</th><th>top {k}</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def trail_html(trail, token: int | str | None = None) -> str:
-    parts = [f"<div class='tokentrail'><table class='tokentrail-summary'>{_summary(trail)}</table>", token_table(trail, token)]
+    parts = [
+        f"<div class='tokentrail'><table class='tokentrail-summary'>{_summary(trail)}</table>",
+        token_table(trail, token),
+    ]
     if token is not None:
         parts.append(neighbours_table(trail, token))
     return "".join(parts) + "</div>"

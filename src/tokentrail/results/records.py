@@ -7,8 +7,9 @@ these, and its files (:mod:`~tokentrail.results.trailio`) write and read them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ class RunInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RunInfo":
+    def from_dict(cls, d: Mapping[str, Any]) -> RunInfo:
         kw = dict(d)
         kw["options"] = TraceOptions.from_dict(kw.get("options") or {})
         names = {f.name for f in fields(cls)}
@@ -239,5 +240,10 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, Mapping):
         return isinstance(b, Mapping) and a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
     if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return (
+            isinstance(b, (tuple, list))
+            and type(a) is type(b)
+            and len(a) == len(b)
+            and all(same(x, y) for x, y in zip(a, b))
+        )
     return bool(a == b)

@@ -8,9 +8,10 @@ files and :mod:`~tokentrail.results.loading` reads them back into its parts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ class Trail:
     # encoder-decoders (None / empty for single-stack models): which stack these rows are,
     # the decoder's Trail (on the encoder's), and on the decoder's: cross-attention
     stack: str | None = None  # "encoder" / "decoder"
-    decoder: "Trail | None" = None
+    decoder: Trail | None = None
     cross_views: tuple[CrossView, ...] = ()
     cross_attentions: np.ndarray | None = None  # (L, H, n, m) cross-attention probabilities
     source_tokens: tuple[str, ...] | None = None  # the m source tokens cross-attention reads
@@ -69,20 +70,28 @@ class Trail:
         return matches[0]
 
     @property
-    def stacks(self) -> tuple["Trail", ...]:
+    def stacks(self) -> tuple[Trail, ...]:
         """This Trail and, for an encoder-decoder, its decoder's: one per stack."""
         return (self,) if self.decoder is None else (self, self.decoder)
 
     def cross_view(self, space: str | None = None, similarity: str | None = None) -> CrossView:
         """The decoder's ``cross_heads`` view (from the encoder's Trail too)."""
         trail = self.decoder if self.decoder is not None else self
-        matches = [v for v in trail.cross_views if (space is None or v.space == space) and (similarity is None or v.similarity == similarity)]
+        matches = [
+            v
+            for v in trail.cross_views
+            if (space is None or v.space == space) and (similarity is None or v.similarity == similarity)
+        ]
         if not matches:
             have = ", ".join("/".join(v.key) for v in trail.cross_views) or "none"
-            raise InputError(f"no cross_heads result for space={space} similarity={similarity} (computed: {have}); trace an encoder-decoder with --site cross_heads")
+            raise InputError(
+                f"no cross_heads result for space={space} similarity={similarity} (computed: {have}); trace an encoder-decoder with --site cross_heads"
+            )
         return matches[0]
 
-    def sources(self, token: int | str, layer: int, head: int, *, space: str | None = None, similarity: str | None = None) -> pd.DataFrame:
+    def sources(
+        self, token: int | str, layer: int, head: int, *, space: str | None = None, similarity: str | None = None
+    ) -> pd.DataFrame:
         """Which source tokens a decoder token's cross-attention head output is nearest to:
         one row per source token, nearest first (``place`` is its rank), with the head's
         attention probability on it."""
@@ -166,7 +175,20 @@ class Trail:
         for v in self.views:
             parts.append(_view_frame(self, v))
         if not parts:  # an encoder-decoder's encoder when only cross-attention sites were asked for
-            return pd.DataFrame(columns=["token", "token_str", "position", "layer", "head", "site", "space", "similarity", "metric", "value"])
+            return pd.DataFrame(
+                columns=[
+                    "token",
+                    "token_str",
+                    "position",
+                    "layer",
+                    "head",
+                    "site",
+                    "space",
+                    "similarity",
+                    "metric",
+                    "value",
+                ]
+            )
         return pd.concat(parts, ignore_index=True)
 
     def neighbours_frame(self) -> pd.DataFrame:
@@ -221,12 +243,12 @@ class Trail:
         return trailio.write_json(self, path, attention)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trail":
+    def load(cls, path: str | Path) -> Trail:
         """Read a Parquet, CSV or JSON export back into a Trail equal to the one written."""
         return cls.from_parts(loading.load(path))
 
     @classmethod
-    def from_parts(cls, parts: Mapping[str, Any]) -> "Trail":
+    def from_parts(cls, parts: Mapping[str, Any]) -> Trail:
         """A Trail from its fields as :mod:`~tokentrail.results.loading` reads them (the
         decoder's, of an encoder-decoder, as a mapping of its own)."""
         decoder = parts.get("decoder")
@@ -244,8 +266,10 @@ class Trail:
         text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
         stack = f" {self.stack} stack" if self.stack is not None else ""
         dec = f"; decoder: {self.decoder!r}" if self.decoder is not None else ""
-        return (f"<Trail {self.info.model!r}{stack}: {self.n_tokens} tokens, {self.n_layers} layers × {self.n_heads} heads; "
-                f"views {views}{lens}; text {text!r}{dec}>")
+        return (
+            f"<Trail {self.info.model!r}{stack}: {self.n_tokens} tokens, {self.n_layers} layers × {self.n_heads} heads; "
+            f"views {views}{lens}; text {text!r}{dec}>"
+        )
 
     def _repr_html_(self) -> str:
         return trail_html(self)
@@ -287,5 +311,8 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
     }
     if trail.stack is not None:  # encoder-decoders: which stack the rows belong to
         base["stack"] = trail.stack
-    frames = [pd.DataFrame({**base, "metric": name, "value": vals.reshape(-1).astype(np.float64)}) for name, vals in metrics.items()]
+    frames = [
+        pd.DataFrame({**base, "metric": name, "value": vals.reshape(-1).astype(np.float64)})
+        for name, vals in metrics.items()
+    ]
     return pd.concat(frames, ignore_index=True)

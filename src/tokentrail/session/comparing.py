@@ -4,7 +4,7 @@ both occurrences read from those runs into a :class:`~tokentrail.session.compari
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,14 @@ from tokentrail.analysis.trail import make_trail
 from tokentrail.engine.capture import head_vectors
 from tokentrail.engine.geometry import fit_correction
 from tokentrail.results.trail import RunInfo
-from tokentrail.session.comparison import HEADS_ACROSS_MODELS, Comparison, Side, align_spans, check_compare_options, token_spans
+from tokentrail.session.comparison import (
+    HEADS_ACROSS_MODELS,
+    Comparison,
+    Side,
+    align_spans,
+    check_compare_options,
+    token_spans,
+)
 from tokentrail.session.inputs import check_text
 from tokentrail.session.loaded import LoadedModel
 from tokentrail.session.models import load
@@ -29,8 +36,8 @@ def compare(
     text_a: str,
     text_b: str | None = None,
     *,
-    model: "str | LoadedModel" = "minilm",
-    model_b: "str | LoadedModel | None" = None,
+    model: str | LoadedModel = "minilm",
+    model_b: str | LoadedModel | None = None,
     token: int | str | None = None,
     token_b: int | str | None = None,
     site: str = "attn_resid",
@@ -67,9 +74,13 @@ def compare(
     if correct is not None:
         parse_correction(correct)
         if site == HEAD_SITE:
-            raise InputError("a geometry correction applies to residual sites; the heads site compares raw head vectors")
+            raise InputError(
+                "a geometry correction applies to residual sites; the heads site compares raw head vectors"
+            )
         if model_b is not None:
-            raise InputError("a geometry correction compares two contexts in one model; two models live in different spaces")
+            raise InputError(
+                "a geometry correction compares two contexts in one model; two models live in different spaces"
+            )
     check_text(text_a)
     if text_b is not None:
         check_text(text_b)
@@ -78,7 +89,9 @@ def compare(
     mb = ma if model_b is None else load(model_b, device=device, dtype=dtype, progress=say)
     same = mb is ma
     if same and text_b is None and token_b is None:
-        raise InputError("one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model")
+        raise InputError(
+            "one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model"
+        )
     if not same and site == HEAD_SITE:
         raise InputError(HEADS_ACROSS_MODELS)
     if token is None and same:
@@ -89,13 +102,17 @@ def compare(
                 raise InputError(f"causal is for decoders; {m.name} ({m.adapter.family}) is an encoder")
     vocab = min(ma.adapter.vocab_size, mb.adapter.vocab_size)
     if overlap_k is not None and overlap_k > vocab:
-        raise InputError(f"overlap k = {overlap_k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
+        raise InputError(
+            f"overlap k = {overlap_k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}"
+        )
     ok = overlap_k if overlap_k is not None else min(DEFAULT_OVERLAP_K, vocab)
     K = min(max(k, ok), vocab)
     if k > vocab:
         raise InputError(f"k = {k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
 
-    opts = TraceOptions.make(site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal, correct=correct)
+    opts = TraceOptions.make(
+        site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal, correct=correct
+    )
     text_b_eff = text_a if text_b is None else text_b
     say("running both sides")
     run_a = ma.run(text_a, opts)
@@ -109,11 +126,25 @@ def compare(
     if same:
         cos = _cosines(run_a, ta, run_b, tb, site, space, correct)
         ov = _overlaps(a.top_ids[..., :ok], b.top_ids[..., :ok])
-    return Comparison(site=site, space=space, similarity=similarity, k=k, overlap_k=min(ok, K), a=a, b=b,
-                      same_model=same, cosine=cos, overlap=ov, alignment=alignment, correct=correct)  # fmt: skip
+    return Comparison(
+        site=site,
+        space=space,
+        similarity=similarity,
+        k=k,
+        overlap_k=min(ok, K),
+        a=a,
+        b=b,
+        same_model=same,
+        cosine=cos,
+        overlap=ov,
+        alignment=alignment,
+        correct=correct,
+    )
 
 
-def _occurrences(run_a: "Run", run_b: "Run", token, token_b, two_texts: bool) -> tuple[int | None, int | None, tuple | None]:
+def _occurrences(
+    run_a: Run, run_b: Run, token, token_b, two_texts: bool
+) -> tuple[int | None, int | None, tuple | None]:
     """The two tokens compared (indices into each run's tokens, None for whole-text curves)
     and, for one text in two models, the alignment of their tokens by character span."""
     ma, mb = run_a.model, run_b.model
@@ -122,7 +153,13 @@ def _occurrences(run_a: "Run", run_b: "Run", token, token_b, two_texts: bool) ->
     if mb is ma:
         tb = find_token(run_b.tokens, token if token_b is None else token_b)[0]
     else:
-        alignment = align_spans(token_spans(ma, run_a.text, run_a.ids.tolist()), token_spans(mb, run_b.text, run_b.ids.tolist())) if not two_texts else None
+        alignment = (
+            align_spans(
+                token_spans(ma, run_a.text, run_a.ids.tolist()), token_spans(mb, run_b.text, run_b.ids.tolist())
+            )
+            if not two_texts
+            else None
+        )
         if token_b is not None:
             tb = find_token(run_b.tokens, token_b)[0]
         elif ta is None:
@@ -138,11 +175,12 @@ def _occurrences(run_a: "Run", run_b: "Run", token, token_b, two_texts: bool) ->
             tb = find_token(run_b.tokens, token)[0]
     return ta, tb, alignment
 
+
 def _listing(tokens: Sequence[str]) -> str:
     return " ".join(f"{i}:{t}" for i, t in enumerate(tokens))
 
 
-def _side(name: str, run: "Run", t: int | None, site: str, space: str, similarity: str, K: int, opts) -> Side:
+def _side(name: str, run: Run, t: int | None, site: str, space: str, similarity: str, K: int, opts) -> Side:
     m = run.model
     trail = run.trail(opts) if (site != HEAD_SITE or t is None) else None
     grid = None
@@ -175,35 +213,62 @@ def _side(name: str, run: "Run", t: int | None, site: str, space: str, similarit
         except InputError:
             spans = None
     return Side(
-        name=name, model=m.name, text=run.text, tokens=tuple(run.tokens), token=t, span=spans, info=info,
-        n_layers=m.adapter.n_layers, n_heads=m.adapter.n_heads, self_sim=np.asarray(self_sim), rank=np.asarray(rank),
-        top_ids=np.asarray(top_ids), top_sims=np.asarray(top_sims), grid=grid, labels=dict(labels),
-    )  # fmt: skip
+        name=name,
+        model=m.name,
+        text=run.text,
+        tokens=tuple(run.tokens),
+        token=t,
+        span=spans,
+        info=info,
+        n_layers=m.adapter.n_layers,
+        n_heads=m.adapter.n_heads,
+        self_sim=np.asarray(self_sim),
+        rank=np.asarray(rank),
+        top_ids=np.asarray(top_ids),
+        top_sims=np.asarray(top_sims),
+        grid=grid,
+        labels=dict(labels),
+    )
 
 
-def _info(run: "Run", opts) -> RunInfo:
+def _info(run: Run, opts) -> RunInfo:
     """Run metadata for a side computed without a Trail (the heads site)."""
     m = run.model
     return make_trail(
-        m.adapter, run.acts, [], None, options=opts, text=run.text, tokens=run.tokens, special=run.encoded.special,
-        label=lambda ids: {}, model_name=m.name, revision=m.revision, device=m.device, dtype=m.dtype,
+        m.adapter,
+        run.acts,
+        [],
+        None,
+        options=opts,
+        text=run.text,
+        tokens=run.tokens,
+        special=run.encoded.special,
+        label=lambda ids: {},
+        model_name=m.name,
+        revision=m.revision,
+        device=m.device,
+        dtype=m.dtype,
         truncated_from=run.encoded.truncated_from,
-    ).info  # fmt: skip
+    ).info
 
 
-def _cosines(run_a: "Run", ta: int, run_b: "Run", tb: int, site: str, space: str, correct: str | None = None) -> np.ndarray:
+def _cosines(run_a: Run, ta: int, run_b: Run, tb: int, site: str, space: str, correct: str | None = None) -> np.ndarray:
     """(L,) or (L, H) cosine between the two occurrences' vectors at every layer (and head);
     with ``correct``, of the vectors through the correction fitted at that layer to both
     texts' tokens (one text's, when both tokens come from it)."""
     if site == HEAD_SITE:
         adapter = run_a.model.adapter
-        va = torch.stack([head_vectors(adapter, run_a.acts, space, l)[ta] for l in range(adapter.n_layers)])  # (L, H, dh)
+        va = torch.stack(
+            [head_vectors(adapter, run_a.acts, space, l)[ta] for l in range(adapter.n_layers)]
+        )  # (L, H, dh)
         vb = torch.stack([head_vectors(adapter, run_b.acts, space, l)[tb] for l in range(adapter.n_layers)])
     else:
         A, B = run_a.acts.site(site), run_b.acts.site(site)  # (L, n, d)
         va, vb = A[:, ta], B[:, tb]  # (L, d)
         if correct is not None:
-            fits = [fit_correction(correct, A[l] if run_b is run_a else torch.cat([A[l], B[l]])) for l in range(A.shape[0])]
+            fits = [
+                fit_correction(correct, A[l] if run_b is run_a else torch.cat([A[l], B[l]])) for l in range(A.shape[0])
+            ]
             va = torch.stack([T.apply(va[l]) for l, T in enumerate(fits)])
             vb = torch.stack([T.apply(vb[l]) for l, T in enumerate(fits)])
     va, vb = va.double(), vb.double()

@@ -22,17 +22,22 @@ column); figures are in :mod:`tokentrail.present.plots_compare`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from tokentrail.results.trail import RunInfo
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import write_csv, write_parquet, write_text
-from tokentrail.spec.options import HEAD_SITE, HEADS_ACROSS_MODELS, check_compare_options, check_index  # the rules live in spec.options
-from tokentrail.results.trail import RunInfo
+from tokentrail.spec.options import (  # the rules live in spec.options
+    HEAD_SITE,
+    check_compare_options,
+    check_index,
+)
 
 if TYPE_CHECKING:
     from tokentrail.session.models import LoadedModel
@@ -43,18 +48,22 @@ __all__ = ["Comparison", "Side", "align_spans", "check_compare_options", "token_
 
 
 # ---- character spans ------------------------------------------------------------------
-def token_spans(model: "LoadedModel", text: str, ids: Sequence[int]) -> list[Span | None]:
+def token_spans(model: LoadedModel, text: str, ids: Sequence[int]) -> list[Span | None]:
     """Each token's character span ``(start, end)`` in ``text``, from the tokenizer's own
     offsets (``return_offsets_mapping``), with surrounding whitespace trimmed; None for a
     token that covers no character (special tokens such as ``[CLS]``)."""
     tok = model.tokenizer
     if not getattr(tok, "is_fast", False):
-        raise InputError(f"{model.name}'s tokenizer gives no character offsets (not a fast tokenizer): it cannot be aligned with another model")
+        raise InputError(
+            f"{model.name}'s tokenizer gives no character offsets (not a fast tokenizer): it cannot be aligned with another model"
+        )
     with model.lock:
         enc = tok(text, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
     got = list(enc["input_ids"])[: len(ids)]
     if got != [int(i) for i in ids]:
-        raise InputError(f"{model.name}'s tokenizer gives other ids with offsets than without: its spans cannot be trusted")
+        raise InputError(
+            f"{model.name}'s tokenizer gives other ids with offsets than without: its spans cannot be trusted"
+        )
     return [_trim(text, int(s), int(e)) for s, e in enc["offset_mapping"][: len(ids)]]
 
 
@@ -182,7 +191,13 @@ class Comparison:
             raise InputError(f"side must be 'a' or 'b', not {side!r}")
         where = self._cell(layer, head)
         ids, sims = s.top_ids[where][: self.k], s.top_sims[where][: self.k]
-        return pd.DataFrame({"id": ids.astype(np.int64), "token": [s.labels.get(int(i), str(int(i))) for i in ids], "similarity": sims.astype(np.float64)})
+        return pd.DataFrame(
+            {
+                "id": ids.astype(np.int64),
+                "token": [s.labels.get(int(i), str(int(i))) for i in ids],
+                "similarity": sims.astype(np.float64),
+            }
+        )
 
     def _cell(self, layer: int, head: int | None) -> tuple:
         L = self.a.n_layers
@@ -261,21 +276,42 @@ class Comparison:
                     }
                 )
             )
-        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["side", "model", "layer", "head", "place", "neighbour_id", "neighbour", "value", "separating"])
+        return (
+            pd.concat(rows, ignore_index=True)
+            if rows
+            else pd.DataFrame(
+                columns=["side", "model", "layer", "head", "place", "neighbour_id", "neighbour", "value", "separating"]
+            )
+        )
 
     # ---- export ---------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         d = self.diverge
         return {
-            "site": self.site, "space": self.space, "similarity": self.similarity, "k": self.k, "overlap_k": self.overlap_k,
-            "same_model": self.same_model, "correct": self.correct, "diverge_layer": None if d is None else d[0], "diverge_head": None if d is None else d[1],
+            "site": self.site,
+            "space": self.space,
+            "similarity": self.similarity,
+            "k": self.k,
+            "overlap_k": self.overlap_k,
+            "same_model": self.same_model,
+            "correct": self.correct,
+            "diverge_layer": None if d is None else d[0],
+            "diverge_head": None if d is None else d[1],
             "sides": {
-                s.name: {"model": s.model, "text": s.text, "token": s.token, "token_str": s.token_str, "span": s.span,
-                         "tokens": list(s.tokens), "n_layers": s.n_layers, "info": s.info.to_dict()}
+                s.name: {
+                    "model": s.model,
+                    "text": s.text,
+                    "token": s.token,
+                    "token_str": s.token_str,
+                    "span": s.span,
+                    "tokens": list(s.tokens),
+                    "n_layers": s.n_layers,
+                    "info": s.info.to_dict(),
+                }
                 for s in self.sides
             },
             "alignment": None if self.alignment is None else [list(a) for a in self.alignment],
-        }  # fmt: skip
+        }
 
     def to_parquet(self, path: str | Path) -> Path:
         return write_parquet(self.frame(), path, self.meta())

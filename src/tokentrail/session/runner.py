@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from tokentrail.adapters import Adapter
-from tokentrail.analysis.lens import logit_lens
 from tokentrail.analysis.batch import compute_views_batch
 from tokentrail.analysis.checks import check_against, streams
 from tokentrail.analysis.cross import cross_views
 from tokentrail.analysis.heads import heads_at
+from tokentrail.analysis.lens import logit_lens
 from tokentrail.analysis.stream import stream_views
 from tokentrail.analysis.trail import make_trail
 from tokentrail.analysis.views import Progress, compute_views
@@ -157,10 +158,21 @@ class Run:
         say(1.0, "done")
         m = self.model
         trail = make_trail(
-            m.adapter, self.acts if passed is None else passed, views, lens, options=opts, text=self.text, tokens=self.tokens,
-            special=self.encoded.special, label=m.labels, model_name=m.name, revision=m.revision,
-            device=m.device, dtype=m.dtype, truncated_from=self.encoded.truncated_from,
-        )  # fmt: skip
+            m.adapter,
+            self.acts if passed is None else passed,
+            views,
+            lens,
+            options=opts,
+            text=self.text,
+            tokens=self.tokens,
+            special=self.encoded.special,
+            label=m.labels,
+            model_name=m.name,
+            revision=m.revision,
+            device=m.device,
+            dtype=m.dtype,
+            truncated_from=self.encoded.truncated_from,
+        )
         return self._store(opts, trail)
 
     def _store(self, opts: TraceOptions, trail: Trail) -> Trail:
@@ -190,7 +202,9 @@ class Run:
                 self._heads.move_to_end(key)
                 return self._heads[key]
         m = self.model
-        result = heads_at(m.adapter, m.spaces, self.acts, layer, token, label=m.labels, kind=kind, similarity=similarity, k=k)
+        result = heads_at(
+            m.adapter, m.spaces, self.acts, layer, token, label=m.labels, kind=kind, similarity=similarity, k=k
+        )
         with self._lock:
             self._heads[key] = result
             while len(self._heads) > 64:
@@ -212,7 +226,9 @@ class Run:
         return attention_step(self.model.adapter, self.acts, layer, head, token)
 
 
-def trail_many(runs: Sequence[Run], options: TraceOptions | None = None, *, progress: Progress | None = None) -> list[Trail]:
+def trail_many(
+    runs: Sequence[Run], options: TraceOptions | None = None, *, progress: Progress | None = None
+) -> list[Trail]:
     """The Trails of several runs of one model, their tokens scored against the vocabulary
     together (one chunked pass, shared position statistics); per run, what ``run.trail``
     gives. ``options`` default to each run's own (they must then agree)."""
@@ -241,7 +257,20 @@ class Seq2SeqRun(Run):
     :meth:`heads` and :meth:`step` take ``stack="decoder"`` for the decoder; the logit lens
     reads the decoder (the encoder has no output head)."""
 
-    def __init__(self, model, text, encoded, acts, options, *, decoder_acts, decoder_text: str, decoder_tokens, decoder_special, decoder_input: str):
+    def __init__(
+        self,
+        model,
+        text,
+        encoded,
+        acts,
+        options,
+        *,
+        decoder_acts,
+        decoder_text: str,
+        decoder_tokens,
+        decoder_special,
+        decoder_input: str,
+    ):
         super().__init__(model, text, encoded, acts, options)
         self.decoder_acts = decoder_acts
         self.decoder_text = decoder_text
@@ -276,15 +305,39 @@ class Seq2SeqRun(Run):
         cross = cross_views(dec, dec_acts, opts)
         lens = self.lens(k=opts.k, site=opts.lens_site) if opts.lens else None
         say(1.0, "done")
-        common = dict(options=opts, label=m.labels, model_name=m.name, revision=m.revision, device=m.device, dtype=m.dtype, decoder_input=self.decoder_input)
+        common = dict(
+            options=opts,
+            label=m.labels,
+            model_name=m.name,
+            revision=m.revision,
+            device=m.device,
+            dtype=m.dtype,
+            decoder_input=self.decoder_input,
+        )
         decoder = make_trail(
-            dec, dec_acts, dec_views, lens, text=self.decoder_text, tokens=self.decoder_tokens, special=self.decoder_special,
-            cross=cross, source_tokens=self.tokens, **common,
-        )  # fmt: skip
+            dec,
+            dec_acts,
+            dec_views,
+            lens,
+            text=self.decoder_text,
+            tokens=self.decoder_tokens,
+            special=self.decoder_special,
+            cross=cross,
+            source_tokens=self.tokens,
+            **common,
+        )
         trail = make_trail(
-            m.adapter, self.acts, enc_views, None, text=self.text, tokens=self.tokens, special=self.encoded.special,
-            truncated_from=self.encoded.truncated_from, decoder=decoder, **common,
-        )  # fmt: skip
+            m.adapter,
+            self.acts,
+            enc_views,
+            None,
+            text=self.text,
+            tokens=self.tokens,
+            special=self.encoded.special,
+            truncated_from=self.encoded.truncated_from,
+            decoder=decoder,
+            **common,
+        )
         return self._store(opts, trail)
 
     def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
@@ -295,14 +348,25 @@ class Seq2SeqRun(Run):
                 self._lenses[key] = logit_lens(self.model.adapter.decoder_stack(), self.decoder_acts, k=k, site=site)
             return self._lenses[key]
 
-    def heads(self, layer: int, token: int, *, kind: str = "value", similarity: str = "cosine", k: int = 15, stack: str = "encoder") -> HeadsAt:
+    def heads(
+        self,
+        layer: int,
+        token: int,
+        *,
+        kind: str = "value",
+        similarity: str = "cosine",
+        k: int = 15,
+        stack: str = "encoder",
+    ) -> HeadsAt:
         """Every self-attention head of ``layer`` of one stack for ``token``. Cached."""
         key = (stack, layer, token, kind, similarity, k)
         with self._lock:
             if key in self._heads:
                 return self._heads[key]
         adapter, spaces, acts = self._stack(stack)
-        result = heads_at(adapter, spaces, acts, layer, token, label=self.model.labels, kind=kind, similarity=similarity, k=k)
+        result = heads_at(
+            adapter, spaces, acts, layer, token, label=self.model.labels, kind=kind, similarity=similarity, k=k
+        )
         with self._lock:
             self._heads[key] = result
             while len(self._heads) > 64:

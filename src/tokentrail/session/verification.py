@@ -61,9 +61,9 @@ element far below the tensor's scale is not held to 1e-4 of its own tiny size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -72,10 +72,10 @@ from torch import Tensor, nn
 from tokentrail.adapters import Adapter
 from tokentrail.engine.capture import Activations, capture, recorded
 from tokentrail.engine.capture_cross import capture_cross
-from tokentrail.spec.errors import InputError
 from tokentrail.engine.spaces import HEAD_SPACE_KINDS, build_space
 from tokentrail.session.inputs import check_text, encode
 from tokentrail.session.models import LoadedModel, load
+from tokentrail.spec.errors import InputError
 
 DEFAULT_TEXT = "Time flies like an arrow. Fruit flies like a banana."
 RTOL = 1e-4
@@ -125,7 +125,19 @@ class Verification:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(
-            [dict(identity=r.identity, status=r.status, max_abs=r.max_abs, max_rel=r.max_rel, rtol=r.rtol, atol=r.atol, where=r.where, note=r.note) for r in self.rows]
+            [
+                dict(
+                    identity=r.identity,
+                    status=r.status,
+                    max_abs=r.max_abs,
+                    max_rel=r.max_rel,
+                    rtol=r.rtol,
+                    atol=r.atol,
+                    where=r.where,
+                    note=r.note,
+                )
+                for r in self.rows
+            ]
         )
 
 
@@ -145,7 +157,9 @@ class _Worst:
         finite = torch.isfinite(own)
         scale = float(own[finite].abs().max()) if finite.any() else 0.0
         # equal infinities (masked scores) agree; any other non-finite value is an error
-        diff = torch.where(mine == own, torch.zeros_like(own), (mine - own).abs()).nan_to_num(nan=math.inf, posinf=math.inf)
+        diff = torch.where(mine == own, torch.zeros_like(own), (mine - own).abs()).nan_to_num(
+            nan=math.inf, posinf=math.inf
+        )
         atol = self.rtol * scale
         ok = bool((diff <= atol + self.rtol * own.abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)).all())
         err = float(diff.max()) if diff.numel() else 0.0
@@ -204,7 +218,9 @@ def verify_adapter(
         layers = [0, L // 2, L - 1]
     bad = [l for l in layers if not -L <= l < L]
     if bad:
-        raise InputError(f"layer {bad[0]} is out of range: the model has {L} layers (0..{L - 1}, or negative from the end)")
+        raise InputError(
+            f"layer {bad[0]} is out of range: the model has {L} layers (0..{L - 1}, or negative from the end)"
+        )
     layers = sorted({l % L for l in layers})
     ids = input_ids.long()
     causal = adapter.resolve_causal(None)
@@ -223,9 +239,15 @@ def verify_adapter(
         _recombine(adapter, acts, rtol),
         _layer_out(adapter, acts, rtol),
         _ffn_input(adapter, acts, ffn_in, rtol),
-        _decomposition(adapter, acts, mlp_out, rtol) if pre_norm and adapter.stack != "decoder" else _na(
-            "layer_out = attn_resid + mlp_out", rtol,
-            "cross-attention adds in between: see layer_out = cross_resid + mlp_out" if pre_norm else "post-LN: a norm follows the residual add"),
+        _decomposition(adapter, acts, mlp_out, rtol)
+        if pre_norm and adapter.stack != "decoder"
+        else _na(
+            "layer_out = attn_resid + mlp_out",
+            rtol,
+            "cross-attention adds in between: see layer_out = cross_resid + mlp_out"
+            if pre_norm
+            else "post-LN: a norm follows the residual add",
+        ),
     ]
     say(f"checking value/key/query spaces at layers {', '.join(map(str, layers))}")
     rows.append(_spaces(adapter, acts, layers, sample, seed, rtol))
@@ -337,7 +359,9 @@ def _spaces(adapter: Adapter, acts: Activations, layers: list[int], sample: int,
             dots = space.dots(r, stats, torch.arange(len(positions)))  # (P, G, V)
             for i, p in enumerate(positions.tolist()):
                 rows = space.rows(probe, p)  # (m, G, k)
-                w.compare(dots[i][:, probe], torch.einsum("gk,mgk->gm", r[i], rows), f"{kind}@{layer} dots, position {p}")
+                w.compare(
+                    dots[i][:, probe], torch.einsum("gk,mgk->gm", r[i], rows), f"{kind}@{layer} dots, position {p}"
+                )
                 w.compare(stats.sq_norm[i][:, probe], rows.pow(2).sum(-1).T, f"{kind}@{layer} norms, position {p}")
             if layer == 0:
                 # the row of each token's own id at its position is its own q/k/v in layer 0
@@ -392,8 +416,19 @@ def verify(
         with loaded.lock:
             labels = torch.tensor(loaded.tokenizer(text_target=text)["input_ids"], dtype=torch.long)
         decoder_ids = loaded.adapter.decoder_input(labels)
-        return verify_seq2seq(loaded.adapter, enc.ids, decoder_ids, model_name=loaded.name, rtol=rtol, layers=layers, sample=sample, progress=progress)
-    return verify_adapter(loaded.adapter, enc.ids, model_name=loaded.name, rtol=rtol, layers=layers, sample=sample, progress=progress)
+        return verify_seq2seq(
+            loaded.adapter,
+            enc.ids,
+            decoder_ids,
+            model_name=loaded.name,
+            rtol=rtol,
+            layers=layers,
+            sample=sample,
+            progress=progress,
+        )
+    return verify_adapter(
+        loaded.adapter, enc.ids, model_name=loaded.name, rtol=rtol, layers=layers, sample=sample, progress=progress
+    )
 
 
 def verify_seq2seq(
@@ -413,9 +448,27 @@ def verify_seq2seq(
     say = progress or (lambda m: None)
     dec = adapter.decoder_stack()
     say("encoder stack")
-    enc_v = verify_adapter(adapter, source_ids, model_name=model_name, rtol=rtol, layers=layers, sample=sample, seed=seed, progress=progress)
+    enc_v = verify_adapter(
+        adapter,
+        source_ids,
+        model_name=model_name,
+        rtol=rtol,
+        layers=layers,
+        sample=sample,
+        seed=seed,
+        progress=progress,
+    )
     say("decoder stack")
-    dec_v = verify_adapter(dec.bind(source_ids), decoder_ids, model_name=model_name, rtol=rtol, layers=layers, sample=sample, seed=seed, progress=progress)
+    dec_v = verify_adapter(
+        dec.bind(source_ids),
+        decoder_ids,
+        model_name=model_name,
+        rtol=rtol,
+        layers=layers,
+        sample=sample,
+        seed=seed,
+        progress=progress,
+    )
     say("cross-attention")
     with torch.no_grad():
         enc_acts = capture(adapter, source_ids.long())
@@ -423,13 +476,27 @@ def verify_seq2seq(
     rows = [replace(r, identity=f"encoder: {r.identity}") for r in enc_v.rows]
     rows += [replace(r, identity=f"decoder: {r.identity}") for r in dec_v.rows]
     rows += [replace(r, identity=f"decoder: {r.identity}") for r in _cross(adapter, dec, enc_acts, acts, rtol)]
-    return Verification(model_name or adapter.family, adapter.family, int(source_ids.shape[0]) + int(decoder_ids.shape[0]), True, tuple(rows))
+    return Verification(
+        model_name or adapter.family,
+        adapter.family,
+        int(source_ids.shape[0]) + int(decoder_ids.shape[0]),
+        True,
+        tuple(rows),
+    )
 
 
 def _cross(encoder: Adapter, dec, enc_acts: Activations, acts, rtol: float) -> list[Check]:
-    out_w, probs, heads, recombine, resid, decomp = (_Worst(name, rtol) for name in (
-        "encoder output", "cross-attention probabilities", "cross heads (z = A v)", "cross heads recombine", "cross_resid is the FFN input",
-        "layer_out = cross_resid + mlp_out"))
+    out_w, probs, heads, recombine, resid, decomp = (
+        _Worst(name, rtol)
+        for name in (
+            "encoder output",
+            "cross-attention probabilities",
+            "cross heads (z = A v)",
+            "cross heads recombine",
+            "cross_resid is the FFN input",
+            "layer_out = cross_resid + mlp_out",
+        )
+    )
     last = enc_acts.layer_out[-1]
     norm = encoder.final_norm()
     if norm is not None:
@@ -443,7 +510,9 @@ def _cross(encoder: Adapter, dec, enc_acts: Activations, acts, rtol: float) -> l
         v = dec.cross_projection(layer, "v")(acts.encoder_out)
         A = (torch.einsum("thk,shk->hts", q, k) * dec.cross_scale()).softmax(-1)
         probs.compare(A, acts.cross_attentions[layer], f"layer {layer}")
-        heads.compare(torch.einsum("hts,shk->thk", acts.cross_attentions[layer], v), acts.cross_z[layer], f"layer {layer}")
+        heads.compare(
+            torch.einsum("hts,shk->thk", acts.cross_attentions[layer], v), acts.cross_z[layer], f"layer {layer}"
+        )
         w_o, b_o = dec.cross_output_projection(layer)
         got = torch.einsum("thk,hkd->td", acts.cross_z[layer], w_o)
         recombine.compare(got if b_o is None else got + b_o, acts.cross_attn[layer], f"layer {layer}")

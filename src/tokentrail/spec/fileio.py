@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from tokentrail.spec.errors import InputError
 
@@ -37,12 +37,33 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # pandas' default missing-value strings (pandas._libs.parsers.STR_NA_VALUES), fixed here so
 # the rule does not depend on the pandas version
 NA_STRINGS = frozenset(
-    ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+    [
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    ]
 )
 
 
-def check_output_path(path: str | os.PathLike[str], *, force: bool = False, formats: Iterable[str] | None = None, fmt: str | None = None) -> tuple[Path, str]:
+def check_output_path(
+    path: str | os.PathLike[str], *, force: bool = False, formats: Iterable[str] | None = None, fmt: str | None = None
+) -> tuple[Path, str]:
     """The output file and its format, or an InputError saying what is wrong with it.
 
     Checked before any work: the parent folder exists, is a folder and is writable; the
@@ -55,7 +76,9 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool = False, form
         raise InputError(f"{p} is a folder; give a file name (e.g. {p / ('trail.' + (fmt or 'csv'))})")
     if formats is not None and fmt not in tuple(formats):
         raise InputError(
-            f"cannot tell the format of {str(p)!r}: use a name ending in " + ", ".join(f".{f}" for f in formats) + " (or --format)"
+            f"cannot tell the format of {str(p)!r}: use a name ending in "
+            + ", ".join(f".{f}" for f in formats)
+            + " (or --format)"
             if not fmt
             else f"unknown output format {fmt!r} for {str(p)!r}: use one of {', '.join(formats)}"
         )
@@ -100,7 +123,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent if str(path.parent) else ".")
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent if str(path.parent) else "."
+        )
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -132,7 +157,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 # ---- CSV ------------------------------------------------------------------------------
-def write_parquet(frame: "pd.DataFrame", path: str | os.PathLike[str], meta: dict) -> Path:
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str], meta: dict) -> Path:
     """``frame`` as Parquet with ``meta`` (JSON) under the schema key ``tokentrail``, atomically."""
     import json
 
@@ -161,13 +186,15 @@ def csv_unescape(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and _needs_mark(cell) else cell
 
 
-def _text_columns(frame: "pd.DataFrame") -> list:
+def _text_columns(frame: pd.DataFrame) -> list:
     import pandas as pd
 
-    return [c for c in frame.columns if pd.api.types.is_object_dtype(frame[c]) or pd.api.types.is_string_dtype(frame[c])]
+    return [
+        c for c in frame.columns if pd.api.types.is_object_dtype(frame[c]) or pd.api.types.is_string_dtype(frame[c])
+    ]
 
 
-def csv_safe(frame: "pd.DataFrame") -> "pd.DataFrame":
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` whose text columns are escaped with :func:`csv_escape`."""
     out = frame.copy()
     for col in _text_columns(out):
@@ -175,7 +202,7 @@ def csv_safe(frame: "pd.DataFrame") -> "pd.DataFrame":
     return out
 
 
-def write_csv(frame: "pd.DataFrame", target) -> None:
+def write_csv(frame: pd.DataFrame, target) -> None:
     """Write ``frame`` as CSV to a path (atomically) or an open text stream."""
     safe = csv_safe(frame)
     if hasattr(target, "write"):
@@ -185,7 +212,7 @@ def write_csv(frame: "pd.DataFrame", target) -> None:
         safe.to_csv(tmp, index=False)
 
 
-def read_csv(path, **kwargs) -> "pd.DataFrame":
+def read_csv(path, **kwargs) -> pd.DataFrame:
     """Read a CSV written by :func:`write_csv`, undoing the escaping of text cells."""
     import pandas as pd
 

@@ -10,8 +10,9 @@ similarities and lens sites.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tokentrail.spec.errors import InputError
 
@@ -67,7 +68,9 @@ def parse_correction(value: object) -> tuple[str, int | None]:
         raise InputError(f"a correction is a name such as zscore, center, rogue:2 or abtt:3, not {value!r}")
     name, sep, count = value.strip().partition(":")
     if name not in CORRECTIONS:
-        raise InputError(f"unknown correction {value!r}: choose from center, zscore, rogue:D, abtt:D (D a whole number)")
+        raise InputError(
+            f"unknown correction {value!r}: choose from center, zscore, rogue:D, abtt:D (D a whole number)"
+        )
     if name in ("center", "zscore"):
         if sep:
             raise InputError(f"{name} takes no count: use --correct {name}")
@@ -92,7 +95,9 @@ def check_new_tokens(value: object) -> int:
     """An encoder-decoder's greedy output bound: a whole number in 1..MAX_NEW_TOKENS."""
     n = whole_number(value, "max new tokens")
     if n > MAX_NEW_TOKENS:
-        raise InputError(f"max new tokens must be at most {MAX_NEW_TOKENS}, not {n} (each greedy step re-runs the decoder on every token before it): give the decoder input with a target instead")
+        raise InputError(
+            f"max new tokens must be at most {MAX_NEW_TOKENS}, not {n} (each greedy step re-runs the decoder on every token before it): give the decoder input with a target instead"
+        )
     return n
 
 
@@ -193,7 +198,7 @@ class TraceOptions:
         truncate: bool = False,
         correct: str | None = None,
         correct_from: Any = None,
-    ) -> "TraceOptions":
+    ) -> TraceOptions:
         """Validated options from user-facing values (names, lists, "a,b" or "all")."""
         opts = cls(
             sites=expand_choice(site, ALL_SITES),
@@ -213,7 +218,7 @@ class TraceOptions:
     def __post_init__(self) -> None:
         self._check()
 
-    def validate(self) -> "TraceOptions":
+    def validate(self) -> TraceOptions:
         """The options themselves: they were checked when built."""
         return self
 
@@ -245,7 +250,9 @@ class TraceOptions:
             if not isinstance(self.correct_from, str) or not self.correct_from.strip():
                 raise InputError(f"correct_from is a corpus study's folder, not {self.correct_from!r}")
             if self.correct is None:
-                raise InputError("--correct-from says where a correction is fitted: add --correct zscore|center|rogue:D|abtt:D")
+                raise InputError(
+                    "--correct-from says where a correction is fitted: add --correct zscore|center|rogue:D|abtt:D"
+                )
         self.pairs()
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -264,7 +271,7 @@ class TraceOptions:
             )
         return out
 
-    def with_(self, **changes: Any) -> "TraceOptions":
+    def with_(self, **changes: Any) -> TraceOptions:
         """A validated copy with some fields changed."""
         return replace(self, **changes)
 
@@ -276,7 +283,7 @@ class TraceOptions:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TraceOptions":
+    def from_dict(cls, d: Mapping[str, Any]) -> TraceOptions:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

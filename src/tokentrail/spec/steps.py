@@ -3,7 +3,7 @@ analysis (which reports ``done / steps``) and the displays that draw its bar. Pu
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokentrail.spec.options import HEAD_SITE
 

@@ -28,13 +28,17 @@ def check_text(text: object) -> str:
     return text
 
 
-def check_decoder_input(target: str | None, max_new_tokens: int | None, names: tuple[str, str] = ("target", "max_new_tokens")) -> None:
+def check_decoder_input(
+    target: str | None, max_new_tokens: int | None, names: tuple[str, str] = ("target", "max_new_tokens")
+) -> None:
     """An encoder-decoder's decoder input: a target text, or a bound on the model's greedy
     output (:func:`~tokentrail.spec.options.check_new_tokens`), not both. Before any model work.
     ``names``: how the caller spells the two (the CLI's flags)."""
     if target is not None:
         check_text(target)
         if max_new_tokens is not None:
-            raise InputError(f"{names[1]} bounds the greedy output, which {names[0]} (the decoder's input) replaces: give one of them, not both")
+            raise InputError(
+                f"{names[1]} bounds the greedy output, which {names[0]} (the decoder's input) replaces: give one of them, not both"
+            )
     if max_new_tokens is not None:
         check_new_tokens(max_new_tokens)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import check_index
@@ -60,7 +61,7 @@ def unicode_to_bytes() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
-_KINDS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_KINDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def tokenizer_kind(tokenizer: Any) -> str:
@@ -190,5 +191,7 @@ def find_token(tokens: list[str] | tuple[str, ...], query: int | str) -> tuple[i
     if nth is None:
         return matches[0], matches
     if nth >= len(matches):
-        raise InputError(f"{want!r} occurs {len(matches)} time(s) (at {', '.join(map(str, matches))}); {query!r} asks for occurrence {nth} (counted from 0)")
+        raise InputError(
+            f"{want!r} occurs {len(matches)} time(s) (at {', '.join(map(str, matches))}); {query!r} asks for occurrence {nth} (counted from 0)"
+        )
     return matches[nth], matches

@@ -54,7 +54,9 @@ def connect(root: str | Path):
     else:  # occurrences of each id among the studied texts (one site and layer: one row per token)
         counts = "SELECT token_id, count(*) AS count FROM token_rows WHERE layer = 0 AND site = (SELECT min(site) FROM token_rows) GROUP BY token_id"
     # the one rule of freq_rank: 1 + the number of ids with a larger count (ties share it)
-    con.execute(f"CREATE VIEW freq AS SELECT token_id, count, rank() OVER (ORDER BY count DESC) AS freq_rank FROM ({counts})")
+    con.execute(
+        f"CREATE VIEW freq AS SELECT token_id, count, rank() OVER (ORDER BY count DESC) AS freq_rank FROM ({counts})"
+    )
     con.execute("CREATE VIEW tokens AS SELECT t.*, f.freq_rank FROM token_rows t LEFT JOIN freq f USING (token_id)")
     if sample:
         con.execute(f"CREATE VIEW sample AS SELECT * FROM read_parquet({_paths(sample)})")
@@ -76,8 +78,8 @@ def by_class(con, *, first_subword_only: bool = False) -> pd.DataFrame:
     where = "WHERE first_subword" if first_subword_only else ""
     sql = f"""
         SELECT site, layer, word_class, count(*) AS n,
-               {', '.join(_stats(m) for m in metrics(con))},
-               {''.join(f"avg({m}) AS {m}_mean, " for m in metrics(con, "mean"))}avg(norm) AS norm_mean
+               {", ".join(_stats(m) for m in metrics(con))},
+               {"".join(f"avg({m}) AS {m}_mean, " for m in metrics(con, "mean"))}avg(norm) AS norm_mean
         FROM tokens {where}
         GROUP BY site, layer, word_class
         ORDER BY site, word_class, layer
@@ -97,7 +99,7 @@ def by_token(con, *, top: int = 50, min_count: int = 5) -> pd.DataFrame:
         )
         SELECT t.site, t.layer, t.token_id, f.token, f.n AS occurrences, any_value(t.freq_rank) AS freq_rank,
                mode(t.word_class) AS word_class,
-               {', '.join(_stats(m, 't.') for m in metrics(con))}
+               {", ".join(_stats(m, "t.") for m in metrics(con))}
         FROM tokens t JOIN freq f USING (token_id)
         GROUP BY t.site, t.layer, t.token_id, f.token, f.n
         ORDER BY f.n DESC, t.token_id, t.site, t.layer
@@ -137,7 +139,13 @@ def anisotropy(con, size: int) -> pd.DataFrame:
         other = texts[:, None] != texts[None, :]
         pairs = int(other.sum()) // 2
         rows.append(
-            {"site": site, "layer": int(layer), "anisotropy": float(cos[other].mean()) if pairs else float("nan"), "tokens": len(g), "pairs": pairs}
+            {
+                "site": site,
+                "layer": int(layer),
+                "anisotropy": float(cos[other].mean()) if pairs else float("nan"),
+                "tokens": len(g),
+                "pairs": pairs,
+            }
         )
     return pd.DataFrame(rows, columns=["site", "layer", "anisotropy", "tokens", "pairs"])
 

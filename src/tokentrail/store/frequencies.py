@@ -63,7 +63,9 @@ def read_frequencies(path: str | Path) -> dict[str, int]:
         except ValueError:
             count = -1
         if count < 0:
-            raise InputError(f"--frequencies {path}, line {number}: the count {raw.strip()[:30]!r} is not a whole number >= 0")
+            raise InputError(
+                f"--frequencies {path}, line {number}: the count {raw.strip()[:30]!r} is not a whole number >= 0"
+            )
         if token in counts:
             raise InputError(f"--frequencies {path}, line {number}: {token!r} is listed twice")
         counts[token] = count
@@ -100,7 +102,9 @@ def match_vocabulary(counts: dict[str, int], vocab: dict[str, int], name: str) -
         values.append(count)
     if not ids:
         sample = ", ".join(repr(t) for t in list(counts)[:3])
-        raise InputError(f"--frequencies {name}: none of its {len(counts):,} tokens is in the model's vocabulary (e.g. {sample}); "
-                         "write tokens as the tokenizer spells them (`##ing`, `Ġthe`) or as #ID")
+        raise InputError(
+            f"--frequencies {name}: none of its {len(counts):,} tokens is in the model's vocabulary (e.g. {sample}); "
+            "write tokens as the tokenizer spells them (`##ing`, `Ġthe`) or as #ID"
+        )
     table = pa.Table.from_pydict({"token_id": ids, "token": tokens, "count": values}, schema=SCHEMA)
     return table, {"matched": len(ids), "not_in_vocabulary": len(counts) - len(ids)}

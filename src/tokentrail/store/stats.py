@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -56,7 +57,9 @@ class CorpusStats:
         try:
             return self.layers[(site, layer)]
         except KeyError:
-            raise InputError(f"the study at {self.root} recorded {', '.join(self.sites)}, not {site!r}: correct from a study of that site") from None
+            raise InputError(
+                f"the study at {self.root} recorded {', '.join(self.sites)}, not {site!r}: correct from a study of that site"
+            ) from None
 
     def check_model(self, facts: Mapping[str, Any]) -> None:
         """Refuse a model other than the study's: every fact given must equal the study's."""
@@ -82,7 +85,11 @@ def _read(root: str, _mtime: int) -> CorpusStats:
     sd = StudyDir(root)
     m = sd.read_manifest()
     done = sd.done_batches()
-    have = {int(g.group(1)) for p in sd.stats.glob("part-*.parquet") if (g := _PART.match(p.name))} if sd.stats.exists() else set()
+    have = (
+        {int(g.group(1)) for p in sd.stats.glob("part-*.parquet") if (g := _PART.match(p.name))}
+        if sd.stats.exists()
+        else set()
+    )
     if not done:
         raise InputError(f"the study at {root} has no finished batch yet")
     if not done <= have:

@@ -86,7 +86,9 @@ class StudyDir:
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"--out {self.root} is a file; give a folder")
         if self.exists():
-            raise InputError(f"{self.root} already holds a study: pass --resume to continue it, or choose another --out")
+            raise InputError(
+                f"{self.root} already holds a study: pass --resume to continue it, or choose another --out"
+            )
         if self.data.exists() and any(self.data.iterdir()):
             raise InputError(f"{self.data} already has files; choose an empty --out folder")
 
@@ -94,7 +96,9 @@ class StudyDir:
         """The manifest to continue, after checking it was made by the same run."""
         manifest = self.read_manifest()
         if manifest.get("format") != FORMAT:
-            raise InputError(f"{self.root} was written by another version of tokentrail ({manifest.get('format')}); start a new study")
+            raise InputError(
+                f"{self.root} was written by another version of tokentrail ({manifest.get('format')}); start a new study"
+            )
         for key in IDENTITY:
             if manifest.get(key) != identity.get(key):
                 raise InputError(
@@ -110,7 +114,9 @@ class StudyDir:
         self.stats.mkdir(parents=True, exist_ok=True)
         for folder in (self.data, self.sample, self.stats, self.root):
             for p in folder.iterdir():
-                if p.name.startswith(".") and (p.name.endswith(TEMPORARY_SUFFIX) or ".tmp-" in p.name):  # .tmp-: older versions
+                if p.name.startswith(".") and (
+                    p.name.endswith(TEMPORARY_SUFFIX) or ".tmp-" in p.name
+                ):  # .tmp-: older versions
                     p.unlink()
         done = self.done_batches()
         for p in [*self.sample.iterdir(), *self.stats.iterdir()]:
