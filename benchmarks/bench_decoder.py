@@ -95,7 +95,7 @@ def main() -> None:
     acts = capture(a, ids)
     t = time.perf_counter()
     mismatch = ties = 0
-    for si, site in enumerate(sites):
+    for site in sites:
         vecs = acts.site(site)
         v = trail.view(site, "encodings", "cosine")
         for layer in range(L):
@@ -150,7 +150,7 @@ def main() -> None:
 
     # ---- 3. logit lens -----------------------------------------------------------------
     t = time.perf_counter()
-    lensed = analyse(a, model.spaces, ids, options=TraceOptions(sites=("layer_out",), k=k, lens=True), **common)
+    analyse(a, model.spaces, ids, options=TraceOptions(sites=("layer_out",), k=k, lens=True), **common)
     lens_s = time.perf_counter() - t - fast / 2
     print(f"\n[lens] final norm + LM head on {L} layers x {n} tokens: ~{max(lens_s, 0):.2f} s on top of the analysis")
     print(f"peak RSS {max(rss_fast, peak_mib()):.0f} MiB")

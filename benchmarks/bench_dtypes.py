@@ -71,7 +71,7 @@ def measure(name: str, repeat: int) -> None:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         q, w = queries.to(dtype), unit.to(dtype)
         out = torch.empty(rows, V, dtype=dtype)
-        seconds = best_seconds(lambda: torch.mm(q, w.T, out=out), repeat)
+        seconds = best_seconds(lambda q=q, w=w, out=out: torch.mm(q, w.T, out=out), repeat)
         fp32 = fp32 or seconds
         err = (out.float() - exact).abs().max().item()
         label = str(dtype).removeprefix("torch.")

@@ -356,7 +356,7 @@ def scale(sub: Subject, lengths: list[int], base=None) -> None:
     for n in lengths:
         release()
         reset = reset_peak()
-        s, trail = timed(lambda: sub.analyse(sub.ids(n), **everything), 1)
+        s, trail = timed(lambda n=n: sub.analyse(sub.ids(n), **everything), 1)
         times.append(s)
         peak = rss_mib("VmHWM") - before_rss if reset else float("nan")
         held, cache = held_bytes(trail) / 2**20, sub.spaces.nbytes / 2**20

@@ -62,7 +62,7 @@ def child(args) -> None:
                     Path(d) / "s",
                     limit=args.limit,
                     batch=args.batch,
-                    on_start=lambda _: started.append(time.perf_counter()),
+                    on_start=lambda _, started=started: started.append(time.perf_counter()),
                 )
                 dt = time.perf_counter() - started[0]
                 out["study"] = best(

@@ -57,9 +57,11 @@ def test_a_busy_model_never_blocks_another_model_and_refuses_beyond_its_waiting_
         # one more for the same model: refused at once, with a message for the page. "At once"
         # is an event, not a clock: the holders leave only when `release` is set, so a refusal
         # that waited for a place would still be waiting; it comes back while all still hold
-        with pytest.raises(queues.ModelBusy, match=f"{model} is busy with {1 + queues.WAITING_PER_MODEL} requests"):
-            with queues.concurrency_for(model):
-                pass
+        with (
+            pytest.raises(queues.ModelBusy, match=f"{model} is busy with {1 + queues.WAITING_PER_MODEL} requests"),
+            queues.concurrency_for(model),
+        ):
+            pass
         assert queues.load(model) == (1, queues.WAITING_PER_MODEL) and not release.is_set()
         # another model runs at once while the first is saturated (its holders still hold)
         with queues.concurrency_for(other):

@@ -29,7 +29,7 @@ The output head (decoder only): ``lm_head(h_L) + final_logits_bias``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -59,9 +59,15 @@ def _out(linear: nn.Linear, heads: int, d_head: int, d_model: int) -> tuple[Tens
 class _BartStack:
     """What both BART stacks share: the embedding stage and the self-attention layout."""
 
+    config: Any  # from the Adapter this is mixed into
     stack_module: nn.Module  # the encoder or decoder (BartEncoder / BartDecoder)
     layers: nn.ModuleList
     _scaled_table: Tensor | None
+
+    if TYPE_CHECKING:  # each stack's own property (a plain annotation could not be overridden by one)
+
+        @property
+        def n_heads(self) -> int: ...
 
     @property
     def d_model(self) -> int:

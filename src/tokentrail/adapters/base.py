@@ -92,6 +92,9 @@ class Adapter(ABC):
     stack: str | None = None
     #: where a batch may put its padding without moving any real token's position id
     padding_sides: tuple[str, ...] = ("left", "right")
+    #: tokentrail's per-model memo of shared tables (engine/space_memory.py: adapter_memo);
+    #: declared only, set on first use
+    _tokentrail_tables: dict
 
     def __init__(self, model: nn.Module):
         self.model = model.eval()

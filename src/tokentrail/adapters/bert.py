@@ -46,7 +46,7 @@ class BertAdapter(Adapter):
 
     # BERT's own rule is arange(n) whatever the padding, so only right padding keeps every
     # real token at the position it has alone
-    padding_sides = ("right",)
+    padding_sides: tuple[str, ...] = ("right",)
 
     def position_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         n = input_ids.shape[-1]

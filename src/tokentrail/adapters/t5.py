@@ -23,7 +23,7 @@ head: ``lm_head(final_layer_norm(h) * d**-0.5)`` when the embeddings are tied
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,7 @@ def _rms(ln: nn.Module) -> Norm:
 class _T5Stack:
     """What both T5 stacks share."""
 
+    config: Any  # from the Adapter this is mixed into
     stack_module: nn.Module  # a T5Stack
 
     @property

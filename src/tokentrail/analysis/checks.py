@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 from tokentrail.adapters import Adapter
+from tokentrail.adapters.seq2seq import EncoderStack
 from tokentrail.engine import budget
 from tokentrail.engine.budget import captured_bytes, check_fits, estimate_run, estimate_seq2seq
 from tokentrail.spec.errors import InputError, ModelError
@@ -38,8 +40,8 @@ def check_against(
     adapter.resolve_causal(options.causal)
     options = _settle_cross_sites(adapter, options)
     lens_reader = (
-        adapter.decoder_stack() if adapter.is_seq2seq else adapter
-    )  # an encoder-decoder's lens reads its decoder
+        cast(EncoderStack, adapter).decoder_stack() if adapter.is_seq2seq else adapter
+    )  # an encoder-decoder's lens reads its decoder (its primary adapter is the EncoderStack)
     if adapter.is_seq2seq:
         lens_reader.resolve_causal(options.causal)
     if options.lens and lens_reader.lens_head() is None:
@@ -61,9 +63,7 @@ def check_against(
                 f"--correct {options.correct} is fitted to the text's own tokens and needs more of them than {tokens}: use a longer text or a smaller D"
             )
     if tokens is not None:
-        sizes = dict(
-            pairs=options.pairs(), similarities=len(options.similarities), k=options.k, overlap_k=options.overlap_k
-        )
+        pairs, similarities = options.pairs(), len(options.similarities)
         if adapter.is_seq2seq:
             check_fits(
                 estimate_seq2seq(
@@ -72,12 +72,26 @@ def check_against(
                     source_tokens=tokens,
                     decoder_tokens=decoder_tokens,
                     lens=options.lens,
-                    **sizes,
+                    pairs=pairs,
+                    similarities=similarities,
+                    k=options.k,
+                    overlap_k=options.overlap_k,
                 )
             )
         else:
             streamed = streams(adapter, options, tokens) if streamed is None else streamed
-            check_fits(estimate_run(adapter, tokens=tokens, lens=options.lens, streamed=streamed, **sizes))
+            check_fits(
+                estimate_run(
+                    adapter,
+                    tokens=tokens,
+                    lens=options.lens,
+                    streamed=streamed,
+                    pairs=pairs,
+                    similarities=similarities,
+                    k=options.k,
+                    overlap_k=options.overlap_k,
+                )
+            )
     return options
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,8 +83,8 @@ def stream_views(
             for _, _, scorer in scorers:
                 if scorer is not None:
                     scorer.layer(acts, layer)
-            for scorer in heads.values():
-                scorer.layer(acts, layer, stack=False)  # stacking layers needs every layer's activations
+            for head_scorer in heads.values():
+                head_scorer.layer(acts, layer, stack=False)  # stacking layers needs every layer's activations
             if options.lens:
                 lenses.append(logit_lens(adapter, acts, k=k, site=options.lens_site, beside_scratch=True))
 
@@ -97,18 +98,18 @@ def stream_views(
             mine.get((site, sim)) or copied_view(twin[(site, sim)], space.name) for sim in sims for site in site_names
         ]
         made.append((space, {**twin, **mine}))
-    for scorer in heads.values():
-        views += scorer.views()
+    for head_scorer in heads.values():
+        views += head_scorer.views()
     return views, (_joined_lens(lenses) if lenses else None), passed
 
 
 def _joined_lens(parts: Sequence[LensResult]) -> LensResult:
     """Layer-by-layer lens results as one (their (1, n, ...) arrays stacked)."""
     layered = ("top_ids", "top_probs", "own_rank", "own_prob", "next_rank", "next_prob", "entropy")
-    return replace(
-        parts[0],
-        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in layered if getattr(parts[0], f) is not None},
-    )
+    stacked: dict[str, Any] = {
+        f: np.concatenate([getattr(p, f) for p in parts]) for f in layered if getattr(parts[0], f) is not None
+    }
+    return replace(parts[0], **stacked)
 
 
 class _ResidualStream:

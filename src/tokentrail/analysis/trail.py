@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from tokentrail.adapters import Adapter
-from tokentrail.engine.capture import Activations
+from tokentrail.engine.capture import Activations, Passed
 from tokentrail.results.trail import CrossView, LensResult, RunInfo, Trail, View
 from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.version import __version__
@@ -20,7 +20,7 @@ Labeller = Callable[[Iterable[int]], dict[int, str]]
 
 def make_trail(
     adapter: Adapter,
-    acts: Activations,
+    acts: Activations | Passed,
     views: Sequence[View],
     lens: LensResult | None,
     *,
@@ -76,7 +76,7 @@ def make_trail(
 
 def _run_info(
     adapter: Adapter,
-    acts: Activations,
+    acts: Activations | Passed,
     options: TraceOptions,
     model_name: str,
     revision,

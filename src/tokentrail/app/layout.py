@@ -68,6 +68,7 @@ class Page_(gr.Blocks):
     Gradio's default cache is world-listable, is not used)."""
 
     tokentrail_folder: ExportFolder
+    tokentrail_pool: SessionPool
 
     def launch(self, *args, **kwargs):
         folder = getattr(self, "tokentrail_folder", None)
@@ -83,7 +84,7 @@ def build_app(
     max_queue: int = 16,
     pool: SessionPool | None = None,
     studies: str | None = None,
-) -> gr.Blocks:
+) -> Page_:
     """The tokentrail page as a ``gr.Blocks`` (queue bounded to ``max_queue`` waiting events).
 
     ``models``: extra names the page may offer (hub ids or local folders, named by the

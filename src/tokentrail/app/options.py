@@ -4,6 +4,8 @@ that says what to do instead."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import tokentrail as tt
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import RESIDUAL_SITES, SIMILARITIES, TraceOptions
@@ -93,7 +95,7 @@ def whole_number(value: object, what: str) -> int:
     if isinstance(value, bool):
         raise InputError(f"{what} must be a whole number, not {value!r}")
     try:
-        f = float(value)  # sliders send floats
+        f = float(cast(Any, value))  # sliders send floats; anything float() refuses is caught below
     except (TypeError, ValueError):
         raise InputError(f"{what} must be a whole number, not {value!r}") from None
     if f != int(f):

@@ -107,7 +107,7 @@ def study(
         fail(str(exc))
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] finished batches are kept in {out_dir}; rerun with --resume to continue")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     m = s.manifest
     skipped = m.get("skipped", {})
     err.print(f"wrote {out_dir}: {m['texts']:,} texts, {m['tokens']:,} tokens in {m['elapsed_s']} s")

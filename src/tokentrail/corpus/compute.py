@@ -14,6 +14,7 @@ import functools
 import hashlib
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -265,7 +266,7 @@ def _add_stats(sums: dict, site: str, vecs: torch.Tensor) -> None:
 
 
 def _stats_table(sums: dict) -> pa.Table:
-    rows = {name: [] for name in STATS_SCHEMA.names}
+    rows: dict[str, list[Any]] = {name: [] for name in STATS_SCHEMA.names}
     for (site, layer), (count, total, squares) in sorted(sums.items()):
         rows["site"].append(site)
         rows["layer"].append(layer)
@@ -285,7 +286,7 @@ def _table(cols: dict[str, list]) -> pa.Table:
 
 
 def _sample_table(candidates, sites) -> pa.Table:
-    rows = {name: [] for name in SAMPLE_SCHEMA.names}
+    rows: dict[str, list[Any]] = {name: [] for name in SAMPLE_SCHEMA.names}
     for key, text_id, position, word_class, vecs, emb in candidates:  # vecs (S, L, d), emb (d,)
         at = [(EMBEDDED, 0, emb)] + [
             (site, layer, vecs[s, layer]) for s, site in enumerate(sites) for layer in range(vecs.shape[1])

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tokentrail.corpus.batches import model_info, read_batch_meta, run_batch
 from tokentrail.corpus.compute import StudyOptions
@@ -175,7 +176,7 @@ def study(
         sd.root.mkdir(parents=True, exist_ok=True)
         sd.prepare()
         done = sd.done_batches()
-        freq_rank = {"source": "corpus", "definition": freq.CORPUS_NOTE}
+        freq_rank: dict[str, Any] = {"source": "corpus", "definition": freq.CORPUS_NOTE}
         if counts is not None:
             table, matched = freq.match_vocabulary(counts, runner.vocab(), freq_id["name"])
             atomic_write_table(sd.root / freq.FILE_NAME, table)
@@ -209,7 +210,7 @@ def study(
             tally.add(read_batch_meta(sd, b), skipped, quiet=True)
         tally.report(skipped)
         try:
-            for b, meta, keys in runner.run(_numbered(stream, done, tally, skipped), reservoir, sd):
+            for _b, meta, keys in runner.run(_numbered(stream, done, tally, skipped), reservoir, sd):
                 for k in keys:
                     reservoir.add(k)
                 tally.add(meta, skipped)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import CROSS_HEAD_SITE, CROSS_SITES
@@ -265,14 +266,25 @@ def estimate_seq2seq(
     input is not known yet), the encoder stack's part alone. ``pairs``: the run's (site,
     space) pairs; the encoder has no cross site and no lens (an encoder-decoder's lens
     reads its decoder)."""
-    common = dict(similarities=similarities, k=k, overlap_k=overlap_k)
     enc = estimate_run(
-        encoder, tokens=source_tokens, pairs=[p for p in pairs if p[0] not in CROSS_SITES], lens=False, **common
+        encoder,
+        tokens=source_tokens,
+        pairs=[p for p in pairs if p[0] not in CROSS_SITES],
+        similarities=similarities,
+        k=k,
+        overlap_k=overlap_k,
+        lens=False,
     )
     if decoder_tokens is None:
         return enc
     dec = estimate_run(
-        decoder, tokens=decoder_tokens, pairs=[p for p in pairs if p[0] != CROSS_HEAD_SITE], lens=lens, **common
+        decoder,
+        tokens=decoder_tokens,
+        pairs=[p for p in pairs if p[0] != CROSS_HEAD_SITE],
+        similarities=similarities,
+        k=k,
+        overlap_k=overlap_k,
+        lens=lens,
     )
     n, m, L, H, d = decoder_tokens, source_tokens, decoder.n_layers, decoder.n_heads, decoder.d_model
     cross_pairs = sum(1 for site, _ in pairs if site == CROSS_HEAD_SITE) * similarities
@@ -307,7 +319,7 @@ def held_bytes(*objs: object) -> int:
             storage = o.untyped_storage()
             buffers[("t", storage.data_ptr(), storage.device)] = storage.nbytes()
         elif hasattr(o, "nbytes") and hasattr(o, "dtype"):  # a numpy array or scalar
-            base = o
+            base: Any = o  # duck-typed: a numpy array, possibly a view of another
             while getattr(base, "base", None) is not None and hasattr(base.base, "nbytes"):
                 base = base.base
             buffers[("a", id(base))] = int(base.nbytes)

@@ -344,12 +344,12 @@ def head_vectors(adapter: Adapter, acts: Activations, kind: str, layer: int) -> 
     """
     if kind == "value":
         return acts.head_z(layer)
-    which = "k" if kind == "key" else "q"
+    which: Literal["k", "q"] = "k" if kind == "key" else "q"
     vec = head_qkv(adapter, acts, layer, which)  # (n, G, dh)
     return vec[:, adapter.kv_heads().to(vec.device)] if which == "k" else vec
 
 
-def head_qkv(adapter: Adapter, acts: Activations, layer: int, which: str) -> Tensor:
+def head_qkv(adapter: Adapter, acts: Activations, layer: int, which: Literal["q", "k", "v"]) -> Tensor:
     """The model's own q, k or v of every token at ``layer``: (n, G, d_head), G = its heads.
 
     Recomputed from the captured layer input through the adapter's canonical projection,

@@ -18,6 +18,7 @@ import copy
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor
@@ -25,10 +26,37 @@ from torch import Tensor
 from tokentrail.adapters import Adapter
 from tokentrail.engine import budget
 
+if TYPE_CHECKING:
+    from tokentrail.engine.spaces import PositionStats
+
+_Space = TypeVar("_Space", bound="SpaceMemory")
+
 
 class SpaceMemory:
     """The memory policy of a :class:`~tokentrail.engine.spaces.VocabSpace` (a mixin: it
     reads the space's tables ``x``, ``M``, ``P``, its norms and :meth:`position_stats`)."""
+
+    # what the mixin reads from the space it is mixed into (set in VocabSpace.__init__)
+    x: Tensor  # (V, d)
+    M: Tensor | None  # (G, k, d); None for residual spaces
+    P: Tensor | None  # (G, V, k) or (1, V, d); None when not kept
+    P_sq: Tensor  # (G, V)
+    P_c: Tensor  # (G, V)
+    c: Tensor  # (G, k)
+    moves: bool
+    _static: tuple[Tensor, Tensor | None, dict] | None  # position-free (norms, sigma, memo)
+
+    if TYPE_CHECKING:  # VocabSpace's properties and methods, for the type checker only
+
+        @property
+        def vocab_size(self) -> int: ...
+
+        @property
+        def through_embeddings(self) -> bool: ...
+
+        def position_stats(self, positions: Tensor) -> PositionStats: ...
+
+        def cosine_scales(self, stats: PositionStats) -> tuple[Tensor, Tensor | None]: ...
 
     def _init_memo(self) -> None:
         """An empty position memo (:meth:`_remember`)."""
@@ -37,7 +65,7 @@ class SpaceMemory:
         self._memo_lock = threading.Lock()  # a slot is taken and filled by one trace at a time
         self._at_bytes = 0
 
-    def for_queries(self, count: int) -> SpaceMemory:
+    def for_queries(self: _Space, count: int) -> _Space:
         """This space for scoring ``count`` query columns in one call.
 
         A head space that gave up its ``(G, V, k)`` table (the :class:`~tokentrail.engine.space_cache.SpaceCache` budget)
@@ -127,9 +155,9 @@ class SpaceMemory:
             fresh = set(missing)
             old = [i for i in range(len(plist)) if i not in fresh]
             at = _span([self._at[plist[i]] for i in old], device)
-            new, old = (_span(v, device) for v in (missing, old))
+            new, old_at = (_span(v, device) for v in (missing, old))
             fields = tuple(
-                None if t is None else _joined(len(plist), (new, t), (old, kept[at]))
+                None if t is None else _joined(len(plist), (new, t), (old_at, kept[at]))
                 for t, kept in zip(part, self._slots)
             )
         return fields

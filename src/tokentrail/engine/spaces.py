@@ -458,7 +458,8 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
         raise InputError(f"unknown space {kind!r}: choose from {', '.join(SPACE_KINDS)}")
     if layer is None or not 0 <= layer < adapter.n_layers:
         raise InputError(f"space {kind!r} needs a layer in 0..{adapter.n_layers - 1}, got {layer}")
-    which = {"value": "v", "key": "k", "query": "q"}[kind]
+    letters: dict[str, Literal["q", "k", "v"]] = {"value": "v", "key": "k", "query": "q"}
+    which = letters[kind]
     proj = adapter.projection(layer, which)
     rotary = adapter.rotary(layer) if kind in ("key", "query") else None
     return _space(

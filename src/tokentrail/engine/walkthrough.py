@@ -23,6 +23,7 @@ results still come from :func:`tokentrail.engine.capture.capture`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -78,8 +79,9 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     rotate (partial rotary: the rest pass through unrotated)."""
     if which not in ("q", "k", "v"):
         raise InputError(f"unknown projection {which!r}: choose q, k or v")
+    qkv = cast(Literal["q", "k", "v"], which)  # checked just above
     name = which.upper()
-    affine = f"W_{name} x" + ("" if adapter.projection(layer, which).bias is None else f" + b_{name}")
+    affine = f"W_{name} x" + ("" if adapter.projection(layer, qkv).bias is None else f" + b_{name}")
     rot = adapter.rotary(layer) if which != "v" else None
     if rot is None:
         return f"{which} = {affine}"
@@ -121,7 +123,7 @@ def attention_step(
 
 
 def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int, causal: bool) -> AttentionStep:
-    n, H, dh = acts.input_ids.shape[0], adapter.n_heads, adapter.d_head
+    n, dh = acts.input_ids.shape[0], adapter.d_head
     h_in = acts.embedded if layer == 0 else acts.layer_out[layer - 1]  # (n, d): h_l
     q = head_qkv(adapter, acts, layer, "q")  # (n, H, dh); all n only because RoPE rotates by position
     k = head_qkv(adapter, acts, layer, "k")  # (n, G, dh)

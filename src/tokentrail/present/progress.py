@@ -26,6 +26,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -76,7 +77,7 @@ class TerminalProgress(Steps):
         self.quiet = quiet
         self.live = console.is_terminal if live is None else live
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._last: str | None = None
         self._steps = 1
         self._start = time.monotonic()

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def _neighbours_cell(trail: Trail, ids, sims, own: int, k: int) -> str:
     parts = []
-    for i, s in zip(ids[:k], sims[:k]):
+    for i, _s in zip(ids[:k], sims[:k]):
         label = trail.labels.get(int(i), str(int(i)))
         label = label.replace("[", "\\[")
         parts.append(f"[bold green]{label}[/]" if int(i) == own else label)

@@ -132,7 +132,7 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         per_head, k = spec["per_head"], int(spec["k"])
         cell = (L, H, n) if per_head else (L, n)
 
-        def where_(rows: pd.DataFrame) -> tuple[np.ndarray, ...]:
+        def where_(rows: pd.DataFrame, per_head: bool = per_head) -> tuple[np.ndarray, ...]:
             li, ti = _ints(rows["layer"]), _ints(rows["token"])
             return (li, _ints(rows["head"]), ti) if per_head else (li, ti)
 

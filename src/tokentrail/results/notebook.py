@@ -83,7 +83,7 @@ def neighbours_table(trail, token: int | str) -> str:
     rows = []
     for l in range(min(trail.n_layers, MAX_LAYERS)):
         cells = []
-        for i, s in zip(view.top_ids[l, t, :k], view.top_sims[l, t, :k]):
+        for i, _s in zip(view.top_ids[l, t, :k], view.top_sims[l, t, :k]):
             word = escape(trail.labels.get(int(i), str(i)))
             cells.append(f"<b>{word}</b>" if int(i) == own else word)
         rows.append(

@@ -261,7 +261,8 @@ class Trail:
         return same(self, other)
 
     def __repr__(self) -> str:
-        views = ", ".join("/".join(v.key) for v in (*self.views, *self.cross_views))
+        every: tuple[View | CrossView, ...] = (*self.views, *self.cross_views)
+        views = ", ".join("/".join(v.key) for v in every)
         lens = f", lens@{self.lens.site}" if self.lens is not None else ""
         text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
         stack = f" {self.stack} stack" if self.stack is not None else ""

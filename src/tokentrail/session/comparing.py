@@ -13,20 +13,20 @@ from tokentrail.analysis.trail import make_trail
 from tokentrail.engine.capture import head_vectors
 from tokentrail.engine.geometry import fit_correction
 from tokentrail.results.trail import RunInfo
-from tokentrail.session.comparison import (
-    HEADS_ACROSS_MODELS,
-    Comparison,
-    Side,
-    align_spans,
-    check_compare_options,
-    token_spans,
-)
+from tokentrail.session.comparison import Comparison, Side, align_spans, token_spans
 from tokentrail.session.inputs import check_text
 from tokentrail.session.loaded import LoadedModel
 from tokentrail.session.models import load
 from tokentrail.session.runner import Run
 from tokentrail.spec.errors import InputError
-from tokentrail.spec.options import DEFAULT_OVERLAP_K, HEAD_SITE, TraceOptions, parse_correction
+from tokentrail.spec.options import (
+    DEFAULT_OVERLAP_K,
+    HEAD_SITE,
+    HEADS_ACROSS_MODELS,
+    TraceOptions,
+    check_compare_options,
+    parse_correction,
+)
 from tokentrail.spec.tokens import find_token
 
 __all__ = ["compare"]

@@ -40,7 +40,7 @@ from tokentrail.spec.options import (  # the rules live in spec.options
 )
 
 if TYPE_CHECKING:
-    from tokentrail.session.models import LoadedModel
+    from tokentrail.session.runner import Model
 
 Span = tuple[int, int]
 
@@ -48,7 +48,7 @@ __all__ = ["Comparison", "Side", "align_spans", "check_compare_options", "token_
 
 
 # ---- character spans ------------------------------------------------------------------
-def token_spans(model: LoadedModel, text: str, ids: Sequence[int]) -> list[Span | None]:
+def token_spans(model: Model, text: str, ids: Sequence[int]) -> list[Span | None]:
     """Each token's character span ``(start, end)`` in ``text``, from the tokenizer's own
     offsets (``return_offsets_mapping``), with surrounding whitespace trimmed; None for a
     token that covers no character (special tokens such as ``[CLS]``)."""
@@ -78,7 +78,7 @@ def _trim(text: str, start: int, end: int) -> Span | None:
 def align_spans(spans_a: Sequence[Span | None], spans_b: Sequence[Span | None]) -> tuple[tuple[int, ...], ...]:
     """For each token of side a, the tokens of side b whose character spans overlap its
     own (in order); empty for a token without characters. Pure; spans are half-open."""
-    out = []
+    out: list[tuple[int, ...]] = []
     for sa in spans_a:
         if sa is None:
             out.append(())

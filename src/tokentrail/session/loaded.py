@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from tokentrail.adapters import Adapter
+from tokentrail.adapters import Adapter, EncoderStack
 from tokentrail.analysis.checks import check_against, streams
 from tokentrail.engine.capture import capture, capture_batch
 from tokentrail.engine.capture_cross import capture_cross
@@ -50,14 +50,18 @@ class LoadedModel:
         self.spaces = SpaceCache(self.adapter)
         self.lock = threading.RLock()
 
+    def _encoder(self) -> EncoderStack:
+        """The adapter of an encoder-decoder (checked by the caller): its encoder stack."""
+        return cast(EncoderStack, self.adapter)
+
     @property
     def decoder_spaces(self) -> SpaceCache:
         """An encoder-decoder's decoder stack's reference spaces (``spaces`` are the encoder's)."""
         if not self.adapter.is_seq2seq:
             raise ModelError(f"{self.name} is not an encoder-decoder: it has one stack (model.spaces)")
         cache = self.__dict__.get("_decoder_spaces")
-        if cache is None or cache.adapter is not self.adapter.decoder_stack():
-            cache = self._decoder_spaces = SpaceCache(self.adapter.decoder_stack())
+        if cache is None or cache.adapter is not self._encoder().decoder_stack():
+            cache = self._decoder_spaces = SpaceCache(self._encoder().decoder_stack())
         return cache
 
     @property
@@ -94,7 +98,7 @@ class LoadedModel:
     @property
     def stacks(self) -> tuple[Stack, ...]:
         """The model's stacks, in order: (encoder, decoder) for an encoder-decoder, else one."""
-        adapters = (self.adapter, self.adapter.decoder_stack()) if self.adapter.is_seq2seq else (self.adapter,)
+        adapters = (self.adapter, self._encoder().decoder_stack()) if self.adapter.is_seq2seq else (self.adapter,)
         return tuple(Stack(a.stack, a.n_layers, a.n_heads) for a in adapters)
 
     def labels(self, ids) -> dict[int, str]:
@@ -155,7 +159,7 @@ class LoadedModel:
         """The encoder over the source, then the whole model over (source, decoder input).
         The memory of both stacks is checked first: with the target's length, or with the
         most the greedy output may have (before generating it)."""
-        enc_adapter = self.adapter
+        enc_adapter = self._encoder()
         dec = enc_adapter.decoder_stack()
         check_decoder_input(target, max_new_tokens)
         bound = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens

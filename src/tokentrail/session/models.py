@@ -244,6 +244,7 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
         )
     keys = _weights_keys(folder, allow_pickle)
     prefixes = lens_head_prefixes(model_type)
+    auto: type[Any]  # one of transformers' Auto classes (no public common base)
     if model_type in seq2seq_model_types():
         auto = (
             AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)

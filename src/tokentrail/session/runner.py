@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol, TypedDict, cast
 
 import torch
 from torch import Tensor
 
-from tokentrail.adapters import Adapter
+from tokentrail.adapters import Adapter, EncoderStack
 from tokentrail.analysis.batch import compute_views_batch
 from tokentrail.analysis.checks import check_against, streams
 from tokentrail.analysis.cross import cross_views
@@ -41,13 +41,35 @@ class Model(Protocol):
     """What a Run needs of its model (a :class:`tokentrail.session.loaded.LoadedModel`)."""
 
     name: str
+    revision: str | None
     adapter: Adapter
+    tokenizer: Any
     spaces: SpaceCache
     lock: Any  # a threading.RLock
-    labels: Callable[[Any], dict[int, str]]
+
+    def labels(self, ids: Any) -> dict[int, str]: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def n_heads(self) -> int: ...
 
     @property
     def decoder_spaces(self) -> SpaceCache: ...
+
+
+class _Lengths(TypedDict, total=False):
+    """The text lengths a memory check reads (:func:`check_against`'s keywords)."""
+
+    tokens: int
+    decoder_tokens: int
 
 
 class Run:
@@ -137,7 +159,7 @@ class Run:
             raise ValueError("a Run's mask and truncation are fixed: make another Run for other ones")
         return check_against(self.model.adapter, opts, **self._lengths())
 
-    def _lengths(self) -> dict[str, int]:
+    def _lengths(self) -> _Lengths:
         """What the memory check of another set of options reads: the text's length."""
         return {"tokens": self.n_tokens}
 
@@ -278,18 +300,22 @@ class Seq2SeqRun(Run):
         self.decoder_special = list(decoder_special)
         self.decoder_input = decoder_input  # "target" or "greedy output (...)"
 
-    def _lengths(self) -> dict[str, int]:
+    def _lengths(self) -> _Lengths:
         return {"tokens": self.n_tokens, "decoder_tokens": len(self.decoder_tokens)}
 
     def __repr__(self) -> str:
         return f"Seq2SeqRun(model={self.model.name!r}, source tokens={self.n_tokens}, decoder tokens={len(self.decoder_tokens)}, decoder input={self.decoder_input!r})"
+
+    def _encoder(self) -> EncoderStack:
+        """The model's adapter: an encoder-decoder's primary adapter is its encoder stack."""
+        return cast(EncoderStack, self.model.adapter)
 
     def _stack(self, stack: str):
         m = self.model
         if stack == "encoder":
             return m.adapter, m.spaces, self.acts
         if stack == "decoder":
-            return m.adapter.decoder_stack(), m.decoder_spaces, self.decoder_acts
+            return self._encoder().decoder_stack(), m.decoder_spaces, self.decoder_acts
         raise InputError(f"unknown stack {stack!r}: choose encoder or decoder")
 
     def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
@@ -305,7 +331,7 @@ class Seq2SeqRun(Run):
         cross = cross_views(dec, dec_acts, opts)
         lens = self.lens(k=opts.k, site=opts.lens_site) if opts.lens else None
         say(1.0, "done")
-        common = dict(
+        common: dict[str, Any] = dict(  # the keywords both stacks' Trails share
             options=opts,
             label=m.labels,
             model_name=m.name,
@@ -345,7 +371,7 @@ class Seq2SeqRun(Run):
         key = (k, site)
         with self._lock:
             if key not in self._lenses:
-                self._lenses[key] = logit_lens(self.model.adapter.decoder_stack(), self.decoder_acts, k=k, site=site)
+                self._lenses[key] = logit_lens(self._encoder().decoder_stack(), self.decoder_acts, k=k, site=site)
             return self._lenses[key]
 
     def heads(
@@ -382,4 +408,4 @@ class Seq2SeqRun(Run):
         """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
         output: the query from the decoder, keys and values from the encoder output
         (:class:`~tokentrail.engine.walkthrough.CrossAttentionStep`)."""
-        return cross_attention_step(self.model.adapter.decoder_stack(), self.decoder_acts, layer, head, token)
+        return cross_attention_step(self._encoder().decoder_stack(), self.decoder_acts, layer, head, token)

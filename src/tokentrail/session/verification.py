@@ -64,12 +64,13 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Literal, cast
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from tokentrail.adapters import Adapter
+from tokentrail.adapters import Adapter, EncoderStack
 from tokentrail.engine.capture import Activations, capture, recorded
 from tokentrail.engine.capture_cross import capture_cross
 from tokentrail.engine.spaces import HEAD_SPACE_KINDS, build_space
@@ -271,12 +272,15 @@ def _own_rows(adapter: Adapter, acts: Activations, rtol: float) -> Check:
     return w.result()
 
 
+_QKV: tuple[Literal["q", "k", "v"], ...] = ("q", "k", "v")
+
+
 def _qkv(adapter: Adapter, acts: Activations, layer: int) -> tuple[Tensor, Tensor, Tensor]:
     """The layer's canonical q (n, H, dh), and k, v (n, H, dh) of each query head's KV head; RoPE applied."""
     norm = adapter.attn_input_norm(layer)
     h = acts.layer_input(layer)
     x = h if norm is None else norm(h)
-    q, k, v = (adapter.projection(layer, w)(x) for w in "qkv")
+    q, k, v = (adapter.projection(layer, w)(x) for w in _QKV)
     rot = adapter.rotary(layer)
     if rot is not None:
         q, k = rot(q, acts.position_ids), rot(k, acts.position_ids)
@@ -374,7 +378,7 @@ def _qkv_own(adapter: Adapter, acts: Activations) -> tuple[Tensor, Tensor, Tenso
     """Layer 0's q (n, H, dh), k and v (n, G, dh) of the text, from hidden state 0."""
     norm = adapter.attn_input_norm(0)
     x = acts.hidden_states[0] if norm is None else norm(acts.hidden_states[0])
-    q, k, v = (adapter.projection(0, w)(x) for w in "qkv")
+    q, k, v = (adapter.projection(0, w)(x) for w in _QKV)
     rot = adapter.rotary(0)
     if rot is not None:
         q, k = rot(q, acts.position_ids), rot(k, acts.position_ids)
@@ -415,9 +419,10 @@ def verify(
     if loaded.adapter.is_seq2seq:
         with loaded.lock:
             labels = torch.tensor(loaded.tokenizer(text_target=text)["input_ids"], dtype=torch.long)
-        decoder_ids = loaded.adapter.decoder_input(labels)
+        encoder = cast(EncoderStack, loaded.adapter)  # an encoder-decoder's adapter is its encoder stack
+        decoder_ids = encoder.decoder_input(labels)
         return verify_seq2seq(
-            loaded.adapter,
+            encoder,
             enc.ids,
             decoder_ids,
             model_name=loaded.name,
@@ -432,7 +437,7 @@ def verify(
 
 
 def verify_seq2seq(
-    adapter: Adapter,
+    adapter: EncoderStack,
     source_ids: Tensor,
     decoder_ids: Tensor,
     *,

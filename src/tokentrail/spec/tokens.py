@@ -19,6 +19,7 @@ pre-tokenizer), never from the model's name.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import weakref
 from collections.abc import Iterable
@@ -78,10 +79,8 @@ def tokenizer_kind(tokenizer: Any) -> str:
     except (KeyError, TypeError):
         pass
     kind = _tokenizer_kind(tokenizer)
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable: not remembered
         _KINDS[tokenizer] = kind
-    except TypeError:  # not weak-referenceable: not remembered
-        pass
     return kind
 
 

@@ -85,7 +85,7 @@ def match_vocabulary(counts: dict[str, int], vocab: dict[str, int], name: str) -
     :data:`FILE_NAME` and the numbers matched / not in the vocabulary."""
     size = max(vocab.values(), default=-1) + 1
     ids, tokens, values = [], [], []
-    by_id = {}
+    by_id: dict[int, str] = {}
     for token, count in counts.items():
         if token.startswith("#") and token[1:].isdigit() and token not in vocab:
             i = int(token[1:])

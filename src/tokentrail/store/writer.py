@@ -21,6 +21,7 @@ import heapq
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ class Reservoir:
     """The smallest ``size`` sampling keys seen so far: a token whose key is not below
     :meth:`threshold` can never enter the final sample, so it need not be written."""
 
-    def __init__(self, size: int, keys: list[float] = ()):
+    def __init__(self, size: int, keys: Iterable[float] = ()):
         self.size = size
         self._heap: list[float] = []  # max-heap via negation
         for k in keys:
