@@ -18,6 +18,7 @@ import copy
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
@@ -26,10 +27,19 @@ from torch import Tensor
 from tokentrail.adapters import Adapter
 from tokentrail.engine import budget
 
-if TYPE_CHECKING:
-    from tokentrail.engine.spaces import PositionStats
-
 _Space = TypeVar("_Space", bound="SpaceMemory")
+
+
+@dataclass(frozen=True)
+class PositionStats:
+    """Per-position quantities of a space, for the unique positions asked for."""
+
+    positions: Tensor  # (P,)
+    y: Tensor | None  # (P, d) position offsets (centred if LayerNorm)
+    sigma: Tensor | None  # (P, V)
+    sq_norm: Tensor  # (P, G, V) squared row norms
+    Py: Tensor | None = None  # (P, G, k) M y_p, the projected position offset
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # derived tables (cosine_scales)
 
 
 class SpaceMemory:

@@ -23,7 +23,6 @@ the row's position instead of rotating every row; rotations keep norms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -31,24 +30,12 @@ from torch import Tensor
 
 from tokentrail.adapters import Adapter, Norm
 from tokentrail.engine.scoring import inverse_norms
-from tokentrail.engine.space_memory import SpaceMemory, shared_sq_norms, shared_table
+from tokentrail.engine.space_memory import PositionStats, SpaceMemory, shared_sq_norms, shared_table
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import HEAD_SPACES as HEAD_SPACE_KINDS
 
 SpaceKind = Literal["embeddings", "encodings", "value", "key", "query"]
 SPACE_KINDS: tuple[str, ...] = ("embeddings", "encodings", "value", "key", "query")
-
-
-@dataclass(frozen=True)
-class PositionStats:
-    """Per-position quantities of a space, for the unique positions asked for."""
-
-    positions: Tensor  # (P,)
-    y: Tensor | None  # (P, d) position offsets (centred if LayerNorm)
-    sigma: Tensor | None  # (P, V)
-    sq_norm: Tensor  # (P, G, V) squared row norms
-    Py: Tensor | None = None  # (P, G, k) M y_p, the projected position offset
-    memo: dict = field(default_factory=dict, compare=False, repr=False)  # derived tables (cosine_scales)
 
 
 class VocabSpace(SpaceMemory):
