@@ -41,7 +41,15 @@ LAYERS = [
 ]
 
 #: what cli/ and app/ may import besides themselves: the public API and the presentation
-FRONT_ALLOWED = ("tokentrail", "tokentrail.api", "tokentrail.present", "tokentrail.spec")
+FRONT_ALLOWED = (
+    "tokentrail",
+    "tokentrail.api",
+    "tokentrail.plots",
+    "tokentrail.maps",
+    "tokentrail.geometry",
+    "tokentrail.present",
+    "tokentrail.spec",
+)
 
 #: third-party packages imported inside functions, and why
 LAZY_THIRD_PARTY = {
@@ -81,8 +89,10 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> str:
+    """A package's layer; the modules at the top of ``tokentrail/`` (``api.py`` and the
+    public submodules ``plots``, ``maps``, ``geometry``) are the public API."""
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] == "api":
+    if len(parts) == 1 or not (PKG / parts[1]).is_dir():
         return "api"
     return parts[1]
 

@@ -60,9 +60,9 @@ _LAZY = {
 
 #: public submodules: name -> where it lives (imported when first used)
 _MODULES = {
-    "plots": "present.plots",
-    "geometry": "engine.geometry",
-    "maps": "present.maps",
+    "plots": "plots",
+    "geometry": "geometry",
+    "maps": "maps",
 }
 
 __all__ = ["TokentrailError", "InputError", "ModelError", "TooLong", "TraceOptions", "__version__", *_LAZY, *_MODULES]

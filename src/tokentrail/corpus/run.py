@@ -100,6 +100,32 @@ def study(
     options = StudyOptions(
         sites=tuple(dict.fromkeys(sites)), overlap_k=overlap_k, batch=batch, sample=sample, seed=seed, causal=causal
     )
+    device = _check_run(options, device, engine, address, workers, limit)
+    fmt, input_id = _input_identity(source, fmt, column, limit, max_chars)
+    counts = None if frequencies is None else freq.read_frequencies(frequencies)
+    freq_id = None if frequencies is None else freq.file_identity(frequencies)
+    sd = _study_dir(out, resume, model, options, input_id, freq_id)
+
+    # ---- model work starts here ----
+    runner = _runner(engine, model, allow_pickle, options, strict, sd, address, workers, device, on_load)
+    try:
+        manifest, done, reservoir = _begin(runner, sd, model, engine, options, input_id, freq_id, counts, resume)
+        skipped = Skipped(strict=strict)
+        stream = iter_batches(
+            records(source, fmt=fmt, column=column, skipped=skipped, limit=limit, max_chars=max_chars), batch
+        )
+        if on_start is not None:
+            on_start(count(source, fmt, limit))
+        _run_batches(runner, sd, manifest, stream, done, reservoir, skipped, progress)
+    finally:
+        runner.close()
+    return Study(sd.root)
+
+
+def _check_run(
+    options: StudyOptions, device: str | None, engine: str, address: str | None, workers: int, limit: int | None
+) -> str | None:
+    """Check the study's options and where it runs; the device resolved."""
     check_options(options)
     if device is not None:
         device = resolve_device(device)
@@ -111,6 +137,13 @@ def study(
         raise InputError("--workers must be at least 1")
     if limit is not None and limit < 1:
         raise InputError("--limit must be at least 1")
+    return device
+
+
+def _input_identity(
+    source: str | Path | Sequence[str], fmt: str | None, column: str | None, limit: int | None, max_chars: int
+) -> tuple[str | None, dict[str, Any]]:
+    """The input's format (checked) and identity (what a resumed run must match)."""
     if isinstance(source, (str, Path)):
         fmt = check_source(source, fmt, column)
         input_id = {
@@ -132,8 +165,11 @@ def study(
             "max_chars": max_chars,
             "sha256": texts_hash(source),
         }
-    counts = None if frequencies is None else freq.read_frequencies(frequencies)
-    freq_id = None if frequencies is None else freq.file_identity(frequencies)
+    return fmt, input_id
+
+
+def _study_dir(out: str | Path, resume: bool, model: str, options: StudyOptions, input_id, freq_id) -> StudyDir:
+    """The output folder, checked: new, or (``resume``) a run of the same model, options and input."""
     sd = StudyDir(out)
     if resume:
         old = sd.read_manifest()
@@ -152,79 +188,91 @@ def study(
                 )
     else:
         sd.check_new()
+    return sd
 
-    # ---- model work starts here ----
+
+def _runner(engine, model, allow_pickle, options, strict, sd, address, workers, device, on_load):
     say = on_load or (lambda message: None)
     if engine == "local":
-        runner = _local_runner(model, allow_pickle, options, strict, device, say)
-    else:
-        runner = _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device, say)
-    try:
-        info = runner.info
-        if not info["fast_tokenizer"]:
-            raise ModelError(
-                f"{model}'s tokenizer gives no character offsets (not a fast tokenizer); a study needs them to align words"
-            )
-        identity = {
-            "model": info["model"],
-            "model_revision": info["model_revision"],
-            "options": options.as_dict(),
-            "input": input_id,
-            "frequencies": freq_id,
-        }
-        manifest = sd.check_resume(identity) if resume else {}
-        sd.root.mkdir(parents=True, exist_ok=True)
-        sd.prepare()
-        done = sd.done_batches()
-        freq_rank: dict[str, Any] = {"source": "corpus", "definition": freq.CORPUS_NOTE}
-        if counts is not None:
-            table, matched = freq.match_vocabulary(counts, runner.vocab(), freq_id["name"])
-            atomic_write_table(sd.root / freq.FILE_NAME, table)
-            freq_rank = {"source": "file", "definition": freq.FILE_NOTE.format(name=freq_id["name"]), **matched}
-        manifest = {
-            "format": FORMAT,
-            **identity,
-            "model_info": info,
-            "tokentrail_version": __version__,
-            "created": manifest.get("created") or _now(),
-            "engine": engine,
-            "freq_rank": freq_rank,
-            "sample": {
-                "size": sample,
-                "seed": seed,
-                "selection": "tokens with the smallest blake2b(seed, text_id, position) keys",
-            },
-            "complete": False,
-        }
-        sd.write_manifest(manifest)
-        reservoir = Reservoir(sample, sd.sample_keys())
-        skipped = Skipped(strict=strict)
-        stream = iter_batches(
-            records(source, fmt=fmt, column=column, skipped=skipped, limit=limit, max_chars=max_chars), batch
+        return _local_runner(model, allow_pickle, options, strict, device, say)
+    return _ray_runner(model, allow_pickle, options, strict, sd, address, workers, device, say)
+
+
+def _begin(
+    runner, sd: StudyDir, model: str, engine: str, options: StudyOptions, input_id, freq_id, counts, resume: bool
+) -> tuple[dict[str, Any], set[int], Reservoir]:
+    """The run's manifest written (not yet complete), the batches finished before, and the
+    sample's reservoir with the keys kept so far."""
+    info = runner.info
+    if not info["fast_tokenizer"]:
+        raise ModelError(
+            f"{model}'s tokenizer gives no character offsets (not a fast tokenizer); a study needs them to align words"
         )
-        if on_start is not None:
-            on_start(count(source, fmt, limit))
-        started = time.monotonic()
-        tally = _Tally(progress)
-        for b in sorted(done):  # counts of batches finished before: kept in their own parts
-            tally.add(read_batch_meta(sd, b), skipped, quiet=True)
-        tally.report(skipped)
-        try:
-            for _b, meta, keys in runner.run(_numbered(stream, done, tally, skipped), reservoir, sd):
-                for k in keys:
-                    reservoir.add(k)
-                tally.add(meta, skipped)
-                tally.record(manifest, skipped)
-                sd.write_manifest(manifest)
-            manifest["complete"] = True
-        finally:
+    identity = {
+        "model": info["model"],
+        "model_revision": info["model_revision"],
+        "options": options.as_dict(),
+        "input": input_id,
+        "frequencies": freq_id,
+    }
+    manifest = sd.check_resume(identity) if resume else {}
+    sd.root.mkdir(parents=True, exist_ok=True)
+    sd.prepare()
+    done = sd.done_batches()
+    freq_rank: dict[str, Any] = {"source": "corpus", "definition": freq.CORPUS_NOTE}
+    if counts is not None:
+        table, matched = freq.match_vocabulary(counts, runner.vocab(), freq_id["name"])
+        atomic_write_table(sd.root / freq.FILE_NAME, table)
+        freq_rank = {"source": "file", "definition": freq.FILE_NOTE.format(name=freq_id["name"]), **matched}
+    manifest = {
+        "format": FORMAT,
+        **identity,
+        "model_info": info,
+        "tokentrail_version": __version__,
+        "created": manifest.get("created") or _now(),
+        "engine": engine,
+        "freq_rank": freq_rank,
+        "sample": {
+            "size": options.sample,
+            "seed": options.seed,
+            "selection": "tokens with the smallest blake2b(seed, text_id, position) keys",
+        },
+        "complete": False,
+    }
+    sd.write_manifest(manifest)
+    return manifest, done, Reservoir(options.sample, sd.sample_keys())
+
+
+def _run_batches(
+    runner,
+    sd: StudyDir,
+    manifest: dict[str, Any],
+    stream,
+    done: set[int],
+    reservoir: Reservoir,
+    skipped: Skipped,
+    progress: Progress | None,
+) -> None:
+    """Run the batches not finished before, recording totals in the manifest after each
+    and, finished or interrupted, at the end."""
+    started = time.monotonic()
+    tally = _Tally(progress)
+    for b in sorted(done):  # counts of batches finished before: kept in their own parts
+        tally.add(read_batch_meta(sd, b), skipped, quiet=True)
+    tally.report(skipped)
+    try:
+        for _b, meta, keys in runner.run(_numbered(stream, done, tally, skipped), reservoir, sd):
+            for k in keys:
+                reservoir.add(k)
+            tally.add(meta, skipped)
             tally.record(manifest, skipped)
-            manifest["elapsed_s"] = round(manifest.get("elapsed_s", 0) + time.monotonic() - started, 2)
-            manifest["finished" if manifest["complete"] else "interrupted"] = _now()
             sd.write_manifest(manifest)
+        manifest["complete"] = True
     finally:
-        runner.close()
-    return Study(sd.root)
+        tally.record(manifest, skipped)
+        manifest["elapsed_s"] = round(manifest.get("elapsed_s", 0) + time.monotonic() - started, 2)
+        manifest["finished" if manifest["complete"] else "interrupted"] = _now()
+        sd.write_manifest(manifest)
 
 
 class _Tally:

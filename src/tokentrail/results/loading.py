@@ -125,51 +125,7 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
     special = (tok["value"].to_numpy(np.float64)[order] != 0).astype(dt["special"])
 
     met, nb = frames.get("metrics"), frames.get("neighbours")
-    views = []
-    for spec in rb["views"]:
-        key = (spec["site"], spec["space"], spec["similarity"])
-        m = met[(met["site"] == key[0]) & (met["space"] == key[1]) & (met["similarity"] == key[2])]
-        per_head, k = spec["per_head"], int(spec["k"])
-        cell = (L, H, n) if per_head else (L, n)
-
-        def where_(rows: pd.DataFrame, per_head: bool = per_head) -> tuple[np.ndarray, ...]:
-            li, ti = _ints(rows["layer"]), _ints(rows["token"])
-            return (li, _ints(rows["head"]), ti) if per_head else (li, ti)
-
-        metrics = {}
-        for name, label, dtype in spec["metrics"]:
-            rows = m[m["metric"] == label]
-            metrics[name] = _fill(cell, dtype, where_(rows), rows["value"].to_numpy(np.float64))
-        rows = m[(m["metric"] == "anisotropy")]
-        aniso_shape = (L, H) if per_head else (L,)
-        aniso_index = where_(rows)[:-1]
-        anisotropy = _fill(aniso_shape, spec["dtypes"]["anisotropy"], aniso_index, rows["value"].to_numpy(np.float64))
-        b = nb[(nb["site"] == key[0]) & (nb["space"] == key[1]) & (nb["similarity"] == key[2])]
-        layer = _ints(b["layer"])
-        main, origin = b[layer >= 0], b[layer < 0]
-        idx = (*where_(main), _ints(main["place"]))
-        top_ids = _fill((*cell, k), spec["dtypes"]["top_ids"], idx, _ints(main["id"]).astype(np.float64))
-        top_sims = _fill((*cell, k), spec["dtypes"]["top_sims"], idx, main["value"].to_numpy(np.float64))
-        o_ids = o_sims = None
-        if spec["origin_k"] is not None:
-            oidx = (_ints(origin["token"]), _ints(origin["place"]))
-            shape = (n, int(spec["origin_k"]))
-            o_ids = _fill(shape, spec["origin_dtypes"][0], oidx, _ints(origin["id"]).astype(np.float64))
-            o_sims = _fill(shape, spec["origin_dtypes"][1], oidx, origin["value"].to_numpy(np.float64))
-        views.append(
-            View(
-                site=key[0],
-                space=key[1],
-                similarity=key[2],
-                metrics=metrics,
-                top_ids=top_ids,
-                top_sims=top_sims,
-                overlap_k=int(spec["overlap_k"]),
-                anisotropy=anisotropy,
-                origin_top_ids=o_ids,
-                origin_top_sims=o_sims,
-            )
-        )
+    views = [_view(spec, met, nb, L, H, n) for spec in rb["views"]]
 
     attentions = None
     if rb.get("attention_shape") is not None:
@@ -177,33 +133,107 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         idx = tuple(_ints(a[c]) for c in ("layer", "head", "token", "source"))
         attentions = _fill(tuple(rb["attention_shape"]), dt["attentions"], idx, a["value"].to_numpy(np.float64))
 
-    lens = None
-    if rb.get("lens") is not None:
-        ls = rb["lens"]
-        ld = ls["dtypes"]
-        LL, k = int(ls["n_layers"]), int(ls["k"])
-        lm = frames["lens"]
-        arrays: dict[str, np.ndarray | None] = {}
-        for name in ("own_rank", "own_prob", "next_rank", "next_prob", "entropy"):
-            if ld[name] is None:
-                arrays[name] = None
-                continue
-            rows = lm[lm["metric"] == name]
-            vals = rows["value"].to_numpy(np.float64)
-            if name == "next_rank":  # written as NaN where undefined (the last token): -1 in the result
-                vals = np.where(np.isnan(vals), -1.0, vals)
-            arrays[name] = _fill((LL, n), ld[name], (_ints(rows["layer"]), _ints(rows["token"])), vals)
-        lt = frames["lens_top"]
-        idx = (_ints(lt["layer"]), _ints(lt["token"]), _ints(lt["place"]))
-        lens = LensResult(
-            site=ls["site"],
-            is_decoder=bool(ls["is_decoder"]),
-            input_ids=np.asarray(ls["input_ids"], dtype=ld["input_ids"]),
-            top_ids=_fill((LL, n, k), ld["top_ids"], idx, _ints(lt["id"]).astype(np.float64)),
-            top_probs=_fill((LL, n, k), ld["top_probs"], idx, lt["value"].to_numpy(np.float64)),
-            **arrays,
-        )
+    lens = None if rb.get("lens") is None else _lens(rb["lens"], frames, n)
+    cross_views, cross_att = _cross(rb, frames, L, H, n)
 
+    return dict(
+        info=info,
+        text=meta["text"],
+        tokens=tokens,
+        ids=ids,
+        positions=positions,
+        special=special,
+        n_layers=L,
+        n_heads=H,
+        views=tuple(views),
+        labels={int(i): s for i, s in rb["labels"].items()},
+        attentions=attentions,
+        kv_groups=int(meta.get("kv_groups", 1)),
+        lens=lens,
+        stack=rb.get("stack"),
+        decoder=decoder,
+        cross_views=tuple(cross_views),
+        cross_attentions=cross_att,
+        source_tokens=None if rb.get("source_tokens") is None else tuple(rb["source_tokens"]),
+    )
+
+
+def _view(spec: Mapping[str, Any], met: pd.DataFrame, nb: pd.DataFrame, L: int, H: int, n: int) -> View:
+    """One view of the trail from its rows in the metrics and neighbours tables."""
+    key = (spec["site"], spec["space"], spec["similarity"])
+    m = met[(met["site"] == key[0]) & (met["space"] == key[1]) & (met["similarity"] == key[2])]
+    per_head, k = spec["per_head"], int(spec["k"])
+    cell = (L, H, n) if per_head else (L, n)
+
+    def where_(rows: pd.DataFrame, per_head: bool = per_head) -> tuple[np.ndarray, ...]:
+        li, ti = _ints(rows["layer"]), _ints(rows["token"])
+        return (li, _ints(rows["head"]), ti) if per_head else (li, ti)
+
+    metrics = {}
+    for name, label, dtype in spec["metrics"]:
+        rows = m[m["metric"] == label]
+        metrics[name] = _fill(cell, dtype, where_(rows), rows["value"].to_numpy(np.float64))
+    rows = m[(m["metric"] == "anisotropy")]
+    aniso_shape = (L, H) if per_head else (L,)
+    aniso_index = where_(rows)[:-1]
+    anisotropy = _fill(aniso_shape, spec["dtypes"]["anisotropy"], aniso_index, rows["value"].to_numpy(np.float64))
+    b = nb[(nb["site"] == key[0]) & (nb["space"] == key[1]) & (nb["similarity"] == key[2])]
+    layer = _ints(b["layer"])
+    main, origin = b[layer >= 0], b[layer < 0]
+    idx = (*where_(main), _ints(main["place"]))
+    top_ids = _fill((*cell, k), spec["dtypes"]["top_ids"], idx, _ints(main["id"]).astype(np.float64))
+    top_sims = _fill((*cell, k), spec["dtypes"]["top_sims"], idx, main["value"].to_numpy(np.float64))
+    o_ids = o_sims = None
+    if spec["origin_k"] is not None:
+        oidx = (_ints(origin["token"]), _ints(origin["place"]))
+        shape = (n, int(spec["origin_k"]))
+        o_ids = _fill(shape, spec["origin_dtypes"][0], oidx, _ints(origin["id"]).astype(np.float64))
+        o_sims = _fill(shape, spec["origin_dtypes"][1], oidx, origin["value"].to_numpy(np.float64))
+    return View(
+        site=key[0],
+        space=key[1],
+        similarity=key[2],
+        metrics=metrics,
+        top_ids=top_ids,
+        top_sims=top_sims,
+        overlap_k=int(spec["overlap_k"]),
+        anisotropy=anisotropy,
+        origin_top_ids=o_ids,
+        origin_top_sims=o_sims,
+    )
+
+
+def _lens(ls: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], n: int) -> LensResult:
+    """The logit lens from its metadata (``ls``) and the lens and lens_top tables."""
+    ld = ls["dtypes"]
+    LL, k = int(ls["n_layers"]), int(ls["k"])
+    lm = frames["lens"]
+    arrays: dict[str, np.ndarray | None] = {}
+    for name in ("own_rank", "own_prob", "next_rank", "next_prob", "entropy"):
+        if ld[name] is None:
+            arrays[name] = None
+            continue
+        rows = lm[lm["metric"] == name]
+        vals = rows["value"].to_numpy(np.float64)
+        if name == "next_rank":  # written as NaN where undefined (the last token): -1 in the result
+            vals = np.where(np.isnan(vals), -1.0, vals)
+        arrays[name] = _fill((LL, n), ld[name], (_ints(rows["layer"]), _ints(rows["token"])), vals)
+    lt = frames["lens_top"]
+    idx = (_ints(lt["layer"]), _ints(lt["token"]), _ints(lt["place"]))
+    return LensResult(
+        site=ls["site"],
+        is_decoder=bool(ls["is_decoder"]),
+        input_ids=np.asarray(ls["input_ids"], dtype=ld["input_ids"]),
+        top_ids=_fill((LL, n, k), ld["top_ids"], idx, _ints(lt["id"]).astype(np.float64)),
+        top_probs=_fill((LL, n, k), ld["top_probs"], idx, lt["value"].to_numpy(np.float64)),
+        **arrays,
+    )
+
+
+def _cross(
+    rb: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], L: int, H: int, n: int
+) -> tuple[list[CrossView], np.ndarray | None]:
+    """A decoder's cross-attention views and weights (none for other stacks)."""
     cross_views, cross_att = [], None
     for spec in rb.get("cross") or []:
         c = frames["cross"]
@@ -228,24 +258,4 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
             tuple(_ints(a[c]) for c in ("layer", "head", "token", "source")),
             a["value"].to_numpy(np.float64),
         )
-
-    return dict(
-        info=info,
-        text=meta["text"],
-        tokens=tokens,
-        ids=ids,
-        positions=positions,
-        special=special,
-        n_layers=L,
-        n_heads=H,
-        views=tuple(views),
-        labels={int(i): s for i, s in rb["labels"].items()},
-        attentions=attentions,
-        kv_groups=int(meta.get("kv_groups", 1)),
-        lens=lens,
-        stack=rb.get("stack"),
-        decoder=decoder,
-        cross_views=tuple(cross_views),
-        cross_attentions=cross_att,
-        source_tokens=None if rb.get("source_tokens") is None else tuple(rb["source_tokens"]),
-    )
+    return cross_views, cross_att
