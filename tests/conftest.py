@@ -194,7 +194,7 @@ def loaded_tiny(bert_folder):
 def minilm():
     """The bundled real model; skips when its package is not installed."""
     import tokentrail
-    from tokentrail.session.models import CATALOGUE, package_file
+    from tokentrail.session.resolve import CATALOGUE, package_file
 
     if package_file(CATALOGUE["minilm"]) is None:
         pytest.skip("bundled MiniLM is not installed")

@@ -17,6 +17,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import tokentrail
+from patching import count_calls
 from tokentrail.cli.commands import app
 from tokentrail.spec.errors import InputError
 
@@ -311,3 +312,35 @@ def test_the_options_a_command_line_builds_are_checked_once(bert_folder, monkeyp
     assert res.exit_code == 0, res.output
     asked = built[0]
     assert asked.sites == ("attn_resid", "heads") and sum(o is asked for o in built) == 1
+
+
+# ---- checks on config.json and the tokenizer: before the weights load --------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layer", "99"], "layer 99 is out of range: the model has 2 layers"),
+        (["--site", "heads", "--head", "99"], "head 99 is out of range: the model has 4 heads"),
+        (["--token", "nosuch"], "no token 'nosuch'"),
+        (["--no-causal"], "--no-causal is for decoders; bert is an encoder"),
+    ],
+)
+def test_config_checks_come_before_the_weights_load(bert_folder, monkeypatch, args, message):
+    from tokentrail.session import models
+
+    loads = count_calls(monkeypatch, models, "load")
+    one_line_error(run("trace", TEXT, "-m", bert_folder, "-q", *args), message)
+    assert loads == [], "the weights loaded before the error"
+
+
+def test_model_facts_are_the_loaded_models(bert_folder, loaded_tiny):
+    facts = tokentrail.model_facts(str(bert_folder))
+    assert facts is not None
+    assert (facts.family, facts.is_decoder, facts.is_seq2seq) == ("bert", False, False)
+    assert facts.stacks == loaded_tiny.stacks
+    assert (facts.vocab_size, facts.max_tokens) == (loaded_tiny.adapter.vocab_size, loaded_tiny.adapter.max_tokens)
+    assert facts.encode(TEXT).tokens == loaded_tiny.encode(TEXT).tokens
+
+
+def test_model_facts_are_none_where_they_are_not_cheap(tmp_path):
+    assert tokentrail.model_facts(str(tmp_path)) is None  # no config.json: the load says why
+    assert tokentrail.model_facts("nobody/not-cached-anywhere") is None  # never a download

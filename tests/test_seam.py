@@ -235,7 +235,7 @@ def test_a_decoder_object_with_grouped_query_attention():
 def test_the_bundled_minilm_object_matches_the_named_model(minilm):
     from transformers import AutoModel, AutoTokenizer
 
-    from tokentrail.session.models import CATALOGUE, package_file
+    from tokentrail.session.resolve import CATALOGUE, package_file
 
     folder = str(package_file(CATALOGUE["minilm"]))
     obj, tok = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
@@ -294,7 +294,7 @@ def _deviation(exact: tt.Trail, approx: tt.Trail) -> tuple[int, int]:
 def test_reduced_precision_is_labelled_approximate_unless_it_keeps_the_exactness_rule(name):
     """SPEC "Exactness": a faster dtype changes no rank by more than 1 and no top-k set by
     more than one member, or results say they are approximate."""
-    from tokentrail.session.models import CATALOGUE, package_file
+    from tokentrail.session.resolve import CATALOGUE, package_file
 
     if package_file(CATALOGUE[name]) is None:
         pytest.skip(f"bundled {name} is not installed")

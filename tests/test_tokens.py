@@ -112,7 +112,7 @@ def test_wordpiece_tokenizer_from_conftest(tokenizer):
 def test_bundled_smollm2_tokens_are_readable():
     import tokentrail
     from tokentrail.session.inputs import readable_tokens
-    from tokentrail.session.models import CATALOGUE, package_file
+    from tokentrail.session.resolve import CATALOGUE, package_file
 
     if package_file(CATALOGUE["smollm2"]) is None:
         pytest.skip("bundled SmolLM2 is not installed")

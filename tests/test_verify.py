@@ -120,9 +120,9 @@ def test_embedding_corruption_is_also_caught_by_own_rows():
 
 
 def test_check_tolerance_by_hand():
-    from tokentrail.session.verification import _Worst
+    from tokentrail.session.identities import Worst
 
-    w = _Worst("x", 1e-4)
+    w = Worst("x", 1e-4)
     own = torch.tensor([100.0, 1.0, float("-inf")])
     w.compare(torch.tensor([100.015, 1.0, float("-inf")]), own, "a")  # 0.015 <= 1e-4 * (100 + 100)
     assert (

@@ -19,7 +19,7 @@ _LAZY = {
     "Run": "session.runner",
     "trail_many": "session.runner",
     "load": "session.models",
-    "list_models": "session.models",
+    "list_models": "session.resolve",
     "LoadedModel": "session.models",
     "Trail": "results.trail",
     "View": "results.trail",
@@ -34,10 +34,11 @@ _LAZY = {
     "Study": "corpus",
     "show": "results.notebook",
     "DEFAULT_MODEL": "session.models",
-    "CATALOGUE": "session.models",
-    "HUB_ID": "session.models",
+    "CATALOGUE": "session.resolve",
+    "HUB_ID": "session.resolve",
     "MAX_LOADED": "session.models",
-    "is_available": "session.models",
+    "is_available": "session.resolve",
+    "model_facts": "session.facts",
     "check_text": "session.inputs",
     "AttentionStep": "engine.walkthrough",
     "held_bytes": "engine.budget",
@@ -100,22 +101,20 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.results.trailio import MAX_ATTENTION_ROWS, attention_included
     from tokentrail.session.comparing import compare
     from tokentrail.session.comparison import Comparison
+    from tokentrail.session.facts import model_facts
     from tokentrail.session.gguf_cache import cache_entries, cache_root
     from tokentrail.session.inputs import check_text
     from tokentrail.session.loaded import Stack
     from tokentrail.session.models import (
-        CATALOGUE,
         DEFAULT_MODEL,
-        HUB_ID,
         MAX_LOADED,
         LoadedModel,
-        is_available,
-        list_models,
         load,
         resolve_device,
         resolve_dtype,
         set_defaults,
     )
+    from tokentrail.session.resolve import CATALOGUE, HUB_ID, is_available, list_models
     from tokentrail.session.runner import Run, trail_many
     from tokentrail.session.verification import Verification, verify
     from tokentrail.store.stats import read_stats

