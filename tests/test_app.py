@@ -25,9 +25,11 @@ import tokentrail as tt  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 from tokentrail.app import layout as app_layout  # noqa: E402
 from tokentrail.app import session as app_session  # noqa: E402
+from tokentrail.app import views as app_views  # noqa: E402
+from tokentrail.app import wiring as app_wiring  # noqa: E402
 
 TEXT = "Time flies like an arrow. Fruit flies like a banana."
-VIEWS = app_layout.VIEWS
+VIEWS = app_views.VIEWS
 DEFAULTS = dict(
     positional=True,
     site="attn_resid",
@@ -685,7 +687,7 @@ def test_bounded_queue_says_busy(tiny, monkeypatch):
     full' message; the app then keeps serving. (One worker here, so that one model's
     requests fill it: with the page's workers, its per-model limit refuses them first,
     tests/test_app_queues.py.)"""
-    monkeypatch.setattr(app_layout, "EVENTS", dict(app_layout.EVENTS, concurrency_limit=1))
+    monkeypatch.setattr(app_wiring, "EVENTS", dict(app_wiring.EVENTS, concurrency_limit=1))
     demo = build_app(max_queue=1)
     with harness.serve(demo, **launch_options()) as u:
         c = gradio_client.Client(u, verbose=False)

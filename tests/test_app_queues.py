@@ -15,10 +15,10 @@ import torch
 pytest.importorskip("gradio", reason="gradio not installed: pip install -e '.[app]'")
 
 from tokentrail.app import queues  # noqa: E402
-from tokentrail.app.layout import page_progress  # noqa: E402
 from tokentrail.app.options import DEFAULT_OPTIONS  # noqa: E402
 from tokentrail.app.pool import SessionPool  # noqa: E402
 from tokentrail.app.session import Session  # noqa: E402
+from tokentrail.app.wiring import page_progress  # noqa: E402
 from tokentrail.engine.budget import held_bytes  # noqa: E402
 from tokentrail.present.progress import CallbackProgress, analysis_steps  # noqa: E402
 

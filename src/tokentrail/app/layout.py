@@ -1,23 +1,22 @@
-"""The page: components, and the callbacks that join them to a :class:`Session`.
+"""The page: its components (the controls here, the result tabs in :mod:`.views`), joined
+to a :class:`Session` by :mod:`.wiring`.
 
-Every callback returns data for the page, never a stack trace: a
-:class:`~tokentrail.spec.errors.TokentrailError` becomes a warning and the status line, any
-other exception a short "internal error" line (the details go to the server log).
-Event handlers have stable ``api_name``s so ``gradio_client`` can drive the app.
+Every callback returns data for the page, never a stack trace (a
+:class:`~tokentrail.spec.errors.TokentrailError` becomes a warning and the status line);
+event handlers have stable ``api_name``s so ``gradio_client`` can drive the app
+(:mod:`.wiring` says how).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from tokentrail.app import help as texts
-from tokentrail.app import render, security
-from tokentrail.app.export import ExportFolder, write_plot, write_results
-from tokentrail.app.guard import failed, guarded
+from tokentrail.app import security
+from tokentrail.app.export import ExportFolder
 from tokentrail.app.options import (
     INITIAL_TEXT,
     K_RANGE,
@@ -26,40 +25,19 @@ from tokentrail.app.options import (
     NO_CORRECTION,
     SITES,
     correction_choices,
-    page_options,
 )
 from tokentrail.app.pool import SessionPool
-from tokentrail.app.queues import EVENTS, WORKERS, concurrency_for
-from tokentrail.app.session import ModelMenu, Session, load_model
+from tokentrail.app.queues import WORKERS
+from tokentrail.app.session import ModelMenu, load_model
 from tokentrail.app.study_tab import StudyShelf
 from tokentrail.app.style import CSS, HEAD, THEME
-from tokentrail.app.views import (
-    PLOT_CHOICES,
-    TAB_VIEWS,
-    VIEWS,
-    Page,
-    build_tabs,
-    render_views,
-)
-from tokentrail.present import plots
-from tokentrail.present.progress import CallbackProgress
-from tokentrail.spec.errors import InputError, TokentrailError
+from tokentrail.app.views import Page, build_tabs
+from tokentrail.app.wiring import Wiring, wire
 from tokentrail.spec.options import SIMILARITIES
 
 log = logging.getLogger("tokentrail.app")
 
 STATE_TTL_S = 3600  # a page's session lives this long after its last use (its results: IDLE_S)
-
-
-def page_progress(progress: gr.Progress) -> CallbackProgress:
-    """The library's progress (:mod:`tokentrail.present.progress`) on the page's progress bar:
-    loading and conversion as a message with the elapsed time, the analysis as
-    *done/total* steps."""
-
-    def show(message: str, done: int | None, total: int | None) -> None:
-        progress(None if total is None else (done, total), desc=message, unit="steps")
-
-    return CallbackProgress(show)
 
 
 class Page_(gr.Blocks):
@@ -110,40 +88,7 @@ def build_app(
         # (1280 x 720) the first result shows without scrolling
         with gr.Row(equal_height=False, elem_id="main"):
             with gr.Column(scale=1, min_width=250, elem_id="controls"):
-                p.model = gr.Dropdown(
-                    menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False
-                )
-                p.analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
-                p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", elem_id="site")
-                p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", elem_id="similarity")
-                p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k")
-                p.positional = gr.Checkbox(
-                    True,
-                    label="Use positional embeddings",
-                    info="compare with encodings (else raw embeddings)",
-                    elem_id="positional",
-                )
-                p.adjusted = gr.Checkbox(
-                    False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted"
-                )
-                p.correct = gr.Dropdown(
-                    correction_choices(shelf),
-                    value=NO_CORRECTION,
-                    label="Correction",
-                    info=texts.CORRECTION,
-                    allow_custom_value=True,
-                    filterable=True,
-                    elem_id="correct",
-                )
-                p.causal = gr.Checkbox(
-                    True,
-                    label="Causal mask",
-                    info="decoders only: off = bidirectional",
-                    visible=False,
-                    elem_id="causal",
-                )
-                p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
-                p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
+                _build_controls(p, menu, default_model, shelf)
             with gr.Column(scale=4, min_width=480, elem_id="results"):
                 p.text = gr.Textbox(
                     INITIAL_TEXT,
@@ -157,7 +102,7 @@ def build_app(
                 p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
                 build_tabs(p, menu, state, shelf)
 
-        _wire(demo, _Wiring(p, state, menu, pool, default_model), folder, shelf)
+        wire(demo, Wiring(p, state, menu, pool, default_model), folder, shelf)
     folder.adopt(demo)
     demo.GRADIO_CACHE = str(folder.cache)
     demo.tokentrail_folder = folder  # the private folder lives as long as the page
@@ -166,273 +111,40 @@ def build_app(
     return demo
 
 
-# ---- events: the callbacks that join the components to a session ---------------------------
-@dataclass
-class _Wiring:
-    """What every event reads: the page's components, its state, the model menu and the
-    sessions' pool."""
-
-    p: Page
-    state: gr.State
-    menu: ModelMenu
-    pool: SessionPool
-    default_model: str
-
-    @property
-    def views(self) -> list:
-        """The components :func:`~tokentrail.app.views.render_views` fills, in ``VIEWS`` order."""
-        return [getattr(self.p, name) for name in VIEWS]
-
-    @property
-    def options(self) -> list:
-        """The controls :func:`~tokentrail.app.options.page_options` reads."""
-        p = self.p
-        return [p.positional, p.site, p.similarity, p.k, p.causal, p.correct]
-
-    @property
-    def display(self) -> list:
-        """The controls that change only how the cached results are shown."""
-        return [self.p.adjusted, self.p.metric]
-
-    def session_for(self, session: Session | None) -> Session:
-        session = self.pool.use(session if isinstance(session, Session) else Session(model=self.default_model))
-        self.pool.settle(session, cap=False)  # idle pages lose their results (the cap: after analyses)
-        return session
-
-
-def _wire(demo: gr.Blocks, w: _Wiring, folder: ExportFolder, shelf: StudyShelf) -> None:
-    _wire_analyse(demo, w, shelf)
-    _wire_selection(w)
-    _wire_tabs(w)
-    _wire_switch_model(w, shelf)
-    _wire_export(w, folder)
-
-
-def _wire_analyse(demo: gr.Blocks, w: _Wiring, shelf: StudyShelf) -> None:
-    """Analyse a text: Enter, the button, an option changed, the page's first load."""
-    p, state, menu, pool = w.p, w.state, w.menu, w.pool
-    views, options, display = w.views, w.options, w.display
-    status_at = 1 + VIEWS.index("status")  # after the state output
-    common = EVENTS
-
-    @guarded(1 + len(views), status_at)
-    def analyse(
-        session, text, model, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()
-    ):
-        session = w.session_for(session)
-        entry = menu.check(model)
-        opts = page_options(site, positional, similarity, k, causal, correct, shelf)
-        old = session.model
-        session.switch(entry.value)
-        try:
-            session.analyse(text, opts, page_progress(progress))
-        except Exception:
-            session.switch(old)
-            raise
-        pool.settle(session)
-        return (session, *render_views(session, menu, adjusted, metric))
-
-    gr.on(
-        [p.text.submit, p.analyse.click],
-        analyse,
-        [state, p.text, p.model, *options, *display],
-        [state, *views],
-        api_name="tokenize",
-        **common,
+def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudyShelf) -> None:
+    """The controls column's components (call inside it), on ``p``."""
+    p.model = gr.Dropdown(menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False)
+    p.analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
+    p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", elem_id="site")
+    p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", elem_id="similarity")
+    p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k")
+    p.positional = gr.Checkbox(
+        True,
+        label="Use positional embeddings",
+        info="compare with encodings (else raw embeddings)",
+        elem_id="positional",
     )
-    gr.on(
-        [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input, p.correct.input],
-        analyse,
-        [state, p.text, p.model, *options, *display],
-        [state, *views],
-        api_name="analyse",
-        trigger_mode="always_last",
-        **common,
+    p.adjusted = gr.Checkbox(
+        False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted"
     )
-    demo.load(
-        analyse, [state, p.text, p.model, *options, *display], [state, *views], api_visibility="private", **common
+    p.correct = gr.Dropdown(
+        correction_choices(shelf),
+        value=NO_CORRECTION,
+        label="Correction",
+        info=texts.CORRECTION,
+        allow_custom_value=True,
+        filterable=True,
+        elem_id="correct",
     )
-
-
-def _wire_selection(w: _Wiring) -> None:
-    """Selection (a token, a layer or head, a heatmap cell) and display choices: re-render
-    from the cached Trail."""
-    p, state, menu = w.p, w.state, w.menu
-    views, display = w.views, w.display
-    quick = dict(EVENTS, show_progress="minimal")  # clicks: no full-page progress flash
-
-    @guarded(len(views), VIEWS.index("status"))
-    def select_token(session, token, adjusted, metric):
-        session = w.session_for(session)
-        if token is None:
-            raise InputError("choose a token to follow")
-        session.select(token=token)
-        return render_views(session, menu, adjusted, metric)
-
-    p.tokens.input(
-        select_token, [state, p.tokens, *display], views, api_name="select_token", trigger_mode="always_last", **quick
+    p.causal = gr.Checkbox(
+        True,
+        label="Causal mask",
+        info="decoders only: off = bidirectional",
+        visible=False,
+        elem_id="causal",
     )
-
-    @guarded(len(views), VIEWS.index("status"))
-    def select_layer(session, layer, head, adjusted, metric):
-        session = w.session_for(session)
-        session.select(layer=layer, head=head)
-        return render_views(session, menu, adjusted, metric)
-
-    gr.on(
-        [p.layer.input, p.head.input],
-        select_layer,
-        [state, p.layer, p.head, *display],
-        views,
-        api_name="select_layer",
-        trigger_mode="always_last",
-        **quick,
-    )
-
-    @guarded(len(views), VIEWS.index("status"))
-    def redisplay(session, adjusted, metric):
-        session = w.session_for(session)
-        return render_views(session, menu, adjusted, metric)
-
-    gr.on([p.adjusted.input, p.metric.input], redisplay, [state, *display], views, api_name="display", **quick)
-
-    @guarded(len(views), VIEWS.index("status"))
-    def choose_head_space(session, space, adjusted, metric):
-        session = w.session_for(session)
-        session.choose(head_space=space)
-        return render_views(session, menu, adjusted, metric)
-
-    p.head_space.input(choose_head_space, [state, p.head_space, *display], views, api_name="head_space", **quick)
-
-    @guarded(len(views), VIEWS.index("status"))
-    def choose_lens_site(session, site, adjusted, metric):
-        session = w.session_for(session)
-        session.choose(lens_site=site)
-        return render_views(session, menu, adjusted, metric)
-
-    p.lens_site.input(choose_lens_site, [state, p.lens_site, *display], views, api_name="lens_site", **quick)
-
-    @guarded(len(views), VIEWS.index("status"))
-    def select_cell(session, adjusted, metric, evt: gr.EventData):
-        session = w.session_for(session)
-        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
-        session.select(token=data.get("token"), layer=data.get("layer"))
-        return render_views(session, menu, adjusted, metric)
-
-    gr.on([p.heat.click, p.map_pick.click], select_cell, [state, *display], views, api_visibility="private", **quick)
-
-
-def _wire_tabs(w: _Wiring) -> None:
-    """Showing a tab renders it (hidden tabs are not rendered on a click)."""
-    p, state, menu = w.p, w.state, w.menu
-    views, display = w.views, w.display
-    status_at = 1 + VIEWS.index("status")  # after the state output
-    quick = dict(EVENTS, show_progress="minimal")  # clicks: no full-page progress flash
-
-    for name in TAB_VIEWS:
-
-        def show(session, adjusted, metric, _tab=name):
-            session = w.session_for(session)
-            session.tab = _tab
-            if session.trail is None:  # nothing analysed yet: nothing to draw
-                return (session, *[gr.skip() for _ in VIEWS])
-            return (session, *render_views(session, menu, adjusted, metric))
-
-        show.__name__ = f"show_{name}"
-        getattr(p, f"tab_{name}").select(
-            guarded(1 + len(views), status_at)(show),
-            [state, *display],
-            [state, *views],
-            api_name=f"show_{name}",
-            **quick,
-        )
-
-
-def _wire_switch_model(w: _Wiring, shelf: StudyShelf) -> None:
-    """Switching model: load it (or say why not), then analyse the page's text with it."""
-    p, state, menu, pool = w.p, w.state, w.menu, w.pool
-    views, options, display = w.views, w.options, w.display
-    common = EVENTS
-
-    switch_outputs = [state, p.model, p.causal, *views]
-
-    @guarded(len(switch_outputs), 3 + VIEWS.index("status"))
-    def switch_model(
-        session, model, text, positional, site, similarity, k, causal, correct, adjusted, metric, progress=gr.Progress()
-    ):
-        session = w.session_for(session)
-        entry = menu.check(model)
-        bar = page_progress(progress)
-        bar.loading(f"loading {entry.label}")
-        try:
-            with concurrency_for(entry.value):
-                loaded = load_model(entry.value, bar.loading)
-        except TokentrailError as exc:
-            # shown once, in the status line: a toast as well covered the model menu
-            msg = f"{entry.label} cannot be used here: {exc}. Still using {menu.entries[session.model].label}."
-            return (
-                session,
-                gr.Dropdown(value=session.model),
-                gr.skip(),
-                *failed(msg, len(views), VIEWS.index("status")),
-            )
-        causal_box = gr.Checkbox(visible=loaded.is_decoder)
-        old = session.model
-        session.switch(entry.value)
-        if session.text is None and not (isinstance(text, str) and text.strip()):
-            msg = f"Loaded **{entry.label}**. Enter a text and press Analyse."
-            return (session, gr.skip(), causal_box, msg, *[gr.skip()] * (len(views) - 1))
-        opts = page_options(site, positional, similarity, k, causal, correct, shelf)
-        try:
-            session.analyse(text if isinstance(text, str) and text.strip() else session.text, opts, bar)
-        except Exception:
-            session.switch(old)
-            raise
-        pool.settle(session)
-        return (session, gr.skip(), causal_box, *render_views(session, menu, adjusted, metric))
-
-    p.model.input(
-        switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common
-    )
-
-
-def _wire_export(w: _Wiring, folder: ExportFolder) -> None:
-    """Downloads of the analysis and of a plot, written to the page's private folder."""
-    p, state = w.p, w.state
-    display = w.display
-    common = EVENTS
-
-    @guarded(2, 1)
-    def export_results(session, fmt):
-        session = w.session_for(session)
-        trail = session.require_trail()
-        path = write_results(trail, fmt, folder)
-        return str(path), f"Exported the analysis as {fmt}: {path.name}"
-
-    p.export_results.click(
-        export_results, [state, p.result_fmt], [p.file, p.status], api_name="export_results", **common
-    )
-
-    @guarded(2, 1)
-    def export_plot(session, which, fmt, adjusted, metric):
-        session = w.session_for(session)
-        trail = session.require_trail()
-        kind = PLOT_CHOICES.get(which)
-        if kind is None:
-            raise InputError(f"unknown plot {which!r}: choose {', '.join(PLOT_CHOICES)}")
-        view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
-        if kind == "attention":
-            fig = plots.attention_row(trail, session.heads())
-        elif kind == "grid":
-            fig = plots.layer_grid(trail, view, metric, adjusted=adjusted, selected=(session.token, session.layer))
-        else:
-            fig = plots.layer_lines(trail, view, kind, session.token, adjusted=adjusted, height=420)
-        path = write_plot(fig, fmt, f"tokentrail-{kind}", folder)
-        return str(path), f"Exported the {which} plot as {fmt}: {path.name}"
-
-    p.export_plot.click(
-        export_plot, [state, p.plot_which, p.plot_fmt, *display], [p.file, p.status], api_name="export_plot", **common
-    )
+    p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
+    p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
 
 
 def launch_options() -> dict[str, Any]:

@@ -6,7 +6,7 @@ faint points), or the queries and keys of the layer and head chosen above (Atten
 A click on a point selects its token and layer in the whole page: ``gr.Plot`` has no
 click event, so a hidden ``gr.HTML`` (``PICK_JS``) listens for plotly's ``plotly_click``
 on the plot and sends the point's token and layer as its own click event, which
-:mod:`.layout` wires to the same handler as a heatmap cell. Public library only.
+:mod:`.wiring` wires to the same handler as a heatmap cell. Public library only.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def methods() -> list[tuple[str, str]]:
 
 def build_map_tab(p, state: gr.State) -> None:
     """Components of the tab (call inside ``gr.Tab``) and its drawing event, on ``p``.
-    ``p.map_pick`` is the click bridge; :mod:`.layout` wires its click."""
+    ``p.map_pick`` is the click bridge; :mod:`.wiring` wires its click."""
     texts.panel(HOWTO)
     with gr.Row(equal_height=True):
         p.map_mode = gr.Radio(

@@ -53,57 +53,15 @@ def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> 
     """The result tabs (call inside the page's results column), their components on ``p``."""
     with gr.Tabs(selected="layers", elem_id="tabs"):
         with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
-            texts.panel(texts.ACROSS_LAYERS)
-            p.table = gr.Dataframe(
-                label="Nearest vocabulary tokens, per layer",
-                interactive=False,
-                wrap=True,
-                max_height=520,
-                pinned_columns=1,
-                elem_id="table",
-            )
-            with gr.Row(elem_id="layer-plots"):
-                p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
-                p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
-                p.plot_overlap = gr.Plot(show_label=False, min_width=400, elem_id="plot-overlap")
+            _build_layers_tab(p)
         with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
-            texts.panel(texts.HEATMAPS)
-            p.metric = gr.Radio(
-                [(v, k) for k, v in render.HEAT_METRICS.items()], value="rank", label="Metric", elem_id="metric"
-            )
-            p.heat = gr.HTML("", js_on_load=HEAT_CLICK_JS, apply_default_css=False, elem_id="heat")
+            _build_heatmaps_tab(p)
         with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
-            texts.panel(texts.HEADS)
-            p.head_space = gr.Radio(
-                list(HEAD_SPACES), value="value", label="Space: compare each head with its own", elem_id="head-space"
-            )
-            p.heads = gr.Dataframe(
-                label="Each head vs its own space (value: its output z; key/query: the token's key/query)",
-                interactive=False,
-                max_height=480,
-                pinned_columns=1,
-                elem_id="heads",
-            )
-            p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
+            _build_heads_tab(p)
         with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
-            texts.panel(texts.LENS)
-            p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
-            p.lens_note = gr.Markdown(elem_id="lens-note")
-            p.lens_table = gr.Dataframe(
-                label="Predictions per layer",
-                interactive=False,
-                wrap=True,
-                max_height=520,
-                pinned_columns=1,
-                elem_id="lens-table",
-            )
+            _build_lens_tab(p)
         with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
-            texts.panel(texts.WALKTHROUGH)
-            p.walk = gr.Markdown(elem_id="walk")
-            p.walk_sources = gr.Dataframe(
-                label="Per source token", interactive=False, max_height=420, elem_id="walk-sources"
-            )
-            p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
+            _build_walkthrough_tab(p)
         with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
             build_compare_tab(p, menu)
         with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
@@ -113,19 +71,87 @@ def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> 
         with gr.Tab("Study", id="study", elem_id="tab-study"):
             build_study_tab(p, shelf)
         with gr.Tab("Export", id="export", elem_id="tab-export") as p.tab_export:
-            texts.panel(texts.EXPORT)
-            with gr.Row():
-                p.result_fmt = gr.Radio(
-                    list(RESULT_FORMATS), value="CSV", label="Analysis format", elem_id="result-fmt"
-                )
-                p.export_results = gr.Button("Download analysis", elem_id="export-results")
-            with gr.Row():
-                p.plot_which = gr.Dropdown(
-                    list(PLOT_CHOICES), value="similarity across layers", label="Plot", elem_id="plot-which"
-                )
-                p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
-                p.export_plot = gr.Button("Download plot", elem_id="export-plot")
-            p.file = gr.File(label="Download", interactive=False, elem_id="file")
+            _build_export_tab(p)
+
+
+def _build_layers_tab(p: Page) -> None:
+    """Across layers: the nearest vocabulary tokens per layer and three line plots."""
+    texts.panel(texts.ACROSS_LAYERS)
+    p.table = gr.Dataframe(
+        label="Nearest vocabulary tokens, per layer",
+        interactive=False,
+        wrap=True,
+        max_height=520,
+        pinned_columns=1,
+        elem_id="table",
+    )
+    with gr.Row(elem_id="layer-plots"):
+        p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
+        p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
+        p.plot_overlap = gr.Plot(show_label=False, min_width=400, elem_id="plot-overlap")
+
+
+def _build_heatmaps_tab(p: Page) -> None:
+    """Heatmaps: a metric over token × layer, its cells clickable."""
+    texts.panel(texts.HEATMAPS)
+    p.metric = gr.Radio(
+        [(v, k) for k, v in render.HEAT_METRICS.items()], value="rank", label="Metric", elem_id="metric"
+    )
+    p.heat = gr.HTML("", js_on_load=HEAT_CLICK_JS, apply_default_css=False, elem_id="heat")
+
+
+def _build_heads_tab(p: Page) -> None:
+    """Heads: each head against its own space, and the selected token's attention."""
+    texts.panel(texts.HEADS)
+    p.head_space = gr.Radio(
+        list(HEAD_SPACES), value="value", label="Space: compare each head with its own", elem_id="head-space"
+    )
+    p.heads = gr.Dataframe(
+        label="Each head vs its own space (value: its output z; key/query: the token's key/query)",
+        interactive=False,
+        max_height=480,
+        pinned_columns=1,
+        elem_id="heads",
+    )
+    p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
+
+
+def _build_lens_tab(p: Page) -> None:
+    """Logit lens: the predictions read from the residual at each layer."""
+    texts.panel(texts.LENS)
+    p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+    p.lens_note = gr.Markdown(elem_id="lens-note")
+    p.lens_table = gr.Dataframe(
+        label="Predictions per layer",
+        interactive=False,
+        wrap=True,
+        max_height=520,
+        pinned_columns=1,
+        elem_id="lens-table",
+    )
+
+
+def _build_walkthrough_tab(p: Page) -> None:
+    """How attention computed this: one head's step for the selected token."""
+    texts.panel(texts.WALKTHROUGH)
+    p.walk = gr.Markdown(elem_id="walk")
+    p.walk_sources = gr.Dataframe(label="Per source token", interactive=False, max_height=420, elem_id="walk-sources")
+    p.walk_vectors = gr.Dataframe(label="Vectors (first dimensions)", interactive=False, elem_id="walk-vectors")
+
+
+def _build_export_tab(p: Page) -> None:
+    """Export: downloads of the analysis and of a plot."""
+    texts.panel(texts.EXPORT)
+    with gr.Row():
+        p.result_fmt = gr.Radio(list(RESULT_FORMATS), value="CSV", label="Analysis format", elem_id="result-fmt")
+        p.export_results = gr.Button("Download analysis", elem_id="export-results")
+    with gr.Row():
+        p.plot_which = gr.Dropdown(
+            list(PLOT_CHOICES), value="similarity across layers", label="Plot", elem_id="plot-which"
+        )
+        p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
+        p.export_plot = gr.Button("Download plot", elem_id="export-plot")
+    p.file = gr.File(label="Download", interactive=False, elem_id="file")
 
 
 # ---- rendering a session into the page ---------------------------------------------------

@@ -88,28 +88,8 @@ def compare(
         if text_b is not None:
             check_text(text_b)
         fmt, out_path = check_output(fmt, out_path, force)
-        if len(model) > 2:
-            raise InputError(f"compare takes one or two --model, not {len(model)}")
-        if len(token) > 2:
-            raise InputError(f"compare takes one or two --token (side a, side b), not {len(token)}")
-        for m in model:
-            check_model_option(m)
+        space = _check_compare(text_b, model, token, site, space, similarity, k, overlap_k, correct, head)
         two_models = len(model) == 2
-        if text_b is None and not two_models and len(token) < 2:
-            raise InputError(
-                "one text and one model: give two tokens (--token flies:0 --token flies:1), a second text, or a second --model"
-            )
-        if two_models and site == "heads":
-            raise InputError(HEADS_ACROSS_MODELS)
-        if not token and not two_models:
-            raise InputError("give the token to compare with --token (an index, its text, or TEXT:N)")
-        space = check_compare_options(site, space, similarity, k, overlap_k)
-        if correct is not None:
-            parse_correction(correct)
-            if site == "heads" or two_models:
-                raise InputError("--correct applies to residual sites of one model (two contexts or two tokens)")
-        if head is not None and site != "heads":
-            raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
         device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
             result = tt.compare(
@@ -133,16 +113,60 @@ def compare(
         if head is not None:
             check_index(head, result.a.n_heads, "head", f"the model has {result.a.n_heads} heads")
         if fmt != "table":
-            if out_path is None:
-                if fmt == "csv":
-                    write_csv(result.frame(), sys.stdout)
-                else:
-                    sys.stdout.write(result.to_json() + "\n")
-                return
-            path = result.export(out_path, fmt)
-            err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+            _export(result, fmt, out_path)
             return
         print_comparison(result, show=show, head=head)
+
+
+def _check_compare(
+    text_b: str | None,
+    model: list[str],
+    token: list[str],
+    site: str,
+    space: str | None,
+    similarity: str,
+    k: int,
+    overlap_k: int | None,
+    correct: str | None,
+    head: int | None,
+) -> str:
+    """The options' checks that need no model (after the texts' and the output's), in the
+    command's order; returns the checked space."""
+    if len(model) > 2:
+        raise InputError(f"compare takes one or two --model, not {len(model)}")
+    if len(token) > 2:
+        raise InputError(f"compare takes one or two --token (side a, side b), not {len(token)}")
+    for m in model:
+        check_model_option(m)
+    two_models = len(model) == 2
+    if text_b is None and not two_models and len(token) < 2:
+        raise InputError(
+            "one text and one model: give two tokens (--token flies:0 --token flies:1), a second text, or a second --model"
+        )
+    if two_models and site == "heads":
+        raise InputError(HEADS_ACROSS_MODELS)
+    if not token and not two_models:
+        raise InputError("give the token to compare with --token (an index, its text, or TEXT:N)")
+    space = check_compare_options(site, space, similarity, k, overlap_k)
+    if correct is not None:
+        parse_correction(correct)
+        if site == "heads" or two_models:
+            raise InputError("--correct applies to residual sites of one model (two contexts or two tokens)")
+    if head is not None and site != "heads":
+        raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
+    return space
+
+
+def _export(result, fmt: str, out_path: Path | None) -> None:
+    """The comparison as a file (``out_path``) or, without one, CSV or JSON on standard output."""
+    if out_path is None:
+        if fmt == "csv":
+            write_csv(result.frame(), sys.stdout)
+        else:
+            sys.stdout.write(result.to_json() + "\n")
+        return
+    path = result.export(out_path, fmt)
+    err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
 
 
 def _words(frame, n: int) -> str:

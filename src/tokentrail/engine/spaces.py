@@ -31,6 +31,7 @@ from torch import Tensor
 from tokentrail.adapters import Adapter, Norm
 from tokentrail.engine.scoring import inverse_norms
 from tokentrail.engine.space_memory import PositionStats, SpaceMemory, shared_sq_norms, shared_table
+from tokentrail.engine.space_products import factorise, finish_sq, head_products, in_blocks, norm_scales, scale_rows
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import HEAD_SPACES as HEAD_SPACE_KINDS
 
@@ -65,22 +66,8 @@ class VocabSpace(SpaceMemory):
         gamma = None if norm is None else norm.weight.float()
         beta = None if norm is None or norm.bias is None else norm.bias.float()
         self.rotary = rotary
-        if proj_weight is None:
-            # residual space: M = diag(gamma), c = beta, one group
-            self.gamma = gamma if gamma is not None else torch.ones(self.d, device=x.device)
-            self.M = None
-            self.c = (beta if beta is not None else torch.zeros(self.d, device=x.device))[None]  # (1, d)
-            self.P = (self.x * self.gamma)[None]  # (1, V, d)
-        else:
-            w = proj_weight.float()  # (G, k, d)
-            self.gamma = None
-            self.M = (w * gamma if gamma is not None else w).contiguous()
-            c = torch.zeros(w.shape[:2], device=w.device) if proj_bias is None else proj_bias.float().clone()
-            if beta is not None:
-                c = c + torch.einsum("gkd,d->gk", w, beta)
-            self.c = c  # (G, k)
-            G, k, d = self.M.shape
-            self.P = (self.x @ self.M.reshape(G * k, d).T).view(-1, G, k).transpose(0, 1).contiguous()  # (G, V, k)
+        # residual space: gamma, M None, c (1, d), P (1, V, d); head space: M (G, k, d), c (G, k), P (G, V, k)
+        self.gamma, self.M, self.c, self.P = factorise(self.x, gamma, beta, proj_weight, proj_bias)
         self.groups = self.P.shape[0]
         self.dim = self.P.shape[2]
         self.x_sq = shared_sq_norms(adapter, self.x)  # (V,)
@@ -149,7 +136,7 @@ class VocabSpace(SpaceMemory):
         P_cnt = positions.shape[0]
         if self._static is None:
             sigma1 = (self.x_sq / self.d + self.eps).sqrt()[None] if self.norm_kind else None  # (1, V)
-            t = self._finish_sq(self.P_sq[:, None, :].clone(), self.P_c[:, None, :], sigma1)  # (G, 1, V)
+            t = finish_sq(self.P_sq[:, None, :].clone(), self.P_c[:, None, :], sigma1, self.c_sq)  # (G, 1, V)
             self._static = (t.transpose(0, 1), sigma1, {})
         sq, sigma1, memo = self._static
         sigma = None if sigma1 is None else sigma1.expand(P_cnt, -1)
@@ -157,33 +144,13 @@ class VocabSpace(SpaceMemory):
 
     def _moving_stats(self, positions: Tensor, y: Tensor) -> PositionStats:
         """Norms of the rows at each position: two (P x d) @ (d x V) products."""
-        if self.norm_kind:
-            xy = y @ self.x.T  # (P, V)
-            sigma = (
-                xy.mul_(2)
-                .add_(self.x_sq[None])
-                .add_(y.pow(2).sum(-1, keepdim=True))
-                .div_(self.d)
-                .add_(self.eps)
-                .sqrt_()
-            )
-        else:
-            sigma = None
+        sigma = norm_scales(self.x, self.x_sq, y, self.eps) if self.norm_kind else None  # (P, V)
         Pp = self._project(y)  # (P, G, k)
         t = torch.bmm(Pp.transpose(0, 1), self.P.transpose(1, 2))  # (G, P, V): M y_p . P_v
         t.mul_(2).add_(self.P_sq[:, None, :]).add_(Pp.pow(2).sum(-1).T[:, :, None])
         c_term = self.P_c[:, None, :] + torch.einsum("pgk,gk->gp", Pp, self.c)[:, :, None]
-        t = self._finish_sq(t, c_term, sigma)
+        t = finish_sq(t, c_term, sigma, self.c_sq)
         return PositionStats(positions, y, sigma, t.transpose(0, 1).contiguous(), Pp)
-
-    def _finish_sq(self, t: Tensor, c_term: Tensor, sigma: Tensor | None) -> Tensor:
-        """(G, P, V) |P_v + M y_p|^2 and (P_v + M y_p) . c -> squared row norms, in place."""
-        if sigma is None:
-            t.add_(c_term, alpha=2)
-        else:
-            inv = sigma.reciprocal()[None]  # (1, P or 1, V)
-            t.mul_(inv.square()).addcmul_(c_term, inv, value=2)
-        return t.add_(self.c_sq[:, None, None]).clamp_min_(0)
 
     def _residual_stats(self, positions: Tensor, y: Tensor) -> PositionStats:
         """:meth:`position_stats` of a residual space whose rows move with position.
@@ -297,31 +264,12 @@ class VocabSpace(SpaceMemory):
         out, t1, group_major = self._products(r, stats, pidx, groups, group_major=True, out=out, ready=ready)
         t2 = torch.einsum("qck,ck->qc", r, self.c[groups]) if b is not None else None
         G = a.shape[1]
-        rep = C // G
-        blocked = G * rep == C and torch.equal(groups, torch.arange(C, device=groups.device) // rep)
-        if not blocked:
-            G, rep = C, 1
+        blocked = in_blocks(groups, G)
+        G, rep = (G, C // G) if blocked else (C, 1)
         V = out.shape[-1]
         # W: (G, Q, rep, V), a view of out whatever its layout
         W = out.view(G, Q, rep, V) if group_major else out.view(Q, G, rep, V).transpose(0, 1)
-
-        def per_group(t: Tensor) -> Tensor:  # (Q, C) -> (G, Q, rep, 1)
-            return t.view(Q, G, rep).transpose(0, 1)[..., None]
-
-        if a.shape[0] == 1:
-            runs = [(0, Q, 0)]
-        else:
-            vals, counts = torch.unique_consecutive(pidx, return_counts=True)
-            ends = counts.cumsum(0).tolist()
-            runs = [(e - n, e, p) for e, n, p in zip(ends, counts.tolist(), vals.tolist())]
-        for lo, hi, p in runs:
-            blk = W[:, lo:hi]
-            if t1 is not None:
-                blk += per_group(t1)[:, lo:hi]
-            scale = a[p] if blocked else a[p][groups]  # (G, V)
-            blk.mul_(scale[:, None, None])
-            if b is not None:
-                blk.addcmul_(per_group(t2)[:, lo:hi], (b[p] if blocked else b[p][groups])[:, None, None])
+        scale_rows(W, a, b, t1, t2, pidx, groups, blocked)
         index = torch.arange(Q * C, device=r.device)
         if group_major:  # rows are (g, q, j): query q, column g * rep + j
             index = index.view(Q, G, rep).transpose(0, 1).reshape(-1)
@@ -372,25 +320,9 @@ class VocabSpace(SpaceMemory):
         if self.M is not None and self.P is not None:
             # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
             # per group: V * d_head work per query and head instead of V * d
-            G = self.P.shape[0]
-            rep = C // G
-            if G * rep == C and torch.equal(groups, torch.arange(C, device=groups.device) // rep):
-                # columns come in blocks of `rep` per group (identity, or grouped-query
-                # attention's h // rep): one batched matmul over the groups
-                rg = r.view(Q, G, rep, k).permute(1, 0, 2, 3).reshape(G, Q * rep, k)
-                out = torch.bmm(
-                    rg, self.P.transpose(1, 2), out=None if buf is None else buf.view(G, Q * rep, V)
-                )  # (G, Q * rep, V)
-                t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
-                if group_major:
-                    return out, t1, True
-                return out.view(G, Q, rep, -1).permute(1, 0, 2, 3).reshape(Q, C, -1), t1
-            else:
-                out = torch.empty(Q, C, V, device=r.device) if buf is None else buf.view(Q, C, V)
-                for c in range(C):
-                    out[:, c, :] = r[:, c, :].contiguous() @ self.P[int(groups[c])].T
+            out, laid_by_group = head_products(r, self.P, groups, buf, group_major)
             t1 = torch.einsum("qck,qck->qc", r, stats.Py[pidx][:, groups]) if stats.Py is not None else None
-            return (out, t1, False) if group_major else (out, t1)
+            return (out, t1, laid_by_group) if group_major else (out, t1)
         u = self._to_embeddings(r, groups)  # (Q, C, d)
         if ready:
             out = buf.view(Q, C, V)

@@ -120,6 +120,27 @@ def trajectory_map(
     import pandas as pd
     import torch
 
+    toks, lays = _map_selection(run, site, space, tokens, layers, neighbours, method)
+    points, rows = _token_points(run, site, toks, lays)
+    if neighbours:
+        _add_neighbour_points(run, site, space, toks, lays, neighbours, points, rows)
+    X = torch.stack([p.detach().float().cpu() for p in points]).numpy()
+    xy = project(X, method, seed)
+    frame = pd.DataFrame(rows)
+    frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
+    return _figure(frame, method, site, run), frame
+
+
+def _map_selection(
+    run: Run,
+    site: str,
+    space: str,
+    tokens: Sequence[int] | None,
+    layers: Sequence[int] | None,
+    neighbours: int,
+    method: str,
+) -> tuple[list[int], list[int]]:
+    """:func:`trajectory_map`'s arguments checked: the token indices and (sorted) layers to draw."""
     check_method(method)
     if site not in RESIDUAL_SITES:
         raise InputError(f"maps draw a residual site ({', '.join(RESIDUAL_SITES)}), not {site!r}")
@@ -139,6 +160,11 @@ def trajectory_map(
         else sorted({check_index(x, L, "layer", f"the model has {L} layers") for x in layers})
     )
     check_points(method, map_points(len(toks), len(lays), neighbours))
+    return toks, lays
+
+
+def _token_points(run: Run, site: str, toks: list[int], lays: list[int]) -> tuple[list, list[dict]]:
+    """Each token's path: its encoding (step 0), then its vector at ``site`` after each layer."""
     acts = run.acts
     vecs = acts.site(site)  # (L, n, d)
     names = run.tokens
@@ -160,39 +186,52 @@ def trajectory_map(
                     label=f"{names[t]!r} #{t} · layer {layer}",
                 )
             )
-    if neighbours:
-        trail = run.trail(sites=(site,), spaces=(space,), similarities=("cosine",), k=max(neighbours, 1))
-        view = trail.view(site, space, "cosine")
-        sp = run.model.spaces.get(space)
-        seen: set[tuple[int, int]] = set()
-        for t in toks:
-            p = int(acts.position_ids[t])
-            picks = [(None, view.origin_top_ids[t, :neighbours])] + [
-                (layer, view.top_ids[layer, t, :neighbours]) for layer in lays
-            ]
-            for layer, ids in picks:
-                for i in ids.tolist():
-                    if (i, p) in seen:
-                        continue
-                    seen.add((i, p))
-                    label = trail.labels.get(int(i), str(i))
-                    points.append(sp.rows(torch.tensor([int(i)], device=acts.embedded.device), p)[0, 0])
-                    where = "encoding" if layer is None else f"layer {layer}"
-                    rows.append(
-                        dict(
-                            kind="neighbour",
-                            token_index=t,
-                            token=names[t],
-                            step=None if layer is None else layer + 1,
-                            layer=layer,
-                            label=f"{label!r} (near {names[t]!r} #{t}, {where})",
-                        )
+    return points, rows
+
+
+def _add_neighbour_points(
+    run: Run,
+    site: str,
+    space: str,
+    toks: list[int],
+    lays: list[int],
+    neighbours: int,
+    points: list,
+    rows: list[dict],
+) -> None:
+    """Append each token's nearest vocabulary tokens at every step (``space``'s reference
+    rows at the token's position), each (id, position) once, to ``points`` and ``rows``."""
+    import torch
+
+    acts = run.acts
+    names = run.tokens
+    trail = run.trail(sites=(site,), spaces=(space,), similarities=("cosine",), k=max(neighbours, 1))
+    view = trail.view(site, space, "cosine")
+    sp = run.model.spaces.get(space)
+    seen: set[tuple[int, int]] = set()
+    for t in toks:
+        p = int(acts.position_ids[t])
+        picks = [(None, view.origin_top_ids[t, :neighbours])] + [
+            (layer, view.top_ids[layer, t, :neighbours]) for layer in lays
+        ]
+        for layer, ids in picks:
+            for i in ids.tolist():
+                if (i, p) in seen:
+                    continue
+                seen.add((i, p))
+                label = trail.labels.get(int(i), str(i))
+                points.append(sp.rows(torch.tensor([int(i)], device=acts.embedded.device), p)[0, 0])
+                where = "encoding" if layer is None else f"layer {layer}"
+                rows.append(
+                    dict(
+                        kind="neighbour",
+                        token_index=t,
+                        token=names[t],
+                        step=None if layer is None else layer + 1,
+                        layer=layer,
+                        label=f"{label!r} (near {names[t]!r} #{t}, {where})",
                     )
-    X = torch.stack([p.detach().float().cpu() for p in points]).numpy()
-    xy = project(X, method, seed)
-    frame = pd.DataFrame(rows)
-    frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
-    return _figure(frame, method, site, run), frame
+                )
 
 
 def _figure(frame: pd.DataFrame, method: str, site: str, run: Run) -> go.Figure:

@@ -44,10 +44,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from tokentrail.engine.cells import metric_label
+from tokentrail.results import trailtables
 from tokentrail.spec.fileio import write_csv, write_text
 from tokentrail.spec.fileio import write_parquet as write_frame
 
@@ -89,51 +89,8 @@ def attention_included(trail, attention: bool | None = None) -> bool:
 # ---- writing ------------------------------------------------------------------------------
 def rebuild_meta(trail, attention: bool | None = None) -> dict[str, Any]:
     """What :func:`load` needs beyond the tables: shapes, dtypes, labels, view settings."""
-    views = []
-    for v in trail.views:
-        views.append(
-            {
-                "site": v.site,
-                "space": v.space,
-                "similarity": v.similarity,
-                "overlap_k": v.overlap_k,
-                "per_head": v.per_head,
-                "k": int(v.top_ids.shape[-1]),
-                "metrics": [[name, metric_label(name, v), str(vals.dtype)] for name, vals in v.metrics.items()],
-                "dtypes": {
-                    "top_ids": str(v.top_ids.dtype),
-                    "top_sims": str(v.top_sims.dtype),
-                    "anisotropy": str(v.anisotropy.dtype),
-                },
-                "origin_k": None if v.origin_top_ids is None else int(v.origin_top_ids.shape[-1]),
-                "origin_dtypes": None
-                if v.origin_top_ids is None
-                else [str(v.origin_top_ids.dtype), str(v.origin_top_sims.dtype)],
-            }
-        )
-    lens = trail.lens
-    stacked = (
-        {}
-        if trail.stack is None
-        else {
-            "stack": trail.stack,
-            "cross": [
-                {
-                    "site": v.site,
-                    "space": v.space,
-                    "similarity": v.similarity,
-                    "dtypes": [str(v.source_order.dtype), str(v.source_sims.dtype)],
-                }
-                for v in trail.cross_views
-            ],
-            "cross_attention": None
-            if trail.cross_attentions is None
-            else [list(trail.cross_attentions.shape), str(trail.cross_attentions.dtype)],
-            "source_tokens": None if trail.source_tokens is None else list(trail.source_tokens),
-        }
-    )
     return {
-        **stacked,
+        **({} if trail.stack is None else _stack_meta(trail)),
         "format": FORMAT_VERSION,
         "n_layers": trail.n_layers,
         "n_heads": trail.n_heads,
@@ -145,39 +102,85 @@ def rebuild_meta(trail, attention: bool | None = None) -> dict[str, Any]:
             "attentions": None if trail.attentions is None else str(trail.attentions.dtype),
         },
         "attention_shape": list(trail.attentions.shape) if attention_included(trail, attention) else None,
-        "attention_left_out": None
-        if trail.attentions is None or attention_included(trail, attention)
-        else (
-            f"{trail.attentions.size:,} rows"
-            + (
-                " (more than the default limit of "
-                + f"{MAX_ATTENTION_ROWS:,}; export with attention=True to include it)"
-                if attention is None
-                else ""
+        "attention_left_out": _attention_left_out(trail, attention),
+        "views": [_view_meta(v) for v in trail.views],
+        "lens": None if trail.lens is None else _lens_meta(trail.lens),
+    }
+
+
+def _view_meta(v) -> dict[str, Any]:
+    """One view's settings, top-k sizes and dtypes."""
+    return {
+        "site": v.site,
+        "space": v.space,
+        "similarity": v.similarity,
+        "overlap_k": v.overlap_k,
+        "per_head": v.per_head,
+        "k": int(v.top_ids.shape[-1]),
+        "metrics": [[name, metric_label(name, v), str(vals.dtype)] for name, vals in v.metrics.items()],
+        "dtypes": {
+            "top_ids": str(v.top_ids.dtype),
+            "top_sims": str(v.top_sims.dtype),
+            "anisotropy": str(v.anisotropy.dtype),
+        },
+        "origin_k": None if v.origin_top_ids is None else int(v.origin_top_ids.shape[-1]),
+        "origin_dtypes": None
+        if v.origin_top_ids is None
+        else [str(v.origin_top_ids.dtype), str(v.origin_top_sims.dtype)],
+    }
+
+
+def _stack_meta(trail) -> dict[str, Any]:
+    """An encoder-decoder stack's own entries: its name, cross views, cross-attention and source tokens."""
+    return {
+        "stack": trail.stack,
+        "cross": [
+            {
+                "site": v.site,
+                "space": v.space,
+                "similarity": v.similarity,
+                "dtypes": [str(v.source_order.dtype), str(v.source_sims.dtype)],
+            }
+            for v in trail.cross_views
+        ],
+        "cross_attention": None
+        if trail.cross_attentions is None
+        else [list(trail.cross_attentions.shape), str(trail.cross_attentions.dtype)],
+        "source_tokens": None if trail.source_tokens is None else list(trail.source_tokens),
+    }
+
+
+def _attention_left_out(trail, attention: bool | None) -> str | None:
+    """Why the attention table is missing from the export (None when it is there or there is none)."""
+    if trail.attentions is None or attention_included(trail, attention):
+        return None
+    return f"{trail.attentions.size:,} rows" + (
+        f" (more than the default limit of {MAX_ATTENTION_ROWS:,}; export with attention=True to include it)"
+        if attention is None
+        else ""
+    )
+
+
+def _lens_meta(lens) -> dict[str, Any]:
+    """The logit lens's settings, input ids and dtypes."""
+    return {
+        "site": lens.site,
+        "is_decoder": lens.is_decoder,
+        "k": lens.k,
+        "n_layers": lens.n_layers,
+        "input_ids": lens.input_ids.tolist(),
+        "dtypes": {
+            name: None if getattr(lens, name) is None else str(getattr(lens, name).dtype)
+            for name in (
+                "input_ids",
+                "top_ids",
+                "top_probs",
+                "own_rank",
+                "own_prob",
+                "next_rank",
+                "next_prob",
+                "entropy",
             )
-        ),
-        "views": views,
-        "lens": None
-        if lens is None
-        else {
-            "site": lens.site,
-            "is_decoder": lens.is_decoder,
-            "k": lens.k,
-            "n_layers": lens.n_layers,
-            "input_ids": lens.input_ids.tolist(),
-            "dtypes": {
-                name: None if getattr(lens, name) is None else str(getattr(lens, name).dtype)
-                for name in (
-                    "input_ids",
-                    "top_ids",
-                    "top_probs",
-                    "own_rank",
-                    "own_prob",
-                    "next_rank",
-                    "next_prob",
-                    "entropy",
-                )
-            },
         },
     }
 
@@ -187,18 +190,6 @@ def full_meta(trail, attention: bool | None = None) -> dict[str, Any]:
     if trail.decoder is not None:
         meta["decoder"] = full_meta(trail.decoder, attention)
     return meta
-
-
-def _grid(*sizes: int) -> list[np.ndarray]:
-    return [g.reshape(-1) for g in np.meshgrid(*(np.arange(s) for s in sizes), indexing="ij")]
-
-
-def _label(trail, ids: np.ndarray) -> pd.Series:
-    return pd.Series(ids, dtype=np.int64).map(lambda i: trail.labels.get(int(i), str(i)))
-
-
-def _tokens_of(trail, t: np.ndarray) -> dict[str, Any]:
-    return {"token": t, "token_str": np.array(trail.tokens, dtype=object)[t], "position": trail.positions[t]}
 
 
 def tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
@@ -212,147 +203,21 @@ def tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
 
 
 def _stack_tables(trail, attention: bool | None = None) -> dict[str, pd.DataFrame]:
-    """One stack's tables (every table of a single-stack model)."""
-    n = trail.n_tokens
-    t = np.arange(n)
+    """One stack's tables (every table of a single-stack model), built by
+    :mod:`~tokentrail.results.trailtables`."""
     out: dict[str, pd.DataFrame] = {
-        "tokens": pd.DataFrame(
-            {**_tokens_of(trail, t), "id": trail.ids.astype(np.int64), "value": trail.special.astype(np.float64)}
-        ),
+        "tokens": trailtables.tokens_table(trail),
         "metrics": trail.stack_frame(),
+        "neighbours": trailtables.neighbours_table(trail),
     }
-    parts = []
-    for v in trail.views:
-        L, k = v.top_ids.shape[0], v.top_ids.shape[-1]
-        H = v.top_ids.shape[1] if v.per_head else 1
-        li, hi, ti, pi = _grid(L, H, n, k)
-        blocks = [
-            (li, hi if v.per_head else np.full(li.size, -1), ti, pi, v.top_ids.reshape(-1), v.top_sims.reshape(-1))
-        ]
-        if v.origin_top_ids is not None:
-            ok = v.origin_top_ids.shape[-1]
-            oti, opi = _grid(n, ok)
-            blocks.append(
-                (
-                    np.full(oti.size, -1),
-                    np.full(oti.size, -1),
-                    oti,
-                    opi,
-                    v.origin_top_ids.reshape(-1),
-                    v.origin_top_sims.reshape(-1),
-                )
-            )
-        for layer, head, tok, place, ids, sims in blocks:
-            parts.append(
-                pd.DataFrame(
-                    {
-                        **_tokens_of(trail, tok),
-                        "layer": layer,
-                        "head": head,
-                        "site": v.site,
-                        "space": v.space,
-                        "similarity": v.similarity,
-                        "place": place,
-                        "id": ids.astype(np.int64),
-                        "id_str": _label(trail, ids),
-                        "value": sims.astype(np.float64),
-                    }
-                )
-            )
-    out["neighbours"] = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(
-            columns=[
-                "token",
-                "token_str",
-                "position",
-                "layer",
-                "head",
-                "site",
-                "space",
-                "similarity",
-                "place",
-                "id",
-                "id_str",
-                "value",
-            ]
-        )
-    )
     if attention_included(trail, attention):
-        L, H, n1, n2 = trail.attentions.shape
-        li, hi, ti, si = _grid(L, H, n1, n2)
-        out["attention"] = pd.DataFrame(
-            {
-                "layer": li,
-                "head": hi,
-                "token": ti,
-                "source": si,
-                "value": trail.attentions.reshape(-1).astype(np.float64),
-            }
-        )
-    lens = trail.lens
-    if lens is not None:
-        frame = lens.frame()
-        tok = frame["token"].to_numpy()
-        out["lens"] = pd.DataFrame(
-            {
-                **_tokens_of(trail, tok),
-                "layer": frame["layer"].to_numpy(),
-                "site": lens.site,
-                "metric": frame["metric"].to_numpy(),
-                "value": frame["value"].to_numpy(np.float64),
-            }
-        )
-        top = lens.top_frame()
-        tok = top["token"].to_numpy()
-        out["lens_top"] = pd.DataFrame(
-            {
-                **_tokens_of(trail, tok),
-                "layer": top["layer"].to_numpy(),
-                "site": lens.site,
-                "place": top["place"].to_numpy(),
-                "id": top["id"].to_numpy(),
-                "id_str": _label(trail, top["id"].to_numpy()),
-                "value": top["prob"].to_numpy(),
-            }
-        )
+        out["attention"] = trailtables.probability_table(trail.attentions)
+    if trail.lens is not None:
+        out.update(trailtables.lens_tables(trail, trail.lens))
     if trail.cross_views:
-        parts = []
-        src = np.array(trail.source_tokens, dtype=object)
-        for v in trail.cross_views:
-            L, H, n_, m = v.source_order.shape
-            li, hi, ti, pi = _grid(L, H, n_, m)
-            order = v.source_order.reshape(-1).astype(np.int64)
-            parts.append(
-                pd.DataFrame(
-                    {
-                        **_tokens_of(trail, ti),
-                        "layer": li,
-                        "head": hi,
-                        "site": v.site,
-                        "space": v.space,
-                        "similarity": v.similarity,
-                        "place": pi,
-                        "source": order,
-                        "id_str": src[order],
-                        "value": v.source_sims.reshape(-1).astype(np.float64),
-                    }
-                )
-            )
-        out["cross"] = pd.concat(parts, ignore_index=True)
+        out["cross"] = trailtables.cross_table(trail)
     if trail.cross_attentions is not None:
-        L, H, n_, m = trail.cross_attentions.shape
-        li, hi, ti, si = _grid(L, H, n_, m)
-        out["cross_attention"] = pd.DataFrame(
-            {
-                "layer": li,
-                "head": hi,
-                "token": ti,
-                "source": si,
-                "value": trail.cross_attentions.reshape(-1).astype(np.float64),
-            }
-        )
+        out["cross_attention"] = trailtables.probability_table(trail.cross_attentions)
     if trail.stack is not None:
         out = {name: frame.assign(stack=trail.stack) for name, frame in out.items()}
     return out

@@ -71,16 +71,7 @@ def compare(
     tokens of one text), so that both vectors go through the same map. ``progress``
     hears what loads (``models.load``'s messages) and when both sides run."""
     space = check_compare_options(site, space, similarity, k, overlap_k)
-    if correct is not None:
-        parse_correction(correct)
-        if site == HEAD_SITE:
-            raise InputError(
-                "a geometry correction applies to residual sites; the heads site compares raw head vectors"
-            )
-        if model_b is not None:
-            raise InputError(
-                "a geometry correction compares two contexts in one model; two models live in different spaces"
-            )
+    _check_correction(correct, site, model_b)
     check_text(text_a)
     if text_b is not None:
         check_text(text_b)
@@ -88,27 +79,8 @@ def compare(
     ma = load(model, device=device, dtype=dtype, progress=say)
     mb = ma if model_b is None else load(model_b, device=device, dtype=dtype, progress=say)
     same = mb is ma
-    if same and text_b is None and token_b is None:
-        raise InputError(
-            "one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model"
-        )
-    if not same and site == HEAD_SITE:
-        raise InputError(HEADS_ACROSS_MODELS)
-    if token is None and same:
-        raise InputError("give the token to compare (an index, its text, or text:N)")
-    if causal is not None:
-        for m in {id(ma): ma, id(mb): mb}.values():
-            if not m.is_decoder:
-                raise InputError(f"causal is for decoders; {m.name} ({m.adapter.family}) is an encoder")
-    vocab = min(ma.adapter.vocab_size, mb.adapter.vocab_size)
-    if overlap_k is not None and overlap_k > vocab:
-        raise InputError(
-            f"overlap k = {overlap_k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}"
-        )
-    ok = overlap_k if overlap_k is not None else min(DEFAULT_OVERLAP_K, vocab)
-    K = min(max(k, ok), vocab)
-    if k > vocab:
-        raise InputError(f"k = {k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
+    _check_sides(ma, mb, site, token, two_texts=text_b is not None, two_tokens=token_b is not None, causal=causal)
+    ok, K = _neighbour_counts(ma, mb, k, overlap_k)
 
     opts = TraceOptions.make(
         site=site, space=space, similarity=similarity, k=K, overlap_k=min(ok, K), causal=causal, correct=correct
@@ -140,6 +112,54 @@ def compare(
         alignment=alignment,
         correct=correct,
     )
+
+
+def _check_correction(correct: str | None, site: str, model_b) -> None:
+    """A geometry correction is for residual sites of one model."""
+    if correct is None:
+        return
+    parse_correction(correct)
+    if site == HEAD_SITE:
+        raise InputError("a geometry correction applies to residual sites; the heads site compares raw head vectors")
+    if model_b is not None:
+        raise InputError(
+            "a geometry correction compares two contexts in one model; two models live in different spaces"
+        )
+
+
+def _check_sides(
+    ma: LoadedModel, mb: LoadedModel, site: str, token, *, two_texts: bool, two_tokens: bool, causal: bool | None
+) -> None:
+    """What the two loaded sides allow: something to compare, heads in one model, a token
+    for one model, ``causal`` only for decoders."""
+    same = mb is ma
+    if same and not two_texts and not two_tokens:
+        raise InputError(
+            "one text and one model: give two tokens (e.g. token='flies:0', token_b='flies:1'), a second text, or a second model"
+        )
+    if not same and site == HEAD_SITE:
+        raise InputError(HEADS_ACROSS_MODELS)
+    if token is None and same:
+        raise InputError("give the token to compare (an index, its text, or text:N)")
+    if causal is not None:
+        for m in {id(ma): ma, id(mb): mb}.values():
+            if not m.is_decoder:
+                raise InputError(f"causal is for decoders; {m.name} ({m.adapter.family}) is an encoder")
+
+
+def _neighbour_counts(ma: LoadedModel, mb: LoadedModel, k: int, overlap_k: int | None) -> tuple[int, int]:
+    """``(overlap k, K)``: the size of the neighbour sets compared (default 100, capped at
+    the smaller vocabulary) and how many neighbours each side's run keeps."""
+    vocab = min(ma.adapter.vocab_size, mb.adapter.vocab_size)
+    if overlap_k is not None and overlap_k > vocab:
+        raise InputError(
+            f"overlap k = {overlap_k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}"
+        )
+    ok = overlap_k if overlap_k is not None else min(DEFAULT_OVERLAP_K, vocab)
+    K = min(max(k, ok), vocab)
+    if k > vocab:
+        raise InputError(f"k = {k:,} is more than the vocabulary of {vocab:,} tokens: use at most {vocab:,}")
+    return ok, K
 
 
 def _occurrences(

@@ -16,7 +16,8 @@ from tokentrail.engine.capture import capture, capture_batch
 from tokentrail.engine.capture_cross import capture_cross
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.session.inputs import check_decoder_input, check_text, encode, readable_tokens
-from tokentrail.session.runner import Run, Seq2SeqRun
+from tokentrail.session.runner import Run
+from tokentrail.session.seq2seq_run import Seq2SeqRun
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import DEFAULT_NEW_TOKENS, TraceOptions
 from tokentrail.store.stats import read_stats
@@ -130,7 +131,7 @@ class LoadedModel:
         :meth:`encode`, when the caller already has it (no second tokenization). Refuses,
         with the figure, a run whose estimated memory exceeds what the machine has.
 
-        Encoder-decoders (a :class:`~tokentrail.session.runner.Seq2SeqRun`): ``text`` is the source;
+        Encoder-decoders (a :class:`~tokentrail.session.seq2seq_run.Seq2SeqRun`): ``text`` is the source;
         the decoder reads ``target`` (its teacher-forcing input) or, without one, the
         model's own greedy output of at most ``max_new_tokens`` (default
         :data:`~tokentrail.spec.options.DEFAULT_NEW_TOKENS`) new tokens."""

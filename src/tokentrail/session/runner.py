@@ -5,7 +5,8 @@ heads, the attention walkthrough and the logit lens are all derived from the cap
 activations, and cached on the Run. A long text (``analysis.streams``) is not captured
 up front: its Trail is scored layer by layer during a forward pass of its own, holding one
 layer's activations at a time, and the capture is made only if something else asks for
-it. The CLI, the app and notebooks use this object and nothing below it.
+it. The CLI, the app and notebooks use this object and nothing below it. An
+encoder-decoder's run is a :class:`~tokentrail.session.seq2seq_run.Seq2SeqRun`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Protocol, TypedDict, cast
+from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import Tensor
 
-from tokentrail.adapters import Adapter, EncoderStack
+from tokentrail.adapters import Adapter
 from tokentrail.analysis.batch import compute_views_batch
 from tokentrail.analysis.checks import check_against, streams
-from tokentrail.analysis.cross import cross_views
 from tokentrail.analysis.heads import heads_at
 from tokentrail.analysis.lens import logit_lens
 from tokentrail.analysis.stream import stream_views
@@ -30,10 +30,9 @@ from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.budget import held_bytes
 from tokentrail.engine.capture import Activations, capture, head_qkv
 from tokentrail.engine.space_cache import SpaceCache
-from tokentrail.engine.walkthrough import AttentionStep, attention_step, cross_attention_step
+from tokentrail.engine.walkthrough import AttentionStep, attention_step
 from tokentrail.results.trail import HeadsAt, LensResult, Trail
 from tokentrail.session.inputs import Encoded
-from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
 
 
@@ -65,7 +64,7 @@ class Model(Protocol):
     def decoder_spaces(self) -> SpaceCache: ...
 
 
-class _Lengths(TypedDict, total=False):
+class Lengths(TypedDict, total=False):
     """The text lengths a memory check reads (:func:`check_against`'s keywords)."""
 
     tokens: int
@@ -159,7 +158,7 @@ class Run:
             raise ValueError("a Run's mask and truncation are fixed: make another Run for other ones")
         return check_against(self.model.adapter, opts, **self._lengths())
 
-    def _lengths(self) -> _Lengths:
+    def _lengths(self) -> Lengths:
         """What the memory check of another set of options reads: the text's length."""
         return {"tokens": self.n_tokens}
 
@@ -269,143 +268,3 @@ def trail_many(
         for r, views in zip(todo, per_run):
             r._keep(opts[0], views, lambda f, m: None)
     return [r.trail(opts[0]) for r in runs]
-
-
-class Seq2SeqRun(Run):
-    """An encoder-decoder's run: the encoder stack over the source text (``acts``) and the
-    decoder stack over the decoder input (``decoder_acts``), with cross-attention.
-
-    :meth:`trail` gives the encoder's Trail carrying the decoder's (``trail.decoder``);
-    :meth:`heads` and :meth:`step` take ``stack="decoder"`` for the decoder; the logit lens
-    reads the decoder (the encoder has no output head)."""
-
-    def __init__(
-        self,
-        model,
-        text,
-        encoded,
-        acts,
-        options,
-        *,
-        decoder_acts,
-        decoder_text: str,
-        decoder_tokens,
-        decoder_special,
-        decoder_input: str,
-    ):
-        super().__init__(model, text, encoded, acts, options)
-        self.decoder_acts = decoder_acts
-        self.decoder_text = decoder_text
-        self.decoder_tokens = list(decoder_tokens)
-        self.decoder_special = list(decoder_special)
-        self.decoder_input = decoder_input  # "target" or "greedy output (...)"
-
-    def _lengths(self) -> _Lengths:
-        return {"tokens": self.n_tokens, "decoder_tokens": len(self.decoder_tokens)}
-
-    def __repr__(self) -> str:
-        return f"Seq2SeqRun(model={self.model.name!r}, source tokens={self.n_tokens}, decoder tokens={len(self.decoder_tokens)}, decoder input={self.decoder_input!r})"
-
-    def _encoder(self) -> EncoderStack:
-        """The model's adapter: an encoder-decoder's primary adapter is its encoder stack."""
-        return cast(EncoderStack, self.model.adapter)
-
-    def _stack(self, stack: str):
-        m = self.model
-        if stack == "encoder":
-            return m.adapter, m.spaces, self.acts
-        if stack == "decoder":
-            return self._encoder().decoder_stack(), m.decoder_spaces, self.decoder_acts
-        raise InputError(f"unknown stack {stack!r}: choose encoder or decoder")
-
-    def trail(self, options: TraceOptions | None = None, *, progress: Progress | None = None, **changes: Any) -> Trail:
-        opts = self._options(options, changes)
-        cached = self._cached(opts)
-        if cached is not None:
-            return cached
-        say = progress or (lambda f, m: None)
-        m = self.model
-        dec, dec_spaces, dec_acts = self._stack("decoder")
-        enc_views = compute_views(m.adapter, m.spaces, self.acts, opts, lambda f, msg: say(f / 2, f"encoder: {msg}"))
-        dec_views = compute_views(dec, dec_spaces, dec_acts, opts, lambda f, msg: say(0.5 + f / 2, f"decoder: {msg}"))
-        cross = cross_views(dec, dec_acts, opts)
-        lens = self.lens(k=opts.k, site=opts.lens_site) if opts.lens else None
-        say(1.0, "done")
-        common: dict[str, Any] = dict(  # the keywords both stacks' Trails share
-            options=opts,
-            label=m.labels,
-            model_name=m.name,
-            revision=m.revision,
-            device=m.device,
-            dtype=m.dtype,
-            decoder_input=self.decoder_input,
-        )
-        decoder = make_trail(
-            dec,
-            dec_acts,
-            dec_views,
-            lens,
-            text=self.decoder_text,
-            tokens=self.decoder_tokens,
-            special=self.decoder_special,
-            cross=cross,
-            source_tokens=self.tokens,
-            **common,
-        )
-        trail = make_trail(
-            m.adapter,
-            self.acts,
-            enc_views,
-            None,
-            text=self.text,
-            tokens=self.tokens,
-            special=self.encoded.special,
-            truncated_from=self.encoded.truncated_from,
-            decoder=decoder,
-            **common,
-        )
-        return self._store(opts, trail)
-
-    def lens(self, *, k: int = 15, site: str = "layer_out") -> LensResult:
-        """The logit lens over the decoder's layers and tokens. Cached."""
-        key = (k, site)
-        with self._lock:
-            if key not in self._lenses:
-                self._lenses[key] = logit_lens(self._encoder().decoder_stack(), self.decoder_acts, k=k, site=site)
-            return self._lenses[key]
-
-    def heads(
-        self,
-        layer: int,
-        token: int,
-        *,
-        kind: str = "value",
-        similarity: str = "cosine",
-        k: int = 15,
-        stack: str = "encoder",
-    ) -> HeadsAt:
-        """Every self-attention head of ``layer`` of one stack for ``token``. Cached."""
-        key = (stack, layer, token, kind, similarity, k)
-        with self._lock:
-            if key in self._heads:
-                return self._heads[key]
-        adapter, spaces, acts = self._stack(stack)
-        result = heads_at(
-            adapter, spaces, acts, layer, token, label=self.model.labels, kind=kind, similarity=similarity, k=k
-        )
-        with self._lock:
-            self._heads[key] = result
-            while len(self._heads) > 64:
-                self._heads.popitem(last=False)
-        return result
-
-    def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> AttentionStep:
-        """How self-attention ``head`` of ``layer`` of one stack computed ``token``'s output."""
-        adapter, _, acts = self._stack(stack)
-        return attention_step(adapter, acts, layer, head, token)
-
-    def cross_step(self, layer: int, head: int, token: int):
-        """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
-        output: the query from the decoder, keys and values from the encoder output
-        (:class:`~tokentrail.engine.walkthrough.CrossAttentionStep`)."""
-        return cross_attention_step(self._encoder().decoder_stack(), self.decoder_acts, layer, head, token)
