@@ -310,8 +310,19 @@ def test_the_options_a_command_line_builds_are_checked_once(bert_folder, monkeyp
     monkeypatch.setattr(TraceOptions, "_check", lambda self: built.append(self) or real(self))
     res = run("trace", TEXT, "-m", bert_folder, "--site", "attn_resid,heads", "-q", "--format", "json")
     assert res.exit_code == 0, res.output
-    asked = built[0]
-    assert asked.sites == ("attn_resid", "heads") and sum(o is asked for o in built) == 1
+    assert len(built) == 1, "a trace checks its options once, where they are built"
+    assert built[0].sites == ("attn_resid", "heads")
+
+
+def test_the_api_checks_a_traces_options_once(loaded_tiny, monkeypatch):
+    import tokentrail as tt
+    from tokentrail.spec.options import TraceOptions
+
+    built = []
+    real = TraceOptions._check
+    monkeypatch.setattr(TraceOptions, "_check", lambda self: built.append(self) or real(self))
+    trail = tt.trace(TEXT, loaded_tiny, site="attn_resid,heads", k=5)
+    assert len(built) == 1 and trail.info.options.overlap_k is not None
 
 
 # ---- checks on config.json and the tokenizer: before the weights load --------------------------

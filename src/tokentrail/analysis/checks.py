@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import cast
 
 from tokentrail.adapters import Adapter
@@ -53,7 +52,7 @@ def check_against(
                 f"{name} = {value:,} is more than the model's vocabulary of {vocab:,} tokens: use at most {vocab:,}"
             )
     if options.overlap_k is None:
-        options = replace(options, overlap_k=min(DEFAULT_OVERLAP_K, vocab))
+        options = options.settled(overlap_k=min(DEFAULT_OVERLAP_K, vocab))
     if options.correct_from is not None:
         _check_study(adapter, options)
     if options.correct is not None and options.correct_from is None and tokens is not None:
@@ -107,7 +106,7 @@ def _settle_cross_sites(adapter: Adapter, options: TraceOptions) -> TraceOptions
             f"{asked[0]} is a site of encoder-decoder models (the decoder's cross-attention); "
             f"this {adapter.family} model has no cross-attention"
         )
-    return replace(options, sites=rest)
+    return options.settled(sites=rest)
 
 
 def _check_study(adapter: Adapter, options: TraceOptions) -> None:

@@ -275,6 +275,18 @@ class TraceOptions:
         """A validated copy with some fields changed."""
         return replace(self, **changes)
 
+    def settled(self, **facts: Any) -> TraceOptions:
+        """A copy with values the model decides filled in (``overlap_k`` from its
+        vocabulary, the sites it has): not the user's values, so not checked again; the
+        user's were checked once, when this object was built."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        for name, value in facts.items():
+            if name not in self.__dataclass_fields__:
+                raise TypeError(f"TraceOptions has no field {name!r}")
+            object.__setattr__(copy, name, value)
+        return copy
+
     # ---- metadata round trip ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
