@@ -302,6 +302,22 @@ def test_checks_that_need_no_model_come_before_torch(tmp_path, args, message):
     assert message in line
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("trace", TEXT, "-m", "minlm"), "unknown model 'minlm': did you mean minilm? (`tokentrail models` lists them"),
+        (("trace", TEXT, "-m", "gpt-2"), "unknown model 'gpt-2': did you mean gpt2?"),
+        (
+            ("compare", TEXT, "another text", "--token", "1", "-m", "roberta"),
+            "did you mean roberta-base or roberta-large?",
+        ),
+    ],
+)
+def test_a_misspelt_model_is_refused_before_torch(tmp_path, args, message):
+    line, _ = refuse_without_torch(tmp_path, *args)  # HOME is tmp_path: an empty hub cache
+    assert message in line  # and torch was never imported (refuse_without_torch asserts it)
+
+
 def test_the_options_a_command_line_builds_are_checked_once(bert_folder, monkeypatch):
     from tokentrail.spec.options import TraceOptions
 

@@ -34,7 +34,7 @@ def test_errors_share_one_base_class():
     assert issubclass(ModelError, TokentrailError) and issubclass(tokentrail.InputError, TokentrailError)
 
 
-@pytest.mark.parametrize("name", ["someone/not-cached-model", "no-such-model-xyz", "roberta-base"])
+@pytest.mark.parametrize("name", ["someone/not-cached-model", "roberta-base", "gpt2"])
 def test_offline_miss_of_a_hub_id(offline_hub, name):
     with pytest.raises(ModelError, match="offline") as err:
         tokentrail.load(name)
@@ -42,6 +42,53 @@ def test_offline_miss_of_a_hub_id(offline_hub, name):
     assert "not in the local hub cache" in msg and "hf download" in msg and "tokentrail models" in msg
     if name == "roberta-base":  # a short name resolves to its hub id first
         assert "FacebookAI/roberta-base" in msg
+
+
+# ---- a misspelt name is refused, never sent to the hub (issue 23) --------------------------
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "minlm",
+            "unknown model 'minlm': did you mean minilm? (`tokentrail models` lists them; a hub id is owner/name)",
+        ),
+        ("MiniLM", "unknown model 'MiniLM': did you mean minilm?"),
+        ("gpt-2", "unknown model 'gpt-2': did you mean gpt2?"),
+        ("roberta", "unknown model 'roberta': did you mean roberta-base or roberta-large?"),
+        ("no-such-model-xyz", "unknown model 'no-such-model-xyz': tokentrail knows minilm, smollm2, roberta-base,"),
+    ],
+)
+def test_misspelt_name_is_refused_before_the_hub(offline_hub, monkeypatch, name, message):
+    def no_hub(*a, **kw):
+        raise AssertionError("the name went to the hub")
+
+    monkeypatch.setattr("tokentrail.session.models.snapshot", no_hub)
+    with pytest.raises(tokentrail.InputError) as err:
+        tokentrail.load(name)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_every_catalogue_name_passes_the_name_check(offline_hub):
+    from tokentrail.session.resolve import CATALOGUE, check_model_name
+
+    for name in CATALOGUE:
+        assert check_model_name(name) is None
+    for name in ("owner/name", "someone/gpt-2", "a b", "../x", "weights.gguf"):  # other checks say why
+        assert check_model_name(name) is None
+
+
+def test_a_bare_name_in_the_hub_cache_loads_as_before(offline_hub, bert_folder):
+    # the hub cache's layout: models--NAME/{refs/main, snapshots/REV/...}
+    repo = offline_hub / "hub" / "models--tiny-cached-bert"
+    snap = repo / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    for f in bert_folder.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    loaded = tokentrail.load("tiny-cached-bert")
+    assert (loaded.origin, loaded.source, loaded.adapter.family) == ("hub", "tiny-cached-bert", "bert")
 
 
 @pytest.mark.parametrize(

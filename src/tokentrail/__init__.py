@@ -38,6 +38,7 @@ _LAZY = {
     "HUB_ID": "session.resolve",
     "MAX_LOADED": "session.models",
     "is_available": "session.resolve",
+    "check_model_name": "session.resolve",
     "model_facts": "session.facts",
     "check_text": "session.inputs",
     "AttentionStep": "engine.walkthrough",
@@ -114,7 +115,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         resolve_dtype,
         set_defaults,
     )
-    from tokentrail.session.resolve import CATALOGUE, HUB_ID, is_available, list_models
+    from tokentrail.session.resolve import CATALOGUE, HUB_ID, check_model_name, is_available, list_models
     from tokentrail.session.runner import Run, trail_many
     from tokentrail.session.verification import Verification, verify
     from tokentrail.store.stats import read_stats

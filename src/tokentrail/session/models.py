@@ -32,8 +32,10 @@ from tokentrail.session.loaded import LoadedModel
 from tokentrail.session.resolve import (
     CATALOGUE,
     HUB_ID,
+    check_model_name,
     first_line,
     package_file,
+    path_like,
     snapshot,
     weights_keys,
 )
@@ -197,6 +199,7 @@ def load(
     if name is not None and not name.strip():
         raise InputError("the model name is empty: give a bundled name (see `tokentrail models`), a hub id or a folder")
     name = (name or DEFAULT_MODEL).strip()
+    check_model_name(name)  # a misspelt short name is refused here, not sent to the hub
     dev = resolve_device(device if device is not None else _defaults["device"])
     dt = resolve_dtype(dtype if dtype is not None else _defaults["dtype"])
     key = (name, allow_pickle, revision, dev, dt)
@@ -335,7 +338,7 @@ def _load_uncached(
         progress(f"loading {local}")
         model, tokenizer = _load_folder(local.resolve(), allow_pickle=allow_pickle)
         return LoadedModel(name, str(local.resolve()), "local", None, adapter_for(model), tokenizer)
-    if name.endswith(".gguf") or "\\" in name or name.startswith((".", "/", "~")) or ".." in name:
+    if path_like(name):
         raise ModelError(f"no model folder at {name!r}")
     hub_id = entry.hub_id if entry is not None else name
     if not HUB_ID.match(hub_id):

@@ -8,15 +8,14 @@ local folder (:mod:`tokentrail.session.models`), so a miss is one clear error.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
-from tokentrail.spec.errors import ModelError
+from tokentrail.spec.errors import InputError, ModelError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
@@ -113,6 +112,30 @@ def is_available(name: str) -> bool:
     return hub_cache_has(name)
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a name that would go to the hub by mistake: not a catalogue name, not a local
+    path, no ``owner/`` part and not in the local hub cache (``minlm``, ``gpt-2``).
+
+    Bare hub ids do exist (``gpt2``), but a typo of a short name should not become a
+    download attempt: the error names the nearest catalogue names. Torch-free, so the
+    command line checks it before any model work. Other malformed names are left to
+    the load, which says why."""
+    name = name.strip()
+    if name in CATALOGUE or "/" in name or not HUB_ID.match(name) or path_like(name):
+        return
+    if Path(name).expanduser().exists() or hub_cache_has(name):
+        return
+    names = list(CATALOGUE)
+    close = difflib.get_close_matches(name.lower(), names, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"tokentrail knows {', '.join(names)}"
+    raise InputError(f"unknown model {name!r}: {hint} (`tokentrail models` lists them; a hub id is owner/name)")
+
+
+def path_like(name: str) -> bool:
+    """A name meant as a file or folder (refused by the load with "no model folder")."""
+    return name.endswith(".gguf") or "\\" in name or name.startswith((".", "/", "~")) or ".." in name
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
@@ -189,6 +212,8 @@ def weights_keys(folder: Path, allow_pickle: bool) -> list[str]:
 
 
 def _pickled_keys(path: Path) -> list[str]:
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:
