@@ -104,21 +104,23 @@ def study(
     fmt, input_id = _input_identity(source, fmt, column, limit, max_chars)
     counts = None if frequencies is None else freq.read_frequencies(frequencies)
     freq_id = None if frequencies is None else freq.file_identity(frequencies)
-    sd = _study_dir(out, resume, model, options, input_id, freq_id)
+    sd = StudyDir(out)
+    with sd.writing(create=not resume):  # one writer at a time: held until the run ends
+        _check_dir(sd, resume, model, options, input_id, freq_id)
 
-    # ---- model work starts here ----
-    runner = _runner(engine, model, allow_pickle, options, strict, sd, address, workers, device, on_load)
-    try:
-        manifest, done, reservoir = _begin(runner, sd, model, engine, options, input_id, freq_id, counts, resume)
-        skipped = Skipped(strict=strict)
-        stream = iter_batches(
-            records(source, fmt=fmt, column=column, skipped=skipped, limit=limit, max_chars=max_chars), batch
-        )
-        if on_start is not None:
-            on_start(count(source, fmt, limit))
-        _run_batches(runner, sd, manifest, stream, done, reservoir, skipped, progress)
-    finally:
-        runner.close()
+        # ---- model work starts here ----
+        runner = _runner(engine, model, allow_pickle, options, strict, sd, address, workers, device, on_load)
+        try:
+            manifest, done, reservoir = _begin(runner, sd, model, engine, options, input_id, freq_id, counts, resume)
+            skipped = Skipped(strict=strict)
+            stream = iter_batches(
+                records(source, fmt=fmt, column=column, skipped=skipped, limit=limit, max_chars=max_chars), batch
+            )
+            if on_start is not None:
+                on_start(count(source, fmt, limit))
+            _run_batches(runner, sd, manifest, stream, done, reservoir, skipped, progress)
+        finally:
+            runner.close()
     return Study(sd.root)
 
 
@@ -168,9 +170,9 @@ def _input_identity(
     return fmt, input_id
 
 
-def _study_dir(out: str | Path, resume: bool, model: str, options: StudyOptions, input_id, freq_id) -> StudyDir:
-    """The output folder, checked: new, or (``resume``) a run of the same model, options and input."""
-    sd = StudyDir(out)
+def _check_dir(sd: StudyDir, resume: bool, model: str, options: StudyOptions, input_id, freq_id) -> None:
+    """The output folder (its lock held), checked: new, or (``resume``) a run of the same
+    model, options and input."""
     if resume:
         old = sd.read_manifest()
         if old.get("model") != model:
@@ -188,7 +190,6 @@ def _study_dir(out: str | Path, resume: bool, model: str, options: StudyOptions,
                 )
     else:
         sd.check_new()
-    return sd
 
 
 def _runner(engine, model, allow_pickle, options, strict, sd, address, workers, device, on_load):

@@ -2,6 +2,7 @@
 
 Layout::
 
+    DIR/.tokentrail.lock         the writer's lock: one run writes a folder at a time
     DIR/manifest.json            what was run (model, options, input hash) and how far it got
     DIR/data/part-000000.parquet token rows of batch 0 (one file per batch)
     DIR/sample/part-000000.parquet the batch's candidates for the anisotropy sample
@@ -13,15 +14,26 @@ Every file is written under a temporary name and renamed into place
 (:func:`tokentrail.spec.fileio.atomic_write`), so a crash leaves only whole files. A batch is complete when its ``data`` part exists; its ``sample`` and
 ``stats`` parts are written first. ``--resume`` skips the complete batches and recomputes the rest, which
 gives the same files an uninterrupted run writes.
+
+One writer at a time: a run holds an OS lock (``fcntl.flock``) on ``.tokentrail.lock``
+(:meth:`StudyDir.writing`) from before it reads or writes anything in the folder until it
+ends, and a second writer is refused at once with the first one's pid, host and start
+time. The kernel drops the lock when its process dies, even by SIGKILL, so a crashed run
+leaves only the file, which blocks nothing. Readers take no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import heapq
 import json
 import os
 import re
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +43,7 @@ from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import TEMPORARY_SUFFIX, atomic_write
 
 MANIFEST = "manifest.json"
+LOCK_FILE = ".tokentrail.lock"
 FORMAT = "tokentrail-study/1"
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 IDENTITY = ("model", "model_revision", "options", "input", "frequencies")  # what a resumed run must share
@@ -67,8 +80,74 @@ class StudyDir:
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
 
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
     def exists(self) -> bool:
         return self.manifest_path.exists()
+
+    # ---- one writer at a time ------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self, create: bool = True) -> Iterator[None]:
+        """Own the folder for the block: its lock taken (the folder made first when
+        ``create`` and missing), or :class:`InputError` at once naming the writer that
+        holds it. A folder this call made and nothing else wrote to is removed again."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"--out {self.root} is a file; give a folder")
+        if not self.root.exists() and not create:
+            yield  # nothing to own; the caller's own checks refuse a missing folder
+            return
+        made = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = self._lock()
+        try:
+            yield
+        finally:
+            try:
+                if made and [p.name for p in self.root.iterdir()] == [LOCK_FILE]:
+                    self.lock_path.unlink()  # still locked: a writer that opened it is refused
+                    self.root.rmdir()
+            except OSError:
+                pass
+            os.close(fd)  # releases the lock
+
+    def _lock(self) -> int:
+        """The lock file's descriptor, locked and naming this process."""
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise InputError(f"cannot lock {self.lock_path}: {exc.strerror}") from None
+                raise InputError(
+                    f"the study at {self.root} is being written by {self._owner()}: wait for it or choose another --out"
+                ) from None
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file its last owner removed after this open
+                break
+            os.close(fd)
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        return fd
+
+    def _owner(self) -> str:
+        """Who holds the lock, as its file says (it may be between writes)."""
+        try:
+            owner = json.loads(self.lock_path.read_text())
+            return f"pid {int(owner['pid'])} on {owner['host']} since {owner['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
 
     def read_manifest(self) -> dict[str, Any]:
         try:
