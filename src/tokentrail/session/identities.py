@@ -3,8 +3,20 @@ and how a check is scored (:class:`Worst`, kept as a :class:`Check`).
 
 Each compares a quantity tokentrail computes from the adapter's canonical layout with what
 the framework produced in one forward pass; the table of identities is in
-:mod:`tokentrail.session.verification`. Tolerance: ``|mine - model's| <= rtol * (|model's| +
-max|model's|)`` elementwise.
+:mod:`tokentrail.session.verification`.
+
+Tolerance, elementwise, each element against its own row (the last dimension: a token's
+hidden vector, a head's vector, a query's attention row, a group's dots over ids)::
+
+    |mine - model's| <= rtol * (|model's| + median|row|) + eps32 * max|row|
+
+``rtol * median|row|`` is the absolute part at a typical element's scale; the median, not
+the maximum or the RMS, so that one huge dimension (SmolLM2 has 24,602 at layer 15)
+does not loosen every other element of its row. ``eps32 * max|row|`` (one fp32 rounding
+step of the row's largest element, ``eps32 = 2**-23``) is the floor that rounding
+cannot go below, e.g. when the median is 0 (an attention row mostly masked) or a
+probability underflows. Non-finite values count as 0 in the median and maximum; equal
+infinities (masked scores) agree.
 """
 
 from __future__ import annotations
@@ -30,13 +42,27 @@ class Check:
     max_abs: float  # max |mine - model's|
     max_rel: float  # max_abs / max |model's|
     rtol: float
-    atol: float  # the tolerance's absolute part: rtol * max |model's| at the worst place
-    where: str = ""  # the layer/kind with the largest error
+    atol: float  # the tolerance's absolute part, rtol * median|row| + eps32 * max|row|, at the worst element
+    where: str = ""  # the layer/kind of the worst element (largest error relative to its tolerance)
     note: str = ""
+    ratio: float = 0.0  # the worst element's |mine - model's| / its tolerance: passes when <= 1
 
     @property
     def status(self) -> str:
         return "n/a" if self.passed is None else ("pass" if self.passed else "FAIL")
+
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def tolerance(own: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
+    """Each element's absolute part ``rtol * median|row| + eps32 * max|row|`` and whole
+    tolerance (plus ``rtol * |own|``), rows along the last dimension (see the module doc)."""
+    mag = own.abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)
+    rows = mag.reshape(1) if mag.dim() == 0 else mag
+    atol = rtol * rows.median(-1, keepdim=True).values + EPS32 * rows.amax(-1, keepdim=True)
+    atol = atol.expand_as(rows).reshape(mag.shape)
+    return atol, atol + rtol * mag
 
 
 class Worst:
@@ -44,13 +70,15 @@ class Worst:
 
     def __init__(self, identity: str, rtol: float):
         self.identity, self.rtol = identity, rtol
-        self.ok, self.abs, self.rel, self.atol, self.where = True, 0.0, 0.0, 0.0, ""
+        self.ok, self.abs, self.rel, self.atol, self.ratio, self.where = True, 0.0, 0.0, 0.0, 0.0, ""
 
     def compare(self, mine: Tensor, own: Tensor, where: str = "") -> None:
         mine, own = mine.detach().float(), own.detach().float()
         if mine.shape != own.shape:
-            self.ok, self.abs, self.rel = False, math.inf, math.inf
+            self.ok, self.abs, self.rel, self.ratio = False, math.inf, math.inf, math.inf
             self.where = f"{where} (shape {tuple(mine.shape)} vs {tuple(own.shape)})"
+            return
+        if own.numel() == 0:
             return
         finite = torch.isfinite(own)
         scale = float(own[finite].abs().max()) if finite.any() else 0.0
@@ -58,22 +86,26 @@ class Worst:
         diff = torch.where(mine == own, torch.zeros_like(own), (mine - own).abs()).nan_to_num(
             nan=math.inf, posinf=math.inf
         )
-        atol = self.rtol * scale
-        ok = bool((diff <= atol + self.rtol * own.abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)).all())
-        err = float(diff.max()) if diff.numel() else 0.0
+        atol, tol = tolerance(own, self.rtol)
+        ok = bool((diff <= tol).all())
+        ratios = torch.where(diff == 0, torch.zeros_like(diff), diff / tol)  # x / 0 = inf: a non-zero error
+        at = int(ratios.argmax())
+        ratio = float(ratios.flatten()[at])
+        err = float(diff.max())
         rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
         # report the worst place, a failing one before any passing one (the one kept so far
         # is failing exactly when some comparison has failed)
-        if (not ok, rel) >= (not self.ok, self.rel):
-            self.abs, self.rel, self.atol, self.where = err, rel, atol, where
+        if (not ok, ratio) >= (not self.ok, self.ratio):
+            self.ratio, self.atol, self.where = ratio, float(atol.flatten()[at]), where
+        self.abs, self.rel = max(self.abs, err), max(self.rel, rel)
         self.ok &= ok
 
     def result(self) -> Check:
-        return Check(self.identity, self.ok, self.abs, self.rel, self.rtol, self.atol, self.where)
+        return Check(self.identity, self.ok, self.abs, self.rel, self.rtol, self.atol, self.where, ratio=self.ratio)
 
 
 def not_applicable(identity: str, rtol: float, why: str) -> Check:
-    return Check(identity, None, math.nan, math.nan, rtol, math.nan, note=why)
+    return Check(identity, None, math.nan, math.nan, rtol, math.nan, note=why, ratio=math.nan)
 
 
 # ---- the identities ------------------------------------------------------------------------
