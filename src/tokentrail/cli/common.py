@@ -13,7 +13,6 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
-import tokentrail as tt
 from tokentrail.spec.errors import InputError, TokentrailError
 from tokentrail.spec.fileio import check_output_path
 
@@ -71,13 +70,12 @@ def check_output(fmt: str, out_path: Path | None, force: bool) -> tuple[str, Pat
 
 
 def check_model_option(model: str, revision: str | None = None) -> str:
-    """A non-empty --model that is not a misspelt short name; --revision only with a hub id
-    (not a local folder)."""
+    """A non-empty --model; --revision only with a hub id (not a local folder). Whether the
+    name is a misspelt short name is checked after the options (``tt.check_model_name``)."""
     if not model.strip():
         raise InputError("--model is empty: give a bundled name (see `tokentrail models`), a hub id or a local folder")
     if revision is not None and Path(model).expanduser().is_dir():
         raise InputError(
             f"--revision applies to hub models; {model} is a local folder (check out the revision you want there)"
         )
-    tt.check_model_name(model)  # a misspelt short name never goes to the hub
     return model

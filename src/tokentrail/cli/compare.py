@@ -154,6 +154,8 @@ def _check_compare(
             raise InputError("--correct applies to residual sites of one model (two contexts or two tokens)")
     if head is not None and site != "heads":
         raise InputError("--head selects a head of the heads site: add --site heads (or leave out --head)")
+    for m in model:
+        tt.check_model_name(m)  # a misspelt short name never goes to the hub (after the options)
     return space
 
 

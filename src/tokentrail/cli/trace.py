@@ -165,6 +165,7 @@ def trace(
         seq2seq_asked = _check_seq2seq_options(target, max_new_tokens, stack, token)
         if correct_from is not None:
             _check_study(correct_from, options.sites)  # a study of these sites: read before loading
+        tt.check_model_name(model)  # a misspelt short name never goes to the hub (after the options)
         device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
             # what config.json and the tokenizer tell, before the weights (none: after the load)
