@@ -21,11 +21,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tokentrail.adapters import adapter_for, decoder_model_types, seq2seq_model_types, supported_model_types
+from tokentrail.adapters import adapter_for, decoder_model_types, seq2seq_model_types
 from tokentrail.session.inputs import Encoded, encode
 from tokentrail.session.loaded import Stack
-from tokentrail.session.models import DEFAULT_MODEL
+from tokentrail.session.models import DEFAULT_MODEL, read_config, read_tokenizer
 from tokentrail.session.resolve import CATALOGUE, HUB_ID, package_file
+from tokentrail.spec.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,9 @@ class ModelFacts:
         limit: :class:`~tokentrail.spec.errors.TooLong` unless ``truncate``), with the
         tokenizer in :attr:`folder` (local files only); None when there is none to load
         cheaply (the load then reports why)."""
-        from transformers import AutoTokenizer
-
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True, trust_remote_code=False)
-        except Exception:  # tokenizer classes raise many types for missing or broken files
+            tokenizer = read_tokenizer(self.folder)
+        except ModelError:
             return None
         # encode reads only the model's name, tokenizer and adapter's position limit
         stand_in = SimpleNamespace(
@@ -136,14 +135,11 @@ def _cached_snapshot(hub_id: str, revision: str | None) -> Path | None:
 
 
 def _read_config(folder: Path) -> Any:
-    """The folder's transformers config (never remote code), or None if the load would refuse it."""
-    from transformers import AutoConfig
-
+    """The folder's config as the load reads it, or None where the load would refuse it (it says why)."""
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_config(folder)
+    except ModelError:
         return None
-    return config if getattr(config, "model_type", None) in supported_model_types() else None
 
 
 def _skeleton_adapter(config: Any) -> Any:

@@ -47,9 +47,8 @@ DEFAULT_MODEL = "minilm"
 
 def _load_folder(folder: Path, *, allow_pickle: bool):
     import transformers
-    from transformers import AutoTokenizer
 
-    config = _read_config(folder)
+    config = read_config(folder)
     auto = _auto_class(config, weights_keys(folder, allow_pickle))
     kwargs: dict[str, Any] = dict(
         local_files_only=True,
@@ -75,17 +74,14 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
                 f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json/merges.txt or a SentencePiece .model): "
                 "copy the tokenizer that belongs to these weights into the folder"
             )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-        except Exception as exc:  # tokenizer classes raise many types for broken files
-            raise ModelError(f"cannot load the tokenizer in {folder}: {first_line(exc)}") from None
+        tokenizer = read_tokenizer(folder)
     finally:
         transformers.logging.set_verbosity(level)
     check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0], str(folder))
     return model, tokenizer
 
 
-def _read_config(folder: Path):
+def read_config(folder: Path) -> Any:
     """The folder's config, refused unless it names a supported model type and needs no remote code."""
     from transformers import AutoConfig
 
@@ -108,6 +104,16 @@ def _read_config(folder: Path):
             f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}"
         )
     return config
+
+
+def read_tokenizer(folder: Path) -> Any:
+    """The folder's own tokenizer (local files only, never remote code)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # tokenizer classes raise many types for broken files
+        raise ModelError(f"cannot load the tokenizer in {folder}: {first_line(exc)}") from None
 
 
 def _auto_class(config, keys: list[str]) -> type[Any]:
