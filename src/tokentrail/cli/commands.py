@@ -29,6 +29,7 @@ class _OneLineErrors(TyperGroup):
     instead of click's usage block or typer's multi-line box."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _name_metavars(self)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
         except ClickException as exc:
@@ -51,15 +52,77 @@ class _OneLineErrors(TyperGroup):
         return rv
 
 
+def _name_metavars(group: TyperGroup) -> None:
+    """Help shows ``--model MODEL`` and ``TEXT``, not typer's ``<str>`` and ``{text}``."""
+    for command in group.commands.values():
+        for param in command.params:
+            flag = getattr(param, "is_flag", False) or getattr(param, "count", False)
+            if param.metavar is None and not flag and param.name:
+                param.metavar = param.name.upper()
+
+
 app = typer.Typer(
     cls=_OneLineErrors,
     add_completion=False,
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="Follow every token's encoding through every layer and head of a transformer, "
     "measured against the model's own vocabulary.",
 )
+#: two or three examples under each command's --help (click keeps a paragraph after \b as written)
+EXAMPLES = {
+    "trace": [
+        ("follow 'flies' through the bundled MiniLM", 'tokentrail trace "Time flies like an arrow." -t flies'),
+        (
+            "every site and space, with the logit lens",
+            'tokentrail trace "The bank of the river" -m smollm2 --site all --lens',
+        ),
+        ("a tidy frame as a file", 'tokentrail trace "A text" --site heads -o heads.parquet'),
+    ],
+    "models": [("what can be named", "tokentrail models")],
+    "cache": [("what the cache holds", "tokentrail cache"), ("free it", "tokentrail cache --clear --yes")],
+    "verify": [
+        ("check the bundled decoder", "tokentrail verify smollm2"),
+        ("your own checkpoint on your own text", 'tokentrail verify ./my-model --text "A text of yours."'),
+    ],
+    "serve": [("the page on this machine", "tokentrail serve"), ("with a second model", "tokentrail serve -m smollm2")],
+    "study": [
+        ("a corpus with gold word classes", "tokentrail study dev.conllu --out study-dev"),
+        ("a column of a CSV, every site", "tokentrail study texts.csv --column text --site all --out study-csv"),
+        ("pick up where an interrupted run stopped", "tokentrail study dev.conllu --out study-dev --resume"),
+    ],
+    "report": [
+        ("one offline HTML page", "tokentrail report study-dev -o study-dev.html"),
+        ("plus every figure as a PNG", "tokentrail report study-dev --png figures/"),
+    ],
+    "compare": [
+        ("one word in two contexts", 'tokentrail compare "Time flies." "Fruit flies." -t flies'),
+        ("two occurrences in one text", 'tokentrail compare "By the bank, a bank." -t bank:0 -t bank:1'),
+        ("one text in two models", 'tokentrail compare "The bank closed." -m minilm -m smollm2 -t bank'),
+    ],
+}
+
+
+#: the one line each command gets in `tokentrail --help` (click would cut the docstring's first line)
+SUMMARY = {
+    "trace": "Trace a text: self-similarity, rank, neighbours per layer.",
+    "models": "List the models tokentrail can name.",
+    "cache": "Show (or --clear) tokentrail's cache.",
+    "verify": "Check every SPEC identity on a model.",
+    "serve": "Start the web app.",
+    "study": "Study a corpus; written as Parquet while it runs.",
+    "report": "Render a study as one offline HTML page.",
+    "compare": "Compare two occurrences (or two models) layer by layer.",
+}
+
+
+def _epilog(name: str) -> str:
+    lines = [f"  # {what}\n  {command}" for what, command in EXAMPLES[name]]
+    return "\b\nExamples:\n" + "\n".join(lines)
+
+
 for command in (trace, models, cache, verify, serve, study, report, compare):  # the order --help lists them in
-    app.command()(command)
+    app.command(short_help=SUMMARY[command.__name__], epilog=_epilog(command.__name__))(command)
 
 
 def main() -> None:

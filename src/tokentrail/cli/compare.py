@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 import tokentrail as tt
 from tokentrail.cli.common import check_model_option, check_output, err, one_line_errors, out, read_text
@@ -171,10 +172,6 @@ def _export(result, fmt: str, out_path: Path | None) -> None:
     err.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
 
 
-def _words(frame, n: int) -> str:
-    return ", ".join(f"{t} {s:.2f}" for t, s in zip(frame["token"][:n], frame["similarity"][:n]))
-
-
 def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
     """The comparison as terminal tables (what ``tokentrail compare`` prints)."""
     for s in c.sides:
@@ -190,45 +187,75 @@ def print_comparison(c, *, show: int = 5, head: int | None = None) -> None:
         return
     if c.per_head and head is None:
         L, H = c.cosine.shape
-        table = Table("layer", *[f"h{h}" for h in range(H)], box=None, pad_edge=False)
-        for layer in range(L):
-            table.add_row(str(layer), *[f"{v:.3f}" for v in c.cosine[layer]])
         out.print("cosine between the two occurrences, per layer and head:")
-        out.print(table)
+        per_block = max(1, (out.width - 7) // 7)  # "layer " then one 7-cell column per head
+        for start in range(0, H, per_block):
+            heads = range(start, min(H, start + per_block))
+            table = Table("layer", *[f"h{h}" for h in heads], box=None, pad_edge=False)
+            for col in table.columns:
+                col.no_wrap = True
+            for layer in range(L):
+                table.add_row(str(layer), *[f"{c.cosine[layer, h]:.3f}" for h in heads])
+            out.print(table)
     else:
-        table = Table(
-            "layer",
-            "cosine",
-            "self_sim a",
-            "self_sim b",
-            "rank a",
-            "rank b",
-            f"shared/{c.overlap_k}",
-            "only in a",
-            "only in b",
-            box=None,
-            pad_edge=False,
-        )
-        cell = (lambda a, l: a[l, head]) if c.per_head else (lambda a, l: a[l])
-        for layer in range(c.a.n_layers):
-            table.add_row(
-                str(layer),
-                f"{cell(c.cosine, layer):.4f}",
-                f"{cell(c.a.self_sim, layer):.3f}",
-                f"{cell(c.b.self_sim, layer):.3f}",
-                str(int(cell(c.a.rank, layer))),
-                str(int(cell(c.b.rank, layer))),
-                str(int(cell(c.overlap, layer))),
-                _words(c.separating("a", layer, head), show),
-                _words(c.separating("b", layer, head), show),
-            )
-        if c.per_head:
-            out.print(f"head {head}:")
-        out.print(table)
+        _print_layers(c, show, head)
     layer, h = c.diverge
     at = f"layer {layer}" + ("" if h is None else f", head {h}")
     value = c.cosine[layer] if h is None else c.cosine[layer, h]
     out.print(f"they diverge most at {at} (cosine {value:.4f})")
+
+
+def _print_layers(c, show: int, head: int | None) -> None:
+    """The per-layer numbers in one table, then each layer's separating neighbours as
+    lines that wrap between neighbours, never inside one (readable at 80 columns)."""
+    cell = (lambda a, l: a[l, head]) if c.per_head else (lambda a, l: a[l])
+    table = Table("layer", "cosine", "self_sim a", "self_sim b", "rank a", "rank b", "shared", box=None, pad_edge=False)
+    for col in table.columns:
+        col.no_wrap = True
+    for layer in range(c.a.n_layers):
+        table.add_row(
+            str(layer),
+            f"{cell(c.cosine, layer):.4f}",
+            f"{cell(c.a.self_sim, layer):.3f}",
+            f"{cell(c.b.self_sim, layer):.3f}",
+            str(int(cell(c.a.rank, layer))),
+            str(int(cell(c.b.rank, layer))),
+            f"{int(cell(c.overlap, layer))}/{c.overlap_k}",
+        )
+    if c.per_head:
+        out.print(f"head {head}:")
+    out.print(table)
+    if not show:
+        return
+    out.print(f"separating neighbours (in one side's {c.overlap_k} nearest, not the other's; similarity):")
+    width = len(str(c.a.n_layers - 1))
+    for layer in range(c.a.n_layers):
+        for side in ("a", "b"):
+            lead = f"{layer:>{width}} {side}  " if side == "a" else f"{'':>{width}} {side}  "
+            out.print(_wrapped(lead, _items(c.separating(side, layer, head), show), out.width), highlight=False)
+
+
+def _items(frame, n: int) -> list[str]:
+    return [f"{t} {s:.2f}" for t, s in zip(frame["token"][:n], frame["similarity"][:n])]
+
+
+def _wrapped(lead: str, items: list[str], width: int) -> Text:
+    """``lead`` then the items joined by ", ", broken only between items (a line's
+    continuation indented under the first); an item longer than a line stays whole."""
+    from rich.cells import cell_len
+
+    if not items:
+        return Text(lead + "none")
+    lines, line = [], lead
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if line.strip() and line != lead and cell_len(line) + 1 + cell_len(piece) > width:
+            lines.append(line)
+            line = " " * cell_len(lead) + piece
+        else:
+            line = line + ("" if line == lead else " ") + piece
+    lines.append(line)
+    return Text("\n".join(lines), no_wrap=True, overflow="fold")
 
 
 def _print_models(c, show: int) -> None:

@@ -25,14 +25,30 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from tokentrail.spec.steps import analysis_steps  # noqa: F401 - the displays' name for it
+
+
+class _Counted(ProgressColumn):
+    """A column drawn only for a phase with a known number of steps: a loading phase (a
+    message, no total) shows its spinner, message and elapsed time, never ``0/?`` or an
+    ETA it cannot know."""
+
+    def __init__(self, column: ProgressColumn):
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Task):
+        return Text("") if task.total is None else self.column.render(task)
 
 
 class Steps:
@@ -87,11 +103,11 @@ class TerminalProgress(Steps):
             self._progress = Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
+                _Counted(BarColumn()),
+                _Counted(MofNCompleteColumn()),
                 TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                _Counted(TextColumn("eta")),
+                _Counted(TimeRemainingColumn()),
                 console=self.console,
                 transient=True,
             )

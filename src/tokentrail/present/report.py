@@ -150,6 +150,7 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
             console.print("[dim]pass --head N to see a head's nearest vocabulary tokens[/]")
             return
         table = Table("layer", "self sim", "rank", f"nearest {k} ({v.space}@layer,head {head})", box=None)
+        table.columns[-1].overflow = "fold"  # a long token wraps; it is never replaced by "…"
         for l in layers:
             table.add_row(
                 str(l),
@@ -160,6 +161,7 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
         console.print(table)
         return
     table = Table("layer", "self sim", "rank", f"overlap@{v.overlap_k}", f"nearest {k} (own token in green)", box=None)
+    table.columns[-1].overflow = "fold"  # a long token wraps; it is never replaced by "…"
     if v.origin_top_ids is not None and len(layers) == trail.n_layers:
         table.add_row(
             "emb",
@@ -250,6 +252,7 @@ def _lens(console: Console, trail: Trail, t: int | None, layers) -> None:
     )
     cols = ["layer", "own rank"] + (["next rank"] if nxt else []) + ["top predictions (probability)"]
     table = Table(*cols, box=None)
+    table.columns[-1].overflow = "fold"
     own, following = int(trail.ids[t]), int(trail.ids[t + 1]) if nxt else None
     for l in layers:
         preds = []

@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,8 @@ def load_gguf_causal_lm(
 
     check_cache_writable(root)  # before the slow conversion, not after it
     remove_stale(root)
-    say("Converting GGUF weights (first run, ~30 s)…")
-    _convert(gguf_path, target)
+    say("converting the GGUF weights to a float32 cache (first run only; a minute or more on a small CPU)")
+    _convert(gguf_path, target, say)
     say("Loading cached weights…")
     return _load_cached(target)
 
@@ -130,7 +131,35 @@ def _load_cached(folder: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _convert(gguf_path: Path, target: Path) -> None:
+@contextmanager
+def _counted_tensors(say: Progress) -> Iterator[None]:
+    """transformers de-quantizes GGUF tensors under a bare ``tqdm`` bar that ignores its
+    progress-bar switch (one 4,000-character line in a log); while converting, that bar
+    is replaced by our progress messages: the step and the real total, ten times."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:  # a transformers that no longer uses it: nothing to replace
+        yield
+        return
+
+    def counted(items, *args, **kwargs):
+        items = list(items)
+        every = max(1, len(items) // 10)
+        for i, item in enumerate(items):
+            if i % every == 0:
+                say(f"converting GGUF tensors {i}/{len(items)}")
+            yield item
+        say(f"converting GGUF tensors {len(items)}/{len(items)}")
+
+    gguf_utils.tqdm = counted
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+def _convert(gguf_path: Path, target: Path, say: Progress = lambda _msg: None) -> None:
     """De-quantize ``gguf_path`` and publish it at ``target`` atomically.
 
     The copy is written to a temp dir beside ``target`` and renamed into place,
@@ -143,16 +172,17 @@ def _convert(gguf_path: Path, target: Path) -> None:
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        gguf_file=name,
-        # Plain dense nn.Linear weights, even for architectures transformers could
-        # keep packed in GGUF blocks: tokentrail reads weights and hooks layers.
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
-        attn_implementation="eager",
-        local_files_only=True,
-    )
+    with _counted_tensors(say):
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=name,
+            # Plain dense nn.Linear weights, even for architectures transformers could
+            # keep packed in GGUF blocks: tokentrail reads weights and hooks layers.
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+            attn_implementation="eager",
+            local_files_only=True,
+        )
     bad = [n for n, t in model.state_dict().items() if t.dtype != torch.float32]
     if bad:
         raise RuntimeError(f"GGUF tensors were not de-quantized to float32: {bad[:3]}")
