@@ -59,6 +59,19 @@ def test_trajectory_map_draws_every_token_path_with_faint_neighbours(loaded_tiny
     _up_to_sign(alone[["x", "y"]].to_numpy(), pca_2d(vec))
 
 
+def test_every_path_has_its_own_colour_and_the_followed_one_stands_out(loaded_tiny):
+    text = " ".join(["time flies like an arrow fruit flies like a banana"] * 2)  # 20 words, 22 tokens
+    run = loaded_tiny.run(text)
+    fig, _ = trajectory_map(run, site="layer_out", neighbours=0, highlight=3)
+    colours = [t.line.color for t in fig.data]
+    assert len(fig.data) == run.n_tokens > 15 and len(set(colours)) == len(colours)
+    chosen = [t for t in fig.data if t.name.endswith("(followed)")]
+    assert len(chosen) == 1 and chosen[0].name.endswith("#3 (followed)") and chosen[0].line.width == 4
+    assert chosen[0].opacity == 1.0 and all(t.opacity < 0.5 for t in fig.data if t is not chosen[0])
+    plain, _ = trajectory_map(run, site="layer_out", neighbours=0)
+    assert all(t.opacity == 1.0 and t.line.width == 2 for t in plain.data)
+
+
 def test_trajectory_map_selects_tokens_and_layers_and_refuses_bad_input(loaded_tiny):
     run = loaded_tiny.run(TEXT)
     _, frame = trajectory_map(run, tokens=[1, -1], layers=[0], neighbours=0)
@@ -78,7 +91,7 @@ def test_tsne_runs_and_umap_is_optional():
     try:
         import umap  # noqa: F401
     except ImportError:
-        with pytest.raises(InputError, match="umap-learn"):
+        with pytest.raises(InputError, match=r"umap-learn: pip install 'tokentrail\[umap\]'"):
             project(x, "umap")
     else:
         assert project(x, "umap").shape == (12, 2)

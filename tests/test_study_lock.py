@@ -73,7 +73,7 @@ def test_a_second_writer_is_refused_at_once_naming_the_first(model, tmp_path):
     try:
         want = (
             rf"the study at {out} is being written by pid {holder.pid} on {socket.gethostname()} since \S+: "
-            r"wait for it or choose another --out"
+            r"wait for it or choose another output folder"
         )
         started = time.monotonic()
         with pytest.raises(InputError, match=want):  # not "already holds a study": the writer comes first

@@ -131,3 +131,17 @@ def test_a_phase_without_a_total_shows_no_count_or_eta():
     assert [str(c.render(loading)) for c in columns] == ["", "", "", ""]
     assert str(columns[1].render(running)) == " 3/10" or str(columns[1].render(running)).strip() == "3/10"
     assert str(columns[2].render(running)) == "eta"
+
+
+def test_an_error_line_keeps_its_brackets(tmp_path):
+    """rich markup must not swallow ``[umap]`` in an install hint (or brackets in a file name)."""
+    pytest.importorskip("sklearn")
+    try:
+        import umap  # noqa: F401
+
+        pytest.skip("umap-learn is installed: no hint to show")
+    except ImportError:
+        pass
+    res = CliRunner().invoke(app, ["trace", TEXT, "--map", str(tmp_path / "m.html"), "--map-method", "umap"])
+    assert res.exit_code == 2
+    assert "pip install 'tokentrail[umap]'" in res.output, res.output

@@ -12,6 +12,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tokentrail.spec.errors import InputError, TokentrailError
 from tokentrail.spec.fileio import check_output_path
@@ -24,8 +25,9 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def fail(message: str) -> NoReturn:
-    """The command's one error line on stderr; exit status 2."""
-    err.print(f"[bold red]error:[/] {message}")
+    """The command's one error line on stderr; exit status 2. The message is plain text:
+    a file name or an install hint in brackets (``tokentrail[maps]``) is shown as written."""
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 

@@ -190,7 +190,8 @@ def trace(
             run = loaded.run(text, options, encoded=enc, target=target, max_new_tokens=max_new_tokens)
             trail = run.trail(progress=bar.analysis)
             if map_path is not None:
-                _write_map(run, map_path, map_method, options.sites, options.spaces, head_at)
+                chosen = followed if isinstance(followed, int) else None  # drawn bold on the map
+                _write_map(run, map_path, map_method, options.sites, options.spaces, head_at, chosen)
         _notes(run, trail, options, map_path, quiet)
         if fmt != "table":
             _export(trail, fmt, out_path, quiet)
@@ -326,13 +327,15 @@ def _check_map_size(loaded, tokens: int, map_path: Path | None, method: str, hea
         check_points(method, map_points(tokens, loaded.n_layers, NEIGHBOURS))
 
 
-def _write_map(run, path: Path, method: str, sites, spaces, head_at: tuple[int, int] | None = None) -> None:
+def _write_map(
+    run, path: Path, method: str, sites, spaces, head_at: tuple[int, int] | None = None, token: int | None = None
+) -> None:
     if head_at is not None:
         fig, _ = head_map(run, head_at[0], head_at[1], method=method)
     else:
         site = next(s for s in sites if s in RESIDUAL_SITES)
         space = next((s for s in spaces if s in RESIDUAL_SPACES), "encodings")
-        fig, _ = trajectory_map(run, site=site, space=space, method=method)
+        fig, _ = trajectory_map(run, site=site, space=space, method=method, highlight=token)
     write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 

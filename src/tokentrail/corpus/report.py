@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tokentrail.engine.cells import CELL_METRICS
+from tokentrail.spec.axes import rank_axis
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import write_text
 
@@ -25,13 +26,15 @@ def _by_class_figure(df: pd.DataFrame, column: str, title: str, *, log: bool = F
     fig.update_layout(
         title=title,
         xaxis_title="layer",
-        yaxis_title=column + (" + 1" if log else ""),
+        yaxis=rank_axis(float(df[column].max())) if log else dict(title_text=_AXIS.get(column, column)),
         template="plotly_white",
         height=380,
     )
-    if log:
-        fig.update_yaxes(type="log")
     return fig
+
+
+_AXIS = {"self_sim_mean": "cosine (mean)", "overlap_mean": "shared neighbours (mean)"}
+"""y-axis titles in words for the columns the figures draw (others: the column's name)."""
 
 
 _DRAWN_AS = {"rank": ("rank_median", "rank_mean"), "adjusted_self_sim": ("corpus_adjusted_self_sim",)}

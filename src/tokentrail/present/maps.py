@@ -96,7 +96,7 @@ def project(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarra
         import umap
     except ImportError:
         raise InputError(
-            "UMAP maps need umap-learn: pip install 'tokentrail[maps]' (or use --map-method pca/tsne)"
+            "UMAP maps need umap-learn: pip install 'tokentrail[umap]' (or use --map-method pca/tsne)"
         ) from None
     return umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1)).fit_transform(x)
 
@@ -111,12 +111,14 @@ def trajectory_map(
     neighbours: int = NEIGHBOURS,
     method: str = "pca",
     seed: int = 0,
+    highlight: int | None = None,
 ) -> tuple[go.Figure, pd.DataFrame]:
     """The map of ``run``'s token paths at ``site`` (see the module docstring).
 
     tokens: indices to draw (default: all); layers: the layers whose vectors are drawn
     (default: all; step 0, the encoding, is always the start); neighbours: nearest
-    vocabulary tokens per point (0 for none)."""
+    vocabulary tokens per point (0 for none); highlight: a token index drawn bold, the
+    other paths faded (the token a user follows)."""
     import pandas as pd
     import torch
 
@@ -128,7 +130,7 @@ def trajectory_map(
     xy = project(X, method, seed)
     frame = pd.DataFrame(rows)
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
-    return _figure(frame, method, site, run), frame
+    return _figure(frame, method, site, run, highlight), frame
 
 
 def _map_selection(
@@ -234,7 +236,16 @@ def _add_neighbour_points(
                 )
 
 
-def _figure(frame: pd.DataFrame, method: str, site: str, run: Run) -> go.Figure:
+def path_colours(n: int) -> list[str]:
+    """``n`` distinct colours for ``n`` token paths: plotly's 24-colour Dark24, then its
+    Light24 (48 before a colour repeats; a 10-colour cycle made 15 tokens share colours)."""
+    from plotly.colors import qualitative
+
+    palette = list(qualitative.Dark24) + list(qualitative.Light24)
+    return [palette[i % len(palette)] for i in range(n)]
+
+
+def _figure(frame: pd.DataFrame, method: str, site: str, run: Run, highlight: int | None = None) -> go.Figure:
     import numpy as np
     import plotly.graph_objects as go
 
@@ -255,18 +266,23 @@ def _figure(frame: pd.DataFrame, method: str, site: str, run: Run) -> go.Figure:
                 customdata=np.stack([ctx.token_index, ctx.step.fillna(0)], 1),  # a click selects the token it is near
             )
         )
-    for t, path in frame[frame.kind == "token"].groupby("token_index", sort=True):
+    paths = list(frame[frame.kind == "token"].groupby("token_index", sort=True))
+    for (t, path), colour in zip(paths, path_colours(len(paths))):
         path = path.sort_values("step")
+        chosen = highlight is not None and int(t) == highlight
+        faded = highlight is not None and not chosen
         fig.add_trace(
             go.Scatter(
                 x=path.x,
                 y=path.y,
                 mode="lines+markers",
-                name=f"{path.token.iloc[0]!r} #{t}",
+                name=f"{path.token.iloc[0]!r} #{t}" + (" (followed)" if chosen else ""),
                 hovertext=path.label,
                 hoverinfo="text",
                 customdata=np.stack([path.token_index, path.step], 1),
-                marker=dict(size=[10] + [6] * (len(path) - 1)),
+                line=dict(color=colour, width=4 if chosen else 2),
+                marker=dict(color=colour, size=[14 if chosen else 10] + [8 if chosen else 6] * (len(path) - 1)),
+                opacity=0.35 if faded else 1.0,
             )
         )
     fig.update_layout(

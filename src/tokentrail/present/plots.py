@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from tokentrail.engine.cells import MetricNames, adjusted_metric
 from tokentrail.results.trail import HeadsAt, Trail, View
+from tokentrail.spec.axes import rank_axis
 from tokentrail.spec.errors import InputError
 
 ACCENT = "#d9480f"  # the selected token, everywhere in the app
@@ -96,10 +97,11 @@ def layer_lines(
     token = trail.token_index(token)
     values = metric_by_layer(view, metric, adjusted).astype(float)
     L, n = values.shape
+    shown = values  # what the hover reads: the rank itself, not the 1 + rank the log axis draws
     if metric == "rank":
         values = values + 1.0
     labels = token_labels(trail)
-    fmt = "%{y:.3f}" if metric == "self_sim" else "%{y}"
+    fmt = "%{y:.3f}" if metric == "self_sim" else ("rank %{text}" if metric == "rank" else "%{y}")
     hover = "%{customdata}<br>layer %{x}: " + fmt + "<extra></extra>"
     traces = []
     # all other tokens as one trace per kind (gaps between tokens): cheap for 256 tokens
@@ -111,6 +113,7 @@ def layer_lines(
             go.Scatter(
                 x=np.concatenate([np.append(np.arange(L), np.nan) for _ in others]),
                 y=np.concatenate([np.append(values[:, t], np.nan) for t in others]),
+                text=[f"{v:g}" for t in others for v in (*shown[:, t], np.nan)],
                 customdata=[labels[t] for t in others for _ in range(L + 1)],
                 mode="lines",
                 line=dict(color=MUTED, width=1.2, dash=dash),
@@ -123,6 +126,7 @@ def layer_lines(
         go.Scatter(
             x=np.arange(L),
             y=values[:, token],
+            text=[f"{v:g}" for v in shown[:, token]],
             customdata=[labels[token]] * L,
             mode="lines+markers",
             line=dict(color=ACCENT, width=3),
@@ -138,7 +142,7 @@ def layer_lines(
         title += f" (of {view.overlap_k})"
     xaxis = dict(title_text="layer", dtick=1 if L <= 16 else 2, range=[-0.4, L - 0.6])
     if metric == "rank":
-        yaxis = dict(type="log", title_text="1 + rank", dtick=1)
+        yaxis = rank_axis(float(np.max(shown)) if shown.size else 0.0)
     elif metric == "overlap":
         yaxis = dict(title_text="shared ids", range=[-0.5, view.overlap_k + 0.5])
     else:

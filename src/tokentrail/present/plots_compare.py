@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from tokentrail.present.plots import ACCENT, LINE_METRICS, _layout
 from tokentrail.session.comparison import Comparison, Side
+from tokentrail.spec.axes import rank_axis
 
 SIDE_COLOURS = {"a": ACCENT, "b": "#1c7ed6"}
 METRICS = {
@@ -44,7 +45,10 @@ def compare_lines(c: Comparison, metric: str = "self_sim", *, head: int | None =
                 mode="lines+markers",
                 name=_label(s),
                 line=dict(color=SIDE_COLOURS[s.name], width=3, dash="solid" if s.name == "a" else "dash"),
-                hovertemplate=_label(s) + "<br>%{x}: %{y:.3f}<extra></extra>",
+                text=[f"{v:g}" for v in (y - 1.0 if metric == "rank" else y)],
+                hovertemplate=_label(s)
+                + ("<br>%{x}: rank %{text}" if metric == "rank" else "<br>%{x}: %{y:.3f}")
+                + "<extra></extra>",
             )
         )
     title = METRICS[metric] + (f", head {0 if head is None else head}" if c.per_head else "")
@@ -52,7 +56,9 @@ def compare_lines(c: Comparison, metric: str = "self_sim", *, head: int | None =
         title,
         height,
         xaxis=_xaxis(c),
-        yaxis=dict(type="log", title_text="1 + rank") if metric == "rank" else dict(title_text=c.similarity),
+        yaxis=rank_axis(max(float(s.rank.max()) for s in c.sides))
+        if metric == "rank"
+        else dict(title_text=c.similarity),
     )
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.25))
     return go.Figure(data=traces, layout=layout)

@@ -123,7 +123,7 @@ class StudyDir:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise InputError(f"cannot lock {self.lock_path}: {exc.strerror}") from None
                 raise InputError(
-                    f"the study at {self.root} is being written by {self._owner()}: wait for it or choose another --out"
+                    f"the study at {self.root} is being written by {self._owner()}: wait for it or choose another output folder"
                 ) from None
             try:
                 same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
@@ -167,7 +167,7 @@ class StudyDir:
             raise InputError(f"--out {self.root} is a file; give a folder")
         if self.exists():
             raise InputError(
-                f"{self.root} already holds a study: pass --resume to continue it, or choose another --out"
+                f"{self.root} already holds a study: resume it (--resume; resume=True in Python), or choose another output folder"
             )
         if self.data.exists() and any(self.data.iterdir()):
             raise InputError(f"{self.data} already has files; choose an empty --out folder")
