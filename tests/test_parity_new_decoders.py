@@ -352,6 +352,17 @@ def test_walkthrough(tiny):
         "opt": "q = W_Q x + b_Q",
     }
     assert q == want[family]
+    step = attention_step(adapter, acts, 1, 0, 4)
+    assert ("out" in step.formulas) == (family == "olmo2")  # its branch norm, shown where the model has it
+
+    from tokentrail.app.render import step_summary
+
+    class _Trail:  # step_summary reads only tokens and n_heads
+        tokens = [str(i) for i in IDS.tolist()]
+        n_heads = adapter.n_heads
+
+    text = step_summary(_Trail(), step)
+    assert ("normed inside the branch (`attn = RMSNorm(Σ_h z_h W_O[h] + b_O)`)" in text) == (family == "olmo2")
 
 
 # ---- verify: passes, and fails when a module is broken ----------------------------------------

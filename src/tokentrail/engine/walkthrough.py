@@ -72,6 +72,9 @@ class AttentionStep:
         return self.max_error <= atol
 
 
+_NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
+
+
 def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     """What layer ``layer``'s query/key/value map does, as the model does it: ``"q = W_Q x + b_Q"``
     (bias only where the model has one), ``"q = RoPE_{p_t}(W_Q x)"`` for rotary models, and
@@ -86,7 +89,7 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     proj = adapter.projection(layer, qkv)
     affine = f"W_{name} x" + ("" if proj.bias is None else f" + b_{name}")
     if proj.norm is not None:  # QK-norm: per head, or over all heads at once
-        kind = "RMSNorm" if proj.norm.norm.kind == "rmsnorm" else "LayerNorm"
+        kind = _NORM_NAMES[proj.norm.norm.kind]
         affine = f"{kind}{'[all heads]' if proj.norm.joint else ''}({affine})"
     rot = adapter.rotary(layer) if which != "v" else None
     if rot is None:
@@ -194,6 +197,8 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         formulas={
             **{w: projection_formula(adapter, layer, w) for w in "qkv"},
             "scaled": _scaling_formula(adapter, bias is not None),
+            # a norm inside the branch (OLMo 2): what the residual add receives
+            **({} if out_norm is None else {"out": f"attn = {_NORM_NAMES[out_norm.kind]}(Σ_h z_h W_O[h] + b_O)"}),
         },
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )
