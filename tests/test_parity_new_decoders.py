@@ -494,8 +494,6 @@ def test_key_query_spaces_exact_for_every_rope_type(family, rope_type):
     key at its position has cosine 1 (never above: YaRN's 1.139 on the old code); verify passes."""
     model = _rope_model(family, rope_type)
     adapter = adapter_for(model)
-    scale = adapter.rotary(0).scale
-    assert (scale > 1.1) == (rope_type in ("yarn", "longrope"))  # the ones with an attention factor
     acts = capture(adapter, IDS)
     g = torch.Generator().manual_seed(3)
     for kind in ("key", "query"):
@@ -526,6 +524,9 @@ def test_key_query_spaces_exact_for_every_rope_type(family, rope_type):
         assert_close(own, torch.ones_like(own), rtol=0, atol=1e-5)
     result = verify_adapter(adapter, IDS, layers=[0, -1], sample=8)
     assert result.passed, result.frame().to_string()
+    scale = model.model.rotary_emb.attention_scaling
+    assert (scale > 1.1) == (rope_type in ("yarn", "longrope"))  # the ones with an attention factor
+    assert adapter.rotary(0).scale == scale
 
 
 def test_longrope_caps_the_text_at_its_original_length():
@@ -544,7 +545,7 @@ def test_scaled_rope_formula_shows_the_factor():
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("family", ["qwen3", "opt"])
+@pytest.mark.parametrize("family", NEW)
 def test_cli_verify_and_trace_a_saved_folder(family, tmp_path, tokenizer, save_model):
     folder = save_model(tmp_path / family, tiny_new(family, vocab_size=len(tokenizer)), tokenizer)
     res = runner.invoke(app, ["verify", str(folder), "--text", "time flies like an arrow", "-q"])
