@@ -158,7 +158,9 @@ def recombine(adapter: Adapter, acts: Activations, rtol: float) -> Check:
     for layer in range(adapter.n_layers):
         w_o, b_o = adapter.output_projection(layer)
         got = torch.einsum("thk,hkd->td", acts.z[layer], w_o)
-        w.compare(got if b_o is None else got + b_o, acts.attn[layer], f"layer {layer}")
+        got = got if b_o is None else got + b_o
+        norm = adapter.attn_out_norm(layer)  # OLMo 2: a norm inside the branch, before the residual add
+        w.compare(got if norm is None else norm(got), acts.attn[layer], f"layer {layer}")
     return w.result()
 
 
@@ -169,7 +171,7 @@ def layer_out(adapter: Adapter, acts: Activations, rtol: float) -> Check:
         mine = acts.layer_out[layer]
         norm = adapter.final_norm() if layer == L - 1 else None
         if norm is not None:  # the framework reports the last hidden state after it
-            mine = norm(mine.to(next(norm.parameters()).dtype))
+            mine = norm(mine.to(adapter.dtype))
         w.compare(mine, acts.hidden_states[layer + 1], f"layer {layer}")
     return w.result()
 
