@@ -130,6 +130,11 @@ class LlamaAdapter(DecoderAdapter):
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
 
+    def attention_window(self, layer: int) -> int | None:
+        # MistralModel masks every layer with config.sliding_window and ignores any layer_types
+        window = getattr(self.config, "sliding_window", None)
+        return None if window is None else int(window)
+
 
 class Qwen2Adapter(LlamaAdapter):
     family = "qwen2"

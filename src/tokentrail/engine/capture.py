@@ -124,7 +124,7 @@ def _hooks(adapter: Adapter):
         hp = adapter.hook_points(layer)
         points += [
             (hp.attn_out_proj, "z", True),
-            (hp.attn_out_proj, "attn", False),
+            (hp.attn_out_proj if hp.attn_out is None else hp.attn_out, "attn", False),
             (hp.layer, "out", False),
             (hp.mlp_out, "mlp", False),
         ]

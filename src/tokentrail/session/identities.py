@@ -142,10 +142,11 @@ def _qkv(adapter: Adapter, acts: Activations, layer: int) -> tuple[Tensor, Tenso
 def attention(adapter: Adapter, acts: Activations, causal: bool, rtol: float) -> list[Check]:
     probs, heads = Worst("attention probabilities", rtol), Worst("heads (z = A v)", rtol)
     n = acts.input_ids.shape[0]
-    mask = torch.triu(torch.full((n, n), float("-inf")), diagonal=1) if causal else torch.zeros(n, n)
     for layer in range(adapter.n_layers):
         q, k, v = _qkv(adapter, acts, layer)
-        scores = torch.einsum("thk,shk->hts", q, k) * adapter.attention_scale() + mask  # (H, n, n)
+        # scaled (and soft-capped) scores, then the causal mask and any sliding window
+        scores = adapter.attention_logits(layer, torch.einsum("thk,shk->hts", q, k))  # (H, n, n)
+        scores = scores.masked_fill(adapter.hidden_keys(layer, n, causal, scores.device), float("-inf"))
         bias = adapter.attention_bias(layer, n)  # T5's relative position bias
         A = (scores if bias is None else scores + bias).softmax(-1)
         probs.compare(A, acts.attentions[layer], f"layer {layer}")
@@ -158,7 +159,9 @@ def recombine(adapter: Adapter, acts: Activations, rtol: float) -> Check:
     for layer in range(adapter.n_layers):
         w_o, b_o = adapter.output_projection(layer)
         got = torch.einsum("thk,hkd->td", acts.z[layer], w_o)
-        w.compare(got if b_o is None else got + b_o, acts.attn[layer], f"layer {layer}")
+        got = got if b_o is None else got + b_o
+        post = adapter.attn_output_norm(layer)  # Gemma 2/3's post-attention norm
+        w.compare(got if post is None else post(got), acts.attn[layer], f"layer {layer}")
     return w.result()
 
 
