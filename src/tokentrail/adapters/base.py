@@ -228,7 +228,7 @@ class Adapter(ABC):
             hidden |= t[:, None] - t[None, :] >= window
         return hidden
 
-    def attn_output_norm(self, layer: int) -> Norm | None:
+    def attn_out_norm(self, layer: int) -> Norm | None:
         """A norm on the attention output before the residual add (Gemma 2/3's sandwich
         ``post_attention_layernorm``): ``attn_l = norm(sum_h z_h W_O[h] + b_O)``; None for most."""
         return None

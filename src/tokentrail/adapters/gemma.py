@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tokentrail.adapters.base import Norm
+from tokentrail.adapters.base import HookPoints, Norm
 from tokentrail.adapters.llama import LlamaAdapter
 
 
@@ -52,3 +52,50 @@ class GemmaAdapter(LlamaAdapter):
 
     def attn_input_norm(self, layer: int) -> Norm:
         return _gemma_rmsnorm(self.layers[layer].input_layernorm)
+
+
+class Gemma2Adapter(GemmaAdapter):
+    """Gemma 2 (``Gemma2ForCausalLM``): Gemma's layout plus
+
+    * **sandwich norms**: ``post_attention_layernorm`` normalises the attention output
+      *before* the residual add, and the FFN sits between ``pre_feedforward_layernorm`` and
+      ``post_feedforward_layernorm``. So ``attn_l = RMSNorm(concat_h(z) W_O)`` (read at the
+      post-attention norm's output; heads no longer add up linearly), ``mlp_out`` is the
+      post-FFN norm's output and ``attn_resid`` (= ``attn_resid_ln``) is what the pre-FFN
+      norm receives;
+    * **query pre-scaling**: scores are multiplied by ``query_pre_attn_scalar ** -0.5``,
+      not ``d_head ** -0.5``;
+    * **soft-capping**: the scaled scores become ``c * tanh(s / c)`` with
+      ``c = attn_logit_softcapping``, before the mask (the walkthrough and verify recompute
+      exactly that, so the pattern is not ``softmax(q k / s)``), and the logits
+      ``c' * tanh(logits / c')`` with ``c' = final_logit_softcapping`` (the lens applies it:
+      :meth:`~.decoder.DecoderAdapter.lens_head`);
+    * **alternating local/global layers**: ``layer_types`` says which layers slide a
+      ``sliding_window`` (:meth:`~.decoder.DecoderAdapter.attention_window`).
+
+    The key/query spaces hold the rotated q/k rows themselves: scale and cap act on the
+    scores, after them, so the spaces factorise as Gemma's do.
+    """
+
+    family = "gemma2"
+
+    def attention_scale(self, layer: int) -> float:
+        return float(self.config.query_pre_attn_scalar) ** -0.5
+
+    def attention_softcap(self, layer: int) -> float | None:
+        cap = getattr(self.config, "attn_logit_softcapping", None)
+        return None if cap is None else float(cap)
+
+    def attn_out_norm(self, layer: int) -> Norm:
+        return _gemma_rmsnorm(self.layers[layer].post_attention_layernorm)
+
+    def hook_points(self, layer: int) -> HookPoints:
+        lay = self.layers[layer]
+        return HookPoints(
+            layer=lay,
+            attn_out_proj=lay.self_attn.o_proj,  # its input: the concatenated z
+            attn_out=lay.post_attention_layernorm,  # its output: attn_l, what the residual adds
+            ffn_input=None,
+            mlp_out=lay.post_feedforward_layernorm,
+            ffn_norm=lay.pre_feedforward_layernorm,
+        )

@@ -163,7 +163,7 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
     w_o, b_o = adapter.output_projection(layer)  # (H, dh, d), (d,)
     per_head = torch.einsum("hk,hkd->hd", z, w_o)  # (H, d)
     attn_out = per_head.sum(0) + (0 if b_o is None else b_o)
-    post = adapter.attn_output_norm(layer)  # Gemma 2/3: a norm between W_O and the residual add
+    post = adapter.attn_out_norm(layer)  # Gemma 2/3: a norm between W_O and the residual add
     if post is not None:
         attn_out = post(attn_out)
     residual = h_in[token] + attn_out

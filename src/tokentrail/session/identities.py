@@ -160,7 +160,7 @@ def recombine(adapter: Adapter, acts: Activations, rtol: float) -> Check:
         w_o, b_o = adapter.output_projection(layer)
         got = torch.einsum("thk,hkd->td", acts.z[layer], w_o)
         got = got if b_o is None else got + b_o
-        post = adapter.attn_output_norm(layer)  # Gemma 2/3's post-attention norm
+        post = adapter.attn_out_norm(layer)  # Gemma 2/3's post-attention norm
         w.compare(got if post is None else post(got), acts.attn[layer], f"layer {layer}")
     return w.result()
 
