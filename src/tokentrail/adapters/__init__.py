@@ -12,7 +12,11 @@ from tokentrail.adapters.gemma import Gemma2Adapter, GemmaAdapter
 from tokentrail.adapters.gpt2 import GPT2Adapter
 from tokentrail.adapters.gpt_neox import GPTNeoXAdapter
 from tokentrail.adapters.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from tokentrail.adapters.olmo2 import Olmo2Adapter
+from tokentrail.adapters.opt import OPTAdapter
 from tokentrail.adapters.phi import PhiAdapter
+from tokentrail.adapters.phi3 import Phi3Adapter
+from tokentrail.adapters.qwen3 import Qwen3Adapter
 from tokentrail.adapters.seq2seq import DecoderStack, EncoderStack
 from tokentrail.adapters.t5 import T5EncoderAdapter
 from tokentrail.spec.errors import ModelError
@@ -30,6 +34,10 @@ REGISTRY: dict[str, type[Adapter]] = {
     "gpt_neox": GPTNeoXAdapter,
     "gemma": GemmaAdapter,
     "phi": PhiAdapter,
+    "qwen3": Qwen3Adapter,
+    "olmo2": Olmo2Adapter,
+    "phi3": Phi3Adapter,
+    "opt": OPTAdapter,
     "gemma2": Gemma2Adapter,
     # encoder-decoders: the encoder stack is the primary adapter, the decoder its decoder_stack()
     "bart": BartEncoderAdapter,

@@ -46,23 +46,48 @@ class Norm:
 
 
 @dataclass(frozen=True)
+class HeadNorm:
+    """A norm on a query/key projection's output, before RoPE (QK-norm): over each head's
+    ``d_head`` dims (Qwen3, Gemma 3: ``norm.weight`` (d_head,), shared by the heads), or
+    over all heads' dims at once (``joint``: OLMo 2, ``norm.weight`` (G * d_head,))."""
+
+    norm: Norm
+    joint: bool = False
+
+    def __call__(self, y: Tensor) -> Tensor:
+        """y: (..., G, d_head) -> the same shape, normed."""
+        if not self.joint:
+            return self.norm(y)
+        return self.norm(y.flatten(-2)).view(y.shape)
+
+
+@dataclass(frozen=True)
 class HeadProjection:
-    """One of a layer's query/key/value maps, split per head: ``W[g] @ x + b[g]``."""
+    """One of a layer's query/key/value maps, split per head: ``W[g] @ x + b[g]``, then the
+    model's QK-norm where it has one (``norm``)."""
 
     weight: Tensor  # (G, d_head, d_model); G = heads, or KV heads under grouped-query attention
     bias: Tensor | None  # (G, d_head)
+    norm: HeadNorm | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
         """x: (..., d_model) -> (..., G, d_head)."""
         y = torch.einsum("gkd,...d->...gk", self.weight, x.float())
-        return y if self.bias is None else y + self.bias
+        y = y if self.bias is None else y + self.bias
+        return y if self.norm is None else self.norm(y)
 
 
 class Rotary(Protocol):
-    """``rotate(x, positions, inverse)``: x (n, G, d_head), positions (n,) -> x rotated by
-    each position's rotary angle (or by its inverse, the transpose)."""
+    """``rotate(x, positions, inverse, scaled)``: x (n, G, d_head), positions (n,) -> x
+    rotated by each position's rotary angle (or by its inverse, the transpose), times
+    ``scale`` as the model multiplies it (``scaled=True``, the default; RoPE's
+    ``attention_scaling``, e.g. YaRN's) or a pure rotation (``scaled=False``: what the
+    vocabulary spaces use, which carry the scale in their rows)."""
 
-    def __call__(self, x: Tensor, positions: Tensor, inverse: bool = False) -> Tensor: ...
+    @property
+    def scale(self) -> float: ...
+
+    def __call__(self, x: Tensor, positions: Tensor, inverse: bool = False, scaled: bool = True) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -75,8 +100,8 @@ class HookPoints:
     mlp_out: nn.Module  # output: the FFN sublayer's output before the residual add (SPEC ``mlp_out``)
     # sequential pre-norm: the FFN's own norm, whose input is attn_resid_ln (for checks; see verify.py)
     ffn_norm: nn.Module | None = None
-    # where attn_l is read when a norm follows the output projection (Gemma 2/3's sandwich
-    # post_attention_layernorm: its output); None: attn_out_proj's output is attn_l
+    # output: attn_l, where a norm follows the output projection inside the attention branch
+    # (OLMo 2's and Gemma 2/3's post_attention_layernorm); None: attn_out_proj's output is attn_l
     attn_out: nn.Module | None = None
 
 
@@ -228,17 +253,17 @@ class Adapter(ABC):
             hidden |= t[:, None] - t[None, :] >= window
         return hidden
 
-    def attn_out_norm(self, layer: int) -> Norm | None:
-        """A norm on the attention output before the residual add (Gemma 2/3's sandwich
-        ``post_attention_layernorm``): ``attn_l = norm(sum_h z_h W_O[h] + b_O)``; None for most."""
-        return None
-
     def attention_bias(self, layer: int, n: int) -> Tensor | None:
         """(H, n, n) added to the scaled scores of ``n`` tokens (T5's relative position bias), or None."""
         return None
 
     def rotary(self, layer: int) -> Rotary | None:
         """The rotary embedding applied to q and k, if the model uses one."""
+        return None
+
+    def attn_out_norm(self, layer: int) -> Norm | None:
+        """A norm on the attention branch's output before the residual add (OLMo 2, Gemma 2/3), or None:
+        ``attn_l = norm(concat_h(z) W_O + b_O)``."""
         return None
 
     def attn_resid_norm(self, layer: int) -> Norm | None:

@@ -39,8 +39,10 @@ class RotaryFromModel:
     ``attention_scaling`` follow the checkpoint). Forward: ``x cos + rotate_half(x) sin``,
     as ``apply_rotary_pos_emb``. ``inverse=True`` applies the transpose,
     ``x cos - rotate_half(x) sin`` (rotation by ``-angle``): what a dot product with a
-    rotated row needs, ``(R_p u) . r == u . (R_p^T r)``; it is the exact inverse whenever
-    ``attention_scaling == 1`` (the default RoPE).
+    rotated row needs, ``(R_p u) . r == u . (R_p^T r)``. The module's cos/sin carry its
+    ``attention_scaling`` (``scale``: YaRN's, LongRoPE's; 1 for the others), so both
+    directions are ``scale`` times a rotation; ``scaled=False`` divides it out, leaving the
+    pure rotation (and ``inverse=True`` then its exact inverse).
 
     Partial rotary (GPT-NeoX ``rotary_pct``, Phi ``partial_rotary_factor``): the module's
     cos/sin are only ``rotary_dim`` wide; the first ``rotary_dim`` dims of each head
@@ -52,12 +54,19 @@ class RotaryFromModel:
         #: how many leading dims of a head rotate (the rest pass through unrotated)
         self.rotary_dim = 2 * int(rotary_emb.inv_freq.shape[-1])
 
+    @property
+    def scale(self) -> float:
+        """RoPE's ``attention_scaling``: what the model multiplies cos and sin by."""
+        return float(getattr(self.rotary_emb, "attention_scaling", 1.0))
+
     @torch.no_grad()
-    def __call__(self, x: Tensor, positions: Tensor, inverse: bool = False) -> Tensor:
+    def __call__(self, x: Tensor, positions: Tensor, inverse: bool = False, scaled: bool = True) -> Tensor:
         # x: (n, G, dh); positions: (n,)
         x = x.float()
         cos, sin = self.rotary_emb(x, positions.long()[None])  # (1, n, rotary_dim) each
         cos, sin = cos[0].float()[:, None, :], sin[0].float()[:, None, :]  # (n, 1, rotary_dim)
+        if not scaled and self.scale != 1.0:
+            cos, sin = cos / self.scale, sin / self.scale
         if inverse:
             sin = -sin
         rot, rest = x[..., : cos.shape[-1]], x[..., cos.shape[-1] :]
@@ -81,8 +90,14 @@ class LlamaAdapter(DecoderAdapter):
 
     @property
     def max_tokens(self) -> int | None:
-        # RoPE has no table to run off, but the model was never trained past this
-        return getattr(self.config, "max_position_embeddings", None)
+        # RoPE has no table to run off, but the model was never trained past this. LongRoPE
+        # switches every position's frequencies once a text passes its original length (and
+        # dynamic RoPE once it passes max_position_embeddings): below that, a position's
+        # rotation is the same in every text, which the key/query spaces rely on
+        cap = getattr(self.config, "max_position_embeddings", None)
+        rope = getattr(self.config, "rope_parameters", None) or {}
+        original = rope.get("original_max_position_embeddings") if rope.get("rope_type") == "longrope" else None
+        return cap if original is None or cap is None else min(cap, int(original))
 
     # ---- the embedding stage ----------------------------------------------
     def embedding_table(self) -> Tensor:

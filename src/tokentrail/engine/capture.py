@@ -90,17 +90,23 @@ def _first(x):
 
 @contextmanager
 def recorded(
-    points: Iterable[tuple[nn.Module, str, bool]], select: Callable[[Tensor], Tensor] = lambda t: t
+    points: Iterable[tuple[nn.Module, str, bool]], select: Callable[[Tensor], Tensor] = lambda t: t, batch: int = 1
 ) -> Iterator[dict[str, list[Tensor]]]:
     """Scoped hooks: for each ``(module, key, from_input)``, every call's input (or output),
     passed through ``select``, is appended to ``store[key]`` in float32. The hooks are
-    always removed, also when the forward pass fails. The one hook mechanism of tokentrail."""
+    always removed, also when the forward pass fails. The one hook mechanism of tokentrail.
+
+    A module that sees the batch flattened to ``(batch * n, d)`` (OPT's FFN) is read as
+    ``(batch, n, d)``, like every other: ``batch`` is the pass's batch size."""
     store: dict[str, list[Tensor]] = {}
     handles = []
 
     def keep(key: str, from_input: bool):
         def hook(module, args, output=None):
-            store[key].append(select(_first(args if from_input else output).detach()).float())
+            t = _first(args if from_input else output).detach()
+            if t.dim() == 2:
+                t = t.view(batch, -1, t.shape[-1])
+            store[key].append(select(t).float())
 
         return hook
 
@@ -117,7 +123,7 @@ def recorded(
             h.remove()
 
 
-def _hooks(adapter: Adapter):
+def _hooks(adapter: Adapter, batch: int = 1):
     """Per layer, the whole batch's (B, n, ...) tensor at each point the capture reads."""
     points = []
     for layer in range(adapter.n_layers):
@@ -130,7 +136,7 @@ def _hooks(adapter: Adapter):
         ]
         if hp.ffn_input is not None:
             points.append((hp.ffn_input, "ffn_in", True))
-    return recorded(points)
+    return recorded(points, batch=batch)
 
 
 @torch.no_grad()
@@ -167,7 +173,7 @@ def capture_batch(
     causal = adapter.resolve_causal(causal)
     input_ids, mask, starts = _pad([t.to(adapter.device) for t in texts], adapter.pad_id, padding_side)
     position_ids = adapter.position_ids(input_ids, mask)
-    with _hooks(adapter) as store:
+    with _hooks(adapter, batch=len(texts)) as store:
         out = adapter.forward(input_ids, position_ids, mask, causal=causal)
     n_layers = adapter.n_layers
     if any(len(store[k]) != n_layers for k in ("out", "z", "attn", "mlp")):

@@ -18,7 +18,14 @@ queries), and a squared norm needs ``P = x M^T`` (``V x d``, computed once per s
 ``O(V d)`` work per position (SPEC "Exactness and cost").
 
 Rotary spaces (key/query of RoPE models) rotate the *query* by the inverse rotation at
-the row's position instead of rotating every row; rotations keep norms.
+the row's position instead of rotating every row; rotations keep norms. The model's RoPE
+may also scale (its ``attention_scaling``: YaRN, LongRoPE): that factor is folded into
+``M`` and ``c``, and the rotation the space applies is the pure one.
+
+QK-norm (Qwen3, OLMo 2: a norm on each head's, or all heads', projected q/k before RoPE)
+makes a row a non-linear function of ``x_v``; these models have no position offsets, so
+the rows never move and the space keeps them made: ``P`` holds the normed rows
+(``sigma`` 1, ``c`` 0) and is never dropped for a product through ``W_E``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 from torch import Tensor
 
 from tokentrail.adapters import Adapter, Norm
+from tokentrail.adapters.base import HeadNorm
 from tokentrail.engine.scoring import inverse_norms
 from tokentrail.engine.space_memory import PositionStats, SpaceMemory, shared_sq_norms, shared_table
 from tokentrail.engine.space_products import factorise, finish_sq, head_products, in_blocks, norm_scales, scale_rows
@@ -52,6 +60,7 @@ class VocabSpace(SpaceMemory):
         positional: bool,
         proj_weight: Tensor | None = None,
         proj_bias: Tensor | None = None,
+        head_norm: HeadNorm | None = None,
         rotary=None,
     ):
         self.name = name
@@ -71,6 +80,15 @@ class VocabSpace(SpaceMemory):
         self.groups = self.P.shape[0]
         self.dim = self.P.shape[2]
         self.x_sq = shared_sq_norms(adapter, self.x)  # (V,)
+        #: the rows are kept made (QK-norm): P is the whole row, never rebuilt from W_E
+        self.made = head_norm is not None
+        if head_norm is not None:
+            self._norm_rows(adapter, head_norm)
+        scale = 1.0 if rotary is None else rotary.scale
+        if scale != 1.0:  # RoPE's attention_scaling multiplies every rotated row
+            self.P.mul_(scale)
+            self.c = self.c * scale
+            self.M = None if self.M is None else self.M * scale
         self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
         self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
@@ -85,6 +103,20 @@ class VocabSpace(SpaceMemory):
             self.P = None
         # head spaces keep P (G, V, k): a query then costs V * k instead of V * d, and the
         # query heads of a KV group share their group's table (SpaceCache bounds the memory)
+
+    def _norm_rows(self, adapter: Adapter, head_norm: HeadNorm) -> None:
+        """Make every row, ``head_norm(M x_v / sigma_v + c)``, into ``P``; ``sigma`` and ``c`` become 1 and 0."""
+        if adapter.position_offset(torch.zeros(1, dtype=torch.long, device=self.x.device)) is not None:
+            raise ModelError(f"{adapter.family}: a QK-norm after position embeddings does not factorise")
+        if self.norm_kind:
+            self.P.div_((self.x_sq / self.d + self.eps).sqrt()[None, :, None])
+        self.P.add_(self.c[:, None, :])
+        self.P = head_norm(self.P.transpose(0, 1)).transpose(0, 1).contiguous()  # norms each (v, all groups)
+        self.c = torch.zeros_like(self.c)
+        self.norm_kind, self.eps = None, 0.0
+
+    def drop_table(self) -> bool:
+        return False if self.made else super().drop_table()
 
     def same_rows(self, other: VocabSpace) -> bool:
         """Whether ``other`` has this space's rows at every position, computed the same way
@@ -196,7 +228,7 @@ class VocabSpace(SpaceMemory):
         r = r.float()
         if self.rotary is not None:
             # R_p row . r == row . R_p^T r: rotate the query back instead of every row
-            r = self.rotary(r, stats.positions[pidx], inverse=True)
+            r = self.rotary(r, stats.positions[pidx], inverse=True, scaled=False)
         out, t1 = self._products(r, stats, pidx, groups)
         if t1 is not None:
             out += t1[..., None]
@@ -212,7 +244,7 @@ class VocabSpace(SpaceMemory):
         r = r.float()
         r = r * inverse_norms(r.pow(2).sum(-1))[..., None]
         if self.rotary is not None:
-            r = self.rotary(r, positions, inverse=True)
+            r = self.rotary(r, positions, inverse=True, scaled=False)
         return r
 
     @property
@@ -336,15 +368,18 @@ class VocabSpace(SpaceMemory):
     def rows(self, ids: Tensor, position: int) -> Tensor:
         """Explicit rows for a few ids at one position: (m,) -> (m, G, k). For display and checks."""
         x = self.x[ids]
-        y = self._offsets(torch.tensor([position], device=x.device))
-        if y is not None:
-            x = x + y
-        out = self._project(x)
-        if self.norm_kind:
-            out = out / (x.pow(2).sum(-1) / self.d + self.eps).sqrt()[:, None, None]
-        out = out + self.c
+        if self.made:
+            out = self.P[:, ids].transpose(0, 1)
+        else:
+            y = self._offsets(torch.tensor([position], device=x.device))
+            if y is not None:
+                x = x + y
+            out = self._project(x)
+            if self.norm_kind:
+                out = out / (x.pow(2).sum(-1) / self.d + self.eps).sqrt()[:, None, None]
+            out = out + self.c
         if self.rotary is not None:
-            out = self.rotary(out, torch.full((len(ids),), position, device=x.device), inverse=False)
+            out = self.rotary(out, torch.full((len(ids),), position, device=x.device), scaled=False)
         return out
 
 
@@ -388,5 +423,6 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
         positional=True,
         proj_weight=proj.weight,
         proj_bias=proj.bias,
+        head_norm=proj.norm if kind != "value" else None,
         rotary=rotary,
     )

@@ -79,12 +79,18 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     """What layer ``layer``'s query/key/value map does, as the model does it: ``"q = W_Q x + b_Q"``
     (bias only where the model has one), ``"q = RoPE_{p_t}(W_Q x)"`` for rotary models, and
     ``"q = RoPE_{p_t}[0:16 of 64](W_Q x + b_Q)"`` when only the first 16 of 64 head dims
-    rotate (partial rotary: the rest pass through unrotated)."""
+    rotate (partial rotary: the rest pass through unrotated); a QK-norm shows as
+    ``RMSNorm(W_Q x)`` (``RMSNorm[all heads]`` over all heads at once), RoPE's
+    attention scaling as a factor in front (``1.139·RoPE_{p_t}(...)``)."""
     if which not in ("q", "k", "v"):
         raise InputError(f"unknown projection {which!r}: choose q, k or v")
     qkv = cast(Literal["q", "k", "v"], which)  # checked just above
     name = which.upper()
-    affine = f"W_{name} x" + ("" if adapter.projection(layer, qkv).bias is None else f" + b_{name}")
+    proj = adapter.projection(layer, qkv)
+    affine = f"W_{name} x" + ("" if proj.bias is None else f" + b_{name}")
+    if proj.norm is not None:  # QK-norm: per head, or over all heads at once
+        kind = "RMSNorm" if proj.norm.norm.kind == "rmsnorm" else "LayerNorm"
+        affine = f"{kind}{'[all heads]' if proj.norm.joint else ''}({affine})"
     rot = adapter.rotary(layer) if which != "v" else None
     if rot is None:
         return f"{which} = {affine}"
@@ -92,7 +98,8 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     dh = adapter.d_head
     rd = getattr(rot, "rotary_dim", dh)
     part = "" if rd >= dh else f"[0:{rd} of {dh}]"
-    return f"{which} = RoPE_{{{pos}}}{part}({affine})"
+    scale = "" if rot.scale == 1.0 else f"{rot.scale:.4g}·"  # RoPE's attention_scaling (YaRN, LongRoPE)
+    return f"{which} = {scale}RoPE_{{{pos}}}{part}({affine})"
 
 
 def _scaling_formula(adapter: Adapter, layer: int, biased: bool) -> str:
@@ -163,9 +170,8 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
     w_o, b_o = adapter.output_projection(layer)  # (H, dh, d), (d,)
     per_head = torch.einsum("hk,hkd->hd", z, w_o)  # (H, d)
     attn_out = per_head.sum(0) + (0 if b_o is None else b_o)
-    post = adapter.attn_out_norm(layer)  # Gemma 2/3: a norm between W_O and the residual add
-    if post is not None:
-        attn_out = post(attn_out)
+    out_norm = adapter.attn_out_norm(layer)  # OLMo 2 norms the branch before the residual add
+    attn_out = attn_out if out_norm is None else out_norm(attn_out[None])[0]
     residual = h_in[token] + attn_out
     ln = adapter.attn_resid_norm(layer)
     normed = None if ln is None else ln(residual)
@@ -205,7 +211,7 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         formulas={
             **{w: projection_formula(adapter, layer, w) for w in "qkv"},
             "scaled": _scaling_formula(adapter, layer, bias is not None),
-            **({} if post is None else {"attn": "attn = RMSNorm(Σ_h z_h W_O[h]): heads do not add up linearly"}),
+            **({} if out_norm is None else {"attn": "attn = RMSNorm(Σ_h z_h W_O[h]): heads do not add up linearly"}),
         },
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )

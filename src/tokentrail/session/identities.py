@@ -160,8 +160,8 @@ def recombine(adapter: Adapter, acts: Activations, rtol: float) -> Check:
         w_o, b_o = adapter.output_projection(layer)
         got = torch.einsum("thk,hkd->td", acts.z[layer], w_o)
         got = got if b_o is None else got + b_o
-        post = adapter.attn_out_norm(layer)  # Gemma 2/3's post-attention norm
-        w.compare(got if post is None else post(got), acts.attn[layer], f"layer {layer}")
+        norm = adapter.attn_out_norm(layer)  # OLMo 2: a norm inside the branch, before the residual add
+        w.compare(got if norm is None else norm(got), acts.attn[layer], f"layer {layer}")
     return w.result()
 
 
