@@ -20,10 +20,12 @@ Layout (transformers 5, ``GemmaForCausalLM``): as Llama (``model.embed_tokens``,
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
-from tokentrail.adapters.base import HookPoints, Norm
-from tokentrail.adapters.llama import LlamaAdapter
+from tokentrail.adapters.base import HeadNorm, HeadProjection, HookPoints, Norm
+from tokentrail.adapters.llama import LlamaAdapter, RotaryFromModel
 
 
 def _gemma_rmsnorm(norm: nn.Module) -> Norm:
@@ -99,3 +101,66 @@ class Gemma2Adapter(GemmaAdapter):
             mlp_out=lay.post_feedforward_layernorm,
             ffn_norm=lay.pre_feedforward_layernorm,
         )
+
+
+class _LayerTypeRope(nn.Module):
+    """Gemma 3's rotary module seen for one layer type, as :class:`~.llama.RotaryFromModel`
+    reads a rotary module: ``inv_freq``, ``attention_scaling`` and ``(x, position_ids) -> (cos, sin)``
+    (``Gemma3RotaryEmbedding`` keeps ``{layer_type}_inv_freq`` and takes the type as an argument)."""
+
+    def __init__(self, rotary_emb: nn.Module, layer_type: str):
+        super().__init__()
+        self.shared = rotary_emb
+        self.layer_type = layer_type
+
+    @property
+    def inv_freq(self) -> Tensor:
+        return getattr(self.shared, f"{self.layer_type}_inv_freq")
+
+    @property
+    def attention_scaling(self) -> float:
+        return float(getattr(self.shared, f"{self.layer_type}_attention_scaling"))
+
+    def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self.shared(x, position_ids, self.layer_type)
+
+
+class Gemma3Adapter(Gemma2Adapter):
+    """Gemma 3 text (``Gemma3ForCausalLM``, ``model_type="gemma3_text"``): Gemma 2's layout
+    (sandwich norms, ``query_pre_attn_scalar``, the final logits' soft-capping where the
+    config sets it, ``layer_types``: five sliding layers to one global by default; the
+    attention scores are *not* capped: the model ignores ``attn_logit_softcapping``) plus
+
+    * **QK-norm**: ``q_norm``/``k_norm``, a ``(1 + w)`` RMSNorm over each head's ``d_head``
+      dims of the projected q and k, before RoPE: ``q_t = RoPE(RMSNorm_q(W_Q x_t + b_Q))``
+      (the key/query spaces keep those normed rows made; see :mod:`tokentrail.engine.spaces`);
+    * **a RoPE per layer type**: sliding layers rotate with ``rope_parameters
+      ["sliding_attention"]`` (base 10k), global ones with ``["full_attention"]`` (base 1M,
+      linear scaling in the 4B+ checkpoints); each layer's rotary is its type's.
+    """
+
+    family = "gemma3"
+
+    def _model_rotary(self) -> RotaryFromModel:
+        return RotaryFromModel(_LayerTypeRope(self.base.rotary_emb, "full_attention"))
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        kinds = list(self.config.layer_types)
+        self._rotaries = {k: RotaryFromModel(_LayerTypeRope(self.base.rotary_emb, k)) for k in sorted(set(kinds))}
+
+    def rotary(self, layer: int) -> RotaryFromModel:
+        return self._rotaries[self.config.layer_types[layer]]
+
+    def attention_softcap(self, layer: int) -> None:
+        # Gemma3Attention keeps config.attn_logit_softcapping but never passes it to its
+        # attention function (transformers 5): the scores are not capped, so neither are ours
+        return None
+
+    def projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
+        proj = super().projection(layer, which)
+        if which == "v":
+            return proj
+        att = self.layers[layer].self_attn
+        norm = att.q_norm if which == "q" else att.k_norm
+        return HeadProjection(proj.weight, proj.bias, HeadNorm(_gemma_rmsnorm(norm)))

@@ -80,7 +80,11 @@ class LlamaAdapter(DecoderAdapter):
         super().__init__(model)
         self.base = model.model if hasattr(model, "model") else model
         self.layers = self.base.layers
-        self._rotary = RotaryFromModel(self.base.rotary_emb)
+        self._rotary = self._model_rotary()
+
+    def _model_rotary(self) -> RotaryFromModel:
+        """The model's one RoPE (Gemma 3 has one per layer type: see adapters/gemma.py)."""
+        return RotaryFromModel(self.base.rotary_emb)
 
     def base_model(self) -> nn.Module:
         return self.base
