@@ -196,7 +196,8 @@ def test_projections_qk_norm_and_rope_per_layer_type(tiny):
                 if kind == "value":
                     x = adapter.attn_input_norm(layer)(acts.layer_in[layer])
                     mine = adapter.projection(layer, "v")(x)
-                assert_close(mine, own[0].transpose(0, 1), rtol=RTOL, atol=ATOL, msg=lambda m: f"{kind}@{layer}: {m}")
+                where = f"{kind}@{layer}"
+                assert_close(mine, own[0].transpose(0, 1), rtol=RTOL, atol=ATOL, msg=lambda m, w=where: f"{w}: {m}")
     if model.config.model_type == "gemma3_text":
         # the two layer types rotate differently, and each layer uses its own type's RoPE
         x = torch.randn(n, 2, 12, generator=torch.Generator().manual_seed(1))
@@ -334,7 +335,8 @@ def _break(adapter, what: str):
         orig_w = adapter.attention_window
         adapter.attention_window = lambda layer: None if orig_w(layer) is None else orig_w(layer) + 1
     elif what == "global rope everywhere":
-        adapter.rotary = lambda layer, rot=adapter.rotary(1): rot
+        glob = adapter.rotary(1)
+        adapter.rotary = lambda layer: glob
     else:
         raise KeyError(what)
     return adapter
