@@ -369,3 +369,23 @@ def test_verify_fails_when_the_model_is_tampered_with():
     finally:
         handle.remove()
     assert "heads recombine" in {r.identity for r in result.failed}
+
+
+# ---- through the load and the command line -----------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_traces_everything_and_verifies_a_saved_folder(family, tmp_path, tokenizer, save_model):
+    """A saved folder loads through the causal-LM class; trace with every site, space and
+    the lens, and verify, both exit 0 on a text longer than the window."""
+    from typer.testing import CliRunner
+
+    from tokentrail.cli.commands import app
+
+    model = tiny_model(family)
+    model.resize_token_embeddings(tokenizer.vocab_size)  # the tiny WordPiece vocabulary
+    folder = save_model(tmp_path / family, model, tokenizer)
+    text = "time flies like an arrow . the cat sat on the mat"
+    runner = CliRunner()
+    res = runner.invoke(app, ["trace", text, "-m", str(folder), "--site", "all", "--space", "all", "--lens", "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["verify", str(folder), "--text", text, "--sample", "8", "-q"])
+    assert res.exit_code == 0, res.output
