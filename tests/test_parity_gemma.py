@@ -389,3 +389,20 @@ def test_cli_traces_everything_and_verifies_a_saved_folder(family, tmp_path, tok
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["verify", str(folder), "--text", text, "--sample", "8", "-q"])
     assert res.exit_code == 0, res.output
+
+
+def test_the_app_says_what_gemma_computes(tiny):
+    """The walkthrough page names the soft cap / pre-scaling, the window and the norm after W_O."""
+    from tokentrail.app.render import step_summary
+
+    model, adapter = tiny
+
+    class _Trail:  # step_summary reads only tokens and n_heads
+        tokens = [str(int(i)) for i in IDS]
+        n_heads = adapter.n_heads
+
+    acts = capture(adapter, IDS)
+    text = step_summary(_Trail(), attention_step(adapter, acts, 0, 1, 10))
+    assert "sliding window hides the 8 earliest" in text and "√20" in text
+    assert "attn = RMSNorm(Σ_h z_h W_O[h] + b_O)" in text and "Matches the model" in text
+    assert "sliding window" not in step_summary(_Trail(), attention_step(adapter, acts, 1, 1, 10))

@@ -239,6 +239,9 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
     attended = ", ".join(f"**{html.escape(trail.tokens[s])}** ({s}) {w[s]:.2f}" for s in top)
     gqa = f" (reads key/value head {step.kv_head})" if step.kv_head != step.head else ""
     mask = "causal: tokens after it are masked out" if step.causal else "no mask: it sees every token"
+    hidden_before = int(step.masked[:t].sum())  # a sliding window hides earlier tokens too
+    if hidden_before:
+        mask += f", and its sliding window hides the {hidden_before} earliest"
     lines = [
         f"#### Layer {step.layer}, head {step.head}{gqa}, token **{tok}** ({t})",
         f"1. **Query** `{step.formulas.get('q', 'q = W_Q x + b_Q')}`{_rope_note(step)}: ‖q‖ = {step.query.norm():.3f}, q = {_vec(step.query)}",
@@ -251,7 +254,13 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
         f"4. **Softmax** weights sum to {w.sum():.4f}; it attends most to {attended}.",
         f"5. **Weighted sum of values** `z = Σ w_s v_s`: ‖z‖ = {step.z.norm():.3f}, z = {_vec(step.z)}",
         f"6. **Output projection** `z W_O[h]`: this head adds a vector of norm {step.head_out.norm():.3f}; "
-        f"all {trail.n_heads} heads plus `b_O` give the attention output, norm {step.attn_out.norm():.3f}.",
+        f"all {trail.n_heads} heads plus `b_O` give the attention output"
+        + (
+            f" through the model's norm after it, `{step.formulas['attn']}` (so the heads' shares no longer simply add up)"
+            if "attn" in step.formulas
+            else ""
+        )
+        + f", norm {step.attn_out.norm():.3f}.",
         f"7. **Residual add** `h + attn`: ‖h‖ = {step.layer_in.norm():.3f} → ‖h + attn‖ = {step.residual.norm():.3f} "
         f"(cosine to h: {float(_cos(step.layer_in, step.residual)):.3f}).",
     ]

@@ -31,7 +31,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
-from tokentrail.adapters import Adapter
+from tokentrail.adapters import Adapter, Norm
 from tokentrail.engine.capture import Activations, head_qkv
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import check_index
@@ -128,6 +128,12 @@ def _scaling_formula(adapter: Adapter, layer: int, biased: bool) -> str:
     )
 
 
+def _out_formula(norm: Norm, biased: bool) -> str:
+    """The attention output under a norm after the output projection: ``"attn = RMSNorm(Σ_h z_h W_O[h])"``."""
+    kind = "RMSNorm" if norm.kind == "rmsnorm" else "LN"
+    return f"attn = {kind}(Σ_h z_h W_O[h]{' + b_O' if biased else ''})"
+
+
 def attention_step(
     adapter: Adapter, acts: Activations, layer: int, head: int, token: int, *, causal: bool | None = None
 ) -> AttentionStep:
@@ -211,7 +217,8 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         formulas={
             **{w: projection_formula(adapter, layer, w) for w in "qkv"},
             "scaled": _scaling_formula(adapter, layer, bias is not None),
-            **({} if out_norm is None else {"attn": "attn = RMSNorm(Σ_h z_h W_O[h]): heads do not add up linearly"}),
+            # a norm after W_O (Gemma 2/3, OLMo 2): the heads' shares no longer simply add up
+            **({} if out_norm is None else {"attn": _out_formula(out_norm, b_o is not None)}),
         },
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )
