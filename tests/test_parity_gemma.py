@@ -406,3 +406,17 @@ def test_the_app_says_what_gemma_computes(tiny):
     assert "sliding window hides the 8 earliest" in text and "√20" in text
     assert "attn = RMSNorm(Σ_h z_h W_O[h] + b_O)" in text and "Matches the model" in text
     assert "sliding window" not in step_summary(_Trail(), attention_step(adapter, acts, 1, 1, 10))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_gives_each_text_what_it_gets_alone(tiny, side):
+    """Sliding windows count tokens, not padding: each text of a padded batch is itself."""
+    from tokentrail.engine.capture import capture_batch
+
+    _, adapter = tiny
+    short = IDS[:6]
+    got = capture_batch(adapter, [IDS, short], padding_side=side)
+    for acts, ids in zip(got, (IDS, short)):
+        alone = capture(adapter, ids)
+        assert_close(acts.layer_out, alone.layer_out, rtol=RTOL, atol=ATOL)
+        assert_close(acts.attentions, alone.attentions, rtol=RTOL, atol=ATOL)
