@@ -239,7 +239,7 @@ def test_walkthrough_matches_the_model(tiny):
     step = attention_step(adapter, acts, 0, 0, 10)
     assert "sliding window" in step.formulas["scaled"] and "√20" in step.formulas["scaled"]
     assert ("tanh" in step.formulas["scaled"]) == (model.config.model_type == "gemma2")
-    assert "attn" in step.formulas  # the post-attention norm is said
+    assert step.formulas["out"] == "attn = RMSNorm(Σ_h z_h W_O[h] + b_O)"  # the post-attention norm is said
 
 
 def test_spaces_match_brute_force(tiny):

@@ -255,11 +255,7 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
         f"5. **Weighted sum of values** `z = Σ w_s v_s`: ‖z‖ = {step.z.norm():.3f}, z = {_vec(step.z)}",
         f"6. **Output projection** `z W_O[h]`: this head adds a vector of norm {step.head_out.norm():.3f}; "
         f"all {trail.n_heads} heads plus `b_O` give the attention output"
-        + (
-            f" through the model's norm after it, `{step.formulas['attn']}` (so the heads' shares no longer simply add up)"
-            if "attn" in step.formulas
-            else ""
-        )
+        + (f", normed inside the branch (`{step.formulas['out']}`)" if "out" in step.formulas else "")
         + f", norm {step.attn_out.norm():.3f}.",
         f"7. **Residual add** `h + attn`: ‖h‖ = {step.layer_in.norm():.3f} → ‖h + attn‖ = {step.residual.norm():.3f} "
         f"(cosine to h: {float(_cos(step.layer_in, step.residual)):.3f}).",

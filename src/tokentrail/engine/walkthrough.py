@@ -31,7 +31,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
-from tokentrail.adapters import Adapter, Norm
+from tokentrail.adapters import Adapter
 from tokentrail.engine.capture import Activations, head_qkv
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import check_index
@@ -75,6 +75,9 @@ class AttentionStep:
         return self.max_error <= atol
 
 
+_NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
+
+
 def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     """What layer ``layer``'s query/key/value map does, as the model does it: ``"q = W_Q x + b_Q"``
     (bias only where the model has one), ``"q = RoPE_{p_t}(W_Q x)"`` for rotary models, and
@@ -89,7 +92,7 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     proj = adapter.projection(layer, qkv)
     affine = f"W_{name} x" + ("" if proj.bias is None else f" + b_{name}")
     if proj.norm is not None:  # QK-norm: per head, or over all heads at once
-        kind = "RMSNorm" if proj.norm.norm.kind == "rmsnorm" else "LayerNorm"
+        kind = _NORM_NAMES[proj.norm.norm.kind]
         affine = f"{kind}{'[all heads]' if proj.norm.joint else ''}({affine})"
     rot = adapter.rotary(layer) if which != "v" else None
     if rot is None:
@@ -126,12 +129,6 @@ def _scaling_formula(adapter: Adapter, layer: int, biased: bool) -> str:
         + (" + relative position bias" if biased else "")
         + ("" if window is None else f", keys s > t - {window} only (sliding window)")
     )
-
-
-def _out_formula(norm: Norm, biased: bool) -> str:
-    """The attention output under a norm after the output projection: ``"attn = RMSNorm(Σ_h z_h W_O[h])"``."""
-    kind = "RMSNorm" if norm.kind == "rmsnorm" else "LN"
-    return f"attn = {kind}(Σ_h z_h W_O[h]{' + b_O' if biased else ''})"
 
 
 def attention_step(
@@ -217,8 +214,8 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         formulas={
             **{w: projection_formula(adapter, layer, w) for w in "qkv"},
             "scaled": _scaling_formula(adapter, layer, bias is not None),
-            # a norm after W_O (Gemma 2/3, OLMo 2): the heads' shares no longer simply add up
-            **({} if out_norm is None else {"attn": _out_formula(out_norm, b_o is not None)}),
+            # a norm inside the branch (OLMo 2, Gemma 2/3): what the residual add receives
+            **({} if out_norm is None else {"out": f"attn = {_NORM_NAMES[out_norm.kind]}(Σ_h z_h W_O[h] + b_O)"}),
         },
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )
