@@ -157,3 +157,17 @@ def test_bidirectional_default_hides_padding_only_even_with_a_window():
     step = attention_step(adapter, acts, 2, 0, 0, causal=False)
     assert not step.masked.any() and step.matches_model(1e-5)
     assert_close(step.weights, acts.attentions[2, 0, 0])
+
+
+def test_a_stray_window_in_a_llama_config_means_nothing():
+    """LlamaModel ignores sliding_window and layer_types: so does its adapter (the model's
+    attention is the plain causal one, and verify passes)."""
+    cfg = transformers.LlamaConfig(**ROPE)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = _perturb(transformers.LlamaForCausalLM(cfg), seed=11)
+    model.config.sliding_window = 3
+    model.config.layer_types = ["sliding_attention", "sliding_attention", "full_attention"]
+    adapter = adapter_for(model)
+    assert [adapter.attention_window(l) for l in range(3)] == [None, None, None]
+    assert verify_adapter(adapter, IDS, sample=8, layers=[0]).passed

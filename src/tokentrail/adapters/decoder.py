@@ -36,12 +36,15 @@ class DecoderAdapter(Adapter):
 
     is_decoder = True
     norm_placement = "pre"
+    #: whether this family's model reads ``config.sliding_window`` / ``layer_types`` (Mistral,
+    #: Qwen2, Gemma 2/3); the others ignore them, so a stray key in a config.json means nothing
+    windowed: bool = False
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
         # refused before any work: a per-layer mask we do not recompute would make the
         # walkthrough and verify disagree with the model without a word
-        kinds = getattr(self.config, "layer_types", None) or ()
+        kinds = (getattr(self.config, "layer_types", None) or ()) if self.windowed else ()
         other = sorted({k for k in kinds if k not in MODELLED_LAYER_TYPES})
         if other:
             raise ModelError(
@@ -57,7 +60,7 @@ class DecoderAdapter(Adapter):
         alternating layers) only its ``sliding_attention`` layers slide; without them (Mistral)
         ``config.sliding_window`` applies to every layer (transformers' ``sliding_window_overlay``:
         key ``s`` is seen by query ``t`` when ``s > t - window``)."""
-        window = getattr(self.config, "sliding_window", None)
+        window = getattr(self.config, "sliding_window", None) if self.windowed else None
         kinds = getattr(self.config, "layer_types", None)
         if window is None or (kinds is not None and kinds[layer] != "sliding_attention"):
             return None

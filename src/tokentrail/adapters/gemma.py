@@ -80,6 +80,7 @@ class Gemma2Adapter(GemmaAdapter):
     """
 
     family = "gemma2"
+    windowed = True
 
     def attention_scale(self, layer: int) -> float:
         return float(self.config.query_pre_attn_scalar) ** -0.5

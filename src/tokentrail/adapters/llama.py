@@ -148,6 +148,7 @@ class LlamaAdapter(DecoderAdapter):
 
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
+    windowed = True
 
     def attention_window(self, layer: int) -> int | None:
         # MistralModel masks every layer with config.sliding_window and ignores any layer_types
@@ -157,3 +158,4 @@ class MistralAdapter(LlamaAdapter):
 
 class Qwen2Adapter(LlamaAdapter):
     family = "qwen2"
+    windowed = True
