@@ -8,7 +8,7 @@ from tokentrail.adapters.bart import BartEncoderAdapter, MarianEncoderAdapter
 from tokentrail.adapters.base import Adapter, HeadProjection, HookPoints, Norm
 from tokentrail.adapters.bert import BertAdapter, RobertaAdapter
 from tokentrail.adapters.decoder import DecoderAdapter
-from tokentrail.adapters.gemma import GemmaAdapter
+from tokentrail.adapters.gemma import Gemma2Adapter, Gemma3Adapter, GemmaAdapter
 from tokentrail.adapters.gpt2 import GPT2Adapter
 from tokentrail.adapters.gpt_neox import GPTNeoXAdapter
 from tokentrail.adapters.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
@@ -38,6 +38,8 @@ REGISTRY: dict[str, type[Adapter]] = {
     "olmo2": Olmo2Adapter,
     "phi3": Phi3Adapter,
     "opt": OPTAdapter,
+    "gemma2": Gemma2Adapter,
+    "gemma3_text": Gemma3Adapter,
     # encoder-decoders: the encoder stack is the primary adapter, the decoder its decoder_stack()
     "bart": BartEncoderAdapter,
     "marian": MarianEncoderAdapter,

@@ -101,7 +101,7 @@ class HookPoints:
     # sequential pre-norm: the FFN's own norm, whose input is attn_resid_ln (for checks; see verify.py)
     ffn_norm: nn.Module | None = None
     # output: attn_l, where a norm follows the output projection inside the attention branch
-    # (OLMo 2's post_attention_layernorm); None: attn_out_proj's output is attn_l
+    # (OLMo 2's and Gemma 2/3's post_attention_layernorm); None: attn_out_proj's output is attn_l
     attn_out: nn.Module | None = None
 
 
@@ -220,9 +220,38 @@ class Adapter(ABC):
     def output_projection(self, layer: int) -> tuple[Tensor, Tensor | None]:
         """(W_O: (H, d_head, d), b_O: (d,) or None)."""
 
-    def attention_scale(self) -> float:
-        """What attention scores ``q . k`` are multiplied by before the softmax."""
+    def attention_scale(self, layer: int) -> float:
+        """What layer ``layer``'s attention scores ``q . k`` are multiplied by before the softmax."""
         return self.d_head**-0.5
+
+    def attention_softcap(self, layer: int) -> float | None:
+        """Gemma 2/3's logit soft-capping: the scaled scores become ``c * tanh(s / c)`` (None: no cap)."""
+        return None
+
+    def attention_window(self, layer: int) -> int | None:
+        """Sliding-window attention: under the causal mask query ``t`` sees only keys ``s`` with
+        ``t - s < window`` (None: every earlier key)."""
+        return None
+
+    def attention_logits(self, layer: int, scores: Tensor) -> Tensor:
+        """Raw ``q . k`` scores -> what the softmax takes before any mask or bias: scaled by
+        :meth:`attention_scale`, then soft-capped where the model caps (the one home of both)."""
+        scaled = scores * self.attention_scale(layer)
+        cap = self.attention_softcap(layer)
+        return scaled if cap is None else torch.tanh(scaled / cap) * cap
+
+    def hidden_keys(self, layer: int, n: int, causal: bool, device: torch.device | None = None) -> Tensor:
+        """(n, n) bool: True where query ``t`` (row) cannot see key ``s`` (column) in layer
+        ``layer``: later keys under the causal mask, and keys a sliding window leaves out."""
+        t = torch.arange(n, device=device)
+        hidden = torch.zeros(n, n, dtype=torch.bool, device=device)
+        if not causal:
+            return hidden  # the decoders' bidirectional mode hides padding only (adapters/decoder.py)
+        hidden = t[None, :] > t[:, None]
+        window = self.attention_window(layer)
+        if window is not None:
+            hidden |= t[:, None] - t[None, :] >= window
+        return hidden
 
     def attention_bias(self, layer: int, n: int) -> Tensor | None:
         """(H, n, n) added to the scaled scores of ``n`` tokens (T5's relative position bias), or None."""
@@ -233,7 +262,7 @@ class Adapter(ABC):
         return None
 
     def attn_out_norm(self, layer: int) -> Norm | None:
-        """A norm on the attention branch's output before the residual add (OLMo 2), or None:
+        """A norm on the attention branch's output before the residual add (OLMo 2, Gemma 2/3), or None:
         ``attn_l = norm(concat_h(z) W_O + b_O)``."""
         return None
 

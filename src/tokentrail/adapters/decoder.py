@@ -27,12 +27,44 @@ from torch import Tensor, nn
 from tokentrail.adapters.base import Adapter
 from tokentrail.spec.errors import ModelError
 
+#: the per-layer attention kinds (``config.layer_types``) whose masks the adapters model
+MODELLED_LAYER_TYPES = ("full_attention", "sliding_attention")
+
 
 class DecoderAdapter(Adapter):
     """Pre-norm decoder-only LMs: a base model, a final norm and an LM head."""
 
     is_decoder = True
     norm_placement = "pre"
+    #: whether this family's model reads ``config.sliding_window`` / ``layer_types`` (Mistral,
+    #: Qwen2, Gemma 2/3); the others ignore them, so a stray key in a config.json means nothing
+    windowed: bool = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        # refused before any work: a per-layer mask we do not recompute would make the
+        # walkthrough and verify disagree with the model without a word
+        kinds = (getattr(self.config, "layer_types", None) or ()) if self.windowed else ()
+        other = sorted({k for k in kinds if k not in MODELLED_LAYER_TYPES})
+        if other:
+            raise ModelError(
+                f"{self.family}: layer type {other[0]!r} is not modelled (tokentrail knows "
+                f"{', '.join(MODELLED_LAYER_TYPES)})"
+            )
+        if getattr(self.config, "use_bidirectional_attention", False):
+            raise ModelError(f"{self.family}: use_bidirectional_attention=True is not modelled")
+
+    def attention_window(self, layer: int) -> int | None:
+        """The sliding window of layer ``layer`` as the model's own mask builds it: with
+        ``config.layer_types`` (Qwen2's ``use_sliding_window`` + ``max_window_layers``, Gemma 2/3's
+        alternating layers) only its ``sliding_attention`` layers slide; without them (Mistral)
+        ``config.sliding_window`` applies to every layer (transformers' ``sliding_window_overlay``:
+        key ``s`` is seen by query ``t`` when ``s > t - window``)."""
+        window = getattr(self.config, "sliding_window", None) if self.windowed else None
+        kinds = getattr(self.config, "layer_types", None)
+        if window is None or (kinds is not None and kinds[layer] != "sliding_attention"):
+            return None
+        return int(window)
 
     def base_model(self) -> nn.Module:
         """The transformer without its head (``transformer`` / ``model``)."""
@@ -100,12 +132,17 @@ class DecoderAdapter(Adapter):
         if head is None:
             return None
         norm = self.final_norm()
+        # Gemma 2/3 soft-cap their logits: c * tanh(logits / c), in the head's dtype as the model does
+        cap = getattr(self.config, "final_logit_softcapping", None)
 
         @torch.no_grad()
         def apply(h: Tensor) -> Tensor:
             # (n, d) -> (n, V)
             dtype = head.weight.dtype
-            return head(norm(h.to(dtype))).float()
+            logits = head(norm(h.to(dtype)))
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            return logits.float()
 
         return apply
 

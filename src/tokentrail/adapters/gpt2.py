@@ -72,6 +72,15 @@ class GPT2Adapter(DecoderAdapter):
         w_o = c_proj.weight.detach().float().reshape(self.n_heads, self.d_head, self.d_model)
         return w_o, c_proj.bias.detach().float()
 
+    def attention_scale(self, layer: int) -> float:
+        # GPT2Attention.scaling: 1/sqrt(d_head) unless scale_attn_weights=False, then divided by
+        # layer + 1 under scale_attn_by_inverse_layer_idx. reorder_and_upcast_attn computes the
+        # same product in float32 (baddbmm with alpha = scaling): nothing else to model
+        scale = self.d_head**-0.5 if getattr(self.config, "scale_attn_weights", True) else 1.0
+        if getattr(self.config, "scale_attn_by_inverse_layer_idx", False):
+            scale /= float(layer + 1)
+        return scale
+
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
         # c_proj's input is the concatenated per-head z; its output is attn_l before resid_dropout

@@ -80,7 +80,11 @@ class LlamaAdapter(DecoderAdapter):
         super().__init__(model)
         self.base = model.model if hasattr(model, "model") else model
         self.layers = self.base.layers
-        self._rotary = RotaryFromModel(self.base.rotary_emb)
+        self._rotary = self._model_rotary()
+
+    def _model_rotary(self) -> RotaryFromModel:
+        """The model's one RoPE (Gemma 3 has one per layer type: see adapters/gemma.py)."""
+        return RotaryFromModel(self.base.rotary_emb)
 
     def base_model(self) -> nn.Module:
         return self.base
@@ -144,7 +148,14 @@ class LlamaAdapter(DecoderAdapter):
 
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
+    windowed = True
+
+    def attention_window(self, layer: int) -> int | None:
+        # MistralModel masks every layer with config.sliding_window and ignores any layer_types
+        window = getattr(self.config, "sliding_window", None)
+        return None if window is None else int(window)
 
 
 class Qwen2Adapter(LlamaAdapter):
     family = "qwen2"
+    windowed = True

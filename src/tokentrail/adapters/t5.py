@@ -95,7 +95,7 @@ class _T5Stack:
     def output_projection(self, layer: int) -> tuple[Tensor, None]:
         return self._out(self._attn(layer).o)
 
-    def attention_scale(self) -> float:
+    def attention_scale(self, layer: int) -> float:
         return 1.0  # T5 folds the scale into its initialisation
 
     def attention_bias(self, layer: int, n: int) -> Tensor:

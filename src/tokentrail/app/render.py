@@ -239,6 +239,9 @@ def step_summary(trail: Trail, step: AttentionStep) -> str:
     attended = ", ".join(f"**{html.escape(trail.tokens[s])}** ({s}) {w[s]:.2f}" for s in top)
     gqa = f" (reads key/value head {step.kv_head})" if step.kv_head != step.head else ""
     mask = "causal: tokens after it are masked out" if step.causal else "no mask: it sees every token"
+    hidden_before = int(step.masked[:t].sum())  # a sliding window hides earlier tokens too
+    if hidden_before:
+        mask += f", and its sliding window hides the {hidden_before} earliest"
     lines = [
         f"#### Layer {step.layer}, head {step.head}{gqa}, token **{tok}** ({t})",
         f"1. **Query** `{step.formulas.get('q', 'q = W_Q x + b_Q')}`{_rope_note(step)}: ‖q‖ = {step.query.norm():.3f}, q = {_vec(step.query)}",

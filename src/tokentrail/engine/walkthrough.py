@@ -7,10 +7,13 @@ and the adapter's canonical projections, every step of scaled dot-product attent
     q_t    = W_Q[h] x_t + b_Q[h]                 (RoPE at p_t for rotary models; no b_Q where the model has none)
     k_s    = W_K[g] x_s + b_K[g]                 (g = the KV head of h; RoPE at p_s likewise)
     score  = q_t . k_s,   scaled = score / sqrt(d_head),   masked for s > t if causal
-                                                 (T5: unscaled, plus its relative position bias)
+                                                 (T5: unscaled, plus its relative position bias;
+                                                 GPT-2: its scale options; Gemma: / sqrt(query_pre_attn_scalar)
+                                                 then soft-capped; sliding windows mask s <= t - window too)
     w      = softmax(scaled)                     == the model's attention probabilities
     z      = sum_s w_s v_s                       == the SPEC ``heads`` site vector
     attn   = sum_h z_h W_O[h] + b_O              == the attention sublayer's output
+                                                 (Gemma 2/3: then its post-attention RMSNorm)
     resid  = h_l,t + attn                        == the ``attn_resid`` site
     normed = LN(resid)                           (post-LN only) == ``attn_resid_ln``
 
@@ -48,12 +51,12 @@ class AttentionStep:
     keys: Tensor  # (n, d_head) k_s
     values: Tensor  # (n, d_head) v_s
     scores: Tensor  # (n,) q_t . k_s
-    scaled: Tensor  # (n,) scores / sqrt(d_head), -inf where masked
-    masked: Tensor  # (n,) bool: True where the causal mask hid the source token
+    scaled: Tensor  # (n,) scores / sqrt(d_head) (or the model's own scale and soft cap), -inf where masked
+    masked: Tensor  # (n,) bool: True where the causal mask (or a sliding window) hid the source token
     weights: Tensor  # (n,) softmax(scaled)
     z: Tensor  # (d_head,) sum_s w_s v_s
-    head_out: Tensor  # (d,) z @ W_O[h]: this head's share of the attention output
-    attn_out: Tensor  # (d,) all heads through W_O, plus b_O
+    head_out: Tensor  # (d,) z @ W_O[h]: this head's share of the attention output (before any post-norm)
+    attn_out: Tensor  # (d,) all heads through W_O, plus b_O (then Gemma 2/3's post-attention norm)
     layer_in: Tensor  # (d,) h_{l,t}, the residual stream entering the layer
     residual: Tensor  # (d,) layer_in + attn_out
     normed: Tensor | None  # (d,) the post-attention LayerNorm's output (post-LN models)
@@ -102,17 +105,30 @@ def projection_formula(adapter: Adapter, layer: int, which: str) -> str:
     return f"{which} = {scale}RoPE_{{{pos}}}{part}({affine})"
 
 
-def _scaling_formula(adapter: Adapter, biased: bool) -> str:
-    """How the model turns q·k into the softmax's input: ``"q·k / √64"``, or T5's
-    ``"q·k + relative position bias"`` (unscaled)."""
-    scale = adapter.attention_scale()
+def _scaling_formula(adapter: Adapter, layer: int, biased: bool) -> str:
+    """How the model turns q·k into the softmax's input: ``"q·k / √64"``, T5's
+    ``"q·k + relative position bias"`` (unscaled), GPT-2's ``"q·k × 0.0625"`` (by inverse
+    layer index), Gemma 2's ``"50·tanh(q·k / √256 / 50)"`` (soft-capped), and the sliding
+    window where one hides keys (``"…, keys s > t - 4096 only"``)."""
+    scale = adapter.attention_scale(layer)
+    root = scale**-2 if scale > 0 else 0.0
     if abs(scale - adapter.d_head**-0.5) < 1e-12:
         core = f"q·k / √{adapter.d_head}"
     elif scale == 1.0:
         core = "q·k (unscaled)"
+    elif abs(root - round(root)) < 1e-6:
+        core = f"q·k / √{round(root)}"  # Gemma's query_pre_attn_scalar
     else:
         core = f"q·k × {scale:.4g}"
-    return core + (" + relative position bias" if biased else "")
+    cap = adapter.attention_softcap(layer)
+    if cap is not None:
+        core = f"{cap:g}·tanh({core} / {cap:g})"
+    window = adapter.attention_window(layer)
+    return (
+        core
+        + (" + relative position bias" if biased else "")
+        + ("" if window is None else f", keys s > t - {window} only (sliding window)")
+    )
 
 
 def attention_step(
@@ -143,14 +159,15 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
 
     # every head for this token, so that the output projection can be checked whole
     scores = torch.einsum("hd,shd->hs", q[token], k_h)  # (H, n)
-    scaled = scores * adapter.attention_scale()  # 1 / sqrt(d_head), or the model's own (T5: 1)
+    # scaled by 1 / sqrt(d_head) or the model's own (T5: 1; GPT-2 by layer; Gemma: its
+    # query_pre_attn_scalar), soft-capped where the model caps
+    scaled = adapter.attention_logits(layer, scores)
     bias = adapter.attention_bias(layer, n)  # (H, n, n): T5's relative position bias
     if bias is not None:
         scaled = scaled + bias[:, token]
-    masked = torch.zeros(n, dtype=torch.bool, device=q.device)
-    if causal:
-        masked = torch.arange(n, device=q.device) > token
-        scaled = scaled.masked_fill(masked, float("-inf"))
+    # later keys under the causal mask, and those a sliding window leaves out
+    masked = adapter.hidden_keys(layer, n, causal, q.device)[token]
+    scaled = scaled.masked_fill(masked, float("-inf"))
     weights = scaled.softmax(-1)  # (H, n)
     z = torch.einsum("hs,shd->hd", weights, v_h)  # (H, dh)
     w_o, b_o = adapter.output_projection(layer)  # (H, dh, d), (d,)
@@ -196,8 +213,8 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         checks=checks,
         formulas={
             **{w: projection_formula(adapter, layer, w) for w in "qkv"},
-            "scaled": _scaling_formula(adapter, bias is not None),
-            # a norm inside the branch (OLMo 2): what the residual add receives
+            "scaled": _scaling_formula(adapter, layer, bias is not None),
+            # a norm inside the branch (OLMo 2, Gemma 2/3): what the residual add receives
             **({} if out_norm is None else {"out": f"attn = {_NORM_NAMES[out_norm.kind]}(Σ_h z_h W_O[h] + b_O)"}),
         },
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,

@@ -142,10 +142,11 @@ def _qkv(adapter: Adapter, acts: Activations, layer: int) -> tuple[Tensor, Tenso
 def attention(adapter: Adapter, acts: Activations, causal: bool, rtol: float) -> list[Check]:
     probs, heads = Worst("attention probabilities", rtol), Worst("heads (z = A v)", rtol)
     n = acts.input_ids.shape[0]
-    mask = torch.triu(torch.full((n, n), float("-inf")), diagonal=1) if causal else torch.zeros(n, n)
     for layer in range(adapter.n_layers):
         q, k, v = _qkv(adapter, acts, layer)
-        scores = torch.einsum("thk,shk->hts", q, k) * adapter.attention_scale() + mask  # (H, n, n)
+        # scaled (and soft-capped) scores, then the causal mask and any sliding window
+        scores = adapter.attention_logits(layer, torch.einsum("thk,shk->hts", q, k))  # (H, n, n)
+        scores = scores.masked_fill(adapter.hidden_keys(layer, n, causal, scores.device), float("-inf"))
         bias = adapter.attention_bias(layer, n)  # T5's relative position bias
         A = (scores if bias is None else scores + bias).softmax(-1)
         probs.compare(A, acts.attentions[layer], f"layer {layer}")
