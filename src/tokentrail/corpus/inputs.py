@@ -225,7 +225,7 @@ def _conllu_blocks(path: Path) -> Iterator[list]:
             restart = m.group(3) is None and int(m.group(1)) == 1
             if words and restart:
                 yield block
-                block = []
+                block, words = [], False
             block.append(line)
             words = words or m.group(2) is None and m.group(3) is None
     if block:
