@@ -11,6 +11,9 @@ aggregates and figures are the corpus package's own (:meth:`tokentrail.Study.agg
 
 from __future__ import annotations
 
+import html
+import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -68,6 +71,9 @@ class StudyShelf:
         path = self.root if name == HERE else self.root / name
         if not self._inside(path):  # checked again: the folder may have changed since listing
             raise InputError(f"no study {name!r} in the studies folder: choose one from the list")
+        link = _first_link(path)
+        if link is not None:  # a link inside (data -> elsewhere) would read files outside the folder
+            raise InputError(f"study {name!r} holds a symbolic link ({link.relative_to(path)}): not opened")
         return path
 
     def open(self, name: str | None):
@@ -87,6 +93,15 @@ class StudyShelf:
         return value
 
 
+def _first_link(folder: Path) -> Path | None:
+    """The first symbolic link inside ``folder`` (not followed), or None."""
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for entry in (*dirs, *files):
+            if (Path(top) / entry).is_symlink():
+                return Path(top) / entry
+    return None
+
+
 def show(shelf: StudyShelf, name: str | None) -> tuple:
     """The tab's outputs for one study: status, metadata table, then the figures."""
     manifest, agg = shelf.open(name)
@@ -97,7 +112,20 @@ def show(shelf: StudyShelf, name: str | None) -> tuple:
 
 def status(name: str, m: dict) -> str:
     state = "complete" if m.get("complete") else "**incomplete** (resume it with `tokentrail study ... --resume`)"
-    return f"**{name}**: {m.get('model')}, {m.get('texts', 0):,} texts, {m.get('tokens', 0):,} tokens, {state}."
+    # the folder's name and the manifest's model are anyone's text: shown, never run as HTML
+    return (
+        f"**{_plain(name)}**: {_plain(m.get('model'))}, {_count(m.get('texts'))} texts, "
+        f"{_count(m.get('tokens'))} tokens, {state}."
+    )
+
+
+def _plain(value: object) -> str:
+    """Text for the status Markdown: HTML escaped, Markdown's own marks made literal."""
+    return html.escape(re.sub(r"([\\`*_{}\[\]()#+!|~-])", r"\\\1", str(value)), quote=False)
+
+
+def _count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _plain(value or 0)
 
 
 def build_study_tab(p, shelf: StudyShelf) -> None:

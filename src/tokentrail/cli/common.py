@@ -16,12 +16,14 @@ from rich.markup import escape
 
 from tokentrail.spec.errors import InputError, TokentrailError
 from tokentrail.spec.fileio import check_output_path
+from tokentrail.spec.text import MAX_CHARS
 
 # piped output (a file, a pager) gets wide lines rather than rich's 80-column fallback
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FORMATS = ("table", "csv", "json", "parquet")
+MAX_STDIN_BYTES = 4 * MAX_CHARS  # what '-' reads at most: the longest text a run takes, in UTF-8
 
 
 def fail(message: str) -> NoReturn:
@@ -46,9 +48,15 @@ def read_text(text: str) -> str:
     """The TEXT argument, or standard input for '-', decoded as UTF-8 whatever the locale."""
     if text != "-":
         return text
-    data = (
-        sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
-    )
+    if hasattr(sys.stdin, "buffer"):
+        data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)  # never more: stdin may have no end (< /dev/zero)
+    else:
+        data = sys.stdin.read(MAX_STDIN_BYTES + 1).encode("utf-8", "surrogateescape")
+    if len(data) > MAX_STDIN_BYTES:
+        raise InputError(
+            f"standard input holds more than {MAX_STDIN_BYTES:,} bytes; a text is at most {MAX_CHARS:,} characters "
+            "(study a corpus with `tokentrail study FILE`)"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -13,7 +13,7 @@ import tokentrail as tt
 from tokentrail.cli.common import err, fail
 from tokentrail.present.progress import TerminalProgress
 from tokentrail.spec.errors import TokentrailError
-from tokentrail.spec.fileio import CORPUS_FILES, check_input_file
+from tokentrail.spec.fileio import CORPUS_FILES, check_input_file, check_output_path
 from tokentrail.spec.options import RESIDUAL_SITES, expand_choice
 
 
@@ -105,6 +105,8 @@ def study(
             )
     except TokentrailError as exc:
         fail(str(exc))
+    except OSError as exc:  # what the checks above could not foresee: still one line
+        fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] finished batches are kept in {out_dir}; rerun with --resume to continue")
         raise typer.Exit(130) from None
@@ -192,12 +194,14 @@ def report(
     png: Path | None = typer.Option(
         None, "--png", help="Also write each figure as a PNG into this folder (needs kaleido)."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ) -> None:
     """Render a study's aggregates as one self-contained HTML file (plots, tables, metadata)."""
     if out_path.is_dir():
         fail(f"--out {out_path} is a folder; give a file name")
     try:
-        s = tt.Study(study_dir)
+        s = tt.Study(study_dir)  # its manifest only
+        check_output_path(out_path, force=force)  # before anything is rendered
         path = s.report(out_path)
         if png is not None:
             pngs = tt.write_study_pngs(s, png)

@@ -9,6 +9,7 @@ over-long, undecodable, with control characters) are skipped and counted in a
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ def check_source(path: str | Path, fmt: str | None = None, column: str | None = 
             )
     elif column:
         raise InputError(f"--column is for CSV and Parquet inputs; {path} is read as {fmt}")
+    if fmt in ("csv", "conllu"):  # read through once, streaming: a malformed file is refused now, not mid-run
+        for _ in _csv(path, column) if fmt == "csv" else _conllu_blocks(path):
+            pass
     return fmt
 
 
@@ -180,20 +184,52 @@ def _plain(path: Path, column) -> Iterator[tuple]:
 
 def _conllu(path: Path, column) -> Iterator[tuple]:
     """Sentences of a CoNLL-U file: ``# text`` and the words' UPOS, spans found in it."""
-    index = 0
-    block: list = []
-    with open(path, "rb") as f:
-        for line in f:
-            line = _decode(line)
-            if line is not _UNDECODABLE and line.strip() == "":
-                if block:
-                    yield (index, *_sentence(block))
-                    index += 1
-                block = []
-            else:
-                block.append(line)
-    if block:
+    for index, block in enumerate(_conllu_blocks(path)):
         yield (index, *_sentence(block))
+
+
+_WORD_ID = re.compile(r"^(\d+)(?:-(\d+)|\.(\d+))?$")  # 3 (a word), 3-4 (a multiword token), 3.1 (an empty node)
+
+
+def _conllu_blocks(path: Path) -> Iterator[list]:
+    """The lines of each sentence. A sentence ends at a blank line, as the format says,
+    and also where the next one plainly starts without one: a comment line (``# sent_id``,
+    ``# text``, ...) after word lines, or word IDs starting again at 1. A word line whose
+    ID is not a CoNLL-U ID (``3``, ``3-4``, ``3.1``) or that has fewer than four
+    tab-separated fields is an :class:`InputError` naming the line: the file is not
+    CoNLL-U, and guessing would misalign every word after it."""
+    block: list = []
+    words = False  # the block has word lines (a sentence's comments are behind it)
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = _decode(raw)
+            if line is _UNDECODABLE:
+                block.append(line)  # the sentence is skipped as undecodable
+                continue
+            if line.strip() == "":
+                if block:
+                    yield block
+                block, words = [], False
+                continue
+            if line.startswith("#"):
+                if words:
+                    yield block
+                    block, words = [], False
+                block.append(line)
+                continue
+            cols = line.split("\t")
+            m = _WORD_ID.match(cols[0])
+            if m is None or len(cols) < 4:
+                what = f"ID {cols[0][:20]!r} is not a word ID (3, 3-4 or 3.1)" if m is None else "fewer than 4 fields"
+                raise InputError(f"{path}, line {number}: {what}; not CoNLL-U ({line[:60]!r})")
+            restart = m.group(3) is None and int(m.group(1)) == 1
+            if words and restart:
+                yield block
+                block, words = [], False
+            block.append(line)
+            words = words or m.group(2) is None and m.group(3) is None
+    if block:
+        yield block
 
 
 def _sentence(lines: list) -> tuple:
@@ -208,9 +244,7 @@ def _sentence(lines: list) -> tuple:
             elif key.strip() == "sent_id":
                 sent_id = value.strip()
             continue
-        cols = line.split("\t")
-        if len(cols) >= 4:
-            rows.append(cols)
+        rows.append(line.split("\t"))
     if text is None:  # no '# text' line: rebuild it from the forms and SpaceAfter=No
         text = _rebuild(rows)
     return text, _spans(text, rows), sent_id
@@ -281,12 +315,15 @@ def _csv(path: Path, column) -> Iterator[tuple]:
     column = column or "text"
     i = 0
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    for chunk in pd.read_csv(
-        path, usecols=[column], chunksize=1024, dtype={column: object}, keep_default_na=False, sep=sep
-    ):
-        for value in chunk[column]:
-            yield i, value, None, None
-            i += 1
+    try:
+        for chunk in pd.read_csv(
+            path, usecols=[column], chunksize=1024, dtype={column: object}, keep_default_na=False, sep=sep
+        ):
+            for value in chunk[column]:
+                yield i, value, None, None
+                i += 1
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:  # a malformed file, e.g. an open quote
+        raise InputError(f"cannot read {path} as csv: {' '.join(str(exc).split())}") from None
 
 
 def _parquet(path: Path, column) -> Iterator[tuple]:
@@ -312,8 +349,7 @@ def count(source: str | Path | Sequence[str], fmt: str | None = None, limit: int
 
             n = pq.ParquetFile(path).metadata.num_rows
         elif fmt == "conllu":
-            with open(path, "rb") as f:
-                n = sum(1 for line in f if line.startswith(b"# text"))
+            n = sum(1 for _ in _conllu_blocks(path))
         elif fmt == "text":
             with open(path, "rb") as f:
                 n = sum(1 for _ in f)

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from tokentrail.engine.cells import CELL_METRICS
 from tokentrail.spec.axes import rank_axis
 from tokentrail.spec.errors import InputError
-from tokentrail.spec.fileio import write_text
+from tokentrail.spec.fileio import atomic_write, write_text
 
 CLASS_ORDER = ("function", "content", "punctuation", "special", "other", "unknown")
 
@@ -187,10 +187,14 @@ def write_pngs(study, folder: str | Path, prefix: str = "") -> list[Path]:
     except ImportError:
         raise InputError("PNG figures need kaleido: pip install 'tokentrail[app]'") from None
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --png {folder}: {exc.strerror or exc}") from None
     paths = []
     for name, fig in named_figures(study.aggregate()).items():
         path = folder / f"{prefix}{name}.png"
-        fig.write_image(str(path), width=900, height=fig.layout.height or 400)
+        with atomic_write(path) as tmp:
+            fig.write_image(str(tmp), format="png", width=900, height=fig.layout.height or 400)
         paths.append(path)
     return paths

@@ -42,6 +42,7 @@ model weights are not counted (they are already loaded when the check runs).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -214,9 +215,12 @@ def env_limit() -> int | None:
     if not raw:
         return None
     try:
-        return int(float(raw))
+        value = float(raw)
     except ValueError:
-        raise InputError(f"TOKENTRAIL_MAX_MEMORY={raw!r} is not a number of bytes") from None
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise InputError(f"TOKENTRAIL_MAX_MEMORY={raw!r} is not a number of bytes (above 0)")
+    return int(value)
 
 
 def limit_bytes() -> int | None:

@@ -22,6 +22,7 @@ CSV escaping rule: a text cell gets one leading apostrophe ``'`` when it
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -104,12 +105,21 @@ CORPUS_FILES = "a text, CoNLL-U, CSV or Parquet file"
 
 
 def check_input_file(path: str | os.PathLike[str], kinds: str) -> Path:
-    """An input file that exists and is not a folder (``kinds`` says what files are read), before any work."""
+    """An input file that exists and is a regular file (``kinds`` says what files are
+    read), before any work. A device (``/dev/zero``), a named pipe or a socket is refused:
+    it has no end to hash, or blocks until a writer comes."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"no input file at {p}")
-    if p.is_dir():
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"no input file at {p}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
         raise InputError(f"{p} is a folder; give {kinds}")
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise InputError(f"{p} is {kind}, not a regular file; give {kinds} (save a stream to a file first)")
     return p
 
 

@@ -32,6 +32,8 @@ import json
 import os
 import re
 import socket
+import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +49,33 @@ LOCK_FILE = ".tokentrail.lock"
 FORMAT = "tokentrail-study/1"
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 IDENTITY = ("model", "model_revision", "options", "input", "frequencies")  # what a resumed run must share
+
+
+MAX_MANIFEST_BYTES = 4 << 20  # a manifest holds totals and a few samples: kilobytes
+MAX_MANIFEST_DEPTH = 32  # its deepest object is 4 levels down
+
+
+def _depth(raw: bytes) -> int:
+    """How deep JSON text nests (brackets outside strings): checked before parsing, so
+    a bomb of ``[[[[…`` cannot exhaust the parser's recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:  # quote
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def part_name(batch: int) -> str:
@@ -99,9 +128,13 @@ class StudyDir:
             yield  # nothing to own; the caller's own checks refuse a missing folder
             return
         made = not self.root.exists()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, a read-only place, a full disk
+            raise InputError(f"cannot create --out {self.root}: {exc.strerror or exc}") from None
         fd = self._lock()
         try:
+            self._probe()
             yield
         finally:
             try:
@@ -112,10 +145,29 @@ class StudyDir:
                 pass
             os.close(fd)  # releases the lock
 
+    def _probe(self) -> None:
+        """Each folder a run writes in, tried with a real file (permissions, a read-only
+        mount, a full disk), so a place that cannot be written is refused before any model
+        work rather than at the first batch."""
+        for folder in (self.root, self.data, self.sample, self.stats):
+            if not folder.exists():
+                continue
+            if not folder.is_dir():
+                raise InputError(f"{folder} is not a folder; choose another --out")
+            try:
+                with tempfile.TemporaryFile(dir=folder) as f:
+                    f.write(b"tokentrail")
+                    f.flush()
+            except OSError as exc:
+                raise InputError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+
     def _lock(self) -> int:
         """The lock file's descriptor, locked and naming this process."""
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # the first write into --out: a read-only folder fails here
+                raise InputError(f"cannot write in --out {self.root}: {exc.strerror or exc}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -137,8 +189,12 @@ class StudyDir:
             "host": socket.gethostname(),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        except OSError as exc:  # a full disk
+            os.close(fd)
+            raise InputError(f"cannot write in --out {self.root}: {exc.strerror or exc}") from None
         return fd
 
     def _owner(self) -> str:
@@ -150,12 +206,33 @@ class StudyDir:
             return "another process"
 
     def read_manifest(self) -> dict[str, Any]:
+        """The manifest, read with a bound: at most :data:`MAX_MANIFEST_BYTES`, a JSON
+        object nested at most :data:`MAX_MANIFEST_DEPTH` deep; anything else is refused
+        in one line."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root} is a file, not a study folder (give the folder `tokentrail study` wrote)")
         try:
-            return json.loads(self.manifest_path.read_text())
+            with open(self.manifest_path, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise InputError(f"{self.manifest_path} is not a regular file")
+                raw = f.read(MAX_MANIFEST_BYTES + 1)
         except FileNotFoundError:
             raise InputError(f"{self.root} holds no study (no {MANIFEST}); run `tokentrail study` first") from None
-        except json.JSONDecodeError as exc:
+        except OSError as exc:
+            raise InputError(f"cannot read {self.manifest_path}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise InputError(
+                f"{self.manifest_path} is over {MAX_MANIFEST_BYTES:,} bytes; a study's manifest is a few kB: not read"
+            )
+        if _depth(raw) > MAX_MANIFEST_DEPTH:
+            raise InputError(f"{self.manifest_path} nests deeper than {MAX_MANIFEST_DEPTH} levels; not a manifest")
+        try:
+            manifest = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{self.manifest_path} is not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise InputError(f"{self.manifest_path} is not a JSON object; not a manifest")
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=1, default=str).encode())
