@@ -440,23 +440,40 @@ def test_request_bodies_are_bounded(served):
     handler = _Records()
     logging.getLogger("tokentrail.app").addHandler(handler)
     try:
-        body = json.dumps({"data": ["x" * (limit + 10)]}).encode()
-        status, text = _http(served + "gradio_api/call/open_study", "POST", body, {"Content-Type": "application/json"})
-        assert status == 413 and b"request body over 1,048,576 bytes" in text
-        # streamed (chunked), no Content-Length: cut at the limit
         where = urlsplit(served)
-        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
-        chunks = (b"x" * 65536 for _ in range(64))  # 4 MiB offered
-        conn.request(
-            "POST",
-            "/gradio_api/call/open_study",
-            body=chunks,
-            headers={"Content-Type": "application/json"},
-            encode_chunked=True,
-        )
-        r = conn.getresponse()
-        assert r.status == 413 and b"request body over" in r.read()
-        conn.close()
+
+        def post(declared: int | None, body: bytes):
+            """Headers first, then as much of the body as the server takes: it may answer
+            and close before the rest is sent (a refused client sees a broken pipe)."""
+            conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+            conn.putrequest("POST", "/gradio_api/call/open_study")
+            conn.putheader("Content-Type", "application/json")
+            if declared is None:
+                conn.putheader("Transfer-Encoding", "chunked")
+            else:
+                conn.putheader("Content-Length", str(declared))
+            conn.endheaders()
+            try:
+                if declared is None:  # chunked: 64 KiB chunks, then the last one
+                    for i in range(0, len(body), 65536):
+                        part = body[i : i + 65536]
+                        conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+                    conn.send(b"0\r\n\r\n")
+                else:
+                    conn.send(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            r = conn.getresponse()
+            status, text = r.status, r.read()
+            conn.close()
+            return status, text
+
+        # declared over the limit: refused from the header alone, before any body is read
+        status, text = post(limit + 10, b"")
+        assert status == 413 and b"request body over 1,048,576 bytes" in text
+        # streamed (chunked), no Content-Length: cut once it passes the limit
+        status, text = post(None, b"x" * (limit + 65536))
+        assert status == 413 and b"request body over" in text
     finally:
         logging.getLogger("tokentrail.app").removeHandler(handler)
     lines = [r.getMessage() for r in handler.records if "request body over" in r.getMessage()]
