@@ -33,6 +33,8 @@ class DecoderAdapter(Adapter):
 
     is_decoder = True
     norm_placement = "pre"
+    head_key_prefixes: tuple[str, ...] = ("lm_head.",)
+    head_tied_to_embedding = True
 
     def base_model(self) -> nn.Module:
         """The transformer without its head (``transformer`` / ``model``)."""
@@ -110,4 +112,7 @@ class DecoderAdapter(Adapter):
         return apply
 
     def lens_unavailable_reason(self) -> str:
-        return f"this {self.family} checkpoint was loaded without its LM head (load it with AutoModelForCausalLM)"
+        return (
+            f"this checkpoint has no output head (a bare {self.family} model saved without lm_head, its embeddings "
+            "not tied): there is no logit lens"
+        )
