@@ -35,10 +35,13 @@ ROPE = dict(
     eos_token_id=3,
     pad_token_id=0,
 )
-BARE = {
-    "llama": (transformers.LlamaConfig, transformers.LlamaModel),
-    "mistral": (transformers.MistralConfig, transformers.MistralModel),
-    "qwen2": (transformers.Qwen2Config, transformers.Qwen2Model),
+NEOX = {k: v for k, v in ROPE.items() if k != "num_key_value_heads"}
+BARE = {  # decoders saved without their head (e.g. decoder-based embedding models)
+    "llama": (transformers.LlamaConfig, transformers.LlamaModel, ROPE),
+    "mistral": (transformers.MistralConfig, transformers.MistralModel, ROPE),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2Model, ROPE),
+    "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXModel, {**NEOX, "rotary_pct": 0.25}),
+    "phi": (transformers.PhiConfig, transformers.PhiModel, NEOX),
 }
 
 
@@ -53,9 +56,9 @@ def one_line_exit_2(args: list[str], message: str) -> None:
 
 
 def save_bare(folder: Path, family: str, tokenizer, seed: int = 0, **overrides) -> Path:
-    config_cls, model_cls = BARE[family]
+    config_cls, model_cls, sizes = BARE[family]
     torch.manual_seed(seed)
-    model = model_cls(config_cls(**{**ROPE, "tie_word_embeddings": False, **overrides}))
+    model = model_cls(config_cls(**{**sizes, "tie_word_embeddings": False, **overrides}))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -90,7 +93,7 @@ def test_a_bare_decoder_loads_as_the_base_model_and_refuses_the_lens(family, tmp
     folder = save_bare(tmp_path / family, family, tokenizer)
     loaded = tt.load(str(folder))
     assert loaded.adapter.lens_head() is None  # main: a random lm_head, a different lens each load
-    assert not hasattr(loaded.adapter.model, "lm_head")
+    assert not hasattr(loaded.adapter.model, "lm_head") and not hasattr(loaded.adapter.model, "embed_out")
     with pytest.raises(ModelError, match="this checkpoint has no output head"):
         tt.trace("the cat sat", loaded, lens=True)
     trail = tt.trace("the cat sat", loaded, site="layer_out", space="encodings")  # everything else works
@@ -101,9 +104,15 @@ def test_a_bare_decoder_loads_as_the_base_model_and_refuses_the_lens(family, tmp
     assert result.passed
 
 
-def test_the_cli_refuses_the_lens_of_a_bare_decoder_and_verify_says_it_is_not_checked(tmp_path, tokenizer):
+def test_the_cli_refuses_the_lens_of_a_bare_decoder_and_verify_says_it_is_not_checked(tmp_path, tokenizer, monkeypatch):
     folder = save_bare(tmp_path / "llama", "llama", tokenizer)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(tt, "load", no_load)  # refused from the tensor names, before the weights load
     one_line_exit_2(["trace", "-m", str(folder), "--lens", "the cat"], "this checkpoint has no output head")
+    monkeypatch.undo()
     result = CliRunner().invoke(app, ["verify", str(folder)])
     assert result.exit_code == 0, result.output
     assert "not checked: lens = logits (this checkpoint has no output head" in " ".join(result.output.split())
