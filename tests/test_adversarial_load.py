@@ -234,6 +234,22 @@ def test_a_file_claiming_more_cells_than_it_has_rows_is_refused(trail_json, tmp_
         tt.Trail.load(_forged(trail_json, tmp_path, inflate))
 
 
+def test_a_forged_parquet_export_is_refused_too(loaded_tiny, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "trail.parquet"
+    tt.trace("the cat sat", loaded_tiny, site="layer_out", space="encodings", k=3).export(path)
+    frame = pq.read_table(path).to_pandas()
+    row = frame.index[frame["table"] == "meta"][0]
+    meta = json.loads(frame.at[row, "meta"])
+    meta["trail"]["n_heads"] = meta["trail"]["n_layers"] = 100_000
+    frame.at[row, "meta"] = json.dumps(meta)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    with pytest.raises(InputError, match=r"claims arrays of [\d,]+ cells but holds [\d,]+ rows"):
+        tt.Trail.load(path)
+
+
 def test_a_file_whose_arrays_would_not_fit_in_memory_is_refused_with_the_figure(trail_json, monkeypatch):
     monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", "1000")
     with pytest.raises(InputError, match=r"would need about [\d.,]+ \w+ of memory to load"):
