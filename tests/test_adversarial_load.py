@@ -196,6 +196,10 @@ def test_resume_refuses_a_local_folder_whose_weights_changed_before_loading(tmp_
     monkeypatch.setattr("tokentrail.corpus.run.load", no_load)
     with pytest.raises(InputError, match="the files of the model folder .* changed since the study began"):
         study(texts, str(folder), tmp_path / "o", batch=1, limit=1, resume=True)
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(texts) + "\n")
+    args = ["study", str(src), "--model", str(folder), "--out", str(tmp_path / "o"), "--resume"]
+    one_line_exit_2(args, "changed since the study began")
 
 
 def test_a_local_folders_revision_is_the_hash_of_its_files(tmp_path, bert_folder):
