@@ -32,7 +32,8 @@ from tokentrail.spec.errors import ModelError
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """A model's shape, read from its config.json alone (see :func:`model_facts`).
+    """A model's shape, read from its config.json and its checkpoint's tensor names (see
+    :func:`model_facts`).
 
     The same names as :class:`~tokentrail.session.loaded.LoadedModel`'s, so a check
     written against a loaded model runs on these before the load."""
@@ -77,7 +78,8 @@ class ModelFacts:
 
 def model_facts(name: str | None = None, *, revision: str | None = None) -> ModelFacts | None:
     """The facts of the model ``load(name, revision=revision)`` would load, from its
-    config.json alone: no weights read, nothing downloaded, no remote code run.
+    config.json and the tensor names in its safetensors headers: no weights read, nothing
+    downloaded, no remote code run.
 
     Args:
         name: a bundled name (see ``tokentrail models``), a local folder or a hub id;
