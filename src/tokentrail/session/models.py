@@ -331,8 +331,8 @@ def _load_uncached(
     local = Path(name).expanduser()
     if local.is_dir():
         progress(f"loading {local}")
-        revision = folder_revision(local.resolve(), progress)  # what --resume compares
         model, tokenizer = _load_folder(local.resolve(), allow_pickle=allow_pickle)
+        revision = folder_revision(local.resolve(), progress)  # what --resume compares; after the refusals
         return LoadedModel(name, str(local.resolve()), "local", revision, adapter_for(model), tokenizer)
     if path_like(name):
         raise ModelError(f"no model folder at {name!r}")
