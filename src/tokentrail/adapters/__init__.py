@@ -67,6 +67,11 @@ def lens_head_prefixes(model_type: str) -> tuple[str, ...]:
     return getattr(cls, "head_key_prefixes", ()) if cls else ()
 
 
+def adapter_class(model_type: str) -> type[Adapter] | None:
+    """The adapter class for a config's ``model_type`` (its facts before any model is built), or None."""
+    return REGISTRY.get(model_type)
+
+
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter for a loaded transformers model, or a clear error."""
     model_type = getattr(model.config, "model_type", None)
@@ -87,6 +92,7 @@ __all__ = [
     "HookPoints",
     "Norm",
     "REGISTRY",
+    "adapter_class",
     "adapter_for",
     "decoder_model_types",
     "lens_head_prefixes",

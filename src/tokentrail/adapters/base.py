@@ -120,6 +120,17 @@ class Adapter(ABC):
     stack: str | None = None
     #: where a batch may put its padding without moving any real token's position id
     padding_sides: tuple[str, ...] = ("left", "right")
+    #: checkpoint tensor-name prefixes of the output head (the logit lens reads it): the
+    #: loader looks for them among the checkpoint's tensor names before reading any weight,
+    #: and loads the bare model (no lens) when none is there and the head is not tied
+    head_key_prefixes: tuple[str, ...] = ()
+    #: True where a config with ``tie_word_embeddings`` makes the head the embedding table
+    #: itself (so a tied checkpoint stores no head tensors); False where the head has
+    #: weights of its own (BERT's transform), which only its tensors can supply
+    head_tied_to_embedding: bool = False
+    #: modules the adapter never reads, whose tensors a checkpoint may lack or carry
+    #: without changing any number (BERT's pooler); prefixes below the base model
+    unread_key_prefixes: tuple[str, ...] = ()
     #: tokentrail's per-model memo of shared tables (engine/space_memory.py: adapter_memo);
     #: declared only, set on first use
     _tokentrail_tables: dict
@@ -304,7 +315,7 @@ class Adapter(ABC):
         return self.model(input_ids=input_ids[None], position_ids=position_ids[None]).logits[0]
 
     def lens_unavailable_reason(self) -> str:
-        return f"{self.family} model has no output head in this checkpoint"
+        return f"this checkpoint has no output head (a bare {self.family} model): there is no logit lens"
 
     def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         """Emb(x_t, p_t) from canonical parts: (n,) -> (n, d)."""

@@ -33,6 +33,7 @@ class BertAdapter(Adapter):
     family = "bert"
     norm_placement = "post"
     head_key_prefixes = ("cls.predictions.",)
+    unread_key_prefixes = ("pooler.", "cls.seq_relationship.")  # the pooler and the next-sentence head
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -113,7 +114,7 @@ class BertAdapter(Adapter):
 
     def lens_unavailable_reason(self) -> str:
         return (
-            "this checkpoint has no masked-LM head (it was loaded as a bare encoder, e.g. a "
+            "this checkpoint has no output head (no masked-LM head: it was loaded as a bare encoder, e.g. a "
             "sentence-embedding model such as all-MiniLM-L6-v2), so there is no logit lens"
         )
 

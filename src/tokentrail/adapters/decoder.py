@@ -36,6 +36,8 @@ class DecoderAdapter(Adapter):
 
     is_decoder = True
     norm_placement = "pre"
+    head_key_prefixes: tuple[str, ...] = ("lm_head.",)
+    head_tied_to_embedding = True
     #: whether this family's model reads ``config.sliding_window`` / ``layer_types`` (Mistral,
     #: Qwen2, Gemma 2/3); the others ignore them, so a stray key in a config.json means nothing
     windowed: bool = False
@@ -147,4 +149,7 @@ class DecoderAdapter(Adapter):
         return apply
 
     def lens_unavailable_reason(self) -> str:
-        return f"this {self.family} checkpoint was loaded without its LM head (load it with AutoModelForCausalLM)"
+        return (
+            f"this checkpoint has no output head (a bare {self.family} model saved without lm_head, its embeddings "
+            "not tied): there is no logit lens"
+        )

@@ -45,6 +45,7 @@ def _norm(ln: nn.LayerNorm) -> Norm:
 
 class GPTNeoXAdapter(DecoderAdapter):
     family = "gpt_neox"
+    head_key_prefixes = ("lm_head.", "embed_out.")  # embed_out in the original checkpoints
 
     def __init__(self, model: nn.Module):
         super().__init__(model)

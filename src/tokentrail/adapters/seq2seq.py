@@ -71,6 +71,10 @@ class EncoderStack(_Stack):
 
     is_seq2seq = True
     stack = "encoder"
+    # the decoder's LM head; loaded with the model whatever the checkpoint holds (both
+    # stacks need the full model), so a missing untied head is refused as missing tensors
+    head_key_prefixes: tuple[str, ...] = ("lm_head.",)
+    head_tied_to_embedding = True
 
     def encoder_module(self) -> nn.Module:
         return self.model.get_encoder()

@@ -127,7 +127,11 @@ def _print_verification(result) -> None:
     out.print(f"{result.model} ({result.family}), {result.n_tokens} tokens, {'causal' if result.causal else 'no'} mask")
     out.print(table)
     if result.passed:
-        out.print(f"[green]all {sum(r.passed is True for r in result.rows)} identities hold[/]")
+        held = f"[green]all {sum(r.passed is True for r in result.rows)} identities hold[/]"
+        skipped = [r for r in result.rows if r.passed is None]  # e.g. the lens of a checkpoint without a head
+        if skipped:
+            held += "; not checked: " + "; ".join(f"{r.identity} ({r.note})" for r in skipped)
+        out.print(held)
         return
     names = ", ".join(r.identity for r in result.failed)
     out.print(f"[bold red]{len(result.failed)} identit{'y' if len(result.failed) == 1 else 'ies'} failed:[/] {names}")

@@ -16,7 +16,7 @@ from tokentrail.cli.common import check_model_option, check_output, err, one_lin
 from tokentrail.present.maps import NEIGHBOURS, check_method, check_points, head_map, map_points, trajectory_map
 from tokentrail.present.progress import TerminalProgress, analysis_steps
 from tokentrail.present.report import print_report
-from tokentrail.spec.errors import InputError
+from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.fileio import check_output_path, write_text
 from tokentrail.spec.options import (
     ALL_SITES,
@@ -173,6 +173,8 @@ def trace(
             facts = tt.model_facts(model, revision=revision)
             if facts is not None:
                 _check_before_weights(facts, text, causal, stack, seq2seq_asked, token, layer, head, truncate)
+                if options.lens and facts.lens_unavailable:
+                    raise ModelError(facts.lens_unavailable)  # a checkpoint without an output head
             loaded = tt.load(
                 model, device=device, dtype=dtype, allow_pickle=allow_pickle, revision=revision, progress=bar.loading
             )

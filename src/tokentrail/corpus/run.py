@@ -31,7 +31,7 @@ from tokentrail.corpus.inputs import (
 )
 from tokentrail.corpus.ray_engine import RayRunner
 from tokentrail.session.inputs import MAX_CHARS
-from tokentrail.session.models import load, resolve_device
+from tokentrail.session.models import load, local_revision, resolve_device
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import RESIDUAL_SITES as SITES
 from tokentrail.spec.version import __version__
@@ -177,6 +177,13 @@ def _check_dir(sd: StudyDir, resume: bool, model: str, options: StudyOptions, in
         old = sd.read_manifest()
         if old.get("model") != model:
             raise InputError(f"cannot resume {sd.root}: it studied model {old.get('model')!r}, not {model!r}")
+        revision = local_revision(model)  # a local folder's files, hashed before the model loads
+        if revision is not None and old.get("model_revision") != revision:
+            raise InputError(
+                f"cannot resume {sd.root}: the files of the model folder {model} changed since the study began "
+                f"(they hash to {revision[:23]}…, the study's model to {str(old.get('model_revision'))[:23]}…); "
+                "restore them or start a new study"
+            )
         for key, want in (("options", options.as_dict()), ("input", input_id), ("frequencies", freq_id)):
             if old.get(key) != want:
                 sd.check_resume(

