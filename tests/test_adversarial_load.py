@@ -42,6 +42,26 @@ BARE = {  # decoders saved without their head (e.g. decoder-based embedding mode
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2Model, ROPE),
     "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXModel, {**NEOX, "rotary_pct": 0.25}),
     "phi": (transformers.PhiConfig, transformers.PhiModel, NEOX),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3Model, {**ROPE, "head_dim": 8}),
+    "olmo2": (transformers.Olmo2Config, transformers.Olmo2Model, ROPE),
+    "phi3": (transformers.Phi3Config, transformers.Phi3Model, ROPE),
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2Model, {**ROPE, "head_dim": 8}),
+    "opt": (
+        transformers.OPTConfig,
+        transformers.OPTModel,
+        dict(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=48,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+        ),
+    ),
 }
 
 
