@@ -21,7 +21,9 @@ class SpaceCache:
     spaces already kept stay and a repeated everything-trace finds them warm instead of
     evicting and rebuilding them in turn (before, the first warm everything-trace on
     SmolLM2 evicted and rebuilt value spaces on every call); only when the norms alone
-    exceed the budget are the least recently used spaces dropped.
+    exceed the budget are the least recently used spaces dropped. A QK-normed key/query
+    space (its rows made, not a product through W_E) is built with its table only when the
+    table fits the room left; without it, it makes its rows a vocabulary chunk at a time.
     """
 
     def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
@@ -42,7 +44,9 @@ class SpaceCache:
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key]
-        space = build_space(self.adapter, kind, layer)
+        # a QK-normed space makes its whole table only into the room left (else its rows a
+        # vocabulary chunk at a time): never a table built only to be given up at once
+        space = build_space(self.adapter, kind, layer, table_bytes=max(0, self.max_bytes - self.nbytes))
         if layer is None:
             self._keep[key] = space
             return space
