@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 
 from tokentrail.adapters import Adapter
+from tokentrail.engine.budget import SPACE_CACHE_BYTES
 from tokentrail.engine.space_memory import release_scratch, scratch
 from tokentrail.engine.spaces import VocabSpace, build_space
 
@@ -26,7 +27,7 @@ class SpaceCache:
     table fits the room left; without it, it makes its rows a vocabulary chunk at a time.
     """
 
-    def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
+    def __init__(self, adapter: Adapter, max_bytes: int = SPACE_CACHE_BYTES):
         self.adapter = adapter
         self.max_bytes = max_bytes
         self._lock = threading.RLock()  # app sessions share one cache per model
