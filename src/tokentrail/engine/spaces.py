@@ -158,9 +158,10 @@ class VocabSpace(SpaceMemory):
         G, k, _ = self._row_form[0].shape
         V = self.vocab_size
         step = max(1, budget.TABLE_CHUNK_BYTES // (4 * G * k))
+        table = self.P  # once: the space cache may drop it meanwhile (another session's trace)
         for lo in range(0, V, step):
             hi = min(V, lo + step)
-            rows = self.P[:, lo:hi] if self.P is not None else self._made_rows(self.x[lo:hi], self.x_sq[lo:hi])
+            rows = table[:, lo:hi] if table is not None else self._made_rows(self.x[lo:hi], self.x_sq[lo:hi])
             yield lo, hi, rows
 
     def same_rows(self, other: VocabSpace) -> bool:
@@ -434,7 +435,8 @@ class VocabSpace(SpaceMemory):
         """Explicit rows for a few ids at one position: (m,) -> (m, G, k). For display and checks."""
         x = self.x[ids]
         if self.made:
-            out = (self._made_rows(x, self.x_sq[ids]) if self.P is None else self.P[:, ids]).transpose(0, 1)
+            table = self.P
+            out = (self._made_rows(x, self.x_sq[ids]) if table is None else table[:, ids]).transpose(0, 1)
         else:
             y = self._offsets(torch.tensor([position], device=x.device))
             if y is not None:
