@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from tokentrail.engine import budget
@@ -182,3 +184,27 @@ def test_available_memory_is_known_here_and_env_caps_it(monkeypatch):
     monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", "lots")
     with pytest.raises(InputError, match="not a number of bytes"):
         budget.limit_bytes()
+
+
+QWEN3_06B = SimpleNamespace(n_layers=28, n_heads=16, vocab_size=151_936, d_model=1024)  # config shape, no weights
+
+
+def test_a_qwen3_head_space_trace_is_estimated_and_refused_with_the_figure(monkeypatch):
+    """Qwen3-0.6B's QK-normed query space would be a 16 x 151,936 x 128 float32 table,
+    1.2 GB a layer (35 GB for 28 layers): it is never made whole (over the space cache's
+    budget, its rows are made a vocabulary chunk at a time), so the estimate counts the
+    cache's bound for the head spaces and a chunk of rows in the working memory. Under a
+    small TOKENTRAIL_MAX_MEMORY the run is refused with the figure."""
+    assert budget.SPACE_CACHE_BYTES < 16 * 151_936 * 128 * 4
+    pairs = [("heads", "key"), ("heads", "query")]
+    est = budget.estimate_run(QWEN3_06B, tokens=100, pairs=pairs, similarities=1, k=15, overlap_k=100, lens=False)
+    assert est.spaces == budget.SPACE_CACHE_BYTES
+    assert est.working == int(2.5 * max((128 + 64 + 32) << 20, 256 << 20))  # a block, norms, a chunk of rows
+    assert 1.5e9 < est.total < 2.5e9
+    monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", "1000000000")
+    with pytest.raises(InputError) as err:
+        budget.check_fits(est)
+    msg = str(err.value)
+    assert f"would need about {budget.human(est.total)}" in msg and "1.0 GB available" in msg
+    monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", "4000000000")
+    budget.check_fits(est)  # fits: no 35 GB of tables

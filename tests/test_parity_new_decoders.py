@@ -30,11 +30,13 @@ from test_parity_decoders import (
 )
 from tokentrail.adapters import adapter_for, decoder_model_types
 from tokentrail.analysis.bare import analyse
+from tokentrail.analysis.blocks import score_queries
 from tokentrail.cli.commands import app
+from tokentrail.engine import budget
 from tokentrail.engine.capture import capture, capture_batch, head_qkv, head_vectors
 from tokentrail.engine.metrics import similarity
 from tokentrail.engine.space_cache import SpaceCache
-from tokentrail.engine.spaces import build_space
+from tokentrail.engine.spaces import VocabSpace, build_space
 from tokentrail.engine.walkthrough import attention_step, projection_formula
 from tokentrail.session.verification import verify_adapter
 from tokentrail.spec.errors import ModelError
@@ -286,15 +288,77 @@ def test_spaces_match_brute_force(tiny):
                 _check_space(build_space(adapter, kind, layer), rows, pos, g, IDS[:4], 1e-4)
 
 
-def test_qk_norm_spaces_keep_their_rows():
-    """A QK-normed space's rows are not linear in W_E: it never gives up its table for a
-    product through W_E (which would leave the norm out)."""
+def _head_scores(adapter, acts, space, kind: str, sim: str):
+    """Each head's vector at ``space``'s layer against it: own similarity, rank, top-5 ids and sims."""
+    z = head_vectors(adapter, acts, kind, int(space.name.split("@")[1]))
+    H, n = adapter.n_heads, acts.input_ids.shape[0]
+    groups = torch.arange(H) if kind == "query" else adapter.kv_heads()
+    stats = space.position_stats(acts.position_ids)
+    return score_queries(space, z, stats, torch.arange(n), groups, acts.input_ids.repeat_interleave(H), sim, 5)
+
+
+def test_qk_norm_spaces_score_in_vocabulary_chunks(monkeypatch):
+    """A QK-normed space's rows are not linear in W_E, so no product through W_E stands in
+    for them. Without its whole (G, V, k) table (larger than ``table_bytes``, or given up)
+    it makes its rows a vocabulary chunk at a time, never more than TABLE_CHUNK_BYTES of
+    them, and scores as with the table: ranks and top-k ids identical, similarities equal
+    up to float32 rounding (measured: relative differences under 1e-6; a product over a
+    chunk of columns may round differently from one over all of them); a space that gives
+    its table up scores bit for bit as one built without it."""
+    monkeypatch.setattr(budget, "TABLE_CHUNK_BYTES", 2000)  # 97 rows: chunks of 10 (query) or 31 (key)
+    made: list[int] = []
+    make = VocabSpace._made_rows
+
+    def counted(self, x, x_sq):
+        made.append(x.shape[0])
+        return make(self, x, x_sq)
+
+    monkeypatch.setattr(VocabSpace, "_made_rows", counted)
     for family in ("qwen3", "olmo2"):
         adapter = adapter_for(tiny_new(family))
-        key, value = build_space(adapter, "key", 1), build_space(adapter, "value", 1)
-        assert key.made and not value.made
-        assert not key.drop_table() and key.P is not None and not key.through_embeddings
-        assert value.drop_table() and value.through_embeddings
+        acts = capture(adapter, IDS)
+        value = build_space(adapter, "value", 1)
+        assert not value.made and value.drop_table() and value.through_embeddings
+        for kind in ("key", "query"):
+            whole = build_space(adapter, kind, 1)
+            made.clear()
+            chunked = build_space(adapter, kind, 1, table_bytes=0)
+            assert whole.made and whole.P is not None and chunked.made and chunked.P is None
+            assert len(made) > 1 and max(made) * whole.groups * whole.dim * 4 <= 2000
+            assert sum(made) == adapter.vocab_size
+            assert not chunked.through_embeddings_for(10**6) and chunked.for_queries(10**6) is chunked
+            assert torch.equal(whole.P_sq, chunked.P_sq)
+            assert_close(chunked.rows(IDS[:4], 5), whole.rows(IDS[:4], 5), rtol=0, atol=1e-6)
+            for sim in ("cosine", "euclidean"):
+                w_own, w_rank, w_ids, w_vals = _head_scores(adapter, acts, whole, kind, sim)
+                c_own, c_rank, c_ids, c_vals = _head_scores(adapter, acts, chunked, kind, sim)
+                assert torch.equal(c_rank, w_rank) and torch.equal(c_ids, w_ids)
+                assert_close(c_own, w_own, rtol=2e-6, atol=1e-6)  # a few float32 ulps
+                assert_close(c_vals, w_vals, rtol=2e-6, atol=1e-6)
+            made.clear()
+            assert whole.drop_table() and whole.P is None and not whole.through_embeddings
+            for got, want in zip(
+                _head_scores(adapter, acts, whole, kind, "cosine"), _head_scores(adapter, acts, chunked, kind, "cosine")
+            ):
+                assert torch.equal(got, want)
+            assert made  # its rows were made again, in chunks
+
+
+def test_the_space_cache_bounds_qk_normed_spaces():
+    """The space cache's budget holds for QK-normed spaces: one whose table does not fit the
+    room left is built without it (before, such a space always held its table, and the
+    cache, evicting whole spaces, stayed over its budget with one space)."""
+    adapter = adapter_for(tiny_new("qwen3"))
+    alone = build_space(adapter, "query", 0)
+    alone.settle()
+    assert alone.P is not None
+    table = alone.P.untyped_storage().nbytes()
+    cache = SpaceCache(adapter, max_bytes=alone.nbytes - table // 2)  # room for a query space's norms, not its table
+    for layer in range(adapter.n_layers):
+        for kind in ("query", "key"):
+            space = cache.get(kind, layer)
+            assert cache.nbytes <= cache.max_bytes
+            assert kind == "key" or space.P is None
 
 
 def test_lens(tiny):

@@ -17,9 +17,10 @@ overlap_k), V)`` and ``k_h = min(k, V)``::
     spaces       = 8 V d R + min(1 GiB, 8 V d G L)         factorised vocabularies (the space cache keeps
                    + R * POSITION_MEMO_BYTES               head spaces up to 1 GiB; a residual space whose
                                                            rows move keeps per-position norms up to a bound)
-    working      = SCRATCH * max(BLOCK_BYTES + STATS_BYTES, one similarity block and one window of per-position
-                                 LENS_CHUNK_BYTES)      row norms, or the logit lens' chunk of logits, with
-                                                        the passes over them
+    working      = SCRATCH * max(BLOCK_BYTES + STATS_BYTES one similarity block, one window of per-position
+                                 + TABLE_CHUNK_BYTES,   row norms and one chunk of a QK-normed space's rows,
+                                 LENS_CHUNK_BYTES)      or the logit lens' chunk of logits, with the passes
+                                                        over them
 
 An encoder-decoder's run (:func:`estimate_seq2seq`) is both stacks' estimates added part by
 part (the encoder over ``m`` source tokens without the lens, the decoder over its ``n``
@@ -70,9 +71,13 @@ POSITION_MEMO_BYTES = 64 << 20
 per-position norms and cosine factors kept between calls (up to four V-vectors a position:
 about 80 roberta positions, 130 MiniLM ones), so warm traces skip their ``O(P V d)``
 products for positions seen before."""
-WORKING_BYTES = max(BLOCK_BYTES + STATS_BYTES, LENS_CHUNK_BYTES)
-"""The largest fixed chunk a trace holds at once: a similarity block and a window of row
-norms while scoring, or the lens' logits (the two never overlap)."""
+TABLE_CHUNK_BYTES = 32 << 20
+"""About the bytes of rows a made (QK-normed) key/query space makes at a time when it holds
+no whole ``(G, V, d_head)`` table (a real Qwen3's query table is 1.2 GB a layer): a
+vocabulary chunk of rows, whose products are written into the similarity block."""
+WORKING_BYTES = max(BLOCK_BYTES + STATS_BYTES + TABLE_CHUNK_BYTES, LENS_CHUNK_BYTES)
+"""The largest fixed chunk a trace holds at once: a similarity block, a window of row
+norms and a chunk of made rows while scoring, or the lens' logits (the two never overlap)."""
 SCRATCH = 2.5
 """Working memory per byte of :data:`WORKING_BYTES`: the passes over a chunk (rank masks,
 top-k candidates, log-probabilities) and the allocator's slack come on top of the chunk

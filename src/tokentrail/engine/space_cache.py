@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 
 from tokentrail.adapters import Adapter
+from tokentrail.engine.budget import SPACE_CACHE_BYTES
 from tokentrail.engine.space_memory import release_scratch, scratch
 from tokentrail.engine.spaces import VocabSpace, build_space
 
@@ -21,10 +22,12 @@ class SpaceCache:
     spaces already kept stay and a repeated everything-trace finds them warm instead of
     evicting and rebuilding them in turn (before, the first warm everything-trace on
     SmolLM2 evicted and rebuilt value spaces on every call); only when the norms alone
-    exceed the budget are the least recently used spaces dropped.
+    exceed the budget are the least recently used spaces dropped. A QK-normed key/query
+    space (its rows made, not a product through W_E) is built with its table only when the
+    table fits the room left; without it, it makes its rows a vocabulary chunk at a time.
     """
 
-    def __init__(self, adapter: Adapter, max_bytes: int = 1 << 30):
+    def __init__(self, adapter: Adapter, max_bytes: int = SPACE_CACHE_BYTES):
         self.adapter = adapter
         self.max_bytes = max_bytes
         self._lock = threading.RLock()  # app sessions share one cache per model
@@ -42,7 +45,9 @@ class SpaceCache:
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key]
-        space = build_space(self.adapter, kind, layer)
+        # a QK-normed space makes its whole table only into the room left (else its rows a
+        # vocabulary chunk at a time): never a table built only to be given up at once
+        space = build_space(self.adapter, kind, layer, table_bytes=max(0, self.max_bytes - self.nbytes))
         if layer is None:
             self._keep[key] = space
             return space

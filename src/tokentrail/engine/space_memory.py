@@ -54,6 +54,7 @@ class SpaceMemory:
     P_c: Tensor  # (G, V)
     c: Tensor  # (G, k)
     moves: bool
+    made: bool  # rows made a vocabulary chunk at a time when no table is held (QK-norm)
     _static: tuple[Tensor, Tensor | None, dict] | None  # position-free (norms, sigma, memo)
 
     if TYPE_CHECKING:  # VocabSpace's properties and methods, for the type checker only
@@ -95,7 +96,7 @@ class SpaceMemory:
 
     def _table_pays(self, count: int) -> bool:
         """Whether a head space without its table should rebuild it for ``count`` columns."""
-        if self.P is not None or self.M is None:
+        if self.P is not None or self.M is None or self.made:
             return False
         G, k, d = self.M.shape
         return count * (d - k) > G * k * d

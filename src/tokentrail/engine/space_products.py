@@ -12,15 +12,20 @@ from torch import Tensor
 
 
 def factorise(
-    x: Tensor, gamma: Tensor | None, beta: Tensor | None, proj_weight: Tensor | None, proj_bias: Tensor | None
-) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+    x: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    proj_weight: Tensor | None,
+    proj_bias: Tensor | None,
+    table: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]:
     """``(gamma, M, c, P)`` of a space over the (V, d) table ``x`` behind a norm with
     ``gamma``/``beta`` (None without one) and a head map ``proj_weight`` (G, k, d) /
     ``proj_bias`` (G, k) (None for a residual space).
 
     A residual space has ``M = diag(gamma)`` (kept as ``gamma``, ``M`` None), ``c = beta``
     (1, d) and ``P = x * gamma`` (1, V, d); a head space ``M = W diag(gamma)`` (G, k, d),
-    ``c = W beta + b`` (G, k) and ``P = x M^T`` (G, V, k).
+    ``c = W beta + b`` (G, k) and ``P = x M^T`` (G, V, k), or None with ``table`` False.
     """
     if proj_weight is None:
         # residual space: M = diag(gamma), c = beta, one group
@@ -32,6 +37,8 @@ def factorise(
     c = torch.zeros(w.shape[:2], device=w.device) if proj_bias is None else proj_bias.float().clone()
     if beta is not None:
         c = c + torch.einsum("gkd,d->gk", w, beta)  # (G, k)
+    if not table:
+        return None, M, c, None
     G, k, d = M.shape
     P = (x @ M.reshape(G * k, d).T).view(-1, G, k).transpose(0, 1).contiguous()  # (G, V, k)
     return None, M, c, P

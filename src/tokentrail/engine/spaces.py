@@ -23,13 +23,21 @@ may also scale (its ``attention_scaling``: YaRN, LongRoPE): that factor is folde
 ``M`` and ``c``, and the rotation the space applies is the pure one.
 
 QK-norm (Qwen3, OLMo 2: a norm on each head's, or all heads', projected q/k before RoPE)
-makes a row a non-linear function of ``x_v``; these models have no position offsets, so
-the rows never move and the space keeps them made: ``P`` holds the normed rows
-(``sigma`` 1, ``c`` 0) and is never dropped for a product through ``W_E``.
+makes a row a non-linear function of ``x_v``, ``norm(M x_v / sigma_v + c)``; these models
+have no position offsets, so the rows never move. Such a space is *made* (``made``):
+``P`` holds the normed rows (``sigma`` 1, ``c`` 0), and no product through ``W_E`` can
+stand in for it. The rows are made a vocabulary chunk at a time
+(:data:`~tokentrail.engine.budget.TABLE_CHUNK_BYTES` of rows): the squared norms at build,
+and the products of every call when the space holds no whole table. The whole
+``(G, V, k)`` table is kept only when it fits the space cache's budget (a real Qwen3's query
+space, 16 x 151,936 x 128 float32 = 1.2 GB a layer, does not), and may be given up like
+any head space's; the numbers are the same either way (the table is filled from the same
+chunks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -37,6 +45,7 @@ from torch import Tensor
 
 from tokentrail.adapters import Adapter, Norm
 from tokentrail.adapters.base import HeadNorm
+from tokentrail.engine import budget
 from tokentrail.engine.scoring import inverse_norms
 from tokentrail.engine.space_memory import PositionStats, SpaceMemory, shared_sq_norms, shared_table
 from tokentrail.engine.space_products import factorise, finish_sq, head_products, in_blocks, norm_scales, scale_rows
@@ -62,6 +71,7 @@ class VocabSpace(SpaceMemory):
         proj_bias: Tensor | None = None,
         head_norm: HeadNorm | None = None,
         rotary=None,
+        table_bytes: int | None = None,
     ):
         self.name = name
         self._adapter = adapter
@@ -75,22 +85,24 @@ class VocabSpace(SpaceMemory):
         gamma = None if norm is None else norm.weight.float()
         beta = None if norm is None or norm.bias is None else norm.bias.float()
         self.rotary = rotary
-        # residual space: gamma, M None, c (1, d), P (1, V, d); head space: M (G, k, d), c (G, k), P (G, V, k)
-        self.gamma, self.M, self.c, self.P = factorise(self.x, gamma, beta, proj_weight, proj_bias)
-        self.groups = self.P.shape[0]
-        self.dim = self.P.shape[2]
-        self.x_sq = shared_sq_norms(adapter, self.x)  # (V,)
-        #: the rows are kept made (QK-norm): P is the whole row, never rebuilt from W_E
+        #: the rows are made (QK-norm): P is the whole row, never a product through W_E
         self.made = head_norm is not None
-        if head_norm is not None:
-            self._norm_rows(adapter, head_norm)
+        # residual space: gamma, M None, c (1, d), P (1, V, d); head space: M (G, k, d), c (G, k), P (G, V, k)
+        self.gamma, self.M, self.c, P = factorise(self.x, gamma, beta, proj_weight, proj_bias, table=not self.made)
+        self.x_sq = shared_sq_norms(adapter, self.x)  # (V,)
         scale = 1.0 if rotary is None else rotary.scale
-        if scale != 1.0:  # RoPE's attention_scaling multiplies every rotated row
-            self.P.mul_(scale)
-            self.c = self.c * scale
-            self.M = None if self.M is None else self.M * scale
-        self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
-        self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
+        if head_norm is not None:
+            self._make_rows(adapter, head_norm, scale, table_bytes)
+        else:
+            assert P is not None
+            self.P = P
+            if scale != 1.0:  # RoPE's attention_scaling multiplies every rotated row
+                self.P.mul_(scale)
+                self.c = self.c * scale
+                self.M = None if self.M is None else self.M * scale
+            self.P_sq = torch.linalg.vector_norm(self.P, dim=-1).pow_(2)  # (G, V)
+            self.P_c = torch.bmm(self.P, self.c[:, :, None])[..., 0]  # (G, V)
+        self.groups, self.dim = self.P_sq.shape[0], self.c.shape[1]
         self.c_sq = self.c.pow(2).sum(-1)  # (G,)
         self._static = None  # position-free norms, kept after the first position_stats call
         self._init_memo()
@@ -104,19 +116,53 @@ class VocabSpace(SpaceMemory):
         # head spaces keep P (G, V, k): a query then costs V * k instead of V * d, and the
         # query heads of a KV group share their group's table (SpaceCache bounds the memory)
 
-    def _norm_rows(self, adapter: Adapter, head_norm: HeadNorm) -> None:
-        """Make every row, ``head_norm(M x_v / sigma_v + c)``, into ``P``; ``sigma`` and ``c`` become 1 and 0."""
+    def _make_rows(self, adapter: Adapter, head_norm: HeadNorm, scale: float, table_bytes: int | None) -> None:
+        """Set up a made space (QK-norm): its rows' squared norms, a vocabulary chunk at a
+        time (:meth:`made_chunks`), and the whole table ``P`` only when it fits
+        ``table_bytes`` (default :data:`~tokentrail.engine.budget.SPACE_CACHE_BYTES`); then
+        ``sigma`` and ``c`` become 1 and 0 (the rows hold them)."""
         if adapter.position_offset(torch.zeros(1, dtype=torch.long, device=self.x.device)) is not None:
             raise ModelError(f"{adapter.family}: a QK-norm after position embeddings does not factorise")
-        if self.norm_kind:
-            self.P.div_((self.x_sq / self.d + self.eps).sqrt()[None, :, None])
-        self.P.add_(self.c[:, None, :])
-        self.P = head_norm(self.P.transpose(0, 1)).transpose(0, 1).contiguous()  # norms each (v, all groups)
+        assert self.M is not None
+        G, k, _ = self.M.shape
+        V = self.vocab_size
+        self._row_form = (self.M, self.c, self.norm_kind is not None, self.eps, head_norm, scale)
+        limit = budget.SPACE_CACHE_BYTES if table_bytes is None else table_bytes
+        table = torch.empty(G, V, k, device=self.x.device) if G * V * k * 4 <= limit else None
+        self.P = None
+        self.P_sq = torch.empty(G, V, device=self.x.device)
+        for lo, hi, rows in self.made_chunks():
+            self.P_sq[:, lo:hi] = torch.linalg.vector_norm(rows, dim=-1).pow_(2)
+            if table is not None:
+                table[:, lo:hi] = rows
+        self.P = table
         self.c = torch.zeros_like(self.c)
+        self.P_c = torch.zeros_like(self.P_sq)
         self.norm_kind, self.eps = None, 0.0
 
-    def drop_table(self) -> bool:
-        return False if self.made else super().drop_table()
+    def _made_rows(self, x: Tensor, x_sq: Tensor) -> Tensor:
+        """The made rows ``scale * norm(M x / sigma + c)`` of (m, d) embedding rows ``x``
+        (``x_sq`` their (m,) squared norms): (G, m, k)."""
+        M, c, normed, eps, head_norm, scale = self._row_form
+        G, k, d = M.shape
+        y = (x @ M.reshape(G * k, d).T).view(-1, G, k)  # (m, G, k)
+        if normed:
+            y.div_((x_sq / d + eps).sqrt()[:, None, None])
+        y = head_norm(y.add_(c)).transpose(0, 1)  # norms each (v, all groups)
+        return y.mul_(scale) if scale != 1.0 else y
+
+    def made_chunks(self) -> Iterator[tuple[int, int, Tensor]]:
+        """A made space's rows, a vocabulary chunk at a time: ``(lo, hi, rows)`` with rows
+        (G, hi - lo, k), views of the whole table when the space holds it, else made now
+        (about :data:`~tokentrail.engine.budget.TABLE_CHUNK_BYTES` each)."""
+        G, k, _ = self._row_form[0].shape
+        V = self.vocab_size
+        step = max(1, budget.TABLE_CHUNK_BYTES // (4 * G * k))
+        table = self.P  # once: the space cache may drop it meanwhile (another session's trace)
+        for lo in range(0, V, step):
+            hi = min(V, lo + step)
+            rows = table[:, lo:hi] if table is not None else self._made_rows(self.x[lo:hi], self.x_sq[lo:hi])
+            yield lo, hi, rows
 
     def same_rows(self, other: VocabSpace) -> bool:
         """Whether ``other`` has this space's rows at every position, computed the same way
@@ -250,8 +296,9 @@ class VocabSpace(SpaceMemory):
     @property
     def through_embeddings(self) -> bool:
         """Whether a dot product goes through the embedding table ``x`` (``V x d`` work per
-        query): a residual space, or a head space without its table."""
-        return self.M is None or self.P is None
+        query): a residual space, or a head space without its table (but a made one, whose
+        rows are made a chunk at a time instead: :meth:`made_chunks`)."""
+        return self.M is None or (self.P is None and not self.made)
 
     def embedding_queries(self, r: Tensor, positions: Tensor, groups: Tensor) -> Tensor:
         """(Q, C, k) queries at ``positions`` (Q,) -> the (Q * C, d) matrix whose product with ``x.T`` is the matrix
@@ -349,6 +396,9 @@ class VocabSpace(SpaceMemory):
             raise ValueError(
                 "a ready product needs a space that goes through its embedding table, and the buffer holding it"
             )
+        if self.made and self.P is None:  # no whole table: the rows a vocabulary chunk at a time
+            out, laid_by_group = self._made_products(r, groups, buf, group_major)
+            return (out, None, laid_by_group) if group_major else (out, None)
         if self.M is not None and self.P is not None:
             # head spaces: row . r = (P_v + M y_p) . r / sigma + c . r, with P = x M^T kept
             # per group: V * d_head work per query and head instead of V * d
@@ -365,11 +415,28 @@ class VocabSpace(SpaceMemory):
         t1 = torch.einsum("qcd,qd->qc", u, stats.y[pidx]) if stats.y is not None else None
         return (out, t1, False) if group_major else (out, t1)
 
+    def _made_products(self, r: Tensor, groups: Tensor, buf: Tensor | None, group_major: bool) -> tuple[Tensor, bool]:
+        """:func:`head_products` of a made space that holds no whole table: each vocabulary
+        chunk's rows are made (:meth:`made_chunks`) and their products written into their
+        columns of the (Q, C, V) or (G, Q, C / G, V) block."""
+        V = self.vocab_size
+        out: Tensor | None = None
+        laid_by_group = False
+        for lo, hi, rows in self.made_chunks():
+            part, laid_by_group = head_products(r, rows, groups, None, group_major)
+            if out is None:
+                shape = (*part.shape[:-1], V)
+                out = torch.empty(shape, device=r.device) if buf is None else buf.view(shape)
+            out[..., lo:hi] = part
+        assert out is not None
+        return out, laid_by_group
+
     def rows(self, ids: Tensor, position: int) -> Tensor:
         """Explicit rows for a few ids at one position: (m,) -> (m, G, k). For display and checks."""
         x = self.x[ids]
         if self.made:
-            out = self.P[:, ids].transpose(0, 1)
+            table = self.P
+            out = (self._made_rows(x, self.x_sq[ids]) if table is None else table[:, ids]).transpose(0, 1)
         else:
             y = self._offsets(torch.tensor([position], device=x.device))
             if y is not None:
@@ -402,8 +469,12 @@ def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
     return VocabSpace(name, adapter, table, norm=norm, **kw)
 
 
-def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabSpace:
-    """The reference space ``kind`` (``embeddings``, ``encodings``, ``value``/``key``/``query`` at ``layer``)."""
+def build_space(adapter: Adapter, kind: str, layer: int | None = None, table_bytes: int | None = None) -> VocabSpace:
+    """The reference space ``kind`` (``embeddings``, ``encodings``, ``value``/``key``/``query`` at ``layer``).
+
+    ``table_bytes``: the largest whole table a made (QK-normed) space keeps (default
+    :data:`~tokentrail.engine.budget.SPACE_CACHE_BYTES`); a larger one makes its rows a
+    vocabulary chunk at a time."""
     if kind == "embeddings":
         return _space("embeddings", adapter, None, positional=False)
     if kind == "encodings":
@@ -425,4 +496,5 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
         proj_bias=proj.bias,
         head_norm=proj.norm if kind != "value" else None,
         rotary=rotary,
+        table_bytes=table_bytes,
     )
