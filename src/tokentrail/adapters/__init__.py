@@ -8,10 +8,14 @@ from tokentrail.adapters.bart import BartEncoderAdapter, MarianEncoderAdapter
 from tokentrail.adapters.base import Adapter, HeadProjection, HookPoints, Norm
 from tokentrail.adapters.bert import BertAdapter, RobertaAdapter
 from tokentrail.adapters.decoder import DecoderAdapter
+from tokentrail.adapters.distilbert import DistilBertAdapter
+from tokentrail.adapters.electra import ElectraAdapter
 from tokentrail.adapters.gemma import GemmaAdapter
 from tokentrail.adapters.gpt2 import GPT2Adapter
 from tokentrail.adapters.gpt_neox import GPTNeoXAdapter
 from tokentrail.adapters.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from tokentrail.adapters.mbart import MBartEncoderAdapter
+from tokentrail.adapters.modernbert import ModernBertAdapter
 from tokentrail.adapters.phi import PhiAdapter
 from tokentrail.adapters.seq2seq import DecoderStack, EncoderStack
 from tokentrail.adapters.t5 import T5EncoderAdapter
@@ -34,6 +38,11 @@ REGISTRY: dict[str, type[Adapter]] = {
     "bart": BartEncoderAdapter,
     "marian": MarianEncoderAdapter,
     "t5": T5EncoderAdapter,
+    # issue 23: newer encoders and mBART
+    "distilbert": DistilBertAdapter,
+    "electra": ElectraAdapter,
+    "modernbert": ModernBertAdapter,
+    "mbart": MBartEncoderAdapter,
 }
 
 

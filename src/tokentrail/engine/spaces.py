@@ -30,7 +30,13 @@ from torch import Tensor
 
 from tokentrail.adapters import Adapter, Norm
 from tokentrail.engine.scoring import inverse_norms
-from tokentrail.engine.space_memory import PositionStats, SpaceMemory, shared_sq_norms, shared_table
+from tokentrail.engine.space_memory import (
+    PositionStats,
+    SpaceMemory,
+    shared_normed_table,
+    shared_sq_norms,
+    shared_table,
+)
 from tokentrail.engine.space_products import factorise, finish_sq, head_products, in_blocks, norm_scales, scale_rows
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import HEAD_SPACES as HEAD_SPACE_KINDS
@@ -348,7 +354,7 @@ class VocabSpace(SpaceMemory):
         return out
 
 
-def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
+def _input_norm(adapter: Adapter, layer: int | None, name: str = "") -> Norm | None:
     """The one norm between W_E[v] + offset and the space's rows."""
     emb = adapter.embedding_norm()
     if layer is None:
@@ -356,10 +362,15 @@ def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
     attn_in = adapter.attn_input_norm(layer)
     if emb is not None and attn_in is not None:
         raise ModelError(
-            f"{adapter.family}: an embedding norm followed by a pre-norm layer does not factorise; "
-            "head spaces are not supported for this architecture"
+            f"{adapter.family}: the {name or 'head'} space does not factorise (an embedding norm around a "
+            "position-dependent sum, then the layer's own norm); the residual spaces and the other sites are exact"
         )
     return emb if attn_in is None else attn_in
+
+
+def _position_free(adapter: Adapter) -> bool:
+    """Whether the embedding stage gives every token one row whatever its position (RoPE models)."""
+    return adapter.position_offset(torch.zeros(1, dtype=torch.long)) is None
 
 
 def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
@@ -369,9 +380,26 @@ def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
 
 def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabSpace:
     """The reference space ``kind`` (``embeddings``, ``encodings``, ``value``/``key``/``query`` at ``layer``)."""
+    emb_proj = adapter.embedding_projection()  # ELECTRA: Emb = W_P norm(...) + b_P
     if kind == "embeddings":
+        if emb_proj is not None:
+            raise ModelError(
+                f"{adapter.family}: the embeddings space does not apply to this checkpoint: its embedding table is "
+                f"{adapter.embedding_table().shape[1]} wide and its residual stream {adapter.d_model} "
+                "(embeddings_project maps one to the other); use the encodings space"
+            )
         return _space("embeddings", adapter, None, positional=False)
     if kind == "encodings":
+        if emb_proj is not None:  # one group: the projection as a head map
+            w, b = emb_proj
+            return _space(
+                "encodings",
+                adapter,
+                adapter.embedding_norm(),
+                positional=True,
+                proj_weight=w[None],
+                proj_bias=None if b is None else b[None],
+            )
         return _space("encodings", adapter, adapter.embedding_norm(), positional=True)
     if kind not in HEAD_SPACE_KINDS:
         raise InputError(f"unknown space {kind!r}: choose from {', '.join(SPACE_KINDS)}")
@@ -381,12 +409,34 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
     which = letters[kind]
     proj = adapter.projection(layer, which)
     rotary = adapter.rotary(layer) if kind in ("key", "query") else None
+    weight, bias = proj.weight, proj.bias
+    if emb_proj is not None:
+        if adapter.attn_input_norm(layer) is not None:
+            raise ModelError(
+                f"{adapter.family}: a projected embedding followed by a pre-norm layer does not factorise; "
+                f"the {kind} space is not supported for this architecture"
+            )
+        # head map after the embedding projection: W_h (W_P y + b_P) + b_h
+        w_p, b_p = emb_proj
+        weight = torch.einsum("gkd,de->gke", proj.weight.float(), w_p)
+        if b_p is not None:
+            lifted = torch.einsum("gkd,d->gk", proj.weight.float(), b_p)
+            bias = lifted if bias is None else bias + lifted
+    name = f"{kind}@{layer}"
+    emb, attn_in = adapter.embedding_norm(), adapter.attn_input_norm(layer)
+    if emb is not None and attn_in is not None and _position_free(adapter):
+        # AttnIn_l(norm(W_E[v])) with no position term: the normed table is one (V, d)
+        # matrix per model, and the layer's norm in front of the head map factorises over it
+        table = shared_normed_table(adapter, emb, attn_in.kind == "layernorm")
+        return VocabSpace(
+            name, adapter, table, norm=attn_in, positional=True, proj_weight=weight, proj_bias=bias, rotary=rotary
+        )
     return _space(
-        f"{kind}@{layer}",
+        name,
         adapter,
-        _input_norm(adapter, layer),
+        _input_norm(adapter, layer, name),
         positional=True,
-        proj_weight=proj.weight,
-        proj_bias=proj.bias,
+        proj_weight=weight,
+        proj_bias=bias,
         rotary=rotary,
     )
