@@ -206,6 +206,10 @@ class Adapter(ABC):
         """(H, n, n) added to the scaled scores of ``n`` tokens (T5's relative position bias), or None."""
         return None
 
+    def attention_bias_name(self) -> str:
+        """What :meth:`attention_bias` is, for the walkthrough's formula."""
+        return "relative position bias"
+
     def rotary(self, layer: int) -> Rotary | None:
         """The rotary embedding applied to q and k, if the model uses one."""
         return None

@@ -124,6 +124,9 @@ class ModernBertAdapter(Adapter):
         bias = torch.zeros(n, n).masked_fill(outside, float("-inf"))
         return bias.expand(self.n_heads, n, n)
 
+    def attention_bias_name(self) -> str:
+        return f"local window mask (-inf where |i - j| > {self.config.sliding_window})"
+
     def hook_points(self, layer: int) -> HookPoints:
         lay = self.layers[layer]
         return HookPoints(layer=lay, attn_out_proj=lay.attn.Wo, ffn_input=None, mlp_out=lay.mlp, ffn_norm=lay.mlp_norm)

@@ -354,23 +354,51 @@ class VocabSpace(SpaceMemory):
         return out
 
 
-def _input_norm(adapter: Adapter, layer: int | None, name: str = "") -> Norm | None:
-    """The one norm between W_E[v] + offset and the space's rows."""
+def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
+    """The one norm between W_E[v] + offset and the space's rows (a double norm is
+    refused first, by :func:`space_refusal`)."""
     emb = adapter.embedding_norm()
     if layer is None:
         return emb
     attn_in = adapter.attn_input_norm(layer)
-    if emb is not None and attn_in is not None:
-        raise ModelError(
-            f"{adapter.family}: the {name or 'head'} space does not factorise (an embedding norm around a "
-            "position-dependent sum, then the layer's own norm); the residual spaces and the other sites are exact"
-        )
     return emb if attn_in is None else attn_in
 
 
 def _position_free(adapter: Adapter) -> bool:
     """Whether the embedding stage gives every token one row whatever its position (RoPE models)."""
     return adapter.position_offset(torch.zeros(1, dtype=torch.long)) is None
+
+
+def _layer_refusal(adapter: Adapter, kind: str, layer: int) -> str | None:
+    """Why head space ``kind`` of ``layer`` does not factorise, in one line, or None."""
+    attn_in = adapter.attn_input_norm(layer)
+    if attn_in is None:
+        return None
+    if adapter.embedding_projection() is not None:
+        return (
+            f"{adapter.family}: the {kind} space does not factorise (a projected embedding, then the layer's own "
+            "norm); the residual spaces and the other sites are exact"
+        )
+    if adapter.embedding_norm() is not None and not _position_free(adapter):
+        return (
+            f"{adapter.family}: the {kind} space does not factorise (an embedding norm around a position-dependent "
+            "sum, then the layer's own norm); the residual spaces and the other sites are exact"
+        )
+    return None
+
+
+def space_refusal(adapter: Adapter, kind: str) -> str | None:
+    """Why ``kind`` cannot be built for this model (at some layer, for a head space), in one
+    line, or None: the one home of these rules (:func:`build_space` raises them)."""
+    if kind == "embeddings" and adapter.embedding_projection() is not None:
+        return (
+            f"{adapter.family}: the embeddings space does not apply to this checkpoint: its embedding table is "
+            f"{adapter.embedding_table().shape[1]} wide and its residual stream {adapter.d_model} "
+            "(embeddings_project maps one to the other); use the encodings space"
+        )
+    if kind in HEAD_SPACE_KINDS:
+        return next((why for l in range(adapter.n_layers) if (why := _layer_refusal(adapter, kind, l))), None)
+    return None
 
 
 def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
@@ -382,12 +410,9 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
     """The reference space ``kind`` (``embeddings``, ``encodings``, ``value``/``key``/``query`` at ``layer``)."""
     emb_proj = adapter.embedding_projection()  # ELECTRA: Emb = W_P norm(...) + b_P
     if kind == "embeddings":
-        if emb_proj is not None:
-            raise ModelError(
-                f"{adapter.family}: the embeddings space does not apply to this checkpoint: its embedding table is "
-                f"{adapter.embedding_table().shape[1]} wide and its residual stream {adapter.d_model} "
-                "(embeddings_project maps one to the other); use the encodings space"
-            )
+        why = space_refusal(adapter, kind)
+        if why:
+            raise ModelError(why)
         return _space("embeddings", adapter, None, positional=False)
     if kind == "encodings":
         if emb_proj is not None:  # one group: the projection as a head map
@@ -405,18 +430,16 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
         raise InputError(f"unknown space {kind!r}: choose from {', '.join(SPACE_KINDS)}")
     if layer is None or not 0 <= layer < adapter.n_layers:
         raise InputError(f"space {kind!r} needs a layer in 0..{adapter.n_layers - 1}, got {layer}")
+    why = _layer_refusal(adapter, kind, layer)
+    if why:
+        raise ModelError(why)
     letters: dict[str, Literal["q", "k", "v"]] = {"value": "v", "key": "k", "query": "q"}
     which = letters[kind]
     proj = adapter.projection(layer, which)
     rotary = adapter.rotary(layer) if kind in ("key", "query") else None
     weight, bias = proj.weight, proj.bias
     if emb_proj is not None:
-        if adapter.attn_input_norm(layer) is not None:
-            raise ModelError(
-                f"{adapter.family}: a projected embedding followed by a pre-norm layer does not factorise; "
-                f"the {kind} space is not supported for this architecture"
-            )
-        # head map after the embedding projection: W_h (W_P y + b_P) + b_h
+        # post-LN (checked above): the head map after the embedding projection, W_h (W_P y + b_P) + b_h
         w_p, b_p = emb_proj
         weight = torch.einsum("gkd,de->gke", proj.weight.float(), w_p)
         if b_p is not None:
@@ -424,19 +447,13 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
             bias = lifted if bias is None else bias + lifted
     name = f"{kind}@{layer}"
     emb, attn_in = adapter.embedding_norm(), adapter.attn_input_norm(layer)
-    if emb is not None and attn_in is not None and _position_free(adapter):
-        # AttnIn_l(norm(W_E[v])) with no position term: the normed table is one (V, d)
-        # matrix per model, and the layer's norm in front of the head map factorises over it
+    if emb is not None and attn_in is not None:
+        # position-free (checked above): AttnIn_l(norm(W_E[v])) has no position term, so the
+        # normed table is one (V, d) matrix per model and the layer's norm factorises over it
         table = shared_normed_table(adapter, emb, attn_in.kind == "layernorm")
         return VocabSpace(
             name, adapter, table, norm=attn_in, positional=True, proj_weight=weight, proj_bias=bias, rotary=rotary
         )
     return _space(
-        name,
-        adapter,
-        _input_norm(adapter, layer, name),
-        positional=True,
-        proj_weight=weight,
-        proj_bias=bias,
-        rotary=rotary,
+        name, adapter, _input_norm(adapter, layer), positional=True, proj_weight=weight, proj_bias=bias, rotary=rotary
     )

@@ -102,7 +102,7 @@ def _scaling_formula(adapter: Adapter, biased: bool) -> str:
         core = "q·k (unscaled)"
     else:
         core = f"q·k × {scale:.4g}"
-    return core + (" + relative position bias" if biased else "")
+    return core + (f" + {adapter.attention_bias_name()}" if biased else "")
 
 
 def attention_step(
@@ -138,8 +138,10 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
     if bias is not None:
         scaled = scaled + bias[:, token]
     masked = torch.zeros(n, dtype=torch.bool, device=q.device)
+    if bias is not None:  # a bias of -inf for every head hides the key (ModernBERT's local window)
+        masked = bias[:, token].isneginf().all(0).to(q.device)
     if causal:
-        masked = torch.arange(n, device=q.device) > token
+        masked = masked | (torch.arange(n, device=q.device) > token)
         scaled = scaled.masked_fill(masked, float("-inf"))
     weights = scaled.softmax(-1)  # (H, n)
     z = torch.einsum("hs,shd->hd", weights, v_h)  # (H, dh)
@@ -184,7 +186,7 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         checks=checks,
         formulas={
             **{w: projection_formula(adapter, layer, w) for w in "qkv"},
-            "scaled": _scaling_formula(adapter, bias is not None),
+            "scaled": _scaling_formula(adapter, bias is not None),  # the bias of this layer, if any
         },
         parallel=adapter.norm_placement == "pre" and adapter.hook_points(layer).ffn_input is not None,
     )
