@@ -389,3 +389,15 @@ def test_mbart_traces_all_but_its_head_spaces(tmp_path):
     assert {v.space for v in trail.views} == {"encodings", "embeddings"}
     with pytest.raises(ModelError, match="the value space does not factorise"):
         tokentrail.trace("the cat sat", loaded, target="le chat", site="heads")
+
+
+# ---- batches -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["distilbert", "electra", "modernbert"])
+def test_a_padded_batch_equals_each_text_alone(name):
+    """SPEC "Batches": padding and its mask change no number (ModernBERT: the local window
+    and the padding mask together); right padding only, as the position rule is arange(n)."""
+    from test_batches import check_batch, texts_for
+
+    adapter = adapter_for(tiny_models.build(name))
+    assert adapter.padding_sides == ("right",)
+    check_batch(adapter, texts_for(adapter, lengths=(7, 3, 10)), causal=None, side="right")
