@@ -19,6 +19,7 @@ import torch
 from torch.testing import assert_close
 
 import tiny_models
+from test_batches import check_batch, texts_for
 from test_parity_decoders import _check_space, _outputs_of
 from tokentrail.adapters import adapter_for
 from tokentrail.engine.capture import capture
@@ -349,6 +350,18 @@ def test_mbart_broken_cross_query_norm_fails_verify(mbart):
     assert "decoder: cross-attention probabilities" in {r.identity for r in result.failed}
 
 
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_mbart_broken_attention_output_fails_verify(mbart, stack):
+    model, enc_adapter = mbart
+    layer = (model.model.encoder if stack == "encoder" else model.model.decoder).layers[1]
+    handle = layer.self_attn.out_proj.register_forward_hook(lambda m, a, o: o * 1.01)
+    try:
+        result = verify_seq2seq(enc_adapter, IDS, TGT, sample=4, layers=[0])
+    finally:
+        handle.remove()
+    assert f"{stack}: heads recombine" in {r.identity for r in result.failed}
+
+
 def test_mbart_head_spaces_refused_one_line_each(mbart):
     _, enc_adapter = mbart
     for kind in ("value", "key", "query"):
@@ -396,8 +409,6 @@ def test_mbart_traces_all_but_its_head_spaces(tmp_path):
 def test_a_padded_batch_equals_each_text_alone(name):
     """SPEC "Batches": padding and its mask change no number (ModernBERT: the local window
     and the padding mask together); right padding only, as the position rule is arange(n)."""
-    from test_batches import check_batch, texts_for
-
     adapter = adapter_for(tiny_models.build(name))
     assert adapter.padding_sides == ("right",)
     check_batch(adapter, texts_for(adapter, lengths=(7, 3, 10)), causal=None, side="right")
