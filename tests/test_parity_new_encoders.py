@@ -382,6 +382,12 @@ def test_saved_checkpoints_load_with_their_heads_and_trace_everything(tmp_path):
         trail = tokentrail.trace("the cat sat on the mat", loaded, site="all", space="all", lens=True)
         assert {(v.site, v.space) for v in trail.views} >= {("heads", "query"), ("layer_out", "embeddings")}
         assert tokentrail.verify(loaded, "the cat sat on the mat").passed
+    # a ModernBERT classifier has a prediction head too, but not the vocabulary's: loaded bare
+    import transformers
+
+    clf = transformers.ModernBertForSequenceClassification(tiny_models.build("modernbert", auto="base").config)
+    bare = tokentrail.load(str(tiny_models.save(clf, tmp_path / "clf")))
+    assert type(bare.adapter.model).__name__ == "ModernBertModel" and bare.adapter.lens_head() is None
     # the discriminator's checkpoint has no vocabulary head: loaded bare, the lens refused in one line
     disc = tokentrail.load(str(tiny_models.save(_build("electra_disc"), tmp_path / "disc")))
     assert type(disc.adapter.model).__name__ == "ElectraModel"

@@ -58,7 +58,9 @@ class _TypedRope(nn.Module):
 class ModernBertAdapter(Adapter):
     family = "modernbert"
     norm_placement = "pre"
-    head_key_prefixes = ("head.", "decoder.")
+    # the decoder's bias marks a masked-LM checkpoint; "head." alone does not (a sequence
+    # classifier has a prediction head too, trained for its labels, not the vocabulary)
+    head_key_prefixes = ("decoder.",)
     # positions are arange(n) whatever the padding, and the local window counts indices:
     # only right padding keeps every real token where it is alone
     padding_sides = ("right",)
