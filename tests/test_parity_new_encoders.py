@@ -8,8 +8,10 @@ probabilities (ModernBERT's local windows and per-type RoPE), the output project
 every hidden state, the value/key/query/encodings spaces against rows built with the
 model's modules, and the logit lens at every layer. ``verify`` passes on each and fails
 when one module is broken (a 1.01x attention output) or one fact of the adapter is
-wrong; spaces that do not factorise are refused in one line each, and ``site="all",
-space="all"`` traces everything else.
+wrong. mBART's head spaces (two LayerNorms around a position-dependent sum) factorise
+too, proven against its own modules and brute-force ranks; ``site="all", space="all"``
+traces every family (ELECTRA with a projected embedding leaves out ``embeddings``, which
+is refused alone in one line).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import torch
 from torch.testing import assert_close
 
 import tiny_models
-from test_batches import check_batch, texts_for
 from test_parity_decoders import _check_space, _outputs_of
 from tokentrail.adapters import adapter_for
 from tokentrail.engine.capture import capture
@@ -285,8 +286,8 @@ def test_mbart_every_identity_holds_on_both_stacks(mbart):
     assert result.passed, result.frame().to_string()
     assert result.row("decoder: lens = logits").passed
     assert result.row("decoder: cross-attention probabilities").passed
-    spaces = result.row("encoder: value/key/query spaces")
-    assert spaces.passed is None and "do not factorise" in spaces.note
+    assert result.row("encoder: value/key/query spaces").passed
+    assert result.row("decoder: value/key/query spaces").passed
 
 
 def test_mbart_against_its_own_modules(mbart):
@@ -362,14 +363,70 @@ def test_mbart_broken_attention_output_fails_verify(mbart, stack):
     assert f"{stack}: heads recombine" in {r.identity for r in result.failed}
 
 
-def test_mbart_head_spaces_refused_one_line_each(mbart):
-    _, enc_adapter = mbart
-    for kind in ("value", "key", "query"):
-        why = space_refusal(enc_adapter, kind)
-        assert why and f"the {kind} space does not factorise" in why and "\n" not in why
-        with pytest.raises(ModelError, match=f"the {kind} space"):
-            build_space(enc_adapter, kind, 0)
-    assert space_refusal(enc_adapter, "encodings") is None and space_refusal(enc_adapter, "embeddings") is None
+def _mbart_rows(model, stack: str, layer: int, p: int, kind: str) -> torch.Tensor:
+    """(G, V, k): every vocabulary row of head space ``kind`` at position ``p``, with the
+    stack's own modules: q/k/v_proj(self_attn_layer_norm(layernorm_embedding(...)))."""
+    mod = model.model.encoder if stack == "encoder" else model.model.decoder
+    V = mod.embed_tokens.weight.shape[0]
+    lay = mod.layers[layer]
+    lin = {"query": lay.self_attn.q_proj, "key": lay.self_attn.k_proj, "value": lay.self_attn.v_proj}[kind]
+    with torch.no_grad():
+        x = mod.layernorm_embedding(mod.embed_tokens(torch.arange(V)) + mod.embed_positions.weight[p + 2])
+        return lin(lay.self_attn_layer_norm(x)).view(V, 4, 8).transpose(0, 1).float()
+
+
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_mbart_head_spaces_are_rows_of_its_own_modules(mbart, stack):
+    """Two LayerNorms around a moving sum still factorise (DoubleNormSpace): dots, norms and
+    explicit rows against the stack's own modules, at several positions and layers."""
+    model, enc_adapter = mbart
+    adapter = enc_adapter if stack == "encoder" else enc_adapter.decoder_stack()
+    g = torch.Generator().manual_seed(5)
+    for layer in range(adapter.n_layers):
+        for kind in ("value", "key", "query"):
+            assert space_refusal(adapter, kind) is None
+            space = build_space(adapter, kind, layer)
+            for p in (0, 7):
+                _check_space(space, _mbart_rows(model, stack, layer, p, kind), torch.tensor([p]), g, IDS[:4], 1e-4)
+
+
+def test_mbart_heads_site_ranks_equal_brute_force(mbart):
+    """The fused cosine path (cosine_rows) of the double-norm spaces: every head's rank,
+    top-k and self_sim against brute force over all rows from the model's own modules."""
+    from test_parity_encoders import _brute_metrics
+    from tokentrail.analysis.bare import analyse
+    from tokentrail.engine.space_cache import SpaceCache
+    from tokentrail.spec.options import TraceOptions
+
+    model, adapter = mbart
+    k = 5
+    trail = analyse(
+        adapter,
+        SpaceCache(adapter),
+        IDS,
+        text="t",
+        tokens=[str(i) for i in IDS.tolist()],
+        special=[False] * len(IDS),
+        label=lambda vs: {int(v): str(v) for v in vs},
+        model_name="mbart",
+        options=TraceOptions(sites=("heads",), spaces=("value", "key", "query"), k=k, overlap_k=k),
+    )
+    acts = capture(adapter, IDS)
+    for kind, which in (("value", "v"), ("key", "k"), ("query", "q")):
+        view = trail.view("heads", kind, "cosine")
+        for layer in range(adapter.n_layers):
+            own = (
+                acts.z[layer]
+                if kind == "value"
+                else adapter.projection(layer, which)(adapter.attn_input_norm(layer)(acts.layer_input(layer)))
+            )
+            for t in range(len(IDS)):
+                rows = _mbart_rows(model, "encoder", layer, t, kind)
+                for h in range(adapter.n_heads):
+                    s, rank, top = _brute_metrics(own[t, h], rows[h].double(), int(IDS[t]), "cosine", k)
+                    assert view.rank[layer, h, t] == rank, (kind, layer, h, t)
+                    assert view.top_ids[layer, h, t].tolist() == top.tolist(), (kind, layer, h, t)
+                    assert view.self_sim[layer, h, t] == pytest.approx(s, rel=RTOL, abs=ATOL)
 
 
 # ---- through the loader and the public API ------------------------------------------------------
@@ -399,22 +456,12 @@ def test_saved_checkpoints_load_with_their_heads_and_trace_everything(tmp_path):
     assert "embeddings" not in {v.space for v in trail.views} and "heads" in {v.site for v in trail.views}
 
 
-def test_mbart_traces_all_but_its_head_spaces(tmp_path):
+def test_mbart_traces_every_site_and_space(tmp_path):
     import tokentrail
 
     loaded = tokentrail.load(str(tiny_models.save(tiny_models.build("mbart"), tmp_path / "mbart")))
     trail = tokentrail.trace("the cat sat on the mat", loaded, target="le chat", site="all", space="all", lens=True)
     assert trail.decoder is not None and trail.decoder.cross_views
-    assert {v.space for v in trail.views} == {"encodings", "embeddings"}
-    with pytest.raises(ModelError, match="the value space does not factorise"):
-        tokentrail.trace("the cat sat", loaded, target="le chat", site="heads")
-
-
-# ---- batches -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["distilbert", "electra", "modernbert"])
-def test_a_padded_batch_equals_each_text_alone(name):
-    """SPEC "Batches": padding and its mask change no number (ModernBERT: the local window
-    and the padding mask together); right padding only, as the position rule is arange(n)."""
-    adapter = adapter_for(tiny_models.build(name))
-    assert adapter.padding_sides == ("right",)
-    check_batch(adapter, texts_for(adapter, lengths=(7, 3, 10)), causal=None, side="right")
+    for t in (trail, trail.decoder):
+        assert {v.space for v in t.views} == {"encodings", "embeddings", "value", "key", "query"}
+        assert "heads" in {v.site for v in t.views}

@@ -33,6 +33,7 @@ from tokentrail.engine.scoring import inverse_norms
 from tokentrail.engine.space_memory import (
     PositionStats,
     SpaceMemory,
+    adapter_memo,
     shared_normed_table,
     shared_sq_norms,
     shared_table,
@@ -354,6 +355,112 @@ class VocabSpace(SpaceMemory):
         return out
 
 
+class DoubleNormSpace(VocabSpace):
+    """A head space behind two LayerNorms around a position-dependent sum (mBART's pre-norm
+    layers read ``LN_l(LN_emb(W_E[v] + W_P[p]))``), still exact and factorised.
+
+    With ``c = c_v + c_p`` the centred sum, ``sigma1 = sqrt(|c|^2 / d + eps1)``,
+    ``A = centre o diag(gamma1)`` and ``b~ = beta1 - mean(beta1)``, the second norm's centred
+    input is ``A c / sigma1 + b~``, so with ``sigma2 = sqrt(|A c / sigma1 + b~|^2 / d + eps2)``::
+
+        R_g(v, p) = M_g (a_v + a_p) / (sigma1 sigma2) + m_g / sigma2 + c_g
+
+    where ``a_v = A c_v`` (one ``V x d`` table per model), ``a_p = A c_p``, ``M_g = W_g
+    diag(gamma2)``, ``m_g = M_g b~`` and ``c_g = W_g beta2 + b_g``. That is
+    :class:`VocabSpace`'s form over ``a_v`` with ``sigma = sigma1 sigma2`` plus one more
+    term, ``m_g / sigma2``; ``sigma1`` and ``sigma2`` need ``O(V d)`` per position
+    (``|A c|^2 = |a_v|^2 + 2 a_v . a_p + |a_p|^2``).
+    """
+
+    def __init__(self, name: str, adapter: Adapter, emb: Norm, attn_in: Norm, weight: Tensor, bias, rotary):
+        memo = adapter_memo(adapter)
+        if "emb-centred-scaled" not in memo:
+            a = shared_table(adapter, True) * emb.weight.float()
+            memo["emb-centred-scaled"] = a - a.mean(-1, keepdim=True)  # (V, d): a_v = A c_v
+        self._emb, self._attn_in, self._w, self._b = emb, attn_in, weight.float(), bias
+        super().__init__(
+            name,
+            adapter,
+            memo["emb-centred-scaled"],
+            norm=attn_in,
+            positional=True,
+            proj_weight=weight,
+            proj_bias=bias,
+            rotary=rotary,
+        )
+        self.cx = shared_table(adapter, True)  # (V, d) centred W_E: sigma1's table
+        self.cx_sq = shared_sq_norms(adapter, self.cx)
+        beta1 = torch.zeros(self.d) if emb.bias is None else emb.bias.float()
+        self.b_t = beta1 - beta1.mean()  # (d,)
+        assert self.M is not None and self.P is not None  # a head space (factorise)
+        self.m = torch.einsum("gkd,d->gk", self.M, self.b_t)  # (G, k)
+        self.a_b = self.x @ self.b_t  # (V,) a_v . b~
+        self.P_m = torch.einsum("gvk,gk->gv", self.P, self.m)  # (G, V)
+
+    def position_stats(self, positions: Tensor) -> PositionStats:
+        y = self._adapter.position_offset(positions).float()
+        cp = y - y.mean(-1, keepdim=True)  # (P, d)
+        sigma1 = norm_scales(self.cx, self.cx_sq, cp, self._emb.eps)  # (P, V)
+        ap = cp * self._emb.weight.float()
+        ap = ap - ap.mean(-1, keepdim=True)  # (P, d): a_p = A c_p
+        ac_sq = (ap @ self.x.T).mul_(2).add_(self.x_sq[None]).add_(ap.pow(2).sum(-1, keepdim=True))  # |A c|^2
+        ac_b = self.a_b[None] + (ap @ self.b_t)[:, None]  # (P, V): A c . b~
+        sigma2 = (ac_sq / sigma1.square() + 2 * ac_b / sigma1 + self.b_t.pow(2).sum()).div_(self.d)
+        sigma2 = sigma2.add_(self.eps).sqrt_()  # (P, V)
+        S = sigma1 * sigma2
+        Py = self._project(ap)  # (P, G, k)
+        z_sq = torch.bmm(Py.transpose(0, 1), self.P.transpose(1, 2)).mul_(2)  # (G, P, V): |P_v + Py_p|^2
+        z_sq.add_(self.P_sq[:, None, :]).add_(Py.pow(2).sum(-1).T[:, :, None])
+        z_m = self.P_m[:, None, :] + torch.einsum("pgk,gk->gp", Py, self.m)[:, :, None]  # (G, P, V)
+        z_c = self.P_c[:, None, :] + torch.einsum("pgk,gk->gp", Py, self.c)[:, :, None]
+        inv_s, inv2 = S.reciprocal()[None], sigma2.reciprocal()[None]  # (1, P, V)
+        m_sq, m_c = self.m.pow(2).sum(-1)[:, None, None], (self.m * self.c).sum(-1)[:, None, None]
+        sq = z_sq.mul_(inv_s.square()).addcmul_(z_m * inv_s, inv2, value=2).addcmul_(z_c, inv_s, value=2)
+        sq.addcmul_(m_sq, inv2.square()).addcmul_(m_c, inv2, value=2).add_(self.c_sq[:, None, None]).clamp_min_(0)
+        stats = PositionStats(positions, ap, S, sq.transpose(0, 1).contiguous(), Py)
+        stats.memo["inv_sigma2"] = sigma2.reciprocal()  # (P, V)
+        return stats
+
+    def _m_term(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor) -> Tensor:
+        """(Q, C, V): ``(m_g . r) / sigma2`` for queries ``r`` already in the rows' frame."""
+        return torch.einsum("qck,ck->qc", r, self.m[groups])[..., None] * stats.memo["inv_sigma2"][pidx][:, None, :]
+
+    def dots(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None) -> Tensor:
+        groups = torch.arange(r.shape[1], device=r.device) if groups is None else groups
+        out = super().dots(r, stats, pidx, groups)
+        r = r.float()
+        if self.rotary is not None:
+            r = self.rotary(r, stats.positions[pidx], inverse=True)
+        return out.add_(self._m_term(r, stats, pidx, groups))
+
+    def cosine_rows(
+        self,
+        r: Tensor,
+        stats: PositionStats,
+        pidx: Tensor,
+        groups: Tensor | None = None,
+        out: Tensor | None = None,
+        ready: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        Q, C, _ = r.shape
+        groups = torch.arange(C, device=r.device) if groups is None else groups
+        rows, index = super().cosine_rows(r, stats, pidx, groups, out=out, ready=ready)
+        # the m term, over |row| (the unit query's share of the cosine), row i = (query, column) of index[i]
+        extra = self._m_term(self._unit_queries(r, stats.positions[pidx]), stats, pidx, groups)  # (Q, C, V)
+        inv = inverse_norms(stats.sq_norm[pidx][:, groups])  # (Q, C, V)
+        rows.add_(extra.mul_(inv).reshape(Q * C, -1)[index])
+        return rows, index
+
+    def rows(self, ids: Tensor, position: int) -> Tensor:
+        """Explicit rows, by the definition (both norms, the head map, RoPE): (m,) -> (m, G, k)."""
+        pos = torch.full((len(ids),), position, dtype=torch.long, device=ids.device)
+        raw = shared_table(self._adapter, False)[ids] + self._adapter.position_offset(pos).float()
+        x = self._attn_in(self._emb(raw))
+        out = torch.einsum("gkd,md->mgk", self._w, x)
+        out = out if self._b is None else out + self._b
+        return out if self.rotary is None else self.rotary(out, pos, inverse=False)
+
+
 def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
     """The one norm between W_E[v] + offset and the space's rows (a double norm is
     refused first, by :func:`space_refusal`)."""
@@ -379,7 +486,8 @@ def _layer_refusal(adapter: Adapter, kind: str, layer: int) -> str | None:
             f"{adapter.family}: the {kind} space does not factorise (a projected embedding, then the layer's own "
             "norm); the residual spaces and the other sites are exact"
         )
-    if adapter.embedding_norm() is not None and not _position_free(adapter):
+    emb = adapter.embedding_norm()
+    if emb is not None and not _position_free(adapter) and not (emb.kind == attn_in.kind == "layernorm"):
         return (
             f"{adapter.family}: the {kind} space does not factorise (an embedding norm around a position-dependent "
             "sum, then the layer's own norm); the residual spaces and the other sites are exact"
@@ -447,9 +555,12 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
             bias = lifted if bias is None else bias + lifted
     name = f"{kind}@{layer}"
     emb, attn_in = adapter.embedding_norm(), adapter.attn_input_norm(layer)
+    if emb is not None and attn_in is not None and not _position_free(adapter):
+        # two LayerNorms around a moving sum (checked above): mBART's pre-norm layers
+        return DoubleNormSpace(name, adapter, emb, attn_in, weight, bias, rotary)
     if emb is not None and attn_in is not None:
-        # position-free (checked above): AttnIn_l(norm(W_E[v])) has no position term, so the
-        # normed table is one (V, d) matrix per model and the layer's norm factorises over it
+        # position-free: AttnIn_l(norm(W_E[v])) has no position term, so the normed table
+        # is one (V, d) matrix per model and the layer's norm factorises over it
         table = shared_normed_table(adapter, emb, attn_in.kind == "layernorm")
         return VocabSpace(
             name, adapter, table, norm=attn_in, positional=True, proj_weight=weight, proj_bias=bias, rotary=rotary
