@@ -24,9 +24,8 @@ the encoder output cross-attention reads, are after it). The output head:
 ``lm_head(layer_norm(h_L)) + final_logits_bias``. The teacher-forcing input is mBART's own
 ``shift_tokens_right``: the target's last token (its language code) wrapped to the front.
 
-Head spaces: ``LN_l(LN_emb(W_E[v] + W_P[p]))`` is two LayerNorms around a position-dependent
-sum, which the factorised spaces do not cover (each such space is refused in one line);
-``embeddings`` and ``encodings`` are exact.
+Head spaces read ``LN_l(LN_emb(W_E[v] * s + W_P[p + 2]))``: two LayerNorms around a
+position-dependent sum, which :class:`tokentrail.engine.spaces.DoubleNormSpace` factorises.
 """
 
 from __future__ import annotations
