@@ -22,13 +22,17 @@ from torch.testing import assert_close
 
 import tiny_models
 from test_parity_decoders import _check_space, _outputs_of
+from test_parity_encoders import _brute_metrics
 from tokentrail.adapters import adapter_for
+from tokentrail.analysis.bare import analyse
 from tokentrail.engine.capture import capture
 from tokentrail.engine.capture_cross import capture_cross
+from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.spaces import build_space, space_refusal
 from tokentrail.engine.walkthrough import attention_step
 from tokentrail.session.verification import verify_adapter, verify_seq2seq
 from tokentrail.spec.errors import ModelError
+from tokentrail.spec.options import TraceOptions
 
 RTOL, ATOL = 1e-4, 1e-5
 IDS = torch.tensor([0, 17, 22, 8, 17, 33, 5, 31, 12, 9, 2])
@@ -234,6 +238,50 @@ def test_electra_projection_is_modelled_and_the_embeddings_space_refused():
     same = adapter_for(tiny_models.build("electra", embedding_size=32))
     assert same.embedding_projection() is None and space_refusal(same, "embeddings") is None
     assert verify_adapter(same, IDS, sample=4).passed
+
+
+@pytest.mark.parametrize("kind", ["cosine", "euclidean"])
+def test_electra_projected_encodings_rank_equal_brute_force(kind):
+    """Residual sites against the projected encodings (one group through the head-space
+    path): rank, top-k and self_sim against all rows built with the model's own modules."""
+    model = tiny_models.build("electra")
+    adapter = adapter_for(model)
+    k = 5
+    trail = analyse(
+        adapter,
+        SpaceCache(adapter),
+        IDS,
+        text="t",
+        tokens=[str(i) for i in IDS.tolist()],
+        special=[False] * len(IDS),
+        label=lambda vs: {int(v): str(v) for v in vs},
+        model_name="electra",
+        options=TraceOptions(
+            sites=("attn_resid", "layer_out"), spaces=("encodings",), similarities=(kind,), k=k, overlap_k=k
+        ),
+    )
+    acts = capture(adapter, IDS)
+    V = adapter.vocab_size
+    with torch.no_grad():
+        rows = {
+            t: _own_embedding("electra", model, torch.arange(V), torch.full((V,), t)).double() for t in range(len(IDS))
+        }
+    for site in ("attn_resid", "layer_out"):
+        view = trail.view(site, "encodings", kind)
+        for layer in range(adapter.n_layers):
+            for t in range(len(IDS)):
+                s, rank, top = _brute_metrics(acts.site(site)[layer][t], rows[t], int(IDS[t]), kind, k)
+                assert view.rank[layer, t] == rank, (site, layer, t)
+                assert view.top_ids[layer, t].tolist() == top.tolist(), (site, layer, t)
+                assert view.self_sim[layer, t] == pytest.approx(s, rel=RTOL, abs=ATOL)
+
+
+def test_electra_projection_refuses_geometry_corrections_in_one_line():
+    from tokentrail.analysis.checks import check_against
+
+    adapter = adapter_for(tiny_models.build("electra"))
+    with pytest.raises(ModelError, match="corrections are not supported"):
+        check_against(adapter, TraceOptions.make(correct="zscore"))
 
 
 def test_modernbert_local_layers_are_windowed_and_use_their_own_rope():

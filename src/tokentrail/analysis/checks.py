@@ -58,6 +58,11 @@ def check_against(
             )
     if options.overlap_k is None:
         options = options.settled(overlap_k=min(DEFAULT_OVERLAP_K, vocab))
+    if options.correct is not None and adapter.embedding_projection() is not None:
+        raise ModelError(
+            f"{adapter.family}: geometry corrections are not supported on this checkpoint: its encodings end in "
+            "embeddings_project, which the corrections do not fold into the rows; trace without --correct"
+        )
     if options.correct_from is not None:
         _check_study(adapter, options)
     if options.correct is not None and options.correct_from is None and tokens is not None:
