@@ -121,9 +121,9 @@ class ModernBertAdapter(Adapter):
         window = self.local_window(layer)
         if window is None:
             return None
-        idx = torch.arange(n)
+        idx = torch.arange(n, device=self.device)
         outside = (idx[:, None] - idx[None, :]).abs() > window
-        bias = torch.zeros(n, n).masked_fill(outside, float("-inf"))
+        bias = torch.zeros(n, n, device=self.device).masked_fill(outside, float("-inf"))
         return bias.expand(self.n_heads, n, n)
 
     def attention_bias_name(self) -> str:

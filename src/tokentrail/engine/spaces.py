@@ -390,7 +390,7 @@ class DoubleNormSpace(VocabSpace):
         )
         self.cx = shared_table(adapter, True)  # (V, d) centred W_E: sigma1's table
         self.cx_sq = shared_sq_norms(adapter, self.cx)
-        beta1 = torch.zeros(self.d) if emb.bias is None else emb.bias.float()
+        beta1 = torch.zeros_like(emb.weight.float()) if emb.bias is None else emb.bias.float()
         self.b_t = beta1 - beta1.mean()  # (d,)
         assert self.M is not None and self.P is not None  # a head space (factorise)
         self.m = torch.einsum("gkd,d->gk", self.M, self.b_t)  # (G, k)
@@ -473,7 +473,7 @@ def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
 
 def _position_free(adapter: Adapter) -> bool:
     """Whether the embedding stage gives every token one row whatever its position (RoPE models)."""
-    return adapter.position_offset(torch.zeros(1, dtype=torch.long)) is None
+    return adapter.position_offset(torch.zeros(1, dtype=torch.long, device=adapter.device)) is None
 
 
 def _layer_refusal(adapter: Adapter, kind: str, layer: int) -> str | None:
