@@ -50,6 +50,8 @@ class _TypedRope(nn.Module):
         super().__init__()
         self.rope, self.layer_type = rotary_emb, layer_type
         self.inv_freq = getattr(rotary_emb, f"{layer_type}_inv_freq")
+        #: RoPE's scale for this layer type (1 for the default RoPE), as a Llama module names it
+        self.attention_scaling = float(getattr(rotary_emb, f"{layer_type}_attention_scaling", 1.0))
 
     def forward(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         return self.rope(x, positions, self.layer_type)

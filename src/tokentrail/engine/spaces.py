@@ -372,7 +372,7 @@ class DoubleNormSpace(VocabSpace):
     (``|A c|^2 = |a_v|^2 + 2 a_v . a_p + |a_p|^2``).
     """
 
-    def __init__(self, name: str, adapter: Adapter, emb: Norm, attn_in: Norm, weight: Tensor, bias, rotary):
+    def __init__(self, name: str, adapter: Adapter, emb: Norm, attn_in: Norm, weight: Tensor, bias: Tensor | None):
         memo = adapter_memo(adapter)
         if "emb-centred-scaled" not in memo:
             a = shared_table(adapter, True) * emb.weight.float()
@@ -386,7 +386,6 @@ class DoubleNormSpace(VocabSpace):
             positional=True,
             proj_weight=weight,
             proj_bias=bias,
-            rotary=rotary,
         )
         self.cx = shared_table(adapter, True)  # (V, d) centred W_E: sigma1's table
         self.cx_sq = shared_sq_norms(adapter, self.cx)
@@ -428,10 +427,7 @@ class DoubleNormSpace(VocabSpace):
     def dots(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None) -> Tensor:
         groups = torch.arange(r.shape[1], device=r.device) if groups is None else groups
         out = super().dots(r, stats, pidx, groups)
-        r = r.float()
-        if self.rotary is not None:
-            r = self.rotary(r, stats.positions[pidx], inverse=True)
-        return out.add_(self._m_term(r, stats, pidx, groups))
+        return out.add_(self._m_term(r.float(), stats, pidx, groups))  # no rotary here (position embeddings)
 
     def cosine_rows(
         self,
@@ -452,13 +448,12 @@ class DoubleNormSpace(VocabSpace):
         return rows, index
 
     def rows(self, ids: Tensor, position: int) -> Tensor:
-        """Explicit rows, by the definition (both norms, the head map, RoPE): (m,) -> (m, G, k)."""
+        """Explicit rows, by the definition (both norms, then the head map): (m,) -> (m, G, k)."""
         pos = torch.full((len(ids),), position, dtype=torch.long, device=ids.device)
         raw = shared_table(self._adapter, False)[ids] + self._adapter.position_offset(pos).float()
         x = self._attn_in(self._emb(raw))
         out = torch.einsum("gkd,md->mgk", self._w, x)
-        out = out if self._b is None else out + self._b
-        return out if self.rotary is None else self.rotary(out, pos, inverse=False)
+        return out if self._b is None else out + self._b
 
 
 def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
@@ -487,7 +482,9 @@ def _layer_refusal(adapter: Adapter, kind: str, layer: int) -> str | None:
             "norm); the residual spaces and the other sites are exact"
         )
     emb = adapter.embedding_norm()
-    if emb is not None and not _position_free(adapter) and not (emb.kind == attn_in.kind == "layernorm"):
+    if emb is None or _position_free(adapter):
+        return None
+    if not (emb.kind == attn_in.kind == "layernorm") or adapter.rotary(layer) is not None:
         return (
             f"{adapter.family}: the {kind} space does not factorise (an embedding norm around a position-dependent "
             "sum, then the layer's own norm); the residual spaces and the other sites are exact"
@@ -557,7 +554,7 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None) -> VocabS
     emb, attn_in = adapter.embedding_norm(), adapter.attn_input_norm(layer)
     if emb is not None and attn_in is not None and not _position_free(adapter):
         # two LayerNorms around a moving sum (checked above): mBART's pre-norm layers
-        return DoubleNormSpace(name, adapter, emb, attn_in, weight, bias, rotary)
+        return DoubleNormSpace(name, adapter, emb, attn_in, weight, bias)
     if emb is not None and attn_in is not None:
         # position-free: AttnIn_l(norm(W_E[v])) has no position term, so the normed table
         # is one (V, d) matrix per model and the layer's norm factorises over it
