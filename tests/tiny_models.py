@@ -62,6 +62,25 @@ _S2S = dict(
     **IDS,
 )
 
+# local/global layers, a window of 3, query pre-scaling, soft-capping, head_dim != d / H
+_GEMMA2 = dict(
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=3,
+    hidden_size=32,
+    intermediate_size=48,
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+    head_dim=12,
+    query_pre_attn_scalar=20,
+    attn_logit_softcapping=2.0,
+    final_logit_softcapping=3.0,
+    sliding_window=3,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    attention_bias=True,
+    **IDS,
+)
+
 
 @dataclass(frozen=True)
 class Tiny:
@@ -138,6 +157,34 @@ TINY: dict[str, Tiny] = {
     ),
     "gemma": Tiny("causal", {**_DEC, "num_key_value_heads": 1, "head_dim": 12, "attention_bias": True}),
     "phi": Tiny("causal", {**_DEC, "num_key_value_heads": 6, "partial_rotary_factor": 0.5}),
+    # issue 23's decoders (their adapters' own parity tests use the same shapes)
+    "qwen3": Tiny("causal", {**_DEC, "head_dim": 8, "attention_bias": True}),  # QK-norm, head_dim != d / H
+    "olmo2": Tiny("causal", {**_DEC, "attention_bias": True}),
+    "phi3": Tiny("causal", {**_DEC, "partial_rotary_factor": 0.5}),
+    "opt": Tiny(
+        "causal",
+        dict(
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            hidden_size=32,
+            ffn_dim=48,
+            word_embed_proj_dim=32,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            **IDS,
+        ),
+    ),
+    "gemma2": Tiny("causal", _GEMMA2),
+    "gemma3_text": Tiny(
+        "causal",
+        {
+            **_GEMMA2,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        },
+    ),
     "bart": Tiny("seq2seq", {**_S2S, "scale_embedding": True}),
     "marian": Tiny("seq2seq", {**_S2S, "decoder_vocab_size": VOCAB, "scale_embedding": True}),
     "mbart": Tiny("seq2seq", {**_S2S, "scale_embedding": True}),
