@@ -513,3 +513,30 @@ def test_mbart_traces_every_site_and_space(tmp_path):
     for t in (trail, trail.decoder):
         assert {v.space for v in t.views} == {"encodings", "embeddings", "value", "key", "query"}
         assert "heads" in {v.site for v in t.views}
+
+
+def test_a_space_that_does_not_factorise_is_named_not_a_crash(mbart):
+    """A layout the spaces do not cover (here: mBART's layer norm swapped for an RMSNorm, so
+    the two norms differ in kind): each head space is refused in one line, verify marks
+    the spaces row n/a with the reason instead of crashing, and the options settle."""
+    from tokentrail.adapters.base import Norm
+    from tokentrail.adapters.mbart import MBartEncoderAdapter
+    from tokentrail.analysis.checks import check_against
+
+    model, _ = mbart
+    broken = MBartEncoderAdapter(model)
+    own = broken.attn_input_norm
+
+    def rms(layer: int) -> Norm:
+        n = own(layer)
+        return Norm("rmsnorm", n.weight, None, n.eps)
+
+    broken.attn_input_norm = rms
+    why = space_refusal(broken, "value")
+    assert why and "the value space does not factorise" in why and "\n" not in why
+    row = verify_adapter(broken, IDS, sample=4, layers=[0]).row("value/key/query spaces")
+    assert row.passed is None and "do not factorise" in row.note
+    settled = check_against(broken, TraceOptions.make(site="all", space="all"))
+    assert set(settled.spaces) == {"embeddings", "encodings"} and "heads" not in settled.sites
+    with pytest.raises(ModelError, match="the key space does not factorise"):
+        check_against(broken, TraceOptions.make(site="heads", space="key"))
