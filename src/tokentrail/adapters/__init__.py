@@ -8,10 +8,14 @@ from tokentrail.adapters.bart import BartEncoderAdapter, MarianEncoderAdapter
 from tokentrail.adapters.base import Adapter, HeadProjection, HookPoints, Norm
 from tokentrail.adapters.bert import BertAdapter, RobertaAdapter
 from tokentrail.adapters.decoder import DecoderAdapter
+from tokentrail.adapters.distilbert import DistilBertAdapter
+from tokentrail.adapters.electra import ElectraAdapter
 from tokentrail.adapters.gemma import Gemma2Adapter, Gemma3Adapter, GemmaAdapter
 from tokentrail.adapters.gpt2 import GPT2Adapter
 from tokentrail.adapters.gpt_neox import GPTNeoXAdapter
 from tokentrail.adapters.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from tokentrail.adapters.mbart import MBartEncoderAdapter
+from tokentrail.adapters.modernbert import ModernBertAdapter
 from tokentrail.adapters.olmo2 import Olmo2Adapter
 from tokentrail.adapters.opt import OPTAdapter
 from tokentrail.adapters.phi import PhiAdapter
@@ -44,6 +48,11 @@ REGISTRY: dict[str, type[Adapter]] = {
     "bart": BartEncoderAdapter,
     "marian": MarianEncoderAdapter,
     "t5": T5EncoderAdapter,
+    # more encoders, and mBART (an encoder-decoder like BART)
+    "distilbert": DistilBertAdapter,
+    "electra": ElectraAdapter,
+    "modernbert": ModernBertAdapter,
+    "mbart": MBartEncoderAdapter,
 }
 
 

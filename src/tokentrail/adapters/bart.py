@@ -106,10 +106,10 @@ class _BartStack:
     def embedding_norm(self) -> Norm | None:
         return _norm(getattr(self.stack_module, "layernorm_embedding", None))
 
-    def attn_input_norm(self, layer: int) -> None:
-        return None
+    def attn_input_norm(self, layer: int) -> Norm | None:
+        return None  # post-LN
 
-    def attn_resid_norm(self, layer: int) -> Norm:
+    def attn_resid_norm(self, layer: int) -> Norm | None:
         return _norm(self.layers[layer].self_attn_layer_norm)
 
     def projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
@@ -213,7 +213,7 @@ class BartDecoderAdapter(_BartStack, DecoderStack):
             out_proj=lay.encoder_attn.out_proj, receiver=lay.fc1, receiver_norm=_norm(lay.encoder_attn_layer_norm)
         )
 
-    def cross_query_norm(self, layer: int) -> None:
+    def cross_query_norm(self, layer: int) -> Norm | None:
         return None  # post-LN: cross-attention's query map reads attn_resid_ln as it is
 
     # ---- the final norm and the output head ---------------------------------------------

@@ -218,6 +218,12 @@ class Adapter(ABC):
     def embedding_norm(self) -> Norm | None:
         """The norm applied to ``W_E[v] + offset`` (None for pre-norm decoders)."""
 
+    def embedding_projection(self) -> tuple[Tensor, Tensor | None] | None:
+        """``(W: (d, e), b: (d,) or None)`` mapping the embedding stage's ``e``-wide output into
+        the ``d``-wide residual stream (ELECTRA's ``embeddings_project``), or None: then
+        ``Emb(v, p) = W norm(W_E[v] + offset(p)) + b``."""
+        return None
+
     # ---- layers --------------------------------------------------------------
     @abstractmethod
     def attn_input_norm(self, layer: int) -> Norm | None:
@@ -267,6 +273,10 @@ class Adapter(ABC):
     def attention_bias(self, layer: int, n: int) -> Tensor | None:
         """(H, n, n) added to the scaled scores of ``n`` tokens (T5's relative position bias), or None."""
         return None
+
+    def attention_bias_name(self) -> str:
+        """What :meth:`attention_bias` is, for the walkthrough's formula."""
+        return "relative position bias"
 
     def rotary(self, layer: int) -> Rotary | None:
         """The rotary embedding applied to q and k, if the model uses one."""
@@ -324,4 +334,10 @@ class Adapter(ABC):
         if off is not None:
             x = x + off
         norm = self.embedding_norm()
-        return x if norm is None else norm(x)
+        x = x if norm is None else norm(x)
+        proj = self.embedding_projection()
+        if proj is None:
+            return x
+        w, b = proj
+        x = x @ w.T
+        return x if b is None else x + b

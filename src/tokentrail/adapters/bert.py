@@ -32,7 +32,7 @@ def _split_heads(linear: nn.Linear, n_heads: int) -> HeadProjection:
 class BertAdapter(Adapter):
     family = "bert"
     norm_placement = "post"
-    head_key_prefixes = ("cls.predictions.",)
+    head_key_prefixes: tuple[str, ...] = ("cls.predictions.",)
     unread_key_prefixes = ("pooler.", "cls.seq_relationship.")  # the pooler and the next-sentence head
 
     def __init__(self, model: nn.Module):

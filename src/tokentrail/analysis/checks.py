@@ -9,11 +9,15 @@ from tokentrail.adapters import Adapter
 from tokentrail.adapters.seq2seq import EncoderStack
 from tokentrail.engine import budget
 from tokentrail.engine.budget import captured_bytes, check_fits, estimate_run, estimate_seq2seq
+from tokentrail.engine.spaces import space_refusal
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import (
     ALL_SITES,
+    ALL_SPACES,
     CROSS_SITES,
     DEFAULT_OVERLAP_K,
+    HEAD_SITE,
+    HEAD_SPACES,
     RESIDUAL_SITES,
     TraceOptions,
     parse_correction,
@@ -38,6 +42,7 @@ def check_against(
     :func:`streams` decides; a batch of texts is captured whole, False)."""
     adapter.resolve_causal(options.causal)
     options = _settle_cross_sites(adapter, options)
+    options = _settle_spaces(adapter, options)
     lens_reader = (
         cast(EncoderStack, adapter).decoder_stack() if adapter.is_seq2seq else adapter
     )  # an encoder-decoder's lens reads its decoder (its primary adapter is the EncoderStack)
@@ -53,6 +58,11 @@ def check_against(
             )
     if options.overlap_k is None:
         options = options.settled(overlap_k=min(DEFAULT_OVERLAP_K, vocab))
+    if options.correct is not None and adapter.embedding_projection() is not None:
+        raise ModelError(
+            f"{adapter.family}: geometry corrections are not supported on this checkpoint: its encodings end in "
+            "embeddings_project, which the corrections do not fold into the rows; trace without --correct"
+        )
     if options.correct_from is not None:
         _check_study(adapter, options)
     if options.correct is not None and options.correct_from is None and tokens is not None:
@@ -107,6 +117,27 @@ def _settle_cross_sites(adapter: Adapter, options: TraceOptions) -> TraceOptions
             f"this {adapter.family} model has no cross-attention"
         )
     return options.settled(sites=rest)
+
+
+def _settle_spaces(adapter: Adapter, options: TraceOptions) -> TraceOptions:
+    """A space the model cannot factorise (``space_refusal``: mBART's head spaces, ELECTRA's
+    embeddings when its embedding stage is narrower than the residual stream): ``all``
+    means every space it has (and the heads site goes when none of its spaces is left,
+    under ``site=all``); naming one is refused with its one-line reason."""
+    stacks = [adapter, cast(EncoderStack, adapter).decoder_stack()] if adapter.is_seq2seq else [adapter]
+    refused = {s: why for s in options.spaces for a in stacks if (why := space_refusal(a, s))}
+    if not refused:
+        return options
+    first = next(iter(refused.values()))
+    if not set(ALL_SPACES) <= set(options.spaces):
+        raise ModelError(first)
+    spaces = tuple(s for s in options.spaces if s not in refused)
+    sites = options.sites
+    if HEAD_SITE in sites and not any(s in HEAD_SPACES for s in spaces):
+        if not set(ALL_SITES) - set(CROSS_SITES) <= set(sites):
+            raise ModelError(first)
+        sites = tuple(s for s in sites if s != HEAD_SITE)
+    return options.settled(spaces=spaces, sites=sites)
 
 
 def _check_study(adapter: Adapter, options: TraceOptions) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 from torch import Tensor
 
-from tokentrail.adapters import Adapter
+from tokentrail.adapters import Adapter, Norm
 from tokentrail.engine import budget
 
 _Space = TypeVar("_Space", bound="SpaceMemory")
@@ -209,6 +209,18 @@ def shared_table(adapter: Adapter, centred: bool) -> Tensor:
         x = adapter.embedding_table().float()
         memo[centred] = x - x.mean(-1, keepdim=True) if centred else x
     return memo[centred]
+
+
+def shared_normed_table(adapter: Adapter, norm: Norm, centred: bool) -> Tensor:
+    """``norm(W_E)`` in float32 (V, d), centred per row for a LayerNorm after it: the rows of
+    a position-free embedding stage that ends in a norm (ModernBERT's ``LN_emb(W_E[v])``),
+    which a pre-norm layer's head spaces then read through their own norm. One copy per model."""
+    memo = adapter_memo(adapter)
+    key = ("normed", centred)
+    if key not in memo:
+        x = norm(shared_table(adapter, False))
+        memo[key] = x - x.mean(-1, keepdim=True) if centred else x
+    return memo[key]
 
 
 def shared_sq_norms(adapter: Adapter, x: Tensor) -> Tensor:

@@ -47,7 +47,14 @@ from tokentrail.adapters import Adapter, Norm
 from tokentrail.adapters.base import HeadNorm
 from tokentrail.engine import budget
 from tokentrail.engine.scoring import inverse_norms
-from tokentrail.engine.space_memory import PositionStats, SpaceMemory, shared_sq_norms, shared_table
+from tokentrail.engine.space_memory import (
+    PositionStats,
+    SpaceMemory,
+    adapter_memo,
+    shared_normed_table,
+    shared_sq_norms,
+    shared_table,
+)
 from tokentrail.engine.space_products import factorise, finish_sq, head_products, in_blocks, norm_scales, scale_rows
 from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import HEAD_SPACES as HEAD_SPACE_KINDS
@@ -450,18 +457,155 @@ class VocabSpace(SpaceMemory):
         return out
 
 
+class DoubleNormSpace(VocabSpace):
+    """A head space behind two LayerNorms around a position-dependent sum (mBART's pre-norm
+    layers read ``LN_l(LN_emb(W_E[v] + W_P[p]))``), still exact and factorised.
+
+    With ``c = c_v + c_p`` the centred sum, ``sigma1 = sqrt(|c|^2 / d + eps1)``,
+    ``A = centre o diag(gamma1)`` and ``b~ = beta1 - mean(beta1)``, the second norm's centred
+    input is ``A c / sigma1 + b~``, so with ``sigma2 = sqrt(|A c / sigma1 + b~|^2 / d + eps2)``::
+
+        R_g(v, p) = M_g (a_v + a_p) / (sigma1 sigma2) + m_g / sigma2 + c_g
+
+    where ``a_v = A c_v`` (one ``V x d`` table per model), ``a_p = A c_p``, ``M_g = W_g
+    diag(gamma2)``, ``m_g = M_g b~`` and ``c_g = W_g beta2 + b_g``. That is
+    :class:`VocabSpace`'s form over ``a_v`` with ``sigma = sigma1 sigma2`` plus one more
+    term, ``m_g / sigma2``; ``sigma1`` and ``sigma2`` need ``O(V d)`` per position
+    (``|A c|^2 = |a_v|^2 + 2 a_v . a_p + |a_p|^2``).
+    """
+
+    def __init__(self, name: str, adapter: Adapter, emb: Norm, attn_in: Norm, weight: Tensor, bias: Tensor | None):
+        memo = adapter_memo(adapter)
+        if "emb-centred-scaled" not in memo:
+            a = shared_table(adapter, True) * emb.weight.float()
+            memo["emb-centred-scaled"] = a - a.mean(-1, keepdim=True)  # (V, d): a_v = A c_v
+        self._emb, self._attn_in, self._w, self._b = emb, attn_in, weight.float(), bias
+        super().__init__(
+            name,
+            adapter,
+            memo["emb-centred-scaled"],
+            norm=attn_in,
+            positional=True,
+            proj_weight=weight,
+            proj_bias=bias,
+        )
+        self.cx = shared_table(adapter, True)  # (V, d) centred W_E: sigma1's table
+        self.cx_sq = shared_sq_norms(adapter, self.cx)
+        beta1 = torch.zeros_like(emb.weight.float()) if emb.bias is None else emb.bias.float()
+        self.b_t = beta1 - beta1.mean()  # (d,)
+        assert self.M is not None and self.P is not None  # a head space (factorise)
+        self.m = torch.einsum("gkd,d->gk", self.M, self.b_t)  # (G, k)
+        self.a_b = self.x @ self.b_t  # (V,) a_v . b~
+        self.P_m = torch.einsum("gvk,gk->gv", self.P, self.m)  # (G, V)
+
+    def position_stats(self, positions: Tensor) -> PositionStats:
+        y = self._adapter.position_offset(positions).float()
+        cp = y - y.mean(-1, keepdim=True)  # (P, d)
+        sigma1 = norm_scales(self.cx, self.cx_sq, cp, self._emb.eps)  # (P, V)
+        ap = cp * self._emb.weight.float()
+        ap = ap - ap.mean(-1, keepdim=True)  # (P, d): a_p = A c_p
+        ac_sq = (ap @ self.x.T).mul_(2).add_(self.x_sq[None]).add_(ap.pow(2).sum(-1, keepdim=True))  # |A c|^2
+        ac_b = self.a_b[None] + (ap @ self.b_t)[:, None]  # (P, V): A c . b~
+        sigma2 = (ac_sq / sigma1.square() + 2 * ac_b / sigma1 + self.b_t.pow(2).sum()).div_(self.d)
+        sigma2 = sigma2.add_(self.eps).sqrt_()  # (P, V)
+        S = sigma1 * sigma2
+        Py = self._project(ap)  # (P, G, k)
+        z_sq = torch.bmm(Py.transpose(0, 1), self.P.transpose(1, 2)).mul_(2)  # (G, P, V): |P_v + Py_p|^2
+        z_sq.add_(self.P_sq[:, None, :]).add_(Py.pow(2).sum(-1).T[:, :, None])
+        z_m = self.P_m[:, None, :] + torch.einsum("pgk,gk->gp", Py, self.m)[:, :, None]  # (G, P, V)
+        z_c = self.P_c[:, None, :] + torch.einsum("pgk,gk->gp", Py, self.c)[:, :, None]
+        inv_s, inv2 = S.reciprocal()[None], sigma2.reciprocal()[None]  # (1, P, V)
+        m_sq, m_c = self.m.pow(2).sum(-1)[:, None, None], (self.m * self.c).sum(-1)[:, None, None]
+        sq = z_sq.mul_(inv_s.square()).addcmul_(z_m * inv_s, inv2, value=2).addcmul_(z_c, inv_s, value=2)
+        sq.addcmul_(m_sq, inv2.square()).addcmul_(m_c, inv2, value=2).add_(self.c_sq[:, None, None]).clamp_min_(0)
+        stats = PositionStats(positions, ap, S, sq.transpose(0, 1).contiguous(), Py)
+        stats.memo["inv_sigma2"] = sigma2.reciprocal()  # (P, V)
+        return stats
+
+    def _m_term(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor) -> Tensor:
+        """(Q, C, V): ``(m_g . r) / sigma2`` for queries ``r`` already in the rows' frame."""
+        return torch.einsum("qck,ck->qc", r, self.m[groups])[..., None] * stats.memo["inv_sigma2"][pidx][:, None, :]
+
+    def dots(self, r: Tensor, stats: PositionStats, pidx: Tensor, groups: Tensor | None = None) -> Tensor:
+        groups = torch.arange(r.shape[1], device=r.device) if groups is None else groups
+        out = super().dots(r, stats, pidx, groups)
+        return out.add_(self._m_term(r.float(), stats, pidx, groups))  # no rotary here (position embeddings)
+
+    def cosine_rows(
+        self,
+        r: Tensor,
+        stats: PositionStats,
+        pidx: Tensor,
+        groups: Tensor | None = None,
+        out: Tensor | None = None,
+        ready: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        Q, C, _ = r.shape
+        groups = torch.arange(C, device=r.device) if groups is None else groups
+        rows, index = super().cosine_rows(r, stats, pidx, groups, out=out, ready=ready)
+        # the m term, over |row| (the unit query's share of the cosine), row i = (query, column) of index[i]
+        extra = self._m_term(self._unit_queries(r, stats.positions[pidx]), stats, pidx, groups)  # (Q, C, V)
+        inv = inverse_norms(stats.sq_norm[pidx][:, groups])  # (Q, C, V)
+        rows.add_(extra.mul_(inv).reshape(Q * C, -1)[index])
+        return rows, index
+
+    def rows(self, ids: Tensor, position: int) -> Tensor:
+        """Explicit rows, by the definition (both norms, then the head map): (m,) -> (m, G, k)."""
+        pos = torch.full((len(ids),), position, dtype=torch.long, device=ids.device)
+        raw = shared_table(self._adapter, False)[ids] + self._adapter.position_offset(pos).float()
+        x = self._attn_in(self._emb(raw))
+        out = torch.einsum("gkd,md->mgk", self._w, x)
+        return out if self._b is None else out + self._b
+
+
 def _input_norm(adapter: Adapter, layer: int | None) -> Norm | None:
-    """The one norm between W_E[v] + offset and the space's rows."""
+    """The one norm between W_E[v] + offset and the space's rows (a double norm is
+    refused first, by :func:`space_refusal`)."""
     emb = adapter.embedding_norm()
     if layer is None:
         return emb
     attn_in = adapter.attn_input_norm(layer)
-    if emb is not None and attn_in is not None:
-        raise ModelError(
-            f"{adapter.family}: an embedding norm followed by a pre-norm layer does not factorise; "
-            "head spaces are not supported for this architecture"
-        )
     return emb if attn_in is None else attn_in
+
+
+def _position_free(adapter: Adapter) -> bool:
+    """Whether the embedding stage gives every token one row whatever its position (RoPE models)."""
+    return adapter.position_offset(torch.zeros(1, dtype=torch.long, device=adapter.device)) is None
+
+
+def _layer_refusal(adapter: Adapter, kind: str, layer: int) -> str | None:
+    """Why head space ``kind`` of ``layer`` does not factorise, in one line, or None."""
+    attn_in = adapter.attn_input_norm(layer)
+    if attn_in is None:
+        return None
+    if adapter.embedding_projection() is not None:
+        return (
+            f"{adapter.family}: the {kind} space does not factorise (a projected embedding, then the layer's own "
+            "norm); the residual spaces and the other sites are exact"
+        )
+    emb = adapter.embedding_norm()
+    if emb is None or _position_free(adapter):
+        return None
+    if not (emb.kind == attn_in.kind == "layernorm") or adapter.rotary(layer) is not None:
+        return (
+            f"{adapter.family}: the {kind} space does not factorise (an embedding norm around a position-dependent "
+            "sum, then the layer's own norm); the residual spaces and the other sites are exact"
+        )
+    return None
+
+
+def space_refusal(adapter: Adapter, kind: str) -> str | None:
+    """Why ``kind`` cannot be built for this model (at some layer, for a head space), in one
+    line, or None: the one home of these rules (:func:`build_space` raises them)."""
+    if kind == "embeddings" and adapter.embedding_projection() is not None:
+        return (
+            f"{adapter.family}: the embeddings space does not apply to this checkpoint: its embedding table is "
+            f"{adapter.embedding_table().shape[1]} wide and its residual stream {adapter.d_model} "
+            "(embeddings_project maps one to the other); use the encodings space"
+        )
+    if kind in HEAD_SPACE_KINDS:
+        return next((why for l in range(adapter.n_layers) if (why := _layer_refusal(adapter, kind, l))), None)
+    return None
 
 
 def _space(name: str, adapter: Adapter, norm: Norm | None, **kw) -> VocabSpace:
@@ -475,25 +619,71 @@ def build_space(adapter: Adapter, kind: str, layer: int | None = None, table_byt
     ``table_bytes``: the largest whole table a made (QK-normed) space keeps (default
     :data:`~tokentrail.engine.budget.SPACE_CACHE_BYTES`); a larger one makes its rows a
     vocabulary chunk at a time."""
+    emb_proj = adapter.embedding_projection()  # ELECTRA: Emb = W_P norm(...) + b_P
     if kind == "embeddings":
+        why = space_refusal(adapter, kind)
+        if why:
+            raise ModelError(why)
         return _space("embeddings", adapter, None, positional=False)
     if kind == "encodings":
+        if emb_proj is not None:  # one group: the projection as a head map
+            w, b = emb_proj
+            return _space(
+                "encodings",
+                adapter,
+                adapter.embedding_norm(),
+                positional=True,
+                proj_weight=w[None],
+                proj_bias=None if b is None else b[None],
+            )
         return _space("encodings", adapter, adapter.embedding_norm(), positional=True)
     if kind not in HEAD_SPACE_KINDS:
         raise InputError(f"unknown space {kind!r}: choose from {', '.join(SPACE_KINDS)}")
     if layer is None or not 0 <= layer < adapter.n_layers:
         raise InputError(f"space {kind!r} needs a layer in 0..{adapter.n_layers - 1}, got {layer}")
+    why = _layer_refusal(adapter, kind, layer)
+    if why:
+        raise ModelError(why)
     letters: dict[str, Literal["q", "k", "v"]] = {"value": "v", "key": "k", "query": "q"}
     which = letters[kind]
     proj = adapter.projection(layer, which)
     rotary = adapter.rotary(layer) if kind in ("key", "query") else None
+    weight, bias = proj.weight, proj.bias
+    if emb_proj is not None:
+        # post-LN (checked above): the head map after the embedding projection, W_h (W_P y + b_P) + b_h
+        w_p, b_p = emb_proj
+        weight = torch.einsum("gkd,de->gke", proj.weight.float(), w_p)
+        if b_p is not None:
+            lifted = torch.einsum("gkd,d->gk", proj.weight.float(), b_p)
+            bias = lifted if bias is None else bias + lifted
+    name = f"{kind}@{layer}"
+    emb, attn_in = adapter.embedding_norm(), adapter.attn_input_norm(layer)
+    if emb is not None and attn_in is not None and not _position_free(adapter):
+        # two LayerNorms around a moving sum (checked above): mBART's pre-norm layers
+        return DoubleNormSpace(name, adapter, emb, attn_in, weight, bias)
+    if emb is not None and attn_in is not None:
+        # position-free: AttnIn_l(norm(W_E[v])) has no position term, so the normed table
+        # is one (V, d) matrix per model and the layer's norm factorises over it
+        table = shared_normed_table(adapter, emb, attn_in.kind == "layernorm")
+        return VocabSpace(
+            name,
+            adapter,
+            table,
+            norm=attn_in,
+            positional=True,
+            proj_weight=weight,
+            proj_bias=bias,
+            head_norm=proj.norm if kind != "value" else None,
+            rotary=rotary,
+            table_bytes=table_bytes,
+        )
     return _space(
-        f"{kind}@{layer}",
+        name,
         adapter,
         _input_norm(adapter, layer),
         positional=True,
-        proj_weight=proj.weight,
-        proj_bias=proj.bias,
+        proj_weight=weight,
+        proj_bias=bias,
         head_norm=proj.norm if kind != "value" else None,
         rotary=rotary,
         table_bytes=table_bytes,

@@ -126,7 +126,7 @@ def _scaling_formula(adapter: Adapter, layer: int, biased: bool) -> str:
     window = adapter.attention_window(layer)
     return (
         core
-        + (" + relative position bias" if biased else "")
+        + (f" + {adapter.attention_bias_name()}" if biased else "")
         + ("" if window is None else f", keys s > t - {window} only (sliding window)")
     )
 
@@ -167,6 +167,8 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
         scaled = scaled + bias[:, token]
     # later keys under the causal mask, and those a sliding window leaves out
     masked = adapter.hidden_keys(layer, n, causal, q.device)[token]
+    if bias is not None:  # a bias of -inf for every head hides the key (ModernBERT's local window)
+        masked = masked | bias[:, token].isneginf().all(0).to(q.device)
     scaled = scaled.masked_fill(masked, float("-inf"))
     weights = scaled.softmax(-1)  # (H, n)
     z = torch.einsum("hs,shd->hd", weights, v_h)  # (H, dh)

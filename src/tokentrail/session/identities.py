@@ -22,7 +22,7 @@ infinities (masked scores) agree.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -31,6 +31,7 @@ from torch import Tensor
 from tokentrail.adapters import Adapter
 from tokentrail.engine.capture import Activations
 from tokentrail.engine.spaces import HEAD_SPACE_KINDS, build_space
+from tokentrail.spec.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -208,10 +209,15 @@ def spaces(adapter: Adapter, acts: Activations, layers: list[int], sample: int, 
     probe = torch.cat([own, extra])
     positions = torch.unique(acts.position_ids)
     positions = positions[torch.linspace(0, len(positions) - 1, min(4, len(positions))).long()]
+    refused: list[str] = []  # spaces the adapter says do not factorise (one line each, at build)
     for layer in layers:
         q0, k0, v0 = (None, None, None) if layer != 0 else _qkv_own(adapter, acts)
         for kind in HEAD_SPACE_KINDS:
-            space = build_space(adapter, kind, layer)
+            try:
+                space = build_space(adapter, kind, layer)
+            except ModelError:
+                refused.append(f"{kind}@{layer}")
+                continue
             stats = space.position_stats(positions)
             r = torch.randn(len(positions), space.groups, space.dim, generator=g)
             dots = space.dots(r, stats, torch.arange(len(positions)))  # (P, G, V)
@@ -225,7 +231,10 @@ def spaces(adapter: Adapter, acts: Activations, layers: list[int], sample: int, 
                 # the row of each token's own id at its position is its own q/k/v in layer 0
                 mine = torch.stack([space.rows(v[None], int(p))[0] for v, p in zip(acts.input_ids, acts.position_ids)])
                 w.compare(mine, {"query": q0, "key": k0, "value": v0}[kind], f"{kind}@0 own rows")
-    return w.result()
+    if refused and len(refused) == len(layers) * len(HEAD_SPACE_KINDS):
+        return not_applicable(w.identity, rtol, f"{adapter.family}: these spaces do not factorise (trace refuses them)")
+    out = w.result()
+    return replace(out, note=f"not factorised, refused by trace: {', '.join(refused)}") if refused else out
 
 
 def _qkv_own(adapter: Adapter, acts: Activations) -> tuple[Tensor, Tensor, Tensor]:
