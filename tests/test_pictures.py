@@ -8,10 +8,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import seq2seq_models as sm
 import tokentrail as tt
 from test_parity_decoders import tiny_model
+from tokentrail.cli.commands import app
+from tokentrail.present.images import image_problem, write_figure
 
 TEXT = "time flies like an arrow, time flies."
 
@@ -124,3 +127,60 @@ def test_encoder_decoder_self_and_cross_patterns(seq2seq):
     trail = seq2seq.trail()
     via_trail = tt.plots.attention_pattern(trail, layer=0, head=1, kind="cross")
     assert np.allclose(np.asarray(via_trail.data[0].z, dtype=float), want)
+
+
+# ---- the command line: --plot (the lens) and --plot-attention -----------------------------------
+def _cli(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--plot", "lens.html"], "--plot draws the logit lens: add --lens"),
+        (["--lens", "--plot", "lens.pdf"], "unknown output format 'pdf'"),
+        (["--lens", "--plot", "lens.html", "--lens-color", "hue"], "unknown --lens-color 'hue'"),
+        (["--plot-attention", "a.html", "--attention-kind", "both"], "unknown --attention-kind 'both'"),
+        (["--lens", "--plot", "same.html", "--plot-attention", "same.html"], "name the same file"),
+    ],
+)
+def test_plot_options_are_refused_before_the_model_loads(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a model that does not exist: a refusal that came after the load would say so instead
+    result = _cli("trace", "x", "-m", str(tmp_path / "no-such-model"), *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_an_image_without_a_browser_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    from choreographer.browsers.chromium import Chromium
+
+    monkeypatch.setattr(Chromium, "find_browser", classmethod(lambda cls, **kw: None))
+    result = _cli("trace", "x", "-m", str(tmp_path / "no-such-model"), "--lens", "--plot", str(tmp_path / "l.png"))
+    assert (
+        result.exit_code == 2 and "need Chrome or Chromium" in result.output and "write .html instead" in result.output
+    )
+
+
+def test_cli_writes_the_lens_and_the_attention_pattern(bert_folder, tmp_path):
+    lens, att = tmp_path / "lens.html", tmp_path / "att.html"
+    result = _cli(
+        "trace", TEXT, "-m", str(bert_folder), "--lens", "--plot", str(lens), "--lens-color", "entropy",
+        "--plot-attention", str(att), "--layer", "1", "--head", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    page = lens.read_text()
+    assert "Logit lens" in page and "entropy of the prediction" in page and "plotly" in page
+    page = att.read_text()
+    assert "Attention pattern, layer 1, head 2" in page and "cell: how much query token" in page
+    again = _cli("trace", TEXT, "-m", str(bert_folder), "--plot-attention", str(att))
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.skipif(image_problem() is not None, reason="kaleido or a browser is missing here")
+def test_write_figure_draws_png_and_svg(decoder_run, tmp_path):
+    fig = tt.plots.attention_pattern(decoder_run, layer=0, head=0)
+    png = write_figure(fig, tmp_path / "a.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = write_figure(tt.plots.lens_heatmap(decoder_run.lens()), tmp_path / "l.svg")
+    assert b"<svg" in svg.read_bytes()[:400] and not list(tmp_path.glob(".*.part"))

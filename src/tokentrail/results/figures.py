@@ -288,3 +288,75 @@ def _full_title(title: str, sub: list[str]) -> str:
 def mean_pattern(p: Any) -> np.ndarray:
     """(L, H) the mean over queries of the largest weight each gave (how peaked each head is)."""
     return p.weights.max(axis=-1).mean(axis=-1)
+
+
+def heads_figure(heads: Any, *, height: int | None = None) -> go.Figure:
+    """Heads × source tokens of a :class:`~tokentrail.results.records.HeadsAt`: how much the
+    token attended to each token, per head."""
+    import plotly.graph_objects as go
+
+    H, n = heads.attention.shape
+    labels = [_html(f"{t}: {heads.token_text(t)}") for t in range(n)]
+    title = f"Attention of token {_html(heads.token_text(heads.token))} at layer {heads.layer}, per head"
+    sub = "cell: the weight the token gave each token (rows sum to 1)"
+    fig = go.Figure(
+        go.Heatmap(
+            z=heads.attention,
+            x=labels,
+            y=[f"head {h}" for h in range(H)],
+            colorscale="Blues",
+            zmin=0.0,
+            zmax=1.0,
+            colorbar=dict(title="weight", thickness=12),
+            hovertemplate="%{y} → %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=dict(text=f"{title}<br><sup>{sub}</sup>", x=0.01, xanchor="left", font=dict(size=14)),
+        height=height or max(260, 110 + 22 * H),
+        font=FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        xaxis=dict(tickangle=-45, type="category"),
+        yaxis=dict(autorange="reversed"),
+    )
+    return fig
+
+
+def trail_figure(trail: Any, metric: str = "rank", *, view: Any = None, height: int | None = None) -> go.Figure:
+    """Tokens × layers of one metric of a Trail's first residual view (``rank``: log colour,
+    its own token nearest at 0), the value in each cell of a short text."""
+    import plotly.graph_objects as go
+
+    v = view or next((x for x in trail.views if not x.per_head), None)
+    if v is None:
+        raise InputError("this Trail has only per-head views: plot a head with tt.plots.attention_pattern")
+    values = v.metric(metric).astype(float).T  # (n, L)
+    n, L = values.shape
+    z = np.log10(values + 1.0) if metric == "rank" else values
+    what = "rank of the token's own row (0: it is the nearest)" if metric == "rank" else metric
+    sub = f"cell: {what}; {'/'.join(v.key)}"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"L{l}" for l in range(L)],
+            y=[_html(f"{t}: {s}") for t, s in enumerate(trail.tokens)],
+            customdata=values,
+            text=values if n * L <= 600 else None,
+            texttemplate="%{text:.3~g}" if n * L <= 600 else None,
+            colorscale="Blues_r" if metric == "rank" else "Blues",
+            colorbar=dict(title="log10(1+rank)" if metric == "rank" else metric, thickness=12),
+            hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=dict(
+            text=f"{metric} per token and layer<br><sup>{_html(sub)}</sup>", x=0.01, xanchor="left", font=dict(size=14)
+        ),
+        height=height or max(300, 90 + 20 * n),
+        font=FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        yaxis=dict(autorange="reversed", type="category"),
+    )
+    return fig

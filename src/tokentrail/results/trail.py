@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tokentrail.engine.cells import metric_label
-from tokentrail.results import loading, trailio
+from tokentrail.results import figures, loading, trailio
 from tokentrail.results.notebook import trail_html
 from tokentrail.results.records import (  # noqa: F401 - re-exported
     LENS_METRICS,
@@ -317,6 +317,11 @@ class Trail:
     def _repr_html_(self) -> str:
         return trail_html(self)
 
+    def plot(self, metric: str = "rank", **kw: Any) -> Any:
+        """Tokens × layers of ``metric`` (rank, self_sim, overlap, ...) of the first residual
+        view; ``tt.plots`` has the other pictures (journey, lens_heatmap, attention_pattern)."""
+        return figures.trail_figure(self, metric, **kw)
+
     def export(self, path: str | Path, fmt: str | None = None, *, attention: bool | None = None) -> Path:
         """Write every table (see :mod:`tokentrail.results.trailio`) as Parquet, CSV or JSON.
 
@@ -341,7 +346,8 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
     shape = (L, H, n)
     li, hi, ti = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), indexing="ij")
     aniso = np.broadcast_to(v.anisotropy.reshape(L, H, 1) if v.per_head else v.anisotropy.reshape(L, 1, 1), shape)
-    metrics = {"anisotropy": aniso} | {metric_label(name, v): vals.reshape(shape) for name, vals in v.metrics.items()}
+    # the per-token metrics first (a frame's head shows tokens that differ), the layer's anisotropy last
+    metrics = {metric_label(name, v): vals.reshape(shape) for name, vals in v.metrics.items()} | {"anisotropy": aniso}
     base = {
         "token": ti.reshape(-1),
         "token_str": np.array(trail.tokens, dtype=object)[ti.reshape(-1)],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypedDict
 
 import torch
@@ -242,6 +243,7 @@ class Run:
         result = heads_at(
             m.adapter, m.spaces, self.acts, layer, token, label=m.labels, kind=kind, similarity=similarity, k=k
         )
+        result = replace(result, tokens=tuple(self.tokens))
         with self._lock:
             self._heads[key] = result
             while len(self._heads) > 64:
@@ -260,7 +262,7 @@ class Run:
 
     def step(self, layer: int, head: int, token: int) -> AttentionStep:
         """How ``head`` of ``layer`` computed ``token``'s output, with the live numbers."""
-        return attention_step(self.model.adapter, self.acts, layer, head, token)
+        return replace(attention_step(self.model.adapter, self.acts, layer, head, token), tokens=tuple(self.tokens))
 
 
 def trail_many(

@@ -3,6 +3,7 @@ encoder over the source text and the decoder over the decoder input, with cross-
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, cast
 
 from tokentrail.adapters import EncoderStack
@@ -167,6 +168,7 @@ class Seq2SeqRun(Run):
         result = heads_at(
             adapter, spaces, acts, layer, token, label=self.model.labels, kind=kind, similarity=similarity, k=k
         )
+        result = replace(result, tokens=tuple(self.decoder_tokens if stack == "decoder" else self.tokens))
         with self._lock:
             self._heads[key] = result
             while len(self._heads) > 64:
@@ -176,10 +178,12 @@ class Seq2SeqRun(Run):
     def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> AttentionStep:
         """How self-attention ``head`` of ``layer`` of one stack computed ``token``'s output."""
         adapter, _, acts = self._stack(stack)
-        return attention_step(adapter, acts, layer, head, token)
+        tokens = self.decoder_tokens if stack == "decoder" else self.tokens
+        return replace(attention_step(adapter, acts, layer, head, token), tokens=tuple(tokens))
 
     def cross_step(self, layer: int, head: int, token: int):
         """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
         output: the query from the decoder, keys and values from the encoder output
         (:class:`~tokentrail.engine.walkthrough.CrossAttentionStep`)."""
-        return cross_attention_step(self._encoder().decoder_stack(), self.decoder_acts, layer, head, token)
+        step = cross_attention_step(self._encoder().decoder_stack(), self.decoder_acts, layer, head, token)
+        return replace(step, tokens=tuple(self.decoder_tokens), source_tokens=tuple(self.tokens))
