@@ -89,6 +89,7 @@ def test_attention_pattern_of_one_head_is_its_weights_with_a_picker(decoder_run)
     L, H = acts.attentions.shape[:2]
     buttons = fig.layout.updatemenus[0].buttons
     assert len(buttons) == L * H and fig.layout.updatemenus[0].active == 1 * H + 4
+    assert buttons[1 * H + 4].label == "L1 H4"
     assert np.allclose(np.asarray(buttons[3].args[0]["z"][0]), acts.attentions[0, 3].numpy())
     assert "causal" in fig.layout.title.text and "cell: how much query token" in fig.layout.title.text
 

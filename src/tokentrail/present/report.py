@@ -233,8 +233,9 @@ def _grid(console: Console, trail: Trail, v: View, layers, head) -> None:
     labels = [(f"{t}:{tok}" + ("*" if trail.special[t] else "")) for t, tok in enumerate(trail.tokens)]
     layers = list(layers)
     cells = {l: [_grid_cell(sims[l, t], ranks[l, t], v.similarity) for t in range(len(labels))] for l in layers}
-    for i, block in enumerate(_layer_blocks(console.width, labels, layers, cells)):
-        table = Table("token", *[f"L{l}" for l in block], title=title if i == 0 else None, box=None, pad_edge=False)
+    console.print(title)  # a line of its own: a table's title wraps to the table's width
+    for block in _layer_blocks(console.width, labels, layers, cells):
+        table = Table("token", *[f"L{l}" for l in block], box=None, pad_edge=False)
         for col in table.columns:
             col.no_wrap = True
         for t, label in enumerate(labels):

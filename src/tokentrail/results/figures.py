@@ -145,16 +145,16 @@ def lens_figure(
         xgap=1,
         ygap=1,
     )
-    sub = [f"cell: the lens' top prediction at that layer and position ({lens.site}); colour: {what}"]
+    sub = [f"cell: the lens' top prediction at that layer and position ({lens.site})<br>colour: {what}"]
     if about:
         sub.append(_html(about))
     head = title or "Logit lens"
     fig = go.Figure(heat)
     fig.update_layout(
-        title=dict(text=head + "".join(f"<br><sup>{s}</sup>" for s in sub), x=0.01, xanchor="left", font=dict(size=14)),
+        title=dict(text=_full_title(head, sub), x=0.01, xanchor="left", font=dict(size=14)),
         height=height or max(320, 110 + 26 * L),
         width=max(640, 140 + 62 * min(n, TEXT_UP_TO)) if n <= TEXT_UP_TO else None,
-        margin=dict(l=56, r=16, t=48 + 18 * len(sub), b=90),
+        margin=dict(l=56, r=16, t=48 + 18 * sum(1 + x.count("<br>") for x in sub), b=90),
         font=FONT,
         plot_bgcolor="white",
         paper_bgcolor="white",
@@ -171,9 +171,9 @@ def _labels(tokens: tuple[str, ...]) -> list[str]:
 def _what(p: Any) -> str:
     """The subtitle's line on what a cell is."""
     if p.kind == "cross":
-        return "cell: how much decoder token (row) attends to source token (column); rows sum to 1"
-    mask = " (causal: later tokens get 0)" if p.causal else ""
-    return f"cell: how much query token (row) attends to key token (column){mask}; rows sum to 1"
+        return "cell: the weight a decoder token (row) gives a source token (column)<br>rows sum to 1"
+    mask = "; causal: later tokens get 0" if p.causal else ""
+    return f"cell: the weight a query token (row) gives a key token (column)<br>rows sum to 1{mask}"
 
 
 def _title(p: Any, layer: int, head: int | None) -> str:
@@ -220,7 +220,7 @@ def attention_figure(
         fig = go.Figure(go.Heatmap(z=p.weights[layer, head], colorbar=dict(title="weight", thickness=12), **heat))
         buttons = [
             dict(
-                label=f"layer {l}, head {h}",
+                label=f"L{l} H{h}",
                 method="update",
                 args=[{"z": [p.weights[l, h]]}, {"title.text": _full_title(_title(p, l, h), sub)}],
             )
@@ -228,7 +228,7 @@ def attention_figure(
         ]
         active = choices.index((layer, head))
         size = max(360, 140 + 22 * n)
-        fig.update_layout(height=height or size, width=max(480, 200 + 22 * m))
+        fig.update_layout(height=height or size, width=max(720, 200 + 22 * m))
     else:
         cols = columns or max(1, math.ceil(math.sqrt(H)))
         nrows = math.ceil(H / cols)
@@ -261,19 +261,26 @@ def attention_figure(
             for l in choices_l
         ]
         active = choices_l.index(layer)
-        small = max(110, min(220, 12 * max(n, m)))
-        fig.update_layout(height=height or 120 + nrows * (small + 30), width=80 + cols * (small + 10))
-        fig.update_xaxes(showticklabels=n <= 24 and m <= 24, tickangle=-90, tickfont=dict(size=8), type="category")
-        fig.update_yaxes(showticklabels=n <= 24, tickfont=dict(size=8), type="category")
+        small = max(120, min(220, 14 * max(n, m)))
+        labelled = n <= 24 and m <= 24
+        fig.update_layout(height=height or 200 + nrows * (small + 34), width=max(640, 140 + cols * (small + 12)))
+        fig.update_xaxes(showticklabels=False, type="category")
+        fig.update_yaxes(showticklabels=False, type="category")
+        # token labels on the outer edge only: the bottom row's columns, the first column's rows
+        fig.update_xaxes(showticklabels=labelled, tickangle=-90, tickfont=dict(size=9), row=nrows)
+        fig.update_yaxes(showticklabels=labelled, tickfont=dict(size=9), col=1)
+        if nrows > 1 and H % cols:  # the last row is short: its columns' upper neighbours carry the labels
+            for c in range(H % cols + 1, cols + 1):
+                fig.update_xaxes(showticklabels=labelled, tickangle=-90, tickfont=dict(size=9), row=nrows - 1, col=c)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
         title=dict(text=_full_title(_title(p, layer, head), sub), x=0.01, xanchor="left", font=dict(size=14)),
-        margin=dict(l=60, r=16, t=64 + 18 * len(sub), b=60),
+        margin=dict(l=60, r=16, t=72 + 16 * sum(1 + x.count("<br>") for x in sub), b=60),
         font=FONT,
         plot_bgcolor="white",
         paper_bgcolor="white",
         updatemenus=[
-            dict(buttons=buttons, active=active, x=1.0, xanchor="right", y=1.0, yanchor="bottom", pad=dict(t=4))
+            dict(buttons=buttons, active=active, x=1.0, xanchor="right", y=1.0, yanchor="bottom", pad=dict(b=26))
         ]
         if len(buttons) > 1
         else [],
@@ -282,7 +289,8 @@ def attention_figure(
 
 
 def _full_title(title: str, sub: list[str]) -> str:
-    return title + "".join(f"<br><sup>{s}</sup>" for s in sub)
+    """The title and its subtitle lines (each ``<br>`` of a line starts a line of its own)."""
+    return title + "".join(f"<br><sup>{line}</sup>" for s in sub for line in s.split("<br>"))
 
 
 def mean_pattern(p: Any) -> np.ndarray:
