@@ -89,6 +89,9 @@ def test_a_real_notebook_traces_and_displays_a_trail(bert_folder, tmp_path):
             o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout"
         ).strip()
 
+    # the first load printed tqdm's "IProgress not found" (no ipywidgets) in the trace's cell
+    streams = [o.get("text", "") for cell in nb.cells for o in cell.outputs if o["output_type"] == "stream"]
+    assert not any("IProgress" in text for text in streams), streams
     shown = result(nb.cells[1])
     assert "tokentrail-summary" in shown["text/html"] and "tokentrail-tokens" in shown["text/html"]
     assert shown["text/plain"].startswith("<Trail ") and len(shown["text/plain"]) < 400

@@ -91,7 +91,7 @@ def test_attention_pattern_of_one_head_is_its_weights_with_a_picker(decoder_run)
     assert len(buttons) == L * H and fig.layout.updatemenus[0].active == 1 * H + 4
     assert buttons[1 * H + 4].label == "L1 H4"
     assert np.allclose(np.asarray(buttons[3].args[0]["z"][0]), acts.attentions[0, 3].numpy())
-    assert "causal" in fig.layout.title.text and "cell: how much query token" in fig.layout.title.text
+    assert "causal" in fig.layout.title.text and "cell: the weight a query token (row)" in fig.layout.title.text
 
 
 def test_attention_pattern_of_a_layer_is_every_head_as_small_multiples(decoder_run):
@@ -173,7 +173,7 @@ def test_cli_writes_the_lens_and_the_attention_pattern(bert_folder, tmp_path):
     page = lens.read_text()
     assert "Logit lens" in page and "entropy of the prediction" in page and "plotly" in page
     page = att.read_text()
-    assert "Attention pattern, layer 1, head 2" in page and "cell: how much query token" in page
+    assert "Attention pattern, layer 1, head 2" in page and "cell: the weight a query token" in page
     again = _cli("trace", TEXT, "-m", str(bert_folder), "--plot-attention", str(att))
     assert again.exit_code == 2 and "already exists" in again.output
 

@@ -13,7 +13,6 @@ from rich.markup import escape
 
 import tokentrail as tt
 from tokentrail.cli.common import check_model_option, check_output, err, one_line_errors, out, read_text
-from tokentrail.plots import LENS_COLOURS, attention_pattern, lens_heatmap
 from tokentrail.present.images import check_figure_path, write_figure
 from tokentrail.present.maps import NEIGHBOURS, check_method, check_points, head_map, map_points, trajectory_map
 from tokentrail.present.progress import TerminalProgress, analysis_steps
@@ -22,6 +21,7 @@ from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import check_output_path, write_text
 from tokentrail.spec.options import (
     ALL_SITES,
+    LENS_COLOURS,
     RESIDUAL_SITES,
     RESIDUAL_SPACES,
     TraceOptions,
@@ -223,7 +223,7 @@ def trace(
             if map_path is not None:
                 _write_map(run, map_path, map_method, options.sites, options.spaces, head_at)
             if plot_path is not None:
-                write_figure(lens_heatmap(trail, lens_color), plot_path)
+                write_figure(tt.plots.lens_heatmap(trail, lens_color), plot_path)
             if plot_attention is not None:
                 _write_attention(run, plot_attention, attention_kind, stack, layer, head, loaded.is_seq2seq)
         _notes(run, trail, options, map_path, quiet)
@@ -330,7 +330,7 @@ def _write_attention(
     which = None
     if seq2seq:
         which = "decoder" if kind == "cross" or stack == "decoder" else "encoder"
-    fig = attention_pattern(run, -1 if layer is None else layer, head, kind=kind, stack=which)
+    fig = tt.plots.attention_pattern(run, -1 if layer is None else layer, head, kind=kind, stack=which)
     write_figure(fig, path)
 
 

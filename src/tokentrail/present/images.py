@@ -7,8 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-
-import plotly.graph_objects as go
+from typing import Any
 
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import atomic_write, check_output_path, write_text
@@ -39,7 +38,7 @@ def check_figure_path(path: str | os.PathLike[str], *, force: bool = False, opti
     return p
 
 
-def write_figure(fig: go.Figure, path: str | os.PathLike[str]) -> Path:
+def write_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """``fig`` to ``path`` (HTML, PNG or SVG by its suffix), atomically."""
     p = Path(path)
     fmt = p.suffix.lstrip(".").lower()

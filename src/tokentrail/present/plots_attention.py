@@ -3,32 +3,26 @@ or the patterns themselves (the figure: :func:`tokentrail.results.figures.attent
 
 from __future__ import annotations
 
+from typing import Any
+
 import plotly.graph_objects as go
 
 from tokentrail.results.figures import PICKER_VALUES, attention_figure
 from tokentrail.results.trail import AttentionPatterns, Trail
-from tokentrail.session.runner import Run
-from tokentrail.session.seq2seq_run import Seq2SeqRun
-from tokentrail.spec.errors import InputError
 
 
-def patterns_of(
-    source: Run | Trail | AttentionPatterns, kind: str = "self", stack: str | None = None
-) -> AttentionPatterns:
-    """The attention patterns of a Run (computed from its pass), a Trail or the patterns themselves."""
+def patterns_of(source: Any, kind: str = "self", stack: str | None = None) -> AttentionPatterns:
+    """The attention patterns of a Run (from its pass: ``run.attention()``), a Trail
+    (``trail.attention()``) or the patterns themselves."""
     if isinstance(source, AttentionPatterns):
         return source
-    if isinstance(source, Seq2SeqRun):
-        return source.attention(kind, stack=stack or ("decoder" if kind == "cross" else "encoder"))
-    if isinstance(source, Run):
-        if stack is not None:
-            raise InputError(f"stack={stack!r} is for encoder-decoders; this model has one stack")
-        return source.attention(kind)
-    return source.attention(kind, stack=stack)
+    if isinstance(source, Trail):
+        return source.attention(kind, stack=stack)
+    return source.attention(kind, stack=stack)  # a Run; an encoder-decoder's takes the stack
 
 
 def attention_pattern(
-    source: Run | Trail | AttentionPatterns,
+    source: Any,
     layer: int = 0,
     head: int | None = None,
     *,

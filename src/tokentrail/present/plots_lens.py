@@ -8,9 +8,10 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from tokentrail.results.figures import LENS_COLOURS, colour_values, lens_figure
+from tokentrail.results.figures import colour_values, lens_figure
 from tokentrail.results.trail import LensResult, Trail
 from tokentrail.spec.errors import InputError
+from tokentrail.spec.options import LENS_COLOURS
 
 
 def lens_of(source: LensResult | Trail) -> tuple[LensResult, Trail | None]:

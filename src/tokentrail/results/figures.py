@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokentrail.spec.errors import InputError
-from tokentrail.spec.options import check_index
+from tokentrail.spec.options import LENS_COLOURS, check_index
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -21,13 +21,6 @@ if TYPE_CHECKING:
 FONT = dict(family="Inter, system-ui, sans-serif", size=12, color="#1f2937")
 """The figures' font (every figure of tt.plots)."""
 
-LENS_COLOURS = {
-    "prob": "probability of the top token",
-    "entropy": "entropy of the prediction (nats)",
-    "kl": "KL(final layer ‖ this layer) (nats)",
-    "rank": "rank of the actual next token",  # encoders: of the token itself (the masked-LM reading)
-}
-"""What :func:`lens_figure` can colour cells by, name -> what the colour is."""
 
 CELL_CHARS = 7  # a cell's text at most (a longer prediction ends in "…"; hover has it whole)
 TEXT_UP_TO = 40  # positions with text in the cells; a longer text is colour only (hover still tells)

@@ -218,9 +218,11 @@ class Run:
                 self._lenses[key] = lens.labelled(self.tokens, self.model.labels)
             return self._lenses[key]
 
-    def attention(self, kind: str = "self") -> AttentionPatterns:
+    def attention(self, kind: str = "self", *, stack: str | None = None) -> AttentionPatterns:
         """Every head's attention pattern of this text, (L, H, n, n), without scoring
-        anything against the vocabulary (``kind``: self; cross is for encoder-decoders)."""
+        anything against the vocabulary (``kind``: self; cross and ``stack`` are for encoder-decoders)."""
+        if stack is not None:
+            raise InputError(f"stack={stack!r} is for encoder-decoders; this model has one stack")
         if kind != "self":
             raise InputError(f"kind={kind!r}: a {self.model.adapter.family} model has self-attention only")
         m = self.model

@@ -123,7 +123,7 @@ class Seq2SeqRun(Run):
                 self._lenses[key] = lens.labelled(self.decoder_tokens, self.model.labels)
             return self._lenses[key]
 
-    def attention(self, kind: str = "self", *, stack: str = "encoder") -> AttentionPatterns:
+    def attention(self, kind: str = "self", *, stack: str | None = None) -> AttentionPatterns:
         """Every head's attention pattern of one stack: self-attention of the encoder or the
         decoder (``stack``), or the decoder's cross-attention over the source (``kind="cross"``)."""
         if kind not in ("self", "cross"):
@@ -138,6 +138,7 @@ class Seq2SeqRun(Run):
                 stack="decoder",
                 model=self.model.name,
             )
+        stack = stack or "encoder"
         _, _, acts = self._stack(stack)
         tokens = self.decoder_tokens if stack == "decoder" else self.tokens
         return AttentionPatterns(
