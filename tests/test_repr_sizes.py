@@ -96,6 +96,10 @@ def test_a_long_text_keeps_the_html_small(tokenizer):
     html = lens._repr_html_()
     assert len(html) < HTML_BUDGET and f"of {lens.n_tokens} columns" in html
     assert len(run.attention()._repr_html_()) < HTML_BUDGET
+    trail = run.trail(k=5)
+    assert len(trail._repr_html_()) < HTML_BUDGET and f"first 24 of {trail.n_tokens} tokens" in trail._repr_html_()
+    marked = tt.show(trail, -1)._repr_html_()  # the marked token is shown even past the cut
+    assert len(marked) < HTML_BUDGET and marked.count("outline:2px solid") == 1
 
 
 def test_the_trail_frame_opens_with_tokens_not_anisotropy(objects):
