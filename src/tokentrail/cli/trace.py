@@ -219,7 +219,8 @@ def trace(
             bar.analysis(0.0, "running the model")
             run = loaded.run(text, options, encoded=enc, target=target, max_new_tokens=max_new_tokens)
             trail = run.trail(progress=bar.analysis)
-            fixed = None if fmt != "table" else _beside_trail(run, options, beside)
+            # the corrected columns sit in a token's journey (the grid has no room for them)
+            fixed = None if fmt != "table" or token is None else _beside_trail(run, options, beside)
             if map_path is not None:
                 _write_map(run, map_path, map_method, options.sites, options.spaces, head_at)
             if plot_path is not None:
@@ -227,6 +228,10 @@ def trace(
             if plot_attention is not None:
                 _write_attention(run, plot_attention, attention_kind, stack, layer, head, loaded.is_seq2seq)
         _notes(run, trail, options, map_path, quiet)
+        if fixed is not None and not quiet:
+            err.print(
+                f"[dim]the corrected view ({fixed.info.options.correct}) is beside the raw one; --beside off hides it[/]"
+            )
         for written in (plot_path, plot_attention):
             if written is not None and not quiet:
                 err.print(f"wrote {written}")
