@@ -65,6 +65,7 @@ LAZY_THIRD_PARTY = {
     "duckdb": "study aggregates only",
     "plotly": "figures only",
     "kaleido": "static images only (the app extra)",
+    "choreographer": "kaleido's browser finder: checking a PNG/SVG can be drawn",
     "gradio": "the app extra",
     "gradio_client": "the app extra",
     "ray": "the ray extra",

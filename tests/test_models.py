@@ -210,8 +210,9 @@ def test_adapter_for_unsupported_module():
 
 
 def test_list_models_names_the_bundled_one(offline_hub):
-    rows = tokentrail.list_models()
-    names = {r["name"]: r for r in rows}
+    rows = tokentrail.list_models()  # a DataFrame: name, status, description
+    assert list(rows.columns) == ["name", "status", "description"]
+    names = {r["name"]: r for r in rows.to_dict("records")}
     assert {"minilm", "roberta-base"} <= set(names)
     assert names["roberta-base"]["status"] == "hub: not cached (needs internet once)"
     assert names["minilm"]["status"].startswith("bundled:")

@@ -30,8 +30,13 @@ def test_repr_html_has_the_summary_and_the_token_table(trail):
     assert "tokentrail-summary" in html and "tokentrail-tokens" in html
     assert "11 tokens × 2 layers × 4 heads" in html and "logit lens on layer_out" in html
     view = trail.view("attn_resid")
-    # one row per token with its own rank at every layer (hand-read from the view)
-    row = f"<td>2</td><td style='text-align:left'>flies</td><td>{int(trail.ids[2])}</td><td>{int(view.rank[0, 2])}</td><td>{int(view.rank[1, 2])}</td>"
+
+    # one row per token with its self-similarity at every layer, the rank where not 0 (hand-read from the view)
+    def cell(l):
+        r = int(view.rank[l, 2])
+        return f"<td>{view.self_sim[l, 2]:.2f}" + (f"<small>·{r}</small>" if r else "") + "</td>"
+
+    row = f"<td>2</td><td style='text-align:left'>flies</td><td>{int(trail.ids[2])}</td>{cell(0)}{cell(1)}"
     assert row in html
     assert "<td style='text-align:left'>[CLS] <small>(special)</small></td>" in html
 
@@ -89,6 +94,9 @@ def test_a_real_notebook_traces_and_displays_a_trail(bert_folder, tmp_path):
             o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout"
         ).strip()
 
+    # the first load printed tqdm's "IProgress not found" (no ipywidgets) in the trace's cell
+    streams = [o.get("text", "") for cell in nb.cells for o in cell.outputs if o["output_type"] == "stream"]
+    assert not any("IProgress" in text for text in streams), streams
     shown = result(nb.cells[1])
     assert "tokentrail-summary" in shown["text/html"] and "tokentrail-tokens" in shown["text/html"]
     assert shown["text/plain"].startswith("<Trail ") and len(shown["text/plain"]) < 400

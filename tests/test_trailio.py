@@ -95,8 +95,8 @@ def test_parquet_and_csv_are_one_long_table_with_every_table(trail, tmp_path):
         origin = sum(n * 4 for v in trail.views if v.origin_top_ids is not None)
         assert counts["neighbours"] == per_cell + origin and origin > 0
         assert (
-            counts["lens_top"] == L * n * 4 and counts["lens"] == L * n * 3
-        )  # own_rank, own_prob, entropy (an encoder)
+            counts["lens_top"] == L * n * 4 and counts["lens"] == L * n * 4
+        )  # own_rank, own_prob, entropy, kl (an encoder)
         # a hand-picked cell of each table carries the number the Trail holds
         nb = frame[
             (frame.table == "neighbours")

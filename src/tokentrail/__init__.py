@@ -87,6 +87,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from tokentrail import plots
     from tokentrail.api import run, trace
     from tokentrail.corpus import Study, study
     from tokentrail.corpus.report import metadata as study_metadata
@@ -96,7 +97,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.engine.budget import held_bytes
     from tokentrail.engine.budget import human as human_bytes
     from tokentrail.engine.walkthrough import AttentionStep
-    from tokentrail.present import maps, plots
+    from tokentrail.present import maps
     from tokentrail.results.notebook import show
     from tokentrail.results.trail import HeadsAt, LensResult, RunInfo, Trail, View
     from tokentrail.results.trailio import MAX_ATTENTION_ROWS, attention_included

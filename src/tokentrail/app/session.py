@@ -58,7 +58,7 @@ class ModelMenu:
 
     def __init__(self, extra: Sequence[str] | None = None):
         self.entries: dict[str, MenuEntry] = {}
-        for row in tt.list_models():
+        for row in tt.list_models().to_dict("records"):
             short = row["name"]
             self.entries[short] = MenuEntry(short, short, row["status"], row["description"])
         for name in extra or ():

@@ -19,7 +19,7 @@ from tokentrail.spec.text import check_text
 def models() -> None:
     """List the models tokentrail can name: bundled, known hub models, and the local hub cache."""
     table = Table("name", "status", "description", box=None, pad_edge=False)
-    for row in tt.list_models():
+    for row in tt.list_models().to_dict("records"):
         table.add_row(row["name"], row["status"], row["description"])
     out.print(table)
     out.print("\nAlso accepted: any hub id (owner/name) of a supported architecture, or a local model folder.")

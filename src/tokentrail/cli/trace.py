@@ -13,6 +13,7 @@ from rich.markup import escape
 
 import tokentrail as tt
 from tokentrail.cli.common import check_model_option, check_output, err, one_line_errors, out, read_text
+from tokentrail.present.images import check_figure_path, write_figure
 from tokentrail.present.maps import NEIGHBOURS, check_method, check_points, head_map, map_points, trajectory_map
 from tokentrail.present.progress import TerminalProgress, analysis_steps
 from tokentrail.present.report import print_report
@@ -20,6 +21,7 @@ from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.fileio import check_output_path, write_text
 from tokentrail.spec.options import (
     ALL_SITES,
+    LENS_COLOURS,
     RESIDUAL_SITES,
     RESIDUAL_SPACES,
     TraceOptions,
@@ -132,6 +134,31 @@ def trace(
         "--stack",
         help="Encoder-decoders: show the encoder, the decoder or both (default) stacks; --token follows a token of one stack.",
     ),
+    beside: str = typer.Option(
+        "auto",
+        "--beside",
+        help="A corrected view beside the raw one (residual sites, with --token): auto (default: when a few dimensions dominate the raw cosine, the correction that removes them, e.g. rogue:2), off, or a correction (zscore, center, rogue:D, abtt:D). Example: tokentrail trace 'Time flies like an arrow.' -m smollm2 --token flies --beside zscore",
+    ),
+    plot_path: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Also draw the logit lens (needs --lens) as layers x positions, the top prediction in each cell, coloured by --lens-color, into FILE.html, .png or .svg (atomically). Example: tokentrail trace 'Time flies like an arrow.' -m smollm2 --lens --plot lens.png",
+    ),
+    lens_color: str = typer.Option(
+        "prob",
+        "--lens-color",
+        help="What colours a --plot cell: prob (the top token's probability), entropy, kl (KL divergence from the final layer), rank (of the actual next token; encoders: of the token itself).",
+    ),
+    plot_attention: Path | None = typer.Option(
+        None,
+        "--plot-attention",
+        help="Also draw an attention pattern (query x key tokens) into FILE.html, .png or .svg: head --head of layer --layer (default the last layer; no --head: every head as small multiples), with a layer/head picker in HTML. Encoder-decoders: --stack decoder for the decoder's self-attention, --attention-kind cross for cross-attention. Example: tokentrail trace 'The bank by the river.' --plot-attention heads.png --layer 2",
+    ),
+    attention_kind: str = typer.Option(
+        "self",
+        "--attention-kind",
+        help="With --plot-attention: self, or cross (an encoder-decoder's decoder over the source).",
+    ),
     map_head: str | None = typer.Option(
         None,
         "--map-head",
@@ -158,8 +185,11 @@ def trace(
             correct_from=correct_from,
             quiet=quiet,
         )
-        _check_head_option(head, options.sites)
+        if plot_attention is None:
+            _check_head_option(head, options.sites)
         map_path = _check_map(map_path, map_method, options.sites, force, map_head)
+        beside = _check_beside(beside, correct)
+        plot_path, plot_attention = _check_plots(plot_path, lens_color, lens, plot_attention, attention_kind, force)
         head_at = None if map_head is None else _parse_map_head(map_head)
         check_text(text)
         seq2seq_asked = _check_seq2seq_options(target, max_new_tokens, stack, token)
@@ -191,14 +221,29 @@ def trace(
             bar.analysis(0.0, "running the model")
             run = loaded.run(text, options, encoded=enc, target=target, max_new_tokens=max_new_tokens)
             trail = run.trail(progress=bar.analysis)
+            # the corrected columns sit in a token's journey (the grid has no room for them)
+            fixed = None if fmt != "table" or token is None else _beside_trail(run, options, beside)
             if map_path is not None:
                 chosen = followed if isinstance(followed, int) else None  # drawn bold on the map
                 _write_map(run, map_path, map_method, options.sites, options.spaces, head_at, chosen)
+            if plot_path is not None:
+                write_figure(tt.plots.lens_heatmap(trail, lens_color), plot_path)
+            if plot_attention is not None:
+                _write_attention(run, plot_attention, attention_kind, stack, layer, head, loaded.is_seq2seq)
         _notes(run, trail, options, map_path, quiet)
+        if fixed is not None and not quiet:
+            err.print(
+                f"[dim]the corrected view ({fixed.info.options.correct}) is beside the raw one; --beside off hides it[/]"
+            )
+        for written in (plot_path, plot_attention):
+            if written is not None and not quiet:
+                err.print(f"wrote {written}")
         if fmt != "table":
             _export(trail, fmt, out_path, quiet)
             return
-        print_report(out, trail, token=followed, layer=layer, head=head, stack=None if stack == "both" else stack)
+        print_report(
+            out, trail, token=followed, layer=layer, head=head, stack=None if stack == "both" else stack, beside=fixed
+        )
 
 
 def _trace_options(*, site: str, space: str | None, quiet: bool, correct_from: Path | None, **values) -> TraceOptions:
@@ -229,6 +274,72 @@ def _check_map(path: Path | None, method: str, sites, force: bool, head: str | N
     if head is None and not any(s in RESIDUAL_SITES for s in sites):
         raise InputError("--map draws a residual site (attn_resid, layer_out, ...): add one to --site")
     return check_output_path(path, force=force, formats=("html",))[0]
+
+
+def _check_beside(beside: str, correct: str | None) -> str:
+    """--beside: auto, off or a correction (checked by the rule every correction goes through)."""
+    beside = beside.strip().lower()
+    if beside in ("auto", "off"):
+        return beside
+    if correct is not None:
+        raise InputError(
+            "--beside shows a corrected view beside the raw one; with --correct there is no raw view: leave one out"
+        )
+    TraceOptions.make(correct=beside)  # an unknown correction is refused here, before the model loads
+    return beside
+
+
+def _beside_trail(run, options: TraceOptions, beside: str) -> tt.Trail | None:
+    """The same text under a correction, for the report's second set of columns: the one
+    asked for, or (auto) the one that removes the dimensions dominating the raw cosine."""
+    if beside == "off" or options.correct is not None or run.model.is_seq2seq:
+        return None
+    site = next((s for s in options.sites if s in RESIDUAL_SITES), None)
+    if site is None:
+        return None
+    spec = beside
+    if beside == "auto":
+        spec = tt.geometry.suggested_correction(tt.geometry.diagnose_run(run, site))
+        if spec is None:
+            return None
+    return run.trail(correct=spec)
+
+
+def _check_plots(
+    plot_path: Path | None, color: str, lens: bool, attention: Path | None, kind: str, force: bool
+) -> tuple[Path | None, Path | None]:
+    """--plot and --plot-attention: their files (and kaleido for images), the lens colour and
+    the attention kind, before the model loads."""
+    if plot_path is not None:
+        if not lens:
+            raise InputError(
+                "--plot draws the logit lens: add --lens (or --plot-attention FILE for attention patterns)"
+            )
+        if color not in LENS_COLOURS:
+            raise InputError(f"unknown --lens-color {color!r}: choose from {', '.join(LENS_COLOURS)}")
+        plot_path = check_figure_path(plot_path, force=force, option="--plot")
+    if attention is not None:
+        if kind not in ("self", "cross"):
+            raise InputError(f"unknown --attention-kind {kind!r}: choose self or cross")
+        attention = check_figure_path(attention, force=force, option="--plot-attention")
+        if plot_path is not None and attention.resolve() == plot_path.resolve():
+            raise InputError("--plot and --plot-attention name the same file: give each its own")
+    return plot_path, attention
+
+
+def _write_attention(
+    run, path: Path, kind: str, stack: str, layer: int | None, head: int | None, seq2seq: bool
+) -> None:
+    """--plot-attention: the pattern of --layer (default the last) and --head (default every head)."""
+    if kind == "cross" and not seq2seq:
+        raise InputError(
+            "--attention-kind cross is for encoder-decoders (BART, Marian, T5): this model has self-attention only"
+        )
+    which = None
+    if seq2seq:
+        which = "decoder" if kind == "cross" or stack == "decoder" else "encoder"
+    fig = tt.plots.attention_pattern(run, -1 if layer is None else layer, head, kind=kind, stack=which)
+    write_figure(fig, path)
 
 
 def _parse_map_head(value: str) -> tuple[int, int]:

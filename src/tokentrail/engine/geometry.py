@@ -70,6 +70,7 @@ __all__ = [
     "fit_corpus_correction",
     "fit_correction",
     "rogue_layers",
+    "suggested_correction",
 ]
 
 
@@ -213,6 +214,13 @@ def diagnose_run(run: Any, site: str = "attn_resid", top: int = 3) -> Geometry:
     return diagnose(run.acts.site(site), site=site, top=top)
 
 
+def suggested_correction(geometry: Geometry, threshold: float = ROGUE_SHARE) -> str | None:
+    """The correction that removes what dominates the cosine (``rogue:D``, D the dimensions
+    that carry over ``threshold`` at some layer), or None when nothing does."""
+    hits = geometry.rogue(threshold)
+    return f"rogue:{len({d for _, d, _ in hits})}" if hits else None
+
+
 def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE, how: str = "--correct {}") -> str | None:
     """One line for a user when one dimension dominates the cosine somewhere, else None.
 
@@ -227,7 +235,7 @@ def rogue_layers(geometry: Geometry, threshold: float = ROGUE_SHARE, how: str = 
     return (
         f"{geometry.site}: at {len(layers)} of {geometry.n_layers} layers ({_ranges(layers)}) one dimension "
         f"(dim {', '.join(map(str, dims))}) carries over {threshold:.0%} of the expected cosine (up to {worst:.0%}); "
-        f"those neighbour lists mostly reflect it: try {how.format(f'rogue:{len(dims)}')} or {how.format('zscore')}"
+        f"those neighbour lists mostly reflect it: try {how.format(suggested_correction(geometry, threshold))} or {how.format('zscore')}"
     )
 
 

@@ -26,13 +26,14 @@ results still come from :func:`tokentrail.engine.capture.capture`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
 
 from tokentrail.adapters import Adapter
 from tokentrail.engine.capture import Activations, head_qkv
+from tokentrail.spec import display
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import check_index
 
@@ -65,6 +66,7 @@ class AttentionStep:
     parallel: bool = False
     # what this model computes, as text: bias terms only where it has them, RoPE where it rotates
     formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = RoPE_{p_t}(W_Q x)"
+    tokens: tuple[str, ...] = ()  # the text's tokens, for display (empty when not known)
 
     @property
     def max_error(self) -> float:
@@ -73,6 +75,110 @@ class AttentionStep:
 
     def matches_model(self, atol: float = 1e-4) -> bool:
         return self.max_error <= atol
+
+    def _sources(self) -> tuple[str, ...]:
+        return self.tokens
+
+    def frame(self) -> Any:
+        """Tidy: one row per source token (columns source, source_str, score, scaled, weight,
+        masked), in the text's order."""
+        import pandas as pd
+
+        m = self.weights.shape[0]
+        masked = getattr(self, "masked", None)
+        return pd.DataFrame(
+            {
+                "source": range(m),
+                "source_str": [_text(self._sources(), s) for s in range(m)],
+                "score": self.scores.double().cpu().numpy(),
+                "scaled": self.scaled.double().cpu().numpy(),
+                "weight": self.weights.double().cpu().numpy(),
+                "masked": masked.cpu().numpy() if masked is not None else False,
+            }
+        )
+
+    def plot(self, **kw: Any) -> Any:
+        """The weights this head gave each source token (a bar each), the scaled scores on hover."""
+        return _step_figure(self, **kw)
+
+    def __repr__(self) -> str:
+        w = self.weights
+        top = int(w.argmax())
+        return (
+            f"<{type(self).__name__} layer {self.layer}, head {self.head}, token {self.token} "
+            f"{_text(self.tokens, self.token)!r}: {w.shape[0]} source tokens, most weight {float(w[top]):.3f} on "
+            f"{top} {_text(self._sources(), top)!r}; max error vs the model {self.max_error:.1e}>"
+        )
+
+    def _repr_html_(self) -> str:
+        src = self._sources()
+        rows = [
+            ("head", f"layer {self.layer}, head {self.head}, token {self.token}: {_text(self.tokens, self.token)}"),
+            ("formulas", "; ".join(self.formulas.values()) or "-"),
+            (
+                "matches the model",
+                f"yes (max error {self.max_error:.1e})" if self.max_error <= 1e-4 else f"no ({self.max_error:.1e})",
+            ),
+        ]
+        lines = [
+            [
+                f"{s}: {display.short(_text(src, s), 12)}",
+                f"{float(self.scaled[s]):.3f}",
+                f"{float(self.weights[s]):.3f}",
+            ]
+            for s in range(self.weights.shape[0])
+        ]
+        table = display.table(
+            ["source", "scaled score", "weight"],
+            lines,
+            caption="each source token's score and weight (.plot() draws them)",
+        )
+        heat = display.heat_table(
+            [self.weights.tolist()],
+            ["weight"],
+            [f"{s}:{_text(src, s)}" for s in range(self.weights.shape[0])],
+            caption="the weights as colour",
+            low=0.0,
+            high=1.0,
+        )
+        return display.block(display.summary(rows, type(self).__name__), table, heat)
+
+
+def _text(tokens: tuple[str, ...], i: int) -> str:
+    return tokens[i] if i < len(tokens) else str(i)
+
+
+def _step_figure(step: Any, *, height: int = 320) -> Any:
+    """A bar per source token: the weight one head gave it (an attention step's picture)."""
+    import plotly.graph_objects as go
+
+    src = step._sources()
+    m = step.weights.shape[0]
+    labels = [f"{s}: {_text(src, s)}".replace("<", "&lt;") for s in range(m)]
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=step.weights.double().cpu().numpy(),
+            customdata=step.scaled.double().cpu().numpy(),
+            marker_color="#1c5aa6",
+            hovertemplate="%{x}<br>weight %{y:.3f}<br>scaled score %{customdata:.3f}<extra></extra>",
+        )
+    )
+    who = _text(step.tokens, step.token).replace("<", "&lt;")
+    fig.update_layout(
+        title=dict(
+            text=f"Layer {step.layer}, head {step.head}: where token {step.token} ({who}) looks"
+            "<br><sup>bar: the softmax weight on each source token (they sum to 1)</sup>",
+            x=0.01,
+            xanchor="left",
+        ),
+        height=height,
+        yaxis=dict(range=[0, 1], title_text="weight"),
+        xaxis=dict(type="category", tickangle=-45),
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+    )
+    return fig
 
 
 _NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
@@ -249,10 +355,79 @@ class CrossAttentionStep:
     checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
     # what this model computes, as text: its norm before the query map, bias terms only where it has them
     formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = W_Q RMSNorm(x)"
+    tokens: tuple[str, ...] = ()  # the decoder's tokens, for display (empty when not known)
+    source_tokens: tuple[str, ...] = ()  # the source tokens the head reads
 
     @property
     def max_error(self) -> float:
         return max(self.checks.values(), default=0.0)
+
+    def _sources(self) -> tuple[str, ...]:
+        return self.source_tokens
+
+    def frame(self) -> Any:
+        """Tidy: one row per source token (columns source, source_str, score, scaled, weight,
+        masked), in the text's order."""
+        import pandas as pd
+
+        m = self.weights.shape[0]
+        masked = getattr(self, "masked", None)
+        return pd.DataFrame(
+            {
+                "source": range(m),
+                "source_str": [_text(self._sources(), s) for s in range(m)],
+                "score": self.scores.double().cpu().numpy(),
+                "scaled": self.scaled.double().cpu().numpy(),
+                "weight": self.weights.double().cpu().numpy(),
+                "masked": masked.cpu().numpy() if masked is not None else False,
+            }
+        )
+
+    def plot(self, **kw: Any) -> Any:
+        """The weights this head gave each source token (a bar each), the scaled scores on hover."""
+        return _step_figure(self, **kw)
+
+    def __repr__(self) -> str:
+        w = self.weights
+        top = int(w.argmax())
+        return (
+            f"<{type(self).__name__} layer {self.layer}, head {self.head}, token {self.token} "
+            f"{_text(self.tokens, self.token)!r}: {w.shape[0]} source tokens, most weight {float(w[top]):.3f} on "
+            f"{top} {_text(self._sources(), top)!r}; max error vs the model {self.max_error:.1e}>"
+        )
+
+    def _repr_html_(self) -> str:
+        src = self._sources()
+        rows = [
+            ("head", f"layer {self.layer}, head {self.head}, token {self.token}: {_text(self.tokens, self.token)}"),
+            ("formulas", "; ".join(self.formulas.values()) or "-"),
+            (
+                "matches the model",
+                f"yes (max error {self.max_error:.1e})" if self.max_error <= 1e-4 else f"no ({self.max_error:.1e})",
+            ),
+        ]
+        lines = [
+            [
+                f"{s}: {display.short(_text(src, s), 12)}",
+                f"{float(self.scaled[s]):.3f}",
+                f"{float(self.weights[s]):.3f}",
+            ]
+            for s in range(self.weights.shape[0])
+        ]
+        table = display.table(
+            ["source", "scaled score", "weight"],
+            lines,
+            caption="each source token's score and weight (.plot() draws them)",
+        )
+        heat = display.heat_table(
+            [self.weights.tolist()],
+            ["weight"],
+            [f"{s}:{_text(src, s)}" for s in range(self.weights.shape[0])],
+            caption="the weights as colour",
+            low=0.0,
+            high=1.0,
+        )
+        return display.block(display.summary(rows, type(self).__name__), table, heat)
 
 
 def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> CrossAttentionStep:

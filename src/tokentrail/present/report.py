@@ -52,13 +52,18 @@ def print_report(
     layer: int | None = None,
     head: int | None = None,
     stack: str | None = None,
+    beside: Trail | None = None,
 ) -> None:
-    """The default output: one token's journey, or a grid of every token's rank.
+    """The default output: one token's journey, or a grid of every token's self-similarity
+    (its rank where the token is not its own nearest row).
+
+    ``beside``: the same text traced under a geometry correction; a token's journey then
+    shows the corrected rank and neighbours next to the raw ones (residual sites).
 
     Encoder-decoders: each stack under its own heading (``stack``: only that one), the
     decoder's with its cross-attention (which source tokens each head's output is nearest)."""
     if trail.decoder is None:
-        _print_stack(console, trail, token=token, layer=layer, head=head)
+        _print_stack(console, trail, token=token, layer=layer, head=head, beside=beside)
         return
     shown = [s for s in trail.stacks if stack is None or s.stack == stack]
     if token is not None and len(shown) > 1:
@@ -110,7 +115,13 @@ def _cross(console: Console, trail: Trail, token, layer: int | None, head: int |
 
 
 def _print_stack(
-    console: Console, trail: Trail, *, token=None, layer: int | None = None, head: int | None = None
+    console: Console,
+    trail: Trail,
+    *,
+    token=None,
+    layer: int | None = None,
+    head: int | None = None,
+    beside: Trail | None = None,
 ) -> None:
     layers = range(trail.n_layers) if layer is None else [trail.check_layer(layer)]
     if head is not None:
@@ -118,16 +129,33 @@ def _print_stack(
     t = None if token is None else trail.token_index(token)  # errors before any output
     for v in trail.views:
         _header(console, trail, v)
+        fixed = _beside_view(beside, v)
         if t is None:
             _grid(console, trail, v, layers, head)
+            if fixed is not None:
+                console.print(
+                    f"[dim]corrected ({beside.info.options.correct}) neighbours beside the raw ones: pass --token N[/]"
+                )
         else:
-            _journey(console, trail, v, t, layers, head)
+            _journey(console, trail, v, t, layers, head, fixed, beside)
         console.print()
     if trail.lens is not None:
         _lens(console, trail, t, layers)
 
 
-def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> None:
+def _beside_view(beside: Trail | None, v: View) -> View | None:
+    """The corrected trace's view of the same residual site, space and similarity."""
+    if beside is None or v.per_head:
+        return None
+    for w in beside.views:
+        if w.key == v.key:
+            return w
+    return None
+
+
+def _journey(
+    console: Console, trail: Trail, v: View, t: int, layers, head, fixed: View | None = None, beside=None
+) -> None:
     import numpy as np  # numpy when a report is printed: importing this module stays cheap for the CLI's checks
 
     own = int(trail.ids[t])
@@ -160,63 +188,89 @@ def _journey(console: Console, trail: Trail, v: View, t: int, layers, head) -> N
             )
         console.print(table)
         return
-    table = Table("layer", "self sim", "rank", f"overlap@{v.overlap_k}", f"nearest {k} (own token in green)", box=None)
-    table.columns[-1].overflow = "fold"  # a long token wraps; it is never replaced by "…"
+    cols = ["layer", "self sim", "rank", f"overlap@{v.overlap_k}", f"nearest {k} (own token in green)"]
+    if fixed is not None:
+        spec = beside.info.options.correct
+        k = min(k, 5)  # two neighbour lists side by side: five each
+        cols[-1] = f"nearest {k} raw"
+        cols += [f"rank {spec}", f"nearest {k} corrected ({spec})"]
+    table = Table(*cols, box=None)
+    table.columns[4].overflow = "fold"  # a long token wraps; it is never replaced by "…"
+    if fixed is not None:
+        table.columns[-1].overflow = "fold"
     if v.origin_top_ids is not None and len(layers) == trail.n_layers:
-        table.add_row(
-            "emb",
-            "1.000" if v.space == "encodings" else "",
-            "",
-            "",
-            _neighbours_cell(trail, v.origin_top_ids[t], v.origin_top_sims[t], own, k),
-        )
+        row = ["emb", "1.000" if v.space == "encodings" else "", "", ""]
+        row.append(_neighbours_cell(trail, v.origin_top_ids[t], v.origin_top_sims[t], own, k))
+        if fixed is not None:
+            row += ["", ""]
+        table.add_row(*row)
     for l in layers:
         ov = v.overlap[l, t]
-        table.add_row(
+        row = [
             str(l),
             f"{v.self_sim[l, t]:.3f}",
             str(int(v.rank[l, t])),
             "" if np.isnan(ov) else str(int(ov)),
             _neighbours_cell(trail, v.top_ids[l, t], v.top_sims[l, t], own, k),
-        )
+        ]
+        if fixed is not None:
+            row += [
+                str(int(fixed.rank[l, t])),
+                _neighbours_cell(beside, fixed.top_ids[l, t], fixed.top_sims[l, t], own, k),
+            ]
+        table.add_row(*row)
     console.print(table)
 
 
 def _grid(console: Console, trail: Trail, v: View, layers, head) -> None:
     import numpy as np
 
-    title = "rank of own token (0 = nearest)"
+    title = f"{v.similarity} self-similarity; ·N: its rank where not 0"
     if v.per_head:
         if head is None:
-            console.print("[dim]heads site: showing the median rank over heads; pass --head N for one head[/]")
-            ranks = np.median(v.rank, axis=1)
+            console.print("[dim]heads site: showing the median over heads; pass --head N for one head[/]")
+            ranks, sims = np.median(v.rank, axis=1), np.median(v.self_sim, axis=1)
         else:
-            ranks = v.rank[:, head]
+            ranks, sims = v.rank[:, head], v.self_sim[:, head]
     else:
-        ranks = v.rank
+        ranks, sims = v.rank, v.self_sim
     labels = [(f"{t}:{tok}" + ("*" if trail.special[t] else "")) for t, tok in enumerate(trail.tokens)]
     layers = list(layers)
-    for i, block in enumerate(_layer_blocks(console.width, labels, layers, ranks)):
-        table = Table("token", *[f"L{l}" for l in block], title=title if i == 0 else None, box=None, pad_edge=False)
+    cells = {l: [_grid_cell(sims[l, t], ranks[l, t], v.similarity) for t in range(len(labels))] for l in layers}
+    console.print(title)  # a line of its own: a table's title wraps to the table's width
+    for block in _layer_blocks(console.width, labels, layers, cells):
+        table = Table("token", *[f"L{l}" for l in block], box=None, pad_edge=False)
         for col in table.columns:
             col.no_wrap = True
         for t, label in enumerate(labels):
-            table.add_row(label.replace("[", "\\["), *[_rank_cell(ranks[l, t]) for l in block])
+            table.add_row(label.replace("[", "\\["), *[cells[l][t][1] for l in block])
         console.print(table)
+    if not np.asarray(ranks)[layers].any():
+        console.print("[dim]every token is its own nearest row at every layer shown (rank 0 everywhere)[/]")
     console.print("[dim]* special token · pass --token N (or its text) to follow one token[/]")
 
 
-def _layer_blocks(width: int, labels: list[str], layers: list[int], ranks) -> list[list[int]]:
+def _grid_cell(sim, rank, similarity: str) -> tuple[str, str]:
+    """(plain text, rich markup) of a grid cell: the self-similarity, and ``·rank`` where the
+    rank is not 0 (coloured as the rank grid was: green near, yellow, red far)."""
+    value = f"{float(sim):.2f}" if similarity == "cosine" else f"{float(sim):.3g}"
+    r = int(rank)
+    if r == 0:
+        return value, value
+    colour = "green" if r < 10 else "yellow" if r < 1000 else "red"
+    return f"{value}·{r}", f"{value}[{colour}]·{r}[/]"
+
+
+def _layer_blocks(width: int, labels: list[str], layers: list[int], cells) -> list[list[int]]:
     """Layers split into blocks whose tables fit ``width`` columns, so no cell is cut.
 
     Each block repeats the token column; a deep model (30-48 layers) reads as two or three
     stacked tables in a 100-column terminal instead of one table of truncated cells.
     """
-    import numpy as np
     from rich.cells import cell_len
 
     label_w = max([cell_len("token"), *(cell_len(x) for x in labels)])
-    cell_w = {l: max(len(f"L{l}"), *(len(str(int(r))) for r in np.asarray(ranks[l]).ravel())) for l in layers}
+    cell_w = {l: max(len(f"L{l}"), *(cell_len(plain) for plain, _ in cells[l])) for l in layers}
     blocks: list[list[int]] = [[]]
     used = label_w
     for l in layers:
@@ -227,17 +281,6 @@ def _layer_blocks(width: int, labels: list[str], layers: list[int], ranks) -> li
         blocks[-1].append(l)
         used += need
     return blocks
-
-
-def _rank_cell(r) -> str:
-    r = int(r)
-    if r == 0:
-        return "[bold green]0[/]"
-    if r < 10:
-        return f"[green]{r}[/]"
-    if r < 1000:
-        return f"[yellow]{r}[/]"
-    return f"[red]{r}[/]"
 
 
 def _lens(console: Console, trail: Trail, t: int | None, layers) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from html import escape
 
-MAX_TOKENS = 64  # rows of the token table before it is cut (the summary says so)
-MAX_LAYERS = 48
+from tokentrail.spec.display import pick
+
+MAX_TOKENS = 24  # rows of the token table before it is cut (the caption says so): ~10 kB at most
+MAX_LAYERS = 12  # layers of the token table, sampled evenly beyond this (the first and the last kept)
 
 
 def _summary(trail) -> str:
@@ -39,31 +41,41 @@ def _first_residual(trail):
     return None
 
 
+def _cell(sim, rank) -> str:
+    """A token table cell: the self-similarity, and ``·rank`` where the rank is not 0
+    (a rank-only table was zeros almost everywhere on MiniLM)."""
+    r = int(rank)
+    return f"{float(sim):.2f}" + (f"<small>·{r}</small>" if r else "")
+
+
 def token_table(trail, token: int | str | None = None) -> str:
-    """HTML: one row per token with its own rank at every layer of the first residual view
-    (the CLI grid); ``token`` is marked. Per-head views only: the token list alone."""
+    """HTML: one row per token with its self-similarity at every layer of the first residual
+    view, its rank where not 0 (the CLI grid); ``token`` is marked. Per-head views only: the token list alone."""
     view = _first_residual(trail)
     sel = trail.token_index(token) if token is not None else None
-    L = min(trail.n_layers, MAX_LAYERS)
+    layers = pick(trail.n_layers, MAX_LAYERS)
     head = "<th>#</th><th>token</th><th>id</th>"
     if view is not None:
-        head += "".join(f"<th>L{l}</th>" for l in range(L))
+        head += "".join(f"<th>L{l}</th>" for l in layers)
     rows = []
-    for t in range(min(trail.n_tokens, MAX_TOKENS)):
+    shown = list(range(min(trail.n_tokens, MAX_TOKENS)))
+    if sel is not None and sel not in shown:
+        shown.append(sel)  # the marked token, wherever it is
+    for t in shown:
         style = " style='font-weight:bold;outline:2px solid #d9480f'" if t == sel else ""
         label = escape(trail.tokens[t]) + (" <small>(special)</small>" if trail.special[t] else "")
         cells = f"<td>{t}</td><td style='text-align:left'>{label}</td><td>{int(trail.ids[t])}</td>"
         if view is not None:
-            cells += "".join(f"<td>{int(view.rank[l, t])}</td>" for l in range(L))
+            cells += "".join(f"<td>{_cell(view.self_sim[l, t], view.rank[l, t])}</td>" for l in layers)
         rows.append(f"<tr{style}>{cells}</tr>")
-    caption = "own-token rank per layer (0 = its own token is the nearest)"
+    caption = "self-similarity per layer, ·N: the own-token rank where another row is nearer"
     if view is not None:
         caption += f", {'/'.join(view.key)}"
     cut = []
     if trail.n_tokens > MAX_TOKENS:
         cut.append(f"first {MAX_TOKENS} of {trail.n_tokens} tokens")
     if trail.n_layers > MAX_LAYERS:
-        cut.append(f"first {MAX_LAYERS} of {trail.n_layers} layers")
+        cut.append(f"{len(layers)} of {trail.n_layers} layers")
     if cut:
         caption += "; " + ", ".join(cut)
     return (
@@ -81,7 +93,7 @@ def neighbours_table(trail, token: int | str) -> str:
     k = min(view.top_ids.shape[-1], 8)
     own = int(trail.ids[t])
     rows = []
-    for l in range(min(trail.n_layers, MAX_LAYERS)):
+    for l in pick(trail.n_layers, MAX_LAYERS):
         cells = []
         for i, _s in zip(view.top_ids[l, t, :k], view.top_sims[l, t, :k]):
             word = escape(trail.labels.get(int(i), str(i)))

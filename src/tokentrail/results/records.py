@@ -8,12 +8,14 @@ these, and its files (:mod:`~tokentrail.results.trailio`) write and read them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tokentrail.results import figures
+from tokentrail.spec import display
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
 
@@ -130,7 +132,7 @@ class CrossView:
         return (self.site, self.space, self.similarity)
 
 
-LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy")
+LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy", "kl")
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,25 @@ class LensResult:
     next_rank: np.ndarray | None  # (L, n) int64, rank of token t+1; -1 at the last token; None for encoders
     next_prob: np.ndarray | None  # (L, n) float32; NaN at the last token; None for encoders
     entropy: np.ndarray  # (L, n) float32, nats
+    # (L, n) float32, nats: KL(final layer's distribution ‖ this layer's); None where it was
+    # not computed (a streamed trace, which holds one layer at a time; the embeddings row)
+    kl: np.ndarray | None = None
+    tokens: tuple[str, ...] = ()  # the text's tokens, for display (empty when not known)
+    labels: Mapping[int, str] = field(default_factory=dict)  # vocabulary id -> readable token, for display
+
+    def labelled(self, tokens: tuple[str, ...] | list[str], label: Any) -> LensResult:
+        """This result with the text's tokens and a label for every vocabulary id it names
+        (``label``: ids -> {id: text}, a loaded model's ``labels``)."""
+        ids = sorted(self.ids_used() | {int(i) for i in self.input_ids})
+        return replace(self, tokens=tuple(tokens), labels=dict(label(ids)))
+
+    def token_text(self, t: int) -> str:
+        """Token ``t``'s text (its id when the result carries no tokens)."""
+        return self.tokens[t] if self.tokens else self.label(int(self.input_ids[t]))
+
+    def label(self, i: int) -> str:
+        """Vocabulary id ``i``'s readable text (the id itself when not labelled)."""
+        return self.labels.get(int(i), str(int(i)))
 
     @property
     def n_layers(self) -> int:
@@ -162,6 +183,38 @@ class LensResult:
     @property
     def k(self) -> int:
         return self.top_ids.shape[2]
+
+    def __repr__(self) -> str:
+        kind = "decoder, next-token rank" if self.is_decoder else "encoder, own-token rank"
+        kl = ", KL to the final layer" if self.kl is not None else ""
+        text = display.short(" ".join(self.tokens), 60) if self.tokens else f"{self.n_tokens} ids"
+        return f"<LensResult {self.site}: {self.n_layers} layers × {self.n_tokens} tokens, top {self.k}; {kind}{kl}; {text!r}>"
+
+    def _repr_html_(self) -> str:
+        L, n = self.n_layers, self.n_tokens
+        layers = list(reversed(range(L)))  # the last layer on top, as the figure draws it
+        probs = self.top_probs[:, :, 0]
+        rows = [
+            ("shape", f"{L} layers × {n} tokens, top {self.k} per cell"),
+            ("site", self.site),
+            ("kind", "decoder: rank of the next token" if self.is_decoder else "encoder: rank of the token itself"),
+            ("KL to the final layer", "yes" if self.kl is not None else "no (streamed)"),
+        ]
+        heat = display.heat_table(
+            [[float(probs[l, t]) for t in range(n)] for l in layers],
+            [f"L{l}" for l in layers],
+            [f"{t}:{self.token_text(t)}" for t in range(n)],
+            text=[[self.label(int(self.top_ids[l, t, 0])) for t in range(n)] for l in layers],
+            caption="cell: the top prediction; colour: its probability (.plot() draws it all, top-k on hover)",
+            low=0.0,
+            high=1.0,
+        )
+        return display.block(display.summary(rows, "Logit lens"), heat)
+
+    def plot(self, color: str = "prob", **kw: Any) -> Any:
+        """The lens as tuned-lens draws it (layers × positions, the top prediction in each
+        cell, coloured by ``color``: prob, entropy, kl or rank); see :func:`tokentrail.plots.lens_heatmap`."""
+        return figures.lens_figure(self, color, **kw)
 
     def ids_used(self) -> set[int]:
         """Every vocabulary id the result names (for labelling)."""
@@ -176,29 +229,121 @@ class LensResult:
             out["next_rank"] = nr
             out["next_prob"] = self.next_prob.astype(np.float64)
         out["entropy"] = self.entropy.astype(np.float64)
+        if self.kl is not None:
+            out["kl"] = self.kl.astype(np.float64)
         return out
 
     def frame(self) -> pd.DataFrame:
-        """Tidy: one row per token, layer and metric (columns token, layer, metric, value)."""
+        """Tidy: one row per token, layer and metric (columns token, token_str, layer,
+        metric, value), the first layer's tokens first, so ``head()`` shows the text."""
         L, n = self.n_layers, self.n_tokens
         li, ti = np.meshgrid(np.arange(L), np.arange(n), indexing="ij")
+        text = np.array([self.token_text(t) for t in range(n)], dtype=object)[ti.reshape(-1)]
         parts = [
-            pd.DataFrame({"token": ti.reshape(-1), "layer": li.reshape(-1), "metric": name, "value": vals.reshape(-1)})
+            pd.DataFrame(
+                {
+                    "token": ti.reshape(-1),
+                    "token_str": text,
+                    "layer": li.reshape(-1),
+                    "metric": name,
+                    "value": vals.reshape(-1),
+                }
+            )
             for name, vals in self.metrics().items()
         ]
         return pd.concat(parts, ignore_index=True)
 
     def top_frame(self) -> pd.DataFrame:
-        """Tidy top-k: one row per token, layer and place (columns token, layer, place, id, prob)."""
+        """Tidy top-k: one row per token, layer and place (columns token, token_str, layer,
+        place, id, id_str, prob)."""
         L, n, k = self.top_ids.shape
         li, ti, pi = np.meshgrid(np.arange(L), np.arange(n), np.arange(k), indexing="ij")
+        ids = self.top_ids.reshape(-1).astype(np.int64)
         return pd.DataFrame(
             {
                 "token": ti.reshape(-1),
+                "token_str": np.array([self.token_text(t) for t in range(n)], dtype=object)[ti.reshape(-1)],
                 "layer": li.reshape(-1),
                 "place": pi.reshape(-1),
-                "id": self.top_ids.reshape(-1).astype(np.int64),
+                "id": ids,
+                "id_str": [self.label(int(i)) for i in ids],
                 "prob": self.top_probs.reshape(-1).astype(np.float64),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class AttentionPatterns:
+    """Every head's attention probabilities of one stack of one text: ``weights[l, h, q, s]``
+    is how much query token ``q`` attended to source token ``s`` in head ``h`` of layer
+    ``l`` (rows sum to 1). ``kind`` self: the sources are the same tokens; cross (an
+    encoder-decoder's decoder): the sources are the encoder output's tokens."""
+
+    weights: np.ndarray  # (L, H, n, m)
+    tokens: tuple[str, ...]  # the n query tokens
+    source_tokens: tuple[str, ...]  # the m source tokens (the same tokens for self-attention)
+    kind: str = "self"  # "self" or "cross"
+    stack: str | None = None  # encoder-decoders: "encoder" / "decoder"
+    causal: bool = False  # a causal mask: a query attends to itself and earlier tokens only
+    model: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.weights.shape[1]
+
+    def __repr__(self) -> str:
+        stack = f"{self.stack} " if self.stack else ""
+        mask = ", causal" if self.causal else ""
+        text = display.short(" ".join(self.tokens), 60)
+        return (
+            f"<AttentionPatterns {stack}{self.kind}-attention: {self.n_layers} layers × {self.n_heads} heads, "
+            f"{len(self.tokens)} × {len(self.source_tokens)} tokens{mask}; {text!r}>"
+        )
+
+    def _repr_html_(self) -> str:
+        peak = self.weights.max(axis=-1).mean(axis=-1)  # (L, H): how peaked each head is
+        rows = [
+            ("model", self.model),
+            ("kind", f"{self.kind}-attention" + (f" of the {self.stack}" if self.stack else "")),
+            (
+                "shape",
+                f"{self.n_layers} layers × {self.n_heads} heads × {len(self.tokens)} × {len(self.source_tokens)} tokens",
+            ),
+        ]
+        heat = display.heat_table(
+            peak.tolist(),
+            [f"layer {l}" for l in range(self.n_layers)],
+            [f"h{h}" for h in range(self.n_heads)],
+            caption="cell: a head's largest weight, averaged over its queries (1: each query looks at one token); .plot(layer, head) draws the patterns",
+            low=0.0,
+            high=1.0,
+        )
+        return display.block(display.summary(rows, "Attention patterns"), heat)
+
+    def plot(self, layer: int = 0, head: int | None = None, **kw: Any) -> Any:
+        """One head's pattern, or every head of ``layer`` (``head`` None), with a picker;
+        see :func:`tokentrail.plots.attention_pattern`."""
+        return figures.attention_figure(self, layer, head, **kw)
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy: one row per layer, head, query and source token (columns layer, head,
+        token, token_str, source, source_str, weight), the first head's rows first."""
+        L, H, n, m = self.weights.shape
+        li, hi, qi, si = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), np.arange(m), indexing="ij")
+        q, src = qi.reshape(-1), si.reshape(-1)
+        return pd.DataFrame(
+            {
+                "layer": li.reshape(-1),
+                "head": hi.reshape(-1),
+                "token": q,
+                "token_str": np.array(self.tokens, dtype=object)[q],
+                "source": src,
+                "source_str": np.array(self.source_tokens, dtype=object)[src],
+                "weight": self.weights.reshape(-1).astype(np.float64),
             }
         )
 
@@ -219,10 +364,78 @@ class HeadsAt:
     top_sims: np.ndarray  # (H, k)
     attention: np.ndarray  # (H, n) how much the token attended to each source token
     labels: dict[int, str]  # vocabulary id -> readable token, for every id above
+    tokens: tuple[str, ...] = ()  # the text's tokens, for display (empty when not known)
 
     @property
     def n_heads(self) -> int:
         return self.rank.shape[0]
+
+    def token_text(self, t: int) -> str:
+        return self.tokens[t] if self.tokens else str(t)
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy: one row per head and neighbour place (columns layer, token, token_str, head,
+        rank, self_sim, place, id, id_str, similarity, own), the first head's first."""
+        H, k = self.top_ids.shape
+        hi, pi = np.meshgrid(np.arange(H), np.arange(k), indexing="ij")
+        ids = self.top_ids.reshape(-1).astype(np.int64)
+        return pd.DataFrame(
+            {
+                "layer": self.layer,
+                "token": self.token,
+                "token_str": self.token_text(self.token),
+                "head": hi.reshape(-1),
+                "rank": self.rank[hi.reshape(-1)].astype(np.int64),
+                "self_sim": self.self_sim[hi.reshape(-1)].astype(np.float64),
+                "place": pi.reshape(-1),
+                "id": ids,
+                "id_str": [self.labels.get(int(i), str(int(i))) for i in ids],
+                "similarity": self.top_sims.reshape(-1).astype(np.float64),
+                "own": ids == self.own_id,
+            }
+        )
+
+    def plot(self, **kw: Any) -> Any:
+        """Heads × source tokens: how much the token attended to each (``tt.plots.attention_row``'s picture)."""
+        return figures.heads_figure(self, **kw)
+
+    def __repr__(self) -> str:
+        best = int(np.argmin(self.rank))
+        return (
+            f"<HeadsAt layer {self.layer}, token {self.token} {self.token_text(self.token)!r}: {self.n_heads} heads in "
+            f"{self.space}/{self.similarity}; best head {best} (own-token rank {int(self.rank[best])})>"
+        )
+
+    def _repr_html_(self) -> str:
+        n = self.attention.shape[1]
+        rows = [
+            ("token", f"{self.token}: {self.token_text(self.token)}"),
+            ("layer", str(self.layer)),
+            ("space", f"{self.space} / {self.similarity}"),
+        ]
+        lines = [
+            [
+                f"head {h}",
+                str(int(self.rank[h])),
+                f"{float(self.self_sim[h]):.3f}",
+                " · ".join(display.short(self.labels.get(int(i), str(int(i)))) for i in self.top_ids[h, :4]),
+            ]
+            for h in range(self.n_heads)
+        ]
+        heads = display.table(
+            ["head", "own rank", "self-sim", "nearest tokens"],
+            lines,
+            caption="each head's own-token rank and neighbours",
+        )
+        heat = display.heat_table(
+            self.attention.tolist(),
+            [f"head {h}" for h in range(self.n_heads)],
+            [f"{t}:{self.token_text(t)}" for t in range(n)],
+            caption="cell: how much the token attended to each token, per head (.plot() draws it)",
+            low=0.0,
+            high=1.0,
+        )
+        return display.block(display.summary(rows, "Heads at one layer"), heads, heat)
 
 
 def same(a: Any, b: Any) -> bool:

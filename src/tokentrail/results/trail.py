@@ -17,9 +17,18 @@ import numpy as np
 import pandas as pd
 
 from tokentrail.engine.cells import metric_label
-from tokentrail.results import loading, trailio
+from tokentrail.results import figures, loading, trailio
 from tokentrail.results.notebook import trail_html
-from tokentrail.results.records import LENS_METRICS, CrossView, HeadsAt, LensResult, RunInfo, View, same  # noqa: F401 - re-exported
+from tokentrail.results.records import (  # noqa: F401 - re-exported
+    LENS_METRICS,
+    AttentionPatterns,
+    CrossView,
+    HeadsAt,
+    LensResult,
+    RunInfo,
+    View,
+    same,
+)
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import check_index
 from tokentrail.spec.tokens import find_token
@@ -111,6 +120,39 @@ class Trail:
                 "similarity": v.source_sims[layer, h, t].astype(np.float64),
                 "attention": att[order].astype(np.float64),
             }
+        )
+
+    def attention(self, kind: str = "self", *, stack: str | None = None) -> AttentionPatterns:
+        """Every head's attention pattern (``kind`` self, or cross for an encoder-decoder's
+        decoder) of one stack: this Trail's, or ``stack`` ("encoder"/"decoder") of an
+        encoder-decoder (cross reads the decoder)."""
+        trail = self
+        if kind not in ("self", "cross"):
+            raise InputError(f"unknown attention kind {kind!r}: choose self or cross")
+        if stack is not None:
+            if stack not in ("encoder", "decoder") or self.stack is None:
+                raise InputError(
+                    f"stack={stack!r}: stacks are encoder and decoder, of an encoder-decoder's Trail"
+                    + ("" if self.stack is not None else " (this model has one stack: leave stack out)")
+                )
+            trail = self.decoder if stack == "decoder" and self.decoder is not None else self
+        if kind == "cross":
+            trail = self.decoder if self.decoder is not None else self
+            if trail.cross_attentions is None or trail.source_tokens is None:
+                raise InputError("this Trail has no cross-attention: trace an encoder-decoder model (BART, Marian, T5)")
+            weights, sources = trail.cross_attentions, trail.source_tokens
+        else:
+            if trail.attentions is None:
+                raise InputError("this Trail has no attention weights (read back from an export without them)")
+            weights, sources = trail.attentions, trail.tokens
+        return AttentionPatterns(
+            weights=weights,
+            tokens=trail.tokens,
+            source_tokens=tuple(sources),
+            kind=kind,
+            stack=trail.stack,
+            causal=bool(trail.info.causal) and kind == "self",
+            model=trail.info.model,
         )
 
     def token_index(self, token: int | str) -> int:
@@ -275,6 +317,11 @@ class Trail:
     def _repr_html_(self) -> str:
         return trail_html(self)
 
+    def plot(self, metric: str = "rank", **kw: Any) -> Any:
+        """Tokens × layers of ``metric`` (rank, self_sim, overlap, ...) of the first residual
+        view; ``tt.plots`` has the other pictures (journey, lens_heatmap, attention_pattern)."""
+        return figures.trail_figure(self, metric, **kw)
+
     def export(self, path: str | Path, fmt: str | None = None, *, attention: bool | None = None) -> Path:
         """Write every table (see :mod:`tokentrail.results.trailio`) as Parquet, CSV or JSON.
 
@@ -299,7 +346,8 @@ def _view_frame(trail: Trail, v: View) -> pd.DataFrame:
     shape = (L, H, n)
     li, hi, ti = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), indexing="ij")
     aniso = np.broadcast_to(v.anisotropy.reshape(L, H, 1) if v.per_head else v.anisotropy.reshape(L, 1, 1), shape)
-    metrics = {"anisotropy": aniso} | {metric_label(name, v): vals.reshape(shape) for name, vals in v.metrics.items()}
+    # the per-token metrics first (a frame's head shows tokens that differ), the layer's anisotropy last
+    metrics = {metric_label(name, v): vals.reshape(shape) for name, vals in v.metrics.items()} | {"anisotropy": aniso}
     base = {
         "token": ti.reshape(-1),
         "token_str": np.array(trail.tokens, dtype=object)[ti.reshape(-1)],

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tokentrail.results.trail import RunInfo
+from tokentrail.spec import display
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import write_csv, write_parquet, write_text
 from tokentrail.spec.options import (  # the rules live in spec.options
@@ -331,6 +332,85 @@ class Comparison:
         if path is not None:
             write_text(path, text)
         return text
+
+    # ---- display ---------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        where = self.diverge
+        low = (
+            ""
+            if where is None
+            else f"; lowest cosine at layer {where[0]}" + ("" if where[1] is None else f", head {where[1]}")
+        )
+        return (
+            f"<Comparison {self.site}/{self.space}/{self.similarity}: a = {display.short(self.a.describe(), 160)}; "
+            f"b = {display.short(self.b.describe(), 160)}{low}>"
+        )
+
+    def _layer_values(self, values: np.ndarray | None) -> list[float | None]:
+        """(L,) of a per-layer metric (per-head sites: the mean over heads)."""
+        if values is None:
+            return [None] * self.a.n_layers
+        v = np.asarray(values, dtype=np.float64)
+        return (v.mean(axis=1) if v.ndim == 2 else v).tolist()
+
+    def _repr_html_(self) -> str:
+        rows = [
+            ("a", self.a.describe()),
+            ("b", self.b.describe()),
+            (
+                "view",
+                f"{self.site}/{self.space}/{self.similarity}"
+                + (f", corrected: {self.correct}" if self.correct else ""),
+            ),
+        ]
+        if self.diverge is not None:
+            layer, head = self.diverge
+            rows.append(("lowest cosine", f"layer {layer}" + ("" if head is None else f", head {head}")))
+        cols = {
+            "a self-sim": self._layer_values(self.a.self_sim),
+            "b self-sim": self._layer_values(self.b.self_sim),
+            "a rank": self._layer_values(self.a.rank),
+            "b rank": self._layer_values(self.b.rank),
+        }
+        if self.cosine is not None:
+            cols["cosine a·b"] = self._layer_values(self.cosine)
+            cols[f"shared of {self.overlap_k}"] = self._layer_values(self.overlap)
+        lines = [
+            [str(l)] + ["" if c[l] is None else f"{c[l]:.3g}" for c in cols.values()] for l in range(self.a.n_layers)
+        ]
+        mean = " (mean over heads)" if self.per_head else ""
+        table = display.table(
+            ["layer", *cols], lines, caption=f"per layer{mean}; .plot() draws it, .frame() has every number"
+        )
+        return display.block(display.summary(rows, "Comparison"), table)
+
+    def plot(self, *, height: int = 340) -> Any:
+        """Both sides' self-similarity per layer and, for one model, the cosine between them."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        layers = list(range(self.a.n_layers))
+        for side, colour in ((self.a, "#1c5aa6"), (self.b, "#b3541e")):
+            label = f"{side.name}: {side.token_str or 'whole text'}"
+            fig.add_scatter(x=layers, y=self._layer_values(side.self_sim), name=label, line=dict(color=colour))
+        if self.cosine is not None:
+            fig.add_scatter(
+                x=layers, y=self._layer_values(self.cosine), name="cosine a·b", line=dict(color="#333", dash="dash")
+            )
+        mean = " (mean over heads)" if self.per_head else ""
+        fig.update_layout(
+            title=dict(
+                text=f"Comparison: {self.site}/{self.space}/{self.similarity}<br><sup>lines: each side's self-similarity per layer, and the two vectors' cosine{mean}</sup>",
+                x=0.01,
+                xanchor="left",
+            ),
+            height=height,
+            xaxis=dict(title_text="layer", dtick=1 if len(layers) <= 16 else 2),
+            yaxis=dict(title_text=self.similarity),
+            plot_bgcolor="white",
+            paper_bgcolor="white",
+        )
+        return fig
 
     def export(self, path: str | Path, fmt: str | None = None) -> Path:
         path = Path(path)

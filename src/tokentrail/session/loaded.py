@@ -70,6 +70,13 @@ class LoadedModel:
         return self.adapter.is_seq2seq
 
     @property
+    def hf_model(self) -> Any:
+        """The Hugging Face module this model runs (a ``transformers`` model in eval mode; an
+        encoder-decoder's whole model): for your own hooks or forward passes. tokentrail's
+        numbers do not change when you use it, as long as you leave its weights alone."""
+        return self.adapter.model
+
+    @property
     def device(self) -> str:
         return str(self.adapter.device)
 

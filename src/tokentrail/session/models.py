@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -163,6 +164,17 @@ def check_tokenizer_fits(tokenizer, vocab_rows: int, where: str) -> None:
         )
 
 
+def _plain_progress_bars() -> None:
+    """Import ``tqdm.auto`` (the libraries' progress bars) once with its notebook warning
+    silenced: in Jupyter without ipywidgets it printed "IProgress not found" on the first
+    load (tqdm falls back to its plain bar anyway, and a load turns the bars off)."""
+    import tqdm
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=tqdm.TqdmWarning)
+        import tqdm.auto  # noqa: F401
+
+
 def load(
     name: str | os.PathLike | torch.nn.Module | LoadedModel | None = None,
     *,
@@ -183,6 +195,7 @@ def load(
     """
     if isinstance(name, LoadedModel):
         return name
+    _plain_progress_bars()  # before anything imports the libraries' bars
     if isinstance(name, torch.nn.Module):
         return wrap(name, tokenizer, device=device, dtype=dtype)
     if tokenizer is not None:

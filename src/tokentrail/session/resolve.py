@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokentrail.session.gguf_cache import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
 from tokentrail.spec.errors import InputError, ModelError
@@ -84,8 +85,16 @@ def cached_hub_models() -> list[str]:
     return sorted(r.repo_id for r in repos if r.repo_type == "model")
 
 
-def list_models() -> list[dict[str, str]]:
-    """Every model tokentrail can name, and whether it can be loaded here now."""
+def list_models() -> Any:
+    """Every model tokentrail can name, and whether it can be loaded here now: a pandas
+    DataFrame with columns name, status, description (``.to_dict("records")`` for dicts)."""
+    import pandas as pd
+
+    return pd.DataFrame(model_rows(), columns=["name", "status", "description"])
+
+
+def model_rows() -> list[dict[str, str]]:
+    """:func:`list_models` as one dict per model."""
     rows = []
     named = set()
     for e in CATALOGUE.values():

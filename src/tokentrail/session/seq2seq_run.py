@@ -3,6 +3,7 @@ encoder over the source text and the decoder over the decoder input, with cross-
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, cast
 
 from tokentrail.adapters import EncoderStack
@@ -12,7 +13,7 @@ from tokentrail.analysis.lens import logit_lens
 from tokentrail.analysis.trail import make_trail
 from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.walkthrough import AttentionStep, attention_step, cross_attention_step
-from tokentrail.results.trail import HeadsAt, LensResult, Trail
+from tokentrail.results.trail import AttentionPatterns, HeadsAt, LensResult, Trail
 from tokentrail.session.runner import Lengths, Run
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
@@ -118,8 +119,36 @@ class Seq2SeqRun(Run):
         key = (k, site)
         with self._lock:
             if key not in self._lenses:
-                self._lenses[key] = logit_lens(self._encoder().decoder_stack(), self.decoder_acts, k=k, site=site)
+                lens = logit_lens(self._encoder().decoder_stack(), self.decoder_acts, k=k, site=site)
+                self._lenses[key] = lens.labelled(self.decoder_tokens, self.model.labels)
             return self._lenses[key]
+
+    def attention(self, kind: str = "self", *, stack: str | None = None) -> AttentionPatterns:
+        """Every head's attention pattern of one stack: self-attention of the encoder or the
+        decoder (``stack``), or the decoder's cross-attention over the source (``kind="cross"``)."""
+        if kind not in ("self", "cross"):
+            raise InputError(f"unknown attention kind {kind!r}: choose self or cross")
+        if kind == "cross":
+            weights = self.decoder_acts.cross_attentions
+            return AttentionPatterns(
+                weights=weights.cpu().numpy(),
+                tokens=tuple(self.decoder_tokens),
+                source_tokens=tuple(self.tokens),
+                kind="cross",
+                stack="decoder",
+                model=self.model.name,
+            )
+        stack = stack or "encoder"
+        _, _, acts = self._stack(stack)
+        tokens = self.decoder_tokens if stack == "decoder" else self.tokens
+        return AttentionPatterns(
+            weights=acts.attentions.cpu().numpy(),
+            tokens=tuple(tokens),
+            source_tokens=tuple(tokens),
+            stack=stack,
+            causal=stack == "decoder",
+            model=self.model.name,
+        )
 
     def heads(
         self,
@@ -140,6 +169,7 @@ class Seq2SeqRun(Run):
         result = heads_at(
             adapter, spaces, acts, layer, token, label=self.model.labels, kind=kind, similarity=similarity, k=k
         )
+        result = replace(result, tokens=tuple(self.decoder_tokens if stack == "decoder" else self.tokens))
         with self._lock:
             self._heads[key] = result
             while len(self._heads) > 64:
@@ -149,10 +179,12 @@ class Seq2SeqRun(Run):
     def step(self, layer: int, head: int, token: int, *, stack: str = "encoder") -> AttentionStep:
         """How self-attention ``head`` of ``layer`` of one stack computed ``token``'s output."""
         adapter, _, acts = self._stack(stack)
-        return attention_step(adapter, acts, layer, head, token)
+        tokens = self.decoder_tokens if stack == "decoder" else self.tokens
+        return replace(attention_step(adapter, acts, layer, head, token), tokens=tuple(tokens))
 
     def cross_step(self, layer: int, head: int, token: int):
         """How cross-attention ``head`` of decoder ``layer`` computed decoder ``token``'s
         output: the query from the decoder, keys and values from the encoder output
         (:class:`~tokentrail.engine.walkthrough.CrossAttentionStep`)."""
-        return cross_attention_step(self._encoder().decoder_stack(), self.decoder_acts, layer, head, token)
+        step = cross_attention_step(self._encoder().decoder_stack(), self.decoder_acts, layer, head, token)
+        return replace(step, tokens=tuple(self.decoder_tokens), source_tokens=tuple(self.tokens))

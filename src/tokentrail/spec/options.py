@@ -305,3 +305,12 @@ class TraceOptions:
             if key in kw:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
+
+
+LENS_COLOURS = {
+    "prob": "probability of the top token",
+    "entropy": "entropy of the prediction (nats)",
+    "kl": "KL(final layer ‖ this layer) (nats)",
+    "rank": "rank of the actual next token",  # encoders: of the token itself (the masked-LM reading)
+}
+"""What the lens picture (``tt.plots.lens_heatmap``) can colour cells by, name -> what the colour is."""
