@@ -77,7 +77,7 @@ EXAMPLES = {
             "every site and space, with the logit lens",
             'tokentrail trace "The bank of the river" -m smollm2 --site all --lens',
         ),
-        ("a tidy frame as a file", 'tokentrail trace "A text" --site heads -o heads.parquet'),
+        ("the logit lens as a picture", 'tokentrail trace "The bank of the river" -m smollm2 --lens --plot lens.html'),
     ],
     "models": [("what can be named", "tokentrail models")],
     "cache": [("what the cache holds", "tokentrail cache"), ("free it", "tokentrail cache --clear --yes")],
