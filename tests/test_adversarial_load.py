@@ -3,7 +3,7 @@
 loads where no model is needed, or loads as what it really is.
 
 Folders are tiny random models saved with ``save_pretrained`` into tmp folders; every test
-here failed on main at 79b5c82 (docs/robustness_loading.md lists the probes).
+here failed on main at 79b5c82 (docs/robustness.md, its last section, lists the probes).
 """
 
 from __future__ import annotations
