@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 import tokentrail as tt
-from tokentrail.corpus.report import _by_class_figure
+from tokentrail.corpus.report import _by_class_figure, _rank_median_figure
 from tokentrail.spec.axes import rank_axis
 
 
@@ -43,3 +43,23 @@ def test_the_study_reports_rank_axis_is_labelled_in_ranks():
     assert fig.layout.yaxis.title.text == "rank (log scale; 0 = nearest)"
     assert list(fig.layout.yaxis.ticktext) == ["0", "1", "10", "100"]
     assert "+ 1" not in fig.layout.yaxis.title.text
+
+
+def test_a_median_rank_of_zero_everywhere_draws_the_90th_percentile_beside_it():
+    by = pd.DataFrame(
+        {
+            "site": "attn_resid",
+            "word_class": ["function", "function", "content", "content"],
+            "layer": [0, 1, 0, 1],
+            "rank_median": [0.0, 0.0, 0.0, 0.0],
+            "rank_q90": [0.0, 12.0, 0.0, 3.0],
+        }
+    )
+    fig = _rank_median_figure(by)
+    assert "median is 0 at every layer" in fig.layout.title.text
+    dotted = [t for t in fig.data if t.line.dash == "dot"]
+    assert [t.name for t in dotted] == ["function, 90th pct.", "content, 90th pct."]
+    assert list(dotted[0].y) == [1.0, 13.0] and list(fig.layout.yaxis.ticktext) == ["0", "1", "10", "100"]
+    by["rank_median"] = [0.0, 2.0, 0.0, 1.0]  # a median that moves is drawn alone
+    moving = _rank_median_figure(by)
+    assert not [t for t in moving.data if t.line.dash == "dot"] and "median is 0" not in moving.layout.title.text

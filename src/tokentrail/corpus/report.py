@@ -33,6 +33,27 @@ def _by_class_figure(df: pd.DataFrame, column: str, title: str, *, log: bool = F
     return fig
 
 
+def _rank_median_figure(by: pd.DataFrame) -> go.Figure:
+    """The median rank by class; where it is 0 at every layer (most tokens stay their own
+    nearest, as on MiniLM) a flat line says little, so each class's 90th percentile is
+    drawn beside it, dotted, and the title says why."""
+    flat = "rank_q90" in by and not by["rank_median"].any()
+    title = "Rank of the token's own encoding (median, log scale: 0 = nearest)"
+    if flat:
+        title = "Rank of the token's own encoding: the median is 0 at every layer; dotted: the 90th percentile"
+    fig = _by_class_figure(by, "rank_median", title, log=True)
+    if flat:
+        for (site, cls), g in by.groupby(["site", "word_class"], sort=False):
+            name = cls if by["site"].nunique() == 1 else f"{cls} ({site})"
+            fig.add_trace(
+                go.Scatter(
+                    x=g["layer"], y=g["rank_q90"] + 1, mode="lines", line=dict(dash="dot"), name=f"{name}, 90th pct."
+                )
+            )
+        fig.update_layout(yaxis=rank_axis(float(by["rank_q90"].max())))
+    return fig
+
+
 _AXIS = {"self_sim_mean": "cosine (mean)", "overlap_mean": "shared neighbours (mean)"}
 """y-axis titles in words for the columns the figures draw (others: the column's name)."""
 
@@ -58,9 +79,7 @@ def named_figures(agg: dict[str, pd.DataFrame]) -> dict[str, go.Figure]:
         "self_sim": _by_class_figure(
             by, "self_sim_mean", "Self-similarity (cosine to the token's own original encoding), mean by word class"
         ),
-        "rank_median": _by_class_figure(
-            by, "rank_median", "Rank of the token's own encoding (median, log scale: 0 = nearest)", log=True
-        ),
+        "rank_median": _rank_median_figure(by),
         "rank_mean": _by_class_figure(by, "rank_mean", "Rank of the token's own encoding (mean, log scale)", log=True),
         "overlap": _by_class_figure(
             by, "overlap_mean", "Overlap of the nearest-vocabulary sets with the layer before (mean)"
