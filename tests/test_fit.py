@@ -1,0 +1,203 @@
+"""Fitted translators (issue 26): the ridge solve from float64 sums recovers a known affine
+map; the corpus fit gives the same translator across batch sizes (float64 noise), an
+interrupted-and-resumed run and two Ray workers (bit for bit); a translator is refused
+for another model; the memory of a fit is stated and refused with the figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tokentrail as tt
+from tokentrail.corpus.fit import fit
+from tokentrail.engine.budget import check_fit, fit_bytes
+from tokentrail.engine.translator import FitSums, Sums, fit_all, solve, squared_error
+from tokentrail.spec.errors import InputError
+from tokentrail.store.translators import load_translator
+
+WORDS = "time flies like an arrow fruit a banana the cat sat on mat dog ran fast slow red blue green up down".split()
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 12)))) + " ." for _ in range(n)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- the maths, on synthetic data --------------------------------------------------------
+
+
+def synthetic(n=400, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(n, d)) * rng.uniform(0.1, 10, size=d) + rng.normal(size=d) * 5  # anisotropic, off-centre
+    A = rng.normal(size=(d, d))
+    b = rng.normal(size=d)
+    return torch.from_numpy(h), torch.from_numpy(h @ A + b), A, b
+
+
+def test_exact_affine_map_is_recovered_from_chunked_sums():
+    h, t, A, b = synthetic()
+    total = Sums.zeros(6)
+    for lo, hi in ((0, 1), (1, 57), (57, 300), (300, 400)):  # chunks of different sizes
+        total.add(Sums.of(h[lo:hi], t[lo:hi]))
+    W, c = solve(total, 0.0)
+    # float64 noise: the centred normal equations of a condition number ~1e4 lose ~4 digits
+    np.testing.assert_allclose(W, A, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(c, b, rtol=0, atol=1e-9)
+    assert abs(squared_error(total, W, c)) < 1e-12 * float((t**2).sum())
+
+
+def test_sums_merge_is_associative_and_error_formula_matches_direct():
+    h, t, _, _ = synthetic(seed=1)
+    t = t + torch.from_numpy(np.random.default_rng(2).normal(size=t.shape))  # not exactly affine
+    a, b_, c = Sums.of(h[:100], t[:100]), Sums.of(h[100:250], t[100:250]), Sums.of(h[250:], t[250:])
+    left = a.copy()
+    left.add(b_)
+    left.add(c)
+    bc = b_.copy()
+    bc.add(c)
+    right = a.copy()
+    right.add(bc)
+    for name in ("sh", "st", "shh", "sht", "stt"):
+        np.testing.assert_allclose(getattr(left, name), getattr(right, name), rtol=1e-13)
+    W, bias = solve(left, 0.1)
+    direct = float(((t.numpy() - (h.numpy() @ W + bias)) ** 2).sum())
+    assert squared_error(left, W, bias) == pytest.approx(direct, rel=1e-9)
+    # the ridge shrinks: a larger λ gives a larger training error
+    W2, b2 = solve(left, 10.0)
+    assert squared_error(left, W2, b2) > squared_error(left, W, bias)
+
+
+def test_held_out_split_picks_the_ridge_and_refits_on_everything():
+    h, t, A, b = synthetic(n=300, d=5, seed=3)
+    noisy = t + torch.from_numpy(np.random.default_rng(4).normal(size=t.shape) * 0.01)
+    fs = FitSums(train={("s", 0): Sums.of(h[:200], noisy[:200])}, held={("s", 0): Sums.of(h[200:], noisy[200:])})
+    f = fit_all(fs, [0.0, 1e-8, 100.0])[("s", 0)]
+    assert f.ridge < 100.0 and f.n == 300 and set(f.held_error) == {0.0, 1e-8, 100.0}
+    assert f.held_error[100.0] > f.held_error[f.ridge]
+    np.testing.assert_allclose(f.W, A, atol=1e-2)
+
+
+def test_singular_covariance_without_ridge_is_refused():
+    h = torch.ones(10, 3, dtype=torch.float64)
+    with pytest.raises(InputError, match="singular"):
+        solve(Sums.of(h, h), 0.0)
+
+
+def test_fit_memory_is_two_l_d_squared_float64_per_site_and_refused_with_the_figure():
+    assert fit_bytes(1, 30, 576) == 30 * (2 * 576 * 576 + 4 * 576) * 8
+    assert fit_bytes(2, 3, 4, held_out=True) == 2 * 2 * 3 * (2 * 16 + 16) * 8
+    with pytest.raises(InputError, match=r"float64 sums .*--layers"):
+        check_fit(1, 30, 576, False, available=10_000_000)
+    assert check_fit(1, 6, 384, False, available=10**12) == 2 * fit_bytes(1, 6, 384)
+
+
+# ---- the corpus fit on the tiny BERT --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(bert_folder):
+    return str(bert_folder)
+
+
+@pytest.fixture(scope="module")
+def base(model, tmp_path_factory):
+    return fit(corpus(14), model, tmp_path_factory.mktemp("fit") / "t", sites=["attn_resid", "layer_out"], batch=4)
+
+
+def maps_equal(a, b, atol=0.0):
+    assert a.maps.keys() == b.maps.keys()
+    for key in a.maps:
+        for x, y in zip(a.maps[key], b.maps[key]):
+            if atol == 0.0:
+                assert torch.equal(x, y), key
+            else:
+                torch.testing.assert_close(x, y, rtol=0, atol=atol)
+
+
+def test_fit_writes_a_translator_that_loads_back_equal(base, model):
+    assert base.kind == "identity" and base.sites == ("attn_resid", "layer_out")
+    assert base.meta["tokens"] > 0 and base.meta["texts"] == 14
+    assert set(base.meta["fit"]) == {f"{s}/{layer}" for s in ("attn_resid", "layer_out") for layer in range(2)}
+
+
+def test_batch_sizes_resume_and_reload_give_the_same_translator(base, model, tmp_path):
+    # another batch size: the tokens' sums grouped otherwise (float64 noise) and, above
+    # all, the forward pass padded to other shapes, which moves the float32 vectors by an
+    # ulp or two (SPEC "Batches"); the solve carries that to ~3e-6 in W and b here
+    one = fit(corpus(14), model, tmp_path / "one", sites=["attn_resid", "layer_out"], batch=1)
+    maps_equal(base, one, atol=2e-5)
+
+    # interrupted after two batches, then resumed: bit for bit
+    class Stop(Exception):
+        pass
+
+    def stop(texts, tokens, skipped):
+        if texts >= 8:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(corpus(14), model, tmp_path / "r", sites=["attn_resid", "layer_out"], batch=4, progress=stop)
+    assert not (tmp_path / "r" / "translator.json").exists()
+    import json
+
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["batches_done"] == 2 and not m["complete"]
+    resumed = fit(corpus(14), model, tmp_path / "r", sites=["attn_resid", "layer_out"], batch=4, resume=True)
+    maps_equal(base, resumed)
+    assert resumed.meta["tokens"] == base.meta["tokens"]
+    maps_equal(resumed, load_translator(tmp_path / "r"))
+
+
+def test_a_finished_fit_is_not_overwritten_and_options_are_checked(base, model, tmp_path):
+    with pytest.raises(InputError, match="several --ridge"):
+        fit(corpus(3), model, tmp_path / "x", ridge=[0.1, 1.0])
+    with pytest.raises(InputError, match="kind"):
+        fit(corpus(3), model, tmp_path / "x", kind="nope")
+    with pytest.raises(InputError, match="layers 0-1"):
+        fit(corpus(3), model, tmp_path / "x", layers=[5])
+    done = fit(corpus(3), model, tmp_path / "y", layers=[1])
+    assert set(done.maps) == {("attn_resid", 1)}
+    with pytest.raises(InputError, match="already holds a fit"):
+        fit(corpus(3), model, tmp_path / "y")
+
+
+def test_translator_for_another_model_is_refused(base, tmp_path):
+    from tokentrail.store.translators import save_translator
+
+    save_translator(tmp_path / "t", base)
+    info = dict(base.meta["model_info"])
+    load_translator(tmp_path / "t", info)  # its own model: fine
+    with pytest.raises(InputError, match="fitted on .*d_model 32.*this model has d_model 64"):
+        load_translator(tmp_path / "t", {**info, "d_model": 64})
+
+
+def test_prediction_translator_with_held_out_ridge(model, tmp_path):
+    t = fit(
+        corpus(20), model, tmp_path / "p", kind="prediction", sites=["layer_out"], ridge=[1e-6, 1e-2, 10.0], holdout=0.3
+    )
+    assert t.kind == "prediction"
+    # the last layer's layer_out is its own target: the fit reproduces it (λ small) on the
+    # vectors the model makes (a post-norm BERT's lie in a subspace: W is I only there)
+    fitted = t.meta["fit"]["layer_out/1"]
+    assert fitted["ridge"] < 10.0 and len(fitted["held_out_mse"]) == 3
+    acts = tt.load(model).run("the cat sat on the mat .").acts
+    got = t.apply("layer_out", acts.layer_out)
+    assert got.shape == acts.layer_out.shape
+    torch.testing.assert_close(got[1], acts.layer_out[1], atol=1e-3, rtol=1e-3)
+    assert (got[0] - acts.layer_out[0]).abs().max() < (acts.layer_out[0] - acts.layer_out[1]).abs().max()
+
+
+@pytest.mark.slow
+def test_two_ray_workers_give_the_local_translator_bit_for_bit(base, model, tmp_path):
+    pytest.importorskip("ray")
+    r = fit(corpus(14), model, tmp_path / "ray", sites=["attn_resid", "layer_out"], batch=4, engine="ray", workers=2)
+    maps_equal(base, r)
