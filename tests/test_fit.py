@@ -201,3 +201,66 @@ def test_two_ray_workers_give_the_local_translator_bit_for_bit(base, model, tmp_
     pytest.importorskip("ray")
     r = fit(corpus(14), model, tmp_path / "ray", sites=["attn_resid", "layer_out"], batch=4, engine="ray", workers=2)
     maps_equal(base, r)
+
+
+# ---- surfaces: tt.fit, tt.trace(translator=...) ----------------------------------------------
+
+
+def test_trace_with_translator_adds_translated_views_scored_like_any_site(base, model, loaded_tiny, tmp_path):
+    from tokentrail.store.translators import save_translator
+
+    save_translator(tmp_path / "t", base)
+    trail = tt.trace("the cat sat on the mat .", model=loaded_tiny, translator=tmp_path / "t", k=3)
+    sites = {v.site for v in trail.views}
+    assert sites == {"attn_resid", "attn_resid_translated", "layer_out_translated"}
+    v = trail.view("attn_resid_translated", "encodings", "cosine")
+    raw = trail.view("attn_resid", "encodings", "cosine")
+    assert v.metrics["rank"].shape == raw.metrics["rank"].shape and v.top_ids.shape == raw.top_ids.shape
+    # scored exactly as a site: the translated vectors through the same scoring
+    acts = loaded_tiny.run("the cat sat on the mat .").acts
+    t = base.apply("attn_resid", acts.site("attn_resid"))[1]  # (n, d) layer 1
+    space = loaded_tiny.spaces.get("encodings")
+    ids, pos = acts.input_ids, acts.position_ids
+    rows = torch.cat([space.rows(ids[p : p + 1], int(pos[p])).reshape(1, -1) for p in range(len(ids))])
+    own = torch.nn.functional.cosine_similarity(t, rows.to(t.dtype), dim=-1)
+    np.testing.assert_allclose(v.metrics["self_sim"][1], own.numpy(), atol=1e-5)
+    frame = trail.frame()
+    assert frame[frame.site.str.contains("translated")].site.nunique() == 2
+    # the translated identity map is close to the encodings at layer 0 of a tiny model: better than raw
+    assert (v.metrics["rank"] <= raw.metrics["rank"]).mean() > 0.5
+
+
+def test_prediction_translator_gives_a_fitted_lens_beside_the_logit_lens(model, loaded_tiny, tmp_path):
+    t = fit(corpus(20), model, tmp_path / "p", kind="prediction", sites=["layer_out"], ridge=1e-6)
+    trail = tt.trace("the cat sat on the mat .", model=loaded_tiny, translator=tmp_path / "p", lens=True, k=3)
+    assert trail.lens is not None and trail.fitted_lens is not None
+    assert trail.fitted_lens.site == "layer_out_translated"
+    # the last layer maps to itself: its fitted lens is the logit lens there
+    assert np.array_equal(trail.fitted_lens.top_ids[-1], trail.lens.top_ids[-1])
+    assert t.kind == "prediction"
+
+
+def test_trace_refuses_a_translator_of_another_model(base, tmp_path, make_tiny, tokenizer, save_model):
+    from tokentrail.store.translators import save_translator
+
+    save_translator(tmp_path / "t", base)
+    other = save_model(tmp_path / "other", make_tiny("bert", seed=3, hidden_size=48), tokenizer)
+    with pytest.raises(InputError, match="fitted on"):
+        tt.trace("the cat", model=str(other), translator=tmp_path / "t")
+
+
+def test_exports_and_trail_load_carry_translated_views_and_the_fitted_lens(base, model, loaded_tiny, tmp_path):
+    from dataclasses import replace
+
+    from tokentrail.store.translators import save_translator
+
+    save_translator(tmp_path / "t", base)
+    fit(corpus(6), model, tmp_path / "p", kind="prediction", sites=["layer_out"], ridge=1e-3)
+    text = "the cat sat on the mat ."
+    with_views = tt.trace(text, model=loaded_tiny, translator=tmp_path / "t", lens=True, k=3)
+    with_lens = tt.trace(text, model=loaded_tiny, translator=tmp_path / "p", lens=True, k=3)
+    trail = replace(with_views, fitted_lens=with_lens.fitted_lens, labels={**with_views.labels, **with_lens.labels})
+    for fmt in ("parquet", "csv", "json"):
+        back = tt.Trail.load(trail.export(tmp_path / f"t.{fmt}"))
+        assert back == trail, fmt
+        assert back.fitted_lens is not None and back.fitted_lens.site == "layer_out_translated"

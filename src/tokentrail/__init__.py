@@ -57,6 +57,9 @@ _LAZY = {
     "cache_root": "session.gguf_cache",
     "cache_entries": "session.gguf_cache",
     "write_study_pngs": "corpus.report:write_pngs",
+    "fit": "corpus.fit",
+    "Translator": "engine.translator",
+    "load_translator": "store.translators",
 }
 """A value ``"module:attr"`` publishes the module's ``attr`` under another name."""
 
@@ -89,12 +92,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.api import run, trace
     from tokentrail.corpus import Study, study
+    from tokentrail.corpus.fit import fit
     from tokentrail.corpus.report import metadata as study_metadata
     from tokentrail.corpus.report import named_figures as study_figures
     from tokentrail.corpus.report import write_pngs as write_study_pngs
     from tokentrail.engine import geometry
     from tokentrail.engine.budget import held_bytes
     from tokentrail.engine.budget import human as human_bytes
+    from tokentrail.engine.translator import Translator
     from tokentrail.engine.walkthrough import AttentionStep
     from tokentrail.present import maps, plots
     from tokentrail.results.notebook import show
@@ -119,3 +124,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail.session.runner import Run, trail_many
     from tokentrail.session.verification import Verification, verify
     from tokentrail.store.stats import read_stats
+    from tokentrail.store.translators import load_translator

@@ -134,6 +134,12 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         attentions = _fill(tuple(rb["attention_shape"]), dt["attentions"], idx, a["value"].to_numpy(np.float64))
 
     lens = None if rb.get("lens") is None else _lens(rb["lens"], frames, n)
+    fitted = rb.get("fitted_lens")
+    fitted_lens = (
+        None
+        if fitted is None
+        else _lens(fitted, {"lens": frames["fitted_lens"], "lens_top": frames["fitted_lens_top"]}, n)
+    )
     cross_views, cross_att = _cross(rb, frames, L, H, n)
 
     return dict(
@@ -155,6 +161,7 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         cross_views=tuple(cross_views),
         cross_attentions=cross_att,
         source_tokens=None if rb.get("source_tokens") is None else tuple(rb["source_tokens"]),
+        fitted_lens=fitted_lens,
     )
 
 
