@@ -264,3 +264,29 @@ def test_exports_and_trail_load_carry_translated_views_and_the_fitted_lens(base,
         back = tt.Trail.load(trail.export(tmp_path / f"t.{fmt}"))
         assert back == trail, fmt
         assert back.fitted_lens is not None and back.fitted_lens.site == "layer_out_translated"
+
+
+def test_command_line_fit_then_trace_with_the_translator(model, tmp_path):
+    from typer.testing import CliRunner
+
+    from tokentrail.cli.commands import app
+
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(corpus(10)) + "\n")
+    cli = CliRunner()
+    r = cli.invoke(app, ["fit", str(src), "--model", model, "--out", str(tmp_path / "t"), "--batch", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "identity translator of attn_resid at 2 layers" in r.output
+    r = cli.invoke(app, ["fit", str(src), "--model", model, "--out", str(tmp_path / "u"), "--ridge", "1,2"])
+    assert r.exit_code == 2 and "several --ridge" in r.output
+    r = cli.invoke(app, ["fit", str(src), "--model", model, "--out", str(tmp_path / "u"), "--layers", "x"])
+    assert r.exit_code == 2 and "--layers takes" in r.output
+    out = tmp_path / "trace.json"
+    r = cli.invoke(
+        app, ["trace", "the cat sat", "--model", model, "--translator", str(tmp_path / "t"), "-o", str(out), "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    back = tt.Trail.load(out)
+    assert {v.site for v in back.views} == {"attn_resid", "attn_resid_translated"}
+    r = cli.invoke(app, ["trace", "the cat", "--model", model, "--translator", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "holds no translator" in r.output

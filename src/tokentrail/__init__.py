@@ -60,6 +60,7 @@ _LAZY = {
     "fit": "corpus.fit",
     "Translator": "engine.translator",
     "load_translator": "store.translators",
+    "translate": "session.translating",
 }
 """A value ``"module:attr"`` publishes the module's ``attr`` under another name."""
 
@@ -122,6 +123,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from tokentrail.session.resolve import CATALOGUE, HUB_ID, check_model_name, is_available, list_models
     from tokentrail.session.runner import Run, trail_many
+    from tokentrail.session.translating import translate
     from tokentrail.session.verification import Verification, verify
     from tokentrail.store.stats import read_stats
     from tokentrail.store.translators import load_translator

@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from tokentrail.cli.common import err
 from tokentrail.cli.compare import compare
+from tokentrail.cli.fit import fit
 from tokentrail.cli.models import cache, models, serve, verify
 from tokentrail.cli.study import report, study
 from tokentrail.cli.trace import trace
@@ -58,7 +59,7 @@ app = typer.Typer(
     help="Follow every token's encoding through every layer and head of a transformer, "
     "measured against the model's own vocabulary.",
 )
-for command in (trace, models, cache, verify, serve, study, report, compare):  # the order --help lists them in
+for command in (trace, models, cache, verify, serve, study, report, compare, fit):  # the order --help lists them in
     app.command()(command)
 
 

@@ -132,6 +132,11 @@ def trace(
         "--stack",
         help="Encoder-decoders: show the encoder, the decoder or both (default) stacks; --token follows a token of one stack.",
     ),
+    translator: Path | None = typer.Option(
+        None,
+        "--translator",
+        help="A translator of this model (the folder `tokentrail fit` wrote): adds the <site>_translated views (identity) or the fitted lens (prediction).",
+    ),
     map_head: str | None = typer.Option(
         None,
         "--map-head",
@@ -165,6 +170,7 @@ def trace(
         seq2seq_asked = _check_seq2seq_options(target, max_new_tokens, stack, token)
         if correct_from is not None:
             _check_study(correct_from, options.sites)  # a study of these sites: read before loading
+        fitted = None if translator is None else tt.load_translator(translator)  # its files, before the weights
         tt.check_model_name(model)  # a misspelt short name never goes to the hub (after the options)
         device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
@@ -189,6 +195,8 @@ def trace(
             bar.analysis(0.0, "running the model")
             run = loaded.run(text, options, encoded=enc, target=target, max_new_tokens=max_new_tokens)
             trail = run.trail(progress=bar.analysis)
+            if fitted is not None:
+                trail = tt.translate(run, trail, fitted)
             if map_path is not None:
                 _write_map(run, map_path, map_method, options.sites, options.spaces, head_at)
         _notes(run, trail, options, map_path, quiet)
