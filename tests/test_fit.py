@@ -290,3 +290,26 @@ def test_command_line_fit_then_trace_with_the_translator(model, tmp_path):
     assert {v.site for v in back.views} == {"attn_resid", "attn_resid_translated"}
     r = cli.invoke(app, ["trace", "the cat", "--model", model, "--translator", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "holds no translator" in r.output
+
+
+def test_study_with_translator_adds_translated_rows_to_the_aggregates(base, model, tmp_path):
+    from tokentrail.corpus import study
+    from tokentrail.store.translators import save_translator
+
+    save_translator(tmp_path / "t", base)
+    s = study(corpus(6), model, tmp_path / "s", sites=["attn_resid"], batch=3, translator=tmp_path / "t")
+    sites = set(s.query("SELECT DISTINCT site FROM tokens")["site"])
+    assert sites == {"attn_resid", "attn_resid_translated", "layer_out_translated"}
+    by = s.aggregate()["by_class"]
+    assert {"attn_resid_translated", "layer_out_translated"} <= set(by["site"])
+    # the rows are the trace's translated view of each text
+    loaded = tt.load(model)
+    text = corpus(6)[0]
+    trail = tt.trace(text, model=loaded, translator=tmp_path / "t", k=1)
+    got = s.query("SELECT * FROM tokens WHERE text_id = 0 AND site = 'attn_resid_translated' ORDER BY layer, position")
+    want = trail.view("attn_resid_translated", "encodings", "cosine").metrics["rank"]
+    np.testing.assert_array_equal(got["rank"].to_numpy().reshape(want.shape), want)
+    # a prediction translator has no views: refused
+    fit(corpus(4), model, tmp_path / "p", kind="prediction", sites=["layer_out"])
+    with pytest.raises(InputError, match="identity translator"):
+        study(corpus(3), model, tmp_path / "s2", batch=3, translator=tmp_path / "p")

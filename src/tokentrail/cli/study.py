@@ -72,6 +72,11 @@ def study(
         "--frequencies",
         help="TOKEN<TAB>COUNT file (tokens as the tokenizer spells them, or #ID) for the freq_rank column; default: rank by count in this corpus.",
     ),
+    translator: Path | None = typer.Option(
+        None,
+        "--translator",
+        help="An identity translator of this model (the folder `tokentrail fit` wrote): its <site>_translated rows are studied too.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Study a corpus: every token x layer x site, written as Parquet while the run goes."""
@@ -99,6 +104,7 @@ def study(
                 allow_pickle=allow_pickle,
                 device=device,
                 frequencies=frequencies,
+                translator=translator,
                 progress=bar.update,
                 on_start=bar.start,
                 on_load=bar.loading,
