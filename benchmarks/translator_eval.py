@@ -63,12 +63,10 @@ def identity_table(tt, loaded, translator, site: str, texts: list[str]) -> list[
 
 
 def lens_table(loaded, translator, texts: list[str]) -> list[str]:
+    """Per layer, each lens's logits made once: top-1 = final, KL(final || lens), next-token rank."""
     import torch
 
-    from tokentrail.analysis.translated import lens_versus_final
-
-    adapter = loaded.adapter
-    head = adapter.lens_head()
+    head = loaded.adapter.lens_head()
     special = set(loaded.tokenizer.all_special_ids)
     rows: dict[str, list] = {k: [] for k in ("agree_raw", "agree_fit", "kl_raw", "kl_fit", "next_raw", "next_fit")}
     with torch.no_grad():
@@ -76,18 +74,23 @@ def lens_table(loaded, translator, texts: list[str]) -> list[str]:
             acts = loaded.run(text).acts
             ids = acts.input_ids
             keep = torch.tensor([int(i) not in special for i in ids])
-            final = acts.layer_out[-1]
+            ref = torch.log_softmax(head(acts.layer_out[-1]).float(), -1)
+            top = ref.argmax(-1)
+            nxt = torch.cat([ids[1:], ids[:1]])
             fitted = translator.apply("layer_out", acts.layer_out)
             for tag, vecs in (("raw", acts.layer_out), ("fit", fitted)):
-                agree, kl = lens_versus_final(adapter, vecs, final)
-                rows[f"agree_{tag}"].append(agree[:, keep].numpy())
-                rows[f"kl_{tag}"].append(kl[:, keep].numpy())
-                nxt = ids[1:]
-                ranks = []
+                agree, kl, ranks = [], [], []
                 for layer in range(vecs.shape[0]):
-                    logits = head(vecs[layer, :-1]).float()
+                    logits = head(vecs[layer]).float()
+                    logp = torch.log_softmax(logits, -1)
+                    agree.append(logits.argmax(-1) == top)
+                    kl.append((ref.exp() * (ref - logp)).sum(-1))
                     ranks.append((logits > logits.gather(1, nxt[:, None])).sum(1))
-                rows[f"next_{tag}"].append(torch.stack(ranks)[:, keep[:-1]].numpy())
+                rows[f"agree_{tag}"].append(torch.stack(agree)[:, keep].numpy())
+                rows[f"kl_{tag}"].append(torch.stack(kl)[:, keep].numpy())
+                with_next = keep.clone()
+                with_next[-1] = False  # the last token has no next token
+                rows[f"next_{tag}"].append(torch.stack(ranks)[:, with_next].numpy())
     cat = {k: np.concatenate(v, axis=1) for k, v in rows.items()}
     lines = [
         "| layer | top-1 = final, logit lens | top-1 = final, fitted lens | KL to final, logit lens | "

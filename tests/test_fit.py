@@ -313,3 +313,19 @@ def test_study_with_translator_adds_translated_rows_to_the_aggregates(base, mode
     fit(corpus(4), model, tmp_path / "p", kind="prediction", sites=["layer_out"])
     with pytest.raises(InputError, match="identity translator"):
         study(corpus(3), model, tmp_path / "s2", batch=3, translator=tmp_path / "p")
+
+
+def test_lens_versus_final_agreement_and_kl(loaded_tiny):
+    from tokentrail.analysis.translated import lens_versus_final
+
+    acts = loaded_tiny.run("the cat sat on the mat .").acts
+    adapter = loaded_tiny.adapter
+    agree, kl = lens_versus_final(adapter, acts.layer_out, acts.layer_out[-1])
+    assert agree.shape == kl.shape == acts.layer_out.shape[:2]
+    assert bool(agree[-1].all()) and float(kl[-1].abs().max()) < 1e-5  # the last layer is the final prediction
+    head = adapter.lens_head()
+    p = torch.log_softmax(head(acts.layer_out[-1]).float(), -1)
+    q = torch.log_softmax(head(acts.layer_out[0]).float(), -1)
+    want = torch.nn.functional.kl_div(q, p, log_target=True, reduction="none").sum(-1)  # KL(p || q)
+    torch.testing.assert_close(kl[0], want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(agree[0], q.argmax(-1) == p.argmax(-1))
