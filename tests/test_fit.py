@@ -164,6 +164,8 @@ def test_a_finished_fit_is_not_overwritten_and_options_are_checked(base, model, 
         fit(corpus(3), model, tmp_path / "x", kind="nope")
     with pytest.raises(InputError, match="layers 0-1"):
         fit(corpus(3), model, tmp_path / "x", layers=[5])
+    with pytest.raises(InputError, match="no tokens to fit"):
+        fit(["", "  "], model, tmp_path / "z")
     done = fit(corpus(3), model, tmp_path / "y", layers=[1])
     assert set(done.maps) == {("attn_resid", 1)}
     with pytest.raises(InputError, match="already holds a fit"):

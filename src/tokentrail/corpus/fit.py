@@ -295,6 +295,8 @@ def fit(
                 _checkpoint(sd, manifest, state)
         finally:
             runner.close()
+        if not any(s.n for s in state.sums.train.values()):
+            raise InputError("the corpus gave no tokens to fit on (every text skipped, or only special tokens)")
         fitted = fit_all(state.sums, options.ridges)
         meta = {
             "model": info["model"],
