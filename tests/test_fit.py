@@ -278,7 +278,7 @@ def test_command_line_fit_then_trace_with_the_translator(model, tmp_path):
     cli = CliRunner()
     r = cli.invoke(app, ["fit", str(src), "--model", model, "--out", str(tmp_path / "t"), "--batch", "3", "-q"])
     assert r.exit_code == 0, r.output
-    assert "identity translator of attn_resid at 2 layers" in r.output
+    assert "an identity translator of attn_resid at 2 layers" in r.output
     r = cli.invoke(app, ["fit", str(src), "--model", model, "--out", str(tmp_path / "u"), "--ridge", "1,2"])
     assert r.exit_code == 2 and "several --ridge" in r.output
     r = cli.invoke(app, ["fit", str(src), "--model", model, "--out", str(tmp_path / "u"), "--layers", "x"])

@@ -59,7 +59,7 @@ def fit(
 ) -> None:
     """Fit a translator on a corpus: per layer, the affine map (ridge least squares, exact
     float64 sums in one pass) from a site to the original encodings or to the last layer."""
-    bar = _StudyProgress(err, quiet)
+    bar = _StudyProgress(err, quiet, verb="fitting")
     try:
         check_input_file(source, CORPUS_FILES)
         ridges = _floats(ridge, "--ridge")
@@ -103,8 +103,9 @@ def fit(
         err.print(f"[yellow]interrupted:[/] the sums so far are kept in {out_dir}; rerun with --resume to continue")
         raise typer.Exit(130) from None
     chosen_ridges = sorted({f["ridge"] for f in t.meta["fit"].values()})
+    article = "an" if t.kind == "identity" else "a"
     err.print(
-        f"wrote {out_dir}: a {t.kind} translator of {', '.join(t.sites)} at {len(t.meta['layers'])} layers, "
+        f"wrote {out_dir}: {article} {t.kind} translator of {', '.join(t.sites)} at {len(t.meta['layers'])} layers, "
         f"from {t.meta['tokens']:,} tokens of {t.meta['texts']:,} texts (ridge {', '.join(map(str, chosen_ridges))})"
     )
 

@@ -131,14 +131,14 @@ class _StudyProgress:
     the inputs are checked: an input refused before then leaves its one error line alone
     on stderr."""
 
-    def __init__(self, console, quiet: bool):
+    def __init__(self, console, quiet: bool, verb: str = "studying"):
         self.console = console
         self.quiet = quiet
         self.task = None  # the bar's task, once it is drawn
         self.loader: TerminalProgress | None = None  # while the model loads
         if not quiet:
             self.bar = Progress(
-                TextColumn("studying"),
+                TextColumn(verb),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("texts"),
