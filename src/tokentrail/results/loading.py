@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tokentrail.results.records import CrossView, LensResult, RunInfo, View
-from tokentrail.results.trailio import FORMAT_VERSION, TABLES
+from tokentrail.results.trailio import FITTED_LENS_TABLES, FORMAT_VERSION, TABLES
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import read_csv
 
@@ -42,7 +42,9 @@ def load(path: str | Path) -> dict[str, Any]:
             doc = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or "trail" not in doc["meta"]:
                 raise InputError(f"{p} is not a tokentrail export (no meta.trail in the document)")
-            frames = {name: pd.DataFrame.from_records(doc[name]) for name in TABLES[1:] if name in doc}
+            frames = {
+                name: pd.DataFrame.from_records(doc[name]) for name in (*TABLES[1:], *FITTED_LENS_TABLES) if name in doc
+            }
             return from_tables(doc["meta"], frames, p)
         frame = read_csv(
             p,

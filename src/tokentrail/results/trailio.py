@@ -71,18 +71,8 @@ LONG_COLUMNS = [
     "meta",
 ]
 INT_COLUMNS = ("token", "position", "layer", "head", "place", "id", "source")
-TABLES: tuple[str, ...] = (
-    "meta",
-    "tokens",
-    "metrics",
-    "neighbours",
-    "attention",
-    "lens",
-    "lens_top",
-    "cross",
-    "cross_attention",
-)
-TABLES += ("fitted_lens", "fitted_lens_top")  # a prediction translator's lens (issue 26), as lens/lens_top
+TABLES = ("meta", "tokens", "metrics", "neighbours", "attention", "lens", "lens_top", "cross", "cross_attention")
+FITTED_LENS_TABLES = ("fitted_lens", "fitted_lens_top")  # a prediction translator's lens (issue 26), as lens/lens_top
 # The attention table grows as tokens²: 2M rows is MiniLM at 166 tokens or SmolLM2 at 86
 # (~130 MB of CSV); SmolLM2 at 1,024 tokens would be 283M rows. Beyond it the table is
 # left out unless asked for, and the metadata says so.
