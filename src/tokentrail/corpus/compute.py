@@ -30,10 +30,9 @@ from tokentrail.session.inputs import MAX_TOKENS, readable_tokens
 from tokentrail.session.models import LoadedModel
 from tokentrail.session.runner import trail_many
 from tokentrail.session.translating import model_facts_of, translate
-from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
 from tokentrail.store.schema import EMBEDDED, SAMPLE_SCHEMA, STATS_SCHEMA, token_schema
-from tokentrail.store.translators import load_translator
+from tokentrail.store.translators import check_identity, load_translator
 
 
 @dataclass(frozen=True)
@@ -224,8 +223,7 @@ def study_translator(root: str, facts: dict) -> Translator:
     """The identity translator a study adds rows of (loaded once per process), checked
     against the model; a prediction translator is refused (it has no views)."""
     t = _translator(root, tuple(sorted(facts.items())))
-    if t.kind != "identity":
-        raise InputError(f"a study adds an identity translator's views; {root} holds a {t.kind} translator")
+    check_identity(t, root)
     check_layers(t, int(facts["n_layers"]))
     return t
 

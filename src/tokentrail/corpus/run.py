@@ -36,8 +36,8 @@ from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import RESIDUAL_SITES as SITES
 from tokentrail.spec.version import __version__
 from tokentrail.store import frequencies as freq
+from tokentrail.store.translators import check_identity, load_translator
 from tokentrail.store.translators import check_model as check_translator_model
-from tokentrail.store.translators import load_translator
 from tokentrail.store.writer import FORMAT, Reservoir, StudyDir, atomic_write_table
 
 ENGINES = ("local", "ray")
@@ -111,6 +111,8 @@ def study(
         translator=None if translator is None else str(Path(translator).resolve()),
     )
     fitted = None if translator is None else load_translator(translator)  # its files, before the model
+    if fitted is not None:
+        check_identity(fitted, translator)
     device = _check_run(options, device, engine, address, workers, limit)
     fmt, input_id = _input_identity(source, fmt, column, limit, max_chars)
     counts = None if frequencies is None else freq.read_frequencies(frequencies)

@@ -73,6 +73,12 @@ def load_translator(root: str | Path, facts: Mapping[str, Any] | None = None) ->
     return Translator(meta["kind"], maps, meta)
 
 
+def check_identity(translator: Translator, root: str | Path) -> None:
+    """A study adds an identity translator's views; a prediction translator has none."""
+    if translator.kind != "identity":
+        raise InputError(f"a study adds an identity translator's views; {root} holds a {translator.kind} translator")
+
+
 def check_model(meta: Mapping[str, Any], facts: Mapping[str, Any], root: str | Path = "") -> None:
     """Refuse a model other than the translator's: every fact given must equal its own."""
     info = meta.get("model_info", {})
