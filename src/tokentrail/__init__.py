@@ -57,6 +57,10 @@ _LAZY = {
     "cache_root": "session.gguf_cache",
     "cache_entries": "session.gguf_cache",
     "write_study_pngs": "corpus.report:write_pngs",
+    "fit": "corpus.fit",
+    "Translator": "engine.translator",
+    "load_translator": "store.translators",
+    "translate": "session.translating",
 }
 """A value ``"module:attr"`` publishes the module's ``attr`` under another name."""
 
@@ -90,12 +94,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from tokentrail import plots
     from tokentrail.api import run, trace
     from tokentrail.corpus import Study, study
+    from tokentrail.corpus.fit import fit
     from tokentrail.corpus.report import metadata as study_metadata
     from tokentrail.corpus.report import named_figures as study_figures
     from tokentrail.corpus.report import write_pngs as write_study_pngs
     from tokentrail.engine import geometry
     from tokentrail.engine.budget import held_bytes
     from tokentrail.engine.budget import human as human_bytes
+    from tokentrail.engine.translator import Translator
     from tokentrail.engine.walkthrough import AttentionStep
     from tokentrail.present import maps
     from tokentrail.results.notebook import show
@@ -118,5 +124,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from tokentrail.session.resolve import CATALOGUE, HUB_ID, check_model_name, is_available, list_models
     from tokentrail.session.runner import Run, trail_many
+    from tokentrail.session.translating import translate
     from tokentrail.session.verification import Verification, verify
     from tokentrail.store.stats import read_stats
+    from tokentrail.store.translators import load_translator

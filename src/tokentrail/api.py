@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tokentrail.analysis.views import Progress
 from tokentrail.results.trail import Trail
 from tokentrail.session.models import DEFAULT_MODEL, LoadedModel, load
 from tokentrail.session.runner import Run
+from tokentrail.session.translating import translate
 from tokentrail.spec.options import TraceOptions
 from tokentrail.spec.text import check_decoder_input, check_text
 
@@ -53,6 +55,7 @@ def trace(
     revision: str | None = None,
     target: str | None = None,
     max_new_tokens: int | None = None,
+    translator: str | Path | None = None,
     **option_values: Any,
 ) -> Trail:
     """Follow every token of ``text`` through ``model``.
@@ -72,12 +75,17 @@ def trace(
     what :func:`run` takes. Encoder-decoders: the source is ``text``, the decoder reads
     ``target`` or the model's own greedy output (``max_new_tokens``); the Trail is the
     encoder's, with the decoder's as ``trail.decoder`` (cross-attention included).
+    ``translator``: the folder of a fitted translator (``tokentrail fit``) of this model:
+    an identity translator adds the ``<site>_translated`` views, a prediction translator
+    the fitted lens (``trail.fitted_lens``).
     """
     opts = options or TraceOptions.make(**option_values)  # validated here, before any model work
     check_text(text)
     check_decoder_input(target, max_new_tokens)
     loaded = _model(model, tokenizer, device, dtype, allow_pickle, revision)
-    return loaded.run(text, opts, target=target, max_new_tokens=max_new_tokens).trail(progress=progress)
+    run = loaded.run(text, opts, target=target, max_new_tokens=max_new_tokens)
+    trail = run.trail(progress=progress)
+    return trail if translator is None else translate(run, trail, translator)
 
 
 def _model(model, tokenizer, device, dtype, allow_pickle, revision) -> LoadedModel:

@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from tokentrail.cli.common import err
 from tokentrail.cli.compare import compare
+from tokentrail.cli.fit import fit
 from tokentrail.cli.models import cache, models, serve, verify
 from tokentrail.cli.study import report, study
 from tokentrail.cli.trace import trace
@@ -100,6 +101,11 @@ EXAMPLES = {
         ("two occurrences in one text", 'tokentrail compare "By the bank, a bank." -t bank:0 -t bank:1'),
         ("one text in two models", 'tokentrail compare "The bank closed." -m minilm -m smollm2 -t bank'),
     ],
+    "fit": [
+        ("an identity translator for MiniLM", "tokentrail fit dev.conllu --out fit-minilm"),
+        ("a fitted lens for SmolLM2", "tokentrail fit dev.conllu -m smollm2 --kind prediction --out lens-smollm2"),
+        ("pick up an interrupted fit", "tokentrail fit dev.conllu --out fit-minilm --resume"),
+    ],
 }
 
 
@@ -113,6 +119,7 @@ SUMMARY = {
     "study": "Study a corpus; written as Parquet while it runs.",
     "report": "Render a study as one offline HTML page.",
     "compare": "Compare two occurrences (or two models) layer by layer.",
+    "fit": "Fit translators on a corpus (identity, or a fitted lens).",
 }
 
 
@@ -121,7 +128,7 @@ def _epilog(name: str) -> str:
     return "\b\nExamples:\n" + "\n".join(lines)
 
 
-for command in (trace, models, cache, verify, serve, study, report, compare):  # the order --help lists them in
+for command in (trace, models, cache, verify, serve, study, report, compare, fit):  # the order --help lists them in
     app.command(short_help=SUMMARY[command.__name__], epilog=_epilog(command.__name__))(command)
 
 

@@ -72,6 +72,11 @@ def study(
         "--frequencies",
         help="TOKEN<TAB>COUNT file (tokens as the tokenizer spells them, or #ID) for the freq_rank column; default: rank by count in this corpus.",
     ),
+    translator: Path | None = typer.Option(
+        None,
+        "--translator",
+        help="An identity translator of this model (the folder `tokentrail fit` wrote): its <site>_translated rows are studied too.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Study a corpus: every token x layer x site, written as Parquet while the run goes."""
@@ -99,6 +104,7 @@ def study(
                 allow_pickle=allow_pickle,
                 device=device,
                 frequencies=frequencies,
+                translator=translator,
                 progress=bar.update,
                 on_start=bar.start,
                 on_load=bar.loading,
@@ -127,14 +133,14 @@ class _StudyProgress:
     the inputs are checked: an input refused before then leaves its one error line alone
     on stderr."""
 
-    def __init__(self, console, quiet: bool):
+    def __init__(self, console, quiet: bool, verb: str = "studying"):
         self.console = console
         self.quiet = quiet
         self.task = None  # the bar's task, once it is drawn
         self.loader: TerminalProgress | None = None  # while the model loads
         if not quiet:
             self.bar = Progress(
-                TextColumn("studying"),
+                TextColumn(verb),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("texts"),

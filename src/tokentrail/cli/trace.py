@@ -159,6 +159,11 @@ def trace(
         "--attention-kind",
         help="With --plot-attention: self, or cross (an encoder-decoder's decoder over the source).",
     ),
+    translator: Path | None = typer.Option(
+        None,
+        "--translator",
+        help="A translator of this model (the folder `tokentrail fit` wrote): adds the <site>_translated views (identity) or the fitted lens (prediction).",
+    ),
     map_head: str | None = typer.Option(
         None,
         "--map-head",
@@ -195,6 +200,7 @@ def trace(
         seq2seq_asked = _check_seq2seq_options(target, max_new_tokens, stack, token)
         if correct_from is not None:
             _check_study(correct_from, options.sites)  # a study of these sites: read before loading
+        fitted = None if translator is None else tt.load_translator(translator)  # its files, before the weights
         tt.check_model_name(model)  # a misspelt short name never goes to the hub (after the options)
         device, dtype = tt.resolve_device(device), tt.resolve_dtype(dtype)
         with TerminalProgress(err, quiet=quiet) as bar:
@@ -221,6 +227,8 @@ def trace(
             bar.analysis(0.0, "running the model")
             run = loaded.run(text, options, encoded=enc, target=target, max_new_tokens=max_new_tokens)
             trail = run.trail(progress=bar.analysis)
+            if fitted is not None:
+                trail = tt.translate(run, trail, fitted)
             # the corrected columns sit in a token's journey (the grid has no room for them)
             fixed = None if fmt != "table" or token is None else _beside_trail(run, options, beside)
             if map_path is not None:

@@ -20,15 +20,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from tokentrail.analysis.translated import check_layers, translated_name
 from tokentrail.corpus.inputs import Record, Skipped
 from tokentrail.corpus.wordclass import align
 from tokentrail.engine.budget import estimate
 from tokentrail.engine.cells import CELL_METRICS
+from tokentrail.engine.translator import Translator
 from tokentrail.session.inputs import MAX_TOKENS, readable_tokens
 from tokentrail.session.models import LoadedModel
 from tokentrail.session.runner import trail_many
+from tokentrail.session.translating import model_facts_of, translate
 from tokentrail.spec.options import TraceOptions
 from tokentrail.store.schema import EMBEDDED, SAMPLE_SCHEMA, STATS_SCHEMA, token_schema
+from tokentrail.store.translators import check_identity, load_translator
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,12 @@ class StudyOptions:
     sample: int = 2000  # tokens in the corpus anisotropy sample
     seed: int = 0
     causal: bool | None = None
+    translator: str | None = None  # an identity translator's folder: its <site>_translated rows too (issue 26)
 
     def as_dict(self) -> dict:
+        extra = {} if self.translator is None else {"translator": self.translator}
         return {
+            **extra,
             "sites": list(self.sites),
             "overlap_k": self.overlap_k,
             "batch": self.batch,
@@ -153,6 +160,7 @@ def compute_batch(
         overlap_k=options.overlap_k,
         causal=options.causal,
     )
+    translator = None if options.translator is None else study_translator(options.translator, model_facts_of(loaded))
     rows: list[dict | None] = [None] * len(kept)
     sums: dict[tuple[str, int], list] = {}  # (site, layer) -> [count, sum (d,), sum of squares (d,)], float64
     for group in forward_groups([len(ids) for _, ids, _ in kept], adapter.n_layers, adapter.n_heads, adapter.d_model):
@@ -161,7 +169,9 @@ def compute_batch(
         # activations are dropped before the next group runs.
         runs = loaded.runs([kept[i][0].text for i in group], trace_options)
         for i, run, trail in zip(group, runs, trail_many(runs)):
-            rows[i] = _text_rows(*kept[i], run, trail, options, threshold, tok)
+            if translator is not None:
+                trail = translate(run, trail, translator)
+            rows[i] = _text_rows(*kept[i], run, trail, options, threshold, tok, translator)
         del runs
     cols = {name: [part for r in rows for part in r["cols"][name]] for name in token_schema().names}  # input order
     for r in rows:  # each text's sums added in input order: the same float64 sums as text by text
@@ -204,7 +214,23 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyOptions, threshold: float, tok) -> dict:
+@functools.lru_cache(maxsize=2)
+def _translator(root: str, facts: tuple) -> Translator:
+    return load_translator(root, dict(facts))
+
+
+def study_translator(root: str, facts: dict) -> Translator:
+    """The identity translator a study adds rows of (loaded once per process), checked
+    against the model; a prediction translator is refused (it has no views)."""
+    t = _translator(root, tuple(sorted(facts.items())))
+    check_identity(t, root)
+    check_layers(t, int(facts["n_layers"]))
+    return t
+
+
+def _text_rows(
+    rec: Record, ids: list[int], classes, run, trail, options: StudyOptions, threshold: float, tok, translator=None
+) -> dict:
     """One text's token columns (per site, layer-major), its sample candidates and its
     per-layer count, sum and sum of squares of every site (and the encodings)."""
     if run.ids.tolist() != list(ids):
@@ -216,10 +242,15 @@ def _text_rows(rec: Record, ids: list[int], classes, run, trail, options: StudyO
     cols: dict[str, list] = {name: [] for name in token_schema().names}
     sums: dict[tuple[str, int], list] = {}
     _add_stats(sums, EMBEDDED, acts.embedded[None])
-    for site in options.sites:
+    extra = () if translator is None else tuple(translated_name(s) for s in translator.sites)
+    for site in (*options.sites, *extra):
         v = trail.view(site, "encodings", "cosine")
-        vecs = acts.site(site)  # (L, n, d)
-        _add_stats(sums, site, vecs)
+        if site in extra:  # a translated site: its vectors for the norm column; no statistics
+            base = site[: -len("_translated")]
+            vecs = translator.apply(base, acts.site(base))
+        else:
+            vecs = acts.site(site)  # (L, n, d)
+            _add_stats(sums, site, vecs)
         repeat = lambda xs: np.tile(np.asarray(xs), L)  # noqa: E731 - token columns, layer-major
         cols["text_id"].append(np.full(L * n, rec.index, dtype=np.int64))
         cols["position"].append(repeat(np.arange(n, dtype=np.int32)))

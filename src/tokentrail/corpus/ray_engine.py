@@ -38,6 +38,7 @@ class _Worker:
         root: str,
         threads: int,
         device: str | None = None,
+        job=run_batch,
     ):
         import torch
 
@@ -45,6 +46,7 @@ class _Worker:
             torch.set_num_threads(threads)
         self.loaded = load(model, allow_pickle=allow_pickle, device=device)
         self.options, self.strict, self.dir = options, strict, StudyDir(root)
+        self.job = job  # run_batch (a study's batch), or a fit's (tokentrail.corpus.fit.fit_job)
 
     def info(self) -> dict:
         return model_info(self.loaded)
@@ -54,14 +56,25 @@ class _Worker:
 
     def run(self, b: int, batch: list, threshold: float):
         try:
-            return run_batch(self.loaded, b, batch, self.options, self.dir, threshold=threshold, strict=self.strict)
+            return self.job(self.loaded, b, batch, self.options, self.dir, threshold=threshold, strict=self.strict)
         except TokentrailError as exc:  # an error the user must see as such, not a traceback
             return b, {"error": str(exc)}, set()
 
 
 class RayRunner:
     def __init__(
-        self, model, allow_pickle, options, strict, sd: StudyDir, *, say, address=None, workers=1, device=None
+        self,
+        model,
+        allow_pickle,
+        options,
+        strict,
+        sd: StudyDir,
+        *,
+        say,
+        address=None,
+        workers=1,
+        device=None,
+        job=run_batch,
     ):
         ray = _ray()
         self.ray = ray
@@ -88,7 +101,8 @@ class RayRunner:
         dev = "cuda" if gpus else device
         say(f"loading {model} in {n} Ray worker{'s' if n > 1 else ''}")
         self.actors = [
-            actor.remote(model, allow_pickle, options, strict, str(sd.root.resolve()), threads, dev) for _ in range(n)
+            actor.remote(model, allow_pickle, options, strict, str(sd.root.resolve()), threads, dev, job)
+            for _ in range(n)
         ]
         self.info = ray.get(self.actors[0].info.remote())
 

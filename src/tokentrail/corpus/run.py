@@ -36,6 +36,8 @@ from tokentrail.spec.errors import InputError, ModelError
 from tokentrail.spec.options import RESIDUAL_SITES as SITES
 from tokentrail.spec.version import __version__
 from tokentrail.store import frequencies as freq
+from tokentrail.store.translators import check_identity, load_translator
+from tokentrail.store.translators import check_model as check_translator_model
 from tokentrail.store.writer import FORMAT, Reservoir, StudyDir, atomic_write_table
 
 ENGINES = ("local", "ray")
@@ -81,6 +83,7 @@ def study(
     device: str | None = None,
     max_chars: int = MAX_CHARS,
     frequencies: str | Path | None = None,
+    translator: str | Path | None = None,
     progress: Progress | None = None,
     on_start: Callable[[int | None], None] | None = None,
     on_load: Callable[[str], None] | None = None,
@@ -95,11 +98,21 @@ def study(
     count in the study's own corpus. ``on_load(message)`` hears what is loading once the
     inputs are checked (``models.load``'s progress messages; with Ray, the workers'
     start), ``on_start(total texts or None)`` when the texts start, ``progress`` after
-    each batch.
+    each batch. ``translator``: the folder of an identity translator of this model
+    (``tokentrail fit``): its ``<site>_translated`` rows are studied too.
     """
     options = StudyOptions(
-        sites=tuple(dict.fromkeys(sites)), overlap_k=overlap_k, batch=batch, sample=sample, seed=seed, causal=causal
+        sites=tuple(dict.fromkeys(sites)),
+        overlap_k=overlap_k,
+        batch=batch,
+        sample=sample,
+        seed=seed,
+        causal=causal,
+        translator=None if translator is None else str(Path(translator).resolve()),
     )
+    fitted = None if translator is None else load_translator(translator)  # its files, before the model
+    if fitted is not None:
+        check_identity(fitted, translator)
     device = _check_run(options, device, engine, address, workers, limit)
     fmt, input_id = _input_identity(source, fmt, column, limit, max_chars)
     counts = None if frequencies is None else freq.read_frequencies(frequencies)
@@ -111,6 +124,8 @@ def study(
         # ---- model work starts here ----
         runner = _runner(engine, model, allow_pickle, options, strict, sd, address, workers, device, on_load)
         try:
+            if fitted is not None:
+                check_translator_model(fitted.meta, runner.info, translator)
             manifest, done, reservoir = _begin(runner, sd, model, engine, options, input_id, freq_id, counts, resume)
             skipped = Skipped(strict=strict)
             stream = iter_batches(

@@ -339,3 +339,27 @@ def held_bytes(*objs: object) -> int:
         elif isinstance(o, (list, tuple, set, frozenset)):
             stack.extend(o)
     return sum(buffers.values())
+
+
+def fit_bytes(sites: int, layers: int, d_model: int, held_out: bool = False) -> int:
+    """Bytes a fitted translator's running sums hold (issue 26): per site and layer
+    ``Σ h hᵀ`` and ``Σ h tᵀ`` (``2 d²`` float64, so ``2 L d²`` per site) and four d-vectors
+    (``Σh``, ``Σt``, ``Σ t∘t`` and the count's row); twice with a held-out split. A batch's
+    own sums and the solve's working copy come on top (:func:`check_fit`)."""
+    per = (2 * d_model * d_model + 4 * d_model) * 8
+    return per * sites * layers * (2 if held_out else 1)
+
+
+def check_fit(sites: int, layers: int, d_model: int, held_out: bool, available: int | None = None) -> int:
+    """The memory a fit needs (its running sums twice: the total and one batch's), refused
+    in one line with the figure when it does not fit; returns the figure."""
+    need = 2 * fit_bytes(sites, layers, d_model, held_out)
+    if available is None:
+        available = limit_bytes()
+    if available is not None and need > HEADROOM * available:
+        raise InputError(
+            f"this fit would hold about {human(need)} of float64 sums ({sites} site(s) x {layers} layer(s) x 2 d² "
+            f"with d = {d_model}{', twice for the held-out split' if held_out else ''}) and the machine has "
+            f"{human(available)} available: fit fewer --layers or sites"
+        )
+    return need

@@ -16,7 +16,7 @@ import pandas as pd
 
 from tokentrail.results.records import LENS_METRICS, CrossView, LensResult, RunInfo, View
 from tokentrail.results.trailbounds import check_claims, check_file_size
-from tokentrail.results.trailio import FORMAT_VERSION, TABLES
+from tokentrail.results.trailio import FITTED_LENS_TABLES, FORMAT_VERSION, TABLES
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import read_csv
 
@@ -49,7 +49,7 @@ def load(path: str | Path) -> dict[str, Any]:
             doc = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or "trail" not in doc["meta"]:
                 raise InputError(f"{p} is not a tokentrail export (no meta.trail in the document)")
-            tables = {name: doc[name] for name in TABLES[1:] if name in doc}
+            tables = {name: doc[name] for name in (*TABLES[1:], *FITTED_LENS_TABLES) if name in doc}
             if not all(isinstance(t, list) for t in tables.values()):
                 raise InputError(f"{p} is not a tokentrail export (a table that is not a list of rows)")
             check_claims(doc["meta"], sum(len(t) for t in tables.values()), p)  # before any array is made
@@ -151,6 +151,14 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
 
     labels = {int(i): s for i, s in rb["labels"].items()}
     lens = None if rb.get("lens") is None else _lens(rb["lens"], frames, n, tuple(tokens), labels)
+    fitted = rb.get("fitted_lens")
+    fitted_lens = (
+        None
+        if fitted is None
+        else _lens(
+            fitted, {"lens": frames["fitted_lens"], "lens_top": frames["fitted_lens_top"]}, n, tuple(tokens), labels
+        )
+    )
     cross_views, cross_att = _cross(rb, frames, L, H, n)
 
     return dict(
@@ -172,6 +180,7 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         cross_views=tuple(cross_views),
         cross_attentions=cross_att,
         source_tokens=None if rb.get("source_tokens") is None else tuple(rb["source_tokens"]),
+        fitted_lens=fitted_lens,
     )
 
 

@@ -58,6 +58,7 @@ class Trail:
     cross_views: tuple[CrossView, ...] = ()
     cross_attentions: np.ndarray | None = None  # (L, H, n, m) cross-attention probabilities
     source_tokens: tuple[str, ...] | None = None  # the m source tokens cross-attention reads
+    fitted_lens: LensResult | None = None  # a prediction translator's lens (issue 26; site "<site>_translated")
 
     # ---- lookup ------------------------------------------------------------------
     @property

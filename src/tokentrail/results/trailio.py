@@ -72,6 +72,7 @@ LONG_COLUMNS = [
 ]
 INT_COLUMNS = ("token", "position", "layer", "head", "place", "id", "source")
 TABLES = ("meta", "tokens", "metrics", "neighbours", "attention", "lens", "lens_top", "cross", "cross_attention")
+FITTED_LENS_TABLES = ("fitted_lens", "fitted_lens_top")  # a prediction translator's lens (issue 26), as lens/lens_top
 # The attention table grows as tokens²: 2M rows is MiniLM at 166 tokens or SmolLM2 at 86
 # (~130 MB of CSV); SmolLM2 at 1,024 tokens would be 283M rows. Beyond it the table is
 # left out unless asked for, and the metadata says so.
@@ -105,6 +106,7 @@ def rebuild_meta(trail, attention: bool | None = None) -> dict[str, Any]:
         "attention_left_out": _attention_left_out(trail, attention),
         "views": [_view_meta(v) for v in trail.views],
         "lens": None if trail.lens is None else _lens_meta(trail.lens),
+        "fitted_lens": None if trail.fitted_lens is None else _lens_meta(trail.fitted_lens),
     }
 
 
@@ -215,6 +217,8 @@ def _stack_tables(trail, attention: bool | None = None) -> dict[str, pd.DataFram
         out["attention"] = trailtables.probability_table(trail.attentions)
     if trail.lens is not None:
         out.update(trailtables.lens_tables(trail, trail.lens))
+    if trail.fitted_lens is not None:
+        out.update({f"fitted_{name}": t for name, t in trailtables.lens_tables(trail, trail.fitted_lens).items()})
     if trail.cross_views:
         out["cross"] = trailtables.cross_table(trail)
     if trail.cross_attentions is not None:
