@@ -49,6 +49,8 @@ def translate(run: Run, trail: Trail, translator: str | Path | Translator) -> Tr
     with m.lock:
         views = translated_views(m.adapter, m.spaces, run.acts, t, trail.info.options)
     lens = fitted_lens(m.adapter, run.acts, t, k=trail.info.options.k) if t.kind == "prediction" else None
+    if lens is not None:  # the text's tokens and its ids' labels, as the logit lens carries them
+        lens = lens.labelled(run.tokens, m.labels)
     ids = {int(i) for v in views for i in np.unique(v.top_ids)}
     if lens is not None:
         ids |= lens.ids_used()
