@@ -22,6 +22,7 @@ from tokentrail.cli.commands import app
 from tokentrail.engine.capture import capture
 from tokentrail.engine.walkthrough import attention_step
 from tokentrail.session.verification import verify_adapter
+from tokentrail.spec.errors import ModelError
 
 IDS = torch.tensor([5, 17, 33, 8, 60, 41, 12, 29, 71, 44, 9])  # 11 tokens: longer than every window below
 CASES = {
@@ -119,3 +120,10 @@ def test_phi3_ignores_a_stray_layer_types_as_its_model_does():
     adapter = adapter_for(model)
     assert [adapter.attention_window(l) for l in range(2)] == [3, 3]
     assert verify_adapter(adapter, IDS, sample=8, layers=[0]).passed
+
+
+def test_phi3_refuses_an_unmodelled_layer_type_before_any_work():
+    model = tiny_new("phi3", **CASES["phi3"])
+    model.config.layer_types = ["chunked_attention", "sliding_attention"]
+    with pytest.raises(ModelError, match="'chunked_attention' is not modelled"):
+        adapter_for(model)

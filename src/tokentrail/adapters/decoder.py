@@ -49,8 +49,10 @@ class DecoderAdapter(Adapter):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         # refused before any work: a per-layer mask we do not recompute would make the
-        # walkthrough and verify disagree with the model without a word
-        kinds = self._layer_types() or ()
+        # walkthrough and verify disagree with the model without a word (Mistral's and Phi-3's
+        # masks ignore layer_types, but transformers reads them elsewhere: a "chunked_attention"
+        # there fails inside the model, so it is refused here too)
+        kinds = (getattr(self.config, "layer_types", None) or ()) if self.windowed else ()
         other = sorted({k for k in kinds if k not in MODELLED_LAYER_TYPES})
         if other:
             raise ModelError(
