@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import tokentrail
 from test_parity_new_decoders import tiny_new
 from tokentrail.adapters import adapter_for
 from tokentrail.cli.commands import app
@@ -109,6 +110,12 @@ def test_cli_traces_and_verifies_a_text_longer_than_the_window(family, tmp_path,
     res = runner.invoke(app, ["trace", text, "-m", str(folder), "--site", "all", "--space", "all"])
     assert res.exit_code == 0, res.output
     assert "Traceback" not in res.output
+    # the walkthrough of the loaded model (what the app shows): the last token's window
+    run = tokentrail.load(str(folder)).run(text)
+    n, window = len(run.tokens), WINDOWS[family][-1]
+    step = run.step(1, 0, n - 1)
+    assert step.matches_model(1e-5), step.checks
+    assert int(step.masked.sum()) == n - window
 
 
 def test_phi3_ignores_a_stray_layer_types_as_its_model_does():
