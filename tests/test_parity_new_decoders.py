@@ -491,18 +491,18 @@ def test_olmo2_without_its_branch_norm_fails():
     assert "heads recombine" in {r.identity for r in verify_adapter(adapter, IDS, layers=[0], sample=8).failed}
 
 
-# ---- what is capped or refused -------------------------------------------------------------
-def test_sliding_window_caps_the_text():
-    """A text no longer than the window has the plain causal mask: texts are capped there."""
-    assert adapter_for(tiny_new("phi3", sliding_window=7)).max_tokens == 7
-    assert adapter_for(tiny_new("phi3")).max_tokens == 64
+# ---- what is modelled, capped or refused --------------------------------------------------------
+def test_a_sliding_window_is_modelled_not_capped():
+    """The window masks keys (tests/test_windows_more.py checks it against the model); the
+    text length stays the model's own, and Qwen3 without use_sliding_window has no window."""
+    phi = adapter_for(tiny_new("phi3", sliding_window=7))
+    assert phi.max_tokens == 64 and [phi.attention_window(l) for l in range(2)] == [7, 7]
     qwen = tiny_new("qwen3", use_sliding_window=True, sliding_window=7, max_window_layers=1)
     assert qwen.config.layer_types == ["full_attention", "sliding_attention"]
     adapter = adapter_for(qwen)
-    assert adapter.max_tokens == 7
-    result = verify_adapter(adapter, IDS[:7], layers=[0, -1], sample=8)
-    assert result.passed, result.frame().to_string()
-    assert adapter_for(tiny_new("qwen3", sliding_window=7)).max_tokens == 64  # no layer slides
+    assert adapter.max_tokens == 64 and [adapter.attention_window(l) for l in range(2)] == [None, 7]
+    plain = adapter_for(tiny_new("qwen3", sliding_window=7))  # use_sliding_window off: no layer slides
+    assert plain.max_tokens == 64 and [plain.attention_window(l) for l in range(2)] == [None, None]
 
 
 @pytest.mark.parametrize(

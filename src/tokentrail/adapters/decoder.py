@@ -12,7 +12,7 @@ module), which is one more reason the adapters insist on eager attention; SDPA h
 an explicit mask too, but does not return attention probabilities.
 
 With ``causal=True`` we pass the plain 2-D padding mask and let the model build its own
-(causal, or sliding-window causal for Mistral/Qwen2) mask on top of it; with
+(causal, or sliding-window causal where a window is set) mask on top of it; with
 ``causal=False`` the 4-D mask we pass hides only the padding keys.
 """
 
@@ -39,13 +39,19 @@ class DecoderAdapter(Adapter):
     head_key_prefixes: tuple[str, ...] = ("lm_head.",)
     head_tied_to_embedding = True
     #: whether this family's model reads ``config.sliding_window`` / ``layer_types`` (Mistral,
-    #: Qwen2, Gemma 2/3); the others ignore them, so a stray key in a config.json means nothing
+    #: Qwen2, Qwen3, Phi-3, Gemma 2/3); the others ignore them, so a stray key in a config.json
+    #: means nothing
     windowed: bool = False
+    #: whether the window masks every layer and ``layer_types`` is ignored (Mistral, Phi-3: the
+    #: model builds one sliding mask from ``config.sliding_window`` for all its layers)
+    window_every_layer: bool = False
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
         # refused before any work: a per-layer mask we do not recompute would make the
-        # walkthrough and verify disagree with the model without a word
+        # walkthrough and verify disagree with the model without a word (Mistral's and Phi-3's
+        # masks ignore layer_types, but transformers reads them elsewhere: a "chunked_attention"
+        # there fails inside the model, so it is refused here too)
         kinds = (getattr(self.config, "layer_types", None) or ()) if self.windowed else ()
         other = sorted({k for k in kinds if k not in MODELLED_LAYER_TYPES})
         if other:
@@ -58,15 +64,22 @@ class DecoderAdapter(Adapter):
 
     def attention_window(self, layer: int) -> int | None:
         """The sliding window of layer ``layer`` as the model's own mask builds it: with
-        ``config.layer_types`` (Qwen2's ``use_sliding_window`` + ``max_window_layers``, Gemma 2/3's
-        alternating layers) only its ``sliding_attention`` layers slide; without them (Mistral)
-        ``config.sliding_window`` applies to every layer (transformers' ``sliding_window_overlay``:
-        key ``s`` is seen by query ``t`` when ``s > t - window``)."""
+        ``config.layer_types`` (Qwen2/Qwen3's ``use_sliding_window`` + ``max_window_layers``,
+        Gemma 2/3's alternating layers) only its ``sliding_attention`` layers slide; without them,
+        or where the model ignores them (Mistral, Phi-3), ``config.sliding_window`` applies to every
+        layer (transformers' ``sliding_window_overlay``: key ``s`` is seen by query ``t`` when
+        ``s > t - window``)."""
         window = getattr(self.config, "sliding_window", None) if self.windowed else None
-        kinds = getattr(self.config, "layer_types", None)
+        kinds = self._layer_types()
         if window is None or (kinds is not None and kinds[layer] != "sliding_attention"):
             return None
         return int(window)
+
+    def _layer_types(self) -> list[str] | None:
+        """``config.layer_types`` where this family's model reads them (None where it does not)."""
+        if not self.windowed or self.window_every_layer:
+            return None
+        return getattr(self.config, "layer_types", None)
 
     def base_model(self) -> nn.Module:
         """The transformer without its head (``transformer`` / ``model``)."""

@@ -149,11 +149,7 @@ class LlamaAdapter(DecoderAdapter):
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
     windowed = True
-
-    def attention_window(self, layer: int) -> int | None:
-        # MistralModel masks every layer with config.sliding_window and ignores any layer_types
-        window = getattr(self.config, "sliding_window", None)
-        return None if window is None else int(window)
+    window_every_layer = True  # MistralModel masks every layer with config.sliding_window
 
 
 class Qwen2Adapter(LlamaAdapter):

@@ -6,8 +6,10 @@ v (H_kv d_head)``, each head by head, and one ``mlp.gate_up_proj``; RoPE on the 
 ``partial_rotary_factor * d_head`` dims (Phi-4-mini), LongRoPE on the long-context
 checkpoints. ``resid_attn_dropout``/``resid_mlp_dropout`` are identities in eval mode.
 
-A sliding window (Phi-3-mini's 2047) is met by capping the text at the window
-(:func:`tokentrail.adapters.qwen3.window_cap`).
+A sliding window (Phi-3-mini's 2047) is modelled as Mistral's: ``Phi3Model`` builds one
+sliding mask from ``config.sliding_window`` for every layer (query ``t`` sees keys
+``s > t - sliding_window``; it has no ``layer_types``). LongRoPE's
+``original_max_position_embeddings`` still caps the text (see :mod:`.llama`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,12 @@ from typing import Literal
 
 from tokentrail.adapters.base import HeadProjection
 from tokentrail.adapters.llama import LlamaAdapter
-from tokentrail.adapters.qwen3 import window_cap
 
 
 class Phi3Adapter(LlamaAdapter):
     family = "phi3"
-
-    @property
-    def max_tokens(self) -> int | None:
-        return window_cap(self.config, super().max_tokens)
+    windowed = True
+    window_every_layer = True
 
     def projection(self, layer: int, which: Literal["q", "k", "v"]) -> HeadProjection:
         qkv = self.layers[layer].self_attn.qkv_proj
