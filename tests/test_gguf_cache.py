@@ -117,7 +117,7 @@ def test_folder_without_marker_is_never_loaded(tmp_path: Path, monkeypatch: pyte
     (target / "config.json").write_text("{}")  # looks like a half-written cache
     calls: list[Path] = []
 
-    def fake_convert(_src: Path, dst: Path, _say) -> None:
+    def fake_convert(_src: Path, dst: Path, _say, _check) -> None:
         calls.append(dst)
         assert not dst.exists()  # the untrusted folder was cleared first
         raise RuntimeError("stop before the slow conversion")

