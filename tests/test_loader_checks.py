@@ -149,7 +149,7 @@ def test_stale_conversions_are_cleaned_at_the_next_conversion(tmp_path, fake_ggu
     stale = _stale(root, ".tmp-killed", 2 * gguf_cache.STALE_AFTER_S, size=5000)
     fresh = _stale(root, ".tmp-running", 10)
 
-    def fake_convert(src, target):
+    def fake_convert(src, target, *_progress_and_check):
         assert not stale.exists() and fresh.exists()  # cleaned before converting
         raise RuntimeError("stop here")
 

@@ -338,7 +338,8 @@ def test_recorded_hooks_are_removed_even_when_the_pass_fails():
     lin = torch.nn.Linear(3, 2)
     with recorded([(lin, "in", True), (lin, "out", False)]) as store:
         lin(torch.ones(1, 3))
-    assert [t.shape for t in store["in"]] == [(1, 3)] and [t.shape for t in store["out"]] == [(1, 2)]
+    # a 2-D (batch * n, d) tensor is read as (batch, n, d), as OPT's flattened FFN is
+    assert [t.shape for t in store["in"]] == [(1, 1, 3)] and [t.shape for t in store["out"]] == [(1, 1, 2)]
     assert not lin._forward_hooks and not lin._forward_pre_hooks
     with pytest.raises(RuntimeError, match="boom"), recorded([(lin, "out", False)]):
         raise RuntimeError("boom")
