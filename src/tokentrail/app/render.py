@@ -15,7 +15,8 @@ from pandas.io.formats.style import Styler
 from tokentrail import AttentionStep, HeadsAt, LensResult, Trail, View
 from tokentrail.present.plots import ACCENT, SELECTOR_METRICS, metric_by_layer, token_labels
 
-OWN_STYLE = f"background-color: #fff1e6; color: {ACCENT}; font-weight: 700"
+# colours from the page's CSS variables (app/style.py), so a cell follows the colour scheme
+OWN_STYLE = "background-color: var(--tt-own-bg); color: var(--tt-own-fg); font-weight: 700"
 SELECTED_CELL = f"outline: 3px solid {ACCENT}; outline-offset: -3px; font-weight: 700"
 HEAT_METRICS = SELECTOR_METRICS  # the metric registry, read live: every registered metric is selectable
 
@@ -26,7 +27,7 @@ _STOPS = [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8,
 def _colour(x: float) -> str:
     """Background and text colour for x in [0, 1] (NaN: blank)."""
     if x is None or not np.isfinite(x):
-        return "color: #9aa5b1"
+        return "color: var(--tt-muted)"
     x = min(max(float(x), 0.0), 1.0) * (len(_STOPS) - 1)
     i = min(int(x), len(_STOPS) - 2)
     f = x - i
@@ -113,8 +114,8 @@ def neighbour_table(trail: Trail, view: View, token: int) -> Styler:
 
     def style(frame: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        out.iloc[:, 0] = "color: #9aa5b1"
-        out.iloc[k, :] = "border-top: 2px solid #cbd2d9; color: #52606d"
+        out.iloc[:, 0] = "color: var(--tt-muted)"
+        out.iloc[k, :] = "border-top: 2px solid var(--border-color-primary); color: var(--tt-muted)"
         for r, c in own_cells:
             out.iloc[r, c] = OWN_STYLE
         return out
@@ -182,7 +183,7 @@ def heads_table(trail: Trail, heads: HeadsAt) -> Styler:
 
     def style(frame: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        out.iloc[:, 0] = "color: #52606d; font-weight: 600"
+        out.iloc[:, 0] = "color: var(--tt-muted); font-weight: 600"
         for r, c in own_cells:
             out.iloc[r, c] = OWN_STYLE
         return out

@@ -11,19 +11,56 @@ import gradio as gr
 
 from tokentrail.present.plots import ACCENT
 
+# Soft's orange-500 labels, buttons and selected options read at 2.4-3.6:1 (WCAG AA wants
+# 4.5:1): the same hue, a shade or two darker, and the help text a shade darker too
 THEME = gr.themes.Soft(
     primary_hue="orange", secondary_hue="slate", neutral_hue="slate", font=["Inter", "system-ui", "sans-serif"]
+).set(
+    block_label_text_color="*primary_800",
+    block_label_background_fill_dark="*primary_800",
+    block_label_text_color_dark="white",
+    block_title_text_color="*primary_800",
+    block_title_text_color_dark="*primary_200",
+    block_info_text_color="*neutral_600",
+    block_info_text_color_dark="*neutral_300",
+    body_text_color_subdued="*neutral_600",
+    body_text_color_subdued_dark="*neutral_300",
+    button_primary_background_fill="*primary_700",
+    button_primary_background_fill_hover="*primary_800",
+    button_primary_background_fill_dark="*primary_700",
+    button_primary_background_fill_hover_dark="*primary_800",
+    button_primary_text_color="white",
+    button_primary_text_color_dark="white",
+    checkbox_label_background_fill_selected="*primary_700",
+    checkbox_label_background_fill_selected_dark="*primary_700",
+    checkbox_label_text_color_selected="white",
+    checkbox_label_text_color_selected_dark="white",
+    color_accent="*primary_700",
 )
 
 TABLES = ("#table", "#heads", "#lens-table", "#walk-sources", "#walk-vectors", "#cmp-table")
 TABLE_CELLS = ", ".join(f"{t} {c}" for t in TABLES for c in ("td", "th", "[role=gridcell]", "[role=columnheader]"))
 
 CSS = f"""
+/* colours that follow the colour scheme (Gradio puts .dark on <body>); each pair reads at
+   4.5:1 or more on the page's background in its scheme */
+:root {{ --tt-accent-text: #9a3412; --tt-accent-strong: #c2410c; --tt-own-bg: #fff1e6; --tt-own-fg: #9a3412; --tt-muted: #4b5563; }}
+.dark {{ --tt-accent-text: #fdba74; --tt-accent-strong: #c2410c; --tt-own-bg: #431407; --tt-own-fg: #fed7aa; --tt-muted: #cbd5e1; }}
+#tabs [role=tab][aria-selected=true] {{ color: var(--tt-accent-text); }}
+
+/* plotly figures in dark mode: the page's background and light text (the figures are drawn
+   for a light page; !important outranks plotly's inline styles, so every redraw follows) */
+.dark .js-plotly-plot .main-svg {{ background: transparent !important; }}
+.dark .js-plotly-plot .bg {{ fill: var(--block-background-fill) !important; }}
+.dark .js-plotly-plot :is(.xtick, .ytick, .g-gtitle, .g-xtitle, .g-ytitle, .cbaxis, .g-cbtitle, .cbtitle) :is(text, tspan),
+.dark .js-plotly-plot :is(.legendtext, .legendtitletext) {{ fill: #e5e7eb !important; }}
+.dark .js-plotly-plot :is(.gridlayer, .zerolinelayer) path {{ stroke: rgba(255, 255, 255, 0.12) !important; }}
+.dark .js-plotly-plot .annotation-text-g text {{ fill: #e5e7eb !important; }}
 /* one line of header: the result, not the title, gets the first screen */
 #header h1 {{ display: inline; font-size: 1.45em; margin: 0 0.5em 0 0; }}
 #header p {{ display: inline; color: var(--body-text-color-subdued); margin: 0; font-size: 13px; }}
 #header p:first-child {{ display: inline; }}
-#status {{ padding: 6px 12px; border-left: 4px solid {ACCENT}; background: var(--background-fill-secondary); color: var(--body-text-color); border-radius: 4px; }}
+#status {{ padding: 6px 12px; border-left: 4px solid var(--tt-accent-strong); background: var(--background-fill-secondary); color: var(--body-text-color); border-radius: 4px; }}
 
 /* token chips: the Radio's options, one pill each; the selected one filled */
 #tokens .wrap {{ gap: 6px 6px; }}
@@ -37,7 +74,7 @@ CSS = f"""
    keys move the selection; it is only made invisible */
 #tokens label input {{ position: absolute; opacity: 0; width: 1px; height: 1px; margin: 0; pointer-events: none; }}
 #tokens label:focus-within {{ outline: 2px solid {ACCENT}; outline-offset: 2px; }}
-#tokens label.selected {{ background: {ACCENT}; border-color: {ACCENT}; color: white; }}
+#tokens label.selected {{ background: var(--tt-accent-strong); border-color: var(--tt-accent-strong); color: white; }}
 #tokens label.selected span {{ color: white; }}
 
 .howto {{ background: var(--background-fill-secondary); color: var(--body-text-color); border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 2px 12px; }}
@@ -52,7 +89,7 @@ CSS = f"""
 #heat table.heat td {{ cursor: pointer; min-width: 44px; }}
 #heat .heat-wrap {{ display: inline-block; max-width: 100%; }}
 #heat table.heat td:hover {{ outline: 2px solid #52606d; outline-offset: -2px; }}
-#heat table.heat tr.sel th, #heat table.heat thead th.sel {{ color: {ACCENT}; font-weight: 700; }}
+#heat table.heat tr.sel th, #heat table.heat thead th.sel {{ color: var(--tt-accent-text); font-weight: 700; }}
 #heat table.heat td.sel {{ outline: 3px solid {ACCENT}; outline-offset: -3px; font-weight: 700; }}
 /* Gradio sizes a table's columns on a hidden copy (td) and draws the rows as grid cells:
    both in the same font, or a drawn cell is wider than its column and gets cut ("own ra…") */
