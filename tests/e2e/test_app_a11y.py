@@ -6,6 +6,7 @@ docs/images/, which docs/app.md shows)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,7 +14,7 @@ gr = pytest.importorskip("gradio", reason="gradio not installed: pip install -e 
 pw = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'")
 expect = pw.expect
 
-from a11y_checks import CONTRAST_JS, FIGURE_BACKGROUNDS_JS, luminance  # noqa: E402
+from a11y_checks import CONTRAST_JS, FIGURE_BACKGROUNDS_JS, FOCUSED_JS, luminance  # noqa: E402
 from browser_helpers import EVENT_TIMEOUT_MS, new_context, open_tab, wait_until_idle  # noqa: E402
 from tokentrail.app import build_app, launch_options  # noqa: E402
 
@@ -61,6 +62,8 @@ def test_every_text_run_meets_wcag_aa_on_every_tab_in_light_and_dark_mode(browse
                 ready(page)
                 names = page.evaluate(TAB_NAMES_JS)
                 assert len(names) >= 10, names
+                page.mouse.move(0, 0)
+                page.screenshot(path=str(artifacts_dir / f"app-1280x720-{scheme}.png"))
                 for name in names:
                     open_tab(page, name)
                     wait_until_idle(page)
@@ -88,3 +91,151 @@ def test_every_text_run_meets_wcag_aa_on_every_tab_in_light_and_dark_mode(browse
     (artifacts_dir / "contrast-failures.json").write_text(json.dumps(failures, indent=1))
     assert not failures, f"text runs below WCAG AA: {counts}\n" + "\n".join(lines[:80])
     assert not light_figures, f"figures with a light background in dark mode: {light_figures}"
+
+
+def test_every_tab_shows_in_the_strip_at_1280x720(browser, serve_blocks):
+    """No tab folds into Gradio's overflow menu ("⋯") on a laptop screen."""
+    with serve_blocks(build_app(), **launch_options()) as url:
+        ctx = new_context(browser, viewport=LAPTOP)
+        try:
+            page = ctx.new_page()
+            page.goto(url)
+            ready(page)
+            tabs = page.locator("#tabs [role=tab]")
+            expect(tabs.first).to_be_visible()
+            names = tabs.all_inner_texts()
+            assert len(names) >= 10, names
+            for i in range(tabs.count()):
+                expect(tabs.nth(i)).to_be_visible()
+                box = tabs.nth(i).bounding_box()
+                assert box["x"] + box["width"] <= LAPTOP["width"], names[i]
+            expect(page.locator("#tabs .overflow-menu, #tabs button.overflow-menu")).to_be_hidden()
+        finally:
+            ctx.close()
+
+
+def tab_stop(page) -> str:
+    page.keyboard.press("Tab")
+    return page.evaluate(FOCUSED_JS)
+
+
+def test_keyboard_text_first_chips_one_stop_tab_strip_and_heatmap_arrows(browser, serve_blocks):
+    """The text box is within the first 3 Tab stops; the 14 chips are one Tab stop whose
+    arrow keys move (quick presses keep the last selection); the tab strip's arrow keys
+    open the next tab; heatmap cells take focus, arrows move, Enter selects; Tab out of
+    the Correction box keeps the focus on the page."""
+    with serve_blocks(build_app(), **launch_options()) as url:
+        ctx = new_context(browser, viewport=LAPTOP)
+        try:
+            page = ctx.new_page()
+            page.goto(url)
+            ready(page)
+            page.locator("#header").click()  # the focus starts at the top of the page
+            stops = [tab_stop(page) for _ in range(3)]
+            assert "textarea#text" in stops, stops
+
+            # the chips: one Tab stop
+            expect(page.locator("#tokens input[type=radio]")).to_have_count(14)
+            page.locator("#tokens input:checked").focus()
+            assert page.locator("#tokens input[tabindex='0']").count() == 1
+            after = tab_stop(page)
+            assert "#tokens" not in after, after
+            page.keyboard.press("Shift+Tab")
+            assert page.evaluate(FOCUSED_JS) == "input#tokens"
+            # three quick presses: time (1) -> an (4), and the selection stays there
+            for _ in range(3):
+                page.keyboard.press("ArrowRight")
+            expect(page.locator("#status")).to_contain_text("Selected: an (token 4)")
+            wait_until_idle(page)
+            expect(page.locator("#status")).to_contain_text("Selected: an (token 4)")
+            expect(page.locator("#tokens label.selected")).to_have_text(re.compile(r"^\s*an\s*$"))
+
+            # the tab strip: the arrow keys open the next and previous tab
+            page.locator("#tabs [role=tab][aria-selected=true]").focus()
+            page.keyboard.press("ArrowRight")
+            expect(page.locator("#tabs [role=tab][aria-selected=true]")).to_have_text("Heatmap")
+            # heatmap cells: the selected cell is the grid's one Tab stop
+            cell = page.locator('#heat td[tabindex="0"]')
+            expect(cell).to_have_attribute("data-t", "4")
+            cell.focus()
+            page.keyboard.press("ArrowDown")
+            page.keyboard.press("ArrowRight")
+            assert page.evaluate("document.activeElement.dataset.t + ',' + document.activeElement.dataset.l") == "5,1"
+            page.keyboard.press("Enter")
+            expect(page.locator("#status")).to_contain_text("Selected: arrow (token 5) · layer 1")
+            expect(page.locator('#heat td.sel[data-t="5"][data-l="1"]')).to_be_focused()
+            page.keyboard.press("ArrowLeft")
+            page.locator("#tabs [role=tab][aria-selected=true]").focus()
+            page.keyboard.press("ArrowLeft")
+            expect(page.locator("#tabs [role=tab][aria-selected=true]")).to_have_text("Layers")
+
+            # Tab out of the Correction box: the focus goes on, not to <body>
+            page.locator("#correct input").focus()
+            page.keyboard.press("Tab")
+            wait_until_idle(page)
+            assert page.evaluate(FOCUSED_JS) != "BODY"
+        finally:
+            ctx.close()
+
+
+def test_empty_states_say_what_to_do(browser, serve_blocks):
+    """No empty table or blank plot frame: the lens on a model without a head, Compare
+    before pressing, Cross-attention on an encoder-only model and Study without studies
+    each say what to do; Compare's tokens follow the text."""
+    with serve_blocks(build_app(), **launch_options()) as url:
+        ctx = new_context(browser, viewport=LAPTOP)
+        try:
+            page = ctx.new_page()
+            page.goto(url)
+            ready(page)
+            open_tab(page, "Lens")
+            expect(page.locator("#lens-note")).to_contain_text("No logit lens for minilm")
+            expect(page.locator("#lens-note")).to_contain_text("choose a model with an output head")
+            expect(page.locator("#lens-table")).to_be_hidden()
+
+            open_tab(page, "Compare")
+            expect(page.locator("#cmp-status")).to_contain_text("press Compare")
+            for pid in ("cmp-table", "cmp-plot", "cmp-lines", "cmp-heat"):
+                expect(page.locator(f"#{pid}")).to_be_hidden()
+            expect(page.locator("#cmp-token-a textarea, #cmp-token-a input").first).to_have_value("flies:0")
+            # a text without "flies": the tokens follow it
+            page.locator("#text textarea").fill("I sat on a bank by one river bank.")
+            page.locator("#text textarea").press("Enter")
+            expect(page.locator("#cmp-token-a textarea, #cmp-token-a input").first).to_have_value("bank:0")
+            expect(page.locator("#cmp-token-b textarea, #cmp-token-b input").first).to_have_value("bank:1")
+            page.locator("#text textarea").fill("A cat sat.")
+            page.locator("#text textarea").press("Enter")
+            expect(page.locator("#cmp-token-a textarea, #cmp-token-a input").first).to_have_value("")
+            wait_until_idle(page)
+
+            open_tab(page, "Cross-attn")
+            expect(page.locator("#x-status")).to_contain_text("choose one in Model")
+            page.locator("#x-run").click()
+            expect(page.locator("#x-status")).to_contain_text("has one stack")
+            for pid in ("x-grid", "x-sources", "x-map"):
+                expect(page.locator(f"#{pid}")).to_be_hidden()
+
+            open_tab(page, "Study")
+            expect(page.locator("#study-status")).to_contain_text("tokentrail serve --studies DIR")
+            for pid in ("study-self-sim", "study-rank", "study-anisotropy", "study-jumps", "study-meta"):
+                expect(page.locator(f"#{pid}")).to_be_hidden()
+            open_tab(page, "Export")
+            expect(page.locator("#file")).to_be_hidden()
+        finally:
+            ctx.close()
+
+
+def test_phone_shows_the_text_and_the_result_before_the_controls(browser, serve_blocks, artifacts_dir):
+    with serve_blocks(build_app(), **launch_options()) as url:
+        ctx = new_context(browser, viewport=PHONE, is_mobile=True, has_touch=True)
+        try:
+            page = ctx.new_page()
+            page.goto(url)
+            ready(page)
+            top = {sel: page.locator(sel).bounding_box()["y"] for sel in ("#text", "#status", "#tabs", "#controls")}
+            assert top["#text"] < top["#status"] < top["#tabs"] < top["#controls"], top
+            assert top["#text"] + page.locator("#text").bounding_box()["height"] <= PHONE["height"]
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1
+            page.screenshot(path=str(artifacts_dir / "app-phone.png"))
+        finally:
+            ctx.close()

@@ -86,7 +86,7 @@ def build_map_tab(p, state: gr.State) -> None:
         p.map_layers = gr.Textbox("", label="Layers (empty: all)", scale=1, min_width=110, elem_id="map-layers")
         p.map_draw = gr.Button("Draw", variant="primary", scale=1, min_width=90, elem_id="map-draw")
     p.map_status = gr.Markdown("Analyse a text, then open this tab or press **Draw**.", elem_id="map-status")
-    p.map_plot = gr.Plot(show_label=False, elem_id="map-plot")
+    p.map_plot = gr.Plot(show_label=False, visible=False, elem_id="map-plot")  # shown once drawn
     p.map_pick = gr.HTML("", js_on_load=PICK_JS, visible="hidden", apply_default_css=False, elem_id="map-pick")
     inputs = [state, p.map_mode, p.map_method, p.map_tokens, p.map_layers]
     outputs = [p.map_status, p.map_plot]
@@ -129,7 +129,10 @@ def _draw(session: Session, mode, method, tokens, layers):
         fig, frame = session.trajectory_map(toks, parse_layers(layers, trail.n_layers), method)
         what = f"paths at `{session.options.sites[0]}`"
     n = len(frame)
-    return f"{n} points: {what}, {METHOD_LABELS[method]}. Click a point to select its token and layer.", fig
+    return (
+        f"{n} points: {what}, {METHOD_LABELS[method]}. Click a point to select its token and layer.",
+        gr.Plot(fig, visible=True),
+    )
 
 
 def parse_tokens(trail, text: object) -> list[int] | None:

@@ -211,6 +211,23 @@ def lens_table(trail: Trail, lens: LensResult, emb: LensResult, token: int, labe
     return pd.DataFrame(rows)
 
 
+def no_lens(model_label: str, exc: Exception) -> str:
+    """The Lens tab's empty state: why there is no lens, and what to do for one."""
+    return (
+        f"**No logit lens for {html.escape(model_label)}**: {html.escape(str(exc))}\n\n"
+        "To read one, choose a model with an output head in **Model** (a decoder such as smollm2)."
+    )
+
+
+FLAT_RANK = "rank 0 at every layer, every token: its own token stays the nearest"
+
+
+def rank_is_flat(view: View) -> bool:
+    """Whether every token's rank is 0 at every layer (a rank plot would be one flat line)."""
+    ranks = metric_by_layer(view, "rank")
+    return bool(np.all(np.nan_to_num(ranks, nan=0.0) == 0))
+
+
 def lens_caption(trail: Trail, lens: LensResult, token: int, model_label: str) -> str:
     nxt = ""
     if lens.is_decoder:

@@ -76,6 +76,10 @@ CSS = f"""
 #tokens label:focus-within {{ outline: 2px solid {ACCENT}; outline-offset: 2px; }}
 #tokens label.selected {{ background: var(--tt-accent-strong); border-color: var(--tt-accent-strong); color: white; }}
 #tokens label.selected span {{ color: white; }}
+/* where quick arrow presses have moved the selection, before it reaches the server */
+#tokens label.tt-pending {{ background: var(--tt-accent-strong); border-color: var(--tt-accent-strong); color: white; }}
+#tokens label.tt-pending span {{ color: white; }}
+#heat table.heat td:focus-visible {{ outline: 3px solid var(--tt-accent-text); outline-offset: -3px; }}
 
 .howto {{ background: var(--background-fill-secondary); color: var(--body-text-color); border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 2px 12px; }}
 .howto p, .howto li {{ font-size: 12.5px; line-height: 1.45; }}
@@ -98,22 +102,84 @@ CSS = f"""
 #walk ol {{ line-height: 1.6; }}
 """
 
-# Keyboard for the token chips. Gradio gives every radio of a Radio its own name, so the
-# browser's arrow-key movement within one radio group does not apply: Tab reaches each
-# chip (Space selects it), and this listener makes the arrow keys (and Home/End) move
-# the selection to the previous/next token, as in a native radio group.
+# The page's keyboard (issue 24): the token chips are one roving-tabindex group (one Tab
+# stop; the arrow keys, Home and End move, and only the last of quick presses reaches the
+# server, after a short pause, so no selection is lost to a round trip); the tab strip is
+# one Tab stop whose arrow keys open the next/previous tab; the heatmap's cells are one Tab
+# stop whose arrow keys move and Enter/Space selects (keeping the focus on the grid as it
+# redraws). Gradio gives every radio of a Radio its own name, so the browser's own
+# radio-group keys do not apply.
 HEAD = """<script>
-document.addEventListener("keydown", (e) => {
-  const box = e.target && e.target.closest ? e.target.closest("#tokens") : null;
-  if (!box || e.target.tagName !== "INPUT" || e.altKey || e.ctrlKey || e.metaKey) return;
-  const step = {ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1}[e.key];
-  if (step === undefined && e.key !== "Home" && e.key !== "End") return;
-  const inputs = Array.from(box.querySelectorAll("input[type=radio]"));
-  const i = inputs.indexOf(e.target);
-  const j = e.key === "Home" ? 0 : e.key === "End" ? inputs.length - 1 : i + step;
-  e.preventDefault();
-  if (j < 0 || j >= inputs.length || j === i) return;
-  inputs[j].focus();
-  inputs[j].click();
-});
+(() => {
+  const CHIP_PAUSE_MS = 250;
+  let chipTimer = null, heatKeys = false, scheduled = false;
+  const rove = () => {
+    scheduled = false;
+    const box = document.getElementById('tokens');
+    if (box) {
+      const inputs = [...box.querySelectorAll('input[type=radio]')];
+      box.querySelectorAll('label.tt-pending.selected').forEach((l) => l.classList.remove('tt-pending'));
+      const cur = inputs.find((i) => i === document.activeElement) || inputs.find((i) => i.checked) || inputs[0];
+      inputs.forEach((i) => { i.tabIndex = i === cur ? 0 : -1; });
+    }
+    const tabs = [...document.querySelectorAll('#tabs [role=tab]')];
+    const sel = tabs.find((t) => t.getAttribute('aria-selected') === 'true') || tabs[0];
+    tabs.forEach((t) => { t.tabIndex = t === sel ? 0 : -1; });
+    const cells = [...document.querySelectorAll('#heat td[data-t]')];
+    if (cells.length && !cells.some((c) => c.tabIndex === 0)) {
+      const home = document.querySelector('#heat td.sel') || cells[0];
+      cells.forEach((c) => { c.tabIndex = c === home ? 0 : -1; });
+      if (heatKeys && (document.activeElement === document.body || !document.activeElement)) home.focus();
+    }
+  };
+  const schedule = () => { if (!scheduled) { scheduled = true; requestAnimationFrame(rove); } };
+  new MutationObserver(schedule).observe(document.documentElement, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ['aria-selected', 'class'],
+  });
+  const STEP = {ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1};
+  const target = (e, list, i) => {
+    if (e.key === 'Home') return 0;
+    if (e.key === 'End') return list.length - 1;
+    return STEP[e.key] === undefined ? -1 : i + STEP[e.key];
+  };
+  document.addEventListener('keydown', (e) => {
+    if (e.altKey || e.ctrlKey || e.metaKey || !e.target || !e.target.closest) return;
+    const chips = e.target.tagName === 'INPUT' ? e.target.closest('#tokens') : null;
+    if (chips) {
+      const inputs = [...chips.querySelectorAll('input[type=radio]')];
+      const j = target(e, inputs, inputs.indexOf(e.target));
+      if (j === -1 && STEP[e.key] === undefined && e.key !== 'Home' && e.key !== 'End') return;
+      e.preventDefault();
+      if (j < 0 || j >= inputs.length) return;
+      inputs.forEach((i) => { i.tabIndex = i === inputs[j] ? 0 : -1; });
+      inputs[j].focus();
+      chips.querySelectorAll('label.tt-pending').forEach((l) => l.classList.remove('tt-pending'));
+      inputs[j].closest('label').classList.add('tt-pending');
+      clearTimeout(chipTimer);
+      chipTimer = setTimeout(() => { if (!inputs[j].checked) inputs[j].click(); }, CHIP_PAUSE_MS);
+      return;
+    }
+    const tab = e.target.closest('#tabs [role=tab]');
+    if (tab) {
+      const tabs = [...document.querySelectorAll('#tabs [role=tab]')].filter((t) => t.offsetParent !== null);
+      const j = target(e, tabs, tabs.indexOf(tab));
+      if (j < 0 || j >= tabs.length) return;
+      e.preventDefault();
+      tabs[j].focus();
+      tabs[j].click();
+      return;
+    }
+    const cell = e.target.closest('#heat td[data-t]');
+    if (cell) {
+      if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); heatKeys = true; cell.click(); return; }
+      const dt = {ArrowDown: 1, ArrowUp: -1}[e.key] || 0, dl = {ArrowRight: 1, ArrowLeft: -1}[e.key] || 0;
+      if (!dt && !dl) return;
+      const next = document.querySelector(
+        `#heat td[data-t="${Number(cell.dataset.t) + dt}"][data-l="${Number(cell.dataset.l) + dl}"]`);
+      e.preventDefault();
+      if (!next) return;
+      cell.tabIndex = -1; next.tabIndex = 0; next.focus();
+    }
+  });
+})();
 </script>"""

@@ -50,23 +50,25 @@ PLOT_CHOICES = {
 
 
 def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> None:
-    """The result tabs (call inside the page's results column), their components on ``p``."""
+    """The result tabs (call inside the page's results column), their components on ``p``.
+    Their names are short so that every tab shows in the strip at 1280 px (none folds
+    into Gradio's overflow menu); each tab's help panel says what it shows."""
     with gr.Tabs(selected="layers", elem_id="tabs"):
-        with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
+        with gr.Tab("Layers", id="layers", elem_id="tab-layers") as p.tab_layers:
             _build_layers_tab(p)
-        with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
+        with gr.Tab("Heatmap", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
             _build_heatmaps_tab(p)
         with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
             _build_heads_tab(p)
-        with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
+        with gr.Tab("Lens", id="lens", elem_id="tab-lens") as p.tab_lens:
             _build_lens_tab(p)
-        with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
+        with gr.Tab("Steps", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
             _build_walkthrough_tab(p)
         with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
             build_compare_tab(p, menu)
         with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
             build_map_tab(p, state)
-        with gr.Tab("Cross-attention", id="cross", elem_id="tab-cross") as p.tab_cross:
+        with gr.Tab("Cross-attn", id="cross", elem_id="tab-cross") as p.tab_cross:
             build_cross_tab(p, menu)
         with gr.Tab("Study", id="study", elem_id="tab-study"):
             build_study_tab(p, shelf)
@@ -127,6 +129,7 @@ def _build_lens_tab(p: Page) -> None:
         wrap=True,
         max_height=520,
         pinned_columns=1,
+        visible=False,  # shown with the model's predictions (a model without a head has none)
         elem_id="lens-table",
     )
 
@@ -151,7 +154,7 @@ def _build_export_tab(p: Page) -> None:
         )
         p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
         p.export_plot = gr.Button("Download plot", elem_id="export-plot")
-    p.file = gr.File(label="Download", interactive=False, elem_id="file")
+    p.file = gr.File(label="Download", interactive=False, visible=False, elem_id="file")
 
 
 # ---- rendering a session into the page ---------------------------------------------------
@@ -183,8 +186,25 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
     view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
     if session.tab == "layers":
         out["table"] = render.neighbour_table(trail, view, t)
-        out["plot_sim"] = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
-        out["plot_rank"] = plots.layer_lines(trail, view, "rank", t)
+        sim = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
+        if render.rank_is_flat(view):
+            # a flat line at 0 says nothing: the rank goes on the similarity plot as a note,
+            # and the row keeps the plots that vary
+            sim.add_annotation(
+                text=render.FLAT_RANK,
+                xref="paper",
+                yref="paper",
+                x=0.99,
+                y=0.02,
+                showarrow=False,
+                xanchor="right",
+                yanchor="bottom",
+                font=dict(size=12),
+            )
+            out["plot_rank"] = gr.Plot(visible=False)
+        else:
+            out["plot_rank"] = gr.Plot(plots.layer_lines(trail, view, "rank", t), visible=True)
+        out["plot_sim"] = sim
         out["plot_overlap"] = plots.layer_lines(trail, view, "overlap", t)
     elif session.tab == "heatmaps":
         out["heat"] = render.heat_html(trail, view, metric, t, l, adjusted=adjusted)
@@ -195,13 +215,13 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
     elif session.tab == "lens":
         try:
             lens, emb = session.lens()
-        except ModelError as exc:  # no output head: say so in the tab, the rest of the page is fine
-            out["lens_note"] = f"No logit lens for {label}: {exc}"
-            out["lens_table"] = None
+        except ModelError as exc:  # no output head: say so in the tab (no empty table), the rest of the page is fine
+            out["lens_note"] = render.no_lens(label, exc)
+            out["lens_table"] = gr.Dataframe(None, visible=False)
         else:
             ids = np.concatenate([lens.top_ids[:, t].reshape(-1), emb.top_ids[:, t].reshape(-1)])
             out["lens_note"] = render.lens_caption(trail, lens, t, label)
-            out["lens_table"] = render.lens_table(trail, lens, emb, t, session.labels(ids))
+            out["lens_table"] = gr.Dataframe(render.lens_table(trail, lens, emb, t, session.labels(ids)), visible=True)
     elif session.tab == "walkthrough":
         step = session.step()
         out["walk"] = render.step_summary(trail, step)

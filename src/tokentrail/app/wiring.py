@@ -296,7 +296,7 @@ def _wire_export(w: Wiring, folder: ExportFolder) -> None:
         session = w.session_for(session)
         trail = session.require_trail()
         path = write_results(trail, fmt, folder)
-        return str(path), f"Exported the analysis as {fmt}: {path.name}"
+        return gr.File(str(path), visible=True), f"Exported the analysis as {fmt}: {path.name}"
 
     p.export_results.click(
         export_results, [state, p.result_fmt], [p.file, p.status], api_name="export_results", **common
@@ -317,7 +317,7 @@ def _wire_export(w: Wiring, folder: ExportFolder) -> None:
         else:
             fig = plots.layer_lines(trail, view, kind, session.token, adjusted=adjusted, height=420)
         path = write_plot(fig, fmt, f"tokentrail-{kind}", folder)
-        return str(path), f"Exported the {which} plot as {fmt}: {path.name}"
+        return gr.File(str(path), visible=True), f"Exported the {which} plot as {fmt}: {path.name}"
 
     p.export_plot.click(
         export_plot, [state, p.plot_which, p.plot_fmt, *display], [p.file, p.status], api_name="export_plot", **common
