@@ -420,9 +420,15 @@ def check_lens(model, adapter, acts, atol=ATOL):
     nxt = ids[1:]
     assert (torch.from_numpy(lens.next_rank[-1, :-1]) == (own[:-1] > own[:-1].gather(1, nxt[:, None])).sum(1)).all()
     assert (lens.next_rank[:, -1] == -1).all() and torch.isnan(torch.from_numpy(lens.next_prob[:, -1])).all()
+    # KL(final ‖ layer) from the model's own logits and the lens' logits of the first layer
+    first = torch.log_softmax(adapter.lens_head()(acts.layer_out[0]).float(), -1)
+    final = torch.log_softmax(own, -1)
+    want_kl = (final.exp() * (final - first)).sum(-1)
+    assert_close(torch.from_numpy(lens.kl[0]), want_kl, rtol=1e-4, atol=1e-5)
+    assert (lens.kl[-1] == 0).all()
     frame = lens.frame()
-    assert list(frame.columns) == ["token", "layer", "metric", "value"]
-    assert set(frame.metric) == {"own_rank", "own_prob", "next_rank", "next_prob", "entropy"}
+    assert list(frame.columns) == ["token", "token_str", "layer", "metric", "value"]
+    assert set(frame.metric) == {"own_rank", "own_prob", "next_rank", "next_prob", "entropy", "kl"}
     assert frame[(frame.metric == "next_rank") & (frame.token == n - 1)].value.isna().all()
     assert lens.ids_used() == {int(i) for i in lens.top_ids.reshape(-1)}
     assert len(lens.top_frame()) == L * n * 5
@@ -536,11 +542,14 @@ def test_lens_chunking_is_exact(tiny):
     acts = capture(adapter, ids)
     whole = logit_lens(adapter, acts, k=4)
     V = adapter.lens_head()(acts.layer_out[0, :1]).shape[1]
-    for chunk in (1, 4 * V * 16):  # one cell per chunk; four (they straddle the layers: 9 tokens)
+    # one row per product (the final layer's row held apart for the KL); blocks of 2 tokens,
+    # both layers in one product (9 tokens: the last block is one token)
+    for chunk in (1, 4 * V * 24):
         bits = logit_lens(adapter, acts, k=4, chunk_bytes=chunk)
         for f in ("top_ids", "own_rank", "next_rank"):
             assert (getattr(whole, f) == getattr(bits, f)).all()
         assert_close(torch.from_numpy(whole.entropy), torch.from_numpy(bits.entropy))
+        assert_close(torch.from_numpy(whole.kl), torch.from_numpy(bits.kl))
     with torch.no_grad():
         for layer in range(adapter.n_layers):
             logits = adapter.lens_head()(acts.layer_out[layer])

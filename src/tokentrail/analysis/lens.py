@@ -15,7 +15,8 @@ Per layer and token it reports the top-k predictions with their probabilities, t
 of the token itself and, for decoders, the rank of the *next* token (what the model is
 trained to predict there; -1 / NaN at the last token, which has no next token). Ranks
 follow SPEC: 0-based, counting vocabulary ids with a strictly higher logit, so ties
-favour the token; top-k ties go to the lower id.
+favour the token; top-k ties go to the lower id. With every layer at hand it also reports
+each layer's KL divergence from the final layer's distribution (tuned-lens' picture).
 
 Nothing here runs the model's forward pass: the lens takes the adapter (for its head)
 and the captured :class:`~tokentrail.engine.capture.Activations`.
@@ -48,6 +49,7 @@ def logit_lens(
     site: str = "layer_out",  # or "embeddings": one row, the head applied to e_t
     chunk_bytes: int | None = None,
     beside_scratch: bool = False,
+    kl: bool = True,
 ) -> LensResult:
     """Apply the model's own output head to ``site`` at every layer of ``acts``.
 
@@ -56,6 +58,11 @@ def logit_lens(
     place of the views' scratch block (let go first), or with ``beside_scratch`` (a
     streamed trace, whose next layer's views need the block) come in what the memory
     bound leaves beside the block and a window of row norms.
+
+    ``kl``: also the KL divergence of each layer's distribution from the final layer's
+    (``KL(p_L ‖ p_l)``, nats; tuned-lens' measure), computed with the final layer's rows
+    of each token block held beside the chunk; off for a single layer (a streamed trace
+    sees one layer at a time) and for the embeddings row.
     """
     if site not in LENS_SITES and site != EMBEDDINGS:
         raise InputError(
@@ -77,43 +84,66 @@ def logit_lens(
     decoder = adapter.is_decoder
     V = head(vecs[0, :1]).shape[1]  # the head's vocabulary (may differ from the embedding table's)
     kk = min(k, V)
-    step = max(1, chunk_bytes // (V * 4 * 4))  # logits, log-probs, probs (entr in place) and topk's work per chunk
+    # logits, log-probs, probs (entr in place) and topk's work per row, and the final layer's
+    # log-probs and probabilities kept for the KL of this token block's other layers
+    step = max(1, chunk_bytes // (V * 4 * 6))
     # next token of t is t+1; the last token has none (its placeholder is masked below)
     nxt = torch.cat([ids[1:], ids[:1]])
     dev = vecs.device
-    # the cells as one (L * n) list, chunked across layers: a short text's layers go through
-    # the head in one product (memory-bound per layer when each has only a few rows)
-    cells = L * n
-    flat = vecs.reshape(cells, -1)
-    cell_ids, cell_next = ids.repeat(L), nxt.repeat(L)
-    top_ids = torch.empty(cells, kk, dtype=torch.long, device=dev)
-    top_probs = torch.empty(cells, kk, device=dev)
-    own_rank = torch.empty(cells, dtype=torch.long, device=dev)
-    own_prob = torch.empty(cells, device=dev)
-    next_rank = torch.full((cells,), -1, dtype=torch.long, device=dev)
-    next_prob = torch.full((cells,), float("nan"), device=dev)
-    entropy = torch.empty(cells, device=dev)
-    for start in range(0, cells, step):
-        sl = slice(start, min(cells, start + step))
-        logits = head(flat[sl]).float()  # (m, V)
-        logp = torch.log_softmax(logits, dim=-1)
-        probs = logp.exp()
-        entropy[sl] = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
-        del probs
-        own = cell_ids[sl]
-        own_prob[sl] = logp.gather(1, own[:, None])[:, 0].exp()
-        if decoder:
-            nx = cell_next[sl]
-            next_rank[sl] = rank_in_vocab(logits, nx)
-            next_prob[sl] = logp.gather(1, nx[:, None])[:, 0].exp()
-        # the own rank and the top-k in the fused passes of the similarity views (it consumes logits)
-        _, rank, t_ids, _ = score_block(logits, own, kk)
-        own_rank[sl] = rank
-        top_ids[sl] = t_ids
-        top_probs[sl] = logp.gather(1, t_ids).exp()
-    top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy = (
-        t.view(L, n, *t.shape[1:]) for t in (top_ids, top_probs, own_rank, own_prob, next_rank, next_prob, entropy)
-    )
+    with_kl = kl and site != EMBEDDINGS and L > 1
+    top_ids = torch.empty(L, n, kk, dtype=torch.long, device=dev)
+    top_probs = torch.empty(L, n, kk, device=dev)
+    own_rank = torch.empty(L, n, dtype=torch.long, device=dev)
+    own_prob = torch.empty(L, n, device=dev)
+    next_rank = torch.full((L, n), -1, dtype=torch.long, device=dev)
+    next_prob = torch.full((L, n), float("nan"), device=dev)
+    entropy = torch.empty(L, n, device=dev)
+    div = torch.zeros(L, n, device=dev)
+    # token blocks of b tokens; each block's layers go through the head a few at a time, the
+    # final layer first (its distribution is the KL's reference): a short text is one block
+    # and, when the chunk holds every layer, one product for all layers and positions
+    b = min(n, max(1, step // L))
+    per = max(1, step // b)  # layers per product
+    order = [L - 1, *range(L - 1)]
+    for t0 in range(0, n, b):
+        tb = slice(t0, min(n, t0 + b))
+        m = tb.stop - t0
+        ref_logp = ref_p = None
+        for j in range(0, L, per):
+            layers = order[j : j + per]
+            rows = vecs[layers, tb].reshape(len(layers) * m, -1)
+            logits = head(rows).float()  # (len(layers) * m, V)
+            logp = torch.log_softmax(logits, dim=-1)
+            if with_kl and ref_logp is None:  # the final layer's rows come first
+                ref_logp = logp[:m].clone()
+                ref_p = ref_logp.exp()
+            probs = logp.exp()
+            ent = torch.special.entr(probs, out=probs).sum(-1)  # in place: one (m, V) fewer
+            del probs
+            own = ids[tb].repeat(len(layers))
+            own_p = logp.gather(1, own[:, None])[:, 0].exp()
+            if decoder:
+                nx = nxt[tb].repeat(len(layers))
+                n_rank = rank_in_vocab(logits, nx)
+                n_prob = logp.gather(1, nx[:, None])[:, 0].exp()
+            if with_kl:
+                assert ref_logp is not None and ref_p is not None
+                # KL(p_final ‖ p_l) = Σ_v p_final (log p_final − log p_l), one layer's rows at a time
+                kl_rows = torch.cat(
+                    [(ref_p * (ref_logp - logp[i * m : (i + 1) * m])).sum(-1) for i in range(len(layers))]
+                )
+            # the own rank and the top-k in the fused passes of the similarity views (it consumes logits)
+            _, rank, t_ids, _ = score_block(logits, own, kk)
+            t_probs = logp.gather(1, t_ids).exp()
+            for i, layer in enumerate(layers):
+                r = slice(i * m, (i + 1) * m)
+                entropy[layer, tb], own_prob[layer, tb], own_rank[layer, tb] = ent[r], own_p[r], rank[r]
+                top_ids[layer, tb], top_probs[layer, tb] = t_ids[r], t_probs[r]
+                if decoder:
+                    next_rank[layer, tb], next_prob[layer, tb] = n_rank[r], n_prob[r]
+                if with_kl:
+                    div[layer, tb] = kl_rows[r]
+            del logits, logp
     if decoder:
         next_rank[:, -1] = -1
         next_prob[:, -1] = float("nan")
@@ -128,4 +158,5 @@ def logit_lens(
         next_rank=next_rank.cpu().numpy() if decoder else None,
         next_prob=next_prob.cpu().numpy() if decoder else None,
         entropy=entropy.cpu().numpy(),
+        kl=div.clamp_min_(0.0).cpu().numpy() if with_kl else None,
     )

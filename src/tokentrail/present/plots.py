@@ -10,12 +10,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from tokentrail.engine.cells import MetricNames, adjusted_metric
+from tokentrail.results.figures import FONT
 from tokentrail.results.trail import HeadsAt, Trail, View
 from tokentrail.spec.errors import InputError
 
 ACCENT = "#d9480f"  # the selected token, everywhere in the app
 MUTED = "rgba(120, 130, 150, 0.35)"
-FONT = dict(family="Inter, system-ui, sans-serif", size=12, color="#1f2937")
 SUBTITLE_CHARS = 56  # a subtitle line at most (fits a plot ~400 px wide)
 
 LINE_METRICS = MetricNames("title")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tokentrail.results.records import CrossView, LensResult, RunInfo, View
+from tokentrail.results.records import LENS_METRICS, CrossView, LensResult, RunInfo, View
 from tokentrail.results.trailio import FORMAT_VERSION, TABLES
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.fileio import read_csv
@@ -133,7 +133,8 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         idx = tuple(_ints(a[c]) for c in ("layer", "head", "token", "source"))
         attentions = _fill(tuple(rb["attention_shape"]), dt["attentions"], idx, a["value"].to_numpy(np.float64))
 
-    lens = None if rb.get("lens") is None else _lens(rb["lens"], frames, n)
+    labels = {int(i): s for i, s in rb["labels"].items()}
+    lens = None if rb.get("lens") is None else _lens(rb["lens"], frames, n, tuple(tokens), labels)
     cross_views, cross_att = _cross(rb, frames, L, H, n)
 
     return dict(
@@ -146,7 +147,7 @@ def _one_stack(meta: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], wher
         n_layers=L,
         n_heads=H,
         views=tuple(views),
-        labels={int(i): s for i, s in rb["labels"].items()},
+        labels=labels,
         attentions=attentions,
         kv_groups=int(meta.get("kv_groups", 1)),
         lens=lens,
@@ -203,14 +204,17 @@ def _view(spec: Mapping[str, Any], met: pd.DataFrame, nb: pd.DataFrame, L: int, 
     )
 
 
-def _lens(ls: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], n: int) -> LensResult:
-    """The logit lens from its metadata (``ls``) and the lens and lens_top tables."""
+def _lens(
+    ls: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], n: int, tokens: tuple[str, ...], labels: dict[int, str]
+) -> LensResult:
+    """The logit lens from its metadata (``ls``) and the lens and lens_top tables, labelled
+    with the Trail's tokens and labels."""
     ld = ls["dtypes"]
     LL, k = int(ls["n_layers"]), int(ls["k"])
     lm = frames["lens"]
-    arrays: dict[str, np.ndarray | None] = {}
-    for name in ("own_rank", "own_prob", "next_rank", "next_prob", "entropy"):
-        if ld[name] is None:
+    arrays: dict[str, Any] = {}
+    for name in LENS_METRICS:
+        if ld.get(name) is None:  # kl: None in a streamed trace's lens (and in files before it)
             arrays[name] = None
             continue
         rows = lm[lm["metric"] == name]
@@ -227,7 +231,7 @@ def _lens(ls: Mapping[str, Any], frames: Mapping[str, pd.DataFrame], n: int) -> 
         top_ids=_fill((LL, n, k), ld["top_ids"], idx, _ints(lt["id"]).astype(np.float64)),
         top_probs=_fill((LL, n, k), ld["top_probs"], idx, lt["value"].to_numpy(np.float64)),
         **arrays,
-    )
+    ).labelled(tokens, lambda ids: {i: labels.get(i, str(i)) for i in ids})
 
 
 def _cross(

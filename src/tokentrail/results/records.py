@@ -8,12 +8,13 @@ these, and its files (:mod:`~tokentrail.results.trailio`) write and read them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tokentrail.results import figures
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
 
@@ -130,7 +131,7 @@ class CrossView:
         return (self.site, self.space, self.similarity)
 
 
-LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy")
+LENS_METRICS = ("own_rank", "own_prob", "next_rank", "next_prob", "entropy", "kl")
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,25 @@ class LensResult:
     next_rank: np.ndarray | None  # (L, n) int64, rank of token t+1; -1 at the last token; None for encoders
     next_prob: np.ndarray | None  # (L, n) float32; NaN at the last token; None for encoders
     entropy: np.ndarray  # (L, n) float32, nats
+    # (L, n) float32, nats: KL(final layer's distribution ‖ this layer's); None where it was
+    # not computed (a streamed trace, which holds one layer at a time; the embeddings row)
+    kl: np.ndarray | None = None
+    tokens: tuple[str, ...] = ()  # the text's tokens, for display (empty when not known)
+    labels: Mapping[int, str] = field(default_factory=dict)  # vocabulary id -> readable token, for display
+
+    def labelled(self, tokens: tuple[str, ...] | list[str], label: Any) -> LensResult:
+        """This result with the text's tokens and a label for every vocabulary id it names
+        (``label``: ids -> {id: text}, a loaded model's ``labels``)."""
+        ids = sorted(self.ids_used() | {int(i) for i in self.input_ids})
+        return replace(self, tokens=tuple(tokens), labels=dict(label(ids)))
+
+    def token_text(self, t: int) -> str:
+        """Token ``t``'s text (its id when the result carries no tokens)."""
+        return self.tokens[t] if self.tokens else self.label(int(self.input_ids[t]))
+
+    def label(self, i: int) -> str:
+        """Vocabulary id ``i``'s readable text (the id itself when not labelled)."""
+        return self.labels.get(int(i), str(int(i)))
 
     @property
     def n_layers(self) -> int:
@@ -162,6 +182,11 @@ class LensResult:
     @property
     def k(self) -> int:
         return self.top_ids.shape[2]
+
+    def plot(self, color: str = "prob", **kw: Any) -> Any:
+        """The lens as tuned-lens draws it (layers × positions, the top prediction in each
+        cell, coloured by ``color``: prob, entropy, kl or rank); see :func:`tokentrail.plots.lens_heatmap`."""
+        return figures.lens_figure(self, color, **kw)
 
     def ids_used(self) -> set[int]:
         """Every vocabulary id the result names (for labelling)."""
@@ -176,29 +201,92 @@ class LensResult:
             out["next_rank"] = nr
             out["next_prob"] = self.next_prob.astype(np.float64)
         out["entropy"] = self.entropy.astype(np.float64)
+        if self.kl is not None:
+            out["kl"] = self.kl.astype(np.float64)
         return out
 
     def frame(self) -> pd.DataFrame:
-        """Tidy: one row per token, layer and metric (columns token, layer, metric, value)."""
+        """Tidy: one row per token, layer and metric (columns token, token_str, layer,
+        metric, value), the first layer's tokens first, so ``head()`` shows the text."""
         L, n = self.n_layers, self.n_tokens
         li, ti = np.meshgrid(np.arange(L), np.arange(n), indexing="ij")
+        text = np.array([self.token_text(t) for t in range(n)], dtype=object)[ti.reshape(-1)]
         parts = [
-            pd.DataFrame({"token": ti.reshape(-1), "layer": li.reshape(-1), "metric": name, "value": vals.reshape(-1)})
+            pd.DataFrame(
+                {
+                    "token": ti.reshape(-1),
+                    "token_str": text,
+                    "layer": li.reshape(-1),
+                    "metric": name,
+                    "value": vals.reshape(-1),
+                }
+            )
             for name, vals in self.metrics().items()
         ]
         return pd.concat(parts, ignore_index=True)
 
     def top_frame(self) -> pd.DataFrame:
-        """Tidy top-k: one row per token, layer and place (columns token, layer, place, id, prob)."""
+        """Tidy top-k: one row per token, layer and place (columns token, token_str, layer,
+        place, id, id_str, prob)."""
         L, n, k = self.top_ids.shape
         li, ti, pi = np.meshgrid(np.arange(L), np.arange(n), np.arange(k), indexing="ij")
+        ids = self.top_ids.reshape(-1).astype(np.int64)
         return pd.DataFrame(
             {
                 "token": ti.reshape(-1),
+                "token_str": np.array([self.token_text(t) for t in range(n)], dtype=object)[ti.reshape(-1)],
                 "layer": li.reshape(-1),
                 "place": pi.reshape(-1),
-                "id": self.top_ids.reshape(-1).astype(np.int64),
+                "id": ids,
+                "id_str": [self.label(int(i)) for i in ids],
                 "prob": self.top_probs.reshape(-1).astype(np.float64),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class AttentionPatterns:
+    """Every head's attention probabilities of one stack of one text: ``weights[l, h, q, s]``
+    is how much query token ``q`` attended to source token ``s`` in head ``h`` of layer
+    ``l`` (rows sum to 1). ``kind`` self: the sources are the same tokens; cross (an
+    encoder-decoder's decoder): the sources are the encoder output's tokens."""
+
+    weights: np.ndarray  # (L, H, n, m)
+    tokens: tuple[str, ...]  # the n query tokens
+    source_tokens: tuple[str, ...]  # the m source tokens (the same tokens for self-attention)
+    kind: str = "self"  # "self" or "cross"
+    stack: str | None = None  # encoder-decoders: "encoder" / "decoder"
+    causal: bool = False  # a causal mask: a query attends to itself and earlier tokens only
+    model: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.weights.shape[1]
+
+    def plot(self, layer: int = 0, head: int | None = None, **kw: Any) -> Any:
+        """One head's pattern, or every head of ``layer`` (``head`` None), with a picker;
+        see :func:`tokentrail.plots.attention_pattern`."""
+        return figures.attention_figure(self, layer, head, **kw)
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy: one row per layer, head, query and source token (columns layer, head,
+        token, token_str, source, source_str, weight), the first head's rows first."""
+        L, H, n, m = self.weights.shape
+        li, hi, qi, si = np.meshgrid(np.arange(L), np.arange(H), np.arange(n), np.arange(m), indexing="ij")
+        q, src = qi.reshape(-1), si.reshape(-1)
+        return pd.DataFrame(
+            {
+                "layer": li.reshape(-1),
+                "head": hi.reshape(-1),
+                "token": q,
+                "token_str": np.array(self.tokens, dtype=object)[q],
+                "source": src,
+                "source_str": np.array(self.source_tokens, dtype=object)[src],
+                "weight": self.weights.reshape(-1).astype(np.float64),
             }
         )
 

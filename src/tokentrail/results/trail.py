@@ -19,7 +19,16 @@ import pandas as pd
 from tokentrail.engine.cells import metric_label
 from tokentrail.results import loading, trailio
 from tokentrail.results.notebook import trail_html
-from tokentrail.results.records import LENS_METRICS, CrossView, HeadsAt, LensResult, RunInfo, View, same  # noqa: F401 - re-exported
+from tokentrail.results.records import (  # noqa: F401 - re-exported
+    LENS_METRICS,
+    AttentionPatterns,
+    CrossView,
+    HeadsAt,
+    LensResult,
+    RunInfo,
+    View,
+    same,
+)
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import check_index
 from tokentrail.spec.tokens import find_token
@@ -111,6 +120,39 @@ class Trail:
                 "similarity": v.source_sims[layer, h, t].astype(np.float64),
                 "attention": att[order].astype(np.float64),
             }
+        )
+
+    def attention(self, kind: str = "self", *, stack: str | None = None) -> AttentionPatterns:
+        """Every head's attention pattern (``kind`` self, or cross for an encoder-decoder's
+        decoder) of one stack: this Trail's, or ``stack`` ("encoder"/"decoder") of an
+        encoder-decoder (cross reads the decoder)."""
+        trail = self
+        if kind not in ("self", "cross"):
+            raise InputError(f"unknown attention kind {kind!r}: choose self or cross")
+        if stack is not None:
+            if stack not in ("encoder", "decoder") or self.stack is None:
+                raise InputError(
+                    f"stack={stack!r}: stacks are encoder and decoder, of an encoder-decoder's Trail"
+                    + ("" if self.stack is not None else " (this model has one stack: leave stack out)")
+                )
+            trail = self.decoder if stack == "decoder" and self.decoder is not None else self
+        if kind == "cross":
+            trail = self.decoder if self.decoder is not None else self
+            if trail.cross_attentions is None or trail.source_tokens is None:
+                raise InputError("this Trail has no cross-attention: trace an encoder-decoder model (BART, Marian, T5)")
+            weights, sources = trail.cross_attentions, trail.source_tokens
+        else:
+            if trail.attentions is None:
+                raise InputError("this Trail has no attention weights (read back from an export without them)")
+            weights, sources = trail.attentions, trail.tokens
+        return AttentionPatterns(
+            weights=weights,
+            tokens=trail.tokens,
+            source_tokens=tuple(sources),
+            kind=kind,
+            stack=trail.stack,
+            causal=bool(trail.info.causal) and kind == "self",
+            model=trail.info.model,
         )
 
     def token_index(self, token: int | str) -> int:

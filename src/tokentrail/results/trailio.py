@@ -180,6 +180,7 @@ def _lens_meta(lens) -> dict[str, Any]:
                 "next_rank",
                 "next_prob",
                 "entropy",
+                "kl",
             )
         },
     }

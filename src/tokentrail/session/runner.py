@@ -31,8 +31,9 @@ from tokentrail.engine.budget import held_bytes
 from tokentrail.engine.capture import Activations, capture, head_qkv
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.walkthrough import AttentionStep, attention_step
-from tokentrail.results.trail import HeadsAt, LensResult, Trail
+from tokentrail.results.trail import AttentionPatterns, HeadsAt, LensResult, Trail
 from tokentrail.session.inputs import Encoded
+from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
 
 
@@ -148,7 +149,7 @@ class Run:
                 views, lens, passed = stream_views(m.adapter, m.spaces, self.ids, opts, say)
             if lens is not None:
                 with self._lock:
-                    self._lenses[(opts.k, opts.lens_site)] = lens
+                    self._lenses[(opts.k, opts.lens_site)] = lens.labelled(self.tokens, m.labels)
             return self._keep(opts, views, say, passed)
         return self._keep(opts, compute_views(m.adapter, m.spaces, self.acts, opts, say), say)
 
@@ -212,8 +213,23 @@ class Run:
         key = (k, site)
         with self._lock:
             if key not in self._lenses:
-                self._lenses[key] = logit_lens(self.model.adapter, self.acts, k=k, site=site)
+                lens = logit_lens(self.model.adapter, self.acts, k=k, site=site)
+                self._lenses[key] = lens.labelled(self.tokens, self.model.labels)
             return self._lenses[key]
+
+    def attention(self, kind: str = "self") -> AttentionPatterns:
+        """Every head's attention pattern of this text, (L, H, n, n), without scoring
+        anything against the vocabulary (``kind``: self; cross is for encoder-decoders)."""
+        if kind != "self":
+            raise InputError(f"kind={kind!r}: a {self.model.adapter.family} model has self-attention only")
+        m = self.model
+        return AttentionPatterns(
+            weights=self.acts.attentions.cpu().numpy(),
+            tokens=tuple(self.tokens),
+            source_tokens=tuple(self.tokens),
+            causal=self.causal,
+            model=m.name,
+        )
 
     def heads(self, layer: int, token: int, *, kind: str = "value", similarity: str = "cosine", k: int = 15) -> HeadsAt:
         """Every head of ``layer`` for ``token``, each against its own ``kind`` space. Cached."""

@@ -12,7 +12,7 @@ from tokentrail.analysis.lens import logit_lens
 from tokentrail.analysis.trail import make_trail
 from tokentrail.analysis.views import Progress, compute_views
 from tokentrail.engine.walkthrough import AttentionStep, attention_step, cross_attention_step
-from tokentrail.results.trail import HeadsAt, LensResult, Trail
+from tokentrail.results.trail import AttentionPatterns, HeadsAt, LensResult, Trail
 from tokentrail.session.runner import Lengths, Run
 from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import TraceOptions
@@ -118,8 +118,35 @@ class Seq2SeqRun(Run):
         key = (k, site)
         with self._lock:
             if key not in self._lenses:
-                self._lenses[key] = logit_lens(self._encoder().decoder_stack(), self.decoder_acts, k=k, site=site)
+                lens = logit_lens(self._encoder().decoder_stack(), self.decoder_acts, k=k, site=site)
+                self._lenses[key] = lens.labelled(self.decoder_tokens, self.model.labels)
             return self._lenses[key]
+
+    def attention(self, kind: str = "self", *, stack: str = "encoder") -> AttentionPatterns:
+        """Every head's attention pattern of one stack: self-attention of the encoder or the
+        decoder (``stack``), or the decoder's cross-attention over the source (``kind="cross"``)."""
+        if kind not in ("self", "cross"):
+            raise InputError(f"unknown attention kind {kind!r}: choose self or cross")
+        if kind == "cross":
+            weights = self.decoder_acts.cross_attentions
+            return AttentionPatterns(
+                weights=weights.cpu().numpy(),
+                tokens=tuple(self.decoder_tokens),
+                source_tokens=tuple(self.tokens),
+                kind="cross",
+                stack="decoder",
+                model=self.model.name,
+            )
+        _, _, acts = self._stack(stack)
+        tokens = self.decoder_tokens if stack == "decoder" else self.tokens
+        return AttentionPatterns(
+            weights=acts.attentions.cpu().numpy(),
+            tokens=tuple(tokens),
+            source_tokens=tuple(tokens),
+            stack=stack,
+            causal=stack == "decoder",
+            model=self.model.name,
+        )
 
     def heads(
         self,
