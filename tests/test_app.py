@@ -166,7 +166,22 @@ def call(client, api, *args) -> dict:
     return dict(zip(VIEWS, client.predict(*args, api_name=api)))
 
 
+def shown(value):
+    """An output's value; an output the callback also makes visible (``gr.Plot(fig,
+    visible=True)``: no empty frame before it has one) comes as Gradio's update dict."""
+    if isinstance(value, dict) and value.get("__type__") == "update":
+        value = value.get("value")
+    return value
+
+
+def file_path(value) -> str:
+    """A gr.File output's path, shown or not."""
+    value = shown(value)
+    return value["path"] if isinstance(value, dict) else value
+
+
 def plot_data(value) -> dict:
+    value = shown(value)
     assert value["type"] == "plotly"
     return json.loads(value["plot"])
 
@@ -182,6 +197,7 @@ def arr(value) -> np.ndarray:
 
 
 def frame(value) -> pd.DataFrame:
+    value = shown(value)
     return pd.DataFrame(value["data"], columns=value["headers"])
 
 
@@ -379,6 +395,9 @@ def test_lens_tab_matches_the_library_with_an_embeddings_row(client, tiny):
         first = labels[int(lens.top_ids[-1, t, 0])]
         assert table["top predictions"].iloc[-1].lstrip("★ ").startswith(first)
         assert f"applied to **{site}**" in v["lens_note"]
+        # the picture: layers x positions, each cell's top prediction as its text
+        cells = plot_data(v["lens_heat"])["data"][0]
+        assert cells["type"] == "heatmap" and len(cells["text"][0]) == run.n_tokens
     # the last layer of the lens is the model's own prediction
     assert int(lens.top_ids[-1, t, 0]) == int(
         np.argmax(run.model.adapter.model(torch_ids(run))[0][0, t].detach().numpy())
@@ -386,7 +405,8 @@ def test_lens_tab_matches_the_library_with_an_embeddings_row(client, tiny):
     # MiniLM has no output head: the tab says so, the page keeps working
     tokenize(client)
     v = call(client, "/show_lens", False, "rank")
-    assert v["lens_note"].startswith("No logit lens for minilm") and "minilm" in v["status"]
+    assert v["lens_note"].startswith("**No logit lens for minilm**") and "minilm" in v["status"]
+    assert "choose a model with an output head" in v["lens_note"]
 
 
 def torch_ids(run):
@@ -640,7 +660,8 @@ def test_session_checks_selection_ranges_itself(trail):
 @pytest.mark.parametrize("fmt", ["CSV", "Parquet", "JSON"])
 def test_export_results(client, trail, fmt):
     tokenize(client)
-    path, status = client.predict(fmt, api_name="/export_results")
+    value, status = client.predict(fmt, api_name="/export_results")
+    path = file_path(value)
     assert f"as {fmt}" in status
     path = Path(path)
     if fmt == "CSV":
@@ -662,7 +683,8 @@ def test_export_results(client, trail, fmt):
 
 def test_export_plot_html(client):
     tokenize(client)
-    path, status = client.predict("rank across layers", "HTML", False, "rank", api_name="/export_plot")
+    value, status = client.predict("rank across layers", "HTML", False, "rank", api_name="/export_plot")
+    path = file_path(value)
     text = Path(path).read_text()
     assert "<html>" in text and "plotly" in text.lower() and "1 + rank" in text
 
@@ -672,7 +694,8 @@ def test_export_plot_html(client):
 )
 def test_export_plot_svg(client):
     tokenize(client)
-    path, status = client.predict("heatmap (token × layer)", "SVG", False, "rank", api_name="/export_plot")
+    value, status = client.predict("heatmap (token × layer)", "SVG", False, "rank", api_name="/export_plot")
+    path = file_path(value)
     assert Path(path).read_text().startswith("<svg")
 
 
@@ -823,7 +846,8 @@ def test_exports_live_in_a_private_folder_under_unguessable_names(demo, client):
     folder = demo.tokentrail_folder
     assert stat.S_IMODE(os.stat(folder.root).st_mode) == 0o700
     tokenize(client)
-    path, _ = client.predict("CSV", api_name="/export_results")
+    value, _ = client.predict("CSV", api_name="/export_results")
+    path = file_path(value)
     made = [f for f in folder.path.iterdir() if f.name.endswith(Path(path).suffix)]
     assert made and all(re.search(r"-[0-9a-f]{32}\.csv$", f.name) for f in made)
     # Gradio's served copy is in the private folder too, not in the system temp folder

@@ -154,8 +154,10 @@ def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudySh
         elem_id="causal",
         render=False,
     )
-    p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (Heads, Steps, Heatmap)", elem_id="layer", render=False)
-    p.head = gr.Slider(0, 1, value=0, step=1, label="Head (Steps)", elem_id="head", render=False)
+    p.layer = gr.Slider(
+        0, 1, value=0, step=1, label="Layer (Heads, Attention, Steps, Heatmap)", elem_id="layer", render=False
+    )
+    p.head = gr.Slider(0, 1, value=0, step=1, label="Head (Steps, Attention)", elem_id="head", render=False)
     return [p.model, p.site, p.similarity, p.k, p.positional, p.adjusted, p.correct, p.causal, p.layer, p.head]
 
 

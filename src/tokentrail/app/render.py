@@ -219,12 +219,12 @@ def no_lens(model_label: str, exc: Exception) -> str:
     )
 
 
-FLAT_RANK = "rank 0 at every layer, every token: its own token stays the nearest"
+FLAT_RANK = "rank 0 at every layer: its own token stays the nearest"
 
 
-def rank_is_flat(view: View) -> bool:
-    """Whether every token's rank is 0 at every layer (a rank plot would be one flat line)."""
-    ranks = metric_by_layer(view, "rank")
+def rank_is_flat(view: View, token: int) -> bool:
+    """Whether ``token``'s rank is 0 at every layer (its rank plot is a flat line)."""
+    ranks = metric_by_layer(view, "rank")[:, token]
     return bool(np.all(np.nan_to_num(ranks, nan=0.0) == 0))
 
 

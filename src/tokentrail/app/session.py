@@ -30,11 +30,13 @@ from tokentrail.app.options import (
 )
 from tokentrail.app.queues import concurrency_for
 from tokentrail.present.maps import head_map, trajectory_map
+from tokentrail.present.plots_lens import LENS_COLOURS
 from tokentrail.present.progress import CallbackProgress, Steps, analysis_steps
 from tokentrail.spec.errors import InputError, ModelError, TooLong
 from tokentrail.spec.options import HEAD_SPACES, LENS_SITES, TraceOptions
 
 LENS_K = 5  # predictions the lens tab shows per layer
+PATTERNS = ("all heads", "one head")  # the attention tab: every head of the layer (small multiples), or the one chosen
 SESSION_BYTES = 600_000_000  # one session's cached results at most (older analyses dropped)
 
 
@@ -123,6 +125,8 @@ class Session:
     tab: str = "layers"  # the view the page shows (only it is rendered on a click)
     head_space: str = "value"  # the heads tab compares each head with its value, key or query space
     lens_site: str = "layer_out"  # the residual the logit lens reads
+    lens_colour: str = "prob"  # what colours the lens heatmap's cells
+    pattern: str = "all heads"  # the attention tab: every head of the layer, or the head chosen
     max_trails: int = 3  # analyses kept per session (256 tokens on a 30-layer model: ~100 MB each)
     max_bytes: int = SESSION_BYTES  # older analyses are dropped beyond this (the current one stays)
     evicted: str | None = None  # why the cached results were dropped (said on the next click)
@@ -234,8 +238,19 @@ class Session:
                 self.layer, self.token, kind=self.head_space, similarity=self.options.similarities[0], k=self.options.k
             )
 
-    def choose(self, head_space: object = None, lens_site: object = None) -> None:
-        """Pick the heads tab's space and the residual the lens reads."""
+    def choose(
+        self, head_space: object = None, lens_site: object = None, lens_colour: object = None, pattern: object = None
+    ) -> None:
+        """Pick the heads tab's space, the residual the lens reads, what colours the lens
+        heatmap and whether the attention tab shows every head of the layer or one."""
+        if lens_colour is not None:
+            if lens_colour not in LENS_COLOURS:
+                raise InputError(f"the lens heatmap is coloured by {', '.join(LENS_COLOURS)}, not {lens_colour!r}")
+            self.lens_colour = str(lens_colour)
+        if pattern is not None:
+            if pattern not in PATTERNS:
+                raise InputError(f"the attention tab shows {' or '.join(PATTERNS)}, not {pattern!r}")
+            self.pattern = str(pattern)
         if head_space is not None:
             if head_space not in HEAD_SPACES:
                 raise InputError(f"unknown head space {head_space!r}: choose {', '.join(HEAD_SPACES)}")

@@ -14,8 +14,9 @@ from tokentrail.app.compare_tab import build_compare_tab
 from tokentrail.app.cross_tab import build_cross_tab
 from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS
 from tokentrail.app.map_tab import build_map_tab
-from tokentrail.app.session import ModelMenu, Session
+from tokentrail.app.session import PATTERNS, ModelMenu, Session
 from tokentrail.app.study_tab import StudyShelf, build_study_tab
+from tokentrail.plots import LENS_COLOURS, attention_pattern, lens_heatmap
 from tokentrail.present import plots
 from tokentrail.spec.errors import ModelError
 from tokentrail.spec.options import HEAD_SPACES, LENS_SITES
@@ -60,6 +61,8 @@ def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> 
             _build_heatmaps_tab(p)
         with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
             _build_heads_tab(p)
+        with gr.Tab("Attention", id="attention", elem_id="tab-attention") as p.tab_attention:
+            _build_attention_tab(p)
         with gr.Tab("Lens", id="lens", elem_id="tab-lens") as p.tab_lens:
             _build_lens_tab(p)
         with gr.Tab("Steps", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
@@ -118,11 +121,23 @@ def _build_heads_tab(p: Page) -> None:
     p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
 
 
+def _build_attention_tab(p: Page) -> None:
+    """Attention: the token x token pattern of the layer's heads (or of one head)."""
+    texts.panel(texts.ATTENTION)
+    p.pattern_scope = gr.Radio(
+        list(PATTERNS), value=PATTERNS[0], label="Show (the Layer and Head sliders choose)", elem_id="pattern-scope"
+    )
+    p.pattern = gr.Plot(show_label=False, elem_id="plot-pattern")
+
+
 def _build_lens_tab(p: Page) -> None:
-    """Logit lens: the predictions read from the residual at each layer."""
+    """Logit lens: the layers x positions picture, and the predictions for the selected token."""
     texts.panel(texts.LENS)
-    p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+    with gr.Row(equal_height=True):
+        p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+        p.lens_colour = gr.Radio(list(LENS_COLOURS), value="prob", label="Colour cells by", elem_id="lens-colour")
     p.lens_note = gr.Markdown(elem_id="lens-note")
+    p.lens_heat = gr.Plot(show_label=False, visible=False, elem_id="lens-heat")  # shown when the model has a lens
     p.lens_table = gr.Dataframe(
         label="Predictions per layer",
         interactive=False,
@@ -163,8 +178,9 @@ TAB_VIEWS = {
     "layers": ("table", "plot_sim", "plot_rank", "plot_overlap"),
     "heatmaps": ("heat",),
     "heads": ("heads", "attention"),
+    "attention": ("pattern",),
     "walkthrough": ("walk", "walk_sources", "walk_vectors"),
-    "lens": ("lens_note", "lens_table"),
+    "lens": ("lens_note", "lens_heat", "lens_table"),
     "map": (),  # drawn by its own event (map_tab)
     "export": (),
 }
@@ -187,9 +203,8 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
     if session.tab == "layers":
         out["table"] = render.neighbour_table(trail, view, t)
         sim = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
-        if render.rank_is_flat(view):
-            # a flat line at 0 says nothing: the rank goes on the similarity plot as a note,
-            # and the row keeps the plots that vary
+        if render.rank_is_flat(view, t):
+            # its rank plot is a flat line at 0: the similarity plot, which varies, says so
             sim.add_annotation(
                 text=render.FLAT_RANK,
                 xref="paper",
@@ -201,10 +216,8 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
                 yanchor="bottom",
                 font=dict(size=12),
             )
-            out["plot_rank"] = gr.Plot(visible=False)
-        else:
-            out["plot_rank"] = gr.Plot(plots.layer_lines(trail, view, "rank", t), visible=True)
         out["plot_sim"] = sim
+        out["plot_rank"] = plots.layer_lines(trail, view, "rank", t)
         out["plot_overlap"] = plots.layer_lines(trail, view, "overlap", t)
     elif session.tab == "heatmaps":
         out["heat"] = render.heat_html(trail, view, metric, t, l, adjusted=adjusted)
@@ -217,11 +230,16 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
             lens, emb = session.lens()
         except ModelError as exc:  # no output head: say so in the tab (no empty table), the rest of the page is fine
             out["lens_note"] = render.no_lens(label, exc)
+            out["lens_heat"] = gr.Plot(None, visible=False)
             out["lens_table"] = gr.Dataframe(None, visible=False)
         else:
             ids = np.concatenate([lens.top_ids[:, t].reshape(-1), emb.top_ids[:, t].reshape(-1)])
             out["lens_note"] = render.lens_caption(trail, lens, t, label)
+            out["lens_heat"] = gr.Plot(lens_heatmap(lens, session.lens_colour), visible=True)
             out["lens_table"] = gr.Dataframe(render.lens_table(trail, lens, emb, t, session.labels(ids)), visible=True)
+    elif session.tab == "attention":
+        head = None if session.pattern == PATTERNS[0] else h
+        out["pattern"] = attention_pattern(trail, l, head)
     elif session.tab == "walkthrough":
         step = session.step()
         out["walk"] = render.step_summary(trail, step)

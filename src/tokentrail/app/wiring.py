@@ -194,6 +194,22 @@ def _wire_display(w: Wiring) -> None:
 
     p.lens_site.input(choose_lens_site, [state, p.lens_site, *display], views, api_name="lens_site", **quick)
 
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_lens_colour(session, colour, adjusted, metric):
+        session = w.session_for(session)
+        session.choose(lens_colour=colour)
+        return render_views(session, menu, adjusted, metric)
+
+    p.lens_colour.input(choose_lens_colour, [state, p.lens_colour, *display], views, api_name="lens_colour", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_pattern(session, pattern, adjusted, metric):
+        session = w.session_for(session)
+        session.choose(pattern=pattern)
+        return render_views(session, menu, adjusted, metric)
+
+    p.pattern_scope.input(choose_pattern, [state, p.pattern_scope, *display], views, api_name="pattern", **quick)
+
 
 def _wire_cell_click(w: Wiring) -> None:
     """A click on a heatmap cell or a map point selects its token and layer."""
