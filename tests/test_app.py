@@ -330,6 +330,30 @@ def test_correction_selector_rescores_the_cached_run_and_matches_the_library(cli
     assert "unknown correction" in problem(tokenize(client, api="/analyse", correct="zcore")["status"])
 
 
+def test_a_rogue_dimension_puts_the_corrected_view_beside_the_raw_one(client):
+    """MiniLM's attn_resid_ln (one dimension carries over half the cosine): a check box
+    offers the suggested correction; one click shows its neighbours (the library's) beside
+    the raw table; unticked, they go. Without such a dimension there is no box."""
+    lib = tt.trace(TEXT, "minilm", site="attn_resid_ln", correct="rogue:1")
+    v = tokenize(client, site="attn_resid_ln")
+    assert v["fix"]["visible"] is True and "rogue:1" in v["fix"]["label"]
+    assert v["table_fixed"]["visible"] is False
+    t = v["tokens"]["value"]
+    raw = frame(v["table"])
+    v = call(client, "/show_corrected", True, False, "rank")
+    fixed = frame(v["table_fixed"])
+    assert v["table_fixed"]["visible"] is True
+    for l in range(lib.n_layers):
+        nb = lib.neighbours(t, l, site="attn_resid_ln")
+        assert fixed[f"layer {l}"][0].lstrip("★ ") == f"{nb.token[0]} {nb.similarity[0]:.3f}"
+    assert frame(v["table"]).equals(raw)  # the raw view stays beside it
+    assert (fixed != raw).any().any()
+    v = call(client, "/show_corrected", False, False, "rank")
+    assert v["table_fixed"]["visible"] is False
+    v = tokenize(client)
+    assert v["fix"]["visible"] is False
+
+
 def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, monkeypatch):
     import tokentrail.engine.capture
     from tokentrail.app.map_tab import MODES

@@ -133,7 +133,10 @@ class Session:
     last_used: float = field(default_factory=time.monotonic, compare=False)
     _trails: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _run: Run | None = field(default=None, repr=False)
-    _rogue: tuple = field(default=(None, None), repr=False)  # (analysis key, the rogue-dimension line)
+    _rogue: tuple = field(
+        default=(None, None, None), repr=False
+    )  # (analysis key, the rogue-dimension line, the correction it suggests)
+    show_corrected: bool = False  # the Layers tab shows the suggested correction's view beside the raw one
     lock: threading.RLock = field(
         default_factory=threading.RLock, repr=False, compare=False
     )  # one event at a time per page
@@ -267,7 +270,7 @@ class Session:
             run = self._current_run()
             if load_model(self.model).is_seq2seq:
                 raise ModelError(
-                    "an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attention tab and `tokentrail trace --lens`"
+                    "an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attn tab and `tokentrail trace --lens`"
                 )
             return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
 
@@ -290,8 +293,28 @@ class Session:
         key = (self.model, trail.text, self.options.sites[0], self.options.causal)
         if self._rogue[0] != key:
             diagnosis = tt.geometry.diagnose_run(self._current_run(), self.options.sites[0])
-            self._rogue = (key, tt.geometry.rogue_layers(diagnosis, how="Correction {}"))
+            note = tt.geometry.rogue_layers(diagnosis, how="Correction {}")
+            fix = None if note is None else f"rogue:{len({d for _, d, _ in diagnosis.rogue()})}"
+            self._rogue = (key, note, fix)
         return self._rogue[1]
+
+    def corrected(self) -> tuple[str, Trail] | None:
+        """``(correction, Trail)``: the analysis re-scored with the correction the
+        rogue-dimension line suggests (``rogue:N``, N the dimensions it names), from the
+        same forward pass; None when there is no such line."""
+        if self.rogue_note() is None:
+            return None
+        trail = self.require_trail()
+        spec = self._rogue[2]
+        options = self.options.with_(correct=spec)
+        key = (self.model, trail.text, options)
+        with concurrency_for(self.model):
+            fixed = self._trails.get(key)
+            if fixed is None:
+                fixed = self._current_run().trail(options)
+                self._trails[key] = fixed
+        self._fit(keep=(self.model, trail.text, self.options))
+        return spec, fixed
 
     def labels(self, ids) -> dict[int, str]:
         """Readable tokens for vocabulary ids the Trail does not name (the lens' predictions)."""

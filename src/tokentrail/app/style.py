@@ -52,7 +52,7 @@ CSS = f"""
    for a light page; !important outranks plotly's inline styles, so every redraw follows) */
 .dark .js-plotly-plot .main-svg {{ background: transparent !important; }}
 .dark .js-plotly-plot .bg {{ fill: var(--block-background-fill) !important; }}
-.dark .js-plotly-plot :is(.xtick, .ytick, .g-gtitle, .g-xtitle, .g-ytitle, .cbaxis, .g-cbtitle, .cbtitle) :is(text, tspan),
+.dark .js-plotly-plot :is([class$="tick"], [class^="g-"][class$="title"], .cbaxis, .cbtitle) :is(text, tspan),
 .dark .js-plotly-plot :is(.legendtext, .legendtitletext) {{ fill: #e5e7eb !important; }}
 .dark .js-plotly-plot :is(.gridlayer, .zerolinelayer) path {{ stroke: rgba(255, 255, 255, 0.12) !important; }}
 .dark .js-plotly-plot .annotation-text-g text {{ fill: #e5e7eb !important; }}

@@ -82,14 +82,21 @@ def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> 
 def _build_layers_tab(p: Page) -> None:
     """Across layers: the nearest vocabulary tokens per layer and three line plots."""
     texts.panel(texts.ACROSS_LAYERS)
-    p.table = gr.Dataframe(
-        label="Nearest vocabulary tokens, per layer",
-        interactive=False,
-        wrap=True,
-        max_height=520,
-        pinned_columns=1,
-        elem_id="table",
-    )
+    # a model whose cosine one dimension dominates: one click puts the corrected view
+    # beside the raw one (the box shows only then)
+    p.fix = gr.Checkbox(False, label="Show the corrected view beside the raw one", visible=False, elem_id="fix")
+    with gr.Row(equal_height=False, elem_id="tables"):
+        p.table = gr.Dataframe(
+            label="Nearest vocabulary tokens, per layer",
+            interactive=False,
+            wrap=True,
+            max_height=520,
+            pinned_columns=1,
+            elem_id="table",
+        )
+        p.table_fixed = gr.Dataframe(
+            interactive=False, wrap=True, max_height=520, pinned_columns=1, visible=False, elem_id="table-fixed"
+        )
     with gr.Row(elem_id="layer-plots"):
         p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
         p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
@@ -175,7 +182,7 @@ def _build_export_tab(p: Page) -> None:
 # ---- rendering a session into the page ---------------------------------------------------
 HEADER = ("status", "tokens", "layer", "head")
 TAB_VIEWS = {
-    "layers": ("table", "plot_sim", "plot_rank", "plot_overlap"),
+    "layers": ("fix", "table", "table_fixed", "plot_sim", "plot_rank", "plot_overlap"),
     "heatmaps": ("heat",),
     "heads": ("heads", "attention"),
     "attention": ("pattern",),
@@ -185,6 +192,27 @@ TAB_VIEWS = {
     "export": (),
 }
 VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
+
+
+def _corrected_views(session: Session, token: int) -> tuple:
+    """The Layers tab's check box and corrected table: the box offers the correction the
+    rogue-dimension line suggests; ticked, that view's table beside the raw one."""
+    fixed = session.corrected()
+    if fixed is None:
+        return gr.Checkbox(False, visible=False), gr.Dataframe(visible=False)
+    spec, trail = fixed
+    box = gr.Checkbox(
+        session.show_corrected, label=f"Show the corrected view ({spec}) beside the raw one", visible=True
+    )
+    if not session.show_corrected:
+        return box, gr.Dataframe(visible=False)
+    view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
+    table = gr.Dataframe(
+        render.neighbour_table(trail, view, token),
+        label=f"Corrected ({spec}, fitted to the text): nearest vocabulary tokens",
+        visible=True,
+    )
+    return box, table
 
 
 def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tuple:
@@ -218,6 +246,7 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
             )
         out["plot_sim"] = sim
         out["plot_rank"] = plots.layer_lines(trail, view, "rank", t)
+        out["fix"], out["table_fixed"] = _corrected_views(session, t)
         out["plot_overlap"] = plots.layer_lines(trail, view, "overlap", t)
     elif session.tab == "heatmaps":
         out["heat"] = render.heat_html(trail, view, metric, t, l, adjusted=adjusted)

@@ -208,6 +208,15 @@ def _wire_display(w: Wiring) -> None:
         session.choose(pattern=pattern)
         return render_views(session, menu, adjusted, metric)
 
+    @guarded(len(views), VIEWS.index("status"))
+    def show_corrected(session, show, adjusted, metric):
+        session = w.session_for(session)
+        session.require_trail()
+        session.show_corrected = bool(show)
+        return render_views(session, menu, adjusted, metric)
+
+    p.fix.input(show_corrected, [state, p.fix, *display], views, api_name="show_corrected", **quick)
+
     p.pattern_scope.input(choose_pattern, [state, p.pattern_scope, *display], views, api_name="pattern", **quick)
 
 
