@@ -363,8 +363,12 @@ def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, 
     run = tt.load("minilm").run(TEXT)
     tokenize(client)
     passes = _count(monkeypatch, tokentrail.engine.capture, "capture")
-    status, plot = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
+    status, plot, points = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
     assert "points: paths at `attn_resid`" in status
+    # the points as a table (the keyboard's way to a point): each token point, its token and layer
+    table = frame(points)
+    assert sorted(set(table["token"])) == [2, 8] and len(table) == 2 * 5  # the encoding + 4 layers each
+    assert sorted(set(table["layer"]) - {""}) == [0, 1, 2, 5]
     fig = plot_data(plot)
     names = [t["name"] for t in fig["data"]]
     assert names == ["nearest vocabulary tokens", "'flies' #2", "'flies' #8"]
@@ -373,7 +377,7 @@ def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, 
     want = expected[expected.kind == "token"].sort_values(["token_index", "step"]).x.to_numpy()
     np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-6)  # the same PCA, up to sign
     call(client, "/select_layer", 3, 4, False, "rank")
-    status, plot = client.predict(heads, "pca", "", "", api_name="/map")
+    status, plot, _ = client.predict(heads, "pca", "", "", api_name="/map")
     assert "queries and keys of layer 3, head 4" in status
     assert "layer 3, head 4" in plot_data(plot)["layout"]["title"]["text"]
     assert len(passes) == 0, "maps draw the page's forward pass"

@@ -239,3 +239,26 @@ def test_phone_shows_the_text_and_the_result_before_the_controls(browser, serve_
             page.screenshot(path=str(artifacts_dir / "app-phone.png"))
         finally:
             ctx.close()
+
+
+def test_map_points_are_reached_from_the_keyboard_through_their_table(browser, serve_blocks):
+    """A plotly point takes no focus: the map's points table does, and moving through it
+    with the arrow keys selects each row's token and layer in the whole page."""
+    with serve_blocks(build_app(), **launch_options()) as url:
+        ctx = new_context(browser, viewport=LAPTOP)
+        try:
+            page = ctx.new_page()
+            page.goto(url)
+            ready(page)
+            open_tab(page, "Map")
+            expect(page.locator("#map-status")).to_contain_text("points: paths")
+            page.get_by_text("The points as a table").click()
+            first = page.locator("#map-points [role=gridcell]").first
+            expect(first).to_be_visible()
+            first.click()  # the encoding of [CLS]: token 0, no layer
+            expect(page.locator("#status")).to_contain_text("Selected: [CLS] (token 0)")
+            page.keyboard.press("ArrowDown")  # the next row: [CLS] at layer 0
+            page.keyboard.press("ArrowDown")  # [CLS] at layer 1
+            expect(page.locator("#status")).to_contain_text("Selected: [CLS] (token 0) · layer 1")
+        finally:
+            ctx.close()

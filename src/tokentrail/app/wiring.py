@@ -235,6 +235,18 @@ def _wire_cell_click(w: Wiring) -> None:
 
     gr.on([p.heat.click, p.map_pick.click], select_cell, [state, *display], views, api_visibility="private", **quick)
 
+    @guarded(len(views), VIEWS.index("status"))
+    def select_point_row(session, adjusted, metric, evt: gr.SelectData):
+        session = w.session_for(session)
+        row = evt.row_value if isinstance(evt.row_value, list) else []
+        if len(row) < 3:
+            raise InputError("choose a point of the table")
+        layer = row[2] if isinstance(row[2], int | float) and not isinstance(row[2], bool) else None
+        session.select(token=row[1], layer=layer)
+        return render_views(session, menu, adjusted, metric)
+
+    p.map_points.select(select_point_row, [state, *display], views, api_visibility="private", **quick)
+
 
 def _wire_tabs(w: Wiring) -> None:
     """Showing a tab renders it (hidden tabs are not rendered on a click)."""
