@@ -56,6 +56,8 @@ CSS = f"""
 .dark .js-plotly-plot :is(.legendtext, .legendtitletext) {{ fill: #e5e7eb !important; }}
 .dark .js-plotly-plot :is(.gridlayer, .zerolinelayer) path {{ stroke: rgba(255, 255, 255, 0.12) !important; }}
 .dark .js-plotly-plot .annotation-text-g text {{ fill: #e5e7eb !important; }}
+.dark .js-plotly-plot .updatemenu-container rect {{ fill: var(--block-background-fill) !important; stroke: var(--border-color-primary) !important; }}
+.dark .js-plotly-plot .updatemenu-container text {{ fill: #e5e7eb !important; }}
 /* one line of header: the result, not the title, gets the first screen */
 #header h1 {{ display: inline; font-size: 1.45em; margin: 0 0.5em 0 0; }}
 #header p {{ display: inline; color: var(--body-text-color-subdued); margin: 0; font-size: 13px; }}
