@@ -42,9 +42,19 @@ PLOTS_DRAWN_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].ever
   (p) => p.getBoundingClientRect().width === 0 || p.querySelector('.main-svg') !== null)"""
 
 
+# no block is dimmed: Gradio fades an output while its event runs (opacity), and back
+SETTLED_JS = """() => [...document.querySelectorAll('.block')].every((b) => getComputedStyle(b).opacity === '1')"""
+
+
 def ready(page) -> None:
     expect(page.locator("#status")).to_contain_text("Selected:", timeout=SLOW)
     wait_until_idle(page)
+
+
+def settled(page) -> None:
+    """Every event has finished and its outputs are drawn at full opacity."""
+    wait_until_idle(page)
+    page.wait_for_function(SETTLED_JS)
 
 
 def test_every_text_run_meets_wcag_aa_on_every_tab_in_light_and_dark_mode(browser, serve_blocks, artifacts_dir):
@@ -66,7 +76,7 @@ def test_every_text_run_meets_wcag_aa_on_every_tab_in_light_and_dark_mode(browse
                 page.screenshot(path=str(artifacts_dir / f"app-1280x720-{scheme}.png"))
                 for name in names:
                     open_tab(page, name)
-                    wait_until_idle(page)
+                    settled(page)
                     page.wait_for_function(PLOTS_DRAWN_JS)
                     page.mouse.move(0, 0)
                     for run in page.evaluate(CONTRAST_JS):

@@ -91,7 +91,7 @@ def build_app(
         controls = _build_controls(p, menu, default_model, shelf)
         with gr.Row(equal_height=False, elem_id="main"):
             with gr.Column(scale=4, min_width=480, elem_id="results"):
-                with gr.Row(equal_height=True, elem_id="text-row"):
+                with gr.Row(equal_height=False, elem_id="text-row"):
                     p.text = gr.Textbox(
                         INITIAL_TEXT,
                         label="Text",

@@ -62,6 +62,8 @@ CSS = f"""
 #header h1 {{ display: inline; font-size: 1.45em; margin: 0 0.5em 0 0; }}
 #header p {{ display: inline; color: var(--body-text-color-subdued); margin: 0; font-size: 13px; }}
 #header p:first-child {{ display: inline; }}
+/* the Analyse button beside the text box, level with the box (not as tall as its label and help) */
+#text-row {{ align-items: flex-end; }}
 #status {{ padding: 6px 12px; border-left: 4px solid var(--tt-accent-strong); background: var(--background-fill-secondary); color: var(--body-text-color); border-radius: 4px; }}
 
 /* token chips: the Radio's options, one pill each; the selected one filled */
@@ -109,7 +111,7 @@ CSS = f"""
 # server, after a short pause, so no selection is lost to a round trip); the tab strip is
 # one Tab stop whose arrow keys open the next/previous tab; the heatmap's cells are one Tab
 # stop whose arrow keys move and Enter/Space selects (keeping the focus on the grid as it
-# redraws). Gradio gives every radio of a Radio its own name, so the browser's own
+# redraws); in the map's points table the arrow keys select the row they reach. Gradio gives every radio of a Radio its own name, so the browser's own
 # radio-group keys do not apply.
 HEAD = """<script>
 (() => {
@@ -169,6 +171,16 @@ HEAD = """<script>
       e.preventDefault();
       tabs[j].focus();
       tabs[j].click();
+      return;
+    }
+    // the map's points table: Gradio's arrow keys move the focused cell without a select
+    // event; after a pause, the cell they reached is clicked (its row selects its point)
+    if (e.target.closest('#map-points') && STEP[e.key] !== undefined) {
+      clearTimeout(chipTimer);
+      chipTimer = setTimeout(() => {
+        const at = document.activeElement;
+        if (at && at.closest('#map-points') && at.getAttribute('role') === 'gridcell') at.click();
+      }, CHIP_PAUSE_MS);
       return;
     }
     const cell = e.target.closest('#heat td[data-t]');
