@@ -174,12 +174,17 @@ HEAD = """<script>
       return;
     }
     // the map's points table: Gradio's arrow keys move the focused cell without a select
-    // event; after a pause, the cell they reached is clicked (its row selects its point)
+    // event; after a pause, the cell they reached gets the press Gradio selects on
+    // (pointerdown/mousedown: its row selects its point)
     if (e.target.closest('#map-points') && STEP[e.key] !== undefined) {
       clearTimeout(chipTimer);
       chipTimer = setTimeout(() => {
         const at = document.activeElement;
-        if (at && at.closest('#map-points') && at.getAttribute('role') === 'gridcell') at.click();
+        if (!at || !at.closest('#map-points') || at.getAttribute('role') !== 'gridcell') return;
+        for (const type of ['pointerdown', 'mousedown', 'pointerup', 'mouseup']) {
+          const Event_ = type.startsWith('pointer') ? PointerEvent : MouseEvent;
+          at.dispatchEvent(new Event_(type, {bubbles: true, cancelable: true, view: window, button: 0}));
+        }
       }, CHIP_PAUSE_MS);
       return;
     }
