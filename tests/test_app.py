@@ -166,7 +166,22 @@ def call(client, api, *args) -> dict:
     return dict(zip(VIEWS, client.predict(*args, api_name=api)))
 
 
+def shown(value):
+    """An output's value; an output the callback also makes visible (``gr.Plot(fig,
+    visible=True)``: no empty frame before it has one) comes as Gradio's update dict."""
+    if isinstance(value, dict) and value.get("__type__") == "update":
+        value = value.get("value")
+    return value
+
+
+def file_path(value) -> str:
+    """A gr.File output's path, shown or not."""
+    value = shown(value)
+    return value["path"] if isinstance(value, dict) else value
+
+
 def plot_data(value) -> dict:
+    value = shown(value)
     assert value["type"] == "plotly"
     return json.loads(value["plot"])
 
@@ -182,6 +197,7 @@ def arr(value) -> np.ndarray:
 
 
 def frame(value) -> pd.DataFrame:
+    value = shown(value)
     return pd.DataFrame(value["data"], columns=value["headers"])
 
 
@@ -314,6 +330,30 @@ def test_correction_selector_rescores_the_cached_run_and_matches_the_library(cli
     assert "unknown correction" in problem(tokenize(client, api="/analyse", correct="zcore")["status"])
 
 
+def test_a_rogue_dimension_puts_the_corrected_view_beside_the_raw_one(client):
+    """MiniLM's attn_resid_ln (one dimension carries over half the cosine): a check box
+    offers the suggested correction; one click shows its neighbours (the library's) beside
+    the raw table; unticked, they go. Without such a dimension there is no box."""
+    lib = tt.trace(TEXT, "minilm", site="attn_resid_ln", correct="rogue:1")
+    v = tokenize(client, site="attn_resid_ln")
+    assert v["fix"]["visible"] is True and "rogue:1" in v["fix"]["label"]
+    assert v["table_fixed"]["visible"] is False
+    t = v["tokens"]["value"]
+    raw = frame(v["table"])
+    v = call(client, "/show_corrected", True, False, "rank")
+    fixed = frame(v["table_fixed"])
+    assert v["table_fixed"]["visible"] is True
+    for l in range(lib.n_layers):
+        nb = lib.neighbours(t, l, site="attn_resid_ln")
+        assert fixed[f"layer {l}"][0].lstrip("★ ") == f"{nb.token[0]} {nb.similarity[0]:.3f}"
+    assert frame(v["table"]).equals(raw)  # the raw view stays beside it
+    assert (fixed != raw).any().any()
+    v = call(client, "/show_corrected", False, False, "rank")
+    assert v["table_fixed"]["visible"] is False
+    v = tokenize(client)
+    assert v["fix"]["visible"] is False
+
+
 def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, monkeypatch):
     import tokentrail.engine.capture
     from tokentrail.app.map_tab import MODES
@@ -323,8 +363,12 @@ def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, 
     run = tt.load("minilm").run(TEXT)
     tokenize(client)
     passes = _count(monkeypatch, tokentrail.engine.capture, "capture")
-    status, plot = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
+    status, plot, points = client.predict(paths, "pca", "flies", "0-2, 5", api_name="/map")
     assert "points: paths at `attn_resid`" in status
+    # the points as a table (the keyboard's way to a point): each token point, its token and layer
+    table = frame(points)
+    assert sorted(set(table["token"])) == [2, 8] and len(table) == 2 * 5  # the encoding + 4 layers each
+    assert sorted(set(table["layer"]) - {""}) == [0, 1, 2, 5]
     fig = plot_data(plot)
     names = [t["name"] for t in fig["data"]]
     assert names == ["nearest vocabulary tokens", "'flies' #2", "'flies' #8"]
@@ -333,7 +377,7 @@ def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, 
     want = expected[expected.kind == "token"].sort_values(["token_index", "step"]).x.to_numpy()
     np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-6)  # the same PCA, up to sign
     call(client, "/select_layer", 3, 4, False, "rank")
-    status, plot = client.predict(heads, "pca", "", "", api_name="/map")
+    status, plot, _ = client.predict(heads, "pca", "", "", api_name="/map")
     assert "queries and keys of layer 3, head 4" in status
     assert "layer 3, head 4" in plot_data(plot)["layout"]["title"]["text"]
     assert len(passes) == 0, "maps draw the page's forward pass"
@@ -379,6 +423,9 @@ def test_lens_tab_matches_the_library_with_an_embeddings_row(client, tiny):
         first = labels[int(lens.top_ids[-1, t, 0])]
         assert table["top predictions"].iloc[-1].lstrip("★ ").startswith(first)
         assert f"applied to **{site}**" in v["lens_note"]
+        # the picture: layers x positions, each cell's top prediction as its text
+        cells = plot_data(v["lens_heat"])["data"][0]
+        assert cells["type"] == "heatmap" and len(cells["text"][0]) == run.n_tokens
     # the last layer of the lens is the model's own prediction
     assert int(lens.top_ids[-1, t, 0]) == int(
         np.argmax(run.model.adapter.model(torch_ids(run))[0][0, t].detach().numpy())
@@ -386,7 +433,8 @@ def test_lens_tab_matches_the_library_with_an_embeddings_row(client, tiny):
     # MiniLM has no output head: the tab says so, the page keeps working
     tokenize(client)
     v = call(client, "/show_lens", False, "rank")
-    assert v["lens_note"].startswith("No logit lens for minilm") and "minilm" in v["status"]
+    assert v["lens_note"].startswith("**No logit lens for minilm**") and "minilm" in v["status"]
+    assert "choose a model with an output head" in v["lens_note"]
 
 
 def torch_ids(run):
@@ -640,7 +688,8 @@ def test_session_checks_selection_ranges_itself(trail):
 @pytest.mark.parametrize("fmt", ["CSV", "Parquet", "JSON"])
 def test_export_results(client, trail, fmt):
     tokenize(client)
-    path, status = client.predict(fmt, api_name="/export_results")
+    value, status = client.predict(fmt, api_name="/export_results")
+    path = file_path(value)
     assert f"as {fmt}" in status
     path = Path(path)
     if fmt == "CSV":
@@ -662,7 +711,8 @@ def test_export_results(client, trail, fmt):
 
 def test_export_plot_html(client):
     tokenize(client)
-    path, status = client.predict("rank across layers", "HTML", False, "rank", api_name="/export_plot")
+    value, status = client.predict("rank across layers", "HTML", False, "rank", api_name="/export_plot")
+    path = file_path(value)
     text = Path(path).read_text()
     assert "<html>" in text and "plotly" in text.lower() and "1 + rank" in text
 
@@ -672,7 +722,8 @@ def test_export_plot_html(client):
 )
 def test_export_plot_svg(client):
     tokenize(client)
-    path, status = client.predict("heatmap (token × layer)", "SVG", False, "rank", api_name="/export_plot")
+    value, status = client.predict("heatmap (token × layer)", "SVG", False, "rank", api_name="/export_plot")
+    path = file_path(value)
     assert Path(path).read_text().startswith("<svg")
 
 
@@ -823,7 +874,8 @@ def test_exports_live_in_a_private_folder_under_unguessable_names(demo, client):
     folder = demo.tokentrail_folder
     assert stat.S_IMODE(os.stat(folder.root).st_mode) == 0o700
     tokenize(client)
-    path, _ = client.predict("CSV", api_name="/export_results")
+    value, _ = client.predict("CSV", api_name="/export_results")
+    path = file_path(value)
     made = [f for f in folder.path.iterdir() if f.name.endswith(Path(path).suffix)]
     assert made and all(re.search(r"-[0-9a-f]{32}\.csv$", f.name) for f in made)
     # Gradio's served copy is in the private folder too, not in the system temp folder

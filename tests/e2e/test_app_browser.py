@@ -71,12 +71,12 @@ def test_type_click_and_read_every_view(page, serve_blocks, artifacts_dir):
         page.screenshot(path=str(artifacts_dir / "app-heads.png"), full_page=True)
 
         # the walkthrough, with a check against the model's own numbers
-        open_tab(page, "How attention computed this")
+        open_tab(page, "Steps")
         expect(page.locator("#walk")).to_contain_text("Matches the model's own numbers")
         expect(page.locator("#walk-sources")).to_contain_text("softmax w")
 
         # the heatmap: clicking a cell selects that token and layer
-        open_tab(page, "Heatmaps")
+        open_tab(page, "Heatmap")
         cell = page.locator('#heat td[data-t="3"][data-l="4"]')
         expect(cell).to_be_visible()
         cell.click()

@@ -100,9 +100,9 @@ def test_laptop_screen_shows_a_result_without_scrolling(browser, app_url, artifa
             for cell in page.locator("#table [role=row].virtual-row").nth(i).locator("[role=gridcell]").all()[:3]:
                 assert _in_viewport(page, cell), f"table row {i} is not on the first screen"
         expect(page.locator("#table [role=row].virtual-row").first).to_contain_text("★ time")
-        # the controls sit beside the results, not above them
+        # the controls sit beside the results (on their right), not above them
         controls, results = (page.locator(s).evaluate(RECT_JS) for s in ("#controls", "#results"))
-        assert controls["right"] <= results["left"] and controls["top"] < 200
+        assert results["right"] <= controls["left"] and controls["top"] < 200
         assert page.evaluate(CUT_CELLS_JS, CELLS.format("table")) == []
         assert page.evaluate(CUT_TITLES_JS) == []
         page.mouse.move(0, 0)
@@ -129,7 +129,7 @@ def test_1024_wide_cuts_no_cell_and_no_plot_title(browser, app_url, artifacts_di
         page.get_by_role("tab", name="Heads").click()
         expect(page.locator("#heads")).to_contain_text("own rank")
         assert page.evaluate(CUT_CELLS_JS, CELLS.format("heads")) == []
-        page.get_by_role("tab", name="Across layers").click()
+        page.get_by_role("tab", name="Layers").click()
         page.evaluate("window.scrollTo(0, 0)")
         page.mouse.move(0, 0)
         page.screenshot(path=str(artifacts_dir / "app-1024x768.png"))

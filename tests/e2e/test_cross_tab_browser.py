@@ -34,7 +34,7 @@ def test_cross_attention_view(family, tmp_path, page, serve_blocks, artifacts_di
         page.locator("#text textarea").press("Enter")
         expect(page.locator("#tokens")).to_contain_text("mat", timeout=SLOW)
 
-        open_tab(page, "Cross-attention")
+        open_tab(page, "Cross-attn")
         expect(page.locator("#x-head input")).to_be_visible()  # the tab's last input: the whole row is drawn
         for box, value in (("#x-target", "le chat est sur le tapis"), ("#x-token", "chat")):
             page.locator(f"{box} textarea").fill(value)

@@ -8,13 +8,15 @@ axis) and both sides' heatmaps. Public library only.
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 import pandas as pd
 
 import tokentrail as tt
 from tokentrail.app.guard import guarded
 from tokentrail.app.help import panel
-from tokentrail.app.options import check_page_text
+from tokentrail.app.options import INITIAL_TEXT, check_page_text
 from tokentrail.app.queues import EVENTS, concurrency_for
 from tokentrail.app.session import ModelMenu, load_model
 from tokentrail.present.plots_compare import (
@@ -29,7 +31,8 @@ HOWTO = """**How to compare**
 
 Two occurrences, layer by layer.
 
-- *Second text* empty: two tokens of the text above (`flies:0`, `flies:1`).
+- *Second text* empty: two tokens of the text above (`flies:0`, `flies:1`; opening the
+  tab suggests the first word the text has twice).
 - A second text: the same word in another context (*Token b* empty: the same word).
 - A second model: the text above in both models, tokens matched by their characters.
 
@@ -46,8 +49,13 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
         p.cmp_text_b = gr.Textbox(
             "", label="Second text (empty: two tokens of the text above)", scale=4, elem_id="cmp-text-b"
         )
-        p.cmp_token_a = gr.Textbox("flies:0", label="Token a", scale=1, min_width=110, elem_id="cmp-token-a")
-        p.cmp_token_b = gr.Textbox("flies:1", label="Token b", scale=1, min_width=110, elem_id="cmp-token-b")
+        a, b = suggest_tokens(INITIAL_TEXT, "", "")
+        p.cmp_token_a = gr.Textbox(
+            a, label="Token a", placeholder="e.g. bank:0", scale=1, min_width=110, elem_id="cmp-token-a"
+        )
+        p.cmp_token_b = gr.Textbox(
+            b, label="Token b", placeholder="e.g. bank:1", scale=1, min_width=110, elem_id="cmp-token-b"
+        )
         p.cmp_model_b = gr.Dropdown(
             [SAME_MODEL, *menu.choices()],
             value=SAME_MODEL,
@@ -59,18 +67,20 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
         )
         p.cmp_run = gr.Button("Compare", variant="primary", scale=1, min_width=110, elem_id="cmp-run")
     p.cmp_status = gr.Markdown("Choose two tokens and press **Compare**.", elem_id="cmp-status")
+    # no empty frames: the table and the figures show once there is a comparison
     p.cmp_table = gr.Dataframe(
         label="Per layer",
         interactive=False,
+        visible=False,
         wrap=True,
         max_height=520,
         column_widths=["48px", "72px", "80px", "80px", "56px", "56px", "64px"],
         elem_id="cmp-table",
     )
     with gr.Row():
-        p.cmp_plot = gr.Plot(show_label=False, min_width=400, elem_id="cmp-plot")
-        p.cmp_lines = gr.Plot(show_label=False, min_width=400, elem_id="cmp-lines")
-    p.cmp_heat = gr.Plot(show_label=False, elem_id="cmp-heat")
+        p.cmp_plot = gr.Plot(show_label=False, min_width=400, visible=False, elem_id="cmp-plot")
+        p.cmp_lines = gr.Plot(show_label=False, min_width=400, visible=False, elem_id="cmp-lines")
+    p.cmp_heat = gr.Plot(show_label=False, visible=False, elem_id="cmp-heat")
     outputs = [p.cmp_status, p.cmp_table, p.cmp_plot, p.cmp_lines, p.cmp_heat]
     inputs = [
         p.text,
@@ -89,6 +99,43 @@ def build_compare_tab(p, menu: ModelMenu) -> None:
         return _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similarity, causal)
 
     gr.on([p.cmp_run.click, p.cmp_token_b.submit], run, inputs, outputs, api_name="compare", **EVENTS)
+
+    def suggest(text, token_a, token_b):
+        return suggest_tokens(text, token_a, token_b)
+
+    # the tokens follow the page's text: opening the tab (or a new text) keeps tokens the
+    # text has and replaces those it has not (no `flies:0` for a text without "flies")
+    gr.on(
+        [p.tab_compare.select, p.text.submit],
+        suggest,
+        [p.text, p.cmp_token_a, p.cmp_token_b],
+        [p.cmp_token_a, p.cmp_token_b],
+        api_visibility="private",
+        show_progress="hidden",
+        **EVENTS,
+    )
+
+
+def _word(token: str) -> str:
+    """The text part of a token given as ``text`` or ``text:N`` (an index: empty)."""
+    word = token.strip().rsplit(":", 1)[0] if ":" in token else token.strip()
+    return "" if word.lstrip("-").isdigit() else word.lower()
+
+
+def suggest_tokens(text: object, token_a: object, token_b: object) -> tuple[str, str]:
+    """Tokens a and b for ``text``: the ones given when the text has their words (or they
+    are indices), else the first word the text has twice (``w:0``, ``w:1``), else empty
+    (the boxes' placeholders say what to type)."""
+    words = re.findall(r"\w+", str(text or "").lower())
+    given = [str(t or "").strip() for t in (token_a, token_b)]
+    if given[0] and all(not t or not _word(t) or _word(t) in words for t in given):
+        return given[0], given[1]
+    seen: set[str] = set()
+    for w in words:
+        if w in seen:
+            return f"{w}:0", f"{w}:1"
+        seen.add(w)
+    return "", ""
 
 
 def _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similarity, causal):
@@ -120,7 +167,13 @@ def _compare(menu, text, model, text_b, token_a, token_b, model_b, site, similar
             causal=use_causal,
         )
     first = cosine_figure(c) if c.same_model else compare_lines(c, "rank")
-    return _status(c), _table(c), first, compare_lines(c, "self_sim"), compare_heatmaps(c)
+    return (
+        _status(c),
+        gr.Dataframe(_table(c), visible=True),
+        gr.Plot(first, visible=True),
+        gr.Plot(compare_lines(c, "self_sim"), visible=True),
+        gr.Plot(compare_heatmaps(c), visible=True),
+    )
 
 
 def _status(c) -> str:

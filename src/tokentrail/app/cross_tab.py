@@ -55,23 +55,32 @@ def build_cross_tab(p, menu) -> None:
         p.x_layer = gr.Number(0, label="Layer", precision=0, scale=1, min_width=80, elem_id="x-layer")
         p.x_head = gr.Number(0, label="Head", precision=0, scale=1, min_width=80, elem_id="x-head")
         p.x_run = gr.Button("Show", variant="primary", scale=1, min_width=100, elem_id="x-run")
-    p.x_status = gr.Markdown("Choose an encoder-decoder model above and press **Show**.", elem_id="x-status")
-    p.x_grid = gr.Plot(show_label=False, elem_id="x-grid")
+    p.x_status = gr.Markdown(
+        "For encoder-decoder models (BART, Marian, T5): choose one in **Model** and press **Show**.",
+        elem_id="x-status",
+    )
+    # no empty frames: the views show once there is a run (an encoder-only model has none)
+    p.x_grid = gr.Plot(show_label=False, visible=False, elem_id="x-grid")
     with gr.Row():
         p.x_sources = gr.Dataframe(
             label="Decoder token → source tokens (nearest first)",
             interactive=False,
             max_height=420,
+            visible=False,
             elem_id="x-sources",
         )
-        p.x_map = gr.Plot(show_label=False, elem_id="x-map")
+        p.x_map = gr.Plot(show_label=False, visible=False, elem_id="x-map")
     p.x_step = gr.Markdown(elem_id="x-step")
     outputs = [p.x_status, p.x_grid, p.x_sources, p.x_map, p.x_step]
     inputs = [p.text, p.model, p.site, p.similarity, p.x_target, p.x_stack, p.x_token, p.x_layer, p.x_head]
 
     @guarded(len(outputs), 0)
     def run(text, model, site, similarity, target, stack, token, layer, head):
-        return cross_views(menu, text, model, site, similarity, target, stack, token, layer, head)
+        status, fig, table, cross_map, step = cross_views(
+            menu, text, model, site, similarity, target, stack, token, layer, head
+        )
+        shown = dict(visible=True)
+        return status, gr.Plot(fig, **shown), gr.Dataframe(table, **shown), gr.Plot(cross_map, **shown), step
 
     gr.on(
         [p.x_run.click, p.x_target.submit, p.x_token.submit], run, inputs, outputs, api_name="cross_attention", **EVENTS
@@ -108,7 +117,8 @@ def cross_views(menu, text, model, site, similarity, target, stack, token, layer
 def _views(loaded, text, site, similarity, target, stack, token, layer, head) -> tuple:
     if not loaded.is_seq2seq:
         raise InputError(
-            f"{loaded.name} has one stack: this tab is for encoder-decoder models (BART, Marian, T5); choose one above"
+            f"{loaded.name} has one stack: this tab is for encoder-decoder models (BART, Marian, T5); "
+            "choose one in Model, then press Show"
         )
     run = _run(loaded, text, target)
     trail = run.trail(TraceOptions.make(site=[site, "cross_resid", "cross_heads"], similarity=similarity, k=10))

@@ -60,7 +60,21 @@ The map shows where the token's attention went: one row per head, one column per
 token of the text; darker is more weight. Each row sums to 1.
 """
 
+ATTENTION = """**How to read this**
+
+Where each token looks: one square per head of the **layer** chosen with the slider (or
+only the **head** chosen), query tokens as rows and the tokens they attend to as columns;
+darker is more weight and each row sums to 1 (decoders: nothing above the diagonal, a
+token sees only the tokens before it). The figure's menu picks another layer.
+"""
+
 LENS = """**How to read this**
+
+The picture: layers (rows, the last on top) × the tokens of the text (columns); each cell
+is the top prediction of the model's output head at that layer and position, coloured by
+its probability, the entropy, the KL divergence from the last layer, or the rank of the
+actual next token (decoders; encoders: of the token itself). Hover a cell for the top 5.
+The table below gives the selected token's predictions.
 
 The logit lens applies the model's **own output head** (a decoder's final norm and
 LM head; an encoder's masked-LM head) to the selected token's residual vector at every

@@ -84,23 +84,30 @@ def build_app(
     with Page_(title="tokentrail", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         state = gr.State(None, time_to_live=STATE_TTL_S)
         gr.Markdown(f"# tokentrail\n{texts.INTRO}", elem_id="header")
-        # controls in a narrow column beside the results, help folded: on a laptop screen
-        # (1280 x 720) the first result shows without scrolling
+        # the text and the result first (in the page's order: the first Tab stop, and the
+        # top of a phone's screen), the controls in a narrow column beside them on a
+        # laptop (1280 x 720: the first result shows without scrolling), below on a phone
+        # the controls are made first (the tabs' events read them) and placed after the results
+        controls = _build_controls(p, menu, default_model, shelf)
         with gr.Row(equal_height=False, elem_id="main"):
-            with gr.Column(scale=1, min_width=250, elem_id="controls"):
-                _build_controls(p, menu, default_model, shelf)
             with gr.Column(scale=4, min_width=480, elem_id="results"):
-                p.text = gr.Textbox(
-                    INITIAL_TEXT,
-                    label="Text",
-                    info=texts.LIMITS.format(chars=MAX_CHARS, tokens=MAX_TOKENS),
-                    lines=1,  # one line: Enter submits (Gradio submits multi-line boxes on Shift+Enter)
-                    max_lines=5,
-                    elem_id="text",
-                )
+                with gr.Row(equal_height=False, elem_id="text-row"):
+                    p.text = gr.Textbox(
+                        INITIAL_TEXT,
+                        label="Text",
+                        info=texts.LIMITS.format(chars=MAX_CHARS, tokens=MAX_TOKENS),
+                        lines=1,  # one line: Enter submits (Gradio submits multi-line boxes on Shift+Enter)
+                        max_lines=5,
+                        scale=6,
+                        elem_id="text",
+                    )
+                    p.analyse = gr.Button("Analyse", variant="primary", scale=1, min_width=100, elem_id="analyse")
                 p.status = gr.Markdown("Press **Analyse** to trace the text.", elem_id="status")
-                p.tokens = gr.Radio([], label="Tokens: click one to follow it", elem_id="tokens")
+                p.tokens = gr.Radio([], label="Tokens: click one to follow it (arrow keys move)", elem_id="tokens")
                 build_tabs(p, menu, state, shelf)
+            with gr.Column(scale=1, min_width=250, elem_id="controls"):
+                for control in controls:
+                    control.render()
 
         wire(demo, Wiring(p, state, menu, pool, default_model), folder, shelf)
     folder.adopt(demo)
@@ -111,21 +118,23 @@ def build_app(
     return demo
 
 
-def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudyShelf) -> None:
-    """The controls column's components (call inside it), on ``p``."""
-    p.model = gr.Dropdown(menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False)
-    p.analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
-    p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", elem_id="site")
-    p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", elem_id="similarity")
-    p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k")
+def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudyShelf) -> list:
+    """The controls column's components, on ``p``, not yet rendered (in the column's order)."""
+    p.model = gr.Dropdown(
+        menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False, render=False
+    )
+    p.site = gr.Radio(list(SITES), value="attn_resid", label="Site", elem_id="site", render=False)
+    p.similarity = gr.Radio(list(SIMILARITIES), value="cosine", label="Similarity", elem_id="similarity", render=False)
+    p.k = gr.Slider(K_RANGE[0], K_RANGE[1], value=15, step=1, label="Neighbours shown (k)", elem_id="k", render=False)
     p.positional = gr.Checkbox(
         True,
         label="Use positional embeddings",
         info="compare with encodings (else raw embeddings)",
         elem_id="positional",
+        render=False,
     )
     p.adjusted = gr.Checkbox(
-        False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted"
+        False, label="Anisotropy-adjusted", info="similarity minus the layer's mean", elem_id="adjusted", render=False
     )
     p.correct = gr.Dropdown(
         correction_choices(shelf),
@@ -135,6 +144,7 @@ def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudySh
         allow_custom_value=True,
         filterable=True,
         elem_id="correct",
+        render=False,
     )
     p.causal = gr.Checkbox(
         True,
@@ -142,9 +152,13 @@ def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudySh
         info="decoders only: off = bidirectional",
         visible=False,
         elem_id="causal",
+        render=False,
     )
-    p.layer = gr.Slider(0, 1, value=0, step=1, label="Layer (heads, walkthrough, heatmap)", elem_id="layer")
-    p.head = gr.Slider(0, 1, value=0, step=1, label="Head (walkthrough)", elem_id="head")
+    p.layer = gr.Slider(
+        0, 1, value=0, step=1, label="Layer (Heads, Attention, Steps, Heatmap)", elem_id="layer", render=False
+    )
+    p.head = gr.Slider(0, 1, value=0, step=1, label="Head (Steps, Attention)", elem_id="head", render=False)
+    return [p.model, p.site, p.similarity, p.k, p.positional, p.adjusted, p.correct, p.causal, p.layer, p.head]
 
 
 def launch_options() -> dict[str, Any]:

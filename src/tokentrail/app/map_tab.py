@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 
 import gradio as gr
+import pandas as pd
 
 from tokentrail.app import help as texts
 from tokentrail.app.guard import guarded
@@ -86,15 +87,19 @@ def build_map_tab(p, state: gr.State) -> None:
         p.map_layers = gr.Textbox("", label="Layers (empty: all)", scale=1, min_width=110, elem_id="map-layers")
         p.map_draw = gr.Button("Draw", variant="primary", scale=1, min_width=90, elem_id="map-draw")
     p.map_status = gr.Markdown("Analyse a text, then open this tab or press **Draw**.", elem_id="map-status")
-    p.map_plot = gr.Plot(show_label=False, elem_id="map-plot")
+    p.map_plot = gr.Plot(show_label=False, visible=False, elem_id="map-plot")  # shown once drawn
+    # the points as a table: the keyboard's way to a point (a plotly point takes no focus);
+    # selecting a row selects its token and layer, as a click on the point does
+    with gr.Accordion("The points as a table (select a row to select its token and layer)", open=False):
+        p.map_points = gr.Dataframe(interactive=False, max_height=320, elem_id="map-points")
     p.map_pick = gr.HTML("", js_on_load=PICK_JS, visible="hidden", apply_default_css=False, elem_id="map-pick")
     inputs = [state, p.map_mode, p.map_method, p.map_tokens, p.map_layers]
-    outputs = [p.map_status, p.map_plot]
+    outputs = [p.map_status, p.map_plot, p.map_points]
 
     @guarded(len(outputs), 0)  # under the session's lock
     def draw(session, mode, method, tokens, layers):
         if not isinstance(session, Session) or session.trail is None:
-            return "Analyse a text first: the map draws the page's analysis.", gr.skip()
+            return "Analyse a text first: the map draws the page's analysis.", gr.skip(), gr.skip()
         return _draw(session, mode, method, tokens, layers)
 
     gr.on(
@@ -129,7 +134,25 @@ def _draw(session: Session, mode, method, tokens, layers):
         fig, frame = session.trajectory_map(toks, parse_layers(layers, trail.n_layers), method)
         what = f"paths at `{session.options.sites[0]}`"
     n = len(frame)
-    return f"{n} points: {what}, {METHOD_LABELS[method]}. Click a point to select its token and layer.", fig
+    return (
+        f"{n} points: {what}, {METHOD_LABELS[method]}. Click a point to select its token and layer.",
+        gr.Plot(fig, visible=True),
+        points_table(frame),
+    )
+
+
+def points_table(frame) -> pd.DataFrame:
+    """The map's token points (not the vocabulary's), one row each: what, token, layer, x, y."""
+    rows = frame[frame["kind"] != "neighbour"] if "kind" in frame else frame
+    return pd.DataFrame(
+        {
+            "point": rows["label"].astype(str),
+            "token": rows["token_index"].astype(int),
+            "layer": ["" if pd.isna(v) else int(v) for v in rows["layer"]],
+            "x": rows["x"].astype(float).round(3),
+            "y": rows["y"].astype(float).round(3),
+        }
+    ).reset_index(drop=True)
 
 
 def parse_tokens(trail, text: object) -> list[int] | None:

@@ -15,7 +15,8 @@ from pandas.io.formats.style import Styler
 from tokentrail import AttentionStep, HeadsAt, LensResult, Trail, View
 from tokentrail.present.plots import ACCENT, SELECTOR_METRICS, metric_by_layer, token_labels
 
-OWN_STYLE = f"background-color: #fff1e6; color: {ACCENT}; font-weight: 700"
+# colours from the page's CSS variables (app/style.py), so a cell follows the colour scheme
+OWN_STYLE = "background-color: var(--tt-own-bg); color: var(--tt-own-fg); font-weight: 700"
 SELECTED_CELL = f"outline: 3px solid {ACCENT}; outline-offset: -3px; font-weight: 700"
 HEAT_METRICS = SELECTOR_METRICS  # the metric registry, read live: every registered metric is selectable
 
@@ -26,7 +27,7 @@ _STOPS = [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8,
 def _colour(x: float) -> str:
     """Background and text colour for x in [0, 1] (NaN: blank)."""
     if x is None or not np.isfinite(x):
-        return "color: #9aa5b1"
+        return "color: var(--tt-muted)"
     x = min(max(float(x), 0.0), 1.0) * (len(_STOPS) - 1)
     i = min(int(x), len(_STOPS) - 2)
     f = x - i
@@ -113,8 +114,8 @@ def neighbour_table(trail: Trail, view: View, token: int) -> Styler:
 
     def style(frame: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        out.iloc[:, 0] = "color: #9aa5b1"
-        out.iloc[k, :] = "border-top: 2px solid #cbd2d9; color: #52606d"
+        out.iloc[:, 0] = "color: var(--tt-muted)"
+        out.iloc[k, :] = "border-top: 2px solid var(--border-color-primary); color: var(--tt-muted)"
         for r, c in own_cells:
             out.iloc[r, c] = OWN_STYLE
         return out
@@ -182,7 +183,7 @@ def heads_table(trail: Trail, heads: HeadsAt) -> Styler:
 
     def style(frame: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame("", index=frame.index, columns=frame.columns)
-        out.iloc[:, 0] = "color: #52606d; font-weight: 600"
+        out.iloc[:, 0] = "color: var(--tt-muted); font-weight: 600"
         for r, c in own_cells:
             out.iloc[r, c] = OWN_STYLE
         return out
@@ -208,6 +209,23 @@ def lens_table(trail: Trail, lens: LensResult, emb: LensResult, token: int, labe
         row["entropy (nats)"] = round(float(res.entropy[l, token]), 3)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def no_lens(model_label: str, exc: Exception) -> str:
+    """The Lens tab's empty state: why there is no lens, and what to do for one."""
+    return (
+        f"**No logit lens for {html.escape(model_label)}**: {html.escape(str(exc))}\n\n"
+        "To read one, choose a model with an output head in **Model** (a decoder such as smollm2)."
+    )
+
+
+FLAT_RANK = "rank 0 at every layer: its own token stays the nearest"
+
+
+def rank_is_flat(view: View, token: int) -> bool:
+    """Whether ``token``'s rank is 0 at every layer (its rank plot is a flat line)."""
+    ranks = metric_by_layer(view, "rank")[:, token]
+    return bool(np.all(np.nan_to_num(ranks, nan=0.0) == 0))
 
 
 def lens_caption(trail: Trail, lens: LensResult, token: int, model_label: str) -> str:

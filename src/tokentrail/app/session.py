@@ -30,11 +30,13 @@ from tokentrail.app.options import (
 )
 from tokentrail.app.queues import concurrency_for
 from tokentrail.present.maps import head_map, trajectory_map
+from tokentrail.present.plots_lens import LENS_COLOURS
 from tokentrail.present.progress import CallbackProgress, Steps, analysis_steps
 from tokentrail.spec.errors import InputError, ModelError, TooLong
 from tokentrail.spec.options import HEAD_SPACES, LENS_SITES, TraceOptions
 
 LENS_K = 5  # predictions the lens tab shows per layer
+PATTERNS = ("all heads", "one head")  # the attention tab: every head of the layer (small multiples), or the one chosen
 SESSION_BYTES = 600_000_000  # one session's cached results at most (older analyses dropped)
 
 
@@ -123,13 +125,18 @@ class Session:
     tab: str = "layers"  # the view the page shows (only it is rendered on a click)
     head_space: str = "value"  # the heads tab compares each head with its value, key or query space
     lens_site: str = "layer_out"  # the residual the logit lens reads
+    lens_colour: str = "prob"  # what colours the lens heatmap's cells
+    pattern: str = "all heads"  # the attention tab: every head of the layer, or the head chosen
     max_trails: int = 3  # analyses kept per session (256 tokens on a 30-layer model: ~100 MB each)
     max_bytes: int = SESSION_BYTES  # older analyses are dropped beyond this (the current one stays)
     evicted: str | None = None  # why the cached results were dropped (said on the next click)
     last_used: float = field(default_factory=time.monotonic, compare=False)
     _trails: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _run: Run | None = field(default=None, repr=False)
-    _rogue: tuple = field(default=(None, None), repr=False)  # (analysis key, the rogue-dimension line)
+    _rogue: tuple = field(
+        default=(None, None, None), repr=False
+    )  # (analysis key, the rogue-dimension line, the correction it suggests)
+    show_corrected: bool = False  # the Layers tab shows the suggested correction's view beside the raw one
     lock: threading.RLock = field(
         default_factory=threading.RLock, repr=False, compare=False
     )  # one event at a time per page
@@ -234,8 +241,19 @@ class Session:
                 self.layer, self.token, kind=self.head_space, similarity=self.options.similarities[0], k=self.options.k
             )
 
-    def choose(self, head_space: object = None, lens_site: object = None) -> None:
-        """Pick the heads tab's space and the residual the lens reads."""
+    def choose(
+        self, head_space: object = None, lens_site: object = None, lens_colour: object = None, pattern: object = None
+    ) -> None:
+        """Pick the heads tab's space, the residual the lens reads, what colours the lens
+        heatmap and whether the attention tab shows every head of the layer or one."""
+        if lens_colour is not None:
+            if lens_colour not in LENS_COLOURS:
+                raise InputError(f"the lens heatmap is coloured by {', '.join(LENS_COLOURS)}, not {lens_colour!r}")
+            self.lens_colour = str(lens_colour)
+        if pattern is not None:
+            if pattern not in PATTERNS:
+                raise InputError(f"the attention tab shows {' or '.join(PATTERNS)}, not {pattern!r}")
+            self.pattern = str(pattern)
         if head_space is not None:
             if head_space not in HEAD_SPACES:
                 raise InputError(f"unknown head space {head_space!r}: choose {', '.join(HEAD_SPACES)}")
@@ -252,7 +270,7 @@ class Session:
             run = self._current_run()
             if load_model(self.model).is_seq2seq:
                 raise ModelError(
-                    "an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attention tab and `tokentrail trace --lens`"
+                    "an encoder-decoder's logit lens reads its decoder, not the text above: see the Cross-attn tab and `tokentrail trace --lens`"
                 )
             return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
 
@@ -275,8 +293,28 @@ class Session:
         key = (self.model, trail.text, self.options.sites[0], self.options.causal)
         if self._rogue[0] != key:
             diagnosis = tt.geometry.diagnose_run(self._current_run(), self.options.sites[0])
-            self._rogue = (key, tt.geometry.rogue_layers(diagnosis, how="Correction {}"))
+            note = tt.geometry.rogue_layers(diagnosis, how="Correction {}")
+            fix = None if note is None else f"rogue:{len({d for _, d, _ in diagnosis.rogue()})}"
+            self._rogue = (key, note, fix)
         return self._rogue[1]
+
+    def corrected(self) -> tuple[str, Trail] | None:
+        """``(correction, Trail)``: the analysis re-scored with the correction the
+        rogue-dimension line suggests (``rogue:N``, N the dimensions it names), from the
+        same forward pass; None when there is no such line."""
+        if self.rogue_note() is None:
+            return None
+        trail = self.require_trail()
+        spec = self._rogue[2]
+        options = self.options.with_(correct=spec)
+        key = (self.model, trail.text, options)
+        with concurrency_for(self.model):
+            fixed = self._trails.get(key)
+            if fixed is None:
+                fixed = self._current_run().trail(options)
+                self._trails[key] = fixed
+        self._fit(keep=(self.model, trail.text, self.options))
+        return spec, fixed
 
     def labels(self, ids) -> dict[int, str]:
         """Readable tokens for vocabulary ids the Trail does not name (the lens' predictions)."""

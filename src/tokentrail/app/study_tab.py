@@ -148,19 +148,25 @@ def build_study_tab(p, shelf: StudyShelf) -> None:
         )
     )
     p.study_status = gr.Markdown(first, elem_id="study-status")
-    # one figure a row: they are the report's, whose titles want the page's width
-    p.study_self_sim = gr.Plot(show_label=False, elem_id="study-self-sim")
-    p.study_rank = gr.Plot(show_label=False, elem_id="study-rank")
-    p.study_anisotropy = gr.Plot(show_label=False, elem_id="study-anisotropy")
-    p.study_jumps = gr.Plot(show_label=False, elem_id="study-jumps")
+    # one figure a row: they are the report's, whose titles want the page's width; shown
+    # once a study is open (no empty frames before)
+    p.study_self_sim = gr.Plot(show_label=False, visible=False, elem_id="study-self-sim")
+    p.study_rank = gr.Plot(show_label=False, visible=False, elem_id="study-rank")
+    p.study_anisotropy = gr.Plot(show_label=False, visible=False, elem_id="study-anisotropy")
+    p.study_jumps = gr.Plot(show_label=False, visible=False, elem_id="study-jumps")
     p.study_meta = gr.Dataframe(
-        label="Run", interactive=False, wrap=True, column_widths=["160px"], elem_id="study-meta"
+        label="Run", interactive=False, wrap=True, column_widths=["160px"], visible=False, elem_id="study-meta"
     )
     outputs = [p.study_status, p.study_meta, p.study_self_sim, p.study_rank, p.study_anisotropy, p.study_jumps]
 
     @guarded(6, 0)
     def open_study(name):
-        return show(shelf, name)
+        text, meta, *figs = show(shelf, name)
+        return (
+            text,
+            gr.Dataframe(meta, visible=True),
+            *[gr.Plot(fig, visible=fig is not None) for fig in figs],
+        )
 
     def refresh(name):
         names = shelf.names()

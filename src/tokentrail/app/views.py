@@ -14,8 +14,9 @@ from tokentrail.app.compare_tab import build_compare_tab
 from tokentrail.app.cross_tab import build_cross_tab
 from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS
 from tokentrail.app.map_tab import build_map_tab
-from tokentrail.app.session import ModelMenu, Session
+from tokentrail.app.session import PATTERNS, ModelMenu, Session
 from tokentrail.app.study_tab import StudyShelf, build_study_tab
+from tokentrail.plots import LENS_COLOURS, attention_pattern, lens_heatmap
 from tokentrail.present import plots
 from tokentrail.spec.errors import ModelError
 from tokentrail.spec.options import HEAD_SPACES, LENS_SITES
@@ -50,23 +51,27 @@ PLOT_CHOICES = {
 
 
 def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> None:
-    """The result tabs (call inside the page's results column), their components on ``p``."""
+    """The result tabs (call inside the page's results column), their components on ``p``.
+    Their names are short so that every tab shows in the strip at 1280 px (none folds
+    into Gradio's overflow menu); each tab's help panel says what it shows."""
     with gr.Tabs(selected="layers", elem_id="tabs"):
-        with gr.Tab("Across layers", id="layers", elem_id="tab-layers") as p.tab_layers:
+        with gr.Tab("Layers", id="layers", elem_id="tab-layers") as p.tab_layers:
             _build_layers_tab(p)
-        with gr.Tab("Heatmaps", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
+        with gr.Tab("Heatmap", id="heatmaps", elem_id="tab-heatmaps") as p.tab_heatmaps:
             _build_heatmaps_tab(p)
         with gr.Tab("Heads", id="heads", elem_id="tab-heads") as p.tab_heads:
             _build_heads_tab(p)
-        with gr.Tab("Logit lens", id="lens", elem_id="tab-lens") as p.tab_lens:
+        with gr.Tab("Attention", id="attention", elem_id="tab-attention") as p.tab_attention:
+            _build_attention_tab(p)
+        with gr.Tab("Lens", id="lens", elem_id="tab-lens") as p.tab_lens:
             _build_lens_tab(p)
-        with gr.Tab("How attention computed this", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
+        with gr.Tab("Steps", id="walkthrough", elem_id="tab-walkthrough") as p.tab_walkthrough:
             _build_walkthrough_tab(p)
         with gr.Tab("Compare", id="compare", elem_id="tab-compare") as p.tab_compare:
             build_compare_tab(p, menu)
         with gr.Tab("Map", id="map", elem_id="tab-map") as p.tab_map:
             build_map_tab(p, state)
-        with gr.Tab("Cross-attention", id="cross", elem_id="tab-cross") as p.tab_cross:
+        with gr.Tab("Cross-attn", id="cross", elem_id="tab-cross") as p.tab_cross:
             build_cross_tab(p, menu)
         with gr.Tab("Study", id="study", elem_id="tab-study"):
             build_study_tab(p, shelf)
@@ -77,14 +82,21 @@ def build_tabs(p: Page, menu: ModelMenu, state: gr.State, shelf: StudyShelf) -> 
 def _build_layers_tab(p: Page) -> None:
     """Across layers: the nearest vocabulary tokens per layer and three line plots."""
     texts.panel(texts.ACROSS_LAYERS)
-    p.table = gr.Dataframe(
-        label="Nearest vocabulary tokens, per layer",
-        interactive=False,
-        wrap=True,
-        max_height=520,
-        pinned_columns=1,
-        elem_id="table",
-    )
+    # a model whose cosine one dimension dominates: one click puts the corrected view
+    # beside the raw one (the box shows only then)
+    p.fix = gr.Checkbox(False, label="Show the corrected view beside the raw one", visible=False, elem_id="fix")
+    with gr.Row(equal_height=False, elem_id="tables"):
+        p.table = gr.Dataframe(
+            label="Nearest vocabulary tokens, per layer",
+            interactive=False,
+            wrap=True,
+            max_height=520,
+            pinned_columns=1,
+            elem_id="table",
+        )
+        p.table_fixed = gr.Dataframe(
+            interactive=False, wrap=True, max_height=520, pinned_columns=1, visible=False, elem_id="table-fixed"
+        )
     with gr.Row(elem_id="layer-plots"):
         p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
         p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
@@ -116,17 +128,30 @@ def _build_heads_tab(p: Page) -> None:
     p.attention = gr.Plot(show_label=False, elem_id="plot-attention")
 
 
+def _build_attention_tab(p: Page) -> None:
+    """Attention: the token x token pattern of the layer's heads (or of one head)."""
+    texts.panel(texts.ATTENTION)
+    p.pattern_scope = gr.Radio(
+        list(PATTERNS), value=PATTERNS[0], label="Show (the Layer and Head sliders choose)", elem_id="pattern-scope"
+    )
+    p.pattern = gr.Plot(show_label=False, elem_id="plot-pattern")
+
+
 def _build_lens_tab(p: Page) -> None:
-    """Logit lens: the predictions read from the residual at each layer."""
+    """Logit lens: the layers x positions picture, and the predictions for the selected token."""
     texts.panel(texts.LENS)
-    p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+    with gr.Row(equal_height=True):
+        p.lens_site = gr.Radio(list(LENS_SITES), value="layer_out", label="Residual read", elem_id="lens-site")
+        p.lens_colour = gr.Radio(list(LENS_COLOURS), value="prob", label="Colour cells by", elem_id="lens-colour")
     p.lens_note = gr.Markdown(elem_id="lens-note")
+    p.lens_heat = gr.Plot(show_label=False, visible=False, elem_id="lens-heat")  # shown when the model has a lens
     p.lens_table = gr.Dataframe(
         label="Predictions per layer",
         interactive=False,
         wrap=True,
         max_height=520,
         pinned_columns=1,
+        visible=False,  # shown with the model's predictions (a model without a head has none)
         elem_id="lens-table",
     )
 
@@ -151,21 +176,43 @@ def _build_export_tab(p: Page) -> None:
         )
         p.plot_fmt = gr.Radio(list(PLOT_FORMATS), value="HTML", label="Plot format", elem_id="plot-fmt")
         p.export_plot = gr.Button("Download plot", elem_id="export-plot")
-    p.file = gr.File(label="Download", interactive=False, elem_id="file")
+    p.file = gr.File(label="Download", interactive=False, visible=False, elem_id="file")
 
 
 # ---- rendering a session into the page ---------------------------------------------------
 HEADER = ("status", "tokens", "layer", "head")
 TAB_VIEWS = {
-    "layers": ("table", "plot_sim", "plot_rank", "plot_overlap"),
+    "layers": ("fix", "table", "table_fixed", "plot_sim", "plot_rank", "plot_overlap"),
     "heatmaps": ("heat",),
     "heads": ("heads", "attention"),
+    "attention": ("pattern",),
     "walkthrough": ("walk", "walk_sources", "walk_vectors"),
-    "lens": ("lens_note", "lens_table"),
+    "lens": ("lens_note", "lens_heat", "lens_table"),
     "map": (),  # drawn by its own event (map_tab)
     "export": (),
 }
 VIEWS = HEADER + tuple(v for views in TAB_VIEWS.values() for v in views)
+
+
+def _corrected_views(session: Session, token: int) -> tuple:
+    """The Layers tab's check box and corrected table: the box offers the correction the
+    rogue-dimension line suggests; ticked, that view's table beside the raw one."""
+    fixed = session.corrected()
+    if fixed is None:
+        return gr.Checkbox(False, visible=False), gr.Dataframe(visible=False)
+    spec, trail = fixed
+    box = gr.Checkbox(
+        session.show_corrected, label=f"Show the corrected view ({spec}) beside the raw one", visible=True
+    )
+    if not session.show_corrected:
+        return box, gr.Dataframe(visible=False)
+    view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
+    table = gr.Dataframe(
+        render.neighbour_table(trail, view, token),
+        label=f"Corrected ({spec}, fitted to the text): nearest vocabulary tokens",
+        visible=True,
+    )
+    return box, table
 
 
 def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tuple:
@@ -183,8 +230,23 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
     view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
     if session.tab == "layers":
         out["table"] = render.neighbour_table(trail, view, t)
-        out["plot_sim"] = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
+        sim = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)
+        if render.rank_is_flat(view, t):
+            # its rank plot is a flat line at 0: the similarity plot, which varies, says so
+            sim.add_annotation(
+                text=render.FLAT_RANK,
+                xref="paper",
+                yref="paper",
+                x=0.99,
+                y=0.02,
+                showarrow=False,
+                xanchor="right",
+                yanchor="bottom",
+                font=dict(size=12),
+            )
+        out["plot_sim"] = sim
         out["plot_rank"] = plots.layer_lines(trail, view, "rank", t)
+        out["fix"], out["table_fixed"] = _corrected_views(session, t)
         out["plot_overlap"] = plots.layer_lines(trail, view, "overlap", t)
     elif session.tab == "heatmaps":
         out["heat"] = render.heat_html(trail, view, metric, t, l, adjusted=adjusted)
@@ -195,13 +257,18 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
     elif session.tab == "lens":
         try:
             lens, emb = session.lens()
-        except ModelError as exc:  # no output head: say so in the tab, the rest of the page is fine
-            out["lens_note"] = f"No logit lens for {label}: {exc}"
-            out["lens_table"] = None
+        except ModelError as exc:  # no output head: say so in the tab (no empty table), the rest of the page is fine
+            out["lens_note"] = render.no_lens(label, exc)
+            out["lens_heat"] = gr.Plot(None, visible=False)
+            out["lens_table"] = gr.Dataframe(None, visible=False)
         else:
             ids = np.concatenate([lens.top_ids[:, t].reshape(-1), emb.top_ids[:, t].reshape(-1)])
             out["lens_note"] = render.lens_caption(trail, lens, t, label)
-            out["lens_table"] = render.lens_table(trail, lens, emb, t, session.labels(ids))
+            out["lens_heat"] = gr.Plot(lens_heatmap(lens, session.lens_colour), visible=True)
+            out["lens_table"] = gr.Dataframe(render.lens_table(trail, lens, emb, t, session.labels(ids)), visible=True)
+    elif session.tab == "attention":
+        head = None if session.pattern == PATTERNS[0] else h
+        out["pattern"] = attention_pattern(trail, l, head)
     elif session.tab == "walkthrough":
         step = session.step()
         out["walk"] = render.step_summary(trail, step)

@@ -194,6 +194,31 @@ def _wire_display(w: Wiring) -> None:
 
     p.lens_site.input(choose_lens_site, [state, p.lens_site, *display], views, api_name="lens_site", **quick)
 
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_lens_colour(session, colour, adjusted, metric):
+        session = w.session_for(session)
+        session.choose(lens_colour=colour)
+        return render_views(session, menu, adjusted, metric)
+
+    p.lens_colour.input(choose_lens_colour, [state, p.lens_colour, *display], views, api_name="lens_colour", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_pattern(session, pattern, adjusted, metric):
+        session = w.session_for(session)
+        session.choose(pattern=pattern)
+        return render_views(session, menu, adjusted, metric)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def show_corrected(session, show, adjusted, metric):
+        session = w.session_for(session)
+        session.require_trail()
+        session.show_corrected = bool(show)
+        return render_views(session, menu, adjusted, metric)
+
+    p.fix.input(show_corrected, [state, p.fix, *display], views, api_name="show_corrected", **quick)
+
+    p.pattern_scope.input(choose_pattern, [state, p.pattern_scope, *display], views, api_name="pattern", **quick)
+
 
 def _wire_cell_click(w: Wiring) -> None:
     """A click on a heatmap cell or a map point selects its token and layer."""
@@ -209,6 +234,18 @@ def _wire_cell_click(w: Wiring) -> None:
         return render_views(session, menu, adjusted, metric)
 
     gr.on([p.heat.click, p.map_pick.click], select_cell, [state, *display], views, api_visibility="private", **quick)
+
+    @guarded(len(views), VIEWS.index("status"))
+    def select_point_row(session, adjusted, metric, evt: gr.SelectData):
+        session = w.session_for(session)
+        row = evt.row_value if isinstance(evt.row_value, list) else []
+        if len(row) < 3:
+            raise InputError("choose a point of the table")
+        layer = row[2] if isinstance(row[2], int | float) and not isinstance(row[2], bool) else None
+        session.select(token=row[1], layer=layer)
+        return render_views(session, menu, adjusted, metric)
+
+    p.map_points.select(select_point_row, [state, *display], views, api_visibility="private", **quick)
 
 
 def _wire_tabs(w: Wiring) -> None:
@@ -296,7 +333,7 @@ def _wire_export(w: Wiring, folder: ExportFolder) -> None:
         session = w.session_for(session)
         trail = session.require_trail()
         path = write_results(trail, fmt, folder)
-        return str(path), f"Exported the analysis as {fmt}: {path.name}"
+        return gr.File(str(path), visible=True), f"Exported the analysis as {fmt}: {path.name}"
 
     p.export_results.click(
         export_results, [state, p.result_fmt], [p.file, p.status], api_name="export_results", **common
@@ -317,7 +354,7 @@ def _wire_export(w: Wiring, folder: ExportFolder) -> None:
         else:
             fig = plots.layer_lines(trail, view, kind, session.token, adjusted=adjusted, height=420)
         path = write_plot(fig, fmt, f"tokentrail-{kind}", folder)
-        return str(path), f"Exported the {which} plot as {fmt}: {path.name}"
+        return gr.File(str(path), visible=True), f"Exported the {which} plot as {fmt}: {path.name}"
 
     p.export_plot.click(
         export_plot, [state, p.plot_which, p.plot_fmt, *display], [p.file, p.status], api_name="export_plot", **common
