@@ -383,6 +383,10 @@ def test_map_endpoint_draws_the_library_maps_from_the_cached_run(client, trail, 
     assert len(passes) == 0, "maps draw the page's forward pass"
     assert "out of range" in problem(client.predict(paths, "pca", "", "2-9", api_name="/map")[0])
     assert "no token &#x27;zebra&#x27;" in problem(client.predict(paths, "pca", "zebra", "", api_name="/map")[0])
+    call(client, "/select_token", 8, False, "rank")  # the selected token's path is drawn bold
+    _, plot, _ = client.predict(paths, "pca", "flies", "", api_name="/map")
+    names = [t["name"] for t in plot_data(plot)["data"]]
+    assert names == ["nearest vocabulary tokens", "'flies' #2", "'flies' #8 (followed)"]
 
 
 def test_heads_key_and_query_spaces_match_the_library(client, tiny):

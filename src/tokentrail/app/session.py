@@ -275,9 +275,14 @@ class Session:
             return run.lens(k=LENS_K, site=self.lens_site), run.lens(k=LENS_K, site="embeddings")
 
     def trajectory_map(self, tokens: Sequence[int] | None, layers: Sequence[int] | None, method: str = "pca"):
-        """:func:`tokentrail.present.maps.trajectory_map` of the analysis at its site and space."""
+        """:func:`tokentrail.present.maps.trajectory_map` of the analysis at its site and
+        space; the selected token's path drawn bold (when it is among ``tokens``)."""
         site, space = self.options.sites[0], self.options.spaces[0]
-        return trajectory_map(self._current_run(), site=site, space=space, tokens=tokens, layers=layers, method=method)
+        run = self._current_run()
+        chosen = self.token if tokens is None or self.token in tokens else None
+        return trajectory_map(
+            run, site=site, space=space, tokens=tokens, layers=layers, method=method, highlight=chosen
+        )
 
     def head_map(self, tokens: Sequence[int] | None, method: str = "pca"):
         """:func:`tokentrail.present.maps.head_map` of the selected layer and head."""
