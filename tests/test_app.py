@@ -718,7 +718,7 @@ def test_export_plot_html(client):
     value, status = client.predict("rank across layers", "HTML", False, "rank", api_name="/export_plot")
     path = file_path(value)
     text = Path(path).read_text()
-    assert "<html>" in text and "plotly" in text.lower() and "1 + rank" in text
+    assert "<html>" in text and "plotly" in text.lower() and "rank (log scale; 0 = nearest)" in text
 
 
 @pytest.mark.skipif(
