@@ -21,6 +21,7 @@ from tokentrail.app.pool import SessionPool
 from tokentrail.app.queues import EVENTS, concurrency_for
 from tokentrail.app.session import ModelMenu, Session, load_model
 from tokentrail.app.study_tab import StudyShelf
+from tokentrail.app.translator_shelf import NO_TRANSLATOR, TranslatorShelf
 from tokentrail.app.views import PLOT_CHOICES, TAB_VIEWS, VIEWS, Page, render_views
 from tokentrail.present import plots
 from tokentrail.present.progress import CallbackProgress
@@ -71,11 +72,14 @@ class Wiring:
         return session
 
 
-def wire(demo: gr.Blocks, w: Wiring, folder: ExportFolder, shelf: StudyShelf) -> None:
+def wire(
+    demo: gr.Blocks, w: Wiring, folder: ExportFolder, shelf: StudyShelf, fitted: TranslatorShelf | None = None
+) -> None:
     """Every event of the page, in a fixed order (the order of the page's dependencies)."""
     _wire_analyse(demo, w, shelf)
     _wire_selection(w)
     _wire_display(w)
+    _wire_translator(w, fitted or TranslatorShelf(None))
     _wire_cell_click(w)
     _wire_tabs(w)
     _wire_switch_model(w, shelf)
@@ -218,6 +222,33 @@ def _wire_display(w: Wiring) -> None:
     p.fix.input(show_corrected, [state, p.fix, *display], views, api_name="show_corrected", **quick)
 
     p.pattern_scope.input(choose_pattern, [state, p.pattern_scope, *display], views, api_name="pattern", **quick)
+
+
+def _wire_translator(w: Wiring, fitted: TranslatorShelf) -> None:
+    """Choosing a fitted translator the server offers (``serve --translators``): applied to
+    the cached analysis (no new forward pass); another model's is refused in one line."""
+    p, state, menu = w.p, w.state, w.menu
+    views, display = w.views, w.display
+
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_translator(session, name, adjusted, metric):
+        session = w.session_for(session)
+        if name in (None, "", NO_TRANSLATOR):
+            session.translator = None
+        else:
+            folder = fitted.path(name)  # an offered translator, or refused
+            session.require_trail()
+            old, session.translator = session.translator, (str(name), folder)
+            try:
+                session.translated()
+            except TokentrailError:
+                session.translator = old  # not applied
+                raise
+        return render_views(session, menu, adjusted, metric)
+
+    p.translator.input(
+        choose_translator, [state, p.translator, *display], views, api_name="choose_translator", **EVENTS
+    )
 
 
 def _wire_cell_click(w: Wiring) -> None:
