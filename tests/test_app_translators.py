@@ -45,6 +45,10 @@ def shelf_dir(bert_folder, tmp_path_factory, make_tiny, tokenizer, save_model):
     outside = tmp_path_factory.mktemp("outside")
     save_translator(outside / "t", tt.load_translator(root / "ident"))
     os.symlink(outside / "t", root / "link-out")
+    inner = root / "inner-link"  # a translator whose weights are a link out
+    inner.mkdir()
+    (inner / "translator.json").write_text((root / "ident" / "translator.json").read_text())
+    os.symlink(outside / "t" / "translator.safetensors", inner / "translator.safetensors")
     (root / "forged").mkdir()
     (root / "forged" / "translator.json").write_text(json.dumps({"format": "something/1", "kind": "identity"}))
     (root / "forged" / "translator.safetensors").write_bytes(b"")
@@ -72,14 +76,14 @@ def test_the_shelf_offers_only_translators_tokentrail_wrote_inside_its_folder(sh
     assert labels["none"] == "none"
     assert labels["ident"].startswith("ident: identity, fitted on") and "prediction" in labels["pred"]
     assert shelf.path("ident") == shelf_dir.resolve() / "ident"
-    for forged in ("link-out", "forged", "../ident", str(shelf_dir / "ident"), "/etc", None):
+    for forged in ("link-out", "inner-link", "forged", "../ident", str(shelf_dir / "ident"), "/etc", None):
         with pytest.raises(InputError, match="no translator"):
             shelf.path(forged)
     with pytest.raises(InputError, match="--translators"):
         TranslatorShelf(None).path("ident")
 
 
-def test_the_page_offers_the_shelf(shelf_dir):
+def test_the_page_offers_the_shelf_and_its_event_applies_only_those(shelf_dir, bert_folder):
     from tokentrail.app import build_app
 
     demo = build_app(translators=str(shelf_dir))
@@ -87,6 +91,21 @@ def test_the_page_offers_the_shelf(shelf_dir):
     box = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "translator")
     assert [ch[1] for ch in box["props"]["choices"]] == ["none", "ident", "other", "pred"]
     assert box["props"]["value"] == "none" and box["props"]["visible"]
+    choose = next(f.fn for f in demo.fns.values() if f.api_name == "choose_translator")
+    status_at = VIEWS.index("status")
+    s = analysed(bert_folder)
+    s.model = str(bert_folder)
+    for name in ("link-out", "../ident", str(shelf_dir / "pred")):  # behind Gradio's own list check
+        out = choose(s, name, False, "rank")
+        assert out[status_at].startswith("**Problem:**") and "no translator" in out[status_at]
+        assert s.translator is None
+    out = choose(s, "other", False, "rank")  # another model's: refused in one line, not applied
+    assert out[status_at].startswith("**Problem:**") and "fitted on" in out[status_at]
+    assert s.translator is None
+    out = dict(zip(VIEWS, choose(s, "ident", False, "rank")))
+    assert s.translator is not None and s.translator[0] == "ident" and out["table_translated"].visible
+    out = dict(zip(VIEWS, choose(s, "none", False, "rank")))
+    assert s.translator is None and out["translator_note"] == "" and not out["table_translated"].visible
     demo.tokentrail_folder.remove()
     bare = build_app()
     box = next(c for c in bare.get_config_file()["components"] if c.get("props", {}).get("elem_id") == "translator")
@@ -137,4 +156,16 @@ def test_another_models_translator_is_not_applied(shelf_dir, bert_folder):
     out = rendered(s)
     note = out["translator_note"]
     assert note.startswith("Translator **other** not applied:") and "fitted on" in note and "\n" not in note
+    assert str(shelf_dir) not in note  # the page names the translator, not the server's folder
     assert not out["table_translated"].visible
+
+
+def test_serve_refuses_a_translators_path_that_is_not_a_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from tokentrail.cli.commands import app as cli_app
+
+    result = CliRunner().invoke(cli_app, ["serve", "--translators", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "--translators" in result.output and "not a folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1

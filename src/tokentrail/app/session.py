@@ -334,7 +334,10 @@ class Session:
         with concurrency_for(self.model):
             done = self._trails.get(key)
             if done is None:
-                done = tt.translate(self._current_run(), trail, folder)
+                try:
+                    done = tt.translate(self._current_run(), trail, folder)
+                except InputError as exc:  # the page names the translator, not the server's folder
+                    raise InputError(str(exc).replace(str(folder), name)) from None
                 self._trails[key] = done
         self._fit(keep=(self.model, trail.text, self.options))
         return done
