@@ -76,6 +76,11 @@ def test_the_shelf_offers_only_translators_tokentrail_wrote_inside_its_folder(sh
     assert labels["none"] == "none"
     assert labels["ident"].startswith("ident: identity, fitted on") and "prediction" in labels["pred"]
     assert shelf.path("ident") == shelf_dir.resolve() / "ident"
+    # for the page's model: the translators of another model are marked, its own are not
+    marked = dict(
+        (v, label) for label, v in shelf.choices(tt.load_translator(shelf_dir / "ident").meta["model_info"]["model"])
+    )
+    assert [v for v, label in marked.items() if label.endswith("(not this model)")] == ["other"]
     for forged in ("link-out", "inner-link", "forged", "../ident", str(shelf_dir / "ident"), "/etc", None):
         with pytest.raises(InputError, match="no translator"):
             shelf.path(forged)
@@ -106,6 +111,11 @@ def test_the_page_offers_the_shelf_and_its_event_applies_only_those(shelf_dir, b
     assert s.translator is not None and s.translator[0] == "ident" and out["table_translated"].visible
     out = dict(zip(VIEWS, choose(s, "none", False, "rank")))
     assert s.translator is None and out["translator_note"] == "" and not out["table_translated"].visible
+    # after an analysis the choice marks the other model's translator (the analysed model is the tiny BERT)
+    menu = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "translator_menu")
+    box = menu(s, "ident")
+    assert box.value == "ident"
+    assert [v for label, v in box.choices if label.endswith("(not this model)")] == ["other"]
     demo.tokentrail_folder.remove()
     bare = build_app()
     box = next(c for c in bare.get_config_file()["components"] if c.get("props", {}).get("elem_id") == "translator")

@@ -51,15 +51,18 @@ class TranslatorShelf:
             return []
         return sorted(p.name for p in self.root.iterdir() if self._meta(p) is not None)
 
-    def describe(self, name: str) -> str:
-        """``NAME: KIND, fitted on MODEL`` (what the choice shows)."""
+    def describe(self, name: str, model: str | None = None) -> str:
+        """``NAME: KIND, fitted on MODEL`` (what the choice shows); with ``model`` (the
+        page's), one fitted on another is marked so (the library refuses it when chosen)."""
         meta = self._meta(self.path(name)) or {}
-        model = (meta.get("model_info") or {}).get("model", meta.get("model", "?"))
-        return f"{name}: {meta.get('kind', '?')}, fitted on {Path(str(model)).name}"
+        fitted = str((meta.get("model_info") or {}).get("model", "?"))
+        label = f"{name}: {meta.get('kind', '?')}, fitted on {Path(fitted).name}"
+        return label if model is None or fitted == model else f"{label} (not this model)"
 
-    def choices(self) -> list[tuple[str, str]]:
-        """The choice's menu as (label, value): none first, then each offered translator."""
-        return [("none", NO_TRANSLATOR), *[(self.describe(n), n) for n in self.names()]]
+    def choices(self, model: str | None = None) -> list[tuple[str, str]]:
+        """The choice's menu as (label, value): none first, then each offered translator,
+        those of another model than ``model`` (when given) marked *not this model*."""
+        return [("none", NO_TRANSLATOR), *[(self.describe(n, model), n) for n in self.names()]]
 
     def path(self, name: object) -> Path:
         """The folder of an offered translator; anything else is refused."""

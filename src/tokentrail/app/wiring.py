@@ -76,18 +76,21 @@ def wire(
     demo: gr.Blocks, w: Wiring, folder: ExportFolder, shelf: StudyShelf, fitted: TranslatorShelf | None = None
 ) -> None:
     """Every event of the page, in a fixed order (the order of the page's dependencies)."""
-    _wire_analyse(demo, w, shelf)
+    fitted = fitted or TranslatorShelf(None)
+    analysed = _wire_analyse(demo, w, shelf)
     _wire_selection(w)
     _wire_display(w)
-    _wire_translator(w, fitted or TranslatorShelf(None))
+    _wire_translator(w, fitted)
     _wire_cell_click(w)
     _wire_tabs(w)
-    _wire_switch_model(w, shelf)
+    analysed.append(_wire_switch_model(w, shelf))
     _wire_export(w, folder)
+    _wire_translator_menu(w, fitted, analysed)
 
 
-def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
-    """Analyse a text: Enter, the button, an option changed, the page's first load."""
+def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> list:
+    """Analyse a text: Enter, the button, an option changed, the page's first load (their
+    events returned, for what follows an analysis)."""
     p, state, menu, pool = w.p, w.state, w.menu, w.pool
     views, options, display = w.views, w.options, w.display
     status_at = 1 + VIEWS.index("status")  # after the state output
@@ -110,7 +113,7 @@ def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
         pool.settle(session)
         return (session, *render_views(session, menu, adjusted, metric))
 
-    gr.on(
+    typed = gr.on(
         [p.text.submit, p.analyse.click],
         analyse,
         [state, p.text, p.model, *options, *display],
@@ -118,7 +121,7 @@ def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
         api_name="tokenize",
         **common,
     )
-    gr.on(
+    changed = gr.on(
         [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input, p.correct.input],
         analyse,
         [state, p.text, p.model, *options, *display],
@@ -127,9 +130,10 @@ def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
         trigger_mode="always_last",
         **common,
     )
-    demo.load(
+    loaded = demo.load(
         analyse, [state, p.text, p.model, *options, *display], [state, *views], api_visibility="private", **common
     )
+    return [typed, changed, loaded]
 
 
 def _wire_selection(w: Wiring) -> None:
@@ -251,6 +255,21 @@ def _wire_translator(w: Wiring, fitted: TranslatorShelf) -> None:
     )
 
 
+def _wire_translator_menu(w: Wiring, fitted: TranslatorShelf, analysed: list) -> None:
+    """After an analysis (a text, an option, a model): the Translator choice marks the
+    translators fitted on another model than the page's."""
+    if fitted.root is None:
+        return
+
+    def translator_menu(session, name):
+        if not isinstance(session, Session) or session.trail is None:
+            return gr.skip()
+        return gr.Dropdown(choices=fitted.choices(session.trail.info.model), value=name)
+
+    for event in analysed:
+        event.then(translator_menu, [w.state, w.p.translator], [w.p.translator], api_visibility="private", **EVENTS)
+
+
 def _wire_cell_click(w: Wiring) -> None:
     """A click on a heatmap cell or a map point selects its token and layer."""
     p, state, menu = w.p, w.state, w.menu
@@ -305,7 +324,7 @@ def _wire_tabs(w: Wiring) -> None:
         )
 
 
-def _wire_switch_model(w: Wiring, shelf: StudyShelf) -> None:
+def _wire_switch_model(w: Wiring, shelf: StudyShelf):
     """Switching model: load it (or say why not), then analyse the page's text with it."""
     p, state, menu, pool = w.p, w.state, w.menu, w.pool
     views, options, display = w.views, w.options, w.display
@@ -348,7 +367,7 @@ def _wire_switch_model(w: Wiring, shelf: StudyShelf) -> None:
         pool.settle(session)
         return (session, gr.skip(), causal_box, *render_views(session, menu, adjusted, metric))
 
-    p.model.input(
+    return p.model.input(
         switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common
     )
 
