@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("gradio", reason="gradio not installed: pip install -e '.[app]'")
 
 import tokentrail as tt  # noqa: E402
+from tokentrail.app import render  # noqa: E402
 from tokentrail.app.options import page_options  # noqa: E402
 from tokentrail.app.session import Session  # noqa: E402
 from tokentrail.app.translator_shelf import TranslatorShelf  # noqa: E402
@@ -179,3 +180,43 @@ def test_serve_refuses_a_translators_path_that_is_not_a_folder(tmp_path):
     assert result.exit_code == 2
     assert "--translators" in result.output and "not a folder" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_served_page_applies_an_offered_translator_through_its_endpoint(shelf_dir, bert_folder):
+    """Through ``gradio_client``, as another program would: analyse with the tiny BERT,
+    choose ``ident``: the translated table comes back; a name not offered is refused by
+    Gradio's own list check before the callback runs."""
+    import importlib.util
+    from pathlib import Path
+
+    gradio_client = pytest.importorskip("gradio_client")
+    from tokentrail.app import build_app, launch_options
+
+    spec = importlib.util.spec_from_file_location(
+        "tokentrail_e2e_harness", Path(__file__).parent / "e2e" / "conftest.py"
+    )
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    model = str(bert_folder)
+    demo = build_app(models=[model], translators=str(shelf_dir))
+    try:
+        with harness.serve(demo, **launch_options()) as url:
+            client = gradio_client.Client(url, verbose=False)
+            box = next(c for c in demo.get_config_file()["components"] if c["props"].get("elem_id") == "model")
+            entry = next(v for _, v in box["props"]["choices"] if Path(v) == Path(model).resolve())
+            args = (TEXT, entry, True, "attn_resid", "cosine", 3, True, "none", False, "rank")
+            client.predict(*args, api_name="/tokenize")
+            out = dict(zip(VIEWS, client.predict("ident", False, "rank", api_name="/choose_translator")))
+            assert "attn_resid_translated view" in out["translator_note"]
+            table = out["table_translated"]
+            assert table["visible"] and "attn_resid_translated" in table["label"]
+            want = tt.trace(TEXT, model=model, translator=shelf_dir / "ident", k=3)
+            view = want.view("attn_resid_translated", "encodings", "cosine")
+            token = next(i for i, special in enumerate(want.special) if not special)
+            expected = render.neighbour_table(want, view, token).data  # the library's Trail, as the page draws it
+            assert table["value"]["headers"] == [str(c) for c in expected.columns]
+            assert table["value"]["data"] == expected.astype(str).values.tolist()
+            with pytest.raises(gradio_client.exceptions.AppError, match="not in the list of choices"):
+                client.predict("link-out", False, "rank", api_name="/choose_translator")
+    finally:
+        demo.tokentrail_folder.remove()
