@@ -140,7 +140,7 @@ def test_an_identity_translator_puts_the_librarys_translated_view_beside_the_raw
     out = rendered(s)
     table = out["table_translated"]
     assert table.visible and "attn_resid_translated" in table.label
-    assert "attn_resid_translated view" in out["translator_note"]
+    assert "`attn_resid_translated` view" in out["translator_note"]
     assert table.value is not None
 
 
@@ -162,12 +162,12 @@ def test_another_models_translator_is_not_applied(shelf_dir, bert_folder):
     shelf = TranslatorShelf(shelf_dir)
     s = analysed(bert_folder)
     s.translator = ("other", shelf.path("other"))
-    with pytest.raises(InputError, match="fitted on"):
+    with pytest.raises(InputError, match="fitted on") as refused:
         s.translated()
+    assert str(shelf_dir) not in str(refused.value)  # the page names the translator, not the server's folder
     out = rendered(s)
     note = out["translator_note"]
     assert note.startswith("Translator **other** not applied:") and "fitted on" in note and "\n" not in note
-    assert str(shelf_dir) not in note  # the page names the translator, not the server's folder
     assert not out["table_translated"].visible
 
 
@@ -207,7 +207,7 @@ def test_the_served_page_applies_an_offered_translator_through_its_endpoint(shel
             args = (TEXT, entry, True, "attn_resid", "cosine", 3, True, "none", False, "rank")
             client.predict(*args, api_name="/tokenize")
             out = dict(zip(VIEWS, client.predict("ident", False, "rank", api_name="/choose_translator")))
-            assert "attn_resid_translated view" in out["translator_note"]
+            assert "`attn_resid_translated` view" in out["translator_note"]
             table = out["table_translated"]
             assert table["visible"] and "attn_resid_translated" in table["label"]
             want = tt.trace(TEXT, model=model, translator=shelf_dir / "ident", k=3)

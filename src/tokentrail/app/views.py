@@ -17,6 +17,7 @@ from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS
 from tokentrail.app.map_tab import build_map_tab
 from tokentrail.app.session import PATTERNS, ModelMenu, Session
 from tokentrail.app.study_tab import StudyShelf, build_study_tab
+from tokentrail.app.study_tab import _plain as plain
 from tokentrail.plots import LENS_COLOURS, attention_pattern, lens_heatmap
 from tokentrail.present import plots
 from tokentrail.spec.errors import ModelError, TokentrailError
@@ -234,27 +235,31 @@ def _translated_views(session: Session, token: int) -> dict[str, Any]:
     if session.translator is None:
         return hidden
     name = session.translator[0]
+    shown = f"Translator **{plain(name)}**"  # the folder's name is anyone's text: shown, never run as HTML
     try:
         trail = session.translated()
     except TokentrailError as exc:
-        return {**hidden, "translator_note": f"Translator **{html.escape(name)}** not applied: {html.escape(str(exc))}"}
-    assert trail is not None
+        return {**hidden, "translator_note": f"{shown} not applied: {plain(exc)}"}
+    if trail is None:
+        return hidden
     out = dict(hidden)
     site = f"{session.options.sites[0]}_translated"
     if trail.fitted_lens is not None:
-        out["translator_note"] = f"Translator **{html.escape(name)}**: its fitted lens is on the Lens tab."
+        out["translator_note"] = f"{shown}: its fitted lens is on the Lens tab, below the logit lens."
         if session.tab == "lens":
             fig = lens_heatmap(trail.fitted_lens, session.lens_colour)
-            fig.update_layout(title=f"Fitted lens ({name}): each layer mapped to the last, read by the model's head")
+            fig.update_layout(
+                title=f"Fitted lens ({html.escape(name)}): each layer mapped to the last, read by the model's head"
+            )
             out["lens_fitted"] = gr.Plot(fig, visible=True)
     elif not any(v.site == site for v in trail.views):
-        sites = sorted({v.site for v in trail.views if v.site.endswith("_translated")})
+        sites = sorted({v.site.removesuffix("_translated") for v in trail.views if v.site.endswith("_translated")})
         out["translator_note"] = (
-            f"Translator **{html.escape(name)}** has no {session.options.sites[0]} maps "
-            f"(it has {', '.join(s.removesuffix('_translated') for s in sites) or 'none'}): choose that site"
+            f"{shown} has no `{session.options.sites[0]}` maps "
+            f"(it has {', '.join(f'`{s}`' for s in sites) or 'none'}): choose one of those sites"
         )
     else:
-        out["translator_note"] = f"Translator **{html.escape(name)}**: the {site} view is on the Layers tab."
+        out["translator_note"] = f"{shown}: the `{site}` view is on the Layers tab, beside the raw one."
         if session.tab == "layers":
             view = render.residual_view(trail, site, session.options.similarities[0])
             out["table_translated"] = gr.Dataframe(
