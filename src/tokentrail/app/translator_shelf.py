@@ -45,24 +45,27 @@ class TranslatorShelf:
             return None
         return meta
 
+    def _offered(self) -> dict[str, dict]:
+        """Each offered translator's metadata, by folder name (sorted)."""
+        if self.root is None or not self.root.is_dir():
+            return {}
+        found = {p.name: self._meta(p) for p in self.root.iterdir()}
+        return {name: meta for name, meta in sorted(found.items()) if meta is not None}
+
     def names(self) -> list[str]:
         """The translators on offer, by folder name (sorted)."""
-        if self.root is None or not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if self._meta(p) is not None)
-
-    def describe(self, name: str, model: str | None = None) -> str:
-        """``NAME: KIND, fitted on MODEL`` (what the choice shows); with ``model`` (the
-        page's), one fitted on another is marked so (the library refuses it when chosen)."""
-        meta = self._meta(self.path(name)) or {}
-        fitted = str((meta.get("model_info") or {}).get("model", "?"))
-        label = f"{name}: {meta.get('kind', '?')}, fitted on {Path(fitted).name}"
-        return label if model is None or fitted == model else f"{label} (not this model)"
+        return list(self._offered())
 
     def choices(self, model: str | None = None) -> list[tuple[str, str]]:
-        """The choice's menu as (label, value): none first, then each offered translator,
-        those of another model than ``model`` (when given) marked *not this model*."""
-        return [("none", NO_TRANSLATOR), *[(self.describe(n, model), n) for n in self.names()]]
+        """The choice's menu as (label, value): none first, then each offered translator as
+        ``NAME: KIND, fitted on MODEL``; with ``model`` (the page's), those fitted on another
+        are marked *not this model* (the library refuses them when chosen)."""
+        out = [("none", NO_TRANSLATOR)]
+        for name, meta in self._offered().items():
+            fitted = str((meta.get("model_info") or {}).get("model", "?"))
+            label = f"{name}: {meta.get('kind', '?')}, fitted on {Path(fitted).name}"
+            out.append((label if model is None or fitted == model else f"{label} (not this model)", name))
+        return out
 
     def path(self, name: object) -> Path:
         """The folder of an offered translator; anything else is refused."""
