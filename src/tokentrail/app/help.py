@@ -117,3 +117,4 @@ Files are made for this page only and deleted after an hour.
 
 LIMITS = "Up to {chars:,} characters and {tokens} tokens. Enter or **Analyse** runs it."
 CORRECTION = "geometry fix of the vector and every row: zscore, center, rogue:N, abtt:N; fitted to the text, or to a corpus study the server offers"
+TRANSLATOR = "a translator fitted on a corpus (tokentrail fit) for this model: identity adds the translated site beside the raw one (Layers), prediction the fitted lens (Lens)"

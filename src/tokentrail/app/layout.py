@@ -31,6 +31,7 @@ from tokentrail.app.queues import WORKERS
 from tokentrail.app.session import ModelMenu, load_model
 from tokentrail.app.study_tab import StudyShelf
 from tokentrail.app.style import CSS, HEAD, THEME
+from tokentrail.app.translator_shelf import NO_TRANSLATOR, TranslatorShelf
 from tokentrail.app.views import Page, build_tabs
 from tokentrail.app.wiring import Wiring, wire
 from tokentrail.spec.options import SIMILARITIES
@@ -62,6 +63,7 @@ def build_app(
     max_queue: int = 16,
     pool: SessionPool | None = None,
     studies: str | None = None,
+    translators: str | None = None,
 ) -> Page_:
     """The tokentrail page as a ``gr.Blocks`` (queue bounded to ``max_queue`` waiting events).
 
@@ -69,6 +71,7 @@ def build_app(
     server's operator; never typed in the page). ``preload``: models to load now.
     ``pool``: the bound on the sessions' cached results (default: ``SessionPool()``).
     ``studies``: the folder whose corpus studies the Study tab may open (none: the tab says how).
+    ``translators``: the folder whose fitted translators (``tokentrail fit``) the page offers.
     Launch it with :func:`tokentrail.app.launch`, or ``demo.launch(**launch_options())``.
     """
     menu = ModelMenu([*(models or []), *preload])
@@ -79,6 +82,7 @@ def build_app(
     pool = pool or SessionPool()
     pool.sweep_every(min(60.0, pool.idle_s / 4))  # idle pages lose their results on a quiet server too
     shelf = StudyShelf(studies)  # the only way the page reaches a study (Study tab, corrections fitted to one)
+    fitted = TranslatorShelf(translators)  # the only way the page reaches a translator
     p = Page()
 
     with Page_(title="tokentrail", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -88,7 +92,7 @@ def build_app(
         # top of a phone's screen), the controls in a narrow column beside them on a
         # laptop (1280 x 720: the first result shows without scrolling), below on a phone
         # the controls are made first (the tabs' events read them) and placed after the results
-        controls = _build_controls(p, menu, default_model, shelf)
+        controls = _build_controls(p, menu, default_model, shelf, fitted)
         with gr.Row(equal_height=False, elem_id="main"):
             with gr.Column(scale=4, min_width=480, elem_id="results"):
                 with gr.Row(equal_height=False, elem_id="text-row"):
@@ -109,7 +113,7 @@ def build_app(
                 for control in controls:
                     control.render()
 
-        wire(demo, Wiring(p, state, menu, pool, default_model), folder, shelf)
+        wire(demo, Wiring(p, state, menu, pool, default_model), folder, shelf, fitted)
     folder.adopt(demo)
     demo.GRADIO_CACHE = str(folder.cache)
     demo.tokentrail_folder = folder  # the private folder lives as long as the page
@@ -118,7 +122,7 @@ def build_app(
     return demo
 
 
-def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudyShelf) -> list:
+def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudyShelf, fitted: TranslatorShelf) -> list:
     """The controls column's components, on ``p``, not yet rendered (in the column's order)."""
     p.model = gr.Dropdown(
         menu.choices(), value=default_model, label="Model", elem_id="model", filterable=False, render=False
@@ -154,11 +158,36 @@ def _build_controls(p: Page, menu: ModelMenu, default_model: str, shelf: StudySh
         elem_id="causal",
         render=False,
     )
+    # a fitted translator the server offers (serve --translators); shown only when it offers some
+    p.translator = gr.Dropdown(
+        fitted.choices(),
+        value=NO_TRANSLATOR,
+        label="Translator",
+        info=texts.TRANSLATOR,
+        filterable=False,
+        visible=fitted.root is not None,
+        elem_id="translator",
+        render=False,
+    )
+    p.translator_note = gr.Markdown("", elem_id="translator-note", render=False)
     p.layer = gr.Slider(
         0, 1, value=0, step=1, label="Layer (Heads, Attention, Steps, Heatmap)", elem_id="layer", render=False
     )
     p.head = gr.Slider(0, 1, value=0, step=1, label="Head (Steps, Attention)", elem_id="head", render=False)
-    return [p.model, p.site, p.similarity, p.k, p.positional, p.adjusted, p.correct, p.causal, p.layer, p.head]
+    return [
+        p.model,
+        p.site,
+        p.similarity,
+        p.k,
+        p.positional,
+        p.adjusted,
+        p.correct,
+        p.translator,
+        p.translator_note,
+        p.causal,
+        p.layer,
+        p.head,
+    ]
 
 
 def launch_options() -> dict[str, Any]:

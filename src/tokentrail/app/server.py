@@ -45,6 +45,7 @@ def launch(
     block: bool = True,
     model_threads: int | None = None,
     studies: str | None = None,
+    translators: str | None = None,
 ):
     """Build the app and serve it; blocks until stopped unless ``block=False`` (then the
     running ``gr.Blocks`` is returned: ``.close()`` stops it).
@@ -52,11 +53,14 @@ def launch(
     ``model_threads``: torch's threads for model work in this server; default one fewer
     than the CPUs (at least one), so a long analysis leaves a core for other pages' clicks.
     ``studies``: the folder of corpus studies the Study tab may open.
+    ``translators``: the folder of fitted translators (``tokentrail fit``) the page offers.
     """
     import torch
 
     torch.set_num_threads(model_threads or max(1, (os.cpu_count() or 1) - 1))
-    demo = build_app(models=models, preload=tuple(preload), max_queue=max_queue, studies=studies)
+    demo = build_app(
+        models=models, preload=tuple(preload), max_queue=max_queue, studies=studies, translators=translators
+    )
     demo.launch(
         server_name=host,
         server_port=port,

@@ -137,6 +137,7 @@ class Session:
         default=(None, None, None), repr=False
     )  # (analysis key, the rogue-dimension line, the correction it suggests)
     show_corrected: bool = False  # the Layers tab shows the suggested correction's view beside the raw one
+    translator: tuple[str, Path] | None = None  # (name, folder) of the fitted translator chosen (serve --translators)
     lock: threading.RLock = field(
         default_factory=threading.RLock, repr=False, compare=False
     )  # one event at a time per page
@@ -320,6 +321,26 @@ class Session:
                 self._trails[key] = fixed
         self._fit(keep=(self.model, trail.text, self.options))
         return spec, fixed
+
+    def translated(self) -> Trail | None:
+        """The analysis with the chosen translator's views or fitted lens added
+        (:func:`tokentrail.translate`, from the same forward pass; cached per analysis);
+        None when none is chosen. An InputError (one line) when it is another model's."""
+        if self.translator is None:
+            return None
+        trail = self.require_trail()
+        name, folder = self.translator
+        key = (self.model, trail.text, self.options, "translator", str(folder))
+        with concurrency_for(self.model):
+            done = self._trails.get(key)
+            if done is None:
+                try:
+                    done = tt.translate(self._current_run(), trail, folder)
+                except InputError as exc:  # the page names the translator, not the server's folder
+                    raise InputError(str(exc).replace(str(folder), name)) from None
+                self._trails[key] = done
+        self._fit(keep=(self.model, trail.text, self.options))
+        return done
 
     def labels(self, ids) -> dict[int, str]:
         """Readable tokens for vocabulary ids the Trail does not name (the lens' predictions)."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -16,9 +17,10 @@ from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS
 from tokentrail.app.map_tab import build_map_tab
 from tokentrail.app.session import PATTERNS, ModelMenu, Session
 from tokentrail.app.study_tab import StudyShelf, build_study_tab
+from tokentrail.app.study_tab import _plain as plain
 from tokentrail.plots import LENS_COLOURS, attention_pattern, lens_heatmap
 from tokentrail.present import plots
-from tokentrail.spec.errors import ModelError
+from tokentrail.spec.errors import ModelError, TokentrailError
 from tokentrail.spec.options import HEAD_SPACES, LENS_SITES
 
 
@@ -97,6 +99,10 @@ def _build_layers_tab(p: Page) -> None:
         p.table_fixed = gr.Dataframe(
             interactive=False, wrap=True, max_height=520, pinned_columns=1, visible=False, elem_id="table-fixed"
         )
+        # an identity translator chosen (serve --translators): the translated site beside the raw one
+        p.table_translated = gr.Dataframe(
+            interactive=False, wrap=True, max_height=520, pinned_columns=1, visible=False, elem_id="table-translated"
+        )
     with gr.Row(elem_id="layer-plots"):
         p.plot_sim = gr.Plot(show_label=False, min_width=400, elem_id="plot-sim")
         p.plot_rank = gr.Plot(show_label=False, min_width=400, elem_id="plot-rank")
@@ -145,6 +151,8 @@ def _build_lens_tab(p: Page) -> None:
         p.lens_colour = gr.Radio(list(LENS_COLOURS), value="prob", label="Colour cells by", elem_id="lens-colour")
     p.lens_note = gr.Markdown(elem_id="lens-note")
     p.lens_heat = gr.Plot(show_label=False, visible=False, elem_id="lens-heat")  # shown when the model has a lens
+    # a prediction translator chosen (serve --translators): its fitted lens below the logit lens
+    p.lens_fitted = gr.Plot(show_label=False, visible=False, elem_id="lens-fitted")
     p.lens_table = gr.Dataframe(
         label="Predictions per layer",
         interactive=False,
@@ -180,14 +188,14 @@ def _build_export_tab(p: Page) -> None:
 
 
 # ---- rendering a session into the page ---------------------------------------------------
-HEADER = ("status", "tokens", "layer", "head")
+HEADER = ("status", "tokens", "layer", "head", "translator_note")
 TAB_VIEWS = {
-    "layers": ("fix", "table", "table_fixed", "plot_sim", "plot_rank", "plot_overlap"),
+    "layers": ("fix", "table", "table_fixed", "table_translated", "plot_sim", "plot_rank", "plot_overlap"),
     "heatmaps": ("heat",),
     "heads": ("heads", "attention"),
     "attention": ("pattern",),
     "walkthrough": ("walk", "walk_sources", "walk_vectors"),
-    "lens": ("lens_note", "lens_heat", "lens_table"),
+    "lens": ("lens_note", "lens_heat", "lens_fitted", "lens_table"),
     "map": (),  # drawn by its own event (map_tab)
     "export": (),
 }
@@ -215,6 +223,53 @@ def _corrected_views(session: Session, token: int) -> tuple:
     return box, table
 
 
+def _translated_views(session: Session, token: int) -> dict[str, Any]:
+    """The chosen translator's note (the controls column) and, on the Layers tab, the
+    ``<site>_translated`` table beside the raw one, on the Lens tab the fitted lens below
+    the logit lens. A translator of another model is not applied: the note says why."""
+    hidden = {
+        "translator_note": "",
+        "table_translated": gr.Dataframe(visible=False),
+        "lens_fitted": gr.Plot(visible=False),
+    }
+    if session.translator is None:
+        return hidden
+    name = session.translator[0]
+    shown = f"Translator **{plain(name)}**"  # the folder's name is anyone's text: shown, never run as HTML
+    try:
+        trail = session.translated()
+    except TokentrailError as exc:
+        return {**hidden, "translator_note": f"{shown} not applied: {plain(exc)}"}
+    if trail is None:
+        return hidden
+    out = dict(hidden)
+    site = f"{session.options.sites[0]}_translated"
+    if trail.fitted_lens is not None:
+        out["translator_note"] = f"{shown}: its fitted lens is on the Lens tab, below the logit lens."
+        if session.tab == "lens":
+            fig = lens_heatmap(trail.fitted_lens, session.lens_colour)
+            fig.update_layout(
+                title=f"Fitted lens ({html.escape(name)}): each layer mapped to the last, read by the model's head"
+            )
+            out["lens_fitted"] = gr.Plot(fig, visible=True)
+    elif not any(v.site == site for v in trail.views):
+        sites = sorted({v.site.removesuffix("_translated") for v in trail.views if v.site.endswith("_translated")})
+        out["translator_note"] = (
+            f"{shown} has no `{session.options.sites[0]}` maps "
+            f"(it has {', '.join(f'`{s}`' for s in sites) or 'none'}): choose one of those sites"
+        )
+    else:
+        out["translator_note"] = f"{shown}: the `{site}` view is on the Layers tab, beside the raw one."
+        if session.tab == "layers":
+            view = render.residual_view(trail, site, session.options.similarities[0])
+            out["table_translated"] = gr.Dataframe(
+                render.neighbour_table(trail, view, token),
+                label=f"Translated ({name}): nearest vocabulary tokens of {site}",
+                visible=True,
+            )
+    return out
+
+
 def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str) -> tuple:
     """The header and the visible tab's views, from the session's cached Trail. Hidden
     tabs are skipped (they render when shown): a click pays only for what it shows."""
@@ -228,6 +283,8 @@ def render_views(session: Session, menu: ModelMenu, adjusted: bool, metric: str)
         "head": gr.Slider(0, trail.n_heads - 1, value=h, step=1),
     }
     view = render.residual_view(trail, session.options.sites[0], session.options.similarities[0])
+    shown = set(HEADER) | set(TAB_VIEWS.get(session.tab, ()))  # hidden tabs' views are left as they are
+    out.update({k: v for k, v in _translated_views(session, t).items() if k in shown})
     if session.tab == "layers":
         out["table"] = render.neighbour_table(trail, view, t)
         sim = plots.layer_lines(trail, view, "self_sim", t, adjusted=adjusted)

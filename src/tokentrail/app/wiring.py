@@ -21,6 +21,7 @@ from tokentrail.app.pool import SessionPool
 from tokentrail.app.queues import EVENTS, concurrency_for
 from tokentrail.app.session import ModelMenu, Session, load_model
 from tokentrail.app.study_tab import StudyShelf
+from tokentrail.app.translator_shelf import NO_TRANSLATOR, TranslatorShelf
 from tokentrail.app.views import PLOT_CHOICES, TAB_VIEWS, VIEWS, Page, render_views
 from tokentrail.present import plots
 from tokentrail.present.progress import CallbackProgress
@@ -71,19 +72,25 @@ class Wiring:
         return session
 
 
-def wire(demo: gr.Blocks, w: Wiring, folder: ExportFolder, shelf: StudyShelf) -> None:
+def wire(
+    demo: gr.Blocks, w: Wiring, folder: ExportFolder, shelf: StudyShelf, fitted: TranslatorShelf | None = None
+) -> None:
     """Every event of the page, in a fixed order (the order of the page's dependencies)."""
-    _wire_analyse(demo, w, shelf)
+    fitted = fitted or TranslatorShelf(None)
+    analysed = _wire_analyse(demo, w, shelf)
     _wire_selection(w)
     _wire_display(w)
+    _wire_translator(w, fitted)
     _wire_cell_click(w)
     _wire_tabs(w)
-    _wire_switch_model(w, shelf)
+    analysed.append(_wire_switch_model(w, shelf))
     _wire_export(w, folder)
+    _wire_translator_menu(w, fitted, analysed)
 
 
-def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
-    """Analyse a text: Enter, the button, an option changed, the page's first load."""
+def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> list:
+    """Analyse a text: Enter, the button, an option changed, the page's first load (their
+    events returned, for what follows an analysis)."""
     p, state, menu, pool = w.p, w.state, w.menu, w.pool
     views, options, display = w.views, w.options, w.display
     status_at = 1 + VIEWS.index("status")  # after the state output
@@ -106,7 +113,7 @@ def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
         pool.settle(session)
         return (session, *render_views(session, menu, adjusted, metric))
 
-    gr.on(
+    typed = gr.on(
         [p.text.submit, p.analyse.click],
         analyse,
         [state, p.text, p.model, *options, *display],
@@ -114,7 +121,7 @@ def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
         api_name="tokenize",
         **common,
     )
-    gr.on(
+    changed = gr.on(
         [p.positional.input, p.site.input, p.similarity.input, p.k.release, p.causal.input, p.correct.input],
         analyse,
         [state, p.text, p.model, *options, *display],
@@ -123,9 +130,10 @@ def _wire_analyse(demo: gr.Blocks, w: Wiring, shelf: StudyShelf) -> None:
         trigger_mode="always_last",
         **common,
     )
-    demo.load(
+    loaded = demo.load(
         analyse, [state, p.text, p.model, *options, *display], [state, *views], api_visibility="private", **common
     )
+    return [typed, changed, loaded]
 
 
 def _wire_selection(w: Wiring) -> None:
@@ -220,6 +228,48 @@ def _wire_display(w: Wiring) -> None:
     p.pattern_scope.input(choose_pattern, [state, p.pattern_scope, *display], views, api_name="pattern", **quick)
 
 
+def _wire_translator(w: Wiring, fitted: TranslatorShelf) -> None:
+    """Choosing a fitted translator the server offers (``serve --translators``): applied to
+    the cached analysis (no new forward pass); another model's is refused in one line."""
+    p, state, menu = w.p, w.state, w.menu
+    views, display = w.views, w.display
+
+    @guarded(len(views), VIEWS.index("status"))
+    def choose_translator(session, name, adjusted, metric):
+        session = w.session_for(session)
+        if name in (None, "", NO_TRANSLATOR):
+            session.translator = None
+        else:
+            folder = fitted.path(name)  # an offered translator, or refused
+            session.require_trail()
+            old, session.translator = session.translator, (str(name), folder)
+            try:
+                session.translated()
+            except TokentrailError:
+                session.translator = old  # not applied
+                raise
+        return render_views(session, menu, adjusted, metric)
+
+    p.translator.input(
+        choose_translator, [state, p.translator, *display], views, api_name="choose_translator", **EVENTS
+    )
+
+
+def _wire_translator_menu(w: Wiring, fitted: TranslatorShelf, analysed: list) -> None:
+    """After an analysis (a text, an option, a model): the Translator choice marks the
+    translators fitted on another model than the page's."""
+    if fitted.root is None:
+        return
+
+    def translator_menu(session, name):
+        if not isinstance(session, Session) or session.trail is None:
+            return gr.skip()
+        return gr.Dropdown(choices=fitted.choices(session.trail.info.model), value=name)
+
+    for event in analysed:
+        event.then(translator_menu, [w.state, w.p.translator], [w.p.translator], api_visibility="private", **EVENTS)
+
+
 def _wire_cell_click(w: Wiring) -> None:
     """A click on a heatmap cell or a map point selects its token and layer."""
     p, state, menu = w.p, w.state, w.menu
@@ -274,7 +324,7 @@ def _wire_tabs(w: Wiring) -> None:
         )
 
 
-def _wire_switch_model(w: Wiring, shelf: StudyShelf) -> None:
+def _wire_switch_model(w: Wiring, shelf: StudyShelf):
     """Switching model: load it (or say why not), then analyse the page's text with it."""
     p, state, menu, pool = w.p, w.state, w.menu, w.pool
     views, options, display = w.views, w.options, w.display
@@ -317,7 +367,7 @@ def _wire_switch_model(w: Wiring, shelf: StudyShelf) -> None:
         pool.settle(session)
         return (session, gr.skip(), causal_box, *render_views(session, menu, adjusted, metric))
 
-    p.model.input(
+    return p.model.input(
         switch_model, [state, p.model, p.text, *options, *display], switch_outputs, api_name="switch_model", **common
     )
 

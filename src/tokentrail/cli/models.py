@@ -159,10 +159,17 @@ def serve(
         "--studies",
         help="A folder of corpus studies (`tokentrail study --out DIR/NAME`) the Study tab may open; the page offers only these.",
     ),
+    translators: Path | None = typer.Option(
+        None,
+        "--translators",
+        help="A folder of fitted translators (`tokentrail fit ... --out DIR/NAME`) the page offers; only these.",
+    ),
 ) -> None:
     """Start the web app."""
     if studies is not None and not studies.is_dir():
         fail(f"--studies {studies}: not a folder (give the folder your studies were written into)")
+    if translators is not None and not translators.is_dir():
+        fail(f"--translators {translators}: not a folder (give the folder your translators were written into)")
     try:
         web.launch  # noqa: B018 (imports gradio here, so that a missing extra is one line)
     except ImportError as exc:
@@ -177,6 +184,7 @@ def serve(
             preload=tuple(model),
             max_queue=max_queue,
             studies=None if studies is None else str(studies),
+            translators=None if translators is None else str(translators),
         )
     except TokentrailError as exc:
         fail(str(exc))
