@@ -71,7 +71,7 @@ class StudyShelf:
         path = self.root if name == HERE else self.root / name
         if not self._inside(path):  # checked again: the folder may have changed since listing
             raise InputError(f"no study {name!r} in the studies folder: choose one from the list")
-        link = _first_link(path)
+        link = first_link(path)
         if link is not None:  # a link inside (data -> elsewhere) would read files outside the folder
             raise InputError(f"study {name!r} holds a symbolic link ({link.relative_to(path)}): not opened")
         return path
@@ -93,7 +93,7 @@ class StudyShelf:
         return value
 
 
-def _first_link(folder: Path) -> Path | None:
+def first_link(folder: Path) -> Path | None:
     """The first symbolic link inside ``folder`` (not followed), or None."""
     for top, dirs, files in os.walk(folder, followlinks=False):
         for entry in (*dirs, *files):
@@ -114,18 +114,18 @@ def status(name: str, m: dict) -> str:
     state = "complete" if m.get("complete") else "**incomplete** (resume it with `tokentrail study ... --resume`)"
     # the folder's name and the manifest's model are anyone's text: shown, never run as HTML
     return (
-        f"**{_plain(name)}**: {_plain(m.get('model'))}, {_count(m.get('texts'))} texts, "
+        f"**{plain(name)}**: {plain(m.get('model'))}, {_count(m.get('texts'))} texts, "
         f"{_count(m.get('tokens'))} tokens, {state}."
     )
 
 
-def _plain(value: object) -> str:
+def plain(value: object) -> str:
     """Text for the status Markdown: HTML escaped, Markdown's own marks made literal."""
     return html.escape(re.sub(r"([\\`*_{}\[\]()#+!|~-])", r"\\\1", str(value)), quote=False)
 
 
 def _count(value: object) -> str:
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _plain(value or 0)
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else plain(value or 0)
 
 
 def build_study_tab(p, shelf: StudyShelf) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokentrail.app.study_tab import _first_link
+from tokentrail.app.study_tab import first_link
 from tokentrail.spec.errors import InputError
 
 META = "translator.json"
@@ -33,7 +33,7 @@ class TranslatorShelf:
         """The translator's metadata when ``folder`` is an offered translator, else None."""
         if folder.is_symlink() or not folder.is_dir() or self.root is None:
             return None
-        if not folder.resolve().is_relative_to(self.root) or _first_link(folder) is not None:
+        if not folder.resolve().is_relative_to(self.root) or first_link(folder) is not None:
             return None
         if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
             return None

@@ -16,8 +16,7 @@ from tokentrail.app.cross_tab import build_cross_tab
 from tokentrail.app.export import PLOT_FORMATS, RESULT_FORMATS
 from tokentrail.app.map_tab import build_map_tab
 from tokentrail.app.session import PATTERNS, ModelMenu, Session
-from tokentrail.app.study_tab import StudyShelf, build_study_tab
-from tokentrail.app.study_tab import _plain as plain
+from tokentrail.app.study_tab import StudyShelf, build_study_tab, plain
 from tokentrail.plots import LENS_COLOURS, attention_pattern, lens_heatmap
 from tokentrail.present import plots
 from tokentrail.spec.errors import ModelError, TokentrailError
