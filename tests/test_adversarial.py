@@ -296,6 +296,12 @@ def test_report_keeps_an_existing_file_without_force(finished, tmp_path):
 
     done = CliRunner().invoke(app, ["report", str(finished), "--out", str(out), "--force"])
     assert done.exit_code == 0 and out.read_text().startswith("<!doctype html>")
+    # the Python API keeps it too: Study.report replaces a file only with force=True
+    out.write_text("mine")
+    with pytest.raises(InputError, match="already exists"):
+        tt.Study(finished).report(out)
+    assert out.read_text() == "mine"
+    assert tt.Study(finished).report(out, force=True).read_text().startswith("<!doctype html>")
 
 
 def test_report_on_a_full_disk_is_one_line_and_keeps_the_old_file(finished, tmp_path):

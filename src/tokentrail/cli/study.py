@@ -13,7 +13,7 @@ import tokentrail as tt
 from tokentrail.cli.common import err, fail
 from tokentrail.present.progress import TerminalProgress
 from tokentrail.spec.errors import TokentrailError
-from tokentrail.spec.fileio import CORPUS_FILES, check_input_file, check_output_path
+from tokentrail.spec.fileio import CORPUS_FILES, check_input_file
 from tokentrail.spec.options import RESIDUAL_SITES, expand_choice
 
 
@@ -207,8 +207,7 @@ def report(
         fail(f"--out {out_path} is a folder; give a file name")
     try:
         s = tt.Study(study_dir)  # its manifest only
-        check_output_path(out_path, force=force)  # before anything is rendered
-        path = s.report(out_path)
+        path = s.report(out_path, force=force)  # checked before anything is rendered
         if png is not None:
             pngs = tt.write_study_pngs(s, png)
             err.print(f"wrote {len(pngs)} figures into {png}")

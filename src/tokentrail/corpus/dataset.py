@@ -117,8 +117,10 @@ class Study:
             "<p>.aggregate() gives its tables (by word class, by token, anisotropy, jumps); .plot() a figure; .query(sql) any slice.</p>",
         )
 
-    def report(self, path: str | Path) -> Path:
-        return write_report(self, path)
+    def report(self, path: str | Path, *, force: bool = False) -> Path:
+        """The study as one self-contained HTML file at ``path`` (written atomically); an
+        existing file is replaced only with ``force``."""
+        return write_report(self, path, force=force)
 
     def __repr__(self) -> str:
         m = self.manifest

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from tokentrail.engine.cells import CELL_METRICS
 from tokentrail.spec.axes import rank_axis
 from tokentrail.spec.errors import InputError
-from tokentrail.spec.fileio import atomic_write, write_text
+from tokentrail.spec.fileio import atomic_write, check_output_path, write_text
 
 CLASS_ORDER = ("function", "content", "punctuation", "special", "other", "unknown")
 
@@ -195,7 +195,10 @@ input had them (CoNLL-U), otherwise from a closed-class list of English function
 """
 
 
-def write_report(study, path: str | Path) -> Path:
+def write_report(study, path: str | Path, *, force: bool = False) -> Path:
+    """``render(study)`` written atomically to ``path``, checked first (an existing file
+    is replaced only with ``force``; nothing is rendered for a path that would be refused)."""
+    check_output_path(path, force=force)
     return write_text(path, render(study))
 
 
