@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tokentrail.app.study_tab import first_link
 from tokentrail.spec.errors import InputError
+from tokentrail.spec.formats import TRANSLATOR_FORMAT, TRANSLATOR_META, TRANSLATOR_WEIGHTS
 
-META = "translator.json"
-WEIGHTS = "translator.safetensors"
-FORMAT_PREFIX = "tokentrail-translator/"  # what tokentrail writes in translator.json's "format"
+META, WEIGHTS = TRANSLATOR_META, TRANSLATOR_WEIGHTS
+FORMAT_PREFIX = TRANSLATOR_FORMAT.split("/")[0] + "/"  # any version of the layout; tt.load_translator checks which
 NO_TRANSLATOR = "none"
 NO_FOLDER = "No translators folder: start the server with `tokentrail serve --translators DIR`."
 

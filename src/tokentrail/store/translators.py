@@ -19,12 +19,11 @@ import torch
 
 from tokentrail.engine.translator import FitSums, Translator
 from tokentrail.spec.errors import InputError
+from tokentrail.spec.formats import TRANSLATOR_FORMAT, TRANSLATOR_META, TRANSLATOR_WEIGHTS
 from tokentrail.store.writer import atomic_write_bytes
 
-WEIGHTS = "translator.safetensors"
-META = "translator.json"
+WEIGHTS, META, FORMAT = TRANSLATOR_WEIGHTS, TRANSLATOR_META, TRANSLATOR_FORMAT
 SUMS = "sums.safetensors"
-FORMAT = "tokentrail-translator/1"
 MODEL_FACTS = ("model", "model_revision", "model_type", "n_layers", "d_model", "vocab_size")
 
 
