@@ -38,46 +38,28 @@ from tokentrail.spec.errors import InputError
 from tokentrail.spec.options import check_index
 
 
-@dataclass(frozen=True)
-class AttentionStep:
-    """The live numbers of one head's attention for one token (all float32 tensors)."""
+class _StepFace:
+    """What a notebook and the app show of one head's step (self- or cross-attention):
+    the checks' largest error, a tidy frame, a figure, a short repr and an HTML card.
+    ``_sources`` names the tokens the head read (the text's, or the encoder's)."""
 
+    checks: dict[str, float]
+    tokens: tuple[str, ...]
     layer: int
     head: int
     token: int
-    kv_head: int
-    d_head: int
-    causal: bool
-    query: Tensor  # (d_head,) q_t
-    keys: Tensor  # (n, d_head) k_s
-    values: Tensor  # (n, d_head) v_s
-    scores: Tensor  # (n,) q_t . k_s
-    scaled: Tensor  # (n,) scores / sqrt(d_head) (or the model's own scale and soft cap), -inf where masked
-    masked: Tensor  # (n,) bool: True where the causal mask (or a sliding window) hid the source token
-    weights: Tensor  # (n,) softmax(scaled)
-    z: Tensor  # (d_head,) sum_s w_s v_s
-    head_out: Tensor  # (d,) z @ W_O[h]: this head's share of the attention output (before any post-norm)
-    attn_out: Tensor  # (d,) all heads through W_O, plus b_O (then Gemma 2/3's post-attention norm)
-    layer_in: Tensor  # (d,) h_{l,t}, the residual stream entering the layer
-    residual: Tensor  # (d,) layer_in + attn_out
-    normed: Tensor | None  # (d,) the post-attention LayerNorm's output (post-LN models)
-    checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
-    # parallel attention + MLP (GPT-NeoX, Phi): the FFN reads the layer input h_l, not ``residual``
-    parallel: bool = False
-    # what this model computes, as text: bias terms only where it has them, RoPE where it rotates
-    formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = RoPE_{p_t}(W_Q x)"
-    tokens: tuple[str, ...] = ()  # the text's tokens, for display (empty when not known)
+    formulas: dict[str, str]
+    scores: Tensor
+    scaled: Tensor
+    weights: Tensor
+
+    def _sources(self) -> tuple[str, ...]:
+        raise NotImplementedError
 
     @property
     def max_error(self) -> float:
         """Largest absolute difference from the model's own numbers, over every check."""
         return max(self.checks.values(), default=0.0)
-
-    def matches_model(self, atol: float = 1e-4) -> bool:
-        return self.max_error <= atol
-
-    def _sources(self) -> tuple[str, ...]:
-        return self.tokens
 
     def frame(self) -> Any:
         """Tidy: one row per source token (columns source, source_str, score, scaled, weight,
@@ -142,6 +124,43 @@ class AttentionStep:
             high=1.0,
         )
         return display.block(display.summary(rows, type(self).__name__), table, heat)
+
+
+@dataclass(frozen=True, repr=False)
+class AttentionStep(_StepFace):
+    """The live numbers of one head's attention for one token (all float32 tensors)."""
+
+    layer: int
+    head: int
+    token: int
+    kv_head: int
+    d_head: int
+    causal: bool
+    query: Tensor  # (d_head,) q_t
+    keys: Tensor  # (n, d_head) k_s
+    values: Tensor  # (n, d_head) v_s
+    scores: Tensor  # (n,) q_t . k_s
+    scaled: Tensor  # (n,) scores / sqrt(d_head) (or the model's own scale and soft cap), -inf where masked
+    masked: Tensor  # (n,) bool: True where the causal mask (or a sliding window) hid the source token
+    weights: Tensor  # (n,) softmax(scaled)
+    z: Tensor  # (d_head,) sum_s w_s v_s
+    head_out: Tensor  # (d,) z @ W_O[h]: this head's share of the attention output (before any post-norm)
+    attn_out: Tensor  # (d,) all heads through W_O, plus b_O (then Gemma 2/3's post-attention norm)
+    layer_in: Tensor  # (d,) h_{l,t}, the residual stream entering the layer
+    residual: Tensor  # (d,) layer_in + attn_out
+    normed: Tensor | None  # (d,) the post-attention LayerNorm's output (post-LN models)
+    checks: dict[str, float] = field(default_factory=dict)  # max |recomputed - model's|
+    # parallel attention + MLP (GPT-NeoX, Phi): the FFN reads the layer input h_l, not ``residual``
+    parallel: bool = False
+    # what this model computes, as text: bias terms only where it has them, RoPE where it rotates
+    formulas: dict[str, str] = field(default_factory=dict)  # "q", "k", "v" -> e.g. "q = RoPE_{p_t}(W_Q x)"
+    tokens: tuple[str, ...] = ()  # the text's tokens, for display (empty when not known)
+
+    def matches_model(self, atol: float = 1e-4) -> bool:
+        return self.max_error <= atol
+
+    def _sources(self) -> tuple[str, ...]:
+        return self.tokens
 
 
 def _text(tokens: tuple[str, ...], i: int) -> str:
@@ -329,8 +348,8 @@ def _step(adapter: Adapter, acts: Activations, layer: int, head: int, token: int
     )
 
 
-@dataclass(frozen=True)
-class CrossAttentionStep:
+@dataclass(frozen=True, repr=False)
+class CrossAttentionStep(_StepFace):
     """The live numbers of one cross-attention head for one decoder token: the query comes
     from the decoder, the keys and values from the encoder's output (all float32 tensors)."""
 
@@ -358,76 +377,8 @@ class CrossAttentionStep:
     tokens: tuple[str, ...] = ()  # the decoder's tokens, for display (empty when not known)
     source_tokens: tuple[str, ...] = ()  # the source tokens the head reads
 
-    @property
-    def max_error(self) -> float:
-        return max(self.checks.values(), default=0.0)
-
     def _sources(self) -> tuple[str, ...]:
         return self.source_tokens
-
-    def frame(self) -> Any:
-        """Tidy: one row per source token (columns source, source_str, score, scaled, weight,
-        masked), in the text's order."""
-        import pandas as pd
-
-        m = self.weights.shape[0]
-        masked = getattr(self, "masked", None)
-        return pd.DataFrame(
-            {
-                "source": range(m),
-                "source_str": [_text(self._sources(), s) for s in range(m)],
-                "score": self.scores.double().cpu().numpy(),
-                "scaled": self.scaled.double().cpu().numpy(),
-                "weight": self.weights.double().cpu().numpy(),
-                "masked": masked.cpu().numpy() if masked is not None else False,
-            }
-        )
-
-    def plot(self, **kw: Any) -> Any:
-        """The weights this head gave each source token (a bar each), the scaled scores on hover."""
-        return _step_figure(self, **kw)
-
-    def __repr__(self) -> str:
-        w = self.weights
-        top = int(w.argmax())
-        return (
-            f"<{type(self).__name__} layer {self.layer}, head {self.head}, token {self.token} "
-            f"{_text(self.tokens, self.token)!r}: {w.shape[0]} source tokens, most weight {float(w[top]):.3f} on "
-            f"{top} {_text(self._sources(), top)!r}; max error vs the model {self.max_error:.1e}>"
-        )
-
-    def _repr_html_(self) -> str:
-        src = self._sources()
-        rows = [
-            ("head", f"layer {self.layer}, head {self.head}, token {self.token}: {_text(self.tokens, self.token)}"),
-            ("formulas", "; ".join(self.formulas.values()) or "-"),
-            (
-                "matches the model",
-                f"yes (max error {self.max_error:.1e})" if self.max_error <= 1e-4 else f"no ({self.max_error:.1e})",
-            ),
-        ]
-        lines = [
-            [
-                f"{s}: {display.short(_text(src, s), 12)}",
-                f"{float(self.scaled[s]):.3f}",
-                f"{float(self.weights[s]):.3f}",
-            ]
-            for s in range(self.weights.shape[0])
-        ]
-        table = display.table(
-            ["source", "scaled score", "weight"],
-            lines,
-            caption="each source token's score and weight (.plot() draws them)",
-        )
-        heat = display.heat_table(
-            [self.weights.tolist()],
-            ["weight"],
-            [f"{s}:{_text(src, s)}" for s in range(self.weights.shape[0])],
-            caption="the weights as colour",
-            low=0.0,
-            high=1.0,
-        )
-        return display.block(display.summary(rows, type(self).__name__), table, heat)
 
 
 def cross_attention_step(decoder, acts, layer: int, head: int, token: int) -> CrossAttentionStep:
