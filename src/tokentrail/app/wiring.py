@@ -9,6 +9,7 @@ Event handlers have stable ``api_name``s so ``gradio_client`` can drive the app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -186,35 +187,24 @@ def _wire_display(w: Wiring) -> None:
 
     gr.on([p.adjusted.input, p.metric.input], redisplay, [state, *display], views, api_name="display", **quick)
 
-    @guarded(len(views), VIEWS.index("status"))
-    def choose_head_space(session, space, adjusted, metric):
-        session = w.session_for(session)
-        session.choose(head_space=space)
-        return render_views(session, menu, adjusted, metric)
+    def chooser(field: str) -> Callable:
+        @guarded(len(views), VIEWS.index("status"))
+        def choose(session, value, adjusted, metric):
+            session = w.session_for(session)
+            session.choose(**{field: value})
+            return render_views(session, menu, adjusted, metric)
 
-    p.head_space.input(choose_head_space, [state, p.head_space, *display], views, api_name="head_space", **quick)
+        choose.__name__ = f"choose_{field}"
+        return choose
 
-    @guarded(len(views), VIEWS.index("status"))
-    def choose_lens_site(session, site, adjusted, metric):
-        session = w.session_for(session)
-        session.choose(lens_site=site)
-        return render_views(session, menu, adjusted, metric)
-
-    p.lens_site.input(choose_lens_site, [state, p.lens_site, *display], views, api_name="lens_site", **quick)
-
-    @guarded(len(views), VIEWS.index("status"))
-    def choose_lens_colour(session, colour, adjusted, metric):
-        session = w.session_for(session)
-        session.choose(lens_colour=colour)
-        return render_views(session, menu, adjusted, metric)
-
-    p.lens_colour.input(choose_lens_colour, [state, p.lens_colour, *display], views, api_name="lens_colour", **quick)
-
-    @guarded(len(views), VIEWS.index("status"))
-    def choose_pattern(session, pattern, adjusted, metric):
-        session = w.session_for(session)
-        session.choose(pattern=pattern)
-        return render_views(session, menu, adjusted, metric)
+    # a choice that only redraws the cached analysis: the session's field, its control, its API name
+    for field, control, api in (
+        ("head_space", p.head_space, "head_space"),
+        ("lens_site", p.lens_site, "lens_site"),
+        ("lens_colour", p.lens_colour, "lens_colour"),
+        ("pattern", p.pattern_scope, "pattern"),
+    ):
+        control.input(chooser(field), [state, control, *display], views, api_name=api, **quick)
 
     @guarded(len(views), VIEWS.index("status"))
     def show_corrected(session, show, adjusted, metric):
@@ -224,8 +214,6 @@ def _wire_display(w: Wiring) -> None:
         return render_views(session, menu, adjusted, metric)
 
     p.fix.input(show_corrected, [state, p.fix, *display], views, api_name="show_corrected", **quick)
-
-    p.pattern_scope.input(choose_pattern, [state, p.pattern_scope, *display], views, api_name="pattern", **quick)
 
 
 def _wire_translator(w: Wiring, fitted: TranslatorShelf) -> None:
