@@ -162,6 +162,10 @@ def test_a_finished_fit_is_not_overwritten_and_options_are_checked(base, model, 
         fit(corpus(3), model, tmp_path / "x", ridge=[0.1, 1.0])
     with pytest.raises(InputError, match="kind"):
         fit(corpus(3), model, tmp_path / "x", kind="nope")
+    for bad in (float("nan"), float("inf"), -1.0):  # refused before the pass, not after it
+        with pytest.raises(InputError, match="--ridge takes finite values of at least 0"):
+            fit(corpus(3), model, tmp_path / "x", ridge=[bad])
+    assert not (tmp_path / "x").exists()
     with pytest.raises(InputError, match="layers 0-1"):
         fit(corpus(3), model, tmp_path / "x", layers=[5])
     with pytest.raises(InputError, match="no tokens to fit"):
@@ -331,3 +335,14 @@ def test_lens_versus_final_agreement_and_kl(loaded_tiny):
     want = torch.nn.functional.kl_div(q, p, log_target=True, reduction="none").sum(-1)  # KL(p || q)
     torch.testing.assert_close(kl[0], want, rtol=1e-5, atol=1e-6)
     assert torch.equal(agree[0], q.argmax(-1) == p.argmax(-1))
+
+
+def test_fit_refuses_a_falling_layer_range_in_one_line(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Time flies like an arrow.\n")
+    from typer.testing import CliRunner
+
+    from tokentrail.cli.commands import app
+
+    res = CliRunner().invoke(app, ["fit", str(corpus), "--out", str(tmp_path / "f"), "--layers", "5-2"])
+    assert res.exit_code == 2 and "a range goes up (2-4), not '5-2'" in res.output, res.output

@@ -38,10 +38,15 @@ def one_line_errors() -> Iterator[None]:
     """Our errors, and the operating system's (a file that cannot be written), as one line."""
     try:
         yield
-    except TokentrailError as exc:
-        fail(str(exc))
-    except OSError as exc:
+    except (TokentrailError, OSError) as exc:
+        one_line(exc)
+
+
+def one_line(exc: TokentrailError | OSError) -> NoReturn:
+    """Our error, or the operating system's (a file that cannot be written), as the one line."""
+    if isinstance(exc, OSError):
         fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
+    fail(str(exc))
 
 
 def read_text(text: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 import tokentrail as tt
-from tokentrail.cli.common import err, fail
+from tokentrail.cli.common import err, one_line
 from tokentrail.cli.study import _StudyProgress
 from tokentrail.spec.errors import InputError, TokentrailError
 from tokentrail.spec.fileio import CORPUS_FILES, check_input_file
@@ -97,8 +97,8 @@ def fit(
                 on_load=bar.loading,
                 on_memory=memory,
             )
-    except TokentrailError as exc:
-        fail(str(exc))
+    except (TokentrailError, OSError) as exc:  # ours, and what the checks could not foresee: one line
+        one_line(exc)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] the sums so far are kept in {out_dir}; rerun with --resume to continue")
         raise typer.Exit(130) from None
@@ -122,6 +122,8 @@ def _layers(text: str) -> list[int]:
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
+            if hi and int(hi) < int(lo):
+                raise InputError(f"--layers: a range goes up (2-4), not {part.strip()!r}")
             out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     except ValueError:
         raise InputError(f"--layers takes layer numbers (0,3,5 or 2-4), not {text!r}") from None

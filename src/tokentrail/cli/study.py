@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import tokentrail as tt
-from tokentrail.cli.common import err, fail
+from tokentrail.cli.common import err, fail, one_line
 from tokentrail.present.progress import TerminalProgress
 from tokentrail.spec.errors import TokentrailError
 from tokentrail.spec.fileio import CORPUS_FILES, check_input_file
@@ -109,10 +109,8 @@ def study(
                 on_start=bar.start,
                 on_load=bar.loading,
             )
-    except TokentrailError as exc:
-        fail(str(exc))
-    except OSError as exc:  # what the checks above could not foresee: still one line
-        fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
+    except (TokentrailError, OSError) as exc:  # ours, and what the checks could not foresee: one line
+        one_line(exc)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted:[/] finished batches are kept in {out_dir}; rerun with --resume to continue")
         raise typer.Exit(130) from None

@@ -18,6 +18,7 @@ from the checkpoint. The translator is solved once at the end
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,8 +77,8 @@ class FitOptions:
     def check(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"unknown translator kind {self.kind!r}: choose from {', '.join(KINDS)}")
-        if not self.ridges or any(r < 0 for r in self.ridges):
-            raise InputError("--ridge takes values of at least 0")
+        if not self.ridges or any(not math.isfinite(r) or r < 0 for r in self.ridges):
+            raise InputError(f"--ridge takes finite values of at least 0, not {', '.join(map(str, self.ridges))}")
         if not 0 <= self.holdout < 1:
             raise InputError("--holdout is a share of the texts, at least 0 and below 1")
         if len(self.ridges) > 1 and self.holdout == 0:
