@@ -138,6 +138,25 @@ def test_a_long_texts_run_streams_its_trail_and_captures_only_when_asked(loaded_
     assert passes == [1]
 
 
+def test_capturing_a_streamed_texts_activations_is_refused_when_it_cannot_fit(loaded_tiny, monkeypatch):
+    """A long text's trail streams; its attention patterns need every layer at once: that
+    capture is estimated first and refused with the figure (a SmolLM2 text of 1,020 tokens
+    holds 1.9 GB more for --plot-attention)."""
+    text = "time flies like an arrow . fruit flies like a banana"
+    monkeypatch.setattr(budget, "STREAM_BYTES", 0)  # every text is long: the trail streams
+    run = loaded_tiny.run(text)
+    run.trail(TraceOptions.make())
+    assert run._acts is None
+    a = loaded_tiny.adapter
+    need = budget.estimate_capture(tokens=run.n_tokens, layers=a.n_layers, heads=a.n_heads, d_model=a.d_model)
+    monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int(need.total / budget.HEADROOM) - 1))
+    with pytest.raises(InputError, match="this run would need about .* of memory"):
+        run.attention()
+    assert run._acts is None
+    monkeypatch.setenv("TOKENTRAIL_MAX_MEMORY", str(int(need.total / budget.HEADROOM) + 1))
+    assert run.attention().weights.shape[0] == a.n_layers
+
+
 def test_which_traces_stream(make_tiny):
     adapter = adapter_for(_tiny("llama", make_tiny))
     opts = TraceOptions.make(site="all", space="all")

@@ -23,7 +23,7 @@ import torch
 from tokentrail.analysis.translated import check_layers, translated_name
 from tokentrail.corpus.inputs import Record, Skipped
 from tokentrail.corpus.wordclass import align
-from tokentrail.engine.budget import estimate
+from tokentrail.engine.budget import estimate_capture
 from tokentrail.engine.cells import CELL_METRICS
 from tokentrail.engine.translator import Translator
 from tokentrail.session.inputs import MAX_TOKENS, readable_tokens
@@ -113,20 +113,7 @@ def forward_groups(
 def activation_bytes(tokens: int, layers: int, heads: int, d_model: int) -> int:
     """One text's captured activations (attention maps and hooked vectors), as
     :func:`tokentrail.engine.budget.estimate` counts them."""
-    return estimate(
-        tokens=tokens,
-        layers=layers,
-        heads=heads,
-        vocab=1,
-        d_model=d_model,
-        residual_sites=0,
-        residual_spaces=0,
-        head_spaces=0,
-        similarities=0,
-        k=1,
-        overlap_k=1,
-        lens=False,
-    ).activations
+    return estimate_capture(tokens=tokens, layers=layers, heads=heads, d_model=d_model).activations
 
 
 @torch.no_grad()

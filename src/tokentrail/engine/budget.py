@@ -234,6 +234,25 @@ def limit_bytes() -> int | None:
     return min(known) if known else None
 
 
+def estimate_capture(*, tokens: int, layers: int, heads: int, d_model: int) -> Estimate:
+    """What capturing one text's activations holds (every layer's hooked vectors and
+    attention maps, nothing scored): :func:`estimate` with no site, space or lens."""
+    return estimate(
+        tokens=tokens,
+        layers=layers,
+        heads=heads,
+        vocab=1,
+        d_model=d_model,
+        residual_sites=0,
+        residual_spaces=0,
+        head_spaces=0,
+        similarities=0,
+        k=1,
+        overlap_k=1,
+        lens=False,
+    )
+
+
 def estimate_run(
     model, *, tokens: int, pairs, similarities: int, k: int, overlap_k: int, lens: bool, streamed: bool = False
 ) -> Estimate:

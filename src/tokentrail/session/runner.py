@@ -28,7 +28,7 @@ from tokentrail.analysis.lens import logit_lens
 from tokentrail.analysis.stream import stream_views
 from tokentrail.analysis.trail import make_trail
 from tokentrail.analysis.views import Progress, compute_views
-from tokentrail.engine.budget import held_bytes
+from tokentrail.engine.budget import check_fits, estimate_capture, held_bytes
 from tokentrail.engine.capture import Activations, capture, head_qkv
 from tokentrail.engine.space_cache import SpaceCache
 from tokentrail.engine.walkthrough import AttentionStep, attention_step
@@ -111,6 +111,12 @@ class Run:
         captured them yet (:meth:`trail` of a long text does without: it streams)."""
         with self._lock:
             if self._acts is None:
+                # a long text's trail streams; asking for all of it (attention patterns, heads)
+                # captures every layer at once: refused with the figure when it cannot fit
+                a = self.model.adapter
+                check_fits(
+                    estimate_capture(tokens=self.n_tokens, layers=a.n_layers, heads=a.n_heads, d_model=a.d_model)
+                )
                 with self.model.lock:  # hooks on shared modules: one pass at a time per model
                     self._acts = capture(self.model.adapter, self.ids, causal=self.options.causal)
             return self._acts
