@@ -43,7 +43,11 @@ PLOTS_DRAWN_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].ever
 
 
 # no block is dimmed: Gradio fades an output while its event runs (opacity), and back
-SETTLED_JS = """() => [...document.querySelectorAll('.block')].every((b) => getComputedStyle(b).opacity === '1')"""
+# nor fading back in: no opacity transition still running anywhere (a block reads 1 before its
+# content's own fade ends; a run measured mid-fade reads as low contrast)
+SETTLED_JS = """() => [...document.querySelectorAll('.block')].every((b) => getComputedStyle(b).opacity === '1')
+  && !document.querySelector('.pending')
+  && document.getAnimations().every((a) => a.playState !== 'running' || a.transitionProperty !== 'opacity')"""
 
 
 def ready(page) -> None:
